@@ -1,0 +1,1994 @@
+/* lemevit.h - vision transformers (LeMeViT, ViT/DeiT, Swin) in one C99 header.   MIT licence.
+
+   Do this:
+       #define LEMEVIT_IMPLEMENTATION
+   before you include this file in *one* C or C++ file to create the implementation.
+   Every other file includes it without the define and sees only the declarations.
+
+   WHAT IT DOES
+
+   Loads a `.lmv` weight file (made from a PyTorch checkpoint by tools/convert.py) and runs the
+   model on float NCHW tensors, giving the same logits PyTorch gives (within float rounding).
+   The weights are used in place: a file you read or mapped into memory, or a const array linked
+   into a firmware image, is never copied. All other memory comes from one allocator you may
+   replace, or from one buffer you hand over.
+
+   USAGE
+
+       lmv_model *model;
+       lmv_session *sess;
+       lmv_error err;
+       float logits[1000];
+       int top[5];
+       float prob[5];
+
+       if (lmv_model_open_file("vit.lmv", NULL, &model, &err) != LMV_OK) { puts(err.message); return 1; }
+       if (lmv_session_create(model, NULL, &sess, &err) != LMV_OK) { puts(err.message); return 1; }
+       lmv_run(sess, input_nchw, 1, 224, 224, logits, &err);     // input: 1x3x224x224 floats
+       lmv_topk(logits, lmv_model_info(model)->num_classes, 5, top, prob);
+       printf("%s %.3f\n", lmv_model_label(model, top[0]), prob[0]);
+       lmv_session_destroy(sess);
+       lmv_model_close(model);
+
+   Parameters that recur:
+       batch, h, w   the input is batch x in_chans x h x w floats, NCHW, already normalised.
+       err           optional (may be NULL): on failure receives the result code and a sentence
+                     saying what is wrong and, where it helps, what to do.
+
+   CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
+
+       LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
+       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() is compiled out
+       LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
+       LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
+       LEMEVIT_ASSERT(x)   internal consistency checks (default: nothing)
+
+   Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
+   threads is set per session. Without OpenMP everything runs on the calling thread.
+   A loaded model is never written to, so any number of sessions may run one model at once.
+
+   LIMITS
+
+       tensors per file 65536, dimensions per tensor 6, meta entries 4096, file size < 2^48 bytes,
+       tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16.
+       Anything beyond these is refused with LMV_ERR_LIMIT, never truncated.
+*/
+#ifndef LEMEVIT_H
+#define LEMEVIT_H
+
+#include <stddef.h>
+
+#ifndef LEMEVIT_API
+#define LEMEVIT_API extern
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ============================================================================================
+   Public API
+   ============================================================================================ */
+
+/* Every function that can fail returns one of these. lmv_result_string() names them. */
+typedef enum lmv_result {
+    LMV_OK = 0,
+    LMV_ERR_INVALID_ARGUMENT, /* a NULL pointer, a zero size, an option out of range */
+    LMV_ERR_OUT_OF_MEMORY,    /* the allocator (or the arena) said no */
+    LMV_ERR_IO,               /* a file could not be opened or read */
+    LMV_ERR_BAD_MAGIC,        /* not a .lmv file */
+    LMV_ERR_VERSION,          /* a format version this build does not know */
+    LMV_ERR_ENDIAN,           /* big-endian file, or weights this host cannot use in place */
+    LMV_ERR_TRUNCATED,        /* the data ends before a section does */
+    LMV_ERR_CHECKSUM,         /* a CRC does not match: the file is damaged */
+    LMV_ERR_CORRUPT,          /* a field is out of range or contradicts another */
+    LMV_ERR_MISSING_TENSOR,   /* the config needs a tensor the file lacks */
+    LMV_ERR_SHAPE,            /* a tensor's shape does not fit the config */
+    LMV_ERR_UNSUPPORTED,      /* an architecture, dtype or option this build cannot run */
+    LMV_ERR_INPUT_SIZE,       /* an input size the architecture cannot take */
+    LMV_ERR_ALIGNMENT,        /* memory handed over is not aligned enough to use in place */
+    LMV_ERR_LIMIT,            /* a size beyond the documented limits */
+    LMV_ERR_BAD_INPUT         /* input data (e.g. a .npy) is malformed */
+} lmv_result;
+
+/* The detailed outcome of a call: the code and one sentence. */
+typedef struct lmv_error {
+    lmv_result code;
+    char message[256];
+} lmv_error;
+
+LEMEVIT_API const char *lmv_result_string(lmv_result r);
+
+/* Memory. The library asks for blocks with alloc() and gives them back with free(); it aligns
+   them to 64 bytes itself, so plain malloc/free-like functions are fine. `user` is passed back. */
+typedef struct lmv_allocator {
+    void *(*alloc)(void *user, size_t size);
+    void (*free)(void *user, void *ptr);
+    void *user;
+} lmv_allocator;
+
+/* A bump allocator over one caller-given buffer: free() does nothing, so the whole arena is
+   released at once by dropping it. Handy for firmware: make one arena, pass lmv_arena_allocator()
+   to lmv_model_open_memory() and lmv_session_create(), and nothing else allocates. */
+typedef struct lmv_arena {
+    unsigned char *base;
+    size_t size, used, peak;
+} lmv_arena;
+LEMEVIT_API void lmv_arena_init(lmv_arena *a, void *buffer, size_t size);
+LEMEVIT_API lmv_allocator lmv_arena_allocator(lmv_arena *a);
+
+/* Model families. */
+typedef enum lmv_family { LMV_FAMILY_VIT = 1, LMV_FAMILY_SWIN = 2, LMV_FAMILY_LEMEVIT = 3 } lmv_family;
+
+typedef enum lmv_interp { LMV_INTERP_NEAREST = 0, LMV_INTERP_BILINEAR = 1, LMV_INTERP_BICUBIC = 2 } lmv_interp;
+
+/* The eval transform the model was trained with: resize the shorter side to `resize` with
+   `interpolation`, centre-crop crop_h x crop_w, scale to [0,1], subtract mean, divide by std. */
+typedef struct lmv_preprocess {
+    int resize;           /* 0: resize straight to the crop size */
+    int crop_h, crop_w;
+    float crop_pct;
+    lmv_interp interpolation;
+    float mean[3], std[3];
+} lmv_preprocess;
+
+typedef struct lmv_model_info {
+    lmv_family family;
+    const char *arch;         /* "vit", "swin", "lemevit" */
+    const char *name;         /* e.g. "vit_base_patch16_224" */
+    const char *source;       /* checkpoint layout it was converted from */
+    int in_chans;
+    int img_h, img_w;         /* native input size */
+    int num_classes;          /* 0: the model has no head; use lmv_run_features() */
+    int num_features;         /* width of the pooled feature vector */
+    int has_labels;
+    size_t num_params;        /* sum of all tensor elements in the file */
+    size_t weight_bytes;
+    lmv_preprocess preprocess;
+} lmv_model_info;
+
+typedef struct lmv_model lmv_model;
+
+typedef struct lmv_open_options {
+    lmv_allocator allocator;  /* alloc == NULL: malloc/free (error under LEMEVIT_NO_MALLOC) */
+    int verify_data;          /* 1 (default): check the CRC of the weights too; 0: header only */
+} lmv_open_options;
+
+LEMEVIT_API lmv_open_options lmv_open_options_default(void);
+
+/* Open a model from memory, in place: `data` must stay valid and unchanged until
+   lmv_model_close(), and must be 4-byte aligned (64 for the fastest kernels). */
+LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
+                                             lmv_model **out, lmv_error *err);
+#ifndef LEMEVIT_NO_STDIO
+/* Read a whole .lmv file into memory from the allocator and open it. */
+LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
+                                           lmv_error *err);
+#endif
+LEMEVIT_API void lmv_model_close(lmv_model *model);
+
+LEMEVIT_API const lmv_model_info *lmv_model_info_get(const lmv_model *model);
+#define lmv_model_info(m) lmv_model_info_get(m)
+/* Class name for index i, or NULL when the file has no labels or i is out of range. */
+LEMEVIT_API const char *lmv_model_label(const lmv_model *model, int i);
+
+/* The config entries of the file, for tools that want to show everything.
+   type: 1 ints, 2 floats, 3 string, 4 string list. Returns 0 when i is out of range. */
+typedef struct lmv_config_entry {
+    const char *key;
+    int type;
+    int count;
+    const int *ints;           /* type 1 */
+    const float *floats;       /* type 2 */
+    const char *string;        /* type 3; type 4: the first string (see lmv_model_label) */
+} lmv_config_entry;
+LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out);
+
+/* Tensors, by index, for tools. Returns 0 when i is out of range. */
+typedef struct lmv_tensor_info {
+    const char *name;          /* not NUL-terminated: use name_len */
+    int name_len;
+    int dtype;                 /* 0 float32 */
+    int ndim;
+    int shape[6];
+    const void *data;
+    size_t nbytes;
+} lmv_tensor_info;
+LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info *out);
+
+/* A session holds the activation memory and thread count for running one model. Create one per
+   thread. The memory is planned for max_batch images of at most max_h x max_w pixels. */
+typedef struct lmv_session lmv_session;
+
+typedef struct lmv_session_options {
+    lmv_allocator allocator;   /* alloc == NULL: malloc/free */
+    int max_batch;             /* default 1 */
+    int max_h, max_w;          /* default: the model's native size */
+    int threads;               /* 0 (default): OpenMP's default; 1: the calling thread only */
+} lmv_session_options;
+
+LEMEVIT_API lmv_session_options lmv_session_options_default(void);
+
+/* The exact number of bytes lmv_session_create() will ask the allocator for, in total, with these
+   options: give an arena of this size and creation will succeed. */
+LEMEVIT_API lmv_result lmv_session_memory(const lmv_model *model, const lmv_session_options *opt, size_t *bytes,
+                                          lmv_error *err);
+LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_session_options *opt,
+                                          lmv_session **out, lmv_error *err);
+LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
+LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
+
+/* Run the model on `input` (batch x in_chans x h x w). lmv_run() writes batch x num_classes
+   logits; lmv_run_features() writes batch x num_features pooled features (the head's input). */
+LEMEVIT_API lmv_result lmv_run(lmv_session *sess, const float *input, int batch, int h, int w, float *logits,
+                               lmv_error *err);
+LEMEVIT_API lmv_result lmv_run_features(lmv_session *sess, const float *input, int batch, int h, int w,
+                                        float *features, lmv_error *err);
+
+/* Intermediate activations: while set, the callback sees every block's output as it is made
+   (`name` like "blocks.3", "layers.1.blocks.0", "stages.2.1.x"), for the first image of a batch.
+   `shape` lists `ndim` sizes of row-major float data, valid only during the call. */
+typedef void (*lmv_trace_fn)(void *user, const char *name, const float *data, int ndim, const int *shape);
+LEMEVIT_API void lmv_session_set_trace(lmv_session *sess, lmv_trace_fn fn, void *user);
+
+/* IMAGE-API */
+
+/* Helpers. */
+LEMEVIT_API void lmv_softmax(float *x, int n);
+/* The k largest of n logits: indices into idx, softmax probabilities into prob (may be NULL).
+   Ties keep the lower index first, as torch.topk does on CPU. Returns min(k, n). */
+LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *prob);
+
+/* NumPy .npy (version 1-3, little-endian float32 '<f4', C order) parsed in place from memory. */
+typedef struct lmv_npy {
+    int ndim;
+    int shape[8];
+    size_t count;              /* elements */
+    const float *data;         /* points into the buffer; needs 4-byte alignment of the data */
+    size_t data_offset;        /* where the data starts in the buffer */
+} lmv_npy;
+LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out, lmv_error *err);
+/* Write a .npy header for a float32 array of `ndim` dims into out (at least 128 bytes); returns
+   its length, a multiple of 64, after which the data follows. */
+LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LEMEVIT_H */
+
+/* ============================================================================================
+   Implementation
+   ============================================================================================ */
+#ifdef LEMEVIT_IMPLEMENTATION
+#ifndef LEMEVIT_IMPLEMENTED
+#define LEMEVIT_IMPLEMENTED
+
+#include <string.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <float.h>
+#ifndef LEMEVIT_NO_MALLOC
+#include <stdlib.h>
+#endif
+#ifndef LEMEVIT_NO_STDIO
+#include <stdio.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifndef LEMEVIT_ASSERT
+#define LEMEVIT_ASSERT(x) ((void)0)
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* --------------------------------------------------------------------------------------------
+   Errors and memory
+   -------------------------------------------------------------------------------------------- */
+
+LEMEVIT_API const char *lmv_result_string(lmv_result r) {
+    switch (r) {
+    case LMV_OK: return "ok";
+    case LMV_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case LMV_ERR_OUT_OF_MEMORY: return "out of memory";
+    case LMV_ERR_IO: return "i/o error";
+    case LMV_ERR_BAD_MAGIC: return "not a lemevit weight file";
+    case LMV_ERR_VERSION: return "unsupported format version";
+    case LMV_ERR_ENDIAN: return "wrong byte order";
+    case LMV_ERR_TRUNCATED: return "truncated";
+    case LMV_ERR_CHECKSUM: return "checksum mismatch";
+    case LMV_ERR_CORRUPT: return "corrupt";
+    case LMV_ERR_MISSING_TENSOR: return "missing tensor";
+    case LMV_ERR_SHAPE: return "shape mismatch";
+    case LMV_ERR_UNSUPPORTED: return "unsupported";
+    case LMV_ERR_INPUT_SIZE: return "bad input size";
+    case LMV_ERR_ALIGNMENT: return "misaligned memory";
+    case LMV_ERR_LIMIT: return "limit exceeded";
+    case LMV_ERR_BAD_INPUT: return "malformed input";
+    }
+    return "unknown error";
+}
+
+/* A tiny formatter for error messages (%s %d %u %z(u) %c %%), so messages need no stdio. */
+static void lmv__vformat(char *out, size_t cap, const char *fmt, va_list ap) {
+    size_t n = 0;
+    char num[24];
+    if (cap == 0) return;
+#define LMV__PUT(ch) do { if (n + 1 < cap) out[n++] = (ch); } while (0)
+    for (; *fmt; fmt++) {
+        const char *s = NULL;
+        unsigned long long u = 0;
+        int neg = 0, isnum = 0, i;
+        if (*fmt != '%') { LMV__PUT(*fmt); continue; }
+        fmt++;
+        if (*fmt == 'z') { fmt++; u = (unsigned long long)va_arg(ap, size_t); isnum = 1; }
+        else if (*fmt == 'd') { long long v = va_arg(ap, int); neg = v < 0; u = (unsigned long long)(neg ? -v : v); isnum = 1; }
+        else if (*fmt == 'u') { u = va_arg(ap, unsigned); isnum = 1; }
+        else if (*fmt == 's') { s = va_arg(ap, const char *); if (!s) s = "(null)"; }
+        else if (*fmt == 'c') { LMV__PUT((char)va_arg(ap, int)); continue; }
+        else if (*fmt == '%') { LMV__PUT('%'); continue; }
+        else if (*fmt == 0) break;
+        if (isnum) {
+            i = 0;
+            do { num[i++] = (char)('0' + (int)(u % 10)); u /= 10; } while (u && i < 23);
+            if (neg) LMV__PUT('-');
+            while (i) LMV__PUT(num[--i]);
+        } else {
+            while (*s) LMV__PUT(*s++);
+        }
+    }
+#undef LMV__PUT
+    out[n] = 0;
+}
+
+static lmv_result lmv__fail(lmv_error *err, lmv_result code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        err->code = code;
+        lmv__vformat(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static void lmv__ok(lmv_error *err) {
+    if (err) { err->code = LMV_OK; err->message[0] = 0; }
+}
+
+#ifndef LEMEVIT_NO_MALLOC
+static void *lmv__malloc_hook(void *user, size_t size) { (void)user; return malloc(size); }
+static void lmv__free_hook(void *user, void *p) { (void)user; free(p); }
+#endif
+
+/* Fill in the default allocator; returns 0 when there is none (LEMEVIT_NO_MALLOC). */
+static int lmv__allocator_resolve(lmv_allocator *a) {
+    if (a->alloc) return 1;
+#ifndef LEMEVIT_NO_MALLOC
+    a->alloc = lmv__malloc_hook;
+    a->free = lmv__free_hook;
+    a->user = NULL;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#define LMV__ALIGN 64
+
+/* Every block the library uses is 64-byte aligned: ask for 64 more bytes, align, and keep the
+   distance to the real start in the byte just before the returned pointer. */
+static void *lmv__alloc(const lmv_allocator *a, size_t size) {
+    unsigned char *raw, *p;
+    if (size > SIZE_MAX - LMV__ALIGN) return NULL;
+    raw = (unsigned char *)a->alloc(a->user, size + LMV__ALIGN);
+    if (!raw) return NULL;
+    p = raw + (LMV__ALIGN - ((uintptr_t)raw & (LMV__ALIGN - 1)));
+    p[-1] = (unsigned char)(p - raw);
+    return p;
+}
+
+static void lmv__free(const lmv_allocator *a, void *ptr) {
+    unsigned char *p = (unsigned char *)ptr;
+    if (!p) return;
+    if (a->free) a->free(a->user, p - p[-1]);
+}
+
+/* The bytes lmv__alloc(size) asks the allocator for, for exact memory planning. */
+static size_t lmv__alloc_cost(size_t size) { return size + LMV__ALIGN; }
+
+static void *lmv__arena_alloc(void *user, size_t size) {
+    lmv_arena *a = (lmv_arena *)user;
+    size_t start = (a->used + 15) & ~(size_t)15;
+    if (start < a->used || start > a->size || size > a->size - start) return NULL;
+    a->used = start + size;
+    if (a->used > a->peak) a->peak = a->used;
+    return a->base + start;
+}
+static void lmv__arena_free(void *user, void *p) { (void)user; (void)p; }
+
+LEMEVIT_API void lmv_arena_init(lmv_arena *a, void *buffer, size_t size) {
+    a->base = (unsigned char *)buffer;
+    a->size = buffer ? size : 0;
+    a->used = a->peak = 0;
+}
+
+LEMEVIT_API lmv_allocator lmv_arena_allocator(lmv_arena *a) {
+    lmv_allocator al;
+    al.alloc = lmv__arena_alloc;
+    al.free = lmv__arena_free;
+    al.user = a;
+    return al;
+}
+
+/* size_t arithmetic that reports overflow instead of wrapping. */
+static int lmv__mul_ok(size_t a, size_t b, size_t *out) {
+    if (a && b > SIZE_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+/* --------------------------------------------------------------------------------------------
+   Weight file: parse, validate, zero-copy views
+   -------------------------------------------------------------------------------------------- */
+
+#define LMV__VERSION 1
+#define LMV__HEADER_SIZE 128
+#define LMV__MAX_TENSORS 65536
+#define LMV__MAX_META 4096
+#define LMV__MAX_DIMS 6
+
+static uint16_t lmv__rd16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t lmv__rd32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static uint64_t lmv__rd64(const unsigned char *p) { return (uint64_t)lmv__rd32(p) | ((uint64_t)lmv__rd32(p + 4) << 32); }
+
+static int lmv__host_is_le(void) {
+    const uint32_t one = 1;
+    return *(const unsigned char *)&one == 1;
+}
+
+/* CRC-32 (the zlib polynomial, reflected), slicing by 4 with tables built on the stack. */
+typedef struct lmv__crc { uint32_t t[4][256]; } lmv__crc;
+
+static void lmv__crc_init(lmv__crc *c) {
+    uint32_t i, j, r;
+    for (i = 0; i < 256; i++) {
+        r = i;
+        for (j = 0; j < 8; j++) r = (r >> 1) ^ (0xEDB88320u & (0u - (r & 1u)));
+        c->t[0][i] = r;
+    }
+    for (i = 0; i < 256; i++)
+        for (j = 1; j < 4; j++) c->t[j][i] = (c->t[j - 1][i] >> 8) ^ c->t[0][c->t[j - 1][i] & 0xFF];
+}
+
+static uint32_t lmv__crc_update(const lmv__crc *c, uint32_t crc, const unsigned char *p, size_t n) {
+    crc = ~crc;
+    while (n >= 4) {
+        crc ^= lmv__rd32(p);
+        crc = c->t[3][crc & 0xFF] ^ c->t[2][(crc >> 8) & 0xFF] ^ c->t[1][(crc >> 16) & 0xFF] ^ c->t[0][crc >> 24];
+        p += 4;
+        n -= 4;
+    }
+    while (n--) crc = (crc >> 8) ^ c->t[0][(crc ^ *p++) & 0xFF];
+    return ~crc;
+}
+
+typedef struct lmv__meta {
+    const char *key;      /* NUL-terminated copy lives in the model's string block */
+    int type, count;
+    const unsigned char *payload;
+    const char **strings; /* type 4: pointers to each NUL-terminated string in the file */
+} lmv__meta;
+
+typedef struct lmv__tensor {
+    const char *name;     /* points into the file, not NUL-terminated */
+    int name_len;
+    int dtype, ndim;
+    int shape[LMV__MAX_DIMS];
+    size_t numel, nbytes;
+    const unsigned char *data;
+} lmv__tensor;
+
+struct lmv_model;
+typedef struct lmv__graph lmv__graph;
+
+/* What each family provides: bind its weights at open, plan its memory, run one batch. */
+typedef struct lmv__family_ops {
+    const char *arch;
+    lmv_family family;
+    lmv_result (*bind)(struct lmv_model *m, lmv_error *err);
+    lmv_result (*plan)(const struct lmv_model *m, int threads, int h, int w, size_t *floats, lmv_error *err);
+    lmv_result (*forward)(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                          lmv_error *err);
+    void (*unbind)(struct lmv_model *m);
+} lmv__family_ops;
+
+struct lmv_model {
+    lmv_allocator allocator;
+    const unsigned char *file;
+    size_t file_size;
+    void *owned_file;            /* set when the library read the file itself */
+    lmv__meta *meta;
+    int n_meta;
+    lmv__tensor *tensors;
+    int n_tensors;
+    char *keys;                  /* NUL-terminated copies of the meta keys */
+    const char **strings;        /* every string of the string lists, in file order */
+    const char **label_list;     /* labels, or NULL */
+    int n_labels;
+    lmv_model_info info;
+    const lmv__family_ops *ops;
+    void *graph;                 /* the family's weight pointers and config */
+};
+
+/* Look-ups used while binding a family. */
+static const lmv__meta *lmv__find_meta(const lmv_model *m, const char *key) {
+    int i;
+    for (i = 0; i < m->n_meta; i++)
+        if (strcmp(m->meta[i].key, key) == 0) return &m->meta[i];
+    return NULL;
+}
+
+static float lmv__meta_float(const lmv_model *m, const char *key, int idx, float def) {
+    const lmv__meta *e = lmv__find_meta(m, key);
+    uint32_t u;
+    float f;
+    if (!e || idx >= e->count) return def;
+    if (e->type == 1) return (float)(int32_t)lmv__rd32(e->payload + 4 * (size_t)idx);
+    if (e->type != 2) return def;
+    u = lmv__rd32(e->payload + 4 * (size_t)idx);
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static const char *lmv__meta_string(const lmv_model *m, const char *key, const char *def) {
+    const lmv__meta *e = lmv__find_meta(m, key);
+    if (!e || e->type != 3) return def;
+    return (const char *)e->payload;
+}
+
+/* Integers in the meta that size buffers must be positive and modest; one check for all. */
+static lmv_result lmv__meta_int_range(const lmv_model *m, const char *key, int idx, int lo, int hi, int def, int *out,
+                                      lmv_error *err) {
+    const lmv__meta *e = lmv__find_meta(m, key);
+    int v;
+    if (!e) {
+        if (def < lo) return lmv__fail(err, LMV_ERR_CORRUPT, "config key '%s' is missing", key);
+        *out = def;
+        return LMV_OK;
+    }
+    if (e->type != 1 || idx >= e->count)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "config key '%s' must be an int array of at least %d values", key,
+                         idx + 1);
+    v = (int)(int32_t)lmv__rd32(e->payload + 4 * (size_t)idx);
+    if (v < lo || v > hi)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "config key '%s' is %d, outside the range %d..%d", key, v, lo, hi);
+    *out = v;
+    return LMV_OK;
+}
+
+static const lmv__tensor *lmv__find_tensor(const lmv_model *m, const char *name) {
+    size_t len = strlen(name);
+    int i;
+    for (i = 0; i < m->n_tensors; i++)
+        if ((size_t)m->tensors[i].name_len == len && memcmp(m->tensors[i].name, name, len) == 0) return &m->tensors[i];
+    return NULL;
+}
+
+/* Fetch a float32 tensor by name and check its shape; shape lists ndim sizes.
+   With `optional`, a missing tensor gives NULL and LMV_OK. */
+static lmv_result lmv__weight(const lmv_model *m, const char *name, int optional, int ndim, const int *shape,
+                              const float **out, lmv_error *err) {
+    const lmv__tensor *t = lmv__find_tensor(m, name);
+    int i;
+    *out = NULL;
+    if (!t) {
+        if (optional) return LMV_OK;
+        return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "tensor '%s' is missing from the weight file", name);
+    }
+    if (t->dtype != 0)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "tensor '%s' has dtype %d; this build runs float32 only", name,
+                         t->dtype);
+    if (t->ndim != ndim) goto bad;
+    for (i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i]) goto bad;
+    *out = (const float *)(const void *)t->data;
+    return LMV_OK;
+bad : {
+    char want[96], have[96];
+    size_t n = 0;
+    int j;
+    for (j = 0; j < 2; j++) {
+        char *buf = j ? have : want;
+        const int *s = j ? t->shape : shape;
+        int d = j ? t->ndim : ndim, k;
+        n = 0;
+        buf[n++] = '[';
+        for (k = 0; k < d && n < 80; k++) {
+            char num[16];
+            int v = s[k], q = 0;
+            if (k) buf[n++] = ',';
+            do { num[q++] = (char)('0' + v % 10); v /= 10; } while (v && q < 15);
+            while (q) buf[n++] = num[--q];
+        }
+        buf[n++] = ']';
+        buf[n] = 0;
+    }
+    return lmv__fail(err, LMV_ERR_SHAPE, "tensor '%s' has shape %s, the config needs %s", name, have, want);
+}
+}
+
+/* Shorthands for the common shapes, with a printf-built name. */
+static void lmv__name(char *buf, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    lmv__vformat(buf, cap, fmt, ap);
+    va_end(ap);
+}
+
+static lmv_result lmv__w1(const lmv_model *m, int optional, int n0, const float **out, lmv_error *err, const char *name) {
+    int s[1];
+    s[0] = n0;
+    return lmv__weight(m, name, optional, 1, s, out, err);
+}
+static lmv_result lmv__w2(const lmv_model *m, int optional, int n0, int n1, const float **out, lmv_error *err,
+                          const char *name) {
+    int s[2];
+    s[0] = n0; s[1] = n1;
+    return lmv__weight(m, name, optional, 2, s, out, err);
+}
+
+/* Parse and validate the whole container: header, CRCs, meta, table. Nothing is trusted until
+   it has been bounds-checked here. */
+static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, int verify_data, lmv_error *err) {
+    uint64_t file_size, meta_off, meta_size, table_off, table_size, data_off, data_size;
+    uint32_t version, tag, n_meta, n_tensors, crc;
+    size_t pos, end, keys_bytes = 0, nstrings = 0;
+    lmv__crc crct;
+    unsigned char head[80];
+    uint32_t i;
+    char *keyp;
+    const char **strp;
+
+    if (size < 8 || memcmp(p, "LEMEVIT", 8) != 0) {
+        if (size >= 2 && p[0] == 'P' && p[1] == 'K')
+            return lmv__fail(err, LMV_ERR_BAD_MAGIC,
+                             "this is a zip file (a PyTorch checkpoint?): convert it first with tools/convert.py");
+        return lmv__fail(err, LMV_ERR_BAD_MAGIC, "not a .lmv weight file (bad magic); make one with tools/convert.py");
+    }
+    if (size < LMV__HEADER_SIZE)
+        return lmv__fail(err, LMV_ERR_TRUNCATED, "file is %z bytes, shorter than the 128-byte header", size);
+    tag = lmv__rd32(p + 12);
+    if (tag == 0x04030201u)
+        return lmv__fail(err, LMV_ERR_ENDIAN, "the weight file was written big-endian; .lmv files are little-endian");
+    if (tag != 0x01020304u) return lmv__fail(err, LMV_ERR_CORRUPT, "bad endian tag in the header");
+    version = lmv__rd32(p + 8);
+    if (version != LMV__VERSION)
+        return lmv__fail(err, LMV_ERR_VERSION, "format version %u; this build reads version %d (update lemevit.h)",
+                         (unsigned)version, LMV__VERSION);
+    file_size = lmv__rd64(p + 16);
+    meta_off = lmv__rd64(p + 24);
+    meta_size = lmv__rd64(p + 32);
+    table_off = lmv__rd64(p + 40);
+    table_size = lmv__rd64(p + 48);
+    n_meta = lmv__rd32(p + 56);
+    n_tensors = lmv__rd32(p + 60);
+    data_off = lmv__rd64(p + 64);
+    data_size = lmv__rd64(p + 72);
+    if (file_size >= ((uint64_t)1 << 48)) return lmv__fail(err, LMV_ERR_LIMIT, "file size field is absurd");
+    if (size < file_size)
+        return lmv__fail(err, LMV_ERR_TRUNCATED, "file is truncated: %z of %z bytes present", size, (size_t)file_size);
+    if (size > file_size)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "%z extra bytes after the end of the weight file",
+                         (size_t)(size - file_size));
+    if (meta_off != LMV__HEADER_SIZE || meta_size > file_size || table_off != ((meta_off + meta_size + 7) & ~(uint64_t)7) ||
+        table_size > file_size - table_off || table_off > file_size || data_off % 64 || data_off < table_off + table_size ||
+        data_off > file_size || data_size != file_size - data_off)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "section offsets in the header are inconsistent");
+    if (n_meta > LMV__MAX_META || n_tensors > LMV__MAX_TENSORS)
+        return lmv__fail(err, LMV_ERR_LIMIT, "%u meta entries / %u tensors exceed the limits", (unsigned)n_meta,
+                         (unsigned)n_tensors);
+    for (pos = 88; pos < LMV__HEADER_SIZE; pos++)
+        if (p[pos]) return lmv__fail(err, LMV_ERR_CORRUPT, "reserved header bytes are not zero");
+
+    lmv__crc_init(&crct);
+    memcpy(head, p, 80);
+    crc = lmv__crc_update(&crct, 0, head, 80);
+    crc = lmv__crc_update(&crct, crc, p + meta_off, (size_t)meta_size);
+    crc = lmv__crc_update(&crct, crc, p + table_off, (size_t)table_size);
+    if (crc != lmv__rd32(p + 80))
+        return lmv__fail(err, LMV_ERR_CHECKSUM, "header checksum mismatch: the file is damaged");
+    if (verify_data && lmv__crc_update(&crct, 0, p + data_off, (size_t)data_size) != lmv__rd32(p + 84))
+        return lmv__fail(err, LMV_ERR_CHECKSUM, "weight data checksum mismatch: the file is damaged");
+
+    /* Meta: first pass validates and counts, second pass fills. */
+    end = (size_t)(meta_off + meta_size);
+    pos = (size_t)meta_off;
+    for (i = 0; i < n_meta; i++) {
+        size_t klen, count;
+        int type;
+        if (end - pos < 8) return lmv__fail(err, LMV_ERR_CORRUPT, "meta entry %u runs past its section", (unsigned)i);
+        klen = lmv__rd16(p + pos);
+        type = p[pos + 2];
+        count = lmv__rd32(p + pos + 4);
+        if (klen == 0 || klen > 255 || type < 1 || type > 4 || p[pos + 3])
+            return lmv__fail(err, LMV_ERR_CORRUPT, "meta entry %u has a bad key length or type", (unsigned)i);
+        pos += 8;
+        if (end - pos < ((klen + 3) & ~(size_t)3))
+            return lmv__fail(err, LMV_ERR_CORRUPT, "meta entry %u runs past its section", (unsigned)i);
+        keys_bytes += klen + 1;
+        pos += (klen + 3) & ~(size_t)3;
+        if (type <= 2) {
+            if (count > (end - pos) / 4) return lmv__fail(err, LMV_ERR_CORRUPT, "meta entry %u runs past its section", (unsigned)i);
+            pos += count * 4;
+        } else if (type == 3) {
+            if (count == 0 || count > end - pos || p[pos + count - 1] != 0)
+                return lmv__fail(err, LMV_ERR_CORRUPT, "meta string %u is not NUL-terminated inside its section", (unsigned)i);
+            pos += (count + 3) & ~(size_t)3;
+        } else {
+            size_t s, start = pos;
+            if (count > 1000000) return lmv__fail(err, LMV_ERR_LIMIT, "meta entry %u lists too many strings", (unsigned)i);
+            for (s = 0; s < count; s++) {
+                size_t l;
+                if (end - pos < 4) return lmv__fail(err, LMV_ERR_CORRUPT, "string list %u runs past its section", (unsigned)i);
+                l = lmv__rd32(p + pos);
+                pos += 4;
+                if (l == 0 || l > end - pos || p[pos + l - 1] != 0)
+                    return lmv__fail(err, LMV_ERR_CORRUPT, "string list %u has a bad string", (unsigned)i);
+                pos += l;
+            }
+            nstrings += count;
+            pos = start + (((pos - start) + 3) & ~(size_t)3);
+        }
+        if (pos > end) return lmv__fail(err, LMV_ERR_CORRUPT, "meta entry %u runs past its section", (unsigned)i);
+    }
+    m->n_meta = (int)n_meta;
+    m->meta = (lmv__meta *)lmv__alloc(&m->allocator, sizeof(lmv__meta) * (n_meta + 1));
+    m->keys = (char *)lmv__alloc(&m->allocator, keys_bytes + 1);
+    strp = (const char **)lmv__alloc(&m->allocator, sizeof(char *) * (nstrings + 1));
+    m->tensors = (lmv__tensor *)lmv__alloc(&m->allocator, sizeof(lmv__tensor) * (n_tensors + 1));
+    m->strings = strp;
+    if (!m->meta || !m->keys || !strp || !m->tensors) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading the header");
+    pos = (size_t)meta_off;
+    keyp = m->keys;
+    for (i = 0; i < n_meta; i++) {
+        lmv__meta *e = &m->meta[i];
+        size_t klen = lmv__rd16(p + pos), count = lmv__rd32(p + pos + 4), k;
+        e->type = p[pos + 2];
+        e->count = (int)count;
+        pos += 8;
+        memcpy(keyp, p + pos, klen);
+        keyp[klen] = 0;
+        for (k = 0; k < klen; k++) {
+            char ch = keyp[k];
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '.'))
+                return lmv__fail(err, LMV_ERR_CORRUPT, "meta key %u has a character outside [a-z0-9_.]", (unsigned)i);
+        }
+        e->key = keyp;
+        keyp += klen + 1;
+        pos += (klen + 3) & ~(size_t)3;
+        e->payload = p + pos;
+        e->strings = NULL;
+        if (e->type <= 2) pos += count * 4;
+        else if (e->type == 3) pos += (count + 3) & ~(size_t)3;
+        else {
+            size_t s, start = pos;
+            e->strings = strp;
+            for (s = 0; s < count; s++) {
+                size_t l = lmv__rd32(p + pos);
+                *strp++ = (const char *)(p + pos + 4);
+                pos += 4 + l;
+            }
+            pos = start + (((pos - start) + 3) & ~(size_t)3);
+        }
+    }
+    for (i = 0; i < n_meta; i++) {
+        uint32_t j;
+        for (j = 0; j < i; j++)
+            if (strcmp(m->meta[i].key, m->meta[j].key) == 0)
+                return lmv__fail(err, LMV_ERR_CORRUPT, "meta key '%s' appears twice", m->meta[i].key);
+    }
+
+    /* Tensor table. */
+    end = (size_t)(table_off + table_size);
+    pos = (size_t)table_off;
+    for (i = 0; i < n_tensors; i++) {
+        lmv__tensor *t = &m->tensors[i];
+        size_t nlen, d, numel = 1, elsize;
+        uint64_t off, nbytes;
+        if (end - pos < 20) return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u runs past the table", (unsigned)i);
+        nlen = lmv__rd16(p + pos);
+        t->dtype = p[pos + 2];
+        t->ndim = p[pos + 3];
+        off = lmv__rd64(p + pos + 4);
+        nbytes = lmv__rd64(p + pos + 12);
+        pos += 20;
+        if (nlen == 0 || nlen > 255) return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u has a bad name length", (unsigned)i);
+        if (t->ndim > LMV__MAX_DIMS)
+            return lmv__fail(err, LMV_ERR_LIMIT, "tensor entry %u has %d dimensions (max 6)", (unsigned)i, t->ndim);
+        if (end - pos < 4 * (size_t)t->ndim + nlen)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u runs past the table", (unsigned)i);
+        for (d = 0; d < (size_t)t->ndim; d++) {
+            uint32_t s = lmv__rd32(p + pos + 4 * d);
+            if (s > 0x7FFFFFFFu || !lmv__mul_ok(numel, s, &numel))
+                return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u has an absurd shape", (unsigned)i);
+            t->shape[d] = (int)s;
+        }
+        pos += 4 * (size_t)t->ndim;
+        t->name = (const char *)(p + pos);
+        t->name_len = (int)nlen;
+        pos += nlen;
+        pos = (size_t)table_off + (((pos - (size_t)table_off) + 7) & ~(size_t)7);
+        if (pos > end) return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u runs past the table", (unsigned)i);
+        elsize = t->dtype == 0 ? 4 : 0;
+        if (!elsize)
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED, "tensor entry %u has dtype %d, which this build does not know",
+                             (unsigned)i, t->dtype);
+        if (!lmv__mul_ok(numel, elsize, &t->nbytes) || t->nbytes != nbytes)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: byte size does not match its shape", (unsigned)i);
+        if (off % 64 || off > data_size || nbytes > data_size - off)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: data lies outside the data section or is misaligned",
+                             (unsigned)i);
+        t->numel = numel;
+        t->data = p + data_off + off;
+    }
+    /* Names unique, ranges disjoint: O(n^2) but n is small and this runs once. */
+    for (i = 0; i < n_tensors; i++) {
+        uint32_t j;
+        const lmv__tensor *a = &m->tensors[i];
+        for (j = 0; j < i; j++) {
+            const lmv__tensor *b = &m->tensors[j];
+            if (a->name_len == b->name_len && memcmp(a->name, b->name, (size_t)a->name_len) == 0)
+                return lmv__fail(err, LMV_ERR_CORRUPT, "a tensor name appears twice in the table (entry %u)", (unsigned)i);
+            if (a->nbytes && b->nbytes && a->data < b->data + b->nbytes && b->data < a->data + a->nbytes)
+                return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entries %u and %u overlap", (unsigned)j, (unsigned)i);
+        }
+    }
+    return LMV_OK;
+}
+
+/* --------------------------------------------------------------------------------------------
+   Tensor kernels. Activations are row-major [rows][cols] floats; weights are PyTorch's layout
+   ([out][in] for Linear). Every model family runs on these same few functions.
+   -------------------------------------------------------------------------------------------- */
+
+/* How many threads a kernel may use; 1 when compiled without OpenMP. */
+typedef struct lmv__ctx {
+    int threads;
+} lmv__ctx;
+
+#ifndef LMV_GEMM_KC
+#define LMV_GEMM_KC 256 /* K block of the GEMM; the packed panel is LMV_GEMM_KC*16 floats on the stack */
+#endif
+#define LMV__MR 4
+#define LMV__NR 16
+
+/* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to. Rows of A past
+   `mr` are never read. */
+static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
+    int k, j, r;
+    for (k = 0; k < kc; k++) {
+        const float *pk = p + (size_t)k * LMV__NR;
+        for (r = 0; r < mr; r++) {
+            float av = a[(size_t)r * lda + k];
+            for (j = 0; j < LMV__NR; j++) acc[r][j] += av * pk[j];
+        }
+    }
+}
+
+/* C[M][N] = A[M][K] * op(B) (+ bias[N]), where op(B) is B^T for B stored [N][K] (trans_b = 1,
+   a Linear weight) or B for B stored [K][N] (trans_b = 0, e.g. attention times V).
+   Each output element is summed in k order, so the result does not depend on the thread count. */
+static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
+                      int trans_b, const float *bias, float *C, size_t ldc) {
+    int npanels = (N + LMV__NR - 1) / LMV__NR, jp;
+    (void)ctx;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && npanels > 1)
+#endif
+    for (jp = 0; jp < npanels; jp++) {
+        float panel[LMV_GEMM_KC * LMV__NR];
+        float acc[LMV__MR][LMV__NR];
+        int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, k;
+        for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
+            int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC;
+            /* pack op(B)[k0:k0+kc][j0:j0+nr] as [kc][NR], zero-filled past nr */
+            for (k = 0; k < kc; k++) {
+                float *dst = panel + (size_t)k * LMV__NR;
+                for (j = 0; j < nr; j++)
+                    dst[j] = trans_b ? B[(size_t)(j0 + j) * ldb + (size_t)(k0 + k)] : B[(size_t)(k0 + k) * ldb + (size_t)(j0 + j)];
+                for (; j < LMV__NR; j++) dst[j] = 0.0f;
+            }
+            for (i0 = 0; i0 < M; i0 += LMV__MR) {
+                int mr = M - i0 < LMV__MR ? M - i0 : LMV__MR;
+                for (r = 0; r < LMV__MR; r++)
+                    for (j = 0; j < LMV__NR; j++)
+                        acc[r][j] = (r < mr && j < nr) ? (k0 ? C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] : (bias ? bias[j0 + j] : 0.0f)) : 0.0f;
+                lmv__tile(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, acc);
+                for (r = 0; r < mr; r++)
+                    for (j = 0; j < nr; j++) C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] = acc[r][j];
+            }
+        }
+        if (K == 0)
+            for (i0 = 0; i0 < M; i0++)
+                for (j = 0; j < nr; j++) C[(size_t)i0 * ldc + (size_t)(j0 + j)] = bias ? bias[j0 + j] : 0.0f;
+    }
+}
+
+/* y[rows][out] = x[rows][in] W^T + b: a PyTorch nn.Linear. */
+static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, const float *W,
+                        const float *b) {
+    lmv__gemm(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out);
+}
+
+/* LayerNorm over the last dimension (biased variance, like PyTorch); y may alias x. */
+static void lmv__layernorm(float *y, const float *x, int rows, int dim, const float *w, const float *b, float eps) {
+    int r, i;
+    for (r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = y + (size_t)r * dim;
+        double mean = 0.0, var = 0.0;
+        float m, inv;
+        for (i = 0; i < dim; i++) mean += xr[i];
+        mean /= dim;
+        for (i = 0; i < dim; i++) {
+            double d = xr[i] - mean;
+            var += d * d;
+        }
+        var /= dim;
+        m = (float)mean;
+        inv = (float)(1.0 / sqrt(var + (double)eps));
+        for (i = 0; i < dim; i++) {
+            float v = (xr[i] - m) * inv;
+            yr[i] = w ? v * w[i] + (b ? b[i] : 0.0f) : v;
+        }
+    }
+}
+
+typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH } lmv__act;
+
+static void lmv__activate(float *x, size_t n, lmv__act act) {
+    size_t i;
+    switch (act) {
+    case LMV__ACT_GELU:
+        for (i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        break;
+    case LMV__ACT_GELU_TANH:
+        for (i = 0; i < n; i++) {
+            float v = x[i];
+            x[i] = 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+        }
+        break;
+    case LMV__ACT_RELU:
+        for (i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        break;
+    case LMV__ACT_TANH:
+        for (i = 0; i < n; i++) x[i] = tanhf(x[i]);
+        break;
+    case LMV__ACT_NONE: break;
+    }
+}
+
+/* y += x, or y += g * x per channel when g (layer scale) is given. */
+static void lmv__add_scaled(float *y, const float *x, int rows, int dim, const float *g) {
+    size_t i, n = (size_t)rows * dim;
+    if (!g)
+        for (i = 0; i < n; i++) y[i] += x[i];
+    else
+        for (i = 0; i < n; i++) y[i] += g[i % (size_t)dim] * x[i];
+}
+
+/* In-place softmax over one row, max-subtracted like PyTorch. */
+static void lmv__softmax_row(float *x, int n) {
+    float mx = -FLT_MAX, sum = 0.0f, inv;
+    int i;
+    for (i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    inv = 1.0f / sum;
+    for (i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* Non-overlapping patches of a CHW image as rows [gh*gw][C*ph*pw], in (c, ky, kx) order so a
+   Conv2d(k = stride = patch) becomes one GEMM with its weight viewed as [out][C*ph*pw]. */
+static void lmv__patchify(float *rows, const float *img, int C, int H, int W, int ph, int pw) {
+    int gh = H / ph, gw = W / pw, gy, gx, c, ky;
+    for (gy = 0; gy < gh; gy++)
+        for (gx = 0; gx < gw; gx++) {
+            float *dst = rows + ((size_t)gy * gw + gx) * (size_t)C * ph * pw;
+            for (c = 0; c < C; c++)
+                for (ky = 0; ky < ph; ky++) {
+                    memcpy(dst, img + ((size_t)c * H + (size_t)gy * ph + ky) * W + (size_t)gx * pw, sizeof(float) * (size_t)pw);
+                    dst += pw;
+                }
+        }
+}
+
+/* Interpolation weights: w[j] for input index j (0..in-1) contributing to output index i, for the
+   resampling modes PyTorch's F.interpolate uses on position embeddings. */
+typedef enum lmv__resample {
+    LMV__RS_BICUBIC = 0, /* bicubic, a = -0.75, align_corners = False, border replicate */
+    LMV__RS_BICUBIC_AA,  /* bicubic antialias=True: PIL-style a = -0.5, support scaled, renormalised */
+    LMV__RS_BICUBIC_AC,  /* bicubic, align_corners = True */
+    LMV__RS_BILINEAR     /* bilinear, align_corners = False */
+} lmv__resample;
+
+static double lmv__cubic(double x, double a) {
+    x = fabs(x);
+    if (x <= 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0;
+    if (x < 2.0) return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a;
+    return 0.0;
+}
+
+static void lmv__resample_weights(lmv__resample mode, int in, int out, int i, float *w) {
+    int j;
+    for (j = 0; j < in; j++) w[j] = 0.0f;
+    if (mode == LMV__RS_BICUBIC_AA) {
+        double scale = (double)in / out, support = 2.0 * (scale > 1.0 ? scale : 1.0);
+        double inv = scale > 1.0 ? 1.0 / scale : 1.0, center = scale * (i + 0.5), total = 0.0;
+        int lo = (int)(center - support + 0.5), hi = (int)(center + support + 0.5);
+        if (lo < 0) lo = 0;
+        if (hi > in) hi = in;
+        for (j = lo; j < hi; j++) total += lmv__cubic((j - center + 0.5) * inv, -0.5);
+        for (j = lo; j < hi; j++) w[j] = (float)(total != 0.0 ? lmv__cubic((j - center + 0.5) * inv, -0.5) / total : 0.0);
+    } else if (mode == LMV__RS_BILINEAR) {
+        float scale = (float)in / (float)out, real = scale * (i + 0.5f) - 0.5f, l;
+        int i0, i1;
+        if (real < 0.0f) real = 0.0f;
+        i0 = (int)real;
+        i1 = i0 + 1 < in ? i0 + 1 : in - 1;
+        l = real - (float)i0;
+        w[i0] += 1.0f - l;
+        w[i1] += l;
+    } else {
+        float scale, real, t;
+        int f, k;
+        float coeff[4];
+        if (mode == LMV__RS_BICUBIC_AC) {
+            scale = out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
+            real = scale * (float)i;
+        } else {
+            scale = (float)in / (float)out;
+            real = scale * (i + 0.5f) - 0.5f;
+        }
+        f = (int)floorf(real);
+        t = real - (float)f;
+        coeff[0] = (float)lmv__cubic(t + 1.0, -0.75);
+        coeff[1] = (float)lmv__cubic(t, -0.75);
+        coeff[2] = (float)lmv__cubic(1.0 - t, -0.75);
+        coeff[3] = (float)lmv__cubic(2.0 - t, -0.75);
+        for (k = 0; k < 4; k++) {
+            int idx = f - 1 + k;
+            idx = idx < 0 ? 0 : idx > in - 1 ? in - 1 : idx;
+            w[idx] += coeff[k];
+        }
+    }
+}
+
+/* Resample a token-major grid [ih*iw][C] to [oh*ow][C], separably (width, then height).
+   tmp holds ih*ow*C floats, wbuf max(ih, iw) floats. */
+static void lmv__resample_grid(lmv__resample mode, float *out, const float *in, int ih, int iw, int oh, int ow, int C,
+                               float *tmp, float *wbuf) {
+    int y, x, j, c;
+    for (x = 0; x < ow; x++) {
+        lmv__resample_weights(mode, iw, ow, x, wbuf);
+        for (y = 0; y < ih; y++) {
+            float *d = tmp + ((size_t)y * ow + x) * C;
+            for (c = 0; c < C; c++) d[c] = 0.0f;
+            for (j = 0; j < iw; j++)
+                if (wbuf[j] != 0.0f) {
+                    const float *s = in + ((size_t)y * iw + j) * C;
+                    for (c = 0; c < C; c++) d[c] += wbuf[j] * s[c];
+                }
+        }
+    }
+    for (y = 0; y < oh; y++) {
+        lmv__resample_weights(mode, ih, oh, y, wbuf);
+        for (x = 0; x < ow; x++) {
+            float *d = out + ((size_t)y * ow + x) * C;
+            for (c = 0; c < C; c++) d[c] = 0.0f;
+            for (j = 0; j < ih; j++)
+                if (wbuf[j] != 0.0f) {
+                    const float *s = tmp + ((size_t)j * ow + x) * C;
+                    for (c = 0; c < C; c++) d[c] += wbuf[j] * s[c];
+                }
+        }
+    }
+}
+
+/* --------------------------------------------------------------------------------------------
+   Attention. One kernel serves ViT self-attention, Swin window attention (bias + shift mask) and
+   LeMeViT's cross and dual-cross attention (queries and keys from different token sets, any scale).
+   -------------------------------------------------------------------------------------------- */
+
+typedef struct lmv__attn_args {
+    int groups;                /* independent problems (e.g. windows), laid out at the strides below */
+    int heads, head_dim;
+    int nq, nk;                /* queries and keys per group */
+    const float *q, *k, *v;    /* head h of row i of group g at q + g*gstride_q + i*ldq + h*head_dim */
+    size_t ldq, ldk, ldv, ldo;
+    size_t gstride_q, gstride_k, gstride_v, gstride_o;
+    float *out;
+    float scale;
+    const float *bias;         /* optional [heads][nq][nk], added after scaling (Swin relative position) */
+    const float *mask;         /* optional [n_masks][nq][nk], group g uses mask g % n_masks (Swin shift) */
+    int n_masks;
+    float *scores;             /* scratch: threads * nq * nk floats */
+} lmv__attn_args;
+
+/* out = softmax(q k^T * scale + bias + mask) v, per group and head; one score block per thread. */
+static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
+    int total = a->groups * a->heads, t;
+    lmv__ctx one;
+    one.threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && total > 1)
+#endif
+    for (t = 0; t < total; t++) {
+        int g = t / a->heads, h = t % a->heads, i, j;
+#ifdef _OPENMP
+        float *s = a->scores + (size_t)omp_get_thread_num() * a->nq * a->nk;
+#else
+        float *s = a->scores;
+#endif
+        const float *q = a->q + g * a->gstride_q + (size_t)h * a->head_dim;
+        const float *k = a->k + g * a->gstride_k + (size_t)h * a->head_dim;
+        const float *v = a->v + g * a->gstride_v + (size_t)h * a->head_dim;
+        float *o = a->out + g * a->gstride_o + (size_t)h * a->head_dim;
+        const float *bias = a->bias ? a->bias + (size_t)h * a->nq * a->nk : NULL;
+        const float *mask = a->mask ? a->mask + (size_t)(g % a->n_masks) * a->nq * a->nk : NULL;
+        lmv__gemm(&one, a->nq, a->nk, a->head_dim, q, a->ldq, k, a->ldk, 1, NULL, s, (size_t)a->nk);
+        for (i = 0; i < a->nq; i++) {
+            float *row = s + (size_t)i * a->nk;
+            for (j = 0; j < a->nk; j++) {
+                float x = row[j] * a->scale;
+                if (bias) x += bias[(size_t)i * a->nk + j];
+                if (mask) x += mask[(size_t)i * a->nk + j];
+                row[j] = x;
+            }
+            lmv__softmax_row(row, a->nk);
+        }
+        lmv__gemm(&one, a->nq, a->head_dim, a->nk, s, (size_t)a->nk, v, a->ldv, 0, NULL, o, a->ldo);
+    }
+    (void)ctx;
+}
+
+/* --------------------------------------------------------------------------------------------
+   Sessions: the run state every graph shares
+   -------------------------------------------------------------------------------------------- */
+
+struct lmv_session {
+    const lmv_model *model;
+    lmv_allocator allocator;
+    lmv__ctx ctx;
+    int max_threads;
+    int max_h, max_w;
+    float *arena;              /* activation memory, planned by the family for max_h x max_w */
+    size_t arena_floats;
+    int cache_h, cache_w;      /* input size the size-dependent caches (e.g. pos_embed) were made for */
+    lmv_trace_fn trace;
+    void *trace_user;
+};
+
+/* Hand a block output to the trace callback, if any. */
+static void lmv__trace(const lmv_session *s, const char *name, const float *data, int ndim, int d0, int d1, int d2) {
+    int shape[3];
+    if (!s->trace) return;
+    shape[0] = d0; shape[1] = d1; shape[2] = d2;
+    s->trace(s->trace_user, name, data, ndim, shape);
+}
+
+/* Carve consecutive 64-byte aligned float buffers out of the arena; with base == NULL it only
+   counts, which is how a family's plan and forward share one layout function. */
+typedef struct lmv__carver {
+    float *base;
+    size_t used;               /* floats */
+} lmv__carver;
+
+static float *lmv__carve(lmv__carver *c, size_t floats) {
+    float *p = c->base ? c->base + c->used : NULL;
+    c->used += (floats + 15) & ~(size_t)15;
+    return p;
+}
+
+/* --------------------------------------------------------------------------------------------
+   Model graphs: ViT / DeiT
+   -------------------------------------------------------------------------------------------- */
+
+typedef struct lmv__vit_block {
+    const float *norm1_w, *norm1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ls1;
+    const float *norm2_w, *norm2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls2;
+} lmv__vit_block;
+
+typedef struct lmv__vit {
+    int dim, depth, heads, hidden, in_chans, ph, pw, pos_gh, pos_gw;
+    int class_token, class_last, dist_token, reg_tokens, prefix, no_embed_class, norm_first;
+    int pool_avg, pre_logits, num_classes, pos_rows;
+    float eps, scale;
+    lmv__act act;
+    lmv__resample pos_interp;
+    const float *patch_w, *patch_b, *patch_norm_w, *patch_norm_b;
+    const float *cls_token, *dist_token_w, *reg_token, *pos_embed;
+    const float *norm_pre_w, *norm_pre_b, *norm_w, *norm_b, *fc_norm_w, *fc_norm_b;
+    const float *pre_logits_w, *pre_logits_b, *head_w, *head_b, *head_dist_w, *head_dist_b;
+    lmv__vit_block *blocks;
+} lmv__vit;
+
+static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
+    lmv__vit *v;
+    lmv_result r;
+    const char *s;
+    int i, D, Hd, P, patch_k;
+    char name[96];
+    v = (lmv__vit *)lmv__alloc(&m->allocator, sizeof(lmv__vit));
+    if (!v) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT graph");
+    memset(v, 0, sizeof *v);
+    m->graph = v;
+#define LMV__INT(key, idx, lo, hi, def, dst) \
+    if ((r = lmv__meta_int_range(m, key, idx, lo, hi, def, &(dst), err)) != LMV_OK) return r
+    LMV__INT("vit.embed_dim", 0, 1, 1 << 16, -1, v->dim);
+    LMV__INT("vit.depth", 0, 0, 4096, -1, v->depth);
+    LMV__INT("vit.num_heads", 0, 1, 4096, -1, v->heads);
+    LMV__INT("vit.mlp_hidden", 0, 1, 1 << 18, -1, v->hidden);
+    LMV__INT("in_chans", 0, 1, 64, 3, v->in_chans);
+    LMV__INT("vit.patch_size", 0, 1, 1024, -1, v->ph);
+    LMV__INT("vit.patch_size", 1, 1, 1024, -1, v->pw);
+    LMV__INT("vit.pos_grid", 0, 1, 4096, -1, v->pos_gh);
+    LMV__INT("vit.pos_grid", 1, 1, 4096, -1, v->pos_gw);
+    LMV__INT("vit.class_token", 0, 0, 1, 1, v->class_token);
+    LMV__INT("vit.class_last", 0, 0, 1, 0, v->class_last);
+    LMV__INT("vit.dist_token", 0, 0, 1, 0, v->dist_token);
+    LMV__INT("vit.reg_tokens", 0, 0, 64, 0, v->reg_tokens);
+    LMV__INT("vit.no_embed_class", 0, 0, 1, 0, v->no_embed_class);
+    LMV__INT("vit.norm_first", 0, 0, 1, 1, v->norm_first);
+    LMV__INT("vit.pre_logits", 0, 0, 1 << 18, 0, v->pre_logits);
+    LMV__INT("num_classes", 0, 0, 1 << 20, 0, v->num_classes);
+#undef LMV__INT
+    if (v->dim % v->heads)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.embed_dim %d is not divisible by vit.num_heads %d", v->dim, v->heads);
+    if (v->dist_token && !v->class_token)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "a distillation token needs a class token");
+    if (v->class_last && (v->dist_token || v->reg_tokens || v->no_embed_class))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.class_last cannot be combined with dist/reg tokens or no_embed_class");
+    v->prefix = v->class_token + v->dist_token + v->reg_tokens;
+    v->eps = lmv__meta_float(m, "vit.norm_eps", 0, 1e-6f);
+    if (!(v->eps > 0.0f && v->eps < 1.0f)) return lmv__fail(err, LMV_ERR_CORRUPT, "vit.norm_eps is not in (0, 1)");
+    v->scale = lmv__meta_float(m, "vit.attn_scale", 0, 0.0f);
+    if (!(v->scale >= 0.0f && v->scale < 1e6f)) return lmv__fail(err, LMV_ERR_CORRUPT, "vit.attn_scale is invalid");
+    if (v->scale == 0.0f) v->scale = (float)(1.0 / sqrt((double)(v->dim / v->heads)));
+    s = lmv__meta_string(m, "vit.act", "gelu");
+    if (!strcmp(s, "gelu")) v->act = LMV__ACT_GELU;
+    else if (!strcmp(s, "gelu_tanh")) v->act = LMV__ACT_GELU_TANH;
+    else if (!strcmp(s, "relu")) v->act = LMV__ACT_RELU;
+    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu", s);
+    s = lmv__meta_string(m, "vit.pool", "token");
+    if (!strcmp(s, "avg")) v->pool_avg = 1;
+    else if (strcmp(s, "token")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg", s);
+    if (!v->pool_avg && !v->class_token) return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool 'token' needs a class token");
+    s = lmv__meta_string(m, "vit.pos_interp", "bicubic");
+    if (!strcmp(s, "bicubic")) v->pos_interp = LMV__RS_BICUBIC;
+    else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
+    else if (!strcmp(s, "bicubic_ac")) v->pos_interp = LMV__RS_BICUBIC_AC;
+    else if (!strcmp(s, "bilinear")) v->pos_interp = LMV__RS_BILINEAR;
+    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pos_interp '%s' is unknown", s);
+
+    D = v->dim;
+    Hd = v->hidden;
+    patch_k = v->in_chans * v->ph * v->pw;
+    P = v->pos_gh * v->pos_gw + (v->no_embed_class ? 0 : v->prefix);
+    v->pos_rows = P;
+    {
+        int shape4[4], shape3[3];
+        shape4[0] = D; shape4[1] = v->in_chans; shape4[2] = v->ph; shape4[3] = v->pw;
+        if ((r = lmv__weight(m, "patch_embed.proj.weight", 0, 4, shape4, &v->patch_w, err)) != LMV_OK) return r;
+        if ((r = lmv__w1(m, 1, D, &v->patch_b, err, "patch_embed.proj.bias")) != LMV_OK) return r;
+        shape3[0] = 1; shape3[1] = 1; shape3[2] = D;
+        if (v->class_token && (r = lmv__weight(m, "cls_token", 0, 3, shape3, &v->cls_token, err)) != LMV_OK) return r;
+        if (v->dist_token && (r = lmv__weight(m, "dist_token", 0, 3, shape3, &v->dist_token_w, err)) != LMV_OK) return r;
+        shape3[1] = v->reg_tokens;
+        if (v->reg_tokens && (r = lmv__weight(m, "reg_token", 0, 3, shape3, &v->reg_token, err)) != LMV_OK) return r;
+        shape3[1] = P;
+        if ((r = lmv__weight(m, "pos_embed", 0, 3, shape3, &v->pos_embed, err)) != LMV_OK) return r;
+    }
+    (void)patch_k;
+    if ((r = lmv__w1(m, 1, D, &v->patch_norm_w, err, "patch_embed.norm.weight")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->patch_norm_b, err, "patch_embed.norm.bias")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->norm_pre_w, err, "norm_pre.weight")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->norm_pre_b, err, "norm_pre.bias")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->norm_w, err, "norm.weight")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->norm_b, err, "norm.bias")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->fc_norm_w, err, "fc_norm.weight")) != LMV_OK ||
+        (r = lmv__w1(m, 1, D, &v->fc_norm_b, err, "fc_norm.bias")) != LMV_OK)
+        return r;
+    if (v->pre_logits && ((r = lmv__w2(m, 0, v->pre_logits, D, &v->pre_logits_w, err, "pre_logits.fc.weight")) != LMV_OK ||
+                          (r = lmv__w1(m, 0, v->pre_logits, &v->pre_logits_b, err, "pre_logits.fc.bias")) != LMV_OK))
+        return r;
+    m->info.num_features = v->pre_logits ? v->pre_logits : D;
+    if (v->num_classes) {
+        int F = m->info.num_features;
+        if ((r = lmv__w2(m, 0, v->num_classes, F, &v->head_w, err, "head.weight")) != LMV_OK ||
+            (r = lmv__w1(m, 1, v->num_classes, &v->head_b, err, "head.bias")) != LMV_OK)
+            return r;
+        if (v->dist_token &&
+            ((r = lmv__w2(m, 0, v->num_classes, F, &v->head_dist_w, err, "head_dist.weight")) != LMV_OK ||
+             (r = lmv__w1(m, 1, v->num_classes, &v->head_dist_b, err, "head_dist.bias")) != LMV_OK))
+            return r;
+    }
+    v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
+    if (!v->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT blocks");
+    for (i = 0; i < v->depth; i++) {
+        lmv__vit_block *b = &v->blocks[i];
+#define LMV__B1(opt, n, dst, suffix) \
+    lmv__name(name, sizeof name, "blocks.%d." suffix, i); \
+    if ((r = lmv__w1(m, opt, n, &b->dst, err, name)) != LMV_OK) return r
+#define LMV__B2(opt, n0, n1, dst, suffix) \
+    lmv__name(name, sizeof name, "blocks.%d." suffix, i); \
+    if ((r = lmv__w2(m, opt, n0, n1, &b->dst, err, name)) != LMV_OK) return r
+        LMV__B1(0, D, norm1_w, "norm1.weight");
+        LMV__B1(0, D, norm1_b, "norm1.bias");
+        LMV__B2(0, 3 * D, D, qkv_w, "attn.qkv.weight");
+        LMV__B1(1, 3 * D, qkv_b, "attn.qkv.bias");
+        LMV__B2(0, D, D, proj_w, "attn.proj.weight");
+        LMV__B1(1, D, proj_b, "attn.proj.bias");
+        LMV__B1(1, D, ls1, "ls1.gamma");
+        LMV__B1(0, D, norm2_w, "norm2.weight");
+        LMV__B1(0, D, norm2_b, "norm2.bias");
+        LMV__B2(0, Hd, D, fc1_w, "mlp.fc1.weight");
+        LMV__B1(1, Hd, fc1_b, "mlp.fc1.bias");
+        LMV__B2(0, D, Hd, fc2_w, "mlp.fc2.weight");
+        LMV__B1(1, D, fc2_b, "mlp.fc2.bias");
+        LMV__B1(1, D, ls2, "ls2.gamma");
+#undef LMV__B1
+#undef LMV__B2
+    }
+    return LMV_OK;
+}
+
+static void lmv__vit_unbind(lmv_model *m) {
+    lmv__vit *v = (lmv__vit *)m->graph;
+    if (!v) return;
+    lmv__free(&m->allocator, v->blocks);
+    lmv__free(&m->allocator, v);
+    m->graph = NULL;
+}
+
+/* The run-state buffers of one image, for a gh x gw patch grid. */
+typedef struct lmv__vit_bufs {
+    float *x, *xn, *qkv, *attn, *hidden, *scores, *patches, *pos, *tmp, *pooled;
+} lmv__vit_bufs;
+
+static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
+    lmv__carver c;
+    size_t T = (size_t)gh * gw + v->prefix, D = (size_t)v->dim, patches = (size_t)gh * gw * v->in_chans * v->ph * v->pw;
+    size_t gmax = (size_t)(gh > gw ? gh : gw), pmax = (size_t)(v->pos_gh > v->pos_gw ? v->pos_gh : v->pos_gw);
+    size_t tmp = (size_t)v->pos_gh * gw * D + (gmax > pmax ? gmax : pmax);
+    c.base = base;
+    c.used = 0;
+    b->x = lmv__carve(&c, T * D);
+    b->xn = lmv__carve(&c, T * D);
+    b->qkv = lmv__carve(&c, T * 3 * D);
+    b->attn = lmv__carve(&c, T * D);
+    b->hidden = lmv__carve(&c, T * (size_t)(v->hidden > v->dim ? v->hidden : v->dim));
+    b->scores = lmv__carve(&c, (size_t)threads * T * T);
+    b->patches = lmv__carve(&c, patches > tmp ? patches : tmp);
+    b->tmp = b->patches; /* the pos-embed resampling scratch is used before patchify */
+    b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
+    b->pooled = lmv__carve(&c, 2 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes);
+    return c.used;
+}
+
+static lmv_result lmv__vit_plan(const lmv_model *m, int threads, int h, int w, size_t *floats, lmv_error *err) {
+    const lmv__vit *v = (const lmv__vit *)m->graph;
+    lmv__vit_bufs b;
+    int gh = h / v->ph, gw = w / v->pw;
+    if (gh < 1 || gw < 1)
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d is smaller than one %dx%d patch", h, w, v->ph, v->pw);
+    if ((size_t)gh * gw + v->prefix > (1u << 20)) return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d gives too many tokens", h, w);
+    *floats = lmv__vit_layout(v, gh, gw, threads, NULL, &b);
+    return LMV_OK;
+}
+
+/* The position embedding for a gh x gw grid, laid out like the token sequence it is added to:
+   resampled from the stored grid when the sizes differ, prefix rows kept as they are. */
+static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs *b) {
+    size_t D = (size_t)v->dim, np = (size_t)gh * gw;
+    int pre = v->no_embed_class ? 0 : v->prefix;
+    const float *grid = v->pos_embed + (v->class_last ? 0 : (size_t)pre * D);
+    float *dst = b->pos + (v->class_last ? 0 : (size_t)pre * D);
+    if (pre) /* prefix rows: first for timm layouts, last for class-last models */
+        memcpy(b->pos + (v->class_last ? np * D : 0), v->pos_embed + (v->class_last ? (size_t)v->pos_gh * v->pos_gw * D : 0),
+               sizeof(float) * pre * D);
+    if (gh == v->pos_gh && gw == v->pos_gw)
+        memcpy(dst, grid, sizeof(float) * np * D);
+    else
+        lmv__resample_grid(v->pos_interp, dst, grid, v->pos_gh, v->pos_gw, gh, gw, v->dim, b->tmp,
+                           b->tmp + (size_t)v->pos_gh * gw * D);
+}
+
+/* x = x + attn(norm1(x)); x = x + mlp(norm2(x))  (pre-norm, timm), or
+   x = norm1(x + attn(x)); x = norm2(x + mlp(x))   (post-norm, nn.TransformerEncoderLayer). */
+static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T,
+                                   lmv__vit_bufs *b) {
+    int D = v->dim;
+    lmv__attn_args a;
+    const float *in = b->x;
+    if (v->norm_first) {
+        lmv__layernorm(b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+        in = b->xn;
+    }
+    lmv__linear(ctx, b->qkv, in, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
+    memset(&a, 0, sizeof a);
+    a.groups = 1;
+    a.heads = v->heads;
+    a.head_dim = D / v->heads;
+    a.nq = a.nk = T;
+    a.q = b->qkv;
+    a.k = b->qkv + D;
+    a.v = b->qkv + 2 * D;
+    a.ldq = a.ldk = a.ldv = (size_t)3 * D;
+    a.out = b->attn;
+    a.ldo = (size_t)D;
+    a.scale = v->scale;
+    a.scores = b->scores;
+    lmv__attention(ctx, &a);
+    lmv__linear(ctx, b->xn, b->attn, T, D, D, blk->proj_w, blk->proj_b);
+    lmv__add_scaled(b->x, b->xn, T, D, blk->ls1);
+    if (!v->norm_first) lmv__layernorm(b->x, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+
+    in = b->x;
+    if (v->norm_first) {
+        lmv__layernorm(b->xn, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+        in = b->xn;
+    }
+    lmv__linear(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b);
+    lmv__activate(b->hidden, (size_t)T * v->hidden, v->act);
+    lmv__linear(ctx, b->xn, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b);
+    lmv__add_scaled(b->x, b->xn, T, D, blk->ls2);
+    if (!v->norm_first) lmv__layernorm(b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+}
+
+static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                                   lmv_error *err) {
+    const lmv__vit *v = (const lmv__vit *)s->model->graph;
+    const lmv__ctx *ctx = &s->ctx;
+    int gh = h / v->ph, gw = w / v->pw, T = gh * gw + v->prefix, D = v->dim, n, i;
+    int np = gh * gw, F = s->model->info.num_features, C = v->num_classes;
+    size_t img = (size_t)v->in_chans * h * w;
+    lmv__vit_bufs b;
+    char name[32];
+    lmv__vit_layout(v, gh, gw, s->max_threads, s->arena, &b);
+    (void)err;
+    for (n = 0; n < batch; n++) {
+        float *tokens, *feat = b.pooled, *logits = b.pooled + 2 * F;
+        const int trace = n == 0;
+        /* patch_embed: Conv2d(k = stride = patch) as one GEMM, tokens in row-major grid order */
+        lmv__vit_pos_embed(v, gh, gw, &b); /* b.tmp shares memory with b.patches: do it first */
+        lmv__patchify(b.patches, input + n * img, v->in_chans, h, w, v->ph, v->pw);
+        tokens = v->class_last ? b.x : b.x + (size_t)v->prefix * D;
+        lmv__linear(ctx, tokens, b.patches, np, v->in_chans * v->ph * v->pw, D, v->patch_w, v->patch_b);
+        if (v->patch_norm_w) lmv__layernorm(tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
+        if (trace) lmv__trace(s, "patch_embed", tokens, 2, np, D, 0);
+        /* prefix tokens and position embedding */
+        if (v->no_embed_class) lmv__add_scaled(tokens, b.pos, np, D, NULL);
+        if (v->class_token) memcpy(v->class_last ? b.x + (size_t)np * D : b.x, v->cls_token, sizeof(float) * D);
+        if (v->dist_token) memcpy(b.x + D, v->dist_token_w, sizeof(float) * D);
+        if (v->reg_tokens)
+            memcpy(b.x + (size_t)(v->class_token + v->dist_token) * D, v->reg_token, sizeof(float) * D * v->reg_tokens);
+        if (!v->no_embed_class) lmv__add_scaled(b.x, b.pos, T, D, NULL);
+        if (v->norm_pre_w) lmv__layernorm(b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
+        if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
+
+        for (i = 0; i < v->depth; i++) {
+            lmv__vit_block_forward(ctx, v, &v->blocks[i], T, &b);
+            if (trace && s->trace) {
+                lmv__name(name, sizeof name, "blocks.%d", i);
+                lmv__trace(s, name, b.x, 2, T, D, 0);
+            }
+        }
+        if (v->norm_w) lmv__layernorm(b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
+        if (trace) lmv__trace(s, "norm", b.x, 2, T, D, 0);
+
+        /* pool: the class token (DeiT distilled: mean of class and distillation tokens), or the
+           mean of the patch tokens */
+        if (v->pool_avg) {
+            int t, d;
+            const float *patches0 = b.x + (v->class_last ? 0 : (size_t)v->prefix * D);
+            for (d = 0; d < D; d++) feat[d] = 0.0f;
+            for (t = 0; t < np; t++)
+                for (d = 0; d < D; d++) feat[d] += patches0[(size_t)t * D + d];
+            for (d = 0; d < D; d++) feat[d] /= (float)np;
+        } else {
+            memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);
+            if (v->dist_token) memcpy(feat + D, b.x + D, sizeof(float) * D);
+        }
+        if (v->fc_norm_w) lmv__layernorm(feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
+        if (v->pre_logits) {
+            lmv__linear(ctx, feat + F, feat, 1, D, F, v->pre_logits_w, v->pre_logits_b);
+            lmv__activate(feat + F, (size_t)F, LMV__ACT_TANH);
+            memcpy(feat, feat + F, sizeof(float) * F);
+        }
+        if (features) {
+            float *o = out + (size_t)n * F;
+            int d;
+            for (d = 0; d < F; d++) o[d] = v->dist_token ? (feat[d] + feat[D + d]) * 0.5f : feat[d];
+            continue;
+        }
+        lmv__linear(ctx, logits, feat, 1, F, C, v->head_w, v->head_b);
+        if (v->dist_token) {
+            int c;
+            lmv__linear(ctx, logits + C, feat + D, 1, F, C, v->head_dist_w, v->head_dist_b);
+            for (c = 0; c < C; c++) logits[c] = (logits[c] + logits[C + c]) * 0.5f;
+        }
+        memcpy(out + (size_t)n * C, logits, sizeof(float) * C);
+    }
+    return LMV_OK;
+}
+
+static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bind, lmv__vit_plan, lmv__vit_forward,
+                                             lmv__vit_unbind};
+
+/* --------------------------------------------------------------------------------------------
+   Opening models, sessions, running
+   -------------------------------------------------------------------------------------------- */
+
+static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops};
+
+LEMEVIT_API lmv_open_options lmv_open_options_default(void) {
+    lmv_open_options o;
+    memset(&o, 0, sizeof o);
+    o.verify_data = 1;
+    return o;
+}
+
+static void lmv__model_release(lmv_model *m) {
+    lmv_allocator a = m->allocator;
+    if (m->ops && m->ops->unbind) m->ops->unbind(m);
+    lmv__free(&a, m->meta);
+    lmv__free(&a, m->keys);
+    lmv__free(&a, (void *)m->strings);
+    lmv__free(&a, m->tensors);
+    lmv__free(&a, m->owned_file);
+    lmv__free(&a, m);
+}
+
+/* The common keys every family has: info, preprocessing, labels. */
+static lmv_result lmv__read_common(lmv_model *m, lmv_error *err) {
+    lmv_model_info *in = &m->info;
+    lmv_preprocess *pp = &in->preprocess;
+    const lmv__meta *lab;
+    const char *interp;
+    lmv_result r;
+    int i;
+    size_t params = 0, bytes = 0;
+    in->arch = lmv__meta_string(m, "arch", NULL);
+    if (!in->arch) return lmv__fail(err, LMV_ERR_CORRUPT, "the weight file has no 'arch' key");
+    in->name = lmv__meta_string(m, "name", in->arch);
+    in->source = lmv__meta_string(m, "source", "unknown");
+    if ((r = lmv__meta_int_range(m, "in_chans", 0, 1, 64, 3, &in->in_chans, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "img_size", 0, 1, 1 << 15, -1, &in->img_h, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "img_size", 1, 1, 1 << 15, -1, &in->img_w, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &in->num_classes, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "pre.resize", 0, 0, 1 << 15, 0, &pp->resize, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "pre.crop", 0, 1, 1 << 15, in->img_h, &pp->crop_h, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "pre.crop", 1, 1, 1 << 15, in->img_w, &pp->crop_w, err)) != LMV_OK)
+        return r;
+    pp->crop_pct = lmv__meta_float(m, "pre.crop_pct", 0, 1.0f);
+    interp = lmv__meta_string(m, "pre.interp", "bicubic");
+    pp->interpolation = !strcmp(interp, "bilinear") ? LMV_INTERP_BILINEAR
+                        : !strcmp(interp, "nearest") ? LMV_INTERP_NEAREST : LMV_INTERP_BICUBIC;
+    for (i = 0; i < 3; i++) {
+        int c = i < in->in_chans ? i : 0;
+        const lmv__meta *mm = lmv__find_meta(m, "pre.mean"), *ss = lmv__find_meta(m, "pre.std");
+        pp->mean[i] = lmv__meta_float(m, "pre.mean", mm && mm->count == 1 ? 0 : c, 0.0f);
+        pp->std[i] = lmv__meta_float(m, "pre.std", ss && ss->count == 1 ? 0 : c, 1.0f);
+        if (!(pp->std[i] > 0.0f)) return lmv__fail(err, LMV_ERR_CORRUPT, "pre.std must be positive");
+    }
+    lab = lmv__find_meta(m, "labels");
+    if (lab) {
+        if (lab->type != 4 || lab->count != in->num_classes)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "the weight file has %d labels for %d classes", lab->count,
+                             in->num_classes);
+        m->label_list = lab->strings;
+        m->n_labels = lab->count;
+        in->has_labels = 1;
+    }
+    for (i = 0; i < m->n_tensors; i++) {
+        params += m->tensors[i].numel;
+        bytes += m->tensors[i].nbytes;
+    }
+    in->num_params = params;
+    in->weight_bytes = bytes;
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
+                                             lmv_model **out, lmv_error *err) {
+    lmv_open_options o = opt ? *opt : lmv_open_options_default();
+    lmv_model *m;
+    lmv_result r;
+    size_t i;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_memory: out is NULL");
+    *out = NULL;
+    if (!data || !size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_memory: no data");
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if ((uintptr_t)data % 4)
+        return lmv__fail(err, LMV_ERR_ALIGNMENT, "model memory must be at least 4-byte aligned (64 is best)");
+    if (!lmv__host_is_le())
+        return lmv__fail(err, LMV_ERR_ENDIAN, "this host is big-endian; .lmv weights are little-endian and cannot be used in place");
+    m = (lmv_model *)lmv__alloc(&o.allocator, sizeof(lmv_model));
+    if (!m) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory opening the model");
+    memset(m, 0, sizeof *m);
+    m->allocator = o.allocator;
+    m->file = (const unsigned char *)data;
+    m->file_size = size;
+    if ((r = lmv__parse(m, m->file, size, o.verify_data, err)) != LMV_OK || (r = lmv__read_common(m, err)) != LMV_OK) {
+        lmv__model_release(m);
+        return r;
+    }
+    for (i = 0; i < sizeof lmv__families / sizeof lmv__families[0]; i++)
+        if (!strcmp(lmv__families[i]->arch, m->info.arch)) m->ops = lmv__families[i];
+    if (!m->ops) {
+        r = lmv__fail(err, LMV_ERR_UNSUPPORTED, "architecture '%s' is not supported by this build", m->info.arch);
+        lmv__model_release(m);
+        return r;
+    }
+    m->info.family = m->ops->family;
+    if ((r = m->ops->bind(m, err)) != LMV_OK) {
+        lmv__model_release(m);
+        return r;
+    }
+    *out = m;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
+                                           lmv_error *err) {
+    lmv_open_options o = opt ? *opt : lmv_open_options_default();
+    FILE *f;
+    long len;
+    void *buf;
+    lmv_result r;
+    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_file: NULL argument");
+    *out = NULL;
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    f = fopen(path, "rb");
+    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+    }
+    if (len == 0) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_TRUNCATED, "'%s' is empty", path);
+    }
+    buf = lmv__alloc(&o.allocator, (size_t)len);
+    if (!buf) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%z bytes)", path, (size_t)len);
+    }
+    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        fclose(f);
+        lmv__free(&o.allocator, buf);
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+    }
+    fclose(f);
+    r = lmv_model_open_memory(buf, (size_t)len, &o, out, err);
+    if (r != LMV_OK) {
+        lmv__free(&o.allocator, buf);
+        return r;
+    }
+    (*out)->owned_file = buf;
+    return LMV_OK;
+}
+#endif
+
+LEMEVIT_API void lmv_model_close(lmv_model *model) {
+    if (model) lmv__model_release(model);
+}
+
+LEMEVIT_API const lmv_model_info *lmv_model_info_get(const lmv_model *model) { return model ? &model->info : NULL; }
+
+LEMEVIT_API const char *lmv_model_label(const lmv_model *model, int i) {
+    if (!model || !model->label_list || i < 0 || i >= model->n_labels) return NULL;
+    return model->label_list[i];
+}
+
+LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out) {
+    const lmv__meta *e;
+    if (!model || i < 0 || i >= model->n_meta || !out) return 0;
+    e = &model->meta[i];
+    memset(out, 0, sizeof *out);
+    out->key = e->key;
+    out->type = e->type;
+    out->count = e->count;
+    if (e->type == 1) out->ints = (const int *)(const void *)e->payload;
+    if (e->type == 2) out->floats = (const float *)(const void *)e->payload;
+    if (e->type == 3) out->string = (const char *)e->payload;
+    if (e->type == 4) out->string = e->count ? e->strings[0] : NULL;
+    return 1;
+}
+
+LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info *out) {
+    const lmv__tensor *t;
+    int d;
+    if (!model || i < 0 || i >= model->n_tensors || !out) return 0;
+    t = &model->tensors[i];
+    memset(out, 0, sizeof *out);
+    out->name = t->name;
+    out->name_len = t->name_len;
+    out->dtype = t->dtype;
+    out->ndim = t->ndim;
+    for (d = 0; d < t->ndim; d++) out->shape[d] = t->shape[d];
+    out->data = t->data;
+    out->nbytes = t->nbytes;
+    return 1;
+}
+
+LEMEVIT_API lmv_session_options lmv_session_options_default(void) {
+    lmv_session_options o;
+    memset(&o, 0, sizeof o);
+    o.max_batch = 1;
+    return o;
+}
+
+static int lmv__default_threads(int requested) {
+#ifdef _OPENMP
+    if (requested <= 0) requested = omp_get_max_threads();
+    return requested < 1 ? 1 : requested > 256 ? 256 : requested;
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+/* Resolve options to the sizes the plan uses. */
+static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_options *opt, lmv_session_options *o,
+                                     size_t *arena_floats, lmv_error *err) {
+    lmv_result r;
+    if (!model) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "model is NULL");
+    *o = opt ? *opt : lmv_session_options_default();
+    if (o->max_h <= 0) o->max_h = model->info.img_h;
+    if (o->max_w <= 0) o->max_w = model->info.img_w;
+    if (o->max_batch <= 0) o->max_batch = 1;
+    if (o->max_h > (1 << 15) || o->max_w > (1 << 15) || o->max_batch > (1 << 16))
+        return lmv__fail(err, LMV_ERR_LIMIT, "session size %dx%d batch %d exceeds the limits", o->max_h, o->max_w,
+                         o->max_batch);
+    o->threads = lmv__default_threads(o->threads);
+    r = model->ops->plan(model, o->threads, o->max_h, o->max_w, arena_floats, err);
+    if (r == LMV_OK && *arena_floats > SIZE_MAX / 8)
+        return lmv__fail(err, LMV_ERR_LIMIT, "the activation memory for %dx%d does not fit in size_t", o->max_h, o->max_w);
+    return r;
+}
+
+LEMEVIT_API lmv_result lmv_session_memory(const lmv_model *model, const lmv_session_options *opt, size_t *bytes,
+                                          lmv_error *err) {
+    lmv_session_options o;
+    size_t floats;
+    lmv_result r = lmv__session_sizes(model, opt, &o, &floats, err);
+    if (r != LMV_OK) return r;
+    if (!bytes) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "bytes is NULL");
+    *bytes = lmv__alloc_cost(sizeof(lmv_session)) + lmv__alloc_cost(floats * sizeof(float));
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_session_options *opt,
+                                          lmv_session **out, lmv_error *err) {
+    lmv_session_options o;
+    size_t floats;
+    lmv_session *s;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_session_create: out is NULL");
+    *out = NULL;
+    if ((r = lmv__session_sizes(model, opt, &o, &floats, err)) != LMV_OK) return r;
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    s = (lmv_session *)lmv__alloc(&o.allocator, sizeof(lmv_session));
+    if (!s) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory creating a session");
+    memset(s, 0, sizeof *s);
+    s->model = model;
+    s->allocator = o.allocator;
+    s->ctx.threads = s->max_threads = o.threads;
+    s->max_h = o.max_h;
+    s->max_w = o.max_w;
+    s->arena_floats = floats;
+    s->arena = (float *)lmv__alloc(&o.allocator, floats * sizeof(float));
+    if (!s->arena) {
+        lmv__free(&o.allocator, s);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory: the session needs %z bytes of activations",
+                         floats * sizeof(float));
+    }
+    *out = s;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API void lmv_session_destroy(lmv_session *s) {
+    lmv_allocator a;
+    if (!s) return;
+    a = s->allocator;
+    lmv__free(&a, s->arena);
+    lmv__free(&a, s);
+}
+
+LEMEVIT_API void lmv_session_set_threads(lmv_session *s, int threads) {
+    if (!s) return;
+    threads = lmv__default_threads(threads);
+    s->ctx.threads = threads < s->max_threads ? threads : s->max_threads;
+}
+
+LEMEVIT_API void lmv_session_set_trace(lmv_session *s, lmv_trace_fn fn, void *user) {
+    if (!s) return;
+    s->trace = fn;
+    s->trace_user = user;
+}
+
+static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                           lmv_error *err) {
+    const lmv_model *m;
+    size_t need;
+    lmv_result r;
+    if (!s || !input || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run: NULL argument");
+    m = s->model;
+    if (batch < 1 || batch > (1 << 16)) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
+    if (!features && m->info.num_classes == 0)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "the model has no classifier head; use lmv_run_features()");
+    if (h < 1 || w < 1 || h > s->max_h || w > s->max_w)
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                         "input %dx%d is outside this session's plan (at most %dx%d): create the session with larger max_h/max_w",
+                         h, w, s->max_h, s->max_w);
+    if ((r = m->ops->plan(m, s->max_threads, h, w, &need, err)) != LMV_OK) return r;
+    if (need > s->arena_floats)
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d needs more memory than this session planned", h, w);
+    r = m->ops->forward(s, input, batch, h, w, out, features, err);
+    if (r == LMV_OK) lmv__ok(err);
+    return r;
+}
+
+LEMEVIT_API lmv_result lmv_run(lmv_session *s, const float *input, int batch, int h, int w, float *logits, lmv_error *err) {
+    return lmv__run(s, input, batch, h, w, logits, 0, err);
+}
+
+LEMEVIT_API lmv_result lmv_run_features(lmv_session *s, const float *input, int batch, int h, int w, float *features,
+                                        lmv_error *err) {
+    return lmv__run(s, input, batch, h, w, features, 1, err);
+}
+
+/* IMAGE-IMPLEMENTATION */
+
+/* --------------------------------------------------------------------------------------------
+   High-level helpers
+   -------------------------------------------------------------------------------------------- */
+
+LEMEVIT_API void lmv_softmax(float *x, int n) {
+    if (x && n > 0) lmv__softmax_row(x, n);
+}
+
+LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *prob) {
+    int i, j, c;
+    float mx = -FLT_MAX;
+    double sum = 0.0;
+    if (!logits || n <= 0 || k <= 0 || !idx) return 0;
+    if (k > n) k = n;
+    for (c = 0; c < k; c++) idx[c] = -1;
+    /* insertion into a sorted list of k: ties keep the earlier index first */
+    for (i = 0; i < n; i++) {
+        float v = logits[i];
+        int pos = k;
+        while (pos > 0 && (idx[pos - 1] < 0 || v > logits[idx[pos - 1]])) pos--;
+        if (pos >= k) continue;
+        for (j = k - 1; j > pos; j--) idx[j] = idx[j - 1];
+        idx[pos] = i;
+    }
+    if (prob) {
+        for (i = 0; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
+        for (i = 0; i < n; i++) sum += exp((double)(logits[i] - mx));
+        for (c = 0; c < k; c++) prob[c] = (float)(exp((double)(logits[idx[c]] - mx)) / sum);
+    }
+    return k;
+}
+
+/* .npy: magic, version, header length, a Python dict literal, then the data. */
+LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out, lmv_error *err) {
+    const unsigned char *p = (const unsigned char *)buf;
+    size_t hlen, start, i, count = 1;
+    const char *h, *descr, *fo, *sh;
+    char hdr[1024];
+    int major;
+    if (!buf || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_npy_parse: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (size < 10 || memcmp(p, "\x93NUMPY", 6) != 0) return lmv__fail(err, LMV_ERR_BAD_INPUT, "not a .npy file (bad magic)");
+    major = p[6];
+    if (major == 1) { hlen = lmv__rd16(p + 8); start = 10; }
+    else if (major == 2 || major == 3) {
+        if (size < 12) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy header is truncated");
+        hlen = lmv__rd32(p + 8);
+        start = 12;
+    } else return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy version %d is unknown", major);
+    if (hlen >= sizeof hdr || hlen > size - start) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy header is truncated or too long");
+    memcpy(hdr, p + start, hlen);
+    hdr[hlen] = 0;
+    h = hdr;
+    descr = strstr(h, "'descr'");
+    fo = strstr(h, "'fortran_order'");
+    sh = strstr(h, "'shape'");
+    if (!descr || !fo || !sh) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy header lacks descr/fortran_order/shape");
+    descr = strchr(descr + 7, '\'');
+    if (!descr || (strncmp(descr, "'<f4'", 5) != 0 && strncmp(descr, "'float32'", 9) != 0))
+        return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy data must be little-endian float32 ('<f4'); convert with .astype('<f4')");
+    fo = strchr(fo + 15, ':');
+    while (fo && (*fo == ':' || *fo == ' ')) fo++;
+    if (!fo || strncmp(fo, "False", 5) != 0) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy data must be in C order (fortran_order False)");
+    sh = strchr(sh + 7, '(');
+    if (!sh) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy shape is malformed");
+    sh++;
+    while (*sh && *sh != ')') {
+        unsigned long v = 0;
+        int digits = 0;
+        while (*sh == ' ' || *sh == ',') sh++;
+        if (*sh == ')') break;
+        while (*sh >= '0' && *sh <= '9') {
+            v = v * 10 + (unsigned long)(*sh++ - '0');
+            if (v > 0x7FFFFFFFul) return lmv__fail(err, LMV_ERR_LIMIT, ".npy dimension is too large");
+            digits++;
+        }
+        if (!digits) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy shape is malformed");
+        if (out->ndim >= 8) return lmv__fail(err, LMV_ERR_LIMIT, ".npy has more than 8 dimensions");
+        out->shape[out->ndim++] = (int)v;
+        if (!lmv__mul_ok(count, (size_t)v, &count)) return lmv__fail(err, LMV_ERR_LIMIT, ".npy is too large");
+    }
+    if (*sh != ')') return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy shape is malformed");
+    out->count = count;
+    out->data_offset = start + hlen;
+    if (count > (size - out->data_offset) / 4)
+        return lmv__fail(err, LMV_ERR_TRUNCATED, ".npy data is truncated: %z floats expected", count);
+    if ((uintptr_t)(p + out->data_offset) % 4) return lmv__fail(err, LMV_ERR_ALIGNMENT, ".npy data is not 4-byte aligned in memory");
+    out->data = (const float *)(const void *)(p + out->data_offset);
+    (void)i;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape) {
+    char dict[200];
+    size_t n, total, i;
+    int d;
+    const char *head = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
+    n = strlen(head);
+    memcpy(dict, head, n);
+    for (d = 0; d < ndim && d < 8; d++) {
+        char num[16];
+        int v = shape[d], q = 0;
+        do { num[q++] = (char)('0' + v % 10); v /= 10; } while (v && q < 15);
+        while (q) dict[n++] = num[--q];
+        if (ndim == 1 || d + 1 < ndim) dict[n++] = ',';
+        if (d + 1 < ndim) dict[n++] = ' ';
+    }
+    memcpy(dict + n, "), }", 4);
+    n += 4;
+    total = (10 + n + 1 + 63) & ~(size_t)63;
+    memcpy(out, "\x93NUMPY\x01\x00", 8);
+    out[8] = (char)((total - 10) & 0xFF);
+    out[9] = (char)((total - 10) >> 8);
+    memcpy(out + 10, dict, n);
+    for (i = 10 + n; i < total - 1; i++) out[i] = ' ';
+    out[total - 1] = '\n';
+    return total;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LEMEVIT_IMPLEMENTED */
+#endif /* LEMEVIT_IMPLEMENTATION */

@@ -313,7 +313,7 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     return "unknown error";
 }
 
-/* A tiny formatter for error messages (%s %d %u %z(u) %c %%), so messages need no stdio. */
+/* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */
 static void lmv__vformat(char *out, size_t cap, const char *fmt, va_list ap) {
     size_t n = 0;
     char num[24];
@@ -662,7 +662,7 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
         return lmv__fail(err, LMV_ERR_BAD_MAGIC, "not a .lmv weight file (bad magic); make one with tools/convert.py");
     }
     if (size < LMV__HEADER_SIZE)
-        return lmv__fail(err, LMV_ERR_TRUNCATED, "file is %z bytes, shorter than the 128-byte header", size);
+        return lmv__fail(err, LMV_ERR_TRUNCATED, "file is %zu bytes, shorter than the 128-byte header", size);
     tag = lmv__rd32(p + 12);
     if (tag == 0x04030201u)
         return lmv__fail(err, LMV_ERR_ENDIAN, "the weight file was written big-endian; .lmv files are little-endian");
@@ -682,9 +682,9 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
     data_size = lmv__rd64(p + 72);
     if (file_size >= ((uint64_t)1 << 48)) return lmv__fail(err, LMV_ERR_LIMIT, "file size field is absurd");
     if (size < file_size)
-        return lmv__fail(err, LMV_ERR_TRUNCATED, "file is truncated: %z of %z bytes present", size, (size_t)file_size);
+        return lmv__fail(err, LMV_ERR_TRUNCATED, "file is truncated: %zu of %zu bytes present", size, (size_t)file_size);
     if (size > file_size)
-        return lmv__fail(err, LMV_ERR_CORRUPT, "%z extra bytes after the end of the weight file",
+        return lmv__fail(err, LMV_ERR_CORRUPT, "%zu extra bytes after the end of the weight file",
                          (size_t)(size - file_size));
     if (meta_off != LMV__HEADER_SIZE || meta_size > file_size || table_off != ((meta_off + meta_size + 7) & ~(uint64_t)7) ||
         table_size > file_size - table_off || table_off > file_size || data_off % 64 || data_off < table_off + table_size ||
@@ -795,6 +795,7 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
     }
 
     /* Tensor table. */
+    m->n_tensors = (int)n_tensors;
     end = (size_t)(table_off + table_size);
     pos = (size_t)table_off;
     for (i = 0; i < n_tensors; i++) {
@@ -996,19 +997,81 @@ static void lmv__softmax_row(float *x, int n) {
     for (i = 0; i < n; i++) x[i] *= inv;
 }
 
-/* Non-overlapping patches of a CHW image as rows [gh*gw][C*ph*pw], in (c, ky, kx) order so a
-   Conv2d(k = stride = patch) becomes one GEMM with its weight viewed as [out][C*ph*pw]. */
-static void lmv__patchify(float *rows, const float *img, int C, int H, int W, int ph, int pw) {
-    int gh = H / ph, gw = W / pw, gy, gx, c, ky;
-    for (gy = 0; gy < gh; gy++)
-        for (gx = 0; gx < gw; gx++) {
-            float *dst = rows + ((size_t)gy * gw + gx) * (size_t)C * ph * pw;
+/* im2col for a Conv2d: one row per output pixel (row-major oy, ox) holding the receptive field in
+   (c, ky, kx) order, zeros where it hangs over the padding, so the convolution becomes one GEMM
+   with the weight viewed as [out][C*kh*kw]. The input element (y, x, c) is at
+   in[y*sy + x*sx + c*sc], which covers both CHW images (sy = W, sx = 1, sc = H*W) and token-major
+   HWC maps (sy = W*C, sx = C, sc = 1). */
+static void lmv__im2col(float *rows, const float *in, int H, int W, int C, size_t sy, size_t sx, size_t sc, int kh,
+                        int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
+    int oy, ox, c, ky, kx;
+    for (oy = 0; oy < OH; oy++)
+        for (ox = 0; ox < OW; ox++) {
+            float *dst = rows + ((size_t)oy * OW + ox) * (size_t)C * kh * kw;
             for (c = 0; c < C; c++)
-                for (ky = 0; ky < ph; ky++) {
-                    memcpy(dst, img + ((size_t)c * H + (size_t)gy * ph + ky) * W + (size_t)gx * pw, sizeof(float) * (size_t)pw);
-                    dst += pw;
+                for (ky = 0; ky < kh; ky++) {
+                    int y = oy * stride_h - pad + ky;
+                    for (kx = 0; kx < kw; kx++) {
+                        int x = ox * stride_w - pad + kx;
+                        *dst++ = (y >= 0 && y < H && x >= 0 && x < W) ? in[(size_t)y * sy + (size_t)x * sx + (size_t)c * sc] : 0.0f;
+                    }
                 }
         }
+}
+
+/* Output side of a convolution, as PyTorch computes it. */
+static int lmv__conv_out(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
+
+/* Conv2d (groups = 1) on a token-major map: out[OH*OW][Cout] from in (see lmv__im2col for the
+   strides), through `cols` scratch of OH*OW*Cin*kh*kw floats. */
+static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H, int W, int Cin, size_t sy, size_t sx,
+                        size_t sc, const float *weight, const float *bias, int Cout, int k, int stride, int pad,
+                        float *cols) {
+    int OH = lmv__conv_out(H, k, stride, pad), OW = lmv__conv_out(W, k, stride, pad);
+    lmv__im2col(cols, in, H, W, Cin, sy, sx, sc, k, k, stride, stride, pad, OH, OW);
+    lmv__linear(ctx, out, cols, OH * OW, Cin * k * k, Cout, weight, bias);
+}
+
+/* Depthwise 3x3 convolution, padding 1, on a token-major [H*W][C] map: y = conv(x) (+ bias).
+   w is PyTorch's [C][1][3][3]. y must not alias x. */
+static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const float *w, const float *b) {
+    int oy, ox, c, ky, kx;
+    for (oy = 0; oy < H; oy++)
+        for (ox = 0; ox < W; ox++) {
+            float *d = y + ((size_t)oy * W + ox) * C;
+            for (c = 0; c < C; c++) d[c] = b ? b[c] : 0.0f;
+            for (ky = 0; ky < 3; ky++) {
+                int iy = oy + ky - 1;
+                if (iy < 0 || iy >= H) continue;
+                for (kx = 0; kx < 3; kx++) {
+                    int ix = ox + kx - 1;
+                    const float *s;
+                    if (ix < 0 || ix >= W) continue;
+                    s = x + ((size_t)iy * W + ix) * C;
+                    for (c = 0; c < C; c++) d[c] += w[c * 9 + ky * 3 + kx] * s[c];
+                }
+            }
+        }
+}
+
+/* Eval-mode BatchNorm over the channel (last) dimension of a token-major map, in place, the way
+   PyTorch's CPU kernel does it: y = x * (w / sqrt(var + eps)) + (b - mean * w / sqrt(var + eps)). */
+static void lmv__batchnorm(float *x, int rows, int C, const float *w, const float *b, const float *mean, const float *var,
+                           float eps) {
+    int r, c;
+    for (c = 0; c < C; c++) {
+        float inv = 1.0f / sqrtf(var[c] + eps), alpha = (w ? w[c] : 1.0f) * inv, beta = (b ? b[c] : 0.0f) - mean[c] * alpha;
+        for (r = 0; r < rows; r++) x[(size_t)r * C + c] = x[(size_t)r * C + c] * alpha + beta;
+    }
+}
+
+/* mean over rows: out[C] = mean_r x[r][C] */
+static void lmv__mean_rows(float *out, const float *x, int rows, int C) {
+    int r, c;
+    for (c = 0; c < C; c++) out[c] = 0.0f;
+    for (r = 0; r < rows; r++)
+        for (c = 0; c < C; c++) out[c] += x[(size_t)r * C + c];
+    for (c = 0; c < C; c++) out[c] /= (float)rows;
 }
 
 /* Interpolation weights: w[j] for input index j (0..in-1) contributing to output index i, for the
@@ -1380,7 +1443,7 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->patches = lmv__carve(&c, patches > tmp ? patches : tmp);
     b->tmp = b->patches; /* the pos-embed resampling scratch is used before patchify */
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
-    b->pooled = lmv__carve(&c, 2 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes);
+    b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes);
     return c.used;
 }
 
@@ -1459,19 +1522,21 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
     const lmv__vit *v = (const lmv__vit *)s->model->graph;
     const lmv__ctx *ctx = &s->ctx;
     int gh = h / v->ph, gw = w / v->pw, T = gh * gw + v->prefix, D = v->dim, n, i;
-    int np = gh * gw, F = s->model->info.num_features, C = v->num_classes;
+    int np = gh * gw, F = s->model->info.num_features, C = v->num_classes, P = D > F ? D : F;
     size_t img = (size_t)v->in_chans * h * w;
     lmv__vit_bufs b;
     char name[32];
     lmv__vit_layout(v, gh, gw, s->max_threads, s->arena, &b);
     (void)err;
     for (n = 0; n < batch; n++) {
-        float *tokens, *feat = b.pooled, *logits = b.pooled + 2 * F;
+        /* pooled: features (two rows when distilled), the pre-logits output, the logits */
+        float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;
         const int trace = n == 0;
         /* patch_embed: Conv2d(k = stride = patch) as one GEMM, tokens in row-major grid order */
         lmv__vit_pos_embed(v, gh, gw, &b); /* b.tmp shares memory with b.patches: do it first */
-        lmv__patchify(b.patches, input + n * img, v->in_chans, h, w, v->ph, v->pw);
         tokens = v->class_last ? b.x : b.x + (size_t)v->prefix * D;
+        lmv__im2col(b.patches, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->ph, v->pw, v->ph, v->pw, 0,
+                    gh, gw);
         lmv__linear(ctx, tokens, b.patches, np, v->in_chans * v->ph * v->pw, D, v->patch_w, v->patch_b);
         if (v->patch_norm_w) lmv__layernorm(tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
         if (trace) lmv__trace(s, "patch_embed", tokens, 2, np, D, 0);
@@ -1498,21 +1563,16 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
         /* pool: the class token (DeiT distilled: mean of class and distillation tokens), or the
            mean of the patch tokens */
         if (v->pool_avg) {
-            int t, d;
-            const float *patches0 = b.x + (v->class_last ? 0 : (size_t)v->prefix * D);
-            for (d = 0; d < D; d++) feat[d] = 0.0f;
-            for (t = 0; t < np; t++)
-                for (d = 0; d < D; d++) feat[d] += patches0[(size_t)t * D + d];
-            for (d = 0; d < D; d++) feat[d] /= (float)np;
+            lmv__mean_rows(feat, b.x + (v->class_last ? 0 : (size_t)v->prefix * D), np, D);
         } else {
             memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);
             if (v->dist_token) memcpy(feat + D, b.x + D, sizeof(float) * D);
         }
         if (v->fc_norm_w) lmv__layernorm(feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
         if (v->pre_logits) {
-            lmv__linear(ctx, feat + F, feat, 1, D, F, v->pre_logits_w, v->pre_logits_b);
-            lmv__activate(feat + F, (size_t)F, LMV__ACT_TANH);
-            memcpy(feat, feat + F, sizeof(float) * F);
+            lmv__linear(ctx, pre, feat, 1, D, F, v->pre_logits_w, v->pre_logits_b);
+            lmv__activate(pre, (size_t)F, LMV__ACT_TANH);
+            memcpy(feat, pre, sizeof(float) * F);
         }
         if (features) {
             float *o = out + (size_t)n * F;
@@ -1535,10 +1595,464 @@ static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bin
                                              lmv__vit_unbind};
 
 /* --------------------------------------------------------------------------------------------
+   Model graphs: LeMeViT (learnable meta tokens; cross, dual-cross and standard attention)
+   -------------------------------------------------------------------------------------------- */
+
+#define LMV__LMT_MAX_STAGES 8
+
+typedef struct lmv__bn {
+    const float *w, *b, *mean, *var;
+} lmv__bn;
+
+typedef struct lmv__lmt_block {
+    const float *pos_w, *pos_b, *norm1_w, *norm1_b, *norm2_w, *norm2_b;
+    const float *in1_w, *in1_b;   /* C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv */
+    const float *in2_w, *in2_b;   /* C: kv on x; D: qkv2 on c;  D2: kv2 on c */
+    const float *proj_w, *proj_b; /* C, S: proj;  D, D2: proj_x */
+    const float *projc_w, *projc_b; /* D, D2: proj_c */
+    const float *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} lmv__lmt_block;
+
+typedef struct lmv__lmt_stage {
+    char type;                    /* 'C' cross, 'D' dual cross, 'E' dual cross v2 (D2), 'S' standard */
+    int dim, depth, hidden, heads, meta_in;
+    const float *down_w, *down_b; /* NULL: Identity (after a cross-attention stage) */
+    lmv__bn down_bn;
+    const float *meta_fc1_w, *meta_fc1_b, *meta_ln1_w, *meta_ln1_b, *meta_fc2_w, *meta_fc2_b, *meta_ln2_w, *meta_ln2_b;
+    lmv__lmt_block *blocks;
+} lmv__lmt_stage;
+
+typedef struct lmv__lemevit {
+    int n_stages, head_dim, num_meta, in_chans, num_classes, stem_mid;
+    float eps, meta_eps, bn_eps;
+    const float *meta_tokens, *stem1_w, *stem1_b, *stem2_w, *stem2_b;
+    lmv__bn stem1_bn, stem2_bn, norm;
+    const float *norm_c_w, *norm_c_b, *head_w, *head_b;
+    lmv__lmt_stage stages[LMV__LMT_MAX_STAGES];
+} lmv__lemevit;
+
+static lmv_result lmv__bn_bind(const lmv_model *m, const char *prefix, int C, lmv__bn *bn, lmv_error *err) {
+    char name[96];
+    lmv_result r;
+    lmv__name(name, sizeof name, "%s.weight", prefix);
+    if ((r = lmv__w1(m, 1, C, &bn->w, err, name)) != LMV_OK) return r;
+    lmv__name(name, sizeof name, "%s.bias", prefix);
+    if ((r = lmv__w1(m, 1, C, &bn->b, err, name)) != LMV_OK) return r;
+    lmv__name(name, sizeof name, "%s.running_mean", prefix);
+    if ((r = lmv__w1(m, 0, C, &bn->mean, err, name)) != LMV_OK) return r;
+    lmv__name(name, sizeof name, "%s.running_var", prefix);
+    return lmv__w1(m, 0, C, &bn->var, err, name);
+}
+
+/* A conv weight [out][in][k][k] and its bias. */
+static lmv_result lmv__conv_bind(const lmv_model *m, const char *prefix, int out, int in, int k, const float **w,
+                                 const float **b, lmv_error *err) {
+    char name[96];
+    int shape[4];
+    lmv_result r;
+    shape[0] = out; shape[1] = in; shape[2] = k; shape[3] = k;
+    lmv__name(name, sizeof name, "%s.weight", prefix);
+    if ((r = lmv__weight(m, name, 0, 4, shape, w, err)) != LMV_OK) return r;
+    lmv__name(name, sizeof name, "%s.bias", prefix);
+    return lmv__w1(m, 1, out, b, err, name);
+}
+
+static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
+    lmv__lemevit *v;
+    const lmv__meta *types;
+    lmv_result r;
+    char name[96];
+    int i, j, prev = 0;
+    v = (lmv__lemevit *)lmv__alloc(&m->allocator, sizeof(lmv__lemevit));
+    if (!v) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the LeMeViT graph");
+    memset(v, 0, sizeof *v);
+    m->graph = v;
+    types = lmv__find_meta(m, "lemevit.attn_types");
+    if (!types || types->type != 3 || types->count < 2 || types->count > LMV__LMT_MAX_STAGES + 1)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "lemevit.attn_types must be a string of 1 to 8 letters from C, D, E (D2), S");
+    v->n_stages = types->count - 1;
+    if ((r = lmv__meta_int_range(m, "lemevit.head_dim", 0, 1, 4096, 32, &v->head_dim, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "lemevit.num_meta", 0, 1, 4096, 16, &v->num_meta, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "in_chans", 0, 1, 64, 3, &v->in_chans, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK)
+        return r;
+    v->eps = lmv__meta_float(m, "lemevit.norm_eps", 0, 1e-6f);
+    v->meta_eps = lmv__meta_float(m, "lemevit.meta_eps", 0, 1e-5f);
+    v->bn_eps = lmv__meta_float(m, "lemevit.bn_eps", 0, 1e-5f);
+    if (!(v->eps > 0.0f && v->eps < 1.0f && v->meta_eps > 0.0f && v->meta_eps < 1.0f && v->bn_eps > 0.0f && v->bn_eps < 1.0f))
+        return lmv__fail(err, LMV_ERR_CORRUPT, "a LeMeViT epsilon is not in (0, 1)");
+    for (i = 0; i < v->n_stages; i++) {
+        lmv__lmt_stage *st = &v->stages[i];
+        char t = ((const char *)types->payload)[i];
+        if (t != 'C' && t != 'D' && t != 'E' && t != 'S')
+            return lmv__fail(err, LMV_ERR_CORRUPT, "lemevit.attn_types has '%c'; expected C, D, E (D2) or S", t);
+        st->type = t;
+        if ((r = lmv__meta_int_range(m, "lemevit.depths", i, 0, 1024, -1, &st->depth, err)) != LMV_OK ||
+            (r = lmv__meta_int_range(m, "lemevit.embed_dims", i, 1, 1 << 15, -1, &st->dim, err)) != LMV_OK ||
+            (r = lmv__meta_int_range(m, "lemevit.mlp_hidden", i, 1, 1 << 18, -1, &st->hidden, err)) != LMV_OK)
+            return r;
+        if (st->dim % v->head_dim)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "stage %d width %d is not a multiple of head_dim %d", i, st->dim, v->head_dim);
+        st->heads = st->dim / v->head_dim;
+    }
+    v->stem_mid = v->stages[0].dim / 2;
+    if (v->stem_mid < 1) return lmv__fail(err, LMV_ERR_CORRUPT, "stage 0 is too narrow for the stem");
+
+    /* meta tokens and the stem: conv-BN-GELU-conv-BN, stride 4 */
+    if ((r = lmv__w2(m, 0, v->num_meta, v->stages[0].dim, &v->meta_tokens, err, "meta_tokens")) != LMV_OK ||
+        (r = lmv__conv_bind(m, "downsample_layers.0.0", v->stem_mid, v->in_chans, 3, &v->stem1_w, &v->stem1_b, err)) != LMV_OK ||
+        (r = lmv__bn_bind(m, "downsample_layers.0.1", v->stem_mid, &v->stem1_bn, err)) != LMV_OK ||
+        (r = lmv__conv_bind(m, "downsample_layers.0.3", v->stages[0].dim, v->stem_mid, 3, &v->stem2_w, &v->stem2_b, err)) != LMV_OK ||
+        (r = lmv__bn_bind(m, "downsample_layers.0.4", v->stages[0].dim, &v->stem2_bn, err)) != LMV_OK)
+        return r;
+
+    for (i = 0; i < v->n_stages; i++) {
+        lmv__lmt_stage *st = &v->stages[i];
+        int C = st->dim, Hd = st->hidden, in = i ? v->stages[i - 1].dim : C;
+        st->meta_in = in;
+        if (i > 0 && v->stages[i - 1].type != 'C') { /* downsample conv + BN; Identity after a C stage */
+            lmv__name(name, sizeof name, "downsample_layers.%d.0", i);
+            if ((r = lmv__conv_bind(m, name, C, in, 3, &st->down_w, &st->down_b, err)) != LMV_OK) return r;
+            lmv__name(name, sizeof name, "downsample_layers.%d.1", i);
+            if ((r = lmv__bn_bind(m, name, C, &st->down_bn, err)) != LMV_OK) return r;
+        } else if (i > 0 && in != C) {
+            return lmv__fail(err, LMV_ERR_CORRUPT, "stage %d follows a cross-attention stage, so it must keep width %d", i, in);
+        }
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.0.weight", i);
+        if ((r = lmv__w2(m, 0, 4 * in, in, &st->meta_fc1_w, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.0.bias", i);
+        if ((r = lmv__w1(m, 1, 4 * in, &st->meta_fc1_b, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.1.weight", i);
+        if ((r = lmv__w1(m, 0, 4 * in, &st->meta_ln1_w, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.1.bias", i);
+        if ((r = lmv__w1(m, 0, 4 * in, &st->meta_ln1_b, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.3.weight", i);
+        if ((r = lmv__w2(m, 0, C, 4 * in, &st->meta_fc2_w, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.3.bias", i);
+        if ((r = lmv__w1(m, 1, C, &st->meta_fc2_b, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.4.weight", i);
+        if ((r = lmv__w1(m, 0, C, &st->meta_ln2_w, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "meta_token_downsample.%d.4.bias", i);
+        if ((r = lmv__w1(m, 0, C, &st->meta_ln2_b, err, name)) != LMV_OK) return r;
+        st->blocks = (lmv__lmt_block *)lmv__alloc(&m->allocator, sizeof(lmv__lmt_block) * (size_t)(st->depth + 1));
+        if (!st->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding LeMeViT blocks");
+        memset(st->blocks, 0, sizeof(lmv__lmt_block) * (size_t)(st->depth + 1));
+        for (j = 0; j < st->depth; j++) {
+            lmv__lmt_block *b = &st->blocks[j];
+            int shape4[4];
+            int n1 = st->type == 'C' ? C : st->type == 'E' ? 2 * C : 3 * C, n2 = st->type == 'D' ? 3 * C : 2 * C;
+            const char *in1 = st->type == 'C' ? "q" : st->type == 'D' ? "qkv1" : st->type == 'E' ? "qv1" : "qkv";
+            const char *in2 = st->type == 'C' ? "kv" : st->type == 'D' ? "qkv2" : "kv2";
+            const char *proj = (st->type == 'C' || st->type == 'S') ? "proj" : "proj_x";
+#define LMV__BW1(opt, n, dst, fmt, ...) \
+    lmv__name(name, sizeof name, "stages.%d.%d." fmt, i, j, __VA_ARGS__); \
+    if ((r = lmv__w1(m, opt, n, &b->dst, err, name)) != LMV_OK) return r
+#define LMV__BW2(opt, n0, n1, dst, fmt, ...) \
+    lmv__name(name, sizeof name, "stages.%d.%d." fmt, i, j, __VA_ARGS__); \
+    if ((r = lmv__w2(m, opt, n0, n1, &b->dst, err, name)) != LMV_OK) return r
+            shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
+            lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
+            if ((r = lmv__weight(m, name, 0, 4, shape4, &b->pos_w, err)) != LMV_OK) return r;
+            LMV__BW1(1, C, pos_b, "pos_embed.%s", "bias");
+            LMV__BW1(0, C, norm1_w, "norm1.%s", "weight");
+            LMV__BW1(0, C, norm1_b, "norm1.%s", "bias");
+            LMV__BW1(0, C, norm2_w, "norm2.%s", "weight");
+            LMV__BW1(0, C, norm2_b, "norm2.%s", "bias");
+            LMV__BW2(0, n1, C, in1_w, "attn.%s.weight", in1);
+            LMV__BW1(1, n1, in1_b, "attn.%s.bias", in1);
+            if (st->type != 'S') {
+                LMV__BW2(0, n2, C, in2_w, "attn.%s.weight", in2);
+                LMV__BW1(1, n2, in2_b, "attn.%s.bias", in2);
+            }
+            LMV__BW2(0, C, C, proj_w, "attn.%s.weight", proj);
+            LMV__BW1(1, C, proj_b, "attn.%s.bias", proj);
+            if (st->type == 'D' || st->type == 'E') {
+                LMV__BW2(0, C, C, projc_w, "attn.%s.weight", "proj_c");
+                LMV__BW1(1, C, projc_b, "attn.%s.bias", "proj_c");
+            }
+            LMV__BW2(0, Hd, C, fc1_w, "mlp.0.%s", "weight");
+            LMV__BW1(1, Hd, fc1_b, "mlp.0.%s", "bias");
+            LMV__BW2(0, C, Hd, fc2_w, "mlp.3.%s", "weight");
+            LMV__BW1(1, C, fc2_b, "mlp.3.%s", "bias");
+#undef LMV__BW1
+#undef LMV__BW2
+        }
+        prev = C;
+    }
+    if ((r = lmv__bn_bind(m, "norm", prev, &v->norm, err)) != LMV_OK ||
+        (r = lmv__w1(m, 0, prev, &v->norm_c_w, err, "norm_c.weight")) != LMV_OK ||
+        (r = lmv__w1(m, 0, prev, &v->norm_c_b, err, "norm_c.bias")) != LMV_OK)
+        return r;
+    m->info.num_features = prev;
+    if (v->num_classes && ((r = lmv__w2(m, 0, v->num_classes, prev, &v->head_w, err, "head.weight")) != LMV_OK ||
+                           (r = lmv__w1(m, 1, v->num_classes, &v->head_b, err, "head.bias")) != LMV_OK))
+        return r;
+    return LMV_OK;
+}
+
+static void lmv__lemevit_unbind(lmv_model *m) {
+    lmv__lemevit *v = (lmv__lemevit *)m->graph;
+    int i;
+    if (!v) return;
+    for (i = 0; i < v->n_stages; i++) lmv__free(&m->allocator, v->stages[i].blocks);
+    lmv__free(&m->allocator, v);
+    m->graph = NULL;
+}
+
+/* Spatial sizes: the stem halves twice (ceil), every real downsample halves once more. */
+static void lmv__lemevit_sizes(const lmv__lemevit *v, int h, int w, int *stem_h, int *stem_w, int *sh, int *sw) {
+    int i, H, W;
+    *stem_h = lmv__conv_out(h, 3, 2, 1);
+    *stem_w = lmv__conv_out(w, 3, 2, 1);
+    H = lmv__conv_out(*stem_h, 3, 2, 1);
+    W = lmv__conv_out(*stem_w, 3, 2, 1);
+    for (i = 0; i < v->n_stages; i++) {
+        if (v->stages[i].down_w) {
+            H = lmv__conv_out(H, 3, 2, 1);
+            W = lmv__conv_out(W, 3, 2, 1);
+        }
+        sh[i] = H;
+        sw[i] = W;
+    }
+}
+
+typedef struct lmv__lmt_bufs {
+    float *x, *xs, *xn, *t, *qkv, *att, *hid, *c, *cn, *cq, *catt, *scores, *cols, *pooled;
+} lmv__lmt_bufs;
+
+static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threads, float *base, lmv__lmt_bufs *b) {
+    int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
+    size_t M = (size_t)v->num_meta, xmax, nc = 0, hid = 0, cmax = 0, cols, sc = 0, N;
+    lmv__carver c;
+    lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
+    xmax = (size_t)h1 * w1 * v->stem_mid;
+    cols = (size_t)h1 * w1 * v->in_chans * 9;
+    N = (size_t)lmv__conv_out(h1, 3, 2, 1) * lmv__conv_out(w1, 3, 2, 1);
+    if (N * 9 * v->stem_mid > cols) cols = N * 9 * v->stem_mid;
+    for (i = 0; i < v->n_stages; i++) {
+        const lmv__lmt_stage *st = &v->stages[i];
+        size_t n = (size_t)sh[i] * sw[i], C = (size_t)st->dim;
+        if (st->down_w && n * 9 * st->meta_in > cols) cols = n * 9 * st->meta_in;
+        if (n * C > nc) nc = n * C;
+        if ((n > M ? n : M) * (size_t)st->hidden > hid) hid = (n > M ? n : M) * (size_t)st->hidden;
+        if (M * 4 * st->meta_in > hid) hid = M * 4 * (size_t)st->meta_in;
+        if (C > cmax) cmax = C;
+        if (n * n > sc) sc = n * n;
+        if (n * M > sc) sc = n * M;
+        if (M * M > sc) sc = M * M;
+    }
+    if (nc > xmax) xmax = nc;
+    c.base = base;
+    c.used = 0;
+    b->x = lmv__carve(&c, xmax);
+    b->xs = lmv__carve(&c, nc);
+    b->xn = lmv__carve(&c, nc);
+    b->t = lmv__carve(&c, xmax);
+    b->qkv = lmv__carve(&c, 3 * nc);
+    b->att = lmv__carve(&c, nc);
+    b->hid = lmv__carve(&c, hid);
+    b->c = lmv__carve(&c, M * cmax);
+    b->cn = lmv__carve(&c, M * cmax);
+    b->cq = lmv__carve(&c, 3 * M * cmax);
+    b->catt = lmv__carve(&c, M * cmax);
+    b->scores = lmv__carve(&c, (size_t)threads * sc);
+    b->cols = lmv__carve(&c, cols);
+    b->pooled = lmv__carve(&c, 2 * cmax + (size_t)v->num_classes);
+    return c.used;
+}
+
+static lmv_result lmv__lemevit_plan(const lmv_model *m, int threads, int h, int w, size_t *floats, lmv_error *err) {
+    const lmv__lemevit *v = (const lmv__lemevit *)m->graph;
+    lmv__lmt_bufs b;
+    int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
+    lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
+    for (i = 0; i < v->n_stages; i++)
+        if ((v->stages[i].type == 'D' || v->stages[i].type == 'E') && sh[i] * sw[i] < 2)
+            return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                             "input %dx%d leaves a single token in dual-cross stage %d, where the attention scale "
+                             "ln(M)/ln(N) is undefined: use a larger input", h, w, i);
+    *floats = lmv__lemevit_layout(v, h, w, threads, NULL, &b);
+    return LMV_OK;
+}
+
+/* t = t + fc2(gelu(fc1(norm2(t)))): the block MLP, shared by image and meta tokens. */
+static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st, const lmv__lmt_block *blk,
+                         float *t, int rows, float *tn, float *hid) {
+    int C = st->dim;
+    lmv__layernorm(tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
+    lmv__linear(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b);
+    lmv__activate(hid, (size_t)rows * st->hidden, LMV__ACT_GELU);
+    lmv__linear(ctx, tn, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b);
+    lmv__add_scaled(t, tn, rows, C, NULL);
+}
+
+/* One multi-head attention between two token sets whose q, k, v sit in row buffers. */
+static void lmv__lmt_attend(const lmv__ctx *ctx, const lmv__lmt_stage *st, int head_dim, int nq, const float *q, size_t ldq,
+                            int nk, const float *k, const float *vv, size_t ldkv, float scale, float *out, float *scores) {
+    lmv__attn_args a;
+    memset(&a, 0, sizeof a);
+    a.groups = 1;
+    a.heads = st->heads;
+    a.head_dim = head_dim;
+    a.nq = nq;
+    a.nk = nk;
+    a.q = q;
+    a.ldq = ldq;
+    a.k = k;
+    a.v = vv;
+    a.ldk = a.ldv = ldkv;
+    a.out = out;
+    a.ldo = (size_t)st->dim;
+    a.scale = scale;
+    a.scores = scores;
+    lmv__attention(ctx, &a);
+}
+
+/* LeMeBlock (pre-norm). x: [N][C] image tokens, c: [M][C] meta tokens.
+     C:  c = c + CrossAttn(norm1(c) -> norm1(x + cpe(x))); c = c + mlp(norm2(c)); x unchanged
+     D:  xs = x + cpe(x); both directions from (norm1(xs), norm1(c)); x = xs + ..; c = c + ..; MLPs
+     S:  xs = x + cpe(x); self-attention on xs and on c separately, same weights; MLPs */
+static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st,
+                                   const lmv__lmt_block *blk, int H, int W, lmv__lmt_bufs *b) {
+    int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
+    float head_scale = (float)(1.0 / sqrt((double)hd));
+    /* conditional position encoding: xs = x + dwconv3x3(x) */
+    lmv__dwconv3x3(b->t, b->x, H, W, C, blk->pos_w, blk->pos_b);
+    memcpy(b->xs, b->x, sizeof(float) * (size_t)N * C);
+    lmv__add_scaled(b->xs, b->t, N, C, NULL);
+    lmv__layernorm(b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__layernorm(b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
+
+    if (st->type == 'C') {
+        lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
+        lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
+        lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
+        lmv__add_scaled(b->c, b->cn, M, C, NULL);
+        lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
+        return; /* the image map leaves without its position encoding */
+    }
+    if (st->type == 'S') {
+        lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
+                        b->scores);
+        lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, head_scale, b->catt,
+                        b->scores);
+        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
+    } else {
+        /* dual cross attention: image queries read meta tokens with scale ln(M)/ln(N) * C^-0.5,
+           meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
+        double cs = 1.0 / sqrt((double)C);
+        float scale_x = (float)(log((double)M) / log((double)N) * cs), scale_c = (float)(1.0 * cs);
+        if (st->type == 'D') {
+            lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
+            lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
+            lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
+                            b->scores);
+            lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, scale_c, b->catt,
+                            b->scores);
+        } else { /* D2: q and k shared by both directions */
+            lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in1_w, blk->in1_b); /* q  v1 */
+            lmv__linear(ctx, b->cq, b->cn, M, C, 2 * C, blk->in2_w, blk->in2_b);  /* k  v2 */
+            lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)2 * C, M, b->cq, b->cq + C, (size_t)2 * C, scale_x, b->att, b->scores);
+            lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)2 * C, N, b->qkv, b->qkv + C, (size_t)2 * C, scale_c, b->catt,
+                            b->scores);
+        }
+        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
+    }
+    memcpy(b->x, b->xs, sizeof(float) * (size_t)N * C);
+    lmv__add_scaled(b->x, b->xn, N, C, NULL);
+    lmv__add_scaled(b->c, b->cn, M, C, NULL);
+    lmv__lmt_mlp(ctx, v, st, blk, b->x, N, b->xn, b->hid);
+    lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
+}
+
+static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                                       lmv_error *err) {
+    const lmv__lemevit *v = (const lmv__lemevit *)s->model->graph;
+    const lmv__ctx *ctx = &s->ctx;
+    int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, n, i, j, M = v->num_meta;
+    size_t img = (size_t)v->in_chans * h * w;
+    lmv__lmt_bufs b;
+    char name[48];
+    (void)err;
+    lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
+    lmv__lemevit_layout(v, h, w, s->max_threads, s->arena, &b);
+    for (n = 0; n < batch; n++) {
+        int trace = n == 0 && s->trace != NULL, H, W, C = v->stages[0].dim, C4;
+        float *feat = b.pooled;
+        /* stem: conv-BN-GELU-conv-BN, each conv 3x3 stride 2 */
+        lmv__conv2d(ctx, b.t, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->stem1_w, v->stem1_b,
+                    v->stem_mid, 3, 2, 1, b.cols);
+        lmv__batchnorm(b.t, h1 * w1, v->stem_mid, v->stem1_bn.w, v->stem1_bn.b, v->stem1_bn.mean, v->stem1_bn.var, v->bn_eps);
+        lmv__activate(b.t, (size_t)h1 * w1 * v->stem_mid, LMV__ACT_GELU);
+        H = lmv__conv_out(h1, 3, 2, 1);
+        W = lmv__conv_out(w1, 3, 2, 1);
+        lmv__conv2d(ctx, b.x, b.t, h1, w1, v->stem_mid, (size_t)w1 * v->stem_mid, (size_t)v->stem_mid, 1, v->stem2_w,
+                    v->stem2_b, C, 3, 2, 1, b.cols);
+        lmv__batchnorm(b.x, H * W, C, v->stem2_bn.w, v->stem2_bn.b, v->stem2_bn.mean, v->stem2_bn.var, v->bn_eps);
+        if (trace) lmv__trace(s, "stem", b.x, 3, H, W, C);
+        memcpy(b.c, v->meta_tokens, sizeof(float) * (size_t)M * C);
+
+        for (i = 0; i < v->n_stages; i++) {
+            const lmv__lmt_stage *st = &v->stages[i];
+            int Cin = C;
+            C = st->dim;
+            if (st->down_w) {
+                lmv__conv2d(ctx, b.t, b.x, H, W, Cin, (size_t)W * Cin, (size_t)Cin, 1, st->down_w, st->down_b, C, 3, 2, 1,
+                            b.cols);
+                H = sh[i];
+                W = sw[i];
+                memcpy(b.x, b.t, sizeof(float) * (size_t)H * W * C);
+                lmv__batchnorm(b.x, H * W, C, st->down_bn.w, st->down_bn.b, st->down_bn.mean, st->down_bn.var, v->bn_eps);
+            }
+            /* meta tokens: Linear(Cin, 4Cin) - LN - GELU - Linear(4Cin, C) - LN */
+            lmv__linear(ctx, b.hid, b.c, M, Cin, 4 * Cin, st->meta_fc1_w, st->meta_fc1_b);
+            lmv__layernorm(b.hid, b.hid, M, 4 * Cin, st->meta_ln1_w, st->meta_ln1_b, v->meta_eps);
+            lmv__activate(b.hid, (size_t)M * 4 * Cin, LMV__ACT_GELU);
+            lmv__linear(ctx, b.c, b.hid, M, 4 * Cin, C, st->meta_fc2_w, st->meta_fc2_b);
+            lmv__layernorm(b.c, b.c, M, C, st->meta_ln2_w, st->meta_ln2_b, v->meta_eps);
+            if (trace) {
+                lmv__name(name, sizeof name, "stages.%d.in_x", i);
+                lmv__trace(s, name, b.x, 3, H, W, C);
+                lmv__name(name, sizeof name, "stages.%d.in_c", i);
+                lmv__trace(s, name, b.c, 2, M, C, 0);
+            }
+            for (j = 0; j < st->depth; j++) {
+                lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, &b);
+                if (trace) {
+                    lmv__name(name, sizeof name, "stages.%d.%d.x", i, j);
+                    lmv__trace(s, name, b.x, 3, H, W, C);
+                    lmv__name(name, sizeof name, "stages.%d.%d.c", i, j);
+                    lmv__trace(s, name, b.c, 2, M, C, 0);
+                }
+            }
+        }
+        /* head: BatchNorm on the map, LayerNorm on the meta tokens, both averaged, then added */
+        C4 = C;
+        lmv__batchnorm(b.x, H * W, C4, v->norm.w, v->norm.b, v->norm.mean, v->norm.var, v->bn_eps);
+        lmv__layernorm(b.c, b.c, M, C4, v->norm_c_w, v->norm_c_b, v->meta_eps);
+        lmv__mean_rows(feat, b.x, H * W, C4);
+        lmv__mean_rows(feat + C4, b.c, M, C4);
+        lmv__add_scaled(feat, feat + C4, 1, C4, NULL);
+        if (trace) lmv__trace(s, "features", feat, 1, C4, 0, 0);
+        if (features) memcpy(out + (size_t)n * C4, feat, sizeof(float) * (size_t)C4);
+        else lmv__linear(ctx, out + (size_t)n * v->num_classes, feat, 1, C4, v->num_classes, v->head_w, v->head_b);
+    }
+    return LMV_OK;
+}
+
+static const lmv__family_ops lmv__lemevit_ops = {"lemevit", LMV_FAMILY_LEMEVIT, lmv__lemevit_bind, lmv__lemevit_plan,
+                                                 lmv__lemevit_forward, lmv__lemevit_unbind};
+
+/* --------------------------------------------------------------------------------------------
    Opening models, sessions, running
    -------------------------------------------------------------------------------------------- */
 
-static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops};
+static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops, &lmv__lemevit_ops};
 
 LEMEVIT_API lmv_open_options lmv_open_options_default(void) {
     lmv_open_options o;
@@ -1675,7 +2189,7 @@ LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_opti
     buf = lmv__alloc(&o.allocator, (size_t)len);
     if (!buf) {
         fclose(f);
-        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%z bytes)", path, (size_t)len);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%zu bytes)", path, (size_t)len);
     }
     if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
         fclose(f);
@@ -1773,8 +2287,8 @@ static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_o
 
 LEMEVIT_API lmv_result lmv_session_memory(const lmv_model *model, const lmv_session_options *opt, size_t *bytes,
                                           lmv_error *err) {
-    lmv_session_options o;
-    size_t floats;
+    lmv_session_options o = lmv_session_options_default();
+    size_t floats = 0;
     lmv_result r = lmv__session_sizes(model, opt, &o, &floats, err);
     if (r != LMV_OK) return r;
     if (!bytes) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "bytes is NULL");
@@ -1785,8 +2299,8 @@ LEMEVIT_API lmv_result lmv_session_memory(const lmv_model *model, const lmv_sess
 
 LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_session_options *opt,
                                           lmv_session **out, lmv_error *err) {
-    lmv_session_options o;
-    size_t floats;
+    lmv_session_options o = lmv_session_options_default();
+    size_t floats = 0;
     lmv_session *s;
     lmv_result r;
     if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_session_create: out is NULL");
@@ -1806,7 +2320,7 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     s->arena = (float *)lmv__alloc(&o.allocator, floats * sizeof(float));
     if (!s->arena) {
         lmv__free(&o.allocator, s);
-        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory: the session needs %z bytes of activations",
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory: the session needs %zu bytes of activations",
                          floats * sizeof(float));
     }
     *out = s;
@@ -1952,7 +2466,7 @@ LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out,
     out->count = count;
     out->data_offset = start + hlen;
     if (count > (size - out->data_offset) / 4)
-        return lmv__fail(err, LMV_ERR_TRUNCATED, ".npy data is truncated: %z floats expected", count);
+        return lmv__fail(err, LMV_ERR_TRUNCATED, ".npy data is truncated: %zu floats expected", count);
     if ((uintptr_t)(p + out->data_offset) % 4) return lmv__fail(err, LMV_ERR_ALIGNMENT, ".npy data is not 4-byte aligned in memory");
     out->data = (const float *)(const void *)(p + out->data_offset);
     (void)i;

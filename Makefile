@@ -1,0 +1,45 @@
+# lemevit.h — build, test, demo, bench.
+#   make            build everything into build/
+#   make test       run every test; the last line says "N passed, N failed"
+#   make demo       classify the bundled pictures with the bundled model
+#   make bench      compare speed and memory with PyTorch
+# Options: CC=clang, OPENMP=0 (single-threaded build), PYTHON=/path/to/python3-with-torch
+
+CC      ?= cc
+OPENMP  ?= 1
+PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import torch' 2>/dev/null && echo $$p && break; done)
+CFLAGS  ?= -O3 -march=native
+WARN    := -std=c99 -Wall -Wextra -pedantic -D_POSIX_C_SOURCE=200809L
+ifeq ($(OPENMP),1)
+OMPFLAG := -fopenmp
+endif
+SAN     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+BIN  := build/lmv build/test_core
+ASAN := build/asan/lmv build/asan/test_core
+
+all: $(BIN) $(ASAN)
+
+build/%: tools/%.c lemevit.h | build
+	$(CC) $(WARN) $(CFLAGS) $(OMPFLAG) -o $@ $< -lm
+
+build/test_%: tests/test_%.c lemevit.h | build
+	$(CC) $(WARN) $(CFLAGS) $(OMPFLAG) -o $@ $< -lm
+
+build/asan/%: tools/%.c lemevit.h | build
+	$(CC) $(WARN) $(SAN) -o $@ $< -lm
+
+build/asan/test_%: tests/test_%.c lemevit.h | build
+	$(CC) $(WARN) $(SAN) -o $@ $< -lm
+
+build:
+	mkdir -p build/asan
+
+test: all
+	@test -n "$(PYTHON)" || { echo "no python3 with torch found: run .ci/run or apt-get install python3-torch"; exit 1; }
+	$(PYTHON) tests/run_tests.py
+
+clean:
+	rm -rf build
+
+.PHONY: all test clean

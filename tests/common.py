@@ -1,0 +1,114 @@
+"""Shared helpers for the Python tests: result accounting, running the tools, comparing arrays.
+
+Every test script prints one line per check, `PASS name` or `FAIL name: reason`, and ends with
+`N passed, N failed`; tests/run_tests.py adds the counts up."""
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "build")
+LMV = os.path.join(BUILD, "lmv")
+CONVERT = os.path.join(ROOT, "tools", "convert.py")
+SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
+
+
+class Results:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, ok, reason=""):
+        if ok:
+            self.passed += 1
+            print(f"PASS {name}" + (f" ({reason})" if reason else ""), flush=True)
+        else:
+            self.failed += 1
+            print(f"FAIL {name}: {reason}", flush=True)
+        return ok
+
+    def finish(self):
+        print(f"{self.passed} passed, {self.failed} failed", flush=True)
+        sys.exit(1 if self.failed else 0)
+
+
+def run(args, **kw):
+    """Run a command, returning (returncode, stdout, stderr) as text."""
+    p = subprocess.run(args, capture_output=True, text=True, **kw)
+    return p.returncode, p.stdout, p.stderr
+
+
+def tmpdir():
+    return tempfile.mkdtemp(prefix="lmvtest-")
+
+
+def save_npy(path, a):
+    np.save(path, np.ascontiguousarray(a, dtype="<f4"))
+
+
+def convert(src, dst, *opts):
+    """tools/convert.py SRC -o DST [opts]; raises with the converter's message on failure."""
+    code, out, err = run([sys.executable, CONVERT, src, "-o", dst, *opts])
+    if code != 0:
+        raise RuntimeError(f"convert failed: {err.strip() or out.strip()}")
+    return out
+
+
+def lmv_run(model, x, *opts, trace=False):
+    """Run build/lmv on a float NCHW array; returns (output, {trace name: array})."""
+    d = tmpdir()
+    inp, outp, tdir = os.path.join(d, "in.npy"), os.path.join(d, "out.npy"), os.path.join(d, "trace")
+    save_npy(inp, x)
+    args = [LMV, "run", model, inp, outp, *opts]
+    if trace:
+        args += ["--trace", tdir]
+    code, out, err = run(args)
+    if code != 0:
+        raise RuntimeError(f"lmv run failed: {err.strip()}")
+    traces = {}
+    if trace and os.path.isdir(tdir):
+        for f in os.listdir(tdir):
+            traces[f[:-4]] = np.load(os.path.join(tdir, f))
+    return np.load(outp), traces
+
+
+def max_abs(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def logits_close(got, want, atol=1e-4, rtol=1e-5):
+    """The parity rule: max abs diff <= atol, or <= rtol times the logit scale (max |logit|);
+    and the same top-1 for every image. Returns (ok, description)."""
+    d = max_abs(got, want)
+    scale = float(np.max(np.abs(want))) if np.size(want) else 0.0
+    top_ok = bool(np.all(np.argmax(got, axis=-1) == np.argmax(want, axis=-1)))
+    ok = (d <= atol or d <= rtol * scale) and top_ok
+    return ok, f"max abs diff {d:.2e}, logit scale {scale:.2f}, top-1 {'same' if top_ok else 'DIFFERENT'}"
+
+
+def compare_traces(res, prefix, traces, reference, atol_rel=1e-4):
+    """Compare C trace tensors with reference activations block by block, so a failure names the
+    first block that broke. `reference` maps trace names to arrays of image 0."""
+    first_bad = None
+    worst = 0.0
+    for name, want in reference.items():
+        got = traces.get(name)
+        if got is None:
+            res.check(f"{prefix} trace {name}", False, "the C side did not trace this block")
+            return False
+        want = np.asarray(want, dtype=np.float64).reshape(got.shape) if np.size(want) == np.size(got) else want
+        d = max_abs(got, want)
+        scale = max(1.0, float(np.max(np.abs(want))))
+        worst = max(worst, d / scale)
+        if d > atol_rel * scale and first_bad is None:
+            first_bad = (name, d, scale)
+    if first_bad:
+        return res.check(f"{prefix} per-block", False,
+                         f"first divergence at {first_bad[0]}: max abs diff {first_bad[1]:.2e} (scale {first_bad[2]:.1f})")
+    return res.check(f"{prefix} per-block", True, f"{len(reference)} blocks, worst relative diff {worst:.1e}")

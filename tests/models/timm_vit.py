@@ -1,0 +1,180 @@
+"""A faithful re-implementation of timm's VisionTransformer / VisionTransformerDistilled (eval
+mode) with timm's module names, so its state_dict has exactly the keys of a real timm checkpoint.
+
+Options mirror timm's constructor: class_token, global_pool ('token' | 'avg'), fc_norm (None =
+follow the pool), reg_tokens, no_embed_class, init_values (layer scale), qkv_bias, pre_norm,
+final_norm, distilled, representation_size (the old Linear+Tanh pre_logits), dynamic_img_size
+(pos_embed resampled per forward with bicubic antialias=True, as timm does)."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, bias=True):
+        super().__init__()
+        self.patch_size = (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=bias)
+        self.norm = nn.Identity()
+
+    def forward(self, x):
+        x = self.proj(x)
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads, qkv_bias):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q = q * self.scale
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim, init_values):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def forward(self, x):
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool="token",
+                 embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None,
+                 class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, fc_norm=None,
+                 final_norm=True, distilled=False, representation_size=None, dynamic_img_size=False, eps=1e-6):
+        super().__init__()
+        norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.global_pool = global_pool
+        self.num_prefix_tokens = (1 if class_token else 0) + reg_tokens + (1 if distilled else 0)
+        self.no_embed_class = no_embed_class
+        self.dynamic_img_size = dynamic_img_size
+        self.distilled = distilled
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
+        num_patches = self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+        embed_len = num_patches if no_embed_class else num_patches + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
+        self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
+        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer)
+                                      for _ in range(depth)])
+        self.norm = norm_layer(embed_dim) if final_norm and not use_fc_norm else nn.Identity()
+        self.fc_norm = norm_layer(embed_dim) if final_norm and use_fc_norm else nn.Identity()
+        if representation_size:
+            self.pre_logits = nn.Sequential()
+            self.pre_logits.add_module("fc", nn.Linear(embed_dim, representation_size))
+            self.pre_logits.add_module("act", nn.Tanh())
+            head_in = representation_size
+        else:
+            self.pre_logits = nn.Identity()
+            head_in = embed_dim
+        self.head = nn.Linear(head_in, num_classes) if num_classes else nn.Identity()
+        if distilled:
+            self.head_dist = nn.Linear(head_in, num_classes) if num_classes else nn.Identity()
+
+    def _pos_embed(self, x, grid):
+        pos = self.pos_embed
+        if self.dynamic_img_size and tuple(grid) != tuple(self.patch_embed.grid_size):
+            pre = 0 if self.no_embed_class else self.num_prefix_tokens
+            prefix, g = pos[:, :pre], pos[:, pre:]
+            gh0, gw0 = self.patch_embed.grid_size
+            g = g.reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
+            g = F.interpolate(g, size=tuple(grid), mode="bicubic", antialias=True, align_corners=False)
+            g = g.permute(0, 2, 3, 1).flatten(1, 2)
+            pos = torch.cat([prefix, g], dim=1)
+        toks = []
+        if self.cls_token is not None:
+            toks.append(self.cls_token.expand(x.shape[0], -1, -1))
+        if self.dist_token is not None:
+            toks.append(self.dist_token.expand(x.shape[0], -1, -1))
+        if self.reg_token is not None:
+            toks.append(self.reg_token.expand(x.shape[0], -1, -1))
+        if self.no_embed_class:
+            x = x + pos
+            return torch.cat(toks + [x], dim=1) if toks else x
+        return torch.cat(toks + [x], dim=1) + pos
+
+    def forward_features(self, x):
+        grid = (x.shape[2] // self.patch_embed.patch_size[0], x.shape[3] // self.patch_embed.patch_size[1])
+        x = self.patch_embed(x)
+        x = self._pos_embed(x, grid)
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x, pre_logits=False):
+        if self.distilled:
+            x, x_dist = x[:, 0], x[:, 1]
+            if pre_logits:
+                return (x + x_dist) / 2
+            return (self.head(x) + self.head_dist(x_dist)) / 2
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        else:
+            x = x[:, 0]
+        x = self.fc_norm(x)
+        x = self.pre_logits(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def randomize_(model, seed=0):
+    """Give every parameter a seeded non-trivial value (random init zeroes heads and tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ("norm" in name or "ln" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif "gamma" in name:
+                p.copy_(0.5 + 0.3 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p.shape[-1] if p.dim() > 1 else 1
+                std = 1.0 / math.sqrt(fan_in) if p.dim() > 1 else 0.1
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return model

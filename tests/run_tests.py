@@ -1,0 +1,58 @@
+"""Runs every test program and script, streams their output, and ends with one line
+`N passed, N failed` summed over all of them. A program that crashes or prints no summary
+counts as one failure."""
+import os
+import re
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+
+# (label, command). Order: fast structural checks first, the long parity runs last.
+SUITES = [
+    ("core", [os.path.join(ROOT, "build", "test_core")]),
+    ("core (asan+ubsan)", [os.path.join(ROOT, "build", "asan", "test_core")]),
+    ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
+    ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
+    ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
+]
+
+
+def main():
+    only = sys.argv[1:]
+    passed = failed = 0
+    for label, cmd in SUITES:
+        if only and not any(o in label for o in only):
+            continue
+        script = cmd[-1]
+        if not os.path.exists(script):
+            print(f"FAIL {label}: {os.path.relpath(script, ROOT)} is missing", flush=True)
+            failed += 1
+            continue
+        print(f"== {label}", flush=True)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        last = None
+        for line in p.stdout:
+            sys.stdout.write("   " + line)
+            sys.stdout.flush()
+            m = re.fullmatch(r"(\d+) passed, (\d+) failed\s*", line)
+            if m:
+                last = (int(m.group(1)), int(m.group(2)))
+        code = p.wait()
+        if last is None:
+            print(f"FAIL {label}: exited {code} without a summary line", flush=True)
+            failed += 1
+            continue
+        passed += last[0]
+        failed += last[1]
+        if code != 0 and last[1] == 0:
+            print(f"FAIL {label}: exited {code}", flush=True)
+            failed += 1
+    print(f"{passed} passed, {failed} failed", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

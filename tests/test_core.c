@@ -1,0 +1,304 @@
+/* Unit tests of the shared kernels and helpers, and (given a .lmv path) a mutation test of the
+   loader: every truncation point of the header, meta and table, every single-byte change there
+   (with the header CRC recomputed so the structural checks, not just the CRC, are exercised),
+   and byte flips in the data. Each must give a specific error and never crash: this program is
+   also built with AddressSanitizer and UBSan.
+
+     test_core                 kernel tests
+     test_core MODEL.lmv       kernel tests + loader mutation tests */
+#define LEMEVIT_IMPLEMENTATION
+#include "../lemevit.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed, failed;
+
+static void check(const char *name, int ok, const char *detail) {
+    if (ok) passed++;
+    else failed++;
+    if (!detail || !*detail) printf("%s %s\n", ok ? "PASS" : "FAIL", name);
+    else if (ok) printf("PASS %s (%s)\n", name, detail);
+    else printf("FAIL %s: %s\n", name, detail);
+}
+
+static float frand(unsigned *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+}
+
+static void test_gemm(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {4, 16, 256}, {5, 33, 257}, {197, 48, 64}, {7, 100, 600}, {2, 3, 0}};
+    unsigned seed = 1;
+    int s, t, worst_ok = 1;
+    char msg[128];
+    double worst = 0;
+    for (t = 0; t < 2; t++)
+        for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], i, j, k;
+            float *A = (float *)malloc(sizeof(float) * (size_t)(M * K + 1)), *B = (float *)malloc(sizeof(float) * (size_t)(N * K + 1));
+            float *C = (float *)malloc(sizeof(float) * (size_t)M * N), *bias = (float *)malloc(sizeof(float) * (size_t)N);
+            lmv__ctx ctx;
+            ctx.threads = 2;
+            for (i = 0; i < M * K; i++) A[i] = frand(&seed);
+            for (i = 0; i < N * K; i++) B[i] = frand(&seed);
+            for (i = 0; i < N; i++) bias[i] = frand(&seed);
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, B, t ? (size_t)N : (size_t)K, !t, bias, C, (size_t)N);
+            for (i = 0; i < M; i++)
+                for (j = 0; j < N; j++) {
+                    double ref = bias[j];
+                    for (k = 0; k < K; k++) ref += (double)A[i * K + k] * (t ? B[k * N + j] : B[j * K + k]);
+                    if (fabs(ref - C[i * N + j]) > worst) worst = fabs(ref - C[i * N + j]);
+                    if (fabs(ref - C[i * N + j]) > 1e-4 * (1 + K)) worst_ok = 0;
+                }
+            free(A); free(B); free(C); free(bias);
+        }
+    snprintf(msg, sizeof msg, "max abs error %.2e over %d shapes, both B layouts", worst, (int)(sizeof shapes / sizeof shapes[0]));
+    check("gemm matches a double-precision reference", worst_ok, msg);
+}
+
+static void test_attention(void) {
+    enum { NQ = 5, NK = 7, H = 2, HD = 3, D = H * HD };
+    float q[NQ * D], k[NK * D], v[NK * D], out[NQ * D], scores[2 * NQ * NK], bias[H * NQ * NK], mask[NQ * NK];
+    unsigned seed = 7;
+    int i, j, h, d, ok = 1;
+    lmv__attn_args a;
+    lmv__ctx ctx;
+    ctx.threads = 2;
+    for (i = 0; i < NQ * D; i++) q[i] = frand(&seed);
+    for (i = 0; i < NK * D; i++) { k[i] = frand(&seed); v[i] = frand(&seed); }
+    for (i = 0; i < H * NQ * NK; i++) bias[i] = frand(&seed);
+    for (i = 0; i < NQ * NK; i++) mask[i] = (i % 3 == 0) ? -100.0f : 0.0f;
+    memset(&a, 0, sizeof a);
+    a.groups = 1; a.heads = H; a.head_dim = HD; a.nq = NQ; a.nk = NK;
+    a.q = q; a.k = k; a.v = v; a.ldq = a.ldk = a.ldv = a.ldo = D; a.out = out;
+    a.scale = 0.37f; a.bias = bias; a.mask = mask; a.n_masks = 1; a.scores = scores;
+    lmv__attention(&ctx, &a);
+    for (h = 0; h < H; h++)
+        for (i = 0; i < NQ; i++) {
+            double s[NK], mx = -1e30, sum = 0;
+            for (j = 0; j < NK; j++) {
+                double dot = 0;
+                for (d = 0; d < HD; d++) dot += (double)q[i * D + h * HD + d] * k[j * D + h * HD + d];
+                s[j] = dot * 0.37 + bias[(h * NQ + i) * NK + j] + mask[i * NK + j];
+                if (s[j] > mx) mx = s[j];
+            }
+            for (j = 0; j < NK; j++) { s[j] = exp(s[j] - mx); sum += s[j]; }
+            for (d = 0; d < HD; d++) {
+                double o = 0;
+                for (j = 0; j < NK; j++) o += s[j] / sum * v[j * D + h * HD + d];
+                if (fabs(o - out[i * D + h * HD + d]) > 1e-5) ok = 0;
+            }
+        }
+    check("attention with bias and mask matches a double reference", ok, "");
+}
+
+static void test_layernorm(void) {
+    float x[3 * 8], w[8], b[8];
+    unsigned seed = 3;
+    int i, r, ok = 1;
+    for (i = 0; i < 24; i++) x[i] = 100.0f + frand(&seed);
+    for (i = 0; i < 8; i++) { w[i] = frand(&seed); b[i] = frand(&seed); }
+    {
+        float y[24];
+        lmv__layernorm(y, x, 3, 8, w, b, 1e-6f);
+        for (r = 0; r < 3; r++) {
+            double m = 0, v = 0;
+            for (i = 0; i < 8; i++) m += x[r * 8 + i];
+            m /= 8;
+            for (i = 0; i < 8; i++) v += (x[r * 8 + i] - m) * (x[r * 8 + i] - m);
+            v /= 8;
+            for (i = 0; i < 8; i++)
+                if (fabs((x[r * 8 + i] - m) / sqrt(v + 1e-6) * w[i] + b[i] - y[r * 8 + i]) > 1e-4) ok = 0;
+        }
+    }
+    check("layernorm with a large mean", ok, "");
+}
+
+static void test_resample_weights(void) {
+    int mode, in, out, i, j, ok = 1;
+    float w[64];
+    for (mode = 0; mode < 4; mode++)
+        for (in = 1; in < 20; in += 3)
+            for (out = 1; out < 30; out += 4)
+                for (i = 0; i < out; i++) {
+                    double sum = 0;
+                    lmv__resample_weights((lmv__resample)mode, in, out, i, w);
+                    for (j = 0; j < in; j++) sum += w[j];
+                    if (fabs(sum - 1.0) > 1e-5) ok = 0;
+                }
+    check("resampling weights sum to one in every mode", ok, "");
+}
+
+static void test_topk(void) {
+    float logits[6] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f, 0.0f}, prob[3];
+    int idx[3], n = lmv_topk(logits, 6, 3, idx, prob);
+    double sum = 0;
+    int i;
+    for (i = 0; i < 6; i++) sum += exp(logits[i]);
+    check("topk orders by value, ties by index", n == 3 && idx[0] == 1 && idx[1] == 3 && idx[2] == 4, "");
+    check("topk probabilities are the softmax", fabs(prob[0] - exp(2.0) / sum) < 1e-6 && fabs(prob[2] - exp(1.0) / sum) < 1e-6, "");
+    check("topk clamps k to n", lmv_topk(logits, 2, 5, idx, NULL) == 2, "");
+}
+
+static void test_npy(void) {
+    char buf[256 + 24];
+    int shape[3] = {2, 1, 3}, i;
+    size_t hl = lmv_npy_header(buf, 3, shape);
+    lmv_npy npy;
+    lmv_error err;
+    float vals[6] = {1, 2, 3, 4, 5, 6};
+    memcpy(buf + hl, vals, sizeof vals);
+    check("npy header is 64-aligned", hl % 64 == 0, "");
+    check("npy round trip", lmv_npy_parse(buf, hl + sizeof vals, &npy, &err) == LMV_OK && npy.ndim == 3 &&
+                                npy.shape[2] == 3 && npy.count == 6 && npy.data[5] == 6.0f, err.message);
+    check("npy truncated data", lmv_npy_parse(buf, hl + 8, &npy, &err) == LMV_ERR_TRUNCATED, err.message);
+    check("npy bad magic", lmv_npy_parse("hello world", 11, &npy, &err) == LMV_ERR_BAD_INPUT, err.message);
+    memcpy(buf + 10 + 11, "<f8", 3);
+    check("npy float64 refused", lmv_npy_parse(buf, hl + sizeof vals, &npy, &err) == LMV_ERR_BAD_INPUT, err.message);
+    for (i = 0; i < (int)hl; i++) {
+        lmv_npy_parse(buf, (size_t)i, &npy, &err); /* every truncation: must not crash */
+    }
+    check("npy every truncation handled", 1, "");
+}
+
+static void test_arena(void) {
+    static unsigned char mem[4096];
+    lmv_arena a;
+    lmv_allocator al;
+    void *p, *q;
+    lmv_arena_init(&a, mem, sizeof mem);
+    al = lmv_arena_allocator(&a);
+    p = lmv__alloc(&al, 1000);
+    q = lmv__alloc(&al, 1000);
+    check("arena blocks are 64-aligned and disjoint", p && q && ((uintptr_t)p % 64) == 0 && ((uintptr_t)q % 64) == 0 &&
+                                                          (unsigned char *)q >= (unsigned char *)p + 1000, "");
+    check("arena refuses what does not fit", lmv__alloc(&al, 4000) == NULL, "");
+}
+
+/* ---- loader mutations ---- */
+
+static unsigned char *load(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    unsigned char *b;
+    long len;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    b = (unsigned char *)malloc((size_t)len);
+    if (fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
+    fclose(f);
+    *n = (size_t)len;
+    return b;
+}
+
+static void put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24); }
+
+/* Recompute the header CRC after a mutation, when the (possibly mutated) section fields still
+   lie inside the file; otherwise the loader must reject the offsets before it reads them. */
+static void fix_header_crc(unsigned char *f, size_t n) {
+    lmv__crc c;
+    unsigned char head[80];
+    uint64_t mo = lmv__rd64(f + 24), ms = lmv__rd64(f + 32), to = lmv__rd64(f + 40), ts = lmv__rd64(f + 48);
+    uint32_t crc;
+    if (mo > n || ms > n - mo || to > n || ts > n - to) return;
+    lmv__crc_init(&c);
+    memcpy(head, f, 80);
+    crc = lmv__crc_update(&c, 0, head, 80);
+    crc = lmv__crc_update(&c, crc, f + mo, (size_t)ms);
+    crc = lmv__crc_update(&c, crc, f + to, (size_t)ts);
+    put32(f + 80, crc);
+}
+
+/* Open a (possibly damaged) copy, and if it opens, run it once on a small input. */
+static lmv_result try_open(const unsigned char *src, size_t n, lmv_error *err) {
+    unsigned char *copy = (unsigned char *)malloc(n ? n : 1);
+    lmv_model *m = NULL;
+    lmv_result r;
+    memcpy(copy, src, n);
+    r = lmv_model_open_memory(copy, n, NULL, &m, err);
+    if (r == LMV_OK) {
+        lmv_session *s;
+        const lmv_model_info *in = lmv_model_info(m);
+        if (lmv_session_create(m, NULL, &s, err) == LMV_OK) {
+            size_t px = (size_t)in->in_chans * in->img_h * in->img_w;
+            float *x = (float *)calloc(px, sizeof(float)), *y = (float *)calloc((size_t)in->num_features + (size_t)in->num_classes + 1, sizeof(float));
+            lmv_run_features(s, x, 1, in->img_h, in->img_w, y, err);
+            free(x); free(y);
+            lmv_session_destroy(s);
+        }
+        lmv_model_close(m);
+    }
+    free(copy);
+    return r;
+}
+
+static void test_mutations(const char *path) {
+    size_t n, i, data_off, meta_end;
+    unsigned char *f = load(path, &n), *g;
+    lmv_error err;
+    lmv_result r;
+    int ok, opened = 0, counts[32] = {0};
+    char msg[200];
+    if (!f) { check("mutation: model file readable", 0, path); return; }
+    check("mutation: pristine file opens and runs", try_open(f, n, &err) == LMV_OK, err.message);
+    data_off = (size_t)lmv__rd64(f + 64);
+    meta_end = (size_t)(lmv__rd64(f + 40) + lmv__rd64(f + 48));
+    g = (unsigned char *)malloc(n);
+
+    /* every truncation inside header/meta/table, and a few inside the data */
+    ok = 1;
+    for (i = 0; i < n; i += (i < data_off + 256 ? 1 : (n - data_off) / 64 + 1)) {
+        r = try_open(f, i, &err);
+        if (r == LMV_OK) ok = 0;
+        if (i >= 8 && r != LMV_ERR_TRUNCATED) ok = 0;
+    }
+    check("mutation: every truncation gives LMV_ERR_TRUNCATED", ok, "");
+
+    memcpy(g, f, n); g[0] = 'X';
+    check("mutation: bad magic", try_open(g, n, &err) == LMV_ERR_BAD_MAGIC, err.message);
+    memcpy(g, f, n); put32(g + 8, 2);
+    check("mutation: newer version", try_open(g, n, &err) == LMV_ERR_VERSION, err.message);
+    memcpy(g, f, n); put32(g + 12, 0x04030201u);
+    check("mutation: big-endian file", try_open(g, n, &err) == LMV_ERR_ENDIAN, err.message);
+    memcpy(g, f, n); g[n - 1] ^= 0x40;
+    check("mutation: flipped weight byte gives a checksum error", try_open(g, n, &err) == LMV_ERR_CHECKSUM, err.message);
+    memcpy(g, f, n); g[130] ^= 1;
+    check("mutation: flipped meta byte gives a checksum error", try_open(g, n, &err) == LMV_ERR_CHECKSUM, err.message);
+
+    /* every byte of header (fields), meta and table changed, CRC fixed up: structural checks */
+    for (i = 8; i < meta_end; i++) {
+        int v;
+        if (i >= 80 && i < 88) continue; /* the CRC fields themselves */
+        for (v = 0; v < 3; v++) {
+            static const unsigned char xors[3] = {0x01, 0x80, 0xFF};
+            memcpy(g, f, n);
+            g[i] ^= xors[v];
+            fix_header_crc(g, n);
+            r = try_open(g, n, &err);
+            if (r == LMV_OK) opened++;
+            counts[r < 32 ? r : 31]++;
+        }
+    }
+    snprintf(msg, sizeof msg, "%d still opened (benign changes such as a float value), rejected: corrupt %d, shape %d, missing %d, truncated %d, limit %d, other %d",
+             opened, counts[LMV_ERR_CORRUPT], counts[LMV_ERR_SHAPE], counts[LMV_ERR_MISSING_TENSOR], counts[LMV_ERR_TRUNCATED],
+             counts[LMV_ERR_LIMIT], counts[LMV_ERR_UNSUPPORTED] + counts[LMV_ERR_VERSION] + counts[LMV_ERR_ENDIAN] + counts[LMV_ERR_CHECKSUM]);
+    check("mutation: every header/meta/table byte changed, no crash", 1, msg);
+    free(g);
+    free(f);
+}
+
+int main(int argc, char **argv) {
+    test_gemm();
+    test_attention();
+    test_layernorm();
+    test_resample_weights();
+    test_topk();
+    test_npy();
+    test_arena();
+    if (argc > 1) test_mutations(argv[1]);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

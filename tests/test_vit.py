@@ -1,0 +1,180 @@
+"""ViT / DeiT parity: real PyTorch models (torchvision's own, and faithful timm/HF/seed re-implementations)
+with seeded random weights, saved the way their projects save them, converted by tools/convert.py and
+run by build/lmv; logits and every block's output compared."""
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import Results, convert, lmv_run, logits_close, compare_traces, tmpdir  # noqa: E402
+from models import timm_vit  # noqa: E402
+
+torch.set_num_threads(2)
+res = Results()
+
+
+def block_outputs(model, blocks, norm, x):
+    """Forward with hooks: {"blocks.i": image-0 output of block i, "norm": final norm output}."""
+    acts, hooks = {}, []
+    for i, b in enumerate(blocks):
+        hooks.append(b.register_forward_hook(lambda m, a, o, i=i: acts.__setitem__(f"blocks.{i}", o[0].detach().numpy())))
+    if norm is not None and not isinstance(norm, torch.nn.Identity):
+        hooks.append(norm.register_forward_hook(lambda m, a, o: acts.__setitem__("norm", o[0].detach().numpy())))
+    with torch.no_grad():
+        y = model(x)
+    for h in hooks:
+        h.remove()
+    return y.numpy(), acts
+
+
+def parity(name, model, blocks, norm, x, ckpt_obj, conv_opts=(), run_opts=(), features_fn=None):
+    d = tmpdir()
+    ckpt, lmv = os.path.join(d, "model.pth"), os.path.join(d, "model.lmv")
+    torch.save(ckpt_obj, ckpt)
+    try:
+        convert(ckpt, lmv, *conv_opts)
+        want, acts = block_outputs(model, blocks, norm, x)
+        got, traces = lmv_run(lmv, x.numpy(), *run_opts, trace=True)
+    except RuntimeError as e:
+        return res.check(name, False, str(e))
+    ok, desc = logits_close(got, want)
+    res.check(f"{name} logits", ok, desc)
+    compare_traces(res, name, traces, acts)
+    if features_fn is not None:
+        with torch.no_grad():
+            fwant = features_fn(x).numpy()
+        fgot, _ = lmv_run(lmv, x.numpy(), "--features")
+        res.check(f"{name} features", np.max(np.abs(fgot - fwant)) <= 1e-4 * max(1, np.max(np.abs(fwant))),
+                  f"max abs diff {np.max(np.abs(fgot - fwant)):.2e}")
+
+
+def torchvision_vit_b16():
+    import torchvision
+    torch.manual_seed(0)
+    m = torchvision.models.vit_b_16()
+    timm_vit.randomize_(m, seed=1)
+    m.eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    layers = list(m.encoder.layers)
+
+    def feats(inp):
+        y = m._process_input(inp)
+        y = torch.cat([m.class_token.expand(y.shape[0], -1, -1), y], dim=1)
+        return m.encoder(y)[:, 0]
+    parity("torchvision vit_b_16 224", m, layers, m.encoder.ln, x, m.state_dict(), features_fn=feats)
+
+
+def torchvision_small_variants():
+    from torchvision.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    m = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                          representation_size=24, num_classes=7)
+    timm_vit.randomize_(m, seed=3)
+    m.eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    parity("torchvision representation_size", m, list(m.encoder.layers), m.encoder.ln, x, m.state_dict(),
+           conv_opts=("--num-heads", "2"))
+    # a 1-channel model: users replace conv_proj
+    m1 = VisionTransformer(image_size=28, patch_size=7, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=48, num_classes=10)
+    m1.conv_proj = torch.nn.Conv2d(1, 32, kernel_size=7, stride=7)
+    timm_vit.randomize_(m1, seed=5)
+    m1.eval()
+    x1 = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(6))
+    parity("torchvision 1-channel", m1, list(m1.encoder.layers), m1.encoder.ln, x1, m1.state_dict(),
+           conv_opts=("--num-heads", "4"))
+    # legacy MLP key names mlp.linear_1/linear_2
+    sd = {k.replace("mlp.0.", "mlp.linear_1.").replace("mlp.3.", "mlp.linear_2."): v for k, v in m.state_dict().items()}
+    parity("torchvision legacy mlp.linear_N keys", m, list(m.encoder.layers), m.encoder.ln, x, sd,
+           conv_opts=("--num-heads", "2"))
+
+
+def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(), rename=None, **kw):
+    cfg = dict(img_size=img, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=11)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    m = timm_vit.VisionTransformer(**cfg)
+    timm_vit.randomize_(m, seed=seed)
+    m.eval()
+    size = run_size or (img, img)
+    x = torch.randn(batch, cfg.get("in_chans", 3), *size, generator=torch.Generator().manual_seed(seed + 100))
+    sd = m.state_dict()
+    if rename:
+        sd = {rename(k): v for k, v in sd.items()}
+    obj = wrap(sd) if wrap else sd
+    norm = m.norm if not isinstance(m.norm, torch.nn.Identity) else None
+    parity(f"timm {name}", m, list(m.blocks), norm, x, obj, conv_opts=("--num-heads", str(cfg["num_heads"])) + tuple(conv_opts),
+           features_fn=lambda inp: m.forward_head(m.forward_features(inp), pre_logits=True))
+
+
+def timm_variants():
+    timm_case("token pool", 10)
+    timm_case("avg pool + fc_norm", 11, global_pool="avg")
+    timm_case("avg pool without fc_norm", 12, global_pool="avg", fc_norm=False, conv_opts=("--pool", "avg"))
+    timm_case("layer scale", 13, init_values=1e-1)
+    timm_case("no_embed_class + layer scale (DeiT-III)", 14, no_embed_class=True, init_values=0.5)
+    timm_case("register tokens", 15, reg_tokens=4, no_embed_class=True)
+    timm_case("no class token, avg pool", 16, class_token=False, global_pool="avg")
+    timm_case("qkv_bias=False", 17, qkv_bias=False)
+    timm_case("distilled (DeiT)", 18, distilled=True)
+    timm_case("old pre_logits Linear+Tanh", 19, representation_size=40)
+    timm_case("patch 14", 20, img=56, patch_size=14)
+    timm_case("patch 32 non-square input", 21, img=64, patch_size=32, run_size=(64, 96), dynamic_img_size=True)
+    timm_case("pos_embed resampled up (bicubic antialias)", 22, img=32, run_size=(48, 40), dynamic_img_size=True)
+    timm_case("pos_embed resampled down (bicubic antialias)", 23, img=64, run_size=(40, 32), dynamic_img_size=True)
+    timm_case("pre_norm (CLIP style)", 24, pre_norm=True)
+    timm_case("wrapped {'model'} + module. prefix", 25, wrap=lambda sd: {"model": {"module." + k: v for k, v in sd.items()}})
+    timm_case("DeiT-III official names gamma_1/gamma_2", 26, no_embed_class=True, init_values=0.3,
+              rename=lambda k: k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2"),
+              wrap=lambda sd: {"model": sd})
+    timm_case("batch 5", 27, batch=5)
+
+
+def hf_case(distilled):
+    """Hugging Face ViT/DeiT: separate q/k/v projections, LayerNorm eps 1e-12."""
+    torch.manual_seed(30)
+    m = timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5,
+                                   eps=1e-12, distilled=distilled)
+    timm_vit.randomize_(m, seed=31)
+    m.eval()
+    p = "deit." if distilled else "vit."
+    sd = {}
+    for k, v in m.state_dict().items():
+        if k.startswith("blocks."):
+            i, rest = k.split(".", 2)[1], k.split(".", 2)[2]
+            b = f"{p}encoder.layer.{i}."
+            if rest.startswith("attn.qkv."):
+                kind = rest.split(".")[-1]
+                q, kk, vv = v.chunk(3, dim=0)
+                sd[b + f"attention.attention.query.{kind}"] = q.clone()
+                sd[b + f"attention.attention.key.{kind}"] = kk.clone()
+                sd[b + f"attention.attention.value.{kind}"] = vv.clone()
+                continue
+            rest = (rest.replace("norm1", "layernorm_before").replace("norm2", "layernorm_after")
+                    .replace("attn.proj", "attention.output.dense").replace("mlp.fc1", "intermediate.dense")
+                    .replace("mlp.fc2", "output.dense"))
+            sd[b + rest] = v
+            continue
+        name = {"cls_token": "embeddings.cls_token", "dist_token": "embeddings.distillation_token",
+                "pos_embed": "embeddings.position_embeddings",
+                "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+                "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+                "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}.get(k)
+        if name:
+            sd[p + name] = v
+        elif k.startswith("head_dist."):
+            sd["distillation_classifier." + k.split(".")[1]] = v
+        elif k.startswith("head."):
+            sd[("cls_classifier." if distilled else "classifier.") + k.split(".")[1]] = v
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(32))
+    parity("hf " + ("DeiT with teacher" if distilled else "ViTForImageClassification"), m, list(m.blocks), m.norm, x, sd,
+           conv_opts=("--num-heads", "3"))
+
+
+if __name__ == "__main__":
+    only = sys.argv[1:]
+    for fn in (torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True),
+               torchvision_vit_b16):
+        fn()
+    res.finish()

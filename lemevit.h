@@ -1595,6 +1595,415 @@ static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bin
                                              lmv__vit_unbind};
 
 /* --------------------------------------------------------------------------------------------
+   Model graphs: Swin Transformer (V1)
+   -------------------------------------------------------------------------------------------- */
+
+#define LMV__SWIN_MAX_STAGES 8
+
+typedef struct lmv__swin_block {
+    const float *norm1_w, *norm1_b, *table, *qkv_w, *qkv_b, *proj_w, *proj_b;
+    const float *norm2_w, *norm2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} lmv__swin_block;
+
+typedef struct lmv__swin_stage {
+    int dim, depth, heads, hidden;
+    lmv__swin_block *blocks;
+    const float *merge_norm_w, *merge_norm_b, *merge_w; /* PatchMerging at the end, or NULL */
+} lmv__swin_stage;
+
+typedef struct lmv__swin {
+    int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w;
+    float eps;
+    const float *patch_w, *patch_b, *patch_norm_w, *patch_norm_b, *ape;
+    const float *norm_w, *norm_b, *head_w, *head_b;
+    lmv__swin_stage stages[LMV__SWIN_MAX_STAGES];
+} lmv__swin;
+
+static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
+    lmv__swin *v;
+    lmv_result r;
+    const char *s;
+    char name[96];
+    int i, j, n, ws, C;
+    v = (lmv__swin *)lmv__alloc(&m->allocator, sizeof(lmv__swin));
+    if (!v) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the Swin graph");
+    memset(v, 0, sizeof *v);
+    m->graph = v;
+    {
+        const lmv__meta *d = lmv__find_meta(m, "swin.depths");
+        if (!d || d->type != 1 || d->count < 1 || d->count > LMV__SWIN_MAX_STAGES)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "swin.depths must list 1 to 8 stage depths");
+        v->n_stages = d->count;
+    }
+    if ((r = lmv__meta_int_range(m, "swin.patch_size", 0, 1, 1024, -1, &v->patch, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "swin.window_size", 0, 1, 256, -1, &v->window, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "swin.embed_dim", 0, 1, 1 << 15, -1, &C, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "in_chans", 0, 1, 64, 3, &v->in_chans, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK)
+        return r;
+    v->eps = lmv__meta_float(m, "swin.norm_eps", 0, 1e-5f);
+    if (!(v->eps > 0.0f && v->eps < 1.0f)) return lmv__fail(err, LMV_ERR_CORRUPT, "swin.norm_eps is not in (0, 1)");
+    s = lmv__meta_string(m, "swin.pad_mode", "pad_then_roll");
+    if (!strcmp(s, "pad_then_roll")) v->pad_then_roll = 1;
+    else if (strcmp(s, "roll_then_pad"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.pad_mode '%s' is not pad_then_roll or roll_then_pad", s);
+    s = lmv__meta_string(m, "swin.shift_rule", "per_axis");
+    if (!strcmp(s, "per_axis")) v->shift_rule = 0;
+    else if (!strcmp(s, "min")) v->shift_rule = 1;
+    else if (!strcmp(s, "always")) v->shift_rule = 2;
+    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule '%s' is not per_axis, min or always", s);
+    ws = v->window;
+    {
+        int shape4[4];
+        shape4[0] = C; shape4[1] = v->in_chans; shape4[2] = v->patch; shape4[3] = v->patch;
+        if ((r = lmv__weight(m, "patch_embed.proj.weight", 0, 4, shape4, &v->patch_w, err)) != LMV_OK ||
+            (r = lmv__w1(m, 1, C, &v->patch_b, err, "patch_embed.proj.bias")) != LMV_OK ||
+            (r = lmv__w1(m, 1, C, &v->patch_norm_w, err, "patch_embed.norm.weight")) != LMV_OK ||
+            (r = lmv__w1(m, 1, C, &v->patch_norm_b, err, "patch_embed.norm.bias")) != LMV_OK)
+            return r;
+    }
+    {
+        const lmv__tensor *t = lmv__find_tensor(m, "absolute_pos_embed");
+        if (t) {
+            int shape3[3];
+            int gh = m->info.img_h / v->patch, gw = m->info.img_w / v->patch;
+            shape3[0] = 1; shape3[1] = gh * gw; shape3[2] = C;
+            if ((r = lmv__weight(m, "absolute_pos_embed", 0, 3, shape3, &v->ape, err)) != LMV_OK) return r;
+            v->grid_h = gh;
+            v->grid_w = gw;
+        }
+    }
+    for (i = 0; i < v->n_stages; i++) {
+        lmv__swin_stage *st = &v->stages[i];
+        if ((r = lmv__meta_int_range(m, "swin.depths", i, 0, 1024, -1, &st->depth, err)) != LMV_OK ||
+            (r = lmv__meta_int_range(m, "swin.num_heads", i, 1, 4096, -1, &st->heads, err)) != LMV_OK ||
+            (r = lmv__meta_int_range(m, "swin.mlp_hidden", i, 1, 1 << 18, -1, &st->hidden, err)) != LMV_OK)
+            return r;
+        st->dim = C;
+        if (C % st->heads)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "Swin stage %d width %d is not divisible by %d heads", i, C, st->heads);
+        st->blocks = (lmv__swin_block *)lmv__alloc(&m->allocator, sizeof(lmv__swin_block) * (size_t)(st->depth + 1));
+        if (!st->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding Swin blocks");
+        for (j = 0; j < st->depth; j++) {
+            lmv__swin_block *b = &st->blocks[j];
+            n = (2 * ws - 1) * (2 * ws - 1);
+#define LMV__SW1(opt, len, dst, suffix) \
+    lmv__name(name, sizeof name, "layers.%d.blocks.%d." suffix, i, j); \
+    if ((r = lmv__w1(m, opt, len, &b->dst, err, name)) != LMV_OK) return r
+#define LMV__SW2(opt, n0, n1, dst, suffix) \
+    lmv__name(name, sizeof name, "layers.%d.blocks.%d." suffix, i, j); \
+    if ((r = lmv__w2(m, opt, n0, n1, &b->dst, err, name)) != LMV_OK) return r
+            LMV__SW1(0, C, norm1_w, "norm1.weight");
+            LMV__SW1(0, C, norm1_b, "norm1.bias");
+            LMV__SW2(0, n, st->heads, table, "attn.relative_position_bias_table");
+            LMV__SW2(0, 3 * C, C, qkv_w, "attn.qkv.weight");
+            LMV__SW1(1, 3 * C, qkv_b, "attn.qkv.bias");
+            LMV__SW2(0, C, C, proj_w, "attn.proj.weight");
+            LMV__SW1(1, C, proj_b, "attn.proj.bias");
+            LMV__SW1(0, C, norm2_w, "norm2.weight");
+            LMV__SW1(0, C, norm2_b, "norm2.bias");
+            LMV__SW2(0, st->hidden, C, fc1_w, "mlp.fc1.weight");
+            LMV__SW1(1, st->hidden, fc1_b, "mlp.fc1.bias");
+            LMV__SW2(0, C, st->hidden, fc2_w, "mlp.fc2.weight");
+            LMV__SW1(1, C, fc2_b, "mlp.fc2.bias");
+#undef LMV__SW1
+#undef LMV__SW2
+        }
+        if (i + 1 < v->n_stages) { /* PatchMerging: LN(4C), Linear(4C -> 2C) without bias */
+            lmv__name(name, sizeof name, "layers.%d.downsample.norm.weight", i);
+            if ((r = lmv__w1(m, 0, 4 * C, &st->merge_norm_w, err, name)) != LMV_OK) return r;
+            lmv__name(name, sizeof name, "layers.%d.downsample.norm.bias", i);
+            if ((r = lmv__w1(m, 0, 4 * C, &st->merge_norm_b, err, name)) != LMV_OK) return r;
+            lmv__name(name, sizeof name, "layers.%d.downsample.reduction.weight", i);
+            if ((r = lmv__w2(m, 0, 2 * C, 4 * C, &st->merge_w, err, name)) != LMV_OK) return r;
+            C *= 2;
+        }
+    }
+    if ((r = lmv__w1(m, 0, C, &v->norm_w, err, "norm.weight")) != LMV_OK ||
+        (r = lmv__w1(m, 0, C, &v->norm_b, err, "norm.bias")) != LMV_OK)
+        return r;
+    m->info.num_features = C;
+    if (v->num_classes && ((r = lmv__w2(m, 0, v->num_classes, C, &v->head_w, err, "head.weight")) != LMV_OK ||
+                           (r = lmv__w1(m, 1, v->num_classes, &v->head_b, err, "head.bias")) != LMV_OK))
+        return r;
+    return LMV_OK;
+}
+
+static void lmv__swin_unbind(lmv_model *m) {
+    lmv__swin *v = (lmv__swin *)m->graph;
+    int i;
+    if (!v) return;
+    for (i = 0; i < v->n_stages; i++) lmv__free(&m->allocator, v->stages[i].blocks);
+    lmv__free(&m->allocator, v);
+    m->graph = NULL;
+}
+
+static int lmv__ceil_to(int x, int m) { return (x + m - 1) / m * m; }
+
+/* Feature-map size of every stage: the patch grid, halved (ceil) by each PatchMerging. */
+static void lmv__swin_sizes(const lmv__swin *v, int h, int w, int *sh, int *sw) {
+    int i, H = h / v->patch, W = w / v->patch;
+    for (i = 0; i < v->n_stages; i++) {
+        sh[i] = H;
+        sw[i] = W;
+        H = (H + 1) / 2;
+        W = (W + 1) / 2;
+    }
+}
+
+typedef struct lmv__swin_bufs {
+    float *x, *xn, *win, *qkv, *att, *hid, *bias, *mask, *scores, *cols, *pooled;
+} lmv__swin_bufs;
+
+static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, float *base, lmv__swin_bufs *b) {
+    int sh[LMV__SWIN_MAX_STAGES], sw[LMV__SWIN_MAX_STAGES], i;
+    size_t N = (size_t)v->window * v->window, tok = 0, ptok = 0, hid = 0, heads = 0, nwin = 0, cmax = 0, cols;
+    lmv__carver c;
+    lmv__swin_sizes(v, h, w, sh, sw);
+    for (i = 0; i < v->n_stages; i++) {
+        const lmv__swin_stage *st = &v->stages[i];
+        size_t t = (size_t)sh[i] * sw[i], C = (size_t)st->dim;
+        size_t pt = (size_t)lmv__ceil_to(sh[i], v->window) * lmv__ceil_to(sw[i], v->window);
+        if (t * C > tok) tok = t * C;
+        if (pt * C > ptok) ptok = pt * C;
+        if (pt * st->hidden > hid) hid = pt * st->hidden;
+        if ((size_t)st->heads > heads) heads = (size_t)st->heads;
+        if (pt / N > nwin) nwin = pt / N;
+        if (4 * C > cmax) cmax = 4 * C;
+    }
+    cols = (size_t)(h / v->patch) * (w / v->patch) * v->in_chans * v->patch * v->patch;
+    if (tok * 4 > cols) cols = tok * 4; /* merging builds [ceil(H/2)*ceil(W/2)][4C] here */
+    c.base = base;
+    c.used = 0;
+    b->x = lmv__carve(&c, tok);
+    b->xn = lmv__carve(&c, ptok);
+    b->win = lmv__carve(&c, ptok);
+    b->qkv = lmv__carve(&c, 3 * ptok);
+    b->att = lmv__carve(&c, ptok);
+    b->hid = lmv__carve(&c, hid);
+    b->bias = lmv__carve(&c, heads * N * N);
+    b->mask = lmv__carve(&c, nwin * N * N);
+    b->scores = lmv__carve(&c, (size_t)threads * N * N);
+    b->cols = lmv__carve(&c, cols);
+    b->pooled = lmv__carve(&c, cmax + (size_t)v->num_classes);
+    return c.used;
+}
+
+/* Window geometry of one stage at run time, by the convention the checkpoint came from. */
+static void lmv__swin_shifts(const lmv__swin *v, int H, int W, int odd_block, int *shift_h, int *shift_w) {
+    int ws = v->window, s = odd_block ? ws / 2 : 0;
+    /* no shift on an axis that one window already covers (per_axis: timm, torchvision), on both
+       when either axis is covered (min: Microsoft's code, Hugging Face), or never dropped (always) */
+    if (v->shift_rule == 2) *shift_h = *shift_w = s;
+    else if (v->shift_rule == 1) *shift_h = *shift_w = (H <= ws || W <= ws) ? 0 : s;
+    else {
+        *shift_h = H <= ws ? 0 : s;
+        *shift_w = W <= ws ? 0 : s;
+    }
+}
+
+static lmv_result lmv__swin_plan(const lmv_model *m, int threads, int h, int w, size_t *floats, lmv_error *err) {
+    const lmv__swin *v = (const lmv__swin *)m->graph;
+    lmv__swin_bufs b;
+    int sh[LMV__SWIN_MAX_STAGES], sw[LMV__SWIN_MAX_STAGES], i;
+    if (h / v->patch < 1 || w / v->patch < 1)
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d is smaller than one %dx%d patch", h, w, v->patch, v->patch);
+    if (v->ape && (h / v->patch != v->grid_h || w / v->patch != v->grid_w))
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE, "this Swin has an absolute position embedding for %dx%d inputs only",
+                         v->grid_h * v->patch, v->grid_w * v->patch);
+    lmv__swin_sizes(v, h, w, sh, sw);
+    for (i = 0; i < v->n_stages; i++)
+        if (!v->pad_then_roll && (sh[i] < v->window || sw[i] < v->window))
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                             "input %dx%d makes stage %d (%dx%d) smaller than the %d-window; timm-convention checkpoints "
+                             "shrink the window and resample the bias table there, which is not supported: use an input of "
+                             "at least %d pixels, or convert with --set swin.pad_mode=pad_then_roll",
+                             h, w, i, sh[i], sw[i], v->window, v->window * v->patch << (v->n_stages - 1));
+    *floats = lmv__swin_layout(v, h, w, threads, NULL, &b);
+    return LMV_OK;
+}
+
+/* Relative position bias of one block for a ws x ws window: bias[h][i][j] = table[idx(i, j)][h],
+   idx = (dy + ws - 1) * (2ws - 1) + (dx + ws - 1) with (dy, dx) = pos(i) - pos(j). */
+static void lmv__swin_bias(float *bias, const float *table, int ws, int heads) {
+    int N = ws * ws, i, j, h;
+    for (i = 0; i < N; i++)
+        for (j = 0; j < N; j++) {
+            int dy = i / ws - j / ws, dx = i % ws - j % ws, idx = (dy + ws - 1) * (2 * ws - 1) + (dx + ws - 1);
+            for (h = 0; h < heads; h++) bias[((size_t)h * N + i) * N + j] = table[(size_t)idx * heads + h];
+        }
+}
+
+/* The shifted-window mask on the padded Hp x Wp grid: tokens of one window that came from
+   different regions of the rolled map must not attend to each other (-100 as in every Swin). */
+static int lmv__swin_region(int y, int size, int ws, int shift) {
+    if (!shift) return 0;
+    return y < size - ws ? 0 : y < size - shift ? 1 : 2;
+}
+
+static void lmv__swin_mask(float *mask, int Hp, int Wp, int ws, int shift_h, int shift_w) {
+    int nwx = Wp / ws, nwin = (Hp / ws) * nwx, N = ws * ws, wdx, i, j;
+    for (wdx = 0; wdx < nwin; wdx++) {
+        int y0 = (wdx / nwx) * ws, x0 = (wdx % nwx) * ws;
+        float *m = mask + (size_t)wdx * N * N;
+        for (i = 0; i < N; i++) {
+            int ri = lmv__swin_region(y0 + i / ws, Hp, ws, shift_h) * 3 + lmv__swin_region(x0 + i % ws, Wp, ws, shift_w);
+            for (j = 0; j < N; j++) {
+                int rj = lmv__swin_region(y0 + j / ws, Hp, ws, shift_h) * 3 + lmv__swin_region(x0 + j % ws, Wp, ws, shift_w);
+                m[(size_t)i * N + j] = ri == rj ? 0.0f : -100.0f;
+            }
+        }
+    }
+}
+
+/* Move a normalised H x W map into window order on the padded Hp x Wp grid (zeros in the
+   padding), applying the cyclic shift the way the checkpoint's code does: torchvision/HF pad and
+   then roll the padded grid, timm >= 0.9.6 rolls the H x W map and then pads. `back` runs the
+   same mapping in reverse, adding the window outputs onto x (the residual). */
+static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int W, int C, int ws, int sh, int swd,
+                              int pad_then_roll, int back) {
+    int Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws), nwx = Wp / ws, y, xx, c;
+    for (y = 0; y < Hp; y++)
+        for (xx = 0; xx < Wp; xx++) {
+            /* (y, xx) is a position on the rolled, padded grid; find its source in the map */
+            int sy, sx;
+            float *dst;
+            if (pad_then_roll) {
+                sy = (y + sh) % Hp;
+                sx = (xx + swd) % Wp;
+            } else {
+                sy = y < H ? (y + sh) % H : H;
+                sx = xx < W ? (xx + swd) % W : W;
+            }
+            dst = win + ((size_t)((y / ws) * nwx + xx / ws) * ws * ws + (size_t)(y % ws) * ws + (xx % ws)) * C;
+            if (sy >= H || sx >= W) {
+                if (!back)
+                    for (c = 0; c < C; c++) dst[c] = 0.0f;
+                continue;
+            }
+            if (back) {
+                float *o = x + ((size_t)sy * W + sx) * C;
+                for (c = 0; c < C; c++) o[c] += dst[c];
+            } else {
+                memcpy(dst, xn + ((size_t)sy * W + sx) * C, sizeof(float) * C);
+            }
+        }
+}
+
+static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, const lmv__swin_stage *st,
+                                    const lmv__swin_block *blk, int odd, int H, int W, lmv__swin_bufs *b) {
+    int C = st->dim, ws = v->window, N = ws * ws, Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws);
+    int nwin = (Hp / ws) * (Wp / ws), rows = nwin * N, sh, swd;
+    lmv__attn_args a;
+    lmv__swin_shifts(v, H, W, odd, &sh, &swd);
+    /* x = x + window_attention(norm1(x)) */
+    lmv__layernorm(b->xn, b->x, H * W, C, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__swin_windows(b->win, NULL, b->xn, H, W, C, ws, sh, swd, v->pad_then_roll, 0);
+    lmv__linear(ctx, b->qkv, b->win, rows, C, 3 * C, blk->qkv_w, blk->qkv_b);
+    lmv__swin_bias(b->bias, blk->table, ws, st->heads);
+    if (sh || swd) lmv__swin_mask(b->mask, Hp, Wp, ws, sh, swd);
+    memset(&a, 0, sizeof a);
+    a.groups = nwin;
+    a.heads = st->heads;
+    a.head_dim = C / st->heads;
+    a.nq = a.nk = N;
+    a.q = b->qkv;
+    a.k = b->qkv + C;
+    a.v = b->qkv + 2 * C;
+    a.ldq = a.ldk = a.ldv = (size_t)3 * C;
+    a.gstride_q = a.gstride_k = a.gstride_v = (size_t)N * 3 * C;
+    a.out = b->att;
+    a.ldo = (size_t)C;
+    a.gstride_o = (size_t)N * C;
+    a.scale = (float)(1.0 / sqrt((double)(C / st->heads)));
+    a.bias = b->bias;
+    a.mask = (sh || swd) ? b->mask : NULL;
+    a.n_masks = nwin;
+    a.scores = b->scores;
+    lmv__attention(ctx, &a);
+    lmv__linear(ctx, b->win, b->att, rows, C, C, blk->proj_w, blk->proj_b);
+    lmv__swin_windows(b->win, b->x, NULL, H, W, C, ws, sh, swd, v->pad_then_roll, 1);
+    /* x = x + mlp(norm2(x)) */
+    lmv__layernorm(b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
+    lmv__linear(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b);
+    lmv__activate(b->hid, (size_t)H * W * st->hidden, LMV__ACT_GELU);
+    lmv__linear(ctx, b->xn, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b);
+    lmv__add_scaled(b->x, b->xn, H * W, C, NULL);
+}
+
+/* PatchMerging: zero-pad to even sides, concatenate the 2x2 neighbours as x0 (0,0), x1 (1,0),
+   x2 (0,1), x3 (1,1) in (row, col) offsets, LayerNorm(4C), Linear(4C -> 2C). */
+static void lmv__swin_merge(const lmv__ctx *ctx, const lmv__swin *v, const lmv__swin_stage *st, int H, int W,
+                            lmv__swin_bufs *b) {
+    int C = st->dim, H2 = (H + 1) / 2, W2 = (W + 1) / 2, y, x, k;
+    for (y = 0; y < H2; y++)
+        for (x = 0; x < W2; x++) {
+            float *dst = b->cols + ((size_t)y * W2 + x) * 4 * C;
+            for (k = 0; k < 4; k++) {
+                int sy = 2 * y + (k & 1), sx = 2 * x + (k >> 1);
+                if (sy < H && sx < W) memcpy(dst + (size_t)k * C, b->x + ((size_t)sy * W + sx) * C, sizeof(float) * C);
+                else memset(dst + (size_t)k * C, 0, sizeof(float) * C);
+            }
+        }
+    lmv__layernorm(b->cols, b->cols, H2 * W2, 4 * C, st->merge_norm_w, st->merge_norm_b, v->eps);
+    lmv__linear(ctx, b->x, b->cols, H2 * W2, 4 * C, 2 * C, st->merge_w, NULL);
+}
+
+static lmv_result lmv__swin_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                                    lmv_error *err) {
+    const lmv__swin *v = (const lmv__swin *)s->model->graph;
+    const lmv__ctx *ctx = &s->ctx;
+    int sh[LMV__SWIN_MAX_STAGES], sw[LMV__SWIN_MAX_STAGES], n, i, j, C;
+    size_t img = (size_t)v->in_chans * h * w;
+    lmv__swin_bufs b;
+    char name[48];
+    (void)err;
+    lmv__swin_sizes(v, h, w, sh, sw);
+    lmv__swin_layout(v, h, w, s->max_threads, s->arena, &b);
+    for (n = 0; n < batch; n++) {
+        int trace = n == 0 && s->trace != NULL, H = sh[0], W = sw[0];
+        float *feat = b.pooled;
+        C = v->stages[0].dim;
+        /* patch embedding: Conv2d(k = stride = patch), LayerNorm, optional absolute position */
+        lmv__im2col(b.cols, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->patch, v->patch, v->patch,
+                    v->patch, 0, H, W);
+        lmv__linear(ctx, b.x, b.cols, H * W, v->in_chans * v->patch * v->patch, C, v->patch_w, v->patch_b);
+        if (v->patch_norm_w) lmv__layernorm(b.x, b.x, H * W, C, v->patch_norm_w, v->patch_norm_b, v->eps);
+        if (v->ape) lmv__add_scaled(b.x, v->ape, H * W, C, NULL);
+        if (trace) lmv__trace(s, "patch_embed", b.x, 3, H, W, C);
+        for (i = 0; i < v->n_stages; i++) {
+            const lmv__swin_stage *st = &v->stages[i];
+            for (j = 0; j < st->depth; j++) {
+                lmv__swin_block_forward(ctx, v, st, &st->blocks[j], j & 1, H, W, &b);
+                if (trace) {
+                    lmv__name(name, sizeof name, "layers.%d.blocks.%d", i, j);
+                    lmv__trace(s, name, b.x, 3, H, W, C);
+                }
+            }
+            if (st->merge_w) {
+                lmv__swin_merge(ctx, v, st, H, W, &b);
+                H = sh[i + 1];
+                W = sw[i + 1];
+                C *= 2;
+                if (trace) {
+                    lmv__name(name, sizeof name, "layers.%d.downsample", i);
+                    lmv__trace(s, name, b.x, 3, H, W, C);
+                }
+            }
+        }
+        lmv__layernorm(b.x, b.x, H * W, C, v->norm_w, v->norm_b, v->eps);
+        if (trace) lmv__trace(s, "norm", b.x, 3, H, W, C);
+        lmv__mean_rows(feat, b.x, H * W, C);
+        if (features) memcpy(out + (size_t)n * C, feat, sizeof(float) * (size_t)C);
+        else lmv__linear(ctx, out + (size_t)n * v->num_classes, feat, 1, C, v->num_classes, v->head_w, v->head_b);
+    }
+    return LMV_OK;
+}
+
+static const lmv__family_ops lmv__swin_ops = {"swin", LMV_FAMILY_SWIN, lmv__swin_bind, lmv__swin_plan, lmv__swin_forward,
+                                              lmv__swin_unbind};
+
+/* --------------------------------------------------------------------------------------------
    Model graphs: LeMeViT (learnable meta tokens; cross, dual-cross and standard attention)
    -------------------------------------------------------------------------------------------- */
 
@@ -2052,7 +2461,7 @@ static const lmv__family_ops lmv__lemevit_ops = {"lemevit", LMV_FAMILY_LEMEVIT, 
    Opening models, sessions, running
    -------------------------------------------------------------------------------------------- */
 
-static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops, &lmv__lemevit_ops};
+static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops, &lmv__swin_ops, &lmv__lemevit_ops};
 
 LEMEVIT_API lmv_open_options lmv_open_options_default(void) {
     lmv_open_options o;

@@ -12,7 +12,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
 LMV = os.path.join(BUILD, "lmv")
-CONVERT = os.path.join(ROOT, "tools", "convert.py")
+CONVERT = os.environ.get("LMV_CONVERT") or os.path.join(ROOT, "tools", "convert.py")
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 
 

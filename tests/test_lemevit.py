@@ -1,0 +1,140 @@
+"""LeMeViT parity: the faithful PyTorch reference of the official model (tests/models/lemevit_ref.py)
+with seeded random weights (BatchNorm statistics included), saved the ways real training runs save
+it, converted by tools/convert.py and run by build/lmv; logits and every block's x and c compared."""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import Results, convert, lmv_run, logits_close, compare_traces, tmpdir  # noqa: E402
+from models import lemevit_ref as L  # noqa: E402
+
+torch.set_num_threads(2)
+res = Results()
+
+
+def reference_traces(acts, model):
+    """The reference activations of image 0 under the names the C side traces (token-major HWC)."""
+    out = {}
+    hwc = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
+    out["stem"] = hwc(acts["downsample.0"])
+    for i in range(model.num_stages):
+        out[f"stages.{i}.in_x"] = hwc(acts[f"downsample.{i}"])
+        out[f"stages.{i}.in_c"] = acts[f"meta.{i}"][0].numpy()
+        for j in range(len(model.stages[i])):
+            out[f"stages.{i}.{j}.x"] = hwc(acts[f"stages.{i}.{j}.x"])
+            out[f"stages.{i}.{j}.c"] = acts[f"stages.{i}.{j}.c"][0].numpy()
+    out["features"] = acts["pooled"][0].numpy()
+    return out
+
+
+def save_and_convert(sd_obj, *opts):
+    d = tmpdir()
+    ckpt, lmv = os.path.join(d, "model.pth.tar"), os.path.join(d, "model.lmv")
+    torch.save(sd_obj, ckpt)
+    convert(ckpt, lmv, "--labels", "none", *opts)
+    return lmv
+
+
+def parity(name, model, sizes, batch=2, wrap=None, opts=(), seed=0):
+    model.eval()
+    sd = model.state_dict()
+    try:
+        lmv = save_and_convert(wrap(sd) if wrap else sd, *opts)
+    except RuntimeError as e:
+        return res.check(name, False, str(e))
+    for (h, w) in sizes:
+        x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed + h * 7 + w))
+        with torch.no_grad():
+            acts = L.collect_activations(model, x)
+        want = acts["logits"].numpy()
+        try:
+            got, traces = lmv_run(lmv, x.numpy(), trace=True)
+        except RuntimeError as e:
+            res.check(f"{name} {h}x{w}", False, str(e))
+            continue
+        ok, desc = logits_close(got, want)
+        res.check(f"{name} {h}x{w} logits", ok, desc)
+        compare_traces(res, f"{name} {h}x{w}", traces, reference_traces(acts, model))
+    return lmv
+
+
+def small(variant_attn, seed, num_classes=10, mlp=4, dims=(32, 32, 64, 96, 128), depth=(1, 1, 1, 2, 1)):
+    n = len(variant_attn)
+    m = L.build(depth=list(depth[:n]), embed_dim=list(dims[:n]), mlp_ratios=mlp, attn_type=list(variant_attn),
+                num_classes=num_classes)
+    return L.randomize_(m, seed=seed)
+
+
+def dca_scale_is_checked():
+    """Make the reference use head_dim^-0.5 in dual cross attention and show that the parity
+    comparison fails: the test can catch a wrong DCA scale."""
+    m = small("CDDSS", seed=5)
+    lmv = save_and_convert(m.state_dict())
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    saved = L.scaled_dot_product_attention
+    try:  # drop the explicit DCA scale: every attention then uses head_dim^-0.5
+        L.scaled_dot_product_attention = lambda q, k, v, scale=None: saved(q, k, v)
+        with torch.no_grad():
+            wrong = m.eval()(x).numpy()
+    finally:
+        L.scaled_dot_product_attention = saved
+    with torch.no_grad():
+        right = m(x).numpy()
+    got, _ = lmv_run(lmv, x.numpy())
+    ok_right, d_right = logits_close(got, right)
+    ok_wrong, d_wrong = logits_close(got, wrong)
+    res.check("a wrong DCA scale in the reference makes parity fail", ok_right and not ok_wrong,
+              f"true scale: {d_right}; head_dim scale: {d_wrong}")
+
+
+def layouts():
+    m = small("CDDSS", seed=21, num_classes=4)
+    sd = m.state_dict()
+    ns = argparse.Namespace(model="lemevit_tiny", lr=5e-4, epochs=3, img_size=224)
+    ema = {k: v.clone() for k, v in sd.items()}
+    parity("timm training checkpoint (state_dict + state_dict_ema + args), 4 classes", m, [(64, 64)],
+           wrap=lambda s: {"epoch": 3, "arch": "lemevit_tiny", "state_dict": s, "state_dict_ema": ema,
+                           "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "version": 2, "args": ns,
+                           "metric": 91.5})
+    parity("{'model': ...} with module. prefix", m, [(64, 64)], wrap=lambda s: {"model": {"module." + k: v for k, v in s.items()}})
+    legacy = lambda s: {("prototypes" if k == "meta_tokens" else k.replace("meta_token_downsample.", "prototype_downsample.")): v  # noqa: E731
+                        for k, v in s.items()}
+    parity("training-era names prototypes / prototype_downsample", m, [(64, 64)], wrap=legacy)
+    # the EMA copy is a different set of weights: --ema must pick it
+    m2 = small("CDDSS", seed=22, num_classes=4)
+    lmv = save_and_convert({"state_dict": sd, "state_dict_ema": m2.state_dict()}, "--ema")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = m2.eval()(x).numpy()
+    got, _ = lmv_run(lmv, x.numpy())
+    ok, desc = logits_close(got, want)
+    res.check("--ema converts state_dict_ema", ok, desc)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small configs only")
+    args = ap.parse_args()
+    # a small config of every attention-type pattern, several sizes incl. non-square, batch > 1
+    parity("small C,D,D,S,S (tiny/small/base pattern)", small("CDDSS", 1), [(64, 64), (96, 80), (50, 70)], batch=3)
+    parity("small C,D2,D2,S,S (tiny_v2 pattern)", L.randomize_(L.build(depth=[1, 1, 1, 2, 1], embed_dim=[32, 32, 64, 96, 128],
+                                                                     attn_type=["C", "D2", "D2", "S", "S"], num_classes=10), 2),
+           [(64, 64), (72, 56)])
+    parity("small S,S,S,S (vit_tiny pattern)", L.randomize_(L.build(depth=[1, 1, 2, 1], embed_dim=[32, 64, 96, 128],
+                                                                  attn_type=["S", "S", "S", "S"], num_classes=10), 3),
+           [(64, 64), (80, 48)])
+    parity("small mlp_ratio 3 (small_v2 pattern)", small("CDDSS", 4, mlp=3), [(64, 64)])
+    dca_scale_is_checked()
+    layouts()
+    if not args.quick:
+        parity("lemevit_tiny full size", L.randomize_(L.lemevit_tiny(), 11), [(224, 224), (256, 256), (224, 160)])
+        parity("lemevit_small full size", L.randomize_(L.lemevit_small(), 12), [(224, 224)])
+        parity("lemevit_tiny_v2 full size", L.randomize_(L.lemevit_tiny_v2(), 13), [(224, 224)], batch=1)
+        parity("lemevit_small_v2 full size", L.randomize_(L.lemevit_small_v2(), 14), [(224, 224)], batch=1)
+        parity("vit_tiny (4-stage) full size", L.randomize_(L.vit_tiny(), 15), [(224, 224)], batch=1)
+        parity("lemevit_base full size", L.randomize_(L.lemevit_base(), 16), [(224, 224)], batch=1)
+    res.finish()

@@ -282,6 +282,20 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 #define LEMEVIT_ASSERT(x) ((void)0)
 #endif
 
+/* SIMD kernels, chosen at compile time: AVX2+FMA on x86-64 (-mavx2 -mfma or -march=native).
+   Every kernel has a portable C99 twin that gives the same results within float rounding. */
+#if !defined(LEMEVIT_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
+#define LMV__AVX2 1
+#include <immintrin.h>
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define LMV__ALIGNED(n) __attribute__((aligned(n)))
+#elif defined(_MSC_VER)
+#define LMV__ALIGNED(n) __declspec(align(n))
+#else
+#define LMV__ALIGNED(n)
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -866,11 +880,39 @@ typedef struct lmv__ctx {
 #ifndef LMV_GEMM_KC
 #define LMV_GEMM_KC 256 /* K block of the GEMM; the packed panel is LMV_GEMM_KC*16 floats on the stack */
 #endif
-#define LMV__MR 4
+#define LMV__MR 6
 #define LMV__NR 16
 
-/* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to. Rows of A past
-   `mr` are never read. */
+/* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
+   panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */
+#if defined(LMV__AVX2)
+static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? lda : 0), *a2 = a + (mr > 2 ? 2 * lda : 0);
+    const float *a3 = a + (mr > 3 ? 3 * lda : 0), *a4 = a + (mr > 4 ? 4 * lda : 0), *a5 = a + (mr > 5 ? 5 * lda : 0);
+    __m256 c00 = _mm256_loadu_ps(acc[0]), c01 = _mm256_loadu_ps(acc[0] + 8);
+    __m256 c10 = _mm256_loadu_ps(acc[1]), c11 = _mm256_loadu_ps(acc[1] + 8);
+    __m256 c20 = _mm256_loadu_ps(acc[2]), c21 = _mm256_loadu_ps(acc[2] + 8);
+    __m256 c30 = _mm256_loadu_ps(acc[3]), c31 = _mm256_loadu_ps(acc[3] + 8);
+    __m256 c40 = _mm256_loadu_ps(acc[4]), c41 = _mm256_loadu_ps(acc[4] + 8);
+    __m256 c50 = _mm256_loadu_ps(acc[5]), c51 = _mm256_loadu_ps(acc[5] + 8);
+    int k;
+    for (k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(p + (size_t)k * LMV__NR), b1 = _mm256_load_ps(p + (size_t)k * LMV__NR + 8), av;
+        av = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+    }
+    _mm256_storeu_ps(acc[0], c00); _mm256_storeu_ps(acc[0] + 8, c01);
+    _mm256_storeu_ps(acc[1], c10); _mm256_storeu_ps(acc[1] + 8, c11);
+    _mm256_storeu_ps(acc[2], c20); _mm256_storeu_ps(acc[2] + 8, c21);
+    _mm256_storeu_ps(acc[3], c30); _mm256_storeu_ps(acc[3] + 8, c31);
+    _mm256_storeu_ps(acc[4], c40); _mm256_storeu_ps(acc[4] + 8, c41);
+    _mm256_storeu_ps(acc[5], c50); _mm256_storeu_ps(acc[5] + 8, c51);
+}
+#else
 static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
     int k, j, r;
     for (k = 0; k < kc; k++) {
@@ -881,6 +923,7 @@ static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p
         }
     }
 }
+#endif
 
 /* C[M][N] = A[M][K] * op(B) (+ bias[N]), where op(B) is B^T for B stored [N][K] (trans_b = 1,
    a Linear weight) or B for B stored [K][N] (trans_b = 0, e.g. attention times V).
@@ -893,7 +936,7 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && npanels > 1)
 #endif
     for (jp = 0; jp < npanels; jp++) {
-        float panel[LMV_GEMM_KC * LMV__NR];
+        LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
         float acc[LMV__MR][LMV__NR];
         int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, k;
         for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {

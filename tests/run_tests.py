@@ -17,6 +17,8 @@ SUITES = [
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
+    ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
+    ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
 ]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Results, convert, lmv_run, logits_close, compare_traces, tmpdir  # noqa: E402
+from common import ROOT, Results, convert, lmv_run, logits_close, compare_traces, tmpdir  # noqa: E402
 from models import timm_vit  # noqa: E402
 
 torch.set_num_threads(2)
@@ -172,9 +172,29 @@ def hf_case(distilled):
            conv_opts=("--num-heads", "3"))
 
 
+def seed_models():
+    """Users' own ViTs (seeds 002 and 003, nn.TransformerEncoder) through the shipped mapping files."""
+    from models import seed002_vit, seed003_vit, te_vit
+    maps = os.path.join(ROOT, "tools", "mappings")
+    cases = [
+        ("seed 002 post-norm ReLU, class token last", seed002_vit.build(), "seed002_vit.json", "4", (32, 32),
+         lambda m: m.blocks),
+        ("seed 003 tanh GELU, bicubic pos-embed resize", seed003_vit.build(), "seed003_vit.json", "2", (96, 128),
+         lambda m: m.blocks),
+        ("nn.TransformerEncoder (post-norm, ReLU)", te_vit.build(), "torch_transformer_encoder.json", "4", (32, 32),
+         lambda m: m.encoder.layers),
+    ]
+    for name, m, mapping, heads, size, blocks in cases:
+        timm_vit.randomize_(m, seed=40)
+        m.eval()
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(41))
+        parity(name, m, list(blocks(m)), None, x, m.state_dict(),
+               conv_opts=("--mapping", os.path.join(maps, mapping), "--num-heads", heads))
+
+
 if __name__ == "__main__":
     only = sys.argv[1:]
-    for fn in (torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True),
+    for fn in (torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
                torchvision_vit_b16):
         fn()
     res.finish()

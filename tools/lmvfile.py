@@ -165,10 +165,10 @@ def _as_f32_bytes(data, nbytes, name):
             data = array.array("f", data)
             data.byteswap()
         data = data.tobytes()
-    elif hasattr(data, "dtype") and hasattr(data, "tobytes"):  # numpy, without importing it
-        if str(data.dtype) not in ("float32", "<f4") and getattr(data.dtype, "str", "") != "<f4":
+    elif hasattr(data, "dtype") and hasattr(data, "astype"):  # a numpy array, without importing numpy
+        if getattr(data.dtype, "kind", "") != "f" or data.dtype.itemsize != 4:
             raise LmvError("tensor %s: numpy dtype %s, expected float32" % (name, data.dtype))
-        data = data.astype("<f4").tobytes()
+        data = data.astype("<f4").tobytes()   # little-endian and C order whatever the input
     mv = memoryview(data).cast("B")
     if len(mv) != nbytes:
         raise LmvError("tensor %s: %d data bytes, shape needs %d" % (name, len(mv), nbytes))
@@ -279,9 +279,6 @@ def write(path, meta, tensors):
             crc_data = zlib.crc32(tail, crc_data) & 0xFFFFFFFF
             f.seek(0)
             f.write(_header(lay, crc_head, crc_data))
-            f.flush()
-            if f.tell() > HEADER_SIZE:
-                raise LmvError("internal error: header size")
         if os.path.getsize(tmp) != lay["file_size"]:
             raise LmvError("internal error: wrote %d bytes, expected %d" % (os.path.getsize(tmp), lay["file_size"]))
         os.replace(tmp, path)

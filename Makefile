@@ -35,11 +35,13 @@ build/asan/test_%: tests/test_%.c lemevit.h | build
 build:
 	mkdir -p build/asan
 
-test: all
-	@test -n "$(PYTHON)" || { echo "no python3 with torch found: run .ci/run or apt-get install python3-torch"; exit 1; }
-	$(PYTHON) tests/run_tests.py
+deps:
+	@bash tools/install_deps.sh
+
+test: deps all
+	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tests/run_tests.py
 
 clean:
 	rm -rf build
 
-.PHONY: all test clean
+.PHONY: all deps test clean

@@ -231,6 +231,10 @@ LEMEVIT_API lmv_result lmv_run_features(lmv_session *sess, const float *input, i
 typedef void (*lmv_trace_fn)(void *user, const char *name, const float *data, int ndim, const int *shape);
 LEMEVIT_API void lmv_session_set_trace(lmv_session *sess, lmv_trace_fn fn, void *user);
 
+/* Multiply-adds done by the last lmv_run() (matrix products, convolutions and attention), for
+   reporting GFLOP/s (= 2 * macs / seconds / 1e9). */
+LEMEVIT_API double lmv_session_macs(const lmv_session *sess);
+
 /* IMAGE-API */
 
 /* Helpers. */
@@ -466,8 +470,9 @@ static int lmv__host_is_le(void) {
     return *(const unsigned char *)&one == 1;
 }
 
-/* CRC-32 (the zlib polynomial, reflected), slicing by 4 with tables built on the stack. */
-typedef struct lmv__crc { uint32_t t[4][256]; } lmv__crc;
+/* CRC-32 (the zlib polynomial, reflected), slicing by 8: eight 256-entry tables (8 KB), built
+   when needed in memory from the model's allocator, so nothing large sits on the stack. */
+typedef struct lmv__crc { uint32_t t[8][256]; } lmv__crc;
 
 static void lmv__crc_init(lmv__crc *c) {
     uint32_t i, j, r;
@@ -477,16 +482,17 @@ static void lmv__crc_init(lmv__crc *c) {
         c->t[0][i] = r;
     }
     for (i = 0; i < 256; i++)
-        for (j = 1; j < 4; j++) c->t[j][i] = (c->t[j - 1][i] >> 8) ^ c->t[0][c->t[j - 1][i] & 0xFF];
+        for (j = 1; j < 8; j++) c->t[j][i] = (c->t[j - 1][i] >> 8) ^ c->t[0][c->t[j - 1][i] & 0xFF];
 }
 
 static uint32_t lmv__crc_update(const lmv__crc *c, uint32_t crc, const unsigned char *p, size_t n) {
     crc = ~crc;
-    while (n >= 4) {
-        crc ^= lmv__rd32(p);
-        crc = c->t[3][crc & 0xFF] ^ c->t[2][(crc >> 8) & 0xFF] ^ c->t[1][(crc >> 16) & 0xFF] ^ c->t[0][crc >> 24];
-        p += 4;
-        n -= 4;
+    while (n >= 8) {
+        uint32_t lo = lmv__rd32(p) ^ crc, hi = lmv__rd32(p + 4);
+        crc = c->t[7][lo & 0xFF] ^ c->t[6][(lo >> 8) & 0xFF] ^ c->t[5][(lo >> 16) & 0xFF] ^ c->t[4][lo >> 24] ^
+              c->t[3][hi & 0xFF] ^ c->t[2][(hi >> 8) & 0xFF] ^ c->t[1][(hi >> 16) & 0xFF] ^ c->t[0][hi >> 24];
+        p += 8;
+        n -= 8;
     }
     while (n--) crc = (crc >> 8) ^ c->t[0][(crc ^ *p++) & 0xFF];
     return ~crc;
@@ -662,8 +668,9 @@ static lmv_result lmv__w2(const lmv_model *m, int optional, int n0, int n1, cons
 static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, int verify_data, lmv_error *err) {
     uint64_t file_size, meta_off, meta_size, table_off, table_size, data_off, data_size;
     uint32_t version, tag, n_meta, n_tensors, crc;
+    int header_ok, data_ok;
     size_t pos, end, keys_bytes = 0, nstrings = 0;
-    lmv__crc crct;
+    lmv__crc *crct;
     unsigned char head[80];
     uint32_t i;
     char *keyp;
@@ -710,15 +717,18 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
     for (pos = 88; pos < LMV__HEADER_SIZE; pos++)
         if (p[pos]) return lmv__fail(err, LMV_ERR_CORRUPT, "reserved header bytes are not zero");
 
-    lmv__crc_init(&crct);
+    crct = (lmv__crc *)lmv__alloc(&m->allocator, sizeof(lmv__crc));
+    if (!crct) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory checking the file");
+    lmv__crc_init(crct);
     memcpy(head, p, 80);
-    crc = lmv__crc_update(&crct, 0, head, 80);
-    crc = lmv__crc_update(&crct, crc, p + meta_off, (size_t)meta_size);
-    crc = lmv__crc_update(&crct, crc, p + table_off, (size_t)table_size);
-    if (crc != lmv__rd32(p + 80))
-        return lmv__fail(err, LMV_ERR_CHECKSUM, "header checksum mismatch: the file is damaged");
-    if (verify_data && lmv__crc_update(&crct, 0, p + data_off, (size_t)data_size) != lmv__rd32(p + 84))
-        return lmv__fail(err, LMV_ERR_CHECKSUM, "weight data checksum mismatch: the file is damaged");
+    crc = lmv__crc_update(crct, 0, head, 80);
+    crc = lmv__crc_update(crct, crc, p + meta_off, (size_t)meta_size);
+    crc = lmv__crc_update(crct, crc, p + table_off, (size_t)table_size);
+    header_ok = crc == lmv__rd32(p + 80);
+    data_ok = !verify_data || !header_ok || lmv__crc_update(crct, 0, p + data_off, (size_t)data_size) == lmv__rd32(p + 84);
+    lmv__free(&m->allocator, crct);
+    if (!header_ok) return lmv__fail(err, LMV_ERR_CHECKSUM, "header checksum mismatch: the file is damaged");
+    if (!data_ok) return lmv__fail(err, LMV_ERR_CHECKSUM, "weight data checksum mismatch: the file is damaged");
 
     /* Meta: first pass validates and counts, second pass fills. */
     end = (size_t)(meta_off + meta_size);
@@ -875,6 +885,7 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
 /* How many threads a kernel may use; 1 when compiled without OpenMP. */
 typedef struct lmv__ctx {
     int threads;
+    double *macs; /* optional counter of multiply-adds, for lmv_session_macs() */
 } lmv__ctx;
 
 #ifndef LMV_GEMM_KC
@@ -931,7 +942,7 @@ static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p
 static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
                       int trans_b, const float *bias, float *C, size_t ldc) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, jp;
-    (void)ctx;
+    if (ctx->macs) *ctx->macs += (double)M * N * K;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && npanels > 1)
 #endif
@@ -1234,6 +1245,8 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
     int total = a->groups * a->heads, t;
     lmv__ctx one;
     one.threads = 1;
+    one.macs = NULL;
+    if (ctx->macs) *ctx->macs += (double)a->groups * a->heads * a->nq * a->nk * a->head_dim * 2.0;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && total > 1)
 #endif
@@ -1281,6 +1294,7 @@ struct lmv_session {
     int cache_h, cache_w;      /* input size the size-dependent caches (e.g. pos_embed) were made for */
     lmv_trace_fn trace;
     void *trace_user;
+    double macs;               /* multiply-adds of the last run */
 };
 
 /* Hand a block output to the trace callback, if any. */
@@ -2766,6 +2780,7 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     s->model = model;
     s->allocator = o.allocator;
     s->ctx.threads = s->max_threads = o.threads;
+    s->ctx.macs = &s->macs;
     s->max_h = o.max_h;
     s->max_w = o.max_w;
     s->arena_floats = floats;
@@ -2794,6 +2809,8 @@ LEMEVIT_API void lmv_session_set_threads(lmv_session *s, int threads) {
     s->ctx.threads = threads < s->max_threads ? threads : s->max_threads;
 }
 
+LEMEVIT_API double lmv_session_macs(const lmv_session *s) { return s ? s->macs : 0.0; }
+
 LEMEVIT_API void lmv_session_set_trace(lmv_session *s, lmv_trace_fn fn, void *user) {
     if (!s) return;
     s->trace = fn;
@@ -2817,6 +2834,7 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     if ((r = m->ops->plan(m, s->max_threads, h, w, &need, err)) != LMV_OK) return r;
     if (need > s->arena_floats)
         return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d needs more memory than this session planned", h, w);
+    s->macs = 0.0;
     r = m->ops->forward(s, input, batch, h, w, out, features, err);
     if (r == LMV_OK) lmv__ok(err);
     return r;

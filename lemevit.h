@@ -231,6 +231,14 @@ LEMEVIT_API lmv_result lmv_run_features(lmv_session *sess, const float *input, i
 typedef void (*lmv_trace_fn)(void *user, const char *name, const float *data, int ndim, const int *shape);
 LEMEVIT_API void lmv_session_set_trace(lmv_session *sess, lmv_trace_fn fn, void *user);
 
+/* Attention maps of one block, by its trace name ("blocks.3" for ViT, "stages.1.0" for LeMeViT;
+   NULL or "" for none): the trace callback then also receives the softmax probabilities as
+   "<block>.attn" [heads][queries][keys]; LeMeViT's cross blocks give "<block>.attn_x" (image
+   queries over meta tokens) and "<block>.attn_c" (meta queries over image tokens), S blocks
+   "<block>.attn_x" and "<block>.attn_c" for the two self-attentions. Memory for the maps comes
+   from the session's allocator when first needed. */
+LEMEVIT_API void lmv_session_trace_attention(lmv_session *sess, const char *block);
+
 /* Multiply-adds done by the last lmv_run() (matrix products, convolutions and attention), for
    reporting GFLOP/s (= 2 * macs / seconds / 1e9). */
 LEMEVIT_API double lmv_session_macs(const lmv_session *sess);
@@ -1238,6 +1246,7 @@ typedef struct lmv__attn_args {
     const float *mask;         /* optional [n_masks][nq][nk], group g uses mask g % n_masks (Swin shift) */
     int n_masks;
     float *scores;             /* scratch: threads * nq * nk floats */
+    float *probs;              /* optional: the softmax probabilities, [groups][heads][nq][nk] */
 } lmv__attn_args;
 
 /* out = softmax(q k^T * scale + bias + mask) v, per group and head; one score block per thread. */
@@ -1274,6 +1283,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
             }
             lmv__softmax_row(row, a->nk);
         }
+        if (a->probs) memcpy(a->probs + (size_t)t * a->nq * a->nk, s, sizeof(float) * (size_t)a->nq * a->nk);
         lmv__gemm(&one, a->nq, a->head_dim, a->nk, s, (size_t)a->nk, v, a->ldv, 0, NULL, o, a->ldo);
     }
     (void)ctx;
@@ -1295,7 +1305,24 @@ struct lmv_session {
     lmv_trace_fn trace;
     void *trace_user;
     double macs;               /* multiply-adds of the last run */
+    char attn_block[64];       /* block whose attention maps are traced, or "" */
+    float *attn_buf;           /* their storage, from the allocator, grown on demand */
+    size_t attn_cap;
 };
+
+/* Storage for the attention maps of block `name` when the caller asked for them (NULL
+   otherwise, or when the allocator refuses: the maps are then skipped, the run goes on). */
+static float *lmv__attn_capture(lmv_session *s, const char *name, size_t floats) {
+    if (!s->trace || !s->attn_block[0] || strcmp(s->attn_block, name) != 0) return NULL;
+    if (floats > s->attn_cap) {
+        lmv__free(&s->allocator, s->attn_buf);
+        s->attn_cap = 0;
+        s->attn_buf = (float *)lmv__alloc(&s->allocator, floats * sizeof(float));
+        if (!s->attn_buf) return NULL;
+        s->attn_cap = floats;
+    }
+    return s->attn_buf;
+}
 
 /* Hand a block output to the trace callback, if any. */
 static void lmv__trace(const lmv_session *s, const char *name, const float *data, int ndim, int d0, int d1, int d2) {
@@ -1535,7 +1562,7 @@ static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs 
 /* x = x + attn(norm1(x)); x = x + mlp(norm2(x))  (pre-norm, timm), or
    x = norm1(x + attn(x)); x = norm2(x + mlp(x))   (post-norm, nn.TransformerEncoderLayer). */
 static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T,
-                                   lmv__vit_bufs *b) {
+                                   lmv__vit_bufs *b, float *probs) {
     int D = v->dim;
     lmv__attn_args a;
     const float *in = b->x;
@@ -1557,6 +1584,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.ldo = (size_t)D;
     a.scale = v->scale;
     a.scores = b->scores;
+    a.probs = probs;
     lmv__attention(ctx, &a);
     lmv__linear(ctx, b->xn, b->attn, T, D, D, blk->proj_w, blk->proj_b);
     lmv__add_scaled(b->x, b->xn, T, D, blk->ls1);
@@ -1608,7 +1636,16 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
         if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
 
         for (i = 0; i < v->depth; i++) {
-            lmv__vit_block_forward(ctx, v, &v->blocks[i], T, &b);
+            float *probs = NULL;
+            if (trace) {
+                lmv__name(name, sizeof name, "blocks.%d", i);
+                probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
+            }
+            lmv__vit_block_forward(ctx, v, &v->blocks[i], T, &b, probs);
+            if (probs) {
+                lmv__name(name, sizeof name, "blocks.%d.attn", i);
+                lmv__trace(s, name, probs, 3, v->heads, T, T);
+            }
             if (trace && s->trace) {
                 lmv__name(name, sizeof name, "blocks.%d", i);
                 lmv__trace(s, name, b.x, 2, T, D, 0);
@@ -2354,9 +2391,11 @@ static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__
 
 /* One multi-head attention between two token sets whose q, k, v sit in row buffers. */
 static void lmv__lmt_attend(const lmv__ctx *ctx, const lmv__lmt_stage *st, int head_dim, int nq, const float *q, size_t ldq,
-                            int nk, const float *k, const float *vv, size_t ldkv, float scale, float *out, float *scores) {
+                            int nk, const float *k, const float *vv, size_t ldkv, float scale, float *out, float *scores,
+                            float *probs) {
     lmv__attn_args a;
     memset(&a, 0, sizeof a);
+    a.probs = probs;
     a.groups = 1;
     a.heads = st->heads;
     a.head_dim = head_dim;
@@ -2379,7 +2418,8 @@ static void lmv__lmt_attend(const lmv__ctx *ctx, const lmv__lmt_stage *st, int h
      D:  xs = x + cpe(x); both directions from (norm1(xs), norm1(c)); x = xs + ..; c = c + ..; MLPs
      S:  xs = x + cpe(x); self-attention on xs and on c separately, same weights; MLPs */
 static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st,
-                                   const lmv__lmt_block *blk, int H, int W, lmv__lmt_bufs *b) {
+                                   const lmv__lmt_block *blk, int H, int W, lmv__lmt_bufs *b, float *probs_x,
+                                   float *probs_c) {
     int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
     float head_scale = (float)(1.0 / sqrt((double)hd));
     /* conditional position encoding: xs = x + dwconv3x3(x) */
@@ -2392,7 +2432,8 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     if (st->type == 'C') {
         lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
         lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
-        lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores);
+        lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
+                        probs_c);
         lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
         lmv__add_scaled(b->c, b->cn, M, C, NULL);
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
@@ -2401,10 +2442,10 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     if (st->type == 'S') {
         lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b);
         lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
-                        b->scores);
+                        b->scores, probs_x);
         lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in1_w, blk->in1_b);
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, head_scale, b->catt,
-                        b->scores);
+                        b->scores, probs_c);
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
         lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
     } else {
@@ -2416,15 +2457,16 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
             lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
             lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
-                            b->scores);
+                            b->scores, probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, scale_c, b->catt,
-                            b->scores);
+                            b->scores, probs_c);
         } else { /* D2: q and k shared by both directions */
             lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in1_w, blk->in1_b); /* q  v1 */
             lmv__linear(ctx, b->cq, b->cn, M, C, 2 * C, blk->in2_w, blk->in2_b);  /* k  v2 */
-            lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)2 * C, M, b->cq, b->cq + C, (size_t)2 * C, scale_x, b->att, b->scores);
+            lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)2 * C, M, b->cq, b->cq + C, (size_t)2 * C, scale_x, b->att, b->scores,
+                            probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)2 * C, N, b->qkv, b->qkv + C, (size_t)2 * C, scale_c, b->catt,
-                            b->scores);
+                            b->scores, probs_c);
         }
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
         lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
@@ -2488,7 +2530,27 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
                 lmv__trace(s, name, b.c, 2, M, C, 0);
             }
             for (j = 0; j < st->depth; j++) {
-                lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, &b);
+                /* attention maps, when asked for: x queries [heads][N][keys], c queries [heads][M][keys] */
+                size_t N = (size_t)H * W, kx = st->type == 'S' ? N : (size_t)M, kc = st->type == 'S' ? (size_t)M : N;
+                size_t nx = st->type == 'C' ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
+                float *px = NULL, *pc = NULL;
+                if (trace) {
+                    lmv__name(name, sizeof name, "stages.%d.%d", i, j);
+                    pc = lmv__attn_capture(s, name, nx + nc);
+                    if (pc && nx) {
+                        px = pc;
+                        pc += nx;
+                    }
+                }
+                lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, &b, px, pc);
+                if (px) {
+                    lmv__name(name, sizeof name, "stages.%d.%d.attn_x", i, j);
+                    lmv__trace(s, name, px, 3, st->heads, (int)N, (int)kx);
+                }
+                if (pc) {
+                    lmv__name(name, sizeof name, "stages.%d.%d.attn_c", i, j);
+                    lmv__trace(s, name, pc, 3, st->heads, M, (int)kc);
+                }
                 if (trace) {
                     lmv__name(name, sizeof name, "stages.%d.%d.x", i, j);
                     lmv__trace(s, name, b.x, 3, H, W, C);
@@ -2799,6 +2861,7 @@ LEMEVIT_API void lmv_session_destroy(lmv_session *s) {
     lmv_allocator a;
     if (!s) return;
     a = s->allocator;
+    lmv__free(&a, s->attn_buf);
     lmv__free(&a, s->arena);
     lmv__free(&a, s);
 }
@@ -2810,6 +2873,15 @@ LEMEVIT_API void lmv_session_set_threads(lmv_session *s, int threads) {
 }
 
 LEMEVIT_API double lmv_session_macs(const lmv_session *s) { return s ? s->macs : 0.0; }
+
+LEMEVIT_API void lmv_session_trace_attention(lmv_session *s, const char *block) {
+    size_t n;
+    if (!s) return;
+    n = block ? strlen(block) : 0;
+    if (n >= sizeof s->attn_block) n = 0;
+    memcpy(s->attn_block, block ? block : "", n);
+    s->attn_block[n] = 0;
+}
 
 LEMEVIT_API void lmv_session_set_trace(lmv_session *s, lmv_trace_fn fn, void *user) {
     if (!s) return;

@@ -57,19 +57,21 @@ def convert(src, dst, *opts):
     return out
 
 
-def lmv_run(model, x, *opts, trace=False):
+def lmv_run(model, x, *opts, trace=False, attention=None):
     """Run build/lmv on a float NCHW array; returns (output, {trace name: array})."""
     d = tmpdir()
     inp, outp, tdir = os.path.join(d, "in.npy"), os.path.join(d, "out.npy"), os.path.join(d, "trace")
     save_npy(inp, x)
     args = [LMV, "run", model, inp, outp, *opts]
-    if trace:
+    if trace or attention:
         args += ["--trace", tdir]
+    if attention:
+        args += ["--attention", attention]
     code, out, err = run(args)
     if code != 0:
         raise RuntimeError(f"lmv run failed: {err.strip()}")
     traces = {}
-    if trace and os.path.isdir(tdir):
+    if (trace or attention) and os.path.isdir(tdir):
         for f in os.listdir(tdir):
             traces[f[:-4]] = np.load(os.path.join(tdir, f))
     return np.load(outp), traces

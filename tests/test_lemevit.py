@@ -91,6 +91,42 @@ def dca_scale_is_checked():
               f"true scale: {d_right}; head_dim scale: {d_wrong}")
 
 
+def attention_maps():
+    """The attention maps lmv traces for a chosen block equal the reference's softmax
+    probabilities (both directions of a dual cross block, the cross block, a standard block)."""
+    m = small("CDDSS", seed=31).eval()
+    lmv = save_and_convert(m.state_dict())
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(32))
+    saved = L.scaled_dot_product_attention
+    for block, names in (("stages.0.0", ["attn_c"]), ("stages.1.0", ["attn_x", "attn_c"]),
+                         ("stages.2.0", ["attn_x", "attn_c"]), ("stages.3.1", ["attn_x", "attn_c"])):
+        i, j = int(block.split(".")[1]), int(block.split(".")[2])
+        seen, active = [], [False]
+
+        def recording(q, k, v, scale=None):
+            if active[0]:
+                sc = scale or q.shape[-1] ** -0.5
+                seen.append((q @ k.transpose(-1, -2) * sc).softmax(dim=-1)[0].numpy())
+            return saved(q, k, v, scale)
+        hooks = [m.stages[i][j].register_forward_pre_hook(lambda mod, inp: active.__setitem__(0, True)),
+                 m.stages[i][j].register_forward_hook(lambda mod, inp, out: active.__setitem__(0, False))]
+        L.scaled_dot_product_attention = recording
+        try:
+            with torch.no_grad():
+                m(x)
+        finally:
+            L.scaled_dot_product_attention = saved
+            for h in hooks:
+                h.remove()
+        _, traces = lmv_run(lmv, x.numpy(), attention=block)
+        got = [traces.get(f"{block}.{n}") for n in names]
+        ok = len(seen) == len(names) and all(g is not None and g.shape == w.shape for g, w in zip(got, seen))
+        d = max(float(np.max(np.abs(g - w))) for g, w in zip(got, seen)) if ok else float("inf")
+        res.check(f"attention maps of {block} ({', '.join(names)})", ok and d < 1e-5,
+                  f"max abs diff {d:.1e}" if ok else f"got {[None if g is None else g.shape for g in got]}, "
+                  f"reference {[w.shape for w in seen]}")
+
+
 def layouts():
     m = small("CDDSS", seed=21, num_classes=4)
     sd = m.state_dict()
@@ -129,6 +165,7 @@ if __name__ == "__main__":
            [(64, 64), (80, 48)])
     parity("small mlp_ratio 3 (small_v2 pattern)", small("CDDSS", 4, mlp=3), [(64, 64)])
     dca_scale_is_checked()
+    attention_maps()
     layouts()
     if not args.quick:
         parity("lemevit_tiny full size", L.randomize_(L.lemevit_tiny(), 11), [(224, 224), (256, 256), (224, 160)])

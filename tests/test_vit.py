@@ -131,6 +131,31 @@ def timm_variants():
     timm_case("batch 5", 27, batch=5)
 
 
+def attention_map():
+    """lmv run --attention blocks.1 gives block 1's softmax probabilities, [heads][T][T]."""
+    torch.manual_seed(50)
+    m = timm_vit.randomize_(timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                                       num_classes=5), seed=50).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(51))
+    inp = {}
+    h = m.blocks[1].register_forward_pre_hook(lambda mod, a: inp.__setitem__("x", a[0]))
+    with torch.no_grad():
+        m(x)
+        blk = m.blocks[1]
+        B, N, C = inp["x"].shape
+        qkv = blk.attn.qkv(blk.norm1(inp["x"])).reshape(B, N, 3, 3, C // 3).permute(2, 0, 3, 1, 4)
+        want = ((qkv[0] * blk.attn.scale) @ qkv[1].transpose(-2, -1)).softmax(-1)[0].numpy()
+    h.remove()
+    d = tmpdir()
+    torch.save(m.state_dict(), os.path.join(d, "m.pth"))
+    convert(os.path.join(d, "m.pth"), os.path.join(d, "m.lmv"), "--num-heads", "3")
+    _, traces = lmv_run(os.path.join(d, "m.lmv"), x.numpy(), attention="blocks.1")
+    got = traces.get("blocks.1.attn")
+    ok = got is not None and got.shape == want.shape
+    res.check("attention map of blocks.1", ok and float(np.max(np.abs(got - want))) < 1e-5,
+              f"max abs diff {float(np.max(np.abs(got - want))):.1e}" if ok else f"got {None if got is None else got.shape}")
+
+
 def hf_case(distilled):
     """Hugging Face ViT/DeiT: separate q/k/v projections, LayerNorm eps 1e-12."""
     torch.manual_seed(30)
@@ -194,7 +219,7 @@ def seed_models():
 
 if __name__ == "__main__":
     only = sys.argv[1:]
-    for fn in (torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
+    for fn in (attention_map, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
                torchvision_vit_b16):
         fn()
     res.finish()

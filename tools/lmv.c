@@ -33,6 +33,8 @@ static const char *usage =
     "      --features                    write the pooled features (the head's input) instead\n"
     "      --threads N                   threads to use (default: all)\n"
     "      --trace DIR                   also write every block's output of image 0 as DIR/NAME.npy\n"
+    "      --attention BLOCK             with --trace: also the attention maps of BLOCK (e.g.\n"
+    "                                    blocks.3, stages.1.0) as BLOCK.attn*.npy\n"
     "      --no-verify                   skip the weight checksum (the header is always checked)\n"
     "  bench MODEL.lmv                   time loading and inference on random input\n"
     "      --size H W                    input size (default: the model's)\n"
@@ -259,7 +261,7 @@ static void trace_write(void *user, const char *name, const float *data, int ndi
 static int cmd_run(int argc, char **argv) {
     const char *paths[3];
     int npaths = 0, features = 0, threads = 0, verify = 1, i, n, h, w, outdim, shape[2];
-    const char *trace = NULL;
+    const char *trace = NULL, *attention = NULL;
     void *buf;
     size_t size;
     lmv_npy npy;
@@ -274,6 +276,7 @@ static int cmd_run(int argc, char **argv) {
         else if (!strcmp(argv[i], "--no-verify")) verify = 0;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--trace") && i + 1 < argc) trace = argv[++i];
+        else if (!strcmp(argv[i], "--attention") && i + 1 < argc) attention = argv[++i];
         else if (argv[i][0] == '-' || npaths == 3) {
             fprintf(stderr, "lmv run: unexpected argument '%s'\n\n%s", argv[i], usage);
             return 2;
@@ -307,6 +310,10 @@ static int cmd_run(int argc, char **argv) {
         td.failed = 0;
         mkdir(trace, 0777);
         lmv_session_set_trace(s, trace_write, &td);
+        lmv_session_trace_attention(s, attention);
+    } else if (attention) {
+        fprintf(stderr, "lmv run: --attention needs --trace DIR\n");
+        return 2;
     }
     outdim = features ? lmv_model_info(m)->num_features : lmv_model_info(m)->num_classes;
     out = (float *)malloc(sizeof(float) * (size_t)n * (size_t)(outdim ? outdim : 1));

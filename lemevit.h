@@ -949,14 +949,25 @@ static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p
    Each output element is summed in k order, so the result does not depend on the thread count. */
 static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
                       int trans_b, const float *bias, float *C, size_t ldc) {
-    int npanels = (N + LMV__NR - 1) / LMV__NR, jp;
+    int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
     if (ctx->macs) *ctx->macs += (double)M * N * K;
+    /* Work is split into (column panel x row chunk) tasks. Narrow outputs with many rows (the
+       convolutions, LeMeViT's early stages) get row chunks too, so every thread has work. */
+    if (ctx->threads > 1 && npanels < 4 * ctx->threads) {
+        int split = (4 * ctx->threads + npanels - 1) / npanels;
+        mchunk = ((M + split - 1) / split + LMV__MR - 1) / LMV__MR * LMV__MR;
+        if (mchunk < 8 * LMV__MR) mchunk = 8 * LMV__MR;
+    }
+    if (mchunk < 1) mchunk = 1;
+    nchunks = (M + mchunk - 1) / mchunk;
+    tasks = npanels * nchunks;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && npanels > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && tasks > 1)
 #endif
-    for (jp = 0; jp < npanels; jp++) {
+    for (t = 0; t < tasks; t++) {
         LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
         float acc[LMV__MR][LMV__NR];
+        int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
         int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, k;
         for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
             int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC;
@@ -967,8 +978,8 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
                     dst[j] = trans_b ? B[(size_t)(j0 + j) * ldb + (size_t)(k0 + k)] : B[(size_t)(k0 + k) * ldb + (size_t)(j0 + j)];
                 for (; j < LMV__NR; j++) dst[j] = 0.0f;
             }
-            for (i0 = 0; i0 < M; i0 += LMV__MR) {
-                int mr = M - i0 < LMV__MR ? M - i0 : LMV__MR;
+            for (i0 = m0; i0 < m1; i0 += LMV__MR) {
+                int mr = m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR;
                 for (r = 0; r < LMV__MR; r++)
                     for (j = 0; j < LMV__NR; j++)
                         acc[r][j] = (r < mr && j < nr) ? (k0 ? C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] : (bias ? bias[j0 + j] : 0.0f)) : 0.0f;
@@ -978,7 +989,7 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
             }
         }
         if (K == 0)
-            for (i0 = 0; i0 < M; i0++)
+            for (i0 = m0; i0 < m1; i0++)
                 for (j = 0; j < nr; j++) C[(size_t)i0 * ldc + (size_t)(j0 + j)] = bias ? bias[j0 + j] : 0.0f;
     }
 }
@@ -1015,11 +1026,56 @@ static void lmv__layernorm(float *y, const float *x, int rows, int dim, const fl
 
 typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH } lmv__act;
 
+#if defined(LMV__AVX2)
+/* e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (the Cephes
+   coefficients), 2^n put into the exponent. Relative error about 2e-7, like expf. Inputs below
+   ln(FLT_MIN) are clamped, so the result never underflows to a denormal. */
+static __m256 lmv__exp8(__m256 x) {
+    __m256 fx, r, z, y;
+    __m256i n;
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.37626f));
+    fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    z = _mm256_mul_ps(r, r);
+    y = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, z, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+
+/* GELU (the erf form) for 8 floats: erf by Abramowitz & Stegun 7.1.26 (absolute error below
+   1.5e-7), so GELU is within 1e-7 * |x| of 0.5 x (1 + erf(x / sqrt 2)). */
+static __m256 lmv__gelu8(__m256 x) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign_mask = _mm256_set1_ps(-0.0f);
+    __m256 u = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+    __m256 a = _mm256_andnot_ps(sign_mask, u);
+    __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, one));
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
+    __m256 e;
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+    p = _mm256_mul_ps(p, t);
+    e = _mm256_fnmadd_ps(p, lmv__exp8(_mm256_mul_ps(_mm256_xor_ps(a, sign_mask), a)), one); /* erf(|u|) */
+    e = _mm256_or_ps(e, _mm256_and_ps(u, sign_mask));                                     /* erf(u) */
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, e));
+}
+#endif
+
 static void lmv__activate(float *x, size_t n, lmv__act act) {
     size_t i;
     switch (act) {
     case LMV__ACT_GELU:
-        for (i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        i = 0;
+#if defined(LMV__AVX2)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
+#endif
+        for (; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
         break;
     case LMV__ACT_GELU_TANH:
         for (i = 0; i < n; i++) {
@@ -1049,7 +1105,33 @@ static void lmv__add_scaled(float *y, const float *x, int rows, int dim, const f
 /* In-place softmax over one row, max-subtracted like PyTorch. */
 static void lmv__softmax_row(float *x, int n) {
     float mx = -FLT_MAX, sum = 0.0f, inv;
-    int i;
+    int i = 0;
+#if defined(LMV__AVX2)
+    if (n >= 8) {
+        __m256 m8 = _mm256_loadu_ps(x), s8 = _mm256_setzero_ps();
+        float lanes[8];
+        int j;
+        for (i = 8; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + i));
+        _mm256_storeu_ps(lanes, m8);
+        for (j = 0; j < 8; j++) mx = lanes[j] > mx ? lanes[j] : mx;
+        for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        m8 = _mm256_set1_ps(mx);
+        for (i = 0; i + 8 <= n; i += 8) {
+            __m256 e = lmv__exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8));
+            _mm256_storeu_ps(x + i, e);
+            s8 = _mm256_add_ps(s8, e);
+        }
+        _mm256_storeu_ps(lanes, s8);
+        for (j = 0; j < 8; j++) sum += lanes[j];
+        for (; i < n; i++) {
+            x[i] = expf(x[i] - mx);
+            sum += x[i];
+        }
+        inv = 1.0f / sum;
+        for (i = 0; i < n; i++) x[i] *= inv;
+        return;
+    }
+#endif
     for (i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     for (i = 0; i < n; i++) {
         x[i] = expf(x[i] - mx);

@@ -40,6 +40,7 @@ static void test_gemm(void) {
             float *A = (float *)malloc(sizeof(float) * (size_t)(M * K + 1)), *B = (float *)malloc(sizeof(float) * (size_t)(N * K + 1));
             float *C = (float *)malloc(sizeof(float) * (size_t)M * N), *bias = (float *)malloc(sizeof(float) * (size_t)N);
             lmv__ctx ctx;
+            memset(&ctx, 0, sizeof ctx);
             ctx.threads = 2;
             for (i = 0; i < M * K; i++) A[i] = frand(&seed);
             for (i = 0; i < N * K; i++) B[i] = frand(&seed);
@@ -65,6 +66,7 @@ static void test_attention(void) {
     int i, j, h, d, ok = 1;
     lmv__attn_args a;
     lmv__ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
     ctx.threads = 2;
     for (i = 0; i < NQ * D; i++) q[i] = frand(&seed);
     for (i = 0; i < NK * D; i++) { k[i] = frand(&seed); v[i] = frand(&seed); }
@@ -129,6 +131,34 @@ static void test_resample_weights(void) {
                     if (fabs(sum - 1.0) > 1e-5) ok = 0;
                 }
     check("resampling weights sum to one in every mode", ok, "");
+}
+
+/* The activation and softmax kernels (vectorised where the build allows) against libm in double. */
+static void test_activations(void) {
+    enum { N = 4099 };
+    static float x[N], y[N];
+    double worst = 0, wsoft = 0, sum = 0, mx = -1e30;
+    int i;
+    char msg[96];
+    for (i = 0; i < N; i++) x[i] = -12.0f + 24.0f * (float)i / (N - 1);
+    memcpy(y, x, sizeof x);
+    lmv__activate(y, N, LMV__ACT_GELU);
+    for (i = 0; i < N; i++) {
+        double ref = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
+        if (fabs(ref - y[i]) > worst) worst = fabs(ref - y[i]);
+    }
+    snprintf(msg, sizeof msg, "max abs error %.1e on [-12, 12]", worst);
+    check("gelu matches erf in double", worst < 2e-6, msg);
+    for (i = 0; i < N; i++) y[i] = x[i] * 7.0f;
+    lmv__softmax_row(y, N);
+    for (i = 0; i < N; i++) mx = x[i] * 7.0 > mx ? x[i] * 7.0 : mx;
+    for (i = 0; i < N; i++) sum += exp(x[i] * 7.0 - mx);
+    for (i = 0; i < N; i++) {
+        double ref = exp(x[i] * 7.0 - mx) / sum, rel = fabs(ref - y[i]) / (ref > 1e-30 ? ref : 1e-30);
+        if (ref > 1e-30 && rel > wsoft) wsoft = rel;
+    }
+    snprintf(msg, sizeof msg, "max relative error %.1e over a range of 168 in the logits", wsoft);
+    check("softmax matches exp in double", wsoft < 1e-5, msg);
 }
 
 static void test_topk(void) {
@@ -295,6 +325,7 @@ int main(int argc, char **argv) {
     test_attention();
     test_layernorm();
     test_resample_weights();
+    test_activations();
     test_topk();
     test_npy();
     test_arena();

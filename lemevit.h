@@ -389,7 +389,7 @@ static void lmv__vformat(char *out, size_t cap, const char *fmt, va_list ap) {
         int neg = 0, isnum = 0, i;
         if (*fmt != '%') { LMV__PUT(*fmt); continue; }
         fmt++;
-        if (*fmt == 'z') { fmt++; u = (unsigned long long)va_arg(ap, size_t); isnum = 1; }
+        if (*fmt == 'z') { if (fmt[1] == 'u') fmt++; u = (unsigned long long)va_arg(ap, size_t); isnum = 1; }
         else if (*fmt == 'd') { long long v = va_arg(ap, int); neg = v < 0; u = (unsigned long long)(neg ? -v : v); isnum = 1; }
         else if (*fmt == 'u') { u = va_arg(ap, unsigned); isnum = 1; }
         else if (*fmt == 's') { s = va_arg(ap, const char *); if (!s) s = "(null)"; }

@@ -30,6 +30,17 @@
        lmv_session_destroy(sess);
        lmv_model_close(model);
 
+   The input from a JPEG, exactly as torchvision's eval transform on a Pillow image makes it:
+
+       const lmv_model_info *info = lmv_model_info(model);
+       const lmv_preprocess *pp = &info->preprocess;
+       float *input = malloc(sizeof(float) * info->in_chans * pp->crop_h * pp->crop_w);
+       lmv_image img;
+       if (lmv_image_load_jpeg("cat.jpg", NULL, &img, &err) != LMV_OK) { puts(err.message); return 1; }
+       lmv_preprocess_image(&img, pp, info->in_chans, input, NULL, &err);   // resize, crop, normalise
+       lmv_image_free(&img);
+       lmv_run(sess, input, 1, pp->crop_h, pp->crop_w, logits, &err);
+
    Parameters that recur:
        batch, h, w   the input is batch x in_chans x h x w floats, NCHW, already normalised.
        err           optional (may be NULL): on failure receives the result code and a sentence
@@ -51,7 +62,8 @@
    LIMITS
 
        tensors per file 65536, dimensions per tensor 6, meta entries 4096, file size < 2^48 bytes,
-       tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16.
+       tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16; JPEG images up to
+       lmv_image_options.max_pixels (default 1<<26), 8-bit Huffman-coded only.
        Anything beyond these is refused with LMV_ERR_LIMIT, never truncated.
 */
 #ifndef LEMEVIT_H

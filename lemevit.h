@@ -1988,6 +1988,7 @@ static int64_t lmv__asr64(int64_t x, int n) { return x >= 0 ? x >> n : -((-x - 1
 static int lmv__asr(int x, int n) { return x >= 0 ? x >> n : -((-x - 1) >> n) - 1; }
 
 #define LMV__HUFF_FAST 9
+#define LMV__JPEG_MAX_SCANS 1000 /* real progressive files have about 10 */
 
 /* Position in the 8x8 block (row-major) of the k-th coefficient in zigzag order. */
 static const unsigned char lmv__zigzag[64] = {
@@ -2561,6 +2562,10 @@ static lmv_result lmv__jsos(lmv__jpeg *j, const unsigned char *s, size_t len, lm
     lmv_result r;
     if (!j->frame) return lmv__jcorrupt(err, "a scan comes before the frame header");
     if (len < 1) return lmv__jcorrupt(err, "the scan header is too short");
+    /* a scan of nothing but end-of-band runs costs a few bytes and a pass over every block:
+       cap the count so a small file cannot keep the decoder busy for long */
+    if (j->scans >= LMV__JPEG_MAX_SCANS)
+        return lmv__fail(err, LMV_ERR_LIMIT, "JPEG has more than %d scans", LMV__JPEG_MAX_SCANS);
     n = s[0];
     if (n < 1 || n > j->ncomp || len != 4 + 2 * (size_t)n) return lmv__jcorrupt(err, "the scan header is malformed");
     j->nsc = n;

@@ -172,6 +172,36 @@ def make_variants(tmp, srcs):
     return out
 
 
+def make_ycck(tmp, srcs):
+    """YCCK JPEGs (Adobe transform 2): Pillow cannot write them, TurboJPEG does from CMYK pixels."""
+    import ctypes
+    import ctypes.util
+    tj = ctypes.CDLL(ctypes.util.find_library("turbojpeg") or "libturbojpeg.so.0")
+    tj.tjInitCompress.restype = ctypes.c_void_p
+    tj.tjCompress2.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                               ctypes.c_int, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_ulong),
+                               ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    tj.tjFree.argtypes = [ctypes.c_void_p]
+    tj.tjDestroy.argtypes = [ctypes.c_void_p]
+    handle = tj.tjInitCompress()
+    out = []
+    TJPF_CMYK = 11
+    for key in ["chelsea_227x149", "chelsea_33x15"]:
+        pix = np.ascontiguousarray(np.asarray(Image.open(srcs[key]).convert("CMYK")))
+        for samp, tag in [(0, "444"), (2, "420"), (5, "411")]:
+            buf, size = ctypes.c_void_p(), ctypes.c_ulong(0)
+            if tj.tjCompress2(handle, pix.ctypes.data, pix.shape[1], 0, pix.shape[0], TJPF_CMYK, ctypes.byref(buf),
+                              ctypes.byref(size), samp, 85, 0) != 0:
+                raise RuntimeError("tjCompress2 failed")
+            p = os.path.join(tmp, f"{key}_ycck{tag}.jpg")
+            with open(p, "wb") as f:
+                f.write(ctypes.string_at(buf, size.value))
+            tj.tjFree(buf)
+            out.append((f"{key}_ycck{tag}", p))
+    tj.tjDestroy(handle)
+    return out
+
+
 def test_decode(tool, tmp, srcs):
     photos = Stats()
     for f in ["rocket.jpg", "hubble_deep_field.jpg"]:
@@ -196,6 +226,19 @@ def test_decode(tool, tmp, srcs):
     for name, path in make_variants(tmp, srcs):
         compare_decode(tool, f"variant {name}", path, tmp, variants)
     check("decode set: generated variants", variants.max == 0, str(variants))
+
+    ycck = Stats()
+    try:
+        files = make_ycck(tmp, srcs)
+    except (OSError, RuntimeError) as e:
+        check("decode set: YCCK", False, f"cannot make YCCK files with libturbojpeg ({e}); install libturbojpeg0")
+        return
+    for name, path in files:
+        data = open(path, "rb").read()
+        i = data.find(b"Adobe")
+        check(f"make {name}: Adobe marker says YCCK", i > 0 and data[i + 11] == 2)
+        compare_decode(tool, f"variant {name}", path, tmp, ycck)
+    check("decode set: YCCK", ycck.max == 0, str(ycck))
 
 
 def expect_error(tool, name, path, code, words):

@@ -280,6 +280,25 @@ def test_errors(san, tmp, srcs):
                     "--max-pixels", 640 * 427)
     check("error: max_pixels exactly enough", so.startswith("OK"), so)
 
+    # the scan cap: a DC refinement scan repeated (harmless: it ORs the same bits again)
+    p = os.path.join(tmp, "scans.jpg")
+    cjpeg(srcs["chelsea_33x15"], p, "-progressive")
+    data = open(p, "rb").read()
+    sos = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    ends = sos[1:] + [data.rindex(b"\xff\xd9")]
+    refine = [(a, b) for a, b in zip(sos, ends) if data[a + 5 + 2 * data[a + 4]] == 0 and data[a + 7 + 2 * data[a + 4]] >> 4]
+    a, b = refine[0]
+    for extra, want in [(3, "LMV_OK"), (1000 - len(sos), "LMV_OK"), (1001 - len(sos), "LMV_ERR_LIMIT")]:
+        q = os.path.join(tmp, f"scans{extra}.jpg")
+        open(q, "wb").write(data[:b] + data[a:b] * extra + data[b:])
+        got, msg = ours_decode(san, q, tmp)
+        if want == "LMV_OK":
+            ok = got is not None and np.array_equal(got, pillow_decode(q))
+        else:
+            ok = got is None and msg.startswith("ERROR LMV_ERR_LIMIT")
+        check(f"error: {len(sos) + extra} scans -> {want}" + (" (same pixels as Pillow)" if want == "LMV_OK" else ""),
+              ok, "" if ok else msg)
+
     # every truncation length of small files, baseline and progressive: Pillow decides
     for key, opts in [("chelsea_33x15", []), ("chelsea_33x15", ["-progressive"]), ("chelsea_15x33", ["-restart", "1"]),
                       ("chelsea_100x3", ["-progressive", "-sample", "1x1"])]:
@@ -320,6 +339,20 @@ def test_errors(san, tmp, srcs):
         ok = rc == 0 and sum(map(int, counts.values())) == trials and set(counts) <= allowed and "ERROR" not in se
         check(f"corruption: {trials} random byte flips of {os.path.basename(p)}", ok,
               str(counts) if ok else f"rc {rc} {counts} {se[-600:]}")
+
+
+def test_fuzz_corpus(san, tmp, srcs):
+    """The libFuzzer harness replays its seed corpus (and any crash_* regression files) cleanly."""
+    harness = os.path.join(ROOT, "tests", "fuzz", "fuzz_jpeg.c")
+    exe = os.path.join(tmp, "fuzz_jpeg")
+    subprocess.run(["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+                    harness, "-o", exe, "-lm"], check=True)
+    corpus = os.path.join(ROOT, "tests", "fuzz", "corpus_jpeg")
+    files = sorted(os.path.join(corpus, f) for f in os.listdir(corpus))
+    p = subprocess.run([exe, *files], capture_output=True, text=True)
+    ok = p.returncode == 0 and f"Executed {files[-1]}" in p.stderr and "ERROR" not in p.stderr
+    check(f"fuzz harness replays {len(files)} corpus files under ASan/UBSan", ok,
+          "" if ok else p.stderr[-600:])
 
 
 INTERP = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
@@ -439,10 +472,12 @@ def main():
             check("build image_tool", False, str(e))
             return
         srcs = source_images(tmp)
-        test_decode(fast, tmp, srcs)
-        test_errors(san, tmp, srcs)
-        test_resize(fast, tmp, srcs)
-        test_preprocess(fast, tmp, srcs)
+        for section, fn, tool in [("decode", test_decode, fast), ("errors", test_errors, san), ("fuzz", test_fuzz_corpus, san),
+                                  ("resize", test_resize, fast), ("preprocess", test_preprocess, fast)]:
+            try:
+                fn(tool, tmp, srcs)
+            except Exception as e:  # a broken section is a failure, and the others still run
+                check(f"{section} section ran to the end", False, repr(e))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"{passed} passed, {failed} failed")

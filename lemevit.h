@@ -282,7 +282,9 @@ LEMEVIT_API lmv_image_options lmv_image_options_default(void);
    Arithmetic coding, 12-bit, lossless and hierarchical JPEGs give LMV_ERR_UNSUPPORTED; damaged
    or truncated data (including a missing EOI marker, as Pillow) gives LMV_ERR_IMAGE.
    Working memory is about 2 bytes per pixel per component (4 for progressive files) on top of
-   the output. */
+   the output. The pixels equal Pillow's except in two corners: a progressive file that ends
+   without refining every coefficient bit (libjpeg then smooths blocks, this decoder does not),
+   and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them). */
 LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
                                              lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
@@ -2687,7 +2689,7 @@ static lmv_result lmv__jparse(lmv__jpeg *j, lmv_error *err) {
         case 0xC3: return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: lossless JPEG");
         case 0xC5: case 0xC6: case 0xC7: case 0xDE: case 0xDF:
             return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: hierarchical JPEG");
-        case 0xC9: case 0xCA: case 0xCB: case 0xCD: case 0xCE: case 0xCF: case 0xCC:
+        case 0xC9: case 0xCA: case 0xCB: case 0xCD: case 0xCE: case 0xCF: /* a DAC alone is ignored, as libjpeg */
             return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: arithmetic coding");
         case 0xF7: return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: JPEG-LS");
         case 0xC4:

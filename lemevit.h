@@ -276,6 +276,17 @@ typedef struct lmv_image_options {
 LEMEVIT_API lmv_image_options lmv_image_options_default(void);
 
 #ifndef LEMEVIT_NO_JPEG
+/* What a JPEG holds, from its headers alone (nothing is decoded and nothing is allocated). */
+typedef struct lmv_image_info {
+    int width, height;         /* as lmv_image_decode_jpeg will give them: after the EXIF orientation */
+    int channels;              /* 1 or 3 */
+    int progressive;
+    size_t decode_memory;      /* the most lmv_image_decode_jpeg asks the allocator for, the pixels
+                                  included: an lmv_arena of this size is enough for the decode */
+} lmv_image_info;
+LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const lmv_image_options *opt,
+                                           lmv_image_info *info, lmv_error *err);
+
 /* Decode a JPEG: baseline and progressive Huffman, 8-bit, gray / YCbCr / RGB / CMYK / YCCK
    (CMYK is turned into RGB as Pillow's convert('RGB') does), any integral sampling factors,
    restart markers, EXIF orientation. Gray JPEGs give 1 channel, all others 3.
@@ -2027,7 +2038,8 @@ typedef struct lmv__jpeg {
     size_t max_pixels;
     uint16_t qt[4][64];
     int qt_defined[4];
-    lmv__huff dc[4], ac[4];
+    lmv__huff *huff;           /* 8 tables: DC 0-3, AC 0-3; NULL when only the headers are read */
+    int header_only;
     int frame, progressive, width, height, ncomp, hmax, vmax, mcux, mcuy;
     lmv__jcomp comp[4];
     int restart_interval;
@@ -2284,8 +2296,8 @@ static lmv_result lmv__jdht(lmv__jpeg *j, const unsigned char *s, size_t len, lm
         if (tc > 1 || th > 3) return lmv__jcorrupt(err, "a Huffman table has a bad class or index");
         for (i = 0; i < 16; i++) total += s[1 + i];
         if (total > 256 || (size_t)total > len - 17) return lmv__jcorrupt(err, "a Huffman table segment is too short");
-        r = lmv__huff_build(tc ? &j->ac[th] : &j->dc[th], s + 1, s + 17, total, tc == 0, err);
-        if (r != LMV_OK) return r;
+        if (j->huff && (r = lmv__huff_build(&j->huff[tc * 4 + th], s + 1, s + 17, total, tc == 0, err)) != LMV_OK)
+            return r;
         s += 17 + (size_t)total;
         len -= 17 + (size_t)total;
     }
@@ -2384,9 +2396,10 @@ static lmv_result lmv__jsof(lmv__jpeg *j, int marker, const unsigned char *s, si
                          j->height);
     for (i = 0; i < j->ncomp; i++) {
         lmv__jcomp *cp = &j->comp[i];
-        if (!lmv__mul_ok((size_t)cp->bw * (size_t)cp->bh, 64, &bytes))
+        if (!lmv__mul_ok((size_t)cp->bw * (size_t)cp->bh, 64 * sizeof(int16_t), &bytes))
             return lmv__fail(err, LMV_ERR_LIMIT, "JPEG is too large");
-        cp->plane = (unsigned char *)lmv__alloc(&j->al, bytes);
+        if (j->header_only) continue;
+        cp->plane = (unsigned char *)lmv__alloc(&j->al, bytes / sizeof(int16_t));
         if (!cp->plane) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory decoding a %d x %d JPEG", j->width, j->height);
     }
     j->frame = 1;
@@ -2413,14 +2426,14 @@ static lmv_result lmv__jcoefs(lmv__jpeg *j, lmv_error *err) {
 
 static lmv_result lmv__jblock_seq(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, lmv_error *err) {
     int t, k, diff;
-    t = lmv__jdecode(j, &j->dc[cp->td]);
+    t = lmv__jdecode(j, &j->huff[cp->td]);
     if (t < 0) return lmv__jcorrupt(err, "bad Huffman code");
     diff = lmv__jextend(j, t);
     cp->dc_pred += diff;
     if (cp->dc_pred < -32768 || cp->dc_pred > 32767) return lmv__jcorrupt(err, "a DC coefficient is out of range");
     blk[0] = (int16_t)cp->dc_pred;
     for (k = 1; k < 64;) {
-        int rs = lmv__jdecode(j, &j->ac[cp->ta]), r, s;
+        int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s;
         if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
         r = rs >> 4;
         s = rs & 15;
@@ -2441,7 +2454,7 @@ static lmv_result lmv__jblock_prog(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, l
     int k;
     if (j->ss == 0) { /* DC scan */
         if (j->ah == 0) {
-            int t = lmv__jdecode(j, &j->dc[cp->td]);
+            int t = lmv__jdecode(j, &j->huff[cp->td]);
             if (t < 0) return lmv__jcorrupt(err, "bad Huffman code");
             cp->dc_pred += lmv__jextend(j, t);
             if (cp->dc_pred < -32768 || cp->dc_pred > 32767) return lmv__jcorrupt(err, "a DC coefficient is out of range");
@@ -2457,7 +2470,7 @@ static lmv_result lmv__jblock_prog(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, l
             return LMV_OK;
         }
         for (k = j->ss; k <= j->se; k++) {
-            int rs = lmv__jdecode(j, &j->ac[cp->ta]), r, s;
+            int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s;
             if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
             r = rs >> 4;
             s = rs & 15;
@@ -2482,7 +2495,7 @@ static lmv_result lmv__jblock_prog(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, l
         k = j->ss;
         if (j->eobrun == 0) {
             for (; k <= j->se; k++) {
-                int rs = lmv__jdecode(j, &j->ac[cp->ta]), r, s, val = 0;
+                int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s, val = 0;
                 if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
                 r = rs >> 4;
                 s = rs & 15;
@@ -2603,7 +2616,7 @@ static lmv_result lmv__jsos(lmv__jpeg *j, const unsigned char *s, size_t len, lm
     for (i = 0; i < n; i++) {
         lmv__jcomp *cp = &j->comp[j->sc[i]];
         int need_dc = !j->progressive || (j->ss == 0 && j->ah == 0), need_ac = !j->progressive || j->ss > 0;
-        if ((need_dc && !j->dc[cp->td].defined) || (need_ac && !j->ac[cp->ta].defined))
+        if ((need_dc && !j->huff[cp->td].defined) || (need_ac && !j->huff[4 + cp->ta].defined))
             return lmv__jcorrupt(err, "a scan uses a Huffman table that was never defined");
         if (!cp->has_q) { /* latch the quantisation table, as libjpeg does */
             if (!j->qt_defined[cp->tq]) return lmv__jcorrupt(err, "a component uses a quantisation table that was never defined");
@@ -2703,15 +2716,24 @@ static lmv_result lmv__jparse(lmv__jpeg *j, lmv_error *err) {
             j->restart_interval = (s[0] << 8) | s[1];
             break;
         case 0xDA:
+            if (j->header_only) { /* what the first scan implies for memory, then stop */
+                if (!j->frame) return lmv__jcorrupt(err, "a scan comes before the frame header");
+                j->direct = len >= 1 && !j->progressive && s[0] == j->ncomp;
+                return LMV_OK;
+            }
             if ((r = lmv__jsos(j, s, len, err)) != LMV_OK) return r;
             break;
         case 0xDC: return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: DNL marker");
+        /* JFIF, EXIF and Adobe count only before the first scan: libjpeg settles the colour
+           space and Pillow the orientation from the markers ahead of it */
         case 0xE0:
-            if (len >= 14 && memcmp(s, "JFIF\0", 5) == 0) j->jfif = 1;
+            if (!j->scans && len >= 14 && memcmp(s, "JFIF\0", 5) == 0) j->jfif = 1;
             break;
-        case 0xE1: lmv__jexif(j, s, len); break;
+        case 0xE1:
+            if (!j->scans) lmv__jexif(j, s, len);
+            break;
         case 0xEE:
-            if (len >= 12 && memcmp(s, "Adobe", 5) == 0) {
+            if (!j->scans && len >= 12 && memcmp(s, "Adobe", 5) == 0) {
                 j->adobe = 1;
                 j->adobe_transform = s[11];
             }
@@ -2862,51 +2884,96 @@ static lmv_result lmv__jemit(lmv__jpeg *j, const lmv_image_options *o, lmv_image
     return LMV_OK;
 }
 
+/* Read the headers (up to the first scan when header_only) into j, which lives on the stack;
+   the Huffman tables, the only large part, are allocated only for a real decode. */
+static lmv_result lmv__jopen(lmv__jpeg *j, const void *data, size_t size, lmv_image_options *o, int header_only,
+                             const char *fn, lmv_error *err) {
+    memset(j, 0, sizeof *j);
+    if (!data && size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "%s: NULL data", fn);
+    if (!lmv__allocator_resolve(&o->allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if (o->max_pixels == 0) o->max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
+    j->p = (const unsigned char *)data;
+    j->n = size;
+    j->al = o->allocator;
+    j->max_pixels = o->max_pixels;
+    j->orientation = 1;
+    j->header_only = header_only;
+    if (!header_only) {
+        j->huff = (lmv__huff *)lmv__alloc(&j->al, 8 * sizeof(lmv__huff));
+        if (!j->huff) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the JPEG decoder");
+        memset(j->huff, 0, 8 * sizeof(lmv__huff));
+    }
+    return lmv__jparse(j, err);
+}
+
 static void lmv__jrelease(lmv__jpeg *j) {
     int i;
     for (i = 0; i < 4; i++) {
         lmv__free(&j->al, j->comp[i].coef);
         lmv__free(&j->al, j->comp[i].plane);
     }
+    lmv__free(&j->al, j->huff);
+}
+
+LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const lmv_image_options *opt,
+                                           lmv_image_info *info, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv__jpeg j;
+    lmv_result r;
+    size_t total = 0, coefs = 0;
+    int i, orient;
+    if (!info) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_jpeg_info: NULL output");
+    memset(info, 0, sizeof *info);
+    if ((r = lmv__jopen(&j, data, size, &o, 1, "lmv_image_jpeg_info", err)) != LMV_OK) return r;
+    if (!j.frame) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: no frame header");
+    orient = o.ignore_orientation ? 1 : j.orientation;
+    info->width = orient >= 5 ? j.height : j.width;
+    info->height = orient >= 5 ? j.width : j.height;
+    info->channels = j.ncomp == 1 ? 1 : 3;
+    info->progressive = j.progressive;
+    /* every block lmv_image_decode_jpeg asks for, each rounded as lmv_arena places them; the
+       sizes were checked for overflow while the frame header was read */
+#define LMV__ARENA_COST(n) ((lmv__alloc_cost(n) + 15) & ~(size_t)15)
+    total += LMV__ARENA_COST(8 * sizeof(lmv__huff));
+    for (i = 0; i < j.ncomp; i++) {
+        size_t samples = (size_t)j.comp[i].bw * (size_t)j.comp[i].bh * 64;
+        total += LMV__ARENA_COST(samples);
+        coefs += LMV__ARENA_COST(samples * sizeof(int16_t));
+    }
+    if (!j.direct) total += coefs; /* kept from the first scan to EOI */
+    total += LMV__ARENA_COST((size_t)j.width * (size_t)j.height * (size_t)info->channels);
+    total += LMV__ARENA_COST((size_t)j.width * 7);
+#undef LMV__ARENA_COST
+    info->decode_memory = total;
+    lmv__ok(err);
+    return LMV_OK;
 }
 
 LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
                                              lmv_image *out, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
-    lmv__jpeg *j;
+    lmv__jpeg j;
     lmv_result r;
     int i;
     if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_decode_jpeg: NULL output");
     memset(out, 0, sizeof *out);
-    if (!data && size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_decode_jpeg: NULL data");
-    if (!lmv__allocator_resolve(&o.allocator))
-        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    if (o.max_pixels == 0) o.max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
-    j = (lmv__jpeg *)lmv__alloc(&o.allocator, sizeof *j);
-    if (!j) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the JPEG decoder");
-    memset(j, 0, sizeof *j);
-    j->p = (const unsigned char *)data;
-    j->n = size;
-    j->al = o.allocator;
-    j->max_pixels = o.max_pixels;
-    j->orientation = 1;
-    r = lmv__jparse(j, err);
-    if (r == LMV_OK && !j->direct) {
-        for (i = 0; i < j->ncomp; i++) {
-            lmv__jcomp *cp = &j->comp[i];
+    r = lmv__jopen(&j, data, size, &o, 0, "lmv_image_decode_jpeg", err);
+    if (r == LMV_OK && !j.direct) {
+        for (i = 0; i < j.ncomp; i++) {
+            lmv__jcomp *cp = &j.comp[i];
             size_t stride = (size_t)cp->bw * 8;
             int bx, by;
             for (by = 0; by < cp->bh; by++)
                 for (bx = 0; bx < cp->bw; bx++)
                     lmv__idct_block(cp->coef + ((size_t)by * (size_t)cp->bw + (size_t)bx) * 64, cp->q,
                                     cp->plane + (size_t)by * 8 * stride + (size_t)bx * 8, stride);
-            lmv__free(&j->al, cp->coef);
+            lmv__free(&j.al, cp->coef);
             cp->coef = NULL;
         }
     }
-    if (r == LMV_OK) r = lmv__jemit(j, &o, out, err);
-    lmv__jrelease(j);
-    lmv__free(&o.allocator, j);
+    if (r == LMV_OK) r = lmv__jemit(&j, &o, out, err);
+    lmv__jrelease(&j);
     if (r == LMV_OK) lmv__ok(err);
     return r;
 }

@@ -3,6 +3,7 @@
    image_tool decode IN.jpg OUT.ppm|OUT.pgm [--ignore-orientation] [--max-pixels N]
    image_tool resize IN.ppm|IN.pgm W H nearest|bilinear|bicubic OUT.ppm|OUT.pgm
    image_tool preprocess IN.jpg|IN.ppm|IN.pgm RESIZE CROP_H CROP_W INTERP CHANS M0 M1 M2 S0 S1 S2 OUT.npy
+   image_tool info IN.jpg               header info, and decodes in arenas of exactly and just under decode_memory
    image_tool truncations IN.jpg        one line per prefix length: "LEN CODE CRC32-OF-PIXELS"
    image_tool flips IN.jpg TRIALS SEED  corrupt 1-4 random bytes per trial; prints "CODE COUNT" lines
 
@@ -146,6 +147,8 @@ int main(int argc, char **argv) {
     lmv_image_options o = lmv_image_options_default();
     lmv_result r;
     int i;
+    memset(&img, 0, sizeof img);
+    memset(&out, 0, sizeof out);
     if (argc < 3) {
         fprintf(stderr, "usage: see the comment at the top of tests/image_tool.c\n");
         return 1;
@@ -209,6 +212,31 @@ int main(int argc, char **argv) {
         fclose(f);
         free(t);
         printf("OK %d %d %d\n", pp.crop_w, pp.crop_h, chans);
+        return 0;
+    }
+    if (strcmp(argv[1], "info") == 0) {
+        /* the header info, then decodes inside arenas of exactly decode_memory and 16 bytes less */
+        size_t n;
+        unsigned char *d = read_file(argv[2], &n), *buf;
+        lmv_image_info info;
+        lmv_arena arena;
+        lmv_result r2;
+        if (!d) return 1;
+        r = lmv_image_jpeg_info(d, n, NULL, &info, &err);
+        if (r != LMV_OK) {
+            free(d);
+            return report(r, &err, &img);
+        }
+        buf = (unsigned char *)malloc(info.decode_memory);
+        lmv_arena_init(&arena, buf, info.decode_memory);
+        o.allocator = lmv_arena_allocator(&arena);
+        r = lmv_image_decode_jpeg(d, n, &o, &img, &err);
+        lmv_arena_init(&arena, buf, info.decode_memory - 16);
+        r2 = lmv_image_decode_jpeg(d, n, &o, &out, &err);
+        printf("INFO %d %d %d %d %zu exact:%s %d %d smaller:%s\n", info.width, info.height, info.channels,
+               info.progressive, info.decode_memory, code_name(r), img.width, img.height, code_name(r2));
+        free(buf);
+        free(d);
         return 0;
     }
     if (strcmp(argv[1], "truncations") == 0) {

@@ -241,6 +241,28 @@ def test_decode(tool, tmp, srcs):
     check("decode set: YCCK", ycck.max == 0, str(ycck))
 
 
+def test_info(tool, tmp, srcs):
+    """lmv_image_jpeg_info: size and channels as Pillow sees them, and decode_memory exact for an arena."""
+    files = [(f"photos/{f}", os.path.join(IMAGES, "photos", f)) for f in ["rocket.jpg", "hubble_deep_field.jpg"]]
+    files += [(f"exif/Landscape_{i}.jpg", os.path.join(IMAGES, "exif", f"Landscape_{i}.jpg")) for i in (1, 6)]
+    for key, opts in [("chelsea_227x149", ["-progressive"]), ("chelsea_33x15", ["-grayscale"]),
+                      ("chelsea_100x3", ["-sample", "4x1", "-restart", "1"])]:
+        p = os.path.join(tmp, f"info_{key}{''.join(opts)}.jpg")
+        cjpeg(srcs[key], p, *opts)
+        files.append((os.path.basename(p), p))
+    p = os.path.join(tmp, "info_cmyk.jpg")
+    Image.open(srcs["chelsea_33x15"]).convert("CMYK").save(p)
+    files.append(("cmyk", p))
+    for name, path in files:
+        rc, so, se = run(tool, "info", path)
+        ref = pillow_decode(path)
+        want = f"INFO {ref.shape[1]} {ref.shape[0]} {1 if ref.ndim == 2 else 3} "
+        fields = so.split()
+        ok = (rc == 0 and so.startswith(want) and fields[6] == "exact:LMV_OK" and fields[7:9] == fields[1:3]
+              and fields[9] == "smaller:LMV_ERR_OUT_OF_MEMORY")
+        check(f"info {name}: size, channels, decode_memory exact for an arena", ok, so if ok else f"{so} {se[-300:]}")
+
+
 def expect_error(tool, name, path, code, words):
     rc, so, se = run(tool, "decode", path, os.path.join(os.path.dirname(path), "x.pnm"))
     ok = rc == 2 and so.startswith(f"ERROR {code}") and all(w in so for w in words) and "runtime error" not in se
@@ -472,7 +494,7 @@ def main():
             check("build image_tool", False, str(e))
             return
         srcs = source_images(tmp)
-        for section, fn, tool in [("decode", test_decode, fast), ("errors", test_errors, san), ("fuzz", test_fuzz_corpus, san),
+        for section, fn, tool in [("decode", test_decode, fast), ("info", test_info, san), ("errors", test_errors, san), ("fuzz", test_fuzz_corpus, san),
                                   ("resize", test_resize, fast), ("preprocess", test_preprocess, fast)]:
             try:
                 fn(tool, tmp, srcs)

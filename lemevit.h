@@ -1740,39 +1740,49 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
 }
 
 #ifndef LEMEVIT_NO_STDIO
+/* Read a whole file into a block from the allocator (at least 1 byte, so an empty file works). */
+static lmv_result lmv__read_file(const char *path, const lmv_allocator *a, void **buf, size_t *len, lmv_error *err) {
+    FILE *f = fopen(path, "rb");
+    long n;
+    *buf = NULL;
+    *len = 0;
+    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+    }
+    *buf = lmv__alloc(a, n ? (size_t)n : 1);
+    if (!*buf) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%zu bytes)", path, (size_t)n);
+    }
+    if (fread(*buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        lmv__free(a, *buf);
+        *buf = NULL;
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return LMV_OK;
+}
+
 LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
                                            lmv_error *err) {
     lmv_open_options o = opt ? *opt : lmv_open_options_default();
-    FILE *f;
-    long len;
+    size_t len;
     void *buf;
     lmv_result r;
     if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_file: NULL argument");
     *out = NULL;
     if (!lmv__allocator_resolve(&o.allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    f = fopen(path, "rb");
-    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
-    }
+    if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
     if (len == 0) {
-        fclose(f);
+        lmv__free(&o.allocator, buf);
         return lmv__fail(err, LMV_ERR_TRUNCATED, "'%s' is empty", path);
     }
-    buf = lmv__alloc(&o.allocator, (size_t)len);
-    if (!buf) {
-        fclose(f);
-        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%z bytes)", path, (size_t)len);
-    }
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        lmv__free(&o.allocator, buf);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
-    }
-    fclose(f);
-    r = lmv_model_open_memory(buf, (size_t)len, &o, out, err);
+    r = lmv_model_open_memory(buf, len, &o, out, err);
     if (r != LMV_OK) {
         lmv__free(&o.allocator, buf);
         return r;
@@ -2982,32 +2992,15 @@ LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, cons
 LEMEVIT_API lmv_result lmv_image_load_jpeg(const char *path, const lmv_image_options *opt, lmv_image *out,
                                            lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
-    FILE *f;
-    long len;
+    size_t len;
     void *buf;
     lmv_result r;
     if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg: NULL argument");
     memset(out, 0, sizeof *out);
     if (!lmv__allocator_resolve(&o.allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    f = fopen(path, "rb");
-    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
-    }
-    buf = lmv__alloc(&o.allocator, len ? (size_t)len : 1);
-    if (!buf) {
-        fclose(f);
-        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%z bytes)", path, (size_t)len);
-    }
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        lmv__free(&o.allocator, buf);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
-    }
-    fclose(f);
-    r = lmv_image_decode_jpeg(buf, (size_t)len, &o, out, err);
+    if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    r = lmv_image_decode_jpeg(buf, len, &o, out, err);
     lmv__free(&o.allocator, buf);
     return r;
 }

@@ -2434,40 +2434,56 @@ static lmv_result lmv__jcoefs(lmv__jpeg *j, lmv_error *err) {
 
 /* ---- entropy decoding of one block ---- */
 
-static lmv_result lmv__jblock_seq(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, lmv_error *err) {
-    int t, k, diff;
-    t = lmv__jdecode(j, &j->huff[cp->td]);
+/* The DC difference of a block (T.81 F.2.2.1), added to the component's predictor. */
+static lmv_result lmv__jdc(lmv__jpeg *j, lmv__jcomp *cp, lmv_error *err) {
+    int t = lmv__jdecode(j, &j->huff[cp->td]);
     if (t < 0) return lmv__jcorrupt(err, "bad Huffman code");
-    diff = lmv__jextend(j, t);
-    cp->dc_pred += diff;
+    cp->dc_pred += lmv__jextend(j, t);
     if (cp->dc_pred < -32768 || cp->dc_pred > 32767) return lmv__jcorrupt(err, "a DC coefficient is out of range");
-    blk[0] = (int16_t)cp->dc_pred;
-    for (k = 1; k < 64;) {
+    return LMV_OK;
+}
+
+/* AC coefficients ss..se scaled by 2^al (T.81 F.2.2.2, G.1.2.2). A zero-size code other than ZRL
+   ends the block; in a progressive scan it also starts a run of blocks with nothing in the band. */
+static lmv_result lmv__jac(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, int ss, int se, int al, int progressive,
+                           lmv_error *err) {
+    int k;
+    for (k = ss; k <= se; k++) {
         int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s;
         if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
         r = rs >> 4;
         s = rs & 15;
         if (s) {
             k += r;
-            if (k > 63) return lmv__jcorrupt(err, "AC coefficients run past the end of a block");
-            blk[lmv__zigzag[k]] = (int16_t)lmv__jextend(j, s);
-            k++;
+            if (k > se) return lmv__jcorrupt(err, "AC coefficients run past the end of the block");
+            blk[lmv__zigzag[k]] = (int16_t)(lmv__jextend(j, s) * (1 << al));
+        } else if (r == 15) {
+            k += 15;
         } else {
-            if (r != 15) break;
-            k += 16;
+            if (progressive) {
+                j->eobrun = (1 << r) - 1;
+                if (r) j->eobrun += (int)lmv__jbits(j, r);
+            }
+            break;
         }
     }
+    return LMV_OK;
+}
+
+static lmv_result lmv__jblock_seq(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, lmv_error *err) {
+    lmv_result r = lmv__jdc(j, cp, err);
+    if (r != LMV_OK) return r;
+    blk[0] = (int16_t)cp->dc_pred;
+    if ((r = lmv__jac(j, cp, blk, 1, 63, 0, 0, err)) != LMV_OK) return r;
     return lmv__jcheck_bits(j, err);
 }
 
 static lmv_result lmv__jblock_prog(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, lmv_error *err) {
+    lmv_result res;
     int k;
     if (j->ss == 0) { /* DC scan */
         if (j->ah == 0) {
-            int t = lmv__jdecode(j, &j->huff[cp->td]);
-            if (t < 0) return lmv__jcorrupt(err, "bad Huffman code");
-            cp->dc_pred += lmv__jextend(j, t);
-            if (cp->dc_pred < -32768 || cp->dc_pred > 32767) return lmv__jcorrupt(err, "a DC coefficient is out of range");
+            if ((res = lmv__jdc(j, cp, err)) != LMV_OK) return res;
             blk[0] = (int16_t)(cp->dc_pred * (1 << j->al_));
         } else if (lmv__jbit(j)) {
             blk[0] = (int16_t)(blk[0] | (1 << j->al_));
@@ -2479,23 +2495,7 @@ static lmv_result lmv__jblock_prog(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, l
             j->eobrun--;
             return LMV_OK;
         }
-        for (k = j->ss; k <= j->se; k++) {
-            int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s;
-            if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
-            r = rs >> 4;
-            s = rs & 15;
-            if (s) {
-                k += r;
-                if (k > j->se) return lmv__jcorrupt(err, "AC coefficients run past the end of the band");
-                blk[lmv__zigzag[k]] = (int16_t)(lmv__jextend(j, s) * (1 << j->al_));
-            } else if (r == 15) {
-                k += 15;
-            } else {
-                j->eobrun = (1 << r) - 1;
-                if (r) j->eobrun += (int)lmv__jbits(j, r);
-                break;
-            }
-        }
+        if ((res = lmv__jac(j, cp, blk, j->ss, j->se, j->al_, 1, err)) != LMV_OK) return res;
         return lmv__jcheck_bits(j, err);
     }
     /* AC refinement (T.81 G.1.2.3): one more bit of every coefficient already nonzero, and new

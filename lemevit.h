@@ -30,6 +30,17 @@
        lmv_session_destroy(sess);
        lmv_model_close(model);
 
+   The input from a JPEG, exactly as torchvision's eval transform on a Pillow image makes it:
+
+       const lmv_model_info *info = lmv_model_info(model);
+       const lmv_preprocess *pp = &info->preprocess;
+       float *input = malloc(sizeof(float) * info->in_chans * pp->crop_h * pp->crop_w);
+       lmv_image img;
+       if (lmv_image_load_jpeg("cat.jpg", NULL, &img, &err) != LMV_OK) { puts(err.message); return 1; }
+       lmv_preprocess_image(&img, pp, info->in_chans, input, NULL, &err);   // resize, crop, normalise
+       lmv_image_free(&img);
+       lmv_run(sess, input, 1, pp->crop_h, pp->crop_w, logits, &err);
+
    Parameters that recur:
        batch, h, w   the input is batch x in_chans x h x w floats, NCHW, already normalised.
        err           optional (may be NULL): on failure receives the result code and a sentence
@@ -38,7 +49,8 @@
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
 
        LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
-       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() is compiled out
+       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg() are compiled out
+       LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
        LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
        LEMEVIT_ASSERT(x)   internal consistency checks (default: nothing)
@@ -50,7 +62,8 @@
    LIMITS
 
        tensors per file 65536, dimensions per tensor 6, meta entries 4096, file size < 2^48 bytes,
-       tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16.
+       tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16; JPEG images up to
+       lmv_image_options.max_pixels (default 1<<26), 8-bit Huffman-coded only.
        Anything beyond these is refused with LMV_ERR_LIMIT, never truncated.
 */
 #ifndef LEMEVIT_H
@@ -88,7 +101,8 @@ typedef enum lmv_result {
     LMV_ERR_INPUT_SIZE,       /* an input size the architecture cannot take */
     LMV_ERR_ALIGNMENT,        /* memory handed over is not aligned enough to use in place */
     LMV_ERR_LIMIT,            /* a size beyond the documented limits */
-    LMV_ERR_BAD_INPUT         /* input data (e.g. a .npy) is malformed */
+    LMV_ERR_BAD_INPUT,        /* input data (e.g. a .npy) is malformed */
+    LMV_ERR_IMAGE             /* a corrupt or truncated image file */
 } lmv_result;
 
 /* The detailed outcome of a call: the code and one sentence. */
@@ -243,7 +257,81 @@ LEMEVIT_API void lmv_session_trace_attention(lmv_session *sess, const char *bloc
    reporting GFLOP/s (= 2 * macs / seconds / 1e9). */
 LEMEVIT_API double lmv_session_macs(const lmv_session *sess);
 
-/* IMAGE-API */
+/* --------------------------------------------------------------------------------------------
+   Image: JPEG decode, resize, crop, normalise
+
+   The eval transform as torchvision + Pillow do it, in C: decode a JPEG the way Pillow 9.4 with
+   libjpeg-turbo decodes it (integer IDCT, fancy upsampling, libjpeg's YCbCr->RGB), resize with
+   Pillow's resampling filters, centre-crop, scale to [0,1] and normalise. The pixels and the
+   final floats are meant to be identical to what the Python pipeline gives.
+
+   Pixels are interleaved 8-bit rows without padding: `channels` is 1 (gray) or 3 (RGB).
+   An lmv_image you fill in yourself (pixels you own, allocator left zeroed) can be passed to
+   every function here; lmv_image_free() on it does nothing.
+   -------------------------------------------------------------------------------------------- */
+typedef struct lmv_image {
+    int width, height;
+    int channels;              /* 1 gray, 3 RGB */
+    unsigned char *pixels;     /* height rows of width * channels bytes */
+    lmv_allocator allocator;   /* where pixels came from; lmv_image_free() gives them back */
+} lmv_image;
+
+#define LMV_IMAGE_MAX_PIXELS_DEFAULT ((size_t)1 << 26) /* 64 Mpixel, e.g. 8192 x 8192 */
+
+typedef struct lmv_image_options {
+    lmv_allocator allocator;   /* alloc == NULL: malloc/free */
+    int ignore_orientation;    /* 0 (default): apply the EXIF orientation as ImageOps.exif_transpose */
+    size_t max_pixels;         /* width * height above this is refused with LMV_ERR_LIMIT;
+                                  default LMV_IMAGE_MAX_PIXELS_DEFAULT, 0 means the default */
+} lmv_image_options;
+
+LEMEVIT_API lmv_image_options lmv_image_options_default(void);
+
+#ifndef LEMEVIT_NO_JPEG
+/* What a JPEG holds, from its headers alone (nothing is decoded and nothing is allocated). */
+typedef struct lmv_image_info {
+    int width, height;         /* as lmv_image_decode_jpeg will give them: after the EXIF orientation */
+    int channels;              /* 1 or 3 */
+    int progressive;
+    size_t decode_memory;      /* the most lmv_image_decode_jpeg asks the allocator for, the pixels
+                                  included: an lmv_arena of this size is enough for the decode */
+} lmv_image_info;
+LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const lmv_image_options *opt,
+                                           lmv_image_info *info, lmv_error *err);
+
+/* Decode a JPEG: baseline and progressive Huffman, 8-bit, gray / YCbCr / RGB / CMYK / YCCK
+   (CMYK is turned into RGB as Pillow's convert('RGB') does), any integral sampling factors,
+   restart markers, EXIF orientation. Gray JPEGs give 1 channel, all others 3.
+   Arithmetic coding, 12-bit, lossless and hierarchical JPEGs give LMV_ERR_UNSUPPORTED; damaged
+   or truncated data (including a missing EOI marker, as Pillow) gives LMV_ERR_IMAGE.
+   Working memory is about 2 bytes per pixel per component (4 for progressive files) on top of
+   the output. The pixels equal Pillow's except in two corners: a progressive file that ends
+   without refining every coefficient bit (libjpeg then smooths blocks, this decoder does not),
+   and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them). */
+LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
+                                             lmv_image *out, lmv_error *err);
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_load_jpeg(const char *path, const lmv_image_options *opt, lmv_image *out,
+                                           lmv_error *err);
+#endif
+#endif
+LEMEVIT_API void lmv_image_free(lmv_image *img);
+
+/* Resize to w x h exactly as Pillow 9.4's Image.resize((w, h), filter) does (NEAREST, BILINEAR,
+   BICUBIC: separable convolution, horizontal pass first, 22-bit fixed-point weights, 8-bit
+   intermediate). `a` may be NULL (malloc/free); out->pixels comes from it. */
+LEMEVIT_API lmv_result lmv_image_resize(const lmv_image *in, int w, int h, lmv_interp interp, const lmv_allocator *a,
+                                        lmv_image *out, lmv_error *err);
+
+/* The whole eval transform into out_chw (out_chans x crop_h x crop_w floats), matching
+   torchvision 0.14 on a PIL image: Resize(pp->resize) (shorter side; pp->resize == 0 resizes
+   straight to crop_h x crop_w), CenterCrop (zero padding when the image is smaller), ToTensor,
+   Normalize(mean, std) in float32. out_chans 3 expands a gray image (img.convert('RGB')); out_chans 1
+   turns RGB into gray with Pillow's convert('L') weights and uses mean[0], std[0].
+   Only the pixels inside the crop are computed, so a huge resize of a thin image is cheap.
+   Temporary memory comes from `a` (NULL: malloc/free). */
+LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_preprocess *pp, int out_chans,
+                                            float *out_chw, const lmv_allocator *a, lmv_error *err);
 
 /* Helpers. */
 LEMEVIT_API void lmv_softmax(float *x, int n);
@@ -335,6 +423,7 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     case LMV_ERR_ALIGNMENT: return "misaligned memory";
     case LMV_ERR_LIMIT: return "limit exceeded";
     case LMV_ERR_BAD_INPUT: return "malformed input";
+    case LMV_ERR_IMAGE: return "corrupt or truncated image";
     }
     return "unknown error";
 }
@@ -351,7 +440,7 @@ static void lmv__vformat(char *out, size_t cap, const char *fmt, va_list ap) {
         int neg = 0, isnum = 0, i;
         if (*fmt != '%') { LMV__PUT(*fmt); continue; }
         fmt++;
-        if (*fmt == 'z') { fmt++; u = (unsigned long long)va_arg(ap, size_t); isnum = 1; }
+        if (*fmt == 'z') { if (fmt[1] == 'u') fmt++; u = (unsigned long long)va_arg(ap, size_t); isnum = 1; }
         else if (*fmt == 'd') { long long v = va_arg(ap, int); neg = v < 0; u = (unsigned long long)(neg ? -v : v); isnum = 1; }
         else if (*fmt == 'u') { u = va_arg(ap, unsigned); isnum = 1; }
         else if (*fmt == 's') { s = va_arg(ap, const char *); if (!s) s = "(null)"; }
@@ -2775,39 +2864,49 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
 }
 
 #ifndef LEMEVIT_NO_STDIO
+/* Read a whole file into a block from the allocator (at least 1 byte, so an empty file works). */
+static lmv_result lmv__read_file(const char *path, const lmv_allocator *a, void **buf, size_t *len, lmv_error *err) {
+    FILE *f = fopen(path, "rb");
+    long n;
+    *buf = NULL;
+    *len = 0;
+    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+    }
+    *buf = lmv__alloc(a, n ? (size_t)n : 1);
+    if (!*buf) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%zu bytes)", path, (size_t)n);
+    }
+    if (fread(*buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        lmv__free(a, *buf);
+        *buf = NULL;
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return LMV_OK;
+}
+
 LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
                                            lmv_error *err) {
     lmv_open_options o = opt ? *opt : lmv_open_options_default();
-    FILE *f;
-    long len;
+    size_t len;
     void *buf;
     lmv_result r;
     if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_file: NULL argument");
     *out = NULL;
     if (!lmv__allocator_resolve(&o.allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    f = fopen(path, "rb");
-    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
-    }
+    if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
     if (len == 0) {
-        fclose(f);
+        lmv__free(&o.allocator, buf);
         return lmv__fail(err, LMV_ERR_TRUNCATED, "'%s' is empty", path);
     }
-    buf = lmv__alloc(&o.allocator, (size_t)len);
-    if (!buf) {
-        fclose(f);
-        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%zu bytes)", path, (size_t)len);
-    }
-    if (fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        lmv__free(&o.allocator, buf);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
-    }
-    fclose(f);
-    r = lmv_model_open_memory(buf, (size_t)len, &o, out, err);
+    r = lmv_model_open_memory(buf, len, &o, out, err);
     if (r != LMV_OK) {
         lmv__free(&o.allocator, buf);
         return r;
@@ -3003,7 +3102,1388 @@ LEMEVIT_API lmv_result lmv_run_features(lmv_session *s, const float *input, int 
     return lmv__run(s, input, batch, h, w, features, 1, err);
 }
 
-/* IMAGE-IMPLEMENTATION */
+/* --------------------------------------------------------------------------------------------
+   Image: JPEG decode, resize, crop, normalise
+
+   The decoder follows ITU T.81 and reproduces libjpeg-turbo's default decompression (the one
+   Pillow uses): the "islow" integer IDCT (Loeffler-Ligtenberg-Moschytz with 13-bit constants,
+   2 extra bits between passes), "fancy" triangular upsampling of 2x chroma, and 16-bit
+   fixed-point YCbCr->RGB. Every stage is integer arithmetic, so the pixels come out the same.
+   Memory: the image is decoded whole. A single-scan baseline file is turned into component
+   planes as it is read; progressive and multi-scan files keep their coefficients until EOI.
+   -------------------------------------------------------------------------------------------- */
+
+LEMEVIT_API lmv_image_options lmv_image_options_default(void) {
+    lmv_image_options o;
+    memset(&o, 0, sizeof o);
+    o.max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
+    return o;
+}
+
+LEMEVIT_API void lmv_image_free(lmv_image *img) {
+    if (!img) return;
+    if (img->pixels && img->allocator.free) lmv__free(&img->allocator, img->pixels);
+    img->pixels = NULL;
+    img->width = img->height = img->channels = 0;
+}
+
+static lmv_result lmv__image_alloc(lmv_image *img, int w, int h, int ch, const lmv_allocator *a, lmv_error *err) {
+    size_t n;
+    memset(img, 0, sizeof *img);
+    if (!lmv__mul_ok((size_t)w, (size_t)h, &n) || !lmv__mul_ok(n, (size_t)ch, &n))
+        return lmv__fail(err, LMV_ERR_LIMIT, "image of %d x %d pixels is too large", w, h);
+    img->pixels = (unsigned char *)lmv__alloc(a, n ? n : 1);
+    if (!img->pixels)
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for a %d x %d image (%zu bytes)", w, h, n);
+    img->width = w;
+    img->height = h;
+    img->channels = ch;
+    img->allocator = *a;
+    return LMV_OK;
+}
+
+#ifndef LEMEVIT_NO_JPEG
+
+/* Floor division by 2^n that does not depend on how the compiler shifts negative numbers. */
+static int64_t lmv__asr64(int64_t x, int n) { return x >= 0 ? x >> n : -((-x - 1) >> n) - 1; }
+static int lmv__asr(int x, int n) { return x >= 0 ? x >> n : -((-x - 1) >> n) - 1; }
+
+#define LMV__HUFF_FAST 9
+#define LMV__JPEG_MAX_SCANS 1000 /* real progressive files have about 10 */
+
+/* Position in the 8x8 block (row-major) of the k-th coefficient in zigzag order. */
+static const unsigned char lmv__zigzag[64] = {
+    0,  1,  8,  16, 9,  2,  3,  10, 17, 24, 32, 25, 18, 11, 4,  5,  12, 19, 26, 33, 40, 48,
+    41, 34, 27, 20, 13, 6,  7,  14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23,
+    30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63};
+
+/* A Huffman table: codes of up to 9 bits resolve in one look-up; longer ones walk maxcode. */
+typedef struct lmv__huff {
+    unsigned char fast_len[1 << LMV__HUFF_FAST]; /* 0: no code of <= 9 bits starts here */
+    unsigned char fast_val[1 << LMV__HUFF_FAST];
+    int32_t maxcode[17];                         /* largest code of each length, -1 if none */
+    int32_t valoff[17];                          /* vals index of a code of that length = code + valoff */
+    unsigned char vals[256];
+    int defined;
+} lmv__huff;
+
+typedef struct lmv__jcomp {
+    int id, h, v, tq;
+    int bw, bh;                /* blocks in the padded MCU grid */
+    int dw, dh;                /* samples that belong to the image: ceil(W * h / hmax) ... */
+    int td, ta;                /* Huffman tables of the current scan */
+    int dc_pred;
+    int has_q;
+    uint16_t q[64];            /* quantisation table latched at the component's first scan */
+    int16_t *coef;             /* bw * bh blocks of 64, row-major inside the block */
+    unsigned char *plane;      /* bw*8 x bh*8 samples */
+} lmv__jcomp;
+
+typedef struct lmv__jpeg {
+    const unsigned char *p;
+    size_t n, pos;
+    lmv_allocator al;
+    size_t max_pixels;
+    uint16_t qt[4][64];
+    int qt_defined[4];
+    lmv__huff *huff;           /* 8 tables: DC 0-3, AC 0-3; NULL when only the headers are read */
+    int header_only;
+    int frame, progressive, width, height, ncomp, hmax, vmax, mcux, mcuy;
+    lmv__jcomp comp[4];
+    int restart_interval;
+    int jfif, adobe, adobe_transform, orientation, exif_seen;
+    int scans, direct, eoi;
+    /* the scan being decoded */
+    int nsc, sc[4], ss, se, ah, al_, eobrun;
+    /* bit reader: `bits` holds `nbits` bits at its top; after a marker or the end of the data
+       zeros are fed in and counted in `nfake` so that using them can be reported */
+    uint64_t bits;
+    int nbits, nfake, stop;    /* stop: 0 reading, 1 at a marker, 2 at the end of the data */
+} lmv__jpeg;
+
+static lmv_result lmv__jcorrupt(lmv_error *err, const char *what) {
+    return lmv__fail(err, LMV_ERR_IMAGE, "corrupt JPEG: %s", what);
+}
+
+/* Build a table from the 16 code counts and the values (T.81 Annex C). */
+static lmv_result lmv__huff_build(lmv__huff *t, const unsigned char *counts, const unsigned char *vals, int nvals,
+                                  int is_dc, lmv_error *err) {
+    int len, i, k = 0;
+    uint32_t code = 0;
+    memset(t->fast_len, 0, sizeof t->fast_len);
+    memcpy(t->vals, vals, (size_t)nvals);
+    for (len = 1; len <= 16; len++) {
+        int cnt = counts[len - 1];
+        t->valoff[len] = k - (int32_t)code;
+        t->maxcode[len] = cnt ? (int32_t)(code + (uint32_t)cnt - 1) : -1;
+        for (i = 0; i < cnt; i++, k++, code++) {
+            if (code >= (1u << len)) return lmv__jcorrupt(err, "a Huffman table has more codes than fit");
+            if (is_dc && vals[k] > 15) return lmv__jcorrupt(err, "a DC Huffman table has a value above 15");
+            if (len <= LMV__HUFF_FAST) {
+                int shift = LMV__HUFF_FAST - len, j;
+                for (j = 0; j < (1 << shift); j++) {
+                    t->fast_len[(code << shift) + (uint32_t)j] = (unsigned char)len;
+                    t->fast_val[(code << shift) + (uint32_t)j] = vals[k];
+                }
+            }
+        }
+        code <<= 1;
+    }
+    t->maxcode[0] = -1;
+    t->defined = 1;
+    return LMV_OK;
+}
+
+/* ---- bit reader over the entropy-coded data ---- */
+
+static void lmv__jfill(lmv__jpeg *j) {
+    while (j->nbits <= 56) {
+        unsigned c = 0;
+        if (!j->stop) {
+            if (j->pos >= j->n) j->stop = 2;
+            else if (j->p[j->pos] != 0xFF) c = j->p[j->pos++];
+            else {
+                size_t q = j->pos + 1;
+                while (q < j->n && j->p[q] == 0xFF) q++; /* fill bytes, as libjpeg */
+                if (q >= j->n) j->stop = 2;
+                else if (j->p[q] == 0) { c = 0xFF; j->pos = q + 1; }
+                else j->stop = 1;                       /* a marker: leave pos on its 0xFF */
+            }
+        }
+        if (j->stop) j->nfake += 8;
+        j->bits |= (uint64_t)c << (56 - j->nbits);
+        j->nbits += 8;
+    }
+}
+
+static unsigned lmv__jbits(lmv__jpeg *j, int n) { /* 1 <= n <= 16 */
+    unsigned v;
+    if (j->nbits < n) lmv__jfill(j);
+    v = (unsigned)(j->bits >> (64 - n));
+    j->bits <<= n;
+    j->nbits -= n;
+    return v;
+}
+
+static int lmv__jbit(lmv__jpeg *j) { return (int)lmv__jbits(j, 1); }
+
+/* The value of an n-bit magnitude category (T.81 F.2.2.1, EXTEND). */
+static int lmv__jextend(lmv__jpeg *j, int s) {
+    int v;
+    if (s == 0) return 0;
+    v = (int)lmv__jbits(j, s);
+    return v < (1 << (s - 1)) ? v - (1 << s) + 1 : v;
+}
+
+/* Decode one Huffman symbol; -1 for a code not in the table. */
+static int lmv__jdecode(lmv__jpeg *j, const lmv__huff *t) {
+    unsigned peek;
+    int len;
+    if (j->nbits < 16) lmv__jfill(j);
+    peek = (unsigned)(j->bits >> (64 - LMV__HUFF_FAST));
+    len = t->fast_len[peek];
+    if (len) {
+        j->bits <<= len;
+        j->nbits -= len;
+        return t->fast_val[peek];
+    }
+    peek = (unsigned)(j->bits >> 48);
+    for (len = LMV__HUFF_FAST + 1; len <= 16; len++) {
+        int32_t code = (int32_t)(peek >> (16 - len));
+        if (code <= t->maxcode[len]) {
+            int32_t idx = code + t->valoff[len];
+            if (idx < 0 || idx > 255) return -1;
+            j->bits <<= len;
+            j->nbits -= len;
+            return t->vals[idx];
+        }
+    }
+    return -1;
+}
+
+/* Did the last block use bits that are not in the file? */
+static lmv_result lmv__jcheck_bits(const lmv__jpeg *j, lmv_error *err) {
+    if (j->nfake > j->nbits) {
+        if (j->stop == 2) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: the data ends inside a scan");
+        return lmv__jcorrupt(err, "a marker interrupts the compressed data");
+    }
+    return LMV_OK;
+}
+
+static void lmv__jreset_bits(lmv__jpeg *j) {
+    j->bits = 0;
+    j->nbits = j->nfake = j->stop = 0;
+}
+
+/* ---- the integer IDCT (libjpeg's "islow") ---- */
+
+#define LMV__FIX_0_298631336 2446
+#define LMV__FIX_0_390180644 3196
+#define LMV__FIX_0_541196100 4433
+#define LMV__FIX_0_765366865 6270
+#define LMV__FIX_0_899976223 7373
+#define LMV__FIX_1_175875602 9633
+#define LMV__FIX_1_501321110 12299
+#define LMV__FIX_1_847759065 15137
+#define LMV__FIX_1_961570560 16069
+#define LMV__FIX_2_053119869 16819
+#define LMV__FIX_2_562915447 20995
+#define LMV__FIX_3_072711026 25172
+
+/* One 8-point pass on in[0], in[s], ..., in[7s]; out gets the 8 results before descaling. */
+static void lmv__idct8(const int64_t *in, int64_t *out) {
+    int64_t z1, z2, z3, z4, z5, t0, t1, t2, t3, t10, t11, t12, t13;
+    z2 = in[2];
+    z3 = in[6];
+    z1 = (z2 + z3) * LMV__FIX_0_541196100;
+    t2 = z1 - z3 * LMV__FIX_1_847759065;
+    t3 = z1 + z2 * LMV__FIX_0_765366865;
+    t0 = (in[0] + in[4]) * 8192;
+    t1 = (in[0] - in[4]) * 8192;
+    t10 = t0 + t3;
+    t13 = t0 - t3;
+    t11 = t1 + t2;
+    t12 = t1 - t2;
+    t0 = in[7];
+    t1 = in[5];
+    t2 = in[3];
+    t3 = in[1];
+    z1 = t0 + t3;
+    z2 = t1 + t2;
+    z3 = t0 + t2;
+    z4 = t1 + t3;
+    z5 = (z3 + z4) * LMV__FIX_1_175875602;
+    t0 *= LMV__FIX_0_298631336;
+    t1 *= LMV__FIX_2_053119869;
+    t2 *= LMV__FIX_3_072711026;
+    t3 *= LMV__FIX_1_501321110;
+    z1 *= -LMV__FIX_0_899976223;
+    z2 *= -LMV__FIX_2_562915447;
+    z3 = z3 * -LMV__FIX_1_961570560 + z5;
+    z4 = z4 * -LMV__FIX_0_390180644 + z5;
+    t0 += z1 + z3;
+    t1 += z2 + z4;
+    t2 += z2 + z3;
+    t3 += z1 + z4;
+    out[0] = t10 + t3;
+    out[7] = t10 - t3;
+    out[1] = t11 + t2;
+    out[6] = t11 - t2;
+    out[2] = t12 + t1;
+    out[5] = t12 - t1;
+    out[3] = t13 + t0;
+    out[4] = t13 - t0;
+}
+
+/* libjpeg's range limit: results are taken modulo 1024 around 0, then clamped, so a wild value
+   wraps exactly as it does there. */
+static unsigned char lmv__idct_clamp(int64_t v) {
+    int u = (int)(v & 1023);
+    if (u < 128) return (unsigned char)(u + 128);
+    if (u < 512) return 255;
+    if (u < 896) return 0;
+    return (unsigned char)(u - 896);
+}
+
+/* Dequantise and inverse-transform one block of coefficients (row-major) into 8x8 samples. */
+static void lmv__idct_block(const int16_t *coef, const uint16_t *q, unsigned char *out, size_t stride) {
+    int64_t ws[64], col[8], res[8];
+    int x, y;
+    for (x = 0; x < 8; x++) {
+        if (!coef[8 + x] && !coef[16 + x] && !coef[24 + x] && !coef[32 + x] && !coef[40 + x] && !coef[48 + x] &&
+            !coef[56 + x]) {
+            int64_t dc = (int32_t)(uint32_t)(uint64_t)((int64_t)coef[x] * q[x] * 4);
+            for (y = 0; y < 8; y++) ws[y * 8 + x] = dc;
+            continue;
+        }
+        for (y = 0; y < 8; y++) col[y] = (int64_t)coef[y * 8 + x] * q[y * 8 + x];
+        lmv__idct8(col, res);
+        /* the workspace is 32-bit in libjpeg: keep the same wrap-around for wild input */
+        for (y = 0; y < 8; y++) ws[y * 8 + x] = (int32_t)(uint32_t)(uint64_t)lmv__asr64(res[y] + 1024, 11);
+    }
+    for (y = 0; y < 8; y++) {
+        const int64_t *r = ws + y * 8;
+        unsigned char *o = out + (size_t)y * stride;
+        lmv__idct8(r, res);
+        for (x = 0; x < 8; x++) o[x] = lmv__idct_clamp(lmv__asr64(res[x] + ((int64_t)1 << 17), 18));
+    }
+}
+
+/* ---- markers ---- */
+
+static lmv_result lmv__jseg(lmv__jpeg *j, size_t *len, lmv_error *err) {
+    if (j->n - j->pos < 2) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: a segment length is cut off");
+    *len = ((size_t)j->p[j->pos] << 8) | j->p[j->pos + 1];
+    if (*len < 2) return lmv__jcorrupt(err, "a segment length is below 2");
+    if (*len > j->n - j->pos) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: a marker segment is cut off");
+    return LMV_OK;
+}
+
+static lmv_result lmv__jdqt(lmv__jpeg *j, const unsigned char *s, size_t len, lmv_error *err) {
+    while (len > 0) {
+        int pq = s[0] >> 4, tq = s[0] & 15, k;
+        size_t need = 1 + (pq ? 128u : 64u);
+        if (pq > 1 || tq > 3) return lmv__jcorrupt(err, "a quantisation table has a bad precision or index");
+        if (len < need) return lmv__jcorrupt(err, "a quantisation table segment is too short");
+        for (k = 0; k < 64; k++)
+            j->qt[tq][lmv__zigzag[k]] = (uint16_t)(pq ? (s[1 + 2 * k] << 8) | s[2 + 2 * k] : s[1 + k]);
+        j->qt_defined[tq] = 1;
+        s += need;
+        len -= need;
+    }
+    return LMV_OK;
+}
+
+static lmv_result lmv__jdht(lmv__jpeg *j, const unsigned char *s, size_t len, lmv_error *err) {
+    while (len > 0) {
+        int tc, th, i, total = 0;
+        lmv_result r;
+        if (len < 17) return lmv__jcorrupt(err, "a Huffman table segment is too short");
+        tc = s[0] >> 4;
+        th = s[0] & 15;
+        if (tc > 1 || th > 3) return lmv__jcorrupt(err, "a Huffman table has a bad class or index");
+        for (i = 0; i < 16; i++) total += s[1 + i];
+        if (total > 256 || (size_t)total > len - 17) return lmv__jcorrupt(err, "a Huffman table segment is too short");
+        if (j->huff && (r = lmv__huff_build(&j->huff[tc * 4 + th], s + 1, s + 17, total, tc == 0, err)) != LMV_OK)
+            return r;
+        s += 17 + (size_t)total;
+        len -= 17 + (size_t)total;
+    }
+    return LMV_OK;
+}
+
+/* EXIF: the orientation tag (0x0112) of IFD0, read as Pillow's getexif() does. */
+static void lmv__jexif(lmv__jpeg *j, const unsigned char *s, size_t len) {
+    const unsigned char *t;
+    size_t tl, ifd, i, count;
+    int le;
+    if (j->exif_seen || len < 6 || memcmp(s, "Exif\0", 5) != 0) return;
+    j->exif_seen = 1; /* Pillow reads the first Exif segment only */
+    t = s + 6;
+    tl = len - 6;
+    if (tl < 8) return;
+    if (t[0] == 'I' && t[1] == 'I') le = 1;
+    else if (t[0] == 'M' && t[1] == 'M') le = 0;
+    else return;
+#define LMV__T16(o) (le ? (unsigned)(t[o] | (t[(o) + 1] << 8)) : (unsigned)((t[o] << 8) | t[(o) + 1]))
+#define LMV__T32(o) (le ? ((size_t)LMV__T16(o) | ((size_t)LMV__T16((o) + 2) << 16)) : (((size_t)LMV__T16(o) << 16) | (size_t)LMV__T16((o) + 2)))
+    ifd = LMV__T32(4);
+    if (ifd > tl || tl - ifd < 2) return;
+    count = LMV__T16(ifd);
+    for (i = 0; i < count; i++) {
+        size_t e = ifd + 2 + 12 * i;
+        unsigned tag, type, v;
+        if (e > tl || tl - e < 12) return;
+        tag = LMV__T16(e);
+        type = LMV__T16(e + 2);
+        if (tag != 0x0112) continue;
+        if (LMV__T32(e + 4) != 1) return;
+        if (type == 3) v = LMV__T16(e + 8);
+        else if (type == 4) v = (unsigned)LMV__T32(e + 8);
+        else if (type == 1) v = t[e + 8];
+        else return;
+        j->orientation = (v >= 1 && v <= 8) ? (int)v : 1;
+        return;
+    }
+#undef LMV__T16
+#undef LMV__T32
+}
+
+static lmv_result lmv__jsof(lmv__jpeg *j, int marker, const unsigned char *s, size_t len, lmv_error *err) {
+    int i, c;
+    size_t pixels, bytes, min_blocks;
+    if (j->frame) return lmv__jcorrupt(err, "more than one frame header");
+    if (len < 6) return lmv__jcorrupt(err, "the frame header is too short");
+    if (s[0] != 8)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: %d-bit JPEG (only 8-bit samples are supported)", s[0]);
+    j->height = (s[1] << 8) | s[2];
+    j->width = (s[3] << 8) | s[4];
+    j->ncomp = s[5];
+    if (j->height == 0)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: JPEG with its height in a DNL marker");
+    if (j->width == 0) return lmv__jcorrupt(err, "the image width is zero");
+    if (j->ncomp != 1 && j->ncomp != 3 && j->ncomp != 4)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: JPEG with %d colour components", j->ncomp);
+    if (len < 6 + 3 * (size_t)j->ncomp) return lmv__jcorrupt(err, "the frame header is too short");
+    pixels = (size_t)j->width * (size_t)j->height;
+    if (pixels > j->max_pixels)
+        return lmv__fail(err, LMV_ERR_LIMIT, "JPEG of %d x %d pixels is above the limit of %zu pixels (max_pixels)",
+                         j->width, j->height, j->max_pixels);
+    j->progressive = marker == 0xC2;
+    j->hmax = j->vmax = 1;
+    for (i = 0; i < j->ncomp; i++) {
+        lmv__jcomp *cp = &j->comp[i];
+        cp->id = s[6 + 3 * i];
+        cp->h = s[7 + 3 * i] >> 4;
+        cp->v = s[7 + 3 * i] & 15;
+        cp->tq = s[8 + 3 * i];
+        if (cp->h < 1 || cp->h > 4 || cp->v < 1 || cp->v > 4) return lmv__jcorrupt(err, "a sampling factor is outside 1..4");
+        if (cp->tq > 3) return lmv__jcorrupt(err, "a component names a quantisation table above 3");
+        for (c = 0; c < i; c++)
+            if (j->comp[c].id == cp->id) return lmv__jcorrupt(err, "two components have the same id");
+        if (cp->h > j->hmax) j->hmax = cp->h;
+        if (cp->v > j->vmax) j->vmax = cp->v;
+    }
+    j->mcux = (j->width + 8 * j->hmax - 1) / (8 * j->hmax);
+    j->mcuy = (j->height + 8 * j->vmax - 1) / (8 * j->vmax);
+    for (i = 0; i < j->ncomp; i++) {
+        lmv__jcomp *cp = &j->comp[i];
+        if (j->hmax % cp->h || j->vmax % cp->v)
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                             "unsupported: sampling factors that are not integral multiples of each other");
+        cp->bw = j->mcux * cp->h;
+        cp->bh = j->mcuy * cp->v;
+        cp->dw = (int)(((size_t)j->width * (size_t)cp->h + (size_t)j->hmax - 1) / (size_t)j->hmax);
+        cp->dh = (int)(((size_t)j->height * (size_t)cp->v + (size_t)j->vmax - 1) / (size_t)j->vmax);
+    }
+    /* Every block costs at least one bit of the file, so a tiny file cannot make us allocate
+       memory for a huge image. */
+    min_blocks = (size_t)((j->width + 8 * j->hmax - 1) / (8 * j->hmax)) * (size_t)((j->height + 8 * j->vmax - 1) / (8 * j->vmax));
+    if (min_blocks / 8 > j->n - j->pos)
+        return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: %zu bytes cannot hold a %d x %d image", j->n, j->width,
+                         j->height);
+    for (i = 0; i < j->ncomp; i++) {
+        lmv__jcomp *cp = &j->comp[i];
+        if (!lmv__mul_ok((size_t)cp->bw * (size_t)cp->bh, 64 * sizeof(int16_t), &bytes))
+            return lmv__fail(err, LMV_ERR_LIMIT, "JPEG is too large");
+        if (j->header_only) continue;
+        cp->plane = (unsigned char *)lmv__alloc(&j->al, bytes / sizeof(int16_t));
+        if (!cp->plane) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory decoding a %d x %d JPEG", j->width, j->height);
+    }
+    j->frame = 1;
+    return LMV_OK;
+}
+
+/* Coefficient storage, made at the first scan that needs it. */
+static lmv_result lmv__jcoefs(lmv__jpeg *j, lmv_error *err) {
+    int i;
+    for (i = 0; i < j->ncomp; i++) {
+        lmv__jcomp *cp = &j->comp[i];
+        size_t bytes;
+        if (cp->coef) continue;
+        if (!lmv__mul_ok((size_t)cp->bw * (size_t)cp->bh, 64 * sizeof(int16_t), &bytes))
+            return lmv__fail(err, LMV_ERR_LIMIT, "JPEG is too large");
+        cp->coef = (int16_t *)lmv__alloc(&j->al, bytes);
+        if (!cp->coef) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory decoding a %d x %d JPEG", j->width, j->height);
+        memset(cp->coef, 0, bytes);
+    }
+    return LMV_OK;
+}
+
+/* ---- entropy decoding of one block ---- */
+
+/* The DC difference of a block (T.81 F.2.2.1), added to the component's predictor. */
+static lmv_result lmv__jdc(lmv__jpeg *j, lmv__jcomp *cp, lmv_error *err) {
+    int t = lmv__jdecode(j, &j->huff[cp->td]);
+    if (t < 0) return lmv__jcorrupt(err, "bad Huffman code");
+    cp->dc_pred += lmv__jextend(j, t);
+    if (cp->dc_pred < -32768 || cp->dc_pred > 32767) return lmv__jcorrupt(err, "a DC coefficient is out of range");
+    return LMV_OK;
+}
+
+/* AC coefficients ss..se scaled by 2^al (T.81 F.2.2.2, G.1.2.2). A zero-size code other than ZRL
+   ends the block; in a progressive scan it also starts a run of blocks with nothing in the band. */
+static lmv_result lmv__jac(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, int ss, int se, int al, int progressive,
+                           lmv_error *err) {
+    int k;
+    for (k = ss; k <= se; k++) {
+        int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s;
+        if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
+        r = rs >> 4;
+        s = rs & 15;
+        if (s) {
+            k += r;
+            if (k > se) return lmv__jcorrupt(err, "AC coefficients run past the end of the block");
+            blk[lmv__zigzag[k]] = (int16_t)(lmv__jextend(j, s) * (1 << al));
+        } else if (r == 15) {
+            k += 15;
+        } else {
+            if (progressive) {
+                j->eobrun = (1 << r) - 1;
+                if (r) j->eobrun += (int)lmv__jbits(j, r);
+            }
+            break;
+        }
+    }
+    return LMV_OK;
+}
+
+static lmv_result lmv__jblock_seq(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, lmv_error *err) {
+    lmv_result r = lmv__jdc(j, cp, err);
+    if (r != LMV_OK) return r;
+    blk[0] = (int16_t)cp->dc_pred;
+    if ((r = lmv__jac(j, cp, blk, 1, 63, 0, 0, err)) != LMV_OK) return r;
+    return lmv__jcheck_bits(j, err);
+}
+
+static lmv_result lmv__jblock_prog(lmv__jpeg *j, lmv__jcomp *cp, int16_t *blk, lmv_error *err) {
+    lmv_result res;
+    int k;
+    if (j->ss == 0) { /* DC scan */
+        if (j->ah == 0) {
+            if ((res = lmv__jdc(j, cp, err)) != LMV_OK) return res;
+            blk[0] = (int16_t)(cp->dc_pred * (1 << j->al_));
+        } else if (lmv__jbit(j)) {
+            blk[0] = (int16_t)(blk[0] | (1 << j->al_));
+        }
+        return lmv__jcheck_bits(j, err);
+    }
+    if (j->ah == 0) { /* first AC scan */
+        if (j->eobrun > 0) {
+            j->eobrun--;
+            return LMV_OK;
+        }
+        if ((res = lmv__jac(j, cp, blk, j->ss, j->se, j->al_, 1, err)) != LMV_OK) return res;
+        return lmv__jcheck_bits(j, err);
+    }
+    /* AC refinement (T.81 G.1.2.3): one more bit of every coefficient already nonzero, and new
+       coefficients of magnitude 1 << Al. */
+    {
+        int p1 = 1 << j->al_, m1 = -(1 << j->al_);
+        k = j->ss;
+        if (j->eobrun == 0) {
+            for (; k <= j->se; k++) {
+                int rs = lmv__jdecode(j, &j->huff[4 + cp->ta]), r, s, val = 0;
+                if (rs < 0) return lmv__jcorrupt(err, "bad Huffman code");
+                r = rs >> 4;
+                s = rs & 15;
+                if (s) {
+                    if (s != 1) return lmv__jcorrupt(err, "a refinement scan codes a magnitude above 1");
+                    val = lmv__jbit(j) ? p1 : m1;
+                } else if (r != 15) {
+                    j->eobrun = 1 << r;
+                    if (r) j->eobrun += (int)lmv__jbits(j, r);
+                    break;
+                }
+                for (; k <= j->se; k++) {
+                    int16_t *c = &blk[lmv__zigzag[k]];
+                    if (*c) {
+                        if (lmv__jbit(j) && (*c & p1) == 0) *c = (int16_t)(*c + (*c >= 0 ? p1 : m1));
+                    } else {
+                        if (r == 0) break;
+                        r--;
+                    }
+                }
+                if (val) {
+                    if (k > j->se) return lmv__jcorrupt(err, "AC coefficients run past the end of the band");
+                    blk[lmv__zigzag[k]] = (int16_t)val;
+                }
+            }
+        }
+        if (j->eobrun > 0) {
+            for (; k <= j->se; k++) {
+                int16_t *c = &blk[lmv__zigzag[k]];
+                if (*c && lmv__jbit(j) && (*c & p1) == 0) *c = (int16_t)(*c + (*c >= 0 ? p1 : m1));
+            }
+            j->eobrun--;
+        }
+        return lmv__jcheck_bits(j, err);
+    }
+}
+
+/* Decode (or, in direct mode, decode and transform) block (bx, by) of component ci. */
+static lmv_result lmv__jblock(lmv__jpeg *j, int ci, int bx, int by, lmv_error *err) {
+    lmv__jcomp *cp = &j->comp[ci];
+    size_t bi = (size_t)by * (size_t)cp->bw + (size_t)bx;
+    if (j->direct) {
+        int16_t blk[64];
+        lmv_result r;
+        memset(blk, 0, sizeof blk);
+        r = lmv__jblock_seq(j, cp, blk, err);
+        if (r != LMV_OK) return r;
+        lmv__idct_block(blk, cp->q, cp->plane + (size_t)by * 8 * ((size_t)cp->bw * 8) + (size_t)bx * 8, (size_t)cp->bw * 8);
+        return LMV_OK;
+    }
+    if (j->progressive) return lmv__jblock_prog(j, cp, cp->coef + bi * 64, err);
+    return lmv__jblock_seq(j, cp, cp->coef + bi * 64, err);
+}
+
+/* Skip to the next marker after entropy-coded data; returns 0 at the end of the data. */
+static int lmv__jnext_marker(lmv__jpeg *j) {
+    while (j->pos + 1 < j->n) {
+        if (j->p[j->pos] == 0xFF && j->p[j->pos + 1] != 0 && j->p[j->pos + 1] != 0xFF) return 1;
+        j->pos++;
+    }
+    return 0;
+}
+
+static lmv_result lmv__jrestart(lmv__jpeg *j, int *next_rst, lmv_error *err) {
+    int i;
+    if (!lmv__jnext_marker(j)) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: a restart marker is missing");
+    if (j->p[j->pos + 1] != 0xD0 + *next_rst) return lmv__jcorrupt(err, "a restart marker is missing or out of order");
+    j->pos += 2;
+    *next_rst = (*next_rst + 1) & 7;
+    lmv__jreset_bits(j);
+    j->eobrun = 0;
+    for (i = 0; i < j->ncomp; i++) j->comp[i].dc_pred = 0;
+    return LMV_OK;
+}
+
+static lmv_result lmv__jsos(lmv__jpeg *j, const unsigned char *s, size_t len, lmv_error *err) {
+    int i, c, n, mx, my, next_rst = 0;
+    long todo = 0, done = 0;
+    lmv_result r;
+    if (!j->frame) return lmv__jcorrupt(err, "a scan comes before the frame header");
+    if (len < 1) return lmv__jcorrupt(err, "the scan header is too short");
+    /* a scan of nothing but end-of-band runs costs a few bytes and a pass over every block:
+       cap the count so a small file cannot keep the decoder busy for long */
+    if (j->scans >= LMV__JPEG_MAX_SCANS)
+        return lmv__fail(err, LMV_ERR_LIMIT, "JPEG has more than %d scans", LMV__JPEG_MAX_SCANS);
+    n = s[0];
+    if (n < 1 || n > j->ncomp || len != 4 + 2 * (size_t)n) return lmv__jcorrupt(err, "the scan header is malformed");
+    j->nsc = n;
+    for (i = 0; i < n; i++) {
+        int id = s[1 + 2 * i];
+        for (c = 0; c < j->ncomp && j->comp[c].id != id; c++) {}
+        if (c == j->ncomp) return lmv__jcorrupt(err, "a scan names a component the frame does not have");
+        for (mx = 0; mx < i; mx++)
+            if (j->sc[mx] == c) return lmv__jcorrupt(err, "a scan names a component twice");
+        j->sc[i] = c;
+        j->comp[c].td = s[2 + 2 * i] >> 4;
+        j->comp[c].ta = s[2 + 2 * i] & 15;
+        if (j->comp[c].td > 3 || j->comp[c].ta > 3) return lmv__jcorrupt(err, "a scan names a Huffman table above 3");
+    }
+    j->ss = s[1 + 2 * n];
+    j->se = s[2 + 2 * n];
+    j->ah = s[3 + 2 * n] >> 4;
+    j->al_ = s[3 + 2 * n] & 15;
+    if (j->progressive) {
+        if (j->ss > j->se || j->se > 63 || (j->ss == 0 && j->se != 0) || (j->ss > 0 && n != 1) || j->ah > 13 ||
+            j->al_ > 13)
+            return lmv__jcorrupt(err, "the progressive scan parameters are invalid");
+    } else {
+        j->ss = 0;
+        j->se = 63;
+        j->ah = j->al_ = 0;
+    }
+    if (n > 1) {
+        int blocks = 0;
+        for (i = 0; i < n; i++) blocks += j->comp[j->sc[i]].h * j->comp[j->sc[i]].v;
+        if (blocks > 10) return lmv__jcorrupt(err, "an MCU has more than 10 blocks");
+    }
+    for (i = 0; i < n; i++) {
+        lmv__jcomp *cp = &j->comp[j->sc[i]];
+        int need_dc = !j->progressive || (j->ss == 0 && j->ah == 0), need_ac = !j->progressive || j->ss > 0;
+        if ((need_dc && !j->huff[cp->td].defined) || (need_ac && !j->huff[4 + cp->ta].defined))
+            return lmv__jcorrupt(err, "a scan uses a Huffman table that was never defined");
+        if (!cp->has_q) { /* latch the quantisation table, as libjpeg does */
+            if (!j->qt_defined[cp->tq]) return lmv__jcorrupt(err, "a component uses a quantisation table that was never defined");
+            memcpy(cp->q, j->qt[cp->tq], sizeof cp->q);
+            cp->has_q = 1;
+        }
+        cp->dc_pred = 0;
+    }
+    if (j->scans == 0 && !j->progressive && n == j->ncomp) j->direct = 1;
+    else if (j->direct) return lmv__jcorrupt(err, "a second scan after a complete baseline scan");
+    else if ((r = lmv__jcoefs(j, err)) != LMV_OK) return r;
+    j->scans++;
+    j->eobrun = 0;
+    lmv__jreset_bits(j);
+
+    if (n == 1) {
+        lmv__jcomp *cp = &j->comp[j->sc[0]];
+        int bw = (cp->dw + 7) / 8, bh = (cp->dh + 7) / 8, bx, by;
+        todo = (long)bw * bh;
+        for (by = 0; by < bh; by++)
+            for (bx = 0; bx < bw; bx++) {
+                if ((r = lmv__jblock(j, j->sc[0], bx, by, err)) != LMV_OK) return r;
+                done++;
+                if (j->restart_interval && done % j->restart_interval == 0 && done < todo &&
+                    (r = lmv__jrestart(j, &next_rst, err)) != LMV_OK)
+                    return r;
+            }
+    } else {
+        todo = (long)j->mcux * j->mcuy;
+        for (my = 0; my < j->mcuy; my++)
+            for (mx = 0; mx < j->mcux; mx++) {
+                for (i = 0; i < n; i++) {
+                    lmv__jcomp *cp = &j->comp[j->sc[i]];
+                    int h, v;
+                    for (v = 0; v < cp->v; v++)
+                        for (h = 0; h < cp->h; h++)
+                            if ((r = lmv__jblock(j, j->sc[i], mx * cp->h + h, my * cp->v + v, err)) != LMV_OK) return r;
+                }
+                done++;
+                if (j->restart_interval && done % j->restart_interval == 0 && done < todo &&
+                    (r = lmv__jrestart(j, &next_rst, err)) != LMV_OK)
+                    return r;
+            }
+    }
+    /* the scan is complete: continue at the marker that follows it */
+    if (j->stop == 2) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: the data ends after a scan (no EOI marker)");
+    lmv__jreset_bits(j);
+    if (!lmv__jnext_marker(j)) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: the data ends after a scan (no EOI marker)");
+    return LMV_OK;
+}
+
+/* Walk the markers up to EOI, decoding every scan. */
+static lmv_result lmv__jparse(lmv__jpeg *j, lmv_error *err) {
+    lmv_result r;
+    if (j->n < 2 || j->p[0] != 0xFF || j->p[1] != 0xD8) return lmv__fail(err, LMV_ERR_IMAGE, "not a JPEG file (no SOI marker)");
+    j->pos = 2;
+    for (;;) {
+        int m;
+        size_t len = 0;
+        const unsigned char *s;
+        /* find the next marker; libjpeg skips stray bytes before it with a warning */
+        while (j->pos < j->n && j->p[j->pos] != 0xFF) j->pos++;
+        while (j->pos < j->n && j->p[j->pos] == 0xFF) j->pos++;
+        if (j->pos >= j->n) {
+            if (!j->frame) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: no frame header");
+            return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: no EOI marker");
+        }
+        m = j->p[j->pos++];
+        if (m == 0xD9) { /* EOI */
+            if (!j->frame || !j->scans) return lmv__jcorrupt(err, "the file ends before any image data");
+            j->eoi = 1;
+            return LMV_OK;
+        }
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue; /* stray: ignore as libjpeg */
+        if ((r = lmv__jseg(j, &len, err)) != LMV_OK) return r;
+        s = j->p + j->pos + 2;
+        len -= 2;
+        j->pos += len + 2;
+        switch (m) {
+        case 0xC0: case 0xC1: case 0xC2:
+            if ((r = lmv__jsof(j, m, s, len, err)) != LMV_OK) return r;
+            break;
+        case 0xC3: return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: lossless JPEG");
+        case 0xC5: case 0xC6: case 0xC7: case 0xDE: case 0xDF:
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: hierarchical JPEG");
+        case 0xC9: case 0xCA: case 0xCB: case 0xCD: case 0xCE: case 0xCF: /* a DAC alone is ignored, as libjpeg */
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: arithmetic coding");
+        case 0xF7: return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: JPEG-LS");
+        case 0xC4:
+            if ((r = lmv__jdht(j, s, len, err)) != LMV_OK) return r;
+            break;
+        case 0xDB:
+            if ((r = lmv__jdqt(j, s, len, err)) != LMV_OK) return r;
+            break;
+        case 0xDD:
+            if (len < 2) return lmv__jcorrupt(err, "the restart interval segment is too short");
+            j->restart_interval = (s[0] << 8) | s[1];
+            break;
+        case 0xDA:
+            if (j->header_only) { /* what the first scan implies for memory, then stop */
+                if (!j->frame) return lmv__jcorrupt(err, "a scan comes before the frame header");
+                j->direct = len >= 1 && !j->progressive && s[0] == j->ncomp;
+                return LMV_OK;
+            }
+            if ((r = lmv__jsos(j, s, len, err)) != LMV_OK) return r;
+            break;
+        case 0xDC: return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: DNL marker");
+        /* JFIF, EXIF and Adobe count only before the first scan: libjpeg settles the colour
+           space and Pillow the orientation from the markers ahead of it */
+        case 0xE0:
+            if (!j->scans && len >= 14 && memcmp(s, "JFIF\0", 5) == 0) j->jfif = 1;
+            break;
+        case 0xE1:
+            if (!j->scans) lmv__jexif(j, s, len);
+            break;
+        case 0xEE:
+            if (!j->scans && len >= 12 && memcmp(s, "Adobe", 5) == 0) {
+                j->adobe = 1;
+                j->adobe_transform = s[11];
+            }
+            break;
+        default: break; /* APPn, COM, ICC profiles: not needed for the pixels */
+        }
+    }
+}
+
+/* ---- upsampling and colour conversion ---- */
+
+/* Row y of component cp at full resolution (width W), as libjpeg-turbo's upsampler gives it. */
+static void lmv__jupsample(const lmv__jpeg *j, const lmv__jcomp *cp, int y, unsigned char *out) {
+    int hr = j->hmax / cp->h, vr = j->vmax / cp->v, x, W = j->width, n = cp->dw;
+    size_t stride = (size_t)cp->bw * 8;
+    const unsigned char *row, *nb;
+    if (hr == 1 && vr == 1) {
+        memcpy(out, cp->plane + (size_t)y * stride, (size_t)W);
+        return;
+    }
+    if (hr == 2 && vr == 1 && n > 2) { /* h2v1 fancy: 3/4 nearer + 1/4 further */
+        row = cp->plane + (size_t)y * stride;
+        out[0] = row[0];
+        out[1] = (unsigned char)((row[0] * 3 + row[1] + 2) >> 2);
+        for (x = 1; x < n - 1; x++) {
+            int c = row[x] * 3;
+            out[2 * x] = (unsigned char)((c + row[x - 1] + 1) >> 2);
+            if (2 * x + 1 < W) out[2 * x + 1] = (unsigned char)((c + row[x + 1] + 2) >> 2);
+        }
+        if (2 * (n - 1) < W) out[2 * (n - 1)] = (unsigned char)((row[n - 1] * 3 + row[n - 2] + 1) >> 2);
+        if (2 * (n - 1) + 1 < W) out[2 * (n - 1) + 1] = row[n - 1];
+        return;
+    }
+    if (hr == 1 && vr == 2) { /* h1v2 fancy */
+        int iy = y >> 1, ny = (y & 1) ? iy + 1 : iy - 1, bias = (y & 1) ? 2 : 1;
+        if (ny < 0) ny = 0;
+        if (ny > cp->dh - 1) ny = cp->dh - 1;
+        row = cp->plane + (size_t)iy * stride;
+        nb = cp->plane + (size_t)ny * stride;
+        for (x = 0; x < W; x++) out[x] = (unsigned char)((row[x] * 3 + nb[x] + bias) >> 2);
+        return;
+    }
+    if (hr == 2 && vr == 2 && n > 2) { /* h2v2 fancy: triangle filter in both directions */
+        int iy = y >> 1, ny = (y & 1) ? iy + 1 : iy - 1, last, cur, next;
+        if (ny < 0) ny = 0;
+        if (ny > cp->dh - 1) ny = cp->dh - 1;
+        row = cp->plane + (size_t)iy * stride;
+        nb = cp->plane + (size_t)ny * stride;
+        cur = row[0] * 3 + nb[0];
+        next = row[1] * 3 + nb[1];
+        out[0] = (unsigned char)((cur * 4 + 8) >> 4);
+        out[1] = (unsigned char)((cur * 3 + next + 7) >> 4);
+        last = cur;
+        cur = next;
+        for (x = 1; x < n - 1; x++) {
+            next = row[x + 1] * 3 + nb[x + 1];
+            out[2 * x] = (unsigned char)((cur * 3 + last + 8) >> 4);
+            if (2 * x + 1 < W) out[2 * x + 1] = (unsigned char)((cur * 3 + next + 7) >> 4);
+            last = cur;
+            cur = next;
+        }
+        if (2 * (n - 1) < W) out[2 * (n - 1)] = (unsigned char)((cur * 3 + last + 8) >> 4);
+        if (2 * (n - 1) + 1 < W) out[2 * (n - 1) + 1] = (unsigned char)((cur * 4 + 7) >> 4);
+        return;
+    }
+    /* any other integral factor: plain replication */
+    row = cp->plane + (size_t)(y / vr) * stride;
+    for (x = 0; x < W; x++) out[x] = row[x / hr];
+}
+
+static unsigned char lmv__clamp255(int v) { return (unsigned char)(v < 0 ? 0 : v > 255 ? 255 : v); }
+
+/* YCbCr -> RGB with libjpeg's 16-bit constants: FIX(1.402), FIX(1.772), FIX(0.71414), FIX(0.34414). */
+static void lmv__ycc_rgb(int y, int cb, int cr, unsigned char *rgb) {
+    int b = cb - 128, r = cr - 128;
+    rgb[0] = lmv__clamp255(y + lmv__asr(91881 * r + 32768, 16));
+    rgb[1] = lmv__clamp255(y + lmv__asr(-22554 * b + 32768 - 46802 * r, 16));
+    rgb[2] = lmv__clamp255(y + lmv__asr(116130 * b + 32768, 16));
+}
+
+/* Pillow's CMYK -> RGB: r = (255 - k) - (c * (255 - k)) / 255 with its rounding of a*b/255. */
+static unsigned char lmv__cmyk_chan(int c, int nk) {
+    int t = c * nk + 128;
+    return (unsigned char)(nk - (((t >> 8) + t) >> 8));
+}
+
+static lmv_result lmv__jemit(lmv__jpeg *j, const lmv_image_options *o, lmv_image *out, lmv_error *err) {
+    int W = j->width, H = j->height, ch = j->ncomp == 1 ? 1 : 3, orient = o->ignore_orientation ? 1 : j->orientation;
+    int ow = (orient >= 5) ? H : W, oh = (orient >= 5) ? W : H, x, y, c, transform;
+    unsigned char *rows, *line;
+    lmv_result r;
+    /* how the components become RGB, chosen as libjpeg does */
+    if (j->ncomp == 3) {
+        if (j->jfif) transform = 1;
+        else if (j->adobe) transform = j->adobe_transform != 0;
+        else transform = !(j->comp[0].id == 'R' && j->comp[1].id == 'G' && j->comp[2].id == 'B');
+    } else if (j->ncomp == 4) transform = j->adobe ? j->adobe_transform != 0 : 0; /* YCCK : CMYK */
+    else transform = 0;
+    if ((r = lmv__image_alloc(out, ow, oh, ch, &j->al, err)) != LMV_OK) return r;
+    rows = (unsigned char *)lmv__alloc(&j->al, (size_t)W * 7); /* 4 component rows, 1 RGB row */
+    if (!rows) {
+        lmv_image_free(out);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory decoding a JPEG");
+    }
+    line = rows + (size_t)W * 4;
+    for (y = 0; y < H; y++) {
+        for (c = 0; c < j->ncomp; c++) lmv__jupsample(j, &j->comp[c], y, rows + (size_t)c * W);
+        if (j->ncomp == 1) memcpy(line, rows, (size_t)W);
+        for (x = 0; x < W && j->ncomp > 1; x++) {
+            int c0 = rows[x], c1 = rows[W + x], c2 = rows[2 * W + x];
+            unsigned char *px = line + (size_t)x * 3;
+            if (j->ncomp == 3) {
+                if (transform) lmv__ycc_rgb(c0, c1, c2, px);
+                else { px[0] = (unsigned char)c0; px[1] = (unsigned char)c1; px[2] = (unsigned char)c2; }
+            } else {
+                /* libjpeg gives CMYK (YCCK: C,M,Y = 255 - RGB); Pillow reads it inverted ("CMYK;I")
+                   and converts with its own formula. */
+                int k = rows[3 * W + x], inv[3];
+                if (transform) {
+                    unsigned char rgb[3];
+                    lmv__ycc_rgb(c0, c1, c2, rgb);
+                    inv[0] = rgb[0]; inv[1] = rgb[1]; inv[2] = rgb[2];
+                } else {
+                    inv[0] = 255 - c0; inv[1] = 255 - c1; inv[2] = 255 - c2;
+                }
+                px[0] = lmv__cmyk_chan(inv[0], k);
+                px[1] = lmv__cmyk_chan(inv[1], k);
+                px[2] = lmv__cmyk_chan(inv[2], k);
+            }
+        }
+        /* place the row as ImageOps.exif_transpose would */
+        for (x = 0; x < W; x++) {
+            int dx, dy;
+            switch (orient) {
+            case 2: dx = W - 1 - x; dy = y; break;
+            case 3: dx = W - 1 - x; dy = H - 1 - y; break;
+            case 4: dx = x; dy = H - 1 - y; break;
+            case 5: dx = y; dy = x; break;
+            case 6: dx = H - 1 - y; dy = x; break;
+            case 7: dx = H - 1 - y; dy = W - 1 - x; break;
+            case 8: dx = y; dy = W - 1 - x; break;
+            default: dx = x; dy = y; break;
+            }
+            memcpy(out->pixels + ((size_t)dy * (size_t)ow + (size_t)dx) * (size_t)ch, line + (size_t)x * ch, (size_t)ch);
+        }
+    }
+    lmv__free(&j->al, rows);
+    return LMV_OK;
+}
+
+/* Read the headers (up to the first scan when header_only) into j, which lives on the stack;
+   the Huffman tables, the only large part, are allocated only for a real decode. */
+static lmv_result lmv__jopen(lmv__jpeg *j, const void *data, size_t size, lmv_image_options *o, int header_only,
+                             const char *fn, lmv_error *err) {
+    memset(j, 0, sizeof *j);
+    if (!data && size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "%s: NULL data", fn);
+    if (!lmv__allocator_resolve(&o->allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if (o->max_pixels == 0) o->max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
+    j->p = (const unsigned char *)data;
+    j->n = size;
+    j->al = o->allocator;
+    j->max_pixels = o->max_pixels;
+    j->orientation = 1;
+    j->header_only = header_only;
+    if (!header_only) {
+        j->huff = (lmv__huff *)lmv__alloc(&j->al, 8 * sizeof(lmv__huff));
+        if (!j->huff) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the JPEG decoder");
+        memset(j->huff, 0, 8 * sizeof(lmv__huff));
+    }
+    return lmv__jparse(j, err);
+}
+
+static void lmv__jrelease(lmv__jpeg *j) {
+    int i;
+    for (i = 0; i < 4; i++) {
+        lmv__free(&j->al, j->comp[i].coef);
+        lmv__free(&j->al, j->comp[i].plane);
+    }
+    lmv__free(&j->al, j->huff);
+}
+
+LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const lmv_image_options *opt,
+                                           lmv_image_info *info, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv__jpeg j;
+    lmv_result r;
+    size_t total = 0, coefs = 0;
+    int i, orient;
+    if (!info) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_jpeg_info: NULL output");
+    memset(info, 0, sizeof *info);
+    if ((r = lmv__jopen(&j, data, size, &o, 1, "lmv_image_jpeg_info", err)) != LMV_OK) return r;
+    if (!j.frame) return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: no frame header");
+    orient = o.ignore_orientation ? 1 : j.orientation;
+    info->width = orient >= 5 ? j.height : j.width;
+    info->height = orient >= 5 ? j.width : j.height;
+    info->channels = j.ncomp == 1 ? 1 : 3;
+    info->progressive = j.progressive;
+    /* every block lmv_image_decode_jpeg asks for, each rounded as lmv_arena places them; the
+       sizes were checked for overflow while the frame header was read */
+#define LMV__ARENA_COST(n) ((lmv__alloc_cost(n) + 15) & ~(size_t)15)
+    total += LMV__ARENA_COST(8 * sizeof(lmv__huff));
+    for (i = 0; i < j.ncomp; i++) {
+        size_t samples = (size_t)j.comp[i].bw * (size_t)j.comp[i].bh * 64;
+        total += LMV__ARENA_COST(samples);
+        coefs += LMV__ARENA_COST(samples * sizeof(int16_t));
+    }
+    if (!j.direct) total += coefs; /* kept from the first scan to EOI */
+    total += LMV__ARENA_COST((size_t)j.width * (size_t)j.height * (size_t)info->channels);
+    total += LMV__ARENA_COST((size_t)j.width * 7);
+#undef LMV__ARENA_COST
+    info->decode_memory = total;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
+                                             lmv_image *out, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv__jpeg j;
+    lmv_result r;
+    int i;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_decode_jpeg: NULL output");
+    memset(out, 0, sizeof *out);
+    r = lmv__jopen(&j, data, size, &o, 0, "lmv_image_decode_jpeg", err);
+    if (r == LMV_OK && !j.direct) {
+        for (i = 0; i < j.ncomp; i++) {
+            lmv__jcomp *cp = &j.comp[i];
+            size_t stride = (size_t)cp->bw * 8;
+            int bx, by;
+            for (by = 0; by < cp->bh; by++)
+                for (bx = 0; bx < cp->bw; bx++)
+                    lmv__idct_block(cp->coef + ((size_t)by * (size_t)cp->bw + (size_t)bx) * 64, cp->q,
+                                    cp->plane + (size_t)by * 8 * stride + (size_t)bx * 8, stride);
+            lmv__free(&j.al, cp->coef);
+            cp->coef = NULL;
+        }
+    }
+    if (r == LMV_OK) r = lmv__jemit(&j, &o, out, err);
+    lmv__jrelease(&j);
+    if (r == LMV_OK) lmv__ok(err);
+    return r;
+}
+
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_load_jpeg(const char *path, const lmv_image_options *opt, lmv_image *out,
+                                           lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    size_t len;
+    void *buf;
+    lmv_result r;
+    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    r = lmv_image_decode_jpeg(buf, len, &o, out, err);
+    lmv__free(&o.allocator, buf);
+    return r;
+}
+#endif
+#endif /* LEMEVIT_NO_JPEG */
+
+/* ---- resampling, as Pillow 9.4 (libImaging/Resample.c, Geometry.c) ----
+   A separable convolution: for each output column a window of input columns with weights from
+   the filter stretched by the downscale factor, normalised to sum 1, then rounded to 22-bit
+   fixed point. The horizontal pass runs first and rounds to 8 bits; the vertical pass runs on
+   its result. Every output pixel depends only on its own weights, so a sub-rectangle of the
+   result (what a centre crop keeps) can be computed alone and is bit-identical. */
+
+#define LMV__PIL_BITS 22
+
+static double lmv__filter_bilinear(double x) {
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return 1.0 - x;
+    return 0.0;
+}
+
+static double lmv__filter_bicubic(double x) { /* Keys' cubic with a = -0.5 */
+    const double a = -0.5;
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+/* Weights of outputs o0 .. o0+cnt-1 of a resize from in_size to out_size: bounds[2i] is the
+   first input, bounds[2i+1] how many; weights of output i are k[i*ksize ...]. */
+static lmv_result lmv__pil_weights(int in_size, int out_size, int o0, int cnt, lmv_interp interp,
+                                       const lmv_allocator *a, int *ksize_out, int **bounds_out, int32_t **k_out,
+                                       lmv_error *err) {
+    double (*filter)(double) = interp == LMV_INTERP_BICUBIC ? lmv__filter_bicubic : lmv__filter_bilinear;
+    double support = interp == LMV_INTERP_BICUBIC ? 2.0 : 1.0;
+    /* Pillow keeps the box in floats: the input size goes through float first */
+    double scale = (double)(float)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale, ss;
+    double *w;
+    int32_t *k;
+    int *bounds, ksize, i, x;
+    size_t n;
+    support *= filterscale;
+    if (support > 1e8) return lmv__fail(err, LMV_ERR_LIMIT, "resize from %d to %d pixels is too steep", in_size, out_size);
+    ksize = (int)ceil(support) * 2 + 1;
+    if (!lmv__mul_ok((size_t)(cnt > 0 ? cnt : 1), (size_t)ksize, &n) || n > SIZE_MAX / sizeof(double))
+        return lmv__fail(err, LMV_ERR_LIMIT, "resize from %d to %d pixels is too large", in_size, out_size);
+    w = (double *)lmv__alloc(a, (size_t)ksize * sizeof(double));
+    k = (int32_t *)lmv__alloc(a, n * sizeof(int32_t));
+    bounds = (int *)lmv__alloc(a, (size_t)(cnt > 0 ? cnt : 1) * 2 * sizeof(int));
+    if (!w || !k || !bounds) {
+        lmv__free(a, w);
+        lmv__free(a, k);
+        lmv__free(a, bounds);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for resize weights");
+    }
+    ss = 1.0 / filterscale;
+    for (i = 0; i < cnt; i++) {
+        int xx = o0 + i, xmin, xmax;
+        double center = (xx + 0.5) * scale, ww = 0.0;
+        int32_t *kr = k + (size_t)i * (size_t)ksize;
+        xmin = (int)(center - support + 0.5);
+        if (xmin < 0) xmin = 0;
+        xmax = (int)(center + support + 0.5);
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        if (xmax > ksize) xmax = ksize; /* cannot happen; keeps the loop inside w */
+        if (xmax < 0) xmax = 0;
+        for (x = 0; x < xmax; x++) {
+            double v = filter((x + xmin - center + 0.5) * ss);
+            w[x] = v;
+            ww += v;
+        }
+        for (x = 0; x < xmax; x++) {
+            double v = ww != 0.0 ? w[x] / ww : w[x];
+            kr[x] = (int32_t)(v < 0 ? -0.5 + v * (1 << LMV__PIL_BITS) : 0.5 + v * (1 << LMV__PIL_BITS));
+        }
+        for (; x < ksize; x++) kr[x] = 0;
+        bounds[2 * i] = xmin;
+        bounds[2 * i + 1] = xmax;
+    }
+    lmv__free(a, w);
+    *ksize_out = ksize;
+    *bounds_out = bounds;
+    *k_out = k;
+    return LMV_OK;
+}
+
+static unsigned char lmv__pil_clip8(int v) {
+    if (v <= 0) return 0;
+    v >>= LMV__PIL_BITS;
+    return (unsigned char)(v > 255 ? 255 : v);
+}
+
+/* The window x0,y0,rw,rh of the image src (sw x sh x ch) resized to dw x dh, into dst. */
+static lmv_result lmv__pil_resample(const unsigned char *src, int sw, int sh, int ch, int dw, int dh, int x0, int y0, int rw,
+                                int rh, lmv_interp interp, unsigned char *dst, const lmv_allocator *a, lmv_error *err) {
+    size_t sstride = (size_t)sw * (size_t)ch, rstride = (size_t)rw * (size_t)ch;
+    int x, y, c, i;
+    lmv_result r = LMV_OK;
+    if (rw <= 0 || rh <= 0) return LMV_OK;
+    if (interp == LMV_INTERP_NEAREST) {
+        /* Pillow's affine nearest: the source coordinate is accumulated step by step */
+        double ax = (double)(float)sw / dw, ay = (double)(float)sh / dh, xo = ax * 0.5, yo = ay * 0.5;
+        int *xin = (int *)lmv__alloc(a, (size_t)rw * sizeof(int));
+        if (!xin) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for resize");
+        for (x = 0; x < x0 + rw; x++) {
+            if (x >= x0) xin[x - x0] = (xo < 0.0 || xo >= sw) ? -1 : (int)xo;
+            xo += ax;
+        }
+        for (y = 0; y < y0 + rh; y++) {
+            if (y >= y0) {
+                int yi = (yo < 0.0 || yo >= sh) ? -1 : (int)yo;
+                unsigned char *o = dst + (size_t)(y - y0) * rstride;
+                for (x = 0; x < rw; x++) {
+                    if (yi < 0 || xin[x] < 0) memset(o + (size_t)x * ch, 0, (size_t)ch);
+                    else memcpy(o + (size_t)x * ch, src + (size_t)yi * sstride + (size_t)xin[x] * ch, (size_t)ch);
+                }
+            }
+            yo += ay;
+        }
+        lmv__free(a, xin);
+        return LMV_OK;
+    }
+    {
+        int need_h = dw != sw, need_v = dh != sh, kh = 0, kv = 0, ya, yb;
+        int *bh = NULL, *bv = NULL;
+        int32_t *wh = NULL, *wv = NULL;
+        unsigned char *tmp = NULL;
+        size_t tbytes;
+        if (need_h && (r = lmv__pil_weights(sw, dw, x0, rw, interp, a, &kh, &bh, &wh, err)) != LMV_OK) return r;
+        if (need_v && (r = lmv__pil_weights(sh, dh, y0, rh, interp, a, &kv, &bv, &wv, err)) != LMV_OK) goto done;
+        /* the input rows the vertical pass reads */
+        if (need_v) {
+            ya = bv[0];
+            yb = bv[0] + bv[1];
+            for (i = 1; i < rh; i++) {
+                if (bv[2 * i] < ya) ya = bv[2 * i];
+                if (bv[2 * i] + bv[2 * i + 1] > yb) yb = bv[2 * i] + bv[2 * i + 1];
+            }
+        } else {
+            ya = y0;
+            yb = y0 + rh;
+        }
+        if (yb < ya) yb = ya;
+        if (!lmv__mul_ok((size_t)(yb - ya > 0 ? yb - ya : 1), rstride, &tbytes)) {
+            r = lmv__fail(err, LMV_ERR_LIMIT, "resize is too large");
+            goto done;
+        }
+        tmp = (unsigned char *)lmv__alloc(a, tbytes);
+        if (!tmp) {
+            r = lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for resize");
+            goto done;
+        }
+        for (y = ya; y < yb; y++) {
+            const unsigned char *in = src + (size_t)y * sstride;
+            unsigned char *o = tmp + (size_t)(y - ya) * rstride;
+            if (!need_h) {
+                memcpy(o, in + (size_t)x0 * ch, rstride);
+                continue;
+            }
+            for (x = 0; x < rw; x++) {
+                const int32_t *kk = wh + (size_t)x * (size_t)kh;
+                const unsigned char *p = in + (size_t)bh[2 * x] * ch;
+                int n = bh[2 * x + 1], t;
+                for (c = 0; c < ch; c++) {
+                    int32_t acc = 1 << (LMV__PIL_BITS - 1);
+                    for (t = 0; t < n; t++) acc += p[(size_t)t * ch + c] * kk[t];
+                    o[(size_t)x * ch + c] = lmv__pil_clip8(acc);
+                }
+            }
+        }
+        for (y = 0; y < rh; y++) {
+            unsigned char *o = dst + (size_t)y * rstride;
+            if (!need_v) {
+                memcpy(o, tmp + (size_t)(y0 + y - ya) * rstride, rstride);
+                continue;
+            }
+            {
+                const int32_t *kk = wv + (size_t)y * (size_t)kv;
+                const unsigned char *p = tmp + (size_t)(bv[2 * y] - ya) * rstride;
+                int n = bv[2 * y + 1], t;
+                size_t e;
+                for (e = 0; e < rstride; e++) {
+                    int32_t acc = 1 << (LMV__PIL_BITS - 1);
+                    for (t = 0; t < n; t++) acc += p[(size_t)t * rstride + e] * kk[t];
+                    o[e] = lmv__pil_clip8(acc);
+                }
+            }
+        }
+    done:
+        lmv__free(a, tmp);
+        lmv__free(a, bh);
+        lmv__free(a, wh);
+        lmv__free(a, bv);
+        lmv__free(a, wv);
+        return r;
+    }
+}
+
+static lmv_result lmv__check_image(const lmv_image *img, const char *fn, lmv_error *err) {
+    if (!img || !img->pixels) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "%s: NULL image", fn);
+    if (img->width <= 0 || img->height <= 0 || (img->channels != 1 && img->channels != 3))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "%s: the image must be at least 1 x 1 with 1 or 3 channels", fn);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_image_resize(const lmv_image *in, int w, int h, lmv_interp interp, const lmv_allocator *a,
+                                        lmv_image *out, lmv_error *err) {
+    lmv_allocator al;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_resize: NULL output");
+    memset(out, 0, sizeof *out);
+    if ((r = lmv__check_image(in, "lmv_image_resize", err)) != LMV_OK) return r;
+    if (w <= 0 || h <= 0) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_resize: size %d x %d", w, h);
+    if (interp != LMV_INTERP_NEAREST && interp != LMV_INTERP_BILINEAR && interp != LMV_INTERP_BICUBIC)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_resize: unknown interpolation %d", (int)interp);
+    if (a) al = *a;
+    else memset(&al, 0, sizeof al);
+    if (!lmv__allocator_resolve(&al))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if ((r = lmv__image_alloc(out, w, h, in->channels, &al, err)) != LMV_OK) return r;
+    r = lmv__pil_resample(in->pixels, in->width, in->height, in->channels, w, h, 0, 0, w, h, interp, out->pixels, &al, err);
+    if (r != LMV_OK) {
+        lmv_image_free(out);
+        return r;
+    }
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+/* Python's round() of k / 2 for k >= 0: halves go to the even neighbour. */
+static int lmv__half_round_even(int k) {
+    int q = k / 2;
+    if (k % 2 == 0) return q;
+    return (q % 2 == 0) ? q : q + 1;
+}
+
+LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_preprocess *pp, int out_chans,
+                                            float *out_chw, const lmv_allocator *a, lmv_error *err) {
+    lmv_allocator al;
+    lmv_result r;
+    const unsigned char *src;
+    unsigned char *gray = NULL, *win = NULL;
+    int ch, nw, nh, th, tw, pad_l, pad_t, top, left, wx0, wy0, wx1, wy1, x, y, c;
+    size_t plane, bytes;
+    if ((r = lmv__check_image(img, "lmv_preprocess_image", err)) != LMV_OK) return r;
+    if (!pp || !out_chw) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_preprocess_image: NULL argument");
+    if (out_chans != 1 && out_chans != 3)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_preprocess_image: out_chans must be 1 or 3, not %d", out_chans);
+    if (pp->crop_h <= 0 || pp->crop_w <= 0 || pp->resize < 0 || pp->crop_h > (1 << 15) || pp->crop_w > (1 << 15) ||
+        pp->resize > (1 << 15))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_preprocess_image: resize %d / crop %d x %d out of range",
+                         pp->resize, pp->crop_h, pp->crop_w);
+    if (pp->interpolation != LMV_INTERP_NEAREST && pp->interpolation != LMV_INTERP_BILINEAR &&
+        pp->interpolation != LMV_INTERP_BICUBIC)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_preprocess_image: unknown interpolation");
+    for (c = 0; c < out_chans; c++)
+        if (!(pp->std[c] != 0.0f)) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_preprocess_image: std[%d] is 0", c);
+    if (a) al = *a;
+    else memset(&al, 0, sizeof al);
+    if (!lmv__allocator_resolve(&al))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    src = img->pixels;
+    ch = img->channels;
+    if (out_chans == 1 && ch == 3) { /* Pillow's convert('L'): ITU-R 601-2 luma in 16-bit fixed point */
+        size_t i, n = (size_t)img->width * (size_t)img->height;
+        gray = (unsigned char *)lmv__alloc(&al, n);
+        if (!gray) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory converting to gray");
+        for (i = 0; i < n; i++)
+            gray[i] = (unsigned char)((src[3 * i] * 19595u + src[3 * i + 1] * 38470u + src[3 * i + 2] * 7471u + 0x8000u) >> 16);
+        src = gray;
+        ch = 1;
+    }
+    /* torchvision Resize(size): the shorter side becomes size, the longer int(size * long / short) */
+    if (pp->resize > 0) {
+        int shorter = img->width <= img->height ? img->width : img->height;
+        int longer = img->width <= img->height ? img->height : img->width;
+        double nl = (double)((long long)pp->resize * longer) / shorter;
+        if (nl >= (double)(1 << 30)) {
+            lmv__free(&al, gray);
+            return lmv__fail(err, LMV_ERR_LIMIT, "resizing a %d x %d image to %d gives a side too long", img->width,
+                             img->height, pp->resize);
+        }
+        if (img->width <= img->height) { nw = pp->resize; nh = (int)nl; }
+        else { nh = pp->resize; nw = (int)nl; }
+    } else {
+        nw = pp->crop_w;
+        nh = pp->crop_h;
+    }
+    /* CenterCrop: pad (zeros) to at least the crop size, then cut the middle out */
+    th = pp->crop_h;
+    tw = pp->crop_w;
+    pad_l = tw > nw ? (tw - nw) / 2 : 0;
+    pad_t = th > nh ? (th - nh) / 2 : 0;
+    top = lmv__half_round_even((th > nh ? th : nh) - th);
+    left = lmv__half_round_even((tw > nw ? tw : nw) - tw);
+    /* the window of the resized image that lands inside the crop */
+    wx0 = left - pad_l;
+    wy0 = top - pad_t;
+    wx1 = wx0 + tw;
+    wy1 = wy0 + th;
+    if (wx0 < 0) wx0 = 0;
+    if (wy0 < 0) wy0 = 0;
+    if (wx1 > nw) wx1 = nw;
+    if (wy1 > nh) wy1 = nh;
+    if (!lmv__mul_ok((size_t)(wx1 - wx0), (size_t)(wy1 - wy0), &bytes) || !lmv__mul_ok(bytes, (size_t)ch, &bytes)) {
+        lmv__free(&al, gray);
+        return lmv__fail(err, LMV_ERR_LIMIT, "crop is too large");
+    }
+    win = (unsigned char *)lmv__alloc(&al, bytes ? bytes : 1);
+    if (!win) {
+        lmv__free(&al, gray);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory resizing the image");
+    }
+    r = lmv__pil_resample(src, img->width, img->height, ch, nw, nh, wx0, wy0, wx1 - wx0, wy1 - wy0, pp->interpolation, win,
+                      &al, err);
+    lmv__free(&al, gray);
+    if (r != LMV_OK) {
+        lmv__free(&al, win);
+        return r;
+    }
+    /* ToTensor and Normalize, in float32 as torch does them */
+    plane = (size_t)th * (size_t)tw;
+    for (c = 0; c < out_chans; c++) {
+        int sc = ch == 1 ? 0 : c;
+        float mean = pp->mean[c], sd = pp->std[c];
+        float *o = out_chw + (size_t)c * plane;
+        for (y = 0; y < th; y++) {
+            int ry = top + y - pad_t;
+            for (x = 0; x < tw; x++) {
+                int rx = left + x - pad_l;
+                unsigned p = 0;
+                float v;
+                if (ry >= wy0 && ry < wy1 && rx >= wx0 && rx < wx1)
+                    p = win[((size_t)(ry - wy0) * (size_t)(wx1 - wx0) + (size_t)(rx - wx0)) * (size_t)ch + (size_t)sc];
+                v = (float)p / 255.0f;
+                o[(size_t)y * tw + x] = (v - mean) / sd;
+            }
+        }
+    }
+    lmv__free(&al, win);
+    lmv__ok(err);
+    return LMV_OK;
+}
 
 /* --------------------------------------------------------------------------------------------
    High-level helpers

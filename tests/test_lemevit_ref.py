@@ -583,7 +583,7 @@ def _():
             assert acts[f"stages.{i}.{j}.c"].shape == (2, 16, dims[i])
     assert torch.equal(acts["downsample.1"], acts["stages.0.0.x"]), "Identity after the C stage"
     assert torch.equal(acts["stages.0.0.x"], acts["downsample.0"]), "C block leaves x unchanged"
-    pooled = acts["norm"].flatten(2).mean(-1) + acts["norm_c"].transpose(-2, -1).mean(-1)
+    pooled = acts["norm"].flatten(2).mean(-1) + acts["norm_c"].transpose(-2, -1).contiguous().mean(-1)
     assert torch.equal(pooled, acts["pooled"])
     close(m.head(acts["pooled"]), acts["logits"], 1e-6, "head")
     with torch.no_grad():

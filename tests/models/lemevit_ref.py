@@ -31,7 +31,6 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "LeMeViT", "LeMeBlock", "StandardAttention", "CrossAttention", "DualCrossAttention",
@@ -193,9 +192,11 @@ def _to_tokens(x):
 
 
 def _to_map(x, H, W):
-    """[B, H*W, C] -> NCHW (einops "N (H W) C -> N C H W")."""
+    """[B, H*W, C] -> NCHW (einops "N (H W) C -> N C H W").  Like einops this is a view
+    (reshape + permute), i.e. an NCHW tensor with channels-last strides, so the following
+    convolutions see the same memory layout as in the official code."""
     B, N, C = x.shape
-    return x.transpose(1, 2).reshape(B, C, H, W)
+    return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
 
 
 class LeMeBlock(nn.Module):
@@ -355,7 +356,7 @@ class LeMeViT(nn.Module):
                 x, c = block(x, c)
         x = self.norm(x)
         c = self.norm_c(c)
-        return x.flatten(2).mean(-1) + c.transpose(-2, -1).mean(-1)
+        return x.flatten(2).mean(-1) + c.transpose(-2, -1).contiguous().mean(-1)
 
     def forward(self, x):
         return self.head(self.forward_features(x))

@@ -15,13 +15,19 @@ OMPFLAG := -fopenmp
 endif
 SAN     := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-BIN  := build/lmv build/test_core
-ASAN := build/asan/lmv build/asan/test_core
+BIN  := build/lmv build/classify build/test_core
+ASAN := build/asan/lmv build/asan/classify build/asan/test_core
 
 all: $(BIN) $(ASAN)
 
 build/%: tools/%.c lemevit.h | build
 	$(CC) $(WARN) $(CFLAGS) $(OMPFLAG) -o $@ $< -lm
+
+build/%: examples/%.c lemevit.h | build
+	$(CC) $(WARN) $(CFLAGS) $(OMPFLAG) -o $@ $< -lm
+
+build/asan/%: examples/%.c lemevit.h | build
+	$(CC) $(WARN) $(SAN) -o $@ $< -lm
 
 build/test_%: tests/test_%.c lemevit.h | build
 	$(CC) $(WARN) $(CFLAGS) $(OMPFLAG) -o $@ $< -lm

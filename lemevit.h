@@ -130,6 +130,10 @@ typedef struct lmv_arena {
 } lmv_arena;
 LEMEVIT_API void lmv_arena_init(lmv_arena *a, void *buffer, size_t size);
 LEMEVIT_API lmv_allocator lmv_arena_allocator(lmv_arena *a);
+/* Everything allocated after a mark is released together: `mark = lmv_arena_mark(&a); ...;
+   lmv_arena_release(&a, mark);` keeps a per-image loop from growing the arena. */
+LEMEVIT_API size_t lmv_arena_mark(const lmv_arena *a);
+LEMEVIT_API void lmv_arena_release(lmv_arena *a, size_t mark);
 
 /* Model families. */
 typedef enum lmv_family { LMV_FAMILY_VIT = 1, LMV_FAMILY_SWIN = 2, LMV_FAMILY_LEMEVIT = 3 } lmv_family;
@@ -333,6 +337,35 @@ LEMEVIT_API lmv_result lmv_image_resize(const lmv_image *in, int w, int h, lmv_i
 LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_preprocess *pp, int out_chans,
                                             float *out_chw, const lmv_allocator *a, lmv_error *err);
 
+/* --------------------------------------------------------------------------------------------
+   From an image to an answer: the model's own eval transform (lmv_model_info()->preprocess),
+   the run, and the top classes with their labels. The session must be planned for at least the
+   model's crop size (the default). Temporary memory (the decoded image, the input tensor) comes
+   from the session's allocator and is given back before returning; with an lmv_arena, take an
+   lmv_arena_mark() before and lmv_arena_release() after, since an arena never frees.
+   -------------------------------------------------------------------------------------------- */
+typedef struct lmv_prediction {
+    int index;                 /* class index */
+    float prob;                /* softmax probability */
+    const char *label;         /* class name, or NULL when the weight file has no labels */
+} lmv_prediction;
+
+/* Logits (num_classes floats) or, with features = 1, the pooled features (num_features floats)
+   of one image. */
+LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, int features, float *out, lmv_error *err);
+/* The k most likely classes of one image, most likely first; returns min(k, num_classes) rows. */
+LEMEVIT_API lmv_result lmv_classify_image(lmv_session *sess, const lmv_image *img, int k, lmv_prediction *top,
+                                          lmv_error *err);
+#ifndef LEMEVIT_NO_JPEG
+/* The same from JPEG bytes or a JPEG file; `opt` may be NULL (EXIF orientation applied). */
+LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *sess, const void *data, size_t size,
+                                         const lmv_image_options *opt, int k, lmv_prediction *top, lmv_error *err);
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_classify_file(lmv_session *sess, const char *path, const lmv_image_options *opt, int k,
+                                         lmv_prediction *top, lmv_error *err);
+#endif
+#endif
+
 /* Helpers. */
 LEMEVIT_API void lmv_softmax(float *x, int n);
 /* The k largest of n logits: indices into idx, softmax probabilities into prob (may be NULL).
@@ -530,6 +563,12 @@ LEMEVIT_API void lmv_arena_init(lmv_arena *a, void *buffer, size_t size) {
     a->base = (unsigned char *)buffer;
     a->size = buffer ? size : 0;
     a->used = a->peak = 0;
+}
+
+LEMEVIT_API size_t lmv_arena_mark(const lmv_arena *a) { return a ? a->used : 0; }
+
+LEMEVIT_API void lmv_arena_release(lmv_arena *a, size_t mark) {
+    if (a && mark <= a->used) a->used = mark;
 }
 
 LEMEVIT_API lmv_allocator lmv_arena_allocator(lmv_arena *a) {
@@ -4486,8 +4525,79 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
 }
 
 /* --------------------------------------------------------------------------------------------
-   High-level helpers
+   High-level helpers: from an image to an answer
    -------------------------------------------------------------------------------------------- */
+
+LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, int features, float *out, lmv_error *err) {
+    const lmv_model_info *in;
+    lmv_result r;
+    float *x;
+    size_t n;
+    if (!s || !img || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: NULL argument");
+    in = &s->model->info;
+    n = (size_t)in->in_chans * in->preprocess.crop_h * in->preprocess.crop_w;
+    x = (float *)lmv__alloc(&s->allocator, n * sizeof(float));
+    if (!x) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the %zu-float input tensor", n);
+    r = lmv_preprocess_image(img, &in->preprocess, in->in_chans, x, &s->allocator, err);
+    if (r == LMV_OK)
+        r = lmv__run(s, x, 1, in->preprocess.crop_h, in->preprocess.crop_w, out, features, err);
+    lmv__free(&s->allocator, x);
+    return r;
+}
+
+LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, int k, lmv_prediction *top,
+                                          lmv_error *err) {
+    const lmv_model_info *in;
+    float *logits, prob[64];
+    int idx[64], i, n;
+    lmv_result r;
+    if (!s || !img || !top || k < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_image: bad argument");
+    in = &s->model->info;
+    if (k > 64) k = 64;
+    logits = (float *)lmv__alloc(&s->allocator, sizeof(float) * (size_t)(in->num_classes ? in->num_classes : 1));
+    if (!logits) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the logits");
+    r = lmv_run_image(s, img, 0, logits, err);
+    if (r == LMV_OK) {
+        n = lmv_topk(logits, in->num_classes, k, idx, prob);
+        for (i = 0; i < n; i++) {
+            top[i].index = idx[i];
+            top[i].prob = prob[i];
+            top[i].label = lmv_model_label(s->model, idx[i]);
+        }
+    }
+    lmv__free(&s->allocator, logits);
+    return r;
+}
+
+#ifndef LEMEVIT_NO_JPEG
+LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_t size, const lmv_image_options *opt,
+                                         int k, lmv_prediction *top, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv_image img;
+    lmv_result r;
+    if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_jpeg: NULL session");
+    if (!o.allocator.alloc) o.allocator = s->allocator;
+    if ((r = lmv_image_decode_jpeg(data, size, &o, &img, err)) != LMV_OK) return r;
+    r = lmv_classify_image(s, &img, k, top, err);
+    lmv_image_free(&img);
+    return r;
+}
+
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const lmv_image_options *opt, int k,
+                                         lmv_prediction *top, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv_image img;
+    lmv_result r;
+    if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_file: NULL session");
+    if (!o.allocator.alloc) o.allocator = s->allocator;
+    if ((r = lmv_image_load_jpeg(path, &o, &img, err)) != LMV_OK) return r;
+    r = lmv_classify_image(s, &img, k, top, err);
+    lmv_image_free(&img);
+    return r;
+}
+#endif
+#endif
 
 LEMEVIT_API void lmv_softmax(float *x, int n) {
     if (x && n > 0) lmv__softmax_row(x, n);

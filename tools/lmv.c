@@ -3,6 +3,9 @@
      lmv info MODEL.lmv                       what is in a weight file
      lmv run MODEL.lmv IN.npy OUT.npy         logits (or --features) for a float32 NCHW input
      lmv bench MODEL.lmv                      load time, memory, latency, GFLOP/s
+     lmv decode IMAGE.jpg OUT.ppm             the decoded pixels (PPM, or PGM for gray)
+     lmv preprocess MODEL.lmv IMAGE.jpg OUT.npy   the model's input tensor for an image
+     lmv eval MODEL.lmv DIR                   accuracy on a labelled folder (one sub-folder per class)
 
    Every failure prints the library's message and exits non-zero. Models are memory-mapped where
    the system allows it, so opening costs no copy. */
@@ -20,6 +23,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <dirent.h>
 #define HAVE_MMAP 1
 #endif
 
@@ -42,6 +46,17 @@ static const char *usage =
     "      --threads N                   threads (default: all)\n"
     "      --runs N                      timed runs after one warm-up (default 10)\n"
     "      --json                        one JSON object instead of text\n"
+    "  decode IMAGE.jpg OUT.ppm          decode a JPEG (EXIF orientation applied) to PPM/PGM\n"
+    "      --ignore-exif                 keep the stored orientation\n"
+    "  preprocess MODEL.lmv IMAGE.jpg OUT.npy\n"
+    "                                    the model's eval transform of an image, 1xCxHxW float32\n"
+    "      --ignore-exif                 keep the stored orientation\n"
+    "  eval MODEL.lmv DIR                classify every JPEG under DIR/<class>/ (class indices from\n"
+    "                                    the sorted folder names, like torchvision's ImageFolder):\n"
+    "                                    accuracy, per-class precision/recall/F1, confusion matrix\n"
+    "      --json                        machine-readable result on stdout\n"
+    "      --predictions FILE            also write one line per image: path, true, predicted\n"
+    "      --threads N                   threads (default: all)\n"
     "\n"
     "Make MODEL.lmv from a PyTorch checkpoint with tools/convert.py.\n";
 
@@ -337,6 +352,260 @@ static int cmd_run(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_decode(int argc, char **argv) {
+    lmv_image_options io = lmv_image_options_default();
+    lmv_image img;
+    lmv_error err;
+    const char *paths[2];
+    int n = 0, i;
+    FILE *f;
+    for (i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
+        else if (argv[i][0] != '-' && n < 2) paths[n++] = argv[i];
+        else {
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (n != 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (lmv_image_load_jpeg(paths[0], &io, &img, &err) != LMV_OK) return fail(paths[0], &err);
+    f = fopen(paths[1], "wb");
+    if (!f || fprintf(f, "P%d\n%d %d\n255\n", img.channels == 1 ? 5 : 6, img.width, img.height) < 0 ||
+        fwrite(img.pixels, 1, (size_t)img.width * img.height * img.channels, f) != (size_t)img.width * img.height * img.channels) {
+        fprintf(stderr, "lmv: cannot write %s\n", paths[1]);
+        return 1;
+    }
+    fclose(f);
+    lmv_image_free(&img);
+    return 0;
+}
+
+static int cmd_preprocess(int argc, char **argv) {
+    lmv_image_options io = lmv_image_options_default();
+    lmv_image img;
+    lmv_model *m;
+    lmv_error err;
+    const lmv_model_info *in;
+    const char *paths[3];
+    int n = 0, i, shape[4];
+    float *x;
+    for (i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
+        else if (argv[i][0] != '-' && n < 3) paths[n++] = argv[i];
+        else {
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (n != 3) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (open_model(paths[0], 0, &m, &err) != LMV_OK) return fail(paths[0], &err);
+    in = lmv_model_info(m);
+    if (lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) return fail(paths[1], &err);
+    shape[0] = 1;
+    shape[1] = in->in_chans;
+    shape[2] = in->preprocess.crop_h;
+    shape[3] = in->preprocess.crop_w;
+    x = (float *)malloc(sizeof(float) * (size_t)shape[1] * shape[2] * shape[3]);
+    if (!x) return 1;
+    if (lmv_preprocess_image(&img, &in->preprocess, in->in_chans, x, NULL, &err) != LMV_OK) return fail(paths[1], &err);
+    if (!write_npy(paths[2], x, 4, shape)) {
+        fprintf(stderr, "lmv: cannot write %s\n", paths[2]);
+        return 1;
+    }
+    free(x);
+    lmv_image_free(&img);
+    lmv_model_close(m);
+    return 0;
+}
+
+/* ---- eval: an ImageFolder-style directory ---- */
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int is_jpeg_name(const char *name) {
+    const char *dot = strrchr(name, '.');
+    char ext[8];
+    int i;
+    if (!dot || strlen(dot) > 5) return 0;
+    for (i = 0; dot[i]; i++) ext[i] = (char)(dot[i] >= 'A' && dot[i] <= 'Z' ? dot[i] + 32 : dot[i]);
+    ext[i] = 0;
+    return !strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg") || !strcmp(ext, ".jpe") || !strcmp(ext, ".jfif");
+}
+
+/* Sorted names of the entries of `dir` (sub-folders when want_dirs, else JPEG files). */
+static char **list_dir(const char *dir, int want_dirs, int *count) {
+    char **names = NULL, path[4096];
+    int n = 0, cap = 0;
+    *count = 0;
+#ifdef HAVE_MMAP
+    {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        struct stat st;
+        if (!d) return NULL;
+        while ((e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            if (stat(path, &st) != 0 || (want_dirs ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))) continue;
+            if (!want_dirs && !is_jpeg_name(e->d_name)) continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 64;
+                names = (char **)realloc(names, sizeof(char *) * (size_t)cap);
+                if (!names) break;
+            }
+            names[n] = (char *)malloc(strlen(e->d_name) + 1);
+            strcpy(names[n++], e->d_name);
+        }
+        closedir(d);
+    }
+#else
+    (void)dir; (void)want_dirs; (void)path; (void)cap;
+#endif
+    if (names) qsort(names, (size_t)n, sizeof(char *), cmp_str);
+    *count = n;
+    return names;
+}
+
+static void progress(int done, int total, double t0) {
+    int width = 40, filled = total ? (int)((double)done / total * width) : width, i;
+    double el = (now_ms() - t0) / 1e3, eta = done ? el / done * (total - done) : 0;
+    fprintf(stderr, "\r[");
+    for (i = 0; i < width; i++) fputc(i < filled ? '#' : '.', stderr);
+    fprintf(stderr, "] %d/%d  %.0f img/s  ETA %.0fs ", done, total, el > 0 ? done / el : 0.0, eta);
+}
+
+static int cmd_eval(int argc, char **argv) {
+    const char *paths[2], *pred_path = NULL;
+    int n = 0, i, c, json = 0, threads = 0, nclass, total = 0, done = 0, correct = 0, failed = 0;
+    char **classes, path[4096];
+    int *counts, *confusion, *seen;
+    char ***files;
+    lmv_model *m;
+    lmv_session *s;
+    lmv_session_options so = lmv_session_options_default();
+    lmv_error err;
+    lmv_prediction top[1];
+    FILE *pred = NULL;
+    double t0;
+    for (i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--predictions") && i + 1 < argc) pred_path = argv[++i];
+        else if (argv[i][0] != '-' && n < 2) paths[n++] = argv[i];
+        else {
+            fputs(usage, stderr);
+            return 2;
+        }
+    }
+    if (n != 2) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (open_model(paths[0], 1, &m, &err) != LMV_OK) return fail(paths[0], &err);
+    classes = list_dir(paths[1], 1, &nclass);
+    if (!classes || nclass == 0) {
+        fprintf(stderr, "lmv: %s: no class sub-folders found (expected DIR/<class>/<image>.jpg)\n", paths[1]);
+        return 1;
+    }
+    if (nclass > lmv_model_info(m)->num_classes) {
+        fprintf(stderr, "lmv: %s has %d class folders but the model has %d classes\n", paths[1], nclass,
+                lmv_model_info(m)->num_classes);
+        return 1;
+    }
+    files = (char ***)calloc((size_t)nclass, sizeof(char **));
+    counts = (int *)calloc((size_t)nclass, sizeof(int));
+    confusion = (int *)calloc((size_t)nclass * (size_t)nclass, sizeof(int));
+    seen = (int *)calloc((size_t)nclass, sizeof(int));
+    for (c = 0; c < nclass; c++) {
+        snprintf(path, sizeof path, "%s/%s", paths[1], classes[c]);
+        files[c] = list_dir(path, 0, &counts[c]);
+        total += counts[c];
+    }
+    so.threads = threads;
+    if (lmv_session_create(m, &so, &s, &err) != LMV_OK) return fail("session", &err);
+    if (pred_path && !(pred = fopen(pred_path, "w"))) {
+        fprintf(stderr, "lmv: cannot write %s\n", pred_path);
+        return 1;
+    }
+    t0 = now_ms();
+    for (c = 0; c < nclass; c++)
+        for (i = 0; i < counts[c]; i++) {
+            int p;
+            snprintf(path, sizeof path, "%s/%s/%s", paths[1], classes[c], files[c][i]);
+            if (lmv_classify_file(s, path, NULL, 1, top, &err) != LMV_OK) {
+                fprintf(stderr, "\nlmv: %s: %s\n", path, err.message);
+                failed++;
+                continue;
+            }
+            p = top[0].index < nclass ? top[0].index : -1; /* a class beyond the folders is simply wrong */
+            if (p >= 0) confusion[c * nclass + p]++;
+            seen[c]++;
+            correct += p == c;
+            if (pred) fprintf(pred, "%s\t%d\t%d\n", path, c, top[0].index);
+            if (++done % 50 == 0 || done == total) progress(done, total, t0);
+        }
+    fprintf(stderr, "\n");
+    if (pred) fclose(pred);
+    {
+        double mp = 0, mr = 0, mf = 0, acc = done ? 100.0 * correct / done : 0;
+        int r;
+        if (json) printf("{\"model\": \"%s\", \"images\": %d, \"failed\": %d, \"correct\": %d, \"accuracy\": %.4f, \"classes\": [", lmv_model_info(m)->name, done, failed, correct, acc);
+        else printf("%d images, %d classes: accuracy %.2f%% (%d correct)%s\n\n%-16s %9s %9s %9s %7s\n", done, nclass, acc,
+                    correct, failed ? " -- some images failed to decode" : "", "class", "precision", "recall", "f1", "images");
+        for (c = 0; c < nclass; c++) {
+            int tp = confusion[c * nclass + c], col = 0, row = seen[c];
+            double p, rc, f1;
+            for (r = 0; r < nclass; r++) col += confusion[r * nclass + c];
+            p = col ? (double)tp / col : 0;
+            rc = row ? (double)tp / row : 0;
+            f1 = p + rc > 0 ? 2 * p * rc / (p + rc) : 0;
+            mp += p / nclass;
+            mr += rc / nclass;
+            mf += f1 / nclass;
+            if (json)
+                printf("%s{\"name\": \"%s\", \"precision\": %.6f, \"recall\": %.6f, \"f1\": %.6f, \"images\": %d}",
+                       c ? ", " : "", classes[c], p, rc, f1, row);
+            else printf("%-16s %9.4f %9.4f %9.4f %7d\n", classes[c], p, rc, f1, row);
+        }
+        if (json) {
+            printf("], \"macro_precision\": %.6f, \"macro_recall\": %.6f, \"macro_f1\": %.6f, \"confusion\": [", mp, mr, mf);
+            for (c = 0; c < nclass; c++) {
+                printf("%s[", c ? ", " : "");
+                for (r = 0; r < nclass; r++) printf("%s%d", r ? ", " : "", confusion[c * nclass + r]);
+                printf("]");
+            }
+            printf("]}\n");
+        } else {
+            printf("%-16s %9.4f %9.4f %9.4f %7d\n\nconfusion matrix (rows: true class, columns: predicted)\n", "macro avg", mp, mr,
+                   mf, done);
+            for (c = 0; c < nclass; c++) {
+                printf("%-16s", classes[c]);
+                for (r = 0; r < nclass; r++) printf(" %5d", confusion[c * nclass + r]);
+                printf("\n");
+            }
+        }
+    }
+    for (c = 0; c < nclass; c++) {
+        for (i = 0; i < counts[c]; i++) free(files[c][i]);
+        free(files[c]);
+        free(classes[c]);
+    }
+    free(files);
+    free(classes);
+    free(counts);
+    free(seen);
+    free(confusion);
+    lmv_session_destroy(s);
+    lmv_model_close(m);
+    return failed ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         fputs(usage, argc < 2 ? stderr : stdout);
@@ -345,6 +614,9 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "decode")) return cmd_decode(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "preprocess")) return cmd_preprocess(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     fprintf(stderr, "lmv: unknown command '%s'\n\n%s", argv[1], usage);
     return 2;
 }

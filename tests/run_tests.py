@@ -20,6 +20,7 @@ SUITES = [
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
+    ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
 ]
 

@@ -2110,7 +2110,9 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
 def detect_swin_timm(sd, ctx):
     """Microsoft's official files and timm in all eras: <= 0.8 (downsample at the end of a stage,
     head.*), 0.9.0-0.9.5 (downsample at the start of the next stage, head.fc.*, buffers stored) and
-    >= 0.9.6 (no buffers)."""
+    >= 0.9.6 (no buffers); and Microsoft-named files of the code that builds the shift mask at run
+    time (Microsoft's detection/segmentation backbones and the classifiers derived from them, e.g.
+    seed 004): relative_position_index stored but no attn_mask anywhere."""
     if "patch_embed.proj.weight" not in sd or \
             not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$", k) for k in sd):
         return None
@@ -2124,12 +2126,30 @@ def detect_swin_timm(sd, ctx):
     wrapper = ctx.info.get("path") or []
     ms = not new_timm and wrapper[:1] == ["model"]
     has_buffers = any(SWIN_BUFFERS.search(k) for k in sd)
+    has_index = any(k.endswith("attn.relative_position_index") for k in sd)
+    has_mask = any(k.endswith("attn_mask") for k in sd)
+    shifted = any(re.match(r"^layers\.\d+\.blocks\.1\.", k) for k in renamed)
+    if not new_timm and has_index and not has_mask and shifted:
+        # The index is a persistent buffer but the mask is not: the mask is built at run time on the
+        # padded map (Microsoft's Swin-Transformer-Object-Detection/-Semantic-Segmentation backbone
+        # and the classifiers copied from it).  That code pads, then rolls, and never drops the
+        # shift, not even on maps smaller than the window.  (timm <= 0.8 and Microsoft's
+        # classification code store attn_mask in every shifted block of a stage larger than the window.)
+        m = build_swin(renamed, ctx, "runtime-mask", dict(PRE_SWIN_MS if ms else PRE_SWIN_TIMM,
+                                                          **{"swin.pad_mode": "pad_then_roll", "swin.shift_rule": "always"}))
+        m.used = set(back[k] for k in m.used)
+        m.notes.append("Swin layout: Microsoft names, shift mask built at run time (pad then roll, shift always "
+                       "kept; detection-style code, e.g. seed 004)")
+        return m
     source = "timm" if new_timm or not ms else "ms"
     era = ("timm >= 0.9.6" if not has_buffers else "timm 0.9.0-0.9.5") if new_timm else \
         ("Microsoft official" if ms else "timm <= 0.8")
-    # every era's weights run in today's timm: roll the map, then pad; per-axis shift rule
+    # Microsoft's code and timm <= 0.9.5 drop the shift on both axes when min(H, W) <= window (the
+    # min rule); timm >= 0.9.6 decides per axis.  Inputs those old versions cannot run at all (maps
+    # not divisible by the window) are run the way today's timm runs them: roll the map, then pad.
+    rule = "per_axis" if new_timm and not has_buffers else "min"
     m = build_swin(renamed, ctx, source, dict(PRE_SWIN_MS if ms else PRE_SWIN_TIMM,
-                                             **{"swin.pad_mode": "roll_then_pad", "swin.shift_rule": "per_axis"}))
+                                             **{"swin.pad_mode": "roll_then_pad", "swin.shift_rule": rule}))
     m.used = set(back[k] for k in m.used)
     m.notes.append("Swin layout: %s" % era)
     return m

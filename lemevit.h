@@ -1029,6 +1029,9 @@ typedef struct lmv__ctx {
 #endif
 #define LMV__MR 6
 #define LMV__NR 16
+/* Below this many multiply-adds a kernel runs on one thread: waking a team costs more than the
+   work, and far more when the cores are busy with other processes. */
+#define LMV__PARALLEL_MIN 8388608.0
 
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
    panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */
@@ -1090,7 +1093,8 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
     nchunks = (M + mchunk - 1) / mchunk;
     tasks = npanels * nchunks;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && tasks > 1 && \
+                                                                                  (double)M * N * K >= LMV__PARALLEL_MIN)
 #endif
     for (t = 0; t < tasks; t++) {
         LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
@@ -1467,7 +1471,8 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
     one.macs = NULL;
     if (ctx->macs) *ctx->macs += (double)a->groups * a->heads * a->nq * a->nk * a->head_dim * 2.0;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && total > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) \
+    if (ctx->threads > 1 && total > 1 && (double)total * a->nq * a->nk * a->head_dim * 2.0 >= LMV__PARALLEL_MIN)
 #endif
     for (t = 0; t < total; t++) {
         int g = t / a->heads, h = t % a->heads, i, j;

@@ -47,6 +47,9 @@ deps:
 test: deps all
 	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tests/run_tests.py
 
+bench: all
+	$(PYTHON) tools/bench.py
+
 clean:
 	rm -rf build
 

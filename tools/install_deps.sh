@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests need, if any are missing. Used by `make test` and .ci/run.
 # The library itself needs only a C99 compiler; these are for the PyTorch references and tools.
 set -euo pipefail
-pkgs=(build-essential clang libomp-dev libclang-rt-14-dev python3 python3-numpy python3-pil python3-torch
+pkgs=(build-essential clang libomp-dev libclang-rt-14-dev libopenblas0-pthread python3 python3-numpy python3-pil python3-torch
       python3-torchvision libjpeg-turbo-progs)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,0 +1,1201 @@
+#!/usr/bin/env python3
+"""bench.py - speed and memory of lemevit.h next to PyTorch and ONNX Runtime on this machine.
+
+    make bench                          (= python3 tools/bench.py, after building build/lmv)
+    python3 tools/bench.py --quick      one small model, 1 thread, batch 1, 2 runs (smoke test)
+    python3 tools/bench.py --models deit_s,swin_t --threads 1,2 --batch 1,8 --runs 10
+
+What it does, in one run:
+  1. measures the machine's FP32 FMA peak with a small C program compiled on the fly into
+     build/bench/ (independent AVX2 FMA accumulators, 1..N threads with OpenMP);
+  2. builds every model with seeded random weights in PyTorch (torchvision vit_b_16 / swin_t,
+     the timm-style VisionTransformer of tests/models for DeiT, tests/models/lemevit_ref.py for
+     LeMeViT), saves the state dict and converts it once with tools/convert.py; with ONNX Runtime
+     also exports it with torch.onnx.export (opset 14), one file per batch size.  Everything is
+     cached under build/bench/ and rebuilt only when the converter (or this file's model
+     recipe) changes;
+  3. for every model x thread count x batch size, times each engine in its own process:
+       lemevit.h     build/lmv bench --json (--threads N, OMP_NUM_THREADS=N); 1 warm-up run
+       PyTorch       a worker process (this file, `_torch`), inference_mode, with
+                     OMP/OPENBLAS/MKL_NUM_THREADS=N and torch.set_num_threads(N) ("pinned");
+                     above 1 thread also two variants that dodge the OpenMP + OpenBLAS
+                     oversubscription trap (shared/notes/formats.md section 6): "passive"
+                     (OMP_WAIT_POLICY=PASSIVE) and "blas-only" (torch 1 thread, OpenBLAS N)
+       ONNX Runtime  onnxruntime-node via tools/bench_ort.js (intraOpNumThreads=N, graph
+                     optimisation 'all'); above 1 thread also with allow_spinning=0
+     The comparison columns use the fastest variant of each engine (all are in the JSON).
+  4. prints a progress line per measurement, then the tables; writes build/bench/results.json
+     (everything) and build/bench/results.md (tables to paste into README, with the command,
+     date and machine at the top).  --quick writes build/bench/quick.{json,md} instead.
+
+Peak RSS is the child process's ru_maxrss (wait4), so it is per engine; PyTorch's own
+getrusage figure is kept in the JSON too.  Every child has a timeout (--timeout) so a hung engine
+cannot hang the run.  Nothing here asserts on timings: it is a report, not a test.
+
+PyTorch's BLAS: Debian's torch calls sgemm through libblas.so.3, which the alternatives system may
+point at the slow reference BLAS.  With --torch-blas openblas (the default) the PyTorch workers
+get the OpenBLAS (pthread) directory first on LD_LIBRARY_PATH when libopenblas0-pthread is
+installed; the header says which library torch actually mapped (read from /proc/self/maps).
+
+Needs: build/lmv (make), a python3 with torch + torchvision for the models (Debian
+python3-torch python3-torchvision; the `python3` running this file may lack torch, the script then
+uses /usr/bin/python3), libopenblas0-pthread for a fair PyTorch, a C compiler for the peak
+measurement, node + npm for ONNX Runtime (`npm install onnxruntime-node --ignore-scripts` into
+build/bench/node is done here; skipped with a note when unavailable).
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THIS = os.path.abspath(__file__)
+LMV = os.path.join(ROOT, "build", "lmv")
+OUT = os.path.join(ROOT, "build", "bench")
+CONVERT = os.path.join(ROOT, "tools", "convert.py")
+BENCH_ORT = os.path.join(ROOT, "tools", "bench_ort.js")
+NODE_DIR = os.path.join(OUT, "node")
+TEST_MODELS = os.path.join(ROOT, "tests", "models")
+
+# bump when a model recipe below changes: cached checkpoints / .lmv / .onnx files are rebuilt
+RECIPE_VERSION = 1
+IMG = 224
+PREP_TIMEOUT = 1800  # seconds for building / converting / exporting a model and the peak measurement
+
+MODELS = OrderedDict([
+    ("vit_b16", dict(label="ViT-B/16", source="torchvision vit_b_16()", conv=["--num-heads", "12"])),
+    ("deit_s", dict(label="DeiT-S", source="timm-style VisionTransformer(embed 384, depth 12, heads 6)",
+                    conv=["--num-heads", "6"])),
+    ("swin_t", dict(label="Swin-T", source="torchvision swin_t()", conv=[])),
+    ("lemevit_tiny", dict(label="LeMeViT-tiny", source="tests/models/lemevit_ref.py lemevit_tiny()", conv=[])),
+    ("lemevit_small", dict(label="LeMeViT-small", source="tests/models/lemevit_ref.py lemevit_small()", conv=[])),
+    ("lemevit_base", dict(label="LeMeViT-base", source="tests/models/lemevit_ref.py lemevit_base()", conv=[])),
+    # not in the default list: a small ViT for quick checks
+    ("deit_ti", dict(label="DeiT-Ti", source="timm-style VisionTransformer(embed 192, depth 12, heads 3)",
+                     conv=["--num-heads", "3"], default=False)),
+])
+DEFAULT_MODELS = [k for k, v in MODELS.items() if v.get("default", True)]
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOTO_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES")
+
+
+# =============================================================================================
+# worker side: runs inside a python3 with torch (never imported by the driver)
+# =============================================================================================
+
+def build_model(name):
+    if TEST_MODELS not in sys.path:
+        sys.path.insert(0, TEST_MODELS)
+    if name == "vit_b16":
+        import torchvision
+        return torchvision.models.vit_b_16()
+    if name == "swin_t":
+        import torchvision
+        return torchvision.models.swin_t()
+    if name in ("deit_s", "deit_ti"):
+        import timm_vit
+        dim, heads = (384, 6) if name == "deit_s" else (192, 3)
+        return timm_vit.VisionTransformer(img_size=IMG, patch_size=16, embed_dim=dim, depth=12, num_heads=heads)
+    if name.startswith("lemevit_"):
+        import lemevit_ref
+        return getattr(lemevit_ref, name)()
+    raise SystemExit("unknown model " + name)
+
+
+def randomize(name, m):
+    """Seeded non-trivial weights (the timm / LeMeViT constructors zero some tensors)."""
+    if name in ("deit_s", "deit_ti"):
+        import timm_vit
+        timm_vit.randomize_(m, seed=0)
+    elif name.startswith("lemevit_"):
+        import lemevit_ref
+        lemevit_ref.randomize_(m, seed=0)
+
+
+def mapped_libs():
+    """Shared objects of interest mapped into this process."""
+    libs = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()[-1] if line.strip() else ""
+                if p.startswith("/") and re.search(r"blas|lapack|mkl|dnnl|gomp|iomp|omp\.so|blis|atlas", p):
+                    libs.add(os.path.realpath(p))
+    except OSError:
+        pass
+    return sorted(libs)
+
+
+def _load(name, pth):
+    import torch
+    t0 = time.perf_counter()
+    m = build_model(name)
+    build_ms = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    sd = torch.load(pth, map_location="cpu")
+    m.load_state_dict(sd)
+    m.eval()
+    load_ms = (time.perf_counter() - t0) * 1e3
+    del sd
+    return m, build_ms, load_ms
+
+
+def worker_build(argv):
+    ap = argparse.ArgumentParser(prog="bench.py _build")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--pth", required=True)
+    a = ap.parse_args(argv)
+    import torch
+    torch.manual_seed(0)
+    m = build_model(a.model)
+    randomize(a.model, m)
+    m.eval()
+    tmp = a.pth + ".tmp"
+    torch.save(m.state_dict(), tmp)
+    os.replace(tmp, a.pth)
+    print(json.dumps({"params": sum(p.numel() for p in m.parameters()), "torch": torch.__version__}))
+
+
+def worker_export(argv):
+    ap = argparse.ArgumentParser(prog="bench.py _export")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--pth", required=True)
+    ap.add_argument("--onnx", required=True)
+    ap.add_argument("--batch", type=int, default=1)
+    a = ap.parse_args(argv)
+    import warnings
+    import torch
+    warnings.filterwarnings("ignore")
+    m, _, _ = _load(a.model, a.pth)
+    x = torch.rand(a.batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tmp = a.onnx + ".tmp"
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(m, x, tmp, opset_version=14, input_names=["input"], output_names=["output"],
+                          do_constant_folding=True)
+    os.replace(tmp, a.onnx)
+    print(json.dumps({"export_s": time.perf_counter() - t0, "bytes": os.path.getsize(a.onnx)}))
+
+
+def worker_torch(argv):
+    ap = argparse.ArgumentParser(prog="bench.py _torch")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--pth", required=True)
+    ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    a = ap.parse_args(argv)
+    import resource
+    import torch
+    torch.set_num_threads(a.threads)
+    m, build_ms, load_ms = _load(a.model, a.pth)
+    x = torch.rand(a.batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    times = []
+    with torch.inference_mode():
+        for i in range(-a.warmup, a.runs):
+            t0 = time.perf_counter()
+            m(x)
+            dt = (time.perf_counter() - t0) * 1e3
+            if i >= 0:
+                times.append(dt)
+    times.sort()
+    print(json.dumps({
+        "engine": "pytorch", "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "batch": a.batch, "runs": a.runs, "warmup": a.warmup, "build_ms": round(build_ms, 3),
+        "load_ms": round(load_ms, 3), "median_ms": round(statistics.median(times), 3), "best_ms": round(times[0], 3),
+        "times_ms": [round(t, 3) for t in times],
+        "self_peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "libs": mapped_libs(),
+        "env": {k: os.environ[k] for k in THREAD_VARS + ("LD_LIBRARY_PATH",) if k in os.environ},
+    }))
+
+
+def worker_probe(argv):
+    """Which BLAS / OpenMP / oneDNN libraries torch maps once it has done a matrix product."""
+    import torch
+    a = torch.rand(64, 64)
+    (a @ a).sum()
+    torch.nn.functional.conv2d(torch.rand(1, 3, 8, 8), torch.rand(4, 3, 3, 3))
+    import torchvision
+    cfg = torch.__config__.show()
+    info = {k: v for k, v in re.findall(r"(BLAS_INFO|LAPACK_INFO|USE_MKLDNN|USE_OPENMP)=([^,\s]+)", cfg)}
+    print(json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__, "libs": mapped_libs(),
+                      "config": info, "default_threads": torch.get_num_threads()}))
+
+
+WORKERS = {"_build": worker_build, "_export": worker_export, "_torch": worker_torch, "_probe": worker_probe}
+
+
+# =============================================================================================
+# driver side: standard library only
+# =============================================================================================
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def run_proc(cmd, env=None, timeout=900.0, cwd=ROOT):
+    """Run cmd in its own process group; returns dict(rc, out, err, secs, maxrss_kb, timed_out).
+    Peak RSS comes from wait4(), i.e. the child's own ru_maxrss (plus any children it waited for)."""
+    with tempfile.TemporaryFile() as fo, tempfile.TemporaryFile() as fe:
+        t0 = time.monotonic()
+        try:
+            p = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                 start_new_session=True)
+        except OSError as e:
+            return dict(rc=127, out="", err=str(e), secs=0.0, maxrss_kb=None, timed_out=False)
+        timed_out = False
+        try:
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() - t0 > timeout:
+                    timed_out = True
+                    try:
+                        os.killpg(p.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    pid, status, ru = os.wait4(p.pid, 0)
+                    break
+                time.sleep(0.05)
+        except BaseException:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+                os.wait4(p.pid, 0)
+            except OSError:
+                pass
+            p.returncode = -9
+            raise
+        rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+        p.returncode = rc  # already reaped: keep Popen from waiting again
+        secs = time.monotonic() - t0
+        fo.seek(0)
+        fe.seek(0)
+        out = fo.read().decode("utf-8", "replace")
+        err = fe.read().decode("utf-8", "replace")
+    return dict(rc=rc, out=out, err=err, secs=secs, maxrss_kb=ru.ru_maxrss, timed_out=timed_out)
+
+
+def last_json(text):
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def short_err(r):
+    if r["timed_out"]:
+        return "timed out after %.0f s" % r["secs"]
+    lines = [ln for ln in (r["err"] + "\n" + r["out"]).strip().splitlines() if ln.strip()]
+    return "exit %d: %s" % (r["rc"], lines[-1][:300] if lines else "(no output)")
+
+
+def clean_env(**kw):
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env.update({k: str(v) for k, v in kw.items() if v is not None})
+    return env
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ, LC_ALL="C")).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# machine, FMA peak
+# ---------------------------------------------------------------------------------------------
+
+def machine_info():
+    info = OrderedDict()
+    lscpu = sh(["lscpu"])
+    for key in ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "CPU max MHz",
+                "Hypervisor vendor"):
+        m = re.search(r"^%s:\s*(.+)$" % re.escape(key), lscpu, re.M)
+        if m:
+            info[key] = m.group(1).strip()
+    flags = re.search(r"^Flags:\s*(.+)$", lscpu, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    info["simd"] = " ".join(f for f in ("avx2", "fma", "avx512f") if f in flags) or "none of avx2/fma/avx512f"
+    info["nproc"] = os.cpu_count()
+    info["kernel"] = platform.release()
+    try:
+        info["loadavg_at_start"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_gb"] = round(int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1)) / 1e6, 1)
+    except (OSError, AttributeError):
+        pass
+    cc = os.environ.get("CC", "cc")
+    info["cc"] = (sh([cc, "--version"]).splitlines() or ["?"])[0]
+    rev = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).strip()
+    dirty = sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).strip()
+    info["git"] = (rev or "?") + (" (with uncommitted changes)" if dirty else "")
+    return info
+
+
+PEAK_C = r"""
+/* FP32 FMA throughput: independent accumulators, no memory traffic.  Written by tools/bench.py. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+
+#if defined(__AVX512F__)
+__attribute__((noinline)) static float k512(long n, float s) {
+    __m512 b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    __m512 a0 = _mm512_set1_ps(s), a1 = _mm512_set1_ps(s + 1), a2 = _mm512_set1_ps(s + 2), a3 = _mm512_set1_ps(s + 3);
+    __m512 a4 = _mm512_set1_ps(s + 4), a5 = _mm512_set1_ps(s + 5), a6 = _mm512_set1_ps(s + 6), a7 = _mm512_set1_ps(s + 7);
+    __m512 a8 = _mm512_set1_ps(s + 8), a9 = _mm512_set1_ps(s + 9), a10 = _mm512_set1_ps(s + 10), a11 = _mm512_set1_ps(s + 11);
+    for (long i = 0; i < n; i++) {
+        a0 = _mm512_fmadd_ps(a0, b, c); a1 = _mm512_fmadd_ps(a1, b, c); a2 = _mm512_fmadd_ps(a2, b, c);
+        a3 = _mm512_fmadd_ps(a3, b, c); a4 = _mm512_fmadd_ps(a4, b, c); a5 = _mm512_fmadd_ps(a5, b, c);
+        a6 = _mm512_fmadd_ps(a6, b, c); a7 = _mm512_fmadd_ps(a7, b, c); a8 = _mm512_fmadd_ps(a8, b, c);
+        a9 = _mm512_fmadd_ps(a9, b, c); a10 = _mm512_fmadd_ps(a10, b, c); a11 = _mm512_fmadd_ps(a11, b, c);
+    }
+    a0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    a0 = _mm512_add_ps(a0, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(a0);
+}
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define ISA "avx2-fma"
+#define FLOP_PER_ITER (12 * 8 * 2)
+__attribute__((noinline)) static float kernel(long n, float s) {
+    __m256 b = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    __m256 a0 = _mm256_set1_ps(s), a1 = _mm256_set1_ps(s + 1), a2 = _mm256_set1_ps(s + 2), a3 = _mm256_set1_ps(s + 3);
+    __m256 a4 = _mm256_set1_ps(s + 4), a5 = _mm256_set1_ps(s + 5), a6 = _mm256_set1_ps(s + 6), a7 = _mm256_set1_ps(s + 7);
+    __m256 a8 = _mm256_set1_ps(s + 8), a9 = _mm256_set1_ps(s + 9), a10 = _mm256_set1_ps(s + 10), a11 = _mm256_set1_ps(s + 11);
+    float r[8];
+    int j;
+    for (long i = 0; i < n; i++) {
+        a0 = _mm256_fmadd_ps(a0, b, c); a1 = _mm256_fmadd_ps(a1, b, c); a2 = _mm256_fmadd_ps(a2, b, c);
+        a3 = _mm256_fmadd_ps(a3, b, c); a4 = _mm256_fmadd_ps(a4, b, c); a5 = _mm256_fmadd_ps(a5, b, c);
+        a6 = _mm256_fmadd_ps(a6, b, c); a7 = _mm256_fmadd_ps(a7, b, c); a8 = _mm256_fmadd_ps(a8, b, c);
+        a9 = _mm256_fmadd_ps(a9, b, c); a10 = _mm256_fmadd_ps(a10, b, c); a11 = _mm256_fmadd_ps(a11, b, c);
+    }
+    a0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)), _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    a0 = _mm256_add_ps(a0, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    _mm256_storeu_ps(r, a0);
+    for (j = 1; j < 8; j++) r[0] += r[j];
+    return r[0];
+}
+#else
+#define ISA "portable"
+#define FLOP_PER_ITER (32 * 2)
+__attribute__((noinline)) static float kernel(long n, float s) {
+    float a[32], r = 0.0f, b = 0.999999f, c = 1e-7f;
+    int j;
+    for (j = 0; j < 32; j++) a[j] = s + j;
+    for (long i = 0; i < n; i++)
+        for (j = 0; j < 32; j++) a[j] = a[j] * b + c;
+    for (j = 0; j < 32; j++) r += a[j];
+    return r;
+}
+#endif
+
+/* usage: fmapeak THREADS ITERS [512]  ->  one JSON line */
+int main(int argc, char **argv) {
+    int threads = argc > 1 ? atoi(argv[1]) : 1, rep, wide = argc > 3 && atoi(argv[3]) == 512;
+    long n = argc > 2 ? atol(argv[2]) : 100000000L;
+    double best = 0.0, flop_per_iter = FLOP_PER_ITER;
+    const char *isa = ISA;
+    volatile float sink = 0.0f;
+#if defined(__AVX512F__)
+    if (wide) { isa = "avx512f"; flop_per_iter = 12 * 16 * 2; }
+#else
+    if (wide) { printf("{\"error\": \"not compiled with AVX-512\"}\n"); return 3; }
+#endif
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#else
+    if (threads != 1) { printf("{\"error\": \"compiled without OpenMP\"}\n"); return 3; }
+#endif
+    for (rep = 0; rep < 6; rep++) { /* the first repetition also warms the clocks up */
+        double t0 = now(), dt;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+            float v;
+#if defined(__AVX512F__)
+            v = wide ? k512(n, (float)rep) : kernel(n, (float)rep);
+#else
+            v = kernel(n, (float)rep);
+#endif
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+            sink += v;
+        }
+        dt = now() - t0;
+        if (rep > 0 && threads * (double)n * flop_per_iter / dt / 1e9 > best) best = threads * (double)n * flop_per_iter / dt / 1e9;
+    }
+    printf("{\"isa\": \"%s\", \"threads\": %d, \"gflops\": %.3f, \"per_thread\": %.3f, \"sink\": %g}\n", isa, threads,
+           best, best / threads, (double)sink);
+    return 0;
+}
+"""
+
+
+def measure_peak(thread_counts, quick, timeout):
+    """Compile the FMA loop into build/bench and run it at each thread count: {threads: GFLOP/s}."""
+    src = os.path.join(OUT, "fmapeak.c")
+    exe = os.path.join(OUT, "fmapeak")
+    with open(src, "w") as f:
+        f.write(PEAK_C)
+    cc = os.environ.get("CC", "cc")
+    res = {"isa": None, "gflops": {}, "avx512_gflops": {}, "note": ""}
+    built = None
+    for flags in (["-O2", "-march=native", "-fopenmp"], ["-O2", "-march=native"], ["-O2", "-fopenmp"], ["-O2"]):
+        r = run_proc([cc, "-std=c99", "-D_POSIX_C_SOURCE=200809L", *flags, "-o", exe, src], timeout=timeout)
+        if r["rc"] == 0:
+            built = flags
+            break
+    if not built:
+        res["note"] = "could not compile the FMA loop (%s)" % short_err(r)
+        return res
+    if "-fopenmp" not in built:
+        res["note"] = "compiled without OpenMP: multi-thread peak not measured"
+    iters = "20000000" if quick else "120000000"
+    for n in thread_counts:
+        r = run_proc([exe, str(n), iters], timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+        if j and "gflops" in j:
+            res["isa"] = j["isa"]
+            res["gflops"][n] = j["gflops"]
+        else:
+            res["note"] += "%s%d thread(s): %s" % ("; " if res["note"] else "", n, (j or {}).get("error") or short_err(r))
+        r = run_proc([exe, str(n), iters, "512"], timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+        if j and "gflops" in j:
+            res["avx512_gflops"][n] = j["gflops"]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch interpreter, BLAS, ONNX Runtime install
+# ---------------------------------------------------------------------------------------------
+
+def find_torch_python():
+    cands = []
+    if os.environ.get("BENCH_TORCH_PYTHON"):
+        cands.append(os.environ["BENCH_TORCH_PYTHON"])
+    cands += [sys.executable, "/usr/bin/python3", shutil.which("python3") or ""]
+    for py in cands:
+        if py and os.path.exists(py):
+            r = run_proc([py, "-c", "import torch, torchvision"], timeout=120)
+            if r["rc"] == 0:
+                return py
+    return None
+
+
+def openblas_dir():
+    for d in sorted(glob.glob("/usr/lib/*/openblas-pthread")) + sorted(glob.glob("/usr/lib/*/openblas-openmp")):
+        if os.path.exists(os.path.join(d, "libblas.so.3")):
+            return d
+    return None
+
+
+def describe_blas(libs):
+    """(short name, path) of the BLAS among mapped libraries."""
+    for p in libs:
+        b = os.path.basename(p)
+        m = re.match(r"libopenblas(p|o)?-r([\d.]+)\.so", b)
+        if m:
+            kind = {"p": "pthread", "o": "openmp"}.get(m.group(1) or "", "serial")
+            return "OpenBLAS %s (%s)" % (m.group(2), kind), p
+    for p in libs:
+        if "openblas" in p:
+            return "OpenBLAS", p
+    for p in libs:
+        if "mkl" in p:
+            return "Intel MKL", p
+    for p in libs:
+        if "blis" in p:
+            return "BLIS", p
+    for p in libs:
+        if "atlas" in p:
+            return "ATLAS", p
+    for p in libs:
+        if re.search(r"/blas/libblas\.so|/libblas\.so", p):
+            return "reference BLAS (netlib)", p
+    return "unknown", None
+
+
+def torch_env(threads, variant, blas_dir):
+    """Environment of a PyTorch worker; returns (env, torch.set_num_threads value)."""
+    kw = dict(OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    tt = threads
+    if variant == "passive":
+        kw["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif variant == "blas-only":
+        kw.update(OMP_NUM_THREADS=1, MKL_NUM_THREADS=1)
+        tt = 1
+    env = clean_env(**kw)
+    if blas_dir:
+        env["LD_LIBRARY_PATH"] = blas_dir + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    return env, tt
+
+
+def probe_torch(py, blas_dir, timeout):
+    out = {}
+    for key, d in (("system", None), ("forced", blas_dir)):
+        if key == "forced" and not d:
+            continue
+        env, _ = torch_env(1, "pinned", d)
+        r = run_proc([py, THIS, "_probe"], env=env, timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+        out[key] = j if j else {"error": short_err(r)}
+    return out
+
+
+def setup_ort(args):
+    """Install onnxruntime-node into build/bench/node if needed; returns (node path or None, note)."""
+    node = shutil.which("node")
+    if not node:
+        return None, "node not found: ONNX Runtime skipped (apt-get install nodejs npm)"
+    r = run_proc([node, "--version"], timeout=60)
+    ver = r["out"].strip()
+    m = re.match(r"v(\d+)", ver)
+    if not m or int(m.group(1)) < 16:
+        return None, "node %s is too old for onnxruntime-node (needs >= 16): ONNX Runtime skipped" % (ver or "?")
+    pkg = os.path.join(NODE_DIR, "node_modules", "onnxruntime-node", "package.json")
+    if not os.path.exists(pkg):
+        npm = shutil.which("npm")
+        if not npm:
+            return None, "npm not found: ONNX Runtime skipped (apt-get install npm)"
+        os.makedirs(NODE_DIR, exist_ok=True)
+        log("installing %s into %s (npm, --ignore-scripts: the CPU binaries ship in the package) ..."
+            % (args.ort_package, os.path.relpath(NODE_DIR, ROOT)))
+        r = run_proc([npm, "install", args.ort_package, "--ignore-scripts", "--no-audit", "--no-fund",
+                      "--loglevel=error", "--prefix", NODE_DIR], timeout=900, cwd=NODE_DIR)
+        if r["rc"] != 0 or not os.path.exists(pkg):
+            return None, "npm install %s failed (%s): ONNX Runtime skipped" % (args.ort_package, short_err(r))
+    r = run_proc([node, "-e", "require(require.resolve('onnxruntime-node', {paths: [process.argv[1]]}));",
+                  NODE_DIR], timeout=120)
+    if r["rc"] != 0:
+        return None, "onnxruntime-node does not load (%s): ONNX Runtime skipped" % short_err(r)
+    with open(pkg) as f:
+        v = json.load(f).get("version", "?")
+    return node, "onnxruntime-node %s (node %s)" % (v, ver)
+
+
+# ---------------------------------------------------------------------------------------------
+# model files
+# ---------------------------------------------------------------------------------------------
+
+def newer(path, deps):
+    """True if path exists and is newer than every existing dep."""
+    if not os.path.exists(path):
+        return False
+    t = os.path.getmtime(path)
+    return all(not os.path.exists(d) or os.path.getmtime(d) <= t for d in deps)
+
+
+def prepare_model(name, py, batches, want_onnx, timeout):
+    """Checkpoint, .lmv and ONNX files of one model (cached); returns an info dict."""
+    spec = MODELS[name]
+    info = OrderedDict(label=spec["label"], source=spec["source"])
+    pth = os.path.join(OUT, name + ".pth")
+    lmv = os.path.join(OUT, name + ".lmv")
+    stamp = os.path.join(OUT, name + ".json")
+    recipe = {"recipe": RECIPE_VERSION, "model": name, "source": spec["source"]}
+    old = None
+    if os.path.exists(stamp):
+        try:
+            with open(stamp) as f:
+                old = json.load(f)
+        except ValueError:
+            old = None
+    if not (old and all(old.get(k) == v for k, v in recipe.items()) and os.path.exists(pth)):
+        if not py:
+            info["error"] = "no python3 with torch to build the model"
+            return info
+        t0 = time.monotonic()
+        r = run_proc([py, THIS, "_build", "--model", name, "--pth", pth], timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+        if not j:
+            info["error"] = "building the model failed: " + short_err(r)
+            return info
+        old = dict(recipe, params=j["params"])
+        with open(stamp + ".tmp", "w") as f:
+            json.dump(old, f)
+        os.replace(stamp + ".tmp", stamp)
+        log("  %-14s built with random weights (%.1f M parameters) in %.1f s"
+            % (name, j["params"] / 1e6, time.monotonic() - t0))
+    info["params"] = old.get("params")
+    info["pth"] = pth
+    conv_deps = [pth, stamp, CONVERT, os.path.join(ROOT, "tools", "lmvfile.py")]
+    if not newer(lmv, conv_deps):
+        t0 = time.monotonic()
+        cpy = py or sys.executable
+        r = run_proc([cpy, CONVERT, pth, "-o", lmv + ".tmp", "--labels", "none", "--name", name, "-q"] + spec["conv"],
+                     timeout=timeout)
+        if r["rc"] != 0 or not os.path.exists(lmv + ".tmp"):
+            info["error"] = "convert.py failed: " + short_err(r)
+            return info
+        os.replace(lmv + ".tmp", lmv)
+        log("  %-14s converted to %s in %.1f s" % (name, os.path.relpath(lmv, ROOT), time.monotonic() - t0))
+    info["lmv"] = lmv
+    info["lmv_mb"] = round(os.path.getsize(lmv) / 1e6, 1)
+    info["onnx"] = {}
+    if want_onnx:
+        for b in batches:
+            onnx = os.path.join(OUT, "%s_b%d.onnx" % (name, b))
+            if not newer(onnx, [pth, stamp]):
+                t0 = time.monotonic()
+                r = run_proc([py, THIS, "_export", "--model", name, "--pth", pth, "--onnx", onnx, "--batch", str(b)],
+                             env=clean_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1), timeout=timeout)
+                if r["rc"] != 0 or not os.path.exists(onnx):
+                    info.setdefault("onnx_error", {})[b] = short_err(r)
+                    log("  %-14s ONNX export (batch %d) FAILED: %s" % (name, b, short_err(r)))
+                    continue
+                log("  %-14s exported to %s in %.1f s" % (name, os.path.relpath(onnx, ROOT), time.monotonic() - t0))
+            info["onnx"][b] = onnx
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+# ---------------------------------------------------------------------------------------------
+
+def bench_lmv(info, threads, batch, runs, variant, timeout):
+    cmd = [LMV, "bench", info["lmv"], "--size", str(IMG), str(IMG), "--batch", str(batch), "--threads", str(threads),
+           "--runs", str(runs), "--json"]
+    env = clean_env(OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE" if variant == "passive" else None)
+    r = run_proc(cmd, env=env, timeout=timeout)
+    j = last_json(r["out"]) if r["rc"] == 0 else None
+    res = OrderedDict(engine="lemevit", variant=variant, threads=threads, batch=batch, wall_s=round(r["secs"], 2),
+                      peak_rss_kb=r["maxrss_kb"])
+    if not j or "median_ms" not in j:
+        res["error"] = short_err(r)
+        return res
+    res.update(median_ms=j["median_ms"], best_ms=j["best_ms"], gmac=j.get("gmac"),
+               open_mapped_ms=j.get("open_mapped_ms"), open_verified_ms=j.get("open_verified_ms"),
+               session_bytes=j.get("session_bytes"), self_peak_rss_kb=j.get("peak_rss_kb"), params=j.get("params"),
+               weight_bytes=j.get("weight_bytes"), runs=j.get("runs"), warmup=1)
+    return res
+
+
+def bench_torch(py, name, info, threads, batch, runs, warmup, variant, blas_dir, timeout):
+    env, tt = torch_env(threads, variant, blas_dir)
+    cmd = [py, THIS, "_torch", "--model", name, "--pth", info["pth"], "--threads", str(tt), "--batch", str(batch),
+           "--runs", str(runs), "--warmup", str(warmup)]
+    r = run_proc(cmd, env=env, timeout=timeout)
+    j = last_json(r["out"]) if r["rc"] == 0 else None
+    res = OrderedDict(engine="pytorch", variant=variant, threads=threads, batch=batch, wall_s=round(r["secs"], 2),
+                      peak_rss_kb=r["maxrss_kb"])
+    if not j or "median_ms" not in j:
+        res["error"] = short_err(r)
+        return res
+    res.update(median_ms=j["median_ms"], best_ms=j["best_ms"], load_ms=j["load_ms"], build_ms=j["build_ms"],
+               self_peak_rss_kb=j["self_peak_rss_kb"], torch_threads=j["torch_threads"], runs=runs, warmup=warmup,
+               blas=describe_blas(j["libs"])[0], env=j["env"], times_ms=j["times_ms"])
+    return res
+
+
+def bench_ort(node, info, threads, batch, runs, warmup, variant, timeout):
+    res = OrderedDict(engine="onnxruntime", variant=variant, threads=threads, batch=batch)
+    onnx = info["onnx"].get(batch)
+    if not onnx:
+        res["error"] = "no ONNX file (export failed)"
+        return res
+    cmd = [node, BENCH_ORT, onnx, "--batch", str(batch), "--size", str(IMG), str(IMG), "--threads", str(threads),
+           "--runs", str(runs), "--warmup", str(warmup), "--module", NODE_DIR, "--json"]
+    if variant == "nospin":
+        cmd.append("--no-spin")
+    r = run_proc(cmd, env=clean_env(OMP_NUM_THREADS=threads), timeout=timeout)
+    j = last_json(r["out"])
+    res.update(wall_s=round(r["secs"], 2), peak_rss_kb=r["maxrss_kb"])
+    if r["rc"] != 0 or not j or "median_ms" not in j:
+        res["error"] = (j or {}).get("error") or short_err(r)
+        return res
+    res.update(median_ms=j["median_ms"], best_ms=j["best_ms"], create_ms=j["create_ms"],
+               self_peak_rss_kb=j["peak_rss_kb"], ort_version=j.get("ort_version"), runs=runs, warmup=warmup,
+               times_ms=j["times_ms"])
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+def best_of(results, engine, model, threads, batch):
+    """The fastest successful variant (by median) of an engine for one configuration."""
+    ok = [r for r in results if r["engine"] == engine and r["model"] == model and r["threads"] == threads
+          and r["batch"] == batch and "median_ms" in r]
+    return min(ok, key=lambda r: r["median_ms"]) if ok else None
+
+
+def any_of(results, engine, model, threads, batch):
+    return [r for r in results if r["engine"] == engine and r["model"] == model and r["threads"] == threads
+            and r["batch"] == batch]
+
+
+def fmt_ms(r):
+    if r is None:
+        return "-"
+    if "median_ms" not in r:
+        return "timeout" if "timed out" in r.get("error", "") else "failed"
+    return "%s / %s" % (fmt_num(r["median_ms"]), fmt_num(r["best_ms"]))
+
+
+def fmt_num(x):
+    return "%.0f" % x if x >= 100 else "%.1f" % x if x >= 10 else "%.2f" % x
+
+
+def cell(results, engine, model, t, b, mark_variant):
+    r = best_of(results, engine, model, t, b)
+    if r is None:
+        tried = any_of(results, engine, model, t, b)
+        return fmt_ms(tried[0]) if tried else "-"
+    s = fmt_ms(r)
+    if mark_variant and r["variant"] not in ("default", "pinned", "spin"):
+        s += " (%s)" % r["variant"]
+    return s
+
+
+def ratio(a, b):
+    return a["median_ms"] / b["median_ms"] if a and b else None
+
+
+def make_report(state):
+    """Markdown text of the whole report."""
+    meta, results, peak = state["meta"], state["results"], state["peak"]
+    models, threads, batches = meta["models"], meta["threads"], meta["batches"]
+    L = []
+    mi = meta["machine"]
+    L.append("# lemevit.h benchmark")
+    L.append("")
+    L.append("- command: `%s`" % meta["command"])
+    L.append("- date: %s; finished %s" % (meta["date"], meta.get("finished", "(not finished)")))
+    L.append("- machine: %s, %s CPU(s) (%s core(s)/socket x %s socket(s), %s thread(s)/core), %s GB RAM, %s; "
+             "Linux %s%s" % (mi.get("Model name", "?"), mi.get("CPU(s)", mi.get("nproc")),
+                             mi.get("Core(s) per socket", "?"), mi.get("Socket(s)", "?"),
+                             mi.get("Thread(s) per core", "?"), mi.get("mem_gb", "?"), mi.get("simd"),
+                             mi.get("kernel"), (", KVM guest" if mi.get("Hypervisor vendor") == "KVM" else
+                                                ", %s guest" % mi["Hypervisor vendor"] if mi.get("Hypervisor vendor")
+                                                else "")))
+    L.append("- load average when the run started: %.2f%s" % (
+        mi.get("loadavg_at_start", -1),
+        "  **(the machine was busy: timings are unreliable)**" if mi.get("loadavg_at_start", 0) > 0.5 else ""))
+    L.append("- lemevit.h: git %s, build/lmv from `make` (%s)" % (mi.get("git"), mi.get("cc")))
+    L.append("- PyTorch: %s" % meta.get("torch_note", "-"))
+    L.append("- ONNX Runtime: %s" % meta.get("ort_note", "-"))
+    p1 = peak.get("gflops", {}).get(1) or peak.get("gflops", {}).get("1")
+    if p1:
+        extra = ", ".join("%s threads %.1f GFLOP/s" % (k, v) for k, v in peak["gflops"].items() if int(k) != 1)
+        L.append("- measured FMA peak (%s): %.1f GFLOP/s/core%s" % (peak.get("isa"), p1,
+                                                                   "; " + extra if extra else ""))
+        a1 = peak.get("avx512_gflops", {}).get(1) or peak.get("avx512_gflops", {}).get("1")
+        if a1:
+            L.append("  (AVX-512 FMA: %.1f GFLOP/s/core; lemevit.h uses AVX2+FMA)" % a1)
+    else:
+        L.append("- measured FMA peak: not available (%s)" % peak.get("note", "?"))
+    L.append("- %d timed runs after warm-up (lemevit.h 1 warm-up, PyTorch and ORT %d); random weights, "
+             "input %dx%d, float32" % (meta["runs"], meta["warmup"], IMG, IMG))
+    L.append("")
+    L.append("Latency is `median / best` in ms per batch. Ratios are lemevit.h median / other median: "
+             "**lower is better for lemevit.h**, below 1 means lemevit.h is faster. GFLOP/s counts lemevit.h's "
+             "multiply-adds x 2 at the median; % peak is against the measured FMA peak for that many threads. "
+             "Peak RSS is the whole process (ru_maxrss), MB. PyTorch and ORT show their fastest thread setting; "
+             "a variant in brackets means it beat the plain pinned one (see notes).")
+    L.append("")
+    L.append("| model | threads | batch | lemevit.h ms | PyTorch ms | ORT ms | lemevit/PyTorch | lemevit/ORT | "
+             "lemevit GFLOP/s (% peak) | peak RSS MB lemevit / PyTorch / ORT |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for m in models:
+        for t in threads:
+            for b in batches:
+                lm = best_of(results, "lemevit", m, t, b)
+                tr = best_of(results, "pytorch", m, t, b)
+                ox = best_of(results, "onnxruntime", m, t, b)
+                if not (any_of(results, "lemevit", m, t, b) or any_of(results, "pytorch", m, t, b)
+                        or any_of(results, "onnxruntime", m, t, b)):
+                    continue
+                rt, ro = ratio(lm, tr), ratio(lm, ox)
+                gf = ""
+                if lm and lm.get("gflops"):
+                    g = lm["gflops"]
+                    pk = peak.get("gflops", {}).get(t)
+                    gf = "%.1f" % g + (" (%.0f%%)" % (100 * g / pk) if pk else "")
+                rss = " / ".join("%.0f" % (x["peak_rss_kb"] / 1e3) if x and x.get("peak_rss_kb") else "-"
+                                 for x in (lm, tr, ox))
+                L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+                    MODELS[m]["label"], t, b, cell(results, "lemevit", m, t, b, True),
+                    cell(results, "pytorch", m, t, b, True), cell(results, "onnxruntime", m, t, b, True),
+                    "%.2f" % rt if rt else "-", "%.2f" % ro if ro else "-", gf or "-", rss))
+    if len(threads) > 1:
+        t0 = threads[0]
+        L.append("")
+        L.append("Speed-up of more threads over %d (median %d thread(s) / median N threads; higher is better):" %
+                 (t0, t0))
+        L.append("")
+        L.append("| model | batch | threads | lemevit.h | PyTorch | ORT |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for m in models:
+            for b in batches:
+                for t in threads[1:]:
+                    cells = []
+                    for e in ("lemevit", "pytorch", "onnxruntime"):
+                        a, c = best_of(results, e, m, t0, b), best_of(results, e, m, t, b)
+                        cells.append("%.2f" % (a["median_ms"] / c["median_ms"]) if a and c else "-")
+                    L.append("| %s | %d | %d | %s |" % (MODELS[m]["label"], b, t, " | ".join(cells)))
+    L.append("")
+    L.append("Model size and load time (ms; lemevit.h: open with the header checked and the file mapped / open "
+             "with every weight checksummed; PyTorch: torch.load + load_state_dict; ORT: session creation):")
+    L.append("")
+    L.append("| model | params M | GMAC / image | .lmv MB | lemevit.h open mapped / verified | PyTorch load | "
+             "ORT session |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    for m in models:
+        info = state["models"].get(m, {})
+        lms = [r for r in results if r["engine"] == "lemevit" and r["model"] == m and "median_ms" in r]
+        trs = [r for r in results if r["engine"] == "pytorch" and r["model"] == m and "load_ms" in r]
+        oxs = [r for r in results if r["engine"] == "onnxruntime" and r["model"] == m and "create_ms" in r]
+        gm = next((r["gmac"] / r["batch"] for r in lms if r.get("gmac")), None)
+        om = "%s / %s" % (fmt_num(min(r["open_mapped_ms"] for r in lms)),
+                          fmt_num(min(r["open_verified_ms"] for r in lms))) if lms else "-"
+        L.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            MODELS[m]["label"], "%.1f" % (info["params"] / 1e6) if info.get("params") else "-",
+            "%.2f" % gm if gm else "-", info.get("lmv_mb", "-"), om,
+            fmt_num(min(r["load_ms"] for r in trs)) if trs else "-",
+            fmt_num(min(r["create_ms"] for r in oxs)) if oxs else "-"))
+    notes = meta.get("notes", [])
+    if notes:
+        L.append("")
+        L.append("Notes:")
+        L.append("")
+        for n in notes:
+            L.append("- " + n)
+    errs = [r for r in results if "error" in r]
+    if errs:
+        L.append("")
+        L.append("Failures:")
+        L.append("")
+        for r in errs:
+            L.append("- %s %s (%s) threads %d batch %d: %s" % (r["engine"], r["model"], r["variant"], r["threads"],
+                                                              r["batch"], r["error"]))
+    return "\n".join(L) + "\n"
+
+
+def save(state, prefix):
+    with open(prefix + ".json.tmp", "w") as f:
+        json.dump(state, f, indent=1, default=str)
+    os.replace(prefix + ".json.tmp", prefix + ".json")
+    text = make_report(state)
+    with open(prefix + ".md.tmp", "w") as f:
+        f.write(text)
+    os.replace(prefix + ".md.tmp", prefix + ".md")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+def int_list(s):
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers, got %r" % s)
+    if not v or min(v) < 1:
+        raise argparse.ArgumentTypeError("values must be >= 1")
+    return v
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="bench.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speed and memory of lemevit.h next to PyTorch and ONNX Runtime (see the top of this file).",
+        epilog="models: " + ", ".join("%s (%s)" % (k, v["label"]) for k, v in MODELS.items()))
+    ap.add_argument("--models", help="comma-separated (default: %s)" % ",".join(DEFAULT_MODELS))
+    ap.add_argument("--threads", type=int_list, help="thread counts (default: 1,2)")
+    ap.add_argument("--batch", type=int_list, help="batch sizes (default: 1,8)")
+    ap.add_argument("--runs", type=int, help="timed runs per measurement (default: 10)")
+    ap.add_argument("--warmup", type=int, help="warm-up runs for PyTorch and ORT (default: 2; lemevit.h: 1)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: lemevit_tiny, 1 thread, batch 1, 2 runs")
+    ap.add_argument("--no-torch", action="store_true", help="do not time PyTorch (it still builds the models)")
+    ap.add_argument("--no-ort", action="store_true", help="do not time ONNX Runtime")
+    ap.add_argument("--torch-variants", default="pinned,passive,blas-only",
+                    help="PyTorch thread settings above 1 thread (default: pinned,passive,blas-only; "
+                         "1 thread always uses pinned)")
+    ap.add_argument("--ort-variants", default="spin,nospin",
+                    help="ORT settings above 1 thread (default: spin,nospin; 1 thread uses spin)")
+    ap.add_argument("--lmv-variants", default="default",
+                    help="lemevit.h settings above 1 thread: default and/or passive (OMP_WAIT_POLICY=PASSIVE); "
+                         "default: default")
+    ap.add_argument("--torch-blas", choices=["openblas", "system"], default="openblas",
+                    help="openblas: put OpenBLAS (pthread) first on PyTorch's LD_LIBRARY_PATH when installed; "
+                         "system: whatever libblas.so.3 points to (default: openblas)")
+    ap.add_argument("--ort-package", default="onnxruntime-node", help="npm package spec (default: onnxruntime-node)")
+    ap.add_argument("--timeout", type=float, default=900,
+                    help="seconds per timed child process (default: 900; model preparation: %d)" % PREP_TIMEOUT)
+    ap.add_argument("--out", help="output prefix (default: build/bench/results, --quick: build/bench/quick)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.models = a.models or "lemevit_tiny"
+        a.threads = a.threads or [1]
+        a.batch = a.batch or [1]
+        a.runs = a.runs or 2
+        a.warmup = 1 if a.warmup is None else a.warmup
+    a.models = [m.strip() for m in (a.models or ",".join(DEFAULT_MODELS)).split(",") if m.strip()]
+    bad = [m for m in a.models if m not in MODELS]
+    if bad:
+        ap.error("unknown model(s) %s; known: %s" % (", ".join(bad), ", ".join(MODELS)))
+    a.threads = sorted(set(a.threads or [1, 2]))
+    a.batch = sorted(set(a.batch or [1, 8]))
+    a.runs = a.runs or 10
+    a.warmup = 2 if a.warmup is None else a.warmup
+    if a.runs < 1 or a.warmup < 0:
+        ap.error("--runs must be >= 1 and --warmup >= 0")
+    a.torch_variants = [v.strip() for v in a.torch_variants.split(",") if v.strip()]
+    a.ort_variants = [v.strip() for v in a.ort_variants.split(",") if v.strip()]
+    a.lmv_variants = [v.strip() for v in a.lmv_variants.split(",") if v.strip()]
+    for v in a.lmv_variants:
+        if v not in ("default", "passive"):
+            ap.error("unknown lemevit.h variant %r" % v)
+    for v in a.torch_variants:
+        if v not in ("pinned", "passive", "blas-only"):
+            ap.error("unknown torch variant %r" % v)
+    for v in a.ort_variants:
+        if v not in ("spin", "nospin"):
+            ap.error("unknown ORT variant %r" % v)
+    a.out = a.out or os.path.join(OUT, "quick" if a.quick else "results")
+    return a
+
+
+def main(argv):
+    a = parse_args(argv)
+    t_start = time.monotonic()
+    os.makedirs(OUT, exist_ok=True)
+    cmd = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.executable) if sys.executable.startswith(ROOT)
+                                             else sys.executable, os.path.relpath(THIS, ROOT)] + argv)
+    meta = OrderedDict(command=cmd, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine_info(),
+                       models=a.models, threads=a.threads, batches=a.batch, runs=a.runs, warmup=a.warmup, notes=[])
+    state = OrderedDict(meta=meta, peak={}, models=OrderedDict(), results=[])
+    mi = meta["machine"]
+    log("lemevit.h benchmark   %s" % meta["date"])
+    log("command   %s" % cmd)
+    log("machine   %s, %s CPU(s), %s GB, %s; load average %.2f" % (mi.get("Model name", "?"), mi.get("CPU(s)"),
+                                                                  mi.get("mem_gb", "?"), mi.get("simd"),
+                                                                  mi.get("loadavg_at_start", -1)))
+    if mi.get("loadavg_at_start", 0) > 0.5:
+        log("WARNING   the machine is busy (load average %.2f): timings will be unreliable"
+            % mi["loadavg_at_start"])
+    log("lemevit.h git %s; %s" % (mi.get("git"), mi.get("cc")))
+    if not os.access(LMV, os.X_OK):
+        log("ERROR     %s not found: run `make` first" % os.path.relpath(LMV, ROOT))
+        return 2
+    if max(a.threads) > (os.cpu_count() or 1):
+        meta["notes"].append("%d threads asked for on %d CPU(s): oversubscribed" % (max(a.threads), os.cpu_count()))
+
+    # 1. FMA peak
+    log("")
+    log("measuring the FMA peak ...")
+    peak = measure_peak(a.threads, a.quick, PREP_TIMEOUT)
+    state["peak"] = peak
+    if peak["gflops"].get(1):
+        log("measured FMA peak: %.1f GFLOP/s/core (%s, 1 thread)" % (peak["gflops"][1], peak["isa"]))
+    elif peak["gflops"]:
+        t, g = min(peak["gflops"].items())
+        log("measured FMA peak: %.1f GFLOP/s/core (%s, from %d threads)" % (g / t, peak["isa"], t))
+    else:
+        log("measured FMA peak: not available (%s)" % peak["note"])
+    for t, g in sorted(peak["gflops"].items()):
+        if t != 1:
+            log("                   %.1f GFLOP/s with %d threads (%.1f per thread)" % (g, t, g / t))
+    if peak["avx512_gflops"].get(1):
+        log("                   AVX-512 FMA: %.1f GFLOP/s/core (lemevit.h uses AVX2+FMA; %% of peak uses AVX2)"
+            % peak["avx512_gflops"][1])
+    if peak["note"]:
+        log("                   note: " + peak["note"])
+
+    # 2. PyTorch
+    log("")
+    py = find_torch_python()
+    blas_dir = openblas_dir() if a.torch_blas == "openblas" else None
+    torch_ok = False
+    if not py:
+        meta["torch_note"] = "no python3 with torch + torchvision found (apt-get install python3-torch " \
+                             "python3-torchvision): models can only come from the cache, PyTorch not timed"
+        log("PyTorch   " + meta["torch_note"])
+    else:
+        probe = probe_torch(py, blas_dir, PREP_TIMEOUT)
+        meta["torch_probe"] = probe
+        alt = sh(["update-alternatives", "--query", "libblas.so.3-x86_64-linux-gnu"])
+        alt_val = re.search(r"^Value:\s*(.+)$", alt, re.M)
+        alt_val = alt_val.group(1).strip() if alt_val else None
+        meta["blas_alternative"] = alt_val
+        sysb = probe.get("system", {})
+        used = probe.get("forced") if blas_dir else sysb
+        if used and "libs" in used:
+            torch_ok = True
+            name, path = describe_blas(used["libs"])
+            sname, spath = describe_blas(sysb.get("libs", []))
+            note = "torch %s (%s), BLAS: %s" % (used["torch"], py, name)
+            if path:
+                note += " [%s]" % path
+            if blas_dir:
+                if sname != name:
+                    note += "; put first with LD_LIBRARY_PATH=%s because the system's libblas.so.3 is %s [%s]" % (
+                        blas_dir, sname, spath)
+                else:
+                    note += " (LD_LIBRARY_PATH=%s; the system default is the same)" % blas_dir
+            if "reference" in name:
+                note += " -- the slow REFERENCE BLAS: PyTorch's matrix products are far slower than usual; " \
+                        "install libopenblas0-pthread (apt-get install libopenblas0-pthread) for fair numbers"
+                meta["notes"].append("PyTorch ran on the reference BLAS, not OpenBLAS: its numbers are too slow.")
+            if "dnnl" in " ".join(used["libs"]):
+                note += "; convolutions: oneDNN"
+            meta["torch_note"] = note
+            log("PyTorch   " + note)
+            if alt_val:
+                log("          update-alternatives libblas.so.3 -> %s" % alt_val)
+        else:
+            meta["torch_note"] = "torch probe failed: %s" % (used or {}).get("error", "?")
+            log("PyTorch   " + meta["torch_note"])
+        if a.no_torch:
+            meta["torch_note"] += " (not timed: --no-torch)"
+            torch_ok = False
+
+    # 3. ONNX Runtime
+    node = None
+    if a.no_ort:
+        meta["ort_note"] = "not timed (--no-ort)"
+    elif not py:
+        meta["ort_note"] = "skipped: exporting ONNX needs torch"
+    else:
+        node, meta["ort_note"] = setup_ort(a)
+        if node:
+            meta["ort_note"] += ", graphOptimizationLevel 'all', intraOpNumThreads = threads; models exported " \
+                                "with torch.onnx.export opset 14, one file per batch size"
+    log("ORT       " + meta["ort_note"])
+    if not node and not a.no_ort:
+        meta["notes"].append("ONNX Runtime: " + meta["ort_note"])
+
+    # 4. model files
+    log("")
+    log("preparing models in %s (cached) ..." % os.path.relpath(OUT, ROOT))
+    for m in a.models:
+        info = prepare_model(m, py, a.batch, bool(node), PREP_TIMEOUT)
+        state["models"][m] = info
+        if "error" in info:
+            log("  %-14s SKIPPED: %s" % (m, info["error"]))
+    save(state, a.out)
+
+    # 5. measurements
+    plan = []
+    for m in a.models:
+        if "error" in state["models"][m]:
+            continue
+        for b in a.batch:
+            for t in a.threads:
+                for v in (a.lmv_variants if t > 1 else ["default"]):
+                    plan.append((m, t, b, "lemevit", v))
+                if torch_ok:
+                    for v in (a.torch_variants if t > 1 else ["pinned"]):
+                        plan.append((m, t, b, "pytorch", v))
+                if node:
+                    for v in (a.ort_variants if t > 1 else ["spin"]):
+                        plan.append((m, t, b, "onnxruntime", v))
+    log("")
+    log("timing %d configurations (%s; %d runs each) ..." % (
+        len(plan), ", ".join(e for e in ("lemevit", "pytorch", "onnxruntime")
+                             if any(p[3] == e for p in plan)), a.runs))
+    gmacs = {}
+    for i, (m, t, b, e, v) in enumerate(plan):
+        info = state["models"][m]
+        if e == "lemevit":
+            r = bench_lmv(info, t, b, a.runs, v, a.timeout)
+        elif e == "pytorch":
+            r = bench_torch(py, m, info, t, b, a.runs, a.warmup, v, blas_dir, a.timeout)
+        else:
+            r = bench_ort(node, info, t, b, a.runs, a.warmup, v, a.timeout)
+        r["model"] = m
+        r.move_to_end("model", last=False)
+        if r.get("gmac"):
+            gmacs[(m, b)] = r["gmac"]
+        g = gmacs.get((m, b))
+        if "median_ms" in r and g:
+            r["gflops"] = round(2 * g / (r["median_ms"] / 1e3), 2)
+        state["results"].append(r)
+        label = "%s%s" % (e, "" if t == 1 or (e == "lemevit" and len(a.lmv_variants) == 1 and v == "default")
+                          else "/" + v)
+        if "median_ms" in r:
+            extra = []
+            if "gflops" in r:
+                pk = peak["gflops"].get(t)
+                extra.append("%.1f GFLOP/s%s" % (r["gflops"], " (%.0f%% of peak)" % (100 * r["gflops"] / pk)
+                                                  if pk else ""))
+            if r.get("peak_rss_kb"):
+                extra.append("RSS %.0f MB" % (r["peak_rss_kb"] / 1e3))
+            if e == "lemevit":
+                extra.append("open %.1f / %.1f ms" % (r["open_mapped_ms"], r["open_verified_ms"]))
+            elif e == "pytorch":
+                extra.append("load %.0f ms" % r["load_ms"])
+            else:
+                extra.append("session %.0f ms" % r["create_ms"])
+            status = "median %9.2f ms  best %9.2f ms  %s" % (r["median_ms"], r["best_ms"], ", ".join(extra))
+        else:
+            status = "FAILED: " + r["error"]
+        log("[%3d/%d] %-13s t=%d b=%-2d %-20s %s  (%.0f s)" % (i + 1, len(plan), m, t, b, label, status,
+                                                              r.get("wall_s", 0)))
+        save(state, a.out)
+
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    meta["notes"].append("PyTorch variants (above 1 thread): pinned = torch.set_num_threads(N) with OMP, OpenBLAS "
+                         "and MKL pinned to N; passive = the same with OMP_WAIT_POLICY=PASSIVE; blas-only = torch 1 "
+                         "thread, OpenBLAS N. ORT: spin = default, nospin = session.intra_op.allow_spinning=0. "
+                         "lemevit.h: OMP_NUM_THREADS=N and --threads N (passive, if run: OMP_WAIT_POLICY=PASSIVE). "
+                         "results.json has every variant.")
+    meta["notes"].append("lemevit.h times lmv_run_features (no classifier head); PyTorch and ORT run the full "
+                         "model including the 1000-class head (under 0.1% of the work).")
+    text = save(state, a.out)
+    log("")
+    log(text)
+    log("wrote %s.json and %s.md (%.0f s in all)" % (os.path.relpath(a.out, ROOT), os.path.relpath(a.out, ROOT),
+                                                     meta["elapsed_s"]))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in WORKERS:
+        WORKERS[sys.argv[1]](sys.argv[2:])
+        sys.exit(0)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted; partial results are in build/bench/\n")
+        sys.exit(130)

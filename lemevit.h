@@ -30,7 +30,13 @@
        lmv_session_destroy(sess);
        lmv_model_close(model);
 
-   The input from a JPEG, exactly as torchvision's eval transform on a Pillow image makes it:
+   Or from a JPEG straight to labels, through the model's own eval transform:
+
+       lmv_prediction top5[5];
+       if (lmv_classify_file(sess, "cat.jpg", NULL, 5, top5, &err) == LMV_OK)
+           printf("%s %.3f\n", top5[0].label, top5[0].prob);
+
+   The input from a JPEG by hand, exactly as torchvision's eval transform on a Pillow image makes it:
 
        const lmv_model_info *info = lmv_model_info(model);
        const lmv_preprocess *pp = &info->preprocess;
@@ -58,6 +64,17 @@
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
    threads is set per session. Without OpenMP everything runs on the calling thread.
    A loaded model is never written to, so any number of sessions may run one model at once.
+
+   Inspecting a run: lmv_session_set_trace() hands every block's output to a callback (LeMeViT:
+   the image map and the meta tokens), lmv_session_trace_attention() adds a chosen block's
+   attention maps, lmv_session_macs() counts the work of the last run.
+
+   SECTIONS OF THIS FILE
+
+       public API ........ results and errors, memory, models, sessions, images, helpers
+       implementation .... errors and memory -> weight file -> tensor kernels -> attention ->
+                           sessions -> model graphs (ViT, Swin, LeMeViT) -> opening models and
+                           running -> images (JPEG, resize, preprocess) -> high-level helpers
 
    LIMITS
 
@@ -1309,9 +1326,12 @@ static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H,
 }
 
 /* Depthwise 3x3 convolution, padding 1, on a token-major [H*W][C] map: y = conv(x) (+ bias).
-   w is PyTorch's [C][1][3][3]. y must not alias x. */
-static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const float *w, const float *b) {
-    int oy, ox, c, ky, kx;
+   w is PyTorch's [C][1][3][3]; it is first laid out tap-major in `wt` (9*C floats of scratch) so
+   the inner loop runs over contiguous channels. y must not alias x. */
+static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const float *w, const float *b, float *wt) {
+    int oy, ox, c, ky, kx, t;
+    for (t = 0; t < 9; t++)
+        for (c = 0; c < C; c++) wt[t * C + c] = w[c * 9 + t];
     for (oy = 0; oy < H; oy++)
         for (ox = 0; ox < W; ox++) {
             float *d = y + ((size_t)oy * W + ox) * C;
@@ -1321,23 +1341,30 @@ static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const 
                 if (iy < 0 || iy >= H) continue;
                 for (kx = 0; kx < 3; kx++) {
                     int ix = ox + kx - 1;
-                    const float *s;
+                    const float *s, *wk = wt + (ky * 3 + kx) * C;
                     if (ix < 0 || ix >= W) continue;
                     s = x + ((size_t)iy * W + ix) * C;
-                    for (c = 0; c < C; c++) d[c] += w[c * 9 + ky * 3 + kx] * s[c];
+                    for (c = 0; c < C; c++) d[c] += wk[c] * s[c];
                 }
             }
         }
 }
 
 /* Eval-mode BatchNorm over the channel (last) dimension of a token-major map, in place, the way
-   PyTorch's CPU kernel does it: y = x * (w / sqrt(var + eps)) + (b - mean * w / sqrt(var + eps)). */
+   PyTorch's CPU kernel does it: y = x * (w / sqrt(var + eps)) + (b - mean * w / sqrt(var + eps)).
+   `ab` is 2*C floats of scratch for the per-channel factors. */
 static void lmv__batchnorm(float *x, int rows, int C, const float *w, const float *b, const float *mean, const float *var,
-                           float eps) {
+                           float eps, float *ab) {
     int r, c;
+    float *alpha = ab, *beta = ab + C;
     for (c = 0; c < C; c++) {
-        float inv = 1.0f / sqrtf(var[c] + eps), alpha = (w ? w[c] : 1.0f) * inv, beta = (b ? b[c] : 0.0f) - mean[c] * alpha;
-        for (r = 0; r < rows; r++) x[(size_t)r * C + c] = x[(size_t)r * C + c] * alpha + beta;
+        float inv = 1.0f / sqrtf(var[c] + eps);
+        alpha[c] = (w ? w[c] : 1.0f) * inv;
+        beta[c] = (b ? b[c] : 0.0f) - mean[c] * alpha[c];
+    }
+    for (r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * C;
+        for (c = 0; c < C; c++) xr[c] = xr[c] * alpha[c] + beta[c];
     }
 }
 
@@ -2535,7 +2562,7 @@ static void lmv__lemevit_sizes(const lmv__lemevit *v, int h, int w, int *stem_h,
 }
 
 typedef struct lmv__lmt_bufs {
-    float *x, *xs, *xn, *t, *qkv, *att, *hid, *c, *cn, *cq, *catt, *scores, *cols, *pooled;
+    float *x, *xs, *xn, *t, *qkv, *att, *hid, *c, *cn, *cq, *catt, *scores, *cols, *pooled, *kscratch;
 } lmv__lmt_bufs;
 
 static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threads, float *base, lmv__lmt_bufs *b) {
@@ -2576,6 +2603,7 @@ static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threa
     b->scores = lmv__carve(&c, (size_t)threads * sc);
     b->cols = lmv__carve(&c, cols);
     b->pooled = lmv__carve(&c, 2 * cmax + (size_t)v->num_classes);
+    b->kscratch = lmv__carve(&c, 9 * (cmax > (size_t)v->stem_mid ? cmax : (size_t)v->stem_mid));
     return c.used;
 }
 
@@ -2638,7 +2666,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
     float head_scale = (float)(1.0 / sqrt((double)hd));
     /* conditional position encoding: xs = x + dwconv3x3(x) */
-    lmv__dwconv3x3(b->t, b->x, H, W, C, blk->pos_w, blk->pos_b);
+    lmv__dwconv3x3(b->t, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
     memcpy(b->xs, b->x, sizeof(float) * (size_t)N * C);
     lmv__add_scaled(b->xs, b->t, N, C, NULL);
     lmv__layernorm(b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
@@ -2710,13 +2738,15 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
         /* stem: conv-BN-GELU-conv-BN, each conv 3x3 stride 2 */
         lmv__conv2d(ctx, b.t, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->stem1_w, v->stem1_b,
                     v->stem_mid, 3, 2, 1, b.cols);
-        lmv__batchnorm(b.t, h1 * w1, v->stem_mid, v->stem1_bn.w, v->stem1_bn.b, v->stem1_bn.mean, v->stem1_bn.var, v->bn_eps);
+        lmv__batchnorm(b.t, h1 * w1, v->stem_mid, v->stem1_bn.w, v->stem1_bn.b, v->stem1_bn.mean, v->stem1_bn.var, v->bn_eps,
+                       b.kscratch);
         lmv__activate(b.t, (size_t)h1 * w1 * v->stem_mid, LMV__ACT_GELU);
         H = lmv__conv_out(h1, 3, 2, 1);
         W = lmv__conv_out(w1, 3, 2, 1);
         lmv__conv2d(ctx, b.x, b.t, h1, w1, v->stem_mid, (size_t)w1 * v->stem_mid, (size_t)v->stem_mid, 1, v->stem2_w,
                     v->stem2_b, C, 3, 2, 1, b.cols);
-        lmv__batchnorm(b.x, H * W, C, v->stem2_bn.w, v->stem2_bn.b, v->stem2_bn.mean, v->stem2_bn.var, v->bn_eps);
+        lmv__batchnorm(b.x, H * W, C, v->stem2_bn.w, v->stem2_bn.b, v->stem2_bn.mean, v->stem2_bn.var, v->bn_eps,
+                       b.kscratch);
         if (trace) lmv__trace(s, "stem", b.x, 3, H, W, C);
         memcpy(b.c, v->meta_tokens, sizeof(float) * (size_t)M * C);
 
@@ -2730,7 +2760,8 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
                 H = sh[i];
                 W = sw[i];
                 memcpy(b.x, b.t, sizeof(float) * (size_t)H * W * C);
-                lmv__batchnorm(b.x, H * W, C, st->down_bn.w, st->down_bn.b, st->down_bn.mean, st->down_bn.var, v->bn_eps);
+                lmv__batchnorm(b.x, H * W, C, st->down_bn.w, st->down_bn.b, st->down_bn.mean, st->down_bn.var, v->bn_eps,
+                               b.kscratch);
             }
             /* meta tokens: Linear(Cin, 4Cin) - LN - GELU - Linear(4Cin, C) - LN */
             lmv__linear(ctx, b.hid, b.c, M, Cin, 4 * Cin, st->meta_fc1_w, st->meta_fc1_b);
@@ -2776,7 +2807,7 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
         }
         /* head: BatchNorm on the map, LayerNorm on the meta tokens, both averaged, then added */
         C4 = C;
-        lmv__batchnorm(b.x, H * W, C4, v->norm.w, v->norm.b, v->norm.mean, v->norm.var, v->bn_eps);
+        lmv__batchnorm(b.x, H * W, C4, v->norm.w, v->norm.b, v->norm.mean, v->norm.var, v->bn_eps, b.kscratch);
         lmv__layernorm(b.c, b.c, M, C4, v->norm_c_w, v->norm_c_b, v->meta_eps);
         lmv__mean_rows(feat, b.x, H * W, C4);
         lmv__mean_rows(feat + C4, b.c, M, C4);

@@ -47,10 +47,15 @@ deps:
 test: deps all
 	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tests/run_tests.py
 
-bench: all
-	$(PYTHON) tools/bench.py
+bench: deps all
+	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tools/bench.py
+
+DEMO_MODEL ?= examples/lemevit_cifar10.lmv
+
+demo: build/classify
+	build/classify $(DEMO_MODEL) examples/images/*.jpg --top 3
 
 clean:
 	rm -rf build
 
-.PHONY: all deps test clean
+.PHONY: all deps test demo bench clean

@@ -22,6 +22,7 @@ SUITES = [
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
+    ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
 ]
 
 

@@ -62,7 +62,7 @@ def main():
                 os.remove(os.path.join(root, c, name))
     preds = os.path.join(d, "pred.tsv")
     code, out, err = run([LMV, "eval", args.model, root, "--json", "--predictions", preds])
-    if not res.check("lmv eval over the test set", code == 0, err.strip()[-300:]):
+    if not res.check("lmv eval over the test set", code == 0, "" if code == 0 else err.strip()[-300:]):
         res.finish()
     summary = json.loads(out)
     c_pred = {}

@@ -1079,6 +1079,42 @@ static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p
     _mm256_storeu_ps(acc[4], c40); _mm256_storeu_ps(acc[4] + 8, c41);
     _mm256_storeu_ps(acc[5], c50); _mm256_storeu_ps(acc[5] + 8, c51);
 }
+/* A full 6x16 tile straight into C: the accumulators start from C (k blocks after the first),
+   from the bias, or from zero, and go back to C, with no staging copy. */
+static void lmv__tile_c(int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc, const float *bias,
+                        int first) {
+    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
+    float *c0 = c, *c1 = c + ldc, *c2 = c + 2 * ldc, *c3 = c + 3 * ldc, *c4 = c + 4 * ldc, *c5 = c + 5 * ldc;
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    int k;
+    if (!first) {
+        c00 = _mm256_loadu_ps(c0); c01 = _mm256_loadu_ps(c0 + 8);
+        c10 = _mm256_loadu_ps(c1); c11 = _mm256_loadu_ps(c1 + 8);
+        c20 = _mm256_loadu_ps(c2); c21 = _mm256_loadu_ps(c2 + 8);
+        c30 = _mm256_loadu_ps(c3); c31 = _mm256_loadu_ps(c3 + 8);
+        c40 = _mm256_loadu_ps(c4); c41 = _mm256_loadu_ps(c4 + 8);
+        c50 = _mm256_loadu_ps(c5); c51 = _mm256_loadu_ps(c5 + 8);
+    } else {
+        __m256 b0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps(), b1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+        c00 = c10 = c20 = c30 = c40 = c50 = b0;
+        c01 = c11 = c21 = c31 = c41 = c51 = b1;
+    }
+    for (k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(p + (size_t)k * LMV__NR), b1 = _mm256_load_ps(p + (size_t)k * LMV__NR + 8), av;
+        av = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+        av = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+        av = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+        av = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+        av = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+        av = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+    }
+    _mm256_storeu_ps(c0, c00); _mm256_storeu_ps(c0 + 8, c01);
+    _mm256_storeu_ps(c1, c10); _mm256_storeu_ps(c1 + 8, c11);
+    _mm256_storeu_ps(c2, c20); _mm256_storeu_ps(c2 + 8, c21);
+    _mm256_storeu_ps(c3, c30); _mm256_storeu_ps(c3 + 8, c31);
+    _mm256_storeu_ps(c4, c40); _mm256_storeu_ps(c4 + 8, c41);
+    _mm256_storeu_ps(c5, c50); _mm256_storeu_ps(c5 + 8, c51);
+}
 #else
 static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
     int k, j, r;
@@ -1129,6 +1165,13 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
             }
             for (i0 = m0; i0 < m1; i0 += LMV__MR) {
                 int mr = m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR;
+#if defined(LMV__AVX2)
+                if (mr == LMV__MR && nr == LMV__NR) {
+                    lmv__tile_c(kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
+                                bias ? bias + j0 : NULL, k0 == 0);
+                    continue;
+                }
+#endif
                 for (r = 0; r < LMV__MR; r++)
                     for (j = 0; j < LMV__NR; j++)
                         acc[r][j] = (r < mr && j < nr) ? (k0 ? C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] : (bias ? bias[j0 + j] : 0.0f)) : 0.0f;

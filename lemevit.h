@@ -1192,27 +1192,49 @@ static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows,
     lmv__gemm(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out);
 }
 
-/* LayerNorm over the last dimension (biased variance, like PyTorch); y may alias x. */
+#if defined(LMV__AVX2)
+static float lmv__hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* LayerNorm over the last dimension (biased variance, like PyTorch), two passes so a large mean
+   costs no precision; y may alias x. */
 static void lmv__layernorm(float *y, const float *x, int rows, int dim, const float *w, const float *b, float eps) {
     int r, i;
     for (r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * dim;
         float *yr = y + (size_t)r * dim;
-        double mean = 0.0, var = 0.0;
-        float m, inv;
-        for (i = 0; i < dim; i++) mean += xr[i];
-        mean /= dim;
-        for (i = 0; i < dim; i++) {
-            double d = xr[i] - mean;
-            var += d * d;
+        float m, inv, sum = 0.0f, var = 0.0f;
+        i = 0;
+#if defined(LMV__AVX2)
+        {
+            __m256 s8 = _mm256_setzero_ps(), v8 = _mm256_setzero_ps(), m8;
+            for (; i + 8 <= dim; i += 8) s8 = _mm256_add_ps(s8, _mm256_loadu_ps(xr + i));
+            sum = lmv__hsum8(s8);
+            for (; i < dim; i++) sum += xr[i];
+            m = sum / (float)dim;
+            m8 = _mm256_set1_ps(m);
+            for (i = 0; i + 8 <= dim; i += 8) {
+                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i), m8);
+                v8 = _mm256_fmadd_ps(d, d, v8);
+            }
+            var = lmv__hsum8(v8);
+            for (; i < dim; i++) var += (xr[i] - m) * (xr[i] - m);
         }
-        var /= dim;
-        m = (float)mean;
-        inv = (float)(1.0 / sqrt(var + (double)eps));
-        for (i = 0; i < dim; i++) {
-            float v = (xr[i] - m) * inv;
-            yr[i] = w ? v * w[i] + (b ? b[i] : 0.0f) : v;
-        }
+#else
+        for (; i < dim; i++) sum += xr[i];
+        m = sum / (float)dim;
+        for (i = 0; i < dim; i++) var += (xr[i] - m) * (xr[i] - m);
+#endif
+        inv = 1.0f / sqrtf(var / (float)dim + eps);
+        if (w && b)
+            for (i = 0; i < dim; i++) yr[i] = (xr[i] - m) * inv * w[i] + b[i];
+        else
+            for (i = 0; i < dim; i++) yr[i] = (xr[i] - m) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
     }
 }
 

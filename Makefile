@@ -45,7 +45,7 @@ build:
 deps:
 	@bash tools/install_deps.sh
 
-test: deps all
+test: deps all firmware
 	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tests/run_tests.py
 
 clean:

@@ -82,7 +82,9 @@ int fw_classify(lmv_arena *arena, const void *model_data, size_t model_size, con
 }
 
 #ifndef FIRMWARE_NO_MAIN
+#ifndef FW_ARENA_BYTES
 #include "firmware_arena.h" /* FW_ARENA_BYTES */
+#endif
 
 extern const unsigned char fw_model[];
 extern const size_t fw_model_size;

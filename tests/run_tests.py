@@ -21,6 +21,8 @@ SUITES = [
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
+    # firmware builds and hardening
+    ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
 ]
 
 

@@ -23,6 +23,7 @@ SUITES = [
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     # firmware builds and hardening
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
+    ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),
 ]
 
 

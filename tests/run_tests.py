@@ -24,6 +24,8 @@ SUITES = [
     # firmware builds and hardening
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
     ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),
+    ("threads (pthreads, tsan)", [PY, os.path.join(HERE, "test_threads.py")]),
+    ("fuzz (libFuzzer, asan+ubsan)", [PY, os.path.join(HERE, "test_fuzz.py")]),
 ]
 
 

@@ -25,6 +25,7 @@ SUITES = [
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
     ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),
     ("threads (pthreads, tsan)", [PY, os.path.join(HERE, "test_threads.py")]),
+    ("valgrind", [PY, os.path.join(HERE, "test_valgrind.py")]),
     ("fuzz (libFuzzer, asan+ubsan)", [PY, os.path.join(HERE, "test_fuzz.py")]),
 ]
 

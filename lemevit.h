@@ -3148,6 +3148,22 @@ static int lmv__default_threads(int requested) {
 #endif
 }
 
+/* The documented limit of 1<<20 tokens per attention, for the family whose plan does not check it
+   itself: LeMeViT attends over the image tokens of each stage (ViT checks in its plan; Swin attends
+   within windows of at most window^2 tokens). */
+static lmv_result lmv__check_tokens(const lmv_model *m, int h, int w, lmv_error *err) {
+    if (m->ops->family == LMV_FAMILY_LEMEVIT) {
+        const lmv__lemevit *v = (const lmv__lemevit *)m->graph;
+        int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
+        lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
+        for (i = 0; i < v->n_stages; i++)
+            if ((size_t)sh[i] * (size_t)sw[i] > ((size_t)1 << 20))
+                return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d gives %zu tokens in stage %d, more than the limit of %zu",
+                                 h, w, (size_t)sh[i] * (size_t)sw[i], i, (size_t)1 << 20);
+    }
+    return LMV_OK;
+}
+
 /* Resolve options to the sizes the plan uses. */
 static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_options *opt, lmv_session_options *o,
                                      size_t *arena_floats, lmv_error *err) {
@@ -3161,6 +3177,7 @@ static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_o
         return lmv__fail(err, LMV_ERR_LIMIT, "session size %dx%d batch %d exceeds the limits", o->max_h, o->max_w,
                          o->max_batch);
     o->threads = lmv__default_threads(o->threads);
+    if ((r = lmv__check_tokens(model, o->max_h, o->max_w, err)) != LMV_OK) return r;
     r = model->ops->plan(model, o->threads, o->max_h, o->max_w, arena_floats, err);
     if (r == LMV_OK && *arena_floats > SIZE_MAX / 8)
         return lmv__fail(err, LMV_ERR_LIMIT, "the activation memory for %dx%d does not fit in size_t", o->max_h, o->max_w);
@@ -3250,7 +3267,8 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     lmv_result r;
     if (!s || !input || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run: NULL argument");
     m = s->model;
-    if (batch < 1 || batch > (1 << 16)) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
+    if (batch < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
+    if (batch > (1 << 16)) return lmv__fail(err, LMV_ERR_LIMIT, "batch %d is above the limit of 65536", batch);
     if (!features && m->info.num_classes == 0)
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "the model has no classifier head; use lmv_run_features()");
     if (h < 1 || w < 1 || h > s->max_h || w > s->max_w)

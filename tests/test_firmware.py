@@ -130,6 +130,19 @@ def cross(name, flags, arena, d):
     text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
     model_bytes = os.path.getsize(open(os.path.join(FW, "inputs")).read().split()[0])
     flash, ram = text + data, data + bss
+    # the stack: the largest frames (the call chain is fw_classify -> lmv_run -> forward -> gemm)
+    obj = os.path.join(d, "stack.o")
+    run([gcc, "-std=c99", "-O2", *flags, "-mthumb", "-fstack-usage", "-I" + FW, "-c",
+         os.path.join(ROOT, "examples", "firmware.c"), "-o", obj])
+    frames = []
+    if os.path.exists(obj[:-2] + ".su"):
+        for ln in open(obj[:-2] + ".su"):
+            f = ln.rstrip("\n").split("\t")
+            if len(f) >= 2 and f[1].isdigit():
+                frames.append((int(f[1]), f[0].rsplit(":", 1)[-1]))
+    frames.sort(reverse=True)
+    res.check(f"{name}: stack frames measured", bool(frames),
+              ", ".join(f"{fn} {n} B" for n, fn in frames[:3]) if frames else "no .su file from -fstack-usage")
     res.check(f"{name}: size", text > model_bytes and bss >= arena,
               f"flash {flash} bytes = {model_bytes} model + {flash - model_bytes} code, tables and picture; "
               f"RAM {ram} bytes = {arena} arena + {ram - arena} libc data (+ stack); "

@@ -102,6 +102,51 @@ def host_firmware(libm, d):
     return arena
 
 
+EMBED_CHECK = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+extern const unsigned char blob[];
+extern const size_t blob_size;
+int main(int argc, char **argv) {
+    static unsigned char want[1 << 16];
+    FILE *f = fopen(argv[1], "rb");
+    size_t n = f ? fread(want, 1, sizeof want, f) : 0;
+    (void)argc;
+    printf("%d %d %d\n", n == blob_size, memcmp(want, blob, n) == 0, (int)((uintptr_t)blob % 64));
+    return 0;
+}
+"""
+
+
+def embed(d):
+    """lmv embed: the array holds the file's bytes, 64-byte aligned, 16 bytes a line; bad input is refused."""
+    src = os.path.join(ROOT, "tests", "fuzz", "corpus_lmv", "vit_tiny.lmv")
+    out, main_c, exe = os.path.join(d, "blob.c"), os.path.join(d, "embed_main.c"), os.path.join(d, "embed_check")
+    code, _, err = run([LMV, "embed", src, out, "--name", "blob"])
+    if not res.check("lmv embed writes a C source", code == 0, err.strip()):
+        return
+    text = open(out).read()
+    rows = [ln for ln in text.splitlines() if ln.startswith("0x")]
+    res.check("lmv embed: 16 bytes a line", rows and all(r.count("0x") == 16 for r in rows[:-1]),
+              f"{len(rows)} rows, {len(text)} characters for {os.path.getsize(src)} bytes")
+    with open(main_c, "w") as f:
+        f.write(EMBED_CHECK)
+    code, _, err = run(["cc", *WARN, "-O0", "-o", exe, main_c, out])
+    if res.check("the embedded array compiles without warnings", code == 0, err.strip()[-300:]):
+        code, o, err = run([exe, src])
+        res.check("the array holds the file's bytes at a 64-byte aligned address", o.split() == ["1", "1", "0"],
+                  f"size ok, bytes ok, address % 64: {o.strip()}")
+    bad = os.path.join(d, "damaged.lmv")
+    data = bytearray(open(src, "rb").read())
+    data[-1] ^= 0xFF
+    open(bad, "wb").write(bytes(data))
+    code, _, err = run([LMV, "embed", bad, os.path.join(d, "damaged.c")])
+    res.check("lmv embed refuses a damaged .lmv", code == 1 and "checksum" in err, err.strip())
+    code, _, err = run([LMV, "embed", src, out, "--name", "9lives"])
+    res.check("lmv embed refuses a symbol that is not a C identifier", code == 2 and "identifier" in err, err.strip())
+
+
 def cross(name, flags, arena, d):
     gcc = "arm-none-eabi-gcc"
     have = subprocess.run(["which", gcc], capture_output=True).returncode == 0
@@ -155,6 +200,7 @@ def main():
     libm = libm_symbols()
     res.check("libm's symbol list read", len(libm) > 100, "" if len(libm) > 100 else "nm -D libm.so.6 failed")
     header_only_symbols(libm, d)
+    embed(d)
     arena = host_firmware(libm, d)
     if arena:
         cross("Cortex-M4F", ["-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"], arena, d)

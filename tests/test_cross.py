@@ -84,6 +84,10 @@ def main():
             summary = out.strip().splitlines()[-1] if out.strip() else err.strip()[-200:]
             res.check(f"{label}: test_core under {runner[0]}", code == 0 and not fails and "0 failed" in summary,
                       summary + ("; " + "; ".join(fails[:3]) if fails else ""))
+            # the kernels' accuracy on this target, as test_core measured it
+            for ln in out.splitlines():
+                if ln.startswith("PASS ") and any(w in ln for w in ("gemm matches", "gelu matches", "softmax matches")):
+                    print(f"   {label}: {ln[5:]}", flush=True)
         if not build(label, cc, flags, os.path.join(ROOT, "tests", "run_model.c"), rm):
             continue
         for name, path, h, w, batch in models:

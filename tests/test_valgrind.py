@@ -37,7 +37,8 @@ def main():
     code, out, err = run(["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-D_POSIX_C_SOURCE=200809L", "-O2", "-g",
                           "-mavx2", "-mfma", "-o", exe, os.path.join(ROOT, "examples", "classify.c"), "-lm"])
     if res.check("classify builds without OpenMP", code == 0, err.strip()[-300:]):
-        model = os.path.join(BUILD, "fw", "lemevit_random_cifar10.lmv")
+        # the model `make firmware` embedded: the CIFAR-10 LeMeViT, or its random stand-in
+        model = open(os.path.join(BUILD, "fw", "inputs")).read().split()[0]
         photos = [os.path.join(SHARED, "images", "photos", f) for f in ("rocket.jpg", "hubble_deep_field.jpg")]
         photos = [f for f in photos if os.path.exists(f)] or [os.path.join(ROOT, "examples", "cifar10_cat.jpg")]
         for photo in photos:

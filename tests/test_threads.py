@@ -16,9 +16,9 @@ BUILDS = [("plain", "cc", ["-O2", "-march=native"]), ("tsan", "clang", ["-O1", "
 def main():
     corpus = os.path.join(ROOT, "tests", "fuzz", "corpus_lmv")
     models = [os.path.join(corpus, f) for f in sorted(os.listdir(corpus))]
-    fw = os.path.join(BUILD, "fw", "lemevit_random_cifar10.lmv")
-    if os.path.exists(fw):
-        models.append(fw)
+    inputs = os.path.join(BUILD, "fw", "inputs")  # the model `make firmware` embedded
+    if os.path.exists(inputs):
+        models.append(open(inputs).read().split()[0])
     for label, cc, flags in BUILDS:
         exe = os.path.join(BUILD, f"test_threads_{label}")
         code, out, err = run([cc, "-std=c99", "-Wall", "-Wextra", "-pedantic", "-D_POSIX_C_SOURCE=200809L", *flags,

@@ -3,6 +3,7 @@
 #   make test       run every test; the last line says "N passed, N failed"
 #   make demo       classify the bundled pictures with the bundled model
 #   make bench      compare speed and memory with PyTorch
+#   make firmware   the no-malloc, no-stdio example with the model linked in (build/fw/firmware)
 # Options: CC=clang, OPENMP=0 (single-threaded build), PYTHON=/path/to/python3-with-torch
 
 CC      ?= cc
@@ -44,7 +45,7 @@ build:
 deps:
 	@bash tools/install_deps.sh
 
-test: deps all
+test: deps all firmware
 	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tests/run_tests.py
 
 bench: deps all
@@ -59,3 +60,44 @@ clean:
 	rm -rf build
 
 .PHONY: all deps test demo bench clean
+
+# ---- firmware: examples/firmware.c with a model and a picture linked in as const arrays ----
+# FIRMWARE_MODEL is the .lmv to embed. Until the trained CIFAR-10 model is at its default path, a
+# small seeded random LeMeViT of the same shape (tests/make_firmware_model.py, needs PyTorch) is
+# used in its place.
+FIRMWARE_MODEL ?= examples/lemevit_cifar10.lmv
+FIRMWARE_IMAGE ?= examples/cifar10_cat.jpg
+FW_RANDOM      := build/fw/lemevit_random_cifar10.lmv
+FW_MODEL       := $(if $(wildcard $(FIRMWARE_MODEL)),$(FIRMWARE_MODEL),$(FW_RANDOM))
+FW_CFLAGS      ?= -O2
+
+firmware: build/fw/firmware
+
+$(FW_RANDOM): tests/make_firmware_model.py tests/models/lemevit_ref.py tools/convert.py | build
+	mkdir -p build/fw
+	$(PYTHON) tests/make_firmware_model.py $@
+
+# which model and picture were embedded last: a change of path rebuilds the arrays
+build/fw/inputs: FORCE | build
+	@mkdir -p build/fw
+	@echo '$(FW_MODEL) $(FIRMWARE_IMAGE)' | cmp -s - $@ || echo '$(FW_MODEL) $(FIRMWARE_IMAGE)' > $@
+
+build/fw/model_data.c: $(FW_MODEL) build/fw/inputs build/lmv
+	build/lmv embed $(FW_MODEL) $@ --name fw_model
+
+build/fw/image_data.c: $(FIRMWARE_IMAGE) build/fw/inputs build/lmv
+	build/lmv embed $(FIRMWARE_IMAGE) $@ --name fw_image
+
+build/fw/firmware_plan: examples/firmware_plan.c examples/firmware.c lemevit.h | build
+	@mkdir -p build/fw
+	$(CC) $(WARN) $(FW_CFLAGS) -o $@ examples/firmware_plan.c -lm
+
+build/fw/firmware_arena.h: build/fw/firmware_plan $(FW_MODEL) $(FIRMWARE_IMAGE) build/fw/inputs
+	build/fw/firmware_plan $(FW_MODEL) $(FIRMWARE_IMAGE) $@
+
+# no OpenMP: a firmware build has no threads
+build/fw/firmware: examples/firmware.c build/fw/model_data.c build/fw/image_data.c build/fw/firmware_arena.h lemevit.h
+	$(CC) $(WARN) $(FW_CFLAGS) -Ibuild/fw -o $@ examples/firmware.c build/fw/model_data.c build/fw/image_data.c -lm
+
+FORCE:
+.PHONY: firmware FORCE

@@ -108,7 +108,7 @@ typedef enum lmv_result {
     LMV_ERR_IO,               /* a file could not be opened or read */
     LMV_ERR_BAD_MAGIC,        /* not a .lmv file */
     LMV_ERR_VERSION,          /* a format version this build does not know */
-    LMV_ERR_ENDIAN,           /* big-endian file, or weights this host cannot use in place */
+    LMV_ERR_ENDIAN,           /* a file written big-endian (.lmv files are little-endian) */
     LMV_ERR_TRUNCATED,        /* the data ends before a section does */
     LMV_ERR_CHECKSUM,         /* a CRC does not match: the file is damaged */
     LMV_ERR_CORRUPT,          /* a field is out of range or contradicts another */
@@ -192,7 +192,10 @@ typedef struct lmv_open_options {
 LEMEVIT_API lmv_open_options lmv_open_options_default(void);
 
 /* Open a model from memory, in place: `data` must stay valid and unchanged until
-   lmv_model_close(), and must be 4-byte aligned (64 for the fastest kernels). */
+   lmv_model_close(), and must be 4-byte aligned (64 for the fastest kernels).
+   On a big-endian host the weights are converted on load instead: the allocator gives one
+   byte-swapped copy of the file (its size + 64 bytes) that the tensors use; `data` must still
+   stay valid (names and labels are read from it). */
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
@@ -389,7 +392,8 @@ LEMEVIT_API void lmv_softmax(float *x, int n);
    Ties keep the lower index first, as torch.topk does on CPU. Returns min(k, n). */
 LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *prob);
 
-/* NumPy .npy (version 1-3, little-endian float32 '<f4', C order) parsed in place from memory. */
+/* NumPy .npy (version 1-3, float32 '<f4', C order) parsed in place from memory. A big-endian
+   host reads '>f4' instead (what lmv_npy_header writes there) and refuses '<f4' with LMV_ERR_ENDIAN. */
 typedef struct lmv_npy {
     int ndim;
     int shape[8];
@@ -399,7 +403,7 @@ typedef struct lmv_npy {
 } lmv_npy;
 LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out, lmv_error *err);
 /* Write a .npy header for a float32 array of `ndim` dims into out (at least 128 bytes); returns
-   its length, a multiple of 64, after which the data follows. */
+   its length, a multiple of 64, after which the data follows in the host's byte order. */
 LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 
 #ifdef __cplusplus
@@ -437,6 +441,11 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 #if !defined(LEMEVIT_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
 #define LMV__AVX2 1
 #include <immintrin.h>
+#endif
+/* NEON on AArch64 (always there): the same kernels four lanes wide, next to the AVX2 ones. */
+#if !defined(LEMEVIT_NO_SIMD) && !defined(LMV__AVX2) && defined(__ARM_NEON) && defined(__aarch64__)
+#define LMV__NEON 1
+#include <arm_neon.h>
 #endif
 #if defined(__GNUC__) || defined(__clang__)
 #define LMV__ALIGNED(n) __attribute__((aligned(n)))
@@ -686,6 +695,7 @@ struct lmv_model {
     const unsigned char *file;
     size_t file_size;
     void *owned_file;            /* set when the library read the file itself */
+    unsigned char *native;       /* big-endian hosts: the byte-swapped copy the tensors point into */
     lmv__meta *meta;
     int n_meta;
     lmv__tensor *tensors;
@@ -1115,6 +1125,34 @@ static void lmv__tile_c(int kc, const float *a, size_t lda, const float *p, floa
     _mm256_storeu_ps(c4, c40); _mm256_storeu_ps(c4 + 8, c41);
     _mm256_storeu_ps(c5, c50); _mm256_storeu_ps(c5 + 8, c51);
 }
+#elif defined(LMV__NEON)
+/* The AArch64 tile: 24 accumulator registers (6 rows x 4 quads), the panel row in 4 more, each A
+   value multiplied in by lane (vfmaq_n_f32), so every output is still summed in k order. */
+static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? lda : 0), *a2 = a + (mr > 2 ? 2 * lda : 0);
+    const float *a3 = a + (mr > 3 ? 3 * lda : 0), *a4 = a + (mr > 4 ? 4 * lda : 0), *a5 = a + (mr > 5 ? 5 * lda : 0);
+#define LMV__NLOAD(r) c##r##0 = vld1q_f32(acc[r]), c##r##1 = vld1q_f32(acc[r] + 4), c##r##2 = vld1q_f32(acc[r] + 8), \
+                      c##r##3 = vld1q_f32(acc[r] + 12)
+#define LMV__NFMA(r)                                                                                             \
+    do {                                                                                                         \
+        float av_ = a##r[k];                                                                                     \
+        c##r##0 = vfmaq_n_f32(c##r##0, b0, av_); c##r##1 = vfmaq_n_f32(c##r##1, b1, av_);                       \
+        c##r##2 = vfmaq_n_f32(c##r##2, b2, av_); c##r##3 = vfmaq_n_f32(c##r##3, b3, av_);                       \
+    } while (0)
+#define LMV__NSTORE(r) vst1q_f32(acc[r], c##r##0); vst1q_f32(acc[r] + 4, c##r##1); vst1q_f32(acc[r] + 8, c##r##2); \
+                       vst1q_f32(acc[r] + 12, c##r##3)
+    float32x4_t LMV__NLOAD(0), LMV__NLOAD(1), LMV__NLOAD(2), LMV__NLOAD(3), LMV__NLOAD(4), LMV__NLOAD(5);
+    int k;
+    for (k = 0; k < kc; k++) {
+        const float *pk = p + (size_t)k * LMV__NR;
+        float32x4_t b0 = vld1q_f32(pk), b1 = vld1q_f32(pk + 4), b2 = vld1q_f32(pk + 8), b3 = vld1q_f32(pk + 12);
+        LMV__NFMA(0); LMV__NFMA(1); LMV__NFMA(2); LMV__NFMA(3); LMV__NFMA(4); LMV__NFMA(5);
+    }
+    LMV__NSTORE(0); LMV__NSTORE(1); LMV__NSTORE(2); LMV__NSTORE(3); LMV__NSTORE(4); LMV__NSTORE(5);
+#undef LMV__NLOAD
+#undef LMV__NFMA
+#undef LMV__NSTORE
+}
 #else
 static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
     int k, j, r;
@@ -1281,6 +1319,41 @@ static __m256 lmv__gelu8(__m256 x) {
 }
 #endif
 
+#if defined(LMV__NEON)
+/* lmv__exp8 and lmv__gelu8 for NEON, four lanes: the same reduction, polynomials and clamps. */
+static float32x4_t lmv__exp4(float32x4_t x) {
+    float32x4_t fx, r, z, y;
+    int32x4_t n;
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.33654f)), vdupq_n_f32(88.37626f));
+    fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    r = vfmsq_f32(x, fx, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, fx, vdupq_n_f32(-2.12194440e-4f));
+    z = vmulq_f32(r, r);
+    y = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), vdupq_n_f32(1.9875691500e-4f), r);
+    y = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), y, r);
+    y = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), y, r);
+    y = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), y, r);
+    y = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), y, r);
+    y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), y, z);
+    n = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)), 23);
+    return vmulq_f32(y, vreinterpretq_f32_s32(n));
+}
+
+static float32x4_t lmv__gelu4(float32x4_t x) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    float32x4_t u = vmulq_f32(x, vdupq_n_f32(0.70710678118654752f)), a = vabsq_f32(u), t, p, e;
+    t = vdivq_f32(one, vfmaq_f32(one, vdupq_n_f32(0.3275911f), a));
+    p = vfmaq_f32(vdupq_n_f32(-1.453152027f), vdupq_n_f32(1.061405429f), t);
+    p = vfmaq_f32(vdupq_n_f32(1.421413741f), p, t);
+    p = vfmaq_f32(vdupq_n_f32(-0.284496736f), p, t);
+    p = vfmaq_f32(vdupq_n_f32(0.254829592f), p, t);
+    p = vmulq_f32(p, t);
+    e = vfmsq_f32(one, p, lmv__exp4(vnegq_f32(vmulq_f32(a, a)))); /* erf(|u|) */
+    e = vbslq_f32(vdupq_n_u32(0x80000000u), u, e);                  /* erf(u): u's sign */
+    return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), x), vaddq_f32(one, e));
+}
+#endif
+
 static void lmv__activate(float *x, size_t n, lmv__act act) {
     size_t i;
     switch (act) {
@@ -1288,6 +1361,8 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
         i = 0;
 #if defined(LMV__AVX2)
         for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
+#elif defined(LMV__NEON)
+        for (; i + 4 <= n; i += 4) vst1q_f32(x + i, lmv__gelu4(vld1q_f32(x + i)));
 #endif
         for (; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
         break;
@@ -1337,6 +1412,27 @@ static void lmv__softmax_row(float *x, int n) {
         }
         _mm256_storeu_ps(lanes, s8);
         for (j = 0; j < 8; j++) sum += lanes[j];
+        for (; i < n; i++) {
+            x[i] = expf(x[i] - mx);
+            sum += x[i];
+        }
+        inv = 1.0f / sum;
+        for (i = 0; i < n; i++) x[i] *= inv;
+        return;
+    }
+#elif defined(LMV__NEON)
+    if (n >= 4) {
+        float32x4_t m4 = vld1q_f32(x), s4 = vdupq_n_f32(0.0f);
+        for (i = 4; i + 4 <= n; i += 4) m4 = vmaxq_f32(m4, vld1q_f32(x + i));
+        mx = vmaxvq_f32(m4);
+        for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        m4 = vdupq_n_f32(mx);
+        for (i = 0; i + 4 <= n; i += 4) {
+            float32x4_t e = lmv__exp4(vsubq_f32(vld1q_f32(x + i), m4));
+            vst1q_f32(x + i, e);
+            s4 = vaddq_f32(s4, e);
+        }
+        sum = vaddvq_f32(s4);
         for (; i < n; i++) {
             x[i] = expf(x[i] - mx);
             sum += x[i];
@@ -2908,6 +3004,7 @@ static void lmv__model_release(lmv_model *m) {
     lmv__free(&a, (void *)m->strings);
     lmv__free(&a, m->tensors);
     lmv__free(&a, m->owned_file);
+    lmv__free(&a, m->native);
     lmv__free(&a, m);
 }
 
@@ -2961,6 +3058,42 @@ static lmv_result lmv__read_common(lmv_model *m, lmv_error *err) {
     return LMV_OK;
 }
 
+/* Big-endian hosts: the file is little-endian, so its numbers cannot be used in place. Convert on
+   load: one copy of the file from the model's allocator (file size + 64 bytes) in which every
+   float32 of the data section and every int/float value of the meta is byte-swapped; the tensors
+   and lmv_model_config() point into it. The header, meta and table were parsed from the original
+   with explicit little-endian loads, and the CRCs were checked on it, before anything is copied. */
+static lmv_result lmv__native_copy(lmv_model *m, lmv_error *err) {
+    unsigned char *c = (unsigned char *)lmv__alloc(&m->allocator, m->file_size);
+    size_t k;
+    int i;
+    if (!c)
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY,
+                         "out of memory: a big-endian host needs a byte-swapped copy of the weights (%zu bytes)",
+                         m->file_size);
+    memcpy(c, m->file, m->file_size);
+    m->native = c;
+    for (i = 0; i < m->n_tensors; i++) { /* every dtype this build reads is 4 bytes wide */
+        lmv__tensor *t = &m->tensors[i];
+        unsigned char *d = c + (t->data - m->file);
+        for (k = 0; k + 4 <= t->nbytes; k += 4) {
+            unsigned char b0 = d[k], b1 = d[k + 1];
+            d[k] = d[k + 3]; d[k + 1] = d[k + 2]; d[k + 2] = b1; d[k + 3] = b0;
+        }
+        t->data = d;
+    }
+    for (i = 0; i < m->n_meta; i++) {
+        lmv__meta *e = &m->meta[i];
+        unsigned char *d = c + (e->payload - m->file);
+        if (e->type > 2) continue;
+        for (k = 0; k < (size_t)e->count * 4; k += 4) {
+            unsigned char b0 = d[k], b1 = d[k + 1];
+            d[k] = d[k + 3]; d[k + 1] = d[k + 2]; d[k + 2] = b1; d[k + 3] = b0;
+        }
+    }
+    return LMV_OK;
+}
+
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err) {
     lmv_open_options o = opt ? *opt : lmv_open_options_default();
@@ -2974,15 +3107,14 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
     if ((uintptr_t)data % 4)
         return lmv__fail(err, LMV_ERR_ALIGNMENT, "model memory must be at least 4-byte aligned (64 is best)");
-    if (!lmv__host_is_le())
-        return lmv__fail(err, LMV_ERR_ENDIAN, "this host is big-endian; .lmv weights are little-endian and cannot be used in place");
     m = (lmv_model *)lmv__alloc(&o.allocator, sizeof(lmv_model));
     if (!m) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory opening the model");
     memset(m, 0, sizeof *m);
     m->allocator = o.allocator;
     m->file = (const unsigned char *)data;
     m->file_size = size;
-    if ((r = lmv__parse(m, m->file, size, o.verify_data, err)) != LMV_OK || (r = lmv__read_common(m, err)) != LMV_OK) {
+    if ((r = lmv__parse(m, m->file, size, o.verify_data, err)) != LMV_OK ||
+        (!lmv__host_is_le() && (r = lmv__native_copy(m, err)) != LMV_OK) || (r = lmv__read_common(m, err)) != LMV_OK) {
         lmv__model_release(m);
         return r;
     }
@@ -3069,14 +3201,16 @@ LEMEVIT_API const char *lmv_model_label(const lmv_model *model, int i) {
 
 LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out) {
     const lmv__meta *e;
+    const unsigned char *numbers;
     if (!model || i < 0 || i >= model->n_meta || !out) return 0;
     e = &model->meta[i];
+    numbers = model->native ? model->native + (e->payload - model->file) : e->payload; /* host byte order */
     memset(out, 0, sizeof *out);
     out->key = e->key;
     out->type = e->type;
     out->count = e->count;
-    if (e->type == 1) out->ints = (const int *)(const void *)e->payload;
-    if (e->type == 2) out->floats = (const float *)(const void *)e->payload;
+    if (e->type == 1) out->ints = (const int *)(const void *)numbers;
+    if (e->type == 2) out->floats = (const float *)(const void *)numbers;
     if (e->type == 3) out->string = (const char *)e->payload;
     if (e->type == 4) out->string = e->count ? e->strings[0] : NULL;
     return 1;
@@ -3115,6 +3249,22 @@ static int lmv__default_threads(int requested) {
 #endif
 }
 
+/* The documented limit of 1<<20 tokens per attention, for the family whose plan does not check it
+   itself: LeMeViT attends over the image tokens of each stage (ViT checks in its plan; Swin attends
+   within windows of at most window^2 tokens). */
+static lmv_result lmv__check_tokens(const lmv_model *m, int h, int w, lmv_error *err) {
+    if (m->ops->family == LMV_FAMILY_LEMEVIT) {
+        const lmv__lemevit *v = (const lmv__lemevit *)m->graph;
+        int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
+        lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
+        for (i = 0; i < v->n_stages; i++)
+            if ((size_t)sh[i] * (size_t)sw[i] > ((size_t)1 << 20))
+                return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d gives %zu tokens in stage %d, more than the limit of %zu",
+                                 h, w, (size_t)sh[i] * (size_t)sw[i], i, (size_t)1 << 20);
+    }
+    return LMV_OK;
+}
+
 /* Resolve options to the sizes the plan uses. */
 static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_options *opt, lmv_session_options *o,
                                      size_t *arena_floats, lmv_error *err) {
@@ -3128,6 +3278,7 @@ static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_o
         return lmv__fail(err, LMV_ERR_LIMIT, "session size %dx%d batch %d exceeds the limits", o->max_h, o->max_w,
                          o->max_batch);
     o->threads = lmv__default_threads(o->threads);
+    if ((r = lmv__check_tokens(model, o->max_h, o->max_w, err)) != LMV_OK) return r;
     r = model->ops->plan(model, o->threads, o->max_h, o->max_w, arena_floats, err);
     if (r == LMV_OK && *arena_floats > SIZE_MAX / 8)
         return lmv__fail(err, LMV_ERR_LIMIT, "the activation memory for %dx%d does not fit in size_t", o->max_h, o->max_w);
@@ -3217,7 +3368,8 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     lmv_result r;
     if (!s || !input || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run: NULL argument");
     m = s->model;
-    if (batch < 1 || batch > (1 << 16)) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
+    if (batch < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
+    if (batch > (1 << 16)) return lmv__fail(err, LMV_ERR_LIMIT, "batch %d is above the limit of 65536", batch);
     if (!features && m->info.num_classes == 0)
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "the model has no classifier head; use lmv_run_features()");
     if (h < 1 || w < 1 || h > s->max_h || w > s->max_w)
@@ -4754,7 +4906,9 @@ LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out,
     sh = strstr(h, "'shape'");
     if (!descr || !fo || !sh) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy header lacks descr/fortran_order/shape");
     descr = strchr(descr + 7, '\'');
-    if (!descr || (strncmp(descr, "'<f4'", 5) != 0 && strncmp(descr, "'float32'", 9) != 0))
+    if (descr && !lmv__host_is_le() && strncmp(descr, "'<f4'", 5) == 0)
+        return lmv__fail(err, LMV_ERR_ENDIAN, "this host is big-endian: .npy data must be '>f4' to be used in place");
+    if (!descr || (strncmp(descr, lmv__host_is_le() ? "'<f4'" : "'>f4'", 5) != 0 && strncmp(descr, "'float32'", 9) != 0))
         return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy data must be little-endian float32 ('<f4'); convert with .astype('<f4')");
     fo = strchr(fo + 15, ':');
     while (fo && (*fo == ':' || *fo == ' ')) fo++;
@@ -4793,7 +4947,8 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape) {
     char dict[200];
     size_t n, total, i;
     int d;
-    const char *head = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
+    const char *head = lmv__host_is_le() ? "{'descr': '<f4', 'fortran_order': False, 'shape': ("
+                                          : "{'descr': '>f4', 'fortran_order': False, 'shape': (";
     n = strlen(head);
     memcpy(dict, head, n);
     for (d = 0; d < ndim && d < 8; d++) {

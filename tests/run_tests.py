@@ -23,6 +23,13 @@ SUITES = [
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
+    # firmware builds and hardening
+    ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
+    ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),
+    ("limits", [PY, os.path.join(HERE, "test_limits.py")]),
+    ("threads (pthreads, tsan)", [PY, os.path.join(HERE, "test_threads.py")]),
+    ("valgrind", [PY, os.path.join(HERE, "test_valgrind.py")]),
+    ("fuzz (libFuzzer, asan+ubsan)", [PY, os.path.join(HERE, "test_fuzz.py")]),
 ]
 
 

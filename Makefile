@@ -66,7 +66,7 @@ clean:
 # small seeded random LeMeViT of the same shape (tests/make_firmware_model.py, needs PyTorch) is
 # used in its place.
 FIRMWARE_MODEL ?= examples/lemevit_cifar10.lmv
-FIRMWARE_IMAGE ?= examples/cifar10_cat.jpg
+FIRMWARE_IMAGE ?= examples/images/cat_32x32.jpg
 FW_RANDOM      := build/fw/lemevit_random_cifar10.lmv
 FW_MODEL       := $(if $(wildcard $(FIRMWARE_MODEL)),$(FIRMWARE_MODEL),$(FW_RANDOM))
 FW_CFLAGS      ?= -O2

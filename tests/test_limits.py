@@ -15,7 +15,7 @@ code, out, err = run(["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-O1", 
 if res.check("test_limits.c builds with ASan/UBSan", code == 0, err.strip()[-400:]):
     corpus = os.path.join(ROOT, "tests", "fuzz", "corpus_lmv")
     code, out, err = run([exe, os.path.join(corpus, "vit_tiny.lmv"), os.path.join(corpus, "lemevit_tiny.lmv"),
-                          os.path.join(ROOT, "examples", "cifar10_cat.jpg")])
+                          os.path.join(ROOT, "examples", "images", "cat_32x32.jpg")])
     for ln in out.splitlines():
         if ln.startswith(("PASS ", "FAIL ")):
             name, _, why = ln[5:].partition(": got ") if ln.startswith("FAIL") else (ln[5:], "", "")

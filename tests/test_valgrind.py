@@ -40,7 +40,7 @@ def main():
         # the model `make firmware` embedded: the CIFAR-10 LeMeViT, or its random stand-in
         model = open(os.path.join(BUILD, "fw", "inputs")).read().split()[0]
         photos = [os.path.join(SHARED, "images", "photos", f) for f in ("rocket.jpg", "hubble_deep_field.jpg")]
-        photos = [f for f in photos if os.path.exists(f)] or [os.path.join(ROOT, "examples", "cifar10_cat.jpg")]
+        photos = [f for f in photos if os.path.exists(f)] or [os.path.join(ROOT, "examples", "images", "cat_32x32.jpg")]
         for photo in photos:
             memcheck(f"classify {os.path.basename(photo)}", [exe, model, photo, "--top", "3"])
         # a failing path frees everything too

@@ -11,7 +11,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "build")
-LMV = os.path.join(BUILD, "lmv")
+# LMV_SANITIZE=1 runs the AddressSanitizer + UBSan builds (build/asan/) instead of the optimised ones
+BIN = os.path.join(BUILD, "asan") if os.environ.get("LMV_SANITIZE") else BUILD
+LMV = os.path.join(BIN, "lmv")
 CONVERT = os.environ.get("LMV_CONVERT") or os.path.join(ROOT, "tools", "convert.py")
 SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
 

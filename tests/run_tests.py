@@ -33,19 +33,32 @@ SUITES = [
 ]
 
 
+# the parity suites once more on the AddressSanitizer + UBSan builds (small models only)
+SANITIZED = [
+    ("vit (asan+ubsan)", [PY, os.path.join(HERE, "test_vit.py"), "--quick"]),
+    ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
+    ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
+    ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),
+]
+SUITES += SANITIZED
+ENV = {label: {"LMV_SANITIZE": "1", "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1"} for label, _ in SANITIZED}
+
+
 def main():
     only = sys.argv[1:]
     passed = failed = 0
     for label, cmd in SUITES:
         if only and not any(o in label for o in only):
             continue
-        script = cmd[-1]
+        scripts = [c for c in cmd if c.endswith(".py")]
+        script = scripts[0] if scripts else cmd[0]
         if not os.path.exists(script):
             print(f"FAIL {label}: {os.path.relpath(script, ROOT)} is missing", flush=True)
             failed += 1
             continue
         print(f"== {label}", flush=True)
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        env = dict(os.environ, **ENV.get(label, {}))
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
         last = None
         for line in p.stdout:
             sys.stdout.write("   " + line)

@@ -219,7 +219,10 @@ def seed_models():
 
 if __name__ == "__main__":
     only = sys.argv[1:]
+    quick = "--quick" in sys.argv
     for fn in (attention_map, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
                torchvision_vit_b16):
+        if quick and fn is torchvision_vit_b16:
+            continue
         fn()
     res.finish()

@@ -826,6 +826,37 @@ static lmv_result lmv__w2(const lmv_model *m, int optional, int n0, int n1, cons
     return lmv__weight(m, name, optional, 2, s, out, err);
 }
 
+/* A Linear: "<name>.weight" [out][in] and its optional "<name>.bias" [out] (the weight is optional
+   too when `optional` is set). The name is printf-built. */
+static lmv_result lmv__bind_linear(const lmv_model *m, int optional, int out, int in, const float **w, const float **b,
+                                   lmv_error *err, const char *fmt, ...) {
+    char base[96], name[112];
+    lmv_result r;
+    va_list ap;
+    va_start(ap, fmt);
+    lmv__vformat(base, sizeof base, fmt, ap);
+    va_end(ap);
+    lmv__name(name, sizeof name, "%s.weight", base);
+    if ((r = lmv__w2(m, optional, out, in, w, err, name)) != LMV_OK) return r;
+    lmv__name(name, sizeof name, "%s.bias", base);
+    return lmv__w1(m, 1, out, b, err, name);
+}
+
+/* A LayerNorm: "<name>.weight" and "<name>.bias", both [C], required unless `optional`. */
+static lmv_result lmv__bind_norm(const lmv_model *m, int optional, int C, const float **w, const float **b,
+                                 lmv_error *err, const char *fmt, ...) {
+    char base[96], name[112];
+    lmv_result r;
+    va_list ap;
+    va_start(ap, fmt);
+    lmv__vformat(base, sizeof base, fmt, ap);
+    va_end(ap);
+    lmv__name(name, sizeof name, "%s.weight", base);
+    if ((r = lmv__w1(m, optional, C, w, err, name)) != LMV_OK) return r;
+    lmv__name(name, sizeof name, "%s.bias", base);
+    return lmv__w1(m, optional, C, b, err, name);
+}
+
 /* Parse and validate the whole container: header, CRCs, meta, table. Nothing is trusted until
    it has been bounds-checked here. */
 static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, int verify_data, lmv_error *err) {
@@ -1848,55 +1879,37 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         if ((r = lmv__weight(m, "pos_embed", 0, 3, shape3, &v->pos_embed, err)) != LMV_OK) return r;
     }
     (void)patch_k;
-    if ((r = lmv__w1(m, 1, D, &v->patch_norm_w, err, "patch_embed.norm.weight")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->patch_norm_b, err, "patch_embed.norm.bias")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->norm_pre_w, err, "norm_pre.weight")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->norm_pre_b, err, "norm_pre.bias")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->norm_w, err, "norm.weight")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->norm_b, err, "norm.bias")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->fc_norm_w, err, "fc_norm.weight")) != LMV_OK ||
-        (r = lmv__w1(m, 1, D, &v->fc_norm_b, err, "fc_norm.bias")) != LMV_OK)
+    if ((r = lmv__bind_norm(m, 1, D, &v->patch_norm_w, &v->patch_norm_b, err, "patch_embed.norm")) != LMV_OK ||
+        (r = lmv__bind_norm(m, 1, D, &v->norm_pre_w, &v->norm_pre_b, err, "norm_pre")) != LMV_OK ||
+        (r = lmv__bind_norm(m, 1, D, &v->norm_w, &v->norm_b, err, "norm")) != LMV_OK ||
+        (r = lmv__bind_norm(m, 1, D, &v->fc_norm_w, &v->fc_norm_b, err, "fc_norm")) != LMV_OK)
         return r;
-    if (v->pre_logits && ((r = lmv__w2(m, 0, v->pre_logits, D, &v->pre_logits_w, err, "pre_logits.fc.weight")) != LMV_OK ||
-                          (r = lmv__w1(m, 0, v->pre_logits, &v->pre_logits_b, err, "pre_logits.fc.bias")) != LMV_OK))
+    if (v->pre_logits &&
+        (r = lmv__bind_linear(m, 0, v->pre_logits, D, &v->pre_logits_w, &v->pre_logits_b, err, "pre_logits.fc")) != LMV_OK)
         return r;
     m->info.num_features = v->pre_logits ? v->pre_logits : D;
     if (v->num_classes) {
         int F = m->info.num_features;
-        if ((r = lmv__w2(m, 0, v->num_classes, F, &v->head_w, err, "head.weight")) != LMV_OK ||
-            (r = lmv__w1(m, 1, v->num_classes, &v->head_b, err, "head.bias")) != LMV_OK)
-            return r;
-        if (v->dist_token &&
-            ((r = lmv__w2(m, 0, v->num_classes, F, &v->head_dist_w, err, "head_dist.weight")) != LMV_OK ||
-             (r = lmv__w1(m, 1, v->num_classes, &v->head_dist_b, err, "head_dist.bias")) != LMV_OK))
+        if ((r = lmv__bind_linear(m, 0, v->num_classes, F, &v->head_w, &v->head_b, err, "head")) != LMV_OK ||
+            (v->dist_token &&
+             (r = lmv__bind_linear(m, 0, v->num_classes, F, &v->head_dist_w, &v->head_dist_b, err, "head_dist")) != LMV_OK))
             return r;
     }
     v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
     if (!v->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT blocks");
     for (i = 0; i < v->depth; i++) {
         lmv__vit_block *b = &v->blocks[i];
-#define LMV__B1(opt, n, dst, suffix) \
-    lmv__name(name, sizeof name, "blocks.%d." suffix, i); \
-    if ((r = lmv__w1(m, opt, n, &b->dst, err, name)) != LMV_OK) return r
-#define LMV__B2(opt, n0, n1, dst, suffix) \
-    lmv__name(name, sizeof name, "blocks.%d." suffix, i); \
-    if ((r = lmv__w2(m, opt, n0, n1, &b->dst, err, name)) != LMV_OK) return r
-        LMV__B1(0, D, norm1_w, "norm1.weight");
-        LMV__B1(0, D, norm1_b, "norm1.bias");
-        LMV__B2(0, 3 * D, D, qkv_w, "attn.qkv.weight");
-        LMV__B1(1, 3 * D, qkv_b, "attn.qkv.bias");
-        LMV__B2(0, D, D, proj_w, "attn.proj.weight");
-        LMV__B1(1, D, proj_b, "attn.proj.bias");
-        LMV__B1(1, D, ls1, "ls1.gamma");
-        LMV__B1(0, D, norm2_w, "norm2.weight");
-        LMV__B1(0, D, norm2_b, "norm2.bias");
-        LMV__B2(0, Hd, D, fc1_w, "mlp.fc1.weight");
-        LMV__B1(1, Hd, fc1_b, "mlp.fc1.bias");
-        LMV__B2(0, D, Hd, fc2_w, "mlp.fc2.weight");
-        LMV__B1(1, D, fc2_b, "mlp.fc2.bias");
-        LMV__B1(1, D, ls2, "ls2.gamma");
-#undef LMV__B1
-#undef LMV__B2
+        if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "blocks.%d.norm1", i)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, 3 * D, D, &b->qkv_w, &b->qkv_b, err, "blocks.%d.attn.qkv", i)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, D, D, &b->proj_w, &b->proj_b, err, "blocks.%d.attn.proj", i)) != LMV_OK ||
+            (r = lmv__bind_norm(m, 0, D, &b->norm2_w, &b->norm2_b, err, "blocks.%d.norm2", i)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK)
+            return r;
+        lmv__name(name, sizeof name, "blocks.%d.ls1.gamma", i);
+        if ((r = lmv__w1(m, 1, D, &b->ls1, err, name)) != LMV_OK) return r;
+        lmv__name(name, sizeof name, "blocks.%d.ls2.gamma", i);
+        if ((r = lmv__w1(m, 1, D, &b->ls2, err, name)) != LMV_OK) return r;
     }
     return LMV_OK;
 }
@@ -2016,12 +2029,14 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
     char name[32];
     lmv__vit_layout(v, gh, gw, s->max_threads, s->arena, &b);
     (void)err;
+    /* the position embedding for this grid, once for the whole batch (its resampling scratch
+       shares memory with the patch rows, which are only filled later) */
+    lmv__vit_pos_embed(v, gh, gw, &b);
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;
         const int trace = n == 0;
         /* patch_embed: Conv2d(k = stride = patch) as one GEMM, tokens in row-major grid order */
-        lmv__vit_pos_embed(v, gh, gw, &b); /* b.tmp shares memory with b.patches: do it first */
         tokens = v->class_last ? b.x : b.x + (size_t)v->prefix * D;
         lmv__im2col(b.patches, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->ph, v->pw, v->ph, v->pw, 0,
                     gh, gw);
@@ -2184,44 +2199,28 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
         for (j = 0; j < st->depth; j++) {
             lmv__swin_block *b = &st->blocks[j];
             n = (2 * ws - 1) * (2 * ws - 1);
-#define LMV__SW1(opt, len, dst, suffix) \
-    lmv__name(name, sizeof name, "layers.%d.blocks.%d." suffix, i, j); \
-    if ((r = lmv__w1(m, opt, len, &b->dst, err, name)) != LMV_OK) return r
-#define LMV__SW2(opt, n0, n1, dst, suffix) \
-    lmv__name(name, sizeof name, "layers.%d.blocks.%d." suffix, i, j); \
-    if ((r = lmv__w2(m, opt, n0, n1, &b->dst, err, name)) != LMV_OK) return r
-            LMV__SW1(0, C, norm1_w, "norm1.weight");
-            LMV__SW1(0, C, norm1_b, "norm1.bias");
-            LMV__SW2(0, n, st->heads, table, "attn.relative_position_bias_table");
-            LMV__SW2(0, 3 * C, C, qkv_w, "attn.qkv.weight");
-            LMV__SW1(1, 3 * C, qkv_b, "attn.qkv.bias");
-            LMV__SW2(0, C, C, proj_w, "attn.proj.weight");
-            LMV__SW1(1, C, proj_b, "attn.proj.bias");
-            LMV__SW1(0, C, norm2_w, "norm2.weight");
-            LMV__SW1(0, C, norm2_b, "norm2.bias");
-            LMV__SW2(0, st->hidden, C, fc1_w, "mlp.fc1.weight");
-            LMV__SW1(1, st->hidden, fc1_b, "mlp.fc1.bias");
-            LMV__SW2(0, C, st->hidden, fc2_w, "mlp.fc2.weight");
-            LMV__SW1(1, C, fc2_b, "mlp.fc2.bias");
-#undef LMV__SW1
-#undef LMV__SW2
+            if ((r = lmv__bind_norm(m, 0, C, &b->norm1_w, &b->norm1_b, err, "layers.%d.blocks.%d.norm1", i, j)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, 3 * C, C, &b->qkv_w, &b->qkv_b, err, "layers.%d.blocks.%d.attn.qkv", i, j)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, C, C, &b->proj_w, &b->proj_b, err, "layers.%d.blocks.%d.attn.proj", i, j)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 0, C, &b->norm2_w, &b->norm2_b, err, "layers.%d.blocks.%d.norm2", i, j)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, st->hidden, C, &b->fc1_w, &b->fc1_b, err, "layers.%d.blocks.%d.mlp.fc1", i, j)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, C, st->hidden, &b->fc2_w, &b->fc2_b, err, "layers.%d.blocks.%d.mlp.fc2", i, j)) != LMV_OK)
+                return r;
+            lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.relative_position_bias_table", i, j);
+            if ((r = lmv__w2(m, 0, n, st->heads, &b->table, err, name)) != LMV_OK) return r;
         }
         if (i + 1 < v->n_stages) { /* PatchMerging: LN(4C), Linear(4C -> 2C) without bias */
-            lmv__name(name, sizeof name, "layers.%d.downsample.norm.weight", i);
-            if ((r = lmv__w1(m, 0, 4 * C, &st->merge_norm_w, err, name)) != LMV_OK) return r;
-            lmv__name(name, sizeof name, "layers.%d.downsample.norm.bias", i);
-            if ((r = lmv__w1(m, 0, 4 * C, &st->merge_norm_b, err, name)) != LMV_OK) return r;
+            if ((r = lmv__bind_norm(m, 0, 4 * C, &st->merge_norm_w, &st->merge_norm_b, err, "layers.%d.downsample.norm", i)) !=
+                LMV_OK)
+                return r;
             lmv__name(name, sizeof name, "layers.%d.downsample.reduction.weight", i);
             if ((r = lmv__w2(m, 0, 2 * C, 4 * C, &st->merge_w, err, name)) != LMV_OK) return r;
             C *= 2;
         }
     }
-    if ((r = lmv__w1(m, 0, C, &v->norm_w, err, "norm.weight")) != LMV_OK ||
-        (r = lmv__w1(m, 0, C, &v->norm_b, err, "norm.bias")) != LMV_OK)
-        return r;
+    if ((r = lmv__bind_norm(m, 0, C, &v->norm_w, &v->norm_b, err, "norm")) != LMV_OK) return r;
     m->info.num_features = C;
-    if (v->num_classes && ((r = lmv__w2(m, 0, v->num_classes, C, &v->head_w, err, "head.weight")) != LMV_OK ||
-                           (r = lmv__w1(m, 1, v->num_classes, &v->head_b, err, "head.bias")) != LMV_OK))
+    if (v->num_classes && (r = lmv__bind_linear(m, 0, v->num_classes, C, &v->head_w, &v->head_b, err, "head")) != LMV_OK)
         return r;
     return LMV_OK;
 }
@@ -2624,22 +2623,11 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
         } else if (i > 0 && in != C) {
             return lmv__fail(err, LMV_ERR_CORRUPT, "stage %d follows a cross-attention stage, so it must keep width %d", i, in);
         }
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.0.weight", i);
-        if ((r = lmv__w2(m, 0, 4 * in, in, &st->meta_fc1_w, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.0.bias", i);
-        if ((r = lmv__w1(m, 1, 4 * in, &st->meta_fc1_b, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.1.weight", i);
-        if ((r = lmv__w1(m, 0, 4 * in, &st->meta_ln1_w, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.1.bias", i);
-        if ((r = lmv__w1(m, 0, 4 * in, &st->meta_ln1_b, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.3.weight", i);
-        if ((r = lmv__w2(m, 0, C, 4 * in, &st->meta_fc2_w, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.3.bias", i);
-        if ((r = lmv__w1(m, 1, C, &st->meta_fc2_b, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.4.weight", i);
-        if ((r = lmv__w1(m, 0, C, &st->meta_ln2_w, err, name)) != LMV_OK) return r;
-        lmv__name(name, sizeof name, "meta_token_downsample.%d.4.bias", i);
-        if ((r = lmv__w1(m, 0, C, &st->meta_ln2_b, err, name)) != LMV_OK) return r;
+        if ((r = lmv__bind_linear(m, 0, 4 * in, in, &st->meta_fc1_w, &st->meta_fc1_b, err, "meta_token_downsample.%d.0", i)) != LMV_OK ||
+            (r = lmv__bind_norm(m, 0, 4 * in, &st->meta_ln1_w, &st->meta_ln1_b, err, "meta_token_downsample.%d.1", i)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, C, 4 * in, &st->meta_fc2_w, &st->meta_fc2_b, err, "meta_token_downsample.%d.3", i)) != LMV_OK ||
+            (r = lmv__bind_norm(m, 0, C, &st->meta_ln2_w, &st->meta_ln2_b, err, "meta_token_downsample.%d.4", i)) != LMV_OK)
+            return r;
         st->blocks = (lmv__lmt_block *)lmv__alloc(&m->allocator, sizeof(lmv__lmt_block) * (size_t)(st->depth + 1));
         if (!st->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding LeMeViT blocks");
         memset(st->blocks, 0, sizeof(lmv__lmt_block) * (size_t)(st->depth + 1));
@@ -2650,48 +2638,30 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
             const char *in1 = st->type == 'C' ? "q" : st->type == 'D' ? "qkv1" : st->type == 'E' ? "qv1" : "qkv";
             const char *in2 = st->type == 'C' ? "kv" : st->type == 'D' ? "qkv2" : "kv2";
             const char *proj = (st->type == 'C' || st->type == 'S') ? "proj" : "proj_x";
-#define LMV__BW1(opt, n, dst, fmt, ...) \
-    lmv__name(name, sizeof name, "stages.%d.%d." fmt, i, j, __VA_ARGS__); \
-    if ((r = lmv__w1(m, opt, n, &b->dst, err, name)) != LMV_OK) return r
-#define LMV__BW2(opt, n0, n1, dst, fmt, ...) \
-    lmv__name(name, sizeof name, "stages.%d.%d." fmt, i, j, __VA_ARGS__); \
-    if ((r = lmv__w2(m, opt, n0, n1, &b->dst, err, name)) != LMV_OK) return r
             shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
             lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
             if ((r = lmv__weight(m, name, 0, 4, shape4, &b->pos_w, err)) != LMV_OK) return r;
-            LMV__BW1(1, C, pos_b, "pos_embed.%s", "bias");
-            LMV__BW1(0, C, norm1_w, "norm1.%s", "weight");
-            LMV__BW1(0, C, norm1_b, "norm1.%s", "bias");
-            LMV__BW1(0, C, norm2_w, "norm2.%s", "weight");
-            LMV__BW1(0, C, norm2_b, "norm2.%s", "bias");
-            LMV__BW2(0, n1, C, in1_w, "attn.%s.weight", in1);
-            LMV__BW1(1, n1, in1_b, "attn.%s.bias", in1);
-            if (st->type != 'S') {
-                LMV__BW2(0, n2, C, in2_w, "attn.%s.weight", in2);
-                LMV__BW1(1, n2, in2_b, "attn.%s.bias", in2);
-            }
-            LMV__BW2(0, C, C, proj_w, "attn.%s.weight", proj);
-            LMV__BW1(1, C, proj_b, "attn.%s.bias", proj);
-            if (st->type == 'D' || st->type == 'E') {
-                LMV__BW2(0, C, C, projc_w, "attn.%s.weight", "proj_c");
-                LMV__BW1(1, C, projc_b, "attn.%s.bias", "proj_c");
-            }
-            LMV__BW2(0, Hd, C, fc1_w, "mlp.0.%s", "weight");
-            LMV__BW1(1, Hd, fc1_b, "mlp.0.%s", "bias");
-            LMV__BW2(0, C, Hd, fc2_w, "mlp.3.%s", "weight");
-            LMV__BW1(1, C, fc2_b, "mlp.3.%s", "bias");
-#undef LMV__BW1
-#undef LMV__BW2
+            lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.bias", i, j);
+            if ((r = lmv__w1(m, 1, C, &b->pos_b, err, name)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 0, C, &b->norm1_w, &b->norm1_b, err, "stages.%d.%d.norm1", i, j)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 0, C, &b->norm2_w, &b->norm2_b, err, "stages.%d.%d.norm2", i, j)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, n1, C, &b->in1_w, &b->in1_b, err, "stages.%d.%d.attn.%s", i, j, in1)) != LMV_OK ||
+                (st->type != 'S' &&
+                 (r = lmv__bind_linear(m, 0, n2, C, &b->in2_w, &b->in2_b, err, "stages.%d.%d.attn.%s", i, j, in2)) != LMV_OK) ||
+                (r = lmv__bind_linear(m, 0, C, C, &b->proj_w, &b->proj_b, err, "stages.%d.%d.attn.%s", i, j, proj)) != LMV_OK ||
+                ((st->type == 'D' || st->type == 'E') &&
+                 (r = lmv__bind_linear(m, 0, C, C, &b->projc_w, &b->projc_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
+                (r = lmv__bind_linear(m, 0, Hd, C, &b->fc1_w, &b->fc1_b, err, "stages.%d.%d.mlp.0", i, j)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK)
+                return r;
         }
         prev = C;
     }
     if ((r = lmv__bn_bind(m, "norm", prev, &v->norm, err)) != LMV_OK ||
-        (r = lmv__w1(m, 0, prev, &v->norm_c_w, err, "norm_c.weight")) != LMV_OK ||
-        (r = lmv__w1(m, 0, prev, &v->norm_c_b, err, "norm_c.bias")) != LMV_OK)
+        (r = lmv__bind_norm(m, 0, prev, &v->norm_c_w, &v->norm_c_b, err, "norm_c")) != LMV_OK)
         return r;
     m->info.num_features = prev;
-    if (v->num_classes && ((r = lmv__w2(m, 0, v->num_classes, prev, &v->head_w, err, "head.weight")) != LMV_OK ||
-                           (r = lmv__w1(m, 1, v->num_classes, &v->head_b, err, "head.bias")) != LMV_OK))
+    if (v->num_classes && (r = lmv__bind_linear(m, 0, v->num_classes, prev, &v->head_w, &v->head_b, err, "head")) != LMV_OK)
         return r;
     return LMV_OK;
 }

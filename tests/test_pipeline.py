@@ -74,31 +74,17 @@ def check_model(name, model, lmv, transform, labels):
                   f"largest probability difference {worst:.4f} points (2 decimals printed)")
 
 
-def vit_b16():
-    import torchvision
+def torchvision_model(name, build, weights, resize, interp, seed):
+    """A torchvision classifier with seeded random weights, converted with the converter's
+    torchvision defaults, against the transform those defaults stand for."""
     torch.manual_seed(0)
-    m = timm_vit.randomize_(torchvision.models.vit_b_16(), seed=7).eval()
-    path = os.path.join(work, "vit.pth")
+    m = timm_vit.randomize_(build(), seed=seed).eval()
+    path = os.path.join(work, name + ".pth")
     torch.save(m.state_dict(), path)
-    convert(path, os.path.join(work, "vit.lmv"))
-    from torchvision.models import ViT_B_16_Weights
-    labels = ViT_B_16_Weights.IMAGENET1K_V1.meta["categories"]
-    # the converter's torchvision defaults: Resize(256) bilinear, CenterCrop(224), ImageNet mean/std
-    check_model("torchvision vit_b_16", m, os.path.join(work, "vit.lmv"),
-                torch_transform(256, 224, "bilinear", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), labels)
-
-
-def swin_t():
-    import torchvision
-    torch.manual_seed(0)
-    m = timm_vit.randomize_(torchvision.models.swin_t(), seed=8).eval()
-    path = os.path.join(work, "swin.pth")
-    torch.save(m.state_dict(), path)
-    convert(path, os.path.join(work, "swin.lmv"))
-    from torchvision.models import Swin_T_Weights
-    labels = Swin_T_Weights.IMAGENET1K_V1.meta["categories"]
-    check_model("torchvision swin_t", m, os.path.join(work, "swin.lmv"),
-                torch_transform(232, 224, "bicubic", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), labels)
+    convert(path, os.path.join(work, name + ".lmv"))
+    check_model("torchvision " + name, m, os.path.join(work, name + ".lmv"),
+                torch_transform(resize, 224, interp, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                weights.IMAGENET1K_V1.meta["categories"])
 
 
 def lemevit():
@@ -130,6 +116,9 @@ if __name__ == "__main__":
     lemevit()
     preprocess_matches()
     if "--quick" not in sys.argv:
-        vit_b16()
-        swin_t()
+        import torchvision
+        from torchvision.models import Swin_T_Weights, ViT_B_16_Weights
+        # vit_b_16: Resize(256) bilinear, CenterCrop(224); swin_t: Resize(232) bicubic
+        torchvision_model("vit_b_16", torchvision.models.vit_b_16, ViT_B_16_Weights, 256, "bilinear", 7)
+        torchvision_model("swin_t", torchvision.models.swin_t, Swin_T_Weights, 232, "bicubic", 8)
     res.finish()

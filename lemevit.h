@@ -222,11 +222,20 @@ typedef struct lmv_config_entry {
 } lmv_config_entry;
 LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out);
 
+/* How a tensor's numbers are stored. Matrix weights (Linear and convolution kernels) may be
+   reduced precision; everything else is float32. The library computes in float32 either way:
+   reduced-precision weights are widened as the matrix multiply reads them. */
+typedef enum lmv_dtype {
+    LMV_DTYPE_F32 = 0,  /* float32 */
+    LMV_DTYPE_F16 = 1,  /* IEEE half precision */
+    LMV_DTYPE_INT8 = 2  /* shape[0] float32 scales, then int8 values: w[r][...] = scale[r] * q */
+} lmv_dtype;
+
 /* Tensors, by index, for tools. Returns 0 when i is out of range. */
 typedef struct lmv_tensor_info {
     const char *name;          /* not NUL-terminated: use name_len */
     int name_len;
-    int dtype;                 /* 0 float32 */
+    int dtype;                 /* an lmv_dtype */
     int ndim;
     int shape[6];
     const void *data;
@@ -441,6 +450,9 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 #if !defined(LEMEVIT_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
 #define LMV__AVX2 1
 #include <immintrin.h>
+#if defined(__F16C__)
+#define LMV__F16C 1 /* half -> float in hardware (-mf16c or -march=native) */
+#endif
 #endif
 /* NEON on AArch64 (always there): the same kernels four lanes wide, next to the AVX2 ones. */
 #if !defined(LEMEVIT_NO_SIMD) && !defined(LMV__AVX2) && defined(__ARM_NEON) && defined(__aarch64__)
@@ -676,6 +688,14 @@ typedef struct lmv__tensor {
     const unsigned char *data;
 } lmv__tensor;
 
+/* A matrix weight as the GEMM reads it: rows of float32, f16, or int8 with a float32 scale per
+   row. A NULL `data` means absent. */
+typedef struct lmv__mat {
+    const void *data;
+    const float *scale;
+    int dtype;
+} lmv__mat;
+
 struct lmv_model;
 typedef struct lmv__graph lmv__graph;
 
@@ -763,10 +783,11 @@ static const lmv__tensor *lmv__find_tensor(const lmv_model *m, const char *name)
     return NULL;
 }
 
-/* Fetch a float32 tensor by name and check its shape; shape lists ndim sizes.
-   With `optional`, a missing tensor gives NULL and LMV_OK. */
-static lmv_result lmv__weight(const lmv_model *m, const char *name, int optional, int ndim, const int *shape,
-                              const float **out, lmv_error *err) {
+/* Find a tensor by name and check its shape (ndim sizes) and dtype: only matrix weights, bound
+   with `matrix` set, may be stored in reduced precision. With `optional`, a missing tensor gives
+   NULL and LMV_OK. */
+static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int optional, int ndim, const int *shape,
+                                    int matrix, const lmv__tensor **out, lmv_error *err) {
     const lmv__tensor *t = lmv__find_tensor(m, name);
     int i;
     *out = NULL;
@@ -774,13 +795,15 @@ static lmv_result lmv__weight(const lmv_model *m, const char *name, int optional
         if (optional) return LMV_OK;
         return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "tensor '%s' is missing from the weight file", name);
     }
-    if (t->dtype != 0)
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "tensor '%s' has dtype %d; this build runs float32 only", name,
-                         t->dtype);
+    if (t->dtype != LMV_DTYPE_F32 && !matrix)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "tensor '%s' is stored as %s, but only matrix weights may be; re-quantise the file with the "
+                         "converter's default policy or --dtype f32",
+                         name, t->dtype == LMV_DTYPE_F16 ? "f16" : "int8");
     if (t->ndim != ndim) goto bad;
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
-    *out = (const float *)(const void *)t->data;
+    *out = t;
     return LMV_OK;
 bad : {
     char want[96], have[96];
@@ -806,6 +829,33 @@ bad : {
 }
 }
 
+/* A float32 tensor. */
+static lmv_result lmv__weight(const lmv_model *m, const char *name, int optional, int ndim, const int *shape,
+                              const float **out, lmv_error *err) {
+    const lmv__tensor *t;
+    lmv_result r = lmv__find_checked(m, name, optional, ndim, shape, 0, &t, err);
+    *out = t ? (const float *)(const void *)t->data : NULL;
+    return r;
+}
+
+/* A matrix weight in any dtype: [shape[0]] rows of the remaining dimensions' product. */
+static lmv_result lmv__matrix(const lmv_model *m, const char *name, int optional, int ndim, const int *shape,
+                              lmv__mat *out, lmv_error *err) {
+    const lmv__tensor *t;
+    lmv_result r = lmv__find_checked(m, name, optional, ndim, shape, 1, &t, err);
+    out->data = NULL;
+    out->scale = NULL;
+    out->dtype = LMV_DTYPE_F32;
+    if (!t) return r;
+    out->dtype = t->dtype;
+    out->data = t->data;
+    if (t->dtype == LMV_DTYPE_INT8) {
+        out->scale = (const float *)(const void *)t->data;
+        out->data = t->data + 4 * (size_t)t->shape[0];
+    }
+    return r;
+}
+
 /* Shorthands for the common shapes, with a printf-built name. */
 static void lmv__name(char *buf, size_t cap, const char *fmt, ...) {
     va_list ap;
@@ -828,16 +878,19 @@ static lmv_result lmv__w2(const lmv_model *m, int optional, int n0, int n1, cons
 
 /* A Linear: "<name>.weight" [out][in] and its optional "<name>.bias" [out] (the weight is optional
    too when `optional` is set). The name is printf-built. */
-static lmv_result lmv__bind_linear(const lmv_model *m, int optional, int out, int in, const float **w, const float **b,
+static lmv_result lmv__bind_linear(const lmv_model *m, int optional, int out, int in, lmv__mat *w, const float **b,
                                    lmv_error *err, const char *fmt, ...) {
     char base[96], name[112];
+    int shape[2];
     lmv_result r;
     va_list ap;
     va_start(ap, fmt);
     lmv__vformat(base, sizeof base, fmt, ap);
     va_end(ap);
     lmv__name(name, sizeof name, "%s.weight", base);
-    if ((r = lmv__w2(m, optional, out, in, w, err, name)) != LMV_OK) return r;
+    shape[0] = out;
+    shape[1] = in;
+    if ((r = lmv__matrix(m, name, optional, 2, shape, w, err)) != LMV_OK) return r;
     lmv__name(name, sizeof name, "%s.bias", base);
     return lmv__w1(m, 1, out, b, err, name);
 }
@@ -1044,11 +1097,17 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
         pos += nlen;
         pos = (size_t)table_off + (((pos - (size_t)table_off) + 7) & ~(size_t)7);
         if (pos > end) return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u runs past the table", (unsigned)i);
-        elsize = t->dtype == 0 ? 4 : 0;
+        elsize = t->dtype == LMV_DTYPE_F32 ? 4 : t->dtype == LMV_DTYPE_F16 ? 2 : t->dtype == LMV_DTYPE_INT8 ? 1 : 0;
         if (!elsize)
             return lmv__fail(err, LMV_ERR_UNSUPPORTED, "tensor entry %u has dtype %d, which this build does not know",
                              (unsigned)i, t->dtype);
-        if (!lmv__mul_ok(numel, elsize, &t->nbytes) || t->nbytes != nbytes)
+        if (t->dtype == LMV_DTYPE_INT8 && t->ndim < 2)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: an int8 tensor needs at least 2 dimensions",
+                             (unsigned)i);
+        /* int8: one float32 scale per output channel (shape[0]) before the values */
+        if (!lmv__mul_ok(numel, elsize, &t->nbytes) ||
+            (t->dtype == LMV_DTYPE_INT8 && (t->nbytes += 4 * (size_t)t->shape[0]) < 4 * (size_t)t->shape[0]) ||
+            t->nbytes != nbytes)
             return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: byte size does not match its shape", (unsigned)i);
         if (off % 64 || off > data_size || nbytes > data_size - off)
             return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: data lies outside the data section or is misaligned",
@@ -1197,10 +1256,145 @@ static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p
 }
 #endif
 
+/* IEEE half -> float, exactly (every half is a float). */
+static float lmv__half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    float f;
+    if (e == 0x1f) u = sign | 0x7f800000u | (man << 13);      /* inf, nan */
+    else if (e) u = sign | ((e + 112) << 23) | (man << 13);  /* normal: rebias 15 -> 127 */
+    else {                                                   /* zero, subnormal: man * 2^-24 */
+        f = (float)man * 5.9604644775390625e-8f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* n weights of one row, widened to float32: half, or int8 times the row's scale. */
+static void lmv__widen_row(float *dst, const lmv__mat *B, size_t row, size_t at, int n) {
+    int k = 0;
+    if (B->dtype == LMV_DTYPE_F16) {
+        const uint16_t *src = (const uint16_t *)B->data + at;
+#if defined(LMV__F16C)
+        for (; k + 8 <= n; k += 8) _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + k))));
+#elif defined(LMV__NEON)
+        for (; k + 4 <= n; k += 4) vst1q_f32(dst + k, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + k))));
+#endif
+        for (; k < n; k++) dst[k] = lmv__half_to_float(src[k]);
+    } else {
+        const signed char *src = (const signed char *)B->data + at;
+        float sc = B->scale[row];
+#if defined(LMV__AVX2)
+        __m256 s8 = _mm256_set1_ps(sc);
+        for (; k + 8 <= n; k += 8) {
+            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(src + k)));
+            _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), s8));
+        }
+#elif defined(LMV__NEON)
+        for (; k + 8 <= n; k += 8) {
+            int16x8_t q = vmovl_s8(vld1_s8(src + k));
+            vst1q_f32(dst + k, vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(q))), sc));
+            vst1q_f32(dst + k + 4, vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(q))), sc));
+        }
+#endif
+        for (; k < n; k++) dst[k] = (float)src[k] * sc;
+    }
+}
+
+/* panel[k][j] = b[j][k] for nr rows of b (stride ldb) and kc columns, zero past nr: the
+   transpose that packs a Linear weight, in 8x8 (AVX2) or 4x4 (NEON) register blocks. */
+static void lmv__pack_rows(float *panel, const float *b, size_t ldb, int nr, int kc) {
+    int j = 0, k, jv = 0, kv = 0;
+#if defined(LMV__AVX2)
+    jv = nr & ~7;
+    kv = kc & ~7;
+    for (j = 0; j < jv; j += 8)
+        for (k = 0; k < kv; k += 8) {
+            const float *s = b + (size_t)j * ldb + (size_t)k;
+            __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ldb), r2 = _mm256_loadu_ps(s + 2 * ldb);
+            __m256 r3 = _mm256_loadu_ps(s + 3 * ldb), r4 = _mm256_loadu_ps(s + 4 * ldb), r5 = _mm256_loadu_ps(s + 5 * ldb);
+            __m256 r6 = _mm256_loadu_ps(s + 6 * ldb), r7 = _mm256_loadu_ps(s + 7 * ldb);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *d = panel + (size_t)k * LMV__NR + j;
+            _mm256_storeu_ps(d + 0 * LMV__NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + 1 * LMV__NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * LMV__NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * LMV__NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * LMV__NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * LMV__NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * LMV__NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * LMV__NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+#elif defined(LMV__NEON)
+    jv = nr & ~3;
+    kv = kc & ~3;
+    for (j = 0; j < jv; j += 4)
+        for (k = 0; k < kv; k += 4) {
+            const float *s = b + (size_t)j * ldb + (size_t)k;
+            float32x4_t r0 = vld1q_f32(s), r1 = vld1q_f32(s + ldb), r2 = vld1q_f32(s + 2 * ldb), r3 = vld1q_f32(s + 3 * ldb);
+            float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+            float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+            float *d = panel + (size_t)k * LMV__NR + j;
+            vst1q_f32(d + 0 * LMV__NR, vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)));
+            vst1q_f32(d + 1 * LMV__NR, vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)));
+            vst1q_f32(d + 2 * LMV__NR, vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)));
+            vst1q_f32(d + 3 * LMV__NR, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
+        }
+#endif
+    for (k = 0; k < kc; k++) { /* what the blocks left: the last rows and columns, and the zeros */
+        float *dst = panel + (size_t)k * LMV__NR;
+        for (j = k < kv ? jv : 0; j < nr; j++) dst[j] = b[(size_t)j * ldb + (size_t)k];
+        for (; j < LMV__NR; j++) dst[j] = 0.0f;
+    }
+}
+
+/* Pack op(B)[k0:k0+kc][j0:j0+nr] as a [kc][NR] float32 panel, zero-filled past nr. Reduced-
+   precision weights (always [N][K], trans_b) are widened here, so the tiles only see float32. */
+static void lmv__pack(float *panel, const lmv__mat *B, size_t ldb, int trans_b, int j0, int nr, int k0, int kc) {
+    int j, k;
+    if (B->dtype != LMV_DTYPE_F32) {
+        float row[LMV_GEMM_KC];
+        for (j = 0; j < nr; j++) {
+            lmv__widen_row(row, B, (size_t)(j0 + j), (size_t)(j0 + j) * ldb + (size_t)k0, kc);
+            for (k = 0; k < kc; k++) panel[(size_t)k * LMV__NR + j] = row[k];
+        }
+        for (k = 0; k < kc; k++)
+            for (j = nr; j < LMV__NR; j++) panel[(size_t)k * LMV__NR + j] = 0.0f;
+        return;
+    }
+    if (trans_b) {
+        lmv__pack_rows(panel, (const float *)B->data + (size_t)j0 * ldb + (size_t)k0, ldb, nr, kc);
+        return;
+    }
+    for (k = 0; k < kc; k++) {
+        const float *b = (const float *)B->data + (size_t)(k0 + k) * ldb + (size_t)j0;
+        float *dst = panel + (size_t)k * LMV__NR;
+        for (j = 0; j < nr; j++) dst[j] = b[j];
+        for (; j < LMV__NR; j++) dst[j] = 0.0f;
+    }
+}
+
+static lmv__mat lmv__f32(const float *p) {
+    lmv__mat m;
+    m.data = p;
+    m.scale = NULL;
+    m.dtype = LMV_DTYPE_F32;
+    return m;
+}
+
 /* C[M][N] = A[M][K] * op(B) (+ bias[N]), where op(B) is B^T for B stored [N][K] (trans_b = 1,
-   a Linear weight) or B for B stored [K][N] (trans_b = 0, e.g. attention times V).
-   Each output element is summed in k order, so the result does not depend on the thread count. */
-static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const float *B, size_t ldb,
+   a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
+   times V). Each output element is summed in k order, so the result does not depend on the
+   thread count. */
+static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                       int trans_b, const float *bias, float *C, size_t ldc) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
     if (ctx->macs) *ctx->macs += (double)M * N * K;
@@ -1222,16 +1416,10 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
         LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
         float acc[LMV__MR][LMV__NR];
         int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
-        int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, k;
+        int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j;
         for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
             int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC;
-            /* pack op(B)[k0:k0+kc][j0:j0+nr] as [kc][NR], zero-filled past nr */
-            for (k = 0; k < kc; k++) {
-                float *dst = panel + (size_t)k * LMV__NR;
-                for (j = 0; j < nr; j++)
-                    dst[j] = trans_b ? B[(size_t)(j0 + j) * ldb + (size_t)(k0 + k)] : B[(size_t)(k0 + k) * ldb + (size_t)(j0 + j)];
-                for (; j < LMV__NR; j++) dst[j] = 0.0f;
-            }
+            lmv__pack(panel, &B, ldb, trans_b, j0, nr, k0, kc);
             for (i0 = m0; i0 < m1; i0 += LMV__MR) {
                 int mr = m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR;
 #if defined(LMV__AVX2)
@@ -1256,7 +1444,7 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
 }
 
 /* y[rows][out] = x[rows][in] W^T + b: a PyTorch nn.Linear. */
-static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, const float *W,
+static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, lmv__mat W,
                         const float *b) {
     lmv__gemm(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out);
 }
@@ -1510,7 +1698,7 @@ static int lmv__conv_out(int in, int k, int stride, int pad) { return (in + 2 * 
 /* Conv2d (groups = 1) on a token-major map: out[OH*OW][Cout] from in (see lmv__im2col for the
    strides), through `cols` scratch of OH*OW*Cin*kh*kw floats. */
 static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H, int W, int Cin, size_t sy, size_t sx,
-                        size_t sc, const float *weight, const float *bias, int Cout, int k, int stride, int pad,
+                        size_t sc, lmv__mat weight, const float *bias, int Cout, int k, int stride, int pad,
                         float *cols) {
     int OH = lmv__conv_out(H, k, stride, pad), OW = lmv__conv_out(W, k, stride, pad);
     lmv__im2col(cols, in, H, W, Cin, sy, sx, sc, k, k, stride, stride, pad, OH, OW);
@@ -1706,7 +1894,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
         float *o = a->out + g * a->gstride_o + (size_t)h * a->head_dim;
         const float *bias = a->bias ? a->bias + (size_t)h * a->nq * a->nk : NULL;
         const float *mask = a->mask ? a->mask + (size_t)(g % a->n_masks) * a->nq * a->nk : NULL;
-        lmv__gemm(&one, a->nq, a->nk, a->head_dim, q, a->ldq, k, a->ldk, 1, NULL, s, (size_t)a->nk);
+        lmv__gemm(&one, a->nq, a->nk, a->head_dim, q, a->ldq, lmv__f32(k), a->ldk, 1, NULL, s, (size_t)a->nk);
         for (i = 0; i < a->nq; i++) {
             float *row = s + (size_t)i * a->nk;
             for (j = 0; j < a->nk; j++) {
@@ -1718,7 +1906,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
             lmv__softmax_row(row, a->nk);
         }
         if (a->probs) memcpy(a->probs + (size_t)t * a->nq * a->nk, s, sizeof(float) * (size_t)a->nq * a->nk);
-        lmv__gemm(&one, a->nq, a->head_dim, a->nk, s, (size_t)a->nk, v, a->ldv, 0, NULL, o, a->ldo);
+        lmv__gemm(&one, a->nq, a->head_dim, a->nk, s, (size_t)a->nk, lmv__f32(v), a->ldv, 0, NULL, o, a->ldo);
     }
     (void)ctx;
 }
@@ -1784,8 +1972,9 @@ static float *lmv__carve(lmv__carver *c, size_t floats) {
    -------------------------------------------------------------------------------------------- */
 
 typedef struct lmv__vit_block {
-    const float *norm1_w, *norm1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ls1;
-    const float *norm2_w, *norm2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b, *ls2;
+    const float *norm1_w, *norm1_b, *qkv_b, *proj_b, *ls1;
+    const float *norm2_w, *norm2_b, *fc1_b, *fc2_b, *ls2;
+    lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__vit_block;
 
 typedef struct lmv__vit {
@@ -1795,10 +1984,11 @@ typedef struct lmv__vit {
     float eps, scale;
     lmv__act act;
     lmv__resample pos_interp;
-    const float *patch_w, *patch_b, *patch_norm_w, *patch_norm_b;
+    const float *patch_b, *patch_norm_w, *patch_norm_b;
     const float *cls_token, *dist_token_w, *reg_token, *pos_embed;
     const float *norm_pre_w, *norm_pre_b, *norm_w, *norm_b, *fc_norm_w, *fc_norm_b;
-    const float *pre_logits_w, *pre_logits_b, *head_w, *head_b, *head_dist_w, *head_dist_b;
+    const float *pre_logits_b, *head_b, *head_dist_b;
+    lmv__mat patch_w, pre_logits_w, head_w, head_dist_w;
     lmv__vit_block *blocks;
 } lmv__vit;
 
@@ -1868,7 +2058,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     {
         int shape4[4], shape3[3];
         shape4[0] = D; shape4[1] = v->in_chans; shape4[2] = v->ph; shape4[3] = v->pw;
-        if ((r = lmv__weight(m, "patch_embed.proj.weight", 0, 4, shape4, &v->patch_w, err)) != LMV_OK) return r;
+        if ((r = lmv__matrix(m, "patch_embed.proj.weight", 0, 4, shape4, &v->patch_w, err)) != LMV_OK) return r;
         if ((r = lmv__w1(m, 1, D, &v->patch_b, err, "patch_embed.proj.bias")) != LMV_OK) return r;
         shape3[0] = 1; shape3[1] = 1; shape3[2] = D;
         if (v->class_token && (r = lmv__weight(m, "cls_token", 0, 3, shape3, &v->cls_token, err)) != LMV_OK) return r;
@@ -2113,21 +2303,24 @@ static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bin
 #define LMV__SWIN_MAX_STAGES 8
 
 typedef struct lmv__swin_block {
-    const float *norm1_w, *norm1_b, *table, *qkv_w, *qkv_b, *proj_w, *proj_b;
-    const float *norm2_w, *norm2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    const float *norm1_w, *norm1_b, *table, *qkv_b, *proj_b;
+    const float *norm2_w, *norm2_b, *fc1_b, *fc2_b;
+    lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__swin_block;
 
 typedef struct lmv__swin_stage {
     int dim, depth, heads, hidden;
     lmv__swin_block *blocks;
-    const float *merge_norm_w, *merge_norm_b, *merge_w; /* PatchMerging at the end, or NULL */
+    const float *merge_norm_w, *merge_norm_b;
+    lmv__mat merge_w; /* PatchMerging at the end, or absent */
 } lmv__swin_stage;
 
 typedef struct lmv__swin {
     int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w;
     float eps;
-    const float *patch_w, *patch_b, *patch_norm_w, *patch_norm_b, *ape;
-    const float *norm_w, *norm_b, *head_w, *head_b;
+    const float *patch_b, *patch_norm_w, *patch_norm_b, *ape;
+    const float *norm_w, *norm_b, *head_b;
+    lmv__mat patch_w, head_w;
     lmv__swin_stage stages[LMV__SWIN_MAX_STAGES];
 } lmv__swin;
 
@@ -2168,7 +2361,7 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
     {
         int shape4[4];
         shape4[0] = C; shape4[1] = v->in_chans; shape4[2] = v->patch; shape4[3] = v->patch;
-        if ((r = lmv__weight(m, "patch_embed.proj.weight", 0, 4, shape4, &v->patch_w, err)) != LMV_OK ||
+        if ((r = lmv__matrix(m, "patch_embed.proj.weight", 0, 4, shape4, &v->patch_w, err)) != LMV_OK ||
             (r = lmv__w1(m, 1, C, &v->patch_b, err, "patch_embed.proj.bias")) != LMV_OK ||
             (r = lmv__w1(m, 1, C, &v->patch_norm_w, err, "patch_embed.norm.weight")) != LMV_OK ||
             (r = lmv__w1(m, 1, C, &v->patch_norm_b, err, "patch_embed.norm.bias")) != LMV_OK)
@@ -2210,11 +2403,14 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
             if ((r = lmv__w2(m, 0, n, st->heads, &b->table, err, name)) != LMV_OK) return r;
         }
         if (i + 1 < v->n_stages) { /* PatchMerging: LN(4C), Linear(4C -> 2C) without bias */
+            int shape2[2];
             if ((r = lmv__bind_norm(m, 0, 4 * C, &st->merge_norm_w, &st->merge_norm_b, err, "layers.%d.downsample.norm", i)) !=
                 LMV_OK)
                 return r;
             lmv__name(name, sizeof name, "layers.%d.downsample.reduction.weight", i);
-            if ((r = lmv__w2(m, 0, 2 * C, 4 * C, &st->merge_w, err, name)) != LMV_OK) return r;
+            shape2[0] = 2 * C;
+            shape2[1] = 4 * C;
+            if ((r = lmv__matrix(m, name, 0, 2, shape2, &st->merge_w, err)) != LMV_OK) return r;
             C *= 2;
         }
     }
@@ -2476,7 +2672,7 @@ static lmv_result lmv__swin_forward(lmv_session *s, const float *input, int batc
                     lmv__trace(s, name, b.x, 3, H, W, C);
                 }
             }
-            if (st->merge_w) {
+            if (st->merge_w.data) {
                 lmv__swin_merge(ctx, v, st, H, W, &b);
                 H = sh[i + 1];
                 W = sw[i + 1];
@@ -2511,28 +2707,33 @@ typedef struct lmv__bn {
 
 typedef struct lmv__lmt_block {
     const float *pos_w, *pos_b, *norm1_w, *norm1_b, *norm2_w, *norm2_b;
-    const float *in1_w, *in1_b;   /* C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv */
-    const float *in2_w, *in2_b;   /* C: kv on x; D: qkv2 on c;  D2: kv2 on c */
-    const float *proj_w, *proj_b; /* C, S: proj;  D, D2: proj_x */
-    const float *projc_w, *projc_b; /* D, D2: proj_c */
-    const float *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    lmv__mat in1_w, in2_w, proj_w, projc_w, fc1_w, fc2_w;
+    const float *in1_b;   /* C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv */
+    const float *in2_b;   /* C: kv on x; D: qkv2 on c;  D2: kv2 on c */
+    const float *proj_b;  /* C, S: proj;  D, D2: proj_x */
+    const float *projc_b; /* D, D2: proj_c */
+    const float *fc1_b, *fc2_b;
 } lmv__lmt_block;
 
 typedef struct lmv__lmt_stage {
     char type;                    /* 'C' cross, 'D' dual cross, 'E' dual cross v2 (D2), 'S' standard */
     int dim, depth, hidden, heads, meta_in;
-    const float *down_w, *down_b; /* NULL: Identity (after a cross-attention stage) */
+    lmv__mat down_w;      /* absent: Identity (after a cross-attention stage) */
+    const float *down_b;
     lmv__bn down_bn;
-    const float *meta_fc1_w, *meta_fc1_b, *meta_ln1_w, *meta_ln1_b, *meta_fc2_w, *meta_fc2_b, *meta_ln2_w, *meta_ln2_b;
+    lmv__mat meta_fc1_w, meta_fc2_w;
+    const float *meta_fc1_b, *meta_ln1_w, *meta_ln1_b, *meta_fc2_b, *meta_ln2_w, *meta_ln2_b;
     lmv__lmt_block *blocks;
 } lmv__lmt_stage;
 
 typedef struct lmv__lemevit {
     int n_stages, head_dim, num_meta, in_chans, num_classes, stem_mid;
     float eps, meta_eps, bn_eps;
-    const float *meta_tokens, *stem1_w, *stem1_b, *stem2_w, *stem2_b;
+    const float *meta_tokens, *stem1_b, *stem2_b;
+    lmv__mat stem1_w, stem2_w;
     lmv__bn stem1_bn, stem2_bn, norm;
-    const float *norm_c_w, *norm_c_b, *head_w, *head_b;
+    const float *norm_c_w, *norm_c_b, *head_b;
+    lmv__mat head_w;
     lmv__lmt_stage stages[LMV__LMT_MAX_STAGES];
 } lmv__lemevit;
 
@@ -2550,14 +2751,14 @@ static lmv_result lmv__bn_bind(const lmv_model *m, const char *prefix, int C, lm
 }
 
 /* A conv weight [out][in][k][k] and its bias. */
-static lmv_result lmv__conv_bind(const lmv_model *m, const char *prefix, int out, int in, int k, const float **w,
+static lmv_result lmv__conv_bind(const lmv_model *m, const char *prefix, int out, int in, int k, lmv__mat *w,
                                  const float **b, lmv_error *err) {
     char name[96];
     int shape[4];
     lmv_result r;
     shape[0] = out; shape[1] = in; shape[2] = k; shape[3] = k;
     lmv__name(name, sizeof name, "%s.weight", prefix);
-    if ((r = lmv__weight(m, name, 0, 4, shape, w, err)) != LMV_OK) return r;
+    if ((r = lmv__matrix(m, name, 0, 4, shape, w, err)) != LMV_OK) return r;
     lmv__name(name, sizeof name, "%s.bias", prefix);
     return lmv__w1(m, 1, out, b, err, name);
 }
@@ -2683,7 +2884,7 @@ static void lmv__lemevit_sizes(const lmv__lemevit *v, int h, int w, int *stem_h,
     H = lmv__conv_out(*stem_h, 3, 2, 1);
     W = lmv__conv_out(*stem_w, 3, 2, 1);
     for (i = 0; i < v->n_stages; i++) {
-        if (v->stages[i].down_w) {
+        if (v->stages[i].down_w.data) {
             H = lmv__conv_out(H, 3, 2, 1);
             W = lmv__conv_out(W, 3, 2, 1);
         }
@@ -2708,7 +2909,7 @@ static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threa
     for (i = 0; i < v->n_stages; i++) {
         const lmv__lmt_stage *st = &v->stages[i];
         size_t n = (size_t)sh[i] * sw[i], C = (size_t)st->dim;
-        if (st->down_w && n * 9 * st->meta_in > cols) cols = n * 9 * st->meta_in;
+        if (st->down_w.data && n * 9 * st->meta_in > cols) cols = n * 9 * st->meta_in;
         if (n * C > nc) nc = n * C;
         if ((n > M ? n : M) * (size_t)st->hidden > hid) hid = (n > M ? n : M) * (size_t)st->hidden;
         if (M * 4 * st->meta_in > hid) hid = M * 4 * (size_t)st->meta_in;
@@ -2885,7 +3086,7 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
             const lmv__lmt_stage *st = &v->stages[i];
             int Cin = C;
             C = st->dim;
-            if (st->down_w) {
+            if (st->down_w.data) {
                 lmv__conv2d(ctx, b.t, b.x, H, W, Cin, (size_t)W * Cin, (size_t)Cin, 1, st->down_w, st->down_b, C, 3, 2, 1,
                             b.cols);
                 H = sh[i];
@@ -3043,13 +3244,19 @@ static lmv_result lmv__native_copy(lmv_model *m, lmv_error *err) {
                          m->file_size);
     memcpy(c, m->file, m->file_size);
     m->native = c;
-    for (i = 0; i < m->n_tensors; i++) { /* every dtype this build reads is 4 bytes wide */
+    for (i = 0; i < m->n_tensors; i++) { /* float32 values or int8 scales: 4 bytes; f16: 2 */
         lmv__tensor *t = &m->tensors[i];
         unsigned char *d = c + (t->data - m->file);
-        for (k = 0; k + 4 <= t->nbytes; k += 4) {
+        size_t n4 = t->dtype == LMV_DTYPE_F32 ? t->nbytes : t->dtype == LMV_DTYPE_INT8 ? 4 * (size_t)t->shape[0] : 0;
+        for (k = 0; k + 4 <= n4; k += 4) {
             unsigned char b0 = d[k], b1 = d[k + 1];
             d[k] = d[k + 3]; d[k + 1] = d[k + 2]; d[k + 2] = b1; d[k + 3] = b0;
         }
+        if (t->dtype == LMV_DTYPE_F16)
+            for (k = 0; k + 2 <= t->nbytes; k += 2) {
+                unsigned char b0 = d[k];
+                d[k] = d[k + 1]; d[k + 1] = b0;
+            }
         t->data = d;
     }
     for (i = 0; i < m->n_meta; i++) {

@@ -23,6 +23,7 @@ SUITES = [
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
+    ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
     # firmware builds and hardening
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
     ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),

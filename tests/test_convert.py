@@ -11,11 +11,13 @@ pass that follows the README's ViT graph, compared with the PyTorch module's out
 """
 
 import argparse
+import array
 import io
 import json
 import math
 import os
 import pickle
+import re
 import shutil
 import struct
 import subprocess
@@ -585,6 +587,342 @@ def _():
         except lmvfile.LmvError:
             continue
         raise AssertionError("accepted %r %r" % (meta, [t[:2] for t in tensors]))
+
+
+# ====================================================================== reduced-precision tensors
+
+def ref_f16(w):
+    """IEEE binary16 of float32 values, round to nearest even: numpy's cast (torch's .half() agrees)."""
+    return np.asarray(w, dtype=np.float32).astype("<f2")
+
+
+def ref_int8(w, shape):
+    """Per-row symmetric int8, written from the spec: scale = float32(max|w[r]| / 127 in float64),
+    q = round-half-even(w / scale) clipped to [-127, 127], zero rows scale 0 and q 0.
+    Returns (scales float32 [R], q int8 [R, C], dequantised float32 values [R, C])."""
+    R, C = shape[0], int(np.prod(shape[1:]))
+    w = np.asarray(w, dtype=np.float64).reshape(R, C)
+    m = np.abs(w).max(axis=1) if C else np.zeros(R)
+    s = (m / 127.0).astype(np.float32)
+    q = np.zeros(w.shape, dtype=np.int8)
+    for r in range(R):
+        if s[r] != 0:
+            q[r] = np.clip(np.rint(w[r] / np.float64(s[r])), -127, 127).astype(np.int8)
+    deq = s[:, None] * q.astype(np.float32)     # a float32 product
+    return s, q, deq
+
+
+def table_entries(raw):
+    """(name, dtype, shape, offset, size) of every table entry, parsed here from README's layout."""
+    toff, tsize, nt = struct.unpack_from("<Q", raw, 40)[0], struct.unpack_from("<Q", raw, 48)[0], \
+        struct.unpack_from("<I", raw, 60)[0]
+    out, pos = [], toff
+    for _ in range(nt):
+        nlen, dt, nd, off, size = struct.unpack_from("<HBBQQ", raw, pos)
+        shape = struct.unpack_from("<%dI" % nd, raw, pos + 20)
+        name = raw[pos + 20 + 4 * nd:pos + 20 + 4 * nd + nlen].decode()
+        out.append((name, dt, shape, off, size, pos))
+        pos += (20 + 4 * nd + nlen + 7) // 8 * 8
+    expect(pos == toff + tsize, "table walk")
+    return out
+
+
+def fix_crcs(b):
+    """Recompute both CRCs of a (mutated) file image in place."""
+    moff, msize, toff, tsize = struct.unpack_from("<QQQQ", b, 24)
+    doff, dsize = struct.unpack_from("<QQ", b, 64)
+    c = zlib.crc32(bytes(b[moff:moff + msize]), zlib.crc32(bytes(b[:80])))
+    c = zlib.crc32(bytes(b[toff:toff + tsize]), c) & 0xFFFFFFFF
+    struct.pack_into("<II", b, 80, c, zlib.crc32(bytes(b[doff:doff + dsize])) & 0xFFFFFFFF)
+    return b
+
+
+def quant_tensors():
+    """Float32 tensors with every awkward case for f16 and int8."""
+    rng = np.random.RandomState(7)
+    t = []
+    # int8: ties (scale exactly 1), a zero row, a one-value row, tiny and huge rows, 4-D, empty
+    ties = np.array([[127, 2.5, -3.5, 0.5, 1.5, -0.5, 126.5, -126.5],
+                     [0, 0, 0, 0, 0, 0, 0, 0],
+                     [0, 0, 0, -3e-3, 0, 0, 0, 0],
+                     [1e-38, -2e-39, 3e-45, 0, 0, 0, 0, 0],
+                     [3e38, -1e38, 1, 0, 0, 0, 0, 2e37]], dtype=np.float32)
+    t.append(("int8.ties.weight", ties.shape, ties, "int8"))
+    t.append(("int8.rand.weight", (300, 301), (rng.randn(300, 301) * rng.rand(300, 1) * 3).astype(np.float32), "int8"))
+    t.append(("int8.conv.weight", (6, 4, 3, 3), rng.randn(6, 4, 3, 3).astype(np.float32), "int8"))
+    t.append(("int8.cols0", (3, 0), np.zeros((3, 0), np.float32), "int8"))
+    t.append(("int8.rows0", (0, 5), np.zeros((0, 5), np.float32), "int8"))
+    t.append(("int8.one", (1, 1), np.array([[-0.75]], np.float32), "int8"))
+    # f16: ties, subnormals, the range edges (65519.996 rounds down to 65504), signed zeros
+    edge = np.array([65504, -65504, 65519.996, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -24, 2 ** -25, 3 * 2 ** -26,
+                     2 ** -26, 6.1e-5, -0.0, 0.0, 1e-8, 0.1, 1 / 3.0], dtype=np.float32)
+    t.append(("f16.edge", edge.shape, edge, "f16"))
+    t.append(("f16.rand", (200, 401), (rng.randn(200, 401) * 10).astype(np.float32), "f16"))
+    t.append(("f16.scalar", (), np.array(1.5, np.float32), "f16"))
+    t.append(("f32.kept", (5, 3), rng.randn(5, 3).astype(np.float32), "f32"))
+    t.append(("f32.plain", (7,), rng.randn(7).astype(np.float32)))       # 3-tuple: float32
+    return t
+
+
+@check("lmvfile: f16 and int8 tensors: table sizes and offsets per spec, bytes and dequantised values exact")
+def _():
+    tensors = quant_tensors()
+    fn = path("quant.lmv")
+    size = lmvfile.write(fn, [("arch", "vit")], [(x[0], x[1], x[2].tobytes()) + tuple(x[3:]) for x in tensors])
+    raw = open(fn, "rb").read()
+    expect(size == len(raw) and len(raw) % 64 == 0, "file size")
+    doff = struct.unpack_from("<Q", raw, 64)[0]
+    codes = {"f32": 0, "f16": 1, "int8": 2}
+    f = lmvfile.read(fn)
+    worst = 0.0
+    prev_end = 0
+    for (name, dt, shape, off, nbytes, _), item in zip(table_entries(raw), tensors):
+        want_dt = item[3] if len(item) > 3 else "f32"
+        w = np.asarray(item[2], dtype=np.float32)
+        numel = int(np.prod(shape)) if shape else 1
+        expect(name == item[0] and shape == tuple(item[1]) and dt == codes[want_dt], "%s: table entry" % name)
+        expect(off % 64 == 0 and off >= prev_end, "%s: offset %d" % (name, off))
+        prev_end = off + nbytes
+        data = raw[doff + off:doff + off + nbytes]
+        if want_dt == "f16":
+            expect(nbytes == 2 * numel, "%s: f16 size" % name)
+            h = ref_f16(w)
+            expect(data == h.tobytes(), "%s: f16 bytes differ from numpy's cast" % name)
+            expect(data == torch.from_numpy(w.copy()).half().numpy().tobytes(), "%s: f16 differs from torch" % name)
+            deq = h.astype(np.float32)
+        elif want_dt == "int8":
+            R = shape[0]
+            expect(nbytes == 4 * R + numel, "%s: int8 size %d, want %d" % (name, nbytes, 4 * R + numel))
+            s, q, deq = ref_int8(w, shape)
+            expect(data == s.astype("<f4").tobytes() + q.tobytes(), "%s: int8 bytes differ" % name)
+            if numel:
+                w2 = w.astype(np.float64).reshape(R, -1)
+                err = np.abs(deq.astype(np.float64) - w2)
+                half = s.astype(np.float64)[:, None] / 2
+                # <= scale/2, up to the float32 rounding of the product scale*q
+                expect(np.all(err <= half + np.abs(w2) * 2.0 ** -24 + 1e-45), "%s: error > scale/2" % name)
+                nz = half > 0
+                worst = max(worst, float((err / np.where(nz, half, 1)).max()))
+        else:
+            expect(nbytes == 4 * numel and data == w.astype("<f4").tobytes(), "%s: f32" % name)
+            deq = w
+        expect(f.dtype(name) == want_dt and f.tensors[name].numel == numel, "%s: TensorInfo" % name)
+        got = np.frombuffer(f.tensor(name).tobytes(), dtype=np.float32)
+        expect(got.tobytes() == np.asarray(deq, dtype=np.float32).tobytes(), "%s: tensor() values differ" % name)
+    q = np.frombuffer(raw[doff + f.tensors["int8.ties.weight"].offset + 20:][:8], dtype=np.int8)
+    expect(list(q) == [127, 2, -4, 0, 2, 0, 126, -126], "ties round half to even: %s" % list(q))
+    edge = np.array(f.tensor("f16.edge"))
+    expect(edge[2] == 65504 and edge[5] == 2 ** -24 and edge[6] == 0 and edge[7] == 2 ** -24 and edge[8] == 0,
+           "f16 edge values %s" % edge[:9])
+    return "worst int8 error %.3f x scale/2" % worst
+
+
+@check("lmvfile: the quantizable() policy on ViT, Swin and LeMeViT names")
+def _():
+    yes = [("blocks.0.attn.qkv.weight", (576, 192)), ("blocks.11.mlp.fc1.weight", (768, 192)),
+           ("blocks.0.attn.proj.weight", (192, 192)), ("patch_embed.proj.weight", (192, 3, 16, 16)),
+           ("head.weight", (1000, 192)), ("head_dist.weight", (1000, 192)), ("pre_logits.fc.weight", (768, 768)),
+           ("layers.0.blocks.1.attn.qkv.weight", (288, 96)), ("layers.2.downsample.reduction.weight", (768, 1536)),
+           ("downsample_layers.0.3.weight", (64, 32, 3, 3)), ("stages.1.0.attn.proj_c.weight", (64, 64)),
+           ("x.weight", (1, 1024)), ("x.weight", (4, 256, 1, 1))]
+    no = [("meta_tokens", (16, 64)), ("pos_embed", (1, 197, 192)), ("cls_token", (1, 1, 192)),
+          ("layers.0.blocks.0.attn.relative_position_bias_table", (169, 3)), ("absolute_pos_embed", (1, 3136, 96)),
+          ("norm.weight", (192,)), ("blocks.0.norm1.weight", (192,)), ("norm.running_mean", (128,)),
+          ("downsample_layers.0.1.weight", (32,)), ("layers.0.downsample.norm.weight", (384,)),
+          ("blocks.0.attn.qkv.bias", (576,)), ("stages.0.0.pos_embed.weight", (64, 1, 3, 3)),
+          ("big.depthwise.weight", (1024, 1, 7, 7)), ("downsample_layers.0.0.weight", (32, 3, 3, 3)),
+          ("head.weight", (10, 64)), ("x.weight", (1023, 1)), ("x.weight", (8, 16, 16)), ("x.weight", (2048,)),
+          ("weight", (64, 64)), ("blocks.0.attn.qkv.weights", (64, 64)), ("x.weight", (2, 2, 2, 2, 2, 64))]
+    for n, s in yes:
+        expect(lmvfile.quantizable(n, s), "%s %s should be quantised" % (n, s))
+    for n, s in no:
+        expect(not lmvfile.quantizable(n, s), "%s %s should stay float32" % (n, s))
+    return "%d + %d names" % (len(yes), len(no))
+
+
+LEMEVIT_EXAMPLE = os.path.join(ROOT, "examples", "lemevit_cifar10.lmv")
+# the matrix weights of examples/lemevit_cifar10.lmv (its convs 0.0 with 864 elements and the
+# depthwise pos_embed convs are not)
+LEMEVIT_QUANT = re.compile(r"^(downsample_layers\.(0\.3|[234]\.0)|meta_token_downsample\.\d\.[03]|"
+                           r"stages\.\d\.\d\.(attn\.(q|kv|qkv|qkv1|qkv2|proj|proj_x|proj_c)|mlp\.[03])|head)\.weight$")
+
+
+@check("lmvfile: requantize examples/lemevit_cifar10.lmv to int8/f16/f32: exactly the expected tensors, meta kept")
+def _():
+    src = lmvfile.read(LEMEVIT_EXAMPLE)
+    want = [n for n in src.tensors if LEMEVIT_QUANT.match(n)]
+    expect(len(want) == 52, "%d expected matrix weights" % len(want))
+    out8, out16, back = path("lemevit_int8.lmv"), path("lemevit_f16.lmv"), path("lemevit_back.lmv")
+    lmvfile.requantize(LEMEVIT_EXAMPLE, out8, "int8")
+    f8 = lmvfile.read(out8)
+    got = [n for n, t in f8.tensors.items() if t.dtype == lmvfile.DTYPE_INT8]
+    expect(got == want, "int8 set differs: extra %s, missing %s" % (sorted(set(got) - set(want)),
+                                                                    sorted(set(want) - set(got))))
+    expect(list(f8.tensors) == list(src.tensors) and all(f8.shape(n) == src.shape(n) for n in src.tensors), "order")
+    expect(all(f8.dtype(n) == "f32" and f8.tensor_bytes(n) == src.tensor_bytes(n)
+               for n in src.tensors if n not in want), "float32 tensors not copied byte for byte")
+    expect(list(f8.meta)[:-1] == list(src.meta) and f8.meta["weights.dtype"] == "int8" and
+           all(f8.meta[k] == src.meta[k] and f8.meta_types[k] == src.meta_types[k] for k in src.meta), "meta")
+    for n in want:
+        s, q, deq = ref_int8(np.array(src.tensor(n), dtype=np.float32), src.shape(n))
+        expect(f8.tensor_bytes(n).tobytes() == s.astype("<f4").tobytes() + q.tobytes(), "%s bytes" % n)
+    # f16 of the int8 file: quantised from the dequantised values; weights.dtype replaced in place
+    lmvfile.requantize(out8, out16, "f16")
+    f16 = lmvfile.read(out16)
+    expect(list(f16.meta) == list(f8.meta) and f16.meta["weights.dtype"] == "f16", "meta key replaced")
+    expect([n for n, t in f16.tensors.items() if t.dtype == lmvfile.DTYPE_F16] == want, "f16 set")
+    for n in want[:5] + want[-3:]:
+        expect(f16.tensor_bytes(n).tobytes() == ref_f16(f8.tensor(n)).tobytes(), "%s f16 bytes" % n)
+    # int8 -> f32: every tensor float32 with exactly the dequantised values
+    lmvfile.requantize(out8, back, "f32")
+    fb = lmvfile.read(back)
+    expect(all(fb.dtype(n) == "f32" and fb.tensor(n) == f8.tensor(n) for n in src.tensors), "f32 values")
+    expect(fb.meta["weights.dtype"] == "f32", "weights.dtype f32")
+    # int8 of an int8 file works (values requantised from the dequantised ones); --keep
+    lmvfile.requantize(out8, path("lemevit_int8b.lmv"), "int8", keep=[r"^head\.", r"mlp\.3\.weight$"])
+    fk = lmvfile.read(path("lemevit_int8b.lmv"))
+    kept = [n for n in want if fk.dtype(n) == "f32"]
+    expect(kept == [n for n in want if n == "head.weight" or n.endswith("mlp.3.weight")] and len(kept) == 8, kept)
+    drift = max(float(np.max(np.abs(np.array(fk.tensor(n)) - np.array(f8.tensor(n))))) for n in want if n not in kept)
+    sizes = [os.path.getsize(p) for p in (LEMEVIT_EXAMPLE, out8, out16)]
+    expect(sizes[1] < 0.3 * sizes[0] and sizes[2] < 0.55 * sizes[0], "sizes %s" % sizes)
+    return "52 int8, sizes f32/int8/f16 %s, int8 twice drift %.1e" % ("/".join(str(s) for s in sizes), drift)
+
+
+@check("lmvfile: f16 overflow/NaN refused naming the tensor; read() refuses bad dtypes and sizes")
+def _():
+    def refuse(tensors, *words):
+        try:
+            lmvfile.write(path("bad_q.lmv"), [], tensors)
+        except lmvfile.LmvError as e:
+            for w in words:
+                expect(w in str(e), "%r lacks %r" % (str(e), w))
+            expect(not os.path.exists(path("bad_q.lmv")), "a refused file was left behind")
+            return str(e)
+        raise AssertionError("accepted %s" % [t[:2] for t in tensors])
+
+    w = np.ones((4, 300), np.float32)
+    w[2, 17] = 65520.0        # the first float32 that rounds past 65504
+    msg = refuse([("ok", (2,), np.ones(2, np.float32), "f16"), ("blocks.3.mlp.fc1.weight", w.shape, w, "f16")],
+                 "blocks.3.mlp.fc1.weight", "float16", "int8", "617")
+    w[2, 17] = np.nan
+    refuse([("blocks.0.attn.qkv.weight", w.shape, w, "f16")], "blocks.0.attn.qkv.weight", "NaN")
+    refuse([("blocks.0.attn.qkv.weight", w.shape, w, "int8")], "blocks.0.attn.qkv.weight", "NaN")
+    w[2, 17] = -np.inf
+    refuse([("t.weight", w.shape, w, "f16")], "t.weight", "inf")
+    refuse([("bias", (5,), np.ones(5, np.float32), "int8")], "bias", "2 dimensions")
+    refuse([("s", (), np.ones((), np.float32), "int8")], "s", "int8")
+    refuse([("x", (2, 2), np.ones((2, 2), np.float32), "bf16")], "bf16")
+    refuse([("x", (2, 2), np.ones(3, np.float32), "f16")], "x", "bytes")
+    # the CLI says the same in one line
+    big = path("f16_overflow.lmv")
+    lmvfile.write(big, [("arch", "vit")], [("head.weight", (4, 300), np.full((4, 300), 7e4, np.float32))])
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "lmvfile.py"), "--dtype", "f16", big,
+                        path("f16_out.lmv")], capture_output=True, text=True)
+    expect(p.returncode == 1 and "head.weight" in p.stderr and p.stderr.count("\n") == 1, p.stderr)
+    expect(not os.path.exists(path("f16_out.lmv")), "output written")
+
+    # read(): unknown dtype, int8 with one dimension, wrong data sizes
+    fn = path("q_small.lmv")
+    lmvfile.write(fn, [], [("a", (8,), np.ones(8, np.float32)), ("b", (4, 4), np.ones((4, 4), np.float32), "f16"),
+                           ("c", (4, 8), np.ones((4, 8), np.float32), "int8")])
+    raw = bytearray(open(fn, "rb").read())
+    lmvfile.read(bytes(raw))
+    ents = {e[0]: e for e in table_entries(raw)}
+
+    def bad(mutate, *words):
+        b = bytearray(raw)
+        mutate(b)
+        try:
+            lmvfile.read(bytes(fix_crcs(b)))
+        except lmvfile.LmvError as e:
+            for w in words:
+                expect(w in str(e), "%r lacks %r" % (str(e), w))
+            return
+        raise AssertionError("accepted a bad table (%s)" % (words,))
+
+    dt_at = lambda n: ents[n][5] + 2  # noqa: E731
+    size_at = lambda n: ents[n][5] + 12  # noqa: E731
+    bad(lambda b: b.__setitem__(dt_at("b"), 3), "unknown dtype 3")
+    bad(lambda b: b.__setitem__(dt_at("c"), 255), "unknown dtype 255")
+    bad(lambda b: b.__setitem__(dt_at("a"), 2), "tensor a", "int8")                     # 1-D int8
+    bad(lambda b: b.__setitem__(dt_at("b"), 0), "tensor b", "size 32")                  # f16 size read as f32
+    bad(lambda b: struct.pack_into("<Q", b, size_at("c"), 32), "tensor c", "size 32")   # scales forgotten
+    bad(lambda b: struct.pack_into("<Q", b, size_at("c"), 64), "tensor c", "size 64")   # 4 bytes per element
+    bad(lambda b: struct.pack_into("<Q", b, size_at("b"), 64), "tensor b", "size 64")
+    return msg[:90] + "..."
+
+
+@check("lmvfile: the pure-Python path writes byte-identical f16/int8 files and reads identical values")
+def _():
+    expect(lmvfile._np is not None, "numpy not used by lmvfile under this interpreter")
+    tensors = [x if len(x) > 3 else x + ("f32",) for x in quant_tensors()]
+    # the same tensors given as bytes, array('f') and numpy arrays; int8 of a big 4-D conv
+    rng = np.random.RandomState(3)
+    conv4 = (rng.randn(96, 64, 3, 3) * 0.05).astype(np.float32)
+    tensors.append(("conv.weight", conv4.shape, conv4, "int8"))
+    tensors.append(("conv16.weight", conv4.shape, conv4.tobytes(), "f16"))
+    tensors.append(("arr.weight", (4, 9), array.array("f", rng.randn(36).astype(np.float32).tolist()), "int8"))
+    files, values = [], []
+    saved = lmvfile._np
+    try:
+        for use_np in (saved, None):
+            lmvfile._np = use_np
+            fn = path("fallback_%s.lmv" % ("np" if use_np is not None else "py"))
+            lmvfile.write(fn, [("arch", "vit")], tensors)
+            f = lmvfile.read(fn)
+            files.append(open(fn, "rb").read())
+            values.append([f.tensor(t[0]).tobytes() for t in tensors])
+            lmvfile.requantize(LEMEVIT_EXAMPLE, fn + ".int8", "int8")
+            lmvfile.requantize(fn + ".int8", fn + ".f16", "f16")
+            files.append(open(fn + ".int8", "rb").read() + open(fn + ".f16", "rb").read())
+    finally:
+        lmvfile._np = saved
+    expect(files[0] == files[2], "numpy and pure-Python files differ")
+    expect(files[1] == files[3], "numpy and pure-Python requantized files differ")
+    expect(values[0] == values[1], "numpy and pure-Python dequantised values differ")
+    # and the command line under other interpreters: no numpy (LMV_NO_NUMPY, python3 on PATH), Python 3.8
+    runs = [(sys.executable, {}), (sys.executable, {"LMV_NO_NUMPY": "1"})]
+    other = shutil.which("python3")
+    if other and os.path.realpath(other) != os.path.realpath(sys.executable):
+        runs.append((other, {}))
+    py38 = "/root/.pyenv/versions/3.8.18/bin/python3"   # present on the development machine only
+    if os.path.exists(py38):
+        runs.append((py38, {}))
+    outs = []
+    for i, (py, env) in enumerate(runs):
+        e = dict(os.environ)
+        e.update(env)
+        out = path("cli_%d.lmv" % i)
+        p = subprocess.run([py, os.path.join(ROOT, "tools", "lmvfile.py"), "--dtype", "int8", "--keep", "^head\\.",
+                            LEMEVIT_EXAMPLE, out], capture_output=True, text=True, env=e)
+        expect(p.returncode == 0 and "int8" in p.stdout and "bytes" in p.stdout, "%s: %s" % (py, p.stderr))
+        outs.append(open(out, "rb").read())
+    expect(all(o == outs[0] for o in outs), "command-line outputs differ between interpreters")
+    return "%d interpreters/paths on the command line" % len(runs)
+
+
+@check("lmvfile.py command line: dtype column, parameter count, bytes per dtype, --help, usage errors")
+def _():
+    tool = os.path.join(ROOT, "tools", "lmvfile.py")
+    runp = lambda *a: subprocess.run([sys.executable, tool] + list(a), capture_output=True, text=True)  # noqa: E731
+    p = runp(path("lemevit_int8.lmv"))
+    expect(p.returncode == 0, p.stderr)
+    expect("1178410 parameters" in p.stdout, "parameter count")
+    lines = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines() if ln.startswith("  ") and "@" in ln}
+    expect(lines["head.weight"][1] == "int8" and lines["meta_tokens"][1] == "f32", "dtype column")
+    expect("weights.dtype" in p.stdout and "int8: 52 tensors" in p.stdout and "f32: 143 tensors" in p.stdout,
+           p.stdout[-300:])
+    p = runp("--help")
+    for w in ("--dtype", "--keep", "int8", "f16", "depthwise", "exit status"):
+        expect(w in p.stdout, "help lacks %s" % w)
+    for args in ([], ["a.lmv", "b.lmv"], ["--dtype", "int8", LEMEVIT_EXAMPLE], ["--dtype", "f8", "a", "b"],
+                 ["--keep", "x", LEMEVIT_EXAMPLE]):
+        expect(runp(*args).returncode == 2, "usage error for %s" % args)
+    p = runp("--dtype", "int8", "--keep", "(", LEMEVIT_EXAMPLE, path("x.lmv"))
+    expect(p.returncode == 1 and "--keep" in p.stderr, p.stderr)
+    p = runp(path("nonexistent.lmv"))
+    expect(p.returncode == 1, "missing file")
 
 
 # ============================================================================ reading checkpoints
@@ -1368,6 +1706,66 @@ def _():
     code, out, err = cli(fn, "--bogus")
     expect(code == 2, "usage error exit %d" % code)
     lmvfile.read(fn[:-4] + ".lmv")
+
+
+@check("convert.py --dtype int8/f16 end to end: policy, weights.dtype, exact dequantised forward, --keep-f32")
+def _():
+    m = timm_model(classes=10)
+    fn = save(m.state_dict(), "q_timm.pth")
+    f32 = conv(fn, out=path("q_timm_f32.lmv"))
+    expect(f32.meta["weights.dtype"] == "f32" and all(t.dtype == 0 for t in f32.tensors.values()), "default f32")
+    code, out, err = cli(fn, path("q_timm_int8.lmv"), "--dtype", "int8")
+    expect(code == 0 and "weights int8" in out, err or out)
+    f8 = lmvfile.read(path("q_timm_int8.lmv"))
+    expect(f8.meta["weights.dtype"] == "int8", "weights.dtype")
+    expect([(k, v) for k, v in f8.meta.items() if k != "weights.dtype"] ==
+           [(k, v) for k, v in f32.meta.items() if k != "weights.dtype"], "other meta differ")
+    want = ["patch_embed.proj.weight", "head.weight"] + ["blocks.%d.%s.weight" % (i, n) for i in range(2)
+                                                         for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+    got = [n for n, t in f8.tensors.items() if t.dtype == lmvfile.DTYPE_INT8]
+    expect(sorted(got) == sorted(want), "int8 tensors %s" % got)
+    for n in f32.tensors:
+        if n in want:
+            s, q, deq = ref_int8(np.array(f32.tensor(n), dtype=np.float32), f32.shape(n))
+            expect(f8.tensor_bytes(n).tobytes() == s.astype("<f4").tobytes() + q.tobytes(), "%s bytes" % n)
+        else:
+            expect(f8.tensor_bytes(n) == f32.tensor_bytes(n), "%s not float32 as converted" % n)
+    expect(f8.header["file_size"] < 0.4 * f32.header["file_size"], "int8 file not smaller")
+    # the float64 reference forward with the dequantised weights equals torch running the same weights
+    x = img()
+    near = expect_forward(f8, m, x, tol=0.1)    # int8 error: about 1% of the logit scale
+    with torch.no_grad():
+        for n, p in m.state_dict().items():
+            if n in f8.tensors:
+                p.copy_(torch.from_numpy(np.array(f8.tensor(n), dtype=np.float32).reshape(f8.shape(n))))
+    exact = expect_forward(f8, m, x)
+    # the same bytes in process, without numpy, and from lmvfile.py --dtype int8 of the f32 file
+    conv(fn, "--dtype", "int8", out=path("q_timm_int8_inproc.lmv"))
+    code, out, err = cli(fn, path("q_timm_int8_nonp.lmv"), "--dtype", "int8", env={"LMV_NO_NUMPY": "1"})
+    expect(code == 0, err)
+    lmvfile.requantize(path("q_timm_f32.lmv"), path("q_timm_int8_req.lmv"), "int8")
+    ref = open(path("q_timm_int8.lmv"), "rb").read()
+    for other in ("q_timm_int8_inproc.lmv", "q_timm_int8_nonp.lmv", "q_timm_int8_req.lmv"):
+        expect(open(path(other), "rb").read() == ref, "%s differs" % other)
+    # f16 with --keep-f32; a value f16 cannot hold is refused in one line naming the tensor
+    f16 = conv(fn, "--dtype", "f16", "--keep-f32", r"^head\.", "--keep-f32", "fc2", out=path("q_timm_f16.lmv"))
+    got16 = sorted(n for n, t in f16.tensors.items() if t.dtype == lmvfile.DTYPE_F16)
+    expect(got16 == sorted(n for n in want if n != "head.weight" and "fc2" not in n), "f16 tensors %s" % got16)
+    for n in got16:
+        expect(f16.tensor_bytes(n).tobytes() == ref_f16(f32.tensor(n)).tobytes(), "%s f16 bytes" % n)
+    sd = m.state_dict()
+    sd["blocks.1.mlp.fc1.weight"][3, 5] = 1e5
+    big = save(sd, "q_timm_big.pth")
+    code, out, err = cli(big, path("q_big.lmv"), "--dtype", "f16")
+    expect(code == 1 and err.count("\n") == 1 and "blocks.1.mlp.fc1.weight" in err and "--keep-f32" in err, err)
+    expect(not os.path.exists(path("q_big.lmv")), "output written")
+    code, out, err = cli(big, path("q_big.lmv"), "--dtype", "f16", "--keep-f32", r"^blocks\.1\.mlp\.fc1\.weight$")
+    expect(code == 0 and lmvfile.read(path("q_big.lmv")).dtype("blocks.1.mlp.fc1.weight") == "f32", err)
+    code, out, err = cli(fn, path("q_x.lmv"), "--dtype", "int8", "--keep-f32", "(")
+    expect(code == 1 and "--keep-f32" in err, err)
+    code, out, err = cli(fn, path("q_x.lmv"), "--dtype", "bf16")
+    expect(code == 2, "bad --dtype exit %d" % code)
+    return "vs torch: quantised model %s, same weights %s" % (near, exact)
 
 
 @check("pure-Python path (no numpy) and the oldest supported Python give byte-identical files")

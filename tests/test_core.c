@@ -45,7 +45,7 @@ static void test_gemm(void) {
             for (i = 0; i < M * K; i++) A[i] = frand(&seed);
             for (i = 0; i < N * K; i++) B[i] = frand(&seed);
             for (i = 0; i < N; i++) bias[i] = frand(&seed);
-            lmv__gemm(&ctx, M, N, K, A, (size_t)K, B, t ? (size_t)N : (size_t)K, !t, bias, C, (size_t)N);
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), t ? (size_t)N : (size_t)K, !t, bias, C, (size_t)N);
             for (i = 0; i < M; i++)
                 for (j = 0; j < N; j++) {
                     double ref = bias[j];
@@ -57,6 +57,69 @@ static void test_gemm(void) {
         }
     snprintf(msg, sizeof msg, "max abs error %.2e over %d shapes, both B layouts", worst, (int)(sizeof shapes / sizeof shapes[0]));
     check("gemm matches a double-precision reference", worst_ok, msg);
+}
+
+/* Half -> float for all 65536 halves, against the definition (sign, 5-bit exponent, 10-bit
+   fraction, bias 15), computed with ldexp. */
+static void test_half(void) {
+    unsigned h;
+    int bad = 0;
+    char msg[96];
+    for (h = 0; h < 65536u; h++) {
+        unsigned e = (h >> 10) & 31u, f = h & 1023u;
+        double ref = e == 0 ? ldexp((double)f, -24) : e == 31 ? (f ? NAN : INFINITY) : ldexp(1024.0 + f, (int)e - 25);
+        float got = lmv__half_to_float((uint16_t)h);
+        if (h & 0x8000u) ref = -ref;
+        if (e == 31 && f) { if (got == got) bad++; }
+        else if ((double)got != ref || (signbit(got) != 0) != ((h & 0x8000u) != 0)) bad++;
+    }
+    snprintf(msg, sizeof msg, "%d of 65536 wrong", bad);
+    check("every half widens to the float it stands for", bad == 0, msg);
+}
+
+/* The GEMM with f16 and int8 weights gives what it gives with the widened float32 weights. */
+static void test_gemm_reduced(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {6, 16, 256}, {5, 33, 257}, {13, 48, 600}};
+    unsigned seed = 3;
+    int s, d, ok = 1;
+    double worst = 0;
+    char msg[128];
+    for (d = 1; d <= 2; d++)
+        for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], i;
+            size_t nk = (size_t)N * K;
+            float *A = (float *)malloc(sizeof(float) * (size_t)M * K), *W = (float *)malloc(sizeof(float) * nk);
+            float *C1 = (float *)malloc(sizeof(float) * (size_t)M * N), *C2 = (float *)malloc(sizeof(float) * (size_t)M * N);
+            float *scale = (float *)malloc(sizeof(float) * (size_t)N);
+            uint16_t *half = (uint16_t *)malloc(2 * nk);
+            signed char *q = (signed char *)malloc(nk);
+            lmv__mat m;
+            lmv__ctx ctx;
+            memset(&ctx, 0, sizeof ctx);
+            ctx.threads = 2;
+            for (i = 0; i < M * K; i++) A[i] = frand(&seed);
+            for (i = 0; i < N; i++) scale[i] = 0.01f * (1 + i % 7);
+            for (i = 0; i < (int)nk; i++) {
+                unsigned r = (seed = seed * 1664525u + 1013904223u) >> 16;
+                /* halves of normal magnitude, either sign, and a few subnormals */
+                half[i] = (uint16_t)(((r & 1u) << 15) | ((i % 97 == 0) ? (r >> 1) & 0x3ffu : (0x3000u + ((r >> 1) & 0x0fffu))));
+                q[i] = (signed char)((int)((r >> 3) % 255u) - 127);
+            }
+            m.scale = scale;
+            m.dtype = d;
+            m.data = d == 1 ? (const void *)half : (const void *)q;
+            for (i = 0; i < (int)nk; i++) W[i] = d == 1 ? lmv__half_to_float(half[i]) : (float)q[i] * scale[i / K];
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, m, (size_t)K, 1, NULL, C1, (size_t)N);
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(W), (size_t)K, 1, NULL, C2, (size_t)N);
+            for (i = 0; i < M * N; i++) {
+                if (C1[i] != C2[i]) ok = 0;
+                if (fabs(C1[i] - C2[i]) > worst) worst = fabs(C1[i] - C2[i]);
+            }
+            free(A); free(W); free(C1); free(C2); free(scale); free(half); free(q);
+        }
+    snprintf(msg, sizeof msg, "max abs difference %.2e over %d shapes x f16, int8", worst,
+             (int)(sizeof shapes / sizeof shapes[0]));
+    check("gemm with f16/int8 weights equals gemm with the widened float32 weights", ok, msg);
 }
 
 static void test_attention(void) {
@@ -329,6 +392,8 @@ static void test_mutations(const char *path) {
 
 int main(int argc, char **argv) {
     test_gemm();
+    test_half();
+    test_gemm_reduced();
     test_attention();
     test_layernorm();
     test_resample_weights();

@@ -15,6 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import BUILD, ROOT, Results, convert, run, tmpdir  # noqa: E402
 from models import timm_vit  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import lmvfile  # noqa: E402
+
 res = Results()
 CROSS = os.path.join(BUILD, "cross")
 WARN = ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"]
@@ -60,9 +63,15 @@ def make_models(d):
     if not os.path.exists(lemevit):
         lemevit = os.path.join(d, "lemevit.lmv")
         subprocess.run([sys.executable, os.path.join(ROOT, "tests", "make_firmware_model.py"), lemevit], check=True)
+    # the LeMeViT with f16 and int8 matrices: byte order of halves and of the int8 scales
+    reduced = []
+    for dt in ("f16", "int8"):
+        path = os.path.join(d, f"lemevit_{dt}.lmv")
+        lmvfile.requantize(lemevit, path, dt)
+        reduced.append((f"LeMeViT {dt}", path, 32, 32, 2))
     # (name, path, h, w, batch): the native size and one the model was not made for
     return [("ViT", os.path.join(d, "vit.lmv"), 32, 32, 2), ("ViT", os.path.join(d, "vit.lmv"), 40, 24, 1),
-            ("LeMeViT", lemevit, 32, 32, 2), ("LeMeViT", lemevit, 48, 40, 1)]
+            ("LeMeViT", lemevit, 32, 32, 2), ("LeMeViT", lemevit, 48, 40, 1)] + reduced
 
 
 def main():

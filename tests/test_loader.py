@@ -18,15 +18,27 @@ torch.save(m.state_dict(), os.path.join(d, "tiny.pth"))
 model = os.path.join(d, "tiny.lmv")
 convert(os.path.join(d, "tiny.pth"), model, "--labels", "none", "--num-heads", "2")
 
+# the same model with its matrices in f16 and int8 (the int8 scales sit in front of the values)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import lmvfile  # noqa: E402
+variants = [("", model)]
+for dt in ("f16", "int8"):
+    variants.append((dt + " ", os.path.join(d, f"tiny_{dt}.lmv")))
+    lmvfile.requantize(model, variants[-1][1], dt)
+    n_q = sum(1 for t in lmvfile.read(variants[-1][1]).tensors.values() if t.dtype != lmvfile.DTYPE_F32)
+    res.check(f"{dt} variant has reduced-precision tensors", n_q > 0, f"{n_q} tensors")
+
 for build in ("", "asan"):
     exe = os.path.join(BUILD, build, "test_core")
-    code, out, err = run([exe, model])
-    lines = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL")) and "mutation" in ln]
-    for ln in lines:
-        ok = ln.startswith("PASS")
-        res.check(f"{build or 'plain'} {ln[5:].split(':')[0].split(' (')[0]}", ok, ln.split(":", 1)[-1] if not ok else "")
-    res.check(f"{build or 'plain'} mutation run exits cleanly", code == 0 and lines,
-              (err.strip().splitlines() or ["exit %d" % code])[-1])
+    for tag, path in variants:
+        code, out, err = run([exe, path])
+        lines = [ln for ln in out.splitlines() if ln.startswith(("PASS", "FAIL")) and "mutation" in ln]
+        for ln in lines:
+            ok = ln.startswith("PASS")
+            res.check(f"{build or 'plain'} {tag}{ln[5:].split(':')[0].split(' (')[0]}", ok,
+                      ln.split(":", 1)[-1] if not ok else "")
+        res.check(f"{build or 'plain'} {tag}mutation run exits cleanly", code == 0 and lines,
+                  (err.strip().splitlines() or ["exit %d" % code])[-1])
 
 # the command-line tool: every failure is one clear line and a non-zero exit
 bad = os.path.join(d, "bad.lmv")

@@ -2430,7 +2430,7 @@ def _fmt2(v):
     return "%dx%d" % (v[0], v[1])
 
 
-def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes):
+def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=None):
     c = meta
     n_params = sum(t.numel for t in model.tensors.values())
     lines = []
@@ -2478,8 +2478,23 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes):
     if info.get("ema_available") and "ema" not in " ".join(info["path"]):
         lines.append("note        the checkpoint also holds EMA weights (use --ema to convert those)")
     if out_path:
-        lines.append("wrote       %s (%.1f MB)" % (out_path, nbytes / 1e6))
+        wd = meta.get(lmvfile.DTYPE_META_KEY, "f32")
+        kinds = ""
+        if dtypes:
+            kinds = ": " + ", ".join("%d tensors %s" % (dtypes[k], k) for k in lmvfile.DTYPE_CODES if dtypes.get(k))
+        lines.append("wrote       %s (%.1f MB), weights %s%s" % (out_path, nbytes / 1e6, wd, kinds))
     return lines
+
+
+def tensor_dtypes(model, opts):
+    """name -> the dtype each tensor is written in: --dtype for the tensors lmvfile.quantizable()
+    accepts (matrix-multiply weights) unless a --keep-f32 regex matches, float32 for the rest."""
+    dtype = getattr(opts, "dtype", None) or "f32"
+    try:
+        keep = lmvfile.compile_keep(getattr(opts, "keep_f32", None) or [], "--keep-f32")
+        return OrderedDict((n, lmvfile.choose_dtype(n, t.shape, dtype, keep)) for n, t in model.tensors.items())
+    except lmvfile.LmvError as e:
+        raise ConvertError(str(e))
 
 
 def convert(path, out_path=None, opts=None, quiet=False, out=None):
@@ -2497,17 +2512,27 @@ def convert(path, out_path=None, opts=None, quiet=False, out=None):
     model = detect(sd, ctx)
     model.notes = ctx.notes + model.notes
     meta, labels_src = finalize(model, ctx)
+    dtypes = tensor_dtypes(model, opts)
+    meta[lmvfile.DTYPE_META_KEY] = getattr(opts, "dtype", None) or "f32"
     nbytes = 0
     if out_path:
-        tensors = [(n, t.shape, (lambda t=t, n=n: t.f32(n))) for n, t in model.tensors.items()]
+        tensors = [(n, t.shape, (lambda t=t, n=n: t.f32(n)), dtypes[n]) for n, t in model.tensors.items()]
         try:
             nbytes = lmvfile.write(out_path, list(meta.items()), tensors)
+        except lmvfile.TensorValueError as e:
+            hint = "--keep-f32 '^%s$' keeps it float32" % re.escape(e.tensor)
+            if "overflows" in str(e):
+                hint += ", --dtype int8 stores the matrix weights as int8"
+            raise ConvertError("cannot write %s: %s (%s)" % (out_path, e, hint))
         except lmvfile.LmvError as e:
             raise ConvertError("cannot write %s: %s" % (out_path, e))
         except OSError as e:
             raise ConvertError("cannot write %s: %s" % (out_path, e.strerror or e))
     if not quiet:
-        out.write("\n".join(summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes)) + "\n")
+        counts = OrderedDict()
+        for d in dtypes.values():
+            counts[d] = counts.get(d, 0) + 1
+        out.write("\n".join(summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, counts)) + "\n")
     return model, meta
 
 
@@ -2563,6 +2588,18 @@ examples:
   convert.py in22k.pth --num-classes 0                 drop the classifier, features only
   convert.py swin_tiny_patch4_window7_224.pth          Microsoft / timm / torchvision / HF Swin
   convert.py model_best.pth.tar --ema                  LeMeViT training checkpoint (timm-style)
+  convert.py vit_base_patch16_224.pth --dtype int8     int8 matrix weights (file about 4x smaller)
+  convert.py vit.pth --dtype f16 --keep-f32 '^head\\.'  f16 matrix weights, classifier kept float32
+
+reduced precision (--dtype f16|int8; the meta key weights.dtype records the choice):
+  Only the weights the library runs through its matrix multiply are re-encoded: names ending in
+  '.weight' with 2 or 4 dimensions, not depthwise convolutions (4-D with shape[1] == 1), with at
+  least """ + str(lmvfile.QUANT_MIN_NUMEL) + """ elements (qkv/proj/fc1/fc2, patch embedding, Swin patch
+  merging, LeMeViT convs, the head).  Norms, biases, BN statistics, class/meta tokens, position embeddings,
+  relative position bias tables and small tensors stay float32; --keep-f32 REGEX keeps more.
+  f16: IEEE half, round to nearest even; a tensor with values beyond +-65504 is refused.
+  int8: symmetric per output channel, scale = max|w[row]| / 127 stored as float32.
+  tools/lmvfile.py --dtype re-encodes an existing .lmv file the same way.
 
 per-source defaults (override with the options above):
   timm vit_*   LN eps 1e-6, GELU, mean/std 0.5, crop_pct 0.9 bicubic, pos_interp bicubic_aa
@@ -2621,6 +2658,11 @@ def build_parser():
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any .lmv key, e.g. --set vit.act=gelu_tanh --set vit.pos_interp=bicubic")
     p.add_argument("--ignore", action="append", metavar="REGEX", help="drop checkpoint tensors matching REGEX")
+    p.add_argument("--dtype", choices=list(lmvfile.DTYPE_CODES), default="f32",
+                   help="storage of the matrix weights (see 'reduced precision' below); default f32")
+    p.add_argument("--keep-f32", action="append", metavar="REGEX", dest="keep_f32",
+                   help="with --dtype f16/int8: keep the output tensors whose name matches REGEX (re.search) "
+                   "float32; repeatable")
     p.add_argument("--list-keys", action="store_true", help="print the checkpoint's tensors and exit")
     p.add_argument("--dry-run", action="store_true", help="detect and print the summary, write nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -2634,11 +2676,12 @@ def main(argv=None):
     try:
         if opts.img_size is not None and len(opts.img_size) not in (1, 2):
             raise ConvertError("--img-size takes H or H W")
-        for rx in opts.ignore or []:
-            try:
-                re.compile(rx)
-            except re.error as e:
-                raise ConvertError("--ignore %r: %s" % (rx, e))
+        for what, rxs in (("--ignore", opts.ignore), ("--keep-f32", opts.keep_f32)):
+            for rx in rxs or []:
+                try:
+                    re.compile(rx)
+                except re.error as e:
+                    raise ConvertError("%s %r: %s" % (what, rx, e))
         if opts.list_keys:
             list_keys(opts.input, opts)
             return 0

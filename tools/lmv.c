@@ -47,6 +47,12 @@ static const char *usage =
     "      --threads N                   threads (default: all)\n"
     "      --runs N                      timed runs after one warm-up (default 10)\n"
     "      --json                        one JSON object instead of text\n"
+    "  gemm M N K                        time the library's matrix multiply on a Linear's shape:\n"
+    "                                    C[M][N] = A[M][K] W[N][K]^T + b, random data\n"
+    "      --threads N                   threads (default: all)\n"
+    "      --runs N                      timed runs after one warm-up (default: enough for ~0.3 s)\n"
+    "      --dtype f32|f16|int8          how W is stored (default f32)\n"
+    "      --json                        one JSON object instead of text\n"
     "  decode IMAGE.jpg OUT.ppm          decode a JPEG (EXIF orientation applied) to PPM/PGM\n"
     "      --ignore-exif                 keep the stored orientation\n"
     "  preprocess MODEL.lmv IMAGE.jpg OUT.npy\n"
@@ -227,6 +233,89 @@ static int cmd_bench(int argc, char **argv) {
     return 0;
 }
 
+/* The GEMM alone, at one shape: best and median of the timed runs. */
+static int cmd_gemm(int argc, char **argv) {
+    int dims[3] = {0, 0, 0}, nd = 0, threads = 0, runs = 0, json = 0, dtype = LMV_DTYPE_F32, i;
+    float *A, *W, *C, *bias, *scale;
+    void *wq;
+    double t0, one, *times, flops;
+    size_t nk, j;
+    unsigned seed = 99;
+    lmv__ctx ctx;
+    lmv__mat mat;
+    for (i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            const char *d = argv[++i];
+            dtype = !strcmp(d, "f32") ? LMV_DTYPE_F32 : !strcmp(d, "f16") ? LMV_DTYPE_F16 : !strcmp(d, "int8") ? LMV_DTYPE_INT8 : -1;
+            if (dtype < 0) {
+                fprintf(stderr, "lmv gemm: --dtype must be f32, f16 or int8\n");
+                return 2;
+            }
+        } else if (argv[i][0] != '-' && nd < 3) dims[nd++] = atoi(argv[i]);
+        else {
+            fprintf(stderr, "lmv gemm: unexpected argument '%s'\n\n%s", argv[i], usage);
+            return 2;
+        }
+    }
+    if (nd != 3 || dims[0] < 1 || dims[1] < 1 || dims[2] < 1 || dims[0] > 1 << 16 || dims[1] > 1 << 16 || dims[2] > 1 << 16) {
+        fprintf(stderr, "lmv gemm: give M N K, each 1..65536\n\n%s", usage);
+        return 2;
+    }
+    nk = (size_t)dims[1] * dims[2];
+    A = (float *)malloc(sizeof(float) * (size_t)dims[0] * dims[2]);
+    W = (float *)malloc(sizeof(float) * nk);
+    C = (float *)malloc(sizeof(float) * (size_t)dims[0] * dims[1]);
+    bias = (float *)malloc(sizeof(float) * (size_t)dims[1]);
+    scale = (float *)malloc(sizeof(float) * (size_t)dims[1]);
+    wq = malloc(2 * nk);
+    times = (double *)malloc(sizeof(double) * 100000);
+    if (!A || !W || !C || !bias || !scale || !wq || !times) {
+        fprintf(stderr, "lmv gemm: out of memory\n");
+        return 1;
+    }
+    for (j = 0; j < (size_t)dims[0] * dims[2]; j++) A[j] = (float)((seed = seed * 1664525u + 1013904223u) >> 9) / 8388608.0f - 1.0f;
+    for (j = 0; j < nk; j++) {
+        seed = seed * 1664525u + 1013904223u;
+        W[j] = (float)(seed >> 9) / 8388608.0f - 1.0f;
+        ((uint16_t *)wq)[j] = (uint16_t)(0x3000u | ((seed >> 3) & 0x8fffu)); /* halves of modest size */
+    }
+    if (dtype == LMV_DTYPE_INT8)
+        for (j = 0; j < nk; j++) ((signed char *)wq)[j] = (signed char)((int)(((uint16_t *)wq)[j] % 255u) - 127);
+    for (j = 0; j < (size_t)dims[1]; j++) bias[j] = 0.01f * (float)(j % 17), scale[j] = 0.01f;
+    mat.dtype = dtype;
+    mat.data = dtype == LMV_DTYPE_F32 ? (const void *)W : wq;
+    mat.scale = scale;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.threads = lmv__default_threads(threads);
+    flops = 2.0 * dims[0] * dims[1] * dims[2];
+    t0 = now_ms();
+    lmv__gemm(&ctx, dims[0], dims[1], dims[2], A, (size_t)dims[2], mat, (size_t)dims[2], 1, bias, C, (size_t)dims[1]);
+    one = now_ms() - t0;
+    if (runs < 1) runs = one > 0 ? (int)(300.0 / one) : 1000;
+    if (runs < 3) runs = 3;
+    if (runs > 100000) runs = 100000;
+    for (i = 0; i < runs; i++) {
+        t0 = now_ms();
+        lmv__gemm(&ctx, dims[0], dims[1], dims[2], A, (size_t)dims[2], mat, (size_t)dims[2], 1, bias, C, (size_t)dims[1]);
+        times[i] = now_ms() - t0;
+    }
+    qsort(times, (size_t)runs, sizeof(double), cmp_double);
+    if (json)
+        printf("{\"m\": %d, \"n\": %d, \"k\": %d, \"dtype\": \"%s\", \"threads\": %d, \"runs\": %d, \"best_ms\": %.5f, "
+               "\"median_ms\": %.5f, \"gflops_best\": %.3f, \"gflops_median\": %.3f}\n",
+               dims[0], dims[1], dims[2], dtype == 0 ? "f32" : dtype == 1 ? "f16" : "int8", ctx.threads, runs, times[0],
+               times[runs / 2], flops / times[0] / 1e6, flops / times[runs / 2] / 1e6);
+    else
+        printf("gemm %dx%dx%d (%s weights), %d thread(s), %d runs: best %.3f ms (%.1f GFLOP/s), median %.3f ms (%.1f GFLOP/s)\n",
+               dims[0], dims[1], dims[2], dtype == 0 ? "f32" : dtype == 1 ? "f16" : "int8", ctx.threads, runs, times[0],
+               flops / times[0] / 1e6, times[runs / 2], flops / times[runs / 2] / 1e6);
+    free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
+    return 0;
+}
+
 static int cmd_info(int argc, char **argv) {
     lmv_model *m;
     lmv_error err;
@@ -246,6 +335,17 @@ static int cmd_info(int argc, char **argv) {
     printf("classes      %d%s\n", in->num_classes, in->has_labels ? " (labelled)" : "");
     printf("features     %d\n", in->num_features);
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
+    {
+        static const char *names[3] = {"f32", "f16", "int8"};
+        size_t count[3] = {0, 0, 0}, bytes[3] = {0, 0, 0};
+        lmv_tensor_info t;
+        for (i = 0; lmv_model_tensor(m, i, &t); i++)
+            if (t.dtype >= 0 && t.dtype < 3) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
+        printf("storage     ");
+        for (j = 0; j < 3; j++)
+            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", names[j], count[j], bytes[j] / 1e6);
+        printf("\n");
+    }
     printf("preprocess   resize %d %s, crop %dx%d (crop_pct %.3f), mean %.4f %.4f %.4f, std %.4f %.4f %.4f\n",
            in->preprocess.resize, interp[in->preprocess.interpolation], in->preprocess.crop_h, in->preprocess.crop_w,
            in->preprocess.crop_pct, in->preprocess.mean[0], in->preprocess.mean[1], in->preprocess.mean[2],
@@ -711,6 +811,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "gemm")) return cmd_gemm(argc - 2, argv + 2);
     if (!strcmp(argv[1], "decode")) return cmd_decode(argc - 2, argv + 2);
     if (!strcmp(argv[1], "preprocess")) return cmd_preprocess(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);

@@ -1,10 +1,25 @@
 #!/usr/bin/env python3
-"""Read and write `.lmv` weight files (format version 1), Python standard library only.
+"""Read and write `.lmv` weight files (format version 1), Python standard library only (numpy is
+used to go faster when it can be imported; the pure-Python path writes byte-identical files).
 
 The binding description of the format is the section "The weight file format" of README.md; this
 module follows it to the letter.  In short: a 128-byte header, a section of typed meta entries, a
-tensor table, zero padding up to a 64-byte aligned data section, and the tensor data (float32,
-little-endian, every tensor 64-byte aligned).  Two CRC-32s (zlib polynomial) protect the file.
+tensor table, zero padding up to a 64-byte aligned data section, and the tensor data (little-endian,
+every tensor 64-byte aligned).  Two CRC-32s (zlib polynomial) protect the file.
+
+Tensor dtypes (the table's dtype byte):
+
+* 0 `f32`  -- IEEE binary32, 4 bytes per element.
+* 1 `f16`  -- IEEE binary16, 2 bytes per element, rounded to nearest even from float32.  A tensor
+  with NaN/inf, or with a value whose magnitude rounds above 65504, is refused.
+* 2 `int8` -- symmetric per output channel, only for tensors with 2 or more dimensions: R =
+  shape[0] little-endian float32 scales, then numel signed int8 values (row-major), so the size is
+  4*R + numel.  Element (r, ...) is scale[r] * q.  scale[r] = max|w[r,:]| / 127 (float64, stored as
+  float32); q = round-half-to-even(w / scale_f32) clipped to [-127, 127] (the division in float64
+  by the stored float32 scale); an all-zero row has scale 0 and q = 0.
+
+Which tensors a converted or re-quantised file stores in reduced precision is decided by one
+function, quantizable(name, shape): the matrix-multiply weights only (see its docstring).
 
 Choices made where README leaves room (kept in one place so readers of the C side can check them):
 
@@ -20,23 +35,35 @@ Usage as a library:
 
     import lmvfile
     lmvfile.write("m.lmv", [("arch", "vit"), ("img_size", [224, 224]), ...],
-                  [("cls_token", (1, 1, 192), f32_bytes), ...])
+                  [("cls_token", (1, 1, 192), f32_bytes),                  # float32
+                   ("blocks.0.attn.qkv.weight", (576, 192), f32_bytes, "int8"), ...])
     f = lmvfile.read("m.lmv")          # verifies structure and both CRCs
     f.meta["img_size"]                 # -> [224, 224]
-    f.tensor("cls_token")              # -> array('f') with the values
+    f.tensor("cls_token")              # -> array('f') with the values (dequantised for f16/int8)
+    lmvfile.requantize("m.lmv", "m8.lmv", "int8")     # re-encode with the quantizable() policy
 
-Usage from the shell (prints the header, meta and tensor table, exit status 1 if invalid):
+Usage from the shell (exit status 1 if the file is invalid):
 
-    python3 tools/lmvfile.py model.lmv
+    python3 tools/lmvfile.py model.lmv                          # header, meta and tensor table
+    python3 tools/lmvfile.py --dtype int8 model.lmv model8.lmv  # re-quantise (see --help)
 """
 
+import argparse
 import array
+import math
 import os
 import re
 import struct
 import sys
 import zlib
 from collections import OrderedDict
+
+try:  # optional speed-up only; every code path has a pure-Python fallback giving the same bytes
+    if os.environ.get("LMV_NO_NUMPY"):
+        raise ImportError
+    import numpy as _np
+except Exception:  # pragma: no cover - depends on the interpreter
+    _np = None
 
 MAGIC = b"LEMEVIT\0"
 VERSION = 1
@@ -52,8 +79,17 @@ T_STRING = 3
 T_STRLIST = 4
 TYPE_NAMES = {T_INT32: "int32", T_FLOAT32: "float32", T_STRING: "string", T_STRLIST: "string list"}
 
+# tensor dtypes: code -> name; DTYPE_SIZES is bytes per element (int8 adds 4 bytes of scale per row)
 DTYPE_F32 = 0
-DTYPE_SIZES = {DTYPE_F32: 4}
+DTYPE_F16 = 1
+DTYPE_INT8 = 2
+DTYPE_NAMES = OrderedDict([(DTYPE_F32, "f32"), (DTYPE_F16, "f16"), (DTYPE_INT8, "int8")])
+DTYPE_CODES = OrderedDict((v, k) for k, v in DTYPE_NAMES.items())
+DTYPE_SIZES = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_INT8: 1}
+F16_MAX = 65504.0
+INT8_MAX = 127
+QUANT_MIN_NUMEL = 1024       # smaller tensors stay float32 (quantizable())
+DTYPE_META_KEY = "weights.dtype"
 MAX_DIMS = 6
 
 _KEY_RE = re.compile(r"^[a-z0-9_.]{1,255}$")
@@ -63,6 +99,15 @@ assert struct.calcsize(_HEADER_FMT) == HEADER_SIZE
 
 class LmvError(Exception):
     """Raised for any invalid argument to write() or any malformed file given to read()."""
+
+
+class TensorValueError(LmvError):
+    """A tensor's values cannot be stored in the requested dtype (NaN or infinity for f16/int8,
+    |x| > 65504 for f16); .tensor is its name."""
+
+    def __init__(self, msg, tensor):
+        LmvError.__init__(self, msg)
+        self.tensor = tensor
 
 
 def _align(n, a):
@@ -175,10 +220,229 @@ def _as_f32_bytes(data, nbytes, name):
     return mv
 
 
+# ----------------------------------------------------------------------------------------------
+# tensor dtypes: the quantisation policy, sizes, encoding and decoding
+
+
+def dtype_code(dtype):
+    """The table code of a dtype given by name ('f32', 'f16', 'int8'), code (0, 1, 2) or None (f32)."""
+    if dtype is None:
+        return DTYPE_F32
+    if isinstance(dtype, str) and dtype in DTYPE_CODES:
+        return DTYPE_CODES[dtype]
+    if isinstance(dtype, int) and not isinstance(dtype, bool) and dtype in DTYPE_NAMES:
+        return dtype
+    raise LmvError("unknown tensor dtype %r: use one of %s" % (dtype, ", ".join(DTYPE_CODES)))
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def tensor_nbytes(dtype, shape):
+    """Bytes of a tensor's data: numel*4 (f32), numel*2 (f16), 4*shape[0] + numel (int8)."""
+    code = dtype_code(dtype)
+    n = _numel(shape)
+    if code == DTYPE_INT8:
+        return 4 * shape[0] + n
+    return n * DTYPE_SIZES[code]
+
+
+def quantizable(name, shape):
+    """The policy: may tensor `name` of `shape` be stored as f16/int8?  Only the weights the library
+    runs through its matrix multiply: the name ends in '.weight', 2 or 4 dimensions, not a
+    depthwise convolution (a 4-D weight with shape[1] == 1) and at least QUANT_MIN_NUMEL elements.
+    So norms, biases, BN statistics (1-D), class/meta/register tokens, position embeddings and
+    relative position bias tables (not '.weight'), depthwise convs and small tensors stay float32."""
+    shape = tuple(int(d) for d in shape)
+    if not name.endswith(".weight") or len(shape) not in (2, 4):
+        return False
+    if len(shape) == 4 and shape[1] == 1:
+        return False
+    return _numel(shape) >= QUANT_MIN_NUMEL
+
+
+_CHUNK = 1 << 16   # elements per step of the pure-Python loops (bounds temporary lists)
+
+
+def _f32_values(data, numel, name):
+    """The float32 values of `data` (anything _as_f32_bytes takes) as a flat numpy float32 array
+    when numpy is available, else an array('f'), both in native byte order."""
+    mv = _as_f32_bytes(data, numel * 4, name)
+    if _np is not None:
+        return _np.frombuffer(mv, dtype="<f4").astype(_np.float32)
+    a = array.array("f")
+    a.frombytes(mv)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a
+
+
+def _first_bad(vals, bad):
+    for i, v in enumerate(vals):
+        if bad(v):
+            return i, v
+    return -1, None
+
+
+def _check_finite(vals, name, what):
+    if _np is not None:
+        ok = bool(_np.isfinite(vals).all())
+    else:
+        # a float64 sum of float32 values cannot overflow, so it is finite iff every value is
+        ok = math.isfinite(sum(vals))
+    if not ok:
+        i, v = _first_bad(vals, lambda x: not math.isfinite(x))
+        msg = ("tensor %s: element %d is %s; %s cannot store NaN or infinity (keep the tensor float32, "
+               "or fix the checkpoint)" % (name, i, float(v), what))
+        raise TensorValueError(msg, name)
+
+
+def _f16_overflow(name, i, v):
+    return TensorValueError("tensor %s: element %d = %r overflows float16 (largest finite value %g); store this "
+                            "tensor as int8 or f32 instead" % (name, i, float(v), F16_MAX), name)
+
+
+def _encode_f16(vals, name):
+    """float32 values -> little-endian binary16 bytes, round to nearest even (numpy's astype and
+    struct's 'e' format both round once from the exact value)."""
+    _check_finite(vals, name, "f16")
+    if _np is not None:
+        with _np.errstate(over="ignore", invalid="ignore"):
+            h = vals.astype("<f2")
+        inf = _np.isinf(h)
+        if inf.any():
+            i = int(_np.argmax(inf))
+            raise _f16_overflow(name, i, vals[i])
+        return h.tobytes()
+    parts = []
+    for i in range(0, len(vals), _CHUNK):
+        chunk = vals[i:i + _CHUNK]
+        try:
+            parts.append(struct.pack("<%de" % len(chunk), *chunk))
+        except (OverflowError, struct.error):
+            j, v = _first_bad(chunk, lambda x: abs(x) > F16_MAX and _packs_inf(x))
+            raise _f16_overflow(name, i + j, v)
+    return b"".join(parts)
+
+
+def _packs_inf(x):
+    try:
+        struct.pack("<e", x)
+        return False
+    except (OverflowError, struct.error):
+        return True
+
+
+def _to_f32(x):
+    """Round a Python float to the nearest float32 (ties to even), as a Python float."""
+    return array.array("f", [x])[0]
+
+
+def _encode_int8(vals, shape, name):
+    """float32 values -> 4*R bytes of little-endian float32 scales + numel int8 values."""
+    _check_finite(vals, name, "int8")
+    rows = shape[0]
+    cols = _numel(shape[1:])
+    if _np is not None:
+        w = vals.reshape(rows, cols)
+        scales = _np.zeros(rows, dtype="<f4")
+        q = _np.zeros((rows, cols), dtype=_np.int8)
+        step = max(1, (1 << 20) // max(cols, 1))     # ~1M elements of float64 at a time
+        for r0 in range(0, rows if cols else 0, step):
+            blk = w[r0:r0 + step].astype(_np.float64)
+            s32 = (_np.abs(blk).max(axis=1) / float(INT8_MAX)).astype(_np.float32)
+            s64 = s32.astype(_np.float64)
+            zero = s64 == 0.0
+            qb = _np.rint(blk / _np.where(zero, 1.0, s64)[:, None])
+            qb[zero] = 0.0
+            _np.clip(qb, -INT8_MAX, INT8_MAX, out=qb)
+            scales[r0:r0 + len(s32)] = s32
+            q[r0:r0 + len(s32)] = qb.astype(_np.int8)
+        return scales.tobytes() + q.tobytes()
+    scales = array.array("f", bytes(4 * rows))
+    q = array.array("b")
+    for r in range(rows if cols else 0):
+        row = vals[r * cols:(r + 1) * cols]
+        s = _to_f32(max(map(abs, row)) / float(INT8_MAX))
+        scales[r] = s
+        if s == 0.0:
+            q.frombytes(bytes(cols))
+            continue
+        qr = [round(v / s) for v in row]
+        if max(qr) > INT8_MAX or min(qr) < -INT8_MAX:
+            qr = [min(INT8_MAX, max(-INT8_MAX, x)) for x in qr]
+        q.extend(qr)
+    if sys.byteorder == "big":
+        scales.byteswap()
+    return scales.tobytes() + q.tobytes()
+
+
+def encode_tensor(data, dtype, shape, name="tensor"):
+    """The bytes a tensor of `shape` stores for float32 `data` (bytes, array('f'), numpy float32
+    array or a callable returning one) in `dtype`.  Raises LmvError."""
+    code = dtype_code(dtype)
+    shape = tuple(int(d) for d in shape)
+    n = _numel(shape)
+    if code == DTYPE_F32:
+        return _as_f32_bytes(data, n * 4, name)
+    if code == DTYPE_INT8 and len(shape) < 2:
+        raise LmvError("tensor %s: int8 needs at least 2 dimensions (one scale per row), shape is %s"
+                       % (name, list(shape)))
+    vals = _f32_values(data, n, name)
+    if code == DTYPE_F16:
+        return _encode_f16(vals, name)
+    return _encode_int8(vals, shape, name)
+
+
+def decode_tensor(raw, dtype, shape):
+    """Stored bytes -> the float32 values the library computes with, as a flat array('f'):
+    f16 widened exactly; int8 as the float32 product float32(scale[r]) * float32(q)."""
+    code = dtype_code(dtype)
+    shape = tuple(int(d) for d in shape)
+    n = _numel(shape)
+    out = array.array("f")
+    if code == DTYPE_F32:
+        out.frombytes(raw)
+        if sys.byteorder == "big":
+            out.byteswap()
+        return out
+    if code == DTYPE_F16:
+        if _np is not None:
+            out.frombytes(_np.frombuffer(raw, dtype="<f2").astype(_np.float32).tobytes())
+            return out
+        for i in range(0, n, _CHUNK):
+            k = min(_CHUNK, n - i)
+            out.extend(struct.unpack_from("<%de" % k, raw, 2 * i))   # exact: every f16 is a float32
+        return out
+    rows = shape[0]
+    cols = _numel(shape[1:])
+    if _np is not None:
+        s = _np.frombuffer(raw, dtype="<f4", count=rows).astype(_np.float32)
+        q = _np.frombuffer(raw, dtype=_np.int8, count=n, offset=4 * rows).reshape(rows, cols)
+        out.frombytes((s[:, None] * q.astype(_np.float32)).tobytes())
+        return out
+    s = array.array("f")
+    s.frombytes(raw[:4 * rows])
+    if sys.byteorder == "big":
+        s.byteswap()
+    q = array.array("b")
+    q.frombytes(raw[4 * rows:4 * rows + n])
+    for r in range(rows if cols else 0):
+        sr = s[r]
+        # the float64 product of a float32 and an int8 is exact, so rounding it to float32 once
+        # gives the float32 product
+        out.extend([sr * x for x in q[r * cols:(r + 1) * cols]])
+    return out
+
+
 def layout(meta, tensors):
     """Compute the encoded meta/table sections and every offset, without any tensor data.
-    `meta`: iterable of (key, value); `tensors`: iterable of (name, shape, data).
-    Returns a dict used by write(); handy for tests."""
+    `meta`: iterable of (key, value); `tensors`: iterable of (name, shape, data) or
+    (name, shape, data, dtype).  Returns a dict used by write(); handy for tests."""
     meta = list(meta.items()) if isinstance(meta, dict) else list(meta)
     keys = [k for k, _ in meta]
     if len(set(keys)) != len(keys):
@@ -189,7 +453,13 @@ def layout(meta, tensors):
     entries = []
     names = set()
     rel = 0
-    for name, shape, data in tensors:
+    for item in tensors:
+        if len(item) == 3:
+            (name, shape, data), dtype = item, None
+        elif len(item) == 4:
+            name, shape, data, dtype = item
+        else:
+            raise LmvError("a tensor is (name, shape, data) or (name, shape, data, dtype), got %d items" % len(item))
         nb = name.encode("ascii") if isinstance(name, str) else b""
         if not 1 <= len(nb) <= 255:
             raise LmvError("invalid tensor name %r: 1..255 ASCII characters" % (name,))
@@ -204,12 +474,16 @@ def layout(meta, tensors):
             if not 0 <= d < 2 ** 32:
                 raise LmvError("tensor %s: bad dimension %d" % (name, d))
             numel *= d
-        size = numel * 4
+        code = dtype_code(dtype)
+        if code == DTYPE_INT8 and len(shape) < 2:
+            raise LmvError("tensor %s: int8 needs at least 2 dimensions (one scale per row), shape is %s"
+                           % (name, list(shape)))
+        size = tensor_nbytes(code, shape)
         rel = _align(rel, DATA_ALIGN)
-        entry = struct.pack("<HBBQQ", len(nb), DTYPE_F32, len(shape), rel, size)
+        entry = struct.pack("<HBBQQ", len(nb), code, len(shape), rel, size)
         entry += struct.pack("<%dI" % len(shape), *shape) + nb
         entry += _pad(len(entry), 8)
-        entries.append((name, shape, rel, size, data, entry))
+        entries.append((name, shape, rel, size, data, entry, code))
         rel += size
     table_bytes = b"".join(e[5] for e in entries)
     data_size = _align(rel, DATA_ALIGN)
@@ -241,9 +515,13 @@ def write(path, meta, tensors):
     meta    -- list of (key, value) pairs or a dict, in the order they should appear.  int -> int32,
                float -> float32, str -> string, list of int/float/str -> array / string list;
                wrap in Typed() to force a type.
-    tensors -- list of (name, shape, data); data is float32 little-endian bytes (or array('f'),
-               a float32 numpy array, or a zero-argument callable returning one of those, called
-               once while writing so large models need not be held in memory twice).
+    tensors -- list of (name, shape, data) or (name, shape, data, dtype); data is float32
+               little-endian bytes (or array('f'), a float32 numpy array, or a zero-argument
+               callable returning one of those, called once while writing so large models need
+               not be held in memory twice).  dtype is 'f32' (the default), 'f16' or 'int8': the
+               float32 values are encoded while writing, one tensor in memory at a time.
+               Values the dtype cannot hold (NaN or inf; for f16 also |x| rounding above
+               65504) raise TensorValueError (an LmvError naming the tensor).
 
     The file is written to a temporary name next to `path` and renamed, so a failed write never
     leaves a half-written file under the final name.  Returns the file size.
@@ -265,12 +543,14 @@ def write(path, meta, tensors):
             f.write(b"\0" * (lay["data_off"] - lay["table_off"] - lay["table_size"]))
             crc_data = 0
             pos = 0
-            for name, shape, rel, size, data, _ in lay["entries"]:
+            for name, shape, rel, size, data, _, code in lay["entries"]:
                 if rel > pos:
                     gap = b"\0" * (rel - pos)
                     f.write(gap)
                     crc_data = zlib.crc32(gap, crc_data)
-                mv = _as_f32_bytes(data, size, name)
+                mv = encode_tensor(data, code, shape, name)
+                if len(mv) != size:
+                    raise LmvError("internal error: tensor %s encoded to %d bytes, expected %d" % (name, len(mv), size))
                 f.write(mv)
                 crc_data = zlib.crc32(mv, crc_data)
                 pos = rel + size
@@ -301,8 +581,17 @@ class TensorInfo(object):
     def __init__(self, name, dtype, shape, offset, size):
         self.name, self.dtype, self.shape, self.offset, self.size = name, dtype, shape, offset, size
 
+    @property
+    def numel(self):
+        return _numel(self.shape)
+
+    @property
+    def dtype_name(self):
+        return DTYPE_NAMES.get(self.dtype, str(self.dtype))
+
     def __repr__(self):
-        return "TensorInfo(%s, shape=%s, offset=%d, size=%d)" % (self.name, self.shape, self.offset, self.size)
+        return "TensorInfo(%s, %s, shape=%s, offset=%d, size=%d)" % (self.name, self.dtype_name, self.shape,
+                                                                     self.offset, self.size)
 
 
 class LmvFile(object):
@@ -326,17 +615,20 @@ class LmvFile(object):
         return v
 
     def tensor_bytes(self, name):
+        """The stored bytes of a tensor (int8: the float32 scales, then the int8 values)."""
         t = self.tensors[name]
         start = self.header["data_off"] + t.offset
         return memoryview(self.buf)[start:start + t.size]
 
     def tensor(self, name):
-        """Values of a tensor as a flat array('f') (row-major)."""
-        a = array.array("f")
-        a.frombytes(self.tensor_bytes(name))
-        if sys.byteorder == "big":
-            a.byteswap()
-        return a
+        """Values of a tensor as a flat array('f') (row-major): for f16 and int8 tensors the
+        dequantised float32 values the library computes with (see decode_tensor)."""
+        t = self.tensors[name]
+        return decode_tensor(self.tensor_bytes(name), t.dtype, t.shape)
+
+    def dtype(self, name):
+        """The tensor's dtype name: 'f32', 'f16' or 'int8'."""
+        return self.tensors[name].dtype_name
 
     def shape(self, name):
         return self.tensors[name].shape
@@ -443,7 +735,8 @@ def read(source, verify_crc=True):
         _check(pos + 20 <= end, "tensor entry %d runs past the table" % i)
         nlen, dtype, ndim, off, size = struct.unpack_from("<HBBQQ", buf, pos)
         _check(1 <= nlen <= 255, "tensor entry %d: name length %d" % (i, nlen))
-        _check(dtype in DTYPE_SIZES, "tensor entry %d: unknown dtype %d" % (i, dtype))
+        _check(dtype in DTYPE_NAMES, "tensor entry %d: unknown dtype %d (known: %s)"
+               % (i, dtype, ", ".join("%d %s" % kv for kv in DTYPE_NAMES.items())))
         _check(ndim <= MAX_DIMS, "tensor entry %d: %d dimensions" % (i, ndim))
         p = pos + 20
         _check(p + 4 * ndim + nlen <= end, "tensor entry %d runs past the table" % i)
@@ -454,10 +747,11 @@ def read(source, verify_crc=True):
         entry_end = pos + _align(p - pos, 8)
         _check(buf[p:entry_end] == b"\0" * (entry_end - p), "tensor %s: name padding not zero" % name)
         _check(name not in tensors, "duplicate tensor name %s" % name)
-        numel = 1
-        for d in shape:
-            numel *= d
-        _check(size == numel * DTYPE_SIZES[dtype], "tensor %s: size %d does not match shape %s" % (name, size, shape))
+        _check(dtype != DTYPE_INT8 or ndim >= 2,
+               "tensor %s: int8 with %d dimension(s); int8 needs at least 2 (one scale per row)" % (name, ndim))
+        want = tensor_nbytes(dtype, shape)
+        _check(size == want, "tensor %s: size %d does not match shape %s and dtype %s (%d bytes)"
+               % (name, size, list(shape), DTYPE_NAMES[dtype], want))
         _check(off % DATA_ALIGN == 0, "tensor %s: data offset %d is not a multiple of 64" % (name, off))
         _check(off + size <= data_size, "tensor %s runs past the data section" % name)
         tensors[name] = TensorInfo(name, dtype, shape, off, size)
@@ -467,6 +761,75 @@ def read(source, verify_crc=True):
     for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
         _check(a1 <= b0, "tensors %s and %s overlap" % (an, bn))
     return LmvFile(buf, header, meta, meta_types, tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+# re-encoding
+
+
+def compile_keep(patterns, what="--keep"):
+    """Compile regexes of tensor names to keep float32; raises LmvError naming a bad one."""
+    out = []
+    for rx in patterns or []:
+        try:
+            out.append(re.compile(rx))
+        except re.error as e:
+            raise LmvError("%s %r: %s" % (what, rx, e))
+    return out
+
+
+def choose_dtype(name, shape, dtype, keep=()):
+    """The dtype name a tensor gets when a file is written in `dtype`: `dtype` for quantizable()
+    tensors whose name matches no regex of `keep` (re.search, compiled or strings), else 'f32'."""
+    code = dtype_code(dtype)
+    if code == DTYPE_F32 or not quantizable(name, shape):
+        return "f32"
+    if any(re.search(rx, name) for rx in keep or ()):
+        return "f32"
+    return DTYPE_NAMES[code]
+
+
+def requantize(src_path, dst_path, dtype, keep=None):
+    """Re-encode the .lmv file `src_path` as `dst_path`: the meta entries copied as they are, plus
+    (added or replaced in place) the string `weights.dtype` = dtype; tensors chosen by
+    quantizable() and not matched by a regex of `keep` stored in `dtype` ('f16' or 'int8'),
+    computed from their dequantised float32 values, every other tensor float32.  dtype 'f32'
+    writes every tensor as float32 with its dequantised values (the exact float32 model a
+    quantised file stands for).  Float32 tensors that stay float32 are copied byte for byte.
+    Returns the size of the new file.  Raises LmvError (OSError for I/O failures)."""
+    name = DTYPE_NAMES[dtype_code(dtype)]
+    keep = compile_keep(keep)
+    f = read(src_path)
+    meta = [(k, Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
+    entry = (DTYPE_META_KEY, Typed(T_STRING, name))
+    idx = [i for i, (k, _) in enumerate(meta) if k == DTYPE_META_KEY]
+    if idx:
+        meta[idx[0]] = entry
+    else:
+        meta.append(entry)
+    tensors = []
+    for tname, t in f.tensors.items():
+        want = choose_dtype(tname, t.shape, name, keep)
+        if t.dtype == DTYPE_F32 and want == "f32":
+            data = f.tensor_bytes(tname)
+        else:
+            data = (lambda tname=tname: f.tensor(tname))
+        tensors.append((tname, t.shape, data, want))
+    return write(dst_path, meta, tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+# printing and the command line
+
+
+def dtype_summary(f):
+    """OrderedDict dtype name -> [tensor count, parameters, data bytes], in code order."""
+    out = OrderedDict()
+    for code, nm in DTYPE_NAMES.items():
+        ts = [t for t in f.tensors.values() if t.dtype == code]
+        if ts:
+            out[nm] = [len(ts), sum(t.numel for t in ts), sum(t.size for t in ts)]
+    return out
 
 
 def describe(f, out=sys.stdout):
@@ -481,21 +844,81 @@ def describe(f, out=sys.stdout):
         out.write("  %-20s %-8s %s\n" % (k, TYPE_NAMES[f.meta_types[k]], v))
     total = 0
     for t in f.tensors.values():
-        total += t.size // 4
-        out.write("  %-40s %-18s @%d\n" % (t.name, list(t.shape), t.offset))
+        total += t.numel
+        out.write("  %-40s %-4s %-18s @%d\n" % (t.name, t.dtype_name, list(t.shape), t.offset))
     out.write("  %d parameters\n" % total)
+    parts = ["%s: %d tensors, %d bytes" % (nm, n, b) for nm, (n, _, b) in dtype_summary(f).items()]
+    out.write("  data by dtype: %s\n" % ("; ".join(parts) or "none"))
+
+
+def _size_line(label, path, f):
+    parts = ["%d %s" % (n, nm) for nm, (n, _, _) in dtype_summary(f).items()]
+    return "%-6s %s: %d bytes (%.2f MB), tensors %s" % (label, path, f.header["file_size"],
+                                                        f.header["file_size"] / 1e6, ", ".join(parts) or "none")
+
+
+USAGE_EPILOG = """\
+examples:
+  lmvfile.py model.lmv                                  validate, print header, meta and tensor table
+  lmvfile.py --dtype int8 model.lmv model_int8.lmv      int8 matrix weights (about 4x smaller)
+  lmvfile.py --dtype f16 model.lmv model_f16.lmv        f16 matrix weights (about 2x smaller)
+  lmvfile.py --dtype int8 --keep '^head\\.' m.lmv m8.lmv keep the classifier float32
+  lmvfile.py --dtype f32 model_int8.lmv exact_f32.lmv   dequantise: the float32 model an int8 file stands for
+
+which tensors are re-encoded (the same policy as convert.py --dtype): names ending in '.weight'
+with 2 or 4 dimensions, not depthwise convolutions (4-D with shape[1] == 1), with at least %d
+elements.  Norms, biases, BN statistics, tokens, position embeddings and bias tables stay float32.
+f16 refuses tensors with NaN/inf or values beyond +-65504 (use int8, or --keep for that tensor).
+int8 is symmetric per output channel: one float32 scale per row (max|w| / 127).
+
+exit status: 0 success, 1 invalid file or encoding error (one line on stderr), 2 bad command line.
+""" % QUANT_MIN_NUMEL
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="lmvfile.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EPILOG,
+        usage="%(prog)s FILE.lmv\n       %(prog)s --dtype {f32,f16,int8} [--keep REGEX]... IN.lmv OUT.lmv",
+        description="Validate and print a lemevit.h .lmv weight file (structure and both CRCs), or re-encode "
+                    "its matrix weights as f16 or int8 (or back to float32).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="the file to print; with --dtype: input and output")
+    p.add_argument("--dtype", choices=list(DTYPE_CODES), help="re-encode IN.lmv as OUT.lmv: quantizable tensors "
+                   "in this dtype, the rest float32 (f32: every tensor float32, dequantised)")
+    p.add_argument("--keep", action="append", metavar="REGEX", help="with --dtype: keep tensors whose name "
+                   "matches REGEX (re.search) float32; repeatable")
+    return p
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        sys.stderr.write("usage: lmvfile.py FILE.lmv   (validate and print a .lmv file)\n")
-        return 2
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    if opts.dtype is None:
+        if opts.keep:
+            parser.error("--keep needs --dtype")
+        if len(opts.files) != 1:
+            parser.error("give one FILE.lmv to print (or --dtype with IN.lmv OUT.lmv)")
+        try:
+            describe(read(opts.files[0]))
+        except (LmvError, OSError) as e:
+            sys.stderr.write("lmvfile: %s: %s\n" % (opts.files[0], e))
+            return 1
+        return 0
+    if len(opts.files) != 2:
+        parser.error("--dtype needs IN.lmv and OUT.lmv")
+    src, dst = opts.files
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        parser.error("OUT.lmv is the input file")
     try:
-        describe(read(argv[0]))
+        requantize(src, dst, opts.dtype, keep=opts.keep)
+        a, b = read(src), read(dst)
     except (LmvError, OSError) as e:
-        sys.stderr.write("lmvfile: %s: %s\n" % (argv[0], e))
+        sys.stderr.write("lmvfile: %s -> %s: %s\n" % (src, dst, e))
         return 1
+    sys.stdout.write(_size_line("input", src, a) + "\n")
+    sys.stdout.write(_size_line("output", dst, b) + "\n")
+    sys.stdout.write("ratio  %.3f (weights.dtype = %s)\n" % (b.header["file_size"] / float(a.header["file_size"]),
+                                                            opts.dtype))
     return 0
 
 

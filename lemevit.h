@@ -1271,50 +1271,59 @@ static float lmv__half_to_float(uint16_t h) {
     return f;
 }
 
-/* n weights of one row, widened to float32: half, or int8 times the row's scale. */
-static void lmv__widen_row(float *dst, const lmv__mat *B, size_t row, size_t at, int n) {
-    int k = 0;
-    if (B->dtype == LMV_DTYPE_F16) {
-        const uint16_t *src = (const uint16_t *)B->data + at;
-#if defined(LMV__F16C)
-        for (; k + 8 <= n; k += 8) _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + k))));
-#elif defined(LMV__NEON)
-        for (; k + 4 <= n; k += 4) vst1q_f32(dst + k, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + k))));
-#endif
-        for (; k < n; k++) dst[k] = lmv__half_to_float(src[k]);
-    } else {
-        const signed char *src = (const signed char *)B->data + at;
-        float sc = B->scale[row];
-#if defined(LMV__AVX2)
-        __m256 s8 = _mm256_set1_ps(sc);
-        for (; k + 8 <= n; k += 8) {
-            __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(src + k)));
-            _mm256_storeu_ps(dst + k, _mm256_mul_ps(_mm256_cvtepi32_ps(q), s8));
-        }
-#elif defined(LMV__NEON)
-        for (; k + 8 <= n; k += 8) {
-            int16x8_t q = vmovl_s8(vld1_s8(src + k));
-            vst1q_f32(dst + k, vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(q))), sc));
-            vst1q_f32(dst + k + 4, vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(q))), sc));
-        }
-#endif
-        for (; k < n; k++) dst[k] = (float)src[k] * sc;
-    }
+/* One weight as float32: B[row][at] of a matrix stored as float32, half or int8 x scale[row]. */
+static float lmv__weight_at(const lmv__mat *B, size_t row, size_t at) {
+    if (B->dtype == LMV_DTYPE_F16) return lmv__half_to_float(((const uint16_t *)B->data)[at]);
+    if (B->dtype == LMV_DTYPE_INT8) return (float)((const signed char *)B->data)[at] * B->scale[row];
+    return ((const float *)B->data)[at];
 }
 
-/* panel[k][j] = b[j][k] for nr rows of b (stride ldb) and kc columns, zero past nr: the
+#if defined(LMV__AVX2)
+/* Eight consecutive weights of one row, widened. */
+static __m256 lmv__weight8(const lmv__mat *B, size_t row, size_t at) {
+    if (B->dtype == LMV_DTYPE_F32) return _mm256_loadu_ps((const float *)B->data + at);
+    if (B->dtype == LMV_DTYPE_INT8) {
+        __m128i q = _mm_loadl_epi64((const __m128i *)(const void *)((const signed char *)B->data + at));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(B->scale[row]));
+    }
+#if defined(LMV__F16C)
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)B->data + at)));
+#else
+    {
+        float t[8];
+        int i;
+        for (i = 0; i < 8; i++) t[i] = lmv__weight_at(B, row, at + (size_t)i);
+        return _mm256_loadu_ps(t);
+    }
+#endif
+}
+#elif defined(LMV__NEON)
+static float32x4_t lmv__weight4(const lmv__mat *B, size_t row, size_t at) {
+    if (B->dtype == LMV_DTYPE_F32) return vld1q_f32((const float *)B->data + at);
+    if (B->dtype == LMV_DTYPE_INT8) {
+        const signed char *q = (const signed char *)B->data + at;
+        int32_t v[4];
+        v[0] = q[0]; v[1] = q[1]; v[2] = q[2]; v[3] = q[3];
+        return vmulq_n_f32(vcvtq_f32_s32(vld1q_s32(v)), B->scale[row]);
+    }
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)B->data + at)));
+}
+#endif
+
+/* panel[k][j] = B[j0 + j][k0 + k] for nr rows and kc columns, widened, zero past nr: the
    transpose that packs a Linear weight, in 8x8 (AVX2) or 4x4 (NEON) register blocks. */
-static void lmv__pack_rows(float *panel, const float *b, size_t ldb, int nr, int kc) {
+static void lmv__pack_rows(float *panel, const lmv__mat *B, size_t ldb, int j0, int nr, int k0, int kc) {
     int j = 0, k, jv = 0, kv = 0;
 #if defined(LMV__AVX2)
     jv = nr & ~7;
     kv = kc & ~7;
     for (j = 0; j < jv; j += 8)
         for (k = 0; k < kv; k += 8) {
-            const float *s = b + (size_t)j * ldb + (size_t)k;
-            __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ldb), r2 = _mm256_loadu_ps(s + 2 * ldb);
-            __m256 r3 = _mm256_loadu_ps(s + 3 * ldb), r4 = _mm256_loadu_ps(s + 4 * ldb), r5 = _mm256_loadu_ps(s + 5 * ldb);
-            __m256 r6 = _mm256_loadu_ps(s + 6 * ldb), r7 = _mm256_loadu_ps(s + 7 * ldb);
+            size_t r = (size_t)(j0 + j), at = r * ldb + (size_t)(k0 + k);
+            __m256 r0 = lmv__weight8(B, r, at), r1 = lmv__weight8(B, r + 1, at + ldb);
+            __m256 r2 = lmv__weight8(B, r + 2, at + 2 * ldb), r3 = lmv__weight8(B, r + 3, at + 3 * ldb);
+            __m256 r4 = lmv__weight8(B, r + 4, at + 4 * ldb), r5 = lmv__weight8(B, r + 5, at + 5 * ldb);
+            __m256 r6 = lmv__weight8(B, r + 6, at + 6 * ldb), r7 = lmv__weight8(B, r + 7, at + 7 * ldb);
             __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
             __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
             __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
@@ -1338,8 +1347,9 @@ static void lmv__pack_rows(float *panel, const float *b, size_t ldb, int nr, int
     kv = kc & ~3;
     for (j = 0; j < jv; j += 4)
         for (k = 0; k < kv; k += 4) {
-            const float *s = b + (size_t)j * ldb + (size_t)k;
-            float32x4_t r0 = vld1q_f32(s), r1 = vld1q_f32(s + ldb), r2 = vld1q_f32(s + 2 * ldb), r3 = vld1q_f32(s + 3 * ldb);
+            size_t r = (size_t)(j0 + j), at = r * ldb + (size_t)(k0 + k);
+            float32x4_t r0 = lmv__weight4(B, r, at), r1 = lmv__weight4(B, r + 1, at + ldb);
+            float32x4_t r2 = lmv__weight4(B, r + 2, at + 2 * ldb), r3 = lmv__weight4(B, r + 3, at + 3 * ldb);
             float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
             float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
             float *d = panel + (size_t)k * LMV__NR + j;
@@ -1351,7 +1361,8 @@ static void lmv__pack_rows(float *panel, const float *b, size_t ldb, int nr, int
 #endif
     for (k = 0; k < kc; k++) { /* what the blocks left: the last rows and columns, and the zeros */
         float *dst = panel + (size_t)k * LMV__NR;
-        for (j = k < kv ? jv : 0; j < nr; j++) dst[j] = b[(size_t)j * ldb + (size_t)k];
+        for (j = k < kv ? jv : 0; j < nr; j++)
+            dst[j] = lmv__weight_at(B, (size_t)(j0 + j), (size_t)(j0 + j) * ldb + (size_t)(k0 + k));
         for (; j < LMV__NR; j++) dst[j] = 0.0f;
     }
 }
@@ -1360,18 +1371,8 @@ static void lmv__pack_rows(float *panel, const float *b, size_t ldb, int nr, int
    precision weights (always [N][K], trans_b) are widened here, so the tiles only see float32. */
 static void lmv__pack(float *panel, const lmv__mat *B, size_t ldb, int trans_b, int j0, int nr, int k0, int kc) {
     int j, k;
-    if (B->dtype != LMV_DTYPE_F32) {
-        float row[LMV_GEMM_KC];
-        for (j = 0; j < nr; j++) {
-            lmv__widen_row(row, B, (size_t)(j0 + j), (size_t)(j0 + j) * ldb + (size_t)k0, kc);
-            for (k = 0; k < kc; k++) panel[(size_t)k * LMV__NR + j] = row[k];
-        }
-        for (k = 0; k < kc; k++)
-            for (j = nr; j < LMV__NR; j++) panel[(size_t)k * LMV__NR + j] = 0.0f;
-        return;
-    }
     if (trans_b) {
-        lmv__pack_rows(panel, (const float *)B->data + (size_t)j0 * ldb + (size_t)k0, ldb, nr, kc);
+        lmv__pack_rows(panel, B, ldb, j0, nr, k0, kc);
         return;
     }
     for (k = 0; k < kc; k++) {

@@ -11,7 +11,8 @@
    model on float NCHW tensors, giving the same logits PyTorch gives (within float rounding).
    The weights are used in place: a file you read or mapped into memory, or a const array linked
    into a firmware image, is never copied. All other memory comes from one allocator you may
-   replace, or from one buffer you hand over.
+   replace, or from one buffer you hand over. Matrix weights may be stored as float32, f16 or
+   int8 (per output channel); the arithmetic is float32 in every case.
 
    USAGE
 

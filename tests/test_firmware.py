@@ -2,7 +2,7 @@
 LEMEVIT_NO_JPEG, no OpenMP) calls nothing but libm and the C string functions; examples/firmware.c
 (built by `make firmware`) gives the class `lmv preprocess` + `lmv run` give, in exactly the arena
 its build step measured; and it cross-compiles for Cortex-M4F and Cortex-M7 with newlib, whose
-flash and RAM are reported."""
+flash and RAM are reported. The same again with the model's matrices in int8."""
 import os
 import re
 import subprocess
@@ -12,6 +12,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import BUILD, LMV, ROOT, Results, run, tmpdir  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import lmvfile  # noqa: E402
 
 res = Results()
 FW = os.path.join(BUILD, "fw")
@@ -149,7 +152,7 @@ def embed(d):
     res.check("lmv embed refuses a symbol that is not a C identifier", code == 2 and "identifier" in err, err.strip())
 
 
-def cross(name, flags, arena, d):
+def cross(name, flags, arena, d, fw=FW):
     gcc = "arm-none-eabi-gcc"
     have = subprocess.run(["which", gcc], capture_output=True).returncode == 0
     if not res.check(f"{name}: {gcc} present", have,
@@ -157,9 +160,9 @@ def cross(name, flags, arena, d):
         return
     elf = os.path.join(d, name.replace(" ", "_") + ".elf")
     code, out, err = run([gcc, "-std=c99", "-Wall", "-Wextra", "-O2", *flags, "-mthumb", "--specs=nosys.specs",
-                          "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-I" + FW, "-o", elf,
-                          os.path.join(ROOT, "examples", "firmware.c"), os.path.join(FW, "model_data.c"),
-                          os.path.join(FW, "image_data.c"), "-lm"])
+                          "-ffunction-sections", "-fdata-sections", "-Wl,--gc-sections", "-I" + fw, "-o", elf,
+                          os.path.join(ROOT, "examples", "firmware.c"), os.path.join(fw, "model_data.c"),
+                          os.path.join(fw, "image_data.c"), "-lm"])
     if not res.check(f"{name}: firmware cross-compiles and links with newlib", code == 0, err.strip()[-400:]):
         return
     code, out, err = run(["arm-none-eabi-nm", elf])
@@ -175,11 +178,11 @@ def cross(name, flags, arena, d):
             sec[f[0]] = int(f[1])
     code, out, err = run(["arm-none-eabi-size", elf])
     text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
-    model_bytes = os.path.getsize(open(os.path.join(FW, "inputs")).read().split()[0])
+    model_bytes = os.path.getsize(open(os.path.join(fw, "inputs")).read().split()[0])
     flash, ram = text + data, data + bss
     # the stack: the largest frames (the call chain is fw_classify -> lmv_run -> forward -> gemm)
     obj = os.path.join(d, "stack.o")
-    run([gcc, "-std=c99", "-O2", *flags, "-mthumb", "-fstack-usage", "-I" + FW, "-c",
+    run([gcc, "-std=c99", "-O2", *flags, "-mthumb", "-fstack-usage", "-I" + fw, "-c",
          os.path.join(ROOT, "examples", "firmware.c"), "-o", obj])
     frames = []
     if os.path.exists(obj[:-2] + ".su"):
@@ -197,6 +200,40 @@ def cross(name, flags, arena, d):
               f"{'fits' if flash <= 1 << 20 else 'does NOT fit'} a 1 MB-flash part")
 
 
+def int8_firmware(d):
+    """The same firmware with the model's matrices in int8: embedded, planned, run on the host (the
+    class must equal lmv run's argmax on the int8 file), then sized for the Cortex-M parts."""
+    fw = os.path.join(d, "fw_int8")
+    os.makedirs(fw)
+    model, image = open(os.path.join(FW, "inputs")).read().split()[:2]
+    q = os.path.join(fw, "model_int8.lmv")
+    lmvfile.requantize(model, q, "int8")
+    with open(os.path.join(fw, "inputs"), "w") as f:
+        f.write(f"{q} {image}\n")
+    steps = [[LMV, "embed", q, os.path.join(fw, "model_data.c"), "--name", "fw_model"],
+             [LMV, "embed", image, os.path.join(fw, "image_data.c"), "--name", "fw_image"],
+             [os.path.join(FW, "firmware_plan"), q, image, os.path.join(fw, "firmware_arena.h")]]
+    for cmd in steps:
+        code, _, err = run(cmd)
+        if not res.check(f"int8 firmware: {os.path.basename(cmd[0])} {cmd[1]}", code == 0, err.strip()[-300:]):
+            return
+    exe = os.path.join(fw, "firmware")
+    code, _, err = run(["cc", *WARN, "-O2", "-I" + fw, "-o", exe, os.path.join(ROOT, "examples", "firmware.c"),
+                        os.path.join(fw, "model_data.c"), os.path.join(fw, "image_data.c"), "-lm"])
+    if not res.check("int8 firmware builds", code == 0, err.strip()[-300:]):
+        return
+    x, y = os.path.join(d, "xq.npy"), os.path.join(d, "yq.npy")
+    run([LMV, "preprocess", q, image, x])
+    code, _, err = run([LMV, "run", q, x, y])
+    p = subprocess.run([exe], capture_output=True)
+    want = int(np.argmax(np.load(y)[0])) if code == 0 else -1
+    res.check("int8 firmware's class index equals lmv run's argmax on the int8 file", p.returncode == want,
+              f"firmware returned {p.returncode}, lmv run's argmax is {want}")
+    arena = int(re.search(r"#define FW_ARENA_BYTES (\d+)", open(os.path.join(fw, "firmware_arena.h")).read()).group(1))
+    cross("Cortex-M4F int8", ["-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"], arena, d, fw)
+    cross("Cortex-M7 int8", ["-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"], arena, d, fw)
+
+
 def main():
     d = tmpdir()
     libm = libm_symbols()
@@ -207,6 +244,7 @@ def main():
     if arena:
         cross("Cortex-M4F", ["-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"], arena, d)
         cross("Cortex-M7", ["-mcpu=cortex-m7", "-mfpu=fpv5-d16", "-mfloat-abi=hard"], arena, d)
+        int8_firmware(d)
     res.finish()
 
 

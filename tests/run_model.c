@@ -1,7 +1,7 @@
 /* run_model - a model on a fixed input, the output printed as text, for comparing builds across
    architectures (x86 AVX2 and portable, AArch64 NEON under qemu, big-endian s390x under qemu).
 
-     run_model MODEL.lmv H W [BATCH]
+     run_model MODEL.lmv H W [BATCH [int8]]     (int8: the session's int8_compute option)
 
    The input is made here from a seeded generator, so every build sees the same floats without a
    file whose byte order would matter. Prints the SIMD path compiled in, then one logit per line
@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int main(int argc, char **argv) {
     lmv_model *m;
@@ -23,7 +24,7 @@ int main(int argc, char **argv) {
     float *x, *y, *f;
     unsigned seed = 2024;
     if (argc < 4) {
-        fprintf(stderr, "usage: run_model MODEL.lmv H W [BATCH]\n");
+        fprintf(stderr, "usage: run_model MODEL.lmv H W [BATCH [int8]]\n");
         return 2;
     }
     h = atoi(argv[2]);
@@ -37,6 +38,7 @@ int main(int argc, char **argv) {
     so.max_h = h;
     so.max_w = w;
     so.max_batch = batch;
+    so.int8_compute = argc > 5 && !strcmp(argv[5], "int8");
     if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
         fprintf(stderr, "run_model: %s\n", err.message);
         return 1;

@@ -122,6 +122,76 @@ static void test_gemm_reduced(void) {
     check("gemm with f16/int8 weights equals gemm with the widened float32 weights", ok, msg);
 }
 
+/* The int8 x int8 GEMM against its definition, computed here independently: per row and K block
+   of LMV_GEMM_KC, q = round-half-even(a * 127 / max|a|) clamped to +-127, integer sums, the blocks
+   added as scale_a * scale_w * sum. And against the float GEMM, within the quantisation error. */
+static void test_gemm_int8_compute(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {1, 40, 768}, {5, 33, 257}, {6, 16, 256}, {13, 48, 600}, {197, 100, 70}, {200, 17, 520}};
+    unsigned seed = 5;
+    int s, ok_def = 1, ok_float = 1;
+    double worst_def = 0, worst_rel = 0;
+    char msg[160];
+    for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], i, j, k, k0;
+        float *A = (float *)malloc(sizeof(float) * (size_t)M * K), *W = (float *)malloc(sizeof(float) * (size_t)N * K);
+        float *C = (float *)malloc(sizeof(float) * (size_t)M * N), *Cf = (float *)malloc(sizeof(float) * (size_t)M * N);
+        float *scale = (float *)malloc(sizeof(float) * (size_t)N), *bias = (float *)malloc(sizeof(float) * (size_t)N);
+        signed char *q = (signed char *)malloc((size_t)N * K);
+        lmv__mat m;
+        lmv__ctx ctx;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 2;
+        for (i = 0; i < M * K; i++) A[i] = frand(&seed) * (i % 5 == 0 ? 4.0f : 1.0f);
+        for (j = 0; j < N; j++) scale[j] = 0.002f * (1 + j % 5), bias[j] = frand(&seed);
+        for (i = 0; i < N * K; i++) {
+            q[i] = (signed char)((int)((unsigned)(frand(&seed) * 1e4f + 1e5f) % 255u) - 127);
+            W[i] = (float)q[i] * scale[i / K];
+        }
+        m.data = q;
+        m.scale = scale;
+        m.dtype = LMV_DTYPE_INT8;
+        ctx.int8_compute = 1;
+        lmv__gemm(&ctx, M, N, K, A, (size_t)K, m, (size_t)K, 1, bias, C, (size_t)N);
+        ctx.int8_compute = 0;
+        lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(W), (size_t)K, 1, bias, Cf, (size_t)N);
+        for (i = 0; i < M; i++) {
+            float ref[64 * 16];
+            double rowmax = 0;
+            for (j = 0; j < N; j++) ref[j % (64 * 16)] = bias[j];
+            for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
+                int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC;
+                float mx = 0, inv, sa;
+                signed char aq[LMV_GEMM_KC];
+                for (k = 0; k < kc; k++) mx = fabsf(A[i * K + k0 + k]) > mx ? fabsf(A[i * K + k0 + k]) : mx;
+                sa = mx / 127.0f;
+                inv = mx > 0 ? 127.0f / mx : 0.0f;
+                for (k = 0; k < kc; k++) {
+                    float v = nearbyintf(A[i * K + k0 + k] * inv);
+                    aq[k] = (signed char)(v > 127 ? 127 : v < -127 ? -127 : v);
+                }
+                for (j = 0; j < N; j++) {
+                    int32_t sum = 0;
+                    for (k = 0; k < kc; k++) sum += aq[k] * q[j * K + k0 + k];
+                    ref[j] += sa * scale[j] * (float)sum;
+                }
+            }
+            for (j = 0; j < N; j++) if (fabs(Cf[i * N + j]) > rowmax) rowmax = fabs(Cf[i * N + j]);
+            for (j = 0; j < N; j++) {
+                double d = fabs((double)C[i * N + j] - ref[j]), e = fabs((double)C[i * N + j] - Cf[i * N + j]) / (rowmax + 1e-30);
+                if (d > worst_def) worst_def = d;
+                if (e > worst_rel) worst_rel = e;
+                if (d > 1e-5 * (1.0 + fabs(ref[j]))) ok_def = 0;
+                if (e > 0.05) ok_float = 0;
+            }
+        }
+        free(A); free(W); free(C); free(Cf); free(scale); free(bias); free(q);
+    }
+    snprintf(msg, sizeof msg, "max abs difference %.1e over %d shapes", worst_def, (int)(sizeof shapes / sizeof shapes[0]));
+    check("int8-compute gemm equals its definition", ok_def, msg);
+    snprintf(msg, sizeof msg, "max error %.1e of the row's largest output", worst_rel);
+    check("int8-compute gemm is close to the float gemm", ok_float, msg);
+}
+
 static void test_attention(void) {
     enum { NQ = 5, NK = 7, H = 2, HD = 3, D = H * HD };
     float q[NQ * D], k[NK * D], v[NK * D], out[NQ * D], scores[2 * NQ * NK], bias[H * NQ * NK], mask[NQ * NK];
@@ -394,6 +464,7 @@ int main(int argc, char **argv) {
     test_gemm();
     test_half();
     test_gemm_reduced();
+    test_gemm_int8_compute();
     test_attention();
     test_layernorm();
     test_resample_weights();

@@ -69,6 +69,10 @@ def make_models(d):
         path = os.path.join(d, f"lemevit_{dt}.lmv")
         lmvfile.requantize(lemevit, path, dt)
         reduced.append((f"LeMeViT {dt}", path, 32, 32, 2))
+    # and int8 x int8 products: the same integer arithmetic on every path, but a one-ulp difference in an
+    # activation (another libm, wider float evaluation) can move it across a rounding step of the
+    # quantiser, so builds agree within the quantisation error, not within float rounding
+    reduced.append(("LeMeViT int8-compute", reduced[-1][1], 32, 32, 2))
     # (name, path, h, w, batch): the native size and one the model was not made for
     return [("ViT", os.path.join(d, "vit.lmv"), 32, 32, 2), ("ViT", os.path.join(d, "vit.lmv"), 40, 24, 1),
             ("LeMeViT", lemevit, 32, 32, 2), ("LeMeViT", lemevit, 48, 40, 1)] + reduced
@@ -100,7 +104,7 @@ def main():
         if not build(label, cc, flags, os.path.join(ROOT, "tests", "run_model.c"), rm):
             continue
         for name, path, h, w, batch in models:
-            code, out, err = run([*runner, rm, path, str(h), str(w), str(batch)])
+            code, out, err = run([*runner, rm, path, str(h), str(w), str(batch)] + (["int8"] if "int8-compute" in name else []))
             if not res.check(f"{label}: {name} {h}x{w} runs", code == 0, err.strip()[-300:]):
                 continue
             results[(label, name, h, w)] = parse(out)
@@ -123,7 +127,7 @@ def main():
                     desc.append(f"{what}: shapes {a.shape} vs {b.shape}")
                     continue
                 diff, scale = float(np.max(np.abs(a - b))), float(np.max(np.abs(b)))
-                ok &= diff <= 1e-5 * max(1.0, scale) * 10
+                ok &= diff <= (1e-2 if "int8-compute" in name else 1e-4) * max(1.0, scale)
                 desc.append(f"{what} max diff {diff:.1e} (scale {scale:.1f})")
             if name and got[1].size and want[1].size:
                 same = bool(np.all(got[1].reshape(batch, -1).argmax(1) == want[1].reshape(batch, -1).argmax(1)))

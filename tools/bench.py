@@ -2,8 +2,9 @@
 """bench.py - speed and memory of lemevit.h next to PyTorch and ONNX Runtime on this machine.
 
     make bench                          (= python3 tools/bench.py, after building build/lmv)
-    python3 tools/bench.py --quick      one small model, 1 thread, batch 1, 2 runs (smoke test)
+    python3 tools/bench.py --quick      one small model, 1 thread, batch 1, 2 runs, 2 GEMM shapes (smoke test)
     python3 tools/bench.py --models deit_s,swin_t --threads 1,2 --batch 1,8 --runs 10
+    python3 tools/bench.py --only-gemm --threads 1      the GEMM micro-benchmark alone
 
 What it does, in one run:
   1. measures the machine's FP32 FMA peak with a small C program compiled on the fly into
@@ -24,7 +25,25 @@ What it does, in one run:
        ONNX Runtime  onnxruntime-node via tools/bench_ort.js (intraOpNumThreads=N, graph
                      optimisation 'all'); above 1 thread also with allow_spinning=0
      The comparison columns use the fastest variant of each engine (all are in the JSON).
-  4. prints a progress line per measurement, then the tables; writes build/bench/results.json
+  4. reduced-precision weights (--dtypes, default f32,f16,int8,int8c; int8c = the int8 file run
+     with `lmv bench --int8-compute`): every model's .lmv is also
+     re-encoded with lmvfile.requantize into build/bench/<model>_f16.lmv and _int8.lmv (matrix
+     weights f16, or int8 with one scale per output channel; cached, rebuilt when the float32 .lmv
+     or tools/lmvfile.py changes) and timed with `lmv bench` exactly like the float32 file, right
+     after it (same threads, batch, runs and variants, own process, peak RSS the same way).  Table
+     "Reduced-precision weights": file size, latency, ratio to lemevit.h f32 and to PyTorch
+     (float32 always: PyTorch is not timed with reduced-precision weights, see the report's note);
+  5. GEMM micro-benchmark (on by default, --no-gemm to skip, --only-gemm for nothing else): the
+     Linear shapes C[M][N] = A[M][K] W[N][K]^T + b (M tokens, N out features, K in features) that
+     dominate each model at batch 1, 224x224 (--gemm-models; ViT-B/16 and Swin-T from a fixed
+     list, the others from forward hooks on every nn.Linear of the PyTorch model, deduplicated and
+     the --gemm-top shapes with the most multiply-adds per image kept; cached in
+     build/bench/gemm_shapes.json), at every thread count: lemevit.h `lmv gemm M N K --json`
+     (float32 weights) against torch.nn.functional.linear in a worker process (`_gemm`, same BLAS
+     and thread settings as the model runs), each best and median of as many calls as fit in
+     ~0.3 s.  Table "GEMM at the models' shapes": GFLOP/s at the median, % of the measured FMA
+     peak for that many threads, median time ratio;
+  6. prints a progress line per measurement, then the tables; writes build/bench/results.json
      (everything) and build/bench/results.md (tables to paste into README, with the command,
      date and machine at the top).  --quick writes build/bench/quick.{json,md} instead.
 
@@ -87,6 +106,29 @@ MODELS = OrderedDict([
                      conv=["--num-heads", "3"], default=False)),
 ])
 DEFAULT_MODELS = [k for k, v in MODELS.items() if v.get("default", True)]
+
+# weight encodings of a .lmv file (tools/lmvfile.py); "int8c" is the int8 file run with
+# `lmv bench --int8-compute` (activations quantised too, int8 x int8 products)
+DTYPES = ("f32", "f16", "int8", "int8c")
+FILE_DTYPE = {"int8c": "int8"}
+LMVFILE = os.path.join(ROOT, "tools", "lmvfile.py")
+
+# GEMM micro-benchmark: Linear shapes (label, M tokens, N out features, K in features, uses per image)
+# at batch 1, 224x224.  torchvision's ViT and Swin call F.linear / nn.MultiheadAttention's packed
+# in-projection, out of reach of nn.Linear hooks, so their shapes are listed here; every other model
+# gets its shapes from forward hooks on its nn.Linear modules (worker `_shapes`).
+GEMM_FIXED = OrderedDict([
+    ("vit_b16", [("qkv", 197, 2304, 768, 12), ("proj", 197, 768, 768, 12), ("fc1", 197, 3072, 768, 12),
+                 ("fc2", 197, 768, 3072, 12)]),
+    ("swin_t", [("stage 1 qkv", 3136, 288, 96, 2), ("stage 1 proj", 3136, 96, 96, 2),
+                ("stage 1 fc1", 3136, 384, 96, 2), ("stage 1 fc2", 3136, 96, 384, 2),
+                ("stage 3 qkv", 196, 1152, 384, 6), ("stage 3 fc1", 196, 1536, 384, 6),
+                ("stage 3 fc2", 196, 384, 1536, 6), ("stage 4 qkv", 49, 2304, 768, 2),
+                ("stage 4 fc2", 49, 768, 3072, 2)]),
+])
+DEFAULT_GEMM_MODELS = ["vit_b16", "swin_t", "lemevit_tiny", "lemevit_small"]
+GEMM_SECONDS = 0.3     # timed calls per shape: as many as fit in this (lmv gemm's own default too)
+SHAPES_VERSION = 1     # bump when the hook recipe of worker_shapes changes: gemm_shapes.json is rebuilt
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOTO_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES")
@@ -238,7 +280,105 @@ def worker_probe(argv):
                       "config": info, "default_threads": torch.get_num_threads()}))
 
 
-WORKERS = {"_build": worker_build, "_export": worker_export, "_torch": worker_torch, "_probe": worker_probe}
+def worker_gemm(argv):
+    """torch.nn.functional.linear at each shape: best and median of as many calls as fit in --seconds."""
+    ap = argparse.ArgumentParser(prog="bench.py _gemm")
+    ap.add_argument("--shapes", required=True, help="M,N,K;M,N,K;...")
+    ap.add_argument("--threads", type=int, required=True, help="torch.set_num_threads")
+    ap.add_argument("--seconds", type=float, default=GEMM_SECONDS)
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(a.threads)
+    linear = torch.nn.functional.linear
+    g = torch.Generator().manual_seed(0)
+    out = []
+    with torch.inference_mode():
+        for spec in a.shapes.split(";"):
+            m, n, k = (int(v) for v in spec.split(","))
+            x = torch.rand(m, k, generator=g) * 2 - 1
+            w = torch.rand(n, k, generator=g) * 2 - 1
+            b = torch.rand(n, generator=g)
+            linear(x, w, b)  # warm-up
+            t0 = time.perf_counter()
+            linear(x, w, b)  # the time of one call sets the number of runs (as lmv gemm does)
+            one = time.perf_counter() - t0
+            runs = min(100000, max(3, int(a.seconds / one) if one > 0 else 1000))
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                linear(x, w, b)
+                times.append((time.perf_counter() - t0) * 1e3)
+            times.sort()
+            out.append({"m": m, "n": n, "k": k, "runs": runs, "best_ms": round(times[0], 5),
+                        "median_ms": round(times[runs // 2], 5)})
+    print(json.dumps({"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "libs": mapped_libs(),
+                      "env": {k: os.environ[k] for k in THREAD_VARS + ("LD_LIBRARY_PATH",) if k in os.environ},
+                      "results": out}))
+
+
+def linear_label(names):
+    """Compact name of the nn.Linear modules sharing one shape: module paths grouped by their shape
+    with the numbers hidden, a '*' where the group's paths differ (stages.3.*.mlp.0)."""
+    groups = OrderedDict()
+    for n in names:
+        groups.setdefault(re.sub(r"\d+", "#", n), []).append(n.split("."))
+    out = []
+    for parts in groups.values():
+        out.append(".".join(c[0] if len(set(c)) == 1 else "*" for c in zip(*parts)))
+    return " + ".join(out)
+
+
+def worker_shapes(argv):
+    """(M, N, K) of every nn.Linear call of a model at batch 1, IMGxIMG, via forward hooks."""
+    ap = argparse.ArgumentParser(prog="bench.py _shapes")
+    ap.add_argument("--models", required=True)
+    a = ap.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    res = OrderedDict()
+    for name in a.models.split(","):
+        torch.manual_seed(0)
+        model = build_model(name)
+        model.eval()
+        seen = OrderedDict()
+
+        def hook(mod, inp, _out, path):
+            x = inp[0]
+            key = (x.numel() // x.shape[-1], mod.out_features, mod.in_features)
+            seen.setdefault(key, []).append(path)
+
+        handles = [mod.register_forward_hook(lambda mod, inp, out, path=path: hook(mod, inp, out, path))
+                   for path, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)]
+        with torch.inference_mode():
+            model(torch.rand(1, 3, IMG, IMG, generator=torch.Generator().manual_seed(0)))
+        for h in handles:
+            h.remove()
+        total = sum(m * n * k * len(p) for (m, n, k), p in seen.items())
+        shapes = [{"m": m, "n": n, "k": k, "count": len(p), "label": linear_label(p)}
+                  for (m, n, k), p in sorted(seen.items(), key=lambda kv: -kv[0][0] * kv[0][1] * kv[0][2] * len(kv[1]))]
+        res[name] = {"linear_gmac": round(total / 1e9, 4), "shapes": shapes}
+    print(json.dumps({"torch": torch.__version__, "img": IMG, "models": res}))
+
+
+def worker_requant(argv):
+    """lmvfile.requantize in its own process (with numpy when this python has it)."""
+    ap = argparse.ArgumentParser(prog="bench.py _requant")
+    ap.add_argument("--src", required=True)
+    ap.add_argument("--dst", required=True)
+    ap.add_argument("--dtype", required=True, choices=DTYPES)
+    a = ap.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(LMVFILE))
+    import lmvfile
+    t0 = time.perf_counter()
+    tmp = a.dst + ".tmp"
+    size = lmvfile.requantize(a.src, tmp, a.dtype)
+    os.replace(tmp, a.dst)
+    print(json.dumps({"bytes": size, "secs": round(time.perf_counter() - t0, 2),
+                      "numpy": lmvfile._np is not None}))
+
+
+WORKERS = {"_build": worker_build, "_export": worker_export, "_torch": worker_torch, "_probe": worker_probe,
+           "_gemm": worker_gemm, "_shapes": worker_shapes, "_requant": worker_requant}
 
 
 # =============================================================================================
@@ -687,18 +827,47 @@ def prepare_model(name, py, batches, want_onnx, timeout):
     return info
 
 
+def prepare_dtypes(name, info, py, dtypes, timeout):
+    """build/bench/<name>_<dtype>.lmv for each reduced-precision dtype (cached, rebuilt when the float32
+    .lmv or tools/lmvfile.py changes); fills info["dtypes"][dtype] = {lmv, lmv_mb} or {error}."""
+    info["dtypes"] = OrderedDict()
+    files = [d for d in dtypes if d not in FILE_DTYPE] + [FILE_DTYPE[d] for d in dtypes if d in FILE_DTYPE]
+    for d in OrderedDict.fromkeys(files):
+        if d == "f32":
+            continue
+        path = os.path.join(OUT, "%s_%s.lmv" % (name, d))
+        if not newer(path, [info["lmv"], LMVFILE]):
+            t0 = time.monotonic()
+            r = run_proc([py or sys.executable, THIS, "_requant", "--src", info["lmv"], "--dst", path, "--dtype", d],
+                         timeout=timeout)
+            if r["rc"] != 0 or not os.path.exists(path):
+                info["dtypes"][d] = {"error": "lmvfile.requantize failed: " + short_err(r)}
+                log("  %-14s %s re-encoding FAILED: %s" % (name, d, short_err(r)))
+                continue
+            log("  %-14s re-encoded as %s (%s) in %.1f s" % (name, os.path.relpath(path, ROOT), d,
+                                                           time.monotonic() - t0))
+        info["dtypes"][d] = OrderedDict(lmv=path, lmv_mb=round(os.path.getsize(path) / 1e6, 1))
+    for d in dtypes:  # other ways to run a file made above
+        if d in FILE_DTYPE and FILE_DTYPE[d] in info["dtypes"]:
+            info["dtypes"][d] = info["dtypes"][FILE_DTYPE[d]]
+
+
 # ---------------------------------------------------------------------------------------------
 # measurements
 # ---------------------------------------------------------------------------------------------
 
-def bench_lmv(info, threads, batch, runs, variant, timeout):
-    cmd = [LMV, "bench", info["lmv"], "--size", str(IMG), str(IMG), "--batch", str(batch), "--threads", str(threads),
-           "--runs", str(runs), "--json"]
+def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32"):
+    res = OrderedDict(engine="lemevit", variant=variant, dtype=dtype, threads=threads, batch=batch)
+    path = info["lmv"] if dtype == "f32" else info["dtypes"].get(dtype, {}).get("lmv")
+    if not path:
+        res["error"] = info["dtypes"].get(dtype, {}).get("error", "no %s file" % dtype)
+        return res
+    cmd = [LMV, "bench", path, "--size", str(IMG), str(IMG), "--batch", str(batch), "--threads", str(threads),
+           "--runs", str(runs), "--json"] + (["--int8-compute"] if dtype == "int8c" else [])
     env = clean_env(OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE" if variant == "passive" else None)
     r = run_proc(cmd, env=env, timeout=timeout)
     j = last_json(r["out"]) if r["rc"] == 0 else None
-    res = OrderedDict(engine="lemevit", variant=variant, threads=threads, batch=batch, wall_s=round(r["secs"], 2),
-                      peak_rss_kb=r["maxrss_kb"])
+    res.update(wall_s=round(r["secs"], 2), peak_rss_kb=r["maxrss_kb"])
     if not j or "median_ms" not in j:
         res["error"] = short_err(r)
         return res
@@ -749,19 +918,186 @@ def bench_ort(node, info, threads, batch, runs, warmup, variant, timeout):
 
 
 # ---------------------------------------------------------------------------------------------
+# GEMM micro-benchmark
+# ---------------------------------------------------------------------------------------------
+
+def gemm_shapes(models, py, top, timeout):
+    """The Linear shapes to time: (list of dicts model, label, m, n, k, count; {model: coverage info}).
+    Hooked models come from build/bench/gemm_shapes.json, refreshed when tests/models changes."""
+    cache = os.path.join(OUT, "gemm_shapes.json")
+    deps = glob.glob(os.path.join(TEST_MODELS, "*.py"))
+    hooked = [m for m in models if m not in GEMM_FIXED]
+    data = None
+    if os.path.exists(cache) and newer(cache, deps):
+        try:
+            with open(cache) as f:
+                data = json.load(f)
+        except ValueError:
+            data = None
+    if not data or data.get("version") != SHAPES_VERSION or data.get("img") != IMG:
+        data = {"version": SHAPES_VERSION, "img": IMG, "models": {}}
+    missing = [m for m in hooked if m not in data["models"]]
+    errors = {}
+    if missing and not py:
+        errors.update((m, "no python3 with torch to read its Linear shapes") for m in missing)
+    elif missing:
+        t0 = time.monotonic()
+        r = run_proc([py, THIS, "_shapes", "--models", ",".join(missing)], env=clean_env(OMP_NUM_THREADS=1),
+                     timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+        if j and "models" in j:
+            data["models"].update(j["models"])
+            with open(cache + ".tmp", "w") as f:
+                json.dump(data, f, indent=1)
+            os.replace(cache + ".tmp", cache)
+            log("  Linear shapes of %s read with forward hooks in %.1f s" % (", ".join(missing),
+                                                                             time.monotonic() - t0))
+        else:
+            errors.update((m, "reading the Linear shapes failed: " + short_err(r)) for m in missing)
+    shapes, coverage = [], OrderedDict()
+    for m in models:
+        if m in GEMM_FIXED:
+            for label, mm, n, k, count in GEMM_FIXED[m]:
+                shapes.append(OrderedDict(model=m, label=label, m=mm, n=n, k=k, count=count))
+            coverage[m] = {"source": "fixed list"}
+        elif m in errors:
+            coverage[m] = {"error": errors[m]}
+        else:
+            d = data["models"][m]
+            kept = d["shapes"][:top]
+            for x in kept:
+                shapes.append(OrderedDict(model=m, label=x["label"], m=x["m"], n=x["n"], k=x["k"], count=x["count"]))
+            macs = sum(x["m"] * x["n"] * x["k"] * x["count"] for x in kept)
+            coverage[m] = {"source": "nn.Linear forward hooks", "kept": len(kept), "of": len(d["shapes"]),
+                           "linear_gmac": d["linear_gmac"],
+                           "share": round(macs / (d["linear_gmac"] * 1e9), 4) if d["linear_gmac"] else None}
+    return shapes, coverage
+
+
+def gemm_result(engine, variant, threads, m, n, k, runs, best_ms, median_ms):
+    flop = 2.0 * m * n * k
+    return OrderedDict(engine=engine, variant=variant, threads=threads, m=m, n=n, k=k, runs=runs, best_ms=best_ms,
+                       median_ms=median_ms, gflops_best=round(flop / best_ms / 1e6, 3),
+                       gflops_median=round(flop / median_ms / 1e6, 3))
+
+
+def bench_gemm_lmv(m, n, k, threads, variant, timeout):
+    """lmv gemm twice: 3 runs to learn the warm time of one call (lmv's own run count comes from its first,
+    cold call, which also starts the threads), then as many runs as fit in GEMM_SECONDS."""
+    cmd = [LMV, "gemm", str(m), str(n), str(k), "--threads", str(threads), "--dtype", "f32", "--json"]
+    env = clean_env(OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE" if variant == "passive" else None)
+    r = run_proc(cmd + ["--runs", "3"], env=env, timeout=timeout)
+    j = last_json(r["out"]) if r["rc"] == 0 else None
+    if j and j.get("median_ms"):
+        runs = min(100000, max(3, int(GEMM_SECONDS * 1e3 / j["median_ms"])))
+        r = run_proc(cmd + ["--runs", str(runs)], env=env, timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+    if not j or "median_ms" not in j:
+        return OrderedDict(engine="lemevit", variant=variant, threads=threads, m=m, n=n, k=k, error=short_err(r))
+    res = gemm_result("lemevit", variant, threads, m, n, k, j["runs"], j["best_ms"], j["median_ms"])
+    res["wall_s"] = round(r["secs"], 2)
+    return res
+
+
+def bench_gemm_torch(py, mnk, threads, variant, blas_dir, timeout):
+    """All shapes in one worker process; returns one result per shape."""
+    env, tt = torch_env(threads, variant, blas_dir)
+    cmd = [py, THIS, "_gemm", "--threads", str(tt), "--seconds", str(GEMM_SECONDS),
+           "--shapes", ";".join("%d,%d,%d" % x for x in mnk)]
+    r = run_proc(cmd, env=env, timeout=timeout)
+    j = last_json(r["out"]) if r["rc"] == 0 else None
+    if not j or "results" not in j:
+        return [OrderedDict(engine="pytorch", variant=variant, threads=threads, m=m, n=n, k=k, error=short_err(r))
+                for m, n, k in mnk]
+    out = []
+    for x in j["results"]:
+        res = gemm_result("pytorch", variant, threads, x["m"], x["n"], x["k"], x["runs"], x["best_ms"],
+                          x["median_ms"])
+        res.update(torch_threads=j["torch_threads"], blas=describe_blas(j["libs"])[0])
+        out.append(res)
+    return out
+
+
+def run_gemm(state, a, py, torch_ok, blas_dir):
+    """The GEMM micro-benchmark into state["gemm"]: every distinct shape once per thread count and variant."""
+    peak = state["peak"]
+    log("")
+    log("GEMM shapes (%s) ..." % ", ".join(a.gemm_models))
+    shapes, coverage = gemm_shapes(a.gemm_models, py, a.gemm_top, PREP_TIMEOUT)
+    gemm = state["gemm"] = OrderedDict(seconds=GEMM_SECONDS, top=a.gemm_top, shapes=shapes, coverage=coverage,
+                                       results=[])
+    for m, c in coverage.items():
+        if "error" in c:
+            log("  %-14s SKIPPED: %s" % (m, c["error"]))
+    mnk = list(OrderedDict(((x["m"], x["n"], x["k"]), None) for x in shapes))
+    if not mnk:
+        return
+    jobs = []
+    for t in a.threads:
+        for v in (a.lmv_variants if t > 1 else ["default"]):
+            jobs += [("lemevit", t, v, x) for x in mnk]
+        if torch_ok:
+            for v in (a.torch_variants if t > 1 else ["pinned"]):
+                jobs.append(("pytorch", t, v, None))
+    n_meas = sum(len(mnk) if x is None else 1 for _, _, _, x in jobs)
+    log("timing %d distinct GEMM shapes at %s thread(s): %d measurements (~%.1f s each) ..." % (
+        len(mnk), ",".join(str(t) for t in a.threads), n_meas, GEMM_SECONDS))
+    i = 0
+    for e, t, v, x in jobs:
+        t0 = time.monotonic()
+        rs = [bench_gemm_lmv(*x, t, v, a.timeout)] if e == "lemevit" else \
+            bench_gemm_torch(py, mnk, t, v, blas_dir, a.timeout)
+        for r in rs:
+            i += 1
+            gemm["results"].append(r)
+            label = e + ("" if t == 1 or (e == "lemevit" and len(a.lmv_variants) == 1 and v == "default")
+                         else "/" + v)
+            if "median_ms" in r:
+                pk = peak["gflops"].get(t)
+                status = "median %7.1f GFLOP/s%s  best %7.1f GFLOP/s  (%d runs)" % (
+                    r["gflops_median"], " (%3.0f%% of peak)" % (100 * r["gflops_median"] / pk) if pk else "",
+                    r["gflops_best"], r["runs"])
+            else:
+                status = "FAILED: " + r["error"]
+            log("[gemm %3d/%d] %5dx%-5dx%-5d t=%d %-17s %s" % (i, n_meas, r["m"], r["n"], r["k"], t, label, status))
+        if e == "pytorch":
+            log("              (PyTorch worker: %.1f s for %d shapes)" % (time.monotonic() - t0, len(mnk)))
+        save(state, a.out)
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
 
-def best_of(results, engine, model, threads, batch):
-    """The fastest successful variant (by median) of an engine for one configuration."""
-    ok = [r for r in results if r["engine"] == engine and r["model"] == model and r["threads"] == threads
-          and r["batch"] == batch and "median_ms" in r]
+def best_of(results, engine, model, threads, batch, dtype="f32"):
+    """The fastest successful variant (by median) of an engine for one configuration (lemevit.h: one
+    weight dtype; the other engines are float32 only)."""
+    ok = [r for r in any_of(results, engine, model, threads, batch, dtype) if "median_ms" in r]
     return min(ok, key=lambda r: r["median_ms"]) if ok else None
 
 
-def any_of(results, engine, model, threads, batch):
+def any_of(results, engine, model, threads, batch, dtype="f32"):
     return [r for r in results if r["engine"] == engine and r["model"] == model and r["threads"] == threads
-            and r["batch"] == batch]
+            and r["batch"] == batch and r.get("dtype", "f32") == dtype]
+
+
+def gemm_best(results, engine, threads, m, n, k):
+    """The fastest successful variant (by median) of an engine at one GEMM shape, else the first failure."""
+    rs = [r for r in results if r["engine"] == engine and r["threads"] == threads and (r["m"], r["n"], r["k"]) ==
+          (m, n, k)]
+    ok = [r for r in rs if "median_ms" in r]
+    return min(ok, key=lambda r: r["median_ms"]) if ok else (rs[0] if rs else None)
+
+
+def gflops_cell(r, pk, mark_variant):
+    if r is None:
+        return "-"
+    if "median_ms" not in r:
+        return "timeout" if "timed out" in r.get("error", "") else "failed"
+    s = "%.1f" % r["gflops_median"] + (" (%.0f%%)" % (100 * r["gflops_median"] / pk) if pk else "")
+    if mark_variant and r["variant"] not in ("default", "pinned"):
+        s += " (%s)" % r["variant"]
+    return s
 
 
 def fmt_ms(r):
@@ -776,10 +1112,10 @@ def fmt_num(x):
     return "%.0f" % x if x >= 100 else "%.1f" % x if x >= 10 else "%.2f" % x
 
 
-def cell(results, engine, model, t, b, mark_variant):
-    r = best_of(results, engine, model, t, b)
+def cell(results, engine, model, t, b, mark_variant, dtype="f32"):
+    r = best_of(results, engine, model, t, b, dtype)
     if r is None:
-        tried = any_of(results, engine, model, t, b)
+        tried = any_of(results, engine, model, t, b, dtype)
         return fmt_ms(tried[0]) if tried else "-"
     s = fmt_ms(r)
     if mark_variant and r["variant"] not in ("default", "pinned", "spin"):
@@ -791,41 +1127,12 @@ def ratio(a, b):
     return a["median_ms"] / b["median_ms"] if a and b else None
 
 
-def make_report(state):
-    """Markdown text of the whole report."""
+def model_tables(state, L):
+    """The main table, the thread speed-ups and the model sizes (float32 weights)."""
     meta, results, peak = state["meta"], state["results"], state["peak"]
     models, threads, batches = meta["models"], meta["threads"], meta["batches"]
-    L = []
-    mi = meta["machine"]
-    L.append("# lemevit.h benchmark")
-    L.append("")
-    L.append("- command: `%s`" % meta["command"])
-    L.append("- date: %s; finished %s" % (meta["date"], meta.get("finished", "(not finished)")))
-    L.append("- machine: %s, %s CPU(s) (%s core(s)/socket x %s socket(s), %s thread(s)/core), %s GB RAM, %s; "
-             "Linux %s%s" % (mi.get("Model name", "?"), mi.get("CPU(s)", mi.get("nproc")),
-                             mi.get("Core(s) per socket", "?"), mi.get("Socket(s)", "?"),
-                             mi.get("Thread(s) per core", "?"), mi.get("mem_gb", "?"), mi.get("simd"),
-                             mi.get("kernel"), (", KVM guest" if mi.get("Hypervisor vendor") == "KVM" else
-                                                ", %s guest" % mi["Hypervisor vendor"] if mi.get("Hypervisor vendor")
-                                                else "")))
-    L.append("- load average when the run started: %.2f%s" % (
-        mi.get("loadavg_at_start", -1),
-        "  **(the machine was busy: timings are unreliable)**" if mi.get("loadavg_at_start", 0) > 0.5 else ""))
-    L.append("- lemevit.h: git %s, build/lmv from `make` (%s)" % (mi.get("git"), mi.get("cc")))
-    L.append("- PyTorch: %s" % meta.get("torch_note", "-"))
-    L.append("- ONNX Runtime: %s" % meta.get("ort_note", "-"))
-    p1 = peak.get("gflops", {}).get(1) or peak.get("gflops", {}).get("1")
-    if p1:
-        extra = ", ".join("%s threads %.1f GFLOP/s" % (k, v) for k, v in peak["gflops"].items() if int(k) != 1)
-        L.append("- measured FMA peak (%s): %.1f GFLOP/s/core%s" % (peak.get("isa"), p1,
-                                                                   "; " + extra if extra else ""))
-        a1 = peak.get("avx512_gflops", {}).get(1) or peak.get("avx512_gflops", {}).get("1")
-        if a1:
-            L.append("  (AVX-512 FMA: %.1f GFLOP/s/core; lemevit.h uses AVX2+FMA)" % a1)
-    else:
-        L.append("- measured FMA peak: not available (%s)" % peak.get("note", "?"))
-    L.append("- %d timed runs after warm-up (lemevit.h 1 warm-up, PyTorch and ORT %d); random weights, "
-             "input %dx%d, float32" % (meta["runs"], meta["warmup"], IMG, IMG))
+    if not models:
+        return
     L.append("")
     L.append("Latency is `median / best` in ms per batch. Ratios are lemevit.h median / other median: "
              "**lower is better for lemevit.h**, below 1 means lemevit.h is faster. GFLOP/s counts lemevit.h's "
@@ -882,7 +1189,8 @@ def make_report(state):
     L.append("|---|---:|---:|---:|---:|---:|---:|")
     for m in models:
         info = state["models"].get(m, {})
-        lms = [r for r in results if r["engine"] == "lemevit" and r["model"] == m and "median_ms" in r]
+        lms = [r for r in results if r["engine"] == "lemevit" and r["model"] == m and "median_ms" in r
+               and r.get("dtype", "f32") == "f32"]
         trs = [r for r in results if r["engine"] == "pytorch" and r["model"] == m and "load_ms" in r]
         oxs = [r for r in results if r["engine"] == "onnxruntime" and r["model"] == m and "create_ms" in r]
         gm = next((r["gmac"] / r["batch"] for r in lms if r.get("gmac")), None)
@@ -893,6 +1201,130 @@ def make_report(state):
             "%.2f" % gm if gm else "-", info.get("lmv_mb", "-"), om,
             fmt_num(min(r["load_ms"] for r in trs)) if trs else "-",
             fmt_num(min(r["create_ms"] for r in oxs)) if oxs else "-"))
+
+
+def dtype_table(state, L):
+    """lemevit.h with f16 / int8 weight files next to its float32 file and PyTorch float32."""
+    meta, results = state["meta"], state["results"]
+    dtypes = [d for d in DTYPES if d in meta.get("dtypes", [])]
+    if not any(r.get("dtype", "f32") != "f32" for r in results if r["engine"] == "lemevit"):
+        return
+    L.append("")
+    L.append("Reduced-precision weights (lemevit.h with its .lmv file re-encoded by `tools/lmvfile.py --dtype`: "
+             "matrix weights float16, or int8 with one float32 scale per output channel, widened to float32 inside "
+             "the GEMM; the other tensors and that arithmetic stay float32. `int8c` is the int8 file run with "
+             "`--int8-compute`: activations quantised per row too, int8 x int8 products summed in int32). Latency `median / best` ms per batch; "
+             "ratios are median / median, below 1 means faster; vs PyTorch is against PyTorch float32 (its "
+             "fastest thread setting); peak RSS of the lemevit.h process, MB:")
+    L.append("")
+    L.append("| model | threads | batch | weights | .lmv MB | lemevit.h ms | vs lemevit.h f32 | vs PyTorch f32 | "
+             "peak RSS MB |")
+    L.append("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for m in meta["models"]:
+        info = state["models"].get(m, {})
+        for t in meta["threads"]:
+            for b in meta["batches"]:
+                f32 = best_of(results, "lemevit", m, t, b)
+                tr = best_of(results, "pytorch", m, t, b)
+                for d in dtypes:
+                    if not any_of(results, "lemevit", m, t, b, d):
+                        continue
+                    r = best_of(results, "lemevit", m, t, b, d)
+                    mb = info.get("lmv_mb") if d == "f32" else info.get("dtypes", {}).get(d, {}).get("lmv_mb")
+                    rf, rt = ratio(r, f32), ratio(r, tr)
+                    L.append("| %s | %d | %d | %s | %s | %s | %s | %s | %s |" % (
+                        MODELS[m]["label"], t, b, d, mb if mb is not None else "-",
+                        cell(results, "lemevit", m, t, b, True, d),
+                        "%.2f" % rf if rf else "-", "%.2f" % rt if rt else "-",
+                        "%.0f" % (r["peak_rss_kb"] / 1e3) if r and r.get("peak_rss_kb") else "-"))
+
+
+def gemm_table(state, L):
+    """lemevit.h's GEMM against torch.nn.functional.linear at the Linear shapes of the models."""
+    gemm, peak = state.get("gemm"), state["peak"]
+    if not gemm or not gemm.get("results"):
+        return
+    results = gemm["results"]
+    threads = sorted(set(r["threads"] for r in results))
+    L.append("")
+    L.append("GEMM at the models' shapes (C[M][N] = A[M][K] W[N][K]^T + b with float32 weights, the Linear layers "
+             "of each model at batch 1, %dx%d; M tokens, N out features, K in features; lemevit.h `lmv gemm`, "
+             "PyTorch torch.nn.functional.linear in one worker process with the model runs' BLAS and thread "
+             "settings, each as many calls as fit in ~%.1f s). GFLOP/s = 2MNK / median time, with %% of the measured "
+             "FMA peak for that many threads; lemevit/PyTorch is the median time ratio, **below 1 means lemevit.h "
+             "is faster**; uses/image is how many layers of the model have that shape:" % (IMG, IMG,
+                                                                                       gemm.get("seconds", 0)))
+    L.append("")
+    L.append("| model | Linear | M x N x K | uses/image | threads | lemevit.h GFLOP/s (% peak) | "
+             "PyTorch GFLOP/s (% peak) | lemevit/PyTorch |")
+    L.append("|---|---|---|---:|---:|---:|---:|---:|")
+    for x in gemm["shapes"]:
+        for t in threads:
+            lm = gemm_best(results, "lemevit", t, x["m"], x["n"], x["k"])
+            tr = gemm_best(results, "pytorch", t, x["m"], x["n"], x["k"])
+            if lm is None and tr is None:
+                continue
+            pk = peak.get("gflops", {}).get(t)
+            rt = lm["median_ms"] / tr["median_ms"] if lm and tr and "median_ms" in lm and "median_ms" in tr else None
+            L.append("| %s | %s | %d x %d x %d | %d | %d | %s | %s | %s |" % (
+                MODELS[x["model"]]["label"], x["label"], x["m"], x["n"], x["k"], x["count"], t,
+                gflops_cell(lm, pk, True), gflops_cell(tr, pk, True), "%.2f" % rt if rt else "-"))
+    cov = []
+    for m, c in gemm.get("coverage", {}).items():
+        if c.get("share") is not None:
+            cov.append("%s: the %d of %d distinct shapes kept (read with forward hooks on its nn.Linear modules, "
+                       "module paths as in the PyTorch model) are %.0f%% of its %.2f GMAC of Linear layers per image"
+                       % (MODELS[m]["label"], c["kept"], c["of"], 100 * c["share"], c["linear_gmac"]))
+        elif "error" in c:
+            cov.append("%s: not timed (%s)" % (MODELS[m]["label"], c["error"]))
+    if cov:
+        L.append("")
+        for c in cov:
+            L.append("- " + c)
+
+
+def make_report(state):
+    """Markdown text of the whole report."""
+    meta, results, peak = state["meta"], state["results"], state["peak"]
+    models, threads, batches = meta["models"], meta["threads"], meta["batches"]
+    L = []
+    mi = meta["machine"]
+    L.append("# lemevit.h benchmark")
+    L.append("")
+    L.append("- command: `%s`" % meta["command"])
+    L.append("- date: %s; finished %s" % (meta["date"], meta.get("finished", "(not finished)")))
+    L.append("- machine: %s, %s CPU(s) (%s core(s)/socket x %s socket(s), %s thread(s)/core), %s GB RAM, %s; "
+             "Linux %s%s" % (mi.get("Model name", "?"), mi.get("CPU(s)", mi.get("nproc")),
+                             mi.get("Core(s) per socket", "?"), mi.get("Socket(s)", "?"),
+                             mi.get("Thread(s) per core", "?"), mi.get("mem_gb", "?"), mi.get("simd"),
+                             mi.get("kernel"), (", KVM guest" if mi.get("Hypervisor vendor") == "KVM" else
+                                                ", %s guest" % mi["Hypervisor vendor"] if mi.get("Hypervisor vendor")
+                                                else "")))
+    L.append("- load average when the run started: %.2f%s" % (
+        mi.get("loadavg_at_start", -1),
+        "  **(the machine was busy: timings are unreliable)**" if mi.get("loadavg_at_start", 0) > 0.5 else ""))
+    L.append("- lemevit.h: git %s, build/lmv from `make` (%s)" % (mi.get("git"), mi.get("cc")))
+    L.append("- PyTorch: %s" % meta.get("torch_note", "-"))
+    L.append("- ONNX Runtime: %s" % meta.get("ort_note", "-"))
+    p1 = peak.get("gflops", {}).get(1) or peak.get("gflops", {}).get("1")
+    if p1:
+        extra = ", ".join("%s threads %.1f GFLOP/s" % (k, v) for k, v in peak["gflops"].items() if int(k) != 1)
+        L.append("- measured FMA peak (%s): %.1f GFLOP/s/core%s" % (peak.get("isa"), p1,
+                                                                   "; " + extra if extra else ""))
+        a1 = peak.get("avx512_gflops", {}).get(1) or peak.get("avx512_gflops", {}).get("1")
+        if a1:
+            L.append("  (AVX-512 FMA: %.1f GFLOP/s/core; lemevit.h uses AVX2+FMA)" % a1)
+    else:
+        L.append("- measured FMA peak: not available (%s)" % peak.get("note", "?"))
+    if models:
+        red = [d for d in meta.get("dtypes", []) if d != "f32"]
+        L.append("- %d timed runs after warm-up (lemevit.h 1 warm-up, PyTorch and ORT %d); random weights, "
+                 "input %dx%d, float32%s" % (meta["runs"], meta["warmup"], IMG, IMG,
+                                             " (lemevit.h also with %s weights: own table)" % " and ".join(red)
+                                             if red else ""))
+    model_tables(state, L)
+    dtype_table(state, L)
+    gemm_table(state, L)
     notes = meta.get("notes", [])
     if notes:
         L.append("")
@@ -906,8 +1338,18 @@ def make_report(state):
         L.append("Failures:")
         L.append("")
         for r in errs:
-            L.append("- %s %s (%s) threads %d batch %d: %s" % (r["engine"], r["model"], r["variant"], r["threads"],
-                                                              r["batch"], r["error"]))
+            L.append("- %s%s %s (%s) threads %d batch %d: %s" % (
+                r["engine"], " " + r["dtype"] if r.get("dtype", "f32") != "f32" else "", r["model"], r["variant"],
+                r["threads"], r["batch"], r["error"]))
+    gerrs = [r for r in (state.get("gemm") or {}).get("results", []) if "error" in r]
+    if gerrs:
+        if not errs:
+            L.append("")
+            L.append("Failures:")
+            L.append("")
+        for r in gerrs:
+            L.append("- GEMM %dx%dx%d %s (%s) threads %d: %s" % (r["m"], r["n"], r["k"], r["engine"], r["variant"],
+                                                                r["threads"], r["error"]))
     return "\n".join(L) + "\n"
 
 
@@ -946,7 +1388,23 @@ def parse_args(argv):
     ap.add_argument("--batch", type=int_list, help="batch sizes (default: 1,8)")
     ap.add_argument("--runs", type=int, help="timed runs per measurement (default: 10)")
     ap.add_argument("--warmup", type=int, help="warm-up runs for PyTorch and ORT (default: 2; lemevit.h: 1)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: lemevit_tiny, 1 thread, batch 1, 2 runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: lemevit_tiny, 1 thread, batch 1, 2 runs, its f16/int8 files, its 2 largest "
+                         "GEMM shapes")
+    ap.add_argument("--dtypes", default="f32,f16,int8,int8c",
+                    help="weight encodings of lemevit.h's .lmv files to time (default: f32,f16,int8,int8c; int8c is "
+                         "the int8 file run with --int8-compute); f32 is always timed, the others go to the "
+                         "'Reduced-precision weights' table")
+    ap.add_argument("--gemm", dest="gemm", action="store_true", default=True,
+                    help="run the GEMM micro-benchmark after the models (the default)")
+    ap.add_argument("--no-gemm", dest="gemm", action="store_false", help="skip the GEMM micro-benchmark")
+    ap.add_argument("--only-gemm", action="store_true",
+                    help="run only the FMA peak and the GEMM micro-benchmark (no models, no ONNX Runtime)")
+    ap.add_argument("--gemm-models", help="models whose Linear shapes the GEMM benchmark times (default: %s; "
+                                          "--quick: lemevit_tiny)" % ",".join(DEFAULT_GEMM_MODELS))
+    ap.add_argument("--gemm-top", type=int,
+                    help="shapes kept per model read with forward hooks, most multiply-adds first (default: 8; "
+                         "--quick: 2); ViT-B/16 and Swin-T have fixed lists")
     ap.add_argument("--no-torch", action="store_true", help="do not time PyTorch (it still builds the models)")
     ap.add_argument("--no-ort", action="store_true", help="do not time ONNX Runtime")
     ap.add_argument("--torch-variants", default="pinned,passive,blas-only",
@@ -971,6 +1429,8 @@ def parse_args(argv):
         a.batch = a.batch or [1]
         a.runs = a.runs or 2
         a.warmup = 1 if a.warmup is None else a.warmup
+        a.gemm_models = a.gemm_models or "lemevit_tiny"
+        a.gemm_top = a.gemm_top or 2
     a.models = [m.strip() for m in (a.models or ",".join(DEFAULT_MODELS)).split(",") if m.strip()]
     bad = [m for m in a.models if m not in MODELS]
     if bad:
@@ -981,6 +1441,21 @@ def parse_args(argv):
     a.warmup = 2 if a.warmup is None else a.warmup
     if a.runs < 1 or a.warmup < 0:
         ap.error("--runs must be >= 1 and --warmup >= 0")
+    a.dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
+    bad = [d for d in a.dtypes if d not in DTYPES]
+    if bad:
+        ap.error("unknown dtype(s) %s; known: %s" % (", ".join(bad), ", ".join(DTYPES)))
+    a.dtypes = [d for d in DTYPES if d in a.dtypes or d == "f32"]
+    a.gemm = a.gemm or a.only_gemm
+    a.gemm_models = [m.strip() for m in (a.gemm_models or ",".join(DEFAULT_GEMM_MODELS)).split(",") if m.strip()]
+    bad = [m for m in a.gemm_models if m not in MODELS]
+    if bad:
+        ap.error("unknown GEMM model(s) %s; known: %s" % (", ".join(bad), ", ".join(MODELS)))
+    a.gemm_top = 8 if a.gemm_top is None else a.gemm_top
+    if a.gemm_top < 1:
+        ap.error("--gemm-top must be >= 1")
+    if a.only_gemm:
+        a.models = []
     a.torch_variants = [v.strip() for v in a.torch_variants.split(",") if v.strip()]
     a.ort_variants = [v.strip() for v in a.ort_variants.split(",") if v.strip()]
     a.lmv_variants = [v.strip() for v in a.lmv_variants.split(",") if v.strip()]
@@ -1004,8 +1479,9 @@ def main(argv):
     cmd = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.executable) if sys.executable.startswith(ROOT)
                                              else sys.executable, os.path.relpath(THIS, ROOT)] + argv)
     meta = OrderedDict(command=cmd, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine_info(),
-                       models=a.models, threads=a.threads, batches=a.batch, runs=a.runs, warmup=a.warmup, notes=[])
-    state = OrderedDict(meta=meta, peak={}, models=OrderedDict(), results=[])
+                       models=a.models, threads=a.threads, batches=a.batch, runs=a.runs, warmup=a.warmup,
+                       dtypes=a.dtypes, gemm_models=a.gemm_models if a.gemm else [], notes=[])
+    state = OrderedDict(meta=meta, peak={}, models=OrderedDict(), results=[], gemm=None)
     mi = meta["machine"]
     log("lemevit.h benchmark   %s" % meta["date"])
     log("command   %s" % cmd)
@@ -1093,7 +1569,9 @@ def main(argv):
 
     # 3. ONNX Runtime
     node = None
-    if a.no_ort:
+    if a.only_gemm:
+        meta["ort_note"] = "not timed (--only-gemm)"
+    elif a.no_ort:
         meta["ort_note"] = "not timed (--no-ort)"
     elif not py:
         meta["ort_note"] = "skipped: exporting ONNX needs torch"
@@ -1103,17 +1581,21 @@ def main(argv):
             meta["ort_note"] += ", graphOptimizationLevel 'all', intraOpNumThreads = threads; models exported " \
                                 "with torch.onnx.export opset 14, one file per batch size"
     log("ORT       " + meta["ort_note"])
-    if not node and not a.no_ort:
+    if not node and not a.no_ort and not a.only_gemm:
         meta["notes"].append("ONNX Runtime: " + meta["ort_note"])
 
     # 4. model files
-    log("")
-    log("preparing models in %s (cached) ..." % os.path.relpath(OUT, ROOT))
+    red = [d for d in a.dtypes if d != "f32"]
+    if a.models:
+        log("")
+        log("preparing models in %s (cached) ..." % os.path.relpath(OUT, ROOT))
     for m in a.models:
         info = prepare_model(m, py, a.batch, bool(node), PREP_TIMEOUT)
         state["models"][m] = info
         if "error" in info:
             log("  %-14s SKIPPED: %s" % (m, info["error"]))
+        elif red:
+            prepare_dtypes(m, info, py, red, PREP_TIMEOUT)
     save(state, a.out)
 
     # 5. measurements
@@ -1124,22 +1606,24 @@ def main(argv):
         for b in a.batch:
             for t in a.threads:
                 for v in (a.lmv_variants if t > 1 else ["default"]):
-                    plan.append((m, t, b, "lemevit", v))
+                    for d in a.dtypes:  # the reduced-precision files right after the float32 one
+                        plan.append((m, t, b, "lemevit", v, d))
                 if torch_ok:
                     for v in (a.torch_variants if t > 1 else ["pinned"]):
-                        plan.append((m, t, b, "pytorch", v))
+                        plan.append((m, t, b, "pytorch", v, "f32"))
                 if node:
                     for v in (a.ort_variants if t > 1 else ["spin"]):
-                        plan.append((m, t, b, "onnxruntime", v))
-    log("")
-    log("timing %d configurations (%s; %d runs each) ..." % (
-        len(plan), ", ".join(e for e in ("lemevit", "pytorch", "onnxruntime")
-                             if any(p[3] == e for p in plan)), a.runs))
+                        plan.append((m, t, b, "onnxruntime", v, "f32"))
+    if plan:
+        log("")
+        log("timing %d configurations (%s; %d runs each) ..." % (
+            len(plan), ", ".join(e for e in ("lemevit", "pytorch", "onnxruntime")
+                                 if any(p[3] == e for p in plan)), a.runs))
     gmacs = {}
-    for i, (m, t, b, e, v) in enumerate(plan):
+    for i, (m, t, b, e, v, d) in enumerate(plan):
         info = state["models"][m]
         if e == "lemevit":
-            r = bench_lmv(info, t, b, a.runs, v, a.timeout)
+            r = bench_lmv(info, t, b, a.runs, v, a.timeout, d)
         elif e == "pytorch":
             r = bench_torch(py, m, info, t, b, a.runs, a.warmup, v, blas_dir, a.timeout)
         else:
@@ -1152,8 +1636,9 @@ def main(argv):
         if "median_ms" in r and g:
             r["gflops"] = round(2 * g / (r["median_ms"] / 1e3), 2)
         state["results"].append(r)
-        label = "%s%s" % (e, "" if t == 1 or (e == "lemevit" and len(a.lmv_variants) == 1 and v == "default")
-                          else "/" + v)
+        label = "%s%s%s" % (e, "" if d == "f32" else " " + d,
+                            "" if t == 1 or (e == "lemevit" and len(a.lmv_variants) == 1 and v == "default")
+                            else "/" + v)
         if "median_ms" in r:
             extra = []
             if "gflops" in r:
@@ -1175,6 +1660,10 @@ def main(argv):
                                                               r.get("wall_s", 0)))
         save(state, a.out)
 
+    # 6. GEMM micro-benchmark
+    if a.gemm:
+        run_gemm(state, a, py, torch_ok, blas_dir)
+
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     meta["notes"].append("PyTorch variants (above 1 thread): pinned = torch.set_num_threads(N) with OMP, OpenBLAS "
@@ -1182,8 +1671,15 @@ def main(argv):
                          "thread, OpenBLAS N. ORT: spin = default, nospin = session.intra_op.allow_spinning=0. "
                          "lemevit.h: OMP_NUM_THREADS=N and --threads N (passive, if run: OMP_WAIT_POLICY=PASSIVE). "
                          "results.json has every variant.")
-    meta["notes"].append("lemevit.h times lmv_run_features (no classifier head); PyTorch and ORT run the full "
-                         "model including the 1000-class head (under 0.1% of the work).")
+    if a.models:
+        meta["notes"].append("lemevit.h times lmv_run_features (no classifier head); PyTorch and ORT run the full "
+                             "model including the 1000-class head (under 0.1% of the work).")
+    if any(r.get("dtype", "f32") != "f32" for r in state["results"]):
+        meta["notes"].append("Reduced-precision weights: PyTorch is timed with float32 weights only. It has no CPU "
+                             "path that stores Linear weights as float16 or int8 and widens them inside a float32 "
+                             "GEMM as lemevit.h does (its dynamic int8 quantisation, "
+                             "torch.ao.quantization.quantize_dynamic, quantises the activations too: a different "
+                             "scheme, not timed here), so 'vs PyTorch f32' compares with PyTorch float32.")
     text = save(state, a.out)
     log("")
     log(text)

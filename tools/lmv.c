@@ -41,17 +41,21 @@ static const char *usage =
     "      --attention BLOCK             with --trace: also the attention maps of BLOCK (e.g.\n"
     "                                    blocks.3, stages.1.0) as BLOCK.attn*.npy\n"
     "      --no-verify                   skip the weight checksum (the header is always checked)\n"
+    "      --int8-compute                int8 files: multiply in int8 (activations quantised per\n"
+    "                                    row), faster with AVX512-VNNI; default: widen to float32\n"
     "  bench MODEL.lmv                   time loading and inference on random input\n"
     "      --size H W                    input size (default: the model's)\n"
     "      --batch N                     images per run (default 1)\n"
     "      --threads N                   threads (default: all)\n"
     "      --runs N                      timed runs after one warm-up (default 10)\n"
     "      --json                        one JSON object instead of text\n"
+    "      --int8-compute                int8 files: multiply in int8 (see run)\n"
     "  gemm M N K                        time the library's matrix multiply on a Linear's shape:\n"
     "                                    C[M][N] = A[M][K] W[N][K]^T + b, random data\n"
     "      --threads N                   threads (default: all)\n"
     "      --runs N                      timed runs after one warm-up (default: enough for ~0.3 s)\n"
     "      --dtype f32|f16|int8          how W is stored (default f32)\n"
+    "      --int8-compute                with int8 W: quantise A and multiply in int8\n"
     "      --json                        one JSON object instead of text\n"
     "  decode IMAGE.jpg OUT.ppm          decode a JPEG (EXIF orientation applied) to PPM/PGM\n"
     "      --ignore-exif                 keep the stored orientation\n"
@@ -63,6 +67,7 @@ static const char *usage =
     "                                    accuracy, per-class precision/recall/F1, confusion matrix\n"
     "      --json                        machine-readable result on stdout\n"
     "      --predictions FILE            also write one line per image: path, true, predicted\n"
+    "      --int8-compute                int8 files: multiply in int8 (see run)\n"
     "      --threads N                   threads (default: all)\n"
     "  embed FILE OUT.c                  write FILE as a C source to link into firmware:\n"
     "                                    const unsigned char SYM[] (64-byte aligned, so\n"
@@ -150,7 +155,7 @@ static long peak_rss_kb(void) {
 
 static int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
-    int h = 0, w = 0, batch = 1, threads = 0, runs = 10, json = 0, i;
+    int h = 0, w = 0, batch = 1, threads = 0, runs = 10, json = 0, int8_compute = 0, i;
     double t0, open_mapped, open_verified, *times;
     size_t px, mem;
     lmv_model *m;
@@ -164,6 +169,7 @@ static int cmd_bench(int argc, char **argv) {
         if (!strcmp(argv[i], "--size") && i + 2 < argc) { h = atoi(argv[++i]); w = atoi(argv[++i]); }
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (argv[i][0] != '-' && !path) path = argv[i];
@@ -189,6 +195,7 @@ static int cmd_bench(int argc, char **argv) {
     so.max_h = h;
     so.max_w = w;
     so.threads = threads;
+    so.int8_compute = int8_compute;
     if (lmv_session_memory(m, &so, &mem, &err) != LMV_OK || lmv_session_create(m, &so, &s, &err) != LMV_OK)
         return fail("session", &err);
     px = (size_t)batch * in->in_chans * h * w;
@@ -235,7 +242,7 @@ static int cmd_bench(int argc, char **argv) {
 
 /* The GEMM alone, at one shape: best and median of the timed runs. */
 static int cmd_gemm(int argc, char **argv) {
-    int dims[3] = {0, 0, 0}, nd = 0, threads = 0, runs = 0, json = 0, dtype = LMV_DTYPE_F32, i;
+    int dims[3] = {0, 0, 0}, nd = 0, threads = 0, runs = 0, json = 0, dtype = LMV_DTYPE_F32, int8_compute = 0, i;
     float *A, *W, *C, *bias, *scale;
     void *wq;
     double t0, one, *times, flops;
@@ -247,6 +254,7 @@ static int cmd_gemm(int argc, char **argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
+        else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
             const char *d = argv[++i];
             dtype = !strcmp(d, "f32") ? LMV_DTYPE_F32 : !strcmp(d, "f16") ? LMV_DTYPE_F16 : !strcmp(d, "int8") ? LMV_DTYPE_INT8 : -1;
@@ -290,6 +298,7 @@ static int cmd_gemm(int argc, char **argv) {
     mat.scale = scale;
     memset(&ctx, 0, sizeof ctx);
     ctx.threads = lmv__default_threads(threads);
+    ctx.int8_compute = int8_compute;
     flops = 2.0 * dims[0] * dims[1] * dims[2];
     t0 = now_ms();
     lmv__gemm(&ctx, dims[0], dims[1], dims[2], A, (size_t)dims[2], mat, (size_t)dims[2], 1, bias, C, (size_t)dims[1]);
@@ -382,7 +391,7 @@ static void trace_write(void *user, const char *name, const float *data, int ndi
 
 static int cmd_run(int argc, char **argv) {
     const char *paths[3];
-    int npaths = 0, features = 0, threads = 0, verify = 1, i, n, h, w, outdim, shape[2];
+    int npaths = 0, features = 0, threads = 0, verify = 1, int8_compute = 0, i, n, h, w, outdim, shape[2];
     const char *trace = NULL, *attention = NULL;
     void *buf;
     size_t size;
@@ -397,6 +406,7 @@ static int cmd_run(int argc, char **argv) {
         if (!strcmp(argv[i], "--features")) features = 1;
         else if (!strcmp(argv[i], "--no-verify")) verify = 0;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
         else if (!strcmp(argv[i], "--trace") && i + 1 < argc) trace = argv[++i];
         else if (!strcmp(argv[i], "--attention") && i + 1 < argc) attention = argv[++i];
         else if (argv[i][0] == '-' || npaths == 3) {
@@ -426,6 +436,7 @@ static int cmd_run(int argc, char **argv) {
     so.max_h = h;
     so.max_w = w;
     so.threads = threads;
+    so.int8_compute = int8_compute;
     if (lmv_session_create(m, &so, &s, &err) != LMV_OK) return fail("session", &err);
     if (trace) {
         td.dir = trace;
@@ -596,6 +607,7 @@ static int cmd_eval(int argc, char **argv) {
     lmv_model *m;
     lmv_session *s;
     lmv_session_options so = lmv_session_options_default();
+    int int8_compute = 0;
     lmv_error err;
     lmv_prediction top[1];
     FILE *pred = NULL;
@@ -603,6 +615,7 @@ static int cmd_eval(int argc, char **argv) {
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
         else if (!strcmp(argv[i], "--predictions") && i + 1 < argc) pred_path = argv[++i];
         else if (argv[i][0] != '-' && n < 2) paths[n++] = argv[i];
         else {
@@ -635,6 +648,7 @@ static int cmd_eval(int argc, char **argv) {
         total += counts[c];
     }
     so.threads = threads;
+    so.int8_compute = int8_compute;
     if (lmv_session_create(m, &so, &s, &err) != LMV_OK) return fail("session", &err);
     if (pred_path && !(pred = fopen(pred_path, "w"))) {
         fprintf(stderr, "lmv: cannot write %s\n", pred_path);

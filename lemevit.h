@@ -1159,8 +1159,8 @@ typedef struct lmv__ctx {
 #define LMV__MR 6
 #define LMV__NR 16
 /* Below this many multiply-adds a kernel runs on one thread: waking a team costs more than the
-   work, and far more when the cores are busy with other processes. */
-#define LMV__PARALLEL_MIN 8388608.0
+   work (about 0.1 ms of it on two cores, measured with other processes about). */
+#define LMV__PARALLEL_MIN 524288.0
 
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
    panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */

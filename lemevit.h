@@ -1146,6 +1146,10 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
    ([out][in] for Linear). Every model family runs on these same few functions.
    -------------------------------------------------------------------------------------------- */
 
+/* Elementwise activations, applied by lmv__activate() or fused into a GEMM's output. */
+typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH } lmv__act;
+static void lmv__activate(float *x, size_t n, lmv__act act);
+
 /* How many threads a kernel may use; 1 when compiled without OpenMP. */
 typedef struct lmv__ctx {
     int threads;
@@ -1408,13 +1412,15 @@ static lmv__mat lmv__f32(const float *p) {
    times V). Each output element is summed in k order, so the result does not depend on the
    thread count. */
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
-                         size_t ldb, const float *bias, float *C, size_t ldc);
+                         size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act);
 
-static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
-                      int trans_b, const float *bias, float *C, size_t ldc) {
+/* The same, then act() applied to each output (a Linear followed by its activation): each task
+   activates its own block while it is still in cache, on every thread. */
+static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
+                          int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
     if (B.dtype == LMV_DTYPE_INT8 && ctx->int8_compute && trans_b) {
-        lmv__gemm_q8(ctx, M, N, K, A, lda, &B, ldb, bias, C, ldc);
+        lmv__gemm_q8(ctx, M, N, K, A, lda, &B, ldb, bias, C, ldc, act);
         return;
     }
     if (ctx->macs) *ctx->macs += (double)M * N * K;
@@ -1460,7 +1466,14 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
         if (K == 0)
             for (i0 = m0; i0 < m1; i0++)
                 for (j = 0; j < nr; j++) C[(size_t)i0 * ldc + (size_t)(j0 + j)] = bias ? bias[j0 + j] : 0.0f;
+        if (act != LMV__ACT_NONE)
+            for (i0 = m0; i0 < m1; i0++) lmv__activate(C + (size_t)i0 * ldc + (size_t)j0, (size_t)nr, act);
     }
+}
+
+static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
+                      int trans_b, const float *bias, float *C, size_t ldc) {
+    lmv__gemm_act(ctx, M, N, K, A, lda, B, ldb, trans_b, bias, C, ldc, LMV__ACT_NONE);
 }
 
 /* The int8 x int8 GEMM: C[M][N] = A[M][K] W^T (+ bias) for int8 W ([N][K], a scale per row n).
@@ -1649,7 +1662,7 @@ scalar_out:
 }
 
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
-                         size_t ldb, const float *bias, float *C, size_t ldc) {
+                         size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, nrows = (M + LMV__Q8_MC - 1) / LMV__Q8_MC, mchunk, ngroups = 1, tasks, t;
     if (ctx->macs) *ctx->macs += (double)M * N * K;
     /* Tasks are (row chunk x group of column panels); each quantises its rows once per K block and
@@ -1687,6 +1700,10 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
         if (K == 0)
             for (i0 = m0; i0 < m1; i0++)
                 for (jp = p0 * LMV__NR; jp < p1 * LMV__NR && jp < N; jp++) C[(size_t)i0 * ldc + (size_t)jp] = bias ? bias[jp] : 0.0f;
+        if (act != LMV__ACT_NONE && p1 > p0)
+            for (i0 = m0; i0 < m1; i0++)
+                lmv__activate(C + (size_t)i0 * ldc + (size_t)p0 * LMV__NR,
+                              (size_t)((p1 * LMV__NR < N ? p1 * LMV__NR : N) - p0 * LMV__NR), act);
     }
 }
 
@@ -1694,6 +1711,12 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
 static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, lmv__mat W,
                         const float *b) {
     lmv__gemm(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out);
+}
+
+/* y = act(x W^T + b): the first half of an MLP. */
+static void lmv__linear_act(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, lmv__mat W,
+                            const float *b, lmv__act act) {
+    lmv__gemm_act(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out, act);
 }
 
 #if defined(LMV__AVX2)
@@ -1742,7 +1765,6 @@ static void lmv__layernorm(float *y, const float *x, int rows, int dim, const fl
     }
 }
 
-typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH } lmv__act;
 
 #if defined(LMV__AVX2)
 /* e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (the Cephes
@@ -2448,8 +2470,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
         lmv__layernorm(b->xn, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
         in = b->xn;
     }
-    lmv__linear(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b);
-    lmv__activate(b->hidden, (size_t)T * v->hidden, v->act);
+    lmv__linear_act(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b, v->act);
     lmv__linear(ctx, b->xn, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b);
     lmv__add_scaled(b->x, b->xn, T, D, blk->ls2);
     if (!v->norm_first) lmv__layernorm(b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
@@ -2864,8 +2885,7 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     lmv__swin_windows(b->win, b->x, NULL, H, W, C, ws, sh, swd, v->pad_then_roll, 1);
     /* x = x + mlp(norm2(x)) */
     lmv__layernorm(b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
-    lmv__linear(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b);
-    lmv__activate(b->hid, (size_t)H * W * st->hidden, LMV__ACT_GELU);
+    lmv__linear_act(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
     lmv__linear(ctx, b->xn, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b);
     lmv__add_scaled(b->x, b->xn, H * W, C, NULL);
 }
@@ -3205,8 +3225,7 @@ static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__
                          float *t, int rows, float *tn, float *hid) {
     int C = st->dim;
     lmv__layernorm(tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
-    lmv__linear(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b);
-    lmv__activate(hid, (size_t)rows * st->hidden, LMV__ACT_GELU);
+    lmv__linear_act(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
     lmv__linear(ctx, tn, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b);
     lmv__add_scaled(t, tn, rows, C, NULL);
 }

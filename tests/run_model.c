@@ -59,6 +59,8 @@ int main(int argc, char **argv) {
     }
 #if defined(LMV__AVX2)
     printf("simd avx2\n");
+#elif defined(LMV__SDOT)
+    printf("simd neon+sdot\n");
 #elif defined(LMV__NEON)
     printf("simd neon\n");
 #else

@@ -28,6 +28,8 @@ PACKAGES = {"aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cros
 TARGETS = [("x86-64", "cc", ["-march=native"], []),
            ("x86-64 portable", "cc", ["-DLEMEVIT_NO_SIMD"], []),
            ("aarch64 NEON", "aarch64-linux-gnu-gcc", ["-static"], ["qemu-aarch64"]),
+           ("aarch64 NEON + dotprod", "aarch64-linux-gnu-gcc", ["-static", "-march=armv8.2-a+dotprod"],
+            ["qemu-aarch64", "-cpu", "max"]),
            ("aarch64 portable", "aarch64-linux-gnu-gcc", ["-static", "-DLEMEVIT_NO_SIMD"], ["qemu-aarch64"]),
            ("s390x big-endian", "s390x-linux-gnu-gcc", ["-static"], ["qemu-s390x"])]
 
@@ -112,6 +114,8 @@ def main():
     for (label, name, h, w), (simd, _, _) in results.items():
         if label == "aarch64 NEON" and name == "ViT" and h == 32:
             res.check("aarch64 build uses the NEON kernels", simd == "neon", f"compiled path: {simd}")
+        if label == "aarch64 NEON + dotprod" and name == "ViT" and h == 32:
+            res.check("aarch64 dotprod build uses the sdot kernel", simd == "neon+sdot", f"compiled path: {simd}")
         if label.endswith("portable") and name == "ViT" and h == 32:
             res.check(f"{label} build uses the portable kernels", simd == "none", f"compiled path: {simd}")
     for label, _, _, _ in TARGETS[1:]:

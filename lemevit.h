@@ -1417,6 +1417,13 @@ static lmv__mat lmv__f32(const float *p) {
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
                          size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act);
 
+/* d[0:n] = bias, or zeros. Kernels test optional pointers outside their loops: a test inside
+   becomes masked loads from a NULL pointer, which some CPUs serve slowly, element by element. */
+static void lmv__bias_or_zero(float *d, const float *bias, int n) {
+    if (bias) memcpy(d, bias, sizeof(float) * (size_t)n);
+    else memset(d, 0, sizeof(float) * (size_t)n);
+}
+
 /* The same, then act() applied to each output (a Linear followed by its activation): each task
    activates its own block while it is still in cache, on every thread. */
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
@@ -1458,17 +1465,21 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
                     continue;
                 }
 #endif
-                for (r = 0; r < LMV__MR; r++)
-                    for (j = 0; j < LMV__NR; j++)
-                        acc[r][j] = (r < mr && j < nr) ? (k0 ? C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] : (bias ? bias[j0 + j] : 0.0f)) : 0.0f;
+                /* (no pointer tests inside the loops: see lmv__attention) */
+                for (r = 0; r < LMV__MR; r++) {
+                    for (j = 0; j < LMV__NR; j++) acc[r][j] = 0.0f;
+                    if (r < mr && k0)
+                        for (j = 0; j < nr; j++) acc[r][j] = C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)];
+                    else if (r < mr && bias)
+                        for (j = 0; j < nr; j++) acc[r][j] = bias[j0 + j];
+                }
                 lmv__tile(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, acc);
                 for (r = 0; r < mr; r++)
                     for (j = 0; j < nr; j++) C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] = acc[r][j];
             }
         }
         if (K == 0)
-            for (i0 = m0; i0 < m1; i0++)
-                for (j = 0; j < nr; j++) C[(size_t)i0 * ldc + (size_t)(j0 + j)] = bias ? bias[j0 + j] : 0.0f;
+            for (i0 = m0; i0 < m1; i0++) lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)j0, bias ? bias + j0 : NULL, nr);
         if (act != LMV__ACT_NONE)
             for (i0 = m0; i0 < m1; i0++) lmv__activate(C + (size_t)i0 * ldc + (size_t)j0, (size_t)nr, act);
     }
@@ -1680,10 +1691,8 @@ scalar_out:
 #endif
     for (r = 0; r < mr; r++) {
         float *c = C + (size_t)r * ldc;
-        for (j = 0; j < nr; j++) {
-            float v = sa[r] * sw[j] * (float)acc[r][j];
-            c[j] = first ? (bias ? bias[j] : 0.0f) + v : c[j] + v;
-        }
+        if (first) lmv__bias_or_zero(c, bias, nr);
+        for (j = 0; j < nr; j++) c[j] += sa[r] * sw[j] * (float)acc[r][j];
     }
 }
 
@@ -1723,9 +1732,10 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
                                  C + (size_t)i0 * ldc + (size_t)j0, ldc, k0 == 0);
             }
         }
-        if (K == 0)
+        if (K == 0 && p1 > p0)
             for (i0 = m0; i0 < m1; i0++)
-                for (jp = p0 * LMV__NR; jp < p1 * LMV__NR && jp < N; jp++) C[(size_t)i0 * ldc + (size_t)jp] = bias ? bias[jp] : 0.0f;
+                lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)p0 * LMV__NR, bias ? bias + p0 * LMV__NR : NULL,
+                                  (p1 * LMV__NR < N ? p1 * LMV__NR : N) - p0 * LMV__NR);
         if (act != LMV__ACT_NONE && p1 > p0)
             for (i0 = m0; i0 < m1; i0++)
                 lmv__activate(C + (size_t)i0 * ldc + (size_t)p0 * LMV__NR,
@@ -2010,7 +2020,7 @@ static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const 
     for (oy = 0; oy < H; oy++)
         for (ox = 0; ox < W; ox++) {
             float *d = y + ((size_t)oy * W + ox) * C;
-            for (c = 0; c < C; c++) d[c] = b ? b[c] : 0.0f;
+            lmv__bias_or_zero(d, b, C);
             for (ky = 0; ky < 3; ky++) {
                 int iy = oy + ky - 1;
                 if (iy < 0 || iy >= H) continue;
@@ -2192,12 +2202,16 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
         lmv__gemm(&one, a->nq, a->nk, a->head_dim, q, a->ldq, lmv__f32(k), a->ldk, 1, NULL, s, (size_t)a->nk);
         for (i = 0; i < a->nq; i++) {
             float *row = s + (size_t)i * a->nk;
-            for (j = 0; j < a->nk; j++) {
-                float x = row[j] * a->scale;
-                if (bias) x += bias[(size_t)i * a->nk + j];
-                if (mask) x += mask[(size_t)i * a->nk + j];
-                row[j] = x;
-            }
+            const float *br = bias ? bias + (size_t)i * a->nk : NULL, *mr = mask ? mask + (size_t)i * a->nk : NULL;
+            /* one loop per case (see lmv__bias_or_zero) */
+            if (br && mr)
+                for (j = 0; j < a->nk; j++) row[j] = row[j] * a->scale + br[j] + mr[j];
+            else if (br)
+                for (j = 0; j < a->nk; j++) row[j] = row[j] * a->scale + br[j];
+            else if (mr)
+                for (j = 0; j < a->nk; j++) row[j] = row[j] * a->scale + mr[j];
+            else
+                for (j = 0; j < a->nk; j++) row[j] *= a->scale;
             lmv__softmax_row(row, a->nk);
         }
         if (a->probs) memcpy(a->probs + (size_t)t * a->nq * a->nk, s, sizeof(float) * (size_t)a->nq * a->nk);

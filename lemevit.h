@@ -1329,6 +1329,29 @@ static float32x4_t lmv__weight4(const lmv__mat *B, size_t row, size_t at) {
 }
 #endif
 
+#if defined(LMV__AVX2)
+/* Eight rows of eight 32-bit lanes, stored as eight columns: d[i * stride + r] = r_r[i]. */
+static void lmv__transpose8(__m256 r0, __m256 r1, __m256 r2, __m256 r3, __m256 r4, __m256 r5, __m256 r6, __m256 r7,
+                            float *d, size_t stride) {
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(d + 0 * stride, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + 1 * stride, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * stride, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * stride, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * stride, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * stride, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * stride, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * stride, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
 /* panel[k][j] = B[j0 + j][k0 + k] for nr rows and kc columns, widened, zero past nr: the
    transpose that packs a Linear weight, in 8x8 (AVX2) or 4x4 (NEON) register blocks. */
 static void lmv__pack_rows(float *panel, const lmv__mat *B, size_t ldb, int j0, int nr, int k0, int kc) {
@@ -1339,27 +1362,10 @@ static void lmv__pack_rows(float *panel, const lmv__mat *B, size_t ldb, int j0, 
     for (j = 0; j < jv; j += 8)
         for (k = 0; k < kv; k += 8) {
             size_t r = (size_t)(j0 + j), at = r * ldb + (size_t)(k0 + k);
-            __m256 r0 = lmv__weight8(B, r, at), r1 = lmv__weight8(B, r + 1, at + ldb);
-            __m256 r2 = lmv__weight8(B, r + 2, at + 2 * ldb), r3 = lmv__weight8(B, r + 3, at + 3 * ldb);
-            __m256 r4 = lmv__weight8(B, r + 4, at + 4 * ldb), r5 = lmv__weight8(B, r + 5, at + 5 * ldb);
-            __m256 r6 = lmv__weight8(B, r + 6, at + 6 * ldb), r7 = lmv__weight8(B, r + 7, at + 7 * ldb);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *d = panel + (size_t)k * LMV__NR + j;
-            _mm256_storeu_ps(d + 0 * LMV__NR, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d + 1 * LMV__NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d + 2 * LMV__NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d + 3 * LMV__NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d + 4 * LMV__NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d + 5 * LMV__NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d + 6 * LMV__NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d + 7 * LMV__NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+            lmv__transpose8(lmv__weight8(B, r, at), lmv__weight8(B, r + 1, at + ldb), lmv__weight8(B, r + 2, at + 2 * ldb),
+                            lmv__weight8(B, r + 3, at + 3 * ldb), lmv__weight8(B, r + 4, at + 4 * ldb),
+                            lmv__weight8(B, r + 5, at + 5 * ldb), lmv__weight8(B, r + 6, at + 6 * ldb),
+                            lmv__weight8(B, r + 7, at + 7 * ldb), panel + (size_t)k * LMV__NR + j, LMV__NR);
         }
 #elif defined(LMV__NEON)
     jv = nr & ~3;
@@ -1554,26 +1560,9 @@ static void lmv__pack_q8(signed char *panel, int32_t *colsum, const lmv__mat *B,
         for (k = 0; k < kv; k += 32) {
             const signed char *s = w0 + (size_t)j * ldb + (size_t)k;
 #define LMV__LD(i) _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)(const void *)(s + (i) * ldb)))
-            __m256 r0 = LMV__LD(0), r1 = LMV__LD(1), r2 = LMV__LD(2), r3 = LMV__LD(3);
-            __m256 r4 = LMV__LD(4), r5 = LMV__LD(5), r6 = LMV__LD(6), r7 = LMV__LD(7);
+            lmv__transpose8(LMV__LD(0), LMV__LD(1), LMV__LD(2), LMV__LD(3), LMV__LD(4), LMV__LD(5), LMV__LD(6), LMV__LD(7),
+                            (float *)(void *)(panel + (size_t)k * LMV__NR + (size_t)j * 4), LMV__NR);
 #undef LMV__LD
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *d = (float *)(void *)(panel + (size_t)k * LMV__NR + (size_t)j * 4);
-            _mm256_storeu_ps(d + 0 * LMV__NR, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d + 1 * LMV__NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d + 2 * LMV__NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d + 3 * LMV__NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d + 4 * LMV__NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d + 5 * LMV__NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d + 6 * LMV__NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d + 7 * LMV__NR, _mm256_permute2f128_ps(u3, u7, 0x31));
         }
 #endif
     for (j = 0; j < nr; j++) {

@@ -33,7 +33,11 @@ What it does, in one run:
      after it (same threads, batch, runs and variants, own process, peak RSS the same way).  Table
      "Reduced-precision weights": file size, latency, ratio to lemevit.h f32 and to PyTorch
      (float32 always: PyTorch is not timed with reduced-precision weights, see the report's note);
-  5. GEMM micro-benchmark (on by default, --no-gemm to skip, --only-gemm for nothing else): the
+  5. cold start (--no-cold to skip): process start to the top 5 printed for examples/images/cat.jpg,
+     build/classify against a Python script doing the same with PyTorch (worker `_classify`: import,
+     build, torch.load, Pillow + torchvision transforms, forward), 3 times each, for ViT-B/16, Swin-T
+     and LeMeViT-tiny where prepared; table "Cold start" with the top 5 of both compared;
+  6. GEMM micro-benchmark (on by default, --no-gemm to skip, --only-gemm for nothing else): the
      Linear shapes C[M][N] = A[M][K] W[N][K]^T + b (M tokens, N out features, K in features) that
      dominate each model at batch 1, 224x224 (--gemm-models; ViT-B/16 and Swin-T from a fixed
      list, the others from forward hooks on every nn.Linear of the PyTorch model, deduplicated and
@@ -43,7 +47,7 @@ What it does, in one run:
      and thread settings as the model runs), each best and median of as many calls as fit in
      ~0.3 s.  Table "GEMM at the models' shapes": GFLOP/s at the median, % of the measured FMA
      peak for that many threads, median time ratio;
-  6. prints a progress line per measurement, then the tables; writes build/bench/results.json
+  7. prints a progress line per measurement, then the tables; writes build/bench/results.json
      (everything) and build/bench/results.md (tables to paste into README, with the command,
      date and machine at the top).  --quick writes build/bench/quick.{json,md} instead.
 
@@ -82,6 +86,10 @@ from collections import OrderedDict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIS = os.path.abspath(__file__)
 LMV = os.path.join(ROOT, "build", "lmv")
+CLASSIFY = os.path.join(ROOT, "build", "classify")
+COLD_IMAGE = os.path.join(ROOT, "examples", "images", "cat.jpg")
+COLD_MODELS = ("vit_b16", "swin_t", "lemevit_tiny")   # the cold-start comparison, where prepared
+COLD_REPS = 3
 OUT = os.path.join(ROOT, "build", "bench")
 CONVERT = os.path.join(ROOT, "tools", "convert.py")
 BENCH_ORT = os.path.join(ROOT, "tools", "bench_ort.js")
@@ -377,8 +385,41 @@ def worker_requant(argv):
                       "numpy": lmvfile._np is not None}))
 
 
+def worker_classify(argv):
+    """The PyTorch side of the cold start: what a user's script does for one JPEG — import torch and
+    torchvision, build the model, load the checkpoint, decode and transform the picture with Pillow and
+    torchvision (the preprocessing recorded in the .lmv file), run, print the top 5."""
+    ap = argparse.ArgumentParser(prog="bench.py _classify")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--pth", required=True)
+    ap.add_argument("--lmv", required=True, help="the converted file, for its preprocessing and labels")
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    a = ap.parse_args(argv)
+    import torch
+    import torchvision.transforms as T
+    from PIL import Image
+    sys.path.insert(0, os.path.dirname(LMVFILE))
+    import lmvfile
+    torch.set_num_threads(a.threads)
+    meta = lmvfile.read(a.lmv, verify_crc=False).meta
+    m, _, _ = _load(a.model, a.pth)
+    interp = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
+              "nearest": T.InterpolationMode.NEAREST}[meta.get("pre.interp", "bicubic")]
+    crop = list(meta["pre.crop"])
+    resize = meta.get("pre.resize", [0])[0] or crop
+    tf = T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(crop), T.ToTensor(),
+                    T.Normalize(list(meta["pre.mean"]), list(meta["pre.std"]))])
+    x = tf(Image.open(a.image).convert("RGB")).unsqueeze(0)
+    with torch.inference_mode():
+        p = torch.softmax(m(x)[0], 0)
+    labels = meta.get("labels") or ["class %d" % i for i in range(p.numel())]  # as classify prints them
+    for v, i in zip(*torch.topk(p, 5)):
+        print("%8.2f%%  %s" % (100 * float(v), labels[int(i)]))
+
+
 WORKERS = {"_build": worker_build, "_export": worker_export, "_torch": worker_torch, "_probe": worker_probe,
-           "_gemm": worker_gemm, "_shapes": worker_shapes, "_requant": worker_requant}
+           "_gemm": worker_gemm, "_shapes": worker_shapes, "_requant": worker_requant, "_classify": worker_classify}
 
 
 # =============================================================================================
@@ -1018,6 +1059,80 @@ def bench_gemm_torch(py, mnk, threads, variant, blas_dir, timeout):
     return out
 
 
+def top5_labels(out):
+    return [ln.split("%", 1)[1].strip() for ln in out.splitlines() if re.match(r"^\s+[0-9.]+%\s", ln)][:5]
+
+
+def run_cold(state, a, py, torch_ok, blas_dir):
+    """Process start to top-5 printed for one JPEG: build/classify against a PyTorch script
+    (worker _classify), COLD_REPS times each, files in the page cache after the first."""
+    cold = state["cold"] = []
+    models = [m for m in COLD_MODELS if m in state["models"] and "error" not in state["models"][m]]
+    if not models or not os.path.exists(CLASSIFY):
+        return
+    log("")
+    log("cold start: process start to top-5 printed for %s ..." % os.path.relpath(COLD_IMAGE, ROOT))
+    for m in models:
+        info = state["models"][m]
+        for t in a.threads:
+            row = OrderedDict(model=m, threads=t)
+            engines = [("lemevit", [CLASSIFY, info["lmv"], COLD_IMAGE, "--top", "5", "--threads", str(t)],
+                        clean_env(OMP_NUM_THREADS=t))]
+            if torch_ok:
+                env, tt = torch_env(t, "pinned", blas_dir)
+                engines.append(("pytorch", [py, THIS, "_classify", "--model", m, "--pth", info["pth"], "--lmv",
+                                            info["lmv"], "--image", COLD_IMAGE, "--threads", str(tt)], env))
+            for e, cmd, env in engines:
+                times, labels, err = [], None, None
+                for _ in range(COLD_REPS):
+                    r = run_proc(cmd, env=env, timeout=a.timeout)
+                    if r["rc"] != 0:
+                        err = short_err(r)
+                        break
+                    times.append(round(r["secs"] * 1e3, 1))
+                    labels = top5_labels(r["out"])
+                    row[e + "_rss_kb"] = r["maxrss_kb"]
+                if err:
+                    row[e + "_error"] = err
+                else:
+                    row[e + "_ms"] = times
+                    row[e + "_top5"] = labels
+            if "lemevit_top5" in row and "pytorch_top5" in row:
+                row["same_top5"] = row["lemevit_top5"] == row["pytorch_top5"]
+            cold.append(row)
+            log("  %-14s t=%d  lemevit.h %s ms, PyTorch %s ms%s" % (
+                m, t, row.get("lemevit_ms", row.get("lemevit_error")), row.get("pytorch_ms", row.get("pytorch_error", "-")),
+                "" if "same_top5" not in row else ", top-5 %s" % ("same" if row["same_top5"] else "DIFFERENT")))
+        save(state, a.out)
+
+
+def cold_table(state, L):
+    cold = state.get("cold")
+    if not cold:
+        return
+    L.append("")
+    L.append("Cold start, the way a command-line user meets it: process start to the top 5 printed for one JPEG "
+             "(%s), %d times each (the first run may read the files from disk, the later ones find them in the page "
+             "cache). lemevit.h is `build/classify MODEL.lmv IMAGE --top 5`; PyTorch is a Python script doing the "
+             "same: import torch and torchvision, build the model, torch.load + load_state_dict, Pillow + torchvision "
+             "transforms with the preprocessing recorded in the .lmv file, forward, softmax, top 5. Times are `first / "
+             "median` ms; ratio is median / median; peak RSS MB:" % (os.path.relpath(COLD_IMAGE, ROOT), COLD_REPS))
+    L.append("")
+    L.append("| model | threads | lemevit.h ms | PyTorch ms | lemevit/PyTorch | same top-5 | peak RSS MB lemevit / PyTorch |")
+    L.append("|---|---:|---:|---:|---:|---|---|")
+    for r in cold:
+        def cell(e):
+            t = r.get(e + "_ms")
+            return "%.0f / %.0f" % (t[0], statistics.median(t)) if t else ("failed" if r.get(e + "_error") else "-")
+        lt, pt = r.get("lemevit_ms"), r.get("pytorch_ms")
+        ratio = "%.2f" % (statistics.median(lt) / statistics.median(pt)) if lt and pt else "-"
+        same = "-" if "same_top5" not in r else ("yes" if r["same_top5"] else "**no**")
+        rss = "%s / %s" % tuple(("%.0f" % (r[e + "_rss_kb"] / 1e3)) if r.get(e + "_rss_kb") else "-"
+                                for e in ("lemevit", "pytorch"))
+        L.append("| %s | %d | %s | %s | %s | %s | %s |" % (MODELS[r["model"]]["label"], r["threads"],
+                                                         cell("lemevit"), cell("pytorch"), ratio, same, rss))
+
+
 def run_gemm(state, a, py, torch_ok, blas_dir):
     """The GEMM micro-benchmark into state["gemm"]: every distinct shape once per thread count and variant."""
     peak = state["peak"]
@@ -1324,6 +1439,7 @@ def make_report(state):
                                              if red else ""))
     model_tables(state, L)
     dtype_table(state, L)
+    cold_table(state, L)
     gemm_table(state, L)
     notes = meta.get("notes", [])
     if notes:
@@ -1407,6 +1523,8 @@ def parse_args(argv):
                          "--quick: 2); ViT-B/16 and Swin-T have fixed lists")
     ap.add_argument("--no-torch", action="store_true", help="do not time PyTorch (it still builds the models)")
     ap.add_argument("--no-ort", action="store_true", help="do not time ONNX Runtime")
+    ap.add_argument("--no-cold", dest="cold", action="store_false",
+                    help="skip the cold-start comparison (process start to top-5 for one JPEG)")
     ap.add_argument("--torch-variants", default="pinned,passive,blas-only",
                     help="PyTorch thread settings above 1 thread (default: pinned,passive,blas-only; "
                          "1 thread always uses pinned)")
@@ -1660,7 +1778,11 @@ def main(argv):
                                                               r.get("wall_s", 0)))
         save(state, a.out)
 
-    # 6. GEMM micro-benchmark
+    # 6. cold start
+    if a.cold and not a.only_gemm:
+        run_cold(state, a, py, torch_ok, blas_dir)
+
+    # 7. GEMM micro-benchmark
     if a.gemm:
         run_gemm(state, a, py, torch_ok, blas_dir)
 

@@ -113,11 +113,19 @@ static int write_npy(const char *path, const float *data, int ndim, const int *s
     return fclose(f) == 0 && ok;
 }
 
+/* The file mapping behind a model opened by open_model(), if any. */
+typedef struct mapping {
+    void *p;
+    size_t n;
+} mapping;
+
 /* Open a model: memory-mapped (no copy; the library uses the mapping in place) where possible,
-   else read into memory by the library. The mapping is left to the process's exit. */
-static lmv_result open_model(const char *path, int verify, lmv_model **m, lmv_error *err) {
+   else read into memory by the library. close_model() closes it and drops the mapping. */
+static lmv_result open_model(const char *path, int verify, lmv_model **m, mapping *map, lmv_error *err) {
     lmv_open_options o = lmv_open_options_default();
     o.verify_data = verify;
+    map->p = NULL;
+    map->n = 0;
 #ifdef HAVE_MMAP
     {
         int fd = open(path, O_RDONLY);
@@ -125,13 +133,26 @@ static lmv_result open_model(const char *path, int verify, lmv_model **m, lmv_er
         if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0) {
             void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
             close(fd);
-            if (p != MAP_FAILED) return lmv_model_open_memory(p, (size_t)st.st_size, &o, m, err);
+            if (p != MAP_FAILED) {
+                lmv_result r = lmv_model_open_memory(p, (size_t)st.st_size, &o, m, err);
+                if (r != LMV_OK) munmap(p, (size_t)st.st_size);
+                else map->p = p, map->n = (size_t)st.st_size;
+                return r;
+            }
         } else if (fd >= 0) {
             close(fd);
         }
     }
 #endif
     return lmv_model_open_file(path, &o, m, err);
+}
+
+static void close_model(lmv_model *m, mapping *map) {
+    lmv_model_close(m);
+#ifdef HAVE_MMAP
+    if (map->p) munmap(map->p, map->n);
+#endif
+    map->p = NULL;
 }
 
 static double now_ms(void) {
@@ -159,6 +180,7 @@ static int cmd_bench(int argc, char **argv) {
     double t0, open_mapped, open_verified, *times;
     size_t px, mem;
     lmv_model *m;
+    mapping map;
     lmv_session *s;
     lmv_session_options so;
     lmv_error err;
@@ -183,11 +205,11 @@ static int cmd_bench(int argc, char **argv) {
         return 2;
     }
     t0 = now_ms();
-    if (open_model(path, 1, &m, &err) != LMV_OK) return fail(path, &err);
+    if (open_model(path, 1, &m, &map, &err) != LMV_OK) return fail(path, &err);
     open_verified = now_ms() - t0;
-    lmv_model_close(m);
+    close_model(m, &map);
     t0 = now_ms();
-    if (open_model(path, 0, &m, &err) != LMV_OK) return fail(path, &err);
+    if (open_model(path, 0, &m, &map, &err) != LMV_OK) return fail(path, &err);
     open_mapped = now_ms() - t0;
     in = lmv_model_info(m);
     if (!h) { h = in->img_h; w = in->img_w; }
@@ -236,7 +258,7 @@ static int cmd_bench(int argc, char **argv) {
     free(y);
     free(times);
     lmv_session_destroy(s);
-    lmv_model_close(m);
+    close_model(m, &map);
     return 0;
 }
 
@@ -327,6 +349,7 @@ static int cmd_gemm(int argc, char **argv) {
 
 static int cmd_info(int argc, char **argv) {
     lmv_model *m;
+    mapping map;
     lmv_error err;
     const lmv_model_info *in;
     lmv_config_entry e;
@@ -336,7 +359,7 @@ static int cmd_info(int argc, char **argv) {
         fputs(usage, stderr);
         return 2;
     }
-    if (open_model(argv[0], 1, &m, &err) != LMV_OK) return fail(argv[0], &err);
+    if (open_model(argv[0], 1, &m, &map, &err) != LMV_OK) return fail(argv[0], &err);
     in = lmv_model_info(m);
     printf("model        %s\n", in->name);
     printf("family       %s (from %s)\n", in->arch, in->source);
@@ -373,7 +396,7 @@ static int cmd_info(int argc, char **argv) {
         for (i = 0; i < in->num_classes && i < 5; i++) printf("%s%s", i ? ", " : "", lmv_model_label(m, i));
         printf(in->num_classes > 5 ? ", ... (%d)\n" : "\n", in->num_classes);
     }
-    lmv_model_close(m);
+    close_model(m, &map);
     return 0;
 }
 
@@ -397,6 +420,7 @@ static int cmd_run(int argc, char **argv) {
     size_t size;
     lmv_npy npy;
     lmv_model *m;
+    mapping map;
     lmv_session *s;
     lmv_session_options so;
     lmv_error err;
@@ -418,7 +442,7 @@ static int cmd_run(int argc, char **argv) {
         fputs(usage, stderr);
         return 2;
     }
-    if (open_model(paths[0], verify, &m, &err) != LMV_OK) return fail(paths[0], &err);
+    if (open_model(paths[0], verify, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     buf = read_file(paths[1], &size);
     if (!buf) {
         fprintf(stderr, "lmv: %s: %s\n", paths[1], strerror(errno));
@@ -466,7 +490,7 @@ static int cmd_run(int argc, char **argv) {
     free(out);
     free(buf);
     lmv_session_destroy(s);
-    lmv_model_close(m);
+    close_model(m, &map);
     return 0;
 }
 
@@ -505,6 +529,7 @@ static int cmd_preprocess(int argc, char **argv) {
     lmv_image_options io = lmv_image_options_default();
     lmv_image img;
     lmv_model *m;
+    mapping map;
     lmv_error err;
     const lmv_model_info *in;
     const char *paths[3];
@@ -522,7 +547,7 @@ static int cmd_preprocess(int argc, char **argv) {
         fputs(usage, stderr);
         return 2;
     }
-    if (open_model(paths[0], 0, &m, &err) != LMV_OK) return fail(paths[0], &err);
+    if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info(m);
     if (lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) return fail(paths[1], &err);
     shape[0] = 1;
@@ -538,7 +563,7 @@ static int cmd_preprocess(int argc, char **argv) {
     }
     free(x);
     lmv_image_free(&img);
-    lmv_model_close(m);
+    close_model(m, &map);
     return 0;
 }
 
@@ -605,6 +630,7 @@ static int cmd_eval(int argc, char **argv) {
     int *counts, *confusion, *seen;
     char ***files;
     lmv_model *m;
+    mapping map;
     lmv_session *s;
     lmv_session_options so = lmv_session_options_default();
     int int8_compute = 0;
@@ -627,7 +653,7 @@ static int cmd_eval(int argc, char **argv) {
         fputs(usage, stderr);
         return 2;
     }
-    if (open_model(paths[0], 1, &m, &err) != LMV_OK) return fail(paths[0], &err);
+    if (open_model(paths[0], 1, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     classes = list_dir(paths[1], 1, &nclass);
     if (!classes || nclass == 0) {
         fprintf(stderr, "lmv: %s: no class sub-folders found (expected DIR/<class>/<image>.jpg)\n", paths[1]);
@@ -723,7 +749,7 @@ static int cmd_eval(int argc, char **argv) {
     free(seen);
     free(confusion);
     lmv_session_destroy(s);
-    lmv_model_close(m);
+    close_model(m, &map);
     return failed ? 1 : 0;
 }
 

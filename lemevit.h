@@ -1172,37 +1172,13 @@ typedef struct lmv__ctx {
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
    panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */
 #if defined(LMV__AVX2)
-static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
+/* The 6x16 tile on C itself: the accumulators start from C (k blocks after the first), from the
+   bias, or from zero, and go back to C. C has six rows; rows of A past mr are not read (row 0
+   stands in for them, and the caller drops those rows of C). */
+static void lmv__tile_c(int mr, int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc,
+                        const float *bias, int first) {
     const float *a0 = a, *a1 = a + (mr > 1 ? lda : 0), *a2 = a + (mr > 2 ? 2 * lda : 0);
     const float *a3 = a + (mr > 3 ? 3 * lda : 0), *a4 = a + (mr > 4 ? 4 * lda : 0), *a5 = a + (mr > 5 ? 5 * lda : 0);
-    __m256 c00 = _mm256_loadu_ps(acc[0]), c01 = _mm256_loadu_ps(acc[0] + 8);
-    __m256 c10 = _mm256_loadu_ps(acc[1]), c11 = _mm256_loadu_ps(acc[1] + 8);
-    __m256 c20 = _mm256_loadu_ps(acc[2]), c21 = _mm256_loadu_ps(acc[2] + 8);
-    __m256 c30 = _mm256_loadu_ps(acc[3]), c31 = _mm256_loadu_ps(acc[3] + 8);
-    __m256 c40 = _mm256_loadu_ps(acc[4]), c41 = _mm256_loadu_ps(acc[4] + 8);
-    __m256 c50 = _mm256_loadu_ps(acc[5]), c51 = _mm256_loadu_ps(acc[5] + 8);
-    int k;
-    for (k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(p + (size_t)k * LMV__NR), b1 = _mm256_load_ps(p + (size_t)k * LMV__NR + 8), av;
-        av = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-    }
-    _mm256_storeu_ps(acc[0], c00); _mm256_storeu_ps(acc[0] + 8, c01);
-    _mm256_storeu_ps(acc[1], c10); _mm256_storeu_ps(acc[1] + 8, c11);
-    _mm256_storeu_ps(acc[2], c20); _mm256_storeu_ps(acc[2] + 8, c21);
-    _mm256_storeu_ps(acc[3], c30); _mm256_storeu_ps(acc[3] + 8, c31);
-    _mm256_storeu_ps(acc[4], c40); _mm256_storeu_ps(acc[4] + 8, c41);
-    _mm256_storeu_ps(acc[5], c50); _mm256_storeu_ps(acc[5] + 8, c51);
-}
-/* A full 6x16 tile straight into C: the accumulators start from C (k blocks after the first),
-   from the bias, or from zero, and go back to C, with no staging copy. */
-static void lmv__tile_c(int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc, const float *bias,
-                        int first) {
-    const float *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
     float *c0 = c, *c1 = c + ldc, *c2 = c + 2 * ldc, *c3 = c + 3 * ldc, *c4 = c + 4 * ldc, *c5 = c + 5 * ldc;
     __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
     int k;
@@ -1233,6 +1209,10 @@ static void lmv__tile_c(int kc, const float *a, size_t lda, const float *p, floa
     _mm256_storeu_ps(c3, c30); _mm256_storeu_ps(c3 + 8, c31);
     _mm256_storeu_ps(c4, c40); _mm256_storeu_ps(c4 + 8, c41);
     _mm256_storeu_ps(c5, c50); _mm256_storeu_ps(c5 + 8, c51);
+}
+
+static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
+    lmv__tile_c(mr, kc, a, lda, p, acc[0], LMV__NR, NULL, 0);
 }
 #elif defined(LMV__NEON)
 /* The AArch64 tile: 24 accumulator registers (6 rows x 4 quads), the panel row in 4 more, each A
@@ -1466,7 +1446,7 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
                 int mr = m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR;
 #if defined(LMV__AVX2)
                 if (mr == LMV__MR && nr == LMV__NR) {
-                    lmv__tile_c(kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
+                    lmv__tile_c(LMV__MR, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
                                 bias ? bias + j0 : NULL, k0 == 0);
                     continue;
                 }
@@ -1691,7 +1671,10 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
     if (ctx->macs) *ctx->macs += (double)M * N * K;
     /* Tasks are (row chunk x group of column panels); each quantises its rows once per K block and
        packs each panel once per row chunk, so row chunks are as tall as the buffer allows. */
+    /* with threads, split rows before columns: every column group quantises its rows again */
+    if (ctx->threads > 1 && nrows < 2 * ctx->threads) nrows = 2 * ctx->threads;
     mchunk = ((M + nrows - 1) / nrows + LMV__MR - 1) / LMV__MR * LMV__MR;
+    if (mchunk < 4 * LMV__MR) mchunk = 4 * LMV__MR;
     if (mchunk > LMV__Q8_MC) mchunk = LMV__Q8_MC;
     nrows = (M + mchunk - 1) / mchunk;
     while (ctx->threads > 1 && nrows * ngroups < 4 * ctx->threads && ngroups < npanels) ngroups++;

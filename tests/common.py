@@ -5,6 +5,7 @@ Every test script prints one line per check, `PASS name` or `FAIL name: reason`,
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 import numpy as np
@@ -45,6 +46,20 @@ def run(args, **kw):
 
 def tmpdir():
     return tempfile.mkdtemp(prefix="lmvtest-")
+
+
+def cifar_test_dir(per_class=0):
+    """The CIFAR-10 test JPEGs (shared/data/cifar10/test.tar) unpacked into a fresh directory laid
+    out DIR/<class>/*.jpg; with per_class, only the first that many images of each class."""
+    d = tmpdir()
+    with tarfile.open(os.path.join(SHARED, "data", "cifar10", "test.tar")) as t:
+        t.extractall(d)
+    root = os.path.join(d, "test")
+    if per_class:
+        for c in os.listdir(root):
+            for name in sorted(os.listdir(os.path.join(root, c)))[per_class:]:
+                os.remove(os.path.join(root, c, name))
+    return root
 
 
 def save_npy(path, a):

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from PIL import Image
 import torchvision.transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, ROOT, SHARED, Results, run, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, cifar_test_dir, run, tmpdir  # noqa: E402
 from models import lemevit_ref  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -53,13 +52,7 @@ def main():
     if not res.check("bundled model present", os.path.exists(args.model), args.model):
         res.finish()
     d = tmpdir()
-    with tarfile.open(os.path.join(SHARED, "data", "cifar10", "test.tar")) as t:
-        t.extractall(d)
-    root = os.path.join(d, "test")
-    if args.limit:
-        for c in os.listdir(root):
-            for name in sorted(os.listdir(os.path.join(root, c)))[args.limit:]:
-                os.remove(os.path.join(root, c, name))
+    root = cifar_test_dir(args.limit)
     preds = os.path.join(d, "pred.tsv")
     code, out, err = run([LMV, "eval", args.model, root, "--json", "--predictions", preds])
     if not res.check("lmv eval over the test set", code == 0, "" if code == 0 else err.strip()[-300:]):

@@ -16,21 +16,6 @@ torch.set_num_threads(2)
 res = Results()
 
 
-def reference_traces(acts, model):
-    """The reference activations of image 0 under the names the C side traces (token-major HWC)."""
-    out = {}
-    hwc = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
-    out["stem"] = hwc(acts["downsample.0"])
-    for i in range(model.num_stages):
-        out[f"stages.{i}.in_x"] = hwc(acts[f"downsample.{i}"])
-        out[f"stages.{i}.in_c"] = acts[f"meta.{i}"][0].numpy()
-        for j in range(len(model.stages[i])):
-            out[f"stages.{i}.{j}.x"] = hwc(acts[f"stages.{i}.{j}.x"])
-            out[f"stages.{i}.{j}.c"] = acts[f"stages.{i}.{j}.c"][0].numpy()
-    out["features"] = acts["pooled"][0].numpy()
-    return out
-
-
 def save_and_convert(sd_obj, *opts):
     d = tmpdir()
     ckpt, lmv = os.path.join(d, "model.pth.tar"), os.path.join(d, "model.lmv")
@@ -58,7 +43,7 @@ def parity(name, model, sizes, batch=2, wrap=None, opts=(), seed=0):
             continue
         ok, desc = logits_close(got, want)
         res.check(f"{name} {h}x{w} logits", ok, desc)
-        compare_traces(res, f"{name} {h}x{w}", traces, reference_traces(acts, model))
+        compare_traces(res, f"{name} {h}x{w}", traces, L.reference_traces(acts, model))
     return lmv
 
 

@@ -18,13 +18,13 @@ import copy
 import json
 import os
 import sys
-import tarfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, ROOT, SHARED, Results, compare_traces, convert, lmv_run, logits_close, max_abs, run, tmpdir  # noqa: E402,E501
+from common import (LMV, ROOT, Results, cifar_test_dir, compare_traces, convert, lmv_run, logits_close, max_abs,  # noqa: E402
+                    run, tmpdir)
 from models import lemevit_ref as L  # noqa: E402
 from models import swin_ref as S  # noqa: E402
 from models import timm_vit  # noqa: E402
@@ -67,17 +67,6 @@ def widened_copy(model, path):
     return m.eval(), loaded
 
 
-def lemevit_reference_traces(model, x):
-    acts = L.collect_activations(model, x)
-    hwc = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
-    out = {}
-    for i in range(model.num_stages):
-        for j in range(len(model.stages[i])):
-            out[f"stages.{i}.{j}.x"] = hwc(acts[f"stages.{i}.{j}.x"])
-            out[f"stages.{i}.{j}.c"] = acts[f"stages.{i}.{j}.c"][0].numpy()
-    return out
-
-
 def family_case(name, model, img, opts):
     d = tmpdir()
     ckpt = os.path.join(d, "model.pth")
@@ -114,13 +103,13 @@ def family_case(name, model, img, opts):
         res.check(f"{name} {dt}: C matches PyTorch holding the same {dt} weights ({loaded} tensors)",
                   ok and loaded == n_q and n_q > 0, desc)
         if name == "LeMeViT":
-            compare_traces(res, f"{name} {dt}", traces, lemevit_reference_traces(ref, x))
+            compare_traces(res, f"{name} {dt}", traces, L.reference_traces(L.collect_activations(ref, x), ref))
         twin = os.path.join(d, f"twin_{dt}.lmv")
         lmvfile.requantize(q, twin, "f32")
         got_twin, _ = lmv_run(twin, x.numpy())
-        scale = float(np.max(np.abs(got_twin)))
         diff = max_abs(got, got_twin)
-        res.check(f"{name} {dt}: same logits as its float32 twin file", diff <= 1e-6 * max(scale, 1.0),
+        # the GEMM sees the same float32 panel either way: bit-identical, not merely close
+        res.check(f"{name} {dt}: the same logits as its float32 twin file, bit for bit", diff == 0.0,
                   f"max abs diff {diff:.1e}")
         # 2. what the precision costs, against the float32 model
         rel = max_abs(got, want32) / float(np.max(np.abs(want32)))
@@ -148,13 +137,7 @@ def family_case(name, model, img, opts):
 def cifar(quick):
     base = os.path.join(ROOT, "examples", "lemevit_cifar10.lmv")
     d = tmpdir()
-    with tarfile.open(os.path.join(SHARED, "data", "cifar10", "test.tar")) as t:
-        t.extractall(d)
-    root = os.path.join(d, "test")
-    if quick:
-        for c in os.listdir(root):
-            for name in sorted(os.listdir(os.path.join(root, c)))[50:]:
-                os.remove(os.path.join(root, c, name))
+    root = cifar_test_dir(50 if quick else 0)
     preds, acc = {}, {}
     for dt in ("f32", "f16", "int8", "int8c"):
         path = base

@@ -174,6 +174,10 @@ static long peak_rss_kb(void) {
     return -1;
 }
 
+/* A seeded generator for the timing inputs: the same numbers on every run and machine. */
+static unsigned next_random(unsigned *seed) { return *seed = *seed * 1664525u + 1013904223u; }
+static float next_uniform(unsigned *seed) { return (float)((next_random(seed) >> 8) & 0xFFFF) / 32768.0f - 1.0f; }
+
 static int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
     int h = 0, w = 0, batch = 1, threads = 0, runs = 10, json = 0, int8_compute = 0, i;
@@ -225,10 +229,7 @@ static int cmd_bench(int argc, char **argv) {
     y = (float *)malloc((size_t)batch * (size_t)(in->num_features > in->num_classes ? in->num_features : in->num_classes) * sizeof(float));
     times = (double *)malloc(sizeof(double) * (size_t)runs);
     if (!x || !y || !times) return 1;
-    for (i = 0; i < (int)px; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        x[i] = (float)((seed >> 8) & 0xFFFF) / 32768.0f - 1.0f;
-    }
+    for (i = 0; i < (int)px; i++) x[i] = next_uniform(&seed);
     for (i = -1; i < runs; i++) {
         t0 = now_ms();
         if (lmv_run_features(s, x, batch, h, w, y, &err) != LMV_OK) return fail("run", &err);
@@ -306,14 +307,13 @@ static int cmd_gemm(int argc, char **argv) {
         fprintf(stderr, "lmv gemm: out of memory\n");
         return 1;
     }
-    for (j = 0; j < (size_t)dims[0] * dims[2]; j++) A[j] = (float)((seed = seed * 1664525u + 1013904223u) >> 9) / 8388608.0f - 1.0f;
+    for (j = 0; j < (size_t)dims[0] * dims[2]; j++) A[j] = next_uniform(&seed);
     for (j = 0; j < nk; j++) {
-        seed = seed * 1664525u + 1013904223u;
-        W[j] = (float)(seed >> 9) / 8388608.0f - 1.0f;
-        ((uint16_t *)wq)[j] = (uint16_t)(0x3000u | ((seed >> 3) & 0x8fffu)); /* halves of modest size */
+        unsigned r = next_random(&seed);
+        W[j] = next_uniform(&seed);
+        if (dtype == LMV_DTYPE_INT8) ((signed char *)wq)[j] = (signed char)((int)(r % 255u) - 127);
+        else ((uint16_t *)wq)[j] = (uint16_t)(0x3000u | ((r >> 3) & 0x8fffu)); /* halves of modest size */
     }
-    if (dtype == LMV_DTYPE_INT8)
-        for (j = 0; j < nk; j++) ((signed char *)wq)[j] = (signed char)((int)(((uint16_t *)wq)[j] % 255u) - 127);
     for (j = 0; j < (size_t)dims[1]; j++) bias[j] = 0.01f * (float)(j % 17), scale[j] = 0.01f;
     mat.dtype = dtype;
     mat.data = dtype == LMV_DTYPE_F32 ? (const void *)W : wq;

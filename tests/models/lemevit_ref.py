@@ -543,3 +543,19 @@ def unwrap_checkpoint(obj, use_ema=False):
             if k in obj and isinstance(obj[k], dict):
                 return remap_legacy_keys(obj[k])
     return remap_legacy_keys(obj)
+
+
+def reference_traces(acts, model):
+    """The activations of image 0 from collect_activations() under the names lemevit.h traces them
+    (token-major HWC), for comparing block by block."""
+    out = {}
+    hwc = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
+    out["stem"] = hwc(acts["downsample.0"])
+    for i in range(model.num_stages):
+        out[f"stages.{i}.in_x"] = hwc(acts[f"downsample.{i}"])
+        out[f"stages.{i}.in_c"] = acts[f"meta.{i}"][0].numpy()
+        for j in range(len(model.stages[i])):
+            out[f"stages.{i}.{j}.x"] = hwc(acts[f"stages.{i}.{j}.x"])
+            out[f"stages.{i}.{j}.c"] = acts[f"stages.{i}.{j}.c"][0].numpy()
+    out["features"] = acts["pooled"][0].numpy()
+    return out

@@ -2,7 +2,9 @@
 
 Every test script prints one line per check, `PASS name` or `FAIL name: reason`, and ends with
 `N passed, N failed`; tests/run_tests.py adds the counts up."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -44,8 +46,25 @@ def run(args, **kw):
     return p.returncode, p.stdout, p.stderr
 
 
+_TMPDIRS = []
+
+
+def _remove_tmpdirs():
+    if os.environ.get("LMV_KEEP_TMP"):
+        return
+    for d in _TMPDIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+atexit.register(_remove_tmpdirs)
+
+
 def tmpdir():
-    return tempfile.mkdtemp(prefix="lmvtest-")
+    """A fresh directory, removed when the test script exits (LMV_KEEP_TMP=1 keeps it): a full
+    run writes several GB of converted checkpoints."""
+    d = tempfile.mkdtemp(prefix="lmvtest-")
+    _TMPDIRS.append(d)
+    return d
 
 
 def cifar_test_dir(per_class=0):

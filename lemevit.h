@@ -1168,6 +1168,10 @@ typedef struct lmv__ctx {
 /* Below this many multiply-adds a kernel runs on one thread: waking a team costs more than the
    work (about 0.1 ms of it on two cores, measured with other processes about). */
 #define LMV__PARALLEL_MIN 524288.0
+/* Row-wise kernels (norms, residual adds, the depthwise convolution) split their rows over the
+   threads from this many elements on: they are memory-bound, so the bar is lower. */
+#define LMV__PARALLEL_ELEMS 32768.0
+#define LMV__SPLIT_ROWS(ctx, rows, width) ((ctx)->threads > 1 && (rows) > 1 && (double)(rows) * (width) >= LMV__PARALLEL_ELEMS)
 
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
    panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */
@@ -1364,6 +1368,7 @@ static void lmv__pack_rows(float *panel, const lmv__mat *B, size_t ldb, int j0, 
             vst1q_f32(d + 3 * LMV__NR, vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)));
         }
 #endif
+    if (jv == LMV__NR && kv == kc) return;
     for (k = 0; k < kc; k++) { /* what the blocks left: the last rows and columns, and the zeros */
         float *dst = panel + (size_t)k * LMV__NR;
         for (j = k < kv ? jv : 0; j < nr; j++)
@@ -1412,6 +1417,29 @@ static void lmv__bias_or_zero(float *d, const float *bias, int n) {
 
 /* The same, then act() applied to each output (a Linear followed by its activation): each task
    activates its own block while it is still in cache, on every thread. */
+#if defined(__GNUC__) || defined(__clang__)
+#define LMV__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define LMV__PREFETCH(p) ((void)(p))
+#endif
+
+/* Weights come from memory once per GEMM, through the pack's strided reads: while the tiles of
+   one panel run, each tile asks for its share of the cache lines the next pack will read (rows
+   j0.. of B, columns k0..k0+kc), so that pack finds them in cache. (A loop, not a function: gcc
+   finds a function that only prefetches free of effects and drops its calls.) */
+#define LMV__PREFETCH_ROWS(B, ldb, j0, nr, k0, kc, part, parts)                                                 \
+    do {                                                                                                     \
+        size_t es_ = (B)->dtype == LMV_DTYPE_F32 ? 4 : (B)->dtype == LMV_DTYPE_F16 ? 2 : 1;                     \
+        size_t per_ = ((size_t)(kc) * es_ + 63) / 64 + 1, n_ = (size_t)(nr) * per_;                           \
+        size_t l_ = n_ * (size_t)(part) / (size_t)(parts), end_ = n_ * (size_t)((part) + 1) / (size_t)(parts); \
+        size_t r_ = l_ / per_, c_ = l_ % per_;                                                                \
+        const char *base_ = (const char *)(B)->data + ((size_t)(j0) * (ldb) + (size_t)(k0)) * es_;            \
+        for (; l_ < end_; l_++) {                                                                            \
+            LMV__PREFETCH(base_ + r_ * (ldb) * es_ + c_ * 64);                                                 \
+            if (++c_ == per_) c_ = 0, r_++;                                                                  \
+        }                                                                                                    \
+    } while (0)
+
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                           int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
@@ -1438,12 +1466,19 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
         LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
         float acc[LMV__MR][LMV__NR];
         int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
-        int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j;
+        int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, step = 1;
+#ifdef _OPENMP
+        step = omp_get_num_threads();
+#endif
         for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-            int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC;
+            int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, tiles = (m1 - m0 + LMV__MR - 1) / LMV__MR;
+            /* the next pack: this panel's next K block, or the next panel this thread will likely take */
+            int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
+            int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
             lmv__pack(panel, &B, ldb, trans_b, j0, nr, k0, kc);
             for (i0 = m0; i0 < m1; i0 += LMV__MR) {
                 int mr = m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR;
+                if (trans_b) LMV__PREFETCH_ROWS(&B, ldb, nj0, nnr, nk0, nkc, (i0 - m0) / LMV__MR, tiles);
 #if defined(LMV__AVX2)
                 if (mr == LMV__MR && nr == LMV__NR) {
                     lmv__tile_c(LMV__MR, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
@@ -1738,39 +1773,44 @@ static float lmv__hsum8(__m256 v) {
 
 /* LayerNorm over the last dimension (biased variance, like PyTorch), two passes so a large mean
    costs no precision; y may alias x. */
-static void lmv__layernorm(float *y, const float *x, int rows, int dim, const float *w, const float *b, float eps) {
-    int r, i;
-    for (r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * dim;
-        float *yr = y + (size_t)r * dim;
-        float m, inv, sum = 0.0f, var = 0.0f;
-        i = 0;
+static void lmv__layernorm_row(float *yr, const float *xr, int dim, const float *w, const float *b, float eps) {
+    float m, inv, sum = 0.0f, var = 0.0f;
+    int i = 0;
 #if defined(LMV__AVX2)
-        {
-            __m256 s8 = _mm256_setzero_ps(), v8 = _mm256_setzero_ps(), m8;
-            for (; i + 8 <= dim; i += 8) s8 = _mm256_add_ps(s8, _mm256_loadu_ps(xr + i));
-            sum = lmv__hsum8(s8);
-            for (; i < dim; i++) sum += xr[i];
-            m = sum / (float)dim;
-            m8 = _mm256_set1_ps(m);
-            for (i = 0; i + 8 <= dim; i += 8) {
-                __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i), m8);
-                v8 = _mm256_fmadd_ps(d, d, v8);
-            }
-            var = lmv__hsum8(v8);
-            for (; i < dim; i++) var += (xr[i] - m) * (xr[i] - m);
-        }
-#else
+    {
+        __m256 s8 = _mm256_setzero_ps(), v8 = _mm256_setzero_ps(), m8;
+        for (; i + 8 <= dim; i += 8) s8 = _mm256_add_ps(s8, _mm256_loadu_ps(xr + i));
+        sum = lmv__hsum8(s8);
         for (; i < dim; i++) sum += xr[i];
         m = sum / (float)dim;
-        for (i = 0; i < dim; i++) var += (xr[i] - m) * (xr[i] - m);
-#endif
-        inv = 1.0f / sqrtf(var / (float)dim + eps);
-        if (w && b)
-            for (i = 0; i < dim; i++) yr[i] = (xr[i] - m) * inv * w[i] + b[i];
-        else
-            for (i = 0; i < dim; i++) yr[i] = (xr[i] - m) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+        m8 = _mm256_set1_ps(m);
+        for (i = 0; i + 8 <= dim; i += 8) {
+            __m256 d = _mm256_sub_ps(_mm256_loadu_ps(xr + i), m8);
+            v8 = _mm256_fmadd_ps(d, d, v8);
+        }
+        var = lmv__hsum8(v8);
+        for (; i < dim; i++) var += (xr[i] - m) * (xr[i] - m);
     }
+#else
+    for (; i < dim; i++) sum += xr[i];
+    m = sum / (float)dim;
+    for (i = 0; i < dim; i++) var += (xr[i] - m) * (xr[i] - m);
+#endif
+    inv = 1.0f / sqrtf(var / (float)dim + eps);
+    if (w && b)
+        for (i = 0; i < dim; i++) yr[i] = (xr[i] - m) * inv * w[i] + b[i];
+    else
+        for (i = 0; i < dim; i++) yr[i] = (xr[i] - m) * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+}
+
+static void lmv__layernorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w, const float *b,
+                           float eps) {
+    int r;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) lmv__layernorm_row(y + (size_t)r * dim, x + (size_t)r * dim, dim, w, b, eps);
+    (void)ctx;
 }
 
 
@@ -1878,13 +1918,33 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
     }
 }
 
+/* act() over n values outside a GEMM (LeMeViT's stem and meta-token MLP), in slices per thread. */
+static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act act) {
+    int t, slices = LMV__SPLIT_ROWS(ctx, 2, (double)n / 2) ? ctx->threads : 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (slices > 1)
+#endif
+    for (t = 0; t < slices; t++) {
+        size_t a = n / (size_t)slices * (size_t)t, e = t == slices - 1 ? n : n / (size_t)slices * (size_t)(t + 1);
+        lmv__activate(x + a, e - a, act);
+    }
+}
+
 /* y += x, or y += g * x per channel when g (layer scale) is given. */
-static void lmv__add_scaled(float *y, const float *x, int rows, int dim, const float *g) {
-    size_t i, n = (size_t)rows * dim;
-    if (!g)
-        for (i = 0; i < n; i++) y[i] += x[i];
-    else
-        for (i = 0; i < n; i++) y[i] += g[i % (size_t)dim] * x[i];
+static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *g) {
+    int r, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) {
+        float *yr = y + (size_t)r * dim;
+        const float *xr = x + (size_t)r * dim;
+        if (!g)
+            for (i = 0; i < dim; i++) yr[i] += xr[i];
+        else
+            for (i = 0; i < dim; i++) yr[i] += g[i] * xr[i];
+    }
+    (void)ctx;
 }
 
 /* In-place softmax over one row, max-subtracted like PyTorch. */
@@ -1952,9 +2012,13 @@ static void lmv__softmax_row(float *x, int n) {
    with the weight viewed as [out][C*kh*kw]. The input element (y, x, c) is at
    in[y*sy + x*sx + c*sc], which covers both CHW images (sy = W, sx = 1, sc = H*W) and token-major
    HWC maps (sy = W*C, sx = C, sc = 1). */
-static void lmv__im2col(float *rows, const float *in, int H, int W, int C, size_t sy, size_t sx, size_t sc, int kh,
-                        int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
+static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H, int W, int C, size_t sy, size_t sx,
+                        size_t sc, int kh, int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
     int oy, ox, c, ky, kx;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(ox, c, ky, kx) num_threads(ctx->threads) \
+    if (LMV__SPLIT_ROWS(ctx, OH, (double)OW * C * kh * kw))
+#endif
     for (oy = 0; oy < OH; oy++)
         for (ox = 0; ox < OW; ox++) {
             float *dst = rows + ((size_t)oy * OW + ox) * (size_t)C * kh * kw;
@@ -1967,6 +2031,7 @@ static void lmv__im2col(float *rows, const float *in, int H, int W, int C, size_
                     }
                 }
         }
+    (void)ctx;
 }
 
 /* Output side of a convolution, as PyTorch computes it. */
@@ -1978,17 +2043,21 @@ static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H,
                         size_t sc, lmv__mat weight, const float *bias, int Cout, int k, int stride, int pad,
                         float *cols) {
     int OH = lmv__conv_out(H, k, stride, pad), OW = lmv__conv_out(W, k, stride, pad);
-    lmv__im2col(cols, in, H, W, Cin, sy, sx, sc, k, k, stride, stride, pad, OH, OW);
+    lmv__im2col(ctx, cols, in, H, W, Cin, sy, sx, sc, k, k, stride, stride, pad, OH, OW);
     lmv__linear(ctx, out, cols, OH * OW, Cin * k * k, Cout, weight, bias);
 }
 
 /* Depthwise 3x3 convolution, padding 1, on a token-major [H*W][C] map: y = conv(x) (+ bias).
    w is PyTorch's [C][1][3][3]; it is first laid out tap-major in `wt` (9*C floats of scratch) so
    the inner loop runs over contiguous channels. y must not alias x. */
-static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const float *w, const float *b, float *wt) {
+static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H, int W, int C, const float *w, const float *b,
+                           float *wt) {
     int oy, ox, c, ky, kx, t;
     for (t = 0; t < 9; t++)
         for (c = 0; c < C; c++) wt[t * C + c] = w[c * 9 + t];
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(ox, c, ky, kx) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
+#endif
     for (oy = 0; oy < H; oy++)
         for (ox = 0; ox < W; ox++) {
             float *d = y + ((size_t)oy * W + ox) * C;
@@ -2005,13 +2074,14 @@ static void lmv__dwconv3x3(float *y, const float *x, int H, int W, int C, const 
                 }
             }
         }
+    (void)ctx;
 }
 
 /* Eval-mode BatchNorm over the channel (last) dimension of a token-major map, in place, the way
    PyTorch's CPU kernel does it: y = x * (w / sqrt(var + eps)) + (b - mean * w / sqrt(var + eps)).
    `ab` is 2*C floats of scratch for the per-channel factors. */
-static void lmv__batchnorm(float *x, int rows, int C, const float *w, const float *b, const float *mean, const float *var,
-                           float eps, float *ab) {
+static void lmv__batchnorm(const lmv__ctx *ctx, float *x, int rows, int C, const float *w, const float *b, const float *mean,
+                           const float *var, float eps, float *ab) {
     int r, c;
     float *alpha = ab, *beta = ab + C;
     for (c = 0; c < C; c++) {
@@ -2019,10 +2089,14 @@ static void lmv__batchnorm(float *x, int rows, int C, const float *w, const floa
         alpha[c] = (w ? w[c] : 1.0f) * inv;
         beta[c] = (b ? b[c] : 0.0f) - mean[c] * alpha[c];
     }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(c) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, C))
+#endif
     for (r = 0; r < rows; r++) {
         float *xr = x + (size_t)r * C;
         for (c = 0; c < C; c++) xr[c] = xr[c] * alpha[c] + beta[c];
     }
+    (void)ctx;
 }
 
 /* mean over rows: out[C] = mean_r x[r][C] */
@@ -2454,7 +2528,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     lmv__attn_args a;
     const float *in = b->x;
     if (v->norm_first) {
-        lmv__layernorm(b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+        lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
         in = b->xn;
     }
     lmv__linear(ctx, b->qkv, in, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
@@ -2474,18 +2548,18 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.probs = probs;
     lmv__attention(ctx, &a);
     lmv__linear(ctx, b->xn, b->attn, T, D, D, blk->proj_w, blk->proj_b);
-    lmv__add_scaled(b->x, b->xn, T, D, blk->ls1);
-    if (!v->norm_first) lmv__layernorm(b->x, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__add_scaled(ctx, b->x, b->xn, T, D, blk->ls1);
+    if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
 
     in = b->x;
     if (v->norm_first) {
-        lmv__layernorm(b->xn, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+        lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
         in = b->xn;
     }
     lmv__linear_act(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b, v->act);
     lmv__linear(ctx, b->xn, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b);
-    lmv__add_scaled(b->x, b->xn, T, D, blk->ls2);
-    if (!v->norm_first) lmv__layernorm(b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+    lmv__add_scaled(ctx, b->x, b->xn, T, D, blk->ls2);
+    if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
 }
 
 static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
@@ -2508,19 +2582,19 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
         const int trace = n == 0;
         /* patch_embed: Conv2d(k = stride = patch) as one GEMM, tokens in row-major grid order */
         tokens = v->class_last ? b.x : b.x + (size_t)v->prefix * D;
-        lmv__im2col(b.patches, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->ph, v->pw, v->ph, v->pw, 0,
+        lmv__im2col(ctx, b.patches, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->ph, v->pw, v->ph, v->pw, 0,
                     gh, gw);
         lmv__linear(ctx, tokens, b.patches, np, v->in_chans * v->ph * v->pw, D, v->patch_w, v->patch_b);
-        if (v->patch_norm_w) lmv__layernorm(tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
+        if (v->patch_norm_w) lmv__layernorm(ctx, tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
         if (trace) lmv__trace(s, "patch_embed", tokens, 2, np, D, 0);
         /* prefix tokens and position embedding */
-        if (v->no_embed_class) lmv__add_scaled(tokens, b.pos, np, D, NULL);
+        if (v->no_embed_class) lmv__add_scaled(ctx, tokens, b.pos, np, D, NULL);
         if (v->class_token) memcpy(v->class_last ? b.x + (size_t)np * D : b.x, v->cls_token, sizeof(float) * D);
         if (v->dist_token) memcpy(b.x + D, v->dist_token_w, sizeof(float) * D);
         if (v->reg_tokens)
             memcpy(b.x + (size_t)(v->class_token + v->dist_token) * D, v->reg_token, sizeof(float) * D * v->reg_tokens);
-        if (!v->no_embed_class) lmv__add_scaled(b.x, b.pos, T, D, NULL);
-        if (v->norm_pre_w) lmv__layernorm(b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
+        if (!v->no_embed_class) lmv__add_scaled(ctx, b.x, b.pos, T, D, NULL);
+        if (v->norm_pre_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
         if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
 
         for (i = 0; i < v->depth; i++) {
@@ -2539,7 +2613,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
                 lmv__trace(s, name, b.x, 2, T, D, 0);
             }
         }
-        if (v->norm_w) lmv__layernorm(b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
+        if (v->norm_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
         if (trace) lmv__trace(s, "norm", b.x, 2, T, D, 0);
 
         /* pool: the class token (DeiT distilled: mean of class and distillation tokens), or the
@@ -2550,7 +2624,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch
             memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);
             if (v->dist_token) memcpy(feat + D, b.x + D, sizeof(float) * D);
         }
-        if (v->fc_norm_w) lmv__layernorm(feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
+        if (v->fc_norm_w) lmv__layernorm(ctx, feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
         if (v->pre_logits) {
             lmv__linear(ctx, pre, feat, 1, D, F, v->pre_logits_w, v->pre_logits_b);
             lmv__activate(pre, (size_t)F, LMV__ACT_TANH);
@@ -2869,7 +2943,7 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     lmv__attn_args a;
     lmv__swin_shifts(v, H, W, odd, &sh, &swd);
     /* x = x + window_attention(norm1(x)) */
-    lmv__layernorm(b->xn, b->x, H * W, C, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm1_w, blk->norm1_b, v->eps);
     lmv__swin_windows(b->win, NULL, b->xn, H, W, C, ws, sh, swd, v->pad_then_roll, 0);
     lmv__linear(ctx, b->qkv, b->win, rows, C, 3 * C, blk->qkv_w, blk->qkv_b);
     lmv__swin_bias(b->bias, blk->table, ws, st->heads);
@@ -2896,10 +2970,10 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     lmv__linear(ctx, b->win, b->att, rows, C, C, blk->proj_w, blk->proj_b);
     lmv__swin_windows(b->win, b->x, NULL, H, W, C, ws, sh, swd, v->pad_then_roll, 1);
     /* x = x + mlp(norm2(x)) */
-    lmv__layernorm(b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
+    lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
     lmv__linear_act(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
     lmv__linear(ctx, b->xn, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b);
-    lmv__add_scaled(b->x, b->xn, H * W, C, NULL);
+    lmv__add_scaled(ctx, b->x, b->xn, H * W, C, NULL);
 }
 
 /* PatchMerging: zero-pad to even sides, concatenate the 2x2 neighbours as x0 (0,0), x1 (1,0),
@@ -2916,7 +2990,7 @@ static void lmv__swin_merge(const lmv__ctx *ctx, const lmv__swin *v, const lmv__
                 else memset(dst + (size_t)k * C, 0, sizeof(float) * C);
             }
         }
-    lmv__layernorm(b->cols, b->cols, H2 * W2, 4 * C, st->merge_norm_w, st->merge_norm_b, v->eps);
+    lmv__layernorm(ctx, b->cols, b->cols, H2 * W2, 4 * C, st->merge_norm_w, st->merge_norm_b, v->eps);
     lmv__linear(ctx, b->x, b->cols, H2 * W2, 4 * C, 2 * C, st->merge_w, NULL);
 }
 
@@ -2936,11 +3010,11 @@ static lmv_result lmv__swin_forward(lmv_session *s, const float *input, int batc
         float *feat = b.pooled;
         C = v->stages[0].dim;
         /* patch embedding: Conv2d(k = stride = patch), LayerNorm, optional absolute position */
-        lmv__im2col(b.cols, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->patch, v->patch, v->patch,
+        lmv__im2col(ctx, b.cols, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->patch, v->patch, v->patch,
                     v->patch, 0, H, W);
         lmv__linear(ctx, b.x, b.cols, H * W, v->in_chans * v->patch * v->patch, C, v->patch_w, v->patch_b);
-        if (v->patch_norm_w) lmv__layernorm(b.x, b.x, H * W, C, v->patch_norm_w, v->patch_norm_b, v->eps);
-        if (v->ape) lmv__add_scaled(b.x, v->ape, H * W, C, NULL);
+        if (v->patch_norm_w) lmv__layernorm(ctx, b.x, b.x, H * W, C, v->patch_norm_w, v->patch_norm_b, v->eps);
+        if (v->ape) lmv__add_scaled(ctx, b.x, v->ape, H * W, C, NULL);
         if (trace) lmv__trace(s, "patch_embed", b.x, 3, H, W, C);
         for (i = 0; i < v->n_stages; i++) {
             const lmv__swin_stage *st = &v->stages[i];
@@ -2962,7 +3036,7 @@ static lmv_result lmv__swin_forward(lmv_session *s, const float *input, int batc
                 }
             }
         }
-        lmv__layernorm(b.x, b.x, H * W, C, v->norm_w, v->norm_b, v->eps);
+        lmv__layernorm(ctx, b.x, b.x, H * W, C, v->norm_w, v->norm_b, v->eps);
         if (trace) lmv__trace(s, "norm", b.x, 3, H, W, C);
         lmv__mean_rows(feat, b.x, H * W, C);
         if (features) memcpy(out + (size_t)n * C, feat, sizeof(float) * (size_t)C);
@@ -3236,10 +3310,10 @@ static lmv_result lmv__lemevit_plan(const lmv_model *m, int threads, int h, int 
 static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st, const lmv__lmt_block *blk,
                          float *t, int rows, float *tn, float *hid) {
     int C = st->dim;
-    lmv__layernorm(tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
+    lmv__layernorm(ctx, tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
     lmv__linear_act(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
     lmv__linear(ctx, tn, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b);
-    lmv__add_scaled(t, tn, rows, C, NULL);
+    lmv__add_scaled(ctx, t, tn, rows, C, NULL);
 }
 
 /* One multi-head attention between two token sets whose q, k, v sit in row buffers. */
@@ -3276,11 +3350,11 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
     float head_scale = (float)(1.0 / sqrt((double)hd));
     /* conditional position encoding: xs = x + dwconv3x3(x) */
-    lmv__dwconv3x3(b->t, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
+    lmv__dwconv3x3(ctx, b->t, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
     memcpy(b->xs, b->x, sizeof(float) * (size_t)N * C);
-    lmv__add_scaled(b->xs, b->t, N, C, NULL);
-    lmv__layernorm(b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
-    lmv__layernorm(b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__add_scaled(ctx, b->xs, b->t, N, C, NULL);
+    lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
 
     if (st->type == 'C') {
         lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
@@ -3288,7 +3362,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
                         probs_c);
         lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
-        lmv__add_scaled(b->c, b->cn, M, C, NULL);
+        lmv__add_scaled(ctx, b->c, b->cn, M, C, NULL);
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
@@ -3325,8 +3399,8 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
     }
     memcpy(b->x, b->xs, sizeof(float) * (size_t)N * C);
-    lmv__add_scaled(b->x, b->xn, N, C, NULL);
-    lmv__add_scaled(b->c, b->cn, M, C, NULL);
+    lmv__add_scaled(ctx, b->x, b->xn, N, C, NULL);
+    lmv__add_scaled(ctx, b->c, b->cn, M, C, NULL);
     lmv__lmt_mlp(ctx, v, st, blk, b->x, N, b->xn, b->hid);
     lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
 }
@@ -3348,14 +3422,14 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
         /* stem: conv-BN-GELU-conv-BN, each conv 3x3 stride 2 */
         lmv__conv2d(ctx, b.t, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->stem1_w, v->stem1_b,
                     v->stem_mid, 3, 2, 1, b.cols);
-        lmv__batchnorm(b.t, h1 * w1, v->stem_mid, v->stem1_bn.w, v->stem1_bn.b, v->stem1_bn.mean, v->stem1_bn.var, v->bn_eps,
+        lmv__batchnorm(ctx, b.t, h1 * w1, v->stem_mid, v->stem1_bn.w, v->stem1_bn.b, v->stem1_bn.mean, v->stem1_bn.var, v->bn_eps,
                        b.kscratch);
-        lmv__activate(b.t, (size_t)h1 * w1 * v->stem_mid, LMV__ACT_GELU);
+        lmv__activate_all(ctx, b.t, (size_t)h1 * w1 * v->stem_mid, LMV__ACT_GELU);
         H = lmv__conv_out(h1, 3, 2, 1);
         W = lmv__conv_out(w1, 3, 2, 1);
         lmv__conv2d(ctx, b.x, b.t, h1, w1, v->stem_mid, (size_t)w1 * v->stem_mid, (size_t)v->stem_mid, 1, v->stem2_w,
                     v->stem2_b, C, 3, 2, 1, b.cols);
-        lmv__batchnorm(b.x, H * W, C, v->stem2_bn.w, v->stem2_bn.b, v->stem2_bn.mean, v->stem2_bn.var, v->bn_eps,
+        lmv__batchnorm(ctx, b.x, H * W, C, v->stem2_bn.w, v->stem2_bn.b, v->stem2_bn.mean, v->stem2_bn.var, v->bn_eps,
                        b.kscratch);
         if (trace) lmv__trace(s, "stem", b.x, 3, H, W, C);
         memcpy(b.c, v->meta_tokens, sizeof(float) * (size_t)M * C);
@@ -3370,15 +3444,15 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
                 H = sh[i];
                 W = sw[i];
                 memcpy(b.x, b.t, sizeof(float) * (size_t)H * W * C);
-                lmv__batchnorm(b.x, H * W, C, st->down_bn.w, st->down_bn.b, st->down_bn.mean, st->down_bn.var, v->bn_eps,
+                lmv__batchnorm(ctx, b.x, H * W, C, st->down_bn.w, st->down_bn.b, st->down_bn.mean, st->down_bn.var, v->bn_eps,
                                b.kscratch);
             }
             /* meta tokens: Linear(Cin, 4Cin) - LN - GELU - Linear(4Cin, C) - LN */
             lmv__linear(ctx, b.hid, b.c, M, Cin, 4 * Cin, st->meta_fc1_w, st->meta_fc1_b);
-            lmv__layernorm(b.hid, b.hid, M, 4 * Cin, st->meta_ln1_w, st->meta_ln1_b, v->meta_eps);
-            lmv__activate(b.hid, (size_t)M * 4 * Cin, LMV__ACT_GELU);
+            lmv__layernorm(ctx, b.hid, b.hid, M, 4 * Cin, st->meta_ln1_w, st->meta_ln1_b, v->meta_eps);
+            lmv__activate_all(ctx, b.hid, (size_t)M * 4 * Cin, LMV__ACT_GELU);
             lmv__linear(ctx, b.c, b.hid, M, 4 * Cin, C, st->meta_fc2_w, st->meta_fc2_b);
-            lmv__layernorm(b.c, b.c, M, C, st->meta_ln2_w, st->meta_ln2_b, v->meta_eps);
+            lmv__layernorm(ctx, b.c, b.c, M, C, st->meta_ln2_w, st->meta_ln2_b, v->meta_eps);
             if (trace) {
                 lmv__name(name, sizeof name, "stages.%d.in_x", i);
                 lmv__trace(s, name, b.x, 3, H, W, C);
@@ -3417,11 +3491,11 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
         }
         /* head: BatchNorm on the map, LayerNorm on the meta tokens, both averaged, then added */
         C4 = C;
-        lmv__batchnorm(b.x, H * W, C4, v->norm.w, v->norm.b, v->norm.mean, v->norm.var, v->bn_eps, b.kscratch);
-        lmv__layernorm(b.c, b.c, M, C4, v->norm_c_w, v->norm_c_b, v->meta_eps);
+        lmv__batchnorm(ctx, b.x, H * W, C4, v->norm.w, v->norm.b, v->norm.mean, v->norm.var, v->bn_eps, b.kscratch);
+        lmv__layernorm(ctx, b.c, b.c, M, C4, v->norm_c_w, v->norm_c_b, v->meta_eps);
         lmv__mean_rows(feat, b.x, H * W, C4);
         lmv__mean_rows(feat + C4, b.c, M, C4);
-        lmv__add_scaled(feat, feat + C4, 1, C4, NULL);
+        lmv__add_scaled(ctx, feat, feat + C4, 1, C4, NULL);
         if (trace) lmv__trace(s, "features", feat, 1, C4, 0, 0);
         if (features) memcpy(out + (size_t)n * C4, feat, sizeof(float) * (size_t)C4);
         else lmv__linear(ctx, out + (size_t)n * v->num_classes, feat, 1, C4, v->num_classes, v->head_w, v->head_b);

@@ -243,7 +243,10 @@ static void test_layernorm(void) {
     for (i = 0; i < 8; i++) { w[i] = frand(&seed); b[i] = frand(&seed); }
     {
         float y[24];
-        lmv__layernorm(y, x, 3, 8, w, b, 1e-6f);
+        lmv__ctx one;
+        memset(&one, 0, sizeof one);
+        one.threads = 1;
+        lmv__layernorm(&one, y, x, 3, 8, w, b, 1e-6f);
         for (r = 0; r < 3; r++) {
             double m = 0, v = 0;
             for (i = 0; i < 8; i++) m += x[r * 8 + i];

@@ -1176,11 +1176,12 @@ typedef struct lmv__ctx {
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
    panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */
 #if defined(LMV__AVX2)
-/* The 6x16 tile on C itself: the accumulators start from C (k blocks after the first), from the
-   bias, or from zero, and go back to C. C has six rows; rows of A past mr are not read (row 0
-   stands in for them, and the caller drops those rows of C). */
 static __m256 lmv__gelu8(__m256 x);
 
+/* The 6x16 tile on C itself: the accumulators start from C (k blocks after the first), from the
+   bias, or from zero, and go back to C, through GELU when `gelu` is set (a Linear + GELU's last K
+   block). C has six rows; rows of A past mr are not read (row 0 stands in for them, and the
+   caller drops those rows of C). */
 static void lmv__tile_c(int mr, int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc,
                         const float *bias, int first, int gelu) {
     const float *a0 = a, *a1 = a + (mr > 1 ? lda : 0), *a2 = a + (mr > 2 ? 2 * lda : 0);
@@ -1408,10 +1409,6 @@ static lmv__mat lmv__f32(const float *p) {
     return m;
 }
 
-/* C[M][N] = A[M][K] * op(B) (+ bias[N]), where op(B) is B^T for B stored [N][K] (trans_b = 1,
-   a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
-   times V). Each output element is summed in k order, so the result does not depend on the
-   thread count. */
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
                          size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act);
 
@@ -1422,8 +1419,6 @@ static void lmv__bias_or_zero(float *d, const float *bias, int n) {
     else memset(d, 0, sizeof(float) * (size_t)n);
 }
 
-/* The same, then act() applied to each output (a Linear followed by its activation): each tile
-   activates its outputs after its last K block, GELU still in registers, the rest in cache. */
 #if defined(__GNUC__) || defined(__clang__)
 #define LMV__PREFETCH(p) __builtin_prefetch(p)
 #else
@@ -1447,6 +1442,10 @@ static void lmv__bias_or_zero(float *d, const float *bias, int n) {
         }                                                                                                    \
     } while (0)
 
+/* C[M][N] = act(A[M][K] * op(B) (+ bias[N])), where op(B) is B^T for B stored [N][K] (trans_b = 1,
+   a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
+   times V). Each output element is summed in k order, so the result does not depend on the
+   thread count; each tile applies act() after its last K block (GELU still in registers). */
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                           int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
@@ -1718,8 +1717,8 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
     int npanels = (N + LMV__NR - 1) / LMV__NR, nrows = (M + LMV__Q8_MC - 1) / LMV__Q8_MC, mchunk, ngroups = 1, tasks, t;
     if (ctx->macs) *ctx->macs += (double)M * N * K;
     /* Tasks are (row chunk x group of column panels); each quantises its rows once per K block and
-       packs each panel once per row chunk, so row chunks are as tall as the buffer allows. */
-    /* with threads, split rows before columns: every column group quantises its rows again */
+       packs each panel once per row chunk, so row chunks are as tall as the buffer allows. With
+       threads, rows are split before columns: every column group quantises its rows again. */
     if (ctx->threads > 1 && nrows < 2 * ctx->threads) nrows = 2 * ctx->threads;
     mchunk = ((M + nrows - 1) / nrows + LMV__MR - 1) / LMV__MR * LMV__MR;
     if (mchunk < 4 * LMV__MR) mchunk = 4 * LMV__MR;
@@ -1752,14 +1751,13 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
                                  C + (size_t)i0 * ldc + (size_t)j0, ldc, k0 == 0);
             }
         }
-        if (K == 0 && p1 > p0)
-            for (i0 = m0; i0 < m1; i0++)
-                lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)p0 * LMV__NR, bias ? bias + p0 * LMV__NR : NULL,
-                                  (p1 * LMV__NR < N ? p1 * LMV__NR : N) - p0 * LMV__NR);
-        if (act != LMV__ACT_NONE && p1 > p0)
-            for (i0 = m0; i0 < m1; i0++)
-                lmv__activate(C + (size_t)i0 * ldc + (size_t)p0 * LMV__NR,
-                              (size_t)((p1 * LMV__NR < N ? p1 * LMV__NR : N) - p0 * LMV__NR), act);
+        if (p1 > p0) { /* this task's columns: K == 0 leaves the bias; then the activation */
+            int c0 = p0 * LMV__NR, width = (p1 * LMV__NR < N ? p1 * LMV__NR : N) - c0;
+            for (i0 = m0; i0 < m1; i0++) {
+                if (K == 0) lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)c0, bias ? bias + c0 : NULL, width);
+                lmv__activate(C + (size_t)i0 * ldc + (size_t)c0, (size_t)width, act);
+            }
+        }
     }
 }
 
@@ -1875,7 +1873,7 @@ static __m256 lmv__gelu8(__m256 x) {
 #endif
 
 #if defined(LMV__NEON)
-/* lmv__exp8 and lmv__gelu8 for NEON, four lanes: the same reduction, polynomials and clamps. */
+/* lmv__exp8 and lmv__gelu8 for NEON, four lanes: the same operations, polynomials and clamps. */
 static float32x4_t lmv__exp4(float32x4_t x) {
     float32x4_t fx, r, z, y;
     int32x4_t n;
@@ -1896,15 +1894,22 @@ static float32x4_t lmv__exp4(float32x4_t x) {
 
 static float32x4_t lmv__gelu4(float32x4_t x) {
     const float32x4_t one = vdupq_n_f32(1.0f);
-    float32x4_t u = vmulq_f32(x, vdupq_n_f32(0.70710678118654752f)), a = vabsq_f32(u), t, p, e;
-    t = vdivq_f32(one, vfmaq_f32(one, vdupq_n_f32(0.3275911f), a));
-    p = vfmaq_f32(vdupq_n_f32(-1.453152027f), vdupq_n_f32(1.061405429f), t);
-    p = vfmaq_f32(vdupq_n_f32(1.421413741f), p, t);
-    p = vfmaq_f32(vdupq_n_f32(-0.284496736f), p, t);
-    p = vfmaq_f32(vdupq_n_f32(0.254829592f), p, t);
-    p = vmulq_f32(p, t);
-    e = vfmsq_f32(one, p, lmv__exp4(vnegq_f32(vmulq_f32(a, a)))); /* erf(|u|) */
-    e = vbslq_f32(vdupq_n_u32(0x80000000u), u, e);                  /* erf(u): u's sign */
+    float32x4_t u = vmulq_f32(x, vdupq_n_f32(0.70710678118654752f)), t, p, q, e;
+    u = vminq_f32(vmaxq_f32(u, vdupq_n_f32(-4.0f)), vdupq_n_f32(4.0f));
+    t = vmulq_f32(u, u);
+    p = vfmaq_f32(vdupq_n_f32(4.3808189686e-06f), vdupq_n_f32(-1.1517424381e-08f), t);
+    p = vfmaq_f32(vdupq_n_f32(3.6734944842e-04f), p, t);
+    p = vfmaq_f32(vdupq_n_f32(3.7684751512e-03f), p, t);
+    p = vfmaq_f32(vdupq_n_f32(5.3903589159e-02f), p, t);
+    p = vfmaq_f32(vdupq_n_f32(1.8403293873e-01f), p, t);
+    p = vfmaq_f32(vdupq_n_f32(1.1283791765e+00f), p, t);
+    q = vfmaq_f32(vdupq_n_f32(1.2746443727e-03f), vdupq_n_f32(6.0244371508e-05f), t);
+    q = vfmaq_f32(vdupq_n_f32(1.5256797945e-02f), q, t);
+    q = vfmaq_f32(vdupq_n_f32(1.1324616091e-01f), q, t);
+    q = vfmaq_f32(vdupq_n_f32(4.9642844710e-01f), q, t);
+    q = vfmaq_f32(one, q, t);
+    e = vdivq_f32(vmulq_f32(u, p), q);
+    e = vminq_f32(vmaxq_f32(e, vdupq_n_f32(-1.0f)), one);
     return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), x), vaddq_f32(one, e));
 }
 #endif
@@ -1939,7 +1944,7 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
 
 /* act() over n values outside a GEMM (LeMeViT's stem and meta-token MLP), in slices per thread. */
 static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act act) {
-    int t, slices = LMV__SPLIT_ROWS(ctx, 2, (double)n / 2) ? ctx->threads : 1;
+    int t, slices = ctx->threads > 1 && (double)n >= LMV__PARALLEL_ELEMS ? ctx->threads : 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (slices > 1)
 #endif
@@ -3369,9 +3374,8 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
     float head_scale = (float)(1.0 / sqrt((double)hd));
     /* conditional position encoding: xs = x + dwconv3x3(x) */
-    lmv__dwconv3x3(ctx, b->t, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
-    memcpy(b->xs, b->x, sizeof(float) * (size_t)N * C);
-    lmv__add_scaled(ctx, b->xs, b->t, N, C, NULL);
+    lmv__dwconv3x3(ctx, b->xs, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
+    lmv__add_scaled(ctx, b->xs, b->x, N, C, NULL); /* dwconv(x) + x: the same sums as x + dwconv(x) */
     lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
     lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
 

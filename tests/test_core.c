@@ -59,6 +59,39 @@ static void test_gemm(void) {
     check("gemm matches a double-precision reference", worst_ok, msg);
 }
 
+/* A Linear + GELU in one GEMM (the activation applied by each tile after its last K block, in
+   registers for full tiles) gives GELU of the plain GEMM's outputs, within the GELU bound that
+   test_gelu checks: full tiles, edge rows and columns, several K blocks, two threads. */
+static void test_gemm_gelu(void) {
+    static const int shapes[][3] = {{6, 16, 8}, {13, 40, 300}, {49, 49, 32}, {197, 64, 600}};
+    unsigned seed = 11;
+    int s, ok = 1;
+    double worst = 0;
+    char msg[96];
+    for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], i;
+        float *A = (float *)malloc(sizeof(float) * (size_t)M * K), *B = (float *)malloc(sizeof(float) * (size_t)N * K);
+        float *C = (float *)malloc(sizeof(float) * (size_t)M * N), *G = (float *)malloc(sizeof(float) * (size_t)M * N);
+        float *bias = (float *)malloc(sizeof(float) * (size_t)N);
+        lmv__ctx ctx;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 2;
+        for (i = 0; i < M * K; i++) A[i] = frand(&seed);
+        for (i = 0; i < N * K; i++) B[i] = frand(&seed) * 0.2f;
+        for (i = 0; i < N; i++) bias[i] = frand(&seed);
+        lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), (size_t)K, 1, bias, C, (size_t)N);
+        lmv__gemm_act(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), (size_t)K, 1, bias, G, (size_t)N, LMV__ACT_GELU);
+        for (i = 0; i < M * N; i++) {
+            double x = C[i], ref = 0.5 * x * (1.0 + erf(x / sqrt(2.0))), d = fabs(G[i] - ref);
+            if (d > worst) worst = d;
+            if (d > 2e-6 * (1.0 + fabs(x))) ok = 0;
+        }
+        free(A); free(B); free(C); free(G); free(bias);
+    }
+    snprintf(msg, sizeof msg, "max abs difference %.1e over %d shapes", worst, (int)(sizeof shapes / sizeof shapes[0]));
+    check("gemm with GELU equals GELU of the gemm", ok, msg);
+}
+
 /* Half -> float for all 65536 halves, against the definition (sign, 5-bit exponent, 10-bit
    fraction, bias 15), computed with ldexp. */
 static void test_half(void) {
@@ -471,6 +504,7 @@ static void test_mutations(const char *path) {
 
 int main(int argc, char **argv) {
     test_gemm();
+    test_gemm_gelu();
     test_half();
     test_gemm_reduced();
     test_gemm_int8_compute();

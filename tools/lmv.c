@@ -263,6 +263,8 @@ static int cmd_bench(int argc, char **argv) {
     return 0;
 }
 
+static const char *dtype_name(int dtype) { return dtype == LMV_DTYPE_F32 ? "f32" : dtype == LMV_DTYPE_F16 ? "f16" : "int8"; }
+
 /* The GEMM alone, at one shape: best and median of the timed runs. */
 static int cmd_gemm(int argc, char **argv) {
     int dims[3] = {0, 0, 0}, nd = 0, threads = 0, runs = 0, json = 0, dtype = LMV_DTYPE_F32, int8_compute = 0, i;
@@ -337,11 +339,11 @@ static int cmd_gemm(int argc, char **argv) {
     if (json)
         printf("{\"m\": %d, \"n\": %d, \"k\": %d, \"dtype\": \"%s\", \"threads\": %d, \"runs\": %d, \"best_ms\": %.5f, "
                "\"median_ms\": %.5f, \"gflops_best\": %.3f, \"gflops_median\": %.3f}\n",
-               dims[0], dims[1], dims[2], dtype == 0 ? "f32" : dtype == 1 ? "f16" : "int8", ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], dtype_name(dtype), ctx.threads, runs, times[0],
                times[runs / 2], flops / times[0] / 1e6, flops / times[runs / 2] / 1e6);
     else
         printf("gemm %dx%dx%d (%s weights), %d thread(s), %d runs: best %.3f ms (%.1f GFLOP/s), median %.3f ms (%.1f GFLOP/s)\n",
-               dims[0], dims[1], dims[2], dtype == 0 ? "f32" : dtype == 1 ? "f16" : "int8", ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], dtype_name(dtype), ctx.threads, runs, times[0],
                flops / times[0] / 1e6, times[runs / 2], flops / times[runs / 2] / 1e6);
     free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
     return 0;
@@ -368,14 +370,13 @@ static int cmd_info(int argc, char **argv) {
     printf("features     %d\n", in->num_features);
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
     {
-        static const char *names[3] = {"f32", "f16", "int8"};
         size_t count[3] = {0, 0, 0}, bytes[3] = {0, 0, 0};
         lmv_tensor_info t;
         for (i = 0; lmv_model_tensor(m, i, &t); i++)
             if (t.dtype >= 0 && t.dtype < 3) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
         printf("storage     ");
         for (j = 0; j < 3; j++)
-            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", names[j], count[j], bytes[j] / 1e6);
+            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", dtype_name((int)j), count[j], bytes[j] / 1e6);
         printf("\n");
     }
     printf("preprocess   resize %d %s, crop %dx%d (crop_pct %.3f), mean %.4f %.4f %.4f, std %.4f %.4f %.4f\n",

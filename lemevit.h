@@ -1178,49 +1178,49 @@ typedef struct lmv__ctx {
 #if defined(LMV__AVX2)
 static __m256 lmv__gelu8(__m256 x);
 
-/* The 6x16 tile on C itself: the accumulators start from C (k blocks after the first), from the
-   bias, or from zero, and go back to C, through GELU when `gelu` is set (a Linear + GELU's last K
-   block). C has six rows; rows of A past mr are not read (row 0 stands in for them, and the
-   caller drops those rows of C). */
+/* The tile on C itself, for 1 to 6 rows (only `mr` rows of A and C are touched): the
+   accumulators start from C (k blocks after the first), from the bias, or from zero, and go back
+   to C, through GELU when `gelu` is set (a Linear + GELU's last K block). Every row is the same
+   chain of FMAs in k order whatever mr is, so a row's result does not depend on its tile. */
 static void lmv__tile_c(int mr, int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc,
                         const float *bias, int first, int gelu) {
     const float *a0 = a, *a1 = a + (mr > 1 ? lda : 0), *a2 = a + (mr > 2 ? 2 * lda : 0);
     const float *a3 = a + (mr > 3 ? 3 * lda : 0), *a4 = a + (mr > 4 ? 4 * lda : 0), *a5 = a + (mr > 5 ? 5 * lda : 0);
-    float *c0 = c, *c1 = c + ldc, *c2 = c + 2 * ldc, *c3 = c + 3 * ldc, *c4 = c + 4 * ldc, *c5 = c + 5 * ldc;
-    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51;
+    __m256 c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, b0, b1, av;
     int k;
-    if (!first) {
-        c00 = _mm256_loadu_ps(c0); c01 = _mm256_loadu_ps(c0 + 8);
-        c10 = _mm256_loadu_ps(c1); c11 = _mm256_loadu_ps(c1 + 8);
-        c20 = _mm256_loadu_ps(c2); c21 = _mm256_loadu_ps(c2 + 8);
-        c30 = _mm256_loadu_ps(c3); c31 = _mm256_loadu_ps(c3 + 8);
-        c40 = _mm256_loadu_ps(c4); c41 = _mm256_loadu_ps(c4 + 8);
-        c50 = _mm256_loadu_ps(c5); c51 = _mm256_loadu_ps(c5 + 8);
-    } else {
-        __m256 b0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps(), b1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
-        c00 = c10 = c20 = c30 = c40 = c50 = b0;
-        c01 = c11 = c21 = c31 = c41 = c51 = b1;
+    b0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    b1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+#define LMV__TLOAD(r)                                                                                        \
+    if ((r) < mr && !first) c##r##0 = _mm256_loadu_ps(c + (r) * ldc), c##r##1 = _mm256_loadu_ps(c + (r) * ldc + 8); \
+    else c##r##0 = b0, c##r##1 = b1;
+    LMV__TLOAD(0) LMV__TLOAD(1) LMV__TLOAD(2) LMV__TLOAD(3) LMV__TLOAD(4) LMV__TLOAD(5)
+#undef LMV__TLOAD
+#define LMV__TROW(r)                                                                                         \
+    av = _mm256_broadcast_ss(a##r + k), c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0),                          \
+    c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1)
+#define LMV__TLOOP(rows)                                                                                     \
+    for (k = 0; k < kc; k++) {                                                                               \
+        b0 = _mm256_load_ps(p + (size_t)k * LMV__NR), b1 = _mm256_load_ps(p + (size_t)k * LMV__NR + 8);      \
+        rows;                                                                                                \
     }
-    for (k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(p + (size_t)k * LMV__NR), b1 = _mm256_load_ps(p + (size_t)k * LMV__NR + 8), av;
-        av = _mm256_broadcast_ss(a0 + k); c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-        av = _mm256_broadcast_ss(a1 + k); c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-        av = _mm256_broadcast_ss(a2 + k); c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-        av = _mm256_broadcast_ss(a3 + k); c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-        av = _mm256_broadcast_ss(a4 + k); c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-        av = _mm256_broadcast_ss(a5 + k); c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+    switch (mr) { /* one loop per row count: no work for the rows a tile does not have */
+    case 6: LMV__TLOOP((LMV__TROW(0), LMV__TROW(1), LMV__TROW(2), LMV__TROW(3), LMV__TROW(4), LMV__TROW(5))) break;
+    case 5: LMV__TLOOP((LMV__TROW(0), LMV__TROW(1), LMV__TROW(2), LMV__TROW(3), LMV__TROW(4))) break;
+    case 4: LMV__TLOOP((LMV__TROW(0), LMV__TROW(1), LMV__TROW(2), LMV__TROW(3))) break;
+    case 3: LMV__TLOOP((LMV__TROW(0), LMV__TROW(1), LMV__TROW(2))) break;
+    case 2: LMV__TLOOP((LMV__TROW(0), LMV__TROW(1))) break;
+    default: LMV__TLOOP(LMV__TROW(0)) break;
     }
-    if (gelu) { /* the last K block of a Linear + GELU: activate in registers, on the way out */
-        c00 = lmv__gelu8(c00); c01 = lmv__gelu8(c01); c10 = lmv__gelu8(c10); c11 = lmv__gelu8(c11);
-        c20 = lmv__gelu8(c20); c21 = lmv__gelu8(c21); c30 = lmv__gelu8(c30); c31 = lmv__gelu8(c31);
-        c40 = lmv__gelu8(c40); c41 = lmv__gelu8(c41); c50 = lmv__gelu8(c50); c51 = lmv__gelu8(c51);
+#undef LMV__TROW
+#undef LMV__TLOOP
+#define LMV__TSTORE(r)                                                                                       \
+    if ((r) < mr) {                                                                                          \
+        if (gelu) c##r##0 = lmv__gelu8(c##r##0), c##r##1 = lmv__gelu8(c##r##1);                                \
+        _mm256_storeu_ps(c + (r) * ldc, c##r##0), _mm256_storeu_ps(c + (r) * ldc + 8, c##r##1);                 \
     }
-    _mm256_storeu_ps(c0, c00); _mm256_storeu_ps(c0 + 8, c01);
-    _mm256_storeu_ps(c1, c10); _mm256_storeu_ps(c1 + 8, c11);
-    _mm256_storeu_ps(c2, c20); _mm256_storeu_ps(c2 + 8, c21);
-    _mm256_storeu_ps(c3, c30); _mm256_storeu_ps(c3 + 8, c31);
-    _mm256_storeu_ps(c4, c40); _mm256_storeu_ps(c4 + 8, c41);
-    _mm256_storeu_ps(c5, c50); _mm256_storeu_ps(c5 + 8, c51);
+    /* (GELU: the last K block of a Linear + GELU, activated in registers on the way out) */
+    LMV__TSTORE(0) LMV__TSTORE(1) LMV__TSTORE(2) LMV__TSTORE(3) LMV__TSTORE(4) LMV__TSTORE(5)
+#undef LMV__TSTORE
 }
 
 static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
@@ -1396,6 +1396,10 @@ static void lmv__pack(float *panel, const lmv__mat *B, size_t ldb, int trans_b, 
     for (k = 0; k < kc; k++) {
         const float *b = (const float *)B->data + (size_t)(k0 + k) * ldb + (size_t)j0;
         float *dst = panel + (size_t)k * LMV__NR;
+        if (nr == LMV__NR) { /* a constant size: inlined, where a loop becomes a memmove call per row */
+            memcpy(dst, b, sizeof(float) * LMV__NR);
+            continue;
+        }
         for (j = 0; j < nr; j++) dst[j] = b[j];
         for (; j < LMV__NR; j++) dst[j] = 0.0f;
     }
@@ -1442,13 +1446,150 @@ static void lmv__bias_or_zero(float *d, const float *bias, int n) {
         }                                                                                                    \
     } while (0)
 
+#if defined(LMV__AVX2)
+/* Horizontal sum and max of 8 lanes, as shuffle trees. */
+static float lmv__hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static float lmv__hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+#endif
+
+/* A few columns left over past the last full panel (attention over 49 or 197 keys leaves 1 or 5)
+   are not worth a 16-wide panel: each output is a dot product of a row of A with a row of B (B
+   stored [N][K]), in 8 (AVX2) or 4 (NEON) interleaved partial sums. Which columns take this path
+   depends on N only, so results still do not depend on the thread count. */
+#define LMV__NARROW 5
+
+static float lmv__dot(const float *a, const lmv__mat *B, size_t row, size_t at, int n) {
+    float s = 0.0f;
+    int k = 0;
+#if defined(LMV__AVX2)
+    {
+        __m256 s8 = _mm256_setzero_ps();
+        for (; k + 8 <= n; k += 8) s8 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), lmv__weight8(B, row, at + (size_t)k), s8);
+        s = lmv__hsum8(s8);
+    }
+#elif defined(LMV__NEON)
+    {
+        float32x4_t s4 = vdupq_n_f32(0.0f);
+        for (; k + 4 <= n; k += 4) s4 = vfmaq_f32(s4, vld1q_f32(a + k), lmv__weight4(B, row, at + (size_t)k));
+        s = vaddvq_f32(s4);
+    }
+#endif
+    for (; k < n; k++) s += a[k] * lmv__weight_at(B, row, at + (size_t)k);
+    return s;
+}
+
+/* Rows m0..m1 of C's columns j0..j0+nr through lmv__dot, plus the bias, then act(). */
+static void lmv__gemm_narrow(int m0, int m1, int j0, int nr, int K, const float *A, size_t lda, const lmv__mat *B,
+                             size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act) {
+    int i, j;
+    for (i = m0; i < m1; i++) {
+        float *c = C + (size_t)i * ldc + (size_t)j0;
+        for (j = 0; j < nr; j++) {
+            size_t row = (size_t)(j0 + j);
+            c[j] = (bias ? bias[row] : 0.0f) + lmv__dot(A + (size_t)i * lda, B, row, row * ldb, K);
+        }
+        lmv__activate(c, (size_t)nr, act);
+    }
+}
+
+/* Rows of the next register tile when `left` rows remain. The AVX2 tile runs 5 rows as fast per
+   row as 6, so it takes 5 while that leaves a multiple of 6 (49 = 5+5+5+5+5+6+6+6+6) and no tile
+   computes rows that do not exist; the other tiles always take 6. */
+static int lmv__tile_rows(int left) {
+    if (left <= LMV__MR) return left;
+#if defined(LMV__AVX2)
+    if (left % LMV__MR) return LMV__MR - 1;
+#endif
+    return LMV__MR;
+}
+
 /* C[M][N] = act(A[M][K] * op(B) (+ bias[N])), where op(B) is B^T for B stored [N][K] (trans_b = 1,
    a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
    times V). Each output element is summed in k order, so the result does not depend on the
    thread count; each tile applies act() after its last K block (GELU still in registers). */
+/* One GEMM's operands and its split into tasks (column panel x row chunk). */
+typedef struct lmv__gemm_job {
+    int M, N, K, trans_b, npanels, mchunk;
+    const float *A, *bias;
+    size_t lda, ldb, ldc;
+    lmv__mat B;
+    float *C;
+    lmv__act act;
+} lmv__gemm_job;
+
+/* Task t: column panel t % npanels over row chunk t / npanels, packed K block by K block. `step`
+   threads take tasks in turn, which tells the prefetch which panel this thread packs next. */
+static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
+    int M = g->M, N = g->N, K = g->K, trans_b = g->trans_b, npanels = g->npanels, mchunk = g->mchunk;
+    const float *A = g->A, *bias = g->bias;
+    size_t lda = g->lda, ldb = g->ldb, ldc = g->ldc;
+    const lmv__mat *B = &g->B;
+    float *C = g->C;
+    lmv__act act = g->act;
+    LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
+    float acc[LMV__MR][LMV__NR];
+    int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
+    int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, tiles = 0;
+    if (trans_b && nr <= LMV__NARROW) {
+        lmv__gemm_narrow(m0, m1, j0, nr, K, A, lda, B, ldb, bias, C, ldc, act);
+        return;
+    }
+    for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0)) tiles++;
+    for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
+        int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, tile = 0, mr;
+        /* the next pack: this panel's next K block, or the next panel this thread will likely take */
+        int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
+        int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
+        lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc);
+        for (i0 = m0; i0 < m1; i0 += mr, tile++) {
+            mr = lmv__tile_rows(m1 - i0);
+            if (trans_b) LMV__PREFETCH_ROWS(B, ldb, nj0, nnr, nk0, nkc, tile, tiles);
+#if defined(LMV__AVX2)
+            if (nr == LMV__NR) {
+                int gelu = act == LMV__ACT_GELU && k0 + kc == K;
+                lmv__tile_c(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
+                            bias ? bias + j0 : NULL, k0 == 0, gelu);
+                if (act != LMV__ACT_NONE && !gelu && k0 + kc == K)
+                    for (r = 0; r < mr; r++) lmv__activate(C + (size_t)(i0 + r) * ldc + (size_t)j0, LMV__NR, act);
+                continue;
+            }
+#endif
+            /* (no pointer tests inside the loops: see lmv__attention) */
+            for (r = 0; r < LMV__MR; r++) {
+                for (j = 0; j < LMV__NR; j++) acc[r][j] = 0.0f;
+                if (r < mr && k0)
+                    for (j = 0; j < nr; j++) acc[r][j] = C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)];
+                else if (r < mr && bias)
+                    for (j = 0; j < nr; j++) acc[r][j] = bias[j0 + j];
+            }
+            lmv__tile(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, acc);
+            if (act != LMV__ACT_NONE && k0 + kc == K)
+                for (r = 0; r < mr; r++) lmv__activate(acc[r], (size_t)nr, act);
+            for (r = 0; r < mr; r++)
+                for (j = 0; j < nr; j++) C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] = acc[r][j];
+        }
+    }
+    if (K == 0)
+        for (i0 = m0; i0 < m1; i0++) {
+            lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)j0, bias ? bias + j0 : NULL, nr);
+            lmv__activate(C + (size_t)i0 * ldc + (size_t)j0, (size_t)nr, act);
+        }
+}
+
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                           int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
+    lmv__gemm_job g;
     if (B.dtype == LMV_DTYPE_INT8 && ctx->int8_compute && trans_b) {
         lmv__gemm_q8(ctx, M, N, K, A, lda, &B, ldb, bias, C, ldc, act);
         return;
@@ -1464,58 +1605,17 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
     if (mchunk < 1) mchunk = 1;
     nchunks = (M + mchunk - 1) / mchunk;
     tasks = npanels * nchunks;
+    g.M = M, g.N = N, g.K = K, g.trans_b = trans_b, g.npanels = npanels, g.mchunk = mchunk;
+    g.A = A, g.bias = bias, g.lda = lda, g.ldb = ldb, g.ldc = ldc, g.B = B, g.C = C, g.act = act;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1 && tasks > 1 && \
-                                                                                  (double)M * N * K >= LMV__PARALLEL_MIN)
-#endif
-    for (t = 0; t < tasks; t++) {
-        LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
-        float acc[LMV__MR][LMV__NR];
-        int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
-        int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, step = 1;
-#ifdef _OPENMP
-        step = omp_get_num_threads();
-#endif
-        for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-            int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, tiles = (m1 - m0 + LMV__MR - 1) / LMV__MR;
-            /* the next pack: this panel's next K block, or the next panel this thread will likely take */
-            int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
-            int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
-            lmv__pack(panel, &B, ldb, trans_b, j0, nr, k0, kc);
-            for (i0 = m0; i0 < m1; i0 += LMV__MR) {
-                int mr = m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR;
-                if (trans_b) LMV__PREFETCH_ROWS(&B, ldb, nj0, nnr, nk0, nkc, (i0 - m0) / LMV__MR, tiles);
-#if defined(LMV__AVX2)
-                if (mr == LMV__MR && nr == LMV__NR) {
-                    int gelu = act == LMV__ACT_GELU && k0 + kc == K;
-                    lmv__tile_c(LMV__MR, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
-                                bias ? bias + j0 : NULL, k0 == 0, gelu);
-                    if (act != LMV__ACT_NONE && !gelu && k0 + kc == K)
-                        for (r = 0; r < LMV__MR; r++) lmv__activate(C + (size_t)(i0 + r) * ldc + (size_t)j0, LMV__NR, act);
-                    continue;
-                }
-#endif
-                /* (no pointer tests inside the loops: see lmv__attention) */
-                for (r = 0; r < LMV__MR; r++) {
-                    for (j = 0; j < LMV__NR; j++) acc[r][j] = 0.0f;
-                    if (r < mr && k0)
-                        for (j = 0; j < nr; j++) acc[r][j] = C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)];
-                    else if (r < mr && bias)
-                        for (j = 0; j < nr; j++) acc[r][j] = bias[j0 + j];
-                }
-                lmv__tile(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, acc);
-                if (act != LMV__ACT_NONE && k0 + kc == K)
-                    for (r = 0; r < mr; r++) lmv__activate(acc[r], (size_t)nr, act);
-                for (r = 0; r < mr; r++)
-                    for (j = 0; j < nr; j++) C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] = acc[r][j];
-            }
-        }
-        if (K == 0)
-            for (i0 = m0; i0 < m1; i0++) {
-                lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)j0, bias ? bias + j0 : NULL, nr);
-                lmv__activate(C + (size_t)i0 * ldc + (size_t)j0, (size_t)nr, act);
-            }
+    /* (not an if() clause: even a team of one costs ~0.4 us, which attention pays per head) */
+    if (ctx->threads > 1 && tasks > 1 && (double)M * N * K >= LMV__PARALLEL_MIN) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads)
+        for (t = 0; t < tasks; t++) lmv__gemm_task(&g, t, omp_get_num_threads());
+        return;
     }
+#endif
+    for (t = 0; t < tasks; t++) lmv__gemm_task(&g, t, 1);
 }
 
 static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
@@ -1773,15 +1873,6 @@ static void lmv__linear_act(const lmv__ctx *ctx, float *y, const float *x, int r
     lmv__gemm_act(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out, act);
 }
 
-#if defined(LMV__AVX2)
-static float lmv__hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
-
 /* LayerNorm over the last dimension (biased variance, like PyTorch), two passes so a large mean
    costs no precision; y may alias x. */
 static void lmv__layernorm_row(float *yr, const float *xr, int dim, const float *w, const float *b, float eps) {
@@ -1971,64 +2062,104 @@ static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int r
     (void)ctx;
 }
 
-/* In-place softmax over one row, max-subtracted like PyTorch. */
-static void lmv__softmax_row(float *x, int n) {
-    float mx = -FLT_MAX, sum = 0.0f, inv;
-    int i = 0;
+/* In place, for each of `rows` rows of n floats: x = softmax(x * scale + b1 + b2), b1 and b2
+   optional [rows][n] (attention's bias and mask), max-subtracted like PyTorch. A row's max, sum
+   and scaling are short dependent chains, so each pass runs over a block of rows before the next
+   starts and the rows' chains overlap. */
+#define LMV__SOFTMAX_BLOCK 64
+static void lmv__softmax_rows(float *x, int rows, int n, float scale, const float *b1, const float *b2) {
+    int i, r;
 #if defined(LMV__AVX2)
-    if (n >= 8) {
-        __m256 m8 = _mm256_loadu_ps(x), s8 = _mm256_setzero_ps();
-        float lanes[8];
-        int j;
-        for (i = 8; i + 8 <= n; i += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + i));
-        _mm256_storeu_ps(lanes, m8);
-        for (j = 0; j < 8; j++) mx = lanes[j] > mx ? lanes[j] : mx;
-        for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-        m8 = _mm256_set1_ps(mx);
-        for (i = 0; i + 8 <= n; i += 8) {
-            __m256 e = lmv__exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m8));
-            _mm256_storeu_ps(x + i, e);
-            s8 = _mm256_add_ps(s8, e);
+    {
+        /* the last n % 8 elements of a row go through masked loads and stores */
+        static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+        int nv = n & ~7, r0, r1;
+        __m256i tm = _mm256_loadu_si256((const __m256i *)(const void *)(ones + 8 - (n & 7)));
+        __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-FLT_MAX), v, m8, s8;
+        float f[LMV__SOFTMAX_BLOCK];
+        for (r0 = 0; r0 < rows; r0 = r1) {
+            r1 = rows - r0 < LMV__SOFTMAX_BLOCK ? rows : r0 + LMV__SOFTMAX_BLOCK;
+            for (r = r0; r < r1; r++) { /* x = x * scale + b1 + b2, and its max */
+                float *xr = x + (size_t)r * n;
+                const float *c1 = b1 ? b1 + (size_t)r * n : NULL, *c2 = b2 ? b2 + (size_t)r * n : NULL;
+                m8 = lo;
+                for (i = 0; i < n; i += 8) {
+                    int full = i < nv;
+                    v = _mm256_mul_ps(full ? _mm256_loadu_ps(xr + i) : _mm256_maskload_ps(xr + i, tm), vs);
+                    if (c1) v = _mm256_add_ps(v, full ? _mm256_loadu_ps(c1 + i) : _mm256_maskload_ps(c1 + i, tm));
+                    if (c2) v = _mm256_add_ps(v, full ? _mm256_loadu_ps(c2 + i) : _mm256_maskload_ps(c2 + i, tm));
+                    if (full) _mm256_storeu_ps(xr + i, v);
+                    else _mm256_maskstore_ps(xr + i, tm, v), v = _mm256_blendv_ps(lo, v, _mm256_castsi256_ps(tm));
+                    m8 = _mm256_max_ps(m8, v);
+                }
+                f[r - r0] = lmv__hmax8(m8);
+            }
+            for (r = r0; r < r1; r++) { /* x = exp(x - max), and 1 / its sum */
+                float *xr = x + (size_t)r * n;
+                m8 = _mm256_set1_ps(f[r - r0]);
+                s8 = _mm256_setzero_ps();
+                for (i = 0; i < nv; i += 8) {
+                    v = lmv__exp8(_mm256_sub_ps(_mm256_loadu_ps(xr + i), m8));
+                    _mm256_storeu_ps(xr + i, v);
+                    s8 = _mm256_add_ps(s8, v);
+                }
+                if (nv < n) {
+                    v = lmv__exp8(_mm256_sub_ps(_mm256_maskload_ps(xr + nv, tm), m8));
+                    v = _mm256_and_ps(v, _mm256_castsi256_ps(tm));
+                    _mm256_maskstore_ps(xr + nv, tm, v);
+                    s8 = _mm256_add_ps(s8, v);
+                }
+                f[r - r0] = 1.0f / lmv__hsum8(s8);
+            }
+            for (r = r0; r < r1; r++) {
+                float *xr = x + (size_t)r * n;
+                v = _mm256_set1_ps(f[r - r0]);
+                for (i = 0; i < nv; i += 8) _mm256_storeu_ps(xr + i, _mm256_mul_ps(_mm256_loadu_ps(xr + i), v));
+                if (nv < n) _mm256_maskstore_ps(xr + nv, tm, _mm256_mul_ps(_mm256_maskload_ps(xr + nv, tm), v));
+            }
         }
-        _mm256_storeu_ps(lanes, s8);
-        for (j = 0; j < 8; j++) sum += lanes[j];
-        for (; i < n; i++) {
-            x[i] = expf(x[i] - mx);
-            sum += x[i];
-        }
-        inv = 1.0f / sum;
-        for (i = 0; i < n; i++) x[i] *= inv;
         return;
     }
-#elif defined(LMV__NEON)
-    if (n >= 4) {
-        float32x4_t m4 = vld1q_f32(x), s4 = vdupq_n_f32(0.0f);
-        for (i = 4; i + 4 <= n; i += 4) m4 = vmaxq_f32(m4, vld1q_f32(x + i));
-        mx = vmaxvq_f32(m4);
-        for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-        m4 = vdupq_n_f32(mx);
-        for (i = 0; i + 4 <= n; i += 4) {
-            float32x4_t e = lmv__exp4(vsubq_f32(vld1q_f32(x + i), m4));
-            vst1q_f32(x + i, e);
-            s4 = vaddq_f32(s4, e);
+#else
+    for (r = 0; r < rows; r++, x += n) {
+        float mx = -FLT_MAX, sum = 0.0f, inv;
+        /* (one loop per case: see lmv__bias_or_zero) */
+        if (b1 && b2)
+            for (i = 0; i < n; i++) x[i] = x[i] * scale + b1[(size_t)r * n + i] + b2[(size_t)r * n + i];
+        else if (b1 || b2) {
+            const float *b = (b1 ? b1 : b2) + (size_t)r * n;
+            for (i = 0; i < n; i++) x[i] = x[i] * scale + b[i];
+        } else if (scale != 1.0f)
+            for (i = 0; i < n; i++) x[i] *= scale;
+        i = 0;
+#if defined(LMV__NEON)
+        if (n >= 4) {
+            float32x4_t m4 = vld1q_f32(x);
+            for (i = 4; i + 4 <= n; i += 4) m4 = vmaxq_f32(m4, vld1q_f32(x + i));
+            mx = vmaxvq_f32(m4);
         }
-        sum = vaddvq_f32(s4);
+#endif
+        for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+        i = 0;
+#if defined(LMV__NEON)
+        {
+            float32x4_t m4 = vdupq_n_f32(mx), s4 = vdupq_n_f32(0.0f);
+            for (; i + 4 <= n; i += 4) {
+                float32x4_t e = lmv__exp4(vsubq_f32(vld1q_f32(x + i), m4));
+                vst1q_f32(x + i, e);
+                s4 = vaddq_f32(s4, e);
+            }
+            sum = vaddvq_f32(s4);
+        }
+#endif
         for (; i < n; i++) {
             x[i] = expf(x[i] - mx);
             sum += x[i];
         }
         inv = 1.0f / sum;
         for (i = 0; i < n; i++) x[i] *= inv;
-        return;
     }
 #endif
-    for (i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    for (i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        sum += x[i];
-    }
-    inv = 1.0f / sum;
-    for (i = 0; i < n; i++) x[i] *= inv;
 }
 
 /* im2col for a Conv2d: one row per output pixel (row-major oy, ox) holding the receptive field in
@@ -2257,7 +2388,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
     if (ctx->threads > 1 && total > 1 && (double)total * a->nq * a->nk * a->head_dim * 2.0 >= LMV__PARALLEL_MIN)
 #endif
     for (t = 0; t < total; t++) {
-        int g = t / a->heads, h = t % a->heads, i, j;
+        int g = t / a->heads, h = t % a->heads;
 #ifdef _OPENMP
         float *s = a->scores + (size_t)omp_get_thread_num() * a->nq * a->nk;
 #else
@@ -2270,20 +2401,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
         const float *bias = a->bias ? a->bias + (size_t)h * a->nq * a->nk : NULL;
         const float *mask = a->mask ? a->mask + (size_t)(g % a->n_masks) * a->nq * a->nk : NULL;
         lmv__gemm(&one, a->nq, a->nk, a->head_dim, q, a->ldq, lmv__f32(k), a->ldk, 1, NULL, s, (size_t)a->nk);
-        for (i = 0; i < a->nq; i++) {
-            float *row = s + (size_t)i * a->nk;
-            const float *br = bias ? bias + (size_t)i * a->nk : NULL, *mr = mask ? mask + (size_t)i * a->nk : NULL;
-            /* one loop per case (see lmv__bias_or_zero) */
-            if (br && mr)
-                for (j = 0; j < a->nk; j++) row[j] = row[j] * a->scale + br[j] + mr[j];
-            else if (br)
-                for (j = 0; j < a->nk; j++) row[j] = row[j] * a->scale + br[j];
-            else if (mr)
-                for (j = 0; j < a->nk; j++) row[j] = row[j] * a->scale + mr[j];
-            else
-                for (j = 0; j < a->nk; j++) row[j] *= a->scale;
-            lmv__softmax_row(row, a->nk);
-        }
+        lmv__softmax_rows(s, a->nq, a->nk, a->scale, bias, mask);
         if (a->probs) memcpy(a->probs + (size_t)t * a->nq * a->nk, s, sizeof(float) * (size_t)a->nq * a->nk);
         lmv__gemm(&one, a->nq, a->head_dim, a->nk, s, (size_t)a->nk, lmv__f32(v), a->ldv, 0, NULL, o, a->ldo);
     }
@@ -5406,7 +5524,7 @@ LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const
 #endif
 
 LEMEVIT_API void lmv_softmax(float *x, int n) {
-    if (x && n > 0) lmv__softmax_row(x, n);
+    if (x && n > 0) lmv__softmax_rows(x, 1, n, 1.0f, NULL, NULL);
 }
 
 LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *prob) {

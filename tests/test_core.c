@@ -324,8 +324,8 @@ static void test_activations(void) {
     }
     snprintf(msg, sizeof msg, "max abs error %.1e on [-12, 12]", worst);
     check("gelu matches erf in double", worst < 2e-6, msg);
-    for (i = 0; i < N; i++) y[i] = x[i] * 7.0f;
-    lmv__softmax_row(y, N);
+    memcpy(y, x, sizeof x);
+    lmv__softmax_rows(y, 1, N, 7.0f, NULL, NULL);
     for (i = 0; i < N; i++) mx = x[i] * 7.0 > mx ? x[i] * 7.0 : mx;
     for (i = 0; i < N; i++) sum += exp(x[i] * 7.0 - mx);
     for (i = 0; i < N; i++) {
@@ -334,6 +334,50 @@ static void test_activations(void) {
     }
     snprintf(msg, sizeof msg, "max relative error %.1e over a range of 168 in the logits", wsoft);
     check("softmax matches exp in double", wsoft < 1e-5, msg);
+}
+
+/* Attention's softmax: several rows at once, scaled, plus a bias and a mask, at widths that leave
+   every tail length of the vector loops (49: Swin's windows, 197: ViT's tokens). */
+static void test_softmax_rows(void) {
+    enum { R = 5, MAXN = 197 };
+    static float x[R * MAXN], b1[R * MAXN], b2[R * MAXN];
+    static const int widths[] = {1, 3, 7, 8, 9, 16, 49, 197};
+    double worst = 0;
+    int w, r, i, ok = 1;
+    char msg[96];
+    for (w = 0; w < (int)(sizeof widths / sizeof widths[0]); w++) {
+        int n = widths[w], use;
+        for (use = 0; use < 4; use++) { /* no bias or mask, bias, mask, both */
+            const float *p1 = use & 1 ? b1 : NULL, *p2 = use & 2 ? b2 : NULL;
+            for (i = 0; i < R * n; i++) {
+                x[i] = (float)((i * 37 % 101) - 50) * 0.21f;
+                b1[i] = (float)(i % 13) * 0.4f - 2.0f;
+                b2[i] = i % 5 == 0 ? -100.0f : 0.0f;
+            }
+            {
+                static float y[R * MAXN];
+                memcpy(y, x, sizeof(float) * (size_t)(R * n));
+                lmv__softmax_rows(y, R, n, 0.5f, p1, p2);
+                for (r = 0; r < R; r++) {
+                    double mx = -1e30, sum = 0, v;
+                    for (i = 0; i < n; i++) {
+                        v = x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0);
+                        mx = v > mx ? v : mx;
+                    }
+                    for (i = 0; i < n; i++)
+                        sum += exp(x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0) - mx);
+                    for (i = 0; i < n; i++) {
+                        double ref = exp(x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0) - mx) / sum;
+                        double err = fabs(ref - y[r * n + i]);
+                        if (err > worst) worst = err;
+                        if (!(err <= 1e-6 + 1e-5 * ref)) ok = 0;
+                    }
+                }
+            }
+        }
+    }
+    snprintf(msg, sizeof msg, "max abs error %.1e (5 rows; widths 1..197; bias, mask, both)", worst);
+    check("softmax over rows with scale, bias and mask matches double", ok, msg);
 }
 
 static void test_topk(void) {
@@ -512,6 +556,7 @@ int main(int argc, char **argv) {
     test_layernorm();
     test_resample_weights();
     test_activations();
+    test_softmax_rows();
     test_topk();
     test_npy();
     test_arena();

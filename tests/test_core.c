@@ -29,7 +29,7 @@ static float frand(unsigned *s) {
 }
 
 static void test_gemm(void) {
-    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {4, 16, 256}, {5, 33, 257}, {197, 48, 64}, {7, 100, 600}, {2, 3, 0}};
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {4, 16, 256}, {5, 33, 257}, {197, 48, 64}, {7, 100, 600}, {49, 49, 32}, {2, 3, 0}};
     unsigned seed = 1;
     int s, t, worst_ok = 1;
     char msg[128];

@@ -1294,8 +1294,9 @@ def model_tables(state, L):
     if len(threads) > 1:
         t0 = threads[0]
         L.append("")
-        L.append("Speed-up of more threads over %d (median %d thread(s) / median N threads; higher is better):" %
-                 (t0, t0))
+        L.append("Speed-up of more threads over %d (%d thread(s) / N threads; each cell: from the medians / from the "
+                 "best runs; higher is better; the best runs are the steadier measure when other work shares the "
+                 "machine):" % (t0, t0))
         L.append("")
         L.append("| model | batch | threads | lemevit.h | PyTorch | ORT |")
         L.append("|---|---:|---:|---:|---:|---:|")
@@ -1305,7 +1306,8 @@ def model_tables(state, L):
                     cells = []
                     for e in ("lemevit", "pytorch", "onnxruntime"):
                         a, c = best_of(results, e, m, t0, b), best_of(results, e, m, t, b)
-                        cells.append("%.2f" % (a["median_ms"] / c["median_ms"]) if a and c else "-")
+                        cells.append("%.2f / %.2f" % (a["median_ms"] / c["median_ms"], a["best_ms"] / c["best_ms"])
+                                     if a and c else "-")
                     L.append("| %s | %d | %d | %s |" % (MODELS[m]["label"], b, t, " | ".join(cells)))
     L.append("")
     L.append("Model size and load time (ms; lemevit.h: open with the header checked and the file mapped / open "

@@ -1513,10 +1513,6 @@ static int lmv__tile_rows(int left) {
     return LMV__MR;
 }
 
-/* C[M][N] = act(A[M][K] * op(B) (+ bias[N])), where op(B) is B^T for B stored [N][K] (trans_b = 1,
-   a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
-   times V). Each output element is summed in k order, so the result does not depend on the
-   thread count; each tile applies act() after its last K block (GELU still in registers). */
 /* One GEMM's operands and its split into tasks (column panel x row chunk). */
 typedef struct lmv__gemm_job {
     int M, N, K, trans_b, npanels, mchunk;
@@ -1586,6 +1582,11 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         }
 }
 
+/* C[M][N] = act(A[M][K] * op(B) (+ bias[N])), where op(B) is B^T for B stored [N][K] (trans_b = 1,
+   a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
+   times V). Each output element is summed in k order (the few leftover columns that
+   lmv__gemm_narrow takes, in a fixed order of their own), so the result does not depend on the
+   thread count; each tile applies act() after its last K block (GELU still in registers). */
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                           int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
@@ -2129,7 +2130,7 @@ static void lmv__softmax_rows(float *x, int rows, int n, float scale, const floa
         else if (b1 || b2) {
             const float *b = (b1 ? b1 : b2) + (size_t)r * n;
             for (i = 0; i < n; i++) x[i] = x[i] * scale + b[i];
-        } else if (scale != 1.0f)
+        } else
             for (i = 0; i < n; i++) x[i] *= scale;
         i = 0;
 #if defined(LMV__NEON)

@@ -340,7 +340,7 @@ static void test_activations(void) {
    every tail length of the vector loops (49: Swin's windows, 197: ViT's tokens). */
 static void test_softmax_rows(void) {
     enum { R = 5, MAXN = 197 };
-    static float x[R * MAXN], b1[R * MAXN], b2[R * MAXN];
+    static float x[R * MAXN], y[R * MAXN], b1[R * MAXN], b2[R * MAXN];
     static const int widths[] = {1, 3, 7, 8, 9, 16, 49, 197};
     double worst = 0;
     int w, r, i, ok = 1;
@@ -354,24 +354,19 @@ static void test_softmax_rows(void) {
                 b1[i] = (float)(i % 13) * 0.4f - 2.0f;
                 b2[i] = i % 5 == 0 ? -100.0f : 0.0f;
             }
-            {
-                static float y[R * MAXN];
-                memcpy(y, x, sizeof(float) * (size_t)(R * n));
-                lmv__softmax_rows(y, R, n, 0.5f, p1, p2);
-                for (r = 0; r < R; r++) {
-                    double mx = -1e30, sum = 0, v;
-                    for (i = 0; i < n; i++) {
-                        v = x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0);
-                        mx = v > mx ? v : mx;
-                    }
-                    for (i = 0; i < n; i++)
-                        sum += exp(x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0) - mx);
-                    for (i = 0; i < n; i++) {
-                        double ref = exp(x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0) - mx) / sum;
-                        double err = fabs(ref - y[r * n + i]);
-                        if (err > worst) worst = err;
-                        if (!(err <= 1e-6 + 1e-5 * ref)) ok = 0;
-                    }
+            memcpy(y, x, sizeof(float) * (size_t)(R * n));
+            lmv__softmax_rows(y, R, n, 0.5f, p1, p2);
+            for (r = 0; r < R; r++) {
+                double z[MAXN], mx = -1e30, sum = 0;
+                for (i = 0; i < n; i++) {
+                    z[i] = x[r * n + i] * 0.5 + (p1 ? p1[r * n + i] : 0) + (p2 ? p2[r * n + i] : 0);
+                    mx = z[i] > mx ? z[i] : mx;
+                }
+                for (i = 0; i < n; i++) sum += exp(z[i] - mx);
+                for (i = 0; i < n; i++) {
+                    double ref = exp(z[i] - mx) / sum, err = fabs(ref - y[r * n + i]);
+                    if (err > worst) worst = err;
+                    if (!(err <= 1e-6 + 1e-5 * ref)) ok = 0;
                 }
             }
         }

@@ -25,6 +25,10 @@ What it does, in one run:
        ONNX Runtime  onnxruntime-node via tools/bench_ort.js (intraOpNumThreads=N, graph
                      optimisation 'all'); above 1 thread also with allow_spinning=0
      The comparison columns use the fastest variant of each engine (all are in the JSON).
+     Each configuration runs in --rounds processes (default 2) that share its --runs: round 1 of
+     every engine, thread count and variant of a model and batch size, then round 2, so a slow
+     spell on a shared machine falls on all of them rather than on one; median and best are over
+     every run of every round (lmv bench --json and the workers report each run's time).
   4. reduced-precision weights (--dtypes, default f32,f16,int8,int8c; int8c = the int8 file run
      with `lmv bench --int8-compute`): every model's .lmv is also
      re-encoded with lmvfile.requantize into build/bench/<model>_f16.lmv and _int8.lmv (matrix
@@ -897,6 +901,33 @@ def prepare_dtypes(name, info, py, dtypes, timeout):
 # measurements
 # ---------------------------------------------------------------------------------------------
 
+def merge_rounds(rs):
+    """One configuration's rounds (one process each) as one result: median and best over every timed run
+    of every round, the largest peak RSS, the rest from the first round that worked. A failed round makes
+    the result a failure: a crash or timeout must not hide behind the other rounds."""
+    bad = [r for r in rs if "median_ms" not in r]
+    if bad:
+        return bad[0]
+    r = OrderedDict(rs[0])
+    times = [t for x in rs for t in (x.get("times_ms") or [])]
+    if len(times) == sum(x.get("runs") or 0 for x in rs) and times:
+        r["median_ms"] = round(statistics.median(times), 3)
+        r["best_ms"] = round(min(times), 3)
+    else:  # an engine that did not report each run: the median of the rounds' medians
+        r["median_ms"] = round(statistics.median([x["median_ms"] for x in rs]), 3)
+        r["best_ms"] = min(x["best_ms"] for x in rs)
+    r["times_ms"] = times
+    r["runs"] = sum(x.get("runs") or 0 for x in rs)
+    r["rounds"] = len(rs)
+    r["round_medians_ms"] = [x["median_ms"] for x in rs]
+    r["wall_s"] = round(sum(x.get("wall_s") or 0 for x in rs), 2)
+    for k in ("peak_rss_kb", "self_peak_rss_kb"):
+        v = [x[k] for x in rs if x.get(k)]
+        if v:
+            r[k] = max(v)
+    return r
+
+
 def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32"):
     res = OrderedDict(engine="lemevit", variant=variant, dtype=dtype, threads=threads, batch=batch)
     path = info["lmv"] if dtype == "f32" else info["dtypes"].get(dtype, {}).get("lmv")
@@ -915,7 +946,7 @@ def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32"):
     res.update(median_ms=j["median_ms"], best_ms=j["best_ms"], gmac=j.get("gmac"),
                open_mapped_ms=j.get("open_mapped_ms"), open_verified_ms=j.get("open_verified_ms"),
                session_bytes=j.get("session_bytes"), self_peak_rss_kb=j.get("peak_rss_kb"), params=j.get("params"),
-               weight_bytes=j.get("weight_bytes"), runs=j.get("runs"), warmup=1)
+               weight_bytes=j.get("weight_bytes"), runs=j.get("runs"), warmup=1, times_ms=j.get("times_ms"))
     return res
 
 
@@ -1447,8 +1478,12 @@ def make_report(state):
         L.append("- measured FMA peak: not available (%s)" % peak.get("note", "?"))
     if models:
         red = [d for d in meta.get("dtypes", []) if d != "f32"]
-        L.append("- %d timed runs after warm-up (lemevit.h 1 warm-up, PyTorch and ORT %d); random weights, "
-                 "input %dx%d, float32%s" % (meta["runs"], meta["warmup"], IMG, IMG,
+        rounds = meta.get("rounds", 1)
+        L.append("- %d timed runs per configuration%s, each process after its warm-up (lemevit.h 1 run, PyTorch "
+                 "and ORT %d); random weights, input %dx%d, float32%s" % (
+                     meta["runs"], " in %d rounds of %d (one process per round; a round times every engine, thread "
+                     "count and variant of a model and batch size before the next starts)" % (
+                         rounds, meta["runs"] // rounds) if rounds > 1 else "", meta["warmup"], IMG, IMG,
                                              " (lemevit.h also with %s weights: own table)" % " and ".join(red)
                                              if red else ""))
     model_tables(state, L)
@@ -1484,6 +1519,7 @@ def make_report(state):
 
 
 def save(state, prefix):
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     with open(prefix + ".json.tmp", "w") as f:
         json.dump(state, f, indent=1, default=str)
     os.replace(prefix + ".json.tmp", prefix + ".json")
@@ -1517,7 +1553,12 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int_list, help="thread counts (default: 1,2)")
     ap.add_argument("--batch", type=int_list, help="batch sizes (default: 1,8)")
     ap.add_argument("--runs", type=int, help="timed runs per measurement (default: 10)")
-    ap.add_argument("--warmup", type=int, help="warm-up runs for PyTorch and ORT (default: 2; lemevit.h: 1)")
+    ap.add_argument("--rounds", type=int,
+                    help="processes per configuration, the --runs split evenly over them; each round times every "
+                         "engine, thread count and variant of a model and batch size once before the next round "
+                         "starts (default: 2; --quick: 1)")
+    ap.add_argument("--warmup", type=int, help="warm-up runs per process for PyTorch and ORT (default: 2; "
+                                               "lemevit.h: 1)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: lemevit_tiny, 1 thread, batch 1, 2 runs, its f16/int8 files, its 2 largest "
                          "GEMM shapes")
@@ -1570,9 +1611,10 @@ def parse_args(argv):
     a.threads = sorted(set(a.threads or [1, 2]))
     a.batch = sorted(set(a.batch or [1, 8]))
     a.runs = a.runs or 10
+    a.rounds = a.rounds or (1 if a.quick else 2)
     a.warmup = 2 if a.warmup is None else a.warmup
-    if a.runs < 1 or a.warmup < 0:
-        ap.error("--runs must be >= 1 and --warmup >= 0")
+    if a.runs < 1 or a.warmup < 0 or a.rounds < 1:
+        ap.error("--runs and --rounds must be >= 1 and --warmup >= 0")
     a.dtypes = [d.strip() for d in a.dtypes.split(",") if d.strip()]
     bad = [d for d in a.dtypes if d not in DTYPES]
     if bad:
@@ -1611,7 +1653,8 @@ def main(argv):
     cmd = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.executable) if sys.executable.startswith(ROOT)
                                              else sys.executable, os.path.relpath(THIS, ROOT)] + argv)
     meta = OrderedDict(command=cmd, date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), machine=machine_info(),
-                       models=a.models, threads=a.threads, batches=a.batch, runs=a.runs, warmup=a.warmup,
+                       models=a.models, threads=a.threads, batches=a.batch, runs=-(-a.runs // a.rounds) * a.rounds,
+                       rounds=a.rounds, warmup=a.warmup,
                        dtypes=a.dtypes, gemm_models=a.gemm_models if a.gemm else [], notes=[])
     state = OrderedDict(meta=meta, peak={}, models=OrderedDict(), results=[], gemm=None)
     mi = meta["machine"]
@@ -1746,32 +1789,53 @@ def main(argv):
                 if node:
                     for v in (a.ort_variants if t > 1 else ["spin"]):
                         plan.append((m, t, b, "onnxruntime", v, "f32"))
+    per_proc = -(-a.runs // a.rounds)
     if plan:
         log("")
-        log("timing %d configurations (%s; %d runs each) ..." % (
-            len(plan), ", ".join(e for e in ("lemevit", "pytorch", "onnxruntime")
-                                 if any(p[3] == e for p in plan)), a.runs))
+        log("timing %d configurations (%s; %d runs each, in %d round(s) of %d: every configuration of a model and "
+            "batch size once per round, so a slow spell on the machine hits them alike) ..." % (
+                len(plan), ", ".join(e for e in ("lemevit", "pytorch", "onnxruntime") if any(p[3] == e for p in plan)),
+                per_proc * a.rounds, a.rounds, per_proc))
     gmacs = {}
-    for i, (m, t, b, e, v, d) in enumerate(plan):
-        info = state["models"][m]
-        if e == "lemevit":
-            r = bench_lmv(info, t, b, a.runs, v, a.timeout, d)
-        elif e == "pytorch":
-            r = bench_torch(py, m, info, t, b, a.runs, a.warmup, v, blas_dir, a.timeout)
-        else:
-            r = bench_ort(node, info, t, b, a.runs, a.warmup, v, a.timeout)
-        r["model"] = m
-        r.move_to_end("model", last=False)
-        if r.get("gmac"):
-            gmacs[(m, b)] = r["gmac"]
-        g = gmacs.get((m, b))
-        if "median_ms" in r and g:
-            r["gflops"] = round(2 * g / (r["median_ms"] / 1e3), 2)
-        state["results"].append(r)
-        label = "%s%s%s" % (e, "" if d == "f32" else " " + d,
-                            "" if t == 1 or (e == "lemevit" and len(a.lmv_variants) == 1 and v == "default")
-                            else "/" + v)
-        if "median_ms" in r:
+    groups = OrderedDict()
+    for x in plan:
+        groups.setdefault((x[0], x[2]), []).append(x)
+    labels = {x: "%s%s%s" % (x[3], "" if x[5] == "f32" else " " + x[5],
+                             "" if x[1] == 1 or (x[3] == "lemevit" and len(a.lmv_variants) == 1 and x[4] == "default")
+                             else "/" + x[4]) for x in plan}
+    i = 0
+    for group in groups.values():
+        parts = OrderedDict((x, []) for x in group)
+        for rnd in range(a.rounds):
+            for (m, t, b, e, v, d) in group:
+                info = state["models"][m]
+                if e == "lemevit":
+                    r = bench_lmv(info, t, b, per_proc, v, a.timeout, d)
+                elif e == "pytorch":
+                    r = bench_torch(py, m, info, t, b, per_proc, a.warmup, v, blas_dir, a.timeout)
+                else:
+                    r = bench_ort(node, info, t, b, per_proc, a.warmup, v, a.timeout)
+                parts[(m, t, b, e, v, d)].append(r)
+                i += 1
+                label = labels[(m, t, b, e, v, d)]
+                if "median_ms" in r:
+                    status = "median %9.2f ms  best %9.2f ms" % (r["median_ms"], r["best_ms"])
+                else:
+                    status = "FAILED: " + r["error"]
+                log("[%3d/%d] %-13s t=%d b=%-2d %-20s round %d/%d  %s  (%.0f s)" % (
+                    i, len(plan) * a.rounds, m, t, b, label, rnd + 1, a.rounds, status, r.get("wall_s", 0)))
+        for (m, t, b, e, v, d), rs in parts.items():
+            r = merge_rounds(rs)
+            r["model"] = m
+            r.move_to_end("model", last=False)
+            if r.get("gmac"):
+                gmacs[(m, b)] = r["gmac"]
+            g = gmacs.get((m, b))
+            if "median_ms" in r and g:
+                r["gflops"] = round(2 * g / (r["median_ms"] / 1e3), 2)
+            state["results"].append(r)
+            if "median_ms" not in r:
+                continue
             extra = []
             if "gflops" in r:
                 pk = peak["gflops"].get(t)
@@ -1785,11 +1849,9 @@ def main(argv):
                 extra.append("load %.0f ms" % r["load_ms"])
             else:
                 extra.append("session %.0f ms" % r["create_ms"])
-            status = "median %9.2f ms  best %9.2f ms  %s" % (r["median_ms"], r["best_ms"], ", ".join(extra))
-        else:
-            status = "FAILED: " + r["error"]
-        log("[%3d/%d] %-13s t=%d b=%-2d %-20s %s  (%.0f s)" % (i + 1, len(plan), m, t, b, label, status,
-                                                              r.get("wall_s", 0)))
+            log("        %-13s t=%d b=%-2d %-20s all rounds: median %9.2f ms  best %9.2f ms  %s" % (
+                m, t, b, labels[(m, t, b, e, v, d)], r["median_ms"],
+                r["best_ms"], ", ".join(extra)))
         save(state, a.out)
 
     # 6. cold start

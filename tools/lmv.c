@@ -235,12 +235,17 @@ static int cmd_bench(int argc, char **argv) {
         if (lmv_run_features(s, x, batch, h, w, y, &err) != LMV_OK) return fail("run", &err);
         if (i >= 0) times[i] = now_ms() - t0;
     }
+    if (json) { /* every run's time in run order, before the sort: a slow period shows as a cluster */
+        printf("{\"times_ms\": [");
+        for (i = 0; i < runs; i++) printf("%s%.3f", i ? ", " : "", times[i]);
+        printf("], ");
+    }
     qsort(times, (size_t)runs, sizeof(double), cmp_double);
     {
         double med = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
         double gmac = lmv_session_macs(s) / 1e9;
         if (json)
-            printf("{\"model\": \"%s\", \"arch\": \"%s\", \"params\": %zu, \"weight_bytes\": %zu, \"h\": %d, \"w\": %d, "
+            printf("\"model\": \"%s\", \"arch\": \"%s\", \"params\": %zu, \"weight_bytes\": %zu, \"h\": %d, \"w\": %d, "
                    "\"batch\": %d, \"threads\": %d, \"runs\": %d, \"open_mapped_ms\": %.3f, \"open_verified_ms\": %.3f, "
                    "\"session_bytes\": %zu, \"median_ms\": %.3f, \"best_ms\": %.3f, \"gmac\": %.4f, \"peak_rss_kb\": %ld}\n",
                    in->name, in->arch, in->num_params, in->weight_bytes, h, w, batch, threads, runs, open_mapped, open_verified,

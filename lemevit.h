@@ -2171,19 +2171,23 @@ static void lmv__softmax_rows(float *x, int rows, int n, float scale, const floa
 static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H, int W, int C, size_t sy, size_t sx,
                         size_t sc, int kh, int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
     int oy, ox, c, ky, kx;
+    size_t kk = (size_t)kh * kw;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) private(ox, c, ky, kx) num_threads(ctx->threads) \
     if (LMV__SPLIT_ROWS(ctx, OH, (double)OW * C * kh * kw))
 #endif
     for (oy = 0; oy < OH; oy++)
         for (ox = 0; ox < OW; ox++) {
-            float *dst = rows + ((size_t)oy * OW + ox) * (size_t)C * kh * kw;
-            for (c = 0; c < C; c++)
-                for (ky = 0; ky < kh; ky++) {
-                    int y = oy * stride_h - pad + ky;
-                    for (kx = 0; kx < kw; kx++) {
-                        int x = ox * stride_w - pad + kx;
-                        *dst++ = (y >= 0 && y < H && x >= 0 && x < W) ? in[(size_t)y * sy + (size_t)x * sx + (size_t)c * sc] : 0.0f;
+            float *dst = rows + ((size_t)oy * OW + ox) * (size_t)C * kk;
+            for (ky = 0; ky < kh; ky++) /* tap by tap: one bounds test per tap, not per element */
+                for (kx = 0; kx < kw; kx++) {
+                    int y = oy * stride_h - pad + ky, x = ox * stride_w - pad + kx;
+                    float *d = dst + (size_t)ky * kw + kx;
+                    if (y < 0 || y >= H || x < 0 || x >= W)
+                        for (c = 0; c < C; c++) d[(size_t)c * kk] = 0.0f;
+                    else {
+                        const float *src = in + (size_t)y * sy + (size_t)x * sx;
+                        for (c = 0; c < C; c++) d[(size_t)c * kk] = src[(size_t)c * sc];
                     }
                 }
         }
@@ -2212,22 +2216,32 @@ static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H,
     for (t = 0; t < 9; t++)
         for (c = 0; c < C; c++) wt[t * C + c] = w[c * 9 + t];
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(ox, c, ky, kx) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
+#pragma omp parallel for schedule(static) private(ox, c, ky, kx, t) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
 #endif
     for (oy = 0; oy < H; oy++)
         for (ox = 0; ox < W; ox++) {
             float *d = y + ((size_t)oy * W + ox) * C;
-            lmv__bias_or_zero(d, b, C);
-            for (ky = 0; ky < 3; ky++) {
-                int iy = oy + ky - 1;
-                if (iy < 0 || iy >= H) continue;
+            const float *s[9], *wk[9];
+            int n = 0;
+            for (ky = 0; ky < 3; ky++) /* the taps inside the map, in (ky, kx) order */
                 for (kx = 0; kx < 3; kx++) {
-                    int ix = ox + kx - 1;
-                    const float *s, *wk = wt + (ky * 3 + kx) * C;
-                    if (ix < 0 || ix >= W) continue;
-                    s = x + ((size_t)iy * W + ix) * C;
-                    for (c = 0; c < C; c++) d[c] += wk[c] * s[c];
+                    int iy = oy + ky - 1, ix = ox + kx - 1;
+                    if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                    s[n] = x + ((size_t)iy * W + ix) * C;
+                    wk[n++] = wt + (ky * 3 + kx) * C;
                 }
+            lmv__bias_or_zero(d, b, C);
+            c = 0;
+#if defined(LMV__AVX2)
+            for (; c + 8 <= C; c += 8) { /* 8 channels summed over the taps in a register */
+                __m256 acc = _mm256_loadu_ps(d + c);
+                for (t = 0; t < n; t++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(wk[t] + c), _mm256_loadu_ps(s[t] + c), acc);
+                _mm256_storeu_ps(d + c, acc);
+            }
+#endif
+            for (t = 0; t < n; t++) {
+                int j;
+                for (j = c; j < C; j++) d[j] += wk[t][j] * s[t][j];
             }
         }
     (void)ctx;

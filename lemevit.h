@@ -11,8 +11,9 @@
    model on float NCHW tensors, giving the same logits PyTorch gives (within float rounding).
    The weights are used in place: a file you read or mapped into memory, or a const array linked
    into a firmware image, is never copied. All other memory comes from one allocator you may
-   replace, or from one buffer you hand over. Matrix weights may be stored as float32, f16 or
-   int8 (per output channel); the arithmetic is float32 in every case.
+   replace, or from one buffer you hand over. Matrix weights may be stored as float32 (in row
+   order, or already in the matrix multiply's panels, as the converter writes them), f16 or int8
+   (per output channel); the arithmetic is float32 in every case.
 
    USAGE
 
@@ -224,13 +225,18 @@ typedef struct lmv_config_entry {
 LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out);
 
 /* How a tensor's numbers are stored. Matrix weights (Linear and convolution kernels) may be
-   reduced precision; everything else is float32. The library computes in float32 either way:
-   reduced-precision weights are widened as the matrix multiply reads them. */
+   reduced precision, or float32 already in the matrix multiply's panel layout; everything else
+   is plain float32. The library computes in float32 either way: reduced-precision weights are
+   widened as the matrix multiply reads them. */
 typedef enum lmv_dtype {
-    LMV_DTYPE_F32 = 0,  /* float32 */
-    LMV_DTYPE_F16 = 1,  /* IEEE half precision */
-    LMV_DTYPE_INT8 = 2  /* shape[0] float32 scales, then int8 values: w[r][...] = scale[r] * q */
+    LMV_DTYPE_F32 = 0,   /* float32 */
+    LMV_DTYPE_F16 = 1,   /* IEEE half precision */
+    LMV_DTYPE_INT8 = 2,  /* shape[0] float32 scales, then int8 values: w[r][...] = scale[r] * q */
+    LMV_DTYPE_F32P = 3   /* float32 in panels of 16 rows: R = shape[0] rows of C values each are
+                            stored as ceil(R/16) panels of [C][16], element (16p + j, c) at
+                            (p*C + c)*16 + j, rows past R zero; the GEMM reads it in place */
 } lmv_dtype;
+LEMEVIT_API const char *lmv_dtype_name(int dtype); /* "f32", "f16", "int8", "f32p" or "unknown" */
 
 /* Tensors, by index, for tools. Returns 0 when i is out of range. */
 typedef struct lmv_tensor_info {
@@ -511,6 +517,11 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     case LMV_ERR_IMAGE: return "corrupt or truncated image";
     }
     return "unknown error";
+}
+
+LEMEVIT_API const char *lmv_dtype_name(int dtype) {
+    static const char *const names[] = {"f32", "f16", "int8", "f32p"};
+    return dtype >= 0 && dtype < 4 ? names[dtype] : "unknown";
 }
 
 /* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */
@@ -813,7 +824,7 @@ static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int op
         return lmv__fail(err, LMV_ERR_UNSUPPORTED,
                          "tensor '%s' is stored as %s, but only matrix weights may be; re-quantise the file with the "
                          "converter's default policy or --dtype f32",
-                         name, t->dtype == LMV_DTYPE_F16 ? "f16" : "int8");
+                         name, lmv_dtype_name(t->dtype));
     if (t->ndim != ndim) goto bad;
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
@@ -1085,7 +1096,7 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
     pos = (size_t)table_off;
     for (i = 0; i < n_tensors; i++) {
         lmv__tensor *t = &m->tensors[i];
-        size_t nlen, d, numel = 1, elsize;
+        size_t nlen, d, numel = 1, elsize, stored;
         uint64_t off, nbytes;
         if (end - pos < 20) return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u runs past the table", (unsigned)i);
         nlen = lmv__rd16(p + pos);
@@ -1111,15 +1122,20 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
         pos += nlen;
         pos = (size_t)table_off + (((pos - (size_t)table_off) + 7) & ~(size_t)7);
         if (pos > end) return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u runs past the table", (unsigned)i);
-        elsize = t->dtype == LMV_DTYPE_F32 ? 4 : t->dtype == LMV_DTYPE_F16 ? 2 : t->dtype == LMV_DTYPE_INT8 ? 1 : 0;
+        elsize = t->dtype == LMV_DTYPE_F32 || t->dtype == LMV_DTYPE_F32P ? 4 : t->dtype == LMV_DTYPE_F16 ? 2
+                 : t->dtype == LMV_DTYPE_INT8 ? 1 : 0;
         if (!elsize)
             return lmv__fail(err, LMV_ERR_UNSUPPORTED, "tensor entry %u has dtype %d, which this build does not know",
                              (unsigned)i, t->dtype);
-        if (t->dtype == LMV_DTYPE_INT8 && t->ndim < 2)
-            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: an int8 tensor needs at least 2 dimensions",
-                             (unsigned)i);
+        if ((t->dtype == LMV_DTYPE_INT8 || t->dtype == LMV_DTYPE_F32P) && t->ndim < 2)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: an %s tensor needs at least 2 dimensions",
+                             (unsigned)i, lmv_dtype_name(t->dtype));
+        stored = numel; /* f32p: the rows rounded up to whole panels of 16 */
+        if (t->dtype == LMV_DTYPE_F32P && t->shape[0] &&
+            !lmv__mul_ok(numel / (size_t)t->shape[0], ((size_t)t->shape[0] + 15) / 16 * 16, &stored))
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u has an absurd shape", (unsigned)i);
         /* int8: one float32 scale per output channel (shape[0]) before the values */
-        if (!lmv__mul_ok(numel, elsize, &t->nbytes) ||
+        if (!lmv__mul_ok(stored, elsize, &t->nbytes) ||
             (t->dtype == LMV_DTYPE_INT8 && (t->nbytes += 4 * (size_t)t->shape[0]) < 4 * (size_t)t->shape[0]) ||
             t->nbytes != nbytes)
             return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: byte size does not match its shape", (unsigned)i);
@@ -1174,7 +1190,8 @@ typedef struct lmv__ctx {
 #define LMV__SPLIT_ROWS(ctx, rows, width) ((ctx)->threads > 1 && (rows) > 1 && (double)(rows) * (width) >= LMV__PARALLEL_ELEMS)
 
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
-   panel of 16 columns of op(B), A is read in place. Rows of A past `mr` are never read. */
+   panel of 16 columns of op(B) (on the stack, or an f32p weight in place: 4-byte alignment only),
+   A is read in place. Rows of A past `mr` are never read. */
 #if defined(LMV__AVX2)
 static __m256 lmv__gelu8(__m256 x);
 
@@ -1200,7 +1217,7 @@ static void lmv__tile_c(int mr, int kc, const float *a, size_t lda, const float 
     c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1)
 #define LMV__TLOOP(rows)                                                                                     \
     for (k = 0; k < kc; k++) {                                                                               \
-        b0 = _mm256_load_ps(p + (size_t)k * LMV__NR), b1 = _mm256_load_ps(p + (size_t)k * LMV__NR + 8);      \
+        b0 = _mm256_loadu_ps(p + (size_t)k * LMV__NR), b1 = _mm256_loadu_ps(p + (size_t)k * LMV__NR + 8);    \
         rows;                                                                                                \
     }
     switch (mr) { /* one loop per row count: no work for the rows a tile does not have */
@@ -1536,7 +1553,10 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
     float acc[LMV__MR][LMV__NR];
     int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
     int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, tiles = 0;
-    if (trans_b && nr <= LMV__NARROW) {
+    /* an f32p weight is its own packed panels: nothing to pack, and the next K block is one run
+       of memory to prefetch rather than 16 strided rows */
+    const float *panels = B->dtype == LMV_DTYPE_F32P ? (const float *)B->data : NULL, *p;
+    if (trans_b && nr <= LMV__NARROW && !panels) {
         lmv__gemm_narrow(m0, m1, j0, nr, K, A, lda, B, ldb, bias, C, ldc, act);
         return;
     }
@@ -1546,14 +1566,19 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         /* the next pack: this panel's next K block, or the next panel this thread will likely take */
         int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
         int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
-        lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc);
+        if (panels) p = panels + ((size_t)jp * ldb + (size_t)k0) * LMV__NR;
+        else lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc), p = panel;
         for (i0 = m0; i0 < m1; i0 += mr, tile++) {
             mr = lmv__tile_rows(m1 - i0);
-            if (trans_b) LMV__PREFETCH_ROWS(B, ldb, nj0, nnr, nk0, nkc, tile, tiles);
+            if (panels) { /* this tile's share of the next block's nkc lines of 64 bytes */
+                const float *next = panels + ((size_t)(nj0 / LMV__NR) * ldb + (size_t)nk0) * LMV__NR;
+                int l = nkc * tile / tiles, end = nkc * (tile + 1) / tiles;
+                for (; l < end; l++) LMV__PREFETCH(next + (size_t)l * LMV__NR);
+            } else if (trans_b) LMV__PREFETCH_ROWS(B, ldb, nj0, nnr, nk0, nkc, tile, tiles);
 #if defined(LMV__AVX2)
             if (nr == LMV__NR) {
                 int gelu = act == LMV__ACT_GELU && k0 + kc == K;
-                lmv__tile_c(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, C + (size_t)i0 * ldc + (size_t)j0, ldc,
+                lmv__tile_c(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, C + (size_t)i0 * ldc + (size_t)j0, ldc,
                             bias ? bias + j0 : NULL, k0 == 0, gelu);
                 if (act != LMV__ACT_NONE && !gelu && k0 + kc == K)
                     for (r = 0; r < mr; r++) lmv__activate(C + (size_t)(i0 + r) * ldc + (size_t)j0, LMV__NR, act);
@@ -1568,7 +1593,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
                 else if (r < mr && bias)
                     for (j = 0; j < nr; j++) acc[r][j] = bias[j0 + j];
             }
-            lmv__tile(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, panel, acc);
+            lmv__tile(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, acc);
             if (act != LMV__ACT_NONE && k0 + kc == K)
                 for (r = 0; r < mr; r++) lmv__activate(acc[r], (size_t)nr, act);
             for (r = 0; r < mr; r++)
@@ -3752,10 +3777,11 @@ static lmv_result lmv__native_copy(lmv_model *m, lmv_error *err) {
                          m->file_size);
     memcpy(c, m->file, m->file_size);
     m->native = c;
-    for (i = 0; i < m->n_tensors; i++) { /* float32 values or int8 scales: 4 bytes; f16: 2 */
+    for (i = 0; i < m->n_tensors; i++) { /* float32 values (plain or in panels) or int8 scales: 4 bytes; f16: 2 */
         lmv__tensor *t = &m->tensors[i];
         unsigned char *d = c + (t->data - m->file);
-        size_t n4 = t->dtype == LMV_DTYPE_F32 ? t->nbytes : t->dtype == LMV_DTYPE_INT8 ? 4 * (size_t)t->shape[0] : 0;
+        size_t n4 = t->dtype == LMV_DTYPE_F32 || t->dtype == LMV_DTYPE_F32P ? t->nbytes
+                    : t->dtype == LMV_DTYPE_INT8 ? 4 * (size_t)t->shape[0] : 0;
         for (k = 0; k + 4 <= n4; k += 4) {
             unsigned char b0 = d[k], b1 = d[k + 1];
             d[k] = d[k + 3]; d[k + 1] = d[k + 2]; d[k + 2] = b1; d[k + 3] = b0;

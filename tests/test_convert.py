@@ -759,8 +759,12 @@ def _():
     expect(got == want, "int8 set differs: extra %s, missing %s" % (sorted(set(got) - set(want)),
                                                                     sorted(set(want) - set(got))))
     expect(list(f8.tensors) == list(src.tensors) and all(f8.shape(n) == src.shape(n) for n in src.tensors), "order")
-    expect(all(f8.dtype(n) == "f32" and f8.tensor_bytes(n) == src.tensor_bytes(n)
-               for n in src.tensors if n not in want), "float32 tensors not copied byte for byte")
+    # the other float32 tensors: plain ones copied byte for byte, small matrices (packable, too small to
+    # quantise) as f32p panels of the same values
+    expect(all((f8.dtype(n) == "f32p" and f8.tensor(n) == src.tensor(n)) if lmvfile.packable(n, src.shape(n))
+               else (f8.dtype(n) == "f32" and f8.tensor_bytes(n) == src.tensor_bytes(n))
+               for n in src.tensors if n not in want), "float32 tensors not kept exactly (f32 bytes, f32p values)")
+    expect(sum(f8.dtype(n) == "f32p" for n in src.tensors) == 1, "one small matrix weight in panels")
     expect(list(f8.meta)[:-1] == list(src.meta) and f8.meta["weights.dtype"] == "int8" and
            all(f8.meta[k] == src.meta[k] and f8.meta_types[k] == src.meta_types[k] for k in src.meta), "meta")
     for n in want:
@@ -776,12 +780,16 @@ def _():
     # int8 -> f32: every tensor float32 with exactly the dequantised values
     lmvfile.requantize(out8, back, "f32")
     fb = lmvfile.read(back)
-    expect(all(fb.dtype(n) == "f32" and fb.tensor(n) == f8.tensor(n) for n in src.tensors), "f32 values")
+    expect(all(fb.dtype(n) == ("f32p" if lmvfile.packable(n, fb.shape(n)) else "f32") and fb.tensor(n) == f8.tensor(n)
+               for n in src.tensors), "f32 values, matrix weights in panels")
+    lmvfile.requantize(back, path("lemevit_plain.lmv"), "f32", pack=False)
+    fp = lmvfile.read(path("lemevit_plain.lmv"))
+    expect(all(fp.dtype(n) == "f32" and fp.tensor(n) == f8.tensor(n) for n in src.tensors), "pack=False: plain f32")
     expect(fb.meta["weights.dtype"] == "f32", "weights.dtype f32")
     # int8 of an int8 file works (values requantised from the dequantised ones); --keep
     lmvfile.requantize(out8, path("lemevit_int8b.lmv"), "int8", keep=[r"^head\.", r"mlp\.3\.weight$"])
     fk = lmvfile.read(path("lemevit_int8b.lmv"))
-    kept = [n for n in want if fk.dtype(n) == "f32"]
+    kept = [n for n in want if fk.dtype(n) == "f32p"]
     expect(kept == [n for n in want if n == "head.weight" or n.endswith("mlp.3.weight")] and len(kept) == 8, kept)
     drift = max(float(np.max(np.abs(np.array(fk.tensor(n)) - np.array(f8.tensor(n))))) for n in want if n not in kept)
     sizes = [os.path.getsize(p) for p in (LEMEVIT_EXAMPLE, out8, out16)]
@@ -811,6 +819,7 @@ def _():
     w[2, 17] = -np.inf
     refuse([("t.weight", w.shape, w, "f16")], "t.weight", "inf")
     refuse([("bias", (5,), np.ones(5, np.float32), "int8")], "bias", "2 dimensions")
+    refuse([("bias", (5,), np.ones(5, np.float32), "f32p")], "bias", "f32p", "2 dimensions")
     refuse([("s", (), np.ones((), np.float32), "int8")], "s", "int8")
     refuse([("x", (2, 2), np.ones((2, 2), np.float32), "bf16")], "bf16")
     refuse([("x", (2, 2), np.ones(3, np.float32), "f16")], "x", "bytes")
@@ -843,7 +852,9 @@ def _():
 
     dt_at = lambda n: ents[n][5] + 2  # noqa: E731
     size_at = lambda n: ents[n][5] + 12  # noqa: E731
-    bad(lambda b: b.__setitem__(dt_at("b"), 3), "unknown dtype 3")
+    bad(lambda b: b.__setitem__(dt_at("b"), 4), "unknown dtype 4")
+    bad(lambda b: b.__setitem__(dt_at("a"), 3), "tensor a", "f32p")                     # 1-D f32p
+    bad(lambda b: b.__setitem__(dt_at("c"), 3), "tensor c", "f32p")                     # int8 size read as f32p
     bad(lambda b: b.__setitem__(dt_at("c"), 255), "unknown dtype 255")
     bad(lambda b: b.__setitem__(dt_at("a"), 2), "tensor a", "int8")                     # 1-D int8
     bad(lambda b: b.__setitem__(dt_at("b"), 0), "tensor b", "size 32")                  # f16 size read as f32
@@ -911,13 +922,14 @@ def _():
     expect("1178410 parameters" in p.stdout, "parameter count")
     lines = {ln.split()[0]: ln.split() for ln in p.stdout.splitlines() if ln.startswith("  ") and "@" in ln}
     expect(lines["head.weight"][1] == "int8" and lines["meta_tokens"][1] == "f32", "dtype column")
-    expect("weights.dtype" in p.stdout and "int8: 52 tensors" in p.stdout and "f32: 143 tensors" in p.stdout,
+    expect("weights.dtype" in p.stdout and "int8: 52 tensors" in p.stdout and "f32: 142 tensors" in p.stdout
+           and "f32p: 1 tensors" in p.stdout,
            p.stdout[-300:])
     p = runp("--help")
     for w in ("--dtype", "--keep", "int8", "f16", "depthwise", "exit status"):
         expect(w in p.stdout, "help lacks %s" % w)
     for args in ([], ["a.lmv", "b.lmv"], ["--dtype", "int8", LEMEVIT_EXAMPLE], ["--dtype", "f8", "a", "b"],
-                 ["--keep", "x", LEMEVIT_EXAMPLE]):
+                 ["--keep", "x", LEMEVIT_EXAMPLE], ["--no-pack", LEMEVIT_EXAMPLE], ["--dtype", "f32p", "a", "b"]):
         expect(runp(*args).returncode == 2, "usage error for %s" % args)
     p = runp("--dtype", "int8", "--keep", "(", LEMEVIT_EXAMPLE, path("x.lmv"))
     expect(p.returncode == 1 and "--keep" in p.stderr, p.stderr)
@@ -1105,12 +1117,12 @@ def _():
     expect(loaded["config"]._lmv_items["LR"] == 0.1, "yacs CfgNode items")
     f = conv(fn)
     expect(f.meta["name"] == "vit_tiny_patch16_224", "name from args: %r" % f.meta["name"])
-    expect(np.frombuffer(f.tensor_bytes("head.weight"), "<f4").tobytes() == torch_bytes(model.head.weight), "model weights")
+    expect(f.tensor("head.weight").tobytes() == torch_bytes(model.head.weight), "model weights")
     fe = conv(fn, "--ema", out=path("train_ema.lmv"))
-    expect(fe.tensor_bytes("head.weight").tobytes() == torch_bytes(ema.head.weight), "--ema did not pick the EMA copy")
+    expect(fe.tensor("head.weight").tobytes() == torch_bytes(ema.head.weight), "--ema did not pick the EMA copy")
     expect_forward(fe, ema, img(1))
     legacy = conv(save(ckpt, "train_legacy.pth", legacy=True), "--ema")
-    expect(legacy.tensor_bytes("head.weight").tobytes() == torch_bytes(ema.head.weight), "legacy --ema")
+    expect(legacy.tensor("head.weight").tobytes() == torch_bytes(ema.head.weight), "legacy --ema")
     expect_error(lambda: conv(save({"model": model.state_dict()}, "noema.pth"), "--ema"), "ema")
 
 
@@ -1157,7 +1169,7 @@ def _():
         sd = OrderedDict((k, v.to(dt)) for k, v in m.state_dict().items())
         f = conv(save(sd, "half_%s.pth" % str(dt)[6:]))
         for k, v in sd.items():
-            expect(f.tensor_bytes(k).tobytes() == v.float().contiguous().numpy().tobytes(), "%s %s" % (dt, k))
+            expect(f.tensor(k).tobytes() == v.float().contiguous().numpy().tobytes(), "%s %s" % (dt, k))
         m2 = TimmViT(classes=10)
         m2.load_state_dict(OrderedDict((k, v.float()) for k, v in sd.items()))
         expect_forward(f, m2, img(1))
@@ -1713,7 +1725,11 @@ def _():
     m = timm_model(classes=10)
     fn = save(m.state_dict(), "q_timm.pth")
     f32 = conv(fn, out=path("q_timm_f32.lmv"))
-    expect(f32.meta["weights.dtype"] == "f32" and all(t.dtype == 0 for t in f32.tensors.values()), "default f32")
+    expect(f32.meta["weights.dtype"] == "f32" and all(t.dtype == (lmvfile.DTYPE_F32P if lmvfile.packable(n, t.shape) else 0)
+                                                       for n, t in f32.tensors.items()), "default f32, matrices f32p")
+    plain = conv(fn, "--no-pack", out=path("q_timm_plain.lmv"))
+    expect(all(t.dtype == 0 for t in plain.tensors.values()) and
+           all(plain.tensor(n) == f32.tensor(n) for n in f32.tensors), "--no-pack: plain f32, the same values")
     code, out, err = cli(fn, path("q_timm_int8.lmv"), "--dtype", "int8")
     expect(code == 0 and "weights int8" in out, err or out)
     f8 = lmvfile.read(path("q_timm_int8.lmv"))
@@ -1760,7 +1776,7 @@ def _():
     expect(code == 1 and err.count("\n") == 1 and "blocks.1.mlp.fc1.weight" in err and "--keep-f32" in err, err)
     expect(not os.path.exists(path("q_big.lmv")), "output written")
     code, out, err = cli(big, path("q_big.lmv"), "--dtype", "f16", "--keep-f32", r"^blocks\.1\.mlp\.fc1\.weight$")
-    expect(code == 0 and lmvfile.read(path("q_big.lmv")).dtype("blocks.1.mlp.fc1.weight") == "f32", err)
+    expect(code == 0 and lmvfile.read(path("q_big.lmv")).dtype("blocks.1.mlp.fc1.weight") == "f32p", err)
     code, out, err = cli(fn, path("q_x.lmv"), "--dtype", "int8", "--keep-f32", "(")
     expect(code == 1 and "--keep-f32" in err, err)
     code, out, err = cli(fn, path("q_x.lmv"), "--dtype", "bf16")

@@ -155,6 +155,51 @@ static void test_gemm_reduced(void) {
     check("gemm with f16/int8 weights equals gemm with the widened float32 weights", ok, msg);
 }
 
+/* f32p weights (the matrix in panels of 16 rows, read in place): the same sums in the same k order
+   as plain float32 weights, so bit-identical to them, on one thread or two, except the few leftover
+   columns (N % 16 <= LMV__NARROW) that plain weights send through dot products; those, and all
+   others, against a double-precision reference. Rows past N in the last panel are zero. */
+static void test_gemm_panels(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {6, 16, 256}, {5, 33, 257}, {13, 48, 600}, {49, 37, 300}, {197, 70, 64}};
+    unsigned seed = 5;
+    int s, t, ok = 1, near = 1;
+    double worst = 0;
+    char msg[160];
+    for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++)
+        for (t = 1; t <= 2; t++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], NP = (N + 15) / 16 * 16, i, j, k;
+            int plain_cols = N % LMV__NR <= LMV__NARROW ? N / LMV__NR * LMV__NR : N; /* columns both compute in tiles */
+            float *A = (float *)malloc(sizeof(float) * (size_t)M * K), *W = (float *)malloc(sizeof(float) * (size_t)N * K);
+            float *P = (float *)malloc(sizeof(float) * (size_t)NP * K + 4), *bias = (float *)malloc(sizeof(float) * (size_t)N);
+            float *C1 = (float *)malloc(sizeof(float) * (size_t)M * N), *C2 = (float *)malloc(sizeof(float) * (size_t)M * N);
+            lmv__mat m;
+            lmv__ctx ctx;
+            memset(&ctx, 0, sizeof ctx);
+            ctx.threads = t;
+            for (i = 0; i < M * K; i++) A[i] = frand(&seed);
+            for (i = 0; i < N * K; i++) W[i] = frand(&seed);
+            for (i = 0; i < N; i++) bias[i] = frand(&seed);
+            for (j = 0; j < NP; j++) /* panels, at an offset of one float: the library may only assume 4-byte alignment */
+                for (k = 0; k < K; k++) P[1 + ((size_t)(j / 16) * K + k) * 16 + j % 16] = j < N ? W[j * K + k] : 0.0f;
+            m.data = P + 1;
+            m.scale = NULL;
+            m.dtype = LMV_DTYPE_F32P;
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, m, (size_t)K, 1, bias, C1, (size_t)N);
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(W), (size_t)K, 1, bias, C2, (size_t)N);
+            for (i = 0; i < M; i++)
+                for (j = 0; j < N; j++) {
+                    double ref = bias[j];
+                    for (k = 0; k < K; k++) ref += (double)A[i * K + k] * W[j * K + k];
+                    if (j < plain_cols && C1[i * N + j] != C2[i * N + j]) ok = 0;
+                    if (fabs(ref - C1[i * N + j]) > worst) worst = fabs(ref - C1[i * N + j]);
+                    if (fabs(ref - C1[i * N + j]) > 1e-4 * (1 + K)) near = 0;
+                }
+            free(A); free(W); free(P); free(bias); free(C1); free(C2);
+        }
+    snprintf(msg, sizeof msg, "%d shapes x 1 and 2 threads, unaligned panels; max abs error %.2e", (int)(sizeof shapes / sizeof shapes[0]), worst);
+    check("gemm with f32p weights equals gemm with plain float32 weights and a double reference", ok && near, msg);
+}
+
 /* The int8 x int8 GEMM against its definition, computed here independently: per row and K block
    of LMV_GEMM_KC, q = round-half-even(a * 127 / max|a|) clamped to +-127, integer sums, the blocks
    added as scale_a * scale_w * sum. And against the float GEMM with the same weights, within the
@@ -605,6 +650,7 @@ int main(int argc, char **argv) {
     test_gemm_gelu();
     test_half();
     test_gemm_reduced();
+    test_gemm_panels();
     test_gemm_int8_compute();
     test_attention();
     test_conv();

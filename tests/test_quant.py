@@ -57,7 +57,7 @@ def widened_copy(model, path):
     sd = m.state_dict()
     loaded = 0
     for name, t in f.tensors.items():
-        if t.dtype == lmvfile.DTYPE_F32:
+        if t.dtype in (lmvfile.DTYPE_F32, lmvfile.DTYPE_F32P):   # float32 values, plain or in panels
             continue
         if name not in sd:
             raise RuntimeError(f"{name} is reduced precision in the file but not in the reference state dict")
@@ -89,7 +89,7 @@ def family_case(name, model, img, opts):
     for dt in ("f16", "int8"):
         q = files[dt]
         f = lmvfile.read(q)
-        n_q = sum(1 for t in f.tensors.values() if t.dtype != lmvfile.DTYPE_F32)
+        n_q = sum(1 for t in f.tensors.values() if t.dtype == lmvfile.dtype_code(dt))
         size = os.path.getsize(q)
         code, out, err = run([LMV, "info", q])
         res.check(f"{name} {dt}: lmv info shows the storage", code == 0 and f"{dt}: {n_q} tensors" in out,
@@ -105,10 +105,10 @@ def family_case(name, model, img, opts):
         if name == "LeMeViT":
             compare_traces(res, f"{name} {dt}", traces, L.reference_traces(L.collect_activations(ref, x), ref))
         twin = os.path.join(d, f"twin_{dt}.lmv")
-        lmvfile.requantize(q, twin, "f32")
+        lmvfile.requantize(q, twin, "f32", pack=False)
         got_twin, _ = lmv_run(twin, x.numpy())
         diff = max_abs(got, got_twin)
-        # the GEMM sees the same float32 panel either way: bit-identical, not merely close
+        # the GEMM packs the same float32 panel either way: bit-identical, not merely close
         res.check(f"{name} {dt}: the same logits as its float32 twin file, bit for bit", diff == 0.0,
                   f"max abs diff {diff:.1e}")
         # 2. what the precision costs, against the float32 model
@@ -179,6 +179,14 @@ def refusals():
     code, out, err = run([LMV, "info", bad])
     res.check("an f16 LayerNorm weight is refused with advice", code != 0 and "norm_c.weight" in err and
               "--dtype f32" in err and len(err.strip().splitlines()) == 1, err.strip())
+    # a 2-D tensor the library reads element by element (not through the GEMM) in GEMM panels
+    tensors = [(n, s, v, "f32p" if n == "meta_tokens" else dt) for n, s, v, dt in tensors]
+    tensors = [(n, s, v, "f32" if n == "norm_c.weight" else dt) for n, s, v, dt in tensors]
+    bad = os.path.join(d, "meta_f32p.lmv")
+    lmvfile.write(bad, list(f.meta.items()), tensors)
+    code, out, err = run([LMV, "info", bad])
+    res.check("meta tokens stored as f32p panels are refused with advice", code != 0 and "meta_tokens" in err and
+              "f32p" in err and "--dtype f32" in err and len(err.strip().splitlines()) == 1, err.strip())
 
 
 def main():

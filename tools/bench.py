@@ -47,7 +47,7 @@ What it does, in one run:
      list, the others from forward hooks on every nn.Linear of the PyTorch model, deduplicated and
      the --gemm-top shapes with the most multiply-adds per image kept; cached in
      build/bench/gemm_shapes.json), at every thread count: lemevit.h `lmv gemm M N K --json`
-     (float32 weights) against torch.nn.functional.linear in a worker process (`_gemm`, same BLAS
+     --dtype f32p (float32 weights in the panel layout the converter writes) against torch.nn.functional.linear in a worker process (`_gemm`, same BLAS
      and thread settings as the model runs), each best and median of as many calls as fit in
      ~0.3 s.  Table "GEMM at the models' shapes": GFLOP/s at the median, % of the measured FMA
      peak for that many threads, median time ratio;
@@ -1056,7 +1056,7 @@ def gemm_result(engine, variant, threads, m, n, k, runs, best_ms, median_ms):
 def bench_gemm_lmv(m, n, k, threads, variant, timeout):
     """lmv gemm twice: 3 runs to learn the warm time of one call (lmv's own run count comes from its first,
     cold call, which also starts the threads), then as many runs as fit in GEMM_SECONDS."""
-    cmd = [LMV, "gemm", str(m), str(n), str(k), "--threads", str(threads), "--dtype", "f32", "--json"]
+    cmd = [LMV, "gemm", str(m), str(n), str(k), "--threads", str(threads), "--dtype", "f32p", "--json"]
     env = clean_env(OMP_NUM_THREADS=threads, OMP_WAIT_POLICY="PASSIVE" if variant == "passive" else None)
     r = run_proc(cmd + ["--runs", "3"], env=env, timeout=timeout)
     j = last_json(r["out"]) if r["rc"] == 0 else None
@@ -1408,7 +1408,8 @@ def gemm_table(state, L):
     threads = sorted(set(r["threads"] for r in results))
     L.append("")
     L.append("GEMM at the models' shapes (C[M][N] = A[M][K] W[N][K]^T + b with float32 weights, the Linear layers "
-             "of each model at batch 1, %dx%d; M tokens, N out features, K in features; lemevit.h `lmv gemm`, "
+             "of each model at batch 1, %dx%d; M tokens, N out features, K in features; lemevit.h `lmv gemm --dtype f32p` "
+             "(the weight layout its converter writes), "
              "PyTorch torch.nn.functional.linear in one worker process with the model runs' BLAS and thread "
              "settings, each as many calls as fit in ~%.1f s). GFLOP/s = 2MNK / median time, with %% of the measured "
              "FMA peak for that many threads; lemevit/PyTorch is the median time ratio, **below 1 means lemevit.h "

@@ -2488,11 +2488,13 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
 
 def tensor_dtypes(model, opts):
     """name -> the dtype each tensor is written in: --dtype for the tensors lmvfile.quantizable()
-    accepts (matrix-multiply weights) unless a --keep-f32 regex matches, float32 for the rest."""
+    accepts (matrix-multiply weights) unless a --keep-f32 regex matches, float32 for the rest: the
+    matrix weights among them (lmvfile.packable()) as f32p panels unless --no-pack."""
     dtype = getattr(opts, "dtype", None) or "f32"
+    pack = getattr(opts, "pack", True)
     try:
         keep = lmvfile.compile_keep(getattr(opts, "keep_f32", None) or [], "--keep-f32")
-        return OrderedDict((n, lmvfile.choose_dtype(n, t.shape, dtype, keep)) for n, t in model.tensors.items())
+        return OrderedDict((n, lmvfile.choose_dtype(n, t.shape, dtype, keep, pack)) for n, t in model.tensors.items())
     except lmvfile.LmvError as e:
         raise ConvertError(str(e))
 
@@ -2600,6 +2602,9 @@ reduced precision (--dtype f16|int8; the meta key weights.dtype records the choi
   f16: IEEE half, round to nearest even; a tensor with values beyond +-65504 is refused.
   int8: symmetric per output channel, scale = max|w[row]| / 127 stored as float32.
   tools/lmvfile.py --dtype re-encodes an existing .lmv file the same way.
+  Float32 matrix weights (the same names and shapes, any size) are stored as f32p: the library's
+  matrix-multiply panels, 16 rows interleaved, read in place without repacking (about 3-5 % faster
+  whole models); --no-pack keeps PyTorch's row order (dtype f32), which the library reads too.
 
 per-source defaults (override with the options above):
   timm vit_*   LN eps 1e-6, GELU, mean/std 0.5, crop_pct 0.9 bicubic, pos_interp bicubic_aa
@@ -2658,8 +2663,11 @@ def build_parser():
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any .lmv key, e.g. --set vit.act=gelu_tanh --set vit.pos_interp=bicubic")
     p.add_argument("--ignore", action="append", metavar="REGEX", help="drop checkpoint tensors matching REGEX")
-    p.add_argument("--dtype", choices=list(lmvfile.DTYPE_CODES), default="f32",
+    p.add_argument("--dtype", choices=list(lmvfile.PRECISIONS), default="f32",
                    help="storage of the matrix weights (see 'reduced precision' below); default f32")
+    p.add_argument("--no-pack", dest="pack", action="store_false",
+                   help="write float32 matrix weights in plain row order (f32) instead of the library's GEMM "
+                        "panels (f32p, the default: read in place, faster)")
     p.add_argument("--keep-f32", action="append", metavar="REGEX", dest="keep_f32",
                    help="with --dtype f16/int8: keep the output tensors whose name matches REGEX (re.search) "
                    "float32; repeatable")

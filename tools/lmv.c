@@ -54,7 +54,8 @@ static const char *usage =
     "                                    C[M][N] = A[M][K] W[N][K]^T + b, random data\n"
     "      --threads N                   threads (default: all)\n"
     "      --runs N                      timed runs after one warm-up (default: enough for ~0.3 s)\n"
-    "      --dtype f32|f16|int8          how W is stored (default f32)\n"
+    "      --dtype f32|f32p|f16|int8     how W is stored (default f32; f32p: in the GEMM's panels,\n"
+    "                                    as the converter writes matrix weights)\n"
     "      --int8-compute                with int8 W: quantise A and multiply in int8\n"
     "      --json                        one JSON object instead of text\n"
     "  decode IMAGE.jpg OUT.ppm          decode a JPEG (EXIF orientation applied) to PPM/PGM\n"
@@ -268,8 +269,6 @@ static int cmd_bench(int argc, char **argv) {
     return 0;
 }
 
-static const char *dtype_name(int dtype) { return dtype == LMV_DTYPE_F32 ? "f32" : dtype == LMV_DTYPE_F16 ? "f16" : "int8"; }
-
 /* The GEMM alone, at one shape: best and median of the timed runs. */
 static int cmd_gemm(int argc, char **argv) {
     int dims[3] = {0, 0, 0}, nd = 0, threads = 0, runs = 0, json = 0, dtype = LMV_DTYPE_F32, int8_compute = 0, i;
@@ -287,9 +286,10 @@ static int cmd_gemm(int argc, char **argv) {
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
             const char *d = argv[++i];
-            dtype = !strcmp(d, "f32") ? LMV_DTYPE_F32 : !strcmp(d, "f16") ? LMV_DTYPE_F16 : !strcmp(d, "int8") ? LMV_DTYPE_INT8 : -1;
+            dtype = !strcmp(d, "f32") ? LMV_DTYPE_F32 : !strcmp(d, "f16") ? LMV_DTYPE_F16 : !strcmp(d, "int8") ? LMV_DTYPE_INT8
+                    : !strcmp(d, "f32p") ? LMV_DTYPE_F32P : -1;
             if (dtype < 0) {
-                fprintf(stderr, "lmv gemm: --dtype must be f32, f16 or int8\n");
+                fprintf(stderr, "lmv gemm: --dtype must be f32, f32p, f16 or int8\n");
                 return 2;
             }
         } else if (argv[i][0] != '-' && nd < 3) dims[nd++] = atoi(argv[i]);
@@ -308,7 +308,7 @@ static int cmd_gemm(int argc, char **argv) {
     C = (float *)malloc(sizeof(float) * (size_t)dims[0] * dims[1]);
     bias = (float *)malloc(sizeof(float) * (size_t)dims[1]);
     scale = (float *)malloc(sizeof(float) * (size_t)dims[1]);
-    wq = malloc(2 * nk);
+    wq = malloc(4 * ((size_t)dims[1] + 15) / 16 * 16 * dims[2]); /* f32p: whole panels of 16 rows */
     times = (double *)malloc(sizeof(double) * 100000);
     if (!A || !W || !C || !bias || !scale || !wq || !times) {
         fprintf(stderr, "lmv gemm: out of memory\n");
@@ -322,6 +322,11 @@ static int cmd_gemm(int argc, char **argv) {
         else ((uint16_t *)wq)[j] = (uint16_t)(0x3000u | ((r >> 3) & 0x8fffu)); /* halves of modest size */
     }
     for (j = 0; j < (size_t)dims[1]; j++) bias[j] = 0.01f * (float)(j % 17), scale[j] = 0.01f;
+    if (dtype == LMV_DTYPE_F32P) /* W in panels: row n, column k at ((n / 16) * K + k) * 16 + n % 16 */
+        for (j = 0; j < ((size_t)dims[1] + 15) / 16 * 16 * dims[2]; j++) {
+            size_t n = j / ((size_t)dims[2] * 16) * 16 + j % 16, k = j / 16 % (size_t)dims[2];
+            ((float *)wq)[j] = n < (size_t)dims[1] ? W[n * dims[2] + k] : 0.0f;
+        }
     mat.dtype = dtype;
     mat.data = dtype == LMV_DTYPE_F32 ? (const void *)W : wq;
     mat.scale = scale;
@@ -344,11 +349,11 @@ static int cmd_gemm(int argc, char **argv) {
     if (json)
         printf("{\"m\": %d, \"n\": %d, \"k\": %d, \"dtype\": \"%s\", \"threads\": %d, \"runs\": %d, \"best_ms\": %.5f, "
                "\"median_ms\": %.5f, \"gflops_best\": %.3f, \"gflops_median\": %.3f}\n",
-               dims[0], dims[1], dims[2], dtype_name(dtype), ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], lmv_dtype_name(dtype), ctx.threads, runs, times[0],
                times[runs / 2], flops / times[0] / 1e6, flops / times[runs / 2] / 1e6);
     else
         printf("gemm %dx%dx%d (%s weights), %d thread(s), %d runs: best %.3f ms (%.1f GFLOP/s), median %.3f ms (%.1f GFLOP/s)\n",
-               dims[0], dims[1], dims[2], dtype_name(dtype), ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], lmv_dtype_name(dtype), ctx.threads, runs, times[0],
                flops / times[0] / 1e6, times[runs / 2], flops / times[runs / 2] / 1e6);
     free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
     return 0;
@@ -375,13 +380,13 @@ static int cmd_info(int argc, char **argv) {
     printf("features     %d\n", in->num_features);
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
     {
-        size_t count[3] = {0, 0, 0}, bytes[3] = {0, 0, 0};
+        size_t count[4] = {0, 0, 0, 0}, bytes[4] = {0, 0, 0, 0};
         lmv_tensor_info t;
         for (i = 0; lmv_model_tensor(m, i, &t); i++)
-            if (t.dtype >= 0 && t.dtype < 3) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
+            if (t.dtype >= 0 && t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
         printf("storage     ");
-        for (j = 0; j < 3; j++)
-            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", dtype_name((int)j), count[j], bytes[j] / 1e6);
+        for (j = 0; j < 4; j++)
+            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", lmv_dtype_name((int)j), count[j], bytes[j] / 1e6);
         printf("\n");
     }
     printf("preprocess   resize %d %s, crop %dx%d (crop_pct %.3f), mean %.4f %.4f %.4f, std %.4f %.4f %.4f\n",

@@ -17,9 +17,14 @@ Tensor dtypes (the table's dtype byte):
   4*R + numel.  Element (r, ...) is scale[r] * q.  scale[r] = max|w[r,:]| / 127 (float64, stored as
   float32); q = round-half-to-even(w / scale_f32) clipped to [-127, 127] (the division in float64
   by the stored float32 scale); an all-zero row has scale 0 and q = 0.
+* 3 `f32p` -- float32 in the library's GEMM panel layout, only for tensors with 2 or more
+  dimensions: R = shape[0] rows of C = numel/R values are stored as ceil(R/16) panels of [C][16],
+  element (16p + j, c) at float index (p*C + c)*16 + j, rows past R zero; the size is
+  ceil(R/16)*16*C*4.  The values are exactly the float32 ones: only the order differs.
 
 Which tensors a converted or re-quantised file stores in reduced precision is decided by one
-function, quantizable(name, shape): the matrix-multiply weights only (see its docstring).
+function, quantizable(name, shape): the matrix-multiply weights only (see its docstring); which
+float32 tensors are stored as f32p by packable(name, shape) (the same weights, of any size).
 
 Choices made where README leaves room (kept in one place so readers of the C side can check them):
 
@@ -83,9 +88,12 @@ TYPE_NAMES = {T_INT32: "int32", T_FLOAT32: "float32", T_STRING: "string", T_STRL
 DTYPE_F32 = 0
 DTYPE_F16 = 1
 DTYPE_INT8 = 2
-DTYPE_NAMES = OrderedDict([(DTYPE_F32, "f32"), (DTYPE_F16, "f16"), (DTYPE_INT8, "int8")])
+DTYPE_F32P = 3
+DTYPE_NAMES = OrderedDict([(DTYPE_F32, "f32"), (DTYPE_F16, "f16"), (DTYPE_INT8, "int8"), (DTYPE_F32P, "f32p")])
 DTYPE_CODES = OrderedDict((v, k) for k, v in DTYPE_NAMES.items())
-DTYPE_SIZES = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_INT8: 1}
+DTYPE_SIZES = {DTYPE_F32: 4, DTYPE_F16: 2, DTYPE_INT8: 1, DTYPE_F32P: 4}
+PRECISIONS = ("f32", "f16", "int8")   # what --dtype chooses; f32 matrix weights are written as f32p
+PANEL = 16                            # rows per f32p panel (the GEMM's register tile width)
 F16_MAX = 65504.0
 INT8_MAX = 127
 QUANT_MIN_NUMEL = 1024       # smaller tensors stay float32 (quantizable())
@@ -225,7 +233,7 @@ def _as_f32_bytes(data, nbytes, name):
 
 
 def dtype_code(dtype):
-    """The table code of a dtype given by name ('f32', 'f16', 'int8'), code (0, 1, 2) or None (f32)."""
+    """The table code of a dtype given by name ('f32', 'f16', 'int8', 'f32p'), code (0..3) or None (f32)."""
     if dtype is None:
         return DTYPE_F32
     if isinstance(dtype, str) and dtype in DTYPE_CODES:
@@ -243,11 +251,14 @@ def _numel(shape):
 
 
 def tensor_nbytes(dtype, shape):
-    """Bytes of a tensor's data: numel*4 (f32), numel*2 (f16), 4*shape[0] + numel (int8)."""
+    """Bytes of a tensor's data: numel*4 (f32), numel*2 (f16), 4*shape[0] + numel (int8),
+    ceil(shape[0]/16)*16 * numel/shape[0] * 4 (f32p)."""
     code = dtype_code(dtype)
     n = _numel(shape)
     if code == DTYPE_INT8:
         return 4 * shape[0] + n
+    if code == DTYPE_F32P:
+        return _align(shape[0], PANEL) * (n // shape[0]) * 4 if shape[0] else 0
     return n * DTYPE_SIZES[code]
 
 
@@ -263,6 +274,13 @@ def quantizable(name, shape):
     if len(shape) == 4 and shape[1] == 1:
         return False
     return _numel(shape) >= QUANT_MIN_NUMEL
+
+
+def packable(name, shape):
+    """May float32 tensor `name` of `shape` be stored as f32p?  The weights quantizable() picks,
+    whatever their size: they are read only by the library's matrix multiply."""
+    shape = tuple(int(d) for d in shape)
+    return name.endswith(".weight") and len(shape) in (2, 4) and not (len(shape) == 4 and shape[1] == 1)
 
 
 _CHUNK = 1 << 16   # elements per step of the pure-Python loops (bounds temporary lists)
@@ -381,6 +399,37 @@ def _encode_int8(vals, shape, name):
     return scales.tobytes() + q.tobytes()
 
 
+def _panels(raw, rows, cols):
+    """Little-endian float32 bytes of a [rows][cols] matrix -> its f32p bytes (see the top)."""
+    prow = _align(rows, PANEL)
+    if _np is not None:
+        w = _np.zeros((prow, cols), dtype="<f4")
+        w[:rows] = _np.frombuffer(raw, dtype="<f4", count=rows * cols).reshape(rows, cols)
+        return w.reshape(prow // PANEL, PANEL, cols).transpose(0, 2, 1).tobytes()
+    out = bytearray(prow * cols * 4)
+    for r in range(rows):
+        p, j = divmod(r, PANEL)
+        for c in range(cols):
+            o = ((p * cols + c) * PANEL + j) * 4
+            out[o:o + 4] = raw[(r * cols + c) * 4:(r * cols + c) * 4 + 4]
+    return bytes(out)
+
+
+def _unpanel(raw, rows, cols):
+    """f32p bytes -> the little-endian float32 bytes of the [rows][cols] matrix."""
+    prow = _align(rows, PANEL)
+    if _np is not None:
+        p = _np.frombuffer(raw, dtype="<f4", count=prow * cols).reshape(prow // PANEL, cols, PANEL)
+        return p.transpose(0, 2, 1).reshape(prow, cols)[:rows].tobytes()
+    out = bytearray(rows * cols * 4)
+    for r in range(rows):
+        p, j = divmod(r, PANEL)
+        for c in range(cols):
+            o = ((p * cols + c) * PANEL + j) * 4
+            out[(r * cols + c) * 4:(r * cols + c) * 4 + 4] = raw[o:o + 4]
+    return bytes(out)
+
+
 def encode_tensor(data, dtype, shape, name="tensor"):
     """The bytes a tensor of `shape` stores for float32 `data` (bytes, array('f'), numpy float32
     array or a callable returning one) in `dtype`.  Raises LmvError."""
@@ -389,9 +438,11 @@ def encode_tensor(data, dtype, shape, name="tensor"):
     n = _numel(shape)
     if code == DTYPE_F32:
         return _as_f32_bytes(data, n * 4, name)
-    if code == DTYPE_INT8 and len(shape) < 2:
-        raise LmvError("tensor %s: int8 needs at least 2 dimensions (one scale per row), shape is %s"
-                       % (name, list(shape)))
+    if code in (DTYPE_INT8, DTYPE_F32P) and len(shape) < 2:
+        raise LmvError("tensor %s: %s needs at least 2 dimensions (one %s per row), shape is %s"
+                       % (name, DTYPE_NAMES[code], "scale" if code == DTYPE_INT8 else "panel row", list(shape)))
+    if code == DTYPE_F32P:
+        return _panels(bytes(_as_f32_bytes(data, n * 4, name)), shape[0], n // shape[0] if shape[0] else 0)
     vals = _f32_values(data, n, name)
     if code == DTYPE_F16:
         return _encode_f16(vals, name)
@@ -399,12 +450,14 @@ def encode_tensor(data, dtype, shape, name="tensor"):
 
 
 def decode_tensor(raw, dtype, shape):
-    """Stored bytes -> the float32 values the library computes with, as a flat array('f'):
-    f16 widened exactly; int8 as the float32 product float32(scale[r]) * float32(q)."""
+    """Stored bytes -> the float32 values the library computes with, as a flat array('f'), row-major:
+    f16 widened exactly; int8 as the float32 product float32(scale[r]) * float32(q); f32p unpacked."""
     code = dtype_code(dtype)
     shape = tuple(int(d) for d in shape)
     n = _numel(shape)
     out = array.array("f")
+    if code == DTYPE_F32P:
+        raw, code = _unpanel(bytes(raw), shape[0], n // shape[0] if shape[0] else 0), DTYPE_F32
     if code == DTYPE_F32:
         out.frombytes(raw)
         if sys.byteorder == "big":
@@ -475,9 +528,9 @@ def layout(meta, tensors):
                 raise LmvError("tensor %s: bad dimension %d" % (name, d))
             numel *= d
         code = dtype_code(dtype)
-        if code == DTYPE_INT8 and len(shape) < 2:
-            raise LmvError("tensor %s: int8 needs at least 2 dimensions (one scale per row), shape is %s"
-                           % (name, list(shape)))
+        if code in (DTYPE_INT8, DTYPE_F32P) and len(shape) < 2:
+            raise LmvError("tensor %s: %s needs at least 2 dimensions, shape is %s"
+                           % (name, DTYPE_NAMES[code], list(shape)))
         size = tensor_nbytes(code, shape)
         rel = _align(rel, DATA_ALIGN)
         entry = struct.pack("<HBBQQ", len(nb), code, len(shape), rel, size)
@@ -627,7 +680,7 @@ class LmvFile(object):
         return decode_tensor(self.tensor_bytes(name), t.dtype, t.shape)
 
     def dtype(self, name):
-        """The tensor's dtype name: 'f32', 'f16' or 'int8'."""
+        """The tensor's dtype name: 'f32', 'f16', 'int8' or 'f32p'."""
         return self.tensors[name].dtype_name
 
     def shape(self, name):
@@ -747,8 +800,9 @@ def read(source, verify_crc=True):
         entry_end = pos + _align(p - pos, 8)
         _check(buf[p:entry_end] == b"\0" * (entry_end - p), "tensor %s: name padding not zero" % name)
         _check(name not in tensors, "duplicate tensor name %s" % name)
-        _check(dtype != DTYPE_INT8 or ndim >= 2,
-               "tensor %s: int8 with %d dimension(s); int8 needs at least 2 (one scale per row)" % (name, ndim))
+        _check(dtype not in (DTYPE_INT8, DTYPE_F32P) or ndim >= 2,
+               "tensor %s: %s with %d dimension(s); %s needs at least 2 (one %s per row)"
+               % (name, DTYPE_NAMES[dtype], ndim, DTYPE_NAMES[dtype], "scale" if dtype == DTYPE_INT8 else "panel row"))
         want = tensor_nbytes(dtype, shape)
         _check(size == want, "tensor %s: size %d does not match shape %s and dtype %s (%d bytes)"
                % (name, size, list(shape), DTYPE_NAMES[dtype], want))
@@ -778,26 +832,29 @@ def compile_keep(patterns, what="--keep"):
     return out
 
 
-def choose_dtype(name, shape, dtype, keep=()):
-    """The dtype name a tensor gets when a file is written in `dtype`: `dtype` for quantizable()
-    tensors whose name matches no regex of `keep` (re.search, compiled or strings), else 'f32'."""
+def choose_dtype(name, shape, dtype, keep=(), pack=True):
+    """The dtype name a tensor gets when a file is written in precision `dtype` ('f32', 'f16' or
+    'int8'): `dtype` for quantizable() tensors whose name matches no regex of `keep` (re.search,
+    compiled or strings); otherwise float32, as 'f32p' when `pack` and packable(), else 'f32'."""
     code = dtype_code(dtype)
-    if code == DTYPE_F32 or not quantizable(name, shape):
-        return "f32"
-    if any(re.search(rx, name) for rx in keep or ()):
-        return "f32"
-    return DTYPE_NAMES[code]
+    if code in (DTYPE_F16, DTYPE_INT8) and quantizable(name, shape) and not any(re.search(rx, name)
+                                                                               for rx in keep or ()):
+        return DTYPE_NAMES[code]
+    return "f32p" if pack and packable(name, shape) else "f32"
 
 
-def requantize(src_path, dst_path, dtype, keep=None):
+def requantize(src_path, dst_path, dtype, keep=None, pack=True):
     """Re-encode the .lmv file `src_path` as `dst_path`: the meta entries copied as they are, plus
     (added or replaced in place) the string `weights.dtype` = dtype; tensors chosen by
     quantizable() and not matched by a regex of `keep` stored in `dtype` ('f16' or 'int8'),
-    computed from their dequantised float32 values, every other tensor float32.  dtype 'f32'
-    writes every tensor as float32 with its dequantised values (the exact float32 model a
-    quantised file stands for).  Float32 tensors that stay float32 are copied byte for byte.
-    Returns the size of the new file.  Raises LmvError (OSError for I/O failures)."""
+    computed from their dequantised float32 values, every other tensor float32 (f32p for the
+    packable() ones unless `pack` is false).  dtype 'f32' writes every tensor as float32 with its
+    dequantised values (the exact float32 model a quantised file stands for).  Float32 tensors
+    that stay float32 keep their exact bytes (f32 copied, f32p unpacked and packed again, which is
+    lossless).  Returns the size of the new file.  Raises LmvError (OSError for I/O failures)."""
     name = DTYPE_NAMES[dtype_code(dtype)]
+    if name not in PRECISIONS:
+        raise LmvError("re-encode to f32, f16 or int8, not %s (f32 stores matrix weights as f32p)" % name)
     keep = compile_keep(keep)
     f = read(src_path)
     meta = [(k, Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
@@ -809,7 +866,7 @@ def requantize(src_path, dst_path, dtype, keep=None):
         meta.append(entry)
     tensors = []
     for tname, t in f.tensors.items():
-        want = choose_dtype(tname, t.shape, name, keep)
+        want = choose_dtype(tname, t.shape, name, keep, pack)
         if t.dtype == DTYPE_F32 and want == "f32":
             data = f.tensor_bytes(tname)
         else:
@@ -864,12 +921,16 @@ examples:
   lmvfile.py --dtype f16 model.lmv model_f16.lmv        f16 matrix weights (about 2x smaller)
   lmvfile.py --dtype int8 --keep '^head\\.' m.lmv m8.lmv keep the classifier float32
   lmvfile.py --dtype f32 model_int8.lmv exact_f32.lmv   dequantise: the float32 model an int8 file stands for
+  lmvfile.py --dtype f32 --no-pack in.lmv plain.lmv     float32 with the matrix weights in plain row order
 
 which tensors are re-encoded (the same policy as convert.py --dtype): names ending in '.weight'
 with 2 or 4 dimensions, not depthwise convolutions (4-D with shape[1] == 1), with at least %d
 elements.  Norms, biases, BN statistics, tokens, position embeddings and bias tables stay float32.
 f16 refuses tensors with NaN/inf or values beyond +-65504 (use int8, or --keep for that tensor).
 int8 is symmetric per output channel: one float32 scale per row (max|w| / 127).
+Float32 matrix weights (the same names and shapes, any size) are written as f32p, the library's
+matrix-multiply panels (16 rows interleaved), read in place and faster; --no-pack keeps them in
+plain row order.
 
 exit status: 0 success, 1 invalid file or encoding error (one line on stderr), 2 bad command line.
 """ % QUANT_MIN_NUMEL
@@ -878,14 +939,16 @@ exit status: 0 success, 1 invalid file or encoding error (one line on stderr), 2
 def build_parser():
     p = argparse.ArgumentParser(
         prog="lmvfile.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EPILOG,
-        usage="%(prog)s FILE.lmv\n       %(prog)s --dtype {f32,f16,int8} [--keep REGEX]... IN.lmv OUT.lmv",
+        usage="%(prog)s FILE.lmv\n       %(prog)s --dtype {f32,f16,int8} [--keep REGEX]... [--no-pack] IN.lmv OUT.lmv",
         description="Validate and print a lemevit.h .lmv weight file (structure and both CRCs), or re-encode "
                     "its matrix weights as f16 or int8 (or back to float32).")
     p.add_argument("files", nargs="+", metavar="FILE", help="the file to print; with --dtype: input and output")
-    p.add_argument("--dtype", choices=list(DTYPE_CODES), help="re-encode IN.lmv as OUT.lmv: quantizable tensors "
+    p.add_argument("--dtype", choices=list(PRECISIONS), help="re-encode IN.lmv as OUT.lmv: quantizable tensors "
                    "in this dtype, the rest float32 (f32: every tensor float32, dequantised)")
     p.add_argument("--keep", action="append", metavar="REGEX", help="with --dtype: keep tensors whose name "
                    "matches REGEX (re.search) float32; repeatable")
+    p.add_argument("--no-pack", dest="pack", action="store_false", help="with --dtype: store float32 matrix "
+                   "weights in plain row order (f32) instead of the GEMM's panels (f32p)")
     return p
 
 
@@ -894,8 +957,8 @@ def main(argv=None):
     parser = build_parser()
     opts = parser.parse_args(argv)
     if opts.dtype is None:
-        if opts.keep:
-            parser.error("--keep needs --dtype")
+        if opts.keep or not opts.pack:
+            parser.error("--keep and --no-pack need --dtype")
         if len(opts.files) != 1:
             parser.error("give one FILE.lmv to print (or --dtype with IN.lmv OUT.lmv)")
         try:
@@ -910,7 +973,7 @@ def main(argv=None):
     if os.path.exists(dst) and os.path.samefile(src, dst):
         parser.error("OUT.lmv is the input file")
     try:
-        requantize(src, dst, opts.dtype, keep=opts.keep)
+        requantize(src, dst, opts.dtype, keep=opts.keep, pack=opts.pack)
         a, b = read(src), read(dst)
     except (LmvError, OSError) as e:
         sys.stderr.write("lmvfile: %s -> %s: %s\n" % (src, dst, e))

@@ -1608,8 +1608,8 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
 }
 
 /* C[M][N] = act(A[M][K] * op(B) (+ bias[N])), where op(B) is B^T for B stored [N][K] (trans_b = 1,
-   a Linear weight, any dtype) or B for B stored [K][N] (trans_b = 0, float32, e.g. attention
-   times V). Each output element is summed in k order (the few leftover columns that
+   a Linear weight, any dtype; f32p already in panels) or B for B stored [K][N] (trans_b = 0,
+   plain float32, e.g. attention times V). Each output element is summed in k order (the few leftover columns that
    lmv__gemm_narrow takes, in a fixed order of their own), so the result does not depend on the
    thread count; each tile applies act() after its last K block (GELU still in registers). */
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,

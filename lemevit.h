@@ -3449,7 +3449,9 @@ static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threa
         if ((n > M ? n : M) * (size_t)st->hidden > hid) hid = (n > M ? n : M) * (size_t)st->hidden;
         if (M * 4 * st->meta_in > hid) hid = M * 4 * (size_t)st->meta_in;
         if (C > cmax) cmax = C;
-        if (n * n > sc) sc = n * n;
+        /* one head's scores per thread: N x N and M x M in self-attention stages, N x M and
+           M x N in the cross ones (3136 x 3136 floats in stage 1 would be 39 MB for nothing) */
+        if (st->type == 'S' && n * n > sc) sc = n * n;
         if (n * M > sc) sc = n * M;
         if (M * M > sc) sc = M * M;
     }

@@ -1361,6 +1361,33 @@ def model_tables(state, L):
             "%.2f" % gm if gm else "-", info.get("lmv_mb", "-"), om,
             fmt_num(min(r["load_ms"] for r in trs)) if trs else "-",
             fmt_num(min(r["create_ms"] for r in oxs)) if oxs else "-"))
+    memory_table(state, L)
+
+
+def memory_table(state, L):
+    """The memory target: lemevit.h's peak RSS against its weights + 1.5 x its activations: the
+    session's planned arena (lmv_session_memory: every buffer one image's forward pass needs at
+    once, reused layer after layer, plus per-thread attention scratch; the images of a batch go
+    through it one after the other) and the batch's input tensor the caller holds."""
+    rows = [r for r in state["results"] if r["engine"] == "lemevit" and r.get("dtype", "f32") == "f32"
+            and r.get("peak_rss_kb") and r.get("weight_bytes") and r.get("session_bytes") is not None]
+    if not rows:
+        return
+    L.append("")
+    L.append("Memory of lemevit.h against the target peak RSS <= weights + 1.5 x activations (MB; activations = "
+             "the planned session arena, which takes the images of a batch one after the other, plus the batch's "
+             "float32 input tensor; peak RSS of the whole `lmv bench` process, code and libc included):")
+    L.append("")
+    L.append("| model | threads | batch | weights | session arena | input | weights + 1.5 x activations | peak RSS | "
+             "within |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        w, a, rss = r["weight_bytes"] / 1e6, r["session_bytes"] / 1e6, r["peak_rss_kb"] / 1e3
+        x = r["batch"] * 3 * IMG * IMG * 4 / 1e6
+        bound = w + 1.5 * (a + x)
+        L.append("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %s |" % (
+            MODELS[r["model"]]["label"], r["threads"], r["batch"], w, a, x, bound, rss,
+            "yes" if rss <= bound else "**no**"))
 
 
 def dtype_table(state, L):

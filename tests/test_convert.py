@@ -660,11 +660,17 @@ def quant_tensors():
     t.append(("f16.rand", (200, 401), (rng.randn(200, 401) * 10).astype(np.float32), "f16"))
     t.append(("f16.scalar", (), np.array(1.5, np.float32), "f16"))
     t.append(("f32.kept", (5, 3), rng.randn(5, 3).astype(np.float32), "f32"))
+    # f32p: whole panels, a partial last panel, one row, a conv kernel, empty
+    t.append(("f32p.whole.weight", (32, 5), rng.randn(32, 5).astype(np.float32), "f32p"))
+    t.append(("f32p.partial.weight", (37, 9), rng.randn(37, 9).astype(np.float32), "f32p"))
+    t.append(("f32p.row.weight", (1, 4), rng.randn(1, 4).astype(np.float32), "f32p"))
+    t.append(("f32p.conv.weight", (18, 3, 2, 2), rng.randn(18, 3, 2, 2).astype(np.float32), "f32p"))
+    t.append(("f32p.rows0", (0, 5), np.zeros((0, 5), np.float32), "f32p"))
     t.append(("f32.plain", (7,), rng.randn(7).astype(np.float32)))       # 3-tuple: float32
     return t
 
 
-@check("lmvfile: f16 and int8 tensors: table sizes and offsets per spec, bytes and dequantised values exact")
+@check("lmvfile: f16, int8 and f32p tensors: table sizes and offsets per spec, bytes and dequantised values exact")
 def _():
     tensors = quant_tensors()
     fn = path("quant.lmv")
@@ -672,7 +678,7 @@ def _():
     raw = open(fn, "rb").read()
     expect(size == len(raw) and len(raw) % 64 == 0, "file size")
     doff = struct.unpack_from("<Q", raw, 64)[0]
-    codes = {"f32": 0, "f16": 1, "int8": 2}
+    codes = {"f32": 0, "f16": 1, "int8": 2, "f32p": 3}
     f = lmvfile.read(fn)
     worst = 0.0
     prev_end = 0
@@ -703,6 +709,18 @@ def _():
                 expect(np.all(err <= half + np.abs(w2) * 2.0 ** -24 + 1e-45), "%s: error > scale/2" % name)
                 nz = half > 0
                 worst = max(worst, float((err / np.where(nz, half, 1)).max()))
+        elif want_dt == "f32p":
+            # element (r, c) at float (r // 16 * C + c) * 16 + r % 16, zero rows up to a multiple of 16
+            R = shape[0]
+            C = numel // R if R else 0
+            P = -(-R // 16) * 16
+            ref = np.zeros(P * C, np.float32)
+            w2 = w.reshape(R, C)
+            for r in range(R):
+                for c in range(C):
+                    ref[(r // 16 * C + c) * 16 + r % 16] = w2[r, c]
+            expect(nbytes == 4 * P * C and data == ref.astype("<f4").tobytes(), "%s: f32p bytes" % name)
+            deq = w
         else:
             expect(nbytes == 4 * numel and data == w.astype("<f4").tobytes(), "%s: f32" % name)
             deq = w

@@ -399,6 +399,14 @@ def _encode_int8(vals, shape, name):
     return scales.tobytes() + q.tobytes()
 
 
+def _panel_offsets(rows, cols):
+    """(row-major byte offset, f32p byte offset) of every element of a [rows][cols] float32 matrix."""
+    for r in range(rows):
+        p, j = divmod(r, PANEL)
+        for c in range(cols):
+            yield (r * cols + c) * 4, ((p * cols + c) * PANEL + j) * 4
+
+
 def _panels(raw, rows, cols):
     """Little-endian float32 bytes of a [rows][cols] matrix -> its f32p bytes (see the top)."""
     prow = _align(rows, PANEL)
@@ -406,12 +414,9 @@ def _panels(raw, rows, cols):
         w = _np.zeros((prow, cols), dtype="<f4")
         w[:rows] = _np.frombuffer(raw, dtype="<f4", count=rows * cols).reshape(rows, cols)
         return w.reshape(prow // PANEL, PANEL, cols).transpose(0, 2, 1).tobytes()
-    out = bytearray(prow * cols * 4)
-    for r in range(rows):
-        p, j = divmod(r, PANEL)
-        for c in range(cols):
-            o = ((p * cols + c) * PANEL + j) * 4
-            out[o:o + 4] = raw[(r * cols + c) * 4:(r * cols + c) * 4 + 4]
+    out = bytearray(prow * cols * 4)   # the rows past `rows` stay zero
+    for a, b in _panel_offsets(rows, cols):
+        out[b:b + 4] = raw[a:a + 4]
     return bytes(out)
 
 
@@ -422,11 +427,8 @@ def _unpanel(raw, rows, cols):
         p = _np.frombuffer(raw, dtype="<f4", count=prow * cols).reshape(prow // PANEL, cols, PANEL)
         return p.transpose(0, 2, 1).reshape(prow, cols)[:rows].tobytes()
     out = bytearray(rows * cols * 4)
-    for r in range(rows):
-        p, j = divmod(r, PANEL)
-        for c in range(cols):
-            o = ((p * cols + c) * PANEL + j) * 4
-            out[(r * cols + c) * 4:(r * cols + c) * 4 + 4] = raw[o:o + 4]
+    for a, b in _panel_offsets(rows, cols):
+        out[a:a + 4] = raw[b:b + 4]
     return bytes(out)
 
 

@@ -2603,7 +2603,7 @@ reduced precision (--dtype f16|int8; the meta key weights.dtype records the choi
   int8: symmetric per output channel, scale = max|w[row]| / 127 stored as float32.
   tools/lmvfile.py --dtype re-encodes an existing .lmv file the same way.
   Float32 matrix weights (the same names and shapes, any size) are stored as f32p: the library's
-  matrix-multiply panels, 16 rows interleaved, read in place without repacking (about 3-5 % faster
+  matrix-multiply panels, 16 rows interleaved, read in place without repacking (about 2-5 % faster
   whole models); --no-pack keeps PyTorch's row order (dtype f32), which the library reads too.
 
 per-source defaults (override with the options above):

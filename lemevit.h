@@ -1566,12 +1566,12 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         /* the next pack: this panel's next K block, or the next panel this thread will likely take */
         int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
         int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
+        const float *next = panels ? panels + ((size_t)(nj0 / LMV__NR) * ldb + (size_t)nk0) * LMV__NR : NULL;
         if (panels) p = panels + ((size_t)jp * ldb + (size_t)k0) * LMV__NR;
         else lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc), p = panel;
         for (i0 = m0; i0 < m1; i0 += mr, tile++) {
             mr = lmv__tile_rows(m1 - i0);
             if (panels) { /* this tile's share of the next block's nkc lines of 64 bytes */
-                const float *next = panels + ((size_t)(nj0 / LMV__NR) * ldb + (size_t)nk0) * LMV__NR;
                 int l = nkc * tile / tiles, end = nkc * (tile + 1) / tiles;
                 for (; l < end; l++) LMV__PREFETCH(next + (size_t)l * LMV__NR);
             } else if (trans_b) LMV__PREFETCH_ROWS(B, ldb, nj0, nnr, nk0, nkc, tile, tiles);

@@ -31,6 +31,7 @@ SUITES = [
     ("threads (pthreads, tsan)", [PY, os.path.join(HERE, "test_threads.py")]),
     ("valgrind", [PY, os.path.join(HERE, "test_valgrind.py")]),
     ("fuzz (libFuzzer, asan+ubsan)", [PY, os.path.join(HERE, "test_fuzz.py")]),
+    ("readme (speed tables from the kept bench report)", [PY, os.path.join(HERE, "test_readme.py")]),
 ]
 
 

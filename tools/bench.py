@@ -52,8 +52,9 @@ What it does, in one run:
      ~0.3 s.  Table "GEMM at the models' shapes": GFLOP/s at the median, % of the measured FMA
      peak for that many threads, median time ratio;
   7. prints a progress line per measurement, then the tables; writes build/bench/results.json
-     (everything) and build/bench/results.md (tables to paste into README, with the command,
-     date and machine at the top).  --quick writes build/bench/quick.{json,md} instead.
+     (everything) and build/bench/results.md (every table, with the command, date and machine at
+     the top; tools/bench_readme.py turns it into README's speed section and keeps it as
+     tests/bench/results.md).  --quick writes build/bench/quick.{json,md} instead.
 
 Peak RSS is the child process's ru_maxrss (wait4), so it is per engine; PyTorch's own
 getrusage figure is kept in the JSON too.  Every child has a timeout (--timeout) so a hung engine
@@ -1474,7 +1475,7 @@ def gemm_table(state, L):
 def make_report(state):
     """Markdown text of the whole report."""
     meta, results, peak = state["meta"], state["results"], state["peak"]
-    models, threads, batches = meta["models"], meta["threads"], meta["batches"]
+    models = meta["models"]
     L = []
     mi = meta["machine"]
     L.append("# lemevit.h benchmark")
@@ -1911,6 +1912,8 @@ def main(argv):
     log(text)
     log("wrote %s.json and %s.md (%.0f s in all)" % (os.path.relpath(a.out, ROOT), os.path.relpath(a.out, ROOT),
                                                      meta["elapsed_s"]))
+    if not a.quick:
+        log("README's speed section from this report: python3 tools/bench_readme.py")
     return 0
 
 

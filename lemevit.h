@@ -251,12 +251,16 @@ typedef struct lmv_tensor_info {
 LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info *out);
 
 /* A session holds the activation memory and thread count for running one model. Create one per
-   thread. The memory is planned for max_batch images of at most max_h x max_w pixels. */
+   thread. The memory is planned for max_batch images of at most max_h x max_w pixels. With
+   threads > 1 and max_batch > 1, a batch runs its images side by side, one per thread (each
+   thread with activations of its own: about min(threads, max_batch) times the memory of one
+   image), and the images left over when the batch does not divide run one by one on all threads.
+   The results are the same bits either way. */
 typedef struct lmv_session lmv_session;
 
 typedef struct lmv_session_options {
     lmv_allocator allocator;   /* alloc == NULL: malloc/free */
-    int max_batch;             /* default 1 */
+    int max_batch;             /* default 1; lmv_run() may still be given larger batches */
     int max_h, max_w;          /* default: the model's native size */
     int threads;               /* 0 (default): OpenMP's default; 1: the calling thread only */
     int int8_compute;          /* int8 weight files only. 0 (default): the weights are widened to
@@ -723,6 +727,7 @@ typedef struct lmv__mat {
 
 struct lmv_model;
 typedef struct lmv__graph lmv__graph;
+struct lmv__ctx; /* the kernels' run context, defined with them */
 
 /* What each family provides: bind its weights at open, plan its memory, run one batch. */
 typedef struct lmv__family_ops {
@@ -730,8 +735,10 @@ typedef struct lmv__family_ops {
     lmv_family family;
     lmv_result (*bind)(struct lmv_model *m, lmv_error *err);
     lmv_result (*plan)(const struct lmv_model *m, int threads, int h, int w, size_t *floats, lmv_error *err);
-    lmv_result (*forward)(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
-                          lmv_error *err);
+    /* `batch` images through the graph, with ctx's threads and activations at `arena` (laid out
+       for ctx->threads); `s` gives the trace callbacks */
+    lmv_result (*forward)(lmv_session *s, const struct lmv__ctx *ctx, float *arena, const float *input, int batch,
+                          int h, int w, float *out, int features, lmv_error *err);
     void (*unbind)(struct lmv_model *m);
 } lmv__family_ops;
 
@@ -2071,21 +2078,26 @@ static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act 
     }
 }
 
-/* y += x, or y += g * x per channel when g (layer scale) is given. */
-static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *g) {
+/* y = a + x, or y = a + g * x per channel when g (layer scale) is given; y may be a. */
+static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim, const float *g) {
     int r, i;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * dim;
-        const float *xr = x + (size_t)r * dim;
+        const float *ar = a + (size_t)r * dim, *xr = x + (size_t)r * dim;
         if (!g)
-            for (i = 0; i < dim; i++) yr[i] += xr[i];
+            for (i = 0; i < dim; i++) yr[i] = ar[i] + xr[i];
         else
-            for (i = 0; i < dim; i++) yr[i] += g[i] * xr[i];
+            for (i = 0; i < dim; i++) yr[i] = ar[i] + g[i] * xr[i];
     }
     (void)ctx;
+}
+
+/* y += x, or y += g * x per channel. */
+static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *g) {
+    lmv__residual(ctx, y, y, x, rows, dim, g);
 }
 
 /* In place, for each of `rows` rows of n floats: x = softmax(x * scale + b1 + b2), b1 and b2
@@ -2223,7 +2235,8 @@ static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H
 static int lmv__conv_out(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
 
 /* Conv2d (groups = 1) on a token-major map: out[OH*OW][Cout] from in (see lmv__im2col for the
-   strides), through `cols` scratch of OH*OW*Cin*kh*kw floats. */
+   strides), through `cols` scratch of OH*OW*Cin*kh*kw floats. out may be in: the input is all in
+   `cols` before the GEMM writes. */
 static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H, int W, int Cin, size_t sy, size_t sx,
                         size_t sc, lmv__mat weight, const float *bias, int Cout, int k, int stride, int pad,
                         float *cols) {
@@ -2458,9 +2471,9 @@ struct lmv_session {
     lmv__ctx ctx;
     int max_threads;
     int max_h, max_w;
+    int lanes;                 /* images run side by side: min(max_threads, max_batch) */
     float *arena;              /* activation memory, planned by the family for max_h x max_w */
     size_t arena_floats;
-    int cache_h, cache_w;      /* input size the size-dependent caches (e.g. pos_embed) were made for */
     lmv_trace_fn trace;
     void *trace_user;
     double macs;               /* multiply-adds of the last run */
@@ -2744,16 +2757,15 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
 }
 
-static lmv_result lmv__vit_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
-                                   lmv_error *err) {
+static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
+                                   int h, int w, float *out, int features, lmv_error *err) {
     const lmv__vit *v = (const lmv__vit *)s->model->graph;
-    const lmv__ctx *ctx = &s->ctx;
     int gh = h / v->ph, gw = w / v->pw, T = gh * gw + v->prefix, D = v->dim, n, i;
     int np = gh * gw, F = s->model->info.num_features, C = v->num_classes, P = D > F ? D : F;
     size_t img = (size_t)v->in_chans * h * w;
     lmv__vit_bufs b;
     char name[32];
-    lmv__vit_layout(v, gh, gw, s->max_threads, s->arena, &b);
+    lmv__vit_layout(v, gh, gw, ctx->threads, arena, &b);
     (void)err;
     /* the position embedding for this grid, once for the whole batch (its resampling scratch
        shares memory with the patch rows, which are only filled later) */
@@ -3176,17 +3188,16 @@ static void lmv__swin_merge(const lmv__ctx *ctx, const lmv__swin *v, const lmv__
     lmv__linear(ctx, b->x, b->cols, H2 * W2, 4 * C, 2 * C, st->merge_w, NULL);
 }
 
-static lmv_result lmv__swin_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
-                                    lmv_error *err) {
+static lmv_result lmv__swin_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
+                                    int h, int w, float *out, int features, lmv_error *err) {
     const lmv__swin *v = (const lmv__swin *)s->model->graph;
-    const lmv__ctx *ctx = &s->ctx;
     int sh[LMV__SWIN_MAX_STAGES], sw[LMV__SWIN_MAX_STAGES], n, i, j, C;
     size_t img = (size_t)v->in_chans * h * w;
     lmv__swin_bufs b;
     char name[48];
     (void)err;
     lmv__swin_sizes(v, h, w, sh, sw);
-    lmv__swin_layout(v, h, w, s->max_threads, s->arena, &b);
+    lmv__swin_layout(v, h, w, ctx->threads, arena, &b);
     for (n = 0; n < batch; n++) {
         int trace = n == 0 && s->trace != NULL, H = sh[0], W = sw[0];
         float *feat = b.pooled;
@@ -3581,24 +3592,22 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
         lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
     }
-    memcpy(b->x, b->xs, sizeof(float) * (size_t)N * C);
-    lmv__add_scaled(ctx, b->x, b->xn, N, C, NULL);
+    lmv__residual(ctx, b->x, b->xs, b->xn, N, C, NULL);
     lmv__add_scaled(ctx, b->c, b->cn, M, C, NULL);
     lmv__lmt_mlp(ctx, v, st, blk, b->x, N, b->xn, b->hid);
     lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
 }
 
-static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
-                                       lmv_error *err) {
+static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
+                                       int h, int w, float *out, int features, lmv_error *err) {
     const lmv__lemevit *v = (const lmv__lemevit *)s->model->graph;
-    const lmv__ctx *ctx = &s->ctx;
     int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, n, i, j, M = v->num_meta;
     size_t img = (size_t)v->in_chans * h * w;
     lmv__lmt_bufs b;
     char name[48];
     (void)err;
     lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
-    lmv__lemevit_layout(v, h, w, s->max_threads, s->arena, &b);
+    lmv__lemevit_layout(v, h, w, ctx->threads, arena, &b);
     for (n = 0; n < batch; n++) {
         int trace = n == 0 && s->trace != NULL, H, W, C = v->stages[0].dim, C4;
         float *feat = b.pooled;
@@ -3622,11 +3631,10 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const float *input, int b
             int Cin = C;
             C = st->dim;
             if (st->down_w.data) {
-                lmv__conv2d(ctx, b.t, b.x, H, W, Cin, (size_t)W * Cin, (size_t)Cin, 1, st->down_w, st->down_b, C, 3, 2, 1,
+                lmv__conv2d(ctx, b.x, b.x, H, W, Cin, (size_t)W * Cin, (size_t)Cin, 1, st->down_w, st->down_b, C, 3, 2, 1,
                             b.cols);
                 H = sh[i];
                 W = sw[i];
-                memcpy(b.x, b.t, sizeof(float) * (size_t)H * W * C);
                 lmv__batchnorm(ctx, b.x, H * W, C, st->down_bn.w, st->down_bn.b, st->down_bn.mean, st->down_bn.var, v->bn_eps,
                                b.kscratch);
             }
@@ -3952,6 +3960,9 @@ LEMEVIT_API lmv_session_options lmv_session_options_default(void) {
     return o;
 }
 
+/* Images a session runs side by side: one per thread, as many as a batch may hold. */
+static int lmv__lanes(int threads, int max_batch) { return threads < max_batch ? threads : max_batch; }
+
 static int lmv__default_threads(int requested) {
 #ifdef _OPENMP
     if (requested <= 0) requested = omp_get_max_threads();
@@ -3979,6 +3990,24 @@ static lmv_result lmv__check_tokens(const lmv_model *m, int h, int w, lmv_error 
 }
 
 /* Resolve options to the sizes the plan uses. */
+/* Activation memory for h x w: one image at a time on `threads`, and, with lanes > 1, `lanes`
+   one-thread images side by side (each lane `lane_floats`, a multiple of 16 so every lane's
+   buffers keep the arena's alignment). */
+static lmv_result lmv__arena_floats(const lmv_model *m, int threads, int lanes, int h, int w, size_t *floats,
+                                    size_t *lane_floats, lmv_error *err) {
+    size_t one = 0;
+    lmv_result r = m->ops->plan(m, threads, h, w, floats, err);
+    if (r == LMV_OK && lanes > 1 && (r = m->ops->plan(m, 1, h, w, &one, err)) == LMV_OK) {
+        one = (one + 15) & ~(size_t)15;
+        if (one > SIZE_MAX / 8 / (size_t)lanes)
+            return lmv__fail(err, LMV_ERR_LIMIT, "the activation memory for %d images of %dx%d does not fit in size_t", lanes,
+                             h, w);
+        if (one * (size_t)lanes > *floats) *floats = one * (size_t)lanes;
+    }
+    if (lane_floats) *lane_floats = one;
+    return r;
+}
+
 static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_options *opt, lmv_session_options *o,
                                      size_t *arena_floats, lmv_error *err) {
     lmv_result r;
@@ -3992,7 +4021,8 @@ static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_o
                          o->max_batch);
     o->threads = lmv__default_threads(o->threads);
     if ((r = lmv__check_tokens(model, o->max_h, o->max_w, err)) != LMV_OK) return r;
-    r = model->ops->plan(model, o->threads, o->max_h, o->max_w, arena_floats, err);
+    r = lmv__arena_floats(model, o->threads, lmv__lanes(o->threads, o->max_batch), o->max_h, o->max_w, arena_floats, NULL,
+                          err);
     if (r == LMV_OK && *arena_floats > SIZE_MAX / 8)
         return lmv__fail(err, LMV_ERR_LIMIT, "the activation memory for %dx%d does not fit in size_t", o->max_h, o->max_w);
     return r;
@@ -4027,6 +4057,7 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     s->model = model;
     s->allocator = o.allocator;
     s->ctx.threads = s->max_threads = o.threads;
+    s->lanes = lmv__lanes(o.threads, o.max_batch);
     s->ctx.int8_compute = o.int8_compute != 0;
     s->ctx.macs = &s->macs;
     s->max_h = o.max_h;
@@ -4075,10 +4106,49 @@ LEMEVIT_API void lmv_session_set_trace(lmv_session *s, lmv_trace_fn fn, void *us
     s->trace_user = user;
 }
 
+/* The first `n` images of a batch, side by side: each of `lanes` threads takes the next image
+   and runs it alone (threads = 1) in activations of its own, `lane` floats apart. */
+static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const float *input, int n, int h, int w,
+                                 float *out, int features, lmv_error *err) {
+    lmv_result res = LMV_OK;
+#ifdef _OPENMP
+    const lmv_model *m = s->model;
+    size_t img = (size_t)m->info.in_chans * h * w, odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
+    double macs[256];
+    int t;
+    for (t = 0; t < lanes; t++) macs[t] = 0.0;
+#pragma omp parallel num_threads(lanes)
+    {
+        int me = omp_get_thread_num(), i;
+        lmv__ctx one = s->ctx;
+        float *arena = s->arena + (size_t)me * lane;
+        one.threads = 1;
+        one.macs = &macs[me];
+#pragma omp for schedule(dynamic, 1)
+        for (i = 0; i < n; i++) {
+            lmv_error e;
+            lmv_result r = m->ops->forward(s, &one, arena, input + (size_t)i * img, 1, h, w, out + (size_t)i * odim, features, &e);
+            if (r != LMV_OK) {
+#pragma omp critical(lmv__lane_error)
+                if (res == LMV_OK) {
+                    res = r;
+                    if (err) *err = e;
+                }
+            }
+        }
+    }
+    for (t = 0; t < lanes; t++) s->macs += macs[t];
+#else
+    (void)s, (void)lanes, (void)lane, (void)input, (void)n, (void)h, (void)w, (void)out, (void)features, (void)err;
+#endif
+    return res;
+}
+
 static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
                            lmv_error *err) {
     const lmv_model *m;
-    size_t need;
+    size_t need, lane, img, odim;
+    int lanes, full;
     lmv_result r;
     if (!s || !input || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run: NULL argument");
     m = s->model;
@@ -4090,11 +4160,21 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
         return lmv__fail(err, LMV_ERR_INPUT_SIZE,
                          "input %dx%d is outside this session's plan (at most %dx%d): create the session with larger max_h/max_w",
                          h, w, s->max_h, s->max_w);
-    if ((r = m->ops->plan(m, s->max_threads, h, w, &need, err)) != LMV_OK) return r;
+    /* whole rounds of `lanes` images side by side (not while tracing: the trace sees image 0
+       as it is made), the rest one by one on all threads */
+    lanes = s->lanes < s->ctx.threads ? s->lanes : s->ctx.threads;
+    if (lanes > batch || s->trace) lanes = 1;
+    if ((r = lmv__arena_floats(m, s->max_threads, lanes, h, w, &need, &lane, err)) != LMV_OK) return r;
     if (need > s->arena_floats)
         return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d needs more memory than this session planned", h, w);
     s->macs = 0.0;
-    r = m->ops->forward(s, input, batch, h, w, out, features, err);
+    full = lanes > 1 ? batch / lanes * lanes : 0;
+    img = (size_t)m->info.in_chans * h * w;
+    odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
+    r = full ? lmv__run_lanes(s, lanes, lane, input, full, h, w, out, features, err) : LMV_OK;
+    if (r == LMV_OK && full < batch)
+        r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w, out + (size_t)full * odim,
+                            features, err);
     if (r == LMV_OK) lmv__ok(err);
     return r;
 }

@@ -1,7 +1,9 @@
 /* POSIX threads: several threads run inference on ONE loaded model at once, each with its own
    session, and every result must be bit-identical to the single-threaded run of the same input.
    Built plain and with ThreadSanitizer by tests/test_threads.py, which catches any write to shared
-   state (the model is never written to after lmv_model_open_*).
+   state (the model is never written to after lmv_model_open_*). Then one session runs all inputs
+   as one batch on 2 threads (with OpenMP: two images side by side, the third on both threads),
+   again bit-identical to the single-threaded runs.
 
      test_threads MODEL.lmv [THREADS] [ROUNDS] */
 #define LEMEVIT_IMPLEMENTATION
@@ -120,6 +122,28 @@ int main(int argc, char **argv) {
     else { failed++; printf("FAIL %d of %d runs failed\n", errors, nthreads * ROUNDS); }
     if (bad == 0 && runs == nthreads * ROUNDS) { passed++; printf("PASS all %d results bit-identical to the single-threaded run\n", runs); }
     else { failed++; printf("FAIL %d of %d results differ from the single-threaded run\n", bad, runs); }
+    {
+        lmv_session_options so = lmv_session_options_default();
+        float *x = (float *)malloc(n * INPUTS * sizeof(float)), *y = (float *)malloc(sizeof(float) * (size_t)OUT * INPUTS);
+        int same = 1;
+        so.threads = 2;
+        so.max_batch = INPUTS;
+        if (!x || !y) return 1;
+        for (i = 0; i < INPUTS; i++) memcpy(x + n * i, inputs[i], n * sizeof(float));
+        if (lmv_session_create(m, &so, &s, &err) != LMV_OK || lmv_run_features(s, x, INPUTS, H, W, y, &err) != LMV_OK) {
+            failed++;
+            printf("FAIL batch of %d on 2 threads: %s\n", INPUTS, err.message);
+        } else {
+            for (i = 0; i < INPUTS; i++) same &= memcmp(y + (size_t)OUT * i, expected[i], sizeof(float) * (size_t)OUT) == 0;
+            if (same) passed++;
+            else failed++;
+            printf("%s one batch of %d on 2 threads (side by side where built with OpenMP) bit-identical to one by one\n",
+                   same ? "PASS" : "FAIL", INPUTS);
+            lmv_session_destroy(s);
+        }
+        free(x);
+        free(y);
+    }
     for (i = 0; i < INPUTS; i++) {
         free(inputs[i]);
         free(expected[i]);

@@ -1,6 +1,7 @@
-"""tests/test_threads.c, built plain and with ThreadSanitizer: four POSIX threads run one loaded
-model at once, each with its own session, on every family (the tiny fuzz-corpus models and the
-firmware's LeMeViT); results bit-identical to the single-threaded run, and no data race."""
+"""tests/test_threads.c, built plain, with ThreadSanitizer and with OpenMP: four POSIX threads run
+one loaded model at once, each with its own session, on every family (the tiny fuzz-corpus models
+and the firmware's LeMeViT); results bit-identical to the single-threaded run, and no data race.
+A batch on two threads (side by side in the OpenMP build) gives the same bits as one by one."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from common import BUILD, ROOT, Results, run  # noqa: E402
 
 res = Results()
 SRC = os.path.join(ROOT, "tests", "test_threads.c")
-BUILDS = [("plain", "cc", ["-O2", "-march=native"]), ("tsan", "clang", ["-O1", "-g", "-fsanitize=thread"])]
+BUILDS = [("plain", "cc", ["-O2", "-march=native"]), ("tsan", "clang", ["-O1", "-g", "-fsanitize=thread"]),
+          ("openmp", "cc", ["-O2", "-march=native", "-fopenmp"])]
 
 
 def main():

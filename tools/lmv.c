@@ -221,6 +221,7 @@ static int cmd_bench(int argc, char **argv) {
     so = lmv_session_options_default();
     so.max_h = h;
     so.max_w = w;
+    so.max_batch = batch;
     so.threads = threads;
     so.int8_compute = int8_compute;
     if (lmv_session_memory(m, &so, &mem, &err) != LMV_OK || lmv_session_create(m, &so, &s, &err) != LMV_OK)
@@ -470,6 +471,7 @@ static int cmd_run(int argc, char **argv) {
     so = lmv_session_options_default();
     so.max_h = h;
     so.max_w = w;
+    so.max_batch = n;
     so.threads = threads;
     so.int8_compute = int8_compute;
     if (lmv_session_create(m, &so, &s, &err) != LMV_OK) return fail("session", &err);

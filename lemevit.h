@@ -1614,6 +1614,26 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         }
 }
 
+#ifdef _OPENMP
+/* Thread i takes the panels of row chunk i, then helps with the other chunks' panels. */
+static void lmv__gemm_own_rows(const lmv__ctx *ctx, const lmv__gemm_job *g, int nchunks) {
+    int next[256] = {0}; /* the next panel of each chunk (nchunks <= threads <= 256) */
+#pragma omp parallel num_threads(ctx->threads)
+    {
+        int me = omp_get_thread_num(), r, p;
+        for (r = 0; r < nchunks; r++) {
+            int chunk = (me + r) % nchunks;
+            for (;;) {
+#pragma omp atomic capture
+                p = next[chunk]++;
+                if (p >= g->npanels) break;
+                lmv__gemm_task(g, chunk * g->npanels + p, 1);
+            }
+        }
+    }
+}
+#endif
+
 /* C[M][N] = act(A[M][K] * op(B) (+ bias[N])), where op(B) is B^T for B stored [N][K] (trans_b = 1,
    a Linear weight, any dtype; f32p already in panels) or B for B stored [K][N] (trans_b = 0,
    plain float32, e.g. attention times V). Each output element is summed in k order (the few leftover columns that
@@ -1621,16 +1641,21 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
    thread count; each tile applies act() after its last K block (GELU still in registers). */
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                           int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
-    int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t;
+    int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t, own_rows;
     lmv__gemm_job g;
     if (B.dtype == LMV_DTYPE_INT8 && ctx->int8_compute && trans_b) {
         lmv__gemm_q8(ctx, M, N, K, A, lda, &B, ldb, bias, C, ldc, act);
         return;
     }
     if (ctx->macs) *ctx->macs += (double)M * N * K;
-    /* Work is split into (column panel x row chunk) tasks. Narrow outputs with many rows (the
-       convolutions, LeMeViT's early stages) get row chunks too, so every thread has work. */
-    if (ctx->threads > 1 && npanels < 4 * ctx->threads) {
+    /* Work is split into (column panel x row chunk) tasks. Many rows (LeMeViT's and Swin's early
+       stages): one chunk per thread, which takes its own chunk's panels first, so the rows it
+       made in the row-wise kernels before (split the same way) are still in its cache; then it
+       helps with the others'. Otherwise panels are shared out as they come, and narrow outputs
+       with many rows (the convolutions) get row chunks too, so every thread has work. */
+    own_rows = ctx->threads > 1 && M >= 64 * LMV__MR * ctx->threads;
+    if (own_rows) mchunk = ((M + ctx->threads - 1) / ctx->threads + LMV__MR - 1) / LMV__MR * LMV__MR;
+    else if (ctx->threads > 1 && npanels < 4 * ctx->threads) {
         int split = (4 * ctx->threads + npanels - 1) / npanels;
         mchunk = ((M + split - 1) / split + LMV__MR - 1) / LMV__MR * LMV__MR;
         if (mchunk < 8 * LMV__MR) mchunk = 8 * LMV__MR;
@@ -1644,8 +1669,11 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
     /* (not an if() clause: even a team of one costs ~0.4 us, which attention pays per head). Few
        rows times many weights (a classifier head) is memory-bound: split by the weights' size. */
     if (ctx->threads > 1 && tasks > 1 && ((double)M * N * K >= LMV__PARALLEL_MIN || (double)N * K >= LMV__PARALLEL_MIN / 4)) {
+        if (own_rows) lmv__gemm_own_rows(ctx, &g, nchunks);
+        else {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads)
-        for (t = 0; t < tasks; t++) lmv__gemm_task(&g, t, omp_get_num_threads());
+            for (t = 0; t < tasks; t++) lmv__gemm_task(&g, t, omp_get_num_threads());
+        }
         return;
     }
 #endif

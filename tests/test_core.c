@@ -29,9 +29,11 @@ static float frand(unsigned *s) {
 }
 
 static void test_gemm(void) {
-    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {4, 16, 256}, {5, 33, 257}, {197, 48, 64}, {7, 100, 600}, {49, 49, 32}, {2, 3, 0}};
+    /* 781 rows: on 2 threads each takes its own half of the rows first */
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {4, 16, 256}, {5, 33, 257}, {197, 48, 64}, {7, 100, 600}, {49, 49, 32},
+                                    {2, 3, 0}, {781, 37, 40}};
     unsigned seed = 1;
-    int s, t, worst_ok = 1;
+    int s, t, worst_ok = 1, same = 1;
     char msg[128];
     double worst = 0;
     for (t = 0; t < 2; t++)
@@ -39,13 +41,17 @@ static void test_gemm(void) {
             int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], i, j, k;
             float *A = (float *)malloc(sizeof(float) * (size_t)(M * K + 1)), *B = (float *)malloc(sizeof(float) * (size_t)(N * K + 1));
             float *C = (float *)malloc(sizeof(float) * (size_t)M * N), *bias = (float *)malloc(sizeof(float) * (size_t)N);
+            float *C1 = (float *)malloc(sizeof(float) * (size_t)M * N);
             lmv__ctx ctx;
             memset(&ctx, 0, sizeof ctx);
-            ctx.threads = 2;
             for (i = 0; i < M * K; i++) A[i] = frand(&seed);
             for (i = 0; i < N * K; i++) B[i] = frand(&seed);
             for (i = 0; i < N; i++) bias[i] = frand(&seed);
+            ctx.threads = 1;
+            lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), t ? (size_t)N : (size_t)K, !t, bias, C1, (size_t)N);
+            ctx.threads = 2;
             lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), t ? (size_t)N : (size_t)K, !t, bias, C, (size_t)N);
+            same &= memcmp(C, C1, sizeof(float) * (size_t)M * N) == 0;
             for (i = 0; i < M; i++)
                 for (j = 0; j < N; j++) {
                     double ref = bias[j];
@@ -53,10 +59,11 @@ static void test_gemm(void) {
                     if (fabs(ref - C[i * N + j]) > worst) worst = fabs(ref - C[i * N + j]);
                     if (fabs(ref - C[i * N + j]) > 1e-4 * (1 + K)) worst_ok = 0;
                 }
-            free(A); free(B); free(C); free(bias);
+            free(A); free(B); free(C); free(C1); free(bias);
         }
     snprintf(msg, sizeof msg, "max abs error %.2e over %d shapes, both B layouts", worst, (int)(sizeof shapes / sizeof shapes[0]));
     check("gemm matches a double-precision reference", worst_ok, msg);
+    check("gemm gives the same bits on 1 and 2 threads", same, "");
 }
 
 /* A Linear + GELU in one GEMM (the activation applied by each tile after its last K block, in
@@ -160,7 +167,8 @@ static void test_gemm_reduced(void) {
    columns (N % 16 <= LMV__NARROW) that plain weights send through dot products; those, and all
    others, against a double-precision reference. Rows past N in the last panel are zero. */
 static void test_gemm_panels(void) {
-    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {6, 16, 256}, {5, 33, 257}, {13, 48, 600}, {49, 37, 300}, {197, 70, 64}};
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {6, 16, 256}, {5, 33, 257}, {13, 48, 600}, {49, 37, 300}, {197, 70, 64},
+                                    {800, 40, 70}};
     unsigned seed = 5;
     int s, t, ok = 1, near = 1;
     double worst = 0;

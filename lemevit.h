@@ -2137,57 +2137,61 @@ static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int r
 static void lmv__softmax_rows(float *x, int rows, int n, float scale, const float *b1, const float *b2) {
     int i, r;
 #if defined(LMV__AVX2)
-    {
-        /* the last n % 8 elements of a row go through masked loads and stores */
-        static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
-        int nv = n & ~7, r0, r1;
-        __m256i tm = _mm256_loadu_si256((const __m256i *)(const void *)(ones + 8 - (n & 7)));
-        __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-FLT_MAX), v, m8, s8;
+    if (n >= 8) {
+        /* The last n % 8 elements of a row are the top lanes (mask `hi`) of `w`, the 8 that end
+           the row at t: each pass reads w before the full vectors and writes it after them. Its
+           low lanes are elements the full vectors cover, computed the same way, so writing them
+           again changes nothing. (Masked loads and stores cost 10+ cycles each on some CPUs, and
+           a 49-wide row, Swin's windows, has one element left over.) */
+        static const int32_t ones[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1};
+        int nv = n & ~7, t = n - 8, r0, r1;
+        __m256 hi = _mm256_loadu_ps((const float *)(const void *)(ones + (n & 7))), vs = _mm256_set1_ps(scale), v, w, m8, s8;
         float f[LMV__SOFTMAX_BLOCK];
         for (r0 = 0; r0 < rows; r0 = r1) {
             r1 = rows - r0 < LMV__SOFTMAX_BLOCK ? rows : r0 + LMV__SOFTMAX_BLOCK;
             for (r = r0; r < r1; r++) { /* x = x * scale + b1 + b2, and its max */
                 float *xr = x + (size_t)r * n;
                 const float *c1 = b1 ? b1 + (size_t)r * n : NULL, *c2 = b2 ? b2 + (size_t)r * n : NULL;
-                m8 = lo;
-                for (i = 0; i < n; i += 8) {
-                    int full = i < nv;
-                    v = _mm256_mul_ps(full ? _mm256_loadu_ps(xr + i) : _mm256_maskload_ps(xr + i, tm), vs);
-                    if (c1) v = _mm256_add_ps(v, full ? _mm256_loadu_ps(c1 + i) : _mm256_maskload_ps(c1 + i, tm));
-                    if (c2) v = _mm256_add_ps(v, full ? _mm256_loadu_ps(c2 + i) : _mm256_maskload_ps(c2 + i, tm));
-                    if (full) _mm256_storeu_ps(xr + i, v);
-                    else _mm256_maskstore_ps(xr + i, tm, v), v = _mm256_blendv_ps(lo, v, _mm256_castsi256_ps(tm));
+                m8 = w = _mm256_set1_ps(-FLT_MAX);
+                if (nv < n) { /* (w's low lanes are elements of the row too: the max may see them) */
+                    m8 = w = _mm256_mul_ps(_mm256_loadu_ps(xr + t), vs);
+                    if (c1) m8 = w = _mm256_add_ps(w, _mm256_loadu_ps(c1 + t));
+                    if (c2) m8 = w = _mm256_add_ps(w, _mm256_loadu_ps(c2 + t));
+                }
+                for (i = 0; i < nv; i += 8) {
+                    v = _mm256_mul_ps(_mm256_loadu_ps(xr + i), vs);
+                    if (c1) v = _mm256_add_ps(v, _mm256_loadu_ps(c1 + i));
+                    if (c2) v = _mm256_add_ps(v, _mm256_loadu_ps(c2 + i));
+                    _mm256_storeu_ps(xr + i, v);
                     m8 = _mm256_max_ps(m8, v);
                 }
+                if (nv < n) _mm256_storeu_ps(xr + t, w);
                 f[r - r0] = lmv__hmax8(m8);
             }
             for (r = r0; r < r1; r++) { /* x = exp(x - max), and 1 / its sum */
                 float *xr = x + (size_t)r * n;
                 m8 = _mm256_set1_ps(f[r - r0]);
-                s8 = _mm256_setzero_ps();
+                s8 = w = _mm256_setzero_ps();
+                if (nv < n) w = lmv__exp8(_mm256_sub_ps(_mm256_loadu_ps(xr + t), m8)), s8 = _mm256_and_ps(w, hi);
                 for (i = 0; i < nv; i += 8) {
                     v = lmv__exp8(_mm256_sub_ps(_mm256_loadu_ps(xr + i), m8));
                     _mm256_storeu_ps(xr + i, v);
                     s8 = _mm256_add_ps(s8, v);
                 }
-                if (nv < n) {
-                    v = lmv__exp8(_mm256_sub_ps(_mm256_maskload_ps(xr + nv, tm), m8));
-                    v = _mm256_and_ps(v, _mm256_castsi256_ps(tm));
-                    _mm256_maskstore_ps(xr + nv, tm, v);
-                    s8 = _mm256_add_ps(s8, v);
-                }
+                if (nv < n) _mm256_storeu_ps(xr + t, w);
                 f[r - r0] = 1.0f / lmv__hsum8(s8);
             }
             for (r = r0; r < r1; r++) {
                 float *xr = x + (size_t)r * n;
                 v = _mm256_set1_ps(f[r - r0]);
+                w = nv < n ? _mm256_mul_ps(_mm256_loadu_ps(xr + t), v) : v;
                 for (i = 0; i < nv; i += 8) _mm256_storeu_ps(xr + i, _mm256_mul_ps(_mm256_loadu_ps(xr + i), v));
-                if (nv < n) _mm256_maskstore_ps(xr + nv, tm, _mm256_mul_ps(_mm256_maskload_ps(xr + nv, tm), v));
+                if (nv < n) _mm256_storeu_ps(xr + t, w);
             }
         }
         return;
     }
-#else
+#endif
     for (r = 0; r < rows; r++, x += n) {
         float mx = -FLT_MAX, sum = 0.0f, inv;
         /* (one loop per case: see lmv__bias_or_zero) */
@@ -2226,7 +2230,6 @@ static void lmv__softmax_rows(float *x, int rows, int n, float scale, const floa
         inv = 1.0f / sum;
         for (i = 0; i < n; i++) x[i] *= inv;
     }
-#endif
 }
 
 /* im2col for a Conv2d: one row per output pixel (row-major oy, ox) holding the receptive field in

@@ -1449,8 +1449,10 @@ static void lmv__bias_or_zero(float *d, const float *bias, int n) {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define LMV__PREFETCH(p) __builtin_prefetch(p)
+#define LMV__PREFETCH_L2(p) __builtin_prefetch(p, 0, 2) /* (no further than L2 on x86) */
 #else
 #define LMV__PREFETCH(p) ((void)(p))
+#define LMV__PREFETCH_L2(p) ((void)(p))
 #endif
 
 /* Weights come from memory once per GEMM, through the pack's strided reads: while the tiles of
@@ -1580,7 +1582,10 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
             mr = lmv__tile_rows(m1 - i0);
             if (panels) { /* this tile's share of the next block's nkc lines of 64 bytes */
                 int l = nkc * tile / tiles, end = nkc * (tile + 1) / tiles;
-                for (; l < end; l++) LMV__PREFETCH(next + (size_t)l * LMV__NR);
+                if (m1 - m0 < 128) /* few rows: a block's tiles are short, and their rows fill L1 */
+                    for (; l < end; l++) LMV__PREFETCH_L2(next + (size_t)l * LMV__NR);
+                else
+                    for (; l < end; l++) LMV__PREFETCH(next + (size_t)l * LMV__NR);
             } else if (trans_b) LMV__PREFETCH_ROWS(B, ldb, nj0, nnr, nk0, nkc, tile, tiles);
 #if defined(LMV__AVX2)
             if (nr == LMV__NR) {

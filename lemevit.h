@@ -2520,7 +2520,7 @@ typedef struct lmv__attn_args {
 /* out = softmax(q k^T * scale + bias + mask) v, per group and head; one score block per thread. */
 static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
     int total = a->groups * a->heads, t;
-    lmv__ctx one;
+    lmv__ctx one = *ctx;
     one.threads = 1;
     one.macs = NULL;
     if (ctx->macs) *ctx->macs += (double)a->groups * a->heads * a->nq * a->nk * a->head_dim * 2.0;

@@ -1368,15 +1368,17 @@ def model_tables(state, L):
 def memory_table(state, L):
     """The memory target: lemevit.h's peak RSS against its weights + 1.5 x its activations: the
     session's planned arena (lmv_session_memory: every buffer one image's forward pass needs at
-    once, reused layer after layer, plus per-thread attention scratch; the images of a batch go
-    through it one after the other) and the batch's input tensor the caller holds."""
+    once, reused layer after layer, plus per-thread attention scratch; with threads and a batch,
+    one such set per thread, the images running side by side) and the batch's input tensor the
+    caller holds."""
     rows = [r for r in state["results"] if r["engine"] == "lemevit" and r.get("dtype", "f32") == "f32"
             and r.get("peak_rss_kb") and r.get("weight_bytes") and r.get("session_bytes") is not None]
     if not rows:
         return
     L.append("")
     L.append("Memory of lemevit.h against the target peak RSS <= weights + 1.5 x activations (MB; activations = "
-             "the planned session arena, which takes the images of a batch one after the other, plus the batch's "
+             "the planned session arena, one image's buffers, or one set per thread when a batch runs its images side "
+             "by side, plus the batch's "
              "float32 input tensor; peak RSS of the whole `lmv bench` process, code and libc included):")
     L.append("")
     L.append("| model | threads | batch | weights | session arena | input | weights + 1.5 x activations | peak RSS | "

@@ -129,9 +129,10 @@ def section(rep):
         "%.2f–%.2f ms), and the activations are planned up front. Two threads over one:" % (min(opens), max(opens)),
         ""] + speed + [
         "",
-        "The memory target, peak RSS ≤ weights + 1.5 × activations (activations: the planned session arena, which",
-        "takes a batch's images one after the other, plus the batch's input tensor; MB, one thread — two threads",
-        "add only per-thread attention scratch; %d of %d rows within, all rows in `results.md`):"
+        "The memory target, peak RSS ≤ weights + 1.5 × activations (activations: the planned session arena, one",
+        "image's buffers reused layer after layer — on two threads a batch runs two images side by side, each in",
+        "buffers of its own — plus the batch's input tensor; MB, one thread here; %d of %d rows within, all rows",
+        "in `results.md`):"
         % (mem_ok, len(mem_rows)), ""] + mem + [
         "",
         "Cold start, the way a command-line user meets it: process start to the top 5 printed for",

@@ -613,8 +613,10 @@ static void lmv__free(const lmv_allocator *a, void *ptr) {
     if (a->free) a->free(a->user, p - p[-1]);
 }
 
-/* The bytes lmv__alloc(size) asks the allocator for, for exact memory planning. */
-static size_t lmv__alloc_cost(size_t size) { return size + LMV__ALIGN; }
+/* The bytes lmv__alloc(size) takes from an allocator, for exact memory planning: what it asks for,
+   rounded up to the 16 bytes lmv_arena places blocks at (so the sum over a run's blocks holds
+   whatever sizes they have). */
+static size_t lmv__alloc_cost(size_t size) { return (size + LMV__ALIGN + 15) & ~(size_t)15; }
 
 static void *lmv__arena_alloc(void *user, size_t size) {
     lmv_arena *a = (lmv_arena *)user;
@@ -5258,17 +5260,15 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
     info->progressive = j.progressive;
     /* every block lmv_image_decode_jpeg asks for, each rounded as lmv_arena places them; the
        sizes were checked for overflow while the frame header was read */
-#define LMV__ARENA_COST(n) ((lmv__alloc_cost(n) + 15) & ~(size_t)15)
-    total += LMV__ARENA_COST(8 * sizeof(lmv__huff));
+    total += lmv__alloc_cost(8 * sizeof(lmv__huff));
     for (i = 0; i < j.ncomp; i++) {
         size_t samples = (size_t)j.comp[i].bw * (size_t)j.comp[i].bh * 64;
-        total += LMV__ARENA_COST(samples);
-        coefs += LMV__ARENA_COST(samples * sizeof(int16_t));
+        total += lmv__alloc_cost(samples);
+        coefs += lmv__alloc_cost(samples * sizeof(int16_t));
     }
     if (!j.direct) total += coefs; /* kept from the first scan to EOI */
-    total += LMV__ARENA_COST((size_t)j.width * (size_t)j.height * (size_t)info->channels);
-    total += LMV__ARENA_COST((size_t)j.width * 7);
-#undef LMV__ARENA_COST
+    total += lmv__alloc_cost((size_t)j.width * (size_t)j.height * (size_t)info->channels);
+    total += lmv__alloc_cost((size_t)j.width * 7);
     info->decode_memory = total;
     lmv__ok(err);
     return LMV_OK;

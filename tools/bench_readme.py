@@ -131,9 +131,9 @@ def section(rep):
         "",
         "The memory target, peak RSS ≤ weights + 1.5 × activations (activations: the planned session arena, one",
         "image's buffers reused layer after layer — on two threads a batch runs two images side by side, each in",
-        "buffers of its own — plus the batch's input tensor; MB, one thread here; %d of %d rows within, all rows",
-        "in `results.md`):"
-        % (mem_ok, len(mem_rows)), ""] + mem + [
+        "buffers of its own — plus the batch's input tensor; MB, one thread here; %d of %d rows within, all rows"
+        % (mem_ok, len(mem_rows)),
+        "in `results.md`):", ""] + mem + [
         "",
         "Cold start, the way a command-line user meets it: process start to the top 5 printed for",
         "`examples/images/cat.jpg`, `build/classify` against a Python script doing the same job with PyTorch,",

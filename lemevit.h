@@ -1440,7 +1440,7 @@ static lmv__mat lmv__f32(const float *p) {
 }
 
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
-                         size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act);
+                         size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate);
 
 /* d[0:n] = bias, or zeros. Kernels test optional pointers outside their loops: a test inside
    becomes masked loads from a NULL pointer, which some CPUs serve slowly, element by element. */
@@ -1516,18 +1516,27 @@ static float lmv__dot(const float *a, const lmv__mat *B, size_t row, size_t at, 
     return s;
 }
 
-/* Rows m0..m1 of C's columns j0..j0+nr through lmv__dot, plus the bias, then act(). */
+/* Rows m0..m1 of C's columns j0..j0+nr through lmv__dot, plus the bias (and C itself when
+   accumulating: then C already holds C + bias), then act(). */
 static void lmv__gemm_narrow(int m0, int m1, int j0, int nr, int K, const float *A, size_t lda, const lmv__mat *B,
-                             size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act) {
+                             size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate) {
     int i, j;
     for (i = m0; i < m1; i++) {
         float *c = C + (size_t)i * ldc + (size_t)j0;
         for (j = 0; j < nr; j++) {
             size_t row = (size_t)(j0 + j);
-            c[j] = (bias ? bias[row] : 0.0f) + lmv__dot(A + (size_t)i * lda, B, row, row * ldb, K);
+            c[j] = (accumulate ? c[j] : bias ? bias[row] : 0.0f) + lmv__dot(A + (size_t)i * lda, B, row, row * ldb, K);
         }
         lmv__activate(c, (size_t)nr, act);
     }
+}
+
+/* C[m0..m1][j0..j0+n] += bias[j0..j0+n]: the start of an accumulating GEMM's sums. */
+static void lmv__add_bias(float *C, size_t ldc, const float *bias, int m0, int m1, int j0, int n) {
+    int i, j;
+    if (bias)
+        for (i = m0; i < m1; i++)
+            for (j = 0; j < n; j++) C[(size_t)i * ldc + (size_t)(j0 + j)] += bias[j0 + j];
 }
 
 /* Rows of the next register tile when `left` rows remain. The AVX2 tile runs 5 rows as fast per
@@ -1549,6 +1558,7 @@ typedef struct lmv__gemm_job {
     lmv__mat B;
     float *C;
     lmv__act act;
+    int accumulate;            /* C += A op(B) + bias: the sums start from C + bias, not the bias */
 } lmv__gemm_job;
 
 /* Task t: column panel t % npanels over row chunk t / npanels, packed K block by K block. `step`
@@ -1558,6 +1568,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
     const float *A = g->A, *bias = g->bias;
     size_t lda = g->lda, ldb = g->ldb, ldc = g->ldc;
     const lmv__mat *B = &g->B;
+    int keep = g->accumulate; /* the first K block starts from C, as the later ones do */
     float *C = g->C;
     lmv__act act = g->act;
     LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
@@ -1567,8 +1578,9 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
     /* an f32p weight is its own packed panels: nothing to pack, and the next K block is one run
        of memory to prefetch rather than 16 strided rows */
     const float *panels = B->dtype == LMV_DTYPE_F32P ? (const float *)B->data : NULL, *p;
+    if (keep) lmv__add_bias(C, ldc, bias, m0, m1, j0, nr), bias = NULL;
     if (trans_b && nr <= LMV__NARROW && !panels) {
-        lmv__gemm_narrow(m0, m1, j0, nr, K, A, lda, B, ldb, bias, C, ldc, act);
+        lmv__gemm_narrow(m0, m1, j0, nr, K, A, lda, B, ldb, bias, C, ldc, act, keep);
         return;
     }
     for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0)) tiles++;
@@ -1593,7 +1605,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
             if (nr == LMV__NR) {
                 int gelu = act == LMV__ACT_GELU && k0 + kc == K;
                 lmv__tile_c(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, C + (size_t)i0 * ldc + (size_t)j0, ldc,
-                            bias ? bias + j0 : NULL, k0 == 0, gelu);
+                            bias ? bias + j0 : NULL, k0 == 0 && !keep, gelu);
                 if (act != LMV__ACT_NONE && !gelu && k0 + kc == K)
                     for (r = 0; r < mr; r++) lmv__activate(C + (size_t)(i0 + r) * ldc + (size_t)j0, LMV__NR, act);
                 continue;
@@ -1602,7 +1614,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
             /* (no pointer tests inside the loops: see lmv__attention) */
             for (r = 0; r < LMV__MR; r++) {
                 for (j = 0; j < LMV__NR; j++) acc[r][j] = 0.0f;
-                if (r < mr && k0)
+                if (r < mr && (k0 || keep))
                     for (j = 0; j < nr; j++) acc[r][j] = C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)];
                 else if (r < mr && bias)
                     for (j = 0; j < nr; j++) acc[r][j] = bias[j0 + j];
@@ -1614,7 +1626,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
                 for (j = 0; j < nr; j++) C[(size_t)(i0 + r) * ldc + (size_t)(j0 + j)] = acc[r][j];
         }
     }
-    if (K == 0)
+    if (K == 0 && !keep)
         for (i0 = m0; i0 < m1; i0++) {
             lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)j0, bias ? bias + j0 : NULL, nr);
             lmv__activate(C + (size_t)i0 * ldc + (size_t)j0, (size_t)nr, act);
@@ -1645,13 +1657,15 @@ static void lmv__gemm_own_rows(const lmv__ctx *ctx, const lmv__gemm_job *g, int 
    a Linear weight, any dtype; f32p already in panels) or B for B stored [K][N] (trans_b = 0,
    plain float32, e.g. attention times V). Each output element is summed in k order (the few leftover columns that
    lmv__gemm_narrow takes, in a fixed order of their own), so the result does not depend on the
-   thread count; each tile applies act() after its last K block (GELU still in registers). */
+   thread count; each tile applies act() after its last K block (GELU still in registers).
+   With `accumulate` (and act NONE), C += A * op(B) + bias: the sums start from C + bias, so a
+   residual branch ending in a Linear adds into its stream as it is made. */
 static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
-                          int trans_b, const float *bias, float *C, size_t ldc, lmv__act act) {
+                          int trans_b, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, mchunk = M, nchunks, tasks, t, own_rows;
     lmv__gemm_job g;
     if (B.dtype == LMV_DTYPE_INT8 && ctx->int8_compute && trans_b) {
-        lmv__gemm_q8(ctx, M, N, K, A, lda, &B, ldb, bias, C, ldc, act);
+        lmv__gemm_q8(ctx, M, N, K, A, lda, &B, ldb, bias, C, ldc, act, accumulate);
         return;
     }
     if (ctx->macs) *ctx->macs += (double)M * N * K;
@@ -1671,7 +1685,7 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
     nchunks = (M + mchunk - 1) / mchunk;
     tasks = npanels * nchunks;
     g.M = M, g.N = N, g.K = K, g.trans_b = trans_b, g.npanels = npanels, g.mchunk = mchunk;
-    g.A = A, g.bias = bias, g.lda = lda, g.ldb = ldb, g.ldc = ldc, g.B = B, g.C = C, g.act = act;
+    g.A = A, g.bias = bias, g.lda = lda, g.ldb = ldb, g.ldc = ldc, g.B = B, g.C = C, g.act = act, g.accumulate = accumulate;
 #ifdef _OPENMP
     /* (not an if() clause: even a team of one costs ~0.4 us, which attention pays per head). Few
        rows times many weights (a classifier head) is memory-bound: split by the weights' size. */
@@ -1689,7 +1703,7 @@ static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float 
 
 static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
                       int trans_b, const float *bias, float *C, size_t ldc) {
-    lmv__gemm_act(ctx, M, N, K, A, lda, B, ldb, trans_b, bias, C, ldc, LMV__ACT_NONE);
+    lmv__gemm_act(ctx, M, N, K, A, lda, B, ldb, trans_b, bias, C, ldc, LMV__ACT_NONE, 0);
 }
 
 /* The int8 x int8 GEMM: C[M][N] = A[M][K] W^T (+ bias) for int8 W ([N][K], a scale per row n).
@@ -1882,7 +1896,7 @@ scalar_out:
 }
 
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
-                         size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act) {
+                         size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, nrows = (M + LMV__Q8_MC - 1) / LMV__Q8_MC, mchunk, ngroups = 1, tasks, t;
     if (ctx->macs) *ctx->macs += (double)M * N * K;
     /* Tasks are (row chunk x group of column panels); each quantises its rows once per K block and
@@ -1906,6 +1920,9 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
         int32_t colsum[LMV__NR];
         int m0 = (t / ngroups) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M, g = t % ngroups;
         int p0 = g * npanels / ngroups, p1 = (g + 1) * npanels / ngroups, jp, k0, i0;
+        int c0 = p0 * LMV__NR, width = (p1 * LMV__NR < N ? p1 * LMV__NR : N) - c0;
+        const float *b = accumulate ? NULL : bias; /* accumulating: the sums start from C + bias */
+        if (accumulate && p1 > p0) lmv__add_bias(C, ldc, bias, m0, m1, c0, width);
         for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
             int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, kc4 = (kc + 3) & ~3;
             lmv__quantize_rows(aq, as, A + (size_t)m0 * lda + (size_t)k0, lda, m1 - m0, kc, kc4);
@@ -1916,14 +1933,13 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
                 lmv__pack_q8(panel, colsum, B, ldb, j0, nr, k0, kc, kc4);
                 for (i0 = m0; i0 < m1; i0 += LMV__MR)
                     lmv__tile_q8(m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR, nr, kc4, aq + (size_t)(i0 - m0) * kc4, (size_t)kc4,
-                                 panel, colsum, as + (i0 - m0), B->scale + j0, bias ? bias + j0 : NULL,
-                                 C + (size_t)i0 * ldc + (size_t)j0, ldc, k0 == 0);
+                                 panel, colsum, as + (i0 - m0), B->scale + j0, b ? b + j0 : NULL,
+                                 C + (size_t)i0 * ldc + (size_t)j0, ldc, k0 == 0 && !accumulate);
             }
         }
         if (p1 > p0) { /* this task's columns: K == 0 leaves the bias; then the activation */
-            int c0 = p0 * LMV__NR, width = (p1 * LMV__NR < N ? p1 * LMV__NR : N) - c0;
             for (i0 = m0; i0 < m1; i0++) {
-                if (K == 0) lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)c0, bias ? bias + c0 : NULL, width);
+                if (K == 0 && !accumulate) lmv__bias_or_zero(C + (size_t)i0 * ldc + (size_t)c0, b ? b + c0 : NULL, width);
                 lmv__activate(C + (size_t)i0 * ldc + (size_t)c0, (size_t)width, act);
             }
         }
@@ -1939,7 +1955,7 @@ static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows,
 /* y = act(x W^T + b): the first half of an MLP. */
 static void lmv__linear_act(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, lmv__mat W,
                             const float *b, lmv__act act) {
-    lmv__gemm_act(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out, act);
+    lmv__gemm_act(ctx, rows, out, in, x, (size_t)in, W, (size_t)in, 1, b, y, (size_t)out, act, 0);
 }
 
 /* LayerNorm over the last dimension (biased variance, like PyTorch), two passes so a large mean
@@ -2134,6 +2150,19 @@ static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const f
 /* y += x, or y += g * x per channel. */
 static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *g) {
     lmv__residual(ctx, y, y, x, rows, dim, g);
+}
+
+/* x += g * (h W^T + b): a residual branch that ends in a Linear (attention's projection, an
+   MLP's second layer) added into its stream. Without a layer scale g the GEMM accumulates into x
+   as it makes the sums, with no output buffer and no second pass; with one, through `tmp`. */
+static void lmv__linear_residual(const lmv__ctx *ctx, float *x, const float *h, int rows, int in, int out, lmv__mat W,
+                                 const float *b, const float *g, float *tmp) {
+    if (!g) {
+        lmv__gemm_act(ctx, rows, out, in, h, (size_t)in, W, (size_t)in, 1, b, x, (size_t)out, LMV__ACT_NONE, 1);
+        return;
+    }
+    lmv__linear(ctx, tmp, h, rows, in, out, W, b);
+    lmv__add_scaled(ctx, x, tmp, rows, out, g);
 }
 
 /* In place, for each of `rows` rows of n floats: x = softmax(x * scale + b1 + b2), b1 and b2
@@ -2832,8 +2861,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.scores = b->scores;
     a.probs = probs;
     lmv__attention(ctx, &a);
-    lmv__linear(ctx, b->xn, b->attn, T, D, D, blk->proj_w, blk->proj_b);
-    lmv__add_scaled(ctx, b->x, b->xn, T, D, blk->ls1);
+    lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
     if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
 
     in = b->x;
@@ -2842,8 +2870,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
         in = b->xn;
     }
     lmv__linear_act(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b, v->act);
-    lmv__linear(ctx, b->xn, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b);
-    lmv__add_scaled(ctx, b->x, b->xn, T, D, blk->ls2);
+    lmv__linear_residual(ctx, b->x, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls2, b->xn);
     if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
 }
 
@@ -3256,8 +3283,7 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     /* x = x + mlp(norm2(x)) */
     lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
     lmv__linear_act(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
-    lmv__linear(ctx, b->xn, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b);
-    lmv__add_scaled(ctx, b->x, b->xn, H * W, C, NULL);
+    lmv__linear_residual(ctx, b->x, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b, NULL, b->xn);
 }
 
 /* PatchMerging: zero-pad to even sides, concatenate the 2x2 neighbours as x0 (0,0), x1 (1,0),
@@ -3599,8 +3625,7 @@ static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__
     int C = st->dim;
     lmv__layernorm(ctx, tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
     lmv__linear_act(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
-    lmv__linear(ctx, tn, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b);
-    lmv__add_scaled(ctx, t, tn, rows, C, NULL);
+    lmv__linear_residual(ctx, t, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b, NULL, tn);
 }
 
 /* One multi-head attention between two token sets whose q, k, v sit in row buffers. */
@@ -3647,8 +3672,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
                         probs_c);
-        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
-        lmv__add_scaled(ctx, b->c, b->cn, M, C, NULL);
+        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->proj_w, blk->proj_b, NULL, b->cn);
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
@@ -3660,7 +3684,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, head_scale, b->catt,
                         b->scores, probs_c);
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
+        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->proj_w, blk->proj_b, NULL, b->cn);
     } else {
         /* dual cross attention: image queries read meta tokens with scale ln(M)/ln(N) * C^-0.5,
            meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
@@ -3682,10 +3706,9 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
                             b->scores, probs_c);
         }
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
+        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->projc_w, blk->projc_b, NULL, b->cn);
     }
     lmv__residual(ctx, b->x, b->xs, b->xn, N, C, NULL);
-    lmv__add_scaled(ctx, b->c, b->cn, M, C, NULL);
     lmv__lmt_mlp(ctx, v, st, blk, b->x, N, b->xn, b->hid);
     lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
 }

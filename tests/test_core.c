@@ -87,7 +87,7 @@ static void test_gemm_gelu(void) {
         for (i = 0; i < N * K; i++) B[i] = frand(&seed) * 0.2f;
         for (i = 0; i < N; i++) bias[i] = frand(&seed);
         lmv__gemm(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), (size_t)K, 1, bias, C, (size_t)N);
-        lmv__gemm_act(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), (size_t)K, 1, bias, G, (size_t)N, LMV__ACT_GELU);
+        lmv__gemm_act(&ctx, M, N, K, A, (size_t)K, lmv__f32(B), (size_t)K, 1, bias, G, (size_t)N, LMV__ACT_GELU, 0);
         for (i = 0; i < M * N; i++) {
             double x = C[i], ref = 0.5 * x * (1.0 + erf(x / sqrt(2.0))), d = fabs(G[i] - ref);
             if (d > worst) worst = d;
@@ -206,6 +206,69 @@ static void test_gemm_panels(void) {
         }
     snprintf(msg, sizeof msg, "%d shapes x 1 and 2 threads, unaligned panels; max abs error %.2e", (int)(sizeof shapes / sizeof shapes[0]), worst);
     check("gemm with f32p weights equals gemm with plain float32 weights and a double reference", ok && near, msg);
+}
+
+/* The accumulating GEMM (C += A W^T + bias, a residual branch's last Linear added into its
+   stream): against R + the double-precision product for float32 weights in rows and in f32p
+   panels, and against R + the plain GEMM for int8 weights multiplied in int8; on 1 and 2 threads
+   with the same bits. Shapes cover leftover columns, several K blocks, K = 0, and enough rows
+   for each thread to start on its own. */
+static void test_gemm_accumulate(void) {
+    static const int shapes[][3] = {{1, 1, 1}, {3, 17, 5}, {7, 37, 300}, {13, 48, 600}, {2, 5, 0}, {800, 21, 40}};
+    unsigned seed = 9;
+    int s, kind, t, ok = 1, same = 1;
+    double worst = 0;
+    char msg[160];
+    for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++)
+        for (kind = 0; kind < 3; kind++) { /* 0: f32 rows, 1: f32p panels, 2: int8 multiplied in int8 */
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], NP = (N + 15) / 16 * 16, i, j, k;
+            size_t mn = (size_t)M * N;
+            float *A = (float *)malloc(sizeof(float) * ((size_t)M * K + 1)), *W = (float *)malloc(sizeof(float) * ((size_t)N * K + 1));
+            float *P = (float *)malloc(sizeof(float) * ((size_t)NP * K + 1)), *bias = (float *)malloc(sizeof(float) * (size_t)N);
+            float *R = (float *)malloc(sizeof(float) * mn), *C[2], *plain = (float *)malloc(sizeof(float) * mn);
+            float *scale = (float *)malloc(sizeof(float) * (size_t)N);
+            signed char *q = (signed char *)malloc((size_t)N * K + 1);
+            lmv__mat m;
+            lmv__ctx ctx;
+            memset(&ctx, 0, sizeof ctx);
+            C[0] = (float *)malloc(sizeof(float) * mn);
+            C[1] = (float *)malloc(sizeof(float) * mn);
+            for (i = 0; i < M * K; i++) A[i] = frand(&seed);
+            for (i = 0; i < N * K; i++) W[i] = frand(&seed);
+            for (i = 0; i < N; i++) bias[i] = frand(&seed), scale[i] = 0.01f * (1 + i % 5);
+            for (i = 0; i < (int)mn; i++) R[i] = 4.0f * frand(&seed);
+            for (i = 0; i < N * K; i++) q[i] = (signed char)((int)(seed = seed * 1664525u + 1013904223u) % 127);
+            for (j = 0; j < NP; j++)
+                for (k = 0; k < K; k++) P[((size_t)(j / 16) * K + k) * 16 + j % 16] = j < N ? W[j * K + k] : 0.0f;
+            m.scale = kind == 2 ? scale : NULL;
+            m.dtype = kind == 0 ? LMV_DTYPE_F32 : kind == 1 ? LMV_DTYPE_F32P : LMV_DTYPE_INT8;
+            m.data = kind == 0 ? (const void *)W : kind == 1 ? (const void *)P : (const void *)q;
+            ctx.int8_compute = kind == 2;
+            for (t = 1; t <= 2; t++) {
+                ctx.threads = t;
+                memcpy(C[t - 1], R, sizeof(float) * mn);
+                lmv__gemm_act(&ctx, M, N, K, A, (size_t)K, m, (size_t)K, 1, bias, C[t - 1], (size_t)N, LMV__ACT_NONE, 1);
+            }
+            same &= memcmp(C[0], C[1], sizeof(float) * mn) == 0;
+            if (kind == 2) lmv__gemm_act(&ctx, M, N, K, A, (size_t)K, m, (size_t)K, 1, bias, plain, (size_t)N, LMV__ACT_NONE, 0);
+            for (i = 0; i < M; i++)
+                for (j = 0; j < N; j++) {
+                    double ref = R[i * N + j], e;
+                    if (kind == 2) ref += plain[i * N + j];
+                    else {
+                        ref += bias[j];
+                        for (k = 0; k < K; k++) ref += (double)A[i * K + k] * W[j * K + k];
+                    }
+                    e = fabs(ref - C[0][i * N + j]) / (1e-4 * (1 + K) + 1e-5 * fabs(ref));
+                    if (e > worst) worst = e;
+                    if (e > 1.0) ok = 0;
+                }
+            free(A); free(W); free(P); free(bias); free(R); free(C[0]); free(C[1]); free(plain); free(scale); free(q);
+        }
+    snprintf(msg, sizeof msg, "%d shapes x f32, f32p, int8-compute; worst error %.1e of its bound",
+             (int)(sizeof shapes / sizeof shapes[0]), worst);
+    check("accumulating gemm (C += A W^T + bias) matches C + the product", ok, msg);
+    check("accumulating gemm gives the same bits on 1 and 2 threads", same, "");
 }
 
 /* The int8 x int8 GEMM against its definition, computed here independently: per row and K block
@@ -680,6 +743,7 @@ int main(int argc, char **argv) {
     test_gemm_reduced();
     test_gemm_panels();
     test_gemm_int8_compute();
+    test_gemm_accumulate();
     test_attention();
     test_conv();
     test_layernorm();

@@ -196,7 +196,9 @@ def main(argv=None):
         return 0
     with open(a.readme, "w", encoding="utf-8") as f:
         f.write(out)
-    if os.path.abspath(a.results) != KEPT:
+    # the report is kept next to the repository's README only (a README elsewhere, e.g. a test's
+    # copy, leaves the kept report alone)
+    if os.path.abspath(a.results) != KEPT and os.path.abspath(a.readme) == os.path.join(ROOT, "README.md"):
         os.makedirs(os.path.dirname(KEPT), exist_ok=True)
         with open(KEPT, "w", encoding="utf-8") as f:
             f.write(report)

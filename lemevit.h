@@ -255,7 +255,8 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
    threads > 1 and max_batch > 1, a batch runs its images side by side, one per thread (each
    thread with activations of its own: about min(threads, max_batch) times the memory of one
    image), and the images left over when the batch does not divide run one by one on all threads.
-   The results are the same bits either way. */
+   The results are the same bits either way. While a trace callback is set, images run one by one
+   (the trace sees image 0 as it is made). */
 typedef struct lmv_session lmv_session;
 
 typedef struct lmv_session_options {
@@ -1185,6 +1186,15 @@ typedef struct lmv__ctx {
     double *macs; /* optional counter of multiply-adds, for lmv_session_macs() */
 } lmv__ctx;
 
+/* The context for work one thread does inside a parallel task: ctx's settings, one thread, and
+   multiply-adds counted into `macs` (NULL: the caller counts them for the whole). */
+static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
+    lmv__ctx one = *ctx;
+    one.threads = 1;
+    one.macs = macs;
+    return one;
+}
+
 #ifndef LMV_GEMM_KC
 #define LMV_GEMM_KC 256 /* K block of the GEMM; the packed panel is LMV_GEMM_KC*16 floats on the stack */
 #endif
@@ -1575,6 +1585,8 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
     float acc[LMV__MR][LMV__NR];
     int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
     int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, tiles = 0;
+    int to_l2 = m1 - m0 < 128; /* few rows: a block's tiles are short and their rows fill L1, so
+                                  the next f32p block is prefetched into L2 only */
     /* an f32p weight is its own packed panels: nothing to pack, and the next K block is one run
        of memory to prefetch rather than 16 strided rows */
     const float *panels = B->dtype == LMV_DTYPE_F32P ? (const float *)B->data : NULL, *p;
@@ -1596,7 +1608,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
             mr = lmv__tile_rows(m1 - i0);
             if (panels) { /* this tile's share of the next block's nkc lines of 64 bytes */
                 int l = nkc * tile / tiles, end = nkc * (tile + 1) / tiles;
-                if (m1 - m0 < 128) /* few rows: a block's tiles are short, and their rows fill L1 */
+                if (to_l2)
                     for (; l < end; l++) LMV__PREFETCH_L2(next + (size_t)l * LMV__NR);
                 else
                     for (; l < end; l++) LMV__PREFETCH(next + (size_t)l * LMV__NR);
@@ -2312,8 +2324,8 @@ static int lmv__conv_out(int in, int k, int stride, int pad) { return (in + 2 * 
    enough (about LMV__CONV_BLOCK floats) to stay in cache from one to the other; the blocks are the
    threads' tasks. Each block reads all the weights again, so this is only for blocks of at least
    2 x Cout rows, and at least 2 blocks per thread; other convolutions are done whole, their GEMM
-   split by columns too. (LeMeViT's stem: 0.1-0.15 ms less of 45 and 23 ms, and a quarter of the
-   scratch.) */
+   split by columns too. (LeMeViT-tiny's stem at 224x224: 0.1-0.15 ms less of 45 and 23 ms, and
+   0.5 MB of scratch instead of 3.6.) */
 #define LMV__CONV_BLOCK 65536
 
 static int lmv__conv_rows(int K) {
@@ -2339,14 +2351,12 @@ static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H,
                         float *cols) {
     int OH = lmv__conv_out(H, k, stride, pad), OW = lmv__conv_out(W, k, stride, pad), P = OH * OW, K = Cin * k * k;
     int rows = lmv__conv_rows(K), blocks = (P + rows - 1) / rows, blk;
-    lmv__ctx one = *ctx;
+    lmv__ctx one = lmv__one_thread(ctx, NULL);
     if (!lmv__conv_blocked(ctx->threads, (size_t)P, K, Cout)) {
         lmv__im2col(ctx, cols, in, H, W, Cin, sy, sx, sc, k, k, stride, stride, pad, OH, OW);
         lmv__linear(ctx, out, cols, P, K, Cout, weight, bias);
         return;
     }
-    one.threads = 1;
-    one.macs = NULL;
     if (ctx->macs) *ctx->macs += (double)P * Cout * K;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (ctx->threads > 1)
@@ -2551,9 +2561,7 @@ typedef struct lmv__attn_args {
 /* out = softmax(q k^T * scale + bias + mask) v, per group and head; one score block per thread. */
 static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
     int total = a->groups * a->heads, t;
-    lmv__ctx one = *ctx;
-    one.threads = 1;
-    one.macs = NULL;
+    lmv__ctx one = lmv__one_thread(ctx, NULL);
     if (ctx->macs) *ctx->macs += (double)a->groups * a->heads * a->nq * a->nk * a->head_dim * 2.0;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) \
@@ -3561,19 +3569,19 @@ typedef struct lmv__lmt_bufs {
 
 static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threads, float *base, lmv__lmt_bufs *b) {
     int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
-    size_t M = (size_t)v->num_meta, xmax, nc = 0, hid = 0, cmax = 0, cols, sc = 0, N;
+    size_t M = (size_t)v->num_meta, xmax, nc = 0, hid = 0, cmax = 0, cols, conv, sc = 0, N;
     lmv__carver c;
     lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
     xmax = (size_t)h1 * w1 * v->stem_mid;
-    cols = lmv__conv_scratch(threads, (size_t)h1 * w1, v->in_chans * 9, v->stem_mid);
     N = (size_t)lmv__conv_out(h1, 3, 2, 1) * lmv__conv_out(w1, 3, 2, 1);
-    if (lmv__conv_scratch(threads, N, 9 * v->stem_mid, v->stages[0].dim) > cols)
-        cols = lmv__conv_scratch(threads, N, 9 * v->stem_mid, v->stages[0].dim);
+    cols = lmv__conv_scratch(threads, (size_t)h1 * w1, v->in_chans * 9, v->stem_mid);
+    conv = lmv__conv_scratch(threads, N, 9 * v->stem_mid, v->stages[0].dim);
+    if (conv > cols) cols = conv;
     for (i = 0; i < v->n_stages; i++) {
         const lmv__lmt_stage *st = &v->stages[i];
         size_t n = (size_t)sh[i] * sw[i], C = (size_t)st->dim;
-        if (st->down_w.data && lmv__conv_scratch(threads, n, 9 * st->meta_in, st->dim) > cols)
-            cols = lmv__conv_scratch(threads, n, 9 * st->meta_in, st->dim);
+        conv = st->down_w.data ? lmv__conv_scratch(threads, n, 9 * st->meta_in, st->dim) : 0;
+        if (conv > cols) cols = conv;
         if (n * C > nc) nc = n * C;
         if ((n > M ? n : M) * (size_t)st->hidden > hid) hid = (n > M ? n : M) * (size_t)st->hidden;
         if (M * 4 * st->meta_in > hid) hid = M * 4 * (size_t)st->meta_in;
@@ -4104,7 +4112,6 @@ static lmv_result lmv__check_tokens(const lmv_model *m, int h, int w, lmv_error 
     return LMV_OK;
 }
 
-/* Resolve options to the sizes the plan uses. */
 /* Activation memory for h x w: one image at a time on `threads`, and, with lanes > 1, `lanes`
    one-thread images side by side (each lane `lane_floats`, a multiple of 16 so every lane's
    buffers keep the arena's alignment). */
@@ -4123,6 +4130,7 @@ static lmv_result lmv__arena_floats(const lmv_model *m, int threads, int lanes, 
     return r;
 }
 
+/* Resolve options to the sizes the plan uses. */
 static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_options *opt, lmv_session_options *o,
                                      size_t *arena_floats, lmv_error *err) {
     lmv_result r;
@@ -4223,22 +4231,19 @@ LEMEVIT_API void lmv_session_set_trace(lmv_session *s, lmv_trace_fn fn, void *us
 
 /* The first `n` images of a batch, side by side: each of `lanes` threads takes the next image
    and runs it alone (threads = 1) in activations of its own, `lane` floats apart. */
-static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const float *input, int n, int h, int w,
-                                 float *out, int features, lmv_error *err) {
+static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const float *input, size_t img, int n, int h,
+                                 int w, float *out, size_t odim, int features, lmv_error *err) {
     lmv_result res = LMV_OK;
 #ifdef _OPENMP
     const lmv_model *m = s->model;
-    size_t img = (size_t)m->info.in_chans * h * w, odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
     double macs[256];
     int t;
     for (t = 0; t < lanes; t++) macs[t] = 0.0;
 #pragma omp parallel num_threads(lanes)
     {
         int me = omp_get_thread_num(), i;
-        lmv__ctx one = s->ctx;
+        lmv__ctx one = lmv__one_thread(&s->ctx, &macs[me]);
         float *arena = s->arena + (size_t)me * lane;
-        one.threads = 1;
-        one.macs = &macs[me];
 #pragma omp for schedule(dynamic, 1)
         for (i = 0; i < n; i++) {
             lmv_error e;
@@ -4254,7 +4259,8 @@ static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const f
     }
     for (t = 0; t < lanes; t++) s->macs += macs[t];
 #else
-    (void)s, (void)lanes, (void)lane, (void)input, (void)n, (void)h, (void)w, (void)out, (void)features, (void)err;
+    (void)s, (void)lanes, (void)lane, (void)input, (void)img, (void)n, (void)h, (void)w, (void)out, (void)odim,
+        (void)features, (void)err;
 #endif
     return res;
 }
@@ -4286,7 +4292,7 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     full = lanes > 1 ? batch / lanes * lanes : 0;
     img = (size_t)m->info.in_chans * h * w;
     odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
-    r = full ? lmv__run_lanes(s, lanes, lane, input, full, h, w, out, features, err) : LMV_OK;
+    r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
     if (r == LMV_OK && full < batch)
         r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w, out + (size_t)full * odim,
                             features, err);

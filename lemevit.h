@@ -530,11 +530,17 @@ LEMEVIT_API const char *lmv_dtype_name(int dtype) {
 }
 
 /* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */
-static void lmv__vformat(char *out, size_t cap, const char *fmt, va_list ap) {
+/* A small vsnprintf for messages (%s %d %u %zu %c %%), free of the C library's locale and FILE
+   machinery so that firmware builds can use it. A %s argument longer than `max_arg` (0: no limit)
+   keeps its first and last max_arg/2 characters with "..." between, so that a long path or key
+   leaves room for the rest of the sentence; a message longer than the buffer is cut and ends in
+   "...". */
+static void lmv__vformat(char *out, size_t cap, size_t max_arg, const char *fmt, va_list ap) {
     size_t n = 0;
+    int cut = 0;
     char num[24];
     if (cap == 0) return;
-#define LMV__PUT(ch) do { if (n + 1 < cap) out[n++] = (ch); } while (0)
+#define LMV__PUT(ch) do { char lmv__c = (ch); if (n + 1 < cap) out[n++] = lmv__c; else cut = 1; } while (0)
     for (; *fmt; fmt++) {
         const char *s = NULL;
         unsigned long long u = 0;
@@ -554,11 +560,19 @@ static void lmv__vformat(char *out, size_t cap, const char *fmt, va_list ap) {
             if (neg) LMV__PUT('-');
             while (i) LMV__PUT(num[--i]);
         } else {
-            while (*s) LMV__PUT(*s++);
+            size_t len = strlen(s), j;
+            if (max_arg && len > max_arg) {
+                for (j = 0; j < max_arg / 2; j++) LMV__PUT(s[j]);
+                for (j = 0; j < 3; j++) LMV__PUT('.');
+                s += len - max_arg / 2;
+            }
+            for (; *s && !cut; s++) LMV__PUT(*s);
         }
+        if (cut) break;
     }
 #undef LMV__PUT
     out[n] = 0;
+    if (cut && n >= 3) memcpy(out + n - 3, "...", 4);
 }
 
 static lmv_result lmv__fail(lmv_error *err, lmv_result code, const char *fmt, ...) {
@@ -566,7 +580,7 @@ static lmv_result lmv__fail(lmv_error *err, lmv_result code, const char *fmt, ..
         va_list ap;
         va_start(ap, fmt);
         err->code = code;
-        lmv__vformat(err->message, sizeof err->message, fmt, ap);
+        lmv__vformat(err->message, sizeof err->message, 80, fmt, ap);
         va_end(ap);
     }
     return code;
@@ -895,7 +909,7 @@ static lmv_result lmv__matrix(const lmv_model *m, const char *name, int optional
 static void lmv__name(char *buf, size_t cap, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    lmv__vformat(buf, cap, fmt, ap);
+    lmv__vformat(buf, cap, 0, fmt, ap);
     va_end(ap);
 }
 
@@ -920,7 +934,7 @@ static lmv_result lmv__bind_linear(const lmv_model *m, int optional, int out, in
     lmv_result r;
     va_list ap;
     va_start(ap, fmt);
-    lmv__vformat(base, sizeof base, fmt, ap);
+    lmv__vformat(base, sizeof base, 0, fmt, ap);
     va_end(ap);
     lmv__name(name, sizeof name, "%s.weight", base);
     shape[0] = out;
@@ -937,7 +951,7 @@ static lmv_result lmv__bind_norm(const lmv_model *m, int optional, int C, const 
     lmv_result r;
     va_list ap;
     va_start(ap, fmt);
-    lmv__vformat(base, sizeof base, fmt, ap);
+    lmv__vformat(base, sizeof base, 0, fmt, ap);
     va_end(ap);
     lmv__name(name, sizeof name, "%s.weight", base);
     if ((r = lmv__w1(m, optional, C, w, err, name)) != LMV_OK) return r;

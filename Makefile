@@ -1,6 +1,7 @@
 # lemevit.h — build, test, demo, bench.
 #   make            build everything into build/
 #   make test       run every test; the last line says "N passed, N failed"
+#   make test-full CIFAR10=PATH   the CIFAR-10 suites over the full test set at PATH
 #   make demo       classify the bundled pictures with the bundled model
 #   make bench      compare speed and memory with PyTorch
 #   make firmware   the no-malloc, no-stdio example with the model linked in (build/fw/firmware)
@@ -48,6 +49,14 @@ deps:
 test: deps all firmware
 	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tests/run_tests.py
 
+# The CIFAR-10 suites over the full 10,000-image test set: CIFAR10 names a folder laid out
+# <class>/*.jpg (or test/<class>/*.jpg) or a tar of one; `make test` uses the 1,000-image subset
+# in tests/data.
+test-full: deps all
+	@[ -n "$(CIFAR10)" ] || { echo "make test-full needs CIFAR10=PATH (the CIFAR-10 test JPEGs: a folder or a tar)"; exit 2; }
+	@[ -e "$(CIFAR10)" ] || { echo "CIFAR10=$(CIFAR10): no such file or folder"; exit 2; }
+	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; LMV_CIFAR10="$(abspath $(CIFAR10))" $$py tests/run_tests.py cifar10 quantized
+
 bench: deps all
 	@py="$(PYTHON)"; [ -n "$$py" ] || py=/usr/bin/python3; $$py tools/bench.py
 
@@ -59,7 +68,7 @@ demo: build/classify
 clean:
 	rm -rf build
 
-.PHONY: all deps test demo bench clean
+.PHONY: all deps test test-full demo bench clean
 
 # ---- firmware: examples/firmware.c with a model and a picture linked in as const arrays ----
 # FIRMWARE_MODEL is the .lmv to embed. Until the trained CIFAR-10 model is at its default path, a

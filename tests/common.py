@@ -18,13 +18,20 @@ BUILD = os.path.join(ROOT, "build")
 BIN = os.path.join(BUILD, "asan") if os.environ.get("LMV_SANITIZE") else BUILD
 LMV = os.path.join(BIN, "lmv")
 CONVERT = os.environ.get("LMV_CONVERT") or os.path.join(ROOT, "tools", "convert.py")
-SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared"))
+# test pictures and the CIFAR-10 subset (tests/data/README.md lists them with their licences)
+DATA = os.path.join(ROOT, "tests", "data")
+IMAGES = os.path.join(DATA, "images")
+PHOTOS = os.path.join(IMAGES, "photos")
+# LMV_CIFAR10 points at the full CIFAR-10 test set (a folder or a tar, `make test-full CIFAR10=...`);
+# without it the 1,000-image subset in tests/data is used
+CIFAR10_SUBSET = os.path.join(DATA, "cifar10", "test_1000.tar")
 
 
 class Results:
     def __init__(self):
         self.passed = 0
         self.failed = 0
+        self.skipped = 0
 
     def check(self, name, ok, reason=""):
         if ok:
@@ -35,8 +42,15 @@ class Results:
             print(f"FAIL {name}: {reason}", flush=True)
         return ok
 
+    def skip(self, name, reason):
+        """A check that could not run here (a missing optional tool or data set): named and counted,
+        never counted as a pass."""
+        self.skipped += 1
+        print(f"SKIP {name}: {reason}", flush=True)
+
     def finish(self):
-        print(f"{self.passed} passed, {self.failed} failed", flush=True)
+        tail = f", {self.skipped} skipped" if self.skipped else ""
+        print(f"{self.passed} passed, {self.failed} failed{tail}", flush=True)
         sys.exit(1 if self.failed else 0)
 
 
@@ -67,13 +81,28 @@ def tmpdir():
     return d
 
 
+def cifar10_source():
+    """(path, is_full_set): the full test set named by LMV_CIFAR10, else the bundled subset."""
+    full = os.environ.get("LMV_CIFAR10")
+    return (full, True) if full else (CIFAR10_SUBSET, False)
+
+
 def cifar_test_dir(per_class=0):
-    """The CIFAR-10 test JPEGs (shared/data/cifar10/test.tar) unpacked into a fresh directory laid
-    out DIR/<class>/*.jpg; with per_class, only the first that many images of each class."""
+    """CIFAR-10 test JPEGs in a directory laid out DIR/<class>/*.jpg: the bundled 1,000-image subset,
+    or the full set that LMV_CIFAR10 names (a folder or a tar, laid out <class>/ or test/<class>/);
+    with per_class, only the first that many images of each class."""
+    src, _ = cifar10_source()
     d = tmpdir()
-    with tarfile.open(os.path.join(SHARED, "data", "cifar10", "test.tar")) as t:
-        t.extractall(d)
+    if os.path.isdir(src):
+        if os.path.isdir(os.path.join(src, "test")):
+            src = os.path.join(src, "test")
+        shutil.copytree(src, os.path.join(d, "test"))
+    else:
+        with tarfile.open(src) as t:
+            t.extractall(d)
     root = os.path.join(d, "test")
+    if not os.path.isdir(root):  # a tar of <class>/ folders
+        root = d
     if per_class:
         for c in os.listdir(root):
             for name in sorted(os.listdir(os.path.join(root, c)))[per_class:]:

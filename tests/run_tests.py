@@ -12,6 +12,7 @@ PY = sys.executable
 
 # (label, command). Order: fast structural checks first, the long parity runs last.
 SUITES = [
+    ("repo (stands alone)", [PY, os.path.join(HERE, "test_repo.py")]),
     ("core", [os.path.join(ROOT, "build", "test_core")]),
     ("core (asan+ubsan)", [os.path.join(ROOT, "build", "asan", "test_core")]),
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
@@ -22,6 +23,7 @@ SUITES = [
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
+    ("messages (long paths, keys and values)", [PY, os.path.join(HERE, "test_messages.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
     # firmware builds and hardening
@@ -48,7 +50,7 @@ ENV = {label: {"LMV_SANITIZE": "1", "ASAN_OPTIONS": "detect_leaks=1:abort_on_err
 
 def main():
     only = sys.argv[1:]
-    passed = failed = 0
+    passed = failed = skipped = 0
     for label, cmd in SUITES:
         if only and not any(o in label for o in only):
             continue
@@ -65,9 +67,9 @@ def main():
         for line in p.stdout:
             sys.stdout.write("   " + line)
             sys.stdout.flush()
-            m = re.fullmatch(r"(\d+) passed, (\d+) failed\s*", line)
+            m = re.fullmatch(r"(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*", line)
             if m:
-                last = (int(m.group(1)), int(m.group(2)))
+                last = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
         code = p.wait()
         if last is None:
             print(f"FAIL {label}: exited {code} without a summary line", flush=True)
@@ -75,10 +77,11 @@ def main():
             continue
         passed += last[0]
         failed += last[1]
+        skipped += last[2]
         if code != 0 and last[1] == 0:
             print(f"FAIL {label}: exited {code}", flush=True)
             failed += 1
-    print(f"{passed} passed, {failed} failed", flush=True)
+    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""), flush=True)
     sys.exit(1 if failed else 0)
 
 

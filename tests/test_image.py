@@ -6,7 +6,7 @@ Run with Debian's Python (it has numpy, PIL, torch and torchvision):
     /usr/bin/python3 tests/test_image.py [--quick]
 
 Every expected value is produced live by Pillow or torchvision. JPEG variants are made with
-cjpeg (libjpeg-turbo-progs) and Pillow from the photos in ../shared/images. Each check prints
+cjpeg (libjpeg-turbo-progs) and Pillow from the photos in tests/data/images. Each check prints
 `PASS name ...` or `FAIL name: reason`; the last line is `N passed, N failed`.
 """
 import io
@@ -24,8 +24,7 @@ import torch
 import torchvision.transforms as T
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("LMV_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
-IMAGES = os.path.join(SHARED, "images")
+IMAGES = os.path.join(ROOT, "tests", "data", "images")
 QUICK = "--quick" in sys.argv
 
 passed = 0

@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 import torchvision.transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BIN, LMV, ROOT, SHARED, Results, convert, run, tmpdir  # noqa: E402
+from common import BIN, IMAGES, LMV, PHOTOS, ROOT, Results, convert, run, tmpdir  # noqa: E402
 from models import timm_vit, lemevit_ref  # noqa: E402
 
 torch.set_num_threads(2)
@@ -22,16 +22,16 @@ work = tmpdir()
 
 
 def photos():
-    """The shared photos as JPEGs: the JPEG originals, the PNGs saved as JPEG, one EXIF-rotated file."""
+    """The test photos (tests/data/images) as JPEGs: the JPEG originals, the PNGs saved as JPEG, one EXIF-rotated file."""
     out = []
     for name in ("rocket.jpg", "hubble_deep_field.jpg"):
-        out.append(os.path.join(SHARED, "images", "photos", name))
-    out.append(os.path.join(SHARED, "images", "libjpeg-turbo", "testorig.jpg"))
+        out.append(os.path.join(PHOTOS, name))
+    out.append(os.path.join(IMAGES, "libjpeg-turbo", "testorig.jpg"))
     for name in ("chelsea.png", "coffee.png", "astronaut.png"):
         dst = os.path.join(work, name.replace(".png", ".jpg"))
-        Image.open(os.path.join(SHARED, "images", "photos", name)).convert("RGB").save(dst, quality=90)
+        Image.open(os.path.join(PHOTOS, name)).convert("RGB").save(dst, quality=90)
         out.append(dst)
-    out.append(os.path.join(SHARED, "images", "exif", "Landscape_6.jpg"))
+    out.append(os.path.join(IMAGES, "exif", "Landscape_6.jpg"))
     return out
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BUILD, ROOT, SHARED, Results, run  # noqa: E402
+from common import BUILD, PHOTOS, ROOT, Results, run  # noqa: E402
 
 res = Results()
 VG = ["valgrind", "--error-exitcode=251", "--leak-check=full", "--errors-for-leak-kinds=all", "--show-leak-kinds=all"]
@@ -39,14 +39,12 @@ def main():
     if res.check("classify builds without OpenMP", code == 0, err.strip()[-300:]):
         # the model `make firmware` embedded: the CIFAR-10 LeMeViT, or its random stand-in
         model = open(os.path.join(BUILD, "fw", "inputs")).read().split()[0]
-        photos = [os.path.join(SHARED, "images", "photos", f) for f in ("rocket.jpg", "hubble_deep_field.jpg")]
-        photos = [f for f in photos if os.path.exists(f)] or [os.path.join(ROOT, "examples", "images", "cat_32x32.jpg")]
+        photos = [os.path.join(PHOTOS, f) for f in ("rocket.jpg", "hubble_deep_field.jpg")]
         for photo in photos:
             memcheck(f"classify {os.path.basename(photo)}", [exe, model, photo, "--top", "3"])
         # a failing path frees everything too
         memcheck("classify on a truncated JPEG (error path)",
-                 [exe, model, os.path.join(SHARED, "images", "photos", "truncated.jpg")], want_exit=1) \
-            if os.path.exists(os.path.join(SHARED, "images", "photos", "truncated.jpg")) else None
+                 [exe, model, os.path.join(PHOTOS, "truncated.jpg")], want_exit=1)
     fw = os.path.join(BUILD, "fw", "firmware")
     if res.check("build/fw/firmware exists (make firmware)", os.path.exists(fw), ""):
         want = open(os.path.join(BUILD, "fw", "firmware_arena.h")).read()

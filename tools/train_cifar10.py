@@ -44,11 +44,12 @@ def parse_args(argv=None):
         description="Train a small LeMeViT (reference implementation) on CIFAR-10 JPEGs, CPU only.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data and output")
-    g.add_argument("--data", default="/work/shared/data/cifar10",
-                   help="directory holding train.tar and test.tar")
+    g.add_argument("--data", required=True,
+                   help="directory holding CIFAR-10 as JPEGs: train.tar and test.tar, laid out "
+                        "train/<class>/NNNN.jpg and test/<class>/NNNN.jpg")
     g.add_argument("--cache", default=os.path.expanduser("~/.cache/lemevit_cifar10"),
                    help="where the decoded uint8 arrays are cached (outside the repo)")
-    g.add_argument("--out", default="/tmp/lemevit_cifar10_run",
+    g.add_argument("--out", default=os.path.join("build", "train_cifar10"),
                    help="output directory (checkpoints, history, final model + JSON)")
     g.add_argument("--name", default="lemevit_cifar10",
                    help="base name of the final checkpoint / JSON in --out")

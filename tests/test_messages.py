@@ -86,6 +86,24 @@ for src, key in cases:
     ends(f"lmv embed on a .lmv whose {key} is 3,000 characters", [LMV, "embed", fn, os.path.join(d, "e.c")])
     ends(f"classify with a .lmv whose {key} is 3,000 characters", [CLASSIFY, fn, CAT])
 
+# a long tensor name and a long meta key: the loader names them in its refusal
+f = lmvfile.read(os.path.join(CORPUS, "vit_tiny.lmv"))
+meta = [(k, v if f.meta_types[k] in (lmvfile.T_STRING, lmvfile.T_STRLIST) else lmvfile.Typed(f.meta_types[k], v))
+        for k, v in f.meta.items()]
+names = list(f.tensors)
+long_name = "blocks.0." + "n" * 235 + ".weight"
+fn = os.path.join(d, "long_tensor_name.lmv")
+lmvfile.write(fn, meta, [(long_name if n == names[0] else n, f.shape(n), f.tensor(n), f.dtype(n)) for n in names])
+ends("lmv info on a .lmv with a 244-character tensor name (the most a name may have)", [LMV, "info", fn])
+ends("classify with a .lmv with a 244-character tensor name (the most a name may have)", [CLASSIFY, fn, CAT])
+fn = os.path.join(d, "long_meta_key.lmv")
+lmvfile.write(fn, meta + [("k" * 255, 1)], [(n, f.shape(n), f.tensor(n), f.dtype(n)) for n in names])
+try:
+    p = subprocess.run([LMV, "info", fn], capture_output=True, text=True, timeout=20)
+    res.check("lmv info on a .lmv with a 255-character meta key ends", True, f"exit {p.returncode}")
+except subprocess.TimeoutExpired:
+    res.check("lmv info on a .lmv with a 255-character meta key ends", False, "did not end within 20 s")
+
 # a long label is data, not an error: it prints whole
 labels = ["l" * 2000 + str(i) for i in range(10)]
 fn = rewrite(MODEL, os.path.join(d, "long_labels.lmv"), {"labels": labels})

@@ -22,6 +22,7 @@ SUITES = [
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
+    ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
     # firmware builds and hardening

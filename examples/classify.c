@@ -165,9 +165,8 @@ static int add_path(const char *path, path_list *images) {
     }
     ok = walk_folder(path, images, &skipped);
     qsort(images->paths + first, (size_t)(images->count - first), sizeof(char *), compare_paths);
-    if (skipped)
-        fprintf(stderr, "classify: %s: skipped %d entr%s that %s not JPEG images\n", path, skipped,
-                skipped == 1 ? "y" : "ies", skipped == 1 ? "is" : "are");
+    if (skipped == 1) fprintf(stderr, "classify: %s: skipped 1 entry that is not a JPEG image\n", path);
+    if (skipped > 1) fprintf(stderr, "classify: %s: skipped %d entries that are not JPEG images\n", path, skipped);
     if (images->count == first) {
         fprintf(stderr, "classify: %s: no JPEG images in this folder\n", path);
         ok = 0;

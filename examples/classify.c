@@ -164,7 +164,8 @@ static int add_path(const char *path, path_list *images) {
         return 1;
     }
     ok = walk_folder(path, images, &skipped);
-    qsort(images->paths + first, (size_t)(images->count - first), sizeof(char *), compare_paths);
+    if (images->count > first)
+        qsort(images->paths + first, (size_t)(images->count - first), sizeof(char *), compare_paths);
     if (skipped == 1) fprintf(stderr, "classify: %s: skipped 1 entry that is not a JPEG image\n", path);
     if (skipped > 1) fprintf(stderr, "classify: %s: skipped %d entries that are not JPEG images\n", path, skipped);
     if (images->count == first) {

@@ -198,6 +198,9 @@ def check_folder(root, want):
     code, out, err = classify(MODEL, root, "--top", "3", exe=ASAN_CLASSIFY, env=env)
     res.check("ASan/UBSan build over the folder in text mode: exit 0, no sanitizer report",
               code == 0 and not any(m in err for m in SANITIZER_MARKS), f"exit {code}: {err.strip()[-600:]}")
+    code, out, err = classify(MODEL, os.path.join(root, "empty"), exe=ASAN_CLASSIFY, env=env)
+    res.check("ASan/UBSan build over a folder without JPEGs: exit 1, no sanitizer report",
+              code == 1 and not any(m in err for m in SANITIZER_MARKS), f"exit {code}: {err.strip()[-600:]}")
 
 
 def check_failures():

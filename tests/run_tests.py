@@ -25,6 +25,7 @@ SUITES = [
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("messages (long paths, keys and values)", [PY, os.path.join(HERE, "test_messages.py")]),
+    ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
     # firmware builds and hardening

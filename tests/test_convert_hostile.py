@@ -28,8 +28,9 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 MEMORY_LIMIT = 1536 << 20   # RLIMIT_AS of the converter processes
 CASE_ALARM = 10             # seconds one case may run before SIGALRM ends it
-FUZZ_SEED = 20261204
-FUZZ_CASES = 150
+# a fixed seed and count in the suite; LMV_FUZZ_SEED / LMV_FUZZ_CASES explore further by hand
+FUZZ_SEED = int(os.environ.get("LMV_FUZZ_SEED", "20261204"))
+FUZZ_CASES = int(os.environ.get("LMV_FUZZ_CASES", "150"))
 
 
 # ------------------------------------------------------------------------------------ the worker
@@ -182,6 +183,20 @@ class TorchLikePickler(pickle.Pickler):
         if isinstance(obj, StorageRef):
             return ("storage", obj.cls, obj.key, "cpu", obj.numel)
         return None
+
+
+class FakeModule(object):
+    """Pickles as mymodels.Net (an nn.Module-like stub for the converter) with any state."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return FakeNet, (), self.state
+
+
+FakeNet = type("Net", (), {"__module__": "mymodels", "__qualname__": "Net"})
+sys.modules.setdefault("mymodels", type(sys)("mymodels")).Net = FakeNet
 
 
 def crafted_pkl(obj):
@@ -391,6 +406,15 @@ def regressions():
         fn = write_zip("layout_%d.pth" % len(cases), [("m/data.pkl", crafted_pkl({"w": t})),
                                                       ("m/data/0", bytes(24)), ("m/version", b"3\n")])
         case("pickled tensor with %s" % label, fn, words)
+    for label, state, words in (
+            ("a slot state that is a list", ({"_parameters": {}, "_modules": {}}, [1]), ["holds a mymodels.Net"]),
+            ("_parameters that is a list", {"_parameters": [1], "_modules": {}, "_buffers": 3}, ["no weights found"]),
+            ("_non_persistent_buffers_set that is a number",
+             {"_parameters": {}, "_modules": {}, "_buffers": {"b": TensorRef(StorageRef("0", 4), 0, (4,), (1,))},
+              "_non_persistent_buffers_set": 5}, ["unknown checkpoint layout", "b [4]"])):
+        fn = write_zip("mod_%d.pth" % len(cases), [("m/data.pkl", crafted_pkl(FakeModule(state))),
+                                                   ("m/data/0", bytes(16)), ("m/version", b"3\n")])
+        case("a pickled module with %s" % label, fn, words)
     # 5. config.json values the library would refuse, or of the wrong type
     hf = hf_state_dict(SD)
     for label, cfg, words in (
@@ -399,7 +423,8 @@ def regressions():
             ("layer_norm_eps a list", {"layer_norm_eps": [1e-6]}, ["config.json", "layer_norm_eps"]),
             ("num_attention_heads a string", {"num_attention_heads": "two"}, ["config.json", "num_attention_heads"]),
             ("hidden_act a list", {"hidden_act": ["gelu"]}, ["config.json", "hidden_act"]),
-            ("image_size a dict", {"image_size": {"h": 16}}, ["config.json", "image_size"])):
+            ("image_size a dict", {"image_size": {"h": 16}}, ["config.json", "image_size"]),
+            ("nested 100000 deep", {"x": json.loads("[" * 900 + "]" * 900)}, ["config.json", "nested too deeply"])):
         d = path("hf_%d" % len(cases))
         os.makedirs(d)
         hh, dd = st_header(hf)
@@ -407,7 +432,8 @@ def regressions():
         with open(fn, "wb") as f:
             f.write(safetensors_bytes(hh, dd))
         with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(dict({"num_attention_heads": 2, "image_size": 16}, **cfg), f)
+            text = json.dumps(dict({"num_attention_heads": 2, "image_size": 16}, **cfg))
+            f.write(text.replace("[" * 900 + "]" * 900, "[" * 100000 + "]" * 100000))
         case("config.json %s" % label, fn, words)
     hh, dd = st_header(hf)
     d = path("hf_ok")

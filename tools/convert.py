@@ -482,8 +482,11 @@ class Opaque(object):
     def attrs(self):
         """The object's attributes as a dict, when its pickled state was a dict."""
         st = self._lmv_state
-        if isinstance(st, tuple) and len(st) == 2 and (st[0] is None or isinstance(st[0], dict)):
-            st = dict(st[0] or {}, **(st[1] or {}))  # (dict state, slot state)
+        if isinstance(st, tuple) and len(st) == 2 and (st[0] is None or isinstance(st[0], dict)) and \
+                (st[1] is None or isinstance(st[1], dict)):
+            dict_state, slot_state = st   # (dict state, slot state)
+            st = dict(dict_state or {})
+            st.update(slot_state or {})
         return st if isinstance(st, dict) else {}
 
 
@@ -1127,7 +1130,7 @@ def load_safetensors(path, buf):
             raise ConvertError("%s: dtype %s is not a string" % (what, _short(dt)))
         if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(x) for x in offs):
             raise ConvertError("%s: data_offsets %s is not a list of two integers" % (what, _short(offs)))
-        shape, _, _ = _checked_layout(shape, None, 0, "safetensors entry %s" % _short(name))
+        shape, _, _ = _checked_layout(shape, None, 0, "safetensors entry %s in %s" % (_short(name), path))
         b, e = offs
         dtype = _dtype(_SAFETENSORS_DTYPES.get(dt, "safetensors " + dt))
         if not (0 <= b <= e <= len(data)):
@@ -1211,13 +1214,15 @@ def module_state_dict(obj, prefix="", out=None, seen=None):
         return out
     seen.add(id(obj))
     a = obj.attrs()
-    nonpersistent = a.get("_non_persistent_buffers_set") or set()
+    nonpersistent = a.get("_non_persistent_buffers_set")
+    nonpersistent = nonpersistent if isinstance(nonpersistent, (set, frozenset, list, tuple, dict)) else ()
+    group_of = lambda g: a.get(g) if isinstance(a.get(g), dict) else {}  # noqa: E731
     for group in ("_parameters", "_buffers"):
-        for k, v in (a.get(group) or {}).items():
-            if isinstance(v, Tensor) and not (group == "_buffers" and k in nonpersistent):
+        for k, v in group_of(group).items():
+            if isinstance(v, Tensor) and isinstance(k, str) and not (group == "_buffers" and k in nonpersistent):
                 out[prefix + k] = v
-    for k, m in (a.get("_modules") or {}).items():
-        if _is_module_stub(m):
+    for k, m in group_of("_modules").items():
+        if _is_module_stub(m) and isinstance(k, str):
             module_state_dict(m, prefix + k + ".", out, seen)
     return out
 
@@ -1965,6 +1970,8 @@ def _read_json_beside(path, name):
             return json.load(f), p
     except (OSError, ValueError) as e:
         raise ConvertError("%s: %s" % (p, e))
+    except RecursionError:
+        raise ConvertError("%s: its JSON is nested too deeply" % p)
 
 
 def _side_value(src, field, key, value):
@@ -3021,6 +3028,9 @@ def main(argv=None):
         return 130
     except MemoryError:
         sys.stderr.write("%s: error: out of memory\n" % PROG)
+        return 1
+    except RecursionError:
+        sys.stderr.write("%s: error: %s: the checkpoint's objects are nested too deeply\n" % (PROG, opts.input))
         return 1
     except Exception as e:  # a bug: keep the one-line promise unless --debug
         if opts.debug:

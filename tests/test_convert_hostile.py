@@ -87,12 +87,10 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
 # ------------------------------------------------------------------------------ the tests proper
 
 import io  # noqa: E402
-import math  # noqa: E402
 import pickle  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import zipfile  # noqa: E402
-import zlib  # noqa: E402
 from collections import OrderedDict  # noqa: E402
 
 import torch  # noqa: E402
@@ -518,7 +516,6 @@ def fuzz_inputs():
     rng = random.Random(FUZZ_SEED)
     members = torch_zip_members(SD)
     pkl_name = [m[0] for m in members if m[0].endswith("data.pkl")][0]
-    pkl = dict(members)[pkl_name]
     leg = io.BytesIO()
     torch.save(SD, leg, _use_new_zipfile_serialization=False)
     leg = leg.getvalue()

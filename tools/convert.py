@@ -406,8 +406,6 @@ _DENIED_NAMES = {
     "spawnv", "spawnl", "execv", "execve", "execl", "fork", "remove", "unlink", "rmtree", "load",
     "loads",
 }
-# the few builtins a checkpoint pickle may legitimately name: plain value and container types
-# (calling them with pickled arguments cannot do anything but build a value) and object (copyreg)
 def _short(obj):
     """A bounded repr of a pickled object for messages (a pickle can share objects so that a
     plain repr would be exponentially long)."""

@@ -46,6 +46,7 @@ Usage as a library:
     f.meta["img_size"]                 # -> [224, 224]
     f.tensor("cls_token")              # -> array('f') with the values (dequantised for f16/int8)
     lmvfile.requantize("m.lmv", "m8.lmv", "int8")     # re-encode with the quantizable() policy
+    lmvfile.check_meta([("img_size", [224, 224])])     # LmvError unless within the loader's ranges (META_RULES)
 
 Usage from the shell (exit status 1 if the file is invalid):
 

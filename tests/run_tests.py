@@ -18,6 +18,7 @@ SUITES = [
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
     ("convert mapping transforms", [PY, os.path.join(HERE, "test_mapping.py")]),
+    ("convert (hostile inputs)", [PY, os.path.join(HERE, "test_convert_hostile.py")]),
     ("image", [PY, os.path.join(HERE, "test_image.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),

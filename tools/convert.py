@@ -24,10 +24,13 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
+import reprlib
 import struct
 import sys
 import zipfile
+import zlib
 from collections import OrderedDict
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:   # lmvfile.py sits next to this file
@@ -205,6 +208,13 @@ class Tensor(object):
                                "(%d elements of %s)" % (name, list(self.shape), self.offset, list(self.stride),
                                                          avail, self.dtype.name))
 
+    def expansion(self):
+        """How many times over the tensor's values repeat its storage's bytes (more than 1 only for
+        broadcast views: stride 0 or overlapping strides).  0 for an empty tensor."""
+        if self.storage is None or self.numel == 0:
+            return 0
+        return self.numel * self.dtype.itemsize / float(max(self.storage.nbytes, 1))
+
     def is_contiguous(self):
         return all(n == 1 or s == c for n, s, c in zip(self.shape, self.stride, _contiguous_strides(self.shape)))
 
@@ -241,6 +251,35 @@ class Tensor(object):
         if self.is_contiguous():
             return Tensor(self.storage, self.offset, shape, None, self.dtype, self.error)
         return Tensor.from_bytes(self.dtype.name, shape, self.raw())
+
+
+MAX_TENSOR_DIMS = 16   # torch allows more, but no vision model weight comes near it
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _checked_layout(shape, stride, offset, what):
+    """Validate a tensor's shape / strides / storage offset as read from a file: a tuple (or
+    list) of non-negative integers, as many strides as dimensions, an integer offset.  Returns
+    (shape, stride, offset) as tuples and an int; raises ConvertError with a sentence."""
+    if not isinstance(shape, (tuple, list)) or not all(_is_int(d) for d in shape):
+        raise ConvertError("malformed %s: its shape %s is not a list of integers" % (what, _short(shape)))
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise ConvertError("malformed %s: %d dimensions (at most %d)" % (what, len(shape), MAX_TENSOR_DIMS))
+    if any(d < 0 for d in shape):
+        raise ConvertError("malformed %s: its shape %s has a negative size" % (what, list(shape)))
+    if stride is not None:
+        if not isinstance(stride, (tuple, list)) or not all(_is_int(d) for d in stride):
+            raise ConvertError("malformed %s: its strides %s are not a list of integers" % (what, _short(stride)))
+        if len(stride) != len(shape):
+            raise ConvertError("malformed %s: %d strides %s for a %d-dimensional shape %s"
+                               % (what, len(stride), list(stride), len(shape), list(shape)))
+        stride = tuple(stride)
+    if not _is_int(offset) or offset < 0:
+        raise ConvertError("malformed %s: storage offset %s is not a non-negative integer" % (what, _short(offset)))
+    return tuple(shape), stride, offset
 
 
 def _gather(buf, itemsize, offset, shape, stride):
@@ -368,11 +407,42 @@ _DENIED_NAMES = {
     "spawnv", "spawnl", "execv", "execve", "execl", "fork", "remove", "unlink", "rmtree", "load",
     "loads",
 }
+def _short(obj):
+    """A bounded repr of a pickled object for messages (a pickle can share objects so that a
+    plain repr would be exponentially long)."""
+    return _SHORT_REPR.repr(obj)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 60, 60
+
+
+def _value_builtin(kind):
+    """bytes / bytearray / str called by a pickle: only from a value the pickle holds (protocol <= 2
+    writes bytearray(b'...') and str(...) this way), never from a size or an arbitrary object,
+    so that a few bytes of pickle cannot ask for a gigabyte or a repr that never ends."""
+    def build(*args):
+        if len(args) == 0:
+            return kind()
+        if kind is str:
+            ok = len(args) == 1 and isinstance(args[0], (str, int, float, bool))
+        else:
+            ok = (len(args) == 1 and isinstance(args[0], (bytes, bytearray))) or \
+                 (len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1", "utf-8", "utf8"))
+        if not ok:
+            raise ConvertError("refusing to load: the pickle calls %s(%s); a checkpoint only builds %s from "
+                               "a value it holds, never from a size or another object"
+                               % (kind.__name__, ", ".join(type(a).__name__ for a in args), kind.__name__))
+        return kind(*args)
+    return build
+
+
 # the few builtins a checkpoint pickle may legitimately name: plain value and container types
-# (calling them with pickled arguments cannot do anything but build a value) and object (copyreg)
-_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "bytearray": bytearray, "complex": complex,
-                  "slice": slice, "object": object, "bytes": bytes, "list": list, "dict": dict,
-                  "tuple": tuple, "int": int, "float": float, "str": str, "bool": bool}
+# (calling them with pickled arguments cannot do anything but build a value no larger than the
+# arguments) and object (copyreg)
+_SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "bytearray": _value_builtin(bytearray), "complex": complex,
+                  "slice": slice, "object": object, "bytes": _value_builtin(bytes), "list": list, "dict": dict,
+                  "tuple": tuple, "int": int, "float": float, "str": _value_builtin(str), "bool": bool}
 
 
 _LOWERCASE_VALUE_CLASSES = {("types", "SimpleNamespace"), ("datetime", "datetime"), ("datetime", "date"),
@@ -411,8 +481,11 @@ class Opaque(object):
     def attrs(self):
         """The object's attributes as a dict, when its pickled state was a dict."""
         st = self._lmv_state
-        if isinstance(st, tuple) and len(st) == 2 and (st[0] is None or isinstance(st[0], dict)):
-            st = dict(st[0] or {}, **(st[1] or {}))  # (dict state, slot state)
+        if isinstance(st, tuple) and len(st) == 2 and (st[0] is None or isinstance(st[0], dict)) and \
+                (st[1] is None or isinstance(st[1], dict)):
+            dict_state, slot_state = st   # (dict state, slot state)
+            st = dict(dict_state or {})
+            st.update(slot_state or {})
         return st if isinstance(st, dict) else {}
 
 
@@ -454,7 +527,8 @@ class _NpDType(Opaque):
     def spec(self):
         s = self._lmv_args[0] if self._lmv_args else "?"
         order = "<"
-        if isinstance(self._lmv_state, tuple) and len(self._lmv_state) > 1 and self._lmv_state[1] in "<>|=":
+        if isinstance(self._lmv_state, tuple) and len(self._lmv_state) > 1 and \
+                isinstance(self._lmv_state[1], str) and self._lmv_state[1] in ("<", ">", "|", "="):
             order = self._lmv_state[1]
         return s, order
 
@@ -465,6 +539,8 @@ _NP_KINDS = {"f8": "float64", "f4": "float32", "f2": "float16", "i8": "int64", "
 
 def _np_struct(spec):
     s, order = spec
+    if not isinstance(s, str):
+        return None, "<"
     fmt = {"f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b", "u1": "B",
            "b1": "?", "u2": "H", "u4": "I", "u8": "Q"}.get(s)
     return fmt, (">" if order == ">" else "<")
@@ -489,10 +565,10 @@ class _NpArray(Opaque):
             return None
         _, shape, dt, fortran, raw = st
         s, order = dt.spec()
-        if s not in _NP_KINDS or not isinstance(raw, (bytes, bytearray)):
+        if not isinstance(s, str) or s not in _NP_KINDS or not isinstance(raw, (bytes, bytearray)):
             return None
         dtype = _dtype(_NP_KINDS[s])
-        shape = tuple(shape)
+        shape, _, _ = _checked_layout(shape, None, 0, "numpy array in pickle")
         if order == ">" and dtype.itemsize > 1:
             raw = _byteswap(bytes(raw), dtype.itemsize)
         if fortran and len(shape) > 1:
@@ -515,7 +591,8 @@ def _np_reconstruct(cls, shape=None, typecode=None):
 def _rebuild_tensor(storage, storage_offset, size, stride, *rest):
     if not isinstance(storage, Storage):
         raise ConvertError("malformed tensor in pickle (storage is %r)" % (type(storage).__name__,))
-    return Tensor(storage, storage_offset, tuple(size), tuple(stride))
+    size, stride, storage_offset = _checked_layout(size, stride, storage_offset, "tensor in pickle")
+    return Tensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, *rest):
@@ -523,7 +600,8 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
     dtype comes separately; offset/strides are in elements of that dtype."""
     if not isinstance(storage, Storage) or not isinstance(dtype, _TorchDType):
         raise ConvertError("malformed tensor (v3) in pickle")
-    return Tensor(storage, storage_offset, tuple(size), tuple(stride), dtype.dtype)
+    size, stride, storage_offset = _checked_layout(size, stride, storage_offset, "tensor (v3) in pickle")
+    return Tensor(storage, storage_offset, size, stride, dtype.dtype)
 
 
 def _rebuild_parameter(data, *rest):
@@ -558,18 +636,28 @@ def _defaultdict(default_factory=None, *args):
 
 
 def _torch_device(*args):
-    return "device(%s)" % ", ".join(str(a) for a in args)
+    return "device(%s)" % ", ".join(str(a) if isinstance(a, (str, int)) else _short(a) for a in args)
 
 
 def _torch_size(dims=()):
     return tuple(dims)
 
 
+_TEXT_CODECS = ("latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8", "ascii")
+
+
 def _codecs_encode(obj, encoding="utf-8", errors="strict"):
-    # protocol-2 pickles store `bytes` objects as _codecs.encode(str, 'latin1')
-    if not isinstance(obj, str) or not isinstance(encoding, str):
-        raise ConvertError("malformed pickle (_codecs.encode)")
-    return obj.encode(encoding, errors)
+    # protocol-2 pickles store `bytes` objects as _codecs.encode(str, 'latin1'); only text codecs
+    # are run (others compress, decompress or look up names the file chooses)
+    if not isinstance(obj, str) or not isinstance(encoding, str) or not isinstance(errors, str):
+        raise ConvertError("malformed pickle: _codecs.encode takes a string, an encoding name and an error mode")
+    if encoding.lower() not in _TEXT_CODECS or errors != "strict":
+        raise ConvertError("refusing to load: the pickle calls _codecs.encode with encoding %s (errors %s); "
+                           "checkpoints use latin1 (torch) or utf-8" % (_short(encoding), _short(errors)))
+    try:
+        return obj.encode(encoding, errors)
+    except UnicodeEncodeError as e:
+        raise ConvertError("malformed pickle: _codecs.encode cannot encode its string as %s (%s)" % (encoding, e.reason))
 
 
 def _copyreg_reconstructor(cls, base, state):
@@ -579,13 +667,13 @@ def _copyreg_reconstructor(cls, base, state):
         if state is not None and isinstance(obj, OrderedDict):
             obj.update(state)
         return obj
-    raise ConvertError("refusing to load: copyreg._reconstructor on %r" % (cls,))
+    raise ConvertError("refusing to load: copyreg._reconstructor on %s" % _short(cls))
 
 
 def _copyreg_newobj(cls, *args):
     if isinstance(cls, type) and issubclass(cls, (Opaque, OrderedDict)):
         return cls.__new__(cls, *args)
-    raise ConvertError("refusing to load: copyreg.__newobj__ on %r" % (cls,))
+    raise ConvertError("refusing to load: copyreg.__newobj__ on %s" % _short(cls))
 
 
 _TORCH_UTILS = {
@@ -691,15 +779,146 @@ class SafeUnpickler(pickle.Unpickler):
         return self._pload(pid)
 
 
+# What one pickle may build, checked before it is unpickled (scan_pickle): every memo index within
+# the pickle's size (the unpickler sizes its memo by the largest index, so one opcode could ask for
+# gigabytes), and no object whose tree - counting shared objects each time they are reached - is
+# larger than SCAN_NODES_BASE + SCAN_NODES_PER_BYTE * the pickle's size.  Hashing a tuple (as a
+# dict key) or printing an object walks that tree, so a few hundred bytes that share objects
+# (t1 = (t0, t0), t2 = (t1, t1), ...) would otherwise run for ever.
+SCAN_NODES_BASE = 1 << 20
+SCAN_NODES_PER_BYTE = 4
+
+# opcodes by their effect on the stack (names as pickletools has them)
+_PUSH_ONE = {
+    "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING", "BINSTRING",
+    "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8", "NONE", "NEWTRUE",
+    "NEWFALSE", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "FLOAT", "BINFLOAT",
+    "EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET", "GLOBAL", "PERSID", "EXT1", "EXT2", "EXT4",
+    "NEXT_BUFFER",
+}
+_NO_EFFECT = {"PROTO", "FRAME", "STOP", "READONLY_BUFFER"}
+
+
+def scan_pickle(fileobj, what="pickle"):
+    """Walk one pickle's opcodes (from the file's position, which is restored) without building
+    anything, and refuse it if it would use memory or time out of proportion to its size (see
+    SCAN_NODES_BASE).  Raises ConvertError."""
+    start = fileobj.tell()
+    fileobj.seek(0, 2)
+    size = fileobj.tell() - start
+    fileobj.seek(start)
+    cap = SCAN_NODES_BASE + SCAN_NODES_PER_BYTE * size
+    stack, marks, memo = [], [], {}
+
+    def pop(n=1):
+        if len(stack) - (marks[-1] if marks else 0) < n:
+            raise ConvertError("%s is corrupt (its opcodes pop an empty stack)" % what)
+        items = stack[len(stack) - n:]
+        del stack[len(stack) - n:]
+        return items
+
+    def top():
+        if not stack:
+            raise ConvertError("%s is corrupt (its opcodes read an empty stack)" % what)
+        return stack[-1]
+
+    def pop_mark():
+        if not marks:
+            raise ConvertError("%s is corrupt (an opcode needs a mark that is not there)" % what)
+        m = marks.pop()
+        items = stack[m:]
+        del stack[m:]
+        return items
+
+    def grow(cell, items):
+        cell[0] += sum(c[0] for c in items)
+        if cell[0] > cap:
+            raise ConvertError("%s builds an object of more than %d parts from %d bytes (objects shared over "
+                               "and over: a pickle bomb, not a checkpoint)" % (what, cap, size))
+
+    def new(items=()):
+        cell = [1]
+        grow(cell, items)
+        stack.append(cell)
+
+    try:
+        for op, arg, pos in pickletools.genops(fileobj):
+            name = op.name
+            if name in _PUSH_ONE:
+                stack.append([1])
+            elif name in _NO_EFFECT:
+                pass
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name == "POP":
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                stack.append(top())
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                idx = len(memo) if name == "MEMOIZE" else arg
+                if not _is_int(idx) or not 0 <= idx <= size:
+                    raise ConvertError("%s is corrupt (memo index %s in a %d-byte pickle)" % (what, _short(idx), size))
+                if not stack or (marks and marks[-1] == len(stack)):
+                    raise ConvertError("%s is corrupt (it memoizes an empty stack)" % what)
+                memo[idx] = stack[-1]
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                if arg not in memo:
+                    raise ConvertError("%s is corrupt (memo entry %s is read before it is written)" % (what, _short(arg)))
+                stack.append(memo[arg])
+            elif name == "APPEND":
+                item = pop()
+                grow(top(), item)
+            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                items = pop_mark()
+                grow(top(), items)
+            elif name == "SETITEM":
+                kv = pop(2)
+                grow(top(), kv)
+            elif name in ("LIST", "TUPLE", "DICT", "FROZENSET", "INST"):
+                new(pop_mark())
+            elif name == "OBJ":
+                new(pop_mark())
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                new(pop(int(name[-1])))
+            elif name == "BUILD":
+                state = pop()
+                grow(top(), state)
+            elif name in ("REDUCE", "NEWOBJ"):
+                new(pop(2))
+            elif name == "NEWOBJ_EX":
+                new(pop(3))
+            elif name == "STACK_GLOBAL":
+                new(pop(2))
+            elif name == "BINPERSID":
+                new(pop())
+            else:
+                raise ConvertError("%s uses pickle opcode %s, which this converter does not read" % (what, name))
+            if name == "STOP":
+                break
+    except ConvertError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, EOFError, struct.error, UnicodeDecodeError,
+            OverflowError, MemoryError) as e:
+        raise ConvertError("%s is corrupt or truncated (%s: %s)" % (what, type(e).__name__, e))
+    finally:
+        fileobj.seek(start)
+
+
 def safe_unpickle(fileobj, persistent_load=None, what="pickle"):
     try:
+        scan_pickle(fileobj, what)
         return SafeUnpickler(fileobj, persistent_load).load()
     except ConvertError:
         raise
     except RecursionError:
         raise ConvertError("%s is nested too deeply" % what)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, struct.error, UnicodeDecodeError, MemoryError, OverflowError) as e:
+            AttributeError, struct.error, UnicodeDecodeError, MemoryError, OverflowError, LookupError) as e:
         raise ConvertError("%s is corrupt or truncated (%s: %s)" % (what, type(e).__name__, e))
 
 
@@ -721,18 +940,57 @@ class Checkpoint(object):
 def _storage_pid(pid, fetch_for_key):
     """Common decoding of ('storage', StorageType, key, location, numel[, view_metadata])."""
     if not isinstance(pid, tuple) or not pid:
-        raise ConvertError("malformed persistent id %r" % (pid,))
+        raise ConvertError("malformed persistent id %s" % _short(pid))
     kind = pid[0].decode("latin1") if isinstance(pid[0], bytes) else pid[0]
-    if kind == "module":
+    if kind == "module" and len(pid) > 1:
         return pid[1]  # legacy torch.save(model): ('module', class, file, source); we keep the class stub
     if kind != "storage" or len(pid) < 5:
-        raise ConvertError("unsupported persistent id %r" % (pid[:2],))
-    stype, key, numel = pid[1], str(pid[2]), pid[4]   # pid[3] is the device location: ignored
+        raise ConvertError("unsupported persistent id %s" % _short(pid[:2]))
+    stype, key, numel = pid[1], pid[2], pid[4]   # pid[3] is the device location: ignored
+    if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 256:
+        raise ConvertError("malformed storage key in persistent id: %s" % _short(key))
+    key = str(key)
     if not isinstance(stype, _StorageType):
-        raise ConvertError("malformed storage type in persistent id: %r" % (stype,))
-    if not isinstance(numel, int) or numel < 0:
-        raise ConvertError("malformed storage size in persistent id: %r" % (numel,))
-    return Storage(stype.dtype, numel, key, fetch_for_key(key))
+        raise ConvertError("malformed storage type in persistent id: %s" % _short(stype))
+    if not _is_int(numel) or numel < 0:
+        raise ConvertError("malformed storage size in persistent id: %s" % _short(numel))
+    return Storage(stype.dtype, numel, key, fetch_for_key(key, numel * stype.dtype.itemsize))
+
+
+ZIP_MAX_RATIO = 64   # a deflated member may inflate to at most this many times its size (above 1 MiB)
+
+
+def read_zip_member(zf, name, path, need=None):
+    """The bytes of zip member `name`, after checking what its entry declares: not encrypted,
+    stored or deflated (torch.save stores; a re-zipped file deflates), at least `need` bytes (a
+    storage's size from the pickle), and not inflating to more than ZIP_MAX_RATIO times its
+    compressed size.  Every failure is a ConvertError naming the member."""
+    info = zip_member_info(zf, name, path, need)
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
+        raise ConvertError("%s: cannot read record %s: %s (truncated or corrupt file?)" % (path, name, e))
+
+
+def zip_member_info(zf, name, path, need=None):
+    """The ZipInfo of member `name` once its declared sizes and method pass read_zip_member's checks."""
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise ConvertError("%s: record %s is missing (truncated file?)" % (path, name))
+    if info.flag_bits & 0x1:
+        raise ConvertError("%s: record %s is encrypted; PyTorch never encrypts its checkpoints" % (path, name))
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise ConvertError("%s: record %s uses zip compression method %d; PyTorch stores records uncompressed "
+                           "(method 0) and this converter reads those and deflate (8)" % (path, name, info.compress_type))
+    if need is not None and info.file_size < need:
+        raise ConvertError("%s: record %s has %d bytes but its tensors need %d (truncated or corrupt file?)"
+                           % (path, name, info.file_size, need))
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(ZIP_MAX_RATIO * info.compress_size, 1 << 20):
+        raise ConvertError("%s: record %s inflates from %d to %d bytes, more than %d times its compressed size; "
+                           "torch.save writes records uncompressed, so this file was not written by it (a zip "
+                           "bomb?)" % (path, name, info.compress_size, info.file_size, ZIP_MAX_RATIO))
+    return info
 
 
 def load_torch_zip(path):
@@ -758,25 +1016,17 @@ def load_torch_zip(path):
         top = pkl[:-len("data.pkl")]
     torchscript = (top + "constants.pkl") in names or any(n.startswith(top + "code/") for n in names)
     byteorder = top + "byteorder"
-    if byteorder in names and zf.read(byteorder).strip() not in (b"little", b""):
+    if byteorder in names and read_zip_member(zf, byteorder, path).strip() not in (b"little", b""):
         raise ConvertError("%s: checkpoint was saved on a big-endian machine, not supported" % path)
 
-    def fetch_for_key(key):
+    def fetch_for_key(key, nbytes):
         rec = top + "data/" + key
+        if rec not in names:
+            raise ConvertError("%s: storage record %s is missing (truncated file?)" % (path, rec))
+        zip_member_info(zf, rec, path, nbytes)   # the declared sizes, before anything is read
+        return lambda: read_zip_member(zf, rec, path, nbytes)
 
-        def fetch():
-            try:
-                return zf.read(rec)
-            except KeyError:
-                raise ConvertError("%s: storage record %s is missing (truncated file?)" % (path, rec))
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                raise ConvertError("%s: cannot read %s: %s (truncated or corrupt file?)" % (path, rec, e))
-        return fetch
-
-    try:
-        data = zf.read(pkl)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise ConvertError("%s: cannot read %s: %s (truncated or corrupt file?)" % (path, pkl, e))
+    data = read_zip_member(zf, pkl, path)
     obj = safe_unpickle(io.BytesIO(data), lambda pid: _storage_pid(pid, fetch_for_key), "%s:%s" % (path, pkl))
     return Checkpoint(path, "torchscript" if torchscript else "torch-zip", obj, {"zip": zf, "top": top})
 
@@ -801,7 +1051,7 @@ def load_torch_legacy(path, buf):
     storages = OrderedDict()   # root key -> Storage (filled after the object pickle)
     blobs = {}
 
-    def fetch_for_key(key):
+    def fetch_for_key(key, nbytes):
         def fetch():
             if key not in blobs:
                 raise ConvertError("%s: storage %s has no data (truncated file?)" % (path, key))
@@ -813,7 +1063,13 @@ def load_torch_legacy(path, buf):
             # very old files: a storage view (view_key, offset, size) into the root storage
             root = _storage_pid(pid[:5], fetch_for_key)
             root = storages.setdefault(root.key, root)
-            view_key, off, size = pid[5]
+            view = pid[5]
+            if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and _is_int(view[2])
+                    and isinstance(view[0], (str, int)) and 0 <= view[1] and 0 <= view[2]
+                    and view[1] + view[2] <= root.numel):
+                raise ConvertError("%s: malformed storage view %s in storage %s of %d elements"
+                                   % (path, _short(view), root.key, root.numel))
+            view_key, off, size = view
             return Storage(root.dtype, size, str(view_key),
                            lambda: root.data[off * root.dtype.itemsize:(off + size) * root.dtype.itemsize])
         st = _storage_pid(pid, fetch_for_key)
@@ -853,30 +1109,46 @@ def load_safetensors(path, buf):
         raise ConvertError("%s: safetensors header length %d does not fit the file (truncated?)" % (path, n))
     try:
         header = json.loads(bytes(buf[8:8 + n]).decode("utf-8"), object_pairs_hook=_no_dup_pairs)
+    except RecursionError:
+        raise ConvertError("%s: bad safetensors header: its JSON is nested too deeply" % path)
     except (ValueError, UnicodeDecodeError) as e:
         raise ConvertError("%s: bad safetensors header: %s" % (path, e))
     if not isinstance(header, dict):
         raise ConvertError("%s: bad safetensors header (not an object)" % path)
     data = memoryview(buf)[8 + n:]
     out = OrderedDict()
+    spans = []
     for name, ent in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dt, shape, (b, e) = ent["dtype"], [int(s) for s in ent["shape"]], ent["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ConvertError("%s: malformed safetensors entry for %s" % (path, name))
-        dtype = _dtype(_SAFETENSORS_DTYPES.get(dt, "safetensors " + str(dt)))
+        what = "%s: safetensors entry %s" % (path, _short(name))
+        if not isinstance(ent, dict) or not all(k in ent for k in ("dtype", "shape", "data_offsets")):
+            raise ConvertError("%s is not an object with dtype, shape and data_offsets" % what)
+        dt, shape, offs = ent["dtype"], ent["shape"], ent["data_offsets"]
+        if not isinstance(dt, str):
+            raise ConvertError("%s: dtype %s is not a string" % (what, _short(dt)))
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(x) for x in offs):
+            raise ConvertError("%s: data_offsets %s is not a list of two integers" % (what, _short(offs)))
+        shape, _, _ = _checked_layout(shape, None, 0, "safetensors entry %s in %s" % (_short(name), path))
+        b, e = offs
+        dtype = _dtype(_SAFETENSORS_DTYPES.get(dt, "safetensors " + dt))
         if not (0 <= b <= e <= len(data)):
             raise ConvertError("%s: tensor %s has data_offsets [%d, %d] outside the %d-byte data buffer "
                                "(truncated file?)" % (path, name, b, e, len(data)))
         if dtype.itemsize and e - b != _prod(shape) * dtype.itemsize:
             raise ConvertError("%s: tensor %s has %d bytes, its shape %s needs %d"
                                % (path, name, e - b, shape, _prod(shape) * dtype.itemsize))
+        if e > b:
+            spans.append((b, e, name))
         blob = data[b:e]
         st = Storage(dtype if dtype.itemsize else _dtype("uint8"), (e - b) // (dtype.itemsize or 1), name,
                      (lambda bl=blob: bl))
         out[name] = Tensor(st, 0, shape, None, dtype)
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise ConvertError("%s: tensors %s [%d, %d) and %s [%d, %d) share bytes of the data buffer; "
+                               "safetensors gives every tensor its own range" % (path, _short(n0), b0, e0, _short(n1), b1, e1))
     return Checkpoint(path, "safetensors", out, {"metadata": header.get("__metadata__")})
 
 
@@ -941,13 +1213,15 @@ def module_state_dict(obj, prefix="", out=None, seen=None):
         return out
     seen.add(id(obj))
     a = obj.attrs()
-    nonpersistent = a.get("_non_persistent_buffers_set") or set()
+    nonpersistent = a.get("_non_persistent_buffers_set")
+    nonpersistent = nonpersistent if isinstance(nonpersistent, (set, frozenset, list, tuple, dict)) else ()
+    group_of = lambda g: a.get(g) if isinstance(a.get(g), dict) else {}  # noqa: E731
     for group in ("_parameters", "_buffers"):
-        for k, v in (a.get(group) or {}).items():
-            if isinstance(v, Tensor) and not (group == "_buffers" and k in nonpersistent):
+        for k, v in group_of(group).items():
+            if isinstance(v, Tensor) and isinstance(k, str) and not (group == "_buffers" and k in nonpersistent):
                 out[prefix + k] = v
-    for k, m in (a.get("_modules") or {}).items():
-        if _is_module_stub(m):
+    for k, m in group_of("_modules").items():
+        if _is_module_stub(m) and isinstance(k, str):
             module_state_dict(m, prefix + k + ".", out, seen)
     return out
 
@@ -987,7 +1261,11 @@ def _looks_like_state_dict(d):
     return len(td) > 0 and len(td) * 2 >= len(d)
 
 
-def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True):
+MAX_EXPANSION = 16          # a tensor may repeat its storage at most this many times over ...
+EXPANSION_SLACK = 1 << 16   # ... unless it is this small (bytes): --allow-broadcast lifts the limit
+
+
+def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True, allow_broadcast=False):
     """Find the weights inside a checkpoint.  Returns (state_dict, info) where info has
     'path' (the wrapper keys followed), 'ema_available', 'args' (a dict, when the checkpoint
     holds training arguments), 'prefixes' (stripped prefixes), 'ignored' (keys dropped because
@@ -1036,7 +1314,7 @@ def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True):
                 info["path"].append(k)
                 break
         else:
-            keys = ", ".join(repr(k) for k in list(obj.keys())[:15])
+            keys = ", ".join(_short(k) for k in list(obj.keys())[:15])
             raise ConvertError("%s: no weights found; top-level entries are: %s" % (ckpt.path, keys or "(none)"))
     else:
         raise ConvertError("%s: weights are nested too deeply" % ckpt.path)
@@ -1064,6 +1342,13 @@ def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True):
             continue
         if validate:
             v.check(k)   # unsupported dtypes and views past their storage fail here, by name
+            if not allow_broadcast and v.numel * v.dtype.itemsize > EXPANSION_SLACK and \
+                    v.expansion() > MAX_EXPANSION:
+                raise ConvertError("%s: tensor %s (shape %s, strides %s) repeats the %d bytes of its storage %d times "
+                                   "over (a broadcast view, e.g. stride 0); it would take %d bytes; pass "
+                                   "--allow-broadcast to convert it anyway"
+                                   % (ckpt.path, k, list(v.shape), list(v.stride), v.storage.nbytes,
+                                      int(v.expansion()), v.numel * v.dtype.itemsize))
         out[k] = v
     return out, info
 
@@ -1601,9 +1886,9 @@ def detect_timm_vit(sd, ctx):
     # timm training arguments may carry the data config used
     side = {}
     if isinstance(args.get("mean"), (list, tuple)) and args.get("mean"):
-        side["pre.mean"] = [float(x) for x in args["mean"]]
+        side["pre.mean"] = _side_value("the checkpoint's training args", "mean", "pre.mean", list(args["mean"]))
     if isinstance(args.get("std"), (list, tuple)) and args.get("std"):
-        side["pre.std"] = [float(x) for x in args["std"]]
+        side["pre.std"] = _side_value("the checkpoint's training args", "std", "pre.std", list(args["std"]))
     if isinstance(args.get("crop_pct"), float):
         side["pre.crop_pct"] = args["crop_pct"]
     if args.get("interpolation") in ("bilinear", "bicubic", "nearest"):
@@ -1687,6 +1972,22 @@ def _read_json_beside(path, name):
             return json.load(f), p
     except (OSError, ValueError) as e:
         raise ConvertError("%s: %s" % (p, e))
+    except RecursionError:
+        raise ConvertError("%s: its JSON is nested too deeply" % p)
+
+
+def _side_value(src, field, key, value):
+    """A value from a side file (config.json, preprocessor_config.json, training args) as meta
+    `key`: coerced to its type and checked against the library's range; a ConvertError names the
+    file and the field otherwise."""
+    try:
+        v = coerce(key, value)
+    except ConvertError:
+        raise ConvertError("%s: %s is %s, which is not a valid %s" % (src, field, _short(value), key))
+    msg = lmvfile.check_meta_value(key, v)
+    if msg:
+        raise ConvertError("%s: %s gives %s" % (src, field, msg))
+    return v
 
 
 def detect_hf_vit(sd, ctx):
@@ -1745,18 +2046,18 @@ def detect_hf_vit(sd, ctx):
     if isinstance(cfg, dict):
         ctx.notes.append("read %s" % cfg_path)
         if "layer_norm_eps" in cfg:
-            side["vit.norm_eps"] = float(cfg["layer_norm_eps"])
+            side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
         if "num_attention_heads" in cfg:
-            side["vit.num_heads"] = int(cfg["num_attention_heads"])
+            side["vit.num_heads"] = _side_value(cfg_path, "num_attention_heads", "vit.num_heads",
+                                                cfg["num_attention_heads"])
         act = cfg.get("hidden_act")
         if act is not None:
-            if act not in HF_ACT:
-                raise ConvertError("%s: hidden_act %r is not supported" % (cfg_path, act))
+            if not isinstance(act, str) or act not in HF_ACT:
+                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
+                                   % (cfg_path, _short(act), ", ".join(sorted(HF_ACT))))
             side["vit.act"] = HF_ACT[act]
-        if isinstance(cfg.get("image_size"), int):
-            side["img_size"] = [cfg["image_size"]] * 2
-        elif isinstance(cfg.get("image_size"), list):
-            side["img_size"] = cfg["image_size"]
+        if cfg.get("image_size") is not None:
+            side["img_size"] = _side_value(cfg_path, "image_size", "img_size", cfg["image_size"])
         id2label = cfg.get("id2label")
         if isinstance(id2label, dict) and id2label:
             try:
@@ -1770,19 +2071,20 @@ def detect_hf_vit(sd, ctx):
     if isinstance(pre, dict):
         ctx.notes.append("read %s" % pre_path)
         if isinstance(pre.get("image_mean"), list):
-            side["pre.mean"] = pre["image_mean"]
+            side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
         if isinstance(pre.get("image_std"), list):
-            side["pre.std"] = pre["image_std"]
-        if pre.get("resample") in HF_RESAMPLE:
+            side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+        if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
             side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
         size = pre.get("size")
         crop = pre.get("crop_size")
         if pre.get("do_center_crop") and isinstance(crop, dict) and "height" in crop:
-            side["img_size"] = [crop["height"], crop["width"]]
+            side["img_size"] = _side_value(pre_path, "crop_size", "img_size", [crop.get("height"), crop.get("width")])
             if isinstance(size, dict) and "shortest_edge" in size:
-                side["pre.resize"] = size["shortest_edge"]
+                side["pre.resize"] = _side_value(pre_path, "size.shortest_edge", "pre.resize", size["shortest_edge"])
             elif isinstance(size, dict) and "height" in size:
-                side["pre.resize"] = min(size["height"], size["width"])
+                hw = _side_value(pre_path, "size", "pre.crop", [size.get("height"), size.get("width")])
+                side["pre.resize"] = min(hw)
         elif isinstance(size, dict) and "height" in size and pre.get("do_resize", True):
             side["pre.resize"] = 0
             side["pre.crop_pct"] = 1.0
@@ -2759,7 +3061,8 @@ def convert(path, out_path=None, opts=None, quiet=False, out=None):
     opts = opts or build_parser().parse_args([path])
     out = out or sys.stdout
     ckpt = load_checkpoint(path)
-    sd, info = extract_state_dict(ckpt, use_ema=getattr(opts, "ema", False), ignore=getattr(opts, "ignore", None) or [])
+    sd, info = extract_state_dict(ckpt, use_ema=getattr(opts, "ema", False), ignore=getattr(opts, "ignore", None) or [],
+                                  allow_broadcast=getattr(opts, "allow_broadcast", False))
     if not sd:
         raise ConvertError("%s: no tensors found" % path)
     settings = Settings()
@@ -2768,6 +3071,11 @@ def convert(path, out_path=None, opts=None, quiet=False, out=None):
     model = detect(sd, ctx)
     model.notes = ctx.notes + model.notes
     meta, labels_src = finalize(model, ctx)
+    try:
+        lmvfile.check_meta(meta)   # the library's ranges: never write a file it would refuse
+    except lmvfile.LmvError as e:
+        raise ConvertError("%s: %s (from the checkpoint, its side files, the mapping file or the command line)"
+                           % (path, e))
     dtypes = tensor_dtypes(model, opts)
     meta[lmvfile.DTYPE_META_KEY] = getattr(opts, "dtype", None) or "f32"
     nbytes = 0
@@ -2925,6 +3233,9 @@ def build_parser():
     p.add_argument("--keep-f32", action="append", metavar="REGEX", dest="keep_f32",
                    help="with --dtype f16/int8: keep the output tensors whose name matches REGEX (re.search) "
                    "float32; repeatable")
+    p.add_argument("--allow-broadcast", action="store_true",
+                   help="convert tensors that repeat their storage more than %d times over (stride-0 views; "
+                        "refused by default: a small file could ask for gigabytes)" % MAX_EXPANSION)
     p.add_argument("--list-keys", action="store_true", help="print the checkpoint's tensors and exit")
     p.add_argument("--dry-run", action="store_true", help="detect and print the summary, write nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -2969,6 +3280,9 @@ def main(argv=None):
         return 130
     except MemoryError:
         sys.stderr.write("%s: error: out of memory\n" % PROG)
+        return 1
+    except RecursionError:
+        sys.stderr.write("%s: error: %s: the checkpoint's objects are nested too deeply\n" % (PROG, opts.input))
         return 1
     except Exception as e:  # a bug: keep the one-line promise unless --debug
         if opts.debug:

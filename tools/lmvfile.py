@@ -46,6 +46,7 @@ Usage as a library:
     f.meta["img_size"]                 # -> [224, 224]
     f.tensor("cls_token")              # -> array('f') with the values (dequantised for f16/int8)
     lmvfile.requantize("m.lmv", "m8.lmv", "int8")     # re-encode with the quantizable() policy
+    lmvfile.check_meta([("img_size", [224, 224])])     # LmvError unless within the loader's ranges (META_RULES)
 
 Usage from the shell (exit status 1 if the file is invalid):
 
@@ -200,6 +201,163 @@ def _encode_meta_entry(key, value):
         raise LmvError("meta %s: unknown value type %r" % (key, type_))
     head = struct.pack("<HBBI", len(kb), type_, 0, count) + kb + _pad(len(kb), 4)
     return head + payload
+
+
+# ----------------------------------------------------------------------------------------------
+# the ranges of meta values
+#
+# One table of what a meta value may be, shared by the converter (convert.py checks every value
+# before it writes a file) and the tests (tests/test_convert_hostile.py writes files at and just
+# past every bound and checks that the library's loader, `lmv info`, accepts and refuses exactly
+# the same values).  The numbers are the loader's (lemevit.h: lmv__read_common and the families'
+# bind functions).  A rule with loader=False is the converter's own: the loader reads that key
+# without checking it (see the note on each), so only the converter refuses a bad value.
+#
+# Fields: type 'int' / 'float' / 'str' / 'strlist'; count (min, max) values (for 'str' the
+# number of characters); lo, hi the value range, lo_open / hi_open when a bound is excluded
+# (floats are compared after rounding to float32, as the file stores them); choices for
+# strings; letters for strings that are words of single letters; arch when only that family's
+# loader reads the key; loader_msg a phrase the loader's refusal contains when it does not
+# name the key.  The loader checks the number of values only where loader_count is set
+# (swin.depths, lemevit.attn_types); elsewhere it reads the values it needs and ignores extra
+# ones (the converter writes exactly `count`), and for the per-stage lists it needs as many
+# values as there are stages.
+
+
+def _rule(type_, lo=None, hi=None, count=(1, 1), lo_open=False, hi_open=False, choices=None, letters=None,
+          arch=None, loader=True, loader_count=False, loader_msg=None, note=None):
+    return dict(type=type_, lo=lo, hi=hi, count=count, lo_open=lo_open, hi_open=hi_open, choices=choices,
+                letters=letters, arch=arch, loader=loader, loader_count=loader_count, loader_msg=loader_msg,
+                note=note)
+
+
+_ANY = (1, 1 << 20)
+META_RULES = OrderedDict([
+    ("arch", _rule("str", choices=("vit", "swin", "lemevit"), loader_msg="architecture")),
+    ("in_chans", _rule("int", 1, 64)),
+    ("img_size", _rule("int", 1, 1 << 15, count=(2, 2))),
+    ("num_classes", _rule("int", 0, 1 << 20)),
+    ("num_features", _rule("int", 1, 1 << 18, loader=False, note="informative; the loader does not read it")),
+    ("pre.resize", _rule("int", 0, 1 << 15)),
+    ("pre.crop", _rule("int", 1, 1 << 15, count=(2, 2))),
+    ("pre.crop_pct", _rule("float", 0.0, 1.0, lo_open=True, loader=False,
+                           note="the loader takes any value (lmv__read_common)")),
+    ("pre.interp", _rule("str", choices=("bilinear", "bicubic", "nearest"), loader=False,
+                         note="the loader reads an unknown name as bicubic")),
+    ("pre.mean", _rule("float", -1e6, 1e6, count=_ANY, loader=False, note="the loader takes any value")),
+    ("pre.std", _rule("float", 0.0, None, lo_open=True, count=_ANY)),
+    ("vit.embed_dim", _rule("int", 1, 1 << 16, arch="vit")),
+    ("vit.depth", _rule("int", 0, 4096, arch="vit")),
+    ("vit.num_heads", _rule("int", 1, 4096, arch="vit")),
+    ("vit.mlp_hidden", _rule("int", 1, 1 << 18, arch="vit")),
+    ("vit.patch_size", _rule("int", 1, 1024, count=(2, 2), arch="vit")),
+    ("vit.pos_grid", _rule("int", 1, 4096, count=(2, 2), arch="vit")),
+    ("vit.class_token", _rule("int", 0, 1, arch="vit")),
+    ("vit.class_last", _rule("int", 0, 1, arch="vit")),
+    ("vit.dist_token", _rule("int", 0, 1, arch="vit")),
+    ("vit.reg_tokens", _rule("int", 0, 64, arch="vit")),
+    ("vit.no_embed_class", _rule("int", 0, 1, arch="vit")),
+    ("vit.norm_first", _rule("int", 0, 1, arch="vit")),
+    ("vit.pre_logits", _rule("int", 0, 1 << 18, arch="vit")),
+    ("vit.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="vit")),
+    ("vit.attn_scale", _rule("float", 0.0, 1e6, hi_open=True, arch="vit")),
+    ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu"), arch="vit")),
+    ("vit.pool", _rule("str", choices=("token", "avg"), arch="vit")),
+    ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"), arch="vit")),
+    ("vit.qkv_bias", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
+    ("vit.layer_scale", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
+    ("vit.patch_norm", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
+    ("vit.norm_pre", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
+    ("vit.final_norm", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
+    ("vit.fc_norm", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
+    ("swin.embed_dim", _rule("int", 1, 1 << 15, arch="swin")),
+    ("swin.depths", _rule("int", 0, 1024, count=(1, 8), arch="swin", loader_count=True)),
+    ("swin.num_heads", _rule("int", 1, 4096, count=(1, 8), arch="swin")),
+    ("swin.mlp_hidden", _rule("int", 1, 1 << 18, count=(1, 8), arch="swin")),
+    ("swin.window_size", _rule("int", 1, 256, arch="swin")),
+    ("swin.patch_size", _rule("int", 1, 1024, arch="swin")),
+    ("swin.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="swin")),
+    ("swin.pad_mode", _rule("str", choices=("pad_then_roll", "roll_then_pad"), arch="swin")),
+    ("swin.shift_rule", _rule("str", choices=("per_axis", "min", "always"), arch="swin")),
+    ("lemevit.attn_types", _rule("str", count=(1, 8), letters="CDES", arch="lemevit", loader_count=True)),
+    ("lemevit.depths", _rule("int", 0, 1024, count=(1, 8), arch="lemevit")),
+    ("lemevit.embed_dims", _rule("int", 1, 1 << 15, count=(1, 8), arch="lemevit")),
+    ("lemevit.mlp_hidden", _rule("int", 1, 1 << 18, count=(1, 8), arch="lemevit")),
+    ("lemevit.head_dim", _rule("int", 1, 4096, arch="lemevit")),
+    ("lemevit.num_meta", _rule("int", 1, 4096, arch="lemevit")),
+    ("lemevit.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="lemevit",
+                               loader_msg="LeMeViT epsilon")),
+    ("lemevit.meta_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="lemevit",
+                               loader_msg="LeMeViT epsilon")),
+    ("lemevit.bn_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="lemevit",
+                             loader_msg="LeMeViT epsilon")),
+])
+
+
+def _range_text(r):
+    lo = "-inf" if r["lo"] is None else "%g" % r["lo"]
+    hi = "inf" if r["hi"] is None else "%g" % r["hi"]
+    if r["type"] == "int":
+        return "an integer in %s..%s" % (lo, hi)
+    return "a number in %s%s, %s%s" % ("(" if r["lo_open"] else "[", lo, hi, ")" if r["hi_open"] else "]")
+
+
+def check_meta_value(key, value):
+    """Check one meta value against META_RULES; returns None when it is valid (or the key has no
+    rule) and otherwise one sentence saying what is wrong."""
+    r = META_RULES.get(key)
+    if r is None:
+        return None
+    if isinstance(value, Typed):
+        value = value.value
+    t = r["type"]
+    if t == "str":
+        if not isinstance(value, str):
+            return "%s must be a string, not %r" % (key, value)
+        if r["choices"] is not None and value not in r["choices"]:
+            return "%s is %r; it must be one of %s" % (key, value, ", ".join(r["choices"]))
+        if r["letters"] is not None:
+            lo, hi = r["count"]
+            if not lo <= len(value) <= hi or any(c not in r["letters"] for c in value):
+                return "%s is %r; it must be %d to %d letters from %s" % (key, value, lo, hi, ", ".join(r["letters"]))
+        return None
+    vals = value if isinstance(value, (list, tuple)) else [value]
+    lo, hi = r["count"]
+    if not lo <= len(vals) <= hi:
+        want = "%d" % lo if lo == hi else "%d to %d" % (lo, hi)
+        return "%s has %d value(s); it takes %s" % (key, len(vals), want)
+    for i, v in enumerate(vals):
+        where = key if len(vals) == 1 else "%s[%d]" % (key, i)
+        if t == "int":
+            if not isinstance(v, int):
+                return "%s must be an integer, not %r" % (where, v)
+            x = int(v)
+        else:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                return "%s must be a number, not %r" % (where, v)
+            try:
+                x = _to_f32(float(v))
+            except OverflowError:
+                x = math.copysign(math.inf, v)
+            if math.isnan(x):
+                return "%s is NaN; it must be %s" % (where, _range_text(r))
+        bad = ((r["lo"] is not None and (x < r["lo"] or (r["lo_open"] and x == r["lo"]))) or
+               (r["hi"] is not None and (x > r["hi"] or (r["hi_open"] and x == r["hi"]))))
+        if bad:
+            f32 = " (%r as float32)" % x if t == "float" and x != v else ""
+            return "%s is %r%s; it must be %s" % (where, v, f32, _range_text(r))
+    return None
+
+
+def check_meta(meta):
+    """Check every value of `meta` (pairs or a dict) against META_RULES; raises LmvError with the
+    first problem (one sentence).  lmvfile.write() does not call this: the converter does, before
+    writing, so that it never writes a file the library refuses."""
+    items = meta.items() if hasattr(meta, "items") else meta
+    for key, value in items:
+        msg = check_meta_value(key, value)
+        if msg:
+            raise LmvError(msg)
 
 
 # ----------------------------------------------------------------------------------------------

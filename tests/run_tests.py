@@ -15,6 +15,7 @@ SUITES = [
     ("core", [os.path.join(ROOT, "build", "test_core")]),
     ("core (asan+ubsan)", [os.path.join(ROOT, "build", "asan", "test_core")]),
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
+    ("cli", [PY, os.path.join(HERE, "test_cli.py")]),
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
     ("image", [PY, os.path.join(HERE, "test_image.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),

@@ -201,7 +201,8 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
-/* Read a whole .lmv file into memory from the allocator and open it. */
+/* Read a whole .lmv file into memory from the allocator and open it. A directory, pipe or device
+   gives LMV_ERR_IO naming it as such (lmv_image_load_jpeg too), before anything is allocated. */
 LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
                                            lmv_error *err);
 #endif

@@ -8,6 +8,8 @@
      lmv eval MODEL.lmv DIR                   accuracy on a labelled folder (one sub-folder per class)
      lmv embed MODEL.lmv OUT.c [--name SYM]   a C source with the file as an aligned const array
 
+   lmv --help lists the commands; lmv COMMAND --help gives one command's arguments and options.
+
    Every failure prints the library's message and exits non-zero. Models are memory-mapped where
    the system allows it, so opening costs no copy. */
 #define LEMEVIT_IMPLEMENTATION

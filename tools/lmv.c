@@ -825,8 +825,8 @@ static int list_dir(const char *dir, int want_dirs, strlist *keep, strlist *skip
     if (keep->n) qsort(keep->v, (size_t)keep->n, sizeof(char *), cmp_str);
     return 1;
 #else
-    (void)dir; (void)want_dirs; (void)keep; (void)skipped;
-    return 0;
+    (void)dir; (void)want_dirs; (void)keep; (void)skipped; (void)is_jpeg_name; (void)strlist_add;
+    return 0; /* no directory listing in plain C */
 #endif
 }
 
@@ -875,6 +875,10 @@ static int cmd_eval(int argc, char **argv) {
     if (n != 2) return usage_error("eval", "give MODEL.lmv DIR");
     if (open_model(paths[0], 1, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     nmodel = lmv_model_info(m)->num_classes;
+#ifndef HAVE_MMAP
+    fprintf(stderr, "lmv eval: this build cannot list folders (it was built without POSIX)\n");
+    goto done;
+#endif
     r = list_dir(paths[1], 1, &classes, &skipped);
     if (r <= 0) {
         if (r < 0) fprintf(stderr, "lmv eval: out of memory listing '%s'\n", paths[1]);

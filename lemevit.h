@@ -201,7 +201,8 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
-/* Read a whole .lmv file into memory from the allocator and open it. */
+/* Read a whole .lmv file into memory from the allocator and open it. A directory, pipe or device
+   gives LMV_ERR_IO naming it as such (lmv_image_load_jpeg too), before anything is allocated. */
 LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
                                            lmv_error *err);
 #endif
@@ -456,6 +457,8 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 #endif
 #ifndef LEMEVIT_NO_STDIO
 #include <stdio.h>
+#include <errno.h>
+#include <limits.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -3994,16 +3997,36 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
 }
 
 #ifndef LEMEVIT_NO_STDIO
-/* Read a whole file into a block from the allocator (at least 1 byte, so an empty file works). */
-static lmv_result lmv__read_file(const char *path, const lmv_allocator *a, void **buf, size_t *len, lmv_error *err) {
+/* Read a whole file into a block from the allocator (at least 1 byte, so an empty file works).
+   `kind` says what the path should name ("a .lmv file", "a JPEG file") in the messages. Plain C
+   cannot ask what a path is, but a directory opens on common systems and then fails to read (with
+   EISDIR where the system has it) while ftell reports nonsense; a pipe or device cannot seek or has
+   no size. So one byte is read and the size is checked before anything is allocated. */
+static lmv_result lmv__read_file(const char *path, const char *kind, const lmv_allocator *a, void **buf, size_t *len,
+                                 lmv_error *err) {
     FILE *f = fopen(path, "rb");
     long n;
+    int c;
     *buf = NULL;
     *len = 0;
-    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s'", path);
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    if (!f) return lmv__fail(err, LMV_ERR_IO, "cannot open '%s' (no such file, or not readable): check the path", path);
+    errno = 0;
+    c = getc(f);
+    if (c == EOF && ferror(f)) {
+        int dir = 0;
+#ifdef EISDIR
+        dir = errno == EISDIR;
+#endif
         fclose(f);
-        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s'", path);
+        if (dir) return lmv__fail(err, LMV_ERR_IO, "'%s' is a directory, not a file: give the path of %s", path, kind);
+        return lmv__fail(err, LMV_ERR_IO, "cannot read '%s' (a directory or an unreadable file?): give the path of %s",
+                         path, kind);
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0 || (n == 0 && c != EOF) ||
+        n == LONG_MAX) {
+        fclose(f);
+        return lmv__fail(err, LMV_ERR_IO, "'%s' is not a regular file (a pipe or a device?): give the path of %s", path,
+                         kind);
     }
     *buf = lmv__alloc(a, n ? (size_t)n : 1);
     if (!*buf) {
@@ -4031,7 +4054,7 @@ LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_opti
     *out = NULL;
     if (!lmv__allocator_resolve(&o.allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    if ((r = lmv__read_file(path, "a .lmv file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
     if (len == 0) {
         lmv__free(&o.allocator, buf);
         return lmv__fail(err, LMV_ERR_TRUNCATED, "'%s' is empty", path);
@@ -5356,7 +5379,7 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg(const char *path, const lmv_image_opt
     memset(out, 0, sizeof *out);
     if (!lmv__allocator_resolve(&o.allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    if ((r = lmv__read_file(path, "a JPEG file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
     r = lmv_image_decode_jpeg(buf, len, &o, out, err);
     lmv__free(&o.allocator, buf);
     return r;

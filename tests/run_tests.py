@@ -16,6 +16,7 @@ SUITES = [
     ("core", [os.path.join(ROOT, "build", "test_core")]),
     ("core (asan+ubsan)", [os.path.join(ROOT, "build", "asan", "test_core")]),
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
+    ("cli", [PY, os.path.join(HERE, "test_cli.py")]),
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
     ("convert mapping transforms", [PY, os.path.join(HERE, "test_mapping.py")]),
     ("convert (hostile inputs)", [PY, os.path.join(HERE, "test_convert_hostile.py")]),

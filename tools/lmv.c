@@ -8,6 +8,8 @@
      lmv eval MODEL.lmv DIR                   accuracy on a labelled folder (one sub-folder per class)
      lmv embed MODEL.lmv OUT.c [--name SYM]   a C source with the file as an aligned const array
 
+   lmv --help lists the commands; lmv COMMAND --help gives one command's arguments and options.
+
    Every failure prints the library's message and exits non-zero. Models are memory-mapped where
    the system allows it, so opening costs no copy. */
 #define LEMEVIT_IMPLEMENTATION
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <time.h>
 #include <sys/stat.h>
 #if defined(__unix__) || defined(__APPLE__)
@@ -28,54 +31,85 @@
 #define HAVE_MMAP 1
 #endif
 
+/* Each command's usage, printed by `lmv COMMAND --help` (or -h). */
+static const char *usage_info =
+    "usage: lmv info MODEL.lmv\n"
+    "  family, config, parameters, preprocessing and labels of a weight file\n";
+static const char *usage_run =
+    "usage: lmv run MODEL.lmv IN.npy OUT.npy [options]\n"
+    "  run the model on a float32 NCHW .npy input and write the logits (batch x classes) as .npy\n"
+    "options:\n"
+    "  --features            write the pooled features (the head's input) instead\n"
+    "  --threads N           threads to use (default 0: all)\n"
+    "  --trace DIR           also write every block's output of image 0 as DIR/NAME.npy\n"
+    "  --attention BLOCK     with --trace: also the attention maps of BLOCK (e.g. blocks.3,\n"
+    "                        stages.1.0) as BLOCK.attn*.npy\n"
+    "  --no-verify           skip the weight checksum (the header is always checked)\n"
+    "  --int8-compute        int8 files: multiply in int8 (activations quantised per row),\n"
+    "                        faster with AVX512-VNNI; default: widen to float32\n";
+static const char *usage_bench =
+    "usage: lmv bench MODEL.lmv [options]\n"
+    "  time loading and inference on random input\n"
+    "options:\n"
+    "  --size H W            input size (default: the model's)\n"
+    "  --batch N             images per run (default 1)\n"
+    "  --threads N           threads (default 0: all)\n"
+    "  --runs N              timed runs after one warm-up (default 10)\n"
+    "  --json                one JSON object instead of text\n"
+    "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n";
+static const char *usage_gemm =
+    "usage: lmv gemm M N K [options]\n"
+    "  time the library's matrix multiply on a Linear's shape: C[M][N] = A[M][K] W[N][K]^T + b,\n"
+    "  random data; M, N and K from 1 to 65536\n"
+    "options:\n"
+    "  --threads N           threads (default 0: all)\n"
+    "  --runs N              timed runs after one warm-up (default: enough for ~0.3 s)\n"
+    "  --dtype f32|f32p|f16|int8   how W is stored (default f32; f32p: in the GEMM's panels, as\n"
+    "                        the converter writes matrix weights)\n"
+    "  --int8-compute        with int8 W: quantise A and multiply in int8\n"
+    "  --json                one JSON object instead of text\n";
+static const char *usage_decode =
+    "usage: lmv decode IMAGE.jpg OUT.ppm [options]\n"
+    "  decode a JPEG (EXIF orientation applied) to PPM (or PGM for gray)\n"
+    "options:\n"
+    "  --ignore-exif         keep the stored orientation\n";
+static const char *usage_preprocess =
+    "usage: lmv preprocess MODEL.lmv IMAGE.jpg OUT.npy [options]\n"
+    "  the model's eval transform of an image, 1xCxHxW float32\n"
+    "options:\n"
+    "  --ignore-exif         keep the stored orientation\n";
+static const char *usage_eval =
+    "usage: lmv eval MODEL.lmv DIR [options]\n"
+    "  classify every JPEG under DIR/<class>/ and print the accuracy, per-class precision/recall/F1\n"
+    "  and the confusion matrix. When every folder is named after one of the model's labels (case\n"
+    "  ignored), a folder's images belong to that label's class, so a subset of the classes works;\n"
+    "  otherwise there must be one folder per class, taken in sorted order (torchvision's\n"
+    "  ImageFolder). Files that are not JPEGs are skipped and listed.\n"
+    "options:\n"
+    "  --json                machine-readable result on stdout\n"
+    "  --predictions FILE    also write one line per image: path, true class, predicted class\n"
+    "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n"
+    "  --threads N           threads (default 0: all)\n";
+static const char *usage_embed =
+    "usage: lmv embed FILE OUT.c [options]\n"
+    "  write FILE as a C source to link into firmware: const unsigned char SYM[] (64-byte aligned,\n"
+    "  so lmv_model_open_memory uses it in place) and const size_t SYM_size; a .lmv is checked\n"
+    "  first, any other file (e.g. a JPEG) is embedded as is\n"
+    "options:\n"
+    "  --name SYM            the symbol (default: lmv_model_data)\n";
+
 static const char *usage =
-    "usage: lmv COMMAND [ARGS]\n"
+    "usage: lmv COMMAND [ARGS]    (lmv COMMAND --help: that command's arguments and options)\n"
     "\n"
     "commands:\n"
-    "  info MODEL.lmv                    family, config, parameters, preprocessing, labels\n"
-    "  run MODEL.lmv IN.npy OUT.npy      run the model on a float32 NCHW .npy input and write\n"
-    "                                    the logits (batch x classes) as .npy\n"
-    "      --features                    write the pooled features (the head's input) instead\n"
-    "      --threads N                   threads to use (default: all)\n"
-    "      --trace DIR                   also write every block's output of image 0 as DIR/NAME.npy\n"
-    "      --attention BLOCK             with --trace: also the attention maps of BLOCK (e.g.\n"
-    "                                    blocks.3, stages.1.0) as BLOCK.attn*.npy\n"
-    "      --no-verify                   skip the weight checksum (the header is always checked)\n"
-    "      --int8-compute                int8 files: multiply in int8 (activations quantised per\n"
-    "                                    row), faster with AVX512-VNNI; default: widen to float32\n"
-    "  bench MODEL.lmv                   time loading and inference on random input\n"
-    "      --size H W                    input size (default: the model's)\n"
-    "      --batch N                     images per run (default 1)\n"
-    "      --threads N                   threads (default: all)\n"
-    "      --runs N                      timed runs after one warm-up (default 10)\n"
-    "      --json                        one JSON object instead of text\n"
-    "      --int8-compute                int8 files: multiply in int8 (see run)\n"
-    "  gemm M N K                        time the library's matrix multiply on a Linear's shape:\n"
-    "                                    C[M][N] = A[M][K] W[N][K]^T + b, random data\n"
-    "      --threads N                   threads (default: all)\n"
-    "      --runs N                      timed runs after one warm-up (default: enough for ~0.3 s)\n"
-    "      --dtype f32|f32p|f16|int8     how W is stored (default f32; f32p: in the GEMM's panels,\n"
-    "                                    as the converter writes matrix weights)\n"
-    "      --int8-compute                with int8 W: quantise A and multiply in int8\n"
-    "      --json                        one JSON object instead of text\n"
-    "  decode IMAGE.jpg OUT.ppm          decode a JPEG (EXIF orientation applied) to PPM/PGM\n"
-    "      --ignore-exif                 keep the stored orientation\n"
-    "  preprocess MODEL.lmv IMAGE.jpg OUT.npy\n"
-    "                                    the model's eval transform of an image, 1xCxHxW float32\n"
-    "      --ignore-exif                 keep the stored orientation\n"
-    "  eval MODEL.lmv DIR                classify every JPEG under DIR/<class>/ (class indices from\n"
-    "                                    the sorted folder names, like torchvision's ImageFolder):\n"
-    "                                    accuracy, per-class precision/recall/F1, confusion matrix\n"
-    "      --json                        machine-readable result on stdout\n"
-    "      --predictions FILE            also write one line per image: path, true, predicted\n"
-    "      --int8-compute                int8 files: multiply in int8 (see run)\n"
-    "      --threads N                   threads (default: all)\n"
-    "  embed FILE OUT.c                  write FILE as a C source to link into firmware:\n"
-    "                                    const unsigned char SYM[] (64-byte aligned, so\n"
-    "                                    lmv_model_open_memory uses it in place) and\n"
-    "                                    const size_t SYM_size; a .lmv is checked first,\n"
-    "                                    any other file (e.g. a JPEG) is embedded as is\n"
-    "      --name SYM                    the symbol (default: lmv_model_data)\n"
+    "  info MODEL.lmv                      what is in a weight file: family, config, labels\n"
+    "  run MODEL.lmv IN.npy OUT.npy        the logits (or features) for a float32 NCHW .npy input\n"
+    "  bench MODEL.lmv                     load time, latency, GFLOP/s, memory on random input\n"
+    "  gemm M N K                          time the matrix multiply alone at one Linear's shape\n"
+    "  decode IMAGE.jpg OUT.ppm            the decoded pixels of a JPEG as PPM/PGM\n"
+    "  preprocess MODEL.lmv IMAGE.jpg OUT.npy   the model's input tensor for an image\n"
+    "  eval MODEL.lmv DIR                  accuracy on a labelled folder (one sub-folder per class)\n"
+    "  embed FILE OUT.c                    a C source with the file as an aligned const array\n"
     "\n"
     "Make MODEL.lmv from a PyTorch checkpoint with tools/convert.py.\n";
 
@@ -84,23 +118,120 @@ static int fail(const char *what, const lmv_error *e) {
     return 1;
 }
 
-/* Read a whole file into 64-byte aligned memory. */
-static void *read_file(const char *path, size_t *size) {
-    FILE *f = fopen(path, "rb");
-    long n;
-    void *buf = NULL;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        size_t cap = ((size_t)n + 63) & ~(size_t)63;
-        buf = malloc(cap ? cap : 64);
-        if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-        *size = (size_t)n;
+/* A usage mistake: one line that says what is wrong and where the command's options are (exit 2). */
+static int usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "lmv %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see 'lmv %s --help')\n", cmd);
+    return 2;
+}
+
+/* The value after the flag at argv[*i], or NULL after saying that it is missing. */
+static const char *flag_value(const char *cmd, int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) {
+        usage_error(cmd, "%s needs a value", argv[*i]);
+        return NULL;
     }
-    fclose(f);
+    return argv[++*i];
+}
+
+/* A whole number from lo to hi, or 0 after saying what is wrong with it. */
+static int parse_int(const char *cmd, const char *flag, const char *s, long lo, long hi, int *out) {
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (!*s || *end || errno == ERANGE || v < lo || v > hi) {
+        usage_error(cmd, "%s takes a whole number from %ld to %ld, not '%s'", flag, lo, hi, s);
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
+/* An option value that must be a whole number in range: the flag, its value, then the checks. */
+#define INT_FLAG(cmd, flag, lo, hi, dst)                                      \
+    do {                                                                      \
+        const char *v_ = flag_value(cmd, argc, argv, &i);                     \
+        if (!v_ || !parse_int(cmd, flag, v_, lo, hi, dst)) goto usage_fail;   \
+    } while (0)
+
+/* Whether `path` can be read as a file: a directory or a FIFO/device is refused with one sentence
+   in err (a FIFO would block the open). Where the system has no stat(), the library's reader says
+   what it can. */
+static int check_file(const char *path, const char *kind, lmv_error *err) {
+#ifdef HAVE_MMAP
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        lmv__fail(err, LMV_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+        return 0;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        lmv__fail(err, LMV_ERR_IO, "'%s' is a directory, not a file: give the path of %s", path, kind);
+        return 0;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        lmv__fail(err, LMV_ERR_IO, "'%s' is not a regular file (a FIFO, device or socket): give the path of %s", path, kind);
+        return 0;
+    }
+#else
+    (void)path;
+    (void)kind;
+    (void)err;
+#endif
+    return 1;
+}
+
+/* Read a whole file into 64-byte aligned memory with the library's reader (free with free_file);
+   NULL after printing why. */
+static void *read_file(const char *path, const char *kind, size_t *size) {
+    lmv_allocator a = lmv_open_options_default().allocator;
+    lmv_error err;
+    void *buf;
+    if (!check_file(path, kind, &err)) {
+        fail(path, &err);
+        return NULL;
+    }
+    lmv__allocator_resolve(&a);
+    if (lmv__read_file(path, kind, &a, &buf, size, &err) != LMV_OK) {
+        fail(path, &err);
+        return NULL;
+    }
     return buf;
+}
+
+static void free_file(void *buf) {
+    lmv_allocator a = lmv_open_options_default().allocator;
+    lmv__allocator_resolve(&a);
+    lmv__free(&a, buf);
+}
+
+/* `s` as a JSON string: quotes, backslashes and control characters escaped, bytes that are not
+   UTF-8 replaced by U+FFFD, so any folder or model name gives valid JSON. */
+static void json_string(FILE *f, const char *s) {
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    fputc('"', f);
+    while (*p) {
+        int len = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0, k;
+        for (k = 1; k < len; k++)
+            if ((p[k] & 0xC0) != 0x80) break;
+        if (len == 0 || k < len || (len == 2 && *p < 0xC2) || (len == 3 && *p == 0xE0 && p[1] < 0xA0) ||
+            (len == 3 && *p == 0xED && p[1] >= 0xA0) || (len == 4 && ((*p == 0xF0 && p[1] < 0x90) || *p > 0xF4 ||
+                                                                  (*p == 0xF4 && p[1] >= 0x90)))) {
+            fputs("\\ufffd", f); /* not UTF-8: one byte replaced, then go on */
+            p++;
+            continue;
+        }
+        if (len > 1) fwrite(p, 1, (size_t)len, f);
+        else if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7F) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+        p += len;
+    }
+    fputc('"', f);
 }
 
 static int write_npy(const char *path, const float *data, int ndim, const int *shape) {
@@ -127,6 +258,8 @@ static lmv_result open_model(const char *path, int verify, lmv_model **m, mappin
     o.verify_data = verify;
     map->p = NULL;
     map->n = 0;
+    *m = NULL;
+    if (!check_file(path, "a .lmv file", err)) return err->code;
 #ifdef HAVE_MMAP
     {
         int fd = open(path, O_RDONLY);
@@ -181,34 +314,32 @@ static float next_uniform(unsigned *seed) { return (float)((next_random(seed) >>
 
 static int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
-    int h = 0, w = 0, batch = 1, threads = 0, runs = 10, json = 0, int8_compute = 0, i;
-    double t0, open_mapped, open_verified, *times;
+    int h = 0, w = 0, batch = 1, threads = 0, runs = 10, json = 0, int8_compute = 0, i, rc = 1;
+    double t0, open_mapped, open_verified, *times = NULL;
     size_t px, mem;
-    lmv_model *m;
-    mapping map;
-    lmv_session *s;
+    lmv_model *m = NULL;
+    mapping map = {NULL, 0};
+    lmv_session *s = NULL;
     lmv_session_options so;
     lmv_error err;
     const lmv_model_info *in;
-    float *x, *y;
+    float *x = NULL, *y = NULL;
     unsigned seed = 12345;
     for (i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--size") && i + 2 < argc) { h = atoi(argv[++i]); w = atoi(argv[++i]); }
-        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--size")) {
+            if (i + 2 >= argc) return usage_error("bench", "--size needs two values, H and W");
+            if (!parse_int("bench", "--size", argv[++i], 1, 1 << 15, &h) || !parse_int("bench", "--size", argv[++i], 1, 1 << 15, &w))
+                return 2;
+        } else if (!strcmp(argv[i], "--batch")) INT_FLAG("bench", "--batch", 1, 1 << 16, &batch);
+        else if (!strcmp(argv[i], "--threads")) INT_FLAG("bench", "--threads", 0, 256, &threads);
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--runs")) INT_FLAG("bench", "--runs", 1, 100000, &runs);
         else if (!strcmp(argv[i], "--json")) json = 1;
-        else if (argv[i][0] != '-' && !path) path = argv[i];
-        else {
-            fprintf(stderr, "lmv bench: unexpected argument '%s'\n\n%s", argv[i], usage);
-            return 2;
-        }
+        else if (argv[i][0] == '-') return usage_error("bench", "unknown option '%s'", argv[i]);
+        else if (path) return usage_error("bench", "unexpected argument '%s': give one MODEL.lmv", argv[i]);
+        else path = argv[i];
     }
-    if (!path || batch < 1 || runs < 1) {
-        fputs(usage, stderr);
-        return 2;
-    }
+    if (!path) return usage_error("bench", "give a MODEL.lmv");
     t0 = now_ms();
     if (open_model(path, 1, &m, &map, &err) != LMV_OK) return fail(path, &err);
     open_verified = now_ms() - t0;
@@ -224,17 +355,25 @@ static int cmd_bench(int argc, char **argv) {
     so.max_batch = batch;
     so.threads = threads;
     so.int8_compute = int8_compute;
-    if (lmv_session_memory(m, &so, &mem, &err) != LMV_OK || lmv_session_create(m, &so, &s, &err) != LMV_OK)
-        return fail("session", &err);
+    if (lmv_session_memory(m, &so, &mem, &err) != LMV_OK || lmv_session_create(m, &so, &s, &err) != LMV_OK) {
+        fail("session", &err);
+        goto done;
+    }
     px = (size_t)batch * in->in_chans * h * w;
     x = (float *)malloc(px * sizeof(float));
     y = (float *)malloc((size_t)batch * (size_t)(in->num_features > in->num_classes ? in->num_features : in->num_classes) * sizeof(float));
     times = (double *)malloc(sizeof(double) * (size_t)runs);
-    if (!x || !y || !times) return 1;
+    if (!x || !y || !times) {
+        fprintf(stderr, "lmv bench: out of memory for the input and output of batch %d at %dx%d\n", batch, h, w);
+        goto done;
+    }
     for (i = 0; i < (int)px; i++) x[i] = next_uniform(&seed);
     for (i = -1; i < runs; i++) {
         t0 = now_ms();
-        if (lmv_run_features(s, x, batch, h, w, y, &err) != LMV_OK) return fail("run", &err);
+        if (lmv_run_features(s, x, batch, h, w, y, &err) != LMV_OK) {
+            fail("run", &err);
+            goto done;
+        }
         if (i >= 0) times[i] = now_ms() - t0;
     }
     if (json) { /* every run's time in run order, before the sort: a slow period shows as a cluster */
@@ -246,13 +385,17 @@ static int cmd_bench(int argc, char **argv) {
     {
         double med = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);
         double gmac = lmv_session_macs(s) / 1e9;
-        if (json)
-            printf("\"model\": \"%s\", \"arch\": \"%s\", \"params\": %zu, \"weight_bytes\": %zu, \"h\": %d, \"w\": %d, "
+        if (json) {
+            printf("\"model\": ");
+            json_string(stdout, in->name);
+            printf(", \"arch\": ");
+            json_string(stdout, in->arch);
+            printf(", \"params\": %zu, \"weight_bytes\": %zu, \"h\": %d, \"w\": %d, "
                    "\"batch\": %d, \"threads\": %d, \"runs\": %d, \"open_mapped_ms\": %.3f, \"open_verified_ms\": %.3f, "
                    "\"session_bytes\": %zu, \"median_ms\": %.3f, \"best_ms\": %.3f, \"gmac\": %.4f, \"peak_rss_kb\": %ld}\n",
-                   in->name, in->arch, in->num_params, in->weight_bytes, h, w, batch, threads, runs, open_mapped, open_verified,
+                   in->num_params, in->weight_bytes, h, w, batch, threads, runs, open_mapped, open_verified,
                    mem, med, times[0], gmac, peak_rss_kb());
-        else {
+        } else {
             printf("model     %s (%s), %.1f M parameters, %.1f MB of weights\n", in->name, in->arch, in->num_params / 1e6,
                    in->weight_bytes / 1e6);
             printf("open      %.1f ms (header checked), %.1f ms (weights checksummed too)\n", open_mapped, open_verified);
@@ -262,12 +405,16 @@ static int cmd_bench(int argc, char **argv) {
             if (peak_rss_kb() >= 0) printf("peak RSS  %.1f MB\n", peak_rss_kb() / 1e3);
         }
     }
+    rc = 0;
+done:
     free(x);
     free(y);
     free(times);
     lmv_session_destroy(s);
     close_model(m, &map);
-    return 0;
+    return rc;
+usage_fail:
+    return 2;
 }
 
 /* The GEMM alone, at one shape: best and median of the timed runs. */
@@ -281,28 +428,23 @@ static int cmd_gemm(int argc, char **argv) {
     lmv__ctx ctx;
     lmv__mat mat;
     for (i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        if (!strcmp(argv[i], "--threads")) INT_FLAG("gemm", "--threads", 0, 256, &threads);
+        else if (!strcmp(argv[i], "--runs")) INT_FLAG("gemm", "--runs", 1, 100000, &runs);
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
-        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
-            const char *d = argv[++i];
+        else if (!strcmp(argv[i], "--dtype")) {
+            const char *d = flag_value("gemm", argc, argv, &i);
+            if (!d) return 2;
             dtype = !strcmp(d, "f32") ? LMV_DTYPE_F32 : !strcmp(d, "f16") ? LMV_DTYPE_F16 : !strcmp(d, "int8") ? LMV_DTYPE_INT8
                     : !strcmp(d, "f32p") ? LMV_DTYPE_F32P : -1;
-            if (dtype < 0) {
-                fprintf(stderr, "lmv gemm: --dtype must be f32, f32p, f16 or int8\n");
-                return 2;
-            }
-        } else if (argv[i][0] != '-' && nd < 3) dims[nd++] = atoi(argv[i]);
-        else {
-            fprintf(stderr, "lmv gemm: unexpected argument '%s'\n\n%s", argv[i], usage);
-            return 2;
-        }
+            if (dtype < 0) return usage_error("gemm", "--dtype must be f32, f32p, f16 or int8, not '%s'", d);
+        } else if (argv[i][0] == '-' && !(argv[i][1] >= '0' && argv[i][1] <= '9'))
+            return usage_error("gemm", "unknown option '%s'", argv[i]);
+        else if (nd == 3) return usage_error("gemm", "unexpected argument '%s': give three sizes, M N K", argv[i]);
+        else if (!parse_int("gemm", nd == 0 ? "M" : nd == 1 ? "N" : "K", argv[i], 1, 1 << 16, &dims[nd])) return 2;
+        else nd++;
     }
-    if (nd != 3 || dims[0] < 1 || dims[1] < 1 || dims[2] < 1 || dims[0] > 1 << 16 || dims[1] > 1 << 16 || dims[2] > 1 << 16) {
-        fprintf(stderr, "lmv gemm: give M N K, each 1..65536\n\n%s", usage);
-        return 2;
-    }
+    if (nd != 3) return usage_error("gemm", "give three sizes, M N K (each from 1 to 65536)");
     nk = (size_t)dims[1] * dims[2];
     A = (float *)malloc(sizeof(float) * (size_t)dims[0] * dims[2]);
     W = (float *)malloc(sizeof(float) * nk);
@@ -312,7 +454,8 @@ static int cmd_gemm(int argc, char **argv) {
     wq = malloc(4 * ((size_t)dims[1] + 15) / 16 * 16 * dims[2]); /* f32p: whole panels of 16 rows */
     times = (double *)malloc(sizeof(double) * 100000);
     if (!A || !W || !C || !bias || !scale || !wq || !times) {
-        fprintf(stderr, "lmv gemm: out of memory\n");
+        fprintf(stderr, "lmv gemm: out of memory for a %dx%dx%d multiply: try smaller sizes\n", dims[0], dims[1], dims[2]);
+        free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
         return 1;
     }
     for (j = 0; j < (size_t)dims[0] * dims[2]; j++) A[j] = next_uniform(&seed);
@@ -358,6 +501,8 @@ static int cmd_gemm(int argc, char **argv) {
                flops / times[0] / 1e6, times[runs / 2], flops / times[runs / 2] / 1e6);
     free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
     return 0;
+usage_fail:
+    return 2;
 }
 
 static int cmd_info(int argc, char **argv) {
@@ -367,12 +512,15 @@ static int cmd_info(int argc, char **argv) {
     const lmv_model_info *in;
     lmv_config_entry e;
     const char *interp[] = {"nearest", "bilinear", "bicubic"};
+    const char *path = NULL;
     int i, j;
-    if (argc != 1) {
-        fputs(usage, stderr);
-        return 2;
+    for (i = 0; i < argc; i++) {
+        if (argv[i][0] == '-') return usage_error("info", "unknown option '%s'", argv[i]);
+        if (path) return usage_error("info", "unexpected argument '%s': give one MODEL.lmv", argv[i]);
+        path = argv[i];
     }
-    if (open_model(argv[0], 1, &m, &map, &err) != LMV_OK) return fail(argv[0], &err);
+    if (!path) return usage_error("info", "give a MODEL.lmv");
+    if (open_model(path, 1, &m, &map, &err) != LMV_OK) return fail(path, &err);
     in = lmv_model_info(m);
     printf("model        %s\n", in->name);
     printf("family       %s (from %s)\n", in->arch, in->source);
@@ -426,44 +574,42 @@ static void trace_write(void *user, const char *name, const float *data, int ndi
 
 static int cmd_run(int argc, char **argv) {
     const char *paths[3];
-    int npaths = 0, features = 0, threads = 0, verify = 1, int8_compute = 0, i, n, h, w, outdim, shape[2];
+    int npaths = 0, features = 0, threads = 0, verify = 1, int8_compute = 0, i, n, h, w, outdim, shape[2], rc = 1;
     const char *trace = NULL, *attention = NULL;
-    void *buf;
+    void *buf = NULL;
     size_t size;
     lmv_npy npy;
-    lmv_model *m;
-    mapping map;
-    lmv_session *s;
+    lmv_model *m = NULL;
+    mapping map = {NULL, 0};
+    lmv_session *s = NULL;
     lmv_session_options so;
     lmv_error err;
-    float *out;
+    float *out = NULL;
     trace_dir td;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--features")) features = 1;
         else if (!strcmp(argv[i], "--no-verify")) verify = 0;
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads")) INT_FLAG("run", "--threads", 0, 256, &threads);
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
-        else if (!strcmp(argv[i], "--trace") && i + 1 < argc) trace = argv[++i];
-        else if (!strcmp(argv[i], "--attention") && i + 1 < argc) attention = argv[++i];
-        else if (argv[i][0] == '-' || npaths == 3) {
-            fprintf(stderr, "lmv run: unexpected argument '%s'\n\n%s", argv[i], usage);
-            return 2;
-        } else paths[npaths++] = argv[i];
+        else if (!strcmp(argv[i], "--trace")) {
+            if (!(trace = flag_value("run", argc, argv, &i))) return 2;
+        } else if (!strcmp(argv[i], "--attention")) {
+            if (!(attention = flag_value("run", argc, argv, &i))) return 2;
+        } else if (argv[i][0] == '-') return usage_error("run", "unknown option '%s'", argv[i]);
+        else if (npaths == 3) return usage_error("run", "unexpected argument '%s': give MODEL.lmv IN.npy OUT.npy", argv[i]);
+        else paths[npaths++] = argv[i];
     }
-    if (npaths != 3) {
-        fputs(usage, stderr);
-        return 2;
-    }
+    if (npaths != 3) return usage_error("run", "give MODEL.lmv IN.npy OUT.npy");
+    if (attention && !trace) return usage_error("run", "--attention needs --trace DIR");
     if (open_model(paths[0], verify, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
-    buf = read_file(paths[1], &size);
-    if (!buf) {
-        fprintf(stderr, "lmv: %s: %s\n", paths[1], strerror(errno));
-        return 1;
+    if (!(buf = read_file(paths[1], "a .npy file", &size))) goto done;
+    if (lmv_npy_parse(buf, size, &npy, &err) != LMV_OK) {
+        fail(paths[1], &err);
+        goto done;
     }
-    if (lmv_npy_parse(buf, size, &npy, &err) != LMV_OK) return fail(paths[1], &err);
     if (npy.ndim != 4 || npy.shape[1] != lmv_model_info(m)->in_chans) {
         fprintf(stderr, "lmv: %s: expected a float32 array of shape (N, %d, H, W)\n", paths[1], lmv_model_info(m)->in_chans);
-        return 1;
+        goto done;
     }
     n = npy.shape[0];
     h = npy.shape[2];
@@ -474,37 +620,46 @@ static int cmd_run(int argc, char **argv) {
     so.max_batch = n;
     so.threads = threads;
     so.int8_compute = int8_compute;
-    if (lmv_session_create(m, &so, &s, &err) != LMV_OK) return fail("session", &err);
+    if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
+        fail("session", &err);
+        goto done;
+    }
     if (trace) {
         td.dir = trace;
         td.failed = 0;
         mkdir(trace, 0777);
         lmv_session_set_trace(s, trace_write, &td);
         lmv_session_trace_attention(s, attention);
-    } else if (attention) {
-        fprintf(stderr, "lmv run: --attention needs --trace DIR\n");
-        return 2;
     }
     outdim = features ? lmv_model_info(m)->num_features : lmv_model_info(m)->num_classes;
     out = (float *)malloc(sizeof(float) * (size_t)n * (size_t)(outdim ? outdim : 1));
-    if (!out) return 1;
-    if ((features ? lmv_run_features(s, npy.data, n, h, w, out, &err) : lmv_run(s, npy.data, n, h, w, out, &err)) != LMV_OK)
-        return fail("run", &err);
+    if (!out) {
+        fprintf(stderr, "lmv: out of memory for the output of %d images\n", n);
+        goto done;
+    }
+    if ((features ? lmv_run_features(s, npy.data, n, h, w, out, &err) : lmv_run(s, npy.data, n, h, w, out, &err)) != LMV_OK) {
+        fail("run", &err);
+        goto done;
+    }
     shape[0] = n;
     shape[1] = outdim;
     if (!write_npy(paths[2], out, 2, shape)) {
         fprintf(stderr, "lmv: cannot write %s\n", paths[2]);
-        return 1;
+        goto done;
     }
     if (trace && td.failed) {
         fprintf(stderr, "lmv: cannot write trace files into %s\n", trace);
-        return 1;
+        goto done;
     }
+    rc = 0;
+done:
     free(out);
-    free(buf);
+    free_file(buf);
     lmv_session_destroy(s);
     close_model(m, &map);
-    return 0;
+    return rc;
+usage_fail:
+    return 2;
 }
 
 static int cmd_decode(int argc, char **argv) {
@@ -512,72 +667,79 @@ static int cmd_decode(int argc, char **argv) {
     lmv_image img;
     lmv_error err;
     const char *paths[2];
-    int n = 0, i;
+    int n = 0, i, ok;
     FILE *f;
+    size_t bytes;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
-        else if (argv[i][0] != '-' && n < 2) paths[n++] = argv[i];
-        else {
-            fputs(usage, stderr);
-            return 2;
-        }
+        else if (argv[i][0] == '-') return usage_error("decode", "unknown option '%s'", argv[i]);
+        else if (n == 2) return usage_error("decode", "unexpected argument '%s': give IMAGE.jpg OUT.ppm", argv[i]);
+        else paths[n++] = argv[i];
     }
-    if (n != 2) {
-        fputs(usage, stderr);
-        return 2;
-    }
-    if (lmv_image_load_jpeg(paths[0], &io, &img, &err) != LMV_OK) return fail(paths[0], &err);
+    if (n != 2) return usage_error("decode", "give IMAGE.jpg OUT.ppm");
+    if (!check_file(paths[0], "a JPEG file", &err) || lmv_image_load_jpeg(paths[0], &io, &img, &err) != LMV_OK)
+        return fail(paths[0], &err);
+    bytes = (size_t)img.width * img.height * img.channels;
     f = fopen(paths[1], "wb");
-    if (!f || fprintf(f, "P%d\n%d %d\n255\n", img.channels == 1 ? 5 : 6, img.width, img.height) < 0 ||
-        fwrite(img.pixels, 1, (size_t)img.width * img.height * img.channels, f) != (size_t)img.width * img.height * img.channels) {
+    ok = f && fprintf(f, "P%d\n%d %d\n255\n", img.channels == 1 ? 5 : 6, img.width, img.height) > 0 &&
+         fwrite(img.pixels, 1, bytes, f) == bytes;
+    if (f && fclose(f) != 0) ok = 0;
+    lmv_image_free(&img);
+    if (!ok) {
         fprintf(stderr, "lmv: cannot write %s\n", paths[1]);
         return 1;
     }
-    fclose(f);
-    lmv_image_free(&img);
     return 0;
 }
 
 static int cmd_preprocess(int argc, char **argv) {
     lmv_image_options io = lmv_image_options_default();
     lmv_image img;
-    lmv_model *m;
-    mapping map;
+    lmv_model *m = NULL;
+    mapping map = {NULL, 0};
     lmv_error err;
     const lmv_model_info *in;
     const char *paths[3];
-    int n = 0, i, shape[4];
-    float *x;
+    int n = 0, i, shape[4], rc = 1, have_img = 0;
+    float *x = NULL;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
-        else if (argv[i][0] != '-' && n < 3) paths[n++] = argv[i];
-        else {
-            fputs(usage, stderr);
-            return 2;
-        }
+        else if (argv[i][0] == '-') return usage_error("preprocess", "unknown option '%s'", argv[i]);
+        else if (n == 3)
+            return usage_error("preprocess", "unexpected argument '%s': give MODEL.lmv IMAGE.jpg OUT.npy", argv[i]);
+        else paths[n++] = argv[i];
     }
-    if (n != 3) {
-        fputs(usage, stderr);
-        return 2;
-    }
+    if (n != 3) return usage_error("preprocess", "give MODEL.lmv IMAGE.jpg OUT.npy");
     if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info(m);
-    if (lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) return fail(paths[1], &err);
+    if (!check_file(paths[1], "a JPEG file", &err) || lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) {
+        fail(paths[1], &err);
+        goto done;
+    }
+    have_img = 1;
     shape[0] = 1;
     shape[1] = in->in_chans;
     shape[2] = in->preprocess.crop_h;
     shape[3] = in->preprocess.crop_w;
     x = (float *)malloc(sizeof(float) * (size_t)shape[1] * shape[2] * shape[3]);
-    if (!x) return 1;
-    if (lmv_preprocess_image(&img, &in->preprocess, in->in_chans, x, NULL, &err) != LMV_OK) return fail(paths[1], &err);
+    if (!x) {
+        fprintf(stderr, "lmv: out of memory for a %dx%dx%d input\n", shape[1], shape[2], shape[3]);
+        goto done;
+    }
+    if (lmv_preprocess_image(&img, &in->preprocess, in->in_chans, x, NULL, &err) != LMV_OK) {
+        fail(paths[1], &err);
+        goto done;
+    }
     if (!write_npy(paths[2], x, 4, shape)) {
         fprintf(stderr, "lmv: cannot write %s\n", paths[2]);
-        return 1;
+        goto done;
     }
+    rc = 0;
+done:
     free(x);
-    lmv_image_free(&img);
+    if (have_img) lmv_image_free(&img);
     close_model(m, &map);
-    return 0;
+    return rc;
 }
 
 /* ---- eval: an ImageFolder-style directory ---- */
@@ -594,38 +756,78 @@ static int is_jpeg_name(const char *name) {
     return !strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg") || !strcmp(ext, ".jpe") || !strcmp(ext, ".jfif");
 }
 
-/* Sorted names of the entries of `dir` (sub-folders when want_dirs, else JPEG files). */
-static char **list_dir(const char *dir, int want_dirs, int *count) {
-    char **names = NULL, path[4096];
-    int n = 0, cap = 0;
-    *count = 0;
-#ifdef HAVE_MMAP
-    {
-        DIR *d = opendir(dir);
-        struct dirent *e;
-        struct stat st;
-        if (!d) return NULL;
-        while ((e = readdir(d)) != NULL) {
-            if (e->d_name[0] == '.') continue;
-            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-            if (stat(path, &st) != 0 || (want_dirs ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))) continue;
-            if (!want_dirs && !is_jpeg_name(e->d_name)) continue;
-            if (n == cap) {
-                cap = cap ? 2 * cap : 64;
-                names = (char **)realloc(names, sizeof(char *) * (size_t)cap);
-                if (!names) break;
-            }
-            names[n] = (char *)malloc(strlen(e->d_name) + 1);
-            strcpy(names[n++], e->d_name);
-        }
-        closedir(d);
+/* Whether two names are equal, ASCII case ignored. */
+static int same_name(const char *a, const char *b) {
+    if (!a || !b) return 0;
+    for (; *a && *b; a++, b++) {
+        int x = *a >= 'A' && *a <= 'Z' ? *a + 32 : *a, y = *b >= 'A' && *b <= 'Z' ? *b + 32 : *b;
+        if (x != y) return 0;
     }
+    return *a == *b;
+}
+
+/* A growing list of strings, each its own allocation. */
+typedef struct strlist {
+    char **v;
+    int n, cap;
+} strlist;
+
+/* Add `name`, or `dir/name` when dir is given; 0 when out of memory. */
+static int strlist_add(strlist *l, const char *dir, const char *name) {
+    size_t a = dir ? strlen(dir) + 1 : 0, b = strlen(name);
+    char *p;
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        char **v = (char **)realloc(l->v, sizeof(char *) * (size_t)cap);
+        if (!v) return 0;
+        l->v = v;
+        l->cap = cap;
+    }
+    if (!(p = (char *)malloc(a + b + 1))) return 0;
+    if (dir) {
+        memcpy(p, dir, a - 1);
+        p[a - 1] = '/';
+    }
+    memcpy(p + a, name, b + 1);
+    l->v[l->n++] = p;
+    return 1;
+}
+
+static void strlist_free(strlist *l) {
+    int i;
+    for (i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+/* The entries of `dir`: sub-folders (want_dirs) or JPEG files go to `keep` by name, sorted; every
+   other entry (hidden ones, other files, links to nothing, FIFOs) to `skipped` as dir/name.
+   1 when done, 0 when dir cannot be listed (errno says why), -1 when out of memory. */
+static int list_dir(const char *dir, int want_dirs, strlist *keep, strlist *skipped) {
+#ifdef HAVE_MMAP
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    struct stat st;
+    char path[4096];
+    int ok = 1;
+    if (!d) return 0;
+    while (ok && (e = readdir(d)) != NULL) {
+        int take;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= sizeof path || stat(path, &st) != 0) take = 0;
+        else if (want_dirs) take = S_ISDIR(st.st_mode) && e->d_name[0] != '.';
+        else take = S_ISREG(st.st_mode) && e->d_name[0] != '.' && is_jpeg_name(e->d_name);
+        ok = take ? strlist_add(keep, NULL, e->d_name) : strlist_add(skipped, dir, e->d_name);
+    }
+    closedir(d);
+    if (!ok) return -1;
+    if (keep->n) qsort(keep->v, (size_t)keep->n, sizeof(char *), cmp_str);
+    return 1;
 #else
-    (void)dir; (void)want_dirs; (void)path; (void)cap;
+    (void)dir; (void)want_dirs; (void)keep; (void)skipped; (void)is_jpeg_name; (void)strlist_add;
+    return 0; /* no directory listing in plain C */
 #endif
-    if (names) qsort(names, (size_t)n, sizeof(char *), cmp_str);
-    *count = n;
-    return names;
 }
 
 static void progress(int done, int total, double t0) {
@@ -636,102 +838,214 @@ static void progress(int done, int total, double t0) {
     fprintf(stderr, "] %d/%d  %.0f img/s  ETA %.0fs ", done, total, el > 0 ? done / el : 0.0, eta);
 }
 
+/* Up to `max` of the names, comma-separated, then how many more. */
+static void print_names(FILE *f, char *const *v, int n, int max) {
+    int i;
+    for (i = 0; i < n && i < max; i++) fprintf(f, "%s%s", i ? ", " : "", v[i]);
+    if (n > max) fprintf(f, " and %d more", n - max);
+}
+
+#define SKIPPED_SHOWN 10
+
 static int cmd_eval(int argc, char **argv) {
     const char *paths[2], *pred_path = NULL;
-    int n = 0, i, c, json = 0, threads = 0, nclass, total = 0, done = 0, correct = 0, failed = 0;
-    char **classes, path[4096];
-    int *counts, *confusion, *seen;
-    char ***files;
-    lmv_model *m;
-    mapping map;
-    lmv_session *s;
+    int n = 0, i, c, k, r, json = 0, threads = 0, int8_compute = 0, nclass = 0, nmodel, total = 0, done = 0, correct = 0;
+    int failed = 0, outside = 0, by_label = 0, rc = 1;
+    char path[4096];
+    strlist classes = {NULL, 0, 0}, skipped = {NULL, 0, 0}, *files = NULL;
+    int *cls = NULL, *col = NULL, *confusion = NULL, *seen = NULL, *out_of = NULL;
+    lmv_model *m = NULL;
+    mapping map = {NULL, 0};
+    lmv_session *s = NULL;
     lmv_session_options so = lmv_session_options_default();
-    int int8_compute = 0;
     lmv_error err;
     lmv_prediction top[1];
     FILE *pred = NULL;
     double t0;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json")) json = 1;
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads")) INT_FLAG("eval", "--threads", 0, 256, &threads);
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
-        else if (!strcmp(argv[i], "--predictions") && i + 1 < argc) pred_path = argv[++i];
-        else if (argv[i][0] != '-' && n < 2) paths[n++] = argv[i];
-        else {
-            fputs(usage, stderr);
-            return 2;
-        }
+        else if (!strcmp(argv[i], "--predictions")) {
+            if (!(pred_path = flag_value("eval", argc, argv, &i))) return 2;
+        } else if (argv[i][0] == '-') return usage_error("eval", "unknown option '%s'", argv[i]);
+        else if (n == 2) return usage_error("eval", "unexpected argument '%s': give MODEL.lmv DIR", argv[i]);
+        else paths[n++] = argv[i];
     }
-    if (n != 2) {
-        fputs(usage, stderr);
-        return 2;
-    }
+    if (n != 2) return usage_error("eval", "give MODEL.lmv DIR");
     if (open_model(paths[0], 1, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
-    classes = list_dir(paths[1], 1, &nclass);
-    if (!classes || nclass == 0) {
-        fprintf(stderr, "lmv: %s: no class sub-folders found (expected DIR/<class>/<image>.jpg)\n", paths[1]);
-        return 1;
+    nmodel = lmv_model_info(m)->num_classes;
+#ifndef HAVE_MMAP
+    fprintf(stderr, "lmv eval: this build cannot list folders (it was built without POSIX)\n");
+    goto done;
+#endif
+    r = list_dir(paths[1], 1, &classes, &skipped);
+    if (r <= 0) {
+        if (r < 0) fprintf(stderr, "lmv eval: out of memory listing '%s'\n", paths[1]);
+        else fprintf(stderr, "lmv eval: cannot list '%s' (%s): give a folder with one sub-folder per class\n", paths[1],
+                     strerror(errno));
+        goto done;
     }
-    if (nclass > lmv_model_info(m)->num_classes) {
-        fprintf(stderr, "lmv: %s has %d class folders but the model has %d classes\n", paths[1], nclass,
-                lmv_model_info(m)->num_classes);
-        return 1;
+    nclass = classes.n;
+    if (nclass == 0) {
+        fprintf(stderr, "lmv eval: '%s' has no class sub-folders: lay the images out as DIR/<class>/<image>.jpg\n", paths[1]);
+        goto done;
     }
-    files = (char ***)calloc((size_t)nclass, sizeof(char **));
-    counts = (int *)calloc((size_t)nclass, sizeof(int));
+    if (nmodel < 1) {
+        fprintf(stderr, "lmv eval: %s has no classifier head (it gives features only): there is nothing to evaluate\n", paths[0]);
+        rc = 2;
+        goto done;
+    }
+    cls = (int *)malloc(sizeof(int) * (size_t)nclass);
+    col = (int *)malloc(sizeof(int) * (size_t)nmodel);
+    files = (strlist *)calloc((size_t)nclass, sizeof(strlist));
     confusion = (int *)calloc((size_t)nclass * (size_t)nclass, sizeof(int));
     seen = (int *)calloc((size_t)nclass, sizeof(int));
+    out_of = (int *)calloc((size_t)nclass, sizeof(int));
+    if (!cls || !col || !files || !confusion || !seen || !out_of) {
+        fprintf(stderr, "lmv eval: out of memory for %d classes\n", nclass);
+        goto done;
+    }
+    /* Folders named after the model's labels are those classes; otherwise one folder per class, in
+       sorted order. */
+    by_label = lmv_model_info(m)->has_labels;
+    for (c = 0; c < nclass && by_label; c++) {
+        cls[c] = -1;
+        for (k = 0; k < nmodel && cls[c] < 0; k++)
+            if (same_name(classes.v[c], lmv_model_label(m, k))) cls[c] = k;
+        if (cls[c] < 0) by_label = 0;
+    }
+    for (c = 0; c < nclass && by_label; c++)
+        for (k = 0; k < c; k++)
+            if (cls[k] == cls[c]) {
+                fprintf(stderr, "lmv eval: the folders '%s' and '%s' both name the class '%s': merge them into one\n",
+                        classes.v[k], classes.v[c], lmv_model_label(m, cls[c]));
+                rc = 2;
+                goto done;
+            }
+    if (!by_label) {
+        if (nclass != nmodel) {
+            fprintf(stderr, "lmv eval: the %d folders of '%s' (", nclass, paths[1]);
+            print_names(stderr, classes.v, nclass, 4);
+            if (lmv_model_info(m)->has_labels) {
+                fprintf(stderr, ") are not all labels of the model and it has %d classes, so they cannot be taken in order: "
+                                "name each folder after its class (", nmodel);
+                for (k = 0; k < nmodel && k < 4; k++) fprintf(stderr, "%s%s", k ? ", " : "", lmv_model_label(m, k));
+                fprintf(stderr, "%s) or give one folder per class\n", nmodel > 4 ? ", ..." : "");
+            } else
+                fprintf(stderr, ") cannot be matched to the model's %d classes (it has no labels): give one folder per class, "
+                                "in class order when sorted\n", nmodel);
+            rc = 2;
+            goto done;
+        }
+        for (c = 0; c < nclass; c++) cls[c] = c;
+        fprintf(stderr, "lmv eval: the folder names are not all the model's labels, so the folders are taken in sorted order "
+                        "as classes 0..%d: ", nmodel - 1);
+        for (c = 0; c < nclass && c < 5; c++) {
+            const char *l = lmv_model_label(m, c);
+            fprintf(stderr, "%s%s -> %d%s%s%s", c ? ", " : "", classes.v[c], c, l ? " (" : "", l ? l : "", l ? ")" : "");
+        }
+        fprintf(stderr, "%s\n", nclass > 5 ? ", ..." : "");
+    }
+    for (k = 0; k < nmodel; k++) col[k] = -1;
+    for (c = 0; c < nclass; c++) col[cls[c]] = c;
     for (c = 0; c < nclass; c++) {
-        snprintf(path, sizeof path, "%s/%s", paths[1], classes[c]);
-        files[c] = list_dir(path, 0, &counts[c]);
-        total += counts[c];
+        snprintf(path, sizeof path, "%s/%s", paths[1], classes.v[c]);
+        r = list_dir(path, 0, &files[c], &skipped);
+        if (r <= 0) {
+            if (r < 0) fprintf(stderr, "lmv eval: out of memory listing '%s'\n", path);
+            else fprintf(stderr, "lmv eval: cannot list '%s' (%s)\n", path, strerror(errno));
+            goto done;
+        }
+        total += files[c].n;
+    }
+    if (skipped.n) {
+        qsort(skipped.v, (size_t)skipped.n, sizeof(char *), cmp_str);
+        fprintf(stderr, "lmv eval: skipped %d %s: ", skipped.n,
+                skipped.n == 1 ? "entry that is not a JPEG file" : "entries that are not JPEG files");
+        print_names(stderr, skipped.v, skipped.n, SKIPPED_SHOWN);
+        fprintf(stderr, "\n");
+    }
+    if (total == 0) {
+        fprintf(stderr, "lmv eval: no JPEG files in the class folders of '%s' (expected DIR/<class>/<image>.jpg)\n", paths[1]);
+        goto done;
     }
     so.threads = threads;
     so.int8_compute = int8_compute;
-    if (lmv_session_create(m, &so, &s, &err) != LMV_OK) return fail("session", &err);
+    if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
+        fail("session", &err);
+        goto done;
+    }
     if (pred_path && !(pred = fopen(pred_path, "w"))) {
-        fprintf(stderr, "lmv: cannot write %s\n", pred_path);
-        return 1;
+        fprintf(stderr, "lmv eval: cannot write %s: %s\n", pred_path, strerror(errno));
+        goto done;
     }
     t0 = now_ms();
     for (c = 0; c < nclass; c++)
-        for (i = 0; i < counts[c]; i++) {
+        for (i = 0; i < files[c].n; i++) {
             int p;
-            snprintf(path, sizeof path, "%s/%s/%s", paths[1], classes[c], files[c][i]);
+            snprintf(path, sizeof path, "%s/%s/%s", paths[1], classes.v[c], files[c].v[i]);
             if (lmv_classify_file(s, path, NULL, 1, top, &err) != LMV_OK) {
                 fprintf(stderr, "\nlmv: %s: %s\n", path, err.message);
                 failed++;
                 continue;
             }
-            p = top[0].index < nclass ? top[0].index : -1; /* a class beyond the folders is simply wrong */
+            p = top[0].index >= 0 && top[0].index < nmodel ? col[top[0].index] : -1;
             if (p >= 0) confusion[c * nclass + p]++;
+            else out_of[c]++, outside++; /* a class none of the folders holds */
             seen[c]++;
-            correct += p == c;
-            if (pred) fprintf(pred, "%s\t%d\t%d\n", path, c, top[0].index);
-            if (++done % 50 == 0 || done == total) progress(done, total, t0);
+            correct += top[0].index == cls[c];
+            if (pred) fprintf(pred, "%s\t%d\t%d\n", path, cls[c], top[0].index);
+            if (++done % 50 == 0 || done + failed == total) progress(done, total, t0);
         }
     fprintf(stderr, "\n");
-    if (pred) fclose(pred);
+    if (pred && fclose(pred) != 0) {
+        pred = NULL;
+        fprintf(stderr, "lmv eval: cannot write %s\n", pred_path);
+        goto done;
+    }
+    pred = NULL;
     {
         double mp = 0, mr = 0, mf = 0, acc = done ? 100.0 * correct / done : 0;
-        int r;
-        if (json) printf("{\"model\": \"%s\", \"images\": %d, \"failed\": %d, \"correct\": %d, \"accuracy\": %.4f, \"classes\": [", lmv_model_info(m)->name, done, failed, correct, acc);
-        else printf("%d images, %d classes: accuracy %.2f%% (%d correct)%s\n\n%-16s %9s %9s %9s %7s\n", done, nclass, acc,
-                    correct, failed ? " -- some images failed to decode" : "", "class", "precision", "recall", "f1", "images");
+        if (json) {
+            printf("{\"model\": ");
+            json_string(stdout, lmv_model_info(m)->name);
+            printf(", \"images\": %d, \"failed\": %d, \"correct\": %d, \"accuracy\": %.4f, \"outside\": %d, \"mapping\": \"%s\", "
+                   "\"skipped\": %d, \"skipped_files\": [", done, failed, correct, acc, outside, by_label ? "labels" : "sorted",
+                   skipped.n);
+            for (i = 0; i < skipped.n && i < SKIPPED_SHOWN; i++) {
+                if (i) printf(", ");
+                json_string(stdout, skipped.v[i]);
+            }
+            printf("], \"classes\": [");
+        } else {
+            printf("%d images, %d classes: accuracy %.2f%% (%d correct)%s\n", done, nclass, acc, correct,
+                   failed ? " -- some images failed to decode" : "");
+            if (outside) printf("%d predictions fell outside the folders' classes (counted as wrong)\n", outside);
+            if (skipped.n) printf("%d %s skipped: not %s\n", skipped.n, skipped.n == 1 ? "entry" : "entries",
+                                  skipped.n == 1 ? "a JPEG file" : "JPEG files");
+            printf("\n%-16s %9s %9s %9s %7s\n", "class", "precision", "recall", "f1", "images");
+        }
         for (c = 0; c < nclass; c++) {
-            int tp = confusion[c * nclass + c], col = 0, row = seen[c];
-            double p, rc, f1;
-            for (r = 0; r < nclass; r++) col += confusion[r * nclass + c];
-            p = col ? (double)tp / col : 0;
-            rc = row ? (double)tp / row : 0;
-            f1 = p + rc > 0 ? 2 * p * rc / (p + rc) : 0;
+            int tp = confusion[c * nclass + c], colsum = 0, row = seen[c];
+            double p, rc_, f1;
+            for (r = 0; r < nclass; r++) colsum += confusion[r * nclass + c];
+            p = colsum ? (double)tp / colsum : 0;
+            rc_ = row ? (double)tp / row : 0;
+            f1 = p + rc_ > 0 ? 2 * p * rc_ / (p + rc_) : 0;
             mp += p / nclass;
-            mr += rc / nclass;
+            mr += rc_ / nclass;
             mf += f1 / nclass;
-            if (json)
-                printf("%s{\"name\": \"%s\", \"precision\": %.6f, \"recall\": %.6f, \"f1\": %.6f, \"images\": %d}",
-                       c ? ", " : "", classes[c], p, rc, f1, row);
-            else printf("%-16s %9.4f %9.4f %9.4f %7d\n", classes[c], p, rc, f1, row);
+            if (json) {
+                const char *l = lmv_model_label(m, cls[c]);
+                printf("%s{\"name\": ", c ? ", " : "");
+                json_string(stdout, classes.v[c]);
+                printf(", \"class\": %d, \"label\": ", cls[c]);
+                if (l) json_string(stdout, l);
+                else printf("null");
+                printf(", \"precision\": %.6f, \"recall\": %.6f, \"f1\": %.6f, \"images\": %d, \"outside\": %d}", p, rc_, f1, row,
+                       out_of[c]);
+            } else printf("%-16s %9.4f %9.4f %9.4f %7d\n", classes.v[c], p, rc_, f1, row);
         }
         if (json) {
             printf("], \"macro_precision\": %.6f, \"macro_recall\": %.6f, \"macro_f1\": %.6f, \"confusion\": [", mp, mr, mf);
@@ -742,28 +1056,33 @@ static int cmd_eval(int argc, char **argv) {
             }
             printf("]}\n");
         } else {
-            printf("%-16s %9.4f %9.4f %9.4f %7d\n\nconfusion matrix (rows: true class, columns: predicted)\n", "macro avg", mp, mr,
-                   mf, done);
+            printf("%-16s %9.4f %9.4f %9.4f %7d\n\nconfusion matrix (rows: true class, columns: predicted%s)\n", "macro avg", mp,
+                   mr, mf, done, outside ? "; last: outside the folders' classes" : "");
             for (c = 0; c < nclass; c++) {
-                printf("%-16s", classes[c]);
+                printf("%-16s", classes.v[c]);
                 for (r = 0; r < nclass; r++) printf(" %5d", confusion[c * nclass + r]);
+                if (outside) printf(" %5d", out_of[c]);
                 printf("\n");
             }
         }
     }
-    for (c = 0; c < nclass; c++) {
-        for (i = 0; i < counts[c]; i++) free(files[c][i]);
-        free(files[c]);
-        free(classes[c]);
-    }
+    rc = failed ? 1 : 0;
+done:
+    if (pred) fclose(pred);
+    for (c = 0; files && c < nclass; c++) strlist_free(&files[c]);
     free(files);
-    free(classes);
-    free(counts);
+    strlist_free(&classes);
+    strlist_free(&skipped);
+    free(cls);
+    free(col);
     free(seen);
+    free(out_of);
     free(confusion);
     lmv_session_destroy(s);
     close_model(m, &map);
-    return failed ? 1 : 0;
+    return rc;
+usage_fail:
+    return 2;
 }
 
 /* ---- embed: a file as a C array for firmware ---- */
@@ -797,34 +1116,31 @@ static int cmd_embed(int argc, char **argv) {
     unsigned char *buf;
     FILE *f;
     for (i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "--name") && i + 1 < argc) name = argv[++i];
-        else if (argv[i][0] == '-' || npaths == 2) {
-            fprintf(stderr, "lmv embed: unexpected argument '%s'\n\n%s", argv[i], usage);
-            return 2;
-        } else paths[npaths++] = argv[i];
+        if (!strcmp(argv[i], "--name")) {
+            if (!(name = flag_value("embed", argc, argv, &i))) return 2;
+        } else if (argv[i][0] == '-') return usage_error("embed", "unknown option '%s'", argv[i]);
+        else if (npaths == 2) return usage_error("embed", "unexpected argument '%s': give FILE OUT.c", argv[i]);
+        else paths[npaths++] = argv[i];
     }
-    if (npaths != 2) {
-        fputs(usage, stderr);
-        return 2;
-    }
+    if (npaths != 2) return usage_error("embed", "give FILE OUT.c");
     if (!valid_symbol(name)) {
-        fprintf(stderr, "lmv embed: '%s' is not a C identifier\n", name);
+        fprintf(stderr, "lmv embed: '%s' is not a C identifier: give --name letters, digits and '_', not starting with a digit\n", name);
         return 2;
     }
-    buf = (unsigned char *)read_file(paths[0], &size);
-    if (!buf) {
-        fprintf(stderr, "lmv: %s: %s\n", paths[0], strerror(errno));
-        return 1;
-    }
+    if (!(buf = (unsigned char *)read_file(paths[0], "the file to embed", &size))) return 1;
     if (size >= 8 && !memcmp(buf, "LEMEVIT", 8)) { /* a weight file: refuse to embed a damaged one */
         lmv_model *m;
         lmv_error err;
-        if (lmv_model_open_memory(buf, size, NULL, &m, &err) != LMV_OK) return fail(paths[0], &err);
+        if (lmv_model_open_memory(buf, size, NULL, &m, &err) != LMV_OK) {
+            free_file(buf);
+            return fail(paths[0], &err);
+        }
         lmv_model_close(m);
     }
     f = fopen(paths[1], "w");
     if (!f) {
-        fprintf(stderr, "lmv: %s: %s\n", paths[1], strerror(errno));
+        fprintf(stderr, "lmv: cannot write %s: %s\n", paths[1], strerror(errno));
+        free_file(buf);
         return 1;
     }
     fprintf(f,
@@ -848,7 +1164,7 @@ static int cmd_embed(int argc, char **argv) {
     for (k = 0; k < size; k++) fprintf(f, "0x%02x,%s", buf[k], (k % 16 == 15 || k + 1 == size) ? "\n" : "");
     if (!size) fprintf(f, "0\n");
     fprintf(f, "};\nconst size_t %s_size = %zu;\n#ifdef __cplusplus\n}\n#endif\n", name, size);
-    free(buf);
+    free_file(buf);
     if (ferror(f) | fclose(f)) {
         fprintf(stderr, "lmv: cannot write %s\n", paths[1]);
         return 1;
@@ -856,19 +1172,42 @@ static int cmd_embed(int argc, char **argv) {
     return 0;
 }
 
+static const struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char **usage;
+} commands[] = {
+    {"info", cmd_info, &usage_info},       {"run", cmd_run, &usage_run},          {"bench", cmd_bench, &usage_bench},
+    {"gemm", cmd_gemm, &usage_gemm},       {"decode", cmd_decode, &usage_decode}, {"preprocess", cmd_preprocess, &usage_preprocess},
+    {"eval", cmd_eval, &usage_eval},       {"embed", cmd_embed, &usage_embed},
+};
+
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-        fputs(usage, argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    size_t c;
+    int i;
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return 2;
     }
-    if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "run")) return cmd_run(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "gemm")) return cmd_gemm(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "decode")) return cmd_decode(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "preprocess")) return cmd_preprocess(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
-    if (!strcmp(argv[1], "embed")) return cmd_embed(argc - 2, argv + 2);
-    fprintf(stderr, "lmv: unknown command '%s'\n\n%s", argv[1], usage);
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        /* lmv help COMMAND: that command's usage */
+        for (c = 0; argc > 2 && c < sizeof commands / sizeof commands[0]; c++)
+            if (!strcmp(argv[2], commands[c].name)) {
+                fputs(*commands[c].usage, stdout);
+                return 0;
+            }
+        fputs(usage, stdout);
+        return 0;
+    }
+    for (c = 0; c < sizeof commands / sizeof commands[0]; c++)
+        if (!strcmp(argv[1], commands[c].name)) {
+            for (i = 2; i < argc; i++)
+                if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+                    fputs(*commands[c].usage, stdout);
+                    return 0;
+                }
+            return commands[c].run(argc - 2, argv + 2);
+        }
+    fprintf(stderr, "lmv: unknown command '%s' (see 'lmv --help' for the commands)\n", argv[1]);
     return 2;
 }

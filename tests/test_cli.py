@@ -58,7 +58,6 @@ def not_files(d):
         ("lmv bench DIR", [LMV, "bench", folder], "a .lmv file"),
         ("lmv embed DIR", [LMV, "embed", folder, out + ".c"], "the file to embed"),
         # classify reads through the library alone (plain C, no stat): its reader must say it too
-        ("classify MODEL DIR (library reader)", [CLASSIFY, MODEL, folder], "a JPEG file"),
         ("classify DIR IMAGE (library reader)", [CLASSIFY, folder, os.path.join(IMAGES, "cat.jpg")], "a .lmv file"),
     ]
     for name, args, kind in cases:

@@ -186,9 +186,12 @@ typedef struct lmv_model_info {
 
 typedef struct lmv_model lmv_model;
 
+/* Options structs (lmv_open_options, lmv_session_options, lmv_image_options) mean "the default"
+   when zero-filled: `lmv_open_options o = {0};` (C) or `lmv_open_options o = {};` (C++) and the
+   options_default() functions give the same values, and a NULL options pointer does too. */
 typedef struct lmv_open_options {
     lmv_allocator allocator;  /* alloc == NULL: malloc/free (error under LEMEVIT_NO_MALLOC) */
-    int verify_data;          /* 1 (default): check the CRC of the weights too; 0: header only */
+    int skip_verify;          /* 0 (default): check the CRC of the weights too; 1: the header's only */
 } lmv_open_options;
 
 LEMEVIT_API lmv_open_options lmv_open_options_default(void);
@@ -3843,7 +3846,6 @@ static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops, &lmv__swin
 LEMEVIT_API lmv_open_options lmv_open_options_default(void) {
     lmv_open_options o;
     memset(&o, 0, sizeof o);
-    o.verify_data = 1;
     return o;
 }
 
@@ -3971,7 +3973,7 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
     m->allocator = o.allocator;
     m->file = (const unsigned char *)data;
     m->file_size = size;
-    if ((r = lmv__parse(m, m->file, size, o.verify_data, err)) != LMV_OK ||
+    if ((r = lmv__parse(m, m->file, size, !o.skip_verify, err)) != LMV_OK ||
         (!lmv__host_is_le() && (r = lmv__native_copy(m, err)) != LMV_OK) || (r = lmv__read_common(m, err)) != LMV_OK) {
         lmv__model_release(m);
         return r;

@@ -124,7 +124,7 @@ typedef struct mapping {
    else read into memory by the library. close_model() closes it and drops the mapping. */
 static lmv_result open_model(const char *path, int verify, lmv_model **m, mapping *map, lmv_error *err) {
     lmv_open_options o = lmv_open_options_default();
-    o.verify_data = verify;
+    o.skip_verify = !verify;
     map->p = NULL;
     map->n = 0;
 #ifdef HAVE_MMAP

@@ -35,7 +35,8 @@
    Or from a JPEG straight to labels, through the model's own eval transform:
 
        lmv_prediction top5[5];
-       if (lmv_classify_file(sess, "cat.jpg", NULL, 5, top5, &err) == LMV_OK)
+       int n;                                                        // how many came back: min(5, classes)
+       if (lmv_classify_file(sess, "cat.jpg", NULL, 5, top5, &n, &err) == LMV_OK)
            printf("%s %.3f\n", top5[0].label, top5[0].prob);
 
    The input from a JPEG by hand, exactly as torchvision's eval transform on a Pillow image makes it:
@@ -404,16 +405,19 @@ typedef struct lmv_prediction {
 /* Logits (num_classes floats) or, with features = 1, the pooled features (num_features floats)
    of one image. */
 LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, int features, float *out, lmv_error *err);
-/* The k most likely classes of one image, most likely first; returns min(k, num_classes) rows. */
+/* The k most likely classes of one image, most likely first: `top` (room for k) receives
+   min(k, num_classes) rows and `*count` (may be NULL) how many. Any k >= 1 is allowed; the
+   indices and probabilities are sorted in memory from the session's allocator. */
 LEMEVIT_API lmv_result lmv_classify_image(lmv_session *sess, const lmv_image *img, int k, lmv_prediction *top,
-                                          lmv_error *err);
+                                          int *count, lmv_error *err);
 #ifndef LEMEVIT_NO_JPEG
 /* The same from JPEG bytes or a JPEG file; `opt` may be NULL (EXIF orientation applied). */
 LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *sess, const void *data, size_t size,
-                                         const lmv_image_options *opt, int k, lmv_prediction *top, lmv_error *err);
+                                         const lmv_image_options *opt, int k, lmv_prediction *top, int *count,
+                                         lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_classify_file(lmv_session *sess, const char *path, const lmv_image_options *opt, int k,
-                                         lmv_prediction *top, lmv_error *err);
+                                         lmv_prediction *top, int *count, lmv_error *err);
 #endif
 #endif
 
@@ -5728,16 +5732,24 @@ LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, int f
 }
 
 LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, int k, lmv_prediction *top,
-                                          lmv_error *err) {
+                                          int *count, lmv_error *err) {
     const lmv_model_info *in;
-    float *logits, prob[64];
-    int idx[64], i, n;
+    float *logits, *prob;
+    int *idx, i, n;
+    size_t nc;
     lmv_result r;
+    if (count) *count = 0;
     if (!s || !img || !top || k < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_image: bad argument");
     in = &s->model->info;
-    if (k > 64) k = 64;
-    logits = (float *)lmv__alloc(&s->allocator, sizeof(float) * (size_t)(in->num_classes ? in->num_classes : 1));
+    if (in->num_classes < 1)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "the model has no classifier head; use lmv_run_image() for its features");
+    if (k > in->num_classes) k = in->num_classes;
+    nc = (size_t)in->num_classes;
+    /* logits, then k probabilities, then k indices: one block */
+    logits = (float *)lmv__alloc(&s->allocator, sizeof(float) * (nc + (size_t)k) + sizeof(int) * (size_t)k);
     if (!logits) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the logits");
+    prob = logits + nc;
+    idx = (int *)(void *)(prob + k);
     r = lmv_run_image(s, img, 0, logits, err);
     if (r == LMV_OK) {
         n = lmv_topk(logits, in->num_classes, k, idx, prob);
@@ -5746,6 +5758,7 @@ LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, 
             top[i].prob = prob[i];
             top[i].label = lmv_model_label(s->model, idx[i]);
         }
+        if (count) *count = n;
     }
     lmv__free(&s->allocator, logits);
     return r;
@@ -5753,28 +5766,30 @@ LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, 
 
 #ifndef LEMEVIT_NO_JPEG
 LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_t size, const lmv_image_options *opt,
-                                         int k, lmv_prediction *top, lmv_error *err) {
+                                         int k, lmv_prediction *top, int *count, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     lmv_image img;
     lmv_result r;
+    if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_jpeg: NULL session");
     if (!o.allocator.alloc) o.allocator = s->allocator;
     if ((r = lmv_image_decode_jpeg(data, size, &o, &img, err)) != LMV_OK) return r;
-    r = lmv_classify_image(s, &img, k, top, err);
+    r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
 }
 
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const lmv_image_options *opt, int k,
-                                         lmv_prediction *top, lmv_error *err) {
+                                         lmv_prediction *top, int *count, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     lmv_image img;
     lmv_result r;
+    if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_file: NULL session");
     if (!o.allocator.alloc) o.allocator = s->allocator;
     if ((r = lmv_image_load_jpeg(path, &o, &img, err)) != LMV_OK) return r;
-    r = lmv_classify_image(s, &img, k, top, err);
+    r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
 }

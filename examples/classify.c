@@ -58,12 +58,11 @@ int main(int argc, char **argv) {
             continue;
         }
         t0 = now_ms();
-        if (lmv_classify_file(sess, argv[i], &io, k, top, &err) != LMV_OK) {
+        if (lmv_classify_file(sess, argv[i], &io, k, top, &n, &err) != LMV_OK) {
             fprintf(stderr, "classify: %s: %s\n", argv[i], err.message);
             failed = 1;
             continue;
         }
-        n = k < lmv_model_info(model)->num_classes ? k : lmv_model_info(model)->num_classes;
         printf("%s (%.1f ms)\n", argv[i], now_ms() - t0);
         for (j = 0; j < n; j++) {
             if (top[j].label) printf("  %6.2f%%  %s\n", 100.0 * top[j].prob, top[j].label);

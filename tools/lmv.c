@@ -698,7 +698,7 @@ static int cmd_eval(int argc, char **argv) {
         for (i = 0; i < counts[c]; i++) {
             int p;
             snprintf(path, sizeof path, "%s/%s/%s", paths[1], classes[c], files[c][i]);
-            if (lmv_classify_file(s, path, NULL, 1, top, &err) != LMV_OK) {
+            if (lmv_classify_file(s, path, NULL, 1, top, NULL, &err) != LMV_OK) {
                 fprintf(stderr, "\nlmv: %s: %s\n", path, err.message);
                 failed++;
                 continue;

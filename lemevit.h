@@ -204,6 +204,18 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
    stay valid (names and labels are read from it). */
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
+/* The exact number of bytes lmv_model_open_memory() asks the allocator for, in total (the 8 KB
+   CRC table included unless skip_verify), with these options: an lmv_arena, or the memory given to
+   lmv_model_open_prealloc(), of this size is enough. It opens the model once to count, with
+   opt->allocator (NULL: malloc/free), and closes it again; call it where such memory exists, e.g.
+   on the build host for a firmware image (the count is the same on any 64-bit host). */
+LEMEVIT_API lmv_result lmv_model_memory(const void *data, size_t size, const lmv_open_options *opt, size_t *bytes,
+                                        lmv_error *err);
+/* lmv_model_open_memory() with every table placed in `mem` (mem_size bytes, any alignment; see
+   lmv_model_memory()) instead of coming from an allocator; opt->allocator is ignored. The memory
+   stays the caller's: lmv_model_close() only ends the model's use of it. */
+LEMEVIT_API lmv_result lmv_model_open_prealloc(const void *data, size_t size, const lmv_open_options *opt, void *mem,
+                                               size_t mem_size, lmv_model **out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 /* Read a whole .lmv file into memory from the allocator and open it. */
 LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
@@ -285,6 +297,13 @@ LEMEVIT_API lmv_result lmv_session_memory(const lmv_model *model, const lmv_sess
                                           lmv_error *err);
 LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_session_options *opt,
                                           lmv_session **out, lmv_error *err);
+/* lmv_session_create() in caller memory: `mem` (mem_size bytes, any alignment; at least
+   lmv_session_memory()) holds the session, and opt->allocator is ignored. What the session asks
+   for later (attention maps for a trace, the temporaries of lmv_run_image() and lmv_classify_*())
+   comes from the rest of `mem`, released as an lmv_arena would: give room beyond
+   lmv_session_memory() for them. lmv_session_destroy() only ends the session's use of `mem`. */
+LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
+                                                   size_t mem_size, lmv_session **out, lmv_error *err);
 LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
@@ -783,6 +802,7 @@ struct lmv_model {
     lmv_model_info info;
     const lmv__family_ops *ops;
     void *graph;                 /* the family's weight pointers and config */
+    lmv_arena own;               /* lmv_model_open_prealloc(): the arena over the caller's memory */
 };
 
 /* Look-ups used while binding a family. */
@@ -2628,6 +2648,7 @@ struct lmv_session {
     char attn_block[64];       /* block whose attention maps are traced, or "" */
     float *attn_buf;           /* their storage, from the allocator, grown on demand */
     size_t attn_cap;
+    lmv_arena own;             /* lmv_session_create_prealloc(): the arena over the caller's memory */
 };
 
 /* Storage for the attention maps of block `name` when the caller asked for them (NULL
@@ -3999,6 +4020,65 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
     return LMV_OK;
 }
 
+/* An allocator that passes everything on and adds up what an lmv_arena would place. */
+typedef struct lmv__counter {
+    lmv_allocator inner;
+    size_t total;
+} lmv__counter;
+static void *lmv__counter_alloc(void *user, size_t size) {
+    lmv__counter *c = (lmv__counter *)user;
+    void *p = c->inner.alloc(c->inner.user, size);
+    if (p) c->total += (size + 15) & ~(size_t)15;
+    return p;
+}
+static void lmv__counter_free(void *user, void *p) {
+    lmv__counter *c = (lmv__counter *)user;
+    if (c->inner.free) c->inner.free(c->inner.user, p);
+}
+
+LEMEVIT_API lmv_result lmv_model_memory(const void *data, size_t size, const lmv_open_options *opt, size_t *bytes,
+                                        lmv_error *err) {
+    lmv_open_options o = opt ? *opt : lmv_open_options_default();
+    lmv__counter c;
+    lmv_model *m;
+    lmv_result r;
+    if (!bytes) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_memory: bytes is NULL");
+    *bytes = 0;
+    c.inner = o.allocator;
+    c.total = 0;
+    if (!lmv__allocator_resolve(&c.inner))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT,
+                         "lmv_model_memory opens the model once to count: give it an allocator (this build has no malloc)");
+    o.allocator.alloc = lmv__counter_alloc;
+    o.allocator.free = lmv__counter_free;
+    o.allocator.user = &c;
+    if ((r = lmv_model_open_memory(data, size, &o, &m, err)) != LMV_OK) return r;
+    lmv_model_close(m);
+    *bytes = c.total;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_model_open_prealloc(const void *data, size_t size, const lmv_open_options *opt, void *mem,
+                                               size_t mem_size, lmv_model **out, lmv_error *err) {
+    lmv_open_options o = opt ? *opt : lmv_open_options_default();
+    lmv_arena a;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_prealloc: out is NULL");
+    *out = NULL;
+    if (!mem) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_prealloc: mem is NULL");
+    lmv_arena_init(&a, mem, mem_size);
+    o.allocator = lmv_arena_allocator(&a);
+    r = lmv_model_open_memory(data, size, &o, out, err);
+    if (r == LMV_ERR_OUT_OF_MEMORY)
+        return lmv__fail(err, r, "%zu bytes of memory are not enough to open the model; ask lmv_model_memory() for the size",
+                         mem_size);
+    if (r != LMV_OK) return r;
+    (*out)->own = a; /* the arena lives on in the model, which never allocates after opening */
+    (*out)->allocator.user = &(*out)->own;
+    return LMV_OK;
+}
+
 #ifndef LEMEVIT_NO_STDIO
 /* Read a whole file into a block from the allocator (at least 1 byte, so an empty file works). */
 static lmv_result lmv__read_file(const char *path, const lmv_allocator *a, void **buf, size_t *len, lmv_error *err) {
@@ -4214,6 +4294,27 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     }
     *out = s;
     lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
+                                                   size_t mem_size, lmv_session **out, lmv_error *err) {
+    lmv_session_options o = opt ? *opt : lmv_session_options_default();
+    lmv_arena a;
+    lmv_result r;
+    size_t need = 0;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_session_create_prealloc: out is NULL");
+    *out = NULL;
+    if (!mem) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_session_create_prealloc: mem is NULL");
+    lmv_arena_init(&a, mem, mem_size);
+    o.allocator = lmv_arena_allocator(&a);
+    if ((r = lmv_session_memory(model, &o, &need, err)) != LMV_OK) return r;
+    if (need > mem_size)
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "the session needs %zu bytes of memory, %zu were given (lmv_session_memory)",
+                         need, mem_size);
+    if ((r = lmv_session_create(model, &o, out, err)) != LMV_OK) return r;
+    (*out)->own = a; /* later allocations (traces, lmv_classify_*) come from the rest of mem */
+    (*out)->allocator.user = &(*out)->own;
     return LMV_OK;
 }
 

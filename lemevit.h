@@ -228,15 +228,23 @@ LEMEVIT_API const lmv_model_info *lmv_model_info_get(const lmv_model *model);
 /* Class name for index i, or NULL when the file has no labels or i is out of range. */
 LEMEVIT_API const char *lmv_model_label(const lmv_model *model, int i);
 
-/* The config entries of the file, for tools that want to show everything.
-   type: 1 ints, 2 floats, 3 string, 4 string list. Returns 0 when i is out of range. */
+/* What a config entry holds (the codes the .lmv format stores). */
+typedef enum lmv_config_type {
+    LMV_CONFIG_INTS = 1,
+    LMV_CONFIG_FLOATS = 2,
+    LMV_CONFIG_STRING = 3,
+    LMV_CONFIG_STRINGS = 4     /* a list of strings, e.g. the labels */
+} lmv_config_type;
+
+/* The config entries of the file, for tools that want to show everything. Returns 0 when i is
+   out of range. */
 typedef struct lmv_config_entry {
     const char *key;
-    int type;
+    lmv_config_type type;
     int count;
-    const int *ints;           /* type 1 */
-    const float *floats;       /* type 2 */
-    const char *string;        /* type 3; type 4: the first string (see lmv_model_label) */
+    const int *ints;           /* LMV_CONFIG_INTS */
+    const float *floats;       /* LMV_CONFIG_FLOATS */
+    const char *string;        /* LMV_CONFIG_STRING; LMV_CONFIG_STRINGS: the first (see lmv_model_label) */
 } lmv_config_entry;
 LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out);
 
@@ -252,13 +260,13 @@ typedef enum lmv_dtype {
                             stored as ceil(R/16) panels of [C][16], element (16p + j, c) at
                             (p*C + c)*16 + j, rows past R zero; the GEMM reads it in place */
 } lmv_dtype;
-LEMEVIT_API const char *lmv_dtype_name(int dtype); /* "f32", "f16", "int8", "f32p" or "unknown" */
+LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype); /* "f32", "f16", "int8", "f32p" or "unknown" */
 
 /* Tensors, by index, for tools. Returns 0 when i is out of range. */
 typedef struct lmv_tensor_info {
     const char *name;          /* not NUL-terminated: use name_len */
     int name_len;
-    int dtype;                 /* an lmv_dtype */
+    lmv_dtype dtype;
     int ndim;
     int shape[6];
     const void *data;
@@ -421,9 +429,15 @@ typedef struct lmv_prediction {
     const char *label;         /* class name, or NULL when the weight file has no labels */
 } lmv_prediction;
 
-/* Logits (num_classes floats) or, with features = 1, the pooled features (num_features floats)
-   of one image. */
-LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, int features, float *out, lmv_error *err);
+/* What lmv_run_image() writes. */
+typedef enum lmv_output {
+    LMV_OUTPUT_LOGITS = 0,     /* num_classes floats */
+    LMV_OUTPUT_FEATURES = 1    /* num_features floats: the pooled features, the head's input */
+} lmv_output;
+
+/* The logits or the pooled features of one image. */
+LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, lmv_output what, float *out,
+                                     lmv_error *err);
 /* The k most likely classes of one image, most likely first: `top` (room for k) receives
    min(k, num_classes) rows and `*count` (may be NULL) how many. Any k >= 1 is allowed; the
    indices and probabilities are sorted in memory from the session's allocator. */
@@ -550,9 +564,9 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     return "unknown error";
 }
 
-LEMEVIT_API const char *lmv_dtype_name(int dtype) {
+LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype) {
     static const char *const names[] = {"f32", "f16", "int8", "f32p"};
-    return dtype >= 0 && dtype < 4 ? names[dtype] : "unknown";
+    return (int)dtype >= 0 && (int)dtype < 4 ? names[dtype] : "unknown";
 }
 
 /* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */
@@ -875,7 +889,7 @@ static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int op
         return lmv__fail(err, LMV_ERR_UNSUPPORTED,
                          "tensor '%s' is stored as %s, but only matrix weights may be; re-quantise the file with the "
                          "converter's default policy or --dtype f32",
-                         name, lmv_dtype_name(t->dtype));
+                         name, lmv_dtype_name((lmv_dtype)t->dtype));
     if (t->ndim != ndim) goto bad;
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
@@ -1180,7 +1194,7 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
                              (unsigned)i, t->dtype);
         if ((t->dtype == LMV_DTYPE_INT8 || t->dtype == LMV_DTYPE_F32P) && t->ndim < 2)
             return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: an %s tensor needs at least 2 dimensions",
-                             (unsigned)i, lmv_dtype_name(t->dtype));
+                             (unsigned)i, lmv_dtype_name((lmv_dtype)t->dtype));
         stored = numel; /* f32p: the rows rounded up to whole panels of 16 */
         if (t->dtype == LMV_DTYPE_F32P && t->shape[0] &&
             !lmv__mul_ok(numel / (size_t)t->shape[0], ((size_t)t->shape[0] + 15) / 16 * 16, &stored))
@@ -3427,8 +3441,16 @@ typedef struct lmv__lmt_block {
     const float *fc1_b, *fc2_b;
 } lmv__lmt_block;
 
+/* A stage's attention, by the letter lemevit.attn_types stores for it. */
+typedef enum lmv__stage_type {
+    LMV__STAGE_CROSS = 'C',       /* C: image tokens and meta tokens attend to each other */
+    LMV__STAGE_DUAL = 'D',        /* D: dual cross attention */
+    LMV__STAGE_DUAL2 = 'E',       /* D2: dual cross attention, v2 (qv1/kv2 projections) */
+    LMV__STAGE_SELF = 'S'         /* S: standard self-attention over image and meta tokens */
+} lmv__stage_type;
+
 typedef struct lmv__lmt_stage {
-    char type;                    /* 'C' cross, 'D' dual cross, 'E' dual cross v2 (D2), 'S' standard */
+    lmv__stage_type type;
     int dim, depth, hidden, heads, meta_in;
     lmv__mat down_w;      /* absent: Identity (after a cross-attention stage) */
     const float *down_b;
@@ -3486,7 +3508,7 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     memset(v, 0, sizeof *v);
     m->graph = v;
     types = lmv__find_meta(m, "lemevit.attn_types");
-    if (!types || types->type != 3 || types->count < 2 || types->count > LMV__LMT_MAX_STAGES + 1)
+    if (!types || types->type != LMV_CONFIG_STRING || types->count < 2 || types->count > LMV__LMT_MAX_STAGES + 1)
         return lmv__fail(err, LMV_ERR_CORRUPT, "lemevit.attn_types must be a string of 1 to 8 letters from C, D, E (D2), S");
     v->n_stages = types->count - 1;
     if ((r = lmv__meta_int_range(m, "lemevit.head_dim", 0, 1, 4096, 32, &v->head_dim, err)) != LMV_OK ||
@@ -3502,9 +3524,9 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     for (i = 0; i < v->n_stages; i++) {
         lmv__lmt_stage *st = &v->stages[i];
         char t = ((const char *)types->payload)[i];
-        if (t != 'C' && t != 'D' && t != 'E' && t != 'S')
+        if (t != LMV__STAGE_CROSS && t != LMV__STAGE_DUAL && t != LMV__STAGE_DUAL2 && t != LMV__STAGE_SELF)
             return lmv__fail(err, LMV_ERR_CORRUPT, "lemevit.attn_types has '%c'; expected C, D, E (D2) or S", t);
-        st->type = t;
+        st->type = (lmv__stage_type)t;
         if ((r = lmv__meta_int_range(m, "lemevit.depths", i, 0, 1024, -1, &st->depth, err)) != LMV_OK ||
             (r = lmv__meta_int_range(m, "lemevit.embed_dims", i, 1, 1 << 15, -1, &st->dim, err)) != LMV_OK ||
             (r = lmv__meta_int_range(m, "lemevit.mlp_hidden", i, 1, 1 << 18, -1, &st->hidden, err)) != LMV_OK)
@@ -3528,7 +3550,7 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
         lmv__lmt_stage *st = &v->stages[i];
         int C = st->dim, Hd = st->hidden, in = i ? v->stages[i - 1].dim : C;
         st->meta_in = in;
-        if (i > 0 && v->stages[i - 1].type != 'C') { /* downsample conv + BN; Identity after a C stage */
+        if (i > 0 && v->stages[i - 1].type != LMV__STAGE_CROSS) { /* downsample conv + BN; Identity after a C stage */
             lmv__name(name, sizeof name, "downsample_layers.%d.0", i);
             if ((r = lmv__conv_bind(m, name, C, in, 3, &st->down_w, &st->down_b, err)) != LMV_OK) return r;
             lmv__name(name, sizeof name, "downsample_layers.%d.1", i);
@@ -3547,10 +3569,10 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
         for (j = 0; j < st->depth; j++) {
             lmv__lmt_block *b = &st->blocks[j];
             int shape4[4];
-            int n1 = st->type == 'C' ? C : st->type == 'E' ? 2 * C : 3 * C, n2 = st->type == 'D' ? 3 * C : 2 * C;
-            const char *in1 = st->type == 'C' ? "q" : st->type == 'D' ? "qkv1" : st->type == 'E' ? "qv1" : "qkv";
-            const char *in2 = st->type == 'C' ? "kv" : st->type == 'D' ? "qkv2" : "kv2";
-            const char *proj = (st->type == 'C' || st->type == 'S') ? "proj" : "proj_x";
+            int n1 = st->type == LMV__STAGE_CROSS ? C : st->type == LMV__STAGE_DUAL2 ? 2 * C : 3 * C, n2 = st->type == LMV__STAGE_DUAL ? 3 * C : 2 * C;
+            const char *in1 = st->type == LMV__STAGE_CROSS ? "q" : st->type == LMV__STAGE_DUAL ? "qkv1" : st->type == LMV__STAGE_DUAL2 ? "qv1" : "qkv";
+            const char *in2 = st->type == LMV__STAGE_CROSS ? "kv" : st->type == LMV__STAGE_DUAL ? "qkv2" : "kv2";
+            const char *proj = (st->type == LMV__STAGE_CROSS || st->type == LMV__STAGE_SELF) ? "proj" : "proj_x";
             shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
             lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
             if ((r = lmv__weight(m, name, 0, 4, shape4, &b->pos_w, err)) != LMV_OK) return r;
@@ -3559,10 +3581,10 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
                 (r = lmv__bind_norm(m, 0, C, &b->norm1_w, &b->norm1_b, err, "stages.%d.%d.norm1", i, j)) != LMV_OK ||
                 (r = lmv__bind_norm(m, 0, C, &b->norm2_w, &b->norm2_b, err, "stages.%d.%d.norm2", i, j)) != LMV_OK ||
                 (r = lmv__bind_linear(m, 0, n1, C, &b->in1_w, &b->in1_b, err, "stages.%d.%d.attn.%s", i, j, in1)) != LMV_OK ||
-                (st->type != 'S' &&
+                (st->type != LMV__STAGE_SELF &&
                  (r = lmv__bind_linear(m, 0, n2, C, &b->in2_w, &b->in2_b, err, "stages.%d.%d.attn.%s", i, j, in2)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, C, C, &b->proj_w, &b->proj_b, err, "stages.%d.%d.attn.%s", i, j, proj)) != LMV_OK ||
-                ((st->type == 'D' || st->type == 'E') &&
+                ((st->type == LMV__STAGE_DUAL || st->type == LMV__STAGE_DUAL2) &&
                  (r = lmv__bind_linear(m, 0, C, C, &b->projc_w, &b->projc_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, Hd, C, &b->fc1_w, &b->fc1_b, err, "stages.%d.%d.mlp.0", i, j)) != LMV_OK ||
                 (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK)
@@ -3630,7 +3652,7 @@ static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threa
         if (C > cmax) cmax = C;
         /* one head's scores per thread: N x N and M x M in self-attention stages, N x M and
            M x N in the cross ones (3136 x 3136 floats in stage 1 would be 39 MB for nothing) */
-        if (st->type == 'S' && n * n > sc) sc = n * n;
+        if (st->type == LMV__STAGE_SELF && n * n > sc) sc = n * n;
         if (n * M > sc) sc = n * M;
         if (M * M > sc) sc = M * M;
     }
@@ -3661,7 +3683,7 @@ static lmv_result lmv__lemevit_plan(const lmv_model *m, int threads, int h, int 
     int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
     lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
     for (i = 0; i < v->n_stages; i++)
-        if ((v->stages[i].type == 'D' || v->stages[i].type == 'E') && sh[i] * sw[i] < 2)
+        if ((v->stages[i].type == LMV__STAGE_DUAL || v->stages[i].type == LMV__STAGE_DUAL2) && sh[i] * sw[i] < 2)
             return lmv__fail(err, LMV_ERR_INPUT_SIZE,
                              "input %dx%d leaves a single token in dual-cross stage %d, where the attention scale "
                              "ln(M)/ln(N) is undefined: use a larger input", h, w, i);
@@ -3717,7 +3739,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
     lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
 
-    if (st->type == 'C') {
+    if (st->type == LMV__STAGE_CROSS) {
         lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
         lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
@@ -3726,7 +3748,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
-    if (st->type == 'S') {
+    if (st->type == LMV__STAGE_SELF) {
         lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b);
         lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
                         b->scores, probs_x);
@@ -3740,7 +3762,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
            meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
         double cs = 1.0 / sqrt((double)C);
         float scale_x = (float)(log((double)M) / log((double)N) * cs), scale_c = (float)(1.0 * cs);
-        if (st->type == 'D') {
+        if (st->type == LMV__STAGE_DUAL) {
             lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
             lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
@@ -3817,8 +3839,8 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, floa
             }
             for (j = 0; j < st->depth; j++) {
                 /* attention maps, when asked for: x queries [heads][N][keys], c queries [heads][M][keys] */
-                size_t N = (size_t)H * W, kx = st->type == 'S' ? N : (size_t)M, kc = st->type == 'S' ? (size_t)M : N;
-                size_t nx = st->type == 'C' ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
+                size_t N = (size_t)H * W, kx = st->type == LMV__STAGE_SELF ? N : (size_t)M, kc = st->type == LMV__STAGE_SELF ? (size_t)M : N;
+                size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
                 float *px = NULL, *pc = NULL;
                 if (trace) {
                     lmv__name(name, sizeof name, "stages.%d.%d", i, j);
@@ -4151,12 +4173,12 @@ LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry
     numbers = model->native ? model->native + (e->payload - model->file) : e->payload; /* host byte order */
     memset(out, 0, sizeof *out);
     out->key = e->key;
-    out->type = e->type;
+    out->type = (lmv_config_type)e->type;
     out->count = e->count;
-    if (e->type == 1) out->ints = (const int *)(const void *)numbers;
-    if (e->type == 2) out->floats = (const float *)(const void *)numbers;
-    if (e->type == 3) out->string = (const char *)e->payload;
-    if (e->type == 4) out->string = e->count ? e->strings[0] : NULL;
+    if (e->type == LMV_CONFIG_INTS) out->ints = (const int *)(const void *)numbers;
+    if (e->type == LMV_CONFIG_FLOATS) out->floats = (const float *)(const void *)numbers;
+    if (e->type == LMV_CONFIG_STRING) out->string = (const char *)e->payload;
+    if (e->type == LMV_CONFIG_STRINGS) out->string = e->count ? e->strings[0] : NULL;
     return 1;
 }
 
@@ -4168,7 +4190,7 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
     memset(out, 0, sizeof *out);
     out->name = t->name;
     out->name_len = t->name_len;
-    out->dtype = t->dtype;
+    out->dtype = (lmv_dtype)t->dtype;
     out->ndim = t->ndim;
     for (d = 0; d < t->ndim; d++) out->shape[d] = t->shape[d];
     out->data = t->data;
@@ -5815,19 +5837,22 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
    High-level helpers: from an image to an answer
    -------------------------------------------------------------------------------------------- */
 
-LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, int features, float *out, lmv_error *err) {
+LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, lmv_output what, float *out,
+                                     lmv_error *err) {
     const lmv_model_info *in;
     lmv_result r;
     float *x;
     size_t n;
     if (!s || !img || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: NULL argument");
+    if (what != LMV_OUTPUT_LOGITS && what != LMV_OUTPUT_FEATURES)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: `what` must be LMV_OUTPUT_LOGITS or LMV_OUTPUT_FEATURES");
     in = &s->model->info;
     n = (size_t)in->in_chans * in->preprocess.crop_h * in->preprocess.crop_w;
     x = (float *)lmv__alloc(&s->allocator, n * sizeof(float));
     if (!x) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the %zu-float input tensor", n);
     r = lmv_preprocess_image(img, &in->preprocess, in->in_chans, x, &s->allocator, err);
     if (r == LMV_OK)
-        r = lmv__run(s, x, 1, in->preprocess.crop_h, in->preprocess.crop_w, out, features, err);
+        r = lmv__run(s, x, 1, in->preprocess.crop_h, in->preprocess.crop_w, out, what == LMV_OUTPUT_FEATURES, err);
     lmv__free(&s->allocator, x);
     return r;
 }
@@ -5851,7 +5876,7 @@ LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, 
     if (!logits) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the logits");
     prob = logits + nc;
     idx = (int *)(void *)(prob + k);
-    r = lmv_run_image(s, img, 0, logits, err);
+    r = lmv_run_image(s, img, LMV_OUTPUT_LOGITS, logits, err);
     if (r == LMV_OK) {
         n = lmv_topk(logits, in->num_classes, k, idx, prob);
         for (i = 0; i < n; i++) {

@@ -350,11 +350,11 @@ static int cmd_gemm(int argc, char **argv) {
     if (json)
         printf("{\"m\": %d, \"n\": %d, \"k\": %d, \"dtype\": \"%s\", \"threads\": %d, \"runs\": %d, \"best_ms\": %.5f, "
                "\"median_ms\": %.5f, \"gflops_best\": %.3f, \"gflops_median\": %.3f}\n",
-               dims[0], dims[1], dims[2], lmv_dtype_name(dtype), ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], lmv_dtype_name((lmv_dtype)dtype), ctx.threads, runs, times[0],
                times[runs / 2], flops / times[0] / 1e6, flops / times[runs / 2] / 1e6);
     else
         printf("gemm %dx%dx%d (%s weights), %d thread(s), %d runs: best %.3f ms (%.1f GFLOP/s), median %.3f ms (%.1f GFLOP/s)\n",
-               dims[0], dims[1], dims[2], lmv_dtype_name(dtype), ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], lmv_dtype_name((lmv_dtype)dtype), ctx.threads, runs, times[0],
                flops / times[0] / 1e6, times[runs / 2], flops / times[runs / 2] / 1e6);
     free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
     return 0;
@@ -384,10 +384,10 @@ static int cmd_info(int argc, char **argv) {
         size_t count[4] = {0, 0, 0, 0}, bytes[4] = {0, 0, 0, 0};
         lmv_tensor_info t;
         for (i = 0; lmv_model_tensor(m, i, &t); i++)
-            if (t.dtype >= 0 && t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
+            if ((int)t.dtype >= 0 && (int)t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
         printf("storage     ");
         for (j = 0; j < 4; j++)
-            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", lmv_dtype_name((int)j), count[j], bytes[j] / 1e6);
+            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", lmv_dtype_name((lmv_dtype)j), count[j], bytes[j] / 1e6);
         printf("\n");
     }
     printf("preprocess   resize %d %s, crop %dx%d (crop_pct %.3f), mean %.4f %.4f %.4f, std %.4f %.4f %.4f\n",
@@ -396,11 +396,11 @@ static int cmd_info(int argc, char **argv) {
            in->preprocess.std[0], in->preprocess.std[1], in->preprocess.std[2]);
     printf("config\n");
     for (i = 0; lmv_model_config(m, i, &e); i++) {
-        if (e.type == 4) continue;
+        if (e.type == LMV_CONFIG_STRINGS) continue;
         printf("  %-20s ", e.key);
-        if (e.type == 3) printf("%s", e.string);
-        for (j = 0; j < e.count && e.type <= 2; j++)
-            e.type == 1 ? printf("%s%d", j ? " " : "", e.ints[j]) : printf("%s%g", j ? " " : "", e.floats[j]);
+        if (e.type == LMV_CONFIG_STRING) printf("%s", e.string);
+        for (j = 0; j < e.count && (e.type == LMV_CONFIG_INTS || e.type == LMV_CONFIG_FLOATS); j++)
+            e.type == LMV_CONFIG_INTS ? printf("%s%d", j ? " " : "", e.ints[j]) : printf("%s%g", j ? " " : "", e.floats[j]);
         printf("\n");
     }
     if (in->has_labels) {

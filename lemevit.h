@@ -62,7 +62,13 @@
        LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
        LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
-       LEMEVIT_ASSERT(x)   internal consistency checks (default: nothing)
+       LEMEVIT_ASSERT(x)   checks of the library's own invariants (block alignment, an arena never
+                           past its end, a planned size holding what is placed in it...), never of
+                           your input, which gets an error code instead. Default: nothing; define it
+                           as assert(x) in debug builds.
+       LEMEVIT_GEMM_KC     K block of the matrix multiply (default 256). Its packed panel of
+                           LEMEVIT_GEMM_KC x 16 floats sits on the stack (16 KB at 256); 64 makes it
+                           4 KB for small stacks, at some speed.
 
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
    threads is set per session. Without OpenMP everything runs on the calling thread.
@@ -611,6 +617,7 @@ static void lmv__vformat(char *out, size_t cap, size_t max_arg, const char *fmt,
         if (cut) break;
     }
 #undef LMV__PUT
+    LEMEVIT_ASSERT(n < cap);
     out[n] = 0;
     if (cut && n >= 3) memcpy(out + n - 3, "...", 4);
 }
@@ -659,12 +666,14 @@ static void *lmv__alloc(const lmv_allocator *a, size_t size) {
     if (!raw) return NULL;
     p = raw + (LMV__ALIGN - ((uintptr_t)raw & (LMV__ALIGN - 1)));
     p[-1] = (unsigned char)(p - raw);
+    LEMEVIT_ASSERT(((uintptr_t)p & (LMV__ALIGN - 1)) == 0 && p > raw && p - raw <= LMV__ALIGN);
     return p;
 }
 
 static void lmv__free(const lmv_allocator *a, void *ptr) {
     unsigned char *p = (unsigned char *)ptr;
     if (!p) return;
+    LEMEVIT_ASSERT(p[-1] >= 1 && p[-1] <= LMV__ALIGN); /* a block from lmv__alloc */
     if (a->free) a->free(a->user, p - p[-1]);
 }
 
@@ -679,6 +688,7 @@ static void *lmv__arena_alloc(void *user, size_t size) {
     if (start < a->used || start > a->size || size > a->size - start) return NULL;
     a->used = start + size;
     if (a->used > a->peak) a->peak = a->used;
+    LEMEVIT_ASSERT(a->used <= a->size && a->peak <= a->size);
     return a->base + start;
 }
 static void lmv__arena_free(void *user, void *p) { (void)user; (void)p; }
@@ -1250,8 +1260,8 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
     return one;
 }
 
-#ifndef LMV_GEMM_KC
-#define LMV_GEMM_KC 256 /* K block of the GEMM; the packed panel is LMV_GEMM_KC*16 floats on the stack */
+#ifndef LEMEVIT_GEMM_KC
+#define LEMEVIT_GEMM_KC 256 /* K block of the GEMM; the packed panel is LEMEVIT_GEMM_KC*16 floats on the stack */
 #endif
 #define LMV__MR 6
 #define LMV__NR 16
@@ -1636,7 +1646,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
     int keep = g->accumulate; /* the first K block starts from C, as the later ones do */
     float *C = g->C;
     lmv__act act = g->act;
-    LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
+    LMV__ALIGNED(32) float panel[LEMEVIT_GEMM_KC * LMV__NR];
     float acc[LMV__MR][LMV__NR];
     int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
     int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, tiles = 0;
@@ -1651,11 +1661,11 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         return;
     }
     for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0)) tiles++;
-    for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-        int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, tile = 0, mr;
+    for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
+        int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC, tile = 0, mr;
         /* the next pack: this panel's next K block, or the next panel this thread will likely take */
         int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
-        int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
+        int nkc = K - nk0 < LEMEVIT_GEMM_KC ? K - nk0 : LEMEVIT_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
         const float *next = panels ? panels + ((size_t)(nj0 / LMV__NR) * ldb + (size_t)nk0) * LMV__NR : NULL;
         if (panels) p = panels + ((size_t)jp * ldb + (size_t)k0) * LMV__NR;
         else lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc), p = panel;
@@ -1778,7 +1788,7 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
    (the unsigned operand of vpdpbusd). Each K block sums exactly in int32; the blocks are added in
    float32 as C += scale_a[m] * scale_w[n] * sum, in k order, so the result does not depend on the
    thread count or the kernel: given the same A, every path gives the same integer sums. */
-#define LMV__Q8_MC 192 /* rows of A quantised at a time: LMV__Q8_MC * LMV_GEMM_KC bytes of stack */
+#define LMV__Q8_MC 192 /* rows of A quantised at a time: LMV__Q8_MC * LEMEVIT_GEMM_KC bytes of stack */
 
 static void lmv__quantize_rows(unsigned char *q, float *scale, const float *A, size_t lda, int mr, int kc, int kc4) {
     int r, k;
@@ -1981,8 +1991,8 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
                                                                                   (double)M * N * K >= LMV__PARALLEL_MIN)
 #endif
     for (t = 0; t < tasks; t++) {
-        LMV__ALIGNED(32) unsigned char aq[LMV__Q8_MC * LMV_GEMM_KC];
-        LMV__ALIGNED(32) signed char panel[LMV_GEMM_KC * LMV__NR];
+        LMV__ALIGNED(32) unsigned char aq[LMV__Q8_MC * LEMEVIT_GEMM_KC];
+        LMV__ALIGNED(32) signed char panel[LEMEVIT_GEMM_KC * LMV__NR];
         float as[LMV__Q8_MC];
         int32_t colsum[LMV__NR];
         int m0 = (t / ngroups) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M, g = t % ngroups;
@@ -1990,8 +2000,8 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
         int c0 = p0 * LMV__NR, width = (p1 * LMV__NR < N ? p1 * LMV__NR : N) - c0;
         const float *b = accumulate ? NULL : bias; /* accumulating: the sums start from C + bias */
         if (accumulate && p1 > p0) lmv__add_bias(C, ldc, bias, m0, m1, c0, width);
-        for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-            int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, kc4 = (kc + 3) & ~3;
+        for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
+            int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC, kc4 = (kc + 3) & ~3;
             lmv__quantize_rows(aq, as, A + (size_t)m0 * lda + (size_t)k0, lda, m1 - m0, kc, kc4);
             /* a last tile shorter than MR reads padding rows: zeros */
             memset(aq + (size_t)(m1 - m0) * kc4, 128, (size_t)((LMV__MR - (m1 - m0) % LMV__MR) % LMV__MR) * kc4);
@@ -4335,6 +4345,7 @@ LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const
         return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "the session needs %zu bytes of memory, %zu were given (lmv_session_memory)",
                          need, mem_size);
     if ((r = lmv_session_create(model, &o, out, err)) != LMV_OK) return r;
+    LEMEVIT_ASSERT(a.used <= need); /* lmv_session_memory() is exact */
     (*out)->own = a; /* later allocations (traces, lmv_classify_*) come from the rest of mem */
     (*out)->allocator.user = &(*out)->own;
     return LMV_OK;
@@ -5942,6 +5953,7 @@ LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *pro
         for (j = k - 1; j > pos; j--) idx[j] = idx[j - 1];
         idx[pos] = i;
     }
+    LEMEVIT_ASSERT(idx[k - 1] >= 0 && idx[k - 1] < n); /* k <= n: every slot was filled */
     if (prob) {
         for (i = 0; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
         for (i = 0; i < n; i++) sum += exp((double)(logits[i] - mx));

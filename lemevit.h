@@ -466,8 +466,12 @@ LEMEVIT_API void lmv_softmax(float *x, int n);
    Ties keep the lower index first, as torch.topk does on CPU. Returns min(k, n). */
 LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *prob);
 
-/* NumPy .npy (version 1-3, float32 '<f4', C order) parsed in place from memory. A big-endian
-   host reads '>f4' instead (what lmv_npy_header writes there) and refuses '<f4' with LMV_ERR_ENDIAN. */
+/* NumPy .npy files, a supported helper for passing tensors to and from Python (numpy.save /
+   numpy.load): what `lmv run` reads and writes. lmv_npy_parse() reads a float32 array (version 1-3,
+   '<f4', C order) in place from memory; any other dtype or layout gets LMV_ERR_BAD_INPUT, a short
+   buffer LMV_ERR_TRUNCATED, more than 8 dimensions LMV_ERR_LIMIT, data not 4-byte aligned in
+   memory LMV_ERR_ALIGNMENT. A big-endian host reads '>f4'
+   instead (what lmv_npy_header writes there) and refuses '<f4' with LMV_ERR_ENDIAN. */
 typedef struct lmv_npy {
     int ndim;
     int shape[8];

@@ -95,6 +95,15 @@
 #ifndef LEMEVIT_H
 #define LEMEVIT_H
 
+/* This is version 1.0.0 of lemevit.h; it reads .lmv files of format version 1. Within 1.x, minor
+   versions only add (functions, enum values, option fields whose zero keeps the old behaviour) and
+   patch versions change no declaration; anything else waits for 2.0. See README's CHANGELOG. */
+#define LEMEVIT_VERSION_MAJOR 1
+#define LEMEVIT_VERSION_MINOR 0
+#define LEMEVIT_VERSION_PATCH 0
+#define LEMEVIT_VERSION_STRING "1.0.0"
+#define LEMEVIT_FORMAT_VERSION 1 /* the .lmv format version this header reads and tools/lmvfile.py writes */
+
 #include <stddef.h>
 
 #ifndef LEMEVIT_API
@@ -727,7 +736,6 @@ static int lmv__mul_ok(size_t a, size_t b, size_t *out) {
    Weight file: parse, validate, zero-copy views
    -------------------------------------------------------------------------------------------- */
 
-#define LMV__VERSION 1
 #define LMV__HEADER_SIZE 128
 #define LMV__MAX_TENSORS 65536
 #define LMV__MAX_META 4096
@@ -1040,9 +1048,9 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
         return lmv__fail(err, LMV_ERR_ENDIAN, "the weight file was written big-endian; .lmv files are little-endian");
     if (tag != 0x01020304u) return lmv__fail(err, LMV_ERR_CORRUPT, "bad endian tag in the header");
     version = lmv__rd32(p + 8);
-    if (version != LMV__VERSION)
+    if (version != LEMEVIT_FORMAT_VERSION)
         return lmv__fail(err, LMV_ERR_VERSION, "format version %u; this build reads version %d (update lemevit.h)",
-                         (unsigned)version, LMV__VERSION);
+                         (unsigned)version, LEMEVIT_FORMAT_VERSION);
     file_size = lmv__rd64(p + 16);
     meta_off = lmv__rd64(p + 24);
     meta_size = lmv__rd64(p + 32);

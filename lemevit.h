@@ -55,12 +55,73 @@
        err           optional (may be NULL): on failure receives the result code and a sentence
                      saying what is wrong and, where it helps, what to do.
 
+   API REFERENCE (each public function, declared below with its parameters and errors)
+
+   Results and memory
+       lmv_result_string()            the name of an lmv_result (lmv_error.message has the sentence)
+       lmv_arena_init()               a bump allocator over a buffer you own
+       lmv_arena_allocator()          the lmv_allocator that takes from an arena
+       lmv_arena_mark()               the arena's fill level now ...
+       lmv_arena_release()            ... and back to it: drops all allocated since
+   Models
+       lmv_open_options_default()     the defaults (all zeros mean the same)
+       lmv_model_memory()             the bytes opening a model takes, before opening it
+       lmv_model_open_memory()        open a .lmv held in memory, in place; tables from the allocator
+       lmv_model_open_prealloc()      the same, the tables in memory you give
+       lmv_model_open_file()          read a .lmv file and open it
+       lmv_model_close()              close a model
+       lmv_model_info()           family, input size, classes, features, preprocessing
+       lmv_model_label()              the name of class i
+       lmv_model_config()             config entry i of the file (for tools)
+       lmv_model_tensor()             tensor i of the file (for tools)
+       lmv_dtype_name()               "f32", "f16", "int8" or "f32p"
+   Sessions and running
+       lmv_session_options_default()  the defaults (all zeros mean the same)
+       lmv_session_memory()           the bytes a session takes, before creating it
+       lmv_session_create()           a session: activations planned for max_batch x max_h x max_w
+       lmv_session_create_prealloc()  the same, in memory you give
+       lmv_session_destroy()          destroy a session
+       lmv_session_set_threads()      threads for the next runs (at most the planned number)
+       lmv_run()                      logits of a batch of normalised NCHW floats
+       lmv_run_features()             the pooled features (the head's input) of a batch
+       lmv_session_set_trace()        every block's output to a callback
+       lmv_session_trace_attention()  one block's attention maps to the callback too
+       lmv_session_macs()             multiply-adds of the last run
+   Images
+       lmv_image_options_default()    the defaults (all zeros mean the same)
+       lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
+       lmv_image_decode_jpeg()   decode JPEG bytes (as Pillow does)
+       lmv_image_load_jpeg()     decode a JPEG file
+       lmv_image_free()               free an image's pixels
+       lmv_image_resize()             resize as Pillow's Image.resize
+       lmv_preprocess_image()         the eval transform (resize, crop, normalise) into floats
+   From an image to an answer
+       lmv_run_image()                logits or features of one image, through the model's eval transform
+       lmv_classify_image()           the top k classes of an image, with labels and the count
+       lmv_classify_jpeg()            the same from JPEG bytes
+       lmv_classify_file()            the same from a JPEG file
+   Helpers
+       lmv_softmax()                  softmax in place
+       lmv_topk()                     the k largest logits, with softmax probabilities
+       lmv_npy_parse()                a float32 .npy array, read in place
+       lmv_npy_header()               the header of a float32 .npy array
+
+   ONE VOCABULARY FOR LIFETIMES
+
+   A model is opened and closed (lmv_model_open_*, lmv_model_close), a session created and
+   destroyed (lmv_session_create*, lmv_session_destroy), an image loaded and freed (lmv_image_load_*,
+   lmv_image_free); an _init call fills a struct you own and has nothing to undo (lmv_arena_init).
+   Each object's memory can be known before it is made (lmv_model_memory, lmv_session_memory,
+   lmv_image_jpeg_info), and the _prealloc calls place a model or session in memory you give.
+   Option structs mean the default when zero-filled, as does a NULL options pointer.
+
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
 
        LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
        LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg() are compiled out
        LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
+                           or memory of its own (the _prealloc calls)
        LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
        LEMEVIT_ASSERT(x)   checks of the library's own invariants (block alignment, an arena never
                            past its end, a planned size holding what is placed in it...), never of
@@ -203,8 +264,8 @@ typedef struct lmv_model_info {
 typedef struct lmv_model lmv_model;
 
 /* Options structs (lmv_open_options, lmv_session_options, lmv_image_options) mean "the default"
-   when zero-filled: `lmv_open_options o = {0};` (C) or `lmv_open_options o = {};` (C++) and the
-   options_default() functions give the same values, and a NULL options pointer does too. */
+   when zero-filled: `lmv_open_options o = {0};` (C) or `lmv_open_options o = {};` (C++) behaves as
+   the options_default() functions' values and as a NULL options pointer. */
 typedef struct lmv_open_options {
     lmv_allocator allocator;  /* alloc == NULL: malloc/free (error under LEMEVIT_NO_MALLOC) */
     int skip_verify;          /* 0 (default): check the CRC of the weights too; 1: the header's only */

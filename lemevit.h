@@ -27,7 +27,7 @@
        if (lmv_model_open_file("vit.lmv", NULL, &model, &err) != LMV_OK) { puts(err.message); return 1; }
        if (lmv_session_create(model, NULL, &sess, &err) != LMV_OK) { puts(err.message); return 1; }
        lmv_run(sess, input_nchw, 1, 224, 224, logits, &err);     // input: 1x3x224x224 floats
-       lmv_topk(logits, lmv_model_info(model)->num_classes, 5, top, prob);
+       lmv_topk(logits, lmv_model_info_get(model)->num_classes, 5, top, prob);
        printf("%s %.3f\n", lmv_model_label(model, top[0]), prob[0]);
        lmv_session_destroy(sess);
        lmv_model_close(model);
@@ -41,7 +41,7 @@
 
    The input from a JPEG by hand, exactly as torchvision's eval transform on a Pillow image makes it:
 
-       const lmv_model_info *info = lmv_model_info(model);
+       const lmv_model_info *info = lmv_model_info_get(model);
        const lmv_preprocess *pp = &info->preprocess;
        float *input = malloc(sizeof(float) * info->in_chans * pp->crop_h * pp->crop_w);
        lmv_image img;
@@ -70,7 +70,7 @@
        lmv_model_open_prealloc()      the same, the tables in memory you give
        lmv_model_open_file()          read a .lmv file and open it
        lmv_model_close()              close a model
-       lmv_model_info()           family, input size, classes, features, preprocessing
+       lmv_model_info_get()           family, input size, classes, features, preprocessing
        lmv_model_label()              the name of class i
        lmv_model_config()             config entry i of the file (for tools)
        lmv_model_tensor()             tensor i of the file (for tools)
@@ -299,8 +299,8 @@ LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_opti
 #endif
 LEMEVIT_API void lmv_model_close(lmv_model *model);
 
+/* What the model is (NULL for a NULL model); valid until lmv_model_close(). */
 LEMEVIT_API const lmv_model_info *lmv_model_info_get(const lmv_model *model);
-#define lmv_model_info(m) lmv_model_info_get(m)
 /* Class name for index i, or NULL when the file has no labels or i is out of range. */
 LEMEVIT_API const char *lmv_model_label(const lmv_model *model, int i);
 
@@ -493,7 +493,7 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
                                             float *out_chw, const lmv_allocator *a, lmv_error *err);
 
 /* --------------------------------------------------------------------------------------------
-   From an image to an answer: the model's own eval transform (lmv_model_info()->preprocess),
+   From an image to an answer: the model's own eval transform (lmv_model_info_get()->preprocess),
    the run, and the top classes with their labels. The session must be planned for at least the
    model's crop size (the default). Temporary memory (the decoded image, the input tensor) comes
    from the session's allocator and is given back before returning; with an lmv_arena, take an

@@ -669,7 +669,7 @@ static lmv_result try_open(const unsigned char *src, size_t n, lmv_error *err) {
     r = lmv_model_open_memory(copy, n, NULL, &m, err);
     if (r == LMV_OK) {
         lmv_session *s;
-        const lmv_model_info *in = lmv_model_info(m);
+        const lmv_model_info *in = lmv_model_info_get(m);
         if (lmv_session_create(m, NULL, &s, err) == LMV_OK) {
             size_t px = (size_t)in->in_chans * in->img_h * in->img_w;
             float *x = (float *)calloc(px, sizeof(float)), *y = (float *)calloc((size_t)in->num_features + (size_t)in->num_classes + 1, sizeof(float));

@@ -216,7 +216,7 @@ static int cmd_bench(int argc, char **argv) {
     t0 = now_ms();
     if (open_model(path, 0, &m, &map, &err) != LMV_OK) return fail(path, &err);
     open_mapped = now_ms() - t0;
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     if (!h) { h = in->img_h; w = in->img_w; }
     so = lmv_session_options_default();
     so.max_h = h;
@@ -373,7 +373,7 @@ static int cmd_info(int argc, char **argv) {
         return 2;
     }
     if (open_model(argv[0], 1, &m, &map, &err) != LMV_OK) return fail(argv[0], &err);
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     printf("model        %s\n", in->name);
     printf("family       %s (from %s)\n", in->arch, in->source);
     printf("input        %d x %d x %d\n", in->in_chans, in->img_h, in->img_w);
@@ -461,8 +461,8 @@ static int cmd_run(int argc, char **argv) {
         return 1;
     }
     if (lmv_npy_parse(buf, size, &npy, &err) != LMV_OK) return fail(paths[1], &err);
-    if (npy.ndim != 4 || npy.shape[1] != lmv_model_info(m)->in_chans) {
-        fprintf(stderr, "lmv: %s: expected a float32 array of shape (N, %d, H, W)\n", paths[1], lmv_model_info(m)->in_chans);
+    if (npy.ndim != 4 || npy.shape[1] != lmv_model_info_get(m)->in_chans) {
+        fprintf(stderr, "lmv: %s: expected a float32 array of shape (N, %d, H, W)\n", paths[1], lmv_model_info_get(m)->in_chans);
         return 1;
     }
     n = npy.shape[0];
@@ -485,7 +485,7 @@ static int cmd_run(int argc, char **argv) {
         fprintf(stderr, "lmv run: --attention needs --trace DIR\n");
         return 2;
     }
-    outdim = features ? lmv_model_info(m)->num_features : lmv_model_info(m)->num_classes;
+    outdim = features ? lmv_model_info_get(m)->num_features : lmv_model_info_get(m)->num_classes;
     out = (float *)malloc(sizeof(float) * (size_t)n * (size_t)(outdim ? outdim : 1));
     if (!out) return 1;
     if ((features ? lmv_run_features(s, npy.data, n, h, w, out, &err) : lmv_run(s, npy.data, n, h, w, out, &err)) != LMV_OK)
@@ -561,7 +561,7 @@ static int cmd_preprocess(int argc, char **argv) {
         return 2;
     }
     if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     if (lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) return fail(paths[1], &err);
     shape[0] = 1;
     shape[1] = in->in_chans;
@@ -672,9 +672,9 @@ static int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "lmv: %s: no class sub-folders found (expected DIR/<class>/<image>.jpg)\n", paths[1]);
         return 1;
     }
-    if (nclass > lmv_model_info(m)->num_classes) {
+    if (nclass > lmv_model_info_get(m)->num_classes) {
         fprintf(stderr, "lmv: %s has %d class folders but the model has %d classes\n", paths[1], nclass,
-                lmv_model_info(m)->num_classes);
+                lmv_model_info_get(m)->num_classes);
         return 1;
     }
     files = (char ***)calloc((size_t)nclass, sizeof(char **));
@@ -715,7 +715,7 @@ static int cmd_eval(int argc, char **argv) {
     {
         double mp = 0, mr = 0, mf = 0, acc = done ? 100.0 * correct / done : 0;
         int r;
-        if (json) printf("{\"model\": \"%s\", \"images\": %d, \"failed\": %d, \"correct\": %d, \"accuracy\": %.4f, \"classes\": [", lmv_model_info(m)->name, done, failed, correct, acc);
+        if (json) printf("{\"model\": \"%s\", \"images\": %d, \"failed\": %d, \"correct\": %d, \"accuracy\": %.4f, \"classes\": [", lmv_model_info_get(m)->name, done, failed, correct, acc);
         else printf("%d images, %d classes: accuracy %.2f%% (%d correct)%s\n\n%-16s %9s %9s %9s %7s\n", done, nclass, acc,
                     correct, failed ? " -- some images failed to decode" : "", "class", "precision", "recall", "f1", "images");
         for (c = 0; c < nclass; c++) {

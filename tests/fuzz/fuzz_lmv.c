@@ -60,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         free(copy);
         return 0;
     }
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     /* a small input keeps each run fast: the native size when it is small, else 16 x 16 */
     so.max_h = in->img_h <= 64 ? in->img_h : 16;
     so.max_w = in->img_w <= 64 ? in->img_w : 16;

@@ -14,6 +14,7 @@ PY = sys.executable
 SUITES = [
     ("core", [os.path.join(ROOT, "build", "test_core")]),
     ("core (asan+ubsan)", [os.path.join(ROOT, "build", "asan", "test_core")]),
+    ("api", [PY, os.path.join(HERE, "test_api.py")]),
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
     ("image", [PY, os.path.join(HERE, "test_image.py")]),

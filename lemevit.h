@@ -646,7 +646,8 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
 
 LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype) {
     static const char *const names[] = {"f32", "f16", "int8", "f32p"};
-    return (int)dtype >= 0 && (int)dtype < 4 ? names[dtype] : "unknown";
+    unsigned d = (unsigned)dtype; /* enums may be unsigned (and short) on some targets */
+    return d < 4 ? names[d] : "unknown";
 }
 
 /* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */

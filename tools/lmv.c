@@ -384,7 +384,7 @@ static int cmd_info(int argc, char **argv) {
         size_t count[4] = {0, 0, 0, 0}, bytes[4] = {0, 0, 0, 0};
         lmv_tensor_info t;
         for (i = 0; lmv_model_tensor(m, i, &t); i++)
-            if ((int)t.dtype >= 0 && (int)t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
+            if ((unsigned)t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
         printf("storage     ");
         for (j = 0; j < 4; j++)
             if (count[j]) printf(" %s: %zu tensors, %.2f MB;", lmv_dtype_name((lmv_dtype)j), count[j], bytes[j] / 1e6);

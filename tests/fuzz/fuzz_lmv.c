@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!copy) return 0;
     memcpy(copy, data, size);
     if (!(data[size - 1] & 1)) fix_crcs(copy, size);
-    oo.verify_data = !(data[size - 1] & 2);
+    oo.skip_verify = (data[size - 1] & 2) != 0;
     if (lmv_model_open_memory(copy, size, &oo, &m, &err) != LMV_OK) {
         free(copy);
         return 0;

@@ -27,7 +27,7 @@
        if (lmv_model_open_file("vit.lmv", NULL, &model, &err) != LMV_OK) { puts(err.message); return 1; }
        if (lmv_session_create(model, NULL, &sess, &err) != LMV_OK) { puts(err.message); return 1; }
        lmv_run(sess, input_nchw, 1, 224, 224, logits, &err);     // input: 1x3x224x224 floats
-       lmv_topk(logits, lmv_model_info(model)->num_classes, 5, top, prob);
+       lmv_topk(logits, lmv_model_info_get(model)->num_classes, 5, top, prob);
        printf("%s %.3f\n", lmv_model_label(model, top[0]), prob[0]);
        lmv_session_destroy(sess);
        lmv_model_close(model);
@@ -35,12 +35,13 @@
    Or from a JPEG straight to labels, through the model's own eval transform:
 
        lmv_prediction top5[5];
-       if (lmv_classify_file(sess, "cat.jpg", NULL, 5, top5, &err) == LMV_OK)
+       int n;                                                        // how many came back: min(5, classes)
+       if (lmv_classify_file(sess, "cat.jpg", NULL, 5, top5, &n, &err) == LMV_OK)
            printf("%s %.3f\n", top5[0].label, top5[0].prob);
 
    The input from a JPEG by hand, exactly as torchvision's eval transform on a Pillow image makes it:
 
-       const lmv_model_info *info = lmv_model_info(model);
+       const lmv_model_info *info = lmv_model_info_get(model);
        const lmv_preprocess *pp = &info->preprocess;
        float *input = malloc(sizeof(float) * info->in_chans * pp->crop_h * pp->crop_w);
        lmv_image img;
@@ -54,14 +55,81 @@
        err           optional (may be NULL): on failure receives the result code and a sentence
                      saying what is wrong and, where it helps, what to do.
 
+   API REFERENCE (each public function, declared below with its parameters and errors)
+
+   Results and memory
+       lmv_result_string()            the name of an lmv_result (lmv_error.message has the sentence)
+       lmv_arena_init()               a bump allocator over a buffer you own
+       lmv_arena_allocator()          the lmv_allocator that takes from an arena
+       lmv_arena_mark()               the arena's fill level now ...
+       lmv_arena_release()            ... and back to it: drops all allocated since
+   Models
+       lmv_open_options_default()     the defaults (all zeros mean the same)
+       lmv_model_memory()             the bytes opening a model takes, before opening it
+       lmv_model_open_memory()        open a .lmv held in memory, in place; tables from the allocator
+       lmv_model_open_prealloc()      the same, the tables in memory you give
+       lmv_model_open_file()          read a .lmv file and open it
+       lmv_model_close()              close a model
+       lmv_model_info_get()           family, input size, classes, features, preprocessing
+       lmv_model_label()              the name of class i
+       lmv_model_config()             config entry i of the file (for tools)
+       lmv_model_tensor()             tensor i of the file (for tools)
+       lmv_dtype_name()               "f32", "f16", "int8" or "f32p"
+   Sessions and running
+       lmv_session_options_default()  the defaults (all zeros mean the same)
+       lmv_session_memory()           the bytes a session takes, before creating it
+       lmv_session_create()           a session: activations planned for max_batch x max_h x max_w
+       lmv_session_create_prealloc()  the same, in memory you give
+       lmv_session_destroy()          destroy a session
+       lmv_session_set_threads()      threads for the next runs (at most the planned number)
+       lmv_run()                      logits of a batch of normalised NCHW floats
+       lmv_run_features()             the pooled features (the head's input) of a batch
+       lmv_session_set_trace()        every block's output to a callback
+       lmv_session_trace_attention()  one block's attention maps to the callback too
+       lmv_session_macs()             multiply-adds of the last run
+   Images
+       lmv_image_options_default()    the defaults (all zeros mean the same)
+       lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
+       lmv_image_decode_jpeg()   decode JPEG bytes (as Pillow does)
+       lmv_image_load_jpeg()     decode a JPEG file
+       lmv_image_free()               free an image's pixels
+       lmv_image_resize()             resize as Pillow's Image.resize
+       lmv_preprocess_image()         the eval transform (resize, crop, normalise) into floats
+   From an image to an answer
+       lmv_run_image()                logits or features of one image, through the model's eval transform
+       lmv_classify_image()           the top k classes of an image, with labels and the count
+       lmv_classify_jpeg()            the same from JPEG bytes
+       lmv_classify_file()            the same from a JPEG file
+   Helpers
+       lmv_softmax()                  softmax in place
+       lmv_topk()                     the k largest logits, with softmax probabilities
+       lmv_npy_parse()                a float32 .npy array, read in place
+       lmv_npy_header()               the header of a float32 .npy array
+
+   ONE VOCABULARY FOR LIFETIMES
+
+   A model is opened and closed (lmv_model_open_*, lmv_model_close), a session created and
+   destroyed (lmv_session_create*, lmv_session_destroy), an image loaded and freed (lmv_image_load_*,
+   lmv_image_free); an _init call fills a struct you own and has nothing to undo (lmv_arena_init).
+   Each object's memory can be known before it is made (lmv_model_memory, lmv_session_memory,
+   lmv_image_jpeg_info), and the _prealloc calls place a model or session in memory you give.
+   Option structs mean the default when zero-filled, as does a NULL options pointer.
+
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
 
        LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
        LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg() are compiled out
        LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
+                           or memory of its own (the _prealloc calls)
        LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
-       LEMEVIT_ASSERT(x)   internal consistency checks (default: nothing)
+       LEMEVIT_ASSERT(x)   checks of the library's own invariants (block alignment, an arena never
+                           past its end, a planned size holding what is placed in it...), never of
+                           your input, which gets an error code instead. Default: nothing; define it
+                           as assert(x) in debug builds.
+       LEMEVIT_GEMM_KC     K block of the matrix multiply (default 256). Its packed panel of
+                           LEMEVIT_GEMM_KC x 16 floats sits on the stack (16 KB at 256); 64 makes it
+                           4 KB for small stacks, at some speed.
 
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
    threads is set per session. Without OpenMP everything runs on the calling thread.
@@ -87,6 +155,15 @@
 */
 #ifndef LEMEVIT_H
 #define LEMEVIT_H
+
+/* This is version 1.0.0 of lemevit.h; it reads .lmv files of format version 1. Within 1.x, minor
+   versions only add (functions, enum values, option fields whose zero keeps the old behaviour) and
+   patch versions change no declaration; anything else waits for 2.0. See README's CHANGELOG. */
+#define LEMEVIT_VERSION_MAJOR 1
+#define LEMEVIT_VERSION_MINOR 0
+#define LEMEVIT_VERSION_PATCH 0
+#define LEMEVIT_VERSION_STRING "1.0.0"
+#define LEMEVIT_FORMAT_VERSION 1 /* the .lmv format version this header reads and tools/lmvfile.py writes */
 
 #include <stddef.h>
 
@@ -186,9 +263,12 @@ typedef struct lmv_model_info {
 
 typedef struct lmv_model lmv_model;
 
+/* Options structs (lmv_open_options, lmv_session_options, lmv_image_options) mean "the default"
+   when zero-filled: `lmv_open_options o = {0};` (C) or `lmv_open_options o = {};` (C++) behaves as
+   the options_default() functions' values and as a NULL options pointer. */
 typedef struct lmv_open_options {
     lmv_allocator allocator;  /* alloc == NULL: malloc/free (error under LEMEVIT_NO_MALLOC) */
-    int verify_data;          /* 1 (default): check the CRC of the weights too; 0: header only */
+    int skip_verify;          /* 0 (default): check the CRC of the weights too; 1: the header's only */
 } lmv_open_options;
 
 LEMEVIT_API lmv_open_options lmv_open_options_default(void);
@@ -200,6 +280,18 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
    stay valid (names and labels are read from it). */
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
+/* The exact number of bytes lmv_model_open_memory() asks the allocator for, in total (the 8 KB
+   CRC table included unless skip_verify), with these options: an lmv_arena, or the memory given to
+   lmv_model_open_prealloc(), of this size is enough. It opens the model once to count, with
+   opt->allocator (NULL: malloc/free), and closes it again; call it where such memory exists, e.g.
+   on the build host for a firmware image (the count is the same on any 64-bit host). */
+LEMEVIT_API lmv_result lmv_model_memory(const void *data, size_t size, const lmv_open_options *opt, size_t *bytes,
+                                        lmv_error *err);
+/* lmv_model_open_memory() with every table placed in `mem` (mem_size bytes, any alignment; see
+   lmv_model_memory()) instead of coming from an allocator; opt->allocator is ignored. The memory
+   stays the caller's: lmv_model_close() only ends the model's use of it. */
+LEMEVIT_API lmv_result lmv_model_open_prealloc(const void *data, size_t size, const lmv_open_options *opt, void *mem,
+                                               size_t mem_size, lmv_model **out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 /* Read a whole .lmv file into memory from the allocator and open it. A directory, pipe or device
    gives LMV_ERR_IO naming it as such (lmv_image_load_jpeg too), before anything is allocated. */
@@ -208,20 +300,28 @@ LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_opti
 #endif
 LEMEVIT_API void lmv_model_close(lmv_model *model);
 
+/* What the model is (NULL for a NULL model); valid until lmv_model_close(). */
 LEMEVIT_API const lmv_model_info *lmv_model_info_get(const lmv_model *model);
-#define lmv_model_info(m) lmv_model_info_get(m)
 /* Class name for index i, or NULL when the file has no labels or i is out of range. */
 LEMEVIT_API const char *lmv_model_label(const lmv_model *model, int i);
 
-/* The config entries of the file, for tools that want to show everything.
-   type: 1 ints, 2 floats, 3 string, 4 string list. Returns 0 when i is out of range. */
+/* What a config entry holds (the codes the .lmv format stores). */
+typedef enum lmv_config_type {
+    LMV_CONFIG_INTS = 1,
+    LMV_CONFIG_FLOATS = 2,
+    LMV_CONFIG_STRING = 3,
+    LMV_CONFIG_STRINGS = 4     /* a list of strings, e.g. the labels */
+} lmv_config_type;
+
+/* The config entries of the file, for tools that want to show everything. Returns 0 when i is
+   out of range. */
 typedef struct lmv_config_entry {
     const char *key;
-    int type;
+    lmv_config_type type;
     int count;
-    const int *ints;           /* type 1 */
-    const float *floats;       /* type 2 */
-    const char *string;        /* type 3; type 4: the first string (see lmv_model_label) */
+    const int *ints;           /* LMV_CONFIG_INTS */
+    const float *floats;       /* LMV_CONFIG_FLOATS */
+    const char *string;        /* LMV_CONFIG_STRING; LMV_CONFIG_STRINGS: the first (see lmv_model_label) */
 } lmv_config_entry;
 LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry *out);
 
@@ -237,13 +337,13 @@ typedef enum lmv_dtype {
                             stored as ceil(R/16) panels of [C][16], element (16p + j, c) at
                             (p*C + c)*16 + j, rows past R zero; the GEMM reads it in place */
 } lmv_dtype;
-LEMEVIT_API const char *lmv_dtype_name(int dtype); /* "f32", "f16", "int8", "f32p" or "unknown" */
+LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype); /* "f32", "f16", "int8", "f32p" or "unknown" */
 
 /* Tensors, by index, for tools. Returns 0 when i is out of range. */
 typedef struct lmv_tensor_info {
     const char *name;          /* not NUL-terminated: use name_len */
     int name_len;
-    int dtype;                 /* an lmv_dtype */
+    lmv_dtype dtype;
     int ndim;
     int shape[6];
     const void *data;
@@ -282,6 +382,13 @@ LEMEVIT_API lmv_result lmv_session_memory(const lmv_model *model, const lmv_sess
                                           lmv_error *err);
 LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_session_options *opt,
                                           lmv_session **out, lmv_error *err);
+/* lmv_session_create() in caller memory: `mem` (mem_size bytes, any alignment; at least
+   lmv_session_memory()) holds the session, and opt->allocator is ignored. What the session asks
+   for later (attention maps for a trace, the temporaries of lmv_run_image() and lmv_classify_*())
+   comes from the rest of `mem`, released as an lmv_arena would: give room beyond
+   lmv_session_memory() for them. lmv_session_destroy() only ends the session's use of `mem`. */
+LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
+                                                   size_t mem_size, lmv_session **out, lmv_error *err);
 LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
@@ -387,7 +494,7 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
                                             float *out_chw, const lmv_allocator *a, lmv_error *err);
 
 /* --------------------------------------------------------------------------------------------
-   From an image to an answer: the model's own eval transform (lmv_model_info()->preprocess),
+   From an image to an answer: the model's own eval transform (lmv_model_info_get()->preprocess),
    the run, and the top classes with their labels. The session must be planned for at least the
    model's crop size (the default). Temporary memory (the decoded image, the input tensor) comes
    from the session's allocator and is given back before returning; with an lmv_arena, take an
@@ -399,19 +506,28 @@ typedef struct lmv_prediction {
     const char *label;         /* class name, or NULL when the weight file has no labels */
 } lmv_prediction;
 
-/* Logits (num_classes floats) or, with features = 1, the pooled features (num_features floats)
-   of one image. */
-LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, int features, float *out, lmv_error *err);
-/* The k most likely classes of one image, most likely first; returns min(k, num_classes) rows. */
+/* What lmv_run_image() writes. */
+typedef enum lmv_output {
+    LMV_OUTPUT_LOGITS = 0,     /* num_classes floats */
+    LMV_OUTPUT_FEATURES = 1    /* num_features floats: the pooled features, the head's input */
+} lmv_output;
+
+/* The logits or the pooled features of one image. */
+LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, lmv_output what, float *out,
+                                     lmv_error *err);
+/* The k most likely classes of one image, most likely first: `top` (room for k) receives
+   min(k, num_classes) rows and `*count` (may be NULL) how many. Any k >= 1 is allowed; the
+   indices and probabilities are sorted in memory from the session's allocator. */
 LEMEVIT_API lmv_result lmv_classify_image(lmv_session *sess, const lmv_image *img, int k, lmv_prediction *top,
-                                          lmv_error *err);
+                                          int *count, lmv_error *err);
 #ifndef LEMEVIT_NO_JPEG
 /* The same from JPEG bytes or a JPEG file; `opt` may be NULL (EXIF orientation applied). */
 LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *sess, const void *data, size_t size,
-                                         const lmv_image_options *opt, int k, lmv_prediction *top, lmv_error *err);
+                                         const lmv_image_options *opt, int k, lmv_prediction *top, int *count,
+                                         lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_classify_file(lmv_session *sess, const char *path, const lmv_image_options *opt, int k,
-                                         lmv_prediction *top, lmv_error *err);
+                                         lmv_prediction *top, int *count, lmv_error *err);
 #endif
 #endif
 
@@ -421,8 +537,12 @@ LEMEVIT_API void lmv_softmax(float *x, int n);
    Ties keep the lower index first, as torch.topk does on CPU. Returns min(k, n). */
 LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *prob);
 
-/* NumPy .npy (version 1-3, float32 '<f4', C order) parsed in place from memory. A big-endian
-   host reads '>f4' instead (what lmv_npy_header writes there) and refuses '<f4' with LMV_ERR_ENDIAN. */
+/* NumPy .npy files, a supported helper for passing tensors to and from Python (numpy.save /
+   numpy.load): what `lmv run` reads and writes. lmv_npy_parse() reads a float32 array (version 1-3,
+   '<f4', C order) in place from memory; any other dtype or layout gets LMV_ERR_BAD_INPUT, a short
+   buffer LMV_ERR_TRUNCATED, more than 8 dimensions LMV_ERR_LIMIT, data not 4-byte aligned in
+   memory LMV_ERR_ALIGNMENT. A big-endian host reads '>f4'
+   instead (what lmv_npy_header writes there) and refuses '<f4' with LMV_ERR_ENDIAN. */
 typedef struct lmv_npy {
     int ndim;
     int shape[8];
@@ -527,9 +647,10 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     return "unknown error";
 }
 
-LEMEVIT_API const char *lmv_dtype_name(int dtype) {
+LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype) {
     static const char *const names[] = {"f32", "f16", "int8", "f32p"};
-    return dtype >= 0 && dtype < 4 ? names[dtype] : "unknown";
+    unsigned d = (unsigned)dtype; /* enums may be unsigned (and short) on some targets */
+    return d < 4 ? names[d] : "unknown";
 }
 
 /* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */
@@ -574,6 +695,7 @@ static void lmv__vformat(char *out, size_t cap, size_t max_arg, const char *fmt,
         if (cut) break;
     }
 #undef LMV__PUT
+    LEMEVIT_ASSERT(n < cap);
     out[n] = 0;
     if (cut && n >= 3) memcpy(out + n - 3, "...", 4);
 }
@@ -622,12 +744,14 @@ static void *lmv__alloc(const lmv_allocator *a, size_t size) {
     if (!raw) return NULL;
     p = raw + (LMV__ALIGN - ((uintptr_t)raw & (LMV__ALIGN - 1)));
     p[-1] = (unsigned char)(p - raw);
+    LEMEVIT_ASSERT(((uintptr_t)p & (LMV__ALIGN - 1)) == 0 && p > raw && p - raw <= LMV__ALIGN);
     return p;
 }
 
 static void lmv__free(const lmv_allocator *a, void *ptr) {
     unsigned char *p = (unsigned char *)ptr;
     if (!p) return;
+    LEMEVIT_ASSERT(p[-1] >= 1 && p[-1] <= LMV__ALIGN); /* a block from lmv__alloc */
     if (a->free) a->free(a->user, p - p[-1]);
 }
 
@@ -642,6 +766,7 @@ static void *lmv__arena_alloc(void *user, size_t size) {
     if (start < a->used || start > a->size || size > a->size - start) return NULL;
     a->used = start + size;
     if (a->used > a->peak) a->peak = a->used;
+    LEMEVIT_ASSERT(a->used <= a->size && a->peak <= a->size);
     return a->base + start;
 }
 static void lmv__arena_free(void *user, void *p) { (void)user; (void)p; }
@@ -676,7 +801,6 @@ static int lmv__mul_ok(size_t a, size_t b, size_t *out) {
    Weight file: parse, validate, zero-copy views
    -------------------------------------------------------------------------------------------- */
 
-#define LMV__VERSION 1
 #define LMV__HEADER_SIZE 128
 #define LMV__MAX_TENSORS 65536
 #define LMV__MAX_META 4096
@@ -779,6 +903,7 @@ struct lmv_model {
     lmv_model_info info;
     const lmv__family_ops *ops;
     void *graph;                 /* the family's weight pointers and config */
+    lmv_arena own;               /* lmv_model_open_prealloc(): the arena over the caller's memory */
 };
 
 /* Look-ups used while binding a family. */
@@ -851,7 +976,7 @@ static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int op
         return lmv__fail(err, LMV_ERR_UNSUPPORTED,
                          "tensor '%s' is stored as %s, but only matrix weights may be; re-quantise the file with the "
                          "converter's default policy or --dtype f32",
-                         name, lmv_dtype_name(t->dtype));
+                         name, lmv_dtype_name((lmv_dtype)t->dtype));
     if (t->ndim != ndim) goto bad;
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
@@ -988,9 +1113,9 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
         return lmv__fail(err, LMV_ERR_ENDIAN, "the weight file was written big-endian; .lmv files are little-endian");
     if (tag != 0x01020304u) return lmv__fail(err, LMV_ERR_CORRUPT, "bad endian tag in the header");
     version = lmv__rd32(p + 8);
-    if (version != LMV__VERSION)
+    if (version != LEMEVIT_FORMAT_VERSION)
         return lmv__fail(err, LMV_ERR_VERSION, "format version %u; this build reads version %d (update lemevit.h)",
-                         (unsigned)version, LMV__VERSION);
+                         (unsigned)version, LEMEVIT_FORMAT_VERSION);
     file_size = lmv__rd64(p + 16);
     meta_off = lmv__rd64(p + 24);
     meta_size = lmv__rd64(p + 32);
@@ -1156,7 +1281,7 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
                              (unsigned)i, t->dtype);
         if ((t->dtype == LMV_DTYPE_INT8 || t->dtype == LMV_DTYPE_F32P) && t->ndim < 2)
             return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entry %u: an %s tensor needs at least 2 dimensions",
-                             (unsigned)i, lmv_dtype_name(t->dtype));
+                             (unsigned)i, lmv_dtype_name((lmv_dtype)t->dtype));
         stored = numel; /* f32p: the rows rounded up to whole panels of 16 */
         if (t->dtype == LMV_DTYPE_F32P && t->shape[0] &&
             !lmv__mul_ok(numel / (size_t)t->shape[0], ((size_t)t->shape[0] + 15) / 16 * 16, &stored))
@@ -1212,8 +1337,8 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
     return one;
 }
 
-#ifndef LMV_GEMM_KC
-#define LMV_GEMM_KC 256 /* K block of the GEMM; the packed panel is LMV_GEMM_KC*16 floats on the stack */
+#ifndef LEMEVIT_GEMM_KC
+#define LEMEVIT_GEMM_KC 256 /* K block of the GEMM; the packed panel is LEMEVIT_GEMM_KC*16 floats on the stack */
 #endif
 #define LMV__MR 6
 #define LMV__NR 16
@@ -1598,7 +1723,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
     int keep = g->accumulate; /* the first K block starts from C, as the later ones do */
     float *C = g->C;
     lmv__act act = g->act;
-    LMV__ALIGNED(32) float panel[LMV_GEMM_KC * LMV__NR];
+    LMV__ALIGNED(32) float panel[LEMEVIT_GEMM_KC * LMV__NR];
     float acc[LMV__MR][LMV__NR];
     int jp = t % npanels, m0 = (t / npanels) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M;
     int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR, k0, i0, r, j, tiles = 0;
@@ -1613,11 +1738,11 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         return;
     }
     for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0)) tiles++;
-    for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-        int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, tile = 0, mr;
+    for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
+        int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC, tile = 0, mr;
         /* the next pack: this panel's next K block, or the next panel this thread will likely take */
         int nj0 = k0 + kc < K ? j0 : (jp + step) % npanels * LMV__NR, nk0 = k0 + kc < K ? k0 + kc : 0;
-        int nkc = K - nk0 < LMV_GEMM_KC ? K - nk0 : LMV_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
+        int nkc = K - nk0 < LEMEVIT_GEMM_KC ? K - nk0 : LEMEVIT_GEMM_KC, nnr = N - nj0 < LMV__NR ? N - nj0 : LMV__NR;
         const float *next = panels ? panels + ((size_t)(nj0 / LMV__NR) * ldb + (size_t)nk0) * LMV__NR : NULL;
         if (panels) p = panels + ((size_t)jp * ldb + (size_t)k0) * LMV__NR;
         else lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc), p = panel;
@@ -1740,7 +1865,7 @@ static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, 
    (the unsigned operand of vpdpbusd). Each K block sums exactly in int32; the blocks are added in
    float32 as C += scale_a[m] * scale_w[n] * sum, in k order, so the result does not depend on the
    thread count or the kernel: given the same A, every path gives the same integer sums. */
-#define LMV__Q8_MC 192 /* rows of A quantised at a time: LMV__Q8_MC * LMV_GEMM_KC bytes of stack */
+#define LMV__Q8_MC 192 /* rows of A quantised at a time: LMV__Q8_MC * LEMEVIT_GEMM_KC bytes of stack */
 
 static void lmv__quantize_rows(unsigned char *q, float *scale, const float *A, size_t lda, int mr, int kc, int kc4) {
     int r, k;
@@ -1943,8 +2068,8 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
                                                                                   (double)M * N * K >= LMV__PARALLEL_MIN)
 #endif
     for (t = 0; t < tasks; t++) {
-        LMV__ALIGNED(32) unsigned char aq[LMV__Q8_MC * LMV_GEMM_KC];
-        LMV__ALIGNED(32) signed char panel[LMV_GEMM_KC * LMV__NR];
+        LMV__ALIGNED(32) unsigned char aq[LMV__Q8_MC * LEMEVIT_GEMM_KC];
+        LMV__ALIGNED(32) signed char panel[LEMEVIT_GEMM_KC * LMV__NR];
         float as[LMV__Q8_MC];
         int32_t colsum[LMV__NR];
         int m0 = (t / ngroups) * mchunk, m1 = m0 + mchunk < M ? m0 + mchunk : M, g = t % ngroups;
@@ -1952,8 +2077,8 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
         int c0 = p0 * LMV__NR, width = (p1 * LMV__NR < N ? p1 * LMV__NR : N) - c0;
         const float *b = accumulate ? NULL : bias; /* accumulating: the sums start from C + bias */
         if (accumulate && p1 > p0) lmv__add_bias(C, ldc, bias, m0, m1, c0, width);
-        for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-            int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC, kc4 = (kc + 3) & ~3;
+        for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
+            int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC, kc4 = (kc + 3) & ~3;
             lmv__quantize_rows(aq, as, A + (size_t)m0 * lda + (size_t)k0, lda, m1 - m0, kc, kc4);
             /* a last tile shorter than MR reads padding rows: zeros */
             memset(aq + (size_t)(m1 - m0) * kc4, 128, (size_t)((LMV__MR - (m1 - m0) % LMV__MR) % LMV__MR) * kc4);
@@ -2624,6 +2749,7 @@ struct lmv_session {
     char attn_block[64];       /* block whose attention maps are traced, or "" */
     float *attn_buf;           /* their storage, from the allocator, grown on demand */
     size_t attn_cap;
+    lmv_arena own;             /* lmv_session_create_prealloc(): the arena over the caller's memory */
 };
 
 /* Storage for the attention maps of block `name` when the caller asked for them (NULL
@@ -3402,8 +3528,16 @@ typedef struct lmv__lmt_block {
     const float *fc1_b, *fc2_b;
 } lmv__lmt_block;
 
+/* A stage's attention, by the letter lemevit.attn_types stores for it. */
+typedef enum lmv__stage_type {
+    LMV__STAGE_CROSS = 'C',       /* C: image tokens and meta tokens attend to each other */
+    LMV__STAGE_DUAL = 'D',        /* D: dual cross attention */
+    LMV__STAGE_DUAL2 = 'E',       /* D2: dual cross attention, v2 (qv1/kv2 projections) */
+    LMV__STAGE_SELF = 'S'         /* S: standard self-attention over image and meta tokens */
+} lmv__stage_type;
+
 typedef struct lmv__lmt_stage {
-    char type;                    /* 'C' cross, 'D' dual cross, 'E' dual cross v2 (D2), 'S' standard */
+    lmv__stage_type type;
     int dim, depth, hidden, heads, meta_in;
     lmv__mat down_w;      /* absent: Identity (after a cross-attention stage) */
     const float *down_b;
@@ -3461,7 +3595,7 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     memset(v, 0, sizeof *v);
     m->graph = v;
     types = lmv__find_meta(m, "lemevit.attn_types");
-    if (!types || types->type != 3 || types->count < 2 || types->count > LMV__LMT_MAX_STAGES + 1)
+    if (!types || types->type != LMV_CONFIG_STRING || types->count < 2 || types->count > LMV__LMT_MAX_STAGES + 1)
         return lmv__fail(err, LMV_ERR_CORRUPT, "lemevit.attn_types must be a string of 1 to 8 letters from C, D, E (D2), S");
     v->n_stages = types->count - 1;
     if ((r = lmv__meta_int_range(m, "lemevit.head_dim", 0, 1, 4096, 32, &v->head_dim, err)) != LMV_OK ||
@@ -3477,9 +3611,9 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     for (i = 0; i < v->n_stages; i++) {
         lmv__lmt_stage *st = &v->stages[i];
         char t = ((const char *)types->payload)[i];
-        if (t != 'C' && t != 'D' && t != 'E' && t != 'S')
+        if (t != LMV__STAGE_CROSS && t != LMV__STAGE_DUAL && t != LMV__STAGE_DUAL2 && t != LMV__STAGE_SELF)
             return lmv__fail(err, LMV_ERR_CORRUPT, "lemevit.attn_types has '%c'; expected C, D, E (D2) or S", t);
-        st->type = t;
+        st->type = (lmv__stage_type)t;
         if ((r = lmv__meta_int_range(m, "lemevit.depths", i, 0, 1024, -1, &st->depth, err)) != LMV_OK ||
             (r = lmv__meta_int_range(m, "lemevit.embed_dims", i, 1, 1 << 15, -1, &st->dim, err)) != LMV_OK ||
             (r = lmv__meta_int_range(m, "lemevit.mlp_hidden", i, 1, 1 << 18, -1, &st->hidden, err)) != LMV_OK)
@@ -3503,7 +3637,7 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
         lmv__lmt_stage *st = &v->stages[i];
         int C = st->dim, Hd = st->hidden, in = i ? v->stages[i - 1].dim : C;
         st->meta_in = in;
-        if (i > 0 && v->stages[i - 1].type != 'C') { /* downsample conv + BN; Identity after a C stage */
+        if (i > 0 && v->stages[i - 1].type != LMV__STAGE_CROSS) { /* downsample conv + BN; Identity after a C stage */
             lmv__name(name, sizeof name, "downsample_layers.%d.0", i);
             if ((r = lmv__conv_bind(m, name, C, in, 3, &st->down_w, &st->down_b, err)) != LMV_OK) return r;
             lmv__name(name, sizeof name, "downsample_layers.%d.1", i);
@@ -3522,10 +3656,10 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
         for (j = 0; j < st->depth; j++) {
             lmv__lmt_block *b = &st->blocks[j];
             int shape4[4];
-            int n1 = st->type == 'C' ? C : st->type == 'E' ? 2 * C : 3 * C, n2 = st->type == 'D' ? 3 * C : 2 * C;
-            const char *in1 = st->type == 'C' ? "q" : st->type == 'D' ? "qkv1" : st->type == 'E' ? "qv1" : "qkv";
-            const char *in2 = st->type == 'C' ? "kv" : st->type == 'D' ? "qkv2" : "kv2";
-            const char *proj = (st->type == 'C' || st->type == 'S') ? "proj" : "proj_x";
+            int n1 = st->type == LMV__STAGE_CROSS ? C : st->type == LMV__STAGE_DUAL2 ? 2 * C : 3 * C, n2 = st->type == LMV__STAGE_DUAL ? 3 * C : 2 * C;
+            const char *in1 = st->type == LMV__STAGE_CROSS ? "q" : st->type == LMV__STAGE_DUAL ? "qkv1" : st->type == LMV__STAGE_DUAL2 ? "qv1" : "qkv";
+            const char *in2 = st->type == LMV__STAGE_CROSS ? "kv" : st->type == LMV__STAGE_DUAL ? "qkv2" : "kv2";
+            const char *proj = (st->type == LMV__STAGE_CROSS || st->type == LMV__STAGE_SELF) ? "proj" : "proj_x";
             shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
             lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
             if ((r = lmv__weight(m, name, 0, 4, shape4, &b->pos_w, err)) != LMV_OK) return r;
@@ -3534,10 +3668,10 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
                 (r = lmv__bind_norm(m, 0, C, &b->norm1_w, &b->norm1_b, err, "stages.%d.%d.norm1", i, j)) != LMV_OK ||
                 (r = lmv__bind_norm(m, 0, C, &b->norm2_w, &b->norm2_b, err, "stages.%d.%d.norm2", i, j)) != LMV_OK ||
                 (r = lmv__bind_linear(m, 0, n1, C, &b->in1_w, &b->in1_b, err, "stages.%d.%d.attn.%s", i, j, in1)) != LMV_OK ||
-                (st->type != 'S' &&
+                (st->type != LMV__STAGE_SELF &&
                  (r = lmv__bind_linear(m, 0, n2, C, &b->in2_w, &b->in2_b, err, "stages.%d.%d.attn.%s", i, j, in2)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, C, C, &b->proj_w, &b->proj_b, err, "stages.%d.%d.attn.%s", i, j, proj)) != LMV_OK ||
-                ((st->type == 'D' || st->type == 'E') &&
+                ((st->type == LMV__STAGE_DUAL || st->type == LMV__STAGE_DUAL2) &&
                  (r = lmv__bind_linear(m, 0, C, C, &b->projc_w, &b->projc_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, Hd, C, &b->fc1_w, &b->fc1_b, err, "stages.%d.%d.mlp.0", i, j)) != LMV_OK ||
                 (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK)
@@ -3605,7 +3739,7 @@ static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threa
         if (C > cmax) cmax = C;
         /* one head's scores per thread: N x N and M x M in self-attention stages, N x M and
            M x N in the cross ones (3136 x 3136 floats in stage 1 would be 39 MB for nothing) */
-        if (st->type == 'S' && n * n > sc) sc = n * n;
+        if (st->type == LMV__STAGE_SELF && n * n > sc) sc = n * n;
         if (n * M > sc) sc = n * M;
         if (M * M > sc) sc = M * M;
     }
@@ -3636,7 +3770,7 @@ static lmv_result lmv__lemevit_plan(const lmv_model *m, int threads, int h, int 
     int sh[LMV__LMT_MAX_STAGES], sw[LMV__LMT_MAX_STAGES], h1, w1, i;
     lmv__lemevit_sizes(v, h, w, &h1, &w1, sh, sw);
     for (i = 0; i < v->n_stages; i++)
-        if ((v->stages[i].type == 'D' || v->stages[i].type == 'E') && sh[i] * sw[i] < 2)
+        if ((v->stages[i].type == LMV__STAGE_DUAL || v->stages[i].type == LMV__STAGE_DUAL2) && sh[i] * sw[i] < 2)
             return lmv__fail(err, LMV_ERR_INPUT_SIZE,
                              "input %dx%d leaves a single token in dual-cross stage %d, where the attention scale "
                              "ln(M)/ln(N) is undefined: use a larger input", h, w, i);
@@ -3692,7 +3826,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
     lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
 
-    if (st->type == 'C') {
+    if (st->type == LMV__STAGE_CROSS) {
         lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
         lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
@@ -3701,7 +3835,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
-    if (st->type == 'S') {
+    if (st->type == LMV__STAGE_SELF) {
         lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b);
         lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
                         b->scores, probs_x);
@@ -3715,7 +3849,7 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
            meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
         double cs = 1.0 / sqrt((double)C);
         float scale_x = (float)(log((double)M) / log((double)N) * cs), scale_c = (float)(1.0 * cs);
-        if (st->type == 'D') {
+        if (st->type == LMV__STAGE_DUAL) {
             lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
             lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
@@ -3792,8 +3926,8 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, floa
             }
             for (j = 0; j < st->depth; j++) {
                 /* attention maps, when asked for: x queries [heads][N][keys], c queries [heads][M][keys] */
-                size_t N = (size_t)H * W, kx = st->type == 'S' ? N : (size_t)M, kc = st->type == 'S' ? (size_t)M : N;
-                size_t nx = st->type == 'C' ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
+                size_t N = (size_t)H * W, kx = st->type == LMV__STAGE_SELF ? N : (size_t)M, kc = st->type == LMV__STAGE_SELF ? (size_t)M : N;
+                size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
                 float *px = NULL, *pc = NULL;
                 if (trace) {
                     lmv__name(name, sizeof name, "stages.%d.%d", i, j);
@@ -3846,7 +3980,6 @@ static const lmv__family_ops *const lmv__families[] = {&lmv__vit_ops, &lmv__swin
 LEMEVIT_API lmv_open_options lmv_open_options_default(void) {
     lmv_open_options o;
     memset(&o, 0, sizeof o);
-    o.verify_data = 1;
     return o;
 }
 
@@ -3974,7 +4107,7 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
     m->allocator = o.allocator;
     m->file = (const unsigned char *)data;
     m->file_size = size;
-    if ((r = lmv__parse(m, m->file, size, o.verify_data, err)) != LMV_OK ||
+    if ((r = lmv__parse(m, m->file, size, !o.skip_verify, err)) != LMV_OK ||
         (!lmv__host_is_le() && (r = lmv__native_copy(m, err)) != LMV_OK) || (r = lmv__read_common(m, err)) != LMV_OK) {
         lmv__model_release(m);
         return r;
@@ -3993,6 +4126,65 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
     }
     *out = m;
     lmv__ok(err);
+    return LMV_OK;
+}
+
+/* An allocator that passes everything on and adds up what an lmv_arena would place. */
+typedef struct lmv__counter {
+    lmv_allocator inner;
+    size_t total;
+} lmv__counter;
+static void *lmv__counter_alloc(void *user, size_t size) {
+    lmv__counter *c = (lmv__counter *)user;
+    void *p = c->inner.alloc(c->inner.user, size);
+    if (p) c->total += (size + 15) & ~(size_t)15;
+    return p;
+}
+static void lmv__counter_free(void *user, void *p) {
+    lmv__counter *c = (lmv__counter *)user;
+    if (c->inner.free) c->inner.free(c->inner.user, p);
+}
+
+LEMEVIT_API lmv_result lmv_model_memory(const void *data, size_t size, const lmv_open_options *opt, size_t *bytes,
+                                        lmv_error *err) {
+    lmv_open_options o = opt ? *opt : lmv_open_options_default();
+    lmv__counter c;
+    lmv_model *m;
+    lmv_result r;
+    if (!bytes) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_memory: bytes is NULL");
+    *bytes = 0;
+    c.inner = o.allocator;
+    c.total = 0;
+    if (!lmv__allocator_resolve(&c.inner))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT,
+                         "lmv_model_memory opens the model once to count: give it an allocator (this build has no malloc)");
+    o.allocator.alloc = lmv__counter_alloc;
+    o.allocator.free = lmv__counter_free;
+    o.allocator.user = &c;
+    if ((r = lmv_model_open_memory(data, size, &o, &m, err)) != LMV_OK) return r;
+    lmv_model_close(m);
+    *bytes = c.total;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_model_open_prealloc(const void *data, size_t size, const lmv_open_options *opt, void *mem,
+                                               size_t mem_size, lmv_model **out, lmv_error *err) {
+    lmv_open_options o = opt ? *opt : lmv_open_options_default();
+    lmv_arena a;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_prealloc: out is NULL");
+    *out = NULL;
+    if (!mem) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_model_open_prealloc: mem is NULL");
+    lmv_arena_init(&a, mem, mem_size);
+    o.allocator = lmv_arena_allocator(&a);
+    r = lmv_model_open_memory(data, size, &o, out, err);
+    if (r == LMV_ERR_OUT_OF_MEMORY)
+        return lmv__fail(err, r, "%zu bytes of memory are not enough to open the model; ask lmv_model_memory() for the size",
+                         mem_size);
+    if (r != LMV_OK) return r;
+    (*out)->own = a; /* the arena lives on in the model, which never allocates after opening */
+    (*out)->allocator.user = &(*out)->own;
     return LMV_OK;
 }
 
@@ -4088,12 +4280,12 @@ LEMEVIT_API int lmv_model_config(const lmv_model *model, int i, lmv_config_entry
     numbers = model->native ? model->native + (e->payload - model->file) : e->payload; /* host byte order */
     memset(out, 0, sizeof *out);
     out->key = e->key;
-    out->type = e->type;
+    out->type = (lmv_config_type)e->type;
     out->count = e->count;
-    if (e->type == 1) out->ints = (const int *)(const void *)numbers;
-    if (e->type == 2) out->floats = (const float *)(const void *)numbers;
-    if (e->type == 3) out->string = (const char *)e->payload;
-    if (e->type == 4) out->string = e->count ? e->strings[0] : NULL;
+    if (e->type == LMV_CONFIG_INTS) out->ints = (const int *)(const void *)numbers;
+    if (e->type == LMV_CONFIG_FLOATS) out->floats = (const float *)(const void *)numbers;
+    if (e->type == LMV_CONFIG_STRING) out->string = (const char *)e->payload;
+    if (e->type == LMV_CONFIG_STRINGS) out->string = e->count ? e->strings[0] : NULL;
     return 1;
 }
 
@@ -4105,7 +4297,7 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
     memset(out, 0, sizeof *out);
     out->name = t->name;
     out->name_len = t->name_len;
-    out->dtype = t->dtype;
+    out->dtype = (lmv_dtype)t->dtype;
     out->ndim = t->ndim;
     for (d = 0; d < t->ndim; d++) out->shape[d] = t->shape[d];
     out->data = t->data;
@@ -4231,6 +4423,28 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     }
     *out = s;
     lmv__ok(err);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
+                                                   size_t mem_size, lmv_session **out, lmv_error *err) {
+    lmv_session_options o = opt ? *opt : lmv_session_options_default();
+    lmv_arena a;
+    lmv_result r;
+    size_t need = 0;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_session_create_prealloc: out is NULL");
+    *out = NULL;
+    if (!mem) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_session_create_prealloc: mem is NULL");
+    lmv_arena_init(&a, mem, mem_size);
+    o.allocator = lmv_arena_allocator(&a);
+    if ((r = lmv_session_memory(model, &o, &need, err)) != LMV_OK) return r;
+    if (need > mem_size)
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "the session needs %zu bytes of memory, %zu were given (lmv_session_memory)",
+                         need, mem_size);
+    if ((r = lmv_session_create(model, &o, out, err)) != LMV_OK) return r;
+    LEMEVIT_ASSERT(a.used <= need); /* lmv_session_memory() is exact */
+    (*out)->own = a; /* later allocations (traces, lmv_classify_*) come from the rest of mem */
+    (*out)->allocator.user = &(*out)->own;
     return LMV_OK;
 }
 
@@ -5731,35 +5945,46 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
    High-level helpers: from an image to an answer
    -------------------------------------------------------------------------------------------- */
 
-LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, int features, float *out, lmv_error *err) {
+LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, lmv_output what, float *out,
+                                     lmv_error *err) {
     const lmv_model_info *in;
     lmv_result r;
     float *x;
     size_t n;
     if (!s || !img || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: NULL argument");
+    if (what != LMV_OUTPUT_LOGITS && what != LMV_OUTPUT_FEATURES)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: `what` must be LMV_OUTPUT_LOGITS or LMV_OUTPUT_FEATURES");
     in = &s->model->info;
     n = (size_t)in->in_chans * in->preprocess.crop_h * in->preprocess.crop_w;
     x = (float *)lmv__alloc(&s->allocator, n * sizeof(float));
     if (!x) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the %zu-float input tensor", n);
     r = lmv_preprocess_image(img, &in->preprocess, in->in_chans, x, &s->allocator, err);
     if (r == LMV_OK)
-        r = lmv__run(s, x, 1, in->preprocess.crop_h, in->preprocess.crop_w, out, features, err);
+        r = lmv__run(s, x, 1, in->preprocess.crop_h, in->preprocess.crop_w, out, what == LMV_OUTPUT_FEATURES, err);
     lmv__free(&s->allocator, x);
     return r;
 }
 
 LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, int k, lmv_prediction *top,
-                                          lmv_error *err) {
+                                          int *count, lmv_error *err) {
     const lmv_model_info *in;
-    float *logits, prob[64];
-    int idx[64], i, n;
+    float *logits, *prob;
+    int *idx, i, n;
+    size_t nc;
     lmv_result r;
+    if (count) *count = 0;
     if (!s || !img || !top || k < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_image: bad argument");
     in = &s->model->info;
-    if (k > 64) k = 64;
-    logits = (float *)lmv__alloc(&s->allocator, sizeof(float) * (size_t)(in->num_classes ? in->num_classes : 1));
+    if (in->num_classes < 1)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "the model has no classifier head; use lmv_run_image() for its features");
+    if (k > in->num_classes) k = in->num_classes;
+    nc = (size_t)in->num_classes;
+    /* logits, then k probabilities, then k indices: one block */
+    logits = (float *)lmv__alloc(&s->allocator, sizeof(float) * (nc + (size_t)k) + sizeof(int) * (size_t)k);
     if (!logits) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the logits");
-    r = lmv_run_image(s, img, 0, logits, err);
+    prob = logits + nc;
+    idx = (int *)(void *)(prob + k);
+    r = lmv_run_image(s, img, LMV_OUTPUT_LOGITS, logits, err);
     if (r == LMV_OK) {
         n = lmv_topk(logits, in->num_classes, k, idx, prob);
         for (i = 0; i < n; i++) {
@@ -5767,6 +5992,7 @@ LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, 
             top[i].prob = prob[i];
             top[i].label = lmv_model_label(s->model, idx[i]);
         }
+        if (count) *count = n;
     }
     lmv__free(&s->allocator, logits);
     return r;
@@ -5774,28 +6000,30 @@ LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, 
 
 #ifndef LEMEVIT_NO_JPEG
 LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_t size, const lmv_image_options *opt,
-                                         int k, lmv_prediction *top, lmv_error *err) {
+                                         int k, lmv_prediction *top, int *count, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     lmv_image img;
     lmv_result r;
+    if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_jpeg: NULL session");
     if (!o.allocator.alloc) o.allocator = s->allocator;
     if ((r = lmv_image_decode_jpeg(data, size, &o, &img, err)) != LMV_OK) return r;
-    r = lmv_classify_image(s, &img, k, top, err);
+    r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
 }
 
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const lmv_image_options *opt, int k,
-                                         lmv_prediction *top, lmv_error *err) {
+                                         lmv_prediction *top, int *count, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     lmv_image img;
     lmv_result r;
+    if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_file: NULL session");
     if (!o.allocator.alloc) o.allocator = s->allocator;
     if ((r = lmv_image_load_jpeg(path, &o, &img, err)) != LMV_OK) return r;
-    r = lmv_classify_image(s, &img, k, top, err);
+    r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
 }
@@ -5822,6 +6050,7 @@ LEMEVIT_API int lmv_topk(const float *logits, int n, int k, int *idx, float *pro
         for (j = k - 1; j > pos; j--) idx[j] = idx[j - 1];
         idx[pos] = i;
     }
+    LEMEVIT_ASSERT(idx[k - 1] >= 0 && idx[k - 1] < n); /* k <= n: every slot was filled */
     if (prob) {
         for (i = 0; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
         for (i = 0; i < n; i++) sum += exp((double)(logits[i] - mx));

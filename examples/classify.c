@@ -363,11 +363,10 @@ int main(int argc, char **argv) {
         list_free(&images);
         return 1;
     }
-    n = k < lmv_model_info(model)->num_classes ? k : lmv_model_info(model)->num_classes;
     for (i = 0; i < images.count; i++) {
         const char *path = images.paths[i];
         double t0 = now_ms();
-        if (lmv_classify_file(sess, path, &io, k, top, &err) != LMV_OK) {
+        if (lmv_classify_file(sess, path, &io, k, top, &n, &err) != LMV_OK) {
             if (json) print_json_error(path, &err);
             else fprintf(stderr, "classify: %s: %s\n", path, err.message);
             failed = 1;

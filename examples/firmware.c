@@ -21,33 +21,24 @@ volatile int fw_status = LMV_OK;    /* the lmv_result of the step that failed, o
 volatile size_t fw_arena_peak;      /* the most the arena held at once */
 volatile size_t fw_arena_needed;    /* on LMV_ERR_OUT_OF_MEMORY: how many bytes the arena lacked */
 
-/* Open the model in place, plan a single-threaded session for its native size, then decode,
-   preprocess, run and take the top class, everything from `arena`. The session is made once; the
-   per-picture memory (pixels, input tensor, logits) sits above a mark and is dropped after each
-   picture, so a loop over camera frames keeps the arena at the same peak.
+/* Open the model in place, plan a single-threaded session for its native size, then classify the
+   picture (decode, the model's eval transform, run, top class), everything from `arena`. The
+   session is made once; the per-picture memory (pixels, input tensor, logits) sits above a mark
+   and is dropped after each picture, so a loop over camera frames keeps the arena at the same peak.
    Returns the class index, or -(lmv_result) when a step fails. */
 int fw_classify(lmv_arena *arena, const void *model_data, size_t model_size, const void *jpeg, size_t jpeg_size);
 
 int fw_classify(lmv_arena *arena, const void *model_data, size_t model_size, const void *jpeg, size_t jpeg_size) {
-    lmv_allocator al = lmv_arena_allocator(arena);
-    lmv_open_options oo = lmv_open_options_default();
-    lmv_session_options so = lmv_session_options_default();
-    lmv_image_options io = lmv_image_options_default();
-    const lmv_model_info *info;
-    lmv_image_info ii;
+    lmv_open_options oo = {0};
+    lmv_session_options so = {0};
+    lmv_prediction top;
     lmv_model *model;
     lmv_session *sess;
-    lmv_image img;
     lmv_result r;
-    size_t need, mark, input_floats;
-    float *input, *logits;
-    int top = -1;
+    size_t need, mark;
 
-    oo.allocator = al; /* the weights stay where they are (flash); only the tables come from here */
+    oo.allocator = so.allocator = lmv_arena_allocator(arena); /* the weights stay in flash; tables come from here */
     if ((r = lmv_model_open_memory(model_data, model_size, &oo, &model, NULL)) != LMV_OK) return -(int)r;
-    info = lmv_model_info(model);
-
-    so.allocator = al;
     so.threads = 1;
     if ((r = lmv_session_memory(model, &so, &need, NULL)) != LMV_OK) return -(int)r;
     if (need > arena->size - arena->used) { /* say how much is missing instead of failing inside */
@@ -57,28 +48,14 @@ int fw_classify(lmv_arena *arena, const void *model_data, size_t model_size, con
     if ((r = lmv_session_create(model, &so, &sess, NULL)) != LMV_OK) return -(int)r;
 
     mark = lmv_arena_mark(arena);
-    io.allocator = al;
-    if ((r = lmv_image_jpeg_info(jpeg, jpeg_size, &io, &ii, NULL)) != LMV_OK) return -(int)r;
-    if (ii.decode_memory > arena->size - arena->used) {
-        fw_arena_needed = ii.decode_memory - (arena->size - arena->used);
-        return -(int)LMV_ERR_OUT_OF_MEMORY;
-    }
-    if ((r = lmv_image_decode_jpeg(jpeg, jpeg_size, &io, &img, NULL)) != LMV_OK) return -(int)r;
-
-    input_floats = (size_t)info->in_chans * (size_t)info->preprocess.crop_h * (size_t)info->preprocess.crop_w;
-    input = (float *)al.alloc(al.user, input_floats * sizeof(float));
-    logits = (float *)al.alloc(al.user, (size_t)info->num_classes * sizeof(float));
-    if (!input || !logits || info->num_classes < 1) return -(int)LMV_ERR_OUT_OF_MEMORY;
-    if ((r = lmv_preprocess_image(&img, &info->preprocess, info->in_chans, input, &al, NULL)) != LMV_OK) return -(int)r;
-    if ((r = lmv_run(sess, input, 1, info->preprocess.crop_h, info->preprocess.crop_w, logits, NULL)) != LMV_OK)
-        return -(int)r;
-    lmv_topk(logits, info->num_classes, 1, &top, NULL);
+    r = lmv_classify_jpeg(sess, jpeg, jpeg_size, NULL, 1, &top, NULL, NULL); /* decode, preprocess, run, top-1 */
     lmv_arena_release(arena, mark); /* the next picture reuses the same bytes */
+    if (r != LMV_OK) return -(int)r;
 
     fw_arena_peak = arena->peak;
     lmv_session_destroy(sess); /* no-ops with an arena; kept so the code is right with any allocator */
     lmv_model_close(model);
-    return top;
+    return top.index;
 }
 
 #ifndef FIRMWARE_NO_MAIN

@@ -4,9 +4,9 @@
 
      firmware_plan MODEL.lmv PICTURE.jpg OUT.h
 
-   The numbers come from the library, not from guesses: the arena peak after lmv_model_open_memory,
-   lmv_session_create (which takes exactly lmv_session_memory() bytes), the decode (at most
-   lmv_image_jpeg_info()'s decode_memory) and the preprocessing. Measured on a 64-bit host they are an
+   The numbers come from the library, not from guesses: the arena peak of the whole task, split in
+   the header's comment into lmv_model_memory() (the model's tables), lmv_session_memory() and the
+   picture (decode, input tensor, logits). Measured on a 64-bit host they are an
    upper bound for a 32-bit target, whose tables hold 4-byte pointers. The firmware still checks at
    run time, so a different picture that needs more fails with LMV_ERR_OUT_OF_MEMORY, not a crash. */
 #define FIRMWARE_NO_MAIN
@@ -37,9 +37,8 @@ int main(int argc, char **argv) {
     void *model, *jpeg, *mem;
     lmv_arena arena;
     lmv_model *m;
-    lmv_session_options so = lmv_session_options_default();
-    lmv_allocator al;
-    lmv_open_options oo = lmv_open_options_default();
+    lmv_session_options so = {0};
+    lmv_open_options oo = {0};
     int c;
     FILE *f;
     if (argc != 4) {
@@ -53,17 +52,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "firmware_plan: cannot read %s\n", !model ? argv[1] : argv[2]);
         return 1;
     }
-    /* the parts, for the header's comment */
+    /* the parts, for the header's comment (this build has no malloc: the size queries use the arena) */
     lmv_arena_init(&arena, mem, cap);
-    al = lmv_arena_allocator(&arena);
-    oo.allocator = al;
+    oo.allocator = lmv_arena_allocator(&arena);
     so.threads = 1;
-    if (lmv_model_open_memory(model, model_size, &oo, &m, NULL) != LMV_OK ||
+    if (lmv_model_memory(model, model_size, &oo, &tables, NULL) != LMV_OK ||
+        lmv_model_open_memory(model, model_size, &oo, &m, NULL) != LMV_OK ||
         lmv_session_memory(m, &so, &session, NULL) != LMV_OK) {
         fprintf(stderr, "firmware_plan: %s does not open\n", argv[1]);
         return 1;
     }
-    tables = arena.used;
     lmv_model_close(m);
     /* the whole task, as the firmware runs it */
     lmv_arena_init(&arena, mem, cap);

@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "run_model: %s\n", err.message);
         return 1;
     }
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     so.max_h = h;
     so.max_w = w;
     so.max_batch = batch;

@@ -15,6 +15,7 @@ SUITES = [
     ("repo (stands alone)", [PY, os.path.join(HERE, "test_repo.py")]),
     ("core", [os.path.join(ROOT, "build", "test_core")]),
     ("core (asan+ubsan)", [os.path.join(ROOT, "build", "asan", "test_core")]),
+    ("api", [PY, os.path.join(HERE, "test_api.py")]),
     ("loader", [PY, os.path.join(HERE, "test_loader.py")]),
     ("cli", [PY, os.path.join(HERE, "test_cli.py")]),
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),

@@ -6,6 +6,8 @@
 
      test_core                 kernel tests
      test_core MODEL.lmv       kernel tests + loader mutation tests */
+#include <assert.h>
+#define LEMEVIT_ASSERT(x) assert(x) /* the library's own invariants, checked in every test here */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
 
@@ -272,7 +274,7 @@ static void test_gemm_accumulate(void) {
 }
 
 /* The int8 x int8 GEMM against its definition, computed here independently: per row and K block
-   of LMV_GEMM_KC, q = round-half-even(a * 127 / max|a|) clamped to +-127, integer sums, the blocks
+   of LEMEVIT_GEMM_KC, q = round-half-even(a * 127 / max|a|) clamped to +-127, integer sums, the blocks
    added as scale_a * scale_w * sum. And against the float GEMM with the same weights, within the
    error rounding A can make: |a - scale_a * q| <= scale_a / 2, so each output moves by at most the
    sum over K blocks of scale_a / 2 * sum |w| (plus float rounding). */
@@ -309,10 +311,10 @@ static void test_gemm_int8_compute(void) {
             float ref[64 * 16];
             double bound[64 * 16], mag[64 * 16];
             for (j = 0; j < N; j++) ref[j] = bias[j], bound[j] = 0, mag[j] = fabs(bias[j]);
-            for (k0 = 0; k0 < K; k0 += LMV_GEMM_KC) {
-                int kc = K - k0 < LMV_GEMM_KC ? K - k0 : LMV_GEMM_KC;
+            for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
+                int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC;
                 float mx = 0, inv, sa;
-                signed char aq[LMV_GEMM_KC];
+                signed char aq[LEMEVIT_GEMM_KC];
                 for (k = 0; k < kc; k++) mx = fabsf(A[i * K + k0 + k]) > mx ? fabsf(A[i * K + k0 + k]) : mx;
                 sa = mx / 127.0f;
                 inv = mx > 0 ? 127.0f / mx : 0.0f;
@@ -667,7 +669,7 @@ static lmv_result try_open(const unsigned char *src, size_t n, lmv_error *err) {
     r = lmv_model_open_memory(copy, n, NULL, &m, err);
     if (r == LMV_OK) {
         lmv_session *s;
-        const lmv_model_info *in = lmv_model_info(m);
+        const lmv_model_info *in = lmv_model_info_get(m);
         if (lmv_session_create(m, NULL, &s, err) == LMV_OK) {
             size_t px = (size_t)in->in_chans * in->img_h * in->img_w;
             float *x = (float *)calloc(px, sizeof(float)), *y = (float *)calloc((size_t)in->num_features + (size_t)in->num_classes + 1, sizeof(float));

@@ -81,10 +81,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     model = m;
-    H = lmv_model_info(m)->img_h;
-    W = lmv_model_info(m)->img_w;
-    C = lmv_model_info(m)->in_chans;
-    OUT = lmv_model_info(m)->num_features;
+    H = lmv_model_info_get(m)->img_h;
+    W = lmv_model_info_get(m)->img_w;
+    C = lmv_model_info_get(m)->in_chans;
+    OUT = lmv_model_info_get(m)->num_features;
     n = (size_t)C * H * W;
     /* the reference: each input run alone on this thread */
     if (lmv_session_create(m, NULL, &s, &err) != LMV_OK) {

@@ -255,7 +255,7 @@ typedef struct mapping {
    else read into memory by the library. close_model() closes it and drops the mapping. */
 static lmv_result open_model(const char *path, int verify, lmv_model **m, mapping *map, lmv_error *err) {
     lmv_open_options o = lmv_open_options_default();
-    o.verify_data = verify;
+    o.skip_verify = !verify;
     map->p = NULL;
     map->n = 0;
     *m = NULL;
@@ -347,7 +347,7 @@ static int cmd_bench(int argc, char **argv) {
     t0 = now_ms();
     if (open_model(path, 0, &m, &map, &err) != LMV_OK) return fail(path, &err);
     open_mapped = now_ms() - t0;
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     if (!h) { h = in->img_h; w = in->img_w; }
     so = lmv_session_options_default();
     so.max_h = h;
@@ -493,11 +493,11 @@ static int cmd_gemm(int argc, char **argv) {
     if (json)
         printf("{\"m\": %d, \"n\": %d, \"k\": %d, \"dtype\": \"%s\", \"threads\": %d, \"runs\": %d, \"best_ms\": %.5f, "
                "\"median_ms\": %.5f, \"gflops_best\": %.3f, \"gflops_median\": %.3f}\n",
-               dims[0], dims[1], dims[2], lmv_dtype_name(dtype), ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], lmv_dtype_name((lmv_dtype)dtype), ctx.threads, runs, times[0],
                times[runs / 2], flops / times[0] / 1e6, flops / times[runs / 2] / 1e6);
     else
         printf("gemm %dx%dx%d (%s weights), %d thread(s), %d runs: best %.3f ms (%.1f GFLOP/s), median %.3f ms (%.1f GFLOP/s)\n",
-               dims[0], dims[1], dims[2], lmv_dtype_name(dtype), ctx.threads, runs, times[0],
+               dims[0], dims[1], dims[2], lmv_dtype_name((lmv_dtype)dtype), ctx.threads, runs, times[0],
                flops / times[0] / 1e6, times[runs / 2], flops / times[runs / 2] / 1e6);
     free(A); free(W); free(C); free(bias); free(scale); free(wq); free(times);
     return 0;
@@ -521,7 +521,7 @@ static int cmd_info(int argc, char **argv) {
     }
     if (!path) return usage_error("info", "give a MODEL.lmv");
     if (open_model(path, 1, &m, &map, &err) != LMV_OK) return fail(path, &err);
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     printf("model        %s\n", in->name);
     printf("family       %s (from %s)\n", in->arch, in->source);
     printf("input        %d x %d x %d\n", in->in_chans, in->img_h, in->img_w);
@@ -532,10 +532,10 @@ static int cmd_info(int argc, char **argv) {
         size_t count[4] = {0, 0, 0, 0}, bytes[4] = {0, 0, 0, 0};
         lmv_tensor_info t;
         for (i = 0; lmv_model_tensor(m, i, &t); i++)
-            if (t.dtype >= 0 && t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
+            if ((unsigned)t.dtype < 4) count[t.dtype]++, bytes[t.dtype] += t.nbytes;
         printf("storage     ");
         for (j = 0; j < 4; j++)
-            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", lmv_dtype_name((int)j), count[j], bytes[j] / 1e6);
+            if (count[j]) printf(" %s: %zu tensors, %.2f MB;", lmv_dtype_name((lmv_dtype)j), count[j], bytes[j] / 1e6);
         printf("\n");
     }
     printf("preprocess   resize %d %s, crop %dx%d (crop_pct %.3f), mean %.4f %.4f %.4f, std %.4f %.4f %.4f\n",
@@ -544,11 +544,11 @@ static int cmd_info(int argc, char **argv) {
            in->preprocess.std[0], in->preprocess.std[1], in->preprocess.std[2]);
     printf("config\n");
     for (i = 0; lmv_model_config(m, i, &e); i++) {
-        if (e.type == 4) continue;
+        if (e.type == LMV_CONFIG_STRINGS) continue;
         printf("  %-20s ", e.key);
-        if (e.type == 3) printf("%s", e.string);
-        for (j = 0; j < e.count && e.type <= 2; j++)
-            e.type == 1 ? printf("%s%d", j ? " " : "", e.ints[j]) : printf("%s%g", j ? " " : "", e.floats[j]);
+        if (e.type == LMV_CONFIG_STRING) printf("%s", e.string);
+        for (j = 0; j < e.count && (e.type == LMV_CONFIG_INTS || e.type == LMV_CONFIG_FLOATS); j++)
+            e.type == LMV_CONFIG_INTS ? printf("%s%d", j ? " " : "", e.ints[j]) : printf("%s%g", j ? " " : "", e.floats[j]);
         printf("\n");
     }
     if (in->has_labels) {
@@ -607,8 +607,8 @@ static int cmd_run(int argc, char **argv) {
         fail(paths[1], &err);
         goto done;
     }
-    if (npy.ndim != 4 || npy.shape[1] != lmv_model_info(m)->in_chans) {
-        fprintf(stderr, "lmv: %s: expected a float32 array of shape (N, %d, H, W)\n", paths[1], lmv_model_info(m)->in_chans);
+    if (npy.ndim != 4 || npy.shape[1] != lmv_model_info_get(m)->in_chans) {
+        fprintf(stderr, "lmv: %s: expected a float32 array of shape (N, %d, H, W)\n", paths[1], lmv_model_info_get(m)->in_chans);
         goto done;
     }
     n = npy.shape[0];
@@ -631,7 +631,7 @@ static int cmd_run(int argc, char **argv) {
         lmv_session_set_trace(s, trace_write, &td);
         lmv_session_trace_attention(s, attention);
     }
-    outdim = features ? lmv_model_info(m)->num_features : lmv_model_info(m)->num_classes;
+    outdim = features ? lmv_model_info_get(m)->num_features : lmv_model_info_get(m)->num_classes;
     out = (float *)malloc(sizeof(float) * (size_t)n * (size_t)(outdim ? outdim : 1));
     if (!out) {
         fprintf(stderr, "lmv: out of memory for the output of %d images\n", n);
@@ -711,7 +711,7 @@ static int cmd_preprocess(int argc, char **argv) {
     }
     if (n != 3) return usage_error("preprocess", "give MODEL.lmv IMAGE.jpg OUT.npy");
     if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     if (!check_file(paths[1], "a JPEG file", &err) || lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) {
         fail(paths[1], &err);
         goto done;
@@ -874,7 +874,7 @@ static int cmd_eval(int argc, char **argv) {
     }
     if (n != 2) return usage_error("eval", "give MODEL.lmv DIR");
     if (open_model(paths[0], 1, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
-    nmodel = lmv_model_info(m)->num_classes;
+    nmodel = lmv_model_info_get(m)->num_classes;
 #ifndef HAVE_MMAP
     fprintf(stderr, "lmv eval: this build cannot list folders (it was built without POSIX)\n");
     goto done;
@@ -908,7 +908,7 @@ static int cmd_eval(int argc, char **argv) {
     }
     /* Folders named after the model's labels are those classes; otherwise one folder per class, in
        sorted order. */
-    by_label = lmv_model_info(m)->has_labels;
+    by_label = lmv_model_info_get(m)->has_labels;
     for (c = 0; c < nclass && by_label; c++) {
         cls[c] = -1;
         for (k = 0; k < nmodel && cls[c] < 0; k++)
@@ -927,7 +927,7 @@ static int cmd_eval(int argc, char **argv) {
         if (nclass != nmodel) {
             fprintf(stderr, "lmv eval: the %d folders of '%s' (", nclass, paths[1]);
             print_names(stderr, classes.v, nclass, 4);
-            if (lmv_model_info(m)->has_labels) {
+            if (lmv_model_info_get(m)->has_labels) {
                 fprintf(stderr, ") are not all labels of the model and it has %d classes, so they cannot be taken in order: "
                                 "name each folder after its class (", nmodel);
                 for (k = 0; k < nmodel && k < 4; k++) fprintf(stderr, "%s%s", k ? ", " : "", lmv_model_label(m, k));
@@ -985,7 +985,7 @@ static int cmd_eval(int argc, char **argv) {
         for (i = 0; i < files[c].n; i++) {
             int p;
             snprintf(path, sizeof path, "%s/%s/%s", paths[1], classes.v[c], files[c].v[i]);
-            if (lmv_classify_file(s, path, NULL, 1, top, &err) != LMV_OK) {
+            if (lmv_classify_file(s, path, NULL, 1, top, NULL, &err) != LMV_OK) {
                 fprintf(stderr, "\nlmv: %s: %s\n", path, err.message);
                 failed++;
                 continue;
@@ -1009,7 +1009,7 @@ static int cmd_eval(int argc, char **argv) {
         double mp = 0, mr = 0, mf = 0, acc = done ? 100.0 * correct / done : 0;
         if (json) {
             printf("{\"model\": ");
-            json_string(stdout, lmv_model_info(m)->name);
+            json_string(stdout, lmv_model_info_get(m)->name);
             printf(", \"images\": %d, \"failed\": %d, \"correct\": %d, \"accuracy\": %.4f, \"outside\": %d, \"mapping\": \"%s\", "
                    "\"skipped\": %d, \"skipped_files\": [", done, failed, correct, acc, outside, by_label ? "labels" : "sorted",
                    skipped.n);

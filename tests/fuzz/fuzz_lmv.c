@@ -55,12 +55,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!copy) return 0;
     memcpy(copy, data, size);
     if (!(data[size - 1] & 1)) fix_crcs(copy, size);
-    oo.verify_data = !(data[size - 1] & 2);
+    oo.skip_verify = (data[size - 1] & 2) != 0;
     if (lmv_model_open_memory(copy, size, &oo, &m, &err) != LMV_OK) {
         free(copy);
         return 0;
     }
-    in = lmv_model_info(m);
+    in = lmv_model_info_get(m);
     /* a small input keeps each run fast: the native size when it is small, else 16 x 16 */
     so.max_h = in->img_h <= 64 ? in->img_h : 16;
     so.max_w = in->img_w <= 64 ? in->img_w : 16;

@@ -1,6 +1,7 @@
 /* classify - the top classes of JPEG photos, with any converted model.
 
      build/classify MODEL.lmv IMAGE.jpg [more images...] [--top K] [--threads N] [--ignore-exif]
+                                                       [--max-pixels N]
 
    Each image goes through the model's own eval transform (the resize, crop and normalisation its
    training used, stored in the .lmv file), so the answer is the one PyTorch gives for the same
@@ -32,15 +33,18 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--top") && i + 1 < argc) k = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) so.threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
+        else if (!strcmp(argv[i], "--max-pixels") && i + 1 < argc) io.max_pixels = (size_t)strtoull(argv[++i], NULL, 10);
         else if (argv[i][0] == '-') break;
         else nimages++;
     }
     if (argc < 3 || i < argc || nimages == 0 || k < 1 || k > 64) {
         fprintf(stderr, "usage: classify MODEL.lmv IMAGE.jpg [more images...] [--top K] [--threads N] [--ignore-exif]\n"
+                        "                [--max-pixels N]\n"
                         "  --top K         how many classes to print per image (1..64, default 5)\n"
                         "  --threads N     threads to use (default: all)\n"
                         "  --ignore-exif   do not rotate images by their EXIF orientation (PIL's Image.open\n"
-                        "                  does not either)\n");
+                        "                  does not either)\n"
+                        "  --max-pixels N  refuse larger images (default 178956970, Pillow's bound)\n");
         return 2;
     }
     if (lmv_model_open_file(argv[1], NULL, &model, &err) != LMV_OK) {

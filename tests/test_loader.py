@@ -73,6 +73,7 @@ code, out, err = run([LMV, "--help"])
 res.check("lmv --help", code == 0 and "run MODEL.lmv" in out, "")
 x = os.path.join(d, "x.npy")
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 np.save(x, np.zeros((1, 3, 16, 16), dtype="<f8"))
 code, out, err = run([LMV, "run", model, x, os.path.join(d, "y.npy")])
 res.check("lmv run refuses float64 input with advice", code == 1 and "float32" in err, err.strip())
@@ -197,4 +198,19 @@ open(x, "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head +
 numpy_shape = np.load(x).shape
 code, out, err = run([LMV, "run", model, x, os.path.join(d, "y.npy")])
 res.check(f".npy with 'shape' twice (numpy reads {numpy_shape}): refused", code == 1 and "twice" in err, err.strip())
+
+# the decode guards as flags of the tools
+prog = os.path.join(d, "cat_prog.jpg")
+Image.open(img).convert("RGB").save(os.path.join(d, "cat.ppm"))
+subprocess.run(["cjpeg", "-progressive", "-outfile", prog, os.path.join(d, "cat.ppm")], check=True)
+n_scans = open(prog, "rb").read().count(b"\xff\xda")
+for flag, value, word in [("--max-pixels", 32 * 32 - 1, "max_pixels"), ("--max-scans", n_scans - 1, "max_scans"),
+                          ("--max-memory", 1000, "max_memory")]:
+    code, out, err = run([LMV, "decode", prog, os.path.join(d, "x.ppm"), flag, str(value)])
+    res.check(f"lmv decode {flag} {value}: refused", code == 1 and word in err, err.strip())
+code, out, err = run([LMV, "decode", prog, os.path.join(d, "x.ppm"), "--max-pixels", "1024", "--max-scans", str(n_scans)])
+res.check("lmv decode at --max-pixels and --max-scans exactly: decodes", code == 0, err.strip())
+if os.path.exists(classify):
+    code, out, err = run([classify, model, img, "--max-pixels", "1023"])
+    res.check("classify --max-pixels 1023 refuses a 32x32 image", code == 1 and "max_pixels" in err, err.strip())
 res.finish()

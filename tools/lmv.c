@@ -60,6 +60,9 @@ static const char *usage =
     "      --json                        one JSON object instead of text\n"
     "  decode IMAGE.jpg OUT.ppm          decode a JPEG (EXIF orientation applied) to PPM/PGM\n"
     "      --ignore-exif                 keep the stored orientation\n"
+    "      --max-pixels N                refuse larger images (default 178956970, Pillow's bound)\n"
+    "      --max-scans N                 refuse files with more scans (default 100)\n"
+    "      --max-memory BYTES            refuse files whose decode needs more memory (default: no limit)\n"
     "  preprocess MODEL.lmv IMAGE.jpg OUT.npy\n"
     "                                    the model's eval transform of an image, 1xCxHxW float32\n"
     "      --ignore-exif                 keep the stored orientation\n"
@@ -516,6 +519,9 @@ static int cmd_decode(int argc, char **argv) {
     FILE *f;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
+        else if (!strcmp(argv[i], "--max-pixels") && i + 1 < argc) io.max_pixels = (size_t)strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--max-scans") && i + 1 < argc) io.max_scans = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--max-memory") && i + 1 < argc) io.max_memory = (size_t)strtoull(argv[++i], NULL, 10);
         else if (argv[i][0] != '-' && n < 2) paths[n++] = argv[i];
         else {
             fputs(usage, stderr);

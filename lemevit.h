@@ -82,8 +82,14 @@
 
        tensors per file 65536, dimensions per tensor 6, meta entries 4096, file size < 2^48 bytes,
        tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16; JPEG images up to
-       lmv_image_options.max_pixels (default 1<<26), 8-bit Huffman-coded only.
-       Anything beyond these is refused with LMV_ERR_LIMIT, never truncated.
+       lmv_image_options.max_pixels (default 2 * 89,478,485, Pillow's decompression-bomb bound),
+       max_scans scans (default 100) and, when set, max_memory bytes of decode memory; 8-bit
+       Huffman-coded only. Anything beyond these is refused with LMV_ERR_LIMIT, never truncated,
+       and before anything of that size is allocated.
+       A weight file's preprocessing must be usable: pre.crop an input the model can run (else
+       LMV_ERR_LIMIT or LMV_ERR_INPUT_SIZE when it opens), pre.interp one of the three filters,
+       pre.std in [1e-6, 1e6] and pre.mean in [-1e6, 1e6] (else LMV_ERR_CORRUPT).
+       README.md, "Ranges and limits", lists every range with the error it gives.
 */
 #ifndef LEMEVIT_H
 #define LEMEVIT_H
@@ -200,6 +206,12 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
    stay valid (names and labels are read from it). */
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
+/* A memory-mapped file works (that is how tools/lmv.c opens models), but as with any mapping, a
+   file truncated or rewritten in place while mapped makes the next touch of a lost page raise
+   SIGBUS, which no check here can catch. When the file may change while the model is open, take a
+   private copy: lmv_model_open_file() reads the whole file into memory from the allocator (or read
+   it yourself into a buffer you keep until lmv_model_close()). Replacing a file by renaming a new
+   one over it (as tools/convert.py writes) is safe: the mapping keeps the old file. */
 #ifndef LEMEVIT_NO_STDIO
 /* Read a whole .lmv file into memory from the allocator and open it. */
 LEMEVIT_API lmv_result lmv_model_open_file(const char *path, const lmv_open_options *opt, lmv_model **out,
@@ -368,7 +380,10 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
    Working memory is about 2 bytes per pixel per component (4 for progressive files) on top of
    the output. The pixels equal Pillow's except in two corners: a progressive file that ends
    without refining every coefficient bit (libjpeg then smooths blocks, this decoder does not),
-   and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them). */
+   and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them).
+   Decompression bombs are bounded by the options: max_pixels and max_memory are checked against
+   the declared size before anything is allocated, max_scans bounds the passes over the blocks,
+   and data too short to hold one bit per block of the declared size is refused as truncated. */
 LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
                                              lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
@@ -397,7 +412,8 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
 /* --------------------------------------------------------------------------------------------
    From an image to an answer: the model's own eval transform (lmv_model_info()->preprocess),
    the run, and the top classes with their labels. The session must be planned for at least the
-   model's crop size (the default). Temporary memory (the decoded image, the input tensor) comes
+   model's crop size (the default plan, the native size, usually is the crop; a smaller plan is
+   refused with LMV_ERR_INPUT_SIZE before any decoding or allocation). Temporary memory (the decoded image, the input tensor) comes
    from the session's allocator and is given back before returning; with an lmv_arena, take an
    lmv_arena_mark() before and lmv_arena_release() after, since an arena never frees.
    -------------------------------------------------------------------------------------------- */

@@ -1185,8 +1185,9 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
     lmv__sort_idx(order, (int)n_meta, lmv__cmp_meta_key, m->meta);
     for (i = 1; i < n_meta; i++)
         if (strcmp(m->meta[order[i]].key, m->meta[order[i - 1]].key) == 0) {
+            const char *key = m->meta[order[i]].key;
             lmv__free(&m->allocator, order);
-            return lmv__fail(err, LMV_ERR_CORRUPT, "meta key '%s' appears twice", m->meta[order[i]].key);
+            return lmv__fail(err, LMV_ERR_CORRUPT, "meta key '%s' appears twice", key);
         }
     r = lmv__parse_table(m, p, table_off, table_size, data_off, data_size, n_tensors, order, err);
     lmv__free(&m->allocator, order);

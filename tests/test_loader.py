@@ -165,6 +165,12 @@ for what, old, new, want in [
     code, out, err = lmv_info(bad)
     res.check(f"{what} is refused at open", code == 1 and want in err, err)
 
+# a meta key given twice is named in the message (the key is read before the index is given back)
+dupkey = os.path.join(d, "dupkey.lmv")
+patch(base, dupkey, b"pre.mean", b"in_chans")
+code, out, err = lmv_info(dupkey, tool=os.path.join(BUILD, "asan", "lmv") if os.path.exists(os.path.join(BUILD, "asan", "lmv")) else LMV)
+res.check("a meta key given twice is refused, naming it", code == 1 and "meta key 'in_chans' appears twice" in err, err)
+
 # 65,536 tensors (the limit): the uniqueness checks are O(n log n), so the file opens in well under
 # a second even in the AddressSanitizer build used here (the former pairwise checks took about a
 # minute there, past the 30 s allowed); a duplicated name or overlapping data is still found.

@@ -150,8 +150,14 @@
 
        tensors per file 65536, dimensions per tensor 6, meta entries 4096, file size < 2^48 bytes,
        tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16; JPEG images up to
-       lmv_image_options.max_pixels (default 1<<26), 8-bit Huffman-coded only.
-       Anything beyond these is refused with LMV_ERR_LIMIT, never truncated.
+       lmv_image_options.max_pixels (default 2 * 89,478,485, Pillow's decompression-bomb bound),
+       max_scans scans (default 100) and, when set, max_memory bytes of decode memory; 8-bit
+       Huffman-coded only. Anything beyond these is refused with LMV_ERR_LIMIT, never truncated,
+       and before anything of that size is allocated.
+       A weight file's preprocessing must be usable: pre.crop an input the model can run (else
+       LMV_ERR_LIMIT or LMV_ERR_INPUT_SIZE when it opens), pre.interp one of the three filters,
+       pre.std in [1e-6, 1e6] and pre.mean in [-1e6, 1e6] (else LMV_ERR_CORRUPT).
+       README.md, "Ranges and limits", lists every range with the error it gives.
 */
 #ifndef LEMEVIT_H
 #define LEMEVIT_H
@@ -292,6 +298,12 @@ LEMEVIT_API lmv_result lmv_model_memory(const void *data, size_t size, const lmv
    stays the caller's: lmv_model_close() only ends the model's use of it. */
 LEMEVIT_API lmv_result lmv_model_open_prealloc(const void *data, size_t size, const lmv_open_options *opt, void *mem,
                                                size_t mem_size, lmv_model **out, lmv_error *err);
+/* A memory-mapped file works (that is how tools/lmv.c opens models), but as with any mapping, a
+   file truncated or rewritten in place while mapped makes the next touch of a lost page raise
+   SIGBUS, which no check here can catch. When the file may change while the model is open, take a
+   private copy: lmv_model_open_file() reads the whole file into memory from the allocator (or read
+   it yourself into a buffer you keep until lmv_model_close()). Replacing a file by renaming a new
+   one over it (as tools/convert.py writes) is safe: the mapping keeps the old file. */
 #ifndef LEMEVIT_NO_STDIO
 /* Read a whole .lmv file into memory from the allocator and open it. A directory, pipe or device
    gives LMV_ERR_IO naming it as such (lmv_image_load_jpeg too), before anything is allocated. */
@@ -436,13 +448,22 @@ typedef struct lmv_image {
     lmv_allocator allocator;   /* where pixels came from; lmv_image_free() gives them back */
 } lmv_image;
 
-#define LMV_IMAGE_MAX_PIXELS_DEFAULT ((size_t)1 << 26) /* 64 Mpixel, e.g. 8192 x 8192 */
+/* Decompression-bomb guards. The pixel default is Pillow's: Image.open refuses more than
+   2 * Image.MAX_IMAGE_PIXELS (2 * 89,478,485) pixels with DecompressionBombError. */
+#define LMV_IMAGE_MAX_PIXELS_DEFAULT ((size_t)2 * 89478485)
+#define LMV_IMAGE_MAX_SCANS_DEFAULT 100 /* real progressive files have about 10 */
 
 typedef struct lmv_image_options {
     lmv_allocator allocator;   /* alloc == NULL: malloc/free */
     int ignore_orientation;    /* 0 (default): apply the EXIF orientation as ImageOps.exif_transpose */
-    size_t max_pixels;         /* width * height above this is refused with LMV_ERR_LIMIT;
-                                  default LMV_IMAGE_MAX_PIXELS_DEFAULT, 0 means the default */
+    size_t max_pixels;         /* width * height above this is refused with LMV_ERR_LIMIT before anything
+                                  is allocated; 0: LMV_IMAGE_MAX_PIXELS_DEFAULT */
+    int max_scans;             /* a file with more scans is refused with LMV_ERR_LIMIT when the scan
+                                  after the last allowed one starts (each scan is a pass over every
+                                  block, so this bounds the time); 0: LMV_IMAGE_MAX_SCANS_DEFAULT */
+    size_t max_memory;         /* bytes: a file whose declared size needs more than this
+                                  (lmv_image_info.decode_memory) is refused with LMV_ERR_LIMIT
+                                  before anything is allocated; 0: no limit beyond max_pixels */
 } lmv_image_options;
 
 LEMEVIT_API lmv_image_options lmv_image_options_default(void);
@@ -467,7 +488,10 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
    Working memory is about 2 bytes per pixel per component (4 for progressive files) on top of
    the output. The pixels equal Pillow's except in two corners: a progressive file that ends
    without refining every coefficient bit (libjpeg then smooths blocks, this decoder does not),
-   and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them). */
+   and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them).
+   Decompression bombs are bounded by the options: max_pixels and max_memory are checked against
+   the declared size before anything is allocated, max_scans bounds the passes over the blocks,
+   and data too short to hold one bit per block of the declared size is refused as truncated. */
 LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
                                              lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
@@ -496,7 +520,8 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
 /* --------------------------------------------------------------------------------------------
    From an image to an answer: the model's own eval transform (lmv_model_info_get()->preprocess),
    the run, and the top classes with their labels. The session must be planned for at least the
-   model's crop size (the default). Temporary memory (the decoded image, the input tensor) comes
+   model's crop size (the default plan, the native size, usually is the crop; a smaller plan is
+   refused with LMV_ERR_INPUT_SIZE before any decoding or allocation). Temporary memory (the decoded image, the input tensor) comes
    from the session's allocator and is given back before returning; with an lmv_arena, take an
    lmv_arena_mark() before and lmv_arena_release() after, since an arena never frees.
    -------------------------------------------------------------------------------------------- */
@@ -803,6 +828,10 @@ static int lmv__mul_ok(size_t a, size_t b, size_t *out) {
 
 #define LMV__HEADER_SIZE 128
 #define LMV__MAX_TENSORS 65536
+/* pre.std and pre.mean of a weight file: a normalised pixel stays an ordinary float */
+#define LMV__PRE_STD_MIN 1e-6f
+#define LMV__PRE_STD_MAX 1e6f
+#define LMV__PRE_MEAN_MAX 1e6f
 #define LMV__MAX_META 4096
 #define LMV__MAX_DIMS 6
 
@@ -1087,12 +1116,53 @@ static lmv_result lmv__bind_norm(const lmv_model *m, int optional, int C, const 
     return lmv__w1(m, optional, C, b, err, name);
 }
 
+/* Heapsort of idx[0..n) by cmp(ctx, a, b): O(n log n) at worst and no memory of its own, so the
+   uniqueness checks below stay fast for the largest tables a file may hold. */
+static void lmv__sift_idx(int *idx, int root, int n, int (*cmp)(const void *, int, int), const void *ctx) {
+    int child, t;
+    while ((child = 2 * root + 1) < n) {
+        if (child + 1 < n && cmp(ctx, idx[child], idx[child + 1]) < 0) child++;
+        if (cmp(ctx, idx[root], idx[child]) >= 0) return;
+        t = idx[root]; idx[root] = idx[child]; idx[child] = t;
+        root = child;
+    }
+}
+
+static void lmv__sort_idx(int *idx, int n, int (*cmp)(const void *, int, int), const void *ctx) {
+    int i, t;
+    for (i = n / 2 - 1; i >= 0; i--) lmv__sift_idx(idx, i, n, cmp, ctx);
+    for (i = n - 1; i > 0; i--) {
+        t = idx[0]; idx[0] = idx[i]; idx[i] = t;
+        lmv__sift_idx(idx, 0, i, cmp, ctx);
+    }
+}
+
+static int lmv__cmp_tensor_name(const void *ctx, int a, int b) {
+    const lmv__tensor *ta = (const lmv__tensor *)ctx + a, *tb = (const lmv__tensor *)ctx + b;
+    int n = ta->name_len < tb->name_len ? ta->name_len : tb->name_len, c = memcmp(ta->name, tb->name, (size_t)n);
+    return c ? c : ta->name_len - tb->name_len;
+}
+
+static int lmv__cmp_tensor_data(const void *ctx, int a, int b) {
+    const lmv__tensor *ta = (const lmv__tensor *)ctx + a, *tb = (const lmv__tensor *)ctx + b;
+    return ta->data < tb->data ? -1 : ta->data > tb->data ? 1 : a - b;
+}
+
+static int lmv__cmp_meta_key(const void *ctx, int a, int b) {
+    return strcmp(((const lmv__meta *)ctx)[a].key, ((const lmv__meta *)ctx)[b].key);
+}
+
+static lmv_result lmv__parse_table(lmv_model *m, const unsigned char *p, uint64_t table_off, uint64_t table_size,
+                                   uint64_t data_off, uint64_t data_size, uint32_t n_tensors, int *order,
+                                   lmv_error *err);
+
 /* Parse and validate the whole container: header, CRCs, meta, table. Nothing is trusted until
    it has been bounds-checked here. */
 static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, int verify_data, lmv_error *err) {
     uint64_t file_size, meta_off, meta_size, table_off, table_size, data_off, data_size;
     uint32_t version, tag, n_meta, n_tensors, crc;
-    int header_ok, data_ok;
+    int header_ok, data_ok, *order;
+    lmv_result r;
     size_t pos, end, keys_bytes = 0, nstrings = 0;
     lmv__crc *crct;
     unsigned char head[80];
@@ -1235,14 +1305,31 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
             pos = start + (((pos - start) + 3) & ~(size_t)3);
         }
     }
-    for (i = 0; i < n_meta; i++) {
-        uint32_t j;
-        for (j = 0; j < i; j++)
-            if (strcmp(m->meta[i].key, m->meta[j].key) == 0)
-                return lmv__fail(err, LMV_ERR_CORRUPT, "meta key '%s' appears twice", m->meta[i].key);
-    }
+    /* one index array, sorted by key here and by tensor name and data below, then given back:
+       4 bytes per entry while the file is checked */
+    order = (int *)lmv__alloc(&m->allocator, sizeof(int) * ((n_meta > n_tensors ? n_meta : n_tensors) + 1));
+    if (!order) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory reading the header");
+    for (i = 0; i < n_meta; i++) order[i] = (int)i;
+    lmv__sort_idx(order, (int)n_meta, lmv__cmp_meta_key, m->meta);
+    for (i = 1; i < n_meta; i++)
+        if (strcmp(m->meta[order[i]].key, m->meta[order[i - 1]].key) == 0) {
+            const char *key = m->meta[order[i]].key;
+            lmv__free(&m->allocator, order);
+            return lmv__fail(err, LMV_ERR_CORRUPT, "meta key '%s' appears twice", key);
+        }
+    r = lmv__parse_table(m, p, table_off, table_size, data_off, data_size, n_tensors, order, err);
+    lmv__free(&m->allocator, order);
+    return r;
+}
 
-    /* Tensor table. */
+/* The tensor table: every entry bounds-checked, names unique, data ranges disjoint. `order` has
+   room for n_tensors indices. */
+static lmv_result lmv__parse_table(lmv_model *m, const unsigned char *p, uint64_t table_off, uint64_t table_size,
+                                   uint64_t data_off, uint64_t data_size, uint32_t n_tensors, int *order,
+                                   lmv_error *err) {
+    size_t pos, end;
+    uint32_t i;
+    const unsigned char *reach = NULL;
     m->n_tensors = (int)n_tensors;
     end = (size_t)(table_off + table_size);
     pos = (size_t)table_off;
@@ -1297,17 +1384,33 @@ static lmv_result lmv__parse(lmv_model *m, const unsigned char *p, size_t size, 
         t->numel = numel;
         t->data = p + data_off + off;
     }
-    /* Names unique, ranges disjoint: O(n^2) but n is small and this runs once. */
-    for (i = 0; i < n_tensors; i++) {
-        uint32_t j;
-        const lmv__tensor *a = &m->tensors[i];
-        for (j = 0; j < i; j++) {
-            const lmv__tensor *b = &m->tensors[j];
-            if (a->name_len == b->name_len && memcmp(a->name, b->name, (size_t)a->name_len) == 0)
-                return lmv__fail(err, LMV_ERR_CORRUPT, "a tensor name appears twice in the table (entry %u)", (unsigned)i);
-            if (a->nbytes && b->nbytes && a->data < b->data + b->nbytes && b->data < a->data + a->nbytes)
-                return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entries %u and %u overlap", (unsigned)j, (unsigned)i);
+    /* Names unique: sorted, equal names are neighbours (O(n log n), 65536 entries included). */
+    for (i = 0; i < n_tensors; i++) order[i] = (int)i;
+    lmv__sort_idx(order, (int)n_tensors, lmv__cmp_tensor_name, m->tensors);
+    for (i = 1; i < n_tensors; i++)
+        if (lmv__cmp_tensor_name(m->tensors, order[i - 1], order[i]) == 0) {
+            int a = order[i - 1] > order[i] ? order[i - 1] : order[i];
+            return lmv__fail(err, LMV_ERR_CORRUPT, "a tensor name appears twice in the table (entry %u)", (unsigned)a);
         }
+    /* Ranges disjoint: in order of their start, each non-empty range begins at or after the
+       furthest end of the ranges before it. */
+    for (i = 0; i < n_tensors; i++) order[i] = (int)i;
+    lmv__sort_idx(order, (int)n_tensors, lmv__cmp_tensor_data, m->tensors);
+    for (i = 0; i < n_tensors; i++) {
+        const lmv__tensor *t = &m->tensors[order[i]];
+        if (!t->nbytes) continue;
+        if (reach && t->data < reach) {
+            int a = order[i], b = a;
+            uint32_t j;
+            for (j = 0; j < i; j++) /* name the earlier entry it overlaps, as the message promises */
+                if (m->tensors[order[j]].nbytes && m->tensors[order[j]].data + m->tensors[order[j]].nbytes > t->data) {
+                    b = order[j];
+                    break;
+                }
+            return lmv__fail(err, LMV_ERR_CORRUPT, "tensor entries %u and %u overlap", (unsigned)(a < b ? a : b),
+                             (unsigned)(a < b ? b : a));
+        }
+        if (!reach || t->data + t->nbytes > reach) reach = t->data + t->nbytes;
     }
     return LMV_OK;
 }
@@ -4018,14 +4121,25 @@ static lmv_result lmv__read_common(lmv_model *m, lmv_error *err) {
         return r;
     pp->crop_pct = lmv__meta_float(m, "pre.crop_pct", 0, 1.0f);
     interp = lmv__meta_string(m, "pre.interp", "bicubic");
-    pp->interpolation = !strcmp(interp, "bilinear") ? LMV_INTERP_BILINEAR
-                        : !strcmp(interp, "nearest") ? LMV_INTERP_NEAREST : LMV_INTERP_BICUBIC;
+    if (!strcmp(interp, "bilinear")) pp->interpolation = LMV_INTERP_BILINEAR;
+    else if (!strcmp(interp, "nearest")) pp->interpolation = LMV_INTERP_NEAREST;
+    else if (!strcmp(interp, "bicubic")) pp->interpolation = LMV_INTERP_BICUBIC;
+    else
+        return lmv__fail(err, LMV_ERR_CORRUPT, "pre.interp '%s' is not one of bilinear, bicubic, nearest: convert the model again",
+                         interp);
     for (i = 0; i < 3; i++) {
         int c = i < in->in_chans ? i : 0;
         const lmv__meta *mm = lmv__find_meta(m, "pre.mean"), *ss = lmv__find_meta(m, "pre.std");
         pp->mean[i] = lmv__meta_float(m, "pre.mean", mm && mm->count == 1 ? 0 : c, 0.0f);
         pp->std[i] = lmv__meta_float(m, "pre.std", ss && ss->count == 1 ? 0 : c, 1.0f);
-        if (!(pp->std[i] > 0.0f)) return lmv__fail(err, LMV_ERR_CORRUPT, "pre.std must be positive");
+        /* normalised inputs must stay ordinary floats: a denormal or infinite std, or a mean
+           beyond any pixel scale, is a damaged file, not a transform */
+        if (!(pp->std[i] >= LMV__PRE_STD_MIN && pp->std[i] <= LMV__PRE_STD_MAX))
+            return lmv__fail(err, LMV_ERR_CORRUPT,
+                             "pre.std[%d] is outside [1e-6, 1e6] (zero, denormal, infinite or NaN): convert the model again", i);
+        if (!(pp->mean[i] >= -LMV__PRE_MEAN_MAX && pp->mean[i] <= LMV__PRE_MEAN_MAX))
+            return lmv__fail(err, LMV_ERR_CORRUPT,
+                             "pre.mean[%d] is outside [-1e6, 1e6] (or NaN): convert the model again", i);
     }
     lab = lmv__find_meta(m, "labels");
     if (lab) {
@@ -4088,6 +4202,25 @@ static lmv_result lmv__native_copy(lmv_model *m, lmv_error *err) {
     return LMV_OK;
 }
 
+static lmv_result lmv__check_tokens(const lmv_model *m, int h, int w, lmv_error *err);
+
+/* The eval transform's crop is the input every image helper runs: a crop the model's plan
+   cannot take (too many tokens, a size the architecture refuses) makes the file unusable, so it
+   is refused here, before a session or an input tensor of that size is ever allocated. */
+static lmv_result lmv__check_crop(const lmv_model *m, lmv_error *err) {
+    const lmv_preprocess *pp = &m->info.preprocess;
+    size_t floats = 0;
+    lmv_error e;
+    lmv_result r = lmv__check_tokens(m, pp->crop_h, pp->crop_w, &e);
+    if (r == LMV_OK) r = m->ops->plan(m, 1, pp->crop_h, pp->crop_w, &floats, &e);
+    if (r == LMV_OK && floats > SIZE_MAX / 8) r = lmv__fail(&e, LMV_ERR_LIMIT, "its activations do not fit in size_t");
+    if (r != LMV_OK)
+        return lmv__fail(err, r == LMV_ERR_INPUT_SIZE ? LMV_ERR_INPUT_SIZE : LMV_ERR_LIMIT,
+                         "pre.crop %d x %d is an input this model cannot run (%s): convert it with a smaller crop",
+                         pp->crop_h, pp->crop_w, e.message);
+    return LMV_OK;
+}
+
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err) {
     lmv_open_options o = opt ? *opt : lmv_open_options_default();
@@ -4120,7 +4253,7 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
         return r;
     }
     m->info.family = m->ops->family;
-    if ((r = m->ops->bind(m, err)) != LMV_OK) {
+    if ((r = m->ops->bind(m, err)) != LMV_OK || (r = lmv__check_crop(m, err)) != LMV_OK) {
         lmv__model_release(m);
         return r;
     }
@@ -4575,6 +4708,7 @@ LEMEVIT_API lmv_image_options lmv_image_options_default(void) {
     lmv_image_options o;
     memset(&o, 0, sizeof o);
     o.max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
+    o.max_scans = LMV_IMAGE_MAX_SCANS_DEFAULT;
     return o;
 }
 
@@ -4607,7 +4741,6 @@ static int64_t lmv__asr64(int64_t x, int n) { return x >= 0 ? x >> n : -((-x - 1
 static int lmv__asr(int x, int n) { return x >= 0 ? x >> n : -((-x - 1) >> n) - 1; }
 
 #define LMV__HUFF_FAST 9
-#define LMV__JPEG_MAX_SCANS 1000 /* real progressive files have about 10 */
 
 /* Position in the 8x8 block (row-major) of the k-th coefficient in zigzag order. */
 static const unsigned char lmv__zigzag[64] = {
@@ -4642,6 +4775,7 @@ typedef struct lmv__jpeg {
     size_t n, pos;
     lmv_allocator al;
     size_t max_pixels;
+    int max_scans;
     uint16_t qt[4][64];
     int qt_defined[4];
     lmv__huff *huff;           /* 8 tables: DC 0-3, AC 0-3; NULL when only the headers are read */
@@ -4994,9 +5128,14 @@ static lmv_result lmv__jsof(lmv__jpeg *j, int marker, const unsigned char *s, si
         cp->dw = (int)(((size_t)j->width * (size_t)cp->h + (size_t)j->hmax - 1) / (size_t)j->hmax);
         cp->dh = (int)(((size_t)j->height * (size_t)cp->v + (size_t)j->vmax - 1) / (size_t)j->vmax);
     }
-    /* Every block costs at least one bit of the file, so a tiny file cannot make us allocate
-       memory for a huge image. */
-    min_blocks = (size_t)((j->width + 8 * j->hmax - 1) / (8 * j->hmax)) * (size_t)((j->height + 8 * j->vmax - 1) / (8 * j->vmax));
+    /* Every block costs at least one bit of the file (its DC code, in a sequential scan or the
+       first DC scan of a progressive one), so a tiny file cannot make us allocate memory for a
+       huge image: the component with the most blocks bounds the data from below. */
+    min_blocks = 0;
+    for (i = 0; i < j->ncomp; i++) {
+        size_t b = (size_t)((j->comp[i].dw + 7) / 8) * (size_t)((j->comp[i].dh + 7) / 8);
+        if (b > min_blocks) min_blocks = b;
+    }
     if (min_blocks / 8 > j->n - j->pos)
         return lmv__fail(err, LMV_ERR_IMAGE, "truncated JPEG: %zu bytes cannot hold a %d x %d image", j->n, j->width,
                          j->height);
@@ -5185,8 +5324,10 @@ static lmv_result lmv__jsos(lmv__jpeg *j, const unsigned char *s, size_t len, lm
     if (len < 1) return lmv__jcorrupt(err, "the scan header is too short");
     /* a scan of nothing but end-of-band runs costs a few bytes and a pass over every block:
        cap the count so a small file cannot keep the decoder busy for long */
-    if (j->scans >= LMV__JPEG_MAX_SCANS)
-        return lmv__fail(err, LMV_ERR_LIMIT, "JPEG has more than %d scans", LMV__JPEG_MAX_SCANS);
+    if (j->scans >= j->max_scans)
+        return lmv__fail(err, LMV_ERR_LIMIT,
+                         "JPEG has more than %d scans (max_scans; real files have about 10): raise max_scans to decode it",
+                         j->max_scans);
     n = s[0];
     if (n < 1 || n > j->ncomp || len != 4 + 2 * (size_t)n) return lmv__jcorrupt(err, "the scan header is malformed");
     j->nsc = n;
@@ -5499,10 +5640,12 @@ static lmv_result lmv__jopen(lmv__jpeg *j, const void *data, size_t size, lmv_im
     if (!lmv__allocator_resolve(&o->allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
     if (o->max_pixels == 0) o->max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
+    if (o->max_scans <= 0) o->max_scans = LMV_IMAGE_MAX_SCANS_DEFAULT;
     j->p = (const unsigned char *)data;
     j->n = size;
     j->al = o->allocator;
     j->max_pixels = o->max_pixels;
+    j->max_scans = o->max_scans;
     j->orientation = 1;
     j->header_only = header_only;
     if (!header_only) {
@@ -5562,6 +5705,14 @@ LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, cons
     int i;
     if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_decode_jpeg: NULL output");
     memset(out, 0, sizeof *out);
+    if (o.max_memory) { /* the headers alone say what the decode will take: check before allocating */
+        lmv_image_info info;
+        if ((r = lmv_image_jpeg_info(data, size, &o, &info, err)) != LMV_OK) return r;
+        if (info.decode_memory > o.max_memory)
+            return lmv__fail(err, LMV_ERR_LIMIT,
+                             "decoding this %d x %d JPEG needs %zu bytes, more than max_memory (%zu bytes)", info.width,
+                             info.height, info.decode_memory, o.max_memory);
+    }
     r = lmv__jopen(&j, data, size, &o, 0, "lmv_image_decode_jpeg", err);
     if (r == LMV_OK && !j.direct) {
         for (i = 0; i < j.ncomp; i++) {
@@ -5945,6 +6096,18 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
    High-level helpers: from an image to an answer
    -------------------------------------------------------------------------------------------- */
 
+/* The image helpers run the model's crop: a session planned smaller is refused before the
+   image is decoded or the input tensor allocated. */
+static lmv_result lmv__session_fits_crop(const lmv_session *s, lmv_error *err) {
+    const lmv_preprocess *pp = &s->model->info.preprocess;
+    if (pp->crop_h > s->max_h || pp->crop_w > s->max_w)
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                         "the model's crop %dx%d is outside this session's plan (at most %dx%d): create the session with "
+                         "max_h/max_w of at least the crop",
+                         pp->crop_h, pp->crop_w, s->max_h, s->max_w);
+    return LMV_OK;
+}
+
 LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, lmv_output what, float *out,
                                      lmv_error *err) {
     const lmv_model_info *in;
@@ -5954,6 +6117,7 @@ LEMEVIT_API lmv_result lmv_run_image(lmv_session *s, const lmv_image *img, lmv_o
     if (!s || !img || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: NULL argument");
     if (what != LMV_OUTPUT_LOGITS && what != LMV_OUTPUT_FEATURES)
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run_image: `what` must be LMV_OUTPUT_LOGITS or LMV_OUTPUT_FEATURES");
+    if ((r = lmv__session_fits_crop(s, err)) != LMV_OK) return r;
     in = &s->model->info;
     n = (size_t)in->in_chans * in->preprocess.crop_h * in->preprocess.crop_w;
     x = (float *)lmv__alloc(&s->allocator, n * sizeof(float));
@@ -6006,6 +6170,7 @@ LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_
     lmv_result r;
     if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_jpeg: NULL session");
+    if ((r = lmv__session_fits_crop(s, err)) != LMV_OK) return r;
     if (!o.allocator.alloc) o.allocator = s->allocator;
     if ((r = lmv_image_decode_jpeg(data, size, &o, &img, err)) != LMV_OK) return r;
     r = lmv_classify_image(s, &img, k, top, count, err);
@@ -6021,6 +6186,7 @@ LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const
     lmv_result r;
     if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_file: NULL session");
+    if ((r = lmv__session_fits_crop(s, err)) != LMV_OK) return r;
     if (!o.allocator.alloc) o.allocator = s->allocator;
     if ((r = lmv_image_load_jpeg(path, &o, &img, err)) != LMV_OK) return r;
     r = lmv_classify_image(s, &img, k, top, count, err);
@@ -6084,6 +6250,15 @@ LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out,
     fo = strstr(h, "'fortran_order'");
     sh = strstr(h, "'shape'");
     if (!descr || !fo || !sh) return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy header lacks descr/fortran_order/shape");
+    /* a key given twice is read differently by different readers (numpy keeps the last): refuse */
+    for (i = 0; i < 3; i++) {
+        static const char *const keys[3][2] = {{"'descr'", "\"descr\""}, {"'fortran_order'", "\"fortran_order\""},
+                                               {"'shape'", "\"shape\""}};
+        const char *first = strstr(h, keys[i][0]);
+        if (strstr(first + 1, keys[i][0]) || strstr(h, keys[i][1]))
+            return lmv__fail(err, LMV_ERR_BAD_INPUT, ".npy header gives the key %s twice; write the file again with numpy",
+                             keys[i][0]);
+    }
     descr = strchr(descr + 7, '\'');
     if (descr && !lmv__host_is_le() && strncmp(descr, "'<f4'", 5) == 0)
         return lmv__fail(err, LMV_ERR_ENDIAN, "this host is big-endian: .npy data must be '>f4' to be used in place");
@@ -6117,7 +6292,6 @@ LEMEVIT_API lmv_result lmv_npy_parse(const void *buf, size_t size, lmv_npy *out,
         return lmv__fail(err, LMV_ERR_TRUNCATED, ".npy data is truncated: %zu floats expected", count);
     if ((uintptr_t)(p + out->data_offset) % 4) return lmv__fail(err, LMV_ERR_ALIGNMENT, ".npy data is not 4-byte aligned in memory");
     out->data = (const float *)(const void *)(p + out->data_offset);
-    (void)i;
     lmv__ok(err);
     return LMV_OK;
 }

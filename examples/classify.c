@@ -28,12 +28,14 @@
 
 static const char usage[] =
     "usage: classify MODEL.lmv PATH... [--top K] [--threads N] [--ignore-exif] [--json]\n"
+    "                [--max-pixels N]\n"
     "  PATH            a JPEG file, or a folder: every JPEG under it (by .jpg/.jpeg name or JPEG\n"
     "                  signature), recursively, in sorted order; other files are counted as skipped\n"
     "  --top K         how many classes to print per image (1..64, default 5)\n"
     "  --threads N     threads to use (default 0: all)\n"
     "  --ignore-exif   do not rotate images by their EXIF orientation (PIL's Image.open\n"
     "                  does not either)\n"
+    "  --max-pixels N  refuse larger images (default 178956970, Pillow's bound)\n"
     "  --json          one JSON object per image on stdout (JSON Lines):\n"
     "                  {\"path\", \"top\": [{\"index\", \"label\", \"prob\"}...], \"ms\"} or\n"
     "                  {\"path\", \"error\", \"code\"} for an image that failed\n"
@@ -320,6 +322,16 @@ int main(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--ignore-exif")) io.ignore_orientation = 1;
         else if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--max-pixels")) {
+            int mp;
+            if (i + 1 == argc || !parse_int(argv[i + 1], 1, 2147483647, &mp)) {
+                free(args);
+                return usage_error("--max-pixels takes a whole number of pixels from 1 up, not",
+                                   i + 1 == argc ? "nothing" : argv[i + 1]);
+            }
+            io.max_pixels = (size_t)mp;
+            i++;
+        }
         else if (!strcmp(a, "--top") || !strcmp(a, "--threads")) {
             int is_top = !strcmp(a, "--top");
             if (i + 1 == argc) {

@@ -1,6 +1,7 @@
 /* image_tool - drives the image section of lemevit.h for tests/test_image.py.
 
    image_tool decode IN.jpg OUT.ppm|OUT.pgm [--ignore-orientation] [--max-pixels N]
+                                           [--max-scans N] [--max-memory BYTES]
    image_tool resize IN.ppm|IN.pgm W H nearest|bilinear|bicubic OUT.ppm|OUT.pgm
    image_tool preprocess IN.jpg|IN.ppm|IN.pgm RESIZE CROP_H CROP_W INTERP CHANS M0 M1 M2 S0 S1 S2 OUT.npy
    image_tool info IN.jpg               header info, and decodes in arenas of exactly and just under decode_memory
@@ -157,6 +158,8 @@ int main(int argc, char **argv) {
         for (i = 4; i < argc; i++) {
             if (strcmp(argv[i], "--ignore-orientation") == 0) o.ignore_orientation = 1;
             else if (strcmp(argv[i], "--max-pixels") == 0 && i + 1 < argc) o.max_pixels = (size_t)strtoull(argv[++i], NULL, 10);
+            else if (strcmp(argv[i], "--max-scans") == 0 && i + 1 < argc) o.max_scans = atoi(argv[++i]);
+            else if (strcmp(argv[i], "--max-memory") == 0 && i + 1 < argc) o.max_memory = (size_t)strtoull(argv[++i], NULL, 10);
         }
         r = lmv_image_load_jpeg(argv[2], &o, &img, &err);
         if (r == LMV_OK && !write_pnm(argv[3], &img)) {

@@ -12,10 +12,12 @@ cjpeg (libjpeg-turbo-progs) and Pillow from the photos in tests/data/images. Eac
 import io
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zlib
 
 import numpy as np
@@ -262,6 +264,125 @@ def test_info(tool, tmp, srcs):
         check(f"info {name}: size, channels, decode_memory exact for an arena", ok, so if ok else f"{so} {se[-300:]}")
 
 
+def run_limited(tool, mem_bytes, *args):
+    """The tool with its address space capped (RLIMIT_AS): a large allocation fails there, so an
+    answer other than out-of-memory shows the decoder refused before allocating."""
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
+    p = subprocess.run([tool, *map(str, args)], capture_output=True, text=True, preexec_fn=cap, timeout=60)
+    return p.returncode, p.stdout.strip(), p.stderr
+
+
+def sof_offset(data):
+    return next(i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC1, 0xC2))
+
+
+def test_bombs(fast, tmp, srcs):
+    """Decompression-bomb guards: max_pixels (default Pillow's DecompressionBombError bound),
+    max_scans, max_memory and the file-size bound, each refused before anything is allocated."""
+    san = os.path.join(tmp, "image_tool_san")
+    # pixels: a real JPEG whose frame header declares sizes around Pillow's bound
+    base = os.path.join(tmp, "bomb_base.jpg")
+    cjpeg(srcs["chelsea_33x15"], base)
+    data = open(base, "rb").read()
+    sof = sof_offset(data)
+    bound = 2 * Image.MAX_IMAGE_PIXELS  # Pillow refuses above this (DecompressionBombError)
+    w = 65500
+    for h, over in [(bound // w + 1, True), (bound // w, False)]:
+        q = os.path.join(tmp, f"bomb_{h}.jpg")
+        open(q, "wb").write(data[:sof + 5] + bytes([h >> 8, h & 255, w >> 8, w & 255]) + data[sof + 9:])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                Image.open(q)
+            pil_refuses = False
+        except Image.DecompressionBombError:
+            pil_refuses = True
+        except Exception:
+            pil_refuses = False
+        rc, so, se = run_limited(fast, 1 << 30, "decode", q, os.path.join(tmp, "x.pnm"))
+        if over:
+            ok = pil_refuses and so.startswith("ERROR LMV_ERR_LIMIT") and "max_pixels" in so
+            check(f"bomb: {w} x {h} = {w * h} pixels, over Pillow's bound {bound}: LMV_ERR_LIMIT by default, as Pillow",
+                  ok, so if ok else f"Pillow refuses: {pil_refuses}; rc {rc} '{so}' {se[-300:]}")
+        else:
+            # at the bound the pixel count passes; the few bytes of data cannot hold the image,
+            # which is found before any allocation (1 GB address space would not hold its planes)
+            ok = not pil_refuses and so.startswith("ERROR LMV_ERR_IMAGE") and "cannot hold" in so
+            check(f"bomb: {w} x {h} pixels, at Pillow's bound: passes max_pixels, refused as truncated before allocating",
+                  ok, so if ok else f"Pillow refuses: {pil_refuses}; rc {rc} '{so}' {se[-300:]}")
+
+    # the truncated CMYK bomb: 8192 x 8192, every component sampled 4x4 (32 x 32 MCUs, so one bit per
+    # MCU is only 8 KB), 9 KB of data in a comment: one bit per block of a component needs 128 KB
+    p = os.path.join(tmp, "cmyk_small.jpg")
+    Image.open(srcs["chelsea_33x15"]).convert("CMYK").save(p)
+    data = open(p, "rb").read()
+    sof = sof_offset(data)
+    seg = (data[sof + 2] << 8) | data[sof + 3]
+    frame = bytearray(data[sof:sof + 2 + seg])
+    frame[5:9] = bytes([0x20, 0, 0x20, 0])
+    for c in range(frame[9]):
+        frame[11 + 3 * c] = 0x44
+    com = b"\xff\xfe" + (9000 + 2).to_bytes(2, "big") + bytes(9000)
+    q = os.path.join(tmp, "cmyk_bomb.jpg")
+    open(q, "wb").write(data[:sof] + bytes(frame) + com + data[sof + 2 + seg:])
+    rc, so, se = run_limited(fast, 256 << 20, "decode", q, os.path.join(tmp, "x.pnm"))
+    ok = so.startswith("ERROR LMV_ERR_IMAGE") and "truncated" in so
+    check(f"bomb: {len(open(q, 'rb').read())}-byte CMYK 4x4-sampled 8192 x 8192 file refused before allocating "
+          f"(256 MB address space)", ok, so if ok else f"rc {rc} '{so}' {se[-300:]}")
+
+    # max_memory: decode_memory from the headers is exactly enough, one byte less is refused first
+    p = os.path.join(tmp, "mem.jpg")
+    cjpeg(srcs["chelsea_227x149"], p, "-progressive")
+    rc, so, _ = run(san, "info", p)
+    need = int(so.split()[5]) if so.startswith("INFO") else 0
+    rc, so, _ = run(san, "decode", p, os.path.join(tmp, "x.pnm"), "--max-memory", need - 1)
+    ok = need > 0 and so.startswith("ERROR LMV_ERR_LIMIT") and "max_memory" in so
+    check(f"bomb: max_memory {need - 1}, one byte under decode_memory: LMV_ERR_LIMIT", ok, so)
+    got, msg = ours_decode(san, p, tmp, "--max-memory", need)
+    ok = got is not None and np.array_equal(got, pillow_decode(p))
+    check(f"bomb: max_memory {need} = decode_memory: decodes, same pixels as Pillow", ok, "" if ok else msg)
+
+    # the scan cap: a DC refinement scan repeated (harmless: it ORs the same bits again)
+    p = os.path.join(tmp, "scans.jpg")
+    cjpeg(srcs["chelsea_33x15"], p, "-progressive")
+    data = open(p, "rb").read()
+    sos = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    ends = sos[1:] + [data.rindex(b"\xff\xd9")]
+    refine = [(a, b) for a, b in zip(sos, ends) if data[a + 5 + 2 * data[a + 4]] == 0 and data[a + 7 + 2 * data[a + 4]] >> 4]
+    a, b = refine[0]
+    for cap, flags in [(100, []), (20, ["--max-scans", 20])]:
+        for total in [cap, cap + 1]:
+            q = os.path.join(tmp, f"scans{total}.jpg")
+            open(q, "wb").write(data[:b] + data[a:b] * (total - len(sos)) + data[b:])
+            got, msg = ours_decode(san, q, tmp, *flags)
+            if total == cap:
+                ok = got is not None and np.array_equal(got, pillow_decode(q))
+            else:
+                ok = got is None and msg.startswith("ERROR LMV_ERR_LIMIT") and "max_scans" in msg
+            check(f"bomb: {total} scans, max_scans {cap}{' (default)' if not flags else ''} -> "
+                  + ("decodes, same pixels as Pillow" if total == cap else "LMV_ERR_LIMIT"), ok, "" if ok else msg)
+    # many scans over a large image: refused at the cap, so the decode stays short (a 2048 x 2048
+    # progressive file with 1,000 scans would otherwise take seconds)
+    big = os.path.join(tmp, "big.ppm")
+    Image.open(srcs["chelsea"]).resize((2048, 2048)).save(big)
+    p = os.path.join(tmp, "big_scans.jpg")
+    cjpeg(big, p, "-progressive")
+    data = open(p, "rb").read()
+    sos = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    ends = sos[1:] + [data.rindex(b"\xff\xd9")]
+    refine = [(a, b) for a, b in zip(sos, ends) if data[a + 5 + 2 * data[a + 4]] == 0 and data[a + 7 + 2 * data[a + 4]] >> 4]
+    a, b = refine[0]
+    q = os.path.join(tmp, "big_1000.jpg")
+    open(q, "wb").write(data[:b] + data[a:b] * (1000 - len(sos)) + data[b:])
+    try:
+        rc, so, se = run_limited(fast, 1 << 30, "decode", q, os.path.join(tmp, "x.pnm"))
+    except subprocess.TimeoutExpired:
+        rc, so, se = -1, "timed out", ""
+    ok = so.startswith("ERROR LMV_ERR_LIMIT") and "max_scans" in so
+    check("bomb: 2048 x 2048 progressive file with 1,000 scans: LMV_ERR_LIMIT at the default cap", ok, so)
+
+
 def expect_error(tool, name, path, code, words):
     rc, so, se = run(tool, "decode", path, os.path.join(os.path.dirname(path), "x.pnm"))
     ok = rc == 2 and so.startswith(f"ERROR {code}") and all(w in so for w in words) and "runtime error" not in se
@@ -300,25 +421,6 @@ def test_errors(san, tmp, srcs):
     rc, so, _ = run(san, "decode", os.path.join(IMAGES, "photos", "rocket.jpg"), os.path.join(tmp, "x.pnm"),
                     "--max-pixels", 640 * 427)
     check("error: max_pixels exactly enough", so.startswith("OK"), so)
-
-    # the scan cap: a DC refinement scan repeated (harmless: it ORs the same bits again)
-    p = os.path.join(tmp, "scans.jpg")
-    cjpeg(srcs["chelsea_33x15"], p, "-progressive")
-    data = open(p, "rb").read()
-    sos = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
-    ends = sos[1:] + [data.rindex(b"\xff\xd9")]
-    refine = [(a, b) for a, b in zip(sos, ends) if data[a + 5 + 2 * data[a + 4]] == 0 and data[a + 7 + 2 * data[a + 4]] >> 4]
-    a, b = refine[0]
-    for extra, want in [(3, "LMV_OK"), (1000 - len(sos), "LMV_OK"), (1001 - len(sos), "LMV_ERR_LIMIT")]:
-        q = os.path.join(tmp, f"scans{extra}.jpg")
-        open(q, "wb").write(data[:b] + data[a:b] * extra + data[b:])
-        got, msg = ours_decode(san, q, tmp)
-        if want == "LMV_OK":
-            ok = got is not None and np.array_equal(got, pillow_decode(q))
-        else:
-            ok = got is None and msg.startswith("ERROR LMV_ERR_LIMIT")
-        check(f"error: {len(sos) + extra} scans -> {want}" + (" (same pixels as Pillow)" if want == "LMV_OK" else ""),
-              ok, "" if ok else msg)
 
     # every truncation length of small files, baseline and progressive: Pillow decides
     for key, opts in [("chelsea_33x15", []), ("chelsea_33x15", ["-progressive"]), ("chelsea_15x33", ["-restart", "1"]),
@@ -493,7 +595,8 @@ def main():
             check("build image_tool", False, str(e))
             return
         srcs = source_images(tmp)
-        for section, fn, tool in [("decode", test_decode, fast), ("info", test_info, san), ("errors", test_errors, san), ("fuzz", test_fuzz_corpus, san),
+        for section, fn, tool in [("decode", test_decode, fast), ("info", test_info, san), ("errors", test_errors, san),
+                                  ("bombs", test_bombs, fast), ("fuzz", test_fuzz_corpus, san),
                                   ("resize", test_resize, fast), ("preprocess", test_preprocess, fast)]:
             try:
                 fn(tool, tmp, srcs)

@@ -1,13 +1,16 @@
 """The loader against damaged files, and the lmv tool's error handling. A small real model is
 converted, then tests/test_core.c mutates it in memory (plain and AddressSanitizer+UBSan builds)."""
 import os
+import resource
 import struct
+import subprocess
 import sys
+import zlib
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BUILD, LMV, Results, convert, run, tmpdir  # noqa: E402
+from common import BUILD, LMV, ROOT, Results, convert, run, tmpdir  # noqa: E402
 from models import timm_vit  # noqa: E402
 
 res = Results()
@@ -70,6 +73,7 @@ code, out, err = run([LMV, "--help"])
 res.check("lmv --help", code == 0 and "run MODEL.lmv" in out, "")
 x = os.path.join(d, "x.npy")
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 np.save(x, np.zeros((1, 3, 16, 16), dtype="<f8"))
 code, out, err = run([LMV, "run", model, x, os.path.join(d, "y.npy")])
 res.check("lmv run refuses float64 input with advice", code == 1 and "float32" in err, err.strip())
@@ -79,4 +83,140 @@ res.check("lmv run refuses wrong channel count", code == 1 and "(N, 3, H, W)" in
 np.save(x, np.zeros((1, 3, 4, 4), dtype="<f4"))
 code, out, err = run([LMV, "run", model, x, os.path.join(d, "y.npy")])
 res.check("lmv run refuses an input smaller than a patch", code == 1 and "smaller than one" in err, err.strip())
+
+# --- files that ask for nonsense or for more than a session can run: refused when the model opens
+
+
+def rewrite(src, dst, extra_meta=(), extra_tensors=()):
+    """src's meta and tensors (types kept) plus more, written with the project's own writer."""
+    f = lmvfile.read(src)
+    meta = [(k, lmvfile.Typed(f.meta_types[k], v if isinstance(v, list) or f.meta_types[k] > 2 else [v]))
+            for k, v in f.meta.items() if k not in dict(extra_meta)]
+    tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+    lmvfile.write(dst, meta + list(extra_meta), tensors + list(extra_tensors))
+
+
+def patch(src, dst, old, new):
+    """A copy with one byte string of the header (meta or table) replaced, header CRC made right."""
+    data = bytearray(open(src, "rb").read())
+    meta_off, meta_size, table_off, table_size = struct.unpack_from("<QQQQ", data, 24)
+    data_off = struct.unpack_from("<Q", data, 64)[0]
+    i = data.index(old, 0, data_off)
+    assert data.count(old, 0, data_off) == 1 and len(old) == len(new)
+    data[i:i + len(old)] = new
+    crc = zlib.crc32(bytes(data[:80]))
+    crc = zlib.crc32(bytes(data[meta_off:meta_off + meta_size]), crc)
+    crc = zlib.crc32(bytes(data[table_off:table_off + table_size]), crc) & 0xFFFFFFFF
+    struct.pack_into("<I", data, 80, crc)
+    open(dst, "wb").write(bytes(data))
+
+
+def lmv_info(path, limit_as=None, timeout=60, tool=LMV):
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    try:
+        p = subprocess.run([tool, "info", path], capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=cap if limit_as else None)
+    except subprocess.TimeoutExpired:
+        return -1, "", f"timed out after {timeout} s"
+    return p.returncode, p.stdout, p.stderr.strip()
+
+
+# pre.crop: inside 1..32768 but more tokens than a ViT with 8-pixel patches can attend over
+# (4096 x 4096 patches); classify would allocate a 12 GB input before failing. Refused at open.
+# The address space is capped at 1 GB, so a big allocation would fail differently.
+base = os.path.join(d, "pre.lmv")
+rewrite(model, base, [("pre.crop", lmvfile.Typed(lmvfile.T_INT32, [24, 24])),
+                      ("pre.interp", "bicubic"),
+                      ("pre.std", lmvfile.Typed(lmvfile.T_FLOAT32, [0.25, 0.375, 0.75]))])
+code, out, err = lmv_info(base)
+res.check("a rewritten model with explicit pre.* opens", code == 0, err)
+big = os.path.join(d, "bigcrop.lmv")
+patch(base, big, struct.pack("<ii", 24, 24), struct.pack("<ii", 32768, 32768))
+ls_as = 1 << 30 if not os.environ.get("LMV_SANITIZE") else None  # ASan reserves more address space than that
+code, out, err = lmv_info(big, ls_as)
+res.check("pre.crop 32768 x 32768 (beyond what the model can run) is refused at open, before allocating",
+          code == 1 and "pre.crop 32768 x 32768" in err and "cannot run" in err, err)
+img = os.path.join(ROOT, "examples", "images", "cat_32x32.jpg")
+classify = os.path.join(os.path.dirname(LMV), "classify")
+if os.path.exists(classify):
+    def cap1g():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    p = subprocess.run([classify, big, img], capture_output=True, text=True, timeout=60,
+                       preexec_fn=cap1g if ls_as else None)
+    res.check("classify refuses the pre.crop 32768 file at open (not out of memory, not 'outside the plan')",
+              p.returncode == 1 and "pre.crop" in p.stderr and "memory" not in p.stderr, p.stderr.strip())
+    # a crop the model can run but the default session (native size) was not planned for:
+    # refused before the image is decoded or an input tensor allocated
+    mid = os.path.join(d, "midcrop.lmv")
+    patch(base, mid, struct.pack("<ii", 24, 24), struct.pack("<ii", 4096, 4096))
+    p = subprocess.run([classify, mid, img], capture_output=True, text=True, timeout=60,
+                       preexec_fn=cap1g if ls_as else None)
+    res.check("classify: crop 4096 x 4096 outside the default session's plan is refused before allocating",
+              p.returncode == 1 and "outside this session's plan" in p.stderr and "crop 4096x4096" in p.stderr,
+              p.stderr.strip())
+for what, old, new, want in [
+        ("pre.interp 'bicubix' (unknown)", b"bicubic\0", b"bicubix\0", "pre.interp 'bicubix'"),
+        ("pre.std 1e-45 (denormal)", struct.pack("<f", 0.375), struct.pack("<f", 1e-45), "pre.std[1]"),
+        ("pre.std infinity", struct.pack("<f", 0.375), struct.pack("<f", float("inf")), "pre.std[1]"),
+        ("pre.std NaN", struct.pack("<f", 0.375), struct.pack("<f", float("nan")), "pre.std[1]")]:
+    bad = os.path.join(d, "badpre.lmv")
+    patch(base, bad, old, new)
+    code, out, err = lmv_info(bad)
+    res.check(f"{what} is refused at open", code == 1 and want in err, err)
+
+# a meta key given twice is named in the message (the key is read before the index is given back)
+dupkey = os.path.join(d, "dupkey.lmv")
+patch(base, dupkey, b"pre.mean", b"in_chans")
+code, out, err = lmv_info(dupkey, tool=os.path.join(BUILD, "asan", "lmv") if os.path.exists(os.path.join(BUILD, "asan", "lmv")) else LMV)
+res.check("a meta key given twice is refused, naming it", code == 1 and "meta key 'in_chans' appears twice" in err, err)
+
+# 65,536 tensors (the limit): the uniqueness checks are O(n log n), so the file opens in well under
+# a second even in the AddressSanitizer build used here (the former pairwise checks took about a
+# minute there, past the 30 s allowed); a duplicated name or overlapping data is still found.
+asan_lmv = os.path.join(BUILD, "asan", "lmv")
+asan_lmv = asan_lmv if os.path.exists(asan_lmv) else LMV
+many = os.path.join(d, "many.lmv")
+n_have = len(lmvfile.read(model).tensors)
+zero = np.zeros(1, dtype="<f4").tobytes()
+rewrite(model, many, [], [(f"extra.{i:05d}", (1,), zero, "f32") for i in range(65536 - n_have)])
+code, out, err = lmv_info(many, timeout=30, tool=asan_lmv)
+res.check("a file with 65536 tensors opens", code == 0, err)
+last = f"extra.{65536 - n_have - 1:05d}".encode()
+dup = os.path.join(d, "many_dup.lmv")
+patch(many, dup, last + b"\0", b"extra.00000\0")
+code, out, err = lmv_info(dup, timeout=30, tool=asan_lmv)
+res.check("65536 tensors, the last named like another: refused", code == 1 and "appears twice" in err, err)
+ovl = os.path.join(d, "many_overlap.lmv")
+f = lmvfile.read(many)
+t_last, t_first = f.tensors[last.decode()], f.tensors["extra.00000"]
+entry = struct.pack("<HBBQQ", len(last), 0, 1, t_last.offset, 4)
+patch(many, ovl, entry, struct.pack("<HBBQQ", len(last), 0, 1, t_first.offset, 4))
+code, out, err = lmv_info(ovl, timeout=30, tool=asan_lmv)
+res.check("65536 tensors, the last on another's data: refused", code == 1 and "overlap" in err, err)
+
+# an .npy header that gives 'shape' twice: numpy keeps the last, so any choice here would differ
+# from some reader; refused
+dict_ = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 16, 16), 'shape': (1, 3, 16, 8), }"
+head = dict_ + b" " * ((64 - (10 + len(dict_) + 1) % 64) % 64) + b"\n"
+x = os.path.join(d, "dupshape.npy")
+open(x, "wb").write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head + bytes(4 * 3 * 16 * 16))
+numpy_shape = np.load(x).shape
+code, out, err = run([LMV, "run", model, x, os.path.join(d, "y.npy")])
+res.check(f".npy with 'shape' twice (numpy reads {numpy_shape}): refused", code == 1 and "twice" in err, err.strip())
+
+# the decode guards as flags of the tools
+prog = os.path.join(d, "cat_prog.jpg")
+Image.open(img).convert("RGB").save(os.path.join(d, "cat.ppm"))
+subprocess.run(["cjpeg", "-progressive", "-outfile", prog, os.path.join(d, "cat.ppm")], check=True)
+n_scans = open(prog, "rb").read().count(b"\xff\xda")
+for flag, value, word in [("--max-pixels", 32 * 32 - 1, "max_pixels"), ("--max-scans", n_scans - 1, "max_scans"),
+                          ("--max-memory", 1000, "max_memory")]:
+    code, out, err = run([LMV, "decode", prog, os.path.join(d, "x.ppm"), flag, str(value)])
+    res.check(f"lmv decode {flag} {value}: refused", code == 1 and word in err, err.strip())
+code, out, err = run([LMV, "decode", prog, os.path.join(d, "x.ppm"), "--max-pixels", "1024", "--max-scans", str(n_scans)])
+res.check("lmv decode at --max-pixels and --max-scans exactly: decodes", code == 0, err.strip())
+if os.path.exists(classify):
+    code, out, err = run([classify, model, img, "--max-pixels", "1023"])
+    res.check("classify --max-pixels 1023 refuses a 32x32 image", code == 1 and "max_pixels" in err, err.strip())
 res.finish()

@@ -72,7 +72,10 @@ static const char *usage_decode =
     "usage: lmv decode IMAGE.jpg OUT.ppm [options]\n"
     "  decode a JPEG (EXIF orientation applied) to PPM (or PGM for gray)\n"
     "options:\n"
-    "  --ignore-exif         keep the stored orientation\n";
+    "  --ignore-exif         keep the stored orientation\n"
+    "  --max-pixels N        refuse larger images (default 178956970, Pillow's bound)\n"
+    "  --max-scans N         refuse files with more scans (default 100)\n"
+    "  --max-memory BYTES    refuse files whose decode needs more memory (default: no limit)\n";
 static const char *usage_preprocess =
     "usage: lmv preprocess MODEL.lmv IMAGE.jpg OUT.npy [options]\n"
     "  the model's eval transform of an image, 1xCxHxW float32\n"
@@ -149,6 +152,20 @@ static int parse_int(const char *cmd, const char *flag, const char *s, long lo, 
         return 0;
     }
     *out = (int)v;
+    return 1;
+}
+
+/* A byte or pixel count: a whole number from 1 up, or 0 after saying what is wrong with it. */
+static int parse_size(const char *cmd, const char *flag, const char *s, size_t *out) {
+    char *end;
+    unsigned long long v;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (!*s || *s == '-' || *end || errno == ERANGE || v == 0 || v > (unsigned long long)(size_t)-1) {
+        usage_error(cmd, "%s takes a whole number from 1 up, not '%s'", flag, s);
+        return 0;
+    }
+    *out = (size_t)v;
     return 1;
 }
 
@@ -672,6 +689,14 @@ static int cmd_decode(int argc, char **argv) {
     size_t bytes;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
+        else if (!strcmp(argv[i], "--max-pixels") || !strcmp(argv[i], "--max-memory")) {
+            const char *v = flag_value("decode", argc, argv, &i);
+            if (!v || !parse_size("decode", argv[i - 1], v, argv[i - 1][6] == 'p' ? &io.max_pixels : &io.max_memory))
+                return 2;
+        } else if (!strcmp(argv[i], "--max-scans")) {
+            const char *v = flag_value("decode", argc, argv, &i);
+            if (!v || !parse_int("decode", "--max-scans", v, 1, 1 << 20, &io.max_scans)) return 2;
+        }
         else if (argv[i][0] == '-') return usage_error("decode", "unknown option '%s'", argv[i]);
         else if (n == 2) return usage_error("decode", "unexpected argument '%s': give IMAGE.jpg OUT.ppm", argv[i]);
         else paths[n++] = argv[i];

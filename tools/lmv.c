@@ -702,7 +702,7 @@ static int cmd_decode(int argc, char **argv) {
         else paths[n++] = argv[i];
     }
     if (n != 2) return usage_error("decode", "give IMAGE.jpg OUT.ppm");
-    if (!check_file(paths[0], "a JPEG file", &err) || lmv_image_load_jpeg(paths[0], &io, &img, &err) != LMV_OK)
+    if (!check_file(paths[0], "a JPEG file", &err) || lmv_image_load_jpeg_file(paths[0], &io, &img, &err) != LMV_OK)
         return fail(paths[0], &err);
     bytes = (size_t)img.width * img.height * img.channels;
     f = fopen(paths[1], "wb");
@@ -737,7 +737,7 @@ static int cmd_preprocess(int argc, char **argv) {
     if (n != 3) return usage_error("preprocess", "give MODEL.lmv IMAGE.jpg OUT.npy");
     if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info_get(m);
-    if (!check_file(paths[1], "a JPEG file", &err) || lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) {
+    if (!check_file(paths[1], "a JPEG file", &err) || lmv_image_load_jpeg_file(paths[1], &io, &img, &err) != LMV_OK) {
         fail(paths[1], &err);
         goto done;
     }

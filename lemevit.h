@@ -45,7 +45,7 @@
        const lmv_preprocess *pp = &info->preprocess;
        float *input = malloc(sizeof(float) * info->in_chans * pp->crop_h * pp->crop_w);
        lmv_image img;
-       if (lmv_image_load_jpeg("cat.jpg", NULL, &img, &err) != LMV_OK) { puts(err.message); return 1; }
+       if (lmv_image_load_jpeg_file("cat.jpg", NULL, &img, &err) != LMV_OK) { puts(err.message); return 1; }
        lmv_preprocess_image(&img, pp, info->in_chans, input, NULL, &err);   // resize, crop, normalise
        lmv_image_free(&img);
        lmv_run(sess, input, 1, pp->crop_h, pp->crop_w, logits, &err);
@@ -90,8 +90,8 @@
    Images
        lmv_image_options_default()    the defaults (all zeros mean the same)
        lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
-       lmv_image_decode_jpeg()   decode JPEG bytes (as Pillow does)
-       lmv_image_load_jpeg()     decode a JPEG file
+       lmv_image_load_jpeg_memory()   decode JPEG bytes (as Pillow does)
+       lmv_image_load_jpeg_file()     decode a JPEG file
        lmv_image_free()               free an image's pixels
        lmv_image_resize()             resize as Pillow's Image.resize
        lmv_preprocess_image()         the eval transform (resize, crop, normalise) into floats
@@ -118,7 +118,7 @@
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
 
        LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
-       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg() are compiled out
+       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg_file() are compiled out
        LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
                            or memory of its own (the _prealloc calls)
@@ -449,10 +449,10 @@ LEMEVIT_API lmv_image_options lmv_image_options_default(void);
 #ifndef LEMEVIT_NO_JPEG
 /* What a JPEG holds, from its headers alone (nothing is decoded and nothing is allocated). */
 typedef struct lmv_image_info {
-    int width, height;         /* as lmv_image_decode_jpeg will give them: after the EXIF orientation */
+    int width, height;         /* as lmv_image_load_jpeg_memory will give them: after the EXIF orientation */
     int channels;              /* 1 or 3 */
     int progressive;
-    size_t decode_memory;      /* the most lmv_image_decode_jpeg asks the allocator for, the pixels
+    size_t decode_memory;      /* the most lmv_image_load_jpeg_memory asks the allocator for, the pixels
                                   included: an lmv_arena of this size is enough for the decode */
 } lmv_image_info;
 LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const lmv_image_options *opt,
@@ -467,10 +467,10 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
    the output. The pixels equal Pillow's except in two corners: a progressive file that ends
    without refining every coefficient bit (libjpeg then smooths blocks, this decoder does not),
    and corrupt coefficients beyond 16 bits (libjpeg-turbo's SIMD IDCT saturates them). */
-LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
+LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size, const lmv_image_options *opt,
                                              lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
-LEMEVIT_API lmv_result lmv_image_load_jpeg(const char *path, const lmv_image_options *opt, lmv_image *out,
+LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                            lmv_error *err);
 #endif
 #endif
@@ -5515,7 +5515,7 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
     info->height = orient >= 5 ? j.width : j.height;
     info->channels = j.ncomp == 1 ? 1 : 3;
     info->progressive = j.progressive;
-    /* every block lmv_image_decode_jpeg asks for, each rounded as lmv_arena places them; the
+    /* every block lmv_image_load_jpeg_memory asks for, each rounded as lmv_arena places them; the
        sizes were checked for overflow while the frame header was read */
     total += lmv__alloc_cost(8 * sizeof(lmv__huff));
     for (i = 0; i < j.ncomp; i++) {
@@ -5531,15 +5531,15 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
     return LMV_OK;
 }
 
-LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, const lmv_image_options *opt,
+LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size, const lmv_image_options *opt,
                                              lmv_image *out, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     lmv__jpeg j;
     lmv_result r;
     int i;
-    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_decode_jpeg: NULL output");
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_memory: NULL output");
     memset(out, 0, sizeof *out);
-    r = lmv__jopen(&j, data, size, &o, 0, "lmv_image_decode_jpeg", err);
+    r = lmv__jopen(&j, data, size, &o, 0, "lmv_image_load_jpeg_memory", err);
     if (r == LMV_OK && !j.direct) {
         for (i = 0; i < j.ncomp; i++) {
             lmv__jcomp *cp = &j.comp[i];
@@ -5560,18 +5560,18 @@ LEMEVIT_API lmv_result lmv_image_decode_jpeg(const void *data, size_t size, cons
 }
 
 #ifndef LEMEVIT_NO_STDIO
-LEMEVIT_API lmv_result lmv_image_load_jpeg(const char *path, const lmv_image_options *opt, lmv_image *out,
+LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                            lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     size_t len;
     void *buf;
     lmv_result r;
-    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg: NULL argument");
+    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_file: NULL argument");
     memset(out, 0, sizeof *out);
     if (!lmv__allocator_resolve(&o.allocator))
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
     if ((r = lmv__read_file(path, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
-    r = lmv_image_decode_jpeg(buf, len, &o, out, err);
+    r = lmv_image_load_jpeg_memory(buf, len, &o, out, err);
     lmv__free(&o.allocator, buf);
     return r;
 }
@@ -5984,7 +5984,7 @@ LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_
     if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_jpeg: NULL session");
     if (!o.allocator.alloc) o.allocator = s->allocator;
-    if ((r = lmv_image_decode_jpeg(data, size, &o, &img, err)) != LMV_OK) return r;
+    if ((r = lmv_image_load_jpeg_memory(data, size, &o, &img, err)) != LMV_OK) return r;
     r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
@@ -5999,7 +5999,7 @@ LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const
     if (count) *count = 0;
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_file: NULL session");
     if (!o.allocator.alloc) o.allocator = s->allocator;
-    if ((r = lmv_image_load_jpeg(path, &o, &img, err)) != LMV_OK) return r;
+    if ((r = lmv_image_load_jpeg_file(path, &o, &img, err)) != LMV_OK) return r;
     r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;

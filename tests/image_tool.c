@@ -133,7 +133,7 @@ static lmv_result load_any(const char *path, const lmv_image_options *o, lmv_ima
         }
         return LMV_OK;
     }
-    return lmv_image_load_jpeg(path, o, img, err);
+    return lmv_image_load_jpeg_file(path, o, img, err);
 }
 
 static void free_any(const char *path, lmv_image *img) {
@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
             if (strcmp(argv[i], "--ignore-orientation") == 0) o.ignore_orientation = 1;
             else if (strcmp(argv[i], "--max-pixels") == 0 && i + 1 < argc) o.max_pixels = (size_t)strtoull(argv[++i], NULL, 10);
         }
-        r = lmv_image_load_jpeg(argv[2], &o, &img, &err);
+        r = lmv_image_load_jpeg_file(argv[2], &o, &img, &err);
         if (r == LMV_OK && !write_pnm(argv[3], &img)) {
             lmv_image_free(&img);
             return 1;
@@ -230,9 +230,9 @@ int main(int argc, char **argv) {
         buf = (unsigned char *)malloc(info.decode_memory);
         lmv_arena_init(&arena, buf, info.decode_memory);
         o.allocator = lmv_arena_allocator(&arena);
-        r = lmv_image_decode_jpeg(d, n, &o, &img, &err);
+        r = lmv_image_load_jpeg_memory(d, n, &o, &img, &err);
         lmv_arena_init(&arena, buf, info.decode_memory - 16);
-        r2 = lmv_image_decode_jpeg(d, n, &o, &out, &err);
+        r2 = lmv_image_load_jpeg_memory(d, n, &o, &out, &err);
         printf("INFO %d %d %d %d %zu exact:%s %d %d smaller:%s\n", info.width, info.height, info.channels,
                info.progressive, info.decode_memory, code_name(r), img.width, img.height, code_name(r2));
         free(buf);
@@ -247,7 +247,7 @@ int main(int argc, char **argv) {
             /* a fresh copy of exactly len bytes, so a read past the end is caught by ASan */
             unsigned char *cut = (unsigned char *)malloc(len ? len : 1);
             memcpy(cut, d, len);
-            r = lmv_image_decode_jpeg(cut, len, NULL, &img, &err);
+            r = lmv_image_load_jpeg_memory(cut, len, NULL, &img, &err);
             printf("%zu %s %lu\n", len, code_name(r),
                    r == LMV_OK ? crc32_of(img.pixels, (size_t)img.width * img.height * img.channels) : 0ul);
             if (r == LMV_OK) lmv_image_free(&img);
@@ -276,7 +276,7 @@ int main(int argc, char **argv) {
                 s = s * 6364136223846793005ull + 1442695040888963407ull;
                 if ((s >> 40) % 4 == 0) m[(s >> 20) % n] = (unsigned char)(s >> 50); /* sometimes a whole byte */
             }
-            r = lmv_image_decode_jpeg(m, n, &o, &img, &err);
+            r = lmv_image_load_jpeg_memory(m, n, &o, &img, &err);
             if ((int)r >= 0 && (int)r < 32) counts[r]++;
             if (r == LMV_OK) lmv_image_free(&img);
         }

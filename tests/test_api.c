@@ -82,8 +82,8 @@ static void test_defaults(const unsigned char *jpeg, size_t nj) {
     check("zero and default lmv_image_options read the same JPEG header",
           lmv_image_jpeg_info(jpeg, nj, &iz, &a, &e) == LMV_OK && lmv_image_jpeg_info(jpeg, nj, &id, &b, &e) == LMV_OK &&
               memcmp(&a, &b, sizeof a) == 0, e.message);
-    if (lmv_image_decode_jpeg(jpeg, nj, &iz, &ia, &e) == LMV_OK) {
-        if (lmv_image_decode_jpeg(jpeg, nj, &id, &ib, &e) == LMV_OK) {
+    if (lmv_image_load_jpeg_memory(jpeg, nj, &iz, &ia, &e) == LMV_OK) {
+        if (lmv_image_load_jpeg_memory(jpeg, nj, &id, &ib, &e) == LMV_OK) {
             check("zero and default lmv_image_options decode the same pixels",
                   ia.width == ib.width && ia.height == ib.height && ia.channels == ib.channels &&
                       memcmp(ia.pixels, ib.pixels, (size_t)ia.width * ia.height * ia.channels) == 0, "");
@@ -262,7 +262,7 @@ static void test_classify(const lmv_model *m, const unsigned char *jpeg, size_t 
     check("k = 0 is refused and the count is 0",
           lmv_classify_jpeg(s, jpeg, nj, NULL, 0, top, &count, &e) == LMV_ERR_INVALID_ARGUMENT && count == 0, e.message);
     check("the count may be NULL", lmv_classify_jpeg(s, jpeg, nj, NULL, 3, top, NULL, &e) == LMV_OK, e.message);
-    if (lmv_image_decode_jpeg(jpeg, nj, NULL, &img, &e) == LMV_OK) {
+    if (lmv_image_load_jpeg_memory(jpeg, nj, NULL, &img, &e) == LMV_OK) {
         check("lmv_classify_image() gives the count too", lmv_classify_image(s, &img, 5, top, &count, &e) == LMV_OK && count == 5,
               e.message);
         check("lmv_run_image(LMV_OUTPUT_LOGITS)", lmv_run_image(s, &img, LMV_OUTPUT_LOGITS, out, &e) == LMV_OK, e.message);

@@ -526,7 +526,7 @@ static int cmd_decode(int argc, char **argv) {
         fputs(usage, stderr);
         return 2;
     }
-    if (lmv_image_load_jpeg(paths[0], &io, &img, &err) != LMV_OK) return fail(paths[0], &err);
+    if (lmv_image_load_jpeg_file(paths[0], &io, &img, &err) != LMV_OK) return fail(paths[0], &err);
     f = fopen(paths[1], "wb");
     if (!f || fprintf(f, "P%d\n%d %d\n255\n", img.channels == 1 ? 5 : 6, img.width, img.height) < 0 ||
         fwrite(img.pixels, 1, (size_t)img.width * img.height * img.channels, f) != (size_t)img.width * img.height * img.channels) {
@@ -562,7 +562,7 @@ static int cmd_preprocess(int argc, char **argv) {
     }
     if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info_get(m);
-    if (lmv_image_load_jpeg(paths[1], &io, &img, &err) != LMV_OK) return fail(paths[1], &err);
+    if (lmv_image_load_jpeg_file(paths[1], &io, &img, &err) != LMV_OK) return fail(paths[1], &err);
     shape[0] = 1;
     shape[1] = in->in_chans;
     shape[2] = in->preprocess.crop_h;

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* the header info must agree with the decode: when it fails the decode fails too, and when it
        succeeds the decode fits in an arena of exactly decode_memory bytes */
     if (lmv_image_jpeg_info(data, size, &opt, &info, &err) != LMV_OK) {
-        r = lmv_image_decode_jpeg(data, size, &opt, &img, &err);
+        r = lmv_image_load_jpeg_memory(data, size, &opt, &img, &err);
         if (r == LMV_OK) __builtin_trap();
         return 0;
     }
@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!buf) return 0;
     lmv_arena_init(&arena, buf, info.decode_memory);
     opt.allocator = lmv_arena_allocator(&arena);
-    r = lmv_image_decode_jpeg(data, size, &opt, &img, &err);
+    r = lmv_image_load_jpeg_memory(data, size, &opt, &img, &err);
     if (r == LMV_ERR_OUT_OF_MEMORY) __builtin_trap();
     if (r == LMV_OK && (img.width != info.width || img.height != info.height || img.channels != info.channels))
         __builtin_trap();

@@ -74,7 +74,7 @@ def rewrite(src, dst, change):
 
 
 LONG = "x" * 3000
-cases = [("vit_tiny.lmv", "arch"), ("vit_tiny.lmv", "vit.pool"), ("vit_tiny.lmv", "vit.pos_interp"),
+cases = [("vit_tiny.lmv", "arch"), ("vit_tiny.lmv", "vit.pool"), ("vit_tiny.lmv", "vit.pos_interp"), ("vit_tiny.lmv", "pre.interp"),
          ("swin_tiny.lmv", "swin.pad_mode"), ("swin_tiny.lmv", "swin.shift_rule")]
 for src, key in cases:
     try:

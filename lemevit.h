@@ -493,10 +493,10 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
    the declared size before anything is allocated, max_scans bounds the passes over the blocks,
    and data too short to hold one bit per block of the declared size is refused as truncated. */
 LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size, const lmv_image_options *opt,
-                                             lmv_image *out, lmv_error *err);
+                                                  lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
-                                           lmv_error *err);
+                                                lmv_error *err);
 #endif
 #endif
 LEMEVIT_API void lmv_image_free(lmv_image *img);
@@ -780,14 +780,18 @@ static void lmv__free(const lmv_allocator *a, void *ptr) {
     if (a->free) a->free(a->user, p - p[-1]);
 }
 
+/* lmv_arena places each block at a 16-byte boundary: a block of `size` bytes moves the next
+   block's place on by at most this much. */
+static size_t lmv__arena_step(size_t size) { return (size + 15) & ~(size_t)15; }
+
 /* The bytes lmv__alloc(size) takes from an allocator, for exact memory planning: what it asks for,
    rounded up to the 16 bytes lmv_arena places blocks at (so the sum over a run's blocks holds
    whatever sizes they have). */
-static size_t lmv__alloc_cost(size_t size) { return (size + LMV__ALIGN + 15) & ~(size_t)15; }
+static size_t lmv__alloc_cost(size_t size) { return lmv__arena_step(size + LMV__ALIGN); }
 
 static void *lmv__arena_alloc(void *user, size_t size) {
     lmv_arena *a = (lmv_arena *)user;
-    size_t start = (a->used + 15) & ~(size_t)15;
+    size_t start = lmv__arena_step(a->used);
     if (start < a->used || start > a->size || size > a->size - start) return NULL;
     a->used = start + size;
     if (a->used > a->peak) a->peak = a->used;
@@ -3759,10 +3763,15 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
         for (j = 0; j < st->depth; j++) {
             lmv__lmt_block *b = &st->blocks[j];
             int shape4[4];
-            int n1 = st->type == LMV__STAGE_CROSS ? C : st->type == LMV__STAGE_DUAL2 ? 2 * C : 3 * C, n2 = st->type == LMV__STAGE_DUAL ? 3 * C : 2 * C;
-            const char *in1 = st->type == LMV__STAGE_CROSS ? "q" : st->type == LMV__STAGE_DUAL ? "qkv1" : st->type == LMV__STAGE_DUAL2 ? "qv1" : "qkv";
-            const char *in2 = st->type == LMV__STAGE_CROSS ? "kv" : st->type == LMV__STAGE_DUAL ? "qkv2" : "kv2";
-            const char *proj = (st->type == LMV__STAGE_CROSS || st->type == LMV__STAGE_SELF) ? "proj" : "proj_x";
+            /* the official module names and widths of each attention's two input projections */
+            int n1 = 3 * C, n2 = 2 * C;
+            const char *in1 = "qkv", *in2 = "kv2", *proj = "proj_x";
+            switch (st->type) {
+            case LMV__STAGE_CROSS: n1 = C; in1 = "q"; in2 = "kv"; proj = "proj"; break;
+            case LMV__STAGE_DUAL: n2 = 3 * C; in1 = "qkv1"; in2 = "qkv2"; break;
+            case LMV__STAGE_DUAL2: n1 = 2 * C; in1 = "qv1"; break;
+            case LMV__STAGE_SELF: proj = "proj"; break;
+            }
             shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
             lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
             if ((r = lmv__weight(m, name, 0, 4, shape4, &b->pos_w, err)) != LMV_OK) return r;
@@ -4029,7 +4038,8 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, floa
             }
             for (j = 0; j < st->depth; j++) {
                 /* attention maps, when asked for: x queries [heads][N][keys], c queries [heads][M][keys] */
-                size_t N = (size_t)H * W, kx = st->type == LMV__STAGE_SELF ? N : (size_t)M, kc = st->type == LMV__STAGE_SELF ? (size_t)M : N;
+                int self = st->type == LMV__STAGE_SELF;
+                size_t N = (size_t)H * W, kx = self ? N : (size_t)M, kc = self ? (size_t)M : N;
                 size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
                 float *px = NULL, *pc = NULL;
                 if (trace) {
@@ -4270,7 +4280,7 @@ typedef struct lmv__counter {
 static void *lmv__counter_alloc(void *user, size_t size) {
     lmv__counter *c = (lmv__counter *)user;
     void *p = c->inner.alloc(c->inner.user, size);
-    if (p) c->total += (size + 15) & ~(size_t)15;
+    if (p) c->total += lmv__arena_step(size);
     return p;
 }
 static void lmv__counter_free(void *user, void *p) {
@@ -5698,7 +5708,7 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
 }
 
 LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size, const lmv_image_options *opt,
-                                             lmv_image *out, lmv_error *err) {
+                                                  lmv_image *out, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     lmv__jpeg j;
     lmv_result r;
@@ -5735,7 +5745,7 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size,
 
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
-                                           lmv_error *err) {
+                                                lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
     size_t len;
     void *buf;

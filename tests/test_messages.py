@@ -44,10 +44,11 @@ os.makedirs(long_dir)
 missing = os.path.join(long_dir, "m" * 240 + ".lmv")
 missing_jpg = os.path.join(long_dir, "p" * 240 + ".jpg")
 ends("lmv info on a missing file with a 450-character path", [LMV, "info", missing], must_say="cannot open")
-ends("lmv run on a missing file with a long path", [LMV, "run", missing, missing + ".npy", os.path.join(d, "o.npy")])
+ends("lmv run on a missing file with a long path", [LMV, "run", missing, missing + ".npy", os.path.join(d, "o.npy")],
+     must_say="cannot open")
 ends("lmv decode on a missing JPEG with a long path", [LMV, "decode", missing_jpg, os.path.join(d, "x.ppm")],
      must_say="cannot open")
-ends("lmv embed on a missing file with a long path", [LMV, "embed", missing, os.path.join(d, "x.c")])
+ends("lmv embed on a missing file with a long path", [LMV, "embed", missing, os.path.join(d, "x.c")], must_say="cannot open")
 ends("classify with a missing model at a long path", [CLASSIFY, missing, CAT], must_say="cannot open")
 ends("classify on a missing picture at a long path", [CLASSIFY, MODEL, missing_jpg], must_say="cannot open")
 # the middle of a long quoted argument gives way, the sentence around it stays whole

@@ -5,10 +5,12 @@ Every test script prints one line per check, `PASS name` or `FAIL name: reason`,
 import atexit
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 
 import numpy as np
 
@@ -120,6 +122,22 @@ def convert(src, dst, *opts):
     if code != 0:
         raise RuntimeError(f"convert failed: {err.strip() or out.strip()}")
     return out
+
+
+def patch_lmv_header(src, dst, old, new):
+    """A copy of the .lmv file src with one byte string of its header (meta or table) replaced by
+    another of the same length, and the header CRC made right, so the loader reads the change."""
+    data = bytearray(open(src, "rb").read())
+    meta_off, meta_size, table_off, table_size = struct.unpack_from("<QQQQ", data, 24)
+    data_off = struct.unpack_from("<Q", data, 64)[0]
+    i = data.index(old, 0, data_off)
+    assert data.count(old, 0, data_off) == 1 and len(old) == len(new)
+    data[i:i + len(old)] = new
+    crc = zlib.crc32(bytes(data[:80]))
+    crc = zlib.crc32(bytes(data[meta_off:meta_off + meta_size]), crc)
+    crc = zlib.crc32(bytes(data[table_off:table_off + table_size]), crc) & 0xFFFFFFFF
+    struct.pack_into("<I", data, 80, crc)
+    open(dst, "wb").write(bytes(data))
 
 
 def lmv_run(model, x, *opts, trace=False, attention=None):

@@ -64,21 +64,41 @@ static void test_version(int format_version) {
     check("LEMEVIT_FORMAT_VERSION is the version tools/lmvfile.py writes", LEMEVIT_FORMAT_VERSION == format_version, "");
 }
 
+/* the JPEG with its frame header declaring w x h pixels (the data stays that of the picture) */
+static unsigned char *resized_frame(const unsigned char *jpeg, size_t nj, int w, int h) {
+    unsigned char *p = (unsigned char *)malloc(nj);
+    size_t i;
+    memcpy(p, jpeg, nj);
+    for (i = 2; i + 9 < nj; i++)
+        if (p[i] == 0xFF && (p[i + 1] == 0xC0 || p[i + 1] == 0xC1 || p[i + 1] == 0xC2)) {
+            p[i + 5] = (unsigned char)(h >> 8), p[i + 6] = (unsigned char)h;
+            p[i + 7] = (unsigned char)(w >> 8), p[i + 8] = (unsigned char)w;
+            return p;
+        }
+    free(p);
+    return NULL;
+}
+
+/* The defaults as lemevit.h documents them, field by field, and zero-filled options behaving as
+   they do. */
 static void test_defaults(const unsigned char *jpeg, size_t nj) {
-    lmv_open_options oz = ZERO, od = lmv_open_options_default();
-    lmv_session_options sz = ZERO, sd = lmv_session_options_default();
+    lmv_open_options od = lmv_open_options_default();
+    lmv_session_options sd = lmv_session_options_default();
     lmv_image_options iz = ZERO, id = lmv_image_options_default();
     lmv_image_info a, b;
     lmv_image ia, ib;
     lmv_error e;
-    check("zero lmv_open_options equal lmv_open_options_default()", memcmp(&oz, &od, sizeof oz) == 0, "");
-    check("zero lmv_open_options: the weights' checksum is checked (skip_verify 0)", oz.skip_verify == 0, "");
-    check("zero lmv_session_options: threads, size, int8 as the defaults",
-          sz.threads == sd.threads && sz.max_h == sd.max_h && sz.max_w == sd.max_w && sz.int8_compute == sd.int8_compute &&
-              sz.allocator.alloc == NULL && sd.allocator.alloc == NULL,
-          "");
-    check("zero lmv_image_options: orientation applied, no allocator", iz.ignore_orientation == 0 && id.ignore_orientation == 0 &&
-          iz.allocator.alloc == NULL, "");
+    unsigned char *over, *under;
+    int w = 65500, h = (int)(LMV_IMAGE_MAX_PIXELS_DEFAULT / 65500);
+    check("lmv_open_options_default(): malloc/free, the weights' CRC checked (skip_verify 0)",
+          od.allocator.alloc == NULL && od.skip_verify == 0, "");
+    check("lmv_session_options_default(): malloc/free, max_batch 1, OpenMP's threads (0), int8_compute 0",
+          sd.allocator.alloc == NULL && sd.max_batch == 1 && sd.threads == 0 && sd.int8_compute == 0, "");
+    check("lmv_image_options_default(): malloc/free, orientation applied, no memory limit",
+          id.allocator.alloc == NULL && id.ignore_orientation == 0 && id.max_memory == 0, "");
+    check("lmv_image_options_default(): the pixel and scan limits are the documented defaults (or 0, meaning them)",
+          (id.max_pixels == 0 || id.max_pixels == LMV_IMAGE_MAX_PIXELS_DEFAULT) &&
+              (id.max_scans == 0 || id.max_scans == LMV_IMAGE_MAX_SCANS_DEFAULT), "");
     check("zero and default lmv_image_options read the same JPEG header",
           lmv_image_jpeg_info(jpeg, nj, &iz, &a, &e) == LMV_OK && lmv_image_jpeg_info(jpeg, nj, &id, &b, &e) == LMV_OK &&
               memcmp(&a, &b, sizeof a) == 0, e.message);
@@ -91,8 +111,23 @@ static void test_defaults(const unsigned char *jpeg, size_t nj) {
         } else check("default lmv_image_options decode", 0, e.message);
         lmv_image_free(&ia);
     } else check("zero lmv_image_options decode", 0, e.message);
-    check("lmv_image_options.max_pixels 0 means the default limit",
-          id.max_pixels == 0 || id.max_pixels == LMV_IMAGE_MAX_PIXELS_DEFAULT, "");
+    /* max_pixels 0 is LMV_IMAGE_MAX_PIXELS_DEFAULT: a header declaring one row more than fits under
+       it is refused with LMV_ERR_LIMIT; one at it passes the limit (max_memory 0: no other) and is
+       refused only because the picture's few bytes cannot hold that many pixels (LMV_ERR_IMAGE) */
+    over = resized_frame(jpeg, nj, w, h + 1);
+    under = resized_frame(jpeg, nj, w, h);
+    if (check("the picture has a frame header", over && under, "")) {
+        check("zero lmv_image_options: a header over LMV_IMAGE_MAX_PIXELS_DEFAULT pixels gives LMV_ERR_LIMIT",
+              lmv_image_jpeg_info(over, nj, &iz, &a, &e) == LMV_ERR_LIMIT, e.message);
+        check("zero lmv_image_options: a header at LMV_IMAGE_MAX_PIXELS_DEFAULT pixels passes the limit (LMV_ERR_IMAGE: too short)",
+              lmv_image_jpeg_info(under, nj, &iz, &a, &e) == LMV_ERR_IMAGE, e.message);
+        check("default lmv_image_options: the same two answers",
+              lmv_image_jpeg_info(over, nj, &id, &a, &e) == LMV_ERR_LIMIT &&
+                  lmv_image_jpeg_info(under, nj, &id, &b, &e) == LMV_ERR_IMAGE,
+              e.message);
+    }
+    free(over);
+    free(under);
 }
 
 /* zero-filled open options check the weights' CRC: a flipped last weight byte is refused, and
@@ -218,6 +253,11 @@ static void test_session_memory(const lmv_model *m, const unsigned char *jpeg, s
     check("zero and default lmv_session_options plan the same memory",
           lmv_session_memory(m, &z, &need, &e) == LMV_OK && lmv_session_memory(m, &d, &need_d, &e) == LMV_OK && need == need_d,
           e.message);
+    d.max_batch = 1; /* the documented defaults, spelled out: one image at the model's native size */
+    d.max_h = lmv_model_info_get(m)->img_h;
+    d.max_w = lmv_model_info_get(m)->img_w;
+    check("zero lmv_session_options plan one image at the model's native size",
+          lmv_session_memory(m, &d, &need_d, &e) == LMV_OK && need == need_d, e.message);
     raw = (unsigned char *)malloc(need + (1 << 20) + 128);
     mem = at(raw, 3);
     check("lmv_session_create_prealloc() with one byte less gives LMV_ERR_OUT_OF_MEMORY",

@@ -83,7 +83,7 @@ def main():
             elif ln.startswith("top "):
                 got_top.append(int(ln.split()[1]))
         res.check(f"{label}: test_api exits cleanly", code == 0 and out.rstrip().endswith(" 0 failed"),
-                  (err.strip() or out.strip().splitlines()[-1:] and out.strip().splitlines()[-1])[-600:])
+                  (err.strip() or "".join(out.strip().splitlines()[-1:]))[-600:])
         res.check(f"{label}: the 80 classes lmv_classify_jpeg gives are numpy's top 80, in order", got_top == want_top,
                   f"got {got_top[:8]}... want {want_top[:8]}...")
         try:

@@ -213,32 +213,41 @@ static const char *result_name(lmv_result r) {
     return "LMV_ERR_UNKNOWN";
 }
 
-/* Length of the well-formed UTF-8 sequence at s (1 to 4 bytes), or 0 when s[0] does not start one
-   (overlong forms, surrogates and code points above U+10FFFF are not well-formed). */
+/* How many bytes at s make one UTF-8 character (1 to 4), or, negated, how many make one
+   ill-formed piece: a byte that cannot start a character, or a sequence's start that breaks off
+   (its "maximal subpart", Unicode's rule, which Python's bytes.decode("utf-8", "replace") and
+   web browsers follow). Overlong forms, surrogates and code points above U+10FFFF are ill-formed.
+   Never reads past the terminating 0, which is not a continuation byte. */
 static int utf8_length(const unsigned char *s) {
+    unsigned lo = 0x80, hi = 0xBF;
+    int n, k;
     if (s[0] < 0x80) return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) return (s[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (s[0] >= 0xE0 && s[0] <= 0xEF) {
-        unsigned lo = s[0] == 0xE0 ? 0xA0 : 0x80, hi = s[0] == 0xED ? 0x9F : 0xBF;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 ? 3 : 0;
-    }
-    if (s[0] >= 0xF0 && s[0] <= 0xF4) {
-        unsigned lo = s[0] == 0xF0 ? 0x90 : 0x80, hi = s[0] == 0xF4 ? 0x8F : 0xBF;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4 : 0;
-    }
-    return 0;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
+        n = 3;
+        if (s[0] == 0xE0) lo = 0xA0; /* not overlong */
+        if (s[0] == 0xED) hi = 0x9F; /* not a surrogate */
+    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
+        n = 4;
+        if (s[0] == 0xF0) lo = 0x90; /* not overlong */
+        if (s[0] == 0xF4) hi = 0x8F; /* not above U+10FFFF */
+    } else
+        return -1;
+    if (s[1] < lo || s[1] > hi) return -1;
+    for (k = 2; k < n; k++)
+        if ((s[k] & 0xC0) != 0x80) return -k;
+    return n;
 }
 
-/* A JSON string. Well-formed UTF-8 is copied as it is; a byte that is not part of one (a file name
-   in another encoding) becomes \udcXX, the escape Python's os.fsdecode() gives it, so
-   os.fsencode(json.loads(...)) returns the exact bytes. Quotes, backslashes and control
-   characters are escaped. */
+/* A JSON string. Well-formed UTF-8 is copied as it is; each ill-formed piece (a file name in
+   another encoding) becomes one U+FFFD, which every JSON parser accepts. Quotes, backslashes and
+   control characters are escaped. */
 static void json_string(const char *str) {
     const unsigned char *s = (const unsigned char *)str;
     putchar('"');
     while (*s) {
         int n = utf8_length(s);
-        if (n == 0) printf("\\udc%02x", *s++);
+        if (n < 0) { fputs("\\ufffd", stdout); s += -n; }
         else if (n > 1) { fwrite(s, 1, (size_t)n, stdout); s += n; }
         else if (*s == '"' || *s == '\\') { putchar('\\'); putchar(*s++); }
         else if (*s == '\n') { fputs("\\n", stdout); s++; }

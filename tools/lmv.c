@@ -226,20 +226,43 @@ static void free_file(void *buf) {
     lmv__free(&a, buf);
 }
 
-/* `s` as a JSON string: quotes, backslashes and control characters escaped, bytes that are not
-   UTF-8 replaced by U+FFFD, so any folder or model name gives valid JSON. */
+/* How many bytes at s make one UTF-8 character (1 to 4), or, negated, how many make one
+   ill-formed piece: a byte that cannot start a character, or a sequence's start that breaks off
+   (its "maximal subpart", Unicode's rule, which Python's bytes.decode("utf-8", "replace") and
+   web browsers follow). Overlong forms, surrogates and code points above U+10FFFF are ill-formed.
+   Never reads past the terminating 0, which is not a continuation byte. */
+static int utf8_length(const unsigned char *s) {
+    unsigned lo = 0x80, hi = 0xBF;
+    int n, k;
+    if (s[0] < 0x80) return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
+        n = 3;
+        if (s[0] == 0xE0) lo = 0xA0; /* not overlong */
+        if (s[0] == 0xED) hi = 0x9F; /* not a surrogate */
+    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
+        n = 4;
+        if (s[0] == 0xF0) lo = 0x90; /* not overlong */
+        if (s[0] == 0xF4) hi = 0x8F; /* not above U+10FFFF */
+    } else
+        return -1;
+    if (s[1] < lo || s[1] > hi) return -1;
+    for (k = 2; k < n; k++)
+        if ((s[k] & 0xC0) != 0x80) return -k;
+    return n;
+}
+
+/* `s` as a JSON string: quotes, backslashes and control characters escaped, each ill-formed piece
+   of UTF-8 replaced by one U+FFFD (as classify does), so any folder or model name gives valid
+   JSON for every parser. */
 static void json_string(FILE *f, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     fputc('"', f);
     while (*p) {
-        int len = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0, k;
-        for (k = 1; k < len; k++)
-            if ((p[k] & 0xC0) != 0x80) break;
-        if (len == 0 || k < len || (len == 2 && *p < 0xC2) || (len == 3 && *p == 0xE0 && p[1] < 0xA0) ||
-            (len == 3 && *p == 0xED && p[1] >= 0xA0) || (len == 4 && ((*p == 0xF0 && p[1] < 0x90) || *p > 0xF4 ||
-                                                                  (*p == 0xF4 && p[1] >= 0x90)))) {
-            fputs("\\ufffd", f); /* not UTF-8: one byte replaced, then go on */
-            p++;
+        int len = utf8_length(p);
+        if (len < 0) {
+            fputs("\\ufffd", f);
+            p += -len;
             continue;
         }
         if (len > 1) fwrite(p, 1, (size_t)len, f);

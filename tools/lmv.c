@@ -176,21 +176,15 @@ static int parse_size(const char *cmd, const char *flag, const char *s, size_t *
         if (!v_ || !parse_int(cmd, flag, v_, lo, hi, dst)) goto usage_fail;   \
     } while (0)
 
-/* Whether `path` can be read as a file: a directory or a FIFO/device is refused with one sentence
-   in err (a FIFO would block the open). Where the system has no stat(), the library's reader says
-   what it can. */
+/* Refuses, with one sentence in err, a path that is neither a regular file nor a directory. The
+   library's reader already says when a path is a directory (EISDIR) or cannot be sized (a device),
+   and when it does not exist, but it has to open the path first, and opening a FIFO blocks until
+   some other process writes into it (reading a terminal blocks too); plain C cannot ask first, so
+   that one check is made here, before anything opens the path. */
 static int check_file(const char *path, const char *kind, lmv_error *err) {
 #ifdef HAVE_MMAP
     struct stat st;
-    if (stat(path, &st) != 0) {
-        lmv__fail(err, LMV_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-        return 0;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        lmv__fail(err, LMV_ERR_IO, "'%s' is a directory, not a file: give the path of %s", path, kind);
-        return 0;
-    }
-    if (!S_ISREG(st.st_mode)) {
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
         lmv__fail(err, LMV_ERR_IO, "'%s' is not a regular file (a FIFO, device or socket): give the path of %s", path, kind);
         return 0;
     }
@@ -304,7 +298,8 @@ static lmv_result open_model(const char *path, int verify, lmv_model **m, mappin
     {
         int fd = open(path, O_RDONLY);
         struct stat st;
-        if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0) {
+        /* anything else (a directory, an empty file) goes to the library's reader, which names it */
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
             void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
             close(fd);
             if (p != MAP_FAILED) {

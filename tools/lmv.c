@@ -708,8 +708,8 @@ static int cmd_decode(int argc, char **argv) {
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
         else if (!strcmp(argv[i], "--max-pixels") || !strcmp(argv[i], "--max-memory")) {
-            const char *v = flag_value("decode", argc, argv, &i);
-            if (!v || !parse_size("decode", argv[i - 1], v, argv[i - 1][6] == 'p' ? &io.max_pixels : &io.max_memory))
+            const char *flag = argv[i], *v = flag_value("decode", argc, argv, &i);
+            if (!v || !parse_size("decode", flag, v, !strcmp(flag, "--max-pixels") ? &io.max_pixels : &io.max_memory))
                 return 2;
         } else if (!strcmp(argv[i], "--max-scans")) {
             const char *v = flag_value("decode", argc, argv, &i);

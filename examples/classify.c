@@ -14,6 +14,7 @@
 #include "../lemevit.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,8 +56,9 @@ typedef struct path_list {
     int count, cap;
 } path_list;
 
-static void *xmalloc(size_t size) {
-    void *p = malloc(size);
+/* realloc that ends the program when memory runs out: a command-line tool has nothing better to do. */
+static void *xrealloc(void *p, size_t size) {
+    p = realloc(p, size);
     if (!p) {
         fprintf(stderr, "classify: out of memory\n");
         exit(1);
@@ -66,16 +68,10 @@ static void *xmalloc(size_t size) {
 
 static void list_add(path_list *l, const char *path) {
     if (l->count == l->cap) {
-        char **grown;
         l->cap = l->cap ? 2 * l->cap : 16;
-        grown = (char **)realloc(l->paths, sizeof(char *) * (size_t)l->cap);
-        if (!grown) {
-            fprintf(stderr, "classify: out of memory\n");
-            exit(1);
-        }
-        l->paths = grown;
+        l->paths = (char **)xrealloc(l->paths, sizeof(char *) * (size_t)l->cap);
     }
-    l->paths[l->count] = (char *)xmalloc(strlen(path) + 1);
+    l->paths[l->count] = (char *)xrealloc(NULL, strlen(path) + 1);
     strcpy(l->paths[l->count++], path);
 }
 
@@ -95,7 +91,7 @@ static int compare_paths(const void *a, const void *b) {
 /* "dir/name", without doubling a trailing slash; free() the result. */
 static char *join_path(const char *dir, const char *name) {
     size_t n = strlen(dir);
-    char *p = (char *)xmalloc(n + strlen(name) + 2);
+    char *p = (char *)xrealloc(NULL, n + strlen(name) + 2);
     strcpy(p, dir);
     if (n == 0 || dir[n - 1] != '/') strcat(p, "/");
     strcat(p, name);
@@ -213,32 +209,41 @@ static const char *result_name(lmv_result r) {
     return "LMV_ERR_UNKNOWN";
 }
 
-/* Length of the well-formed UTF-8 sequence at s (1 to 4 bytes), or 0 when s[0] does not start one
-   (overlong forms, surrogates and code points above U+10FFFF are not well-formed). */
+/* How many bytes at s make one UTF-8 character (1 to 4), or, negated, how many make one
+   ill-formed piece: a byte that cannot start a character, or a sequence's start that breaks off
+   (its "maximal subpart", Unicode's rule, which Python's bytes.decode("utf-8", "replace") and
+   web browsers follow). Overlong forms, surrogates and code points above U+10FFFF are ill-formed.
+   Never reads past the terminating 0, which is not a continuation byte. */
 static int utf8_length(const unsigned char *s) {
+    unsigned lo = 0x80, hi = 0xBF;
+    int n, k;
     if (s[0] < 0x80) return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) return (s[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (s[0] >= 0xE0 && s[0] <= 0xEF) {
-        unsigned lo = s[0] == 0xE0 ? 0xA0 : 0x80, hi = s[0] == 0xED ? 0x9F : 0xBF;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 ? 3 : 0;
-    }
-    if (s[0] >= 0xF0 && s[0] <= 0xF4) {
-        unsigned lo = s[0] == 0xF0 ? 0x90 : 0x80, hi = s[0] == 0xF4 ? 0x8F : 0xBF;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4 : 0;
-    }
-    return 0;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
+        n = 3;
+        if (s[0] == 0xE0) lo = 0xA0; /* not overlong */
+        if (s[0] == 0xED) hi = 0x9F; /* not a surrogate */
+    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
+        n = 4;
+        if (s[0] == 0xF0) lo = 0x90; /* not overlong */
+        if (s[0] == 0xF4) hi = 0x8F; /* not above U+10FFFF */
+    } else
+        return -1;
+    if (s[1] < lo || s[1] > hi) return -1;
+    for (k = 2; k < n; k++)
+        if ((s[k] & 0xC0) != 0x80) return -k;
+    return n;
 }
 
-/* A JSON string. Well-formed UTF-8 is copied as it is; a byte that is not part of one (a file name
-   in another encoding) becomes \udcXX, the escape Python's os.fsdecode() gives it, so
-   os.fsencode(json.loads(...)) returns the exact bytes. Quotes, backslashes and control
-   characters are escaped. */
+/* A JSON string. Well-formed UTF-8 is copied as it is; each ill-formed piece (a file name in
+   another encoding) becomes one U+FFFD, which every JSON parser accepts. Quotes, backslashes and
+   control characters are escaped. */
 static void json_string(const char *str) {
     const unsigned char *s = (const unsigned char *)str;
     putchar('"');
     while (*s) {
         int n = utf8_length(s);
-        if (n == 0) printf("\\udc%02x", *s++);
+        if (n < 0) { fputs("\\ufffd", stdout); s += -n; }
         else if (n > 1) { fwrite(s, 1, (size_t)n, stdout); s += n; }
         else if (*s == '"' || *s == '\\') { putchar('\\'); putchar(*s++); }
         else if (*s == '\n') { fputs("\\n", stdout); s++; }
@@ -283,34 +288,45 @@ static void print_text_result(const char *path, const lmv_prediction *top, int n
 
 /* ---- the command line --------------------------------------------------------------------- */
 
-/* A whole number in lo..hi, or 0. */
-static int parse_int(const char *s, int lo, int hi, int *out) {
+/* One line that says what is wrong on the command line; the caller exits with status 2. */
+static void usage_error(const char *fmt, ...) {
+    va_list ap;
+    fputs("classify: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nrun 'classify --help' for usage\n", stderr);
+}
+
+/* The whole number after the option at argv[*i], from lo to hi; 0 after saying what is wrong. */
+static int number_option(int argc, char **argv, int *i, long lo, long hi, long *out) {
+    const char *option = argv[*i], *s;
     char *end;
-    long v;
+    if (*i + 1 == argc) {
+        usage_error("%s needs a number from %ld to %ld", option, lo, hi);
+        return 0;
+    }
+    s = argv[++*i];
     errno = 0;
-    v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) return 0;
-    *out = (int)v;
+    *out = strtol(s, &end, 10);
+    if (end == s || *end || errno || *out < lo || *out > hi) {
+        usage_error("%s takes a whole number from %ld to %ld, not '%s'", option, lo, hi, s);
+        return 0;
+    }
     return 1;
 }
 
-static int usage_error(const char *what, const char *arg) {
-    fprintf(stderr, "classify: %s%s%s%s\nrun 'classify --help' for usage\n", what, arg ? " '" : "", arg ? arg : "",
-            arg ? "'" : "");
-    return 2;
-}
-
 int main(int argc, char **argv) {
-    const char *model_path = NULL;
-    lmv_model *model;
-    lmv_session *sess;
+    lmv_model *model = NULL;
+    lmv_session *sess = NULL;
     lmv_session_options so = lmv_session_options_default();
     lmv_image_options io = lmv_image_options_default();
     lmv_prediction top[MAX_TOP];
     lmv_error err;
     path_list images = {NULL, 0, 0};
-    char **args = (char **)xmalloc(sizeof(char *) * (size_t)argc); /* the model and the PATHs */
-    int k = 5, json = 0, nargs = 0, options_done = 0, failed = 0, i, n;
+    char **args = (char **)xrealloc(NULL, sizeof(char *) * (size_t)argc); /* the model and the PATHs */
+    long v;
+    int k = 5, json = 0, nargs = 0, options_done = 0, failed = 0, rc = 2, i, n;
 
     for (i = 1; i < argc; i++) { /* options may come anywhere; "--" ends them */
         const char *a = argv[i];
@@ -318,62 +334,41 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--")) options_done = 1;
         else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fputs(usage, stdout);
-            free(args);
-            return 0;
+            rc = 0;
+            goto done;
         } else if (!strcmp(a, "--ignore-exif")) io.ignore_orientation = 1;
         else if (!strcmp(a, "--json")) json = 1;
-        else if (!strcmp(a, "--max-pixels")) {
-            int mp;
-            if (i + 1 == argc || !parse_int(argv[i + 1], 1, 2147483647, &mp)) {
-                free(args);
-                return usage_error("--max-pixels takes a whole number of pixels from 1 up, not",
-                                   i + 1 == argc ? "nothing" : argv[i + 1]);
-            }
-            io.max_pixels = (size_t)mp;
-            i++;
-        }
-        else if (!strcmp(a, "--top") || !strcmp(a, "--threads")) {
-            int is_top = !strcmp(a, "--top");
-            if (i + 1 == argc) {
-                free(args);
-                return usage_error(is_top ? "--top needs a number (1..64)" : "--threads needs a number", NULL);
-            }
-            if (!(is_top ? parse_int(argv[i + 1], 1, MAX_TOP, &k) : parse_int(argv[i + 1], 0, 4096, &so.threads))) {
-                free(args);
-                return usage_error(is_top ? "--top takes a whole number from 1 to 64, not"
-                                          : "--threads takes a whole number from 0 (all) to 4096, not",
-                                   argv[i + 1]);
-            }
-            i++;
+        else if (!strcmp(a, "--top")) {
+            if (!number_option(argc, argv, &i, 1, MAX_TOP, &v)) goto done;
+            k = (int)v;
+        } else if (!strcmp(a, "--threads")) {
+            if (!number_option(argc, argv, &i, 0, 4096, &v)) goto done;
+            so.threads = (int)v;
+        } else if (!strcmp(a, "--max-pixels")) {
+            if (!number_option(argc, argv, &i, 1, 2147483647, &v)) goto done;
+            io.max_pixels = (size_t)v;
         } else {
-            free(args);
-            return usage_error("unknown option", a);
+            usage_error("unknown option '%s'", a);
+            goto done;
         }
     }
     if (nargs < 2) {
-        free(args);
-        if (argc == 1) {
-            fputs(usage, stderr);
-            return 2;
-        }
-        return usage_error(nargs == 0 ? "no model given; the first argument is the .lmv file"
-                                      : "no images given; pass JPEG files or folders after the model", NULL);
+        if (argc == 1) fputs(usage, stderr);
+        else if (nargs == 0) usage_error("no model given; the first argument is the .lmv file");
+        else usage_error("no images given; pass JPEG files or folders after the model");
+        goto done;
     }
-    model_path = args[0];
     for (i = 1; i < nargs; i++)
         if (!add_path(args[i], &images)) failed = 1;
-    free(args);
 
-    if (lmv_model_open_file(model_path, NULL, &model, &err) != LMV_OK) {
-        fprintf(stderr, "classify: %s: %s\n", model_path, err.message);
-        list_free(&images);
-        return 1;
+    rc = 1;
+    if (lmv_model_open_file(args[0], NULL, &model, &err) != LMV_OK) {
+        fprintf(stderr, "classify: %s: %s\n", args[0], err.message);
+        goto done;
     }
     if (lmv_session_create(model, &so, &sess, &err) != LMV_OK) {
         fprintf(stderr, "classify: %s\n", err.message);
-        lmv_model_close(model);
-        list_free(&images);
-        return 1;
+        goto done;
     }
     for (i = 0; i < images.count; i++) {
         const char *path = images.paths[i];
@@ -389,8 +384,11 @@ int main(int argc, char **argv) {
         }
         fflush(stdout); /* a line at a time, for whoever reads the pipe */
     }
+    rc = failed;
+done:
     lmv_session_destroy(sess);
     lmv_model_close(model);
     list_free(&images);
-    return failed;
+    free(args);
+    return rc;
 }

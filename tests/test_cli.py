@@ -32,6 +32,15 @@ def runb(args, timeout=120, env=None):
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
+def parse_json(out, err):
+    """(the object, err) from a --json run's stdout, or (None, err with the parse error and the
+    start of stdout added)."""
+    try:
+        return json.loads(out), err
+    except ValueError as e:
+        return None, err + f" (JSON: {e}: {out[:300]!r})"
+
+
 def one_line(err):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     return len(lines) == 1
@@ -216,11 +225,7 @@ def evaluate(d):
     pred = {q: pred_of[p] for n in chosen for p, q in zip(chosen[n], placed[n])}
     tsv = os.path.join(d, "pred.tsv")
     code, out, err = runb([LMV, "eval", MODEL, root, "--json", "--predictions", tsv])
-    try:
-        j = json.loads(out)
-    except ValueError as e:
-        j = None
-        err += f" (JSON: {e})"
+    j, err = parse_json(out, err)
     if res.check("eval on a subset named by labels: runs, valid JSON", code == 0 and j is not None, f"exit {code}: {err.strip()[-300:]}"):
         names = sorted(chosen)  # eval sorts the folders: Dog, airplane, cat
         cls_of = {n: lab.index(n.lower()) for n in names}
@@ -256,17 +261,14 @@ def evaluate(d):
               and "not all labels" in err and "airplane" in err, f"exit {code}: {err.strip()}")
 
     # names that are not labels, one folder per class: sorted order, said so; odd names give valid JSON
+    # b"cut\xe2\x82x": a UTF-8 sequence that breaks off, one U+FFFD as Python's decoder gives it
     odd = ['a"quote', "back\\slash", "tab\there", "ctl\x01x", "new\nline", "unicode\u00e9", b"bad\xffbyte",
-           "g7", "h8", "i9"]
+           b"cut\xe2\x82x", "h8", "i9"]
     root3 = os.path.join(d, "sorted")
     folders = {n: [pics[(i * 3 + k) % len(pics)] for k in range(2)] for i, n in enumerate(odd)}
     placed3 = layout(root3, folders)
     code, out, err = runb([LMV, "eval", MODEL, root3, "--json"])
-    try:
-        j = json.loads(out)
-    except ValueError as e:
-        j = None
-        err += f" (JSON: {e}: {out[:300]!r})"
+    j, err = parse_json(out, err)
     if res.check("eval: odd folder names give valid JSON", code == 0 and j is not None, f"exit {code}: {err.strip()[-400:]}"):
         order = sorted(odd, key=lambda n: n if isinstance(n, bytes) else n.encode())
         shown = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in order]
@@ -366,8 +368,7 @@ def main():
     for need in (LMV, CLASSIFY, MODEL):
         if not res.check(f"{os.path.relpath(need, ROOT)} present", os.path.exists(need), "run make first"):
             res.finish()
-    d = tmpdir()
-    not_files(os.path.join(d, "files") if os.mkdir(os.path.join(d, "files")) is None else d)
+    not_files(tmpdir())
     help_and_options(tmpdir())
     evaluate(tmpdir())
     leaks(tmpdir())

@@ -176,21 +176,15 @@ static int parse_size(const char *cmd, const char *flag, const char *s, size_t *
         if (!v_ || !parse_int(cmd, flag, v_, lo, hi, dst)) goto usage_fail;   \
     } while (0)
 
-/* Whether `path` can be read as a file: a directory or a FIFO/device is refused with one sentence
-   in err (a FIFO would block the open). Where the system has no stat(), the library's reader says
-   what it can. */
+/* Refuses, with one sentence in err, a path that is neither a regular file nor a directory. The
+   library's reader already says when a path is a directory (EISDIR) or cannot be sized (a device),
+   and when it does not exist, but it has to open the path first, and opening a FIFO blocks until
+   some other process writes into it (reading a terminal blocks too); plain C cannot ask first, so
+   that one check is made here, before anything opens the path. */
 static int check_file(const char *path, const char *kind, lmv_error *err) {
 #ifdef HAVE_MMAP
     struct stat st;
-    if (stat(path, &st) != 0) {
-        lmv__fail(err, LMV_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
-        return 0;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        lmv__fail(err, LMV_ERR_IO, "'%s' is a directory, not a file: give the path of %s", path, kind);
-        return 0;
-    }
-    if (!S_ISREG(st.st_mode)) {
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
         lmv__fail(err, LMV_ERR_IO, "'%s' is not a regular file (a FIFO, device or socket): give the path of %s", path, kind);
         return 0;
     }
@@ -226,20 +220,43 @@ static void free_file(void *buf) {
     lmv__free(&a, buf);
 }
 
-/* `s` as a JSON string: quotes, backslashes and control characters escaped, bytes that are not
-   UTF-8 replaced by U+FFFD, so any folder or model name gives valid JSON. */
+/* How many bytes at s make one UTF-8 character (1 to 4), or, negated, how many make one
+   ill-formed piece: a byte that cannot start a character, or a sequence's start that breaks off
+   (its "maximal subpart", Unicode's rule, which Python's bytes.decode("utf-8", "replace") and
+   web browsers follow). Overlong forms, surrogates and code points above U+10FFFF are ill-formed.
+   Never reads past the terminating 0, which is not a continuation byte. */
+static int utf8_length(const unsigned char *s) {
+    unsigned lo = 0x80, hi = 0xBF;
+    int n, k;
+    if (s[0] < 0x80) return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
+        n = 3;
+        if (s[0] == 0xE0) lo = 0xA0; /* not overlong */
+        if (s[0] == 0xED) hi = 0x9F; /* not a surrogate */
+    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
+        n = 4;
+        if (s[0] == 0xF0) lo = 0x90; /* not overlong */
+        if (s[0] == 0xF4) hi = 0x8F; /* not above U+10FFFF */
+    } else
+        return -1;
+    if (s[1] < lo || s[1] > hi) return -1;
+    for (k = 2; k < n; k++)
+        if ((s[k] & 0xC0) != 0x80) return -k;
+    return n;
+}
+
+/* `s` as a JSON string: quotes, backslashes and control characters escaped, each ill-formed piece
+   of UTF-8 replaced by one U+FFFD (as classify does), so any folder or model name gives valid
+   JSON for every parser. */
 static void json_string(FILE *f, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     fputc('"', f);
     while (*p) {
-        int len = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0, k;
-        for (k = 1; k < len; k++)
-            if ((p[k] & 0xC0) != 0x80) break;
-        if (len == 0 || k < len || (len == 2 && *p < 0xC2) || (len == 3 && *p == 0xE0 && p[1] < 0xA0) ||
-            (len == 3 && *p == 0xED && p[1] >= 0xA0) || (len == 4 && ((*p == 0xF0 && p[1] < 0x90) || *p > 0xF4 ||
-                                                                  (*p == 0xF4 && p[1] >= 0x90)))) {
-            fputs("\\ufffd", f); /* not UTF-8: one byte replaced, then go on */
-            p++;
+        int len = utf8_length(p);
+        if (len < 0) {
+            fputs("\\ufffd", f);
+            p += -len;
             continue;
         }
         if (len > 1) fwrite(p, 1, (size_t)len, f);
@@ -281,7 +298,8 @@ static lmv_result open_model(const char *path, int verify, lmv_model **m, mappin
     {
         int fd = open(path, O_RDONLY);
         struct stat st;
-        if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size > 0) {
+        /* anything else (a directory, an empty file) goes to the library's reader, which names it */
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
             void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
             close(fd);
             if (p != MAP_FAILED) {
@@ -690,8 +708,8 @@ static int cmd_decode(int argc, char **argv) {
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--ignore-exif")) io.ignore_orientation = 1;
         else if (!strcmp(argv[i], "--max-pixels") || !strcmp(argv[i], "--max-memory")) {
-            const char *v = flag_value("decode", argc, argv, &i);
-            if (!v || !parse_size("decode", argv[i - 1], v, argv[i - 1][6] == 'p' ? &io.max_pixels : &io.max_memory))
+            const char *flag = argv[i], *v = flag_value("decode", argc, argv, &i);
+            if (!v || !parse_size("decode", flag, v, !strcmp(flag, "--max-pixels") ? &io.max_pixels : &io.max_memory))
                 return 2;
         } else if (!strcmp(argv[i], "--max-scans")) {
             const char *v = flag_value("decode", argc, argv, &i);

@@ -2150,10 +2150,6 @@ mapping files (--mapping FILE.json) convert checkpoints of your own module names
 TRANSFORM_OPS = ("reshape", "unsqueeze", "squeeze", "transpose", "split")
 
 
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _shape_str(shape):
     """[1, *, 64]: a shape with None for 'any size'."""
     return "[%s]" % ", ".join("*" if d is None else str(d) for d in shape)

@@ -802,7 +802,8 @@ _NO_EFFECT = {"PROTO", "FRAME", "STOP", "READONLY_BUFFER"}
 def scan_pickle(fileobj, what="pickle"):
     """Walk one pickle's opcodes (from the file's position, which is restored) without building
     anything, and refuse it if it would use memory or time out of proportion to its size (see
-    SCAN_NODES_BASE).  Raises ConvertError."""
+    SCAN_NODES_BASE).  Raises ConvertError; a truncated or undecodable opcode raises what
+    pickletools raises, which safe_unpickle (the only caller) reports like the unpickler's own."""
     start = fileobj.tell()
     fileobj.seek(0, 2)
     size = fileobj.tell() - start
@@ -879,32 +880,23 @@ def scan_pickle(fileobj, what="pickle"):
             elif name == "SETITEM":
                 kv = pop(2)
                 grow(top(), kv)
-            elif name in ("LIST", "TUPLE", "DICT", "FROZENSET", "INST"):
-                new(pop_mark())
-            elif name == "OBJ":
+            elif name in ("LIST", "TUPLE", "DICT", "FROZENSET", "INST", "OBJ"):
                 new(pop_mark())
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
                 new(pop(int(name[-1])))
             elif name == "BUILD":
                 state = pop()
                 grow(top(), state)
-            elif name in ("REDUCE", "NEWOBJ"):
+            elif name in ("REDUCE", "NEWOBJ", "STACK_GLOBAL"):
                 new(pop(2))
             elif name == "NEWOBJ_EX":
                 new(pop(3))
-            elif name == "STACK_GLOBAL":
-                new(pop(2))
             elif name == "BINPERSID":
                 new(pop())
             else:
                 raise ConvertError("%s uses pickle opcode %s, which this converter does not read" % (what, name))
             if name == "STOP":
                 break
-    except ConvertError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, EOFError, struct.error, UnicodeDecodeError,
-            OverflowError, MemoryError) as e:
-        raise ConvertError("%s is corrupt or truncated (%s: %s)" % (what, type(e).__name__, e))
     finally:
         fileobj.seek(start)
 

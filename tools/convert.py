@@ -968,11 +968,14 @@ def read_zip_member(zf, name, path, need=None):
     stored or deflated (torch.save stores; a re-zipped file deflates), at least `need` bytes (a
     storage's size from the pickle), and not inflating to more than ZIP_MAX_RATIO times its
     compressed size.  Every failure is a ConvertError naming the member."""
-    info = zip_member_info(zf, name, path, need)
+    return _read_checked_member(zf, zip_member_info(zf, name, path, need), path)
+
+
+def _read_checked_member(zf, info, path):
     try:
         return zf.read(info)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
-        raise ConvertError("%s: cannot read record %s: %s (truncated or corrupt file?)" % (path, name, e))
+        raise ConvertError("%s: cannot read record %s: %s (truncated or corrupt file?)" % (path, info.filename, e))
 
 
 def zip_member_info(zf, name, path, need=None):
@@ -1023,11 +1026,8 @@ def load_torch_zip(path):
         raise ConvertError("%s: checkpoint was saved on a big-endian machine, not supported" % path)
 
     def fetch_for_key(key, nbytes):
-        rec = top + "data/" + key
-        if rec not in names:
-            raise ConvertError("%s: storage record %s is missing (truncated file?)" % (path, rec))
-        zip_member_info(zf, rec, path, nbytes)   # the declared sizes, before anything is read
-        return lambda: read_zip_member(zf, rec, path, nbytes)
+        info = zip_member_info(zf, top + "data/" + key, path, nbytes)   # checked before anything is read
+        return lambda: _read_checked_member(zf, info, path)
 
     data = read_zip_member(zf, pkl, path)
     obj = safe_unpickle(io.BytesIO(data), lambda pid: _storage_pid(pid, fetch_for_key), "%s:%s" % (path, pkl))

@@ -26,6 +26,7 @@ import common  # noqa: E402
 import convert  # noqa: E402
 import lmvfile  # noqa: E402
 import scratch_deit  # noqa: E402
+from convert_checks import expect, expect_error  # noqa: E402
 
 MAPPING = os.path.join(ROOT, "tools", "mappings", "scratch_deit.json")
 TMP = common.tmpdir()
@@ -45,11 +46,6 @@ def check(name):
     return deco
 
 
-def expect(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def path(name):
     return os.path.join(TMP, name)
 
@@ -65,17 +61,6 @@ def conv(src, mapping, *args):
     opts = convert.build_parser().parse_args([src, out, "--mapping", mapping] + [str(a) for a in args])
     convert.convert(src, out, opts, quiet=True)
     return out
-
-
-def expect_error(fn, *words):
-    try:
-        fn()
-    except convert.ConvertError as e:
-        msg = str(e)
-        for w in words:
-            expect(w in msg, "error %r does not contain %r" % (msg, w))
-        return msg
-    raise AssertionError("no error raised")
 
 
 def shipped():

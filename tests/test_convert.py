@@ -41,6 +41,7 @@ import lmvfile  # noqa: E402
 import seed002_vit  # noqa: E402
 import seed003_vit  # noqa: E402
 import te_vit  # noqa: E402
+from convert_checks import expect, expect_error  # noqa: E402
 
 CONVERT = os.path.join(ROOT, "tools", "convert.py")
 MAPPINGS = os.path.join(ROOT, "tools", "mappings")
@@ -79,11 +80,6 @@ def path(name):
     return os.path.join(TMP, name)
 
 
-def expect(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def cli(*args, env=None, python=None):
     e = dict(os.environ)
     e.update(env or {})
@@ -98,17 +94,6 @@ def conv(src, *args, out=None):
     opts = convert.build_parser().parse_args([src, out] + [str(a) for a in args])
     convert.convert(src, out, opts, quiet=True)
     return lmvfile.read(out)
-
-
-def expect_error(fn, *words):
-    try:
-        fn()
-    except convert.ConvertError as e:
-        msg = str(e)
-        for w in words:
-            expect(w.lower() in msg.lower(), "error %r does not mention %r" % (msg, w))
-        return msg
-    raise AssertionError("no error raised")
 
 
 def scalar(f, key):

@@ -26,6 +26,7 @@ import common  # noqa: E402
 import convert  # noqa: E402
 import lmvfile  # noqa: E402
 import scratch_deit  # noqa: E402
+from convert_checks import expect, expect_error  # noqa: E402
 
 MAPPING = os.path.join(ROOT, "tools", "mappings", "scratch_deit.json")
 TMP = common.tmpdir()
@@ -45,11 +46,6 @@ def check(name):
     return deco
 
 
-def expect(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def path(name):
     return os.path.join(TMP, name)
 
@@ -65,17 +61,6 @@ def conv(src, mapping, *args):
     opts = convert.build_parser().parse_args([src, out, "--mapping", mapping] + [str(a) for a in args])
     convert.convert(src, out, opts, quiet=True)
     return out
-
-
-def expect_error(fn, *words):
-    try:
-        fn()
-    except convert.ConvertError as e:
-        msg = str(e)
-        for w in words:
-            expect(w in msg, "error %r does not contain %r" % (msg, w))
-        return msg
-    raise AssertionError("no error raised")
 
 
 def shipped():
@@ -280,13 +265,19 @@ def _():
 @check("suggest_transforms: the fitting change, alternatives when several axis orders fit, none otherwise")
 def _():
     S = convert.suggest_transforms
-    expect(S([66, 64], [1, None, 64]) == [("unsqueeze", 0)], S([66, 64], [1, None, 64]))
-    expect(S([1, 10], [10]) == [("squeeze", 0)], S([1, 10], [10]))
-    expect(S([64, 128], [None, 64]) == [("transpose", [1, 0])], S([64, 128], [None, 64]))
-    expect(S([66, 1, 64], [1, None, 64]) == [("transpose", [1, 0, 2])], S([66, 1, 64], [1, None, 64]))
-    expect(S([64], [1, 1, 64]) == [("reshape", [1, 1, 64])], S([64], [1, 1, 64]))
-    expect(S([3, 4, 5], [5, 3, 4]) == [("transpose", [2, 0, 1])], S([3, 4, 5], [5, 3, 4]))
-    expect(S([3, 4, 4], [4, 4, 3]) == [("transpose", [1, 2, 0]), ("transpose", [2, 1, 0])], S([3, 4, 4], [4, 4, 3]))
+    for shape, want, sugg in (([66, 64], [1, None, 64], [("unsqueeze", 0)]),
+                              ([1, 10], [10], [("squeeze", 0)]),
+                              ([64, 128], [None, 64], [("transpose", [1, 0])]),
+                              ([66, 1, 64], [1, None, 64], [("transpose", [1, 0, 2])]),
+                              ([64], [1, 1, 64], [("reshape", [1, 1, 64])]),
+                              ([3, 4, 5], [5, 3, 4], [("transpose", [2, 0, 1])]),
+                              ([3, 4, 4], [4, 4, 3], [("transpose", [1, 2, 0]), ("transpose", [2, 1, 0])])):
+        expect(S(shape, want) == sugg, "%s -> %s: %s" % (shape, want, S(shape, want)))
+        # and each suggestion, applied by transform_tensor, gives a shape that fits
+        for op, arg in sugg:
+            got = convert.transform_tensor(tensor(np.zeros(shape, np.float32)), op, arg, "t").shape
+            expect(len(got) == len(want) and all(w is None or w == g for w, g in zip(want, got)),
+                   "%s %s on %s gives %s, not %s" % (op, arg, shape, list(got), want))
     expect(S([66, 32], [1, None, 64]) == [] and S([10, 10], [10, 11]) == [], "no fit")
     expect(S([1, 66, 32], [1, None, 64]) == [] and S([192], [1, None, 64]) == [],
            "a reshape that moves sizes around is never suggested")

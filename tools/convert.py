@@ -784,7 +784,11 @@ class SafeUnpickler(pickle.Unpickler):
 # gigabytes), and no object whose tree - counting shared objects each time they are reached - is
 # larger than SCAN_NODES_BASE + SCAN_NODES_PER_BYTE * the pickle's size.  Hashing a tuple (as a
 # dict key) or printing an object walks that tree, so a few hundred bytes that share objects
-# (t1 = (t0, t0), t2 = (t1, t1), ...) would otherwise run for ever.
+# (t1 = (t0, t0), t2 = (t1, t1), ...) would otherwise run for ever.  Why these numbers: without
+# sharing every part costs at least one opcode byte, and torch's own pickles stay well under one
+# part per byte (a ViT-B state dict 0.13, the whole nn.Module pickled 0.3), so 4 per byte leaves a
+# wide margin; the base lets a small pickle share freely, since walking a million parts takes
+# well under a second.
 SCAN_NODES_BASE = 1 << 20
 SCAN_NODES_PER_BYTE = 4
 
@@ -802,7 +806,8 @@ _NO_EFFECT = {"PROTO", "FRAME", "STOP", "READONLY_BUFFER"}
 def scan_pickle(fileobj, what="pickle"):
     """Walk one pickle's opcodes (from the file's position, which is restored) without building
     anything, and refuse it if it would use memory or time out of proportion to its size (see
-    SCAN_NODES_BASE).  Raises ConvertError."""
+    SCAN_NODES_BASE).  Raises ConvertError; a truncated or undecodable opcode raises what
+    pickletools raises, which safe_unpickle (the only caller) reports like the unpickler's own."""
     start = fileobj.tell()
     fileobj.seek(0, 2)
     size = fileobj.tell() - start
@@ -879,32 +884,23 @@ def scan_pickle(fileobj, what="pickle"):
             elif name == "SETITEM":
                 kv = pop(2)
                 grow(top(), kv)
-            elif name in ("LIST", "TUPLE", "DICT", "FROZENSET", "INST"):
-                new(pop_mark())
-            elif name == "OBJ":
+            elif name in ("LIST", "TUPLE", "DICT", "FROZENSET", "INST", "OBJ"):
                 new(pop_mark())
             elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
                 new(pop(int(name[-1])))
             elif name == "BUILD":
                 state = pop()
                 grow(top(), state)
-            elif name in ("REDUCE", "NEWOBJ"):
+            elif name in ("REDUCE", "NEWOBJ", "STACK_GLOBAL"):
                 new(pop(2))
             elif name == "NEWOBJ_EX":
                 new(pop(3))
-            elif name == "STACK_GLOBAL":
-                new(pop(2))
             elif name == "BINPERSID":
                 new(pop())
             else:
                 raise ConvertError("%s uses pickle opcode %s, which this converter does not read" % (what, name))
             if name == "STOP":
                 break
-    except ConvertError:
-        raise
-    except (ValueError, TypeError, KeyError, IndexError, EOFError, struct.error, UnicodeDecodeError,
-            OverflowError, MemoryError) as e:
-        raise ConvertError("%s is corrupt or truncated (%s: %s)" % (what, type(e).__name__, e))
     finally:
         fileobj.seek(start)
 
@@ -947,6 +943,7 @@ def _storage_pid(pid, fetch_for_key):
     if kind != "storage" or len(pid) < 5:
         raise ConvertError("unsupported persistent id %s" % _short(pid[:2]))
     stype, key, numel = pid[1], pid[2], pid[4]   # pid[3] is the device location: ignored
+    # torch's keys are storage numbers ("0", "1", ...): 256 characters is ample and keeps messages short
     if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 256:
         raise ConvertError("malformed storage key in persistent id: %s" % _short(key))
     key = str(key)
@@ -957,7 +954,13 @@ def _storage_pid(pid, fetch_for_key):
     return Storage(stype.dtype, numel, key, fetch_for_key(key, numel * stype.dtype.itemsize))
 
 
-ZIP_MAX_RATIO = 64   # a deflated member may inflate to at most this many times its size (above 1 MiB)
+# A deflated member may inflate to at most ZIP_MAX_RATIO times its compressed size (members that
+# inflate to 1 MiB or less are not checked).  torch.save never deflates; a re-zipped checkpoint's
+# weights deflate by 1.1x (f32, f16) to 2.3x (bf16-like low bits), while deflate itself reaches
+# about 1000x (constant bytes), so without a bound a 1 MB file could ask for 1 GB.  64 sits far
+# above real weights; a record over 1 MiB that is nearly all one value (a zero-filled tensor in a
+# deflated archive) is refused too - store the archive, as torch does, to convert it.
+ZIP_MAX_RATIO = 64
 
 
 def read_zip_member(zf, name, path, need=None):
@@ -965,11 +968,14 @@ def read_zip_member(zf, name, path, need=None):
     stored or deflated (torch.save stores; a re-zipped file deflates), at least `need` bytes (a
     storage's size from the pickle), and not inflating to more than ZIP_MAX_RATIO times its
     compressed size.  Every failure is a ConvertError naming the member."""
-    info = zip_member_info(zf, name, path, need)
+    return _read_checked_member(zf, zip_member_info(zf, name, path, need), path)
+
+
+def _read_checked_member(zf, info, path):
     try:
         return zf.read(info)
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as e:
-        raise ConvertError("%s: cannot read record %s: %s (truncated or corrupt file?)" % (path, name, e))
+        raise ConvertError("%s: cannot read record %s: %s (truncated or corrupt file?)" % (path, info.filename, e))
 
 
 def zip_member_info(zf, name, path, need=None):
@@ -1020,11 +1026,8 @@ def load_torch_zip(path):
         raise ConvertError("%s: checkpoint was saved on a big-endian machine, not supported" % path)
 
     def fetch_for_key(key, nbytes):
-        rec = top + "data/" + key
-        if rec not in names:
-            raise ConvertError("%s: storage record %s is missing (truncated file?)" % (path, rec))
-        zip_member_info(zf, rec, path, nbytes)   # the declared sizes, before anything is read
-        return lambda: read_zip_member(zf, rec, path, nbytes)
+        info = zip_member_info(zf, top + "data/" + key, path, nbytes)   # checked before anything is read
+        return lambda: _read_checked_member(zf, info, path)
 
     data = read_zip_member(zf, pkl, path)
     obj = safe_unpickle(io.BytesIO(data), lambda pid: _storage_pid(pid, fetch_for_key), "%s:%s" % (path, pkl))
@@ -1261,8 +1264,13 @@ def _looks_like_state_dict(d):
     return len(td) > 0 and len(td) * 2 >= len(d)
 
 
-MAX_EXPANSION = 16          # a tensor may repeat its storage at most this many times over ...
-EXPANSION_SLACK = 1 << 16   # ... unless it is this small (bytes): --allow-broadcast lifts the limit
+# A tensor may repeat its storage at most MAX_EXPANSION times over, unless it is at most
+# EXPANSION_SLACK bytes; --allow-broadcast lifts the limit.  A weight torch saves is its storage or
+# a view into it (at most 1 time over); more needs stride 0 or overlapping strides (a saved
+# x.expand(...)), which weights seldom are.  16 still takes small broadcasts while bounding what a
+# file can ask for to 16 times its size; 64 KiB lets any small tensor through.
+MAX_EXPANSION = 16
+EXPANSION_SLACK = 1 << 16
 
 
 def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True, allow_broadcast=False):
@@ -2148,10 +2156,6 @@ mapping files (--mapping FILE.json) convert checkpoints of your own module names
 
 # transform rules: {"key": regex, op: argument, ...}; ops run in the order written
 TRANSFORM_OPS = ("reshape", "unsqueeze", "squeeze", "transpose", "split")
-
-
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _shape_str(shape):

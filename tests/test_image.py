@@ -242,6 +242,99 @@ def test_decode(tool, tmp, srcs):
     check("decode set: YCCK", ycck.max == 0, str(ycck))
 
 
+def jpeg_segments(data):
+    """(marker, start, end) of each marker segment before the first SOS, and the SOS offset."""
+    segs, i = [], 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        m, n = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if m == 0xDA:
+            return segs, i
+        segs.append((m, i, i + 2 + n))
+        i += 2 + n
+    raise ValueError("no SOS")
+
+
+def strip_dht(data):
+    """The file without its DHT segments: a Motion-JPEG frame."""
+    segs, _ = jpeg_segments(data)
+    out, last = b"", 0
+    for m, a, b in segs:
+        if m == 0xC4:
+            out += data[last:a]
+            last = b
+    return out + data[last:]
+
+
+def test_mjpeg(tool, tmp, srcs):
+    """Frames without DHT (Motion-JPEG) decode with the Annex K tables, exact against Pillow; a scan
+    that needs table 2 or 3 undefined is refused, as libjpeg refuses it; progressive files that end early."""
+    mj = Stats()
+    cases = [("chelsea", "RGB", {"subsampling": 2}), ("chelsea_227x149", "RGB", {"subsampling": 0}),
+             ("chelsea_33x15", "RGB", {"subsampling": 1}), ("coffee", "L", {}),
+             ("chelsea_250x193", "RGB", {"subsampling": 2, "quality": 95})]
+    for key, mode, kw in cases:
+        buf = io.BytesIO()
+        Image.open(srcs[key]).convert(mode).save(buf, "JPEG", optimize=False, **kw)
+        data = strip_dht(buf.getvalue())
+        p = os.path.join(tmp, f"mjpeg_{key}_{mode}.jpg")
+        open(p, "wb").write(data)
+        ok = b"\xff\xc4" not in data[:jpeg_segments(data)[1]]
+        try:
+            same = np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(Image.open(buf)))
+        except OSError as e:
+            ok, same = False, str(e)
+        check(f"mjpeg: {key} {mode} {kw} without DHT; Pillow decodes it as the original", ok and same is True,
+              str(same))
+        compare_decode(tool, f"mjpeg {key} {mode} {kw} (no DHT, Annex K tables)", p, tmp, mj)
+    # a restart interval too, as many cameras write
+    src = os.path.join(tmp, "mjpeg_rst_src.jpg")
+    cjpeg(srcs["chelsea_227x149"], src, "-restart", "2")
+    data = strip_dht(open(src, "rb").read())
+    p = os.path.join(tmp, "mjpeg_rst.jpg")
+    open(p, "wb").write(data)
+    compare_decode(tool, "mjpeg cjpeg -restart 2 (no DHT)", p, tmp, mj)
+    check("decode set: Motion-JPEG frames", mj.max == 0 and mj.images == len(cases) + 1, str(mj))
+
+    # the scan names AC table 2, never defined: Pillow refuses, so do we
+    segs, sos = jpeg_segments(data)
+    bad = bytearray(data)
+    bad[sos + 6] = (bad[sos + 6] & 0xF0) | 2   # first component's Td/Ta byte
+    p = os.path.join(tmp, "mjpeg_table2.jpg")
+    open(p, "wb").write(bytes(bad))
+    try:
+        Image.open(p).load()
+        check("mjpeg: Pillow refuses a scan that uses undefined AC table 2", False, "Pillow decoded it")
+    except OSError:
+        check("mjpeg: Pillow refuses a scan that uses undefined AC table 2", True)
+    expect_error(tool, "mjpeg: undefined AC table 2 refused", p, "LMV_ERR_IMAGE", ["table 2 or 3", "never defined"])
+
+    # progressive files that end early. Cut inside a scan (no EOI): Pillow raises without
+    # LOAD_TRUNCATED_IMAGES, and so do we. Cut at a scan boundary with EOI added: a complete, valid file
+    # with fewer scans; both decode it (libjpeg smooths blocks whose bits were never refined, we do not).
+    src = os.path.join(tmp, "prog_src.jpg")
+    cjpeg(srcs["chelsea_227x149"], src, "-progressive")
+    data = open(src, "rb").read()
+    sos_at = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xDA]
+    cut = data[:(sos_at[2] + sos_at[3]) // 2]
+    p = os.path.join(tmp, "prog_cut.jpg")
+    open(p, "wb").write(cut)
+    try:
+        Image.open(p).load()
+        check("progressive cut inside scan 3: Pillow refuses it", False, "Pillow decoded it")
+    except OSError:
+        check("progressive cut inside scan 3: Pillow refuses it", True)
+    expect_error(tool, "progressive cut inside scan 3: refused as truncated", p, "LMV_ERR_IMAGE", ["truncated"])
+    for k in (1, 3):
+        p = os.path.join(tmp, f"prog_{k}scans.jpg")
+        open(p, "wb").write(data[:sos_at[k]] + b"\xff\xd9")
+        ref = np.asarray(Image.open(p))
+        got, msg = ours_decode(tool, p, tmp)
+        ok = got is not None and got.shape == ref.shape
+        d = np.abs(got.astype(int) - ref.astype(int)) if ok else None
+        check(f"progressive with only its first {k} scan(s) and EOI: Pillow and we both decode it", ok,
+              f"(Pillow smooths unrefined blocks: max abs diff {d.max()}, mean {d.mean():.3f})" if ok else msg)
+
+
 def test_info(tool, tmp, srcs):
     """lmv_image_jpeg_info: size and channels as Pillow sees them, and decode_memory exact for an arena."""
     files = [(f"photos/{f}", os.path.join(IMAGES, "photos", f)) for f in ["rocket.jpg", "hubble_deep_field.jpg"]]
@@ -595,7 +688,7 @@ def main():
             check("build image_tool", False, str(e))
             return
         srcs = source_images(tmp)
-        for section, fn, tool in [("decode", test_decode, fast), ("info", test_info, san), ("errors", test_errors, san),
+        for section, fn, tool in [("decode", test_decode, fast), ("mjpeg", test_mjpeg, san), ("info", test_info, san), ("errors", test_errors, san),
                                   ("bombs", test_bombs, fast), ("fuzz", test_fuzz_corpus, san),
                                   ("resize", test_resize, fast), ("preprocess", test_preprocess, fast)]:
             try:

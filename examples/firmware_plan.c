@@ -1,5 +1,5 @@
 /* firmware_plan - the host-side build step of examples/firmware.c: runs the firmware's own
-   fw_classify() on the same model and picture in a large arena, and writes the header that sizes
+   fw_start() + fw_classify() on the same model and picture in a large arena, and writes the header that sizes
    the firmware's static arena to the bytes it really used.
 
      firmware_plan MODEL.lmv PICTURE.jpg OUT.h
@@ -37,9 +37,12 @@ int main(int argc, char **argv) {
     void *model, *jpeg, *mem;
     lmv_arena arena;
     lmv_model *m;
+    lmv_session *sess;
+    lmv_prediction top;
+    lmv_result r = LMV_OK;
     lmv_session_options so = {0};
     lmv_open_options oo = {0};
-    int c;
+    int c = 0;
     FILE *f;
     if (argc != 4) {
         fprintf(stderr, "usage: firmware_plan MODEL.lmv PICTURE.jpg OUT.h\n");
@@ -65,11 +68,12 @@ int main(int argc, char **argv) {
     lmv_model_close(m);
     /* the whole task, as the firmware runs it */
     lmv_arena_init(&arena, mem, cap);
-    c = fw_classify(&arena, model, model_size, jpeg, jpeg_size);
-    if (c < 0) {
-        fprintf(stderr, "firmware_plan: fw_classify failed: %s\n", lmv_result_string((lmv_result)-c));
+    if (!(sess = fw_start(&arena, model, model_size, &r)) ||
+        (c = fw_classify(sess, &arena, jpeg, jpeg_size, 1, &top)) < 0) {
+        fprintf(stderr, "firmware_plan: the firmware's task failed: %s\n", lmv_result_string(sess ? (lmv_result)-c : r));
         return 1;
     }
+    c = top.index;
     f = fopen(argv[3], "w");
     if (!f) {
         fprintf(stderr, "firmware_plan: cannot write %s\n", argv[3]);

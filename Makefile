@@ -5,6 +5,7 @@
 #   make demo       classify the bundled pictures with the bundled model
 #   make bench      compare speed and memory with PyTorch
 #   make firmware   the no-malloc, no-stdio example with the model linked in (build/fw/firmware)
+#   make firmware-qemu   the same booted on an emulated Cortex-M7 (qemu-system-arm -M mps2-an500)
 # Options: CC=clang, OPENMP=0 (single-threaded build), PYTHON=/path/to/python3-with-torch
 
 CC      ?= cc
@@ -110,3 +111,58 @@ build/fw/firmware: examples/firmware.c build/fw/model_data.c build/fw/image_data
 
 FORCE:
 .PHONY: firmware FORCE
+
+# ---- firmware-qemu: examples/firmware.c booted on a Cortex-M7 (qemu-system-arm -M mps2-an500) ----
+# The model is the FIRMWARE_MODEL above re-encoded as int8: 1.30 MB, where float32 (4.73 MB) does not
+# fit the board's 4 MB code memory. Three builds: hard-float, softfp, and hard-float multiplying the
+# int8 weights in int8 (int8_compute); each boots, classifies the cat and a Motion-JPEG frame (a
+# ship), prints the top 3 and exits through semihosting.
+FWQ        := build/fwq
+ARM_CC     ?= arm-none-eabi-gcc
+QEMU_ARM   ?= qemu-system-arm
+FWQ_FRAME  ?= examples/images/ship_32x32_mjpeg.jpg
+FWQ_CFLAGS ?= -O2
+FWQ_ABIS   := hard softfp hard-int8c
+FWQ_FLAGS_hard       := -mfloat-abi=hard
+FWQ_FLAGS_softfp     := -mfloat-abi=softfp
+FWQ_FLAGS_hard-int8c := -mfloat-abi=hard -DFW_INT8_COMPUTE
+FWQ_CPU    := -mcpu=cortex-m7 -mfpu=fpv5-d16 -mthumb
+FWQ_SRC    := examples/cortex-m/main.c examples/cortex-m/startup.c examples/cortex-m/startup.h \
+              examples/cortex-m/mps2_an500.ld examples/firmware.c lemevit.h
+# -icount shift=0: the emulated clock advances 1 ns per instruction, so the run is deterministic and
+# SysTick measures instructions; the firmware stops itself after FW_MAX_WRAPS SysTick periods and
+# `timeout` bounds the wall time.
+QEMU_RUN   = timeout 600 $(QEMU_ARM) -M mps2-an500 -display none -serial null -monitor none \
+             -semihosting-config enable=on,target=native -icount shift=0 -kernel
+
+$(FWQ)/model_int8.lmv: $(FW_MODEL) tools/lmvfile.py | build
+	@mkdir -p $(FWQ)
+	$(PYTHON) tools/lmvfile.py --dtype int8 $(FW_MODEL) $@ >/dev/null
+
+$(FWQ)/model_data.c: $(FWQ)/model_int8.lmv build/lmv
+	build/lmv embed $< $@ --name fw_model
+
+$(FWQ)/image_data.c: $(FIRMWARE_IMAGE) build/lmv
+	@mkdir -p $(FWQ)
+	build/lmv embed $(FIRMWARE_IMAGE) $@ --name fw_image
+
+$(FWQ)/frame_data.c: $(FWQ_FRAME) build/lmv
+	@mkdir -p $(FWQ)
+	build/lmv embed $(FWQ_FRAME) $@ --name fw_frame
+
+$(FWQ)/firmware_arena.h: build/fw/firmware_plan $(FWQ)/model_int8.lmv $(FIRMWARE_IMAGE)
+	build/fw/firmware_plan $(FWQ)/model_int8.lmv $(FIRMWARE_IMAGE) $@ >/dev/null
+
+$(FWQ)/firmware-%.elf: $(FWQ_SRC) $(FWQ)/model_data.c $(FWQ)/image_data.c $(FWQ)/frame_data.c $(FWQ)/firmware_arena.h
+	$(ARM_CC) -std=c99 -Wall -Wextra -Werror $(FWQ_CFLAGS) $(FWQ_CPU) $(FWQ_FLAGS_$*) $(FWQ_EXTRA) -ffunction-sections \
+	  -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld -Wl,--gc-sections \
+	  -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/model_data.c \
+	  $(FWQ)/image_data.c $(FWQ)/frame_data.c -lm
+	arm-none-eabi-size $@
+
+firmware-qemu-build: $(foreach a,$(FWQ_ABIS),$(FWQ)/firmware-$(a).elf)
+
+firmware-qemu: firmware-qemu-build
+	@for a in $(FWQ_ABIS); do echo "== $(FWQ)/firmware-$$a.elf"; $(QEMU_RUN) $(FWQ)/firmware-$$a.elf || exit 1; done
+
+.PHONY: firmware-qemu firmware-qemu-build

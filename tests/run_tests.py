@@ -33,6 +33,7 @@ SUITES = [
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
     # firmware builds and hardening
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
+    ("firmware on qemu (Cortex-M7, mps2-an500)", [PY, os.path.join(HERE, "test_firmware_qemu.py")]),
     ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),
     ("limits", [PY, os.path.join(HERE, "test_limits.py")]),
     ("threads (pthreads, tsan)", [PY, os.path.join(HERE, "test_threads.py")]),

@@ -116,13 +116,15 @@ FORCE:
 # The model is the FIRMWARE_MODEL above re-encoded as int8: 1.30 MB, where float32 (4.73 MB) does not
 # fit the board's 4 MB code memory. Three builds: hard-float, softfp, and hard-float multiplying the
 # int8 weights in int8 (int8_compute); each boots, classifies the cat and a Motion-JPEG frame (a
-# ship), prints the top 3 and exits through semihosting.
+# ship), prints the top 3 and exits through semihosting. A fourth, hard-f32, runs the float32 model
+# from the board's 16 MB PSRAM standing in for memory-mapped external flash (the linker script puts
+# the read-only data of objects named extflash_* there).
 FWQ        := build/fwq
 ARM_CC     ?= arm-none-eabi-gcc
 QEMU_ARM   ?= qemu-system-arm
 FWQ_FRAME  ?= examples/images/ship_32x32_mjpeg.jpg
 FWQ_CFLAGS ?= -O2
-FWQ_ABIS   := hard softfp hard-int8c
+FWQ_ABIS   := hard softfp hard-int8c hard-f32
 FWQ_FLAGS_hard       := -mfloat-abi=hard
 FWQ_FLAGS_softfp     := -mfloat-abi=softfp
 FWQ_FLAGS_hard-int8c := -mfloat-abi=hard -DFW_INT8_COMPUTE
@@ -135,14 +137,14 @@ FWQ_SRC    := examples/cortex-m/main.c examples/cortex-m/startup.c examples/cort
 QEMU_RUN   = timeout 600 $(QEMU_ARM) -M mps2-an500 -display none -serial null -monitor none \
              -semihosting-config enable=on,target=native -icount shift=0 -kernel
 
-$(FWQ)/model_int8.lmv: $(FW_MODEL) tools/lmvfile.py | build
+$(FWQ)/model_int8.lmv: $(FW_MODEL) tools/lmvfile.py build/fw/inputs | build
 	@mkdir -p $(FWQ)
 	$(PYTHON) tools/lmvfile.py --dtype int8 $(FW_MODEL) $@ >/dev/null
 
 $(FWQ)/model_data.c: $(FWQ)/model_int8.lmv build/lmv
 	build/lmv embed $< $@ --name fw_model
 
-$(FWQ)/image_data.c: $(FIRMWARE_IMAGE) build/lmv
+$(FWQ)/image_data.c: $(FIRMWARE_IMAGE) build/lmv build/fw/inputs
 	@mkdir -p $(FWQ)
 	build/lmv embed $(FIRMWARE_IMAGE) $@ --name fw_image
 
@@ -157,6 +159,25 @@ $(FWQ)/firmware-%.elf: $(FWQ_SRC) $(FWQ)/model_data.c $(FWQ)/image_data.c $(FWQ)
 	$(ARM_CC) -std=c99 -Wall -Wextra -Werror $(FWQ_CFLAGS) $(FWQ_CPU) $(FWQ_FLAGS_$*) $(FWQ_EXTRA) -ffunction-sections \
 	  -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld -Wl,--gc-sections \
 	  -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/model_data.c \
+	  $(FWQ)/image_data.c $(FWQ)/frame_data.c -lm
+	arm-none-eabi-size $@
+
+$(FWQ)/extflash_model.c: $(FW_MODEL) build/lmv build/fw/inputs
+	@mkdir -p $(FWQ)
+	build/lmv embed $(FW_MODEL) $@ --name fw_model
+
+$(FWQ)/extflash_model.o: $(FWQ)/extflash_model.c
+	$(ARM_CC) $(FWQ_CPU) -mfloat-abi=hard -c $< -o $@
+
+$(FWQ)/f32/firmware_arena.h: build/fw/firmware_plan $(FW_MODEL) $(FIRMWARE_IMAGE) build/fw/inputs
+	@mkdir -p $(FWQ)/f32
+	build/fw/firmware_plan $(FW_MODEL) $(FIRMWARE_IMAGE) $@ >/dev/null
+
+$(FWQ)/firmware-hard-f32.elf: $(FWQ_SRC) $(FWQ)/extflash_model.o $(FWQ)/image_data.c $(FWQ)/frame_data.c \
+                              $(FWQ)/f32/firmware_arena.h
+	$(ARM_CC) -std=c99 -Wall -Wextra -Werror $(FWQ_CFLAGS) $(FWQ_CPU) -mfloat-abi=hard $(FWQ_EXTRA) -ffunction-sections \
+	  -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld -Wl,--gc-sections \
+	  -I$(FWQ)/f32 -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/extflash_model.o \
 	  $(FWQ)/image_data.c $(FWQ)/frame_data.c -lm
 	arm-none-eabi-size $@
 

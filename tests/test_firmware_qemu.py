@@ -2,7 +2,8 @@
 examples/cortex-m/): the hard-float, softfp and int8-compute builds each classify the cat and a
 Motion-JPEG frame (a ship, no DHT) from the int8 model in flash, and their top 3 equal the host's
 (`lmv preprocess` + `lmv run` on the same file, softmax in numpy) within the six decimals printed;
-the top 3 of the float32 model agree too. Also: nothing from malloc or stdio is linked, the model
+the top 3 of the float32 model agree too; a fourth build runs the float32 model itself from
+the board's 16 MB PSRAM standing in for memory-mapped external flash. Also: nothing from malloc or stdio is linked, the model
 sits 64-byte aligned in the flash region and the arena in RAM, the hang guard stops a run, and the
 library builds for the M7 with LEMEVIT_NO_JPEG. Skipped, by name, without arm-none-eabi-gcc or
 qemu-system-arm (tools/install_deps.sh installs both)."""
@@ -24,7 +25,11 @@ LMV_HOST = os.path.join(BUILD, "lmv")
 CM = os.path.join(ROOT, "examples", "cortex-m")
 IMAGES = [os.path.join(ROOT, "examples", "images", "cat_32x32.jpg"),
           os.path.join(ROOT, "examples", "images", "ship_32x32_mjpeg.jpg")]
-BUILDS = [("hard", []), ("softfp", []), ("hard-int8c", ["--int8-compute"])]
+# (build, lmv run options, model): the int8 file in the 4 MB code memory, or the float32 one in the
+# 16 MB PSRAM at 0x60000000 that stands in for memory-mapped external flash
+BUILDS = [("hard", [], "int8"), ("softfp", [], "int8"), ("hard-int8c", ["--int8-compute"], "int8"),
+          ("hard-f32", [], "f32")]
+REGIONS = {"int8": (0x0, 0x400000, "flash (0x0-0x3fffff)"), "f32": (0x60000000, 0x61000000, "external flash (0x60000000-)")}
 QEMU = ["qemu-system-arm", "-M", "mps2-an500", "-display", "none", "-serial", "null", "-monitor", "none",
         "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel"]
 # the wall-clock bound on one boot; the firmware's own SysTick guard stops it long before in
@@ -118,23 +123,27 @@ def main():
         res.finish()
     model_q = os.path.join(FWQ, "model_int8.lmv")
     model_f = open(os.path.join(BUILD, "fw", "inputs")).read().split()[0]
-    arena = int(re.search(r"#define FW_ARENA_BYTES (\d+)", open(os.path.join(FWQ, "firmware_arena.h")).read())[1])
 
-    for name, opts in BUILDS:
+    for name, opts, kind in BUILDS:
         elf = os.path.join(FWQ, f"firmware-{name}.elf")
+        model = model_q if kind == "int8" else model_f
+        lo, hi, where = REGIONS[kind]
+        hdr = os.path.join(FWQ, *(["f32"] if kind == "f32" else []), "firmware_arena.h")
+        arena = int(re.search(r"#define FW_ARENA_BYTES (\d+)", open(hdr).read())[1])
         sym = symbols(elf)
         hits = sorted(s for s in sym if s in FORBIDDEN)
         res.check(f"{name}: nothing from malloc or stdio is linked", not hits, ", ".join(hits))
         addr, arena_at = sym.get("fw_model"), sym.get("arena_memory")
-        res.check(f"{name}: the model is in flash (0x0-0x3fffff) 64-byte aligned, the arena in RAM (0x20000000-)",
-                  addr is not None and addr % 64 == 0 and addr < 0x400000 and arena_at is not None and
+        res.check(f"{name}: the model is in {where} 64-byte aligned, the arena in RAM (0x20000000-)",
+                  addr is not None and addr % 64 == 0 and lo <= addr < hi and arena_at is not None and
                   0x20000000 <= arena_at < 0x20400000 and arena_at % 64 == 0,
                   f"fw_model at {addr:#x}, arena_memory at {arena_at:#x}" if addr is not None and arena_at else
                   "symbols not found")
         code, out, _ = run(["arm-none-eabi-size", elf])
         text, dat, bss = (int(v) for v in out.splitlines()[1].split()[:3])
-        res.check(f"{name}: size", text + dat <= 4 << 20 and dat + bss <= 4 << 20,
-                  f"flash {text + dat} B (model {os.path.getsize(model_q)} B), RAM {dat + bss} B "
+        res.check(f"{name}: size", text + dat - (os.path.getsize(model) if kind == "f32" else 0) <= 4 << 20 and
+                  dat + bss <= 4 << 20,
+                  f"flash {text + dat} B (model {os.path.getsize(model)} B), RAM {dat + bss} B "
                   f"(arena {arena} B) + at least 128 KB stack")
 
         code, out, err = boot(elf)
@@ -149,25 +158,27 @@ def main():
         for image, (got, instr) in zip(IMAGES, pics):
             pic = os.path.basename(image)
             host = portable if opts else LMV_HOST
-            want = host_top3(model_q, image, opts, d, host)
+            want = host_top3(model, image, opts, d, host)
             dp = max(abs(a[1] - b[1]) for a, b in zip(got, want))
-            res.check(f"{name} {pic}: top 3 equals the host's on the int8 file"
+            res.check(f"{name} {pic}: top 3 equals the host's on the {kind} file"
                       f"{' ' + opts[0] + ' (portable kernels)' if opts else ''}",
                       [c for c, _ in got] == [c for c, _ in want] and dp <= 1e-6 + 5e-7,
                       f"{got} vs host {[(c, round(q, 6)) for c, q in want]}, max prob difference {dp:.1e}")
             if opts:
-                native = host_top3(model_q, image, opts, d)
+                native = host_top3(model, image, opts, d)
                 dn = max(abs(a[1] - b[1]) for a, b in zip(got, native))
                 res.check(f"{name} {pic}: top 3 classes equal build/lmv's {opts[0]} (host SIMD kernels)",
                           [c for c, _ in got] == [c for c, _ in native], f"max prob difference {dn:.1e}")
+            res.check(f"{name} {pic}: instructions for one inference counted", instr and instr > 10 ** 6,
+                      f"{instr:,} instructions (qemu -icount; not cycles)" if instr else "no count printed")
+            if kind == "f32":
+                continue
             want_f = host_top3(model_f, image, [], d)
             dq = max(abs(a[1] - b[1]) for a, b in zip(want, want_f))
             df = max(abs(a[1] - b[1]) for a, b in zip(got, want_f))
             res.check(f"{name} {pic}: top 3 classes equal the float32 model's on the host",
                       [c for c, _ in got] == [c for c, _ in want_f] and df <= dq + 1e-6,
                       f"max prob difference {df:.4f}; the host's int8 vs float32 difference is {dq:.4f}")
-            res.check(f"{name} {pic}: instructions for one inference counted", instr and instr > 10 ** 6,
-                      f"{instr:,} instructions (qemu -icount; not cycles)" if instr else "no count printed")
 
     # the guard: a SysTick period of 2^16 ticks and no periods allowed stops the run in its first inference
     elf = os.path.join(d, "guard.elf")

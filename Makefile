@@ -156,7 +156,7 @@ $(FWQ)/firmware_arena.h: build/fw/firmware_plan $(FWQ)/model_int8.lmv $(FIRMWARE
 	build/fw/firmware_plan $(FWQ)/model_int8.lmv $(FIRMWARE_IMAGE) $@ >/dev/null
 
 $(FWQ)/firmware-%.elf: $(FWQ_SRC) $(FWQ)/model_data.c $(FWQ)/image_data.c $(FWQ)/frame_data.c $(FWQ)/firmware_arena.h
-	$(ARM_CC) -std=c99 -Wall -Wextra -Werror $(FWQ_CFLAGS) $(FWQ_CPU) $(FWQ_FLAGS_$*) $(FWQ_EXTRA) -ffunction-sections \
+	$(ARM_CC) -std=c99 -Wall -Wextra -pedantic -Werror $(FWQ_CFLAGS) $(FWQ_CPU) $(FWQ_FLAGS_$*) $(FWQ_EXTRA) -ffunction-sections \
 	  -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld -Wl,--gc-sections \
 	  -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/model_data.c \
 	  $(FWQ)/image_data.c $(FWQ)/frame_data.c -lm
@@ -175,7 +175,7 @@ $(FWQ)/f32/firmware_arena.h: build/fw/firmware_plan $(FW_MODEL) $(FIRMWARE_IMAGE
 
 $(FWQ)/firmware-hard-f32.elf: $(FWQ_SRC) $(FWQ)/extflash_model.o $(FWQ)/image_data.c $(FWQ)/frame_data.c \
                               $(FWQ)/f32/firmware_arena.h
-	$(ARM_CC) -std=c99 -Wall -Wextra -Werror $(FWQ_CFLAGS) $(FWQ_CPU) -mfloat-abi=hard $(FWQ_EXTRA) -ffunction-sections \
+	$(ARM_CC) -std=c99 -Wall -Wextra -pedantic -Werror $(FWQ_CFLAGS) $(FWQ_CPU) -mfloat-abi=hard $(FWQ_EXTRA) -ffunction-sections \
 	  -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld -Wl,--gc-sections \
 	  -I$(FWQ)/f32 -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/extflash_model.o \
 	  $(FWQ)/image_data.c $(FWQ)/frame_data.c -lm

@@ -78,7 +78,7 @@ def host_top3(model, image, opts, d, lmv=LMV_HOST):
 
 
 def arm_cc(d, out, *extra):
-    args = ["arm-none-eabi-gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-mcpu=cortex-m7",
+    args = ["arm-none-eabi-gcc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-O2", "-mcpu=cortex-m7",
             "-mfpu=fpv5-d16", "-mthumb", "-mfloat-abi=hard", "-ffunction-sections", "-fdata-sections",
             "-nostartfiles", "--specs=nano.specs", "-T", os.path.join(CM, "mps2_an500.ld"), "-Wl,--gc-sections",
             "-I" + FWQ, *extra, "-o", out, os.path.join(CM, "main.c"), os.path.join(CM, "startup.c"),

@@ -91,6 +91,7 @@
        lmv_image_options_default()    the defaults (all zeros mean the same)
        lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
        lmv_image_load_jpeg_memory()   decode JPEG bytes (as Pillow does)
+       lmv_image_load_jpeg_prealloc() the same, in memory you give (decode_memory bytes)
        lmv_image_load_jpeg_file()     decode a JPEG file
        lmv_image_free()               free an image's pixels
        lmv_image_resize()             resize as Pillow's Image.resize
@@ -112,7 +113,8 @@
    destroyed (lmv_session_create*, lmv_session_destroy), an image loaded and freed (lmv_image_load_*,
    lmv_image_free); an _init call fills a struct you own and has nothing to undo (lmv_arena_init).
    Each object's memory can be known before it is made (lmv_model_memory, lmv_session_memory,
-   lmv_image_jpeg_info), and the _prealloc calls place a model or session in memory you give.
+   lmv_image_jpeg_info), and the _prealloc calls place a model, session or decoded image in memory
+   you give.
    Option structs mean the default when zero-filled, as does a NULL options pointer.
 
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
@@ -494,6 +496,13 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
    and data too short to hold one bit per block of the declared size is refused as truncated. */
 LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size, const lmv_image_options *opt,
                                                   lmv_image *out, lmv_error *err);
+/* The same decode in memory you give: `mem_size` bytes at `mem` (any address), at least
+   lmv_image_jpeg_info()'s decode_memory, hold the working memory and the pixels; opt->allocator is
+   not used. out->pixels points into `mem` (lmv_image_free() on it does nothing); the image lives
+   as long as `mem` does. Too little memory gives LMV_ERR_OUT_OF_MEMORY, and nothing past
+   mem + mem_size is touched. */
+LEMEVIT_API lmv_result lmv_image_load_jpeg_prealloc(const void *data, size_t size, const lmv_image_options *opt,
+                                                    void *mem, size_t mem_size, lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                                 lmv_error *err);
@@ -5741,6 +5750,27 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size,
     lmv__jrelease(&j);
     if (r == LMV_OK) lmv__ok(err);
     return r;
+}
+
+LEMEVIT_API lmv_result lmv_image_load_jpeg_prealloc(const void *data, size_t size, const lmv_image_options *opt,
+                                                    void *mem, size_t mem_size, lmv_image *out, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv_arena a;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_prealloc: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!mem) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_prealloc: mem is NULL");
+    lmv_arena_init(&a, mem, mem_size);
+    o.allocator = lmv_arena_allocator(&a);
+    r = lmv_image_load_jpeg_memory(data, size, &o, out, err);
+    if (r == LMV_ERR_OUT_OF_MEMORY)
+        return lmv__fail(err, r,
+                         "%zu bytes of memory are not enough to decode this JPEG; ask lmv_image_jpeg_info() for "
+                         "decode_memory",
+                         mem_size);
+    if (r != LMV_OK) return r;
+    memset(&out->allocator, 0, sizeof out->allocator); /* the pixels belong to the caller's memory */
+    return LMV_OK;
 }
 
 #ifndef LEMEVIT_NO_STDIO

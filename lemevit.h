@@ -58,7 +58,8 @@
    API REFERENCE (each public function, declared below with its parameters and errors)
 
    Results and memory
-       lmv_result_string()            the name of an lmv_result (lmv_error.message has the sentence)
+       lmv_result_string()            a few words on an lmv_result (lmv_error.message has the sentence)
+       lmv_result_name()              the enumerator's spelling, "LMV_ERR_IO", for logs and JSON
        lmv_arena_init()               a bump allocator over a buffer you own
        lmv_arena_allocator()          the lmv_allocator that takes from an arena
        lmv_arena_mark()               the arena's fill level now ...
@@ -216,6 +217,9 @@ typedef struct lmv_error {
 } lmv_error;
 
 LEMEVIT_API const char *lmv_result_string(lmv_result r);
+/* The enumerator's own spelling, "LMV_OK" ... "LMV_ERR_IMAGE" ("LMV_ERR_UNKNOWN" for any other
+   value): a stable key for logs and machine-readable output. */
+LEMEVIT_API const char *lmv_result_name(lmv_result r);
 
 /* Memory. The library asks for blocks with alloc() and gives them back with free(); it aligns
    them to 64 bytes itself, so plain malloc/free-like functions are fine. `user` is passed back. */
@@ -679,6 +683,16 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     case LMV_ERR_IMAGE: return "corrupt or truncated image";
     }
     return "unknown error";
+}
+
+LEMEVIT_API const char *lmv_result_name(lmv_result r) {
+    static const char *const names[] = {
+        "LMV_OK", "LMV_ERR_INVALID_ARGUMENT", "LMV_ERR_OUT_OF_MEMORY", "LMV_ERR_IO", "LMV_ERR_BAD_MAGIC",
+        "LMV_ERR_VERSION", "LMV_ERR_ENDIAN", "LMV_ERR_TRUNCATED", "LMV_ERR_CHECKSUM", "LMV_ERR_CORRUPT",
+        "LMV_ERR_MISSING_TENSOR", "LMV_ERR_SHAPE", "LMV_ERR_UNSUPPORTED", "LMV_ERR_INPUT_SIZE", "LMV_ERR_ALIGNMENT",
+        "LMV_ERR_LIMIT", "LMV_ERR_BAD_INPUT", "LMV_ERR_IMAGE"};
+    unsigned i = (unsigned)r;
+    return i < sizeof names / sizeof names[0] ? names[i] : "LMV_ERR_UNKNOWN";
 }
 
 LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype) {

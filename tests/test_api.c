@@ -64,6 +64,22 @@ static void test_version(int format_version) {
     check("LEMEVIT_FORMAT_VERSION is the version tools/lmvfile.py writes", LEMEVIT_FORMAT_VERSION == format_version, "");
 }
 
+/* lmv_result_name() spells each enumerator as the compiler's # operator does, and anything else
+   as LMV_ERR_UNKNOWN */
+#define SPELLED(x) ok &= strcmp(lmv_result_name(x), #x) == 0
+static void test_result_names(void) {
+    int ok = 1;
+    SPELLED(LMV_OK); SPELLED(LMV_ERR_INVALID_ARGUMENT); SPELLED(LMV_ERR_OUT_OF_MEMORY); SPELLED(LMV_ERR_IO);
+    SPELLED(LMV_ERR_BAD_MAGIC); SPELLED(LMV_ERR_VERSION); SPELLED(LMV_ERR_ENDIAN); SPELLED(LMV_ERR_TRUNCATED);
+    SPELLED(LMV_ERR_CHECKSUM); SPELLED(LMV_ERR_CORRUPT); SPELLED(LMV_ERR_MISSING_TENSOR); SPELLED(LMV_ERR_SHAPE);
+    SPELLED(LMV_ERR_UNSUPPORTED); SPELLED(LMV_ERR_INPUT_SIZE); SPELLED(LMV_ERR_ALIGNMENT); SPELLED(LMV_ERR_LIMIT);
+    SPELLED(LMV_ERR_BAD_INPUT); SPELLED(LMV_ERR_IMAGE);
+    check("lmv_result_name() spells every lmv_result as in the header", ok, "");
+    check("lmv_result_name() of a value past the enum is LMV_ERR_UNKNOWN",
+          strcmp(lmv_result_name((lmv_result)(LMV_ERR_IMAGE + 1)), "LMV_ERR_UNKNOWN") == 0 &&
+              strcmp(lmv_result_name((lmv_result)-1), "LMV_ERR_UNKNOWN") == 0, "");
+}
+
 /* the JPEG with its frame header declaring w x h pixels (the data stays that of the picture) */
 static unsigned char *resized_frame(const unsigned char *jpeg, size_t nj, int w, int h) {
     unsigned char *p = (unsigned char *)malloc(nj);
@@ -431,6 +447,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     test_version(atoi(argv[4]));
+    test_result_names();
     test_defaults(jpeg, nj);
     test_jpeg_prealloc(jpeg, nj);
     test_verify(m1, n1);

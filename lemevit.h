@@ -112,7 +112,9 @@
 
    A model is opened and closed (lmv_model_open_*, lmv_model_close), a session created and
    destroyed (lmv_session_create*, lmv_session_destroy), an image loaded and freed (lmv_image_load_*,
-   lmv_image_free); an _init call fills a struct you own and has nothing to undo (lmv_arena_init).
+   and lmv_image_resize's output, go back with lmv_image_free); an _init call fills a struct you own
+   and has nothing to undo (lmv_arena_init). Calls that write into a buffer you give (the _prealloc
+   calls, lmv_image_encode_png) need no undoing beyond dropping the buffer.
    Each object's memory can be known before it is made (lmv_model_memory, lmv_session_memory,
    lmv_image_jpeg_info), and the _prealloc calls place a model, session or decoded image in memory
    you give.

@@ -1295,8 +1295,9 @@ static void explain_rows(const float *a, const int *shape, int head, int q, int 
     free(acc);
 }
 
-/* LeMeViT's default block: the last block of the last cross (C) or dual-cross (D, E) stage. */
-static int explain_lemevit_block(const lmv_model *m, char *out, size_t cap) {
+/* LeMeViT's default block: the last block of the last cross (C) or dual-cross (D, E) stage (out
+   NULL: the type letter of stage `stage`, 0 when unknown). */
+static int explain_lemevit_block(const lmv_model *m, char *out, size_t cap, int stage) {
     lmv_config_entry e, types, depths;
     int i, have = 0, last = -1;
     memset(&types, 0, sizeof types);
@@ -1306,6 +1307,7 @@ static int explain_lemevit_block(const lmv_model *m, char *out, size_t cap) {
         if (!strcmp(e.key, "lemevit.depths") && e.type == LMV_CONFIG_INTS) depths = e, have |= 2;
     }
     if (have != 3) return 0;
+    if (!out) return stage >= 0 && stage < depths.count && stage < (int)strlen(types.string) ? types.string[stage] : 0;
     for (i = 0; types.string[i] && i < depths.count; i++)
         if (types.string[i] != 'S' && depths.ints[i] > 0) last = i;
     if (last < 0) return 0;
@@ -1395,7 +1397,8 @@ static int cmd_explain(int argc, char **argv) {
     }
     have_img = 1;
     x = (float *)malloc(sizeof(float) * (size_t)in->in_chans * pp->crop_h * pp->crop_w);
-    logits = (float *)malloc(sizeof(float) * (size_t)(in->num_classes ? in->num_classes : in->num_features));
+    logits = (float *)malloc(sizeof(float) * (size_t)(in->num_classes > in->num_features ? in->num_classes
+                                                                                      : in->num_features));
     if (!x || !logits) {
         fprintf(stderr, "lmv explain: out of memory\n");
         goto done;
@@ -1415,7 +1418,7 @@ static int cmd_explain(int argc, char **argv) {
     lmv_session_set_trace(s, explain_keep, &t);
     if (block) snprintf(name, sizeof name, "%s", block);
     else if (in->family == LMV_FAMILY_LEMEVIT) {
-        if (!explain_lemevit_block(m, name, sizeof name)) {
+        if (!explain_lemevit_block(m, name, sizeof name, 0)) {
             fprintf(stderr, "lmv explain: %s has no cross or dual-cross stage; give --block stages.I.J\n", paths[0]);
             goto done;
         }
@@ -1470,7 +1473,9 @@ static int cmd_explain(int argc, char **argv) {
         gh = t.grid_h;
         gw = t.grid_w;
         /* cross and dual-cross blocks: meta queries over image tokens; standard blocks: image over image */
-        which = t.attn[0] && t.shape[0][2] == gh * gw ? 0 : 1;
+        int stage = -1;
+        sscanf(name, "stages.%d", &stage);
+        which = explain_lemevit_block(m, NULL, 0, stage) == 'S'; /* the stage's type, from the config */
         if (!t.attn[which] || t.shape[which][2] != gh * gw) {
             fprintf(stderr, "lmv explain: block '%s' has no attention over image tokens\n", name);
             goto done;
@@ -1495,7 +1500,8 @@ static int cmd_explain(int argc, char **argv) {
         }
         image_queries = which == 1;
         if (which == 1) { /* the mean over image queries, as ViT's "patches" */
-            t.attn[0] = t.attn[1], t.attn[1] = NULL;
+            float *keep = t.attn[0];
+            t.attn[0] = t.attn[1], t.attn[1] = keep;
             memcpy(t.shape[0], t.shape[1], sizeof t.shape[0]);
         }
         if (meta == -2) meta = -1;

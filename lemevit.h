@@ -146,7 +146,8 @@
 
    Inspecting a run: lmv_session_set_trace() hands every block's output to a callback (LeMeViT:
    the image map and the meta tokens), lmv_session_trace_attention() adds a chosen block's
-   attention maps, lmv_session_macs() counts the work of the last run.
+   attention maps, lmv_session_macs() counts the work of the last run. lmv_image_overlay_heatmap()
+   and lmv_image_write_png() turn such a map into a picture (tools/lmv.c's `lmv explain` does).
 
    SECTIONS OF THIS FILE
 

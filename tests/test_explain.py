@@ -312,7 +312,8 @@ def check_errors(d):
             (["--head", "9"], 2, "heads", "a head past the last"),
             (["--block", "stages.9.0"], 1, "give a block", "a block the model lacks"),
             (["--block", "stages.3.0", "--token", "meta:1"], 2, "standard-attention", "a meta token in a standard block"),
-            (["--alpha", "2"], 2, "--alpha", "alpha 2")]:
+            (["--alpha", "2"], 2, "--alpha", "alpha 2"),
+            (["--rollout", "--head", "0"], 2, "drop --head", "--rollout with --head")]:
         code, out, err = explain(BUNDLED, CAT32, png, *opts)
         res.check(f"lmv explain with {what}: exit {code_want}, says so", code == code_want and words in err,
                   f"exit {code}, {err.strip()!r}")

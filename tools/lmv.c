@@ -1373,6 +1373,7 @@ static int cmd_explain(int argc, char **argv) {
         else paths[npaths++] = a;
     }
     if (npaths != 3) return usage_error("explain", "give MODEL.lmv IMAGE.jpg OUT.png");
+    if (rollout && head >= 0) return usage_error("explain", "--rollout averages the heads of every block; drop --head");
     if (open_model(paths[0], 1, &m, &mp, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info_get(m);
     pp = &in->preprocess;

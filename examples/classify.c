@@ -193,10 +193,7 @@ static void json_string(const char *str) {
         if (n < 0) { fputs("\\ufffd", stdout); s += -n; }
         else if (n > 1) { fwrite(s, 1, (size_t)n, stdout); s += n; }
         else if (*s == '"' || *s == '\\') { putchar('\\'); putchar(*s++); }
-        else if (*s == '\n') { fputs("\\n", stdout); s++; }
-        else if (*s == '\t') { fputs("\\t", stdout); s++; }
-        else if (*s == '\r') { fputs("\\r", stdout); s++; }
-        else if (*s < 0x20 || *s == 0x7F) printf("\\u%04x", *s++);
+        else if (*s < 0x20 || *s == 0x7F) printf("\\u%04x", *s++); /* \n, \t ... as \u000a, \u0009 */
         else putchar(*s++);
     }
     putchar('"');

@@ -154,7 +154,8 @@
        public API ........ results and errors, memory, models, sessions, images, helpers
        implementation .... errors and memory -> weight file -> tensor kernels -> attention ->
                            sessions -> model graphs (ViT, Swin, LeMeViT) -> opening models and
-                           running -> images (JPEG, resize, preprocess) -> high-level helpers
+                           running -> images (JPEG, resize, preprocess,
+                           heat-map overlay, PNG) -> high-level helpers
 
    LIMITS
 

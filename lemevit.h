@@ -58,7 +58,8 @@
    API REFERENCE (each public function, declared below with its parameters and errors)
 
    Results and memory
-       lmv_result_string()            the name of an lmv_result (lmv_error.message has the sentence)
+       lmv_result_string()            a few words on an lmv_result (lmv_error.message has the sentence)
+       lmv_result_name()              the enumerator's spelling, "LMV_ERR_IO", for logs and JSON
        lmv_arena_init()               a bump allocator over a buffer you own
        lmv_arena_allocator()          the lmv_allocator that takes from an arena
        lmv_arena_mark()               the arena's fill level now ...
@@ -91,10 +92,15 @@
        lmv_image_options_default()    the defaults (all zeros mean the same)
        lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
        lmv_image_load_jpeg_memory()   decode JPEG bytes (as Pillow does)
+       lmv_image_load_jpeg_prealloc() the same, in memory you give (decode_memory bytes)
        lmv_image_load_jpeg_file()     decode a JPEG file
        lmv_image_free()               free an image's pixels
        lmv_image_resize()             resize as Pillow's Image.resize
        lmv_preprocess_image()         the eval transform (resize, crop, normalise) into floats
+       lmv_image_overlay_heatmap()    blend a heat map (an attention map) over an RGB image
+       lmv_image_png_size()           the exact size of the PNG file lmv_image_encode_png writes
+       lmv_image_encode_png()         an image as a PNG file in memory you give
+       lmv_image_write_png()          an image as a PNG file on disk
    From an image to an answer
        lmv_run_image()                logits or features of one image, through the model's eval transform
        lmv_classify_image()           the top k classes of an image, with labels and the count
@@ -110,9 +116,12 @@
 
    A model is opened and closed (lmv_model_open_*, lmv_model_close), a session created and
    destroyed (lmv_session_create*, lmv_session_destroy), an image loaded and freed (lmv_image_load_*,
-   lmv_image_free); an _init call fills a struct you own and has nothing to undo (lmv_arena_init).
+   and lmv_image_resize's output, go back with lmv_image_free); an _init call fills a struct you own
+   and has nothing to undo (lmv_arena_init). Calls that write into a buffer you give (the _prealloc
+   calls, lmv_image_encode_png) need no undoing beyond dropping the buffer.
    Each object's memory can be known before it is made (lmv_model_memory, lmv_session_memory,
-   lmv_image_jpeg_info), and the _prealloc calls place a model or session in memory you give.
+   lmv_image_jpeg_info), and the _prealloc calls place a model, session or decoded image in memory
+   you give.
    Option structs mean the default when zero-filled, as does a NULL options pointer.
 
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
@@ -137,14 +146,16 @@
 
    Inspecting a run: lmv_session_set_trace() hands every block's output to a callback (LeMeViT:
    the image map and the meta tokens), lmv_session_trace_attention() adds a chosen block's
-   attention maps, lmv_session_macs() counts the work of the last run.
+   attention maps, lmv_session_macs() counts the work of the last run. lmv_image_overlay_heatmap()
+   and lmv_image_write_png() turn such a map into a picture (tools/lmv.c's `lmv explain` does).
 
    SECTIONS OF THIS FILE
 
        public API ........ results and errors, memory, models, sessions, images, helpers
        implementation .... errors and memory -> weight file -> tensor kernels -> attention ->
                            sessions -> model graphs (ViT, Swin, LeMeViT) -> opening models and
-                           running -> images (JPEG, resize, preprocess) -> high-level helpers
+                           running -> images (JPEG, resize, preprocess,
+                           heat-map overlay, PNG) -> high-level helpers
 
    LIMITS
 
@@ -214,6 +225,9 @@ typedef struct lmv_error {
 } lmv_error;
 
 LEMEVIT_API const char *lmv_result_string(lmv_result r);
+/* The enumerator's own spelling, "LMV_OK" ... "LMV_ERR_IMAGE" ("LMV_ERR_UNKNOWN" for any other
+   value): a stable key for logs and machine-readable output. */
+LEMEVIT_API const char *lmv_result_name(lmv_result r);
 
 /* Memory. The library asks for blocks with alloc() and gives them back with free(); it aligns
    them to 64 bytes itself, so plain malloc/free-like functions are fine. `user` is passed back. */
@@ -495,6 +509,13 @@ LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const 
    and data too short to hold one bit per block of the declared size is refused as truncated. */
 LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size, const lmv_image_options *opt,
                                                   lmv_image *out, lmv_error *err);
+/* The same decode in memory you give: `mem_size` bytes at `mem` (any address), at least
+   lmv_image_jpeg_info()'s decode_memory, hold the working memory and the pixels; opt->allocator is
+   not used. out->pixels points into `mem` (lmv_image_free() on it does nothing); the image lives
+   as long as `mem` does. Too little memory gives LMV_ERR_OUT_OF_MEMORY, and nothing past
+   mem + mem_size is touched. */
+LEMEVIT_API lmv_result lmv_image_load_jpeg_prealloc(const void *data, size_t size, const lmv_image_options *opt,
+                                                    void *mem, size_t mem_size, lmv_image *out, lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                                 lmv_error *err);
@@ -517,6 +538,28 @@ LEMEVIT_API lmv_result lmv_image_resize(const lmv_image *in, int w, int h, lmv_i
    Temporary memory comes from `a` (NULL: malloc/free). */
 LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_preprocess *pp, int out_chans,
                                             float *out_chw, const lmv_allocator *a, lmv_error *err);
+
+/* Blend a heat map over an RGB image in place, for pictures of attention. `map` is map_h rows of
+   map_w floats (any range: the smallest becomes 0 and the largest 1; all equal gives 0), upsampled
+   to the image bilinearly with the pixel centres aligned (as torch.nn.functional.interpolate with
+   align_corners=False, edges clamped), coloured black -> red -> yellow -> white (r = 3v, g = 3v - 1,
+   b = 3v - 2, each clamped to [0, 1]) and blended: p' = floor((1 - alpha) p + alpha 255 c + 0.5).
+   All arithmetic is in double, so the result is the same bits everywhere. img must have 3
+   channels; alpha in [0, 1]; a map value that is NaN or infinite gives LMV_ERR_INVALID_ARGUMENT. */
+LEMEVIT_API lmv_result lmv_image_overlay_heatmap(lmv_image *img, const float *map, int map_w, int map_h, float alpha,
+                                                 lmv_error *err);
+
+/* PNG encoding (8-bit gray or RGB, no interlace, filter 0, zlib "stored" blocks: no compression,
+   so the size is known in advance). lmv_image_png_size() is the exact size of the file for img
+   (0 when img is not a valid 1- or 3-channel image or the file would pass 2 GiB);
+   lmv_image_encode_png() writes it into `out` (cap bytes; *size receives the length, may be
+   NULL), refusing a smaller buffer with LMV_ERR_OUT_OF_MEMORY before writing anything;
+   lmv_image_write_png() writes it to a file. Nothing is allocated. */
+LEMEVIT_API size_t lmv_image_png_size(const lmv_image *img);
+LEMEVIT_API lmv_result lmv_image_encode_png(const lmv_image *img, void *out, size_t cap, size_t *size, lmv_error *err);
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_write_png(const lmv_image *img, const char *path, lmv_error *err);
+#endif
 
 /* --------------------------------------------------------------------------------------------
    From an image to an answer: the model's own eval transform (lmv_model_info_get()->preprocess),
@@ -671,6 +714,16 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     case LMV_ERR_IMAGE: return "corrupt or truncated image";
     }
     return "unknown error";
+}
+
+LEMEVIT_API const char *lmv_result_name(lmv_result r) {
+    static const char *const names[] = {
+        "LMV_OK", "LMV_ERR_INVALID_ARGUMENT", "LMV_ERR_OUT_OF_MEMORY", "LMV_ERR_IO", "LMV_ERR_BAD_MAGIC",
+        "LMV_ERR_VERSION", "LMV_ERR_ENDIAN", "LMV_ERR_TRUNCATED", "LMV_ERR_CHECKSUM", "LMV_ERR_CORRUPT",
+        "LMV_ERR_MISSING_TENSOR", "LMV_ERR_SHAPE", "LMV_ERR_UNSUPPORTED", "LMV_ERR_INPUT_SIZE", "LMV_ERR_ALIGNMENT",
+        "LMV_ERR_LIMIT", "LMV_ERR_BAD_INPUT", "LMV_ERR_IMAGE"};
+    unsigned i = (unsigned)r;
+    return i < sizeof names / sizeof names[0] ? names[i] : "LMV_ERR_UNKNOWN";
 }
 
 LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype) {
@@ -5801,6 +5854,27 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_memory(const void *data, size_t size,
     return r;
 }
 
+LEMEVIT_API lmv_result lmv_image_load_jpeg_prealloc(const void *data, size_t size, const lmv_image_options *opt,
+                                                    void *mem, size_t mem_size, lmv_image *out, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv_arena a;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_prealloc: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!mem) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_prealloc: mem is NULL");
+    lmv_arena_init(&a, mem, mem_size);
+    o.allocator = lmv_arena_allocator(&a);
+    r = lmv_image_load_jpeg_memory(data, size, &o, out, err);
+    if (r == LMV_ERR_OUT_OF_MEMORY)
+        return lmv__fail(err, r,
+                         "%zu bytes of memory are not enough to decode this JPEG; ask lmv_image_jpeg_info() for "
+                         "decode_memory",
+                         mem_size);
+    if (r != LMV_OK) return r;
+    memset(&out->allocator, 0, sizeof out->allocator); /* the pixels belong to the caller's memory */
+    return LMV_OK;
+}
+
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                                 lmv_error *err) {
@@ -6159,6 +6233,233 @@ LEMEVIT_API lmv_result lmv_preprocess_image(const lmv_image *img, const lmv_prep
     lmv__ok(err);
     return LMV_OK;
 }
+
+/* ---- heat-map overlay and PNG encoding ---- */
+
+LEMEVIT_API lmv_result lmv_image_overlay_heatmap(lmv_image *img, const float *map, int map_w, int map_h, float alpha,
+                                                 lmv_error *err) {
+#if defined(__clang__)
+#pragma clang fp contract(off) /* no fused multiply-adds: the same bits as any other IEEE double arithmetic */
+#endif
+    double lo, hi, a = alpha;
+    size_t i, n;
+    int x, y, c;
+    if (!img || !img->pixels || !map)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_overlay_heatmap: NULL image, pixels or map");
+    if (img->channels != 3 || img->width < 1 || img->height < 1)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT,
+                         "lmv_image_overlay_heatmap needs an RGB image (3 channels, not %d) of at least 1 x 1 pixels",
+                         img->channels);
+    if (map_w < 1 || map_h < 1 || map_w > (1 << 15) || map_h > (1 << 15))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_overlay_heatmap: a %d x %d map; give 1 to 32768 a side",
+                         map_w, map_h);
+    if (!(alpha >= 0.0f && alpha <= 1.0f))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_overlay_heatmap: alpha must be in [0, 1]");
+    n = (size_t)map_w * (size_t)map_h;
+    lo = hi = map[0];
+    for (i = 0; i < n; i++) {
+        double v = map[i];
+        if (!(v - v == 0.0))
+            return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_overlay_heatmap: map value %zu is NaN or infinite", i);
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+    }
+    for (y = 0; y < img->height; y++) {
+        double sy = (y + 0.5) * map_h / img->height - 0.5, fy;
+        int y0, y1;
+        if (sy < 0.0) sy = 0.0;
+        if (sy > map_h - 1) sy = map_h - 1;
+        y0 = (int)sy;
+        y1 = y0 + 1 < map_h ? y0 + 1 : y0;
+        fy = sy - y0;
+        for (x = 0; x < img->width; x++) {
+            double sx = (x + 0.5) * map_w / img->width - 0.5, fx, v, col[3];
+            int x0, x1;
+            unsigned char *p = img->pixels + ((size_t)y * (size_t)img->width + (size_t)x) * 3;
+            const float *r0, *r1;
+            if (sx < 0.0) sx = 0.0;
+            if (sx > map_w - 1) sx = map_w - 1;
+            x0 = (int)sx;
+            x1 = x0 + 1 < map_w ? x0 + 1 : x0;
+            fx = sx - x0;
+            r0 = map + (size_t)y0 * (size_t)map_w;
+            r1 = map + (size_t)y1 * (size_t)map_w;
+            v = (1.0 - fy) * ((1.0 - fx) * r0[x0] + fx * r0[x1]) + fy * ((1.0 - fx) * r1[x0] + fx * r1[x1]);
+            v = hi > lo ? (v - lo) / (hi - lo) : 0.0;
+            for (c = 0; c < 3; c++) {
+                double k = 3.0 * v - c;
+                col[c] = k < 0.0 ? 0.0 : k > 1.0 ? 1.0 : k;
+                p[c] = (unsigned char)floor((1.0 - a) * p[c] + a * 255.0 * col[c] + 0.5);
+            }
+        }
+    }
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+/* The PNG byte stream goes to a sink: memory (bounds checked before) or a file. */
+typedef struct lmv__png_sink {
+    unsigned char *buf;
+    size_t pos;
+    void *file;      /* a FILE *, when writing to a file */
+    int failed;
+    unsigned long crc, s1, s2;
+} lmv__png_sink;
+
+static unsigned long lmv__png_crc32(unsigned long crc, const unsigned char *p, size_t n) {
+    size_t i;
+    int k;
+    crc ^= 0xFFFFFFFFul;
+    for (i = 0; i < n; i++) {
+        crc ^= p[i];
+        for (k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320ul & (0ul - (crc & 1ul)));
+    }
+    return crc ^ 0xFFFFFFFFul;
+}
+
+static void lmv__png_adler32(lmv__png_sink *s, const unsigned char *p, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        s->s1 = (s->s1 + p[i]) % 65521ul;
+        s->s2 = (s->s2 + s->s1) % 65521ul;
+    }
+}
+
+/* bytes inside a chunk: counted into its CRC */
+static void lmv__png_write_bytes(lmv__png_sink *s, const void *data, size_t n) {
+    const unsigned char *p = (const unsigned char *)data;
+    s->crc = lmv__png_crc32(s->crc, p, n);
+    if (s->buf) memcpy(s->buf + s->pos, p, n);
+#ifndef LEMEVIT_NO_STDIO
+    else if (fwrite(p, 1, n, (FILE *)s->file) != n) s->failed = 1;
+#endif
+    s->pos += n;
+}
+
+static void lmv__png_write_u32(lmv__png_sink *s, unsigned long v) {
+    unsigned char b[4];
+    b[0] = (unsigned char)(v >> 24), b[1] = (unsigned char)(v >> 16), b[2] = (unsigned char)(v >> 8), b[3] = (unsigned char)v;
+    lmv__png_write_bytes(s, b, 4);
+}
+
+/* a chunk's length and type; its data follows, then lmv__png_write_end */
+static void lmv__png_write_begin(lmv__png_sink *s, size_t len, const char *type) {
+    lmv__png_write_u32(s, (unsigned long)len);
+    s->crc = 0;
+    lmv__png_write_bytes(s, type, 4);
+}
+static void lmv__png_write_end(lmv__png_sink *s) { lmv__png_write_u32(s, s->crc); }
+
+/* the zlib stream's length (header, stored blocks of up to 65535 bytes, Adler-32), 0 when invalid */
+static size_t lmv__png_write_zlen(const lmv_image *img, size_t *raw) {
+    size_t row, blocks;
+    *raw = 0;
+    if (!img || !img->pixels || (img->channels != 1 && img->channels != 3) || img->width < 1 || img->height < 1)
+        return 0;
+    if (!lmv__mul_ok((size_t)img->width, (size_t)img->channels, &row) || row + 1 < row ||
+        !lmv__mul_ok(row + 1, (size_t)img->height, raw) || *raw > 0x7FFFFFFFul)
+        return 0;
+    blocks = (*raw + 65534) / 65535;
+    if (*raw + 5 * blocks + 6 > 0x7FFFFFFFul) return 0; /* a chunk is at most 2^31 - 1 bytes */
+    return *raw + 5 * blocks + 6;
+}
+
+LEMEVIT_API size_t lmv_image_png_size(const lmv_image *img) {
+    size_t raw = 0, z = lmv__png_write_zlen(img, &raw);
+    return z ? 8 + 25 + 12 + z + 12 : 0;
+}
+
+static void lmv__png_write_all(lmv__png_sink *s, const lmv_image *img) {
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+    unsigned char ihdr[13], zhead[2] = {0x78, 0x01}, bh[5], filter = 0;
+    size_t raw = 0, z = lmv__png_write_zlen(img, &raw), row = (size_t)img->width * (size_t)img->channels, left = 0, done = 0;
+    int y;
+    lmv__png_write_bytes(s, sig, 8);
+    lmv__png_write_begin(s, 13, "IHDR");
+    ihdr[0] = (unsigned char)(img->width >> 24), ihdr[1] = (unsigned char)(img->width >> 16);
+    ihdr[2] = (unsigned char)(img->width >> 8), ihdr[3] = (unsigned char)img->width;
+    ihdr[4] = (unsigned char)(img->height >> 24), ihdr[5] = (unsigned char)(img->height >> 16);
+    ihdr[6] = (unsigned char)(img->height >> 8), ihdr[7] = (unsigned char)img->height;
+    ihdr[8] = 8;                                   /* bit depth */
+    ihdr[9] = (unsigned char)(img->channels == 3 ? 2 : 0); /* RGB or gray */
+    ihdr[10] = ihdr[11] = ihdr[12] = 0;            /* deflate, filter method 0, no interlace */
+    lmv__png_write_bytes(s, ihdr, 13);
+    lmv__png_write_end(s);
+    lmv__png_write_begin(s, z, "IDAT");
+    lmv__png_write_bytes(s, zhead, 2);
+    s->s1 = 1, s->s2 = 0;
+    for (y = 0; y < img->height; y++) {
+        const unsigned char *p = img->pixels + (size_t)y * row;
+        size_t k = 0, n = row + 1; /* the filter byte, then the row */
+        while (k < n) {
+            size_t take;
+            if (left == 0) { /* a stored block's header: BFINAL, BTYPE 00, LEN, NLEN */
+                size_t len = raw - done < 65535 ? raw - done : 65535;
+                bh[0] = (unsigned char)(done + len == raw);
+                bh[1] = (unsigned char)len, bh[2] = (unsigned char)(len >> 8);
+                bh[3] = (unsigned char)~len, bh[4] = (unsigned char)(~len >> 8);
+                lmv__png_write_bytes(s, bh, 5);
+                left = len;
+            }
+            if (k == 0) {
+                lmv__png_write_bytes(s, &filter, 1);
+                lmv__png_adler32(s, &filter, 1);
+                take = 1;
+            } else {
+                take = n - k < left ? n - k : left;
+                lmv__png_write_bytes(s, p + k - 1, take);
+                lmv__png_adler32(s, p + k - 1, take);
+            }
+            k += take;
+            left -= take;
+            done += take;
+        }
+    }
+    lmv__png_write_u32(s, (s->s2 << 16) | s->s1);
+    lmv__png_write_end(s);
+    lmv__png_write_begin(s, 0, "IEND");
+    lmv__png_write_end(s);
+}
+
+LEMEVIT_API lmv_result lmv_image_encode_png(const lmv_image *img, void *out, size_t cap, size_t *size, lmv_error *err) {
+    lmv__png_sink s;
+    size_t need = lmv_image_png_size(img);
+    if (size) *size = 0;
+    if (!need)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT,
+                         "lmv_image_encode_png needs a 1- or 3-channel image with pixels, under 2 GiB as PNG");
+    if (!out || cap < need)
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY,
+                         "the PNG of this image takes %zu bytes and the buffer has %zu; ask lmv_image_png_size() for the size",
+                         need, out ? cap : (size_t)0);
+    memset(&s, 0, sizeof s);
+    s.buf = (unsigned char *)out;
+    lmv__png_write_all(&s, img);
+    LEMEVIT_ASSERT(s.pos == need);
+    if (size) *size = s.pos;
+    lmv__ok(err);
+    return LMV_OK;
+}
+
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_write_png(const lmv_image *img, const char *path, lmv_error *err) {
+    lmv__png_sink s;
+    FILE *f;
+    if (!path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_write_png: path is NULL");
+    if (!lmv_image_png_size(img))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT,
+                         "lmv_image_write_png needs a 1- or 3-channel image with pixels, under 2 GiB as PNG");
+    if (!(f = fopen(path, "wb")))
+        return lmv__fail(err, LMV_ERR_IO, "cannot create '%s': check that its folder exists and is writable", path);
+    memset(&s, 0, sizeof s);
+    s.file = f;
+    lmv__png_write_all(&s, img);
+    if (fclose(f) != 0) s.failed = 1;
+    if (s.failed) return lmv__fail(err, LMV_ERR_IO, "cannot write '%s' (disk full?)", path);
+    lmv__ok(err);
+    return LMV_OK;
+}
+#endif
 
 /* --------------------------------------------------------------------------------------------
    High-level helpers: from an image to an answer

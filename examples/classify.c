@@ -67,20 +67,14 @@ static void *xrealloc(void *p, size_t size) {
 }
 
 static void list_add(path_list *l, const char *path) {
-    if (l->count == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 16;
-        l->paths = (char **)xrealloc(l->paths, sizeof(char *) * (size_t)l->cap);
-    }
-    l->paths[l->count] = (char *)xrealloc(NULL, strlen(path) + 1);
-    strcpy(l->paths[l->count++], path);
+    if (l->count == l->cap) l->paths = (char **)xrealloc(l->paths, sizeof(char *) * (size_t)(l->cap = 2 * l->cap + 16));
+    l->paths[l->count] = strcpy((char *)xrealloc(NULL, strlen(path) + 1), path);
+    l->count++;
 }
 
 static void list_free(path_list *l) {
-    int i;
-    for (i = 0; i < l->count; i++) free(l->paths[i]);
+    while (l->count) free(l->paths[--l->count]);
     free(l->paths);
-    l->paths = NULL;
-    l->count = l->cap = 0;
 }
 
 #ifdef HAVE_FOLDERS
@@ -88,34 +82,19 @@ static int compare_paths(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* "dir/name", without doubling a trailing slash; free() the result. */
-static char *join_path(const char *dir, const char *name) {
-    size_t n = strlen(dir);
-    char *p = (char *)xrealloc(NULL, n + strlen(name) + 2);
-    strcpy(p, dir);
-    if (n == 0 || dir[n - 1] != '/') strcat(p, "/");
-    strcat(p, name);
-    return p;
-}
-
 /* A JPEG by its name (.jpg, .jpeg in any case) or, failing that, by its first bytes (FF D8 FF). */
 static int looks_like_jpeg(const char *path, const char *name) {
     const char *dot = strrchr(name, '.');
-    unsigned char sig[3];
+    unsigned char sig[3] = {0, 0, 0};
+    char ext[6] = "";
     FILE *f;
-    int yes;
-    if (dot) {
-        char ext[6];
-        int i;
-        for (i = 0; dot[i] && i < 5; i++) ext[i] = (char)(dot[i] >= 'A' && dot[i] <= 'Z' ? dot[i] + 32 : dot[i]);
-        ext[i] = 0;
-        if (!dot[i] && (!strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg"))) return 1;
-    }
-    f = fopen(path, "rb");
-    if (!f) return 0;
-    yes = fread(sig, 1, 3, f) == 3 && sig[0] == 0xFF && sig[1] == 0xD8 && sig[2] == 0xFF;
+    int i;
+    for (i = 0; dot && dot[i] && i < 5; i++) ext[i] = (char)(dot[i] >= 'A' && dot[i] <= 'Z' ? dot[i] + 32 : dot[i]);
+    if (dot && !dot[i] && (!strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg"))) return 1;
+    if (!(f = fopen(path, "rb"))) return 0;
+    i = fread(sig, 1, 3, f) == 3 && sig[0] == 0xFF && sig[1] == 0xD8 && sig[2] == 0xFF;
     fclose(f);
-    return yes;
+    return i;
 }
 
 /* Adds every JPEG under `dir` to `images`, recursively (unsorted), counting the other entries in
@@ -134,8 +113,10 @@ static int walk_folder(const char *dir, path_list *images, int *skipped) {
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) list_add(&names, e->d_name);
     closedir(d);
     for (i = 0; i < names.count; i++) {
-        char *path = join_path(dir, names.paths[i]);
+        size_t n = strlen(dir);
+        char *path = (char *)xrealloc(NULL, n + strlen(names.paths[i]) + 2);
         struct stat st;
+        sprintf(path, "%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", names.paths[i]); /* no doubled slash */
         if (lstat(path, &st) != 0 || (S_ISLNK(st.st_mode) && (stat(path, &st) != 0 || S_ISDIR(st.st_mode))))
             (*skipped)++; /* gone, a broken link or a link to a folder */
         else if (S_ISDIR(st.st_mode))
@@ -164,8 +145,9 @@ static int add_path(const char *path, path_list *images) {
     ok = walk_folder(path, images, &skipped);
     if (images->count > first)
         qsort(images->paths + first, (size_t)(images->count - first), sizeof(char *), compare_paths);
-    if (skipped == 1) fprintf(stderr, "classify: %s: skipped 1 entry that is not a JPEG image\n", path);
-    if (skipped > 1) fprintf(stderr, "classify: %s: skipped %d entries that are not JPEG images\n", path, skipped);
+    if (skipped)
+        fprintf(stderr, "classify: %s: skipped %d %s not JPEG images\n", path, skipped,
+                skipped == 1 ? "entry that is" : "entries that are");
     if (images->count == first) {
         fprintf(stderr, "classify: %s: no JPEG images in this folder\n", path);
         ok = 0;
@@ -184,51 +166,16 @@ static int add_path(const char *path, path_list *images) {
 
 /* ---- output ------------------------------------------------------------------------------- */
 
-/* The name of an lmv_result, as written in lemevit.h. */
-static const char *result_name(lmv_result r) {
-    switch (r) {
-    case LMV_OK: return "LMV_OK";
-    case LMV_ERR_INVALID_ARGUMENT: return "LMV_ERR_INVALID_ARGUMENT";
-    case LMV_ERR_OUT_OF_MEMORY: return "LMV_ERR_OUT_OF_MEMORY";
-    case LMV_ERR_IO: return "LMV_ERR_IO";
-    case LMV_ERR_BAD_MAGIC: return "LMV_ERR_BAD_MAGIC";
-    case LMV_ERR_VERSION: return "LMV_ERR_VERSION";
-    case LMV_ERR_ENDIAN: return "LMV_ERR_ENDIAN";
-    case LMV_ERR_TRUNCATED: return "LMV_ERR_TRUNCATED";
-    case LMV_ERR_CHECKSUM: return "LMV_ERR_CHECKSUM";
-    case LMV_ERR_CORRUPT: return "LMV_ERR_CORRUPT";
-    case LMV_ERR_MISSING_TENSOR: return "LMV_ERR_MISSING_TENSOR";
-    case LMV_ERR_SHAPE: return "LMV_ERR_SHAPE";
-    case LMV_ERR_UNSUPPORTED: return "LMV_ERR_UNSUPPORTED";
-    case LMV_ERR_INPUT_SIZE: return "LMV_ERR_INPUT_SIZE";
-    case LMV_ERR_ALIGNMENT: return "LMV_ERR_ALIGNMENT";
-    case LMV_ERR_LIMIT: return "LMV_ERR_LIMIT";
-    case LMV_ERR_BAD_INPUT: return "LMV_ERR_BAD_INPUT";
-    case LMV_ERR_IMAGE: return "LMV_ERR_IMAGE";
-    }
-    return "LMV_ERR_UNKNOWN";
-}
-
 /* How many bytes at s make one UTF-8 character (1 to 4), or, negated, how many make one
    ill-formed piece: a byte that cannot start a character, or a sequence's start that breaks off
    (its "maximal subpart", Unicode's rule, which Python's bytes.decode("utf-8", "replace") and
    web browsers follow). Overlong forms, surrogates and code points above U+10FFFF are ill-formed.
    Never reads past the terminating 0, which is not a continuation byte. */
 static int utf8_length(const unsigned char *s) {
-    unsigned lo = 0x80, hi = 0xBF;
-    int n, k;
-    if (s[0] < 0x80) return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) n = 2;
-    else if (s[0] >= 0xE0 && s[0] <= 0xEF) {
-        n = 3;
-        if (s[0] == 0xE0) lo = 0xA0; /* not overlong */
-        if (s[0] == 0xED) hi = 0x9F; /* not a surrogate */
-    } else if (s[0] >= 0xF0 && s[0] <= 0xF4) {
-        n = 4;
-        if (s[0] == 0xF0) lo = 0x90; /* not overlong */
-        if (s[0] == 0xF4) hi = 0x8F; /* not above U+10FFFF */
-    } else
-        return -1;
+    int n = s[0] < 0x80 ? 1 : s[0] < 0xC2 ? -1 : s[0] < 0xE0 ? 2 : s[0] < 0xF0 ? 3 : s[0] < 0xF5 ? 4 : -1, k;
+    unsigned lo = s[0] == 0xE0 ? 0xA0 : s[0] == 0xF0 ? 0x90 : 0x80;  /* not overlong */
+    unsigned hi = s[0] == 0xED ? 0x9F : s[0] == 0xF4 ? 0x8F : 0xBF;  /* no surrogate, nothing past U+10FFFF */
+    if (n <= 1) return n;
     if (s[1] < lo || s[1] > hi) return -1;
     for (k = 2; k < n; k++)
         if ((s[k] & 0xC0) != 0x80) return -k;
@@ -246,19 +193,32 @@ static void json_string(const char *str) {
         if (n < 0) { fputs("\\ufffd", stdout); s += -n; }
         else if (n > 1) { fwrite(s, 1, (size_t)n, stdout); s += n; }
         else if (*s == '"' || *s == '\\') { putchar('\\'); putchar(*s++); }
-        else if (*s == '\n') { fputs("\\n", stdout); s++; }
-        else if (*s == '\t') { fputs("\\t", stdout); s++; }
-        else if (*s == '\r') { fputs("\\r", stdout); s++; }
-        else if (*s < 0x20 || *s == 0x7F) printf("\\u%04x", *s++);
+        else if (*s < 0x20 || *s == 0x7F) printf("\\u%04x", *s++); /* \n, \t ... as \u000a, \u0009 */
         else putchar(*s++);
     }
     putchar('"');
 }
 
-static void print_json_result(const char *path, const lmv_prediction *top, int n, double ms) {
+/* One image's answer (n rows of top) or its error, as text or as one JSON line. */
+static void print_result(int json, const char *path, const lmv_prediction *top, int n, double ms, const lmv_error *err) {
     int j;
+    if (!json) {
+        if (!top) fprintf(stderr, "classify: %s: %s\n", path, err->message);
+        else printf("%s (%.1f ms)\n", path, ms);
+        for (j = 0; top && j < n; j++) {
+            if (top[j].label) printf("  %6.2f%%  %s\n", 100.0 * top[j].prob, top[j].label);
+            else printf("  %6.2f%%  class %d\n", 100.0 * top[j].prob, top[j].index);
+        }
+        return;
+    }
     printf("{\"path\": ");
     json_string(path);
+    if (!top) {
+        printf(", \"error\": ");
+        json_string(err->message);
+        printf(", \"code\": \"%s\"}\n", lmv_result_name(err->code));
+        return;
+    }
     printf(", \"top\": [");
     for (j = 0; j < n; j++) {
         printf("%s{\"index\": %d, \"label\": ", j ? ", " : "", top[j].index);
@@ -269,51 +229,30 @@ static void print_json_result(const char *path, const lmv_prediction *top, int n
     printf("], \"ms\": %.3f}\n", ms);
 }
 
-static void print_json_error(const char *path, const lmv_error *err) {
-    printf("{\"path\": ");
-    json_string(path);
-    printf(", \"error\": ");
-    json_string(err->message);
-    printf(", \"code\": \"%s\"}\n", result_name(err->code));
-}
-
-static void print_text_result(const char *path, const lmv_prediction *top, int n, double ms) {
-    int j;
-    printf("%s (%.1f ms)\n", path, ms);
-    for (j = 0; j < n; j++) {
-        if (top[j].label) printf("  %6.2f%%  %s\n", 100.0 * top[j].prob, top[j].label);
-        else printf("  %6.2f%%  class %d\n", 100.0 * top[j].prob, top[j].index);
-    }
-}
-
 /* ---- the command line --------------------------------------------------------------------- */
 
-/* One line that says what is wrong on the command line; the caller exits with status 2. */
-static void usage_error(const char *fmt, ...) {
+/* One line that says what is wrong on the command line; returns 2, the exit status for it. */
+static int usage_error(const char *fmt, ...) {
     va_list ap;
     fputs("classify: ", stderr);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputs("\nrun 'classify --help' for usage\n", stderr);
+    return 2;
 }
 
-/* The whole number after the option at argv[*i], from lo to hi; 0 after saying what is wrong. */
-static int number_option(int argc, char **argv, int *i, long lo, long hi, long *out) {
-    const char *option = argv[*i], *s;
+/* The whole number after the option at argv[*i], from lo to hi; a usage error (exit 2) otherwise. */
+static long number_option(int argc, char **argv, int *i, long lo, long hi) {
+    const char *option = argv[*i], *s = *i + 1 < argc ? argv[++*i] : NULL;
     char *end;
-    if (*i + 1 == argc) {
-        usage_error("%s needs a number from %ld to %ld", option, lo, hi);
-        return 0;
-    }
-    s = argv[++*i];
+    long v;
+    if (!s) exit(usage_error("%s needs a number from %ld to %ld", option, lo, hi));
     errno = 0;
-    *out = strtol(s, &end, 10);
-    if (end == s || *end || errno || *out < lo || *out > hi) {
-        usage_error("%s takes a whole number from %ld to %ld, not '%s'", option, lo, hi, s);
-        return 0;
-    }
-    return 1;
+    v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi)
+        exit(usage_error("%s takes a whole number from %ld to %ld, not '%s'", option, lo, hi, s));
+    return v;
 }
 
 int main(int argc, char **argv) {
@@ -325,29 +264,19 @@ int main(int argc, char **argv) {
     lmv_error err;
     path_list images = {NULL, 0, 0};
     char **args = (char **)xrealloc(NULL, sizeof(char *) * (size_t)argc); /* the model and the PATHs */
-    long v;
     int k = 5, json = 0, nargs = 0, options_done = 0, failed = 0, rc = 2, i, n;
 
     for (i = 1; i < argc; i++) { /* options may come anywhere; "--" ends them */
         const char *a = argv[i];
         if (options_done || a[0] != '-' || !a[1]) args[nargs++] = argv[i];
         else if (!strcmp(a, "--")) options_done = 1;
-        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(usage, stdout);
-            rc = 0;
-            goto done;
-        } else if (!strcmp(a, "--ignore-exif")) io.ignore_orientation = 1;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(usage, stdout); rc = 0; goto done; }
+        else if (!strcmp(a, "--ignore-exif")) io.ignore_orientation = 1;
         else if (!strcmp(a, "--json")) json = 1;
-        else if (!strcmp(a, "--top")) {
-            if (!number_option(argc, argv, &i, 1, MAX_TOP, &v)) goto done;
-            k = (int)v;
-        } else if (!strcmp(a, "--threads")) {
-            if (!number_option(argc, argv, &i, 0, 4096, &v)) goto done;
-            so.threads = (int)v;
-        } else if (!strcmp(a, "--max-pixels")) {
-            if (!number_option(argc, argv, &i, 1, 2147483647, &v)) goto done;
-            io.max_pixels = (size_t)v;
-        } else {
+        else if (!strcmp(a, "--top")) k = (int)number_option(argc, argv, &i, 1, MAX_TOP);
+        else if (!strcmp(a, "--threads")) so.threads = (int)number_option(argc, argv, &i, 0, 4096);
+        else if (!strcmp(a, "--max-pixels")) io.max_pixels = (size_t)number_option(argc, argv, &i, 1, 2147483647);
+        else {
             usage_error("unknown option '%s'", a);
             goto done;
         }
@@ -373,15 +302,9 @@ int main(int argc, char **argv) {
     for (i = 0; i < images.count; i++) {
         const char *path = images.paths[i];
         double t0 = now_ms();
-        if (lmv_classify_file(sess, path, &io, k, top, &n, &err) != LMV_OK) {
-            if (json) print_json_error(path, &err);
-            else fprintf(stderr, "classify: %s: %s\n", path, err.message);
-            failed = 1;
-        } else if (json) {
-            print_json_result(path, top, n, now_ms() - t0);
-        } else {
-            print_text_result(path, top, n, now_ms() - t0);
-        }
+        int ok = lmv_classify_file(sess, path, &io, k, top, &n, &err) == LMV_OK;
+        print_result(json, path, ok ? top : NULL, n, now_ms() - t0, &err);
+        failed |= !ok;
         fflush(stdout); /* a line at a time, for whoever reads the pipe */
     }
     rc = failed;

@@ -29,6 +29,7 @@ SUITES = [
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("messages (long paths, keys and values)", [PY, os.path.join(HERE, "test_messages.py")]),
     ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),
+    ("explain (attention pictures, heat-map overlay, PNG encoder)", [PY, os.path.join(HERE, "test_explain.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
     # firmware builds and hardening
@@ -49,6 +50,7 @@ SANITIZED = [
     ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
     ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
     ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),
+    ("explain (asan+ubsan)", [PY, os.path.join(HERE, "test_explain.py")]),
 ]
 SUITES += SANITIZED
 ENV = {label: {"LMV_SANITIZE": "1", "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1"} for label, _ in SANITIZED}

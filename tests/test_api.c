@@ -64,6 +64,22 @@ static void test_version(int format_version) {
     check("LEMEVIT_FORMAT_VERSION is the version tools/lmvfile.py writes", LEMEVIT_FORMAT_VERSION == format_version, "");
 }
 
+/* lmv_result_name() spells each enumerator as the compiler's # operator does, and anything else
+   as LMV_ERR_UNKNOWN */
+#define SPELLED(x) ok &= strcmp(lmv_result_name(x), #x) == 0
+static void test_result_names(void) {
+    int ok = 1;
+    SPELLED(LMV_OK); SPELLED(LMV_ERR_INVALID_ARGUMENT); SPELLED(LMV_ERR_OUT_OF_MEMORY); SPELLED(LMV_ERR_IO);
+    SPELLED(LMV_ERR_BAD_MAGIC); SPELLED(LMV_ERR_VERSION); SPELLED(LMV_ERR_ENDIAN); SPELLED(LMV_ERR_TRUNCATED);
+    SPELLED(LMV_ERR_CHECKSUM); SPELLED(LMV_ERR_CORRUPT); SPELLED(LMV_ERR_MISSING_TENSOR); SPELLED(LMV_ERR_SHAPE);
+    SPELLED(LMV_ERR_UNSUPPORTED); SPELLED(LMV_ERR_INPUT_SIZE); SPELLED(LMV_ERR_ALIGNMENT); SPELLED(LMV_ERR_LIMIT);
+    SPELLED(LMV_ERR_BAD_INPUT); SPELLED(LMV_ERR_IMAGE);
+    check("lmv_result_name() spells every lmv_result as in the header", ok, "");
+    check("lmv_result_name() of a value past the enum is LMV_ERR_UNKNOWN",
+          strcmp(lmv_result_name((lmv_result)(LMV_ERR_IMAGE + 1)), "LMV_ERR_UNKNOWN") == 0 &&
+              strcmp(lmv_result_name((lmv_result)-1), "LMV_ERR_UNKNOWN") == 0, "");
+}
+
 /* the JPEG with its frame header declaring w x h pixels (the data stays that of the picture) */
 static unsigned char *resized_frame(const unsigned char *jpeg, size_t nj, int w, int h) {
     unsigned char *p = (unsigned char *)malloc(nj);
@@ -237,6 +253,61 @@ static void test_model_memory(const unsigned char *file, size_t n) {
     free(raw);
 }
 
+/* lmv_image_jpeg_info's decode_memory, then lmv_image_load_jpeg_prealloc in exactly that much
+   memory at an odd address: the same pixels as the allocating decode, and lmv_image_free() leaves
+   the caller's memory alone. Fewer bytes, each in a block of exactly that size from malloc (so
+   ASan sees a write past it), give LMV_ERR_OUT_OF_MEMORY, an empty image and no byte written
+   past the end (a guard pattern after the block stays). */
+static void test_jpeg_prealloc(const unsigned char *jpeg, size_t nj) {
+    lmv_image_options o = ZERO;
+    lmv_image_info info;
+    lmv_image want, got;
+    lmv_error e;
+    unsigned char *raw, *mem;
+    size_t sizes[5], k, j;
+    int ok = 1;
+    if (!check("lmv_image_jpeg_info() gives decode_memory", lmv_image_jpeg_info(jpeg, nj, &o, &info, &e) == LMV_OK &&
+               info.decode_memory > 0, e.message))
+        return;
+    if (!check("lmv_image_load_jpeg_memory() decodes the picture", lmv_image_load_jpeg_memory(jpeg, nj, &o, &want, &e) == LMV_OK,
+               e.message))
+        return;
+    raw = (unsigned char *)malloc(info.decode_memory + 1);
+    mem = raw + 1;
+    if (check("lmv_image_load_jpeg_prealloc() decodes in exactly decode_memory bytes at an odd address",
+              lmv_image_load_jpeg_prealloc(jpeg, nj, &o, mem, info.decode_memory, &got, &e) == LMV_OK, e.message)) {
+        check("the preallocated decode has the allocating decode's size and pixels",
+              got.width == want.width && got.height == want.height && got.channels == want.channels &&
+                  memcmp(got.pixels, want.pixels, (size_t)want.width * want.height * want.channels) == 0, "");
+        check("its pixels lie in the given memory",
+              got.pixels >= mem && got.pixels + (size_t)got.width * got.height * got.channels <= mem + info.decode_memory, "");
+        lmv_image_free(&got); /* nothing to give back: must not free mem */
+    }
+    free(raw);
+    sizes[0] = 0;
+    sizes[1] = 1;
+    sizes[2] = info.decode_memory / 2;
+    sizes[3] = info.decode_memory - 16;
+    sizes[4] = info.decode_memory - 1;
+    for (k = 0; k < 5; k++) {
+        raw = (unsigned char *)malloc(sizes[k] + 64);
+        memset(raw + sizes[k], 0xA5, 64);
+        memset(&got, 0x5A, sizeof got);
+        ok &= lmv_image_load_jpeg_prealloc(jpeg, nj, &o, raw, sizes[k], &got, &e) == LMV_ERR_OUT_OF_MEMORY &&
+              got.pixels == NULL && got.width == 0 && strstr(e.message, "decode_memory") != NULL;
+        for (j = 0; j < 64; j++) ok &= raw[sizes[k] + j] == 0xA5;
+        free(raw);
+        raw = (unsigned char *)malloc(sizes[k] ? sizes[k] : 1); /* exactly that size: ASan sees any overrun */
+        ok &= lmv_image_load_jpeg_prealloc(jpeg, nj, &o, raw, sizes[k], &got, &e) == LMV_ERR_OUT_OF_MEMORY;
+        free(raw);
+    }
+    check("fewer than decode_memory bytes give LMV_ERR_OUT_OF_MEMORY, an empty image, a message naming decode_memory, "
+          "and nothing written past them", ok, e.message);
+    check("a NULL buffer gives LMV_ERR_INVALID_ARGUMENT",
+          lmv_image_load_jpeg_prealloc(jpeg, nj, &o, NULL, info.decode_memory, &got, &e) == LMV_ERR_INVALID_ARGUMENT, e.message);
+    lmv_image_free(&want);
+}
+
 /* lmv_session_memory with zero and default options, lmv_session_create_prealloc in that much
    (one byte less is refused), the same logits as lmv_session_create; room beyond it serves
    lmv_classify_*. */
@@ -376,7 +447,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     test_version(atoi(argv[4]));
+    test_result_names();
     test_defaults(jpeg, nj);
+    test_jpeg_prealloc(jpeg, nj);
     test_verify(m1, n1);
     if (check("MODEL.lmv opens with NULL options", lmv_model_open_memory(m1, n1, NULL, &model, &e) == LMV_OK, e.message)) {
         test_types(model);

@@ -47,7 +47,24 @@ def model_100(path):
     lmvfile.write(path, meta, tensors)
 
 
+def check_reference_table():
+    """Every function the header declares has its line in the API REFERENCE table at the top, and
+    the table names nothing that is not declared."""
+    import re
+    with open(os.path.join(ROOT, "lemevit.h")) as f:
+        text = f.read()
+    declared = set(re.findall(r"LEMEVIT_API[^;{(]*?\b(lmv_\w+)\s*\(", text[:text.index("#ifdef LEMEVIT_IMPLEMENTATION")]))
+    top = text[text.index("API REFERENCE"):text.index("ONE VOCABULARY")]
+    listed = set(re.findall(r"^\s+(lmv_\w+)\(\)", top, re.M))
+    res.check("the header declares its public functions", len(declared) > 40, f"{len(declared)} found")
+    res.check("every declared function is in the header's API REFERENCE table", not declared - listed,
+              ", ".join(sorted(declared - listed)))
+    res.check("the API REFERENCE table lists only declared functions", not listed - declared,
+              ", ".join(sorted(listed - declared)))
+
+
 def main():
+    check_reference_table()
     d = tmpdir()
     m100 = os.path.join(d, "vit_100.lmv")
     model_100(m100)

@@ -7,6 +7,7 @@
      lmv preprocess MODEL.lmv IMAGE.jpg OUT.npy   the model's input tensor for an image
      lmv eval MODEL.lmv DIR                   accuracy on a labelled folder (one sub-folder per class)
      lmv embed MODEL.lmv OUT.c [--name SYM]   a C source with the file as an aligned const array
+     lmv explain MODEL.lmv IMAGE.jpg OUT.png  a heat map of a block's attention over the image
 
    lmv --help lists the commands; lmv COMMAND --help gives one command's arguments and options.
 
@@ -101,6 +102,27 @@ static const char *usage_embed =
     "options:\n"
     "  --name SYM            the symbol (default: lmv_model_data)\n";
 
+static const char *usage_explain =
+    "usage: lmv explain MODEL.lmv IMAGE.jpg OUT.png [options]\n"
+    "  where the model looks: a block's attention map, upsampled to the picture the model sees (its\n"
+    "  eval crop, scaled up) and blended over it as a heat map (PNG); the top 5 classes as text.\n"
+    "  ViT and LeMeViT models (Swin's window attention is not captured by the trace API)\n"
+    "options:\n"
+    "  --block NAME          ViT: blocks.N (default: the last); LeMeViT: stages.I.J (default: the last\n"
+    "                        block of the last cross or dual-cross stage)\n"
+    "  --head N|mean         one head, or the mean over heads (default)\n"
+    "  --token WHO           whose attention: ViT cls (the class token; the default when there is\n"
+    "                        one) or patches (the mean over patch queries); LeMeViT meta:K (meta\n"
+    "                        token K) or meta (the mean over meta tokens, default). A LeMeViT\n"
+    "                        standard-attention block shows the mean over its image queries\n"
+    "  --rollout             ViT: attention rollout over blocks 0 to the chosen one (heads averaged,\n"
+    "                        identity added, rows normalised, multiplied)\n"
+    "  --alpha A             heat-map opacity from 0 to 1 (default 0.5)\n"
+    "  --scale N             scale the crop up N times (default: to at least 224 pixels a side)\n"
+    "  --map OUT.npy         also write the map itself (rows x cols, float32)\n"
+    "  --threads N           threads (default 0: all)\n"
+    "  --ignore-exif         keep the stored orientation\n";
+
 static const char *usage =
     "usage: lmv COMMAND [ARGS]    (lmv COMMAND --help: that command's arguments and options)\n"
     "\n"
@@ -113,6 +135,7 @@ static const char *usage =
     "  preprocess MODEL.lmv IMAGE.jpg OUT.npy   the model's input tensor for an image\n"
     "  eval MODEL.lmv DIR                  accuracy on a labelled folder (one sub-folder per class)\n"
     "  embed FILE OUT.c                    a C source with the file as an aligned const array\n"
+    "  explain MODEL.lmv IMAGE.jpg OUT.png   a heat map of where the model looks, and its top 5\n"
     "\n"
     "Make MODEL.lmv from a PyTorch checkpoint with tools/convert.py.\n";
 
@@ -1215,6 +1238,397 @@ static int cmd_embed(int argc, char **argv) {
     return 0;
 }
 
+/* ---- explain: pictures of attention ---- */
+
+/* What the trace callback keeps from a run: the attention maps of one block and the shapes that
+   say how tokens lie on the image. */
+typedef struct explain_trace {
+    char block[80];
+    float *attn[2];        /* ViT: [0] = "<block>.attn"; LeMeViT: [0] = attn_c, [1] = attn_x */
+    int shape[2][3];
+    int patches;           /* ViT: rows of "patch_embed" */
+    int grid_h, grid_w;    /* LeMeViT: the block's map, from "<block>.x" */
+    int blocks;            /* ViT: how many "blocks.N" */
+    int failed;
+} explain_trace;
+
+static void explain_keep(void *user, const char *name, const float *data, int ndim, const int *shape) {
+    explain_trace *t = (explain_trace *)user;
+    size_t len = strlen(t->block), n;
+    int k, end = 0, which = -1;
+    if (!strcmp(name, "patch_embed") && ndim == 2) t->patches = shape[0];
+    if (sscanf(name, "blocks.%d%n", &k, &end) == 1 && !name[end] && k + 1 > t->blocks) t->blocks = k + 1;
+    if (!len || strncmp(name, t->block, len) || name[len] != '.') return;
+    if (!strcmp(name + len, ".x") && ndim == 3) t->grid_h = shape[0], t->grid_w = shape[1];
+    if (!strcmp(name + len, ".attn") || !strcmp(name + len, ".attn_c")) which = 0;
+    if (!strcmp(name + len, ".attn_x")) which = 1;
+    if (which < 0 || ndim != 3) return;
+    n = (size_t)shape[0] * shape[1] * shape[2];
+    free(t->attn[which]);
+    if (!(t->attn[which] = (float *)malloc(sizeof(float) * n))) {
+        t->failed = 1;
+        return;
+    }
+    memcpy(t->attn[which], data, sizeof(float) * n);
+    memcpy(t->shape[which], shape, sizeof(int) * 3);
+}
+
+static void explain_reset(explain_trace *t, const char *block) {
+    free(t->attn[0]);
+    free(t->attn[1]);
+    memset(t, 0, sizeof *t);
+    snprintf(t->block, sizeof t->block, "%s", block);
+}
+
+/* The map over keys [k0, k0 + nk) of a [heads][queries][keys] block: head `head` (-1: the mean
+   over heads) of query row q (-1: the mean over rows [q0, queries)). */
+static void explain_rows(const float *a, const int *shape, int head, int q, int q0, int k0, int nk, float *map) {
+    int h, r, k, rows = 0;
+    double *acc = (double *)calloc((size_t)nk, sizeof(double));
+    if (!acc) return;
+    for (h = 0; h < shape[0]; h++) {
+        if (head >= 0 && h != head) continue;
+        for (r = q >= 0 ? q : q0; r < (q >= 0 ? q + 1 : shape[1]); r++, rows++)
+            for (k = 0; k < nk; k++) acc[k] += a[((size_t)h * shape[1] + r) * shape[2] + k0 + k];
+    }
+    for (k = 0; k < nk; k++) map[k] = (float)(acc[k] / (rows ? rows : 1));
+    free(acc);
+}
+
+/* LeMeViT's default block: the last block of the last cross (C) or dual-cross (D, E) stage (out
+   NULL: the type letter of stage `stage`, 0 when unknown). */
+static int explain_lemevit_block(const lmv_model *m, char *out, size_t cap, int stage) {
+    lmv_config_entry e, types, depths;
+    int i, have = 0, last = -1;
+    memset(&types, 0, sizeof types);
+    memset(&depths, 0, sizeof depths);
+    for (i = 0; lmv_model_config(m, i, &e); i++) {
+        if (!strcmp(e.key, "lemevit.attn_types") && e.type == LMV_CONFIG_STRING) types = e, have |= 1;
+        if (!strcmp(e.key, "lemevit.depths") && e.type == LMV_CONFIG_INTS) depths = e, have |= 2;
+    }
+    if (have != 3) return 0;
+    if (!out) return stage >= 0 && stage < depths.count && stage < (int)strlen(types.string) ? types.string[stage] : 0;
+    for (i = 0; types.string[i] && i < depths.count; i++)
+        if (types.string[i] != 'S' && depths.ints[i] > 0) last = i;
+    if (last < 0) return 0;
+    snprintf(out, cap, "stages.%d.%d", last, depths.ints[last] - 1);
+    return 1;
+}
+
+static int cmd_explain(int argc, char **argv) {
+    const char *paths[3], *block = NULL, *map_path = NULL, *token = NULL;
+    int npaths = 0, head = -1, rollout = 0, scale = 0, threads = 0, i, rc = 1, have_img = 0, gh = 0, gw = 0, prefix = 0;
+    int meta = -2; /* LeMeViT: -1 the mean over meta tokens, K >= 0 one of them */
+    int image_queries = 0; /* LeMeViT standard-attention block: the map is the mean over image queries */
+    int cls = -1;  /* ViT: 1 the class token, 0 the mean over patch queries, -1 the default */
+    double alpha = 0.5;
+    lmv_image_options io = lmv_image_options_default();
+    lmv_image img, pic;
+    lmv_model *m = NULL;
+    mapping mp = {NULL, 0};
+    lmv_session *s = NULL;
+    lmv_session_options so = lmv_session_options_default();
+    lmv_error err;
+    const lmv_model_info *in;
+    const lmv_preprocess *pp;
+    explain_trace t;
+    char name[80];
+    float *x = NULL, *logits = NULL, *map = NULL, prob[5];
+    double *roll = NULL, *step = NULL, *tmp = NULL;
+    int top[5], ntop, c, y, shape[2];
+    memset(&t, 0, sizeof t);
+    memset(&pic, 0, sizeof pic);
+    for (i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--block")) {
+            if (!(block = flag_value("explain", argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--head")) {
+            const char *v = flag_value("explain", argc, argv, &i);
+            if (!v) return 2;
+            if (strcmp(v, "mean") && !parse_int("explain", "--head", v, 0, 4095, &head)) return 2;
+        } else if (!strcmp(a, "--token")) {
+            if (!(token = flag_value("explain", argc, argv, &i))) return 2;
+            if (!strcmp(token, "cls")) cls = 1;
+            else if (!strcmp(token, "patches")) cls = 0;
+            else if (!strcmp(token, "meta")) meta = -1;
+            else if (!strncmp(token, "meta:", 5)) {
+                if (!parse_int("explain", "--token meta:K", token + 5, 0, 65535, &meta)) return 2;
+            } else
+                return usage_error("explain", "--token takes cls, patches, meta or meta:K, not '%s'", token);
+        } else if (!strcmp(a, "--rollout")) rollout = 1;
+        else if (!strcmp(a, "--scale")) INT_FLAG("explain", "--scale", 1, 64, &scale);
+        else if (!strcmp(a, "--threads")) INT_FLAG("explain", "--threads", 0, 256, &threads);
+        else if (!strcmp(a, "--alpha")) {
+            const char *v = flag_value("explain", argc, argv, &i);
+            char *end;
+            if (!v) return 2;
+            alpha = strtod(v, &end);
+            if (!*v || *end || !(alpha >= 0.0 && alpha <= 1.0))
+                return usage_error("explain", "--alpha takes a number from 0 to 1, not '%s'", v);
+        } else if (!strcmp(a, "--map")) {
+            if (!(map_path = flag_value("explain", argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--ignore-exif")) io.ignore_orientation = 1;
+        else if (a[0] == '-') return usage_error("explain", "unknown option '%s'", a);
+        else if (npaths == 3) return usage_error("explain", "unexpected argument '%s': give MODEL.lmv IMAGE.jpg OUT.png", a);
+        else paths[npaths++] = a;
+    }
+    if (npaths != 3) return usage_error("explain", "give MODEL.lmv IMAGE.jpg OUT.png");
+    if (rollout && head >= 0) return usage_error("explain", "--rollout averages the heads of every block; drop --head");
+    if (open_model(paths[0], 1, &m, &mp, &err) != LMV_OK) return fail(paths[0], &err);
+    in = lmv_model_info_get(m);
+    pp = &in->preprocess;
+    if (in->family != LMV_FAMILY_VIT && in->family != LMV_FAMILY_LEMEVIT) {
+        fprintf(stderr, "lmv explain: %s is a %s model; attention maps are captured for ViT and LeMeViT models only\n",
+                paths[0], in->arch);
+        goto done;
+    }
+    if (in->family == LMV_FAMILY_VIT && meta != -2) {
+        usage_error("explain", "--token meta is for LeMeViT models; a ViT takes --token cls or patches");
+        rc = 2;
+        goto done;
+    }
+    if (in->family == LMV_FAMILY_LEMEVIT && (cls >= 0 || rollout)) {
+        usage_error("explain", "%s is for ViT models; a LeMeViT takes --token meta or meta:K", rollout ? "--rollout" : "--token cls|patches");
+        rc = 2;
+        goto done;
+    }
+    if (!check_file(paths[1], "a JPEG file", &err) || lmv_image_load_jpeg_file(paths[1], &io, &img, &err) != LMV_OK) {
+        fail(paths[1], &err);
+        goto done;
+    }
+    have_img = 1;
+    x = (float *)malloc(sizeof(float) * (size_t)in->in_chans * pp->crop_h * pp->crop_w);
+    logits = (float *)malloc(sizeof(float) * (size_t)(in->num_classes > in->num_features ? in->num_classes
+                                                                                      : in->num_features));
+    if (!x || !logits) {
+        fprintf(stderr, "lmv explain: out of memory\n");
+        goto done;
+    }
+    if (lmv_preprocess_image(&img, pp, in->in_chans, x, NULL, &err) != LMV_OK) {
+        fail(paths[1], &err);
+        goto done;
+    }
+    so.max_h = pp->crop_h;
+    so.max_w = pp->crop_w;
+    so.threads = threads;
+    if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
+        fail("session", &err);
+        goto done;
+    }
+    /* which block: the one asked for, or the last ViT block / last LeMeViT cross block */
+    lmv_session_set_trace(s, explain_keep, &t);
+    if (block) snprintf(name, sizeof name, "%s", block);
+    else if (in->family == LMV_FAMILY_LEMEVIT) {
+        if (!explain_lemevit_block(m, name, sizeof name, 0)) {
+            fprintf(stderr, "lmv explain: %s has no cross or dual-cross stage; give --block stages.I.J\n", paths[0]);
+            goto done;
+        }
+    } else {
+        explain_reset(&t, "");
+        if ((in->num_classes ? lmv_run(s, x, 1, pp->crop_h, pp->crop_w, logits, &err)
+                             : lmv_run_features(s, x, 1, pp->crop_h, pp->crop_w, logits, &err)) != LMV_OK) {
+            fail("run", &err);
+            goto done;
+        }
+        snprintf(name, sizeof name, "blocks.%d", t.blocks - 1);
+    }
+    explain_reset(&t, name);
+    lmv_session_trace_attention(s, name);
+    if ((in->num_classes ? lmv_run(s, x, 1, pp->crop_h, pp->crop_w, logits, &err)
+                         : lmv_run_features(s, x, 1, pp->crop_h, pp->crop_w, logits, &err)) != LMV_OK) {
+        fail("run", &err);
+        goto done;
+    }
+    if (t.failed) {
+        fprintf(stderr, "lmv explain: out of memory for the attention maps\n");
+        goto done;
+    }
+    if (!t.attn[0] && !t.attn[1]) {
+        fprintf(stderr, "lmv explain: no attention maps from block '%s'; give a block of this model (%s)\n", name,
+                in->family == LMV_FAMILY_VIT ? "blocks.0, blocks.1, ..." : "stages.I.J, e.g. stages.0.0");
+        goto done;
+    }
+    if (in->family == LMV_FAMILY_VIT) {
+        int T = t.shape[0][1];
+        for (gh = 1; gh <= t.patches; gh++) /* the grid with the crop's aspect: gh / gw = crop_h / crop_w */
+            if (t.patches % gh == 0 && (long)gh * pp->crop_w == (long)(t.patches / gh) * pp->crop_h) break;
+        gw = gh <= t.patches ? t.patches / gh : 0;
+        prefix = T - t.patches;
+        if (!gw || prefix < 0) {
+            fprintf(stderr, "lmv explain: cannot lay %d patch tokens on a %dx%d crop\n", t.patches, pp->crop_h, pp->crop_w);
+            goto done;
+        }
+        if (cls < 0) cls = prefix > 0;
+        if (cls && prefix == 0) {
+            usage_error("explain", "this model has no class token; use --token patches");
+            rc = 2;
+            goto done;
+        }
+        if (head >= t.shape[0][0]) {
+            usage_error("explain", "--head %d: block '%s' has %d heads (0 to %d)", head, name, t.shape[0][0], t.shape[0][0] - 1);
+            rc = 2;
+            goto done;
+        }
+    } else {
+        int which;
+        gh = t.grid_h;
+        gw = t.grid_w;
+        /* cross and dual-cross blocks: meta queries over image tokens; standard blocks: image over image */
+        int stage = -1;
+        sscanf(name, "stages.%d", &stage);
+        which = explain_lemevit_block(m, NULL, 0, stage) == 'S'; /* the stage's type, from the config */
+        if (!t.attn[which] || t.shape[which][2] != gh * gw) {
+            fprintf(stderr, "lmv explain: block '%s' has no attention over image tokens\n", name);
+            goto done;
+        }
+        if (which == 1 && meta != -2) {
+            usage_error("explain", "block '%s' is a standard-attention block: its queries are image tokens, not meta tokens",
+                        name);
+            rc = 2;
+            goto done;
+        }
+        if (which == 0 && meta >= t.shape[0][1]) {
+            usage_error("explain", "--token meta:%d: the model has %d meta tokens (0 to %d)", meta, t.shape[0][1],
+                        t.shape[0][1] - 1);
+            rc = 2;
+            goto done;
+        }
+        if (head >= t.shape[which][0]) {
+            usage_error("explain", "--head %d: block '%s' has %d heads (0 to %d)", head, name, t.shape[which][0],
+                        t.shape[which][0] - 1);
+            rc = 2;
+            goto done;
+        }
+        image_queries = which == 1;
+        if (which == 1) { /* the mean over image queries, as ViT's "patches" */
+            float *keep = t.attn[0];
+            t.attn[0] = t.attn[1], t.attn[1] = keep;
+            memcpy(t.shape[0], t.shape[1], sizeof t.shape[0]);
+        }
+        if (meta == -2) meta = -1;
+    }
+    map = (float *)malloc(sizeof(float) * (size_t)gh * gw);
+    if (!map) goto done;
+    if (rollout) {
+        /* Abnar & Zuidema: per block, heads averaged, plus the identity, rows normalised; the
+           product over blocks 0..B, from the first */
+        int T = t.shape[0][1], b, last, r, k, j;
+        if (sscanf(name, "blocks.%d", &last) != 1) last = 0;
+        roll = (double *)calloc((size_t)T * T, sizeof(double));
+        step = (double *)calloc((size_t)T * T, sizeof(double));
+        tmp = (double *)calloc((size_t)T * T, sizeof(double));
+        if (!roll || !step || !tmp) goto done;
+        for (r = 0; r < T; r++) roll[(size_t)r * T + r] = 1.0;
+        for (b = 0; b <= last; b++) {
+            snprintf(name, sizeof name, "blocks.%d", b);
+            explain_reset(&t, name);
+            lmv_session_trace_attention(s, name);
+            if (lmv_run_features(s, x, 1, pp->crop_h, pp->crop_w, logits, &err) != LMV_OK || !t.attn[0]) {
+                fail("run", &err);
+                goto done;
+            }
+            for (r = 0; r < T; r++) {
+                double sum = 0.0;
+                for (k = 0; k < T; k++) {
+                    double v = 0.0;
+                    int h;
+                    for (h = 0; h < t.shape[0][0]; h++) v += t.attn[0][((size_t)h * T + r) * T + k];
+                    v = 0.5 * v / t.shape[0][0] + (r == k ? 0.5 : 0.0);
+                    step[(size_t)r * T + k] = v;
+                    sum += v;
+                }
+                for (k = 0; k < T; k++) step[(size_t)r * T + k] /= sum;
+            }
+            for (r = 0; r < T; r++) /* roll = step x roll */
+                for (k = 0; k < T; k++) {
+                    double v = 0.0;
+                    for (j = 0; j < T; j++) v += step[(size_t)r * T + j] * roll[(size_t)j * T + k];
+                    tmp[(size_t)r * T + k] = v;
+                }
+            memcpy(roll, tmp, sizeof(double) * (size_t)T * T);
+        }
+        for (k = 0; k < gh * gw; k++) {
+            double v = 0.0;
+            int q0 = cls ? 0 : prefix, q1 = cls ? 1 : T;
+            for (r = q0; r < q1; r++) v += roll[(size_t)r * T + prefix + k];
+            map[k] = (float)(v / (q1 - q0));
+        }
+        lmv_run(s, x, 1, pp->crop_h, pp->crop_w, logits, &err); /* the logits again, for the top 5 */
+    } else if (in->family == LMV_FAMILY_VIT)
+        explain_rows(t.attn[0], t.shape[0], head, cls ? 0 : -1, prefix, prefix, gh * gw, map);
+    else
+        explain_rows(t.attn[0], t.shape[0], head, image_queries ? -1 : meta, 0, 0, gh * gw, map);
+
+    /* the picture: the model's input (its eval crop) back in pixels, scaled up, the map over it */
+    if (!scale) {
+        int side = pp->crop_h < pp->crop_w ? pp->crop_h : pp->crop_w;
+        scale = (224 + side - 1) / side;
+        if (scale < 1) scale = 1;
+    }
+    pic.width = pp->crop_w * scale;
+    pic.height = pp->crop_h * scale;
+    pic.channels = 3;
+    if (!(pic.pixels = (unsigned char *)malloc((size_t)pic.width * pic.height * 3))) goto done;
+    for (y = 0; y < pic.height; y++)
+        for (i = 0; i < pic.width; i++)
+            for (c = 0; c < 3; c++) {
+                int ch = in->in_chans == 3 ? c : 0;
+                double v = x[((size_t)ch * pp->crop_h + y / scale) * pp->crop_w + i / scale] * (double)pp->std[ch] +
+                           pp->mean[ch];
+                v = floor(v * 255.0 + 0.5);
+                pic.pixels[((size_t)y * pic.width + i) * 3 + c] = (unsigned char)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+    if (lmv_image_overlay_heatmap(&pic, map, gw, gh, (float)alpha, &err) != LMV_OK ||
+        lmv_image_write_png(&pic, paths[2], &err) != LMV_OK) {
+        fail(paths[2], &err);
+        goto done;
+    }
+    shape[0] = gh;
+    shape[1] = gw;
+    if (map_path && !write_npy(map_path, map, 2, shape)) {
+        fprintf(stderr, "lmv: cannot write %s\n", map_path);
+        goto done;
+    }
+    {
+        int best = 0;
+        char hname[16] = "mean";
+        if (head >= 0) snprintf(hname, sizeof hname, "%d", head);
+        for (i = 1; i < gh * gw; i++)
+            if (map[i] > map[best]) best = i;
+        printf("%s: attention of %s%s, %s, head %s; hottest patch row %d col %d of %dx%d\n", paths[1],
+               rollout ? "blocks.0 to " : "", name,
+               in->family == LMV_FAMILY_VIT ? (cls ? "from the class token" : "averaged over patch queries")
+               : image_queries ? "averaged over image queries"
+               : meta < 0 ? "averaged over meta tokens" : "from one meta token",
+               hname, best / gw, best % gw, gh, gw);
+    }
+    if (meta >= 0 && !image_queries) printf("meta token %d\n", meta);
+    if (in->num_classes) {
+        ntop = lmv_topk(logits, in->num_classes, 5, top, prob);
+        for (i = 0; i < ntop; i++) {
+            const char *l = lmv_model_label(m, top[i]);
+            if (l) printf("  %6.2f%%  %s\n", 100.0 * prob[i], l);
+            else printf("  %6.2f%%  class %d\n", 100.0 * prob[i], top[i]);
+        }
+    }
+    rc = 0;
+done:
+    explain_reset(&t, "");
+    free(pic.pixels);
+    free(map);
+    free(roll);
+    free(step);
+    free(tmp);
+    free(x);
+    free(logits);
+    if (have_img) lmv_image_free(&img);
+    lmv_session_destroy(s);
+    close_model(m, &mp);
+    return rc;
+usage_fail:
+    return 2;
+}
+
 static const struct command {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -1222,7 +1636,7 @@ static const struct command {
 } commands[] = {
     {"info", cmd_info, &usage_info},       {"run", cmd_run, &usage_run},          {"bench", cmd_bench, &usage_bench},
     {"gemm", cmd_gemm, &usage_gemm},       {"decode", cmd_decode, &usage_decode}, {"preprocess", cmd_preprocess, &usage_preprocess},
-    {"eval", cmd_eval, &usage_eval},       {"embed", cmd_embed, &usage_embed},
+    {"eval", cmd_eval, &usage_eval},       {"embed", cmd_embed, &usage_embed},    {"explain", cmd_explain, &usage_explain},
 };
 
 int main(int argc, char **argv) {

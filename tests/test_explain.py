@@ -292,10 +292,10 @@ def check_bundled(d):
     res.check("bundled model: the hottest cell of the picture is the map's maximum",
               np.unravel_index(np.argmax(h), h.shape) == np.unravel_index(np.argmax(m), m.shape),
               f"picture {np.unravel_index(np.argmax(h), h.shape)}, map {np.unravel_index(np.argmax(m), m.shape)}")
-    docs = os.path.join(ROOT, "docs", "explain_cat_cifar10.png")
+    docs = os.path.join(ROOT, "examples", "images", "explain_cat_cifar10.png")
     again = os.path.join(d, "docs.png")
     code, _, err = explain(BUNDLED, CAT32, again, "--block", "stages.1.1", "--scale", "4")
-    res.check("the README's picture (docs/explain_cat_cifar10.png) is what its command makes, byte for byte",
+    res.check("the README's picture (examples/images/explain_cat_cifar10.png) is what its command makes, byte for byte",
               code == 0 and open(again, "rb").read() == open(docs, "rb").read(), err.strip())
     lines = out.strip().splitlines()
     res.check("bundled model: the top class of the cat photo is 'cat', with 5 lines of classes",

@@ -45,4 +45,8 @@ rel = os.path.relpath(DATA, ROOT).replace(os.sep, "/")
 missing = [w for w in want if f"{rel}/{w}" not in tracked]
 res.check("tests/data holds the pictures, the CIFAR-10 subset and their licences, tracked", not missing,
           "missing: " + ", ".join(missing))
+# the top level is the library, its examples, tests, tools, licence, README and Makefile (dot-files aside)
+top = sorted(set(f.split("/")[0] for f in tracked if not f.startswith(".")))
+allowed = ["LICENSE", "Makefile", "README.md", "examples", "lemevit.h", "tests", "tools"]
+res.check("the top level holds only " + ", ".join(allowed), top == allowed, "found: " + ", ".join(top))
 res.finish()

@@ -204,7 +204,8 @@ typedef enum lmv_result {
     LMV_ERR_ALIGNMENT,        /* memory handed over is not aligned enough to use in place */
     LMV_ERR_LIMIT,            /* a size beyond the documented limits */
     LMV_ERR_BAD_INPUT,        /* input data (e.g. a .npy) is malformed */
-    LMV_ERR_IMAGE             /* a corrupt or truncated image file */
+    LMV_ERR_IMAGE,            /* a corrupt or truncated image file */
+    LMV_ERR_FORMAT            /* a weight file holding a tensor its architecture's graph does not read */
 } lmv_result;
 
 /* The detailed outcome of a call: the code and one sentence. */
@@ -668,6 +669,7 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     case LMV_ERR_LIMIT: return "limit exceeded";
     case LMV_ERR_BAD_INPUT: return "malformed input";
     case LMV_ERR_IMAGE: return "corrupt or truncated image";
+    case LMV_ERR_FORMAT: return "tensor not used by the model";
     }
     return "unknown error";
 }
@@ -936,6 +938,7 @@ struct lmv_model {
     lmv_model_info info;
     const lmv__family_ops *ops;
     void *graph;                 /* the family's weight pointers and config */
+    unsigned char *bound;        /* while binding: [n_tensors], set for each tensor the graph reads */
     lmv_arena own;               /* lmv_model_open_prealloc(): the arena over the caller's memory */
 };
 
@@ -1014,6 +1017,7 @@ static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int op
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
     *out = t;
+    if (m->bound) m->bound[t - m->tensors] = 1; /* the one place that counts what the graph reads */
     return LMV_OK;
 bad : {
     char want[96], have[96];
@@ -2904,9 +2908,18 @@ typedef struct lmv__vit_block {
     lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__vit_block;
 
+/* Where a block's LayerNorms sit around each residual branch f (attention, then MLP). */
+typedef enum lmv__norm_at {
+    LMV__NORM_PRE = 0,  /* x = x + f(norm(x))          timm Block (vit.block "pre") */
+    LMV__NORM_POST,     /* x = norm(x + f(x))          nn.TransformerEncoderLayer (vit.norm_first 0) */
+    LMV__NORM_RES_POST  /* x = x + norm(f(x))          timm ResPostBlock (vit.block "res_post") */
+} lmv__norm_at;
+
 typedef struct lmv__vit {
     int dim, depth, heads, hidden, in_chans, ph, pw, pos_gh, pos_gw;
     int class_token, class_last, dist_token, reg_tokens, prefix, no_embed_class, norm_first;
+    lmv__norm_at norm_at;
+    int quick_gelu; /* the MLP's activation is QuickGELU x * sigmoid(1.702 x) (CLIP) */
     int pool_avg, pre_logits, num_classes, pos_rows;
     float eps, scale;
     lmv__act act;
@@ -2965,7 +2978,17 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!strcmp(s, "gelu")) v->act = LMV__ACT_GELU;
     else if (!strcmp(s, "gelu_tanh")) v->act = LMV__ACT_GELU_TANH;
     else if (!strcmp(s, "relu")) v->act = LMV__ACT_RELU;
-    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu", s);
+    else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
+    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu", s);
+    s = lmv__meta_string(m, "vit.block", "pre");
+    v->norm_at = v->norm_first ? LMV__NORM_PRE : LMV__NORM_POST;
+    if (!strcmp(s, "res_post")) {
+        if (!v->norm_first)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "vit.block 'res_post' contradicts vit.norm_first 0: set only one of them");
+        v->norm_at = LMV__NORM_RES_POST;
+    } else if (strcmp(s, "pre")) {
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.block '%s' is not one of pre, res_post", s);
+    }
     s = lmv__meta_string(m, "vit.pool", "token");
     if (!strcmp(s, "avg")) v->pool_avg = 1;
     else if (strcmp(s, "token")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg", s);
@@ -3023,6 +3046,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
             (r = lmv__bind_linear(m, 0, Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK)
             return r;
+        if (v->norm_at == LMV__NORM_RES_POST) continue; /* ResPostBlock has no layer scale */
         lmv__name(name, sizeof name, "blocks.%d.ls1.gamma", i);
         if ((r = lmv__w1(m, 1, D, &b->ls1, err, name)) != LMV_OK) return r;
         lmv__name(name, sizeof name, "blocks.%d.ls2.gamma", i);
@@ -3092,17 +3116,51 @@ static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs 
                            b->tmp + (size_t)v->pos_gh * gw * D);
 }
 
-/* x = x + attn(norm1(x)); x = x + mlp(norm2(x))  (pre-norm, timm), or
-   x = norm1(x + attn(x)); x = norm2(x + mlp(x))   (post-norm, nn.TransformerEncoderLayer). */
+/* QuickGELU in place: x * sigmoid(1.702 x), as CLIP's and timm's QuickGELU. */
+static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
+    int r, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * dim;
+        for (i = 0; i < dim; i++) xr[i] = xr[i] / (1.0f + expf(-1.702f * xr[i]));
+    }
+    (void)ctx;
+}
+
+/* The input of a residual branch: norm(x) into xn for pre-norm blocks, x itself otherwise. */
+static const float *lmv__vit_branch_in(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *nw, const float *nb,
+                                       lmv__vit_bufs *b) {
+    if (v->norm_at != LMV__NORM_PRE) return b->x;
+    lmv__layernorm(ctx, b->xn, b->x, T, v->dim, nw, nb, v->eps);
+    return b->xn;
+}
+
+/* The end of a residual branch whose last layer is the Linear (W, bias) over h [T][in]:
+   pre-norm  x = x + ls * (h W^T + bias);  post-norm  x = norm(x + h W^T + bias);
+   res-post  x = x + norm(h W^T + bias). xn is scratch (the branch input is used up by then). */
+static void lmv__vit_branch_out(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *h, int in, lmv__mat W,
+                                const float *bias, const float *ls, const float *nw, const float *nb, lmv__vit_bufs *b) {
+    int D = v->dim;
+    if (v->norm_at == LMV__NORM_RES_POST) {
+        lmv__linear(ctx, b->xn, h, T, in, D, W, bias);
+        lmv__layernorm(ctx, b->xn, b->xn, T, D, nw, nb, v->eps);
+        lmv__add_scaled(ctx, b->x, b->xn, T, D, NULL);
+        return;
+    }
+    lmv__linear_residual(ctx, b->x, h, T, in, D, W, bias, ls, b->xn);
+    if (v->norm_at == LMV__NORM_POST) lmv__layernorm(ctx, b->x, b->x, T, D, nw, nb, v->eps);
+}
+
+/* One encoder block, the norms placed by v->norm_at (see lmv__norm_at):
+     attention: qkv = Linear(in); softmax(q k^T * scale) v; proj, residual
+     MLP:       fc1, act, fc2, residual */
 static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T,
                                    lmv__vit_bufs *b, float *probs) {
     int D = v->dim;
     lmv__attn_args a;
-    const float *in = b->x;
-    if (v->norm_first) {
-        lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
-        in = b->xn;
-    }
+    const float *in = lmv__vit_branch_in(ctx, v, T, blk->norm1_w, blk->norm1_b, b);
     lmv__linear(ctx, b->qkv, in, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
     memset(&a, 0, sizeof a);
     a.groups = 1;
@@ -3119,17 +3177,12 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.scores = b->scores;
     a.probs = probs;
     lmv__attention(ctx, &a);
-    lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
-    if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__vit_branch_out(ctx, v, T, b->attn, D, blk->proj_w, blk->proj_b, blk->ls1, blk->norm1_w, blk->norm1_b, b);
 
-    in = b->x;
-    if (v->norm_first) {
-        lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
-        in = b->xn;
-    }
+    in = lmv__vit_branch_in(ctx, v, T, blk->norm2_w, blk->norm2_b, b);
     lmv__linear_act(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b, v->act);
-    lmv__linear_residual(ctx, b->x, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls2, b->xn);
-    if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+    if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
+    lmv__vit_branch_out(ctx, v, T, b->hidden, v->hidden, blk->fc2_w, blk->fc2_b, blk->ls2, blk->norm2_w, blk->norm2_b, b);
 }
 
 static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
@@ -3633,6 +3686,7 @@ typedef struct lmv__lmt_block {
     const float *proj_b;  /* C, S: proj;  D, D2: proj_x */
     const float *projc_b; /* D, D2: proj_c */
     const float *fc1_b, *fc2_b;
+    const float *gamma1, *gamma2; /* layer scale [C] of the attention and MLP branches, or NULL */
 } lmv__lmt_block;
 
 /* A stage's attention, by the letter lemevit.attn_types stores for it. */
@@ -3656,6 +3710,7 @@ typedef struct lmv__lmt_stage {
 
 typedef struct lmv__lemevit {
     int n_stages, head_dim, num_meta, in_chans, num_classes, stem_mid;
+    int post_norm; /* LeMeBlock pre_norm=False: t = norm1(t + attn(t)), t = norm2(t + mlp(t)) */
     float eps, meta_eps, bn_eps;
     const float *meta_tokens, *stem1_b, *stem2_b;
     lmv__mat stem1_w, stem2_w;
@@ -3691,6 +3746,22 @@ static lmv_result lmv__conv_bind(const lmv_model *m, const char *prefix, int out
     return lmv__w1(m, 1, out, b, err, name);
 }
 
+/* An official LeMeBlock layer scale: "<name>" of shape [1, 1, C] (as the official code keeps it)
+   or [C]; optional. */
+static lmv_result lmv__lmt_gamma(const lmv_model *m, int C, const float **out, lmv_error *err, const char *fmt, ...) {
+    char name[96];
+    int shape[3];
+    const lmv__tensor *t;
+    va_list ap;
+    va_start(ap, fmt);
+    lmv__vformat(name, sizeof name, 0, fmt, ap);
+    va_end(ap);
+    t = lmv__find_tensor(m, name);
+    if (t && t->ndim == 1) return lmv__w1(m, 1, C, out, err, name);
+    shape[0] = 1; shape[1] = 1; shape[2] = C;
+    return lmv__weight(m, name, 1, 3, shape, out, err);
+}
+
 static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     lmv__lemevit *v;
     const lmv__meta *types;
@@ -3708,7 +3779,8 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     if ((r = lmv__meta_int_range(m, "lemevit.head_dim", 0, 1, 4096, 32, &v->head_dim, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "lemevit.num_meta", 0, 1, 4096, 16, &v->num_meta, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "in_chans", 0, 1, 64, 3, &v->in_chans, err)) != LMV_OK ||
-        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK)
+        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "lemevit.post_norm", 0, 0, 1, 0, &v->post_norm, err)) != LMV_OK)
         return r;
     v->eps = lmv__meta_float(m, "lemevit.norm_eps", 0, 1e-6f);
     v->meta_eps = lmv__meta_float(m, "lemevit.meta_eps", 0, 1e-5f);
@@ -3786,8 +3858,12 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
                 ((st->type == LMV__STAGE_DUAL || st->type == LMV__STAGE_DUAL2) &&
                  (r = lmv__bind_linear(m, 0, C, C, &b->projc_w, &b->projc_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, Hd, C, &b->fc1_w, &b->fc1_b, err, "stages.%d.%d.mlp.0", i, j)) != LMV_OK ||
-                (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK)
+                (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK ||
+                (r = lmv__lmt_gamma(m, C, &b->gamma1, err, "stages.%d.%d.gamma1", i, j)) != LMV_OK ||
+                (r = lmv__lmt_gamma(m, C, &b->gamma2, err, "stages.%d.%d.gamma2", i, j)) != LMV_OK)
                 return r;
+            if (!b->gamma1 != !b->gamma2)
+                return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "stages.%d.%d has only one of gamma1 and gamma2", i, j);
         }
         prev = C;
     }
@@ -3890,13 +3966,27 @@ static lmv_result lmv__lemevit_plan(const lmv_model *m, int threads, int h, int 
     return LMV_OK;
 }
 
-/* t = t + fc2(gelu(fc1(norm2(t)))): the block MLP, shared by image and meta tokens. */
+/* The block MLP, shared by image and meta tokens: t = t + gamma2 * fc2(gelu(fc1(norm2(t)))), or
+   post-norm t = norm2(t + gamma2 * fc2(gelu(fc1(t)))). tn is scratch. */
 static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st, const lmv__lmt_block *blk,
                          float *t, int rows, float *tn, float *hid) {
     int C = st->dim;
-    lmv__layernorm(ctx, tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
-    lmv__linear_act(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
-    lmv__linear_residual(ctx, t, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b, NULL, tn);
+    const float *in = t;
+    if (!v->post_norm) {
+        lmv__layernorm(ctx, tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
+        in = tn;
+    }
+    lmv__linear_act(ctx, hid, in, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
+    lmv__linear_residual(ctx, t, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b, blk->gamma2, tn);
+    if (v->post_norm) lmv__layernorm(ctx, t, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
+}
+
+/* The attention branch's end for tokens t [rows][C]: t = t + gamma1 * a (a already projected), or
+   post-norm t = norm1(t + gamma1 * a); t may be written from `from` (t = from + ...). */
+static void lmv__lmt_attn_out(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_block *blk, float *t,
+                              const float *from, const float *a, int rows, int C) {
+    lmv__residual(ctx, t, from, a, rows, C, blk->gamma1);
+    if (v->post_norm) lmv__layernorm(ctx, t, t, rows, C, blk->norm1_w, blk->norm1_b, v->eps);
 }
 
 /* One multi-head attention between two token sets whose q, k, v sit in row buffers. */
@@ -3923,63 +4013,72 @@ static void lmv__lmt_attend(const lmv__ctx *ctx, const lmv__lmt_stage *st, int h
     lmv__attention(ctx, &a);
 }
 
-/* LeMeBlock (pre-norm). x: [N][C] image tokens, c: [M][C] meta tokens.
-     C:  c = c + CrossAttn(norm1(c) -> norm1(x + cpe(x))); c = c + mlp(norm2(c)); x unchanged
-     D:  xs = x + cpe(x); both directions from (norm1(xs), norm1(c)); x = xs + ..; c = c + ..; MLPs
-     S:  xs = x + cpe(x); self-attention on xs and on c separately, same weights; MLPs */
+/* LeMeBlock. x: [N][C] image tokens, c: [M][C] meta tokens; xs = x + cpe(x) (a depthwise 3x3 conv).
+   Each attention reads norm1 of its inputs (pre-norm) or the inputs themselves (post-norm, where
+   norm1 follows the residual sum instead; see lmv__lmt_attn_out and lmv__lmt_mlp):
+     C:  c = c + gamma1 * CrossAttn(q from c, k v from xs); MLP on c; x leaves unchanged (no CPE)
+     D:  both directions between xs and c; x = xs + gamma1 * ..; c = c + gamma1 * ..; MLPs on both
+     S:  self-attention on xs and on c separately, same weights; MLPs on both */
 static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st,
                                    const lmv__lmt_block *blk, int H, int W, lmv__lmt_bufs *b, float *probs_x,
                                    float *probs_c) {
     int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
     float head_scale = (float)(1.0 / sqrt((double)hd));
+    const float *xin = b->xs, *cin = b->c; /* the attention's inputs */
     /* conditional position encoding: xs = x + dwconv3x3(x) */
     lmv__dwconv3x3(ctx, b->xs, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
     lmv__add_scaled(ctx, b->xs, b->x, N, C, NULL); /* dwconv(x) + x: the same sums as x + dwconv(x) */
-    lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
-    lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
+    if (!v->post_norm) {
+        lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
+        lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
+        xin = b->xn;
+        cin = b->cn;
+    }
 
     if (st->type == LMV__STAGE_CROSS) {
-        lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
-        lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
+        lmv__linear(ctx, b->cq, cin, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
+        lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
                         probs_c);
-        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->proj_w, blk->proj_b, NULL, b->cn);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
+        lmv__lmt_attn_out(ctx, v, blk, b->c, b->c, b->cn, M, C);
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
     if (st->type == LMV__STAGE_SELF) {
-        lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->in1_w, blk->in1_b);
         lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
                         b->scores, probs_x);
-        lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->in1_w, blk->in1_b);
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, head_scale, b->catt,
                         b->scores, probs_c);
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->proj_w, blk->proj_b, NULL, b->cn);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
     } else {
         /* dual cross attention: image queries read meta tokens with scale ln(M)/ln(N) * C^-0.5,
            meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
         double cs = 1.0 / sqrt((double)C);
         float scale_x = (float)(log((double)M) / log((double)N) * cs), scale_c = (float)(1.0 * cs);
         if (st->type == LMV__STAGE_DUAL) {
-            lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
-            lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
+            lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
+            lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
                             b->scores, probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, scale_c, b->catt,
                             b->scores, probs_c);
         } else { /* D2: q and k shared by both directions */
-            lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in1_w, blk->in1_b); /* q  v1 */
-            lmv__linear(ctx, b->cq, b->cn, M, C, 2 * C, blk->in2_w, blk->in2_b);  /* k  v2 */
+            lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->in1_w, blk->in1_b); /* q  v1 */
+            lmv__linear(ctx, b->cq, cin, M, C, 2 * C, blk->in2_w, blk->in2_b);  /* k  v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)2 * C, M, b->cq, b->cq + C, (size_t)2 * C, scale_x, b->att, b->scores,
                             probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)2 * C, N, b->qkv, b->qkv + C, (size_t)2 * C, scale_c, b->catt,
                             b->scores, probs_c);
         }
         lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->projc_w, blk->projc_b, NULL, b->cn);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
     }
-    lmv__residual(ctx, b->x, b->xs, b->xn, N, C, NULL);
+    lmv__lmt_attn_out(ctx, v, blk, b->x, b->xs, b->xn, N, C);
+    lmv__lmt_attn_out(ctx, v, blk, b->c, b->c, b->cn, M, C);
     lmv__lmt_mlp(ctx, v, st, blk, b->x, N, b->xn, b->hid);
     lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
 }
@@ -4231,6 +4330,33 @@ static lmv_result lmv__check_crop(const lmv_model *m, lmv_error *err) {
     return LMV_OK;
 }
 
+/* Bind the family's graph, then refuse a file holding any tensor the graph did not read: a
+   tensor left over means an option the graph lacks (or a hand-edited file), and running without
+   it would give confident wrong numbers. */
+static lmv_result lmv__bind_all(lmv_model *m, lmv_error *err) {
+    lmv_result r;
+    int i;
+    m->bound = (unsigned char *)lmv__alloc(&m->allocator, (size_t)m->n_tensors + 1);
+    if (!m->bound) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory opening the model");
+    memset(m->bound, 0, (size_t)m->n_tensors + 1);
+    r = m->ops->bind(m, err);
+    for (i = 0; r == LMV_OK && i < m->n_tensors; i++)
+        if (!m->bound[i]) {
+            const lmv__tensor *t = &m->tensors[i];
+            char name[200];
+            size_t len = (size_t)t->name_len < sizeof name - 1 ? (size_t)t->name_len : sizeof name - 1;
+            memcpy(name, t->name, len);
+            name[len] = 0;
+            r = lmv__fail(err, LMV_ERR_FORMAT,
+                          "tensor '%s' is not read by the %s graph with this file's settings (an option this build "
+                          "lacks, or an edited file): convert the checkpoint again",
+                          name, m->ops->arch);
+        }
+    lmv__free(&m->allocator, m->bound);
+    m->bound = NULL;
+    return r;
+}
+
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err) {
     lmv_open_options o = opt ? *opt : lmv_open_options_default();
@@ -4263,7 +4389,7 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
         return r;
     }
     m->info.family = m->ops->family;
-    if ((r = m->ops->bind(m, err)) != LMV_OK || (r = lmv__check_crop(m, err)) != LMV_OK) {
+    if ((r = lmv__bind_all(m, err)) != LMV_OK || (r = lmv__check_crop(m, err)) != LMV_OK) {
         lmv__model_release(m);
         return r;
     }

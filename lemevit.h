@@ -892,6 +892,7 @@ typedef struct lmv__tensor {
     int name_len;
     int dtype, ndim;
     int shape[LMV__MAX_DIMS];
+    int bound;            /* set while binding when the family's graph reads this tensor */
     size_t numel, nbytes;
     const unsigned char *data;
 } lmv__tensor;
@@ -938,7 +939,6 @@ struct lmv_model {
     lmv_model_info info;
     const lmv__family_ops *ops;
     void *graph;                 /* the family's weight pointers and config */
-    unsigned char *bound;        /* while binding: [n_tensors], set for each tensor the graph reads */
     lmv_arena own;               /* lmv_model_open_prealloc(): the arena over the caller's memory */
 };
 
@@ -1017,7 +1017,7 @@ static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int op
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
     *out = t;
-    if (m->bound) m->bound[t - m->tensors] = 1; /* the one place that counts what the graph reads */
+    m->tensors[t - m->tensors].bound = 1; /* the one place that counts what the graph reads */
     return LMV_OK;
 bad : {
     char want[96], have[96];
@@ -4336,12 +4336,10 @@ static lmv_result lmv__check_crop(const lmv_model *m, lmv_error *err) {
 static lmv_result lmv__bind_all(lmv_model *m, lmv_error *err) {
     lmv_result r;
     int i;
-    m->bound = (unsigned char *)lmv__alloc(&m->allocator, (size_t)m->n_tensors + 1);
-    if (!m->bound) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory opening the model");
-    memset(m->bound, 0, (size_t)m->n_tensors + 1);
+    for (i = 0; i < m->n_tensors; i++) m->tensors[i].bound = 0;
     r = m->ops->bind(m, err);
     for (i = 0; r == LMV_OK && i < m->n_tensors; i++)
-        if (!m->bound[i]) {
+        if (!m->tensors[i].bound) {
             const lmv__tensor *t = &m->tensors[i];
             char name[200];
             size_t len = (size_t)t->name_len < sizeof name - 1 ? (size_t)t->name_len : sizeof name - 1;
@@ -4352,8 +4350,6 @@ static lmv_result lmv__bind_all(lmv_model *m, lmv_error *err) {
                           "lacks, or an edited file): convert the checkpoint again",
                           name, m->ops->arch);
         }
-    lmv__free(&m->allocator, m->bound);
-    m->bound = NULL;
     return r;
 }
 

@@ -205,6 +205,7 @@ static const char *result_name(lmv_result r) {
     case LMV_ERR_LIMIT: return "LMV_ERR_LIMIT";
     case LMV_ERR_BAD_INPUT: return "LMV_ERR_BAD_INPUT";
     case LMV_ERR_IMAGE: return "LMV_ERR_IMAGE";
+    case LMV_ERR_FORMAT: return "LMV_ERR_FORMAT";
     }
     return "LMV_ERR_UNKNOWN";
 }

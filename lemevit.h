@@ -284,7 +284,9 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
    lmv_model_close(), and must be 4-byte aligned (64 for the fastest kernels).
    On a big-endian host the weights are converted on load instead: the allocator gives one
    byte-swapped copy of the file (its size + 64 bytes) that the tensors use; `data` must still
-   stay valid (names and labels are read from it). */
+   stay valid (names and labels are read from it). Every tensor of the file must be one the
+   family's graph reads with the file's settings; any other is refused (LMV_ERR_FORMAT, naming it),
+   so a model never runs with part of its weights ignored. */
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
 /* The exact number of bytes lmv_model_open_memory() asks the allocator for, in total (the 8 KB
@@ -3063,9 +3065,18 @@ static void lmv__vit_unbind(lmv_model *m) {
     m->graph = NULL;
 }
 
-/* The run-state buffers of one image, for a gh x gw patch grid. */
+/* The run-state buffers of one image, for a gh x gw patch grid (T tokens: prefix + gh*gw). */
 typedef struct lmv__vit_bufs {
-    float *x, *xn, *qkv, *attn, *hidden, *scores, *patches, *pos, *tmp, *pooled;
+    float *x;       /* [T][D]  the token stream */
+    float *xn;      /* [T][D]  a branch's input norm(x), or its output before the residual add */
+    float *qkv;     /* [T][3D] q, k, v per token (heads contiguous in each) */
+    float *attn;    /* [T][D]  attention output, before proj */
+    float *hidden;  /* [T][max(hidden, D)] the MLP's hidden activations */
+    float *scores;  /* [threads][T][T] one head's scores per thread */
+    float *patches; /* [gh*gw][C*ph*pw] patch rows for the embedding GEMM */
+    float *pos;     /* [max(P, T)][D] the position embedding for this grid */
+    float *tmp;     /* = patches: the pos-embed resampling scratch, used before patchify */
+    float *pooled;  /* [3 * max(D, F) + 2 * classes] features (2 rows if distilled), pre-logits, logits */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3680,11 +3691,12 @@ typedef struct lmv__bn {
 
 typedef struct lmv__lmt_block {
     const float *pos_w, *pos_b, *norm1_w, *norm1_b, *norm2_w, *norm2_b;
-    lmv__mat in1_w, in2_w, proj_w, projc_w, fc1_w, fc2_w;
-    const float *in1_b;   /* C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv */
-    const float *in2_b;   /* C: kv on x; D: qkv2 on c;  D2: kv2 on c */
-    const float *proj_b;  /* C, S: proj;  D, D2: proj_x */
-    const float *projc_b; /* D, D2: proj_c */
+    /* the attention's Linears, named by what they are in the official modules:
+       qkv1: C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv on x and on c
+       qkv2: C: kv on x; D: qkv2 on c;  D2: kv2 on c;  S: absent
+       proj_x: C, S: proj (C: on c);  D, D2: proj_x      proj_c: D, D2: proj_c */
+    lmv__mat qkv1_w, qkv2_w, proj_x_w, proj_c_w, fc1_w, fc2_w;
+    const float *qkv1_b, *qkv2_b, *proj_x_b, *proj_c_b;
     const float *fc1_b, *fc2_b;
     const float *gamma1, *gamma2; /* layer scale [C] of the attention and MLP branches, or NULL */
 } lmv__lmt_block;
@@ -3837,12 +3849,12 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
             int shape4[4];
             /* the official module names and widths of each attention's two input projections */
             int n1 = 3 * C, n2 = 2 * C;
-            const char *in1 = "qkv", *in2 = "kv2", *proj = "proj_x";
+            const char *qkv1 = "qkv", *qkv2 = "kv2", *proj_x = "proj_x";
             switch (st->type) {
-            case LMV__STAGE_CROSS: n1 = C; in1 = "q"; in2 = "kv"; proj = "proj"; break;
-            case LMV__STAGE_DUAL: n2 = 3 * C; in1 = "qkv1"; in2 = "qkv2"; break;
-            case LMV__STAGE_DUAL2: n1 = 2 * C; in1 = "qv1"; break;
-            case LMV__STAGE_SELF: proj = "proj"; break;
+            case LMV__STAGE_CROSS: n1 = C; qkv1 = "q"; qkv2 = "kv"; proj_x = "proj"; break;
+            case LMV__STAGE_DUAL: n2 = 3 * C; qkv1 = "qkv1"; qkv2 = "qkv2"; break;
+            case LMV__STAGE_DUAL2: n1 = 2 * C; qkv1 = "qv1"; break;
+            case LMV__STAGE_SELF: proj_x = "proj"; break;
             }
             shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
             lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
@@ -3851,12 +3863,12 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
             if ((r = lmv__w1(m, 1, C, &b->pos_b, err, name)) != LMV_OK ||
                 (r = lmv__bind_norm(m, 0, C, &b->norm1_w, &b->norm1_b, err, "stages.%d.%d.norm1", i, j)) != LMV_OK ||
                 (r = lmv__bind_norm(m, 0, C, &b->norm2_w, &b->norm2_b, err, "stages.%d.%d.norm2", i, j)) != LMV_OK ||
-                (r = lmv__bind_linear(m, 0, n1, C, &b->in1_w, &b->in1_b, err, "stages.%d.%d.attn.%s", i, j, in1)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, n1, C, &b->qkv1_w, &b->qkv1_b, err, "stages.%d.%d.attn.%s", i, j, qkv1)) != LMV_OK ||
                 (st->type != LMV__STAGE_SELF &&
-                 (r = lmv__bind_linear(m, 0, n2, C, &b->in2_w, &b->in2_b, err, "stages.%d.%d.attn.%s", i, j, in2)) != LMV_OK) ||
-                (r = lmv__bind_linear(m, 0, C, C, &b->proj_w, &b->proj_b, err, "stages.%d.%d.attn.%s", i, j, proj)) != LMV_OK ||
+                 (r = lmv__bind_linear(m, 0, n2, C, &b->qkv2_w, &b->qkv2_b, err, "stages.%d.%d.attn.%s", i, j, qkv2)) != LMV_OK) ||
+                (r = lmv__bind_linear(m, 0, C, C, &b->proj_x_w, &b->proj_x_b, err, "stages.%d.%d.attn.%s", i, j, proj_x)) != LMV_OK ||
                 ((st->type == LMV__STAGE_DUAL || st->type == LMV__STAGE_DUAL2) &&
-                 (r = lmv__bind_linear(m, 0, C, C, &b->projc_w, &b->projc_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
+                 (r = lmv__bind_linear(m, 0, C, C, &b->proj_c_w, &b->proj_c_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, Hd, C, &b->fc1_w, &b->fc1_b, err, "stages.%d.%d.mlp.0", i, j)) != LMV_OK ||
                 (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK ||
                 (r = lmv__lmt_gamma(m, C, &b->gamma1, err, "stages.%d.%d.gamma1", i, j)) != LMV_OK ||
@@ -3902,8 +3914,24 @@ static void lmv__lemevit_sizes(const lmv__lemevit *v, int h, int w, int *stem_h,
     }
 }
 
+/* The run-state buffers of one image (N = H*W image tokens of the current stage, C its width,
+   M meta tokens); each is sized for the largest stage. */
 typedef struct lmv__lmt_bufs {
-    float *x, *xs, *xn, *t, *qkv, *att, *hid, *c, *cn, *cq, *catt, *scores, *cols, *pooled, *kscratch;
+    float *x;        /* [N][C] the image map, NHWC (first the stem's second conv output) */
+    float *xs;       /* [N][C] x + cpe(x) */
+    float *xn;       /* [N][C] norm1(xs) / norm2(x), or a branch's output before the residual add */
+    float *t;        /* [H][W][C] a conv output before its BatchNorm (stem, downsample) */
+    float *qkv;      /* [N][3C] the image tokens' projections */
+    float *att;      /* [N][C] the image tokens' attention output, before proj */
+    float *hid;      /* [max(N, M)][hidden] MLP hidden; the meta-token MLP's [M][4 Cin] */
+    float *c;        /* [M][C] the meta tokens */
+    float *cn;       /* [M][C] like xn, for the meta tokens */
+    float *cq;       /* [M][3C] the meta tokens' projections */
+    float *catt;     /* [M][C] the meta tokens' attention output, before proj */
+    float *scores;   /* [threads][largest N*N, N*M or M*M] one head's scores per thread */
+    float *cols;     /* im2col rows of the convolutions */
+    float *pooled;   /* [2C + classes] pooled map and meta tokens, then logits */
+    float *kscratch; /* [9 * max(C, stem width)] depthwise kernels, BatchNorm scale and shift */
 } lmv__lmt_bufs;
 
 static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threads, float *base, lmv__lmt_bufs *b) {
@@ -4036,46 +4064,46 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     }
 
     if (st->type == LMV__STAGE_CROSS) {
-        lmv__linear(ctx, b->cq, cin, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
-        lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
+        lmv__linear(ctx, b->cq, cin, M, C, C, blk->qkv1_w, blk->qkv1_b);     /* q from meta tokens */
+        lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->qkv2_w, blk->qkv2_b); /* k, v from image tokens */
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
                         probs_c);
-        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_x_w, blk->proj_x_b);
         lmv__lmt_attn_out(ctx, v, blk, b->c, b->c, b->cn, M, C);
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
     if (st->type == LMV__STAGE_SELF) {
-        lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->qkv1_w, blk->qkv1_b);
         lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
                         b->scores, probs_x);
-        lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->qkv1_w, blk->qkv1_b);
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, head_scale, b->catt,
                         b->scores, probs_c);
-        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_w, blk->proj_b);
+        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_x_w, blk->proj_x_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_x_w, blk->proj_x_b);
     } else {
         /* dual cross attention: image queries read meta tokens with scale ln(M)/ln(N) * C^-0.5,
            meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
         double cs = 1.0 / sqrt((double)C);
         float scale_x = (float)(log((double)M) / log((double)N) * cs), scale_c = (float)(1.0 * cs);
         if (st->type == LMV__STAGE_DUAL) {
-            lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
-            lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
+            lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->qkv1_w, blk->qkv1_b); /* q1 k1 v1 */
+            lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->qkv2_w, blk->qkv2_b);  /* q2 k2 v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
                             b->scores, probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, scale_c, b->catt,
                             b->scores, probs_c);
         } else { /* D2: q and k shared by both directions */
-            lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->in1_w, blk->in1_b); /* q  v1 */
-            lmv__linear(ctx, b->cq, cin, M, C, 2 * C, blk->in2_w, blk->in2_b);  /* k  v2 */
+            lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->qkv1_w, blk->qkv1_b); /* q  v1 */
+            lmv__linear(ctx, b->cq, cin, M, C, 2 * C, blk->qkv2_w, blk->qkv2_b);  /* k  v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)2 * C, M, b->cq, b->cq + C, (size_t)2 * C, scale_x, b->att, b->scores,
                             probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)2 * C, N, b->qkv, b->qkv + C, (size_t)2 * C, scale_c, b->catt,
                             b->scores, probs_c);
         }
-        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->projc_w, blk->projc_b);
+        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_x_w, blk->proj_x_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_c_w, blk->proj_c_b);
     }
     lmv__lmt_attn_out(ctx, v, blk, b->x, b->xs, b->xn, N, C);
     lmv__lmt_attn_out(ctx, v, blk, b->c, b->c, b->cn, M, C);

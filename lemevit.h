@@ -3196,6 +3196,27 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     lmv__vit_branch_out(ctx, v, T, b->hidden, v->hidden, blk->fc2_w, blk->fc2_b, blk->ls2, blk->norm2_w, blk->norm2_b, b);
 }
 
+/* Block i with its trace hook: its attention maps go to the session's capture buffer when they
+   were asked for, then the maps and the block's output to the trace callback (`trace`: this image
+   is the traced one). */
+static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv__vit *v, int i, int T, lmv__vit_bufs *b,
+                                  int trace) {
+    char name[32];
+    float *probs = NULL;
+    if (trace) {
+        lmv__name(name, sizeof name, "blocks.%d", i);
+        probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
+    }
+    lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
+    if (!trace) return;
+    if (probs) {
+        lmv__name(name, sizeof name, "blocks.%d.attn", i);
+        lmv__trace(s, name, probs, 3, v->heads, T, T);
+    }
+    lmv__name(name, sizeof name, "blocks.%d", i);
+    lmv__trace(s, name, b->x, 2, T, v->dim, 0);
+}
+
 static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
                                    int h, int w, float *out, int features, lmv_error *err) {
     const lmv__vit *v = (const lmv__vit *)s->model->graph;
@@ -3203,7 +3224,6 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     int np = gh * gw, F = s->model->info.num_features, C = v->num_classes, P = D > F ? D : F;
     size_t img = (size_t)v->in_chans * h * w;
     lmv__vit_bufs b;
-    char name[32];
     lmv__vit_layout(v, gh, gw, ctx->threads, arena, &b);
     (void)err;
     /* the position embedding for this grid, once for the whole batch (its resampling scratch
@@ -3230,22 +3250,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         if (v->norm_pre_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
         if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
 
-        for (i = 0; i < v->depth; i++) {
-            float *probs = NULL;
-            if (trace) {
-                lmv__name(name, sizeof name, "blocks.%d", i);
-                probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
-            }
-            lmv__vit_block_forward(ctx, v, &v->blocks[i], T, &b, probs);
-            if (probs) {
-                lmv__name(name, sizeof name, "blocks.%d.attn", i);
-                lmv__trace(s, name, probs, 3, v->heads, T, T);
-            }
-            if (trace && s->trace) {
-                lmv__name(name, sizeof name, "blocks.%d", i);
-                lmv__trace(s, name, b.x, 2, T, D, 0);
-            }
-        }
+        for (i = 0; i < v->depth; i++) lmv__vit_block_hooked(s, ctx, v, i, T, &b, trace);
         if (v->norm_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
         if (trace) lmv__trace(s, "norm", b.x, 2, T, D, 0);
 
@@ -4111,6 +4116,41 @@ static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, c
     lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
 }
 
+/* Block j of stage i with its trace hook: its attention maps (x queries [heads][N][keys], c
+   queries [heads][M][keys]) go to the session's capture buffer when they were asked for, then the
+   maps and the block's x and c to the trace callback (`trace`: this image is the traced one). */
+static void lmv__lmt_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv__lemevit *v, int i, int j, int H, int W,
+                                  lmv__lmt_bufs *b, int trace) {
+    const lmv__lmt_stage *st = &v->stages[i];
+    int self = st->type == LMV__STAGE_SELF, M = v->num_meta, C = st->dim;
+    size_t N = (size_t)H * W, kx = self ? N : (size_t)M, kc = self ? (size_t)M : N;
+    size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
+    float *px = NULL, *pc = NULL;
+    char name[48];
+    if (trace) {
+        lmv__name(name, sizeof name, "stages.%d.%d", i, j);
+        pc = lmv__attn_capture(s, name, nx + nc);
+        if (pc && nx) {
+            px = pc;
+            pc += nx;
+        }
+    }
+    lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, b, px, pc);
+    if (!trace) return;
+    if (px) {
+        lmv__name(name, sizeof name, "stages.%d.%d.attn_x", i, j);
+        lmv__trace(s, name, px, 3, st->heads, (int)N, (int)kx);
+    }
+    if (pc) {
+        lmv__name(name, sizeof name, "stages.%d.%d.attn_c", i, j);
+        lmv__trace(s, name, pc, 3, st->heads, M, (int)kc);
+    }
+    lmv__name(name, sizeof name, "stages.%d.%d.x", i, j);
+    lmv__trace(s, name, b->x, 3, H, W, C);
+    lmv__name(name, sizeof name, "stages.%d.%d.c", i, j);
+    lmv__trace(s, name, b->c, 2, M, C, 0);
+}
+
 static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
                                        int h, int w, float *out, int features, lmv_error *err) {
     const lmv__lemevit *v = (const lmv__lemevit *)s->model->graph;
@@ -4163,36 +4203,7 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, floa
                 lmv__name(name, sizeof name, "stages.%d.in_c", i);
                 lmv__trace(s, name, b.c, 2, M, C, 0);
             }
-            for (j = 0; j < st->depth; j++) {
-                /* attention maps, when asked for: x queries [heads][N][keys], c queries [heads][M][keys] */
-                int self = st->type == LMV__STAGE_SELF;
-                size_t N = (size_t)H * W, kx = self ? N : (size_t)M, kc = self ? (size_t)M : N;
-                size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
-                float *px = NULL, *pc = NULL;
-                if (trace) {
-                    lmv__name(name, sizeof name, "stages.%d.%d", i, j);
-                    pc = lmv__attn_capture(s, name, nx + nc);
-                    if (pc && nx) {
-                        px = pc;
-                        pc += nx;
-                    }
-                }
-                lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, &b, px, pc);
-                if (px) {
-                    lmv__name(name, sizeof name, "stages.%d.%d.attn_x", i, j);
-                    lmv__trace(s, name, px, 3, st->heads, (int)N, (int)kx);
-                }
-                if (pc) {
-                    lmv__name(name, sizeof name, "stages.%d.%d.attn_c", i, j);
-                    lmv__trace(s, name, pc, 3, st->heads, M, (int)kc);
-                }
-                if (trace) {
-                    lmv__name(name, sizeof name, "stages.%d.%d.x", i, j);
-                    lmv__trace(s, name, b.x, 3, H, W, C);
-                    lmv__name(name, sizeof name, "stages.%d.%d.c", i, j);
-                    lmv__trace(s, name, b.c, 2, M, C, 0);
-                }
-            }
+            for (j = 0; j < st->depth; j++) lmv__lmt_block_hooked(s, ctx, v, i, j, H, W, &b, trace);
         }
         /* head: BatchNorm on the map, LayerNorm on the meta tokens, both averaged, then added */
         C4 = C;

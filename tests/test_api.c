@@ -359,13 +359,30 @@ static void test_npy(const char *in_path, const char *out_path) {
     free(buf);
 }
 
+/* A file with one tensor the graph does not read is refused with LMV_ERR_FORMAT, naming it, and
+   no model is returned. */
+static void test_stray(const char *path) {
+    size_t n;
+    unsigned char *data = load(path, &n);
+    lmv_model *m = NULL;
+    lmv_error e;
+    lmv_result r = data ? lmv_model_open_memory(data, n, NULL, &m, &e) : LMV_ERR_IO;
+    check("STRAY.lmv (one unread tensor) is refused with LMV_ERR_FORMAT naming the tensor, and no model",
+          r == LMV_ERR_FORMAT && e.code == LMV_ERR_FORMAT && strstr(e.message, "'blocks.0.attn.q_norm.weight'") && !m,
+          data ? e.message : path);
+    check("lmv_result_string(LMV_ERR_FORMAT) says what it is",
+          strcmp(lmv_result_string(LMV_ERR_FORMAT), "unknown error") != 0, lmv_result_string(LMV_ERR_FORMAT));
+    lmv_model_close(m);
+    free(data);
+}
+
 int main(int argc, char **argv) {
     size_t n1, n100, nj;
     unsigned char *m1, *m100, *jpeg;
     lmv_model *model = NULL, *model100 = NULL;
     lmv_error e;
-    if (argc != 7) {
-        fprintf(stderr, "usage: test_api MODEL.lmv MODEL100.lmv PICTURE.jpg FORMAT_VERSION IN.npy OUT.npy\n");
+    if (argc != 8) {
+        fprintf(stderr, "usage: test_api MODEL.lmv MODEL100.lmv PICTURE.jpg FORMAT_VERSION IN.npy OUT.npy STRAY.lmv\n");
         return 2;
     }
     m1 = load(argv[1], &n1);
@@ -386,6 +403,7 @@ int main(int argc, char **argv) {
     if (check("MODEL100.lmv opens", lmv_model_open_memory(m100, n100, NULL, &model100, &e) == LMV_OK, e.message))
         test_classify(model100, jpeg, nj);
     test_npy(argv[5], argv[6]);
+    test_stray(argv[7]);
     check("LEMEVIT_ASSERT is evaluated, and every invariant held", api_asserts > 0 && api_assert_failures == 0, "");
     lmv_model_close(model);
     lmv_model_close(model100);

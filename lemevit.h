@@ -215,7 +215,8 @@ typedef enum lmv_result {
     LMV_ERR_ALIGNMENT,        /* memory handed over is not aligned enough to use in place */
     LMV_ERR_LIMIT,            /* a size beyond the documented limits */
     LMV_ERR_BAD_INPUT,        /* input data (e.g. a .npy) is malformed */
-    LMV_ERR_IMAGE             /* a corrupt or truncated image file */
+    LMV_ERR_IMAGE,            /* a corrupt or truncated image file */
+    LMV_ERR_FORMAT            /* a weight file holding a tensor its architecture's graph does not read */
 } lmv_result;
 
 /* The detailed outcome of a call: the code and one sentence. */
@@ -297,7 +298,9 @@ LEMEVIT_API lmv_open_options lmv_open_options_default(void);
    lmv_model_close(), and must be 4-byte aligned (64 for the fastest kernels).
    On a big-endian host the weights are converted on load instead: the allocator gives one
    byte-swapped copy of the file (its size + 64 bytes) that the tensors use; `data` must still
-   stay valid (names and labels are read from it). */
+   stay valid (names and labels are read from it). Every tensor of the file must be one the
+   family's graph reads with the file's settings; any other is refused (LMV_ERR_FORMAT, naming it),
+   so a model never runs with part of its weights ignored. */
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err);
 /* The exact number of bytes lmv_model_open_memory() asks the allocator for, in total (the 8 KB
@@ -712,6 +715,7 @@ LEMEVIT_API const char *lmv_result_string(lmv_result r) {
     case LMV_ERR_LIMIT: return "limit exceeded";
     case LMV_ERR_BAD_INPUT: return "malformed input";
     case LMV_ERR_IMAGE: return "corrupt or truncated image";
+    case LMV_ERR_FORMAT: return "tensor not used by the model";
     }
     return "unknown error";
 }
@@ -721,7 +725,7 @@ LEMEVIT_API const char *lmv_result_name(lmv_result r) {
         "LMV_OK", "LMV_ERR_INVALID_ARGUMENT", "LMV_ERR_OUT_OF_MEMORY", "LMV_ERR_IO", "LMV_ERR_BAD_MAGIC",
         "LMV_ERR_VERSION", "LMV_ERR_ENDIAN", "LMV_ERR_TRUNCATED", "LMV_ERR_CHECKSUM", "LMV_ERR_CORRUPT",
         "LMV_ERR_MISSING_TENSOR", "LMV_ERR_SHAPE", "LMV_ERR_UNSUPPORTED", "LMV_ERR_INPUT_SIZE", "LMV_ERR_ALIGNMENT",
-        "LMV_ERR_LIMIT", "LMV_ERR_BAD_INPUT", "LMV_ERR_IMAGE"};
+        "LMV_ERR_LIMIT", "LMV_ERR_BAD_INPUT", "LMV_ERR_IMAGE", "LMV_ERR_FORMAT"};
     unsigned i = (unsigned)r;
     return i < sizeof names / sizeof names[0] ? names[i] : "LMV_ERR_UNKNOWN";
 }
@@ -732,7 +736,6 @@ LEMEVIT_API const char *lmv_dtype_name(lmv_dtype dtype) {
     return d < 4 ? names[d] : "unknown";
 }
 
-/* A tiny formatter for error messages (%s %d %u %zu %c %%), so messages need no stdio. */
 /* A small vsnprintf for messages (%s %d %u %zu %c %%), free of the C library's locale and FILE
    machinery so that firmware builds can use it. A %s argument longer than `max_arg` (0: no limit)
    keeps its first and last max_arg/2 characters with "..." between, so that a long path or key
@@ -944,6 +947,7 @@ typedef struct lmv__tensor {
     int name_len;
     int dtype, ndim;
     int shape[LMV__MAX_DIMS];
+    int bound;            /* set while binding when the family's graph reads this tensor */
     size_t numel, nbytes;
     const unsigned char *data;
 } lmv__tensor;
@@ -1068,6 +1072,7 @@ static lmv_result lmv__find_checked(const lmv_model *m, const char *name, int op
     for (i = 0; i < ndim; i++)
         if (t->shape[i] != shape[i]) goto bad;
     *out = t;
+    m->tensors[t - m->tensors].bound = 1; /* the one place that counts what the graph reads */
     return LMV_OK;
 bad : {
     char want[96], have[96];
@@ -2958,9 +2963,18 @@ typedef struct lmv__vit_block {
     lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__vit_block;
 
+/* Where a block's LayerNorms sit around each residual branch f (attention, then MLP). */
+typedef enum lmv__norm_at {
+    LMV__NORM_PRE = 0,  /* x = x + f(norm(x))          timm Block (vit.block "pre") */
+    LMV__NORM_POST,     /* x = norm(x + f(x))          nn.TransformerEncoderLayer (vit.norm_first 0) */
+    LMV__NORM_RES_POST  /* x = x + norm(f(x))          timm ResPostBlock (vit.block "res_post") */
+} lmv__norm_at;
+
 typedef struct lmv__vit {
     int dim, depth, heads, hidden, in_chans, ph, pw, pos_gh, pos_gw;
     int class_token, class_last, dist_token, reg_tokens, prefix, no_embed_class, norm_first;
+    lmv__norm_at norm_at;
+    int quick_gelu; /* the MLP's activation is QuickGELU x * sigmoid(1.702 x) (CLIP) */
     int pool_avg, pre_logits, num_classes, pos_rows;
     float eps, scale;
     lmv__act act;
@@ -3019,7 +3033,17 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!strcmp(s, "gelu")) v->act = LMV__ACT_GELU;
     else if (!strcmp(s, "gelu_tanh")) v->act = LMV__ACT_GELU_TANH;
     else if (!strcmp(s, "relu")) v->act = LMV__ACT_RELU;
-    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu", s);
+    else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
+    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu", s);
+    s = lmv__meta_string(m, "vit.block", "pre");
+    v->norm_at = v->norm_first ? LMV__NORM_PRE : LMV__NORM_POST;
+    if (!strcmp(s, "res_post")) {
+        if (!v->norm_first)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "vit.block 'res_post' contradicts vit.norm_first 0: set only one of them");
+        v->norm_at = LMV__NORM_RES_POST;
+    } else if (strcmp(s, "pre")) {
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.block '%s' is not one of pre, res_post", s);
+    }
     s = lmv__meta_string(m, "vit.pool", "token");
     if (!strcmp(s, "avg")) v->pool_avg = 1;
     else if (strcmp(s, "token")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg", s);
@@ -3077,6 +3101,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
             (r = lmv__bind_linear(m, 0, Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK)
             return r;
+        if (v->norm_at == LMV__NORM_RES_POST) continue; /* ResPostBlock has no layer scale */
         lmv__name(name, sizeof name, "blocks.%d.ls1.gamma", i);
         if ((r = lmv__w1(m, 1, D, &b->ls1, err, name)) != LMV_OK) return r;
         lmv__name(name, sizeof name, "blocks.%d.ls2.gamma", i);
@@ -3093,9 +3118,18 @@ static void lmv__vit_unbind(lmv_model *m) {
     m->graph = NULL;
 }
 
-/* The run-state buffers of one image, for a gh x gw patch grid. */
+/* The run-state buffers of one image, for a gh x gw patch grid (T tokens: prefix + gh*gw). */
 typedef struct lmv__vit_bufs {
-    float *x, *xn, *qkv, *attn, *hidden, *scores, *patches, *pos, *tmp, *pooled;
+    float *x;       /* [T][D]  the token stream */
+    float *xn;      /* [T][D]  a branch's input norm(x), or its output before the residual add */
+    float *qkv;     /* [T][3D] q, k, v per token (heads contiguous in each) */
+    float *attn;    /* [T][D]  attention output, before proj */
+    float *hidden;  /* [T][max(hidden, D)] the MLP's hidden activations */
+    float *scores;  /* [threads][T][T] one head's scores per thread */
+    float *patches; /* [gh*gw][C*ph*pw] patch rows for the embedding GEMM */
+    float *pos;     /* [max(P, T)][D] the position embedding for this grid */
+    float *tmp;     /* = patches: the pos-embed resampling scratch, used before patchify */
+    float *pooled;  /* [3 * max(D, F) + 2 * classes] features (2 rows if distilled), pre-logits, logits */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3146,17 +3180,51 @@ static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs 
                            b->tmp + (size_t)v->pos_gh * gw * D);
 }
 
-/* x = x + attn(norm1(x)); x = x + mlp(norm2(x))  (pre-norm, timm), or
-   x = norm1(x + attn(x)); x = norm2(x + mlp(x))   (post-norm, nn.TransformerEncoderLayer). */
+/* QuickGELU in place: x * sigmoid(1.702 x), as CLIP's and timm's QuickGELU. */
+static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
+    int r, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * dim;
+        for (i = 0; i < dim; i++) xr[i] = xr[i] / (1.0f + expf(-1.702f * xr[i]));
+    }
+    (void)ctx;
+}
+
+/* The input of a residual branch: norm(x) into xn for pre-norm blocks, x itself otherwise. */
+static const float *lmv__vit_branch_in(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *nw, const float *nb,
+                                       lmv__vit_bufs *b) {
+    if (v->norm_at != LMV__NORM_PRE) return b->x;
+    lmv__layernorm(ctx, b->xn, b->x, T, v->dim, nw, nb, v->eps);
+    return b->xn;
+}
+
+/* The end of a residual branch whose last layer is the Linear (W, bias) over h [T][in]:
+   pre-norm  x = x + ls * (h W^T + bias);  post-norm  x = norm(x + h W^T + bias);
+   res-post  x = x + norm(h W^T + bias). xn is scratch (the branch input is used up by then). */
+static void lmv__vit_branch_out(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *h, int in, lmv__mat W,
+                                const float *bias, const float *ls, const float *nw, const float *nb, lmv__vit_bufs *b) {
+    int D = v->dim;
+    if (v->norm_at == LMV__NORM_RES_POST) {
+        lmv__linear(ctx, b->xn, h, T, in, D, W, bias);
+        lmv__layernorm(ctx, b->xn, b->xn, T, D, nw, nb, v->eps);
+        lmv__add_scaled(ctx, b->x, b->xn, T, D, NULL);
+        return;
+    }
+    lmv__linear_residual(ctx, b->x, h, T, in, D, W, bias, ls, b->xn);
+    if (v->norm_at == LMV__NORM_POST) lmv__layernorm(ctx, b->x, b->x, T, D, nw, nb, v->eps);
+}
+
+/* One encoder block, the norms placed by v->norm_at (see lmv__norm_at):
+     attention: qkv = Linear(in); softmax(q k^T * scale) v; proj, residual
+     MLP:       fc1, act, fc2, residual */
 static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T,
                                    lmv__vit_bufs *b, float *probs) {
     int D = v->dim;
     lmv__attn_args a;
-    const float *in = b->x;
-    if (v->norm_first) {
-        lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
-        in = b->xn;
-    }
+    const float *in = lmv__vit_branch_in(ctx, v, T, blk->norm1_w, blk->norm1_b, b);
     lmv__linear(ctx, b->qkv, in, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
     memset(&a, 0, sizeof a);
     a.groups = 1;
@@ -3173,17 +3241,33 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.scores = b->scores;
     a.probs = probs;
     lmv__attention(ctx, &a);
-    lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
-    if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__vit_branch_out(ctx, v, T, b->attn, D, blk->proj_w, blk->proj_b, blk->ls1, blk->norm1_w, blk->norm1_b, b);
 
-    in = b->x;
-    if (v->norm_first) {
-        lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
-        in = b->xn;
-    }
+    in = lmv__vit_branch_in(ctx, v, T, blk->norm2_w, blk->norm2_b, b);
     lmv__linear_act(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b, v->act);
-    lmv__linear_residual(ctx, b->x, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls2, b->xn);
-    if (!v->norm_first) lmv__layernorm(ctx, b->x, b->x, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+    if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
+    lmv__vit_branch_out(ctx, v, T, b->hidden, v->hidden, blk->fc2_w, blk->fc2_b, blk->ls2, blk->norm2_w, blk->norm2_b, b);
+}
+
+/* Block i with its trace hook: its attention maps go to the session's capture buffer when they
+   were asked for, then the maps and the block's output to the trace callback (`trace`: this image
+   is the traced one). */
+static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv__vit *v, int i, int T, lmv__vit_bufs *b,
+                                  int trace) {
+    char name[32];
+    float *probs = NULL;
+    if (trace) {
+        lmv__name(name, sizeof name, "blocks.%d", i);
+        probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
+    }
+    lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
+    if (!trace) return;
+    if (probs) {
+        lmv__name(name, sizeof name, "blocks.%d.attn", i);
+        lmv__trace(s, name, probs, 3, v->heads, T, T);
+    }
+    lmv__name(name, sizeof name, "blocks.%d", i);
+    lmv__trace(s, name, b->x, 2, T, v->dim, 0);
 }
 
 static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
@@ -3193,7 +3277,6 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     int np = gh * gw, F = s->model->info.num_features, C = v->num_classes, P = D > F ? D : F;
     size_t img = (size_t)v->in_chans * h * w;
     lmv__vit_bufs b;
-    char name[32];
     lmv__vit_layout(v, gh, gw, ctx->threads, arena, &b);
     (void)err;
     /* the position embedding for this grid, once for the whole batch (its resampling scratch
@@ -3220,22 +3303,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         if (v->norm_pre_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
         if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
 
-        for (i = 0; i < v->depth; i++) {
-            float *probs = NULL;
-            if (trace) {
-                lmv__name(name, sizeof name, "blocks.%d", i);
-                probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
-            }
-            lmv__vit_block_forward(ctx, v, &v->blocks[i], T, &b, probs);
-            if (probs) {
-                lmv__name(name, sizeof name, "blocks.%d.attn", i);
-                lmv__trace(s, name, probs, 3, v->heads, T, T);
-            }
-            if (trace && s->trace) {
-                lmv__name(name, sizeof name, "blocks.%d", i);
-                lmv__trace(s, name, b.x, 2, T, D, 0);
-            }
-        }
+        for (i = 0; i < v->depth; i++) lmv__vit_block_hooked(s, ctx, v, i, T, &b, trace);
         if (v->norm_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
         if (trace) lmv__trace(s, "norm", b.x, 2, T, D, 0);
 
@@ -3681,12 +3749,14 @@ typedef struct lmv__bn {
 
 typedef struct lmv__lmt_block {
     const float *pos_w, *pos_b, *norm1_w, *norm1_b, *norm2_w, *norm2_b;
-    lmv__mat in1_w, in2_w, proj_w, projc_w, fc1_w, fc2_w;
-    const float *in1_b;   /* C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv */
-    const float *in2_b;   /* C: kv on x; D: qkv2 on c;  D2: kv2 on c */
-    const float *proj_b;  /* C, S: proj;  D, D2: proj_x */
-    const float *projc_b; /* D, D2: proj_c */
+    /* the attention's Linears, named by what they are in the official modules:
+       qkv1: C: q on c;  D: qkv1 on x;  D2: qv1 on x;  S: qkv on x and on c
+       qkv2: C: kv on x; D: qkv2 on c;  D2: kv2 on c;  S: absent
+       proj_x: C, S: proj (C: on c);  D, D2: proj_x      proj_c: D, D2: proj_c */
+    lmv__mat qkv1_w, qkv2_w, proj_x_w, proj_c_w, fc1_w, fc2_w;
+    const float *qkv1_b, *qkv2_b, *proj_x_b, *proj_c_b;
     const float *fc1_b, *fc2_b;
+    const float *gamma1, *gamma2; /* layer scale [C] of the attention and MLP branches, or NULL */
 } lmv__lmt_block;
 
 /* A stage's attention, by the letter lemevit.attn_types stores for it. */
@@ -3710,6 +3780,7 @@ typedef struct lmv__lmt_stage {
 
 typedef struct lmv__lemevit {
     int n_stages, head_dim, num_meta, in_chans, num_classes, stem_mid;
+    int post_norm; /* LeMeBlock pre_norm=False: t = norm1(t + attn(t)), t = norm2(t + mlp(t)) */
     float eps, meta_eps, bn_eps;
     const float *meta_tokens, *stem1_b, *stem2_b;
     lmv__mat stem1_w, stem2_w;
@@ -3745,6 +3816,22 @@ static lmv_result lmv__conv_bind(const lmv_model *m, const char *prefix, int out
     return lmv__w1(m, 1, out, b, err, name);
 }
 
+/* An official LeMeBlock layer scale: "<name>" of shape [1, 1, C] (as the official code keeps it)
+   or [C]; optional. */
+static lmv_result lmv__lmt_gamma(const lmv_model *m, int C, const float **out, lmv_error *err, const char *fmt, ...) {
+    char name[96];
+    int shape[3];
+    const lmv__tensor *t;
+    va_list ap;
+    va_start(ap, fmt);
+    lmv__vformat(name, sizeof name, 0, fmt, ap);
+    va_end(ap);
+    t = lmv__find_tensor(m, name);
+    if (t && t->ndim == 1) return lmv__w1(m, 1, C, out, err, name);
+    shape[0] = 1; shape[1] = 1; shape[2] = C;
+    return lmv__weight(m, name, 1, 3, shape, out, err);
+}
+
 static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     lmv__lemevit *v;
     const lmv__meta *types;
@@ -3762,7 +3849,8 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
     if ((r = lmv__meta_int_range(m, "lemevit.head_dim", 0, 1, 4096, 32, &v->head_dim, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "lemevit.num_meta", 0, 1, 4096, 16, &v->num_meta, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "in_chans", 0, 1, 64, 3, &v->in_chans, err)) != LMV_OK ||
-        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK)
+        (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "lemevit.post_norm", 0, 0, 1, 0, &v->post_norm, err)) != LMV_OK)
         return r;
     v->eps = lmv__meta_float(m, "lemevit.norm_eps", 0, 1e-6f);
     v->meta_eps = lmv__meta_float(m, "lemevit.meta_eps", 0, 1e-5f);
@@ -3819,12 +3907,12 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
             int shape4[4];
             /* the official module names and widths of each attention's two input projections */
             int n1 = 3 * C, n2 = 2 * C;
-            const char *in1 = "qkv", *in2 = "kv2", *proj = "proj_x";
+            const char *qkv1 = "qkv", *qkv2 = "kv2", *proj_x = "proj_x";
             switch (st->type) {
-            case LMV__STAGE_CROSS: n1 = C; in1 = "q"; in2 = "kv"; proj = "proj"; break;
-            case LMV__STAGE_DUAL: n2 = 3 * C; in1 = "qkv1"; in2 = "qkv2"; break;
-            case LMV__STAGE_DUAL2: n1 = 2 * C; in1 = "qv1"; break;
-            case LMV__STAGE_SELF: proj = "proj"; break;
+            case LMV__STAGE_CROSS: n1 = C; qkv1 = "q"; qkv2 = "kv"; proj_x = "proj"; break;
+            case LMV__STAGE_DUAL: n2 = 3 * C; qkv1 = "qkv1"; qkv2 = "qkv2"; break;
+            case LMV__STAGE_DUAL2: n1 = 2 * C; qkv1 = "qv1"; break;
+            case LMV__STAGE_SELF: proj_x = "proj"; break;
             }
             shape4[0] = C; shape4[1] = 1; shape4[2] = 3; shape4[3] = 3;
             lmv__name(name, sizeof name, "stages.%d.%d.pos_embed.weight", i, j);
@@ -3833,15 +3921,19 @@ static lmv_result lmv__lemevit_bind(lmv_model *m, lmv_error *err) {
             if ((r = lmv__w1(m, 1, C, &b->pos_b, err, name)) != LMV_OK ||
                 (r = lmv__bind_norm(m, 0, C, &b->norm1_w, &b->norm1_b, err, "stages.%d.%d.norm1", i, j)) != LMV_OK ||
                 (r = lmv__bind_norm(m, 0, C, &b->norm2_w, &b->norm2_b, err, "stages.%d.%d.norm2", i, j)) != LMV_OK ||
-                (r = lmv__bind_linear(m, 0, n1, C, &b->in1_w, &b->in1_b, err, "stages.%d.%d.attn.%s", i, j, in1)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, n1, C, &b->qkv1_w, &b->qkv1_b, err, "stages.%d.%d.attn.%s", i, j, qkv1)) != LMV_OK ||
                 (st->type != LMV__STAGE_SELF &&
-                 (r = lmv__bind_linear(m, 0, n2, C, &b->in2_w, &b->in2_b, err, "stages.%d.%d.attn.%s", i, j, in2)) != LMV_OK) ||
-                (r = lmv__bind_linear(m, 0, C, C, &b->proj_w, &b->proj_b, err, "stages.%d.%d.attn.%s", i, j, proj)) != LMV_OK ||
+                 (r = lmv__bind_linear(m, 0, n2, C, &b->qkv2_w, &b->qkv2_b, err, "stages.%d.%d.attn.%s", i, j, qkv2)) != LMV_OK) ||
+                (r = lmv__bind_linear(m, 0, C, C, &b->proj_x_w, &b->proj_x_b, err, "stages.%d.%d.attn.%s", i, j, proj_x)) != LMV_OK ||
                 ((st->type == LMV__STAGE_DUAL || st->type == LMV__STAGE_DUAL2) &&
-                 (r = lmv__bind_linear(m, 0, C, C, &b->projc_w, &b->projc_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
+                 (r = lmv__bind_linear(m, 0, C, C, &b->proj_c_w, &b->proj_c_b, err, "stages.%d.%d.attn.proj_c", i, j)) != LMV_OK) ||
                 (r = lmv__bind_linear(m, 0, Hd, C, &b->fc1_w, &b->fc1_b, err, "stages.%d.%d.mlp.0", i, j)) != LMV_OK ||
-                (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK)
+                (r = lmv__bind_linear(m, 0, C, Hd, &b->fc2_w, &b->fc2_b, err, "stages.%d.%d.mlp.3", i, j)) != LMV_OK ||
+                (r = lmv__lmt_gamma(m, C, &b->gamma1, err, "stages.%d.%d.gamma1", i, j)) != LMV_OK ||
+                (r = lmv__lmt_gamma(m, C, &b->gamma2, err, "stages.%d.%d.gamma2", i, j)) != LMV_OK)
                 return r;
+            if (!b->gamma1 != !b->gamma2)
+                return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "stages.%d.%d has only one of gamma1 and gamma2", i, j);
         }
         prev = C;
     }
@@ -3880,8 +3972,24 @@ static void lmv__lemevit_sizes(const lmv__lemevit *v, int h, int w, int *stem_h,
     }
 }
 
+/* The run-state buffers of one image (N = H*W image tokens of the current stage, C its width,
+   M meta tokens); each is sized for the largest stage. */
 typedef struct lmv__lmt_bufs {
-    float *x, *xs, *xn, *t, *qkv, *att, *hid, *c, *cn, *cq, *catt, *scores, *cols, *pooled, *kscratch;
+    float *x;        /* [N][C] the image map, NHWC (first the stem's second conv output) */
+    float *xs;       /* [N][C] x + cpe(x) */
+    float *xn;       /* [N][C] norm1(xs) / norm2(x), or a branch's output before the residual add */
+    float *t;        /* [H][W][C] a conv output before its BatchNorm (stem, downsample) */
+    float *qkv;      /* [N][3C] the image tokens' projections */
+    float *att;      /* [N][C] the image tokens' attention output, before proj */
+    float *hid;      /* [max(N, M)][hidden] MLP hidden; the meta-token MLP's [M][4 Cin] */
+    float *c;        /* [M][C] the meta tokens */
+    float *cn;       /* [M][C] like xn, for the meta tokens */
+    float *cq;       /* [M][3C] the meta tokens' projections */
+    float *catt;     /* [M][C] the meta tokens' attention output, before proj */
+    float *scores;   /* [threads][largest N*N, N*M or M*M] one head's scores per thread */
+    float *cols;     /* im2col rows of the convolutions */
+    float *pooled;   /* [2C + classes] pooled map and meta tokens, then logits */
+    float *kscratch; /* [9 * max(C, stem width)] depthwise kernels, BatchNorm scale and shift */
 } lmv__lmt_bufs;
 
 static size_t lmv__lemevit_layout(const lmv__lemevit *v, int h, int w, int threads, float *base, lmv__lmt_bufs *b) {
@@ -3944,13 +4052,27 @@ static lmv_result lmv__lemevit_plan(const lmv_model *m, int threads, int h, int 
     return LMV_OK;
 }
 
-/* t = t + fc2(gelu(fc1(norm2(t)))): the block MLP, shared by image and meta tokens. */
+/* The block MLP, shared by image and meta tokens: t = t + gamma2 * fc2(gelu(fc1(norm2(t)))), or
+   post-norm t = norm2(t + gamma2 * fc2(gelu(fc1(t)))). tn is scratch. */
 static void lmv__lmt_mlp(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st, const lmv__lmt_block *blk,
                          float *t, int rows, float *tn, float *hid) {
     int C = st->dim;
-    lmv__layernorm(ctx, tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
-    lmv__linear_act(ctx, hid, tn, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
-    lmv__linear_residual(ctx, t, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b, NULL, tn);
+    const float *in = t;
+    if (!v->post_norm) {
+        lmv__layernorm(ctx, tn, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
+        in = tn;
+    }
+    lmv__linear_act(ctx, hid, in, rows, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
+    lmv__linear_residual(ctx, t, hid, rows, st->hidden, C, blk->fc2_w, blk->fc2_b, blk->gamma2, tn);
+    if (v->post_norm) lmv__layernorm(ctx, t, t, rows, C, blk->norm2_w, blk->norm2_b, v->eps);
+}
+
+/* The attention branch's end for tokens t [rows][C]: t = t + gamma1 * a (a already projected), or
+   post-norm t = norm1(t + gamma1 * a); t may be written from `from` (t = from + ...). */
+static void lmv__lmt_attn_out(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_block *blk, float *t,
+                              const float *from, const float *a, int rows, int C) {
+    lmv__residual(ctx, t, from, a, rows, C, blk->gamma1);
+    if (v->post_norm) lmv__layernorm(ctx, t, t, rows, C, blk->norm1_w, blk->norm1_b, v->eps);
 }
 
 /* One multi-head attention between two token sets whose q, k, v sit in row buffers. */
@@ -3977,65 +4099,109 @@ static void lmv__lmt_attend(const lmv__ctx *ctx, const lmv__lmt_stage *st, int h
     lmv__attention(ctx, &a);
 }
 
-/* LeMeBlock (pre-norm). x: [N][C] image tokens, c: [M][C] meta tokens.
-     C:  c = c + CrossAttn(norm1(c) -> norm1(x + cpe(x))); c = c + mlp(norm2(c)); x unchanged
-     D:  xs = x + cpe(x); both directions from (norm1(xs), norm1(c)); x = xs + ..; c = c + ..; MLPs
-     S:  xs = x + cpe(x); self-attention on xs and on c separately, same weights; MLPs */
+/* LeMeBlock. x: [N][C] image tokens, c: [M][C] meta tokens; xs = x + cpe(x) (a depthwise 3x3 conv).
+   Each attention reads norm1 of its inputs (pre-norm) or the inputs themselves (post-norm, where
+   norm1 follows the residual sum instead; see lmv__lmt_attn_out and lmv__lmt_mlp):
+     C:  c = c + gamma1 * CrossAttn(q from c, k v from xs); MLP on c; x leaves unchanged (no CPE)
+     D:  both directions between xs and c; x = xs + gamma1 * ..; c = c + gamma1 * ..; MLPs on both
+     S:  self-attention on xs and on c separately, same weights; MLPs on both */
 static void lmv__lmt_block_forward(const lmv__ctx *ctx, const lmv__lemevit *v, const lmv__lmt_stage *st,
                                    const lmv__lmt_block *blk, int H, int W, lmv__lmt_bufs *b, float *probs_x,
                                    float *probs_c) {
     int C = st->dim, N = H * W, M = v->num_meta, hd = v->head_dim;
     float head_scale = (float)(1.0 / sqrt((double)hd));
+    const float *xin = b->xs, *cin = b->c; /* the attention's inputs */
     /* conditional position encoding: xs = x + dwconv3x3(x) */
     lmv__dwconv3x3(ctx, b->xs, b->x, H, W, C, blk->pos_w, blk->pos_b, b->kscratch);
     lmv__add_scaled(ctx, b->xs, b->x, N, C, NULL); /* dwconv(x) + x: the same sums as x + dwconv(x) */
-    lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
-    lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
+    if (!v->post_norm) {
+        lmv__layernorm(ctx, b->xn, b->xs, N, C, blk->norm1_w, blk->norm1_b, v->eps);
+        lmv__layernorm(ctx, b->cn, b->c, M, C, blk->norm1_w, blk->norm1_b, v->eps);
+        xin = b->xn;
+        cin = b->cn;
+    }
 
     if (st->type == LMV__STAGE_CROSS) {
-        lmv__linear(ctx, b->cq, b->cn, M, C, C, blk->in1_w, blk->in1_b);     /* q from meta tokens */
-        lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in2_w, blk->in2_b); /* k, v from image tokens */
+        lmv__linear(ctx, b->cq, cin, M, C, C, blk->qkv1_w, blk->qkv1_b);     /* q from meta tokens */
+        lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->qkv2_w, blk->qkv2_b); /* k, v from image tokens */
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)C, N, b->qkv, b->qkv + C, (size_t)2 * C, head_scale, b->catt, b->scores,
                         probs_c);
-        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->proj_w, blk->proj_b, NULL, b->cn);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_x_w, blk->proj_x_b);
+        lmv__lmt_attn_out(ctx, v, blk, b->c, b->c, b->cn, M, C);
         lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
         return; /* the image map leaves without its position encoding */
     }
     if (st->type == LMV__STAGE_SELF) {
-        lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->qkv1_w, blk->qkv1_b);
         lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, head_scale, b->att,
                         b->scores, probs_x);
-        lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in1_w, blk->in1_b);
+        lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->qkv1_w, blk->qkv1_b);
         lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, head_scale, b->catt,
                         b->scores, probs_c);
-        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->proj_w, blk->proj_b, NULL, b->cn);
+        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_x_w, blk->proj_x_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_x_w, blk->proj_x_b);
     } else {
         /* dual cross attention: image queries read meta tokens with scale ln(M)/ln(N) * C^-0.5,
            meta queries read image tokens with C^-0.5 (C the full stage width, N the tokens now) */
         double cs = 1.0 / sqrt((double)C);
         float scale_x = (float)(log((double)M) / log((double)N) * cs), scale_c = (float)(1.0 * cs);
         if (st->type == LMV__STAGE_DUAL) {
-            lmv__linear(ctx, b->qkv, b->xn, N, C, 3 * C, blk->in1_w, blk->in1_b); /* q1 k1 v1 */
-            lmv__linear(ctx, b->cq, b->cn, M, C, 3 * C, blk->in2_w, blk->in2_b);  /* q2 k2 v2 */
+            lmv__linear(ctx, b->qkv, xin, N, C, 3 * C, blk->qkv1_w, blk->qkv1_b); /* q1 k1 v1 */
+            lmv__linear(ctx, b->cq, cin, M, C, 3 * C, blk->qkv2_w, blk->qkv2_b);  /* q2 k2 v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)3 * C, M, b->cq + C, b->cq + 2 * C, (size_t)3 * C, scale_x, b->att,
                             b->scores, probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)3 * C, N, b->qkv + C, b->qkv + 2 * C, (size_t)3 * C, scale_c, b->catt,
                             b->scores, probs_c);
         } else { /* D2: q and k shared by both directions */
-            lmv__linear(ctx, b->qkv, b->xn, N, C, 2 * C, blk->in1_w, blk->in1_b); /* q  v1 */
-            lmv__linear(ctx, b->cq, b->cn, M, C, 2 * C, blk->in2_w, blk->in2_b);  /* k  v2 */
+            lmv__linear(ctx, b->qkv, xin, N, C, 2 * C, blk->qkv1_w, blk->qkv1_b); /* q  v1 */
+            lmv__linear(ctx, b->cq, cin, M, C, 2 * C, blk->qkv2_w, blk->qkv2_b);  /* k  v2 */
             lmv__lmt_attend(ctx, st, hd, N, b->qkv, (size_t)2 * C, M, b->cq, b->cq + C, (size_t)2 * C, scale_x, b->att, b->scores,
                             probs_x);
             lmv__lmt_attend(ctx, st, hd, M, b->cq, (size_t)2 * C, N, b->qkv, b->qkv + C, (size_t)2 * C, scale_c, b->catt,
                             b->scores, probs_c);
         }
-        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_w, blk->proj_b);
-        lmv__linear_residual(ctx, b->c, b->catt, M, C, C, blk->projc_w, blk->projc_b, NULL, b->cn);
+        lmv__linear(ctx, b->xn, b->att, N, C, C, blk->proj_x_w, blk->proj_x_b);
+        lmv__linear(ctx, b->cn, b->catt, M, C, C, blk->proj_c_w, blk->proj_c_b);
     }
-    lmv__residual(ctx, b->x, b->xs, b->xn, N, C, NULL);
+    lmv__lmt_attn_out(ctx, v, blk, b->x, b->xs, b->xn, N, C);
+    lmv__lmt_attn_out(ctx, v, blk, b->c, b->c, b->cn, M, C);
     lmv__lmt_mlp(ctx, v, st, blk, b->x, N, b->xn, b->hid);
     lmv__lmt_mlp(ctx, v, st, blk, b->c, M, b->cn, b->hid);
+}
+
+/* Block j of stage i with its trace hook: its attention maps (x queries [heads][N][keys], c
+   queries [heads][M][keys]) go to the session's capture buffer when they were asked for, then the
+   maps and the block's x and c to the trace callback (`trace`: this image is the traced one). */
+static void lmv__lmt_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv__lemevit *v, int i, int j, int H, int W,
+                                  lmv__lmt_bufs *b, int trace) {
+    const lmv__lmt_stage *st = &v->stages[i];
+    int self = st->type == LMV__STAGE_SELF, M = v->num_meta, C = st->dim;
+    size_t N = (size_t)H * W, kx = self ? N : (size_t)M, kc = self ? (size_t)M : N;
+    size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
+    float *px = NULL, *pc = NULL;
+    char name[48];
+    if (trace) {
+        lmv__name(name, sizeof name, "stages.%d.%d", i, j);
+        pc = lmv__attn_capture(s, name, nx + nc);
+        if (pc && nx) {
+            px = pc;
+            pc += nx;
+        }
+    }
+    lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, b, px, pc);
+    if (!trace) return;
+    if (px) {
+        lmv__name(name, sizeof name, "stages.%d.%d.attn_x", i, j);
+        lmv__trace(s, name, px, 3, st->heads, (int)N, (int)kx);
+    }
+    if (pc) {
+        lmv__name(name, sizeof name, "stages.%d.%d.attn_c", i, j);
+        lmv__trace(s, name, pc, 3, st->heads, M, (int)kc);
+    }
+    lmv__name(name, sizeof name, "stages.%d.%d.x", i, j);
+    lmv__trace(s, name, b->x, 3, H, W, C);
+    lmv__name(name, sizeof name, "stages.%d.%d.c", i, j);
+    lmv__trace(s, name, b->c, 2, M, C, 0);
 }
 
 static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
@@ -4090,36 +4256,7 @@ static lmv_result lmv__lemevit_forward(lmv_session *s, const lmv__ctx *ctx, floa
                 lmv__name(name, sizeof name, "stages.%d.in_c", i);
                 lmv__trace(s, name, b.c, 2, M, C, 0);
             }
-            for (j = 0; j < st->depth; j++) {
-                /* attention maps, when asked for: x queries [heads][N][keys], c queries [heads][M][keys] */
-                int self = st->type == LMV__STAGE_SELF;
-                size_t N = (size_t)H * W, kx = self ? N : (size_t)M, kc = self ? (size_t)M : N;
-                size_t nx = st->type == LMV__STAGE_CROSS ? 0 : (size_t)st->heads * N * kx, nc = (size_t)st->heads * M * kc;
-                float *px = NULL, *pc = NULL;
-                if (trace) {
-                    lmv__name(name, sizeof name, "stages.%d.%d", i, j);
-                    pc = lmv__attn_capture(s, name, nx + nc);
-                    if (pc && nx) {
-                        px = pc;
-                        pc += nx;
-                    }
-                }
-                lmv__lmt_block_forward(ctx, v, st, &st->blocks[j], H, W, &b, px, pc);
-                if (px) {
-                    lmv__name(name, sizeof name, "stages.%d.%d.attn_x", i, j);
-                    lmv__trace(s, name, px, 3, st->heads, (int)N, (int)kx);
-                }
-                if (pc) {
-                    lmv__name(name, sizeof name, "stages.%d.%d.attn_c", i, j);
-                    lmv__trace(s, name, pc, 3, st->heads, M, (int)kc);
-                }
-                if (trace) {
-                    lmv__name(name, sizeof name, "stages.%d.%d.x", i, j);
-                    lmv__trace(s, name, b.x, 3, H, W, C);
-                    lmv__name(name, sizeof name, "stages.%d.%d.c", i, j);
-                    lmv__trace(s, name, b.c, 2, M, C, 0);
-                }
-            }
+            for (j = 0; j < st->depth; j++) lmv__lmt_block_hooked(s, ctx, v, i, j, H, W, &b, trace);
         }
         /* head: BatchNorm on the map, LayerNorm on the meta tokens, both averaged, then added */
         C4 = C;
@@ -4285,6 +4422,29 @@ static lmv_result lmv__check_crop(const lmv_model *m, lmv_error *err) {
     return LMV_OK;
 }
 
+/* Bind the family's graph, then refuse a file holding any tensor the graph did not read: a
+   tensor left over means an option the graph lacks (or a hand-edited file), and running without
+   it would give confident wrong numbers. */
+static lmv_result lmv__bind_all(lmv_model *m, lmv_error *err) {
+    lmv_result r;
+    int i;
+    for (i = 0; i < m->n_tensors; i++) m->tensors[i].bound = 0;
+    r = m->ops->bind(m, err);
+    for (i = 0; r == LMV_OK && i < m->n_tensors; i++)
+        if (!m->tensors[i].bound) {
+            const lmv__tensor *t = &m->tensors[i];
+            char name[200];
+            size_t len = (size_t)t->name_len < sizeof name - 1 ? (size_t)t->name_len : sizeof name - 1;
+            memcpy(name, t->name, len);
+            name[len] = 0;
+            r = lmv__fail(err, LMV_ERR_FORMAT,
+                          "tensor '%s' is not read by the %s graph with this file's settings (an option this build "
+                          "lacks, or an edited file): convert the checkpoint again",
+                          name, m->ops->arch);
+        }
+    return r;
+}
+
 LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, const lmv_open_options *opt,
                                              lmv_model **out, lmv_error *err) {
     lmv_open_options o = opt ? *opt : lmv_open_options_default();
@@ -4317,7 +4477,7 @@ LEMEVIT_API lmv_result lmv_model_open_memory(const void *data, size_t size, cons
         return r;
     }
     m->info.family = m->ops->family;
-    if ((r = m->ops->bind(m, err)) != LMV_OK || (r = lmv__check_crop(m, err)) != LMV_OK) {
+    if ((r = lmv__bind_all(m, err)) != LMV_OK || (r = lmv__check_crop(m, err)) != LMV_OK) {
         lmv__model_release(m);
         return r;
     }

@@ -73,10 +73,10 @@ static void test_result_names(void) {
     SPELLED(LMV_ERR_BAD_MAGIC); SPELLED(LMV_ERR_VERSION); SPELLED(LMV_ERR_ENDIAN); SPELLED(LMV_ERR_TRUNCATED);
     SPELLED(LMV_ERR_CHECKSUM); SPELLED(LMV_ERR_CORRUPT); SPELLED(LMV_ERR_MISSING_TENSOR); SPELLED(LMV_ERR_SHAPE);
     SPELLED(LMV_ERR_UNSUPPORTED); SPELLED(LMV_ERR_INPUT_SIZE); SPELLED(LMV_ERR_ALIGNMENT); SPELLED(LMV_ERR_LIMIT);
-    SPELLED(LMV_ERR_BAD_INPUT); SPELLED(LMV_ERR_IMAGE);
+    SPELLED(LMV_ERR_BAD_INPUT); SPELLED(LMV_ERR_IMAGE); SPELLED(LMV_ERR_FORMAT);
     check("lmv_result_name() spells every lmv_result as in the header", ok, "");
     check("lmv_result_name() of a value past the enum is LMV_ERR_UNKNOWN",
-          strcmp(lmv_result_name((lmv_result)(LMV_ERR_IMAGE + 1)), "LMV_ERR_UNKNOWN") == 0 &&
+          strcmp(lmv_result_name((lmv_result)(LMV_ERR_FORMAT + 1)), "LMV_ERR_UNKNOWN") == 0 &&
               strcmp(lmv_result_name((lmv_result)-1), "LMV_ERR_UNKNOWN") == 0, "");
 }
 
@@ -430,13 +430,30 @@ static void test_npy(const char *in_path, const char *out_path) {
     free(buf);
 }
 
+/* A file with one tensor the graph does not read is refused with LMV_ERR_FORMAT, naming it, and
+   no model is returned. */
+static void test_stray(const char *path) {
+    size_t n;
+    unsigned char *data = load(path, &n);
+    lmv_model *m = NULL;
+    lmv_error e;
+    lmv_result r = data ? lmv_model_open_memory(data, n, NULL, &m, &e) : LMV_ERR_IO;
+    check("STRAY.lmv (one unread tensor) is refused with LMV_ERR_FORMAT naming the tensor, and no model",
+          r == LMV_ERR_FORMAT && e.code == LMV_ERR_FORMAT && strstr(e.message, "'blocks.0.attn.q_norm.weight'") && !m,
+          data ? e.message : path);
+    check("lmv_result_string(LMV_ERR_FORMAT) says what it is",
+          strcmp(lmv_result_string(LMV_ERR_FORMAT), "unknown error") != 0, lmv_result_string(LMV_ERR_FORMAT));
+    lmv_model_close(m);
+    free(data);
+}
+
 int main(int argc, char **argv) {
     size_t n1, n100, nj;
     unsigned char *m1, *m100, *jpeg;
     lmv_model *model = NULL, *model100 = NULL;
     lmv_error e;
-    if (argc != 7) {
-        fprintf(stderr, "usage: test_api MODEL.lmv MODEL100.lmv PICTURE.jpg FORMAT_VERSION IN.npy OUT.npy\n");
+    if (argc != 8) {
+        fprintf(stderr, "usage: test_api MODEL.lmv MODEL100.lmv PICTURE.jpg FORMAT_VERSION IN.npy OUT.npy STRAY.lmv\n");
         return 2;
     }
     m1 = load(argv[1], &n1);
@@ -459,6 +476,7 @@ int main(int argc, char **argv) {
     if (check("MODEL100.lmv opens", lmv_model_open_memory(m100, n100, NULL, &model100, &e) == LMV_OK, e.message))
         test_classify(model100, jpeg, nj);
     test_npy(argv[5], argv[6]);
+    test_stray(argv[7]);
     check("LEMEVIT_ASSERT is evaluated, and every invariant held", api_asserts > 0 && api_assert_failures == 0, "");
     lmv_model_close(model);
     lmv_model_close(model100);

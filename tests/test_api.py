@@ -63,11 +63,22 @@ def check_reference_table():
               ", ".join(sorted(listed - declared)))
 
 
+def stray_model(path):
+    """vit_tiny.lmv plus one tensor the ViT graph does not read (a timm qk-norm weight)."""
+    f = lmvfile.read(MODEL)
+    meta = [(k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
+    tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+    tensors.append(("blocks.0.attn.q_norm.weight", (8,), np.ones(8, dtype="<f4")))
+    lmvfile.write(path, meta, tensors)
+
+
 def main():
     check_reference_table()
     d = tmpdir()
     m100 = os.path.join(d, "vit_100.lmv")
     model_100(m100)
+    stray = os.path.join(d, "vit_stray.lmv")
+    stray_model(stray)
     # the reference order of the 100 classes: lmv preprocess + lmv run, sorted by numpy
     x, y = os.path.join(d, "x.npy"), os.path.join(d, "y.npy")
     code, _, err = run([LMV, "preprocess", m100, PICTURE, x])
@@ -91,7 +102,7 @@ def main():
         if not res.check(f"{label}: test_api.c compiles without a warning", code == 0, err.strip()[-600:]):
             continue
         npy_out = os.path.join(d, f"out_{tag}.npy")
-        code, out, err = run([exe, MODEL, m100, PICTURE, str(lmvfile.VERSION), npy_in, npy_out])
+        code, out, err = run([exe, MODEL, m100, PICTURE, str(lmvfile.VERSION), npy_in, npy_out, stray])
         got_top = []
         for ln in out.splitlines():
             if ln.startswith(("PASS ", "FAIL ")):

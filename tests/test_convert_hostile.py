@@ -577,7 +577,7 @@ BASE = {
              ("vit.patch_size", [8, 8]), ("vit.pos_grid", [4, 4]), ("vit.class_token", 1), ("vit.class_last", 0),
              ("vit.dist_token", 0), ("vit.reg_tokens", 0), ("vit.no_embed_class", 0), ("vit.norm_first", 1),
              ("vit.pre_logits", 0), ("vit.norm_eps", 1e-6), ("vit.attn_scale", 0.0), ("vit.act", "gelu"),
-             ("vit.pool", "token"), ("vit.pos_interp", "bicubic")], []),
+             ("vit.pool", "token"), ("vit.pos_interp", "bicubic"), ("vit.block", "pre")], []),
     # Swin reads the per-stage values after the patch embedding: give it that
     "swin": ([("swin.embed_dim", 8), ("swin.depths", [0]), ("swin.num_heads", [1]), ("swin.mlp_hidden", [1]),
               ("swin.window_size", 4), ("swin.patch_size", 4), ("swin.norm_eps", 1e-5),
@@ -586,7 +586,8 @@ BASE = {
               ("patch_embed.norm.weight", (8,), bytes(32)), ("patch_embed.norm.bias", (8,), bytes(32))]),
     "lemevit": ([("lemevit.attn_types", "C"), ("lemevit.depths", [0]), ("lemevit.embed_dims", [32]),
                  ("lemevit.mlp_hidden", [1]), ("lemevit.head_dim", 32), ("lemevit.num_meta", 1),
-                 ("lemevit.norm_eps", 1e-6), ("lemevit.meta_eps", 1e-5), ("lemevit.bn_eps", 1e-5)], []),
+                 ("lemevit.norm_eps", 1e-6), ("lemevit.meta_eps", 1e-5), ("lemevit.bn_eps", 1e-5),
+                 ("lemevit.post_norm", 0)], []),
 }
 
 

@@ -112,6 +112,31 @@ def attention_maps():
                   f"reference {[w.shape for w in seen]}")
 
 
+def options():
+    """Each option of the official LeMeBlock on in turn, every attention type (C, D, D2, S): layer
+    scale (gamma1/gamma2 in the checkpoint), post-norm (pre_norm=False, which the tensors cannot
+    show: --set lemevit.post_norm=1), and both. Exact logits and every block's x and c."""
+    for types in ("CDDSS", "CEESS"):
+        attn = ["D2" if t == "E" else t for t in types]
+        label = ",".join(attn)
+        for what, kw, opts in (("layer scale", dict(layer_scale_init_value=1e-1), ()),
+                               ("post-norm", dict(pre_norm=False), ("--set", "lemevit.post_norm=1")),
+                               ("post-norm + layer scale", dict(pre_norm=False, layer_scale_init_value=0.5),
+                                ("--set", "lemevit.post_norm=1"))):
+            m = L.build(depth=[1, 1, 1, 2, 1], embed_dim=[32, 32, 64, 96, 128], attn_type=attn, num_classes=10, **kw)
+            parity(f"{label} {what}", L.randomize_(m, seed=40 + len(opts)), [(64, 64), (72, 56)], opts=opts)
+    # without the setting a post-norm model runs as pre-norm: the setting is what makes it exact
+    m = L.randomize_(L.build(depth=[1, 1, 1, 2, 1], embed_dim=[32, 32, 64, 96, 128], attn_type=list("CDDSS"),
+                             num_classes=10, pre_norm=False), seed=47).eval()
+    lmv = save_and_convert(m.state_dict())
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(48))
+    with torch.no_grad():
+        want = m(x).numpy()
+    got, _ = lmv_run(lmv, x.numpy())
+    ok, desc = logits_close(got, want)
+    res.check("a post-norm model converted without lemevit.post_norm differs from PyTorch", not ok, desc)
+
+
 def layouts():
     m = small("CDDSS", seed=21, num_classes=4)
     sd = m.state_dict()
@@ -149,6 +174,7 @@ if __name__ == "__main__":
                                                                   attn_type=["S", "S", "S", "S"], num_classes=10), 3),
            [(64, 64), (80, 48)])
     parity("small mlp_ratio 3 (small_v2 pattern)", small("CDDSS", 4, mlp=3), [(64, 64)])
+    options()
     dca_scale_is_checked()
     attention_maps()
     layouts()

@@ -420,9 +420,11 @@ def _():
 # ------------------------------------------------------------------------------------------
 
 def functional_forward(sd, cfg, img):
-    """A second, independent LeMeViT forward written with functional ops and per-head loops."""
+    """A second, independent LeMeViT forward written with functional ops and per-head loops
+    (layer scale when the state dict has gamma1/gamma2; post-norm with cfg pre_norm=False)."""
     types, depth = cfg["attn_type"], cfg["depth"]
     M = sd["meta_tokens"].shape[0]
+    post = not cfg.get("pre_norm", True)
 
     def lin(t, p):
         return F.linear(t, sd[p + ".weight"], sd[p + ".bias"])
@@ -449,6 +451,14 @@ def functional_forward(sd, cfg, img):
     def mlp(t, p):
         return lin(F.gelu(lin(t, p + ".mlp.0")), p + ".mlp.3")
 
+    def add(t, branch, p, k):  # residual k (1 attention, 2 MLP): gamma_k scales, norm_k follows if post-norm
+        if f"{p}.gamma{k}" in sd:
+            branch = sd[f"{p}.gamma{k}"] * branch
+        return ln(t + branch, f"{p}.norm{k}", 1e-6) if post else t + branch
+
+    def mlp_res(t, p):
+        return add(t, mlp(t if post else ln(t, p + ".norm2", 1e-6), p), p, 2)
+
     B = img.shape[0]
     x = img
     c = sd["meta_tokens"].unsqueeze(0).expand(B, -1, -1)
@@ -467,13 +477,12 @@ def functional_forward(sd, cfg, img):
             p = f"stages.{i}.{j}"
             Bx, _, H, W = x.shape
             xs = (x + conv(x, p + ".pos_embed", groups=C)).reshape(Bx, C, H * W).permute(0, 2, 1)
-            nx, nc = ln(xs, p + ".norm1", 1e-6), ln(c, p + ".norm1", 1e-6)
+            nx, nc = (xs, c) if post else (ln(xs, p + ".norm1", 1e-6), ln(c, p + ".norm1", 1e-6))
             N = H * W
             if kind == "C":
                 kv = lin(nx, p + ".attn.kv")
                 a = attend(lin(nc, p + ".attn.q"), kv[..., :C], kv[..., C:], heads, 32 ** -0.5)
-                c = c + lin(a, p + ".attn.proj")
-                c = c + mlp(ln(c, p + ".norm2", 1e-6), p)
+                c = mlp_res(add(c, lin(a, p + ".attn.proj"), p, 1), p)
                 continue  # x unchanged
             if kind in ("D", "D2"):
                 sx, sc = math.log(M) / math.log(N) / math.sqrt(C), 1 / math.sqrt(C)
@@ -486,17 +495,15 @@ def functional_forward(sd, cfg, img):
                     a1, a2 = lin(nx, p + ".attn.qv1"), lin(nc, p + ".attn.kv2")
                     q, v1, k, v2 = a1[..., :C], a1[..., C:], a2[..., :C], a2[..., C:]
                     dx, dc = attend(q, k, v2, heads, sx), attend(k, q, v1, heads, sc)
-                xs = xs + lin(dx, p + ".attn.proj_x")
-                c = c + lin(dc, p + ".attn.proj_c")
+                xs = add(xs, lin(dx, p + ".attn.proj_x"), p, 1)
+                c = add(c, lin(dc, p + ".attn.proj_c"), p, 1)
             else:
                 def sa(t):
                     qkv = lin(t, p + ".attn.qkv")
                     o = attend(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], heads, 32 ** -0.5)
                     return lin(o, p + ".attn.proj")
-                xs = xs + sa(nx)
-                c = c + sa(nc)
-            xs = xs + mlp(ln(xs, p + ".norm2", 1e-6), p)
-            c = c + mlp(ln(c, p + ".norm2", 1e-6), p)
+                xs, c = add(xs, sa(nx), p, 1), add(c, sa(nc), p, 1)
+            xs, c = mlp_res(xs, p), mlp_res(c, p)
             x = xs.permute(0, 2, 1).reshape(Bx, C, H, W)
     x = bn(x, "norm")
     c = ln(c, "norm_c", 1e-5)
@@ -511,6 +518,14 @@ SMALL_CFGS = {
                           attn_type=["C", "D2", "D2", "S", "S"], num_classes=5),
     "small_SSSS": dict(depth=[1, 2, 1, 1], embed_dim=[32, 64, 96, 128], mlp_ratios=4,
                        attn_type=["S", "S", "S", "S"], num_classes=3),
+    # the official LeMeBlock options the released variants leave off
+    "small_CDDSS_layer_scale": dict(depth=[1, 2, 1, 2, 1], embed_dim=[32, 32, 64, 96, 128], mlp_ratios=4,
+                                    attn_type=["C", "D", "D", "S", "S"], num_classes=7, layer_scale_init_value=0.1),
+    "small_CD2D2SS_post_norm": dict(depth=[1, 1, 1, 1, 1], embed_dim=[32, 32, 64, 96, 128], mlp_ratios=4,
+                                    attn_type=["C", "D2", "D2", "S", "S"], num_classes=7, pre_norm=False),
+    "small_CDDSS_post_norm_layer_scale": dict(depth=[1, 1, 1, 1, 1], embed_dim=[32, 32, 64, 96, 128], mlp_ratios=4,
+                                              attn_type=["C", "D", "D", "S", "S"], num_classes=7, pre_norm=False,
+                                              layer_scale_init_value=0.5),
 }
 
 for _name, _cfg in SMALL_CFGS.items():

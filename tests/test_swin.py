@@ -228,6 +228,8 @@ def era_ms():
     ref_case("era A with ape", "ms", 112, [(112, 112)], seed=6, ape=True)
     ref_case("era A with ape, non-square native size", "ms", (112, 224), [(112, 224)], seed=7, ape=True,
              opts=("--img-size", "112", "224"))
+    ref_case("era A qkv_bias=False", "ms", 112, [(112, 112)], seed=11, qkv_bias=False)
+    ref_case("era A mlp_ratio 3", "ms", 112, [(112, 112)], seed=12, mlp_ratio=3.0)
     ref_case("era A patch 2", "ms", 56, [(56, 56), (56, 112)], seed=8, patch_size=2)
     ref_case("era A patch 8", "ms", 224, [(224, 224)], seed=9, patch_size=8, embed_dim=16)
     ref_case("era A window 12 at 384", "ms", 384, [(384, 384)], seed=10, batch=1, embed_dim=16, depths=(2, 2, 2, 2),

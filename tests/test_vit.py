@@ -129,6 +129,37 @@ def timm_variants():
               rename=lambda k: k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2"),
               wrap=lambda sd: {"model": sd})
     timm_case("batch 5", 27, batch=5)
+    # graph options the tensors cannot show, each made exact by its setting
+    timm_case("act gelu_tanh", 60, act_layer="gelu_tanh", conv_opts=("--set", "vit.act=gelu_tanh"))
+    timm_case("act relu", 61, act_layer="relu", conv_opts=("--set", "vit.act=relu"))
+    timm_case("act quickgelu (vit_base_patch32_clip_quickgelu_224 config)", 62, act_layer="quick_gelu", pre_norm=True,
+              eps=1e-5, conv_opts=("--set", "vit.act=quickgelu", "--set", "vit.norm_eps=1e-5"))
+    timm_case("ResPostBlock (vit_base_patch16_rpn_224 config)", 63, block_fn="res_post", qkv_bias=False, init_values=1e-5,
+              class_token=False, global_pool="avg", conv_opts=("--set", "vit.block=res_post"))
+    timm_case("ResPostBlock with class token", 64, block_fn="res_post", conv_opts=("--set", "vit.block=res_post"))
+    timm_case("gap: no class token, final norm, avg pool (vit_base_patch16_gap_224 config)", 65, embed_dim=48,
+              num_heads=4, class_token=False, global_pool="avg", fc_norm=False, conv_opts=("--pool", "avg"))
+    timm_case("SigLIP gap tower (vit_base_patch32_siglip_gap_256 config)", 66, img=64, patch_size=32, class_token=False,
+              global_pool="avg", fc_norm=False, act_layer="gelu_tanh",
+              conv_opts=("--pool", "avg", "--set", "vit.act=gelu_tanh"))
+
+
+def options_need_their_setting():
+    """The options above are invisible in the tensors: converted without their setting, the same
+    checkpoints run as a pre-norm GELU ViT and differ from PyTorch (so the parity cases can fail)."""
+    for what, kw in (("ResPostBlock without vit.block=res_post", dict(block_fn="res_post")),
+                     ("QuickGELU without vit.act=quickgelu", dict(act_layer="quick_gelu"))):
+        torch.manual_seed(70)
+        m = timm_vit.randomize_(timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                                           num_classes=5, **kw), seed=70).eval()
+        x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(71))
+        d = tmpdir()
+        torch.save(m.state_dict(), os.path.join(d, "m.pth"))
+        convert(os.path.join(d, "m.pth"), os.path.join(d, "m.lmv"), "--num-heads", "3")
+        got, _ = lmv_run(os.path.join(d, "m.lmv"), x.numpy())
+        with torch.no_grad():
+            ok, desc = logits_close(got, m(x).numpy())
+        res.check(f"{what} differs from PyTorch", not ok, desc)
 
 
 def attention_map():
@@ -220,7 +251,7 @@ def seed_models():
 if __name__ == "__main__":
     only = sys.argv[1:]
     quick = "--quick" in sys.argv
-    for fn in (attention_map, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
+    for fn in (attention_map, options_need_their_setting, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
                torchvision_vit_b16):
         if quick and fn is torchvision_vit_b16:
             continue

@@ -1379,10 +1379,12 @@ VIT_KEYS = OrderedDict([
     ("vit.reg_tokens", "i"), ("vit.no_embed_class", "i"), ("vit.pool", "s"), ("vit.qkv_bias", "i"),
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
+    ("vit.block", "s"),
 ])
 CHOICES = {
     "pre.interp": ("bilinear", "bicubic", "nearest"),
-    "vit.act": ("gelu", "gelu_tanh", "relu"),
+    "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu"),
+    "vit.block": ("pre", "res_post"),
     "vit.pool": ("token", "avg"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"),
     "arch": ("vit", "swin", "lemevit"),
@@ -1402,6 +1404,7 @@ LEMEVIT_KEYS = OrderedDict([
     ("lemevit.depths", "in"), ("lemevit.embed_dims", "in"), ("lemevit.mlp_hidden", "in"),
     ("lemevit.attn_types", "s"), ("lemevit.head_dim", "i"), ("lemevit.num_meta", "i"),
     ("lemevit.norm_eps", "f"), ("lemevit.meta_eps", "f"), ("lemevit.bn_eps", "f"),
+    ("lemevit.post_norm", "i"),
 ])
 CHOICES["swin.pad_mode"] = ("pad_then_roll", "roll_then_pad")
 CHOICES["swin.shift_rule"] = ("per_axis", "min", "always")
@@ -2980,7 +2983,10 @@ def finalize(model, ctx):
         meta[k] = cfg[k]
     meta.update(pre)
     for k in FAMILY_KEYS[model.arch]:
-        meta[k] = cfg[k]
+        if k in cfg:
+            meta[k] = cfg[k]
+        elif st.get(k) is not None:  # graph options no detector sets yet (vit.block, lemevit.post_norm)
+            meta[k] = st.get(k)
     if labels:
         meta["labels"] = labels
     return meta, labels_src

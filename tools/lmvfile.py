@@ -261,7 +261,8 @@ META_RULES = OrderedDict([
     ("vit.pre_logits", _rule("int", 0, 1 << 18, arch="vit")),
     ("vit.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="vit")),
     ("vit.attn_scale", _rule("float", 0.0, 1e6, hi_open=True, arch="vit")),
-    ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu"), arch="vit")),
+    ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu", "quickgelu"), arch="vit")),
+    ("vit.block", _rule("str", choices=("pre", "res_post"), arch="vit")),
     ("vit.pool", _rule("str", choices=("token", "avg"), arch="vit")),
     ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"), arch="vit")),
     ("vit.qkv_bias", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
@@ -291,6 +292,7 @@ META_RULES = OrderedDict([
                                loader_msg="LeMeViT epsilon")),
     ("lemevit.bn_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="lemevit",
                              loader_msg="LeMeViT epsilon")),
+    ("lemevit.post_norm", _rule("int", 0, 1, arch="lemevit")),
 ])
 
 

@@ -22,8 +22,10 @@ Module and parameter names reproduce the official state-dict keys exactly (meta_
 downsample_layers.i.*, meta_token_downsample.i.*, stages.i.j.*, norm, norm_c, head).
 
 Training-only extras that do not change the eval forward or the keys: DropPath (stochastic
-depth, as in the official drop_path_rate) and optional layer scale (gamma1/gamma2, off in all
-released variants).
+depth, as in the official drop_path_rate). Options of the official LeMeBlock that the released
+variants leave off: layer scale (layer_scale_init_value > 0 adds stages.i.j.gamma1 / gamma2 of
+shape [1, 1, C], multiplying the attention and the MLP branch) and pre_norm=False (post-norm:
+the attention reads un-normalised tokens and norm1 / norm2 follow each residual sum).
 """
 
 import math
@@ -200,11 +202,12 @@ def _to_map(x, H, W):
 
 
 class LeMeBlock(nn.Module):
-    """One LeMeViT block (pre-norm path only, which every variant uses)."""
+    """One LeMeViT block: pre-norm (every released variant) or post-norm (pre_norm=False)."""
 
     def __init__(self, dim, attn_type, num_heads, mlp_ratio=4, drop_path=0.0, cpe_ks=3,
-                 layer_scale_init_value=-1):
+                 layer_scale_init_value=-1, pre_norm=True):
         super().__init__()
+        self.pre_norm = pre_norm
         if cpe_ks > 0:
             # padding=1 is hard-coded upstream whatever cpe_ks is
             self.pos_embed = nn.Conv2d(dim, dim, kernel_size=cpe_ks, padding=1, groups=dim)
@@ -243,8 +246,22 @@ class LeMeBlock(nn.Module):
     def _ls2(self, t):
         return t if self.gamma2 is None else self.gamma2 * t
 
+    def _post(self, t, branch):
+        """post-norm: t = norm1(t + ls1(branch)); t = norm2(t + ls2(mlp(t)))"""
+        t = self.norm1(t + self.drop_path(self._ls1(branch)))
+        return self.norm2(t + self.drop_path(self._ls2(self.mlp(t))))
+
     def forward(self, x, c):
         B, C, H, W = x.shape
+        if not self.pre_norm:  # the official "else" branches: attention on the raw tokens
+            xs = _to_tokens(self._cpe(x))
+            if self.attn_type == "C":
+                return x, self._post(c, self.attn(xs, c))
+            if self.attn_type in ("D", "D2"):
+                _x, _c = self.attn(xs, c)
+            else:
+                _x, _c = self.attn(xs), self.attn(c)
+            return _to_map(self._post(xs, _x), H, W), self._post(c, _c)
         if self.attn_type == "C":
             xs = _to_tokens(self._cpe(x))
             c = c + self.drop_path(self._ls1(self.attn(self.norm1(xs), self.norm1(c))))
@@ -278,7 +295,7 @@ def _meta_mlp(cin, cout):
 class LeMeViT(nn.Module):
     def __init__(self, depth, embed_dim, head_dim=32, mlp_ratios=4,
                  attn_type=("C", "D", "D", "S", "S"), queries_len=16, num_classes=1000,
-                 in_chans=3, cpe_ks=3, drop_path_rate=0.0, layer_scale_init_value=-1):
+                 in_chans=3, cpe_ks=3, drop_path_rate=0.0, layer_scale_init_value=-1, pre_norm=True):
         super().__init__()
         attn_type = list(attn_type)
         n = len(attn_type)
@@ -326,7 +343,7 @@ class LeMeViT(nn.Module):
             self.stages.append(nn.ModuleList([
                 LeMeBlock(embed_dim[i], attn_type[i], embed_dim[i] // head_dim,
                           mlp_ratio=mlp_ratios[i], drop_path=dpr[cur + j], cpe_ks=cpe_ks,
-                          layer_scale_init_value=layer_scale_init_value)
+                          layer_scale_init_value=layer_scale_init_value, pre_norm=pre_norm)
                 for j in range(depth[i])]))
             cur += depth[i]
 

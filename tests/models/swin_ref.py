@@ -398,10 +398,10 @@ class SwinTransformer(nn.Module):
 
 
 def build(era="ms", img_size=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-          window_size=7, num_classes=1000, ape=False, mlp_ratio=4.0, in_chans=3):
+          window_size=7, num_classes=1000, ape=False, mlp_ratio=4.0, in_chans=3, qkv_bias=True):
     return SwinTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
                            embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size,
-                           mlp_ratio=mlp_ratio, ape=ape, era=era).eval()
+                           mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, ape=ape, era=era).eval()
 
 
 def randomize_(model, seed=0, table_std=0.5):

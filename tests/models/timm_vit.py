@@ -4,7 +4,9 @@ mode) with timm's module names, so its state_dict has exactly the keys of a real
 Options mirror timm's constructor: class_token, global_pool ('token' | 'avg'), fc_norm (None =
 follow the pool), reg_tokens, no_embed_class, init_values (layer scale), qkv_bias, pre_norm,
 final_norm, distilled, representation_size (the old Linear+Tanh pre_logits), dynamic_img_size
-(pos_embed resampled per forward with bicubic antialias=True, as timm does)."""
+(pos_embed resampled per forward with bicubic antialias=True, as timm does), act_layer ('gelu',
+'gelu_tanh', 'quick_gelu', 'relu') and block_fn ('pre': Block, 'res_post': ResPostBlock, whose
+init_values set the norms' weights instead of a layer scale)."""
 import math
 
 import torch
@@ -53,11 +55,21 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+class QuickGELU(nn.Module):
+    """timm's QuickGELU (CLIP): x * sigmoid(1.702 x)."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU, "relu": nn.ReLU}
+
+
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
+    def __init__(self, dim, hidden, act="gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = ACTS[act]()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -65,13 +77,13 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer):
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu"):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x):
@@ -79,11 +91,30 @@ class Block(nn.Module):
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 
+class ResPostBlock(nn.Module):
+    """timm's ResPostBlock: the norm on each branch's output, before the residual add."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu"):
+        super().__init__()
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm1 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
+        self.norm2 = norm_layer(dim)
+        if init_values is not None:
+            nn.init.constant_(self.norm1.weight, init_values)
+            nn.init.constant_(self.norm2.weight, init_values)
+
+    def forward(self, x):
+        x = x + self.norm1(self.attn(x))
+        return x + self.norm2(self.mlp(x))
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool="token",
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None,
                  class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, fc_norm=None,
-                 final_norm=True, distilled=False, representation_size=None, dynamic_img_size=False, eps=1e-6):
+                 final_norm=True, distilled=False, representation_size=None, dynamic_img_size=False, eps=1e-6,
+                 act_layer="gelu", block_fn="pre"):
         super().__init__()
         norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
@@ -100,7 +131,8 @@ class VisionTransformer(nn.Module):
         embed_len = num_patches if no_embed_class else num_patches + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer)
+        block = {"pre": Block, "res_post": ResPostBlock}[block_fn]
+        self.blocks = nn.Sequential(*[block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act_layer)
                                       for _ in range(depth)])
         self.norm = norm_layer(embed_dim) if final_norm and not use_fc_norm else nn.Identity()
         self.fc_norm = norm_layer(embed_dim) if final_norm and use_fc_norm else nn.Identity()

@@ -261,7 +261,9 @@ META_RULES = OrderedDict([
     ("vit.pre_logits", _rule("int", 0, 1 << 18, arch="vit")),
     ("vit.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="vit")),
     ("vit.attn_scale", _rule("float", 0.0, 1e6, hi_open=True, arch="vit")),
-    ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu"), arch="vit")),
+    ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu", "quickgelu"), arch="vit")),
+    ("vit.block", _rule("str", choices=("pre", "res_post"), arch="vit", loader=False,
+                        note="pre: x + attn(norm1(x)) (default); res_post: timm ResPostBlock, x + norm1(attn(x))")),
     ("vit.pool", _rule("str", choices=("token", "avg"), arch="vit")),
     ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"), arch="vit")),
     ("vit.qkv_bias", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),
@@ -291,6 +293,10 @@ META_RULES = OrderedDict([
                                loader_msg="LeMeViT epsilon")),
     ("lemevit.bn_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="lemevit",
                              loader_msg="LeMeViT epsilon")),
+    ("lemevit.post_norm", _rule("int", 0, 1, arch="lemevit", loader=False,
+                                note="official pre_norm=False: x = norm1(x + attn(x)); default 0")),
+    ("convert.assumed", _rule("strlist", count=(0, 64), loader=False,
+                              note="informative: the meta keys whose values the converter assumed; lmv info prints them")),
 ])
 
 
@@ -323,6 +329,10 @@ def check_meta_value(key, value):
         return None
     vals = value if isinstance(value, (list, tuple)) else [value]
     lo, hi = r["count"]
+    if t == "strlist":
+        if not lo <= len(vals) <= hi or not all(isinstance(v, str) for v in vals):
+            return "%s must be a list of %d to %d strings, not %r" % (key, lo, hi, value)
+        return None
     if not lo <= len(vals) <= hi:
         want = "%d" % lo if lo == hi else "%d to %d" % (lo, hi)
         return "%s has %d value(s); it takes %s" % (key, len(vals), want)

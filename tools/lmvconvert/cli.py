@@ -65,6 +65,16 @@ per-source defaults (override with the options above):
   LeMeViT      head_dim 32, LN eps 1e-6 (blocks) / 1e-5 (meta tokens, norm_c), BN eps 1e-5,
                resize 256 crop 224 (0.875) bicubic, ImageNet mean/std (the official training)
 
+what is assumed:
+  Options the tensors cannot show (ViT heads, eps, activation, block form, pooling when ambiguous;
+  LeMeViT head_dim and post-norm; the preprocessing) are read from the checkpoint's metadata: timm
+  training args (model, model_kwargs, mean/std/crop_pct/interpolation), a pretrained_cfg inside the
+  file, a timm or Hugging Face config.json beside it, else the model name in the file name.  What
+  none of them states is assumed: the summary lists each value with the flag that sets it and the
+  file records the keys in convert.assumed (lmv info prints them).  Flags always win.
+  Every checkpoint tensor must be placed: one the graph does not read fails the conversion, named
+  (drop it with --ignore REGEX if it is not part of the model).
+
 """ + MAPPING_HELP + """
 
 exit status: 0 converted, 1 conversion error (one line on stderr), 2 bad command line.
@@ -102,7 +112,8 @@ def build_parser():
                    "ImageNet names for 1000-class heads, or the HF config's id2label)")
     p.add_argument("--name", help="model name stored in the file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="set any .lmv key, e.g. --set vit.act=gelu_tanh --set vit.pos_interp=bicubic")
+                   help="set any .lmv key, e.g. --set vit.act=gelu_tanh --set vit.block=res_post "
+                        "--set lemevit.post_norm=1")
     p.add_argument("--ignore", action="append", metavar="REGEX", help="drop checkpoint tensors matching REGEX")
     p.add_argument("--dtype", choices=list(lmvfile.PRECISIONS), default="f32",
                    help="storage of the matrix weights (see 'reduced precision' below); default f32")

@@ -1,9 +1,12 @@
 """What every family module shares: Model, Context, preprocessing defaults, small helpers."""
 
+import json
 import math
+import os
 import re
 from collections import OrderedDict
-from .base import ConvertError
+from .base import ConvertError, _short, lmvfile
+from .settings import coerce
 
 # =============================================================================================
 # 6. families
@@ -46,6 +49,8 @@ class Context(object):
         self.hf_preprocessor = None
         self.mapping_state = None     # set by a mapping file: what its rules did, for error hints
         self.notes = []
+        self.hints = None             # metadata.Hints: model name, kwargs, data config (metadata.gather)
+        self.determined = set()       # meta keys the tensors fixed although they are usually assumed
 
     def warn(self, msg):
         self.notes.append("warning: " + msg)
@@ -97,3 +102,28 @@ def _rename(sd, rules):
     return out, back
 
 
+def _read_json_beside(path, name):
+    p = os.path.join(os.path.dirname(os.path.abspath(path)), name)
+    if not os.path.isfile(p):
+        return None, p
+    try:
+        with open(p, "r", encoding="utf-8") as f:
+            return json.load(f), p
+    except (OSError, ValueError) as e:
+        raise ConvertError("%s: %s" % (p, e))
+    except RecursionError:
+        raise ConvertError("%s: its JSON is nested too deeply" % p)
+
+
+def side_value(src, field, key, value):
+    """A value from a side file (config.json, preprocessor_config.json, training args) as meta
+    `key`: coerced to its type and checked against the library's range; a ConvertError names the
+    file and the field otherwise."""
+    try:
+        v = coerce(key, value)
+    except ConvertError:
+        raise ConvertError("%s: %s is %s, which is not a valid %s" % (src, field, _short(value), key))
+    msg = lmvfile.check_meta_value(key, v)
+    if msg:
+        raise ConvertError("%s: %s gives %s" % (src, field, msg))
+    return v

@@ -10,7 +10,8 @@ from .base import ConvertError, TOOLS_DIR, lmvfile
 from .family import Context, HALF
 from .mapping import convert_with_mapping, load_mapping
 from .reader import extract_state_dict, load_checkpoint
-from .registry import DETECTORS
+from .metadata import gather
+from .registry import DETECTORS, FAMILIES
 from .settings import FAMILY_KEYS, Settings, coerce, parse_set_value
 
 # =============================================================================================
@@ -23,6 +24,13 @@ def _describe_keys(sd, keys, limit=25):
     if len(keys) > limit:
         items.append("... and %d more" % (len(keys) - limit))
     return ", ".join(items)
+
+
+# The one place where checkpoint tensors are accounted for.  After the user's own rules
+# (--ignore, a mapping file's "ignore"), only these buffers may be left out of the graph: BatchNorm
+# step counters and the index tables / masks that the graph recomputes from the meta keys.  Any
+# other tensor the family's builder did not place fails the conversion, by name.
+ALWAYS_DROPPED = re.compile(r"(^|\.)(num_batches_tracked|relative_position_index|attn_mask|relative_coords_table)$")
 
 
 def detect(sd, ctx):
@@ -61,6 +69,11 @@ def detect(sd, ctx):
             raise ConvertError("unknown checkpoint layout: no detector (%s) recognised these %d tensors: %s; "
                                "write a mapping file and pass --mapping FILE (see --help)"
                                % (", ".join(d[1] for d in DETECTORS), len(sd), _describe_keys(sd, list(sd))))
+    dropped = [k for k in sd if k not in model.used and ALWAYS_DROPPED.search(k)]
+    if dropped:
+        model.used.update(dropped)
+        model.notes.append("dropped %d buffer(s) the graph does not need (%s)"
+                           % (len(dropped), ", ".join(sorted(set(ALWAYS_DROPPED.search(k).group(2) for k in dropped)))))
     left = [k for k in sd if k not in model.used]
     if left:
         raise ConvertError("%s layout recognised (%s) but %d tensor(s) could not be placed: %s; use --mapping "
@@ -155,6 +168,40 @@ def resolve_labels(model, ctx):
     return names, where
 
 
+# preprocessing the checkpoint seldom states, and the flag that sets each
+PRE_ASSUMABLE = OrderedDict([
+    ("pre.mean", "--mean M [M ...]"),
+    ("pre.std", "--std S [S ...]"),
+    ("pre.crop_pct", "--crop-pct F or --resize N"),
+    ("pre.interp", "--interpolation bilinear|bicubic|nearest"),
+])
+
+
+def assumed_keys(model, meta, ctx):
+    """The meta keys whose values were assumed: options the tensors cannot show (the family's
+    registered `assumable` keys and the preprocessing) that no metadata, mapping file or flag
+    stated.  Returns key -> the flag that sets it, in table order."""
+    st = ctx.settings
+    table = OrderedDict(FAMILIES[model.arch].assumable)
+    table.update(PRE_ASSUMABLE)
+    out = OrderedDict()
+    for k, flag in table.items():
+        if k not in meta or k in ctx.determined:
+            continue
+        rank = max(st.rank(k), st.rank("pre.resize")) if k == "pre.crop_pct" else st.rank(k)
+        if rank <= 0:   # the source's default or the converter's own rule
+            out[k] = flag
+    return out
+
+
+def _value_text(v):
+    if isinstance(v, list):
+        return ",".join(_value_text(x) for x in v)
+    if isinstance(v, float):
+        return "%.6g" % v
+    return str(v)
+
+
 def finalize(model, ctx):
     """The full ordered meta list for the file."""
     st = ctx.settings
@@ -171,6 +218,9 @@ def finalize(model, ctx):
     meta.update(pre)
     for k in FAMILY_KEYS[model.arch]:
         meta[k] = cfg[k]
+    assumed = assumed_keys(model, meta, ctx)
+    if assumed:
+        meta["convert.assumed"] = list(assumed)
     if labels:
         meta["labels"] = labels
     return meta, labels_src
@@ -223,6 +273,15 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
                     [round(x, 4) for x in c["pre.mean"]], [round(x, 4) for x in c["pre.std"]]))
     if info.get("ignored"):
         lines.append("ignored     %d tensor(s): %s" % (len(info["ignored"]), ", ".join(info["ignored"][:10])))
+    assumed = meta.get("convert.assumed") or []
+    if assumed:
+        flags = OrderedDict(FAMILIES[model.arch].assumable)
+        flags.update(PRE_ASSUMABLE)
+        lines.append("assumed     %d option(s) neither the tensors nor the checkpoint's metadata state; "
+                     "check them and set any that differ:" % len(assumed))
+        for k in assumed:
+            v = meta.get(k) if k != "pre.crop_pct" else "%s (resize %s)" % (_value_text(meta[k]), meta["pre.resize"])
+            lines.append("assumed       %s=%s  (set with %s)" % (k, _value_text(v), flags.get(k, "--set " + k)))
     for n in model.notes:
         lines.append("note        " + n)
     if info.get("ema_available") and "ema" not in " ".join(info["path"]):
@@ -264,6 +323,8 @@ def convert(path, out_path=None, opts=None, quiet=False, out=None):
     settings = Settings()
     settings.update("cli", cli_settings(opts))
     ctx = Context(opts, settings, info, path)
+    hints = gather(ctx)
+    settings.update("sidecar", hints.pre)
     model = detect(sd, ctx)
     model.notes = ctx.notes + model.notes
     meta, labels_src = finalize(model, ctx)

@@ -373,7 +373,7 @@ def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True, allow_broa
     holds training arguments), 'prefixes' (stripped prefixes), 'ignored' (keys dropped because
     they match a regex of `ignore`)."""
     obj = ckpt.obj
-    info = {"path": [], "ema_available": False, "args": None, "prefixes": [], "ignored": []}
+    info = {"path": [], "ema_available": False, "args": None, "pretrained_cfg": None, "prefixes": [], "ignored": []}
     if ckpt.fmt == "torchscript":
         if isinstance(obj, Opaque):
             obj = _scripted_state_dict(obj)
@@ -396,6 +396,11 @@ def extract_state_dict(ckpt, use_ema=False, ignore=(), validate=True, allow_broa
                     break
                 if isinstance(a, dict) and a and not _tensor_items(a):
                     info["args"] = dict(a)
+                    break
+        if info["pretrained_cfg"] is None:
+            for k in ("pretrained_cfg", "default_cfg"):
+                if isinstance(obj.get(k), dict) and obj[k] and not _tensor_items(obj[k]):
+                    info["pretrained_cfg"] = dict(obj[k])
                     break
         ema_keys = [k for k in EMA_KEYS if k in obj and obj[k] is not None
                     and (isinstance(obj[k], dict) and len(obj[k]) or _is_module_stub(obj[k]))]

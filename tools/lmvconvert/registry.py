@@ -2,7 +2,8 @@
 
 A family module (families/xxx.py) registers itself:
 
-    register_family("xxx", XXX_KEYS, choices={"xxx.key": ("a", "b")})
+    register_family("xxx", XXX_KEYS, choices={"xxx.key": ("a", "b")},
+                    assumable=[("xxx.eps", "--set xxx.eps=E")])
 
     @builder("xxx")
     def build_xxx(sd, ctx, source, defaults, name_hint=None):
@@ -27,8 +28,9 @@ from .settings import CHOICES, FAMILY_KEYS
 
 
 class Family(object):
-    def __init__(self, name, keys):
+    def __init__(self, name, keys, assumable):
         self.name, self.keys, self.builder = name, keys, None
+        self.assumable = assumable   # meta key -> the flag that sets it (pipeline.assumed_keys)
         self.detectors = []        # (label, fn) in registration order
 
 
@@ -37,10 +39,13 @@ DETECTORS = []                     # (family name, label, fn), tried in this ord
 MAPPING_BUILDERS = OrderedDict()   # family name -> builder from canonical names
 
 
-def register_family(name, keys, choices=None):
+def register_family(name, keys, choices=None, assumable=None):
+    """`assumable`: the family's options that the tensors cannot show, each with the flag that
+    sets it; when neither the checkpoint's metadata nor the user states one, the summary and
+    convert.assumed say it was assumed."""
     if name in FAMILIES:
         raise ValueError("family %r registered twice" % name)
-    FAMILIES[name] = Family(name, keys)
+    FAMILIES[name] = Family(name, keys, OrderedDict(assumable or ()))
     FAMILY_KEYS[name] = keys
     CHOICES["arch"] = tuple(FAMILIES)
     for k, v in (choices or {}).items():

@@ -14,6 +14,7 @@ COMMON_KEYS = OrderedDict([
     ("arch", "s"), ("name", "s"), ("source", "s"), ("in_chans", "i"), ("img_size", "i2"),
     ("num_classes", "i"), ("num_features", "i"), ("pre.resize", "i"), ("pre.crop", "i2"),
     ("pre.crop_pct", "f"), ("pre.interp", "s"), ("pre.mean", "fn"), ("pre.std", "fn"), ("labels", "sl"),
+    ("convert.assumed", "sl"),
 ])
 CHOICES = {
     "pre.interp": ("bilinear", "bicubic", "nearest"),

@@ -6,9 +6,10 @@ import re
 from collections import OrderedDict
 
 from ..base import ConvertError, _short, lmvfile
-from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TORCHVISION, _block_indices, _isqrt_exact, _rename)
+from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TORCHVISION, _block_indices, _isqrt_exact,
+                      _read_json_beside, _rename, side_value as _side_value)
 from ..mapping import _shape_str, mapping_shape_hint
-from ..registry import builder, detector, register_family
+from ..registry import FAMILIES, builder, detector, register_family
 from ..settings import coerce
 from ..tensors import _is_int, concat0, scale_f32, zeros_f32
 
@@ -19,12 +20,20 @@ VIT_KEYS = OrderedDict([
     ("vit.reg_tokens", "i"), ("vit.no_embed_class", "i"), ("vit.pool", "s"), ("vit.qkv_bias", "i"),
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
+    ("vit.block", "s"),
 ])
 register_family("vit", VIT_KEYS, choices={
-    "vit.act": ("gelu", "gelu_tanh", "relu"),
+    "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu"),
     "vit.pool": ("token", "avg"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"),
-})
+    "vit.block": ("pre", "res_post"),
+}, assumable=[
+    ("vit.num_heads", "--num-heads N"),
+    ("vit.norm_eps", "--eps E"),
+    ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu"),
+    ("vit.block", "--set vit.block=pre|res_post"),
+    ("vit.pool", "--pool token|avg"),
+])
 # ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
@@ -192,6 +201,8 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if fc_norm:
         norm("fc_norm", "fc_norm")
     pool = st.get("vit.pool")
+    if fc_norm or cls is None:
+        ctx.determined.add("vit.pool")   # no class token to pool, or timm's fc_norm that comes with avg
     if pool is None:
         pool = "avg" if (fc_norm or cls is None) else "token"
     if pool == "token" and cls is None:
@@ -279,6 +290,11 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.pre_logits"] = pre_logits
     cfg["vit.attn_scale"] = st.get("vit.attn_scale", 0.0)
     cfg["vit.pos_interp"] = st.get("vit.pos_interp", "bicubic")
+    cfg["vit.block"] = st.get("vit.block", "pre")
+    if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
+        raise ConvertError("vit.block=res_post (timm ResPostBlock) has no layer scale and no separate "
+                           "vit.norm_first=0 form; this checkpoint has %s"
+                           % ("layer scale tensors" if layer_scale else "vit.norm_first=0"))
     if cfg["vit.class_last"] and (dist is not None or R or no_embed_class):
         raise ConvertError("vit.class_last=1 is only supported with a single class token covered by pos_embed")
     if cfg["vit.norm_first"] == 0 and (norm_pre or layer_scale):
@@ -311,6 +327,82 @@ def vit_name(cfg, source):
 
 # ---------------------------------------------------------------------------------- timm / DeiT
 
+# timm ViT model names: the width each size word stands for (a name whose size does not match the
+# tensors describes another model and is not used) and the names whose registered options differ
+# from timm's defaults (LayerNorm eps 1e-6, GELU, pre-norm blocks, head_dim 64), as registered in
+# timm's vision_transformer.py
+TIMM_VIT_NAME = re.compile(r"^(vit|deit|deit3)_([a-z0-9]+)_[a-z0-9_]+$")
+TIMM_SIZE_WIDTH = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408,
+                   "gigantic": 1664, "medium": 512, "mediumd": 512, "betwixt": 640, "so400m": 1152,
+                   "giantopt": 1536}
+TIMM_NAME_RULES = [
+    (r"_rpn_", {"vit.block": "res_post"}),                       # ResPostBlock: x + norm1(attn(x))
+    (r"quickgelu", {"vit.act": "quickgelu"}),                   # act_layer='quick_gelu'
+    (r"^vit_(base_patch32_siglip|large_patch16_siglip(_gap)?_512|so400m_patch16_siglip|giantopt_patch16_siglip)",
+     {"vit.act": "gelu_tanh"}),                                  # SigLIP towers with act_layer='gelu_tanh'
+    (r"^vit_[a-z0-9]+_patch\d+(_plus)?_clip_", {"vit.norm_eps": 1e-5}),   # CLIP towers: LayerNorm eps 1e-5
+    (r"^vit_base_patch16_gap_224$", {"vit.num_heads": 16}),
+    (r"^vit_(so400m|giantopt)_", {"vit.num_heads": 16}),
+]
+TIMM_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quickgelu", "quickgelu": "quickgelu",
+            "relu": "relu"}
+
+
+def vit_metadata_settings(sd, ctx):
+    """Graph options stated by the checkpoint's metadata (metadata.Hints): the timm model name
+    and its keyword arguments.  Returns settings for the 'sidecar' layer; a kwarg this library
+    cannot run is refused unless the command line or a mapping file sets that option."""
+    h, st = ctx.hints, ctx.settings
+    s = {}
+    if h is None:
+        return s
+    name = (h.name or "").split(".")[0]
+    m = TIMM_VIT_NAME.match(name)
+    D = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else None
+    if m and TIMM_SIZE_WIDTH.get(m.group(2)) not in (None, D):
+        ctx.warn("the model name %s (%s) is %d wide but the tensors are %s wide: the name is not used"
+                 % (name, h.name_src, TIMM_SIZE_WIDTH[m.group(2)], D))
+    elif m:
+        s.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.block": "pre"})
+        if D in VIT_HEADS_BY_DIM:
+            s["vit.num_heads"] = VIT_HEADS_BY_DIM[D]
+        if "cls_token" in sd and "fc_norm.weight" not in sd:
+            s["vit.pool"] = "token"
+        for rx, vals in TIMM_NAME_RULES:
+            if re.search(rx, name):
+                s.update(vals)
+        ctx.notes.append("graph options from the model name %s (%s)" % (name, h.name_src))
+    kw, src = h.kwargs or {}, h.kwargs_src
+
+    def refuse(key, field, value, what):
+        if st.rank(key) >= 2:   # the mapping file or the command line decides
+            return
+        raise ConvertError("%s: %s=%s is %s; if the model is one this library runs, say which with %s"
+                           % (src, field, _short(value), what, FAMILIES["vit"].assumable[key]))
+    if "act_layer" in kw:
+        a = kw["act_layer"]
+        if isinstance(a, str) and a.lower() in TIMM_ACT:
+            s["vit.act"] = TIMM_ACT[a.lower()]
+        else:
+            refuse("vit.act", "act_layer", a, "not an activation lemevit.h runs (gelu, gelu_tanh, quick_gelu, relu)")
+    if "global_pool" in kw:
+        g = kw["global_pool"]
+        if g in ("avg", "token"):
+            s["vit.pool"] = g
+        else:
+            refuse("vit.pool", "global_pool", g, "not a pooling lemevit.h runs (token, avg)")
+    if "block_fn" in kw:
+        b = kw["block_fn"]
+        bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
+        if bname in ("Block", "ResPostBlock"):
+            s["vit.block"] = "pre" if bname == "Block" else "res_post"
+        else:
+            refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock)")
+    if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
+        s["vit.num_heads"] = kw["num_heads"]
+    return s
+
+
 @detector("vit", "timm/DeiT ViT")
 def detect_timm_vit(sd, ctx):
     has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
@@ -338,6 +430,7 @@ def detect_timm_vit(sd, ctx):
         side["pre.crop_pct"] = args["crop_pct"]
     if args.get("interpolation") in ("bilinear", "bicubic", "nearest"):
         side["pre.interp"] = args["interpolation"]
+    side.update(vit_metadata_settings(sd, ctx))
     ctx.settings.update("sidecar", side)
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     if source == "timm" and "blocks.7.norm1.weight" in sd and "blocks.8.norm1.weight" not in sd and \
@@ -409,33 +502,6 @@ HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_ta
 HF_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
-def _read_json_beside(path, name):
-    p = os.path.join(os.path.dirname(os.path.abspath(path)), name)
-    if not os.path.isfile(p):
-        return None, p
-    try:
-        with open(p, "r", encoding="utf-8") as f:
-            return json.load(f), p
-    except (OSError, ValueError) as e:
-        raise ConvertError("%s: %s" % (p, e))
-    except RecursionError:
-        raise ConvertError("%s: its JSON is nested too deeply" % p)
-
-
-def _side_value(src, field, key, value):
-    """A value from a side file (config.json, preprocessor_config.json, training args) as meta
-    `key`: coerced to its type and checked against the library's range; a ConvertError names the
-    file and the field otherwise."""
-    try:
-        v = coerce(key, value)
-    except ConvertError:
-        raise ConvertError("%s: %s is %s, which is not a valid %s" % (src, field, _short(value), key))
-    msg = lmvfile.check_meta_value(key, v)
-    if msg:
-        raise ConvertError("%s: %s gives %s" % (src, field, msg))
-    return v
-
-
 @detector("vit", "Hugging Face ViT/DeiT")
 def detect_hf_vit(sd, ctx):
     model_prefix = None
@@ -492,6 +558,8 @@ def detect_hf_vit(sd, ctx):
     labels = None
     if isinstance(cfg, dict):
         ctx.notes.append("read %s" % cfg_path)
+        # the Hugging Face ViT/DeiT modules have one block form and classify from the class token
+        side.update({"vit.block": "pre", "vit.pool": "token"})
         if "layer_norm_eps" in cfg:
             side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
         if "num_attention_heads" in cfg:

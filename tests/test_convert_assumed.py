@@ -151,12 +151,18 @@ def test_bare_state_dict():
 
 
 def test_one_channel():
-    """A 1-channel 28x28 model: the ImageNet-gray mean/std and the resize are said to be assumed."""
-    code, so, se, meta = conv(save(vit_sd(img_size=28, patch_size=7, in_chans=1), "gray28.pth"))
+    """A 1-channel 28x28 torchvision-layout model: the mean/std (ImageNet's, averaged to one channel)
+    and the resize are said to be assumed, with the flags; what torchvision's module fixes is not."""
+    import torchvision
+    tv = torchvision.models.vision_transformer.VisionTransformer(image_size=28, patch_size=7, num_layers=1,
+                                                                 num_heads=2, hidden_dim=64, mlp_dim=128,
+                                                                 num_classes=10)
+    tv.conv_proj = torch.nn.Conv2d(1, 64, 7, 7)
+    code, so, se, meta = conv(save(tv.state_dict(), "gray28.pth"))
     got = meta.get("convert.assumed", []) if meta else []
-    check("1-channel 28x28: mean, std and resize are listed as assumed, with --mean/--std/--resize",
-          all(k in got for k in ("pre.mean", "pre.std", "pre.crop_pct")) and "--mean M" in so and "--resize N" in so,
-          "%r %s" % (got, se))
+    check("1-channel 28x28 torchvision ViT: mean, std and resize listed as assumed, with --mean/--std/--resize",
+          got == ["vit.num_heads", "vit.norm_eps", "pre.mean", "pre.std", "pre.crop_pct", "pre.interp"] and
+          "--mean M" in so and "--resize N" in so and meta["in_chans"] == 1, "%r %s%s" % (got, se, so))
 
 
 def test_timm_training_args():

@@ -254,7 +254,8 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
                  "pos_embed %s prefix" % ("excludes" if c["vit.no_embed_class"] else "covers"),
                  "pool %s" % c["vit.pool"]]
         lines.append("tokens      " + "; ".join(parts))
-        opts = ["%s-norm" % ("pre" if c["vit.norm_first"] else "post"), "eps %g" % c["vit.norm_eps"],
+        opts = ["%s-norm" % ("res-post" if c["vit.block"] == "res_post" else "pre" if c["vit.norm_first"] else "post"),
+                "eps %g" % c["vit.norm_eps"],
                 "act %s" % c["vit.act"], "qkv_bias %d" % c["vit.qkv_bias"]]
         for k in ("layer_scale", "patch_norm", "norm_pre", "final_norm", "fc_norm"):
             if c["vit." + k]:

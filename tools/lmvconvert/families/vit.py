@@ -474,6 +474,8 @@ def detect_torchvision_vit(sd, ctx):
     renamed, back = _rename(sd, TORCHVISION_RULES)
     defaults = dict(PRE_TORCHVISION)
     defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_ac"})
+    # torchvision's VisionTransformer has one block form, GELU and class-token pooling, no options
+    ctx.determined.update(("vit.block", "vit.act", "vit.pool"))
     m = build_vit(renamed, ctx, "torchvision", defaults)
     m.used = set(back[k] for k in m.used)
     return m
@@ -556,10 +558,10 @@ def detect_hf_vit(sd, ctx):
     defaults.update({"vit.norm_eps": 1e-12, "vit.act": "gelu", "vit.pos_interp": "bicubic"})
     side = {}
     labels = None
+    # the Hugging Face ViT/DeiT modules have one block form and classify from the class token
+    ctx.determined.update(("vit.block", "vit.pool"))
     if isinstance(cfg, dict):
         ctx.notes.append("read %s" % cfg_path)
-        # the Hugging Face ViT/DeiT modules have one block form and classify from the class token
-        side.update({"vit.block": "pre", "vit.pool": "token"})
         if "layer_norm_eps" in cfg:
             side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
         if "num_attention_heads" in cfg:

@@ -15,12 +15,12 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:   # lmvconvert/ s
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lmvconvert  # noqa: E402
-from lmvconvert import (base, tensors, unpickle, reader, settings, registry, family, mapping,  # noqa: E402
-                        pipeline, cli)
+from lmvconvert import (base, tensors, unpickle, reader, settings, registry, family, metadata,  # noqa: E402
+                        mapping, pipeline, cli)
 from lmvconvert.families import vit, swin, lemevit  # noqa: E402
 
-for _mod in (base, tensors, unpickle, reader, settings, registry, family, mapping, vit, swin, lemevit,
-             pipeline, cli):
+for _mod in (base, tensors, unpickle, reader, settings, registry, family, metadata, mapping, vit, swin,
+             lemevit, pipeline, cli):
     for _name, _value in vars(_mod).items():
         if not _name.startswith("__"):
             globals().setdefault(_name, _value)

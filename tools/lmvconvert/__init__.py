@@ -11,8 +11,10 @@ numpy is used to go faster when it can be imported, never required; torch is nev
   family.py     Model, Context and what the family modules share
   families/     one module per family: vit.py (timm / DeiT / torchvision / Hugging Face),
                 swin.py (Microsoft / timm / torchvision / Hugging Face), lemevit.py (official)
+  metadata.py   what the checkpoint says about itself: model name, model kwargs, data config
   mapping.py    mapping files for users' own module names
-  pipeline.py   detection, tensor accounting, preprocessing, labels, summary, convert()
+  pipeline.py   detection, tensor accounting, assumed options, preprocessing, labels, summary,
+                convert()
   cli.py        the command line
 """
 

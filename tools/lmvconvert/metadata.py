@@ -14,7 +14,7 @@ convert.assumed (pipeline.assumed_keys).
 import os
 import re
 
-from .base import _short
+from .base import ConvertError, _short
 from .family import _read_json_beside, side_value
 
 
@@ -79,7 +79,11 @@ def gather(ctx):
         h.pre_src = "the checkpoint's pretrained_cfg" if h.pre else None
         if h.name is None and isinstance(pcfg.get("architecture"), str):
             h.name, h.name_src = pcfg["architecture"], "the checkpoint's pretrained_cfg"
-    cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
+    try:
+        cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
+    except ConvertError as e:   # not necessarily timm's; a Hugging Face layout reports it itself
+        cfg = None
+        ctx.warn("%s; nothing in it is used" % e)
     if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str):   # timm's hub config.json
         src = cfg_path
         if h.name is None:

@@ -83,7 +83,8 @@ FW_CFLAGS      ?= -O2
 
 firmware: build/fw/firmware
 
-$(FW_RANDOM): tests/make_firmware_model.py tests/models/lemevit_ref.py tools/convert.py | build
+$(FW_RANDOM): tests/make_firmware_model.py tests/models/lemevit_ref.py tools/convert.py tools/lmvfile.py \
+              $(wildcard tools/lmvconvert/*.py tools/lmvconvert/families/*.py) | build
 	mkdir -p build/fw
 	$(PYTHON) tests/make_firmware_model.py $@
 

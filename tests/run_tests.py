@@ -21,6 +21,7 @@ SUITES = [
     ("convert", [PY, os.path.join(HERE, "test_convert.py")]),
     ("convert mapping transforms", [PY, os.path.join(HERE, "test_mapping.py")]),
     ("convert (hostile inputs)", [PY, os.path.join(HERE, "test_convert_hostile.py")]),
+    ("convert (tensor accounting, assumed options)", [PY, os.path.join(HERE, "test_convert_assumed.py")]),
     ("image", [PY, os.path.join(HERE, "test_image.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),

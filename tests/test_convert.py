@@ -1039,15 +1039,15 @@ def _():
 def _():
     fn = path("zoo_file.pth")
     z, ours = torch.load(fn), load_ours(fn)
-    saved = convert._np
+    saved = convert.tensors._np
     try:
         for np_mod in (saved, None):
-            convert._np = np_mod
+            convert.tensors._np = np_mod
             for k, v in z.items():
                 ref = v.detach().float().contiguous().numpy().tobytes()
                 expect(ours[k].f32(k) == ref, "%s (numpy=%s)" % (k, np_mod is not None))
     finally:
-        convert._np = saved
+        convert.tensors._np = saved
 
 
 # ==================================================================== wrappers and training files

@@ -155,7 +155,9 @@ asan_lmv = asan_lmv if os.path.exists(asan_lmv) else LMV
 
 # a meta key given twice is named in the message (the key is read before the index is given back)
 dupkey = os.path.join(d, "dupkey.lmv")
-patch(base, dupkey, b"pre.mean", b"in_chans")
+# (the key with its entry header: length, type, count; convert.assumed may name pre.mean too)
+head = struct.pack("<HBBI", 8, lmvfile.T_FLOAT32, 0, 3)
+patch(base, dupkey, head + b"pre.mean", head + b"in_chans")
 code, out, err = lmv_info(dupkey, tool=asan_lmv)
 res.check("a meta key given twice is refused, naming it", code == 1 and "meta key 'in_chans' appears twice" in err, err)
 

@@ -563,6 +563,38 @@ usage_fail:
     return 2;
 }
 
+/* One config value as text, for `info`. */
+static void print_config_value(const lmv_config_entry *e) {
+    int j;
+    if (e->type == LMV_CONFIG_STRING) printf("%s", e->string);
+    for (j = 0; j < e->count && (e->type == LMV_CONFIG_INTS || e->type == LMV_CONFIG_FLOATS); j++)
+        e->type == LMV_CONFIG_INTS ? printf("%s%d", j ? "," : "", e->ints[j]) : printf("%s%g", j ? "," : "", e->floats[j]);
+}
+
+/* The meta key convert.assumed: the keys whose values the converter assumed because neither the
+   checkpoint's tensors nor its metadata state them.  It is a string list; in the file each string
+   follows its 4-byte little-endian length (NUL included), which is how the next one is found. */
+static void print_assumed(const lmv_model *m) {
+    lmv_config_entry e, v;
+    const char *s;
+    int i, j, k, found = 0;
+    for (i = 0; !found && lmv_model_config(m, i, &e); i++)
+        found = e.type == LMV_CONFIG_STRINGS && !strcmp(e.key, "convert.assumed");
+    if (!found || e.count <= 0 || !e.string) return;
+    printf("assumed      ");
+    for (j = 0, s = e.string; j < e.count; j++) {
+        const unsigned char *len = (const unsigned char *)s - 4;
+        printf("%s%s=", j ? ", " : "", s);
+        for (k = 0; lmv_model_config(m, k, &v); k++)
+            if (!strcmp(v.key, s)) {
+                print_config_value(&v);
+                break;
+            }
+        s += (size_t)len[0] + ((size_t)len[1] << 8) + ((size_t)len[2] << 16) + ((size_t)len[3] << 24) + 4;
+    }
+    printf("\n             (not stated by the checkpoint: convert.py assumed them; its summary names the flag for each)\n");
+}
+
 static int cmd_info(int argc, char **argv) {
     lmv_model *m;
     mapping map;
@@ -609,6 +641,7 @@ static int cmd_info(int argc, char **argv) {
             e.type == LMV_CONFIG_INTS ? printf("%s%d", j ? " " : "", e.ints[j]) : printf("%s%g", j ? " " : "", e.floats[j]);
         printf("\n");
     }
+    print_assumed(m);
     if (in->has_labels) {
         printf("labels       ");
         for (i = 0; i < in->num_classes && i < 5; i++) printf("%s%s", i ? ", " : "", lmv_model_label(m, i));

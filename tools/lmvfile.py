@@ -293,6 +293,8 @@ META_RULES = OrderedDict([
     ("lemevit.bn_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="lemevit",
                              loader_msg="LeMeViT epsilon")),
     ("lemevit.post_norm", _rule("int", 0, 1, arch="lemevit")),
+    ("convert.assumed", _rule("strlist", count=(0, 64), loader=False,
+                              note="informative: the meta keys whose values the converter assumed; lmv info prints them")),
 ])
 
 
@@ -325,6 +327,10 @@ def check_meta_value(key, value):
         return None
     vals = value if isinstance(value, (list, tuple)) else [value]
     lo, hi = r["count"]
+    if t == "strlist":
+        if not lo <= len(vals) <= hi or not all(isinstance(v, str) for v in vals):
+            return "%s must be a list of %d to %d strings, not %r" % (key, lo, hi, value)
+        return None
     if not lo <= len(vals) <= hi:
         want = "%d" % lo if lo == hi else "%d to %d" % (lo, hi)
         return "%s has %d value(s); it takes %s" % (key, len(vals), want)

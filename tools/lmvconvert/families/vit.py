@@ -1,0 +1,617 @@
+"""ViT / DeiT: timm, DeiT, torchvision and Hugging Face layouts."""
+
+import json
+import os
+import re
+from collections import OrderedDict
+
+from ..base import ConvertError, _short, lmvfile
+from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TORCHVISION, _block_indices, _isqrt_exact,
+                      _read_json_beside, _rename, side_value as _side_value)
+from ..mapping import _shape_str, mapping_shape_hint
+from ..registry import FAMILIES, builder, detector, register_family
+from ..settings import coerce
+from ..tensors import _is_int, concat0, scale_f32, zeros_f32
+
+VIT_KEYS = OrderedDict([
+    ("vit.embed_dim", "i"), ("vit.depth", "i"), ("vit.num_heads", "i"), ("vit.mlp_hidden", "i"),
+    ("vit.patch_size", "i2"), ("vit.pos_grid", "i2"), ("vit.norm_eps", "f"), ("vit.act", "s"),
+    ("vit.norm_first", "i"), ("vit.class_token", "i"), ("vit.class_last", "i"), ("vit.dist_token", "i"),
+    ("vit.reg_tokens", "i"), ("vit.no_embed_class", "i"), ("vit.pool", "s"), ("vit.qkv_bias", "i"),
+    ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
+    ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
+    ("vit.block", "s"),
+])
+register_family("vit", VIT_KEYS, choices={
+    "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu"),
+    "vit.pool": ("token", "avg"),
+    "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"),
+    "vit.block": ("pre", "res_post"),
+}, assumable=[
+    ("vit.num_heads", "--num-heads N"),
+    ("vit.norm_eps", "--eps E"),
+    ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu"),
+    ("vit.block", "--set vit.block=pre|res_post"),
+    ("vit.pool", "--pool token|avg"),
+])
+# ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
+VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
+                  "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
+                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "in_chans",
+                  "num_features", "num_classes"}
+
+# known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
+VIT_HEADS_BY_DIM = {192: 3, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+
+
+@builder("vit")
+def build_vit(sd, ctx, source, defaults, name_hint=None):
+    """Build a ViT Model from a state dict already in timm naming (README tensor names).
+
+    Every hyper-parameter comes from the tensors except those that leave no trace in them: the
+    number of heads (from settings, else the usual head_dim-64 convention), LN eps, activation,
+    norm placement, class token position and position-embedding interpolation (from the source
+    defaults, side files, mapping file or command line)."""
+    st = ctx.settings
+    st.update("default", defaults)
+    used = set()
+    T = OrderedDict()
+
+    def take(key, shape=None, required=True):
+        t = sd.get(key)
+        if t is None:
+            if required:
+                raise ConvertError("ViT layout: tensor %s is missing" % key)
+            return None
+        if shape is not None and (len(shape) != t.ndim or any(a is not None and a != b for a, b in zip(shape, t.shape))):
+            raise ConvertError("ViT layout: %s has shape %s, expected %s%s"
+                               % (key, list(t.shape), _shape_str(shape), mapping_shape_hint(ctx, key, t.shape, shape)))
+        t.check(key)
+        used.add(key)
+        return t
+
+    # ---- patch embedding
+    pw = take("patch_embed.proj.weight")
+    if pw.ndim == 2:
+        # very early timm: a Linear patch embedding; timm's filter reshapes it to (D, C, p, p)
+        c = st.get("in_chans", 3)
+        p = _isqrt_exact(pw.shape[1] // c) if pw.shape[1] % c == 0 else None
+        if st.get("vit.patch_size"):
+            p = st.get("vit.patch_size")[0]
+        if not p or c * p * p != pw.shape[1]:
+            raise ConvertError("patch_embed.proj.weight is 2-D %s and cannot be reshaped to (D, %d, p, p); "
+                               "use --set in_chans=N / --set vit.patch_size=P" % (list(pw.shape), c))
+        pw = pw.reshape((pw.shape[0], c, p, p))
+        ctx.notes.append("2-D patch_embed.proj.weight reshaped to %s" % list(pw.shape))
+    if pw.ndim != 4:
+        raise ConvertError("patch_embed.proj.weight has shape %s, expected 4-D" % list(pw.shape))
+    D, C, ph, pwid = pw.shape
+    T["patch_embed.proj.weight"] = pw
+    pb = take("patch_embed.proj.bias", (D,), required=False)
+    if pb is None:
+        pb = zeros_f32((D,))  # pre_norm (CLIP-style) models have no patch bias: an explicit zero one
+        ctx.notes.append("patch_embed.proj.bias absent: written as zeros")
+    T["patch_embed.proj.bias"] = pb
+    patch_norm = "patch_embed.norm.weight" in sd
+
+    def bias(key, n):
+        """An optional bias: the checkpoint's, or explicit zeros (the C side needs no special case)."""
+        t = take(key, (n,), required=False)
+        return t if t is not None else zeros_f32((n,))
+
+    def norm(src, dst):
+        T[dst + ".weight"] = take(src + ".weight", (D,))
+        T[dst + ".bias"] = bias(src + ".bias", D)
+
+    if patch_norm:
+        norm("patch_embed.norm", "patch_embed.norm")
+
+    # ---- tokens and position embedding
+    cls = take("cls_token", (1, 1, D), required=False)
+    dist = take("dist_token", (1, 1, D), required=False)
+    reg = take("reg_token", (1, None, D), required=False)
+    R = reg.shape[1] if reg is not None else 0
+    for key, t in (("cls_token", cls), ("dist_token", dist), ("reg_token", reg)):
+        if t is not None:
+            T[key] = t
+    if dist is not None and cls is None:
+        raise ConvertError("dist_token without cls_token is not a DeiT layout")
+    prefix = (cls is not None) + (dist is not None) + R
+    pos = take("pos_embed", (1, None, D), required=False)
+    if pos is None:
+        raise ConvertError("ViT without an absolute pos_embed (e.g. RoPE models) is not supported")
+    P = pos.shape[1]
+    img_set = st.get("img_size")
+    grid = None
+    no_embed_class = st.get("vit.no_embed_class")
+    if st.get("vit.pos_grid"):
+        grid = tuple(st.get("vit.pos_grid"))
+    elif img_set and st.rank("img_size") > 0 and img_set[0] % ph == 0 and img_set[1] % pwid == 0 \
+            and (img_set[0] // ph) * (img_set[1] // pwid) in (P, P - prefix):
+        grid = (img_set[0] // ph, img_set[1] // pwid)
+    if grid is not None:
+        n = grid[0] * grid[1]
+        if no_embed_class is None:
+            no_embed_class = 0 if P - prefix == n else 1
+        if P != n + (0 if no_embed_class else prefix):
+            raise ConvertError("pos_embed has %d rows; grid %dx%d with %d prefix tokens needs %d"
+                               % (P, grid[0], grid[1], prefix, n + (0 if no_embed_class else prefix)))
+    else:
+        # square grid: the pos_embed covers the prefix tokens unless only the patch count is square
+        cands = []
+        if no_embed_class in (None, 0) and _isqrt_exact(P - prefix):
+            cands.append((0, _isqrt_exact(P - prefix)))
+        if no_embed_class in (None, 1) and prefix and _isqrt_exact(P):
+            cands.append((1, _isqrt_exact(P)))
+        if not cands:
+            raise ConvertError("pos_embed has %d rows and %d prefix token(s): not a square grid; give "
+                               "--img-size H W (or --set vit.pos_grid=GH,GW)" % (P, prefix))
+        no_embed_class, g = cands[0]
+        grid = (g, g)
+    no_embed_class = int(bool(no_embed_class)) if prefix else 0
+    T["pos_embed"] = pos
+
+    norm_pre = "norm_pre.weight" in sd
+    if norm_pre:
+        norm("norm_pre", "norm_pre")
+
+    # ---- blocks
+    idx = _block_indices(sd)
+    if not idx:
+        raise ConvertError("ViT layout: no blocks.N.* tensors")
+    if idx != list(range(len(idx))):
+        raise ConvertError("ViT blocks are not numbered 0..N-1: %s" % idx)
+    depth = len(idx)
+    if "blocks.0.mlp.fc1.weight" not in sd:
+        raise ConvertError("ViT layout: blocks.0.mlp.fc1.weight is missing")
+    H = take("blocks.0.mlp.fc1.weight", (None, D)).shape[0]   # checked first: its rows give the width
+    qkv_bias = "blocks.0.attn.qkv.bias" in sd
+    layer_scale = "blocks.0.ls1.gamma" in sd
+    for i in idx:
+        b = "blocks.%d." % i
+        for k in (b + "attn.q_norm.weight", b + "attn.k_norm.weight"):
+            if k in sd:
+                raise ConvertError("qk-norm ViTs (%s) are not supported by lemevit.h" % k)
+        if (b + "attn.qkv.bias" in sd) != qkv_bias or (b + "ls1.gamma" in sd) != layer_scale:
+            raise ConvertError("blocks differ in qkv bias / layer scale (block %d)" % i)
+        norm(b + "norm1", b + "norm1")
+        T[b + "attn.qkv.weight"] = take(b + "attn.qkv.weight", (3 * D, D))
+        if qkv_bias:
+            T[b + "attn.qkv.bias"] = take(b + "attn.qkv.bias", (3 * D,))
+        T[b + "attn.proj.weight"] = take(b + "attn.proj.weight", (D, D))
+        T[b + "attn.proj.bias"] = bias(b + "attn.proj.bias", D)
+        if layer_scale:
+            T[b + "ls1.gamma"] = take(b + "ls1.gamma", (D,))
+        norm(b + "norm2", b + "norm2")
+        T[b + "mlp.fc1.weight"] = take(b + "mlp.fc1.weight", (H, D))
+        T[b + "mlp.fc1.bias"] = bias(b + "mlp.fc1.bias", H)
+        T[b + "mlp.fc2.weight"] = take(b + "mlp.fc2.weight", (D, H))
+        T[b + "mlp.fc2.bias"] = bias(b + "mlp.fc2.bias", D)
+        if layer_scale:
+            T[b + "ls2.gamma"] = take(b + "ls2.gamma", (D,))
+
+    # ---- final norm, pooling, pre-logits, heads
+    for k in ("attn_pool.latent", "attn_pool.q.weight"):
+        if k in sd:
+            raise ConvertError("attention-pool ('map') ViTs are not supported by lemevit.h")
+    final_norm = "norm.weight" in sd
+    fc_norm = "fc_norm.weight" in sd
+    if final_norm:
+        norm("norm", "norm")
+    if fc_norm:
+        norm("fc_norm", "fc_norm")
+    pool = st.get("vit.pool")
+    if fc_norm or cls is None:
+        ctx.determined.add("vit.pool")   # no class token to pool, or timm's fc_norm that comes with avg
+    if pool is None:
+        pool = "avg" if (fc_norm or cls is None) else "token"
+    if pool == "token" and cls is None:
+        raise ConvertError("vit.pool=token but the model has no class token")
+    F = D
+    pre_logits = 0
+    if "pre_logits.fc.weight" in sd:
+        wpl = take("pre_logits.fc.weight", (None, D))
+        pre_logits = F = wpl.shape[0]
+        T["pre_logits.fc.weight"] = wpl
+        T["pre_logits.fc.bias"] = bias("pre_logits.fc.bias", F)
+
+    want = getattr(ctx.opts, "num_classes", None)
+    head_w = sd.get("head.weight")
+    if head_w is not None and want != 0:
+        take("head.weight", (None, F))   # checked first: its rows give the class count
+    K = head_w.shape[0] if head_w is not None else 0
+    if head_w is not None and want == 0:
+        used.update(k for k in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias") if k in sd)
+        ctx.notes.append("classifier head (%d classes) dropped by --num-classes 0" % K)
+        K = 0
+    elif head_w is not None:
+        if want is not None and want != K:
+            raise ConvertError("--num-classes %d but the checkpoint's head has %d classes (use --num-classes 0 "
+                               "to drop the head)" % (want, K))
+        T["head.weight"] = take("head.weight", (K, F))
+        T["head.bias"] = bias("head.bias", K)
+        if dist is not None and "head_dist.weight" in sd:
+            T["head_dist.weight"] = take("head_dist.weight", (K, F))
+            T["head_dist.bias"] = bias("head_dist.bias", K)
+        elif dist is not None:
+            # a distillation token but one head on the class token (HF DeiTForImageClassification).
+            # The .lmv graph averages head(cls) and head_dist(dist): a doubled head and a zero
+            # head_dist give exactly head(cls) (scaling by 2 and 0.5 is exact in floating point).
+            T["head.weight"] = scale_f32(T["head.weight"], 2.0)
+            T["head.bias"] = scale_f32(T["head.bias"], 2.0)
+            T["head_dist.weight"] = zeros_f32((K, F))
+            T["head_dist.bias"] = zeros_f32((K,))
+            ctx.notes.append("distillation token without a distillation head: head doubled, zero head_dist "
+                             "(logits = head(cls token))")
+    elif want:
+        raise ConvertError("--num-classes %d but the checkpoint has no classifier head" % want)
+    if "head_dist.weight" in sd and "head_dist.weight" not in used:
+        raise ConvertError("head_dist without dist_token")
+
+    # ---- heads count, eps, activation, ...
+    heads = st.get("vit.num_heads")
+    if heads is None:
+        heads = VIT_HEADS_BY_DIM.get(D) or (D // 64 if D % 64 == 0 else None)
+        if heads is None:
+            raise ConvertError("cannot guess the number of attention heads for width %d; pass --num-heads N" % D)
+        if D not in VIT_HEADS_BY_DIM:
+            ctx.warn("number of heads not stored in the checkpoint; guessed %d (head_dim 64) - pass "
+                     "--num-heads if wrong" % heads)
+    if heads <= 0 or D % heads:
+        raise ConvertError("embed dim %d is not divisible by %d heads" % (D, heads))
+
+    img = tuple(img_set) if img_set else (grid[0] * ph, grid[1] * pwid)
+    cfg = OrderedDict()
+    cfg["in_chans"] = C
+    cfg["img_size"] = list(img)
+    cfg["num_classes"] = K
+    cfg["num_features"] = F
+    cfg["vit.embed_dim"] = D
+    cfg["vit.depth"] = depth
+    cfg["vit.num_heads"] = heads
+    cfg["vit.mlp_hidden"] = H
+    cfg["vit.patch_size"] = [ph, pwid]
+    cfg["vit.pos_grid"] = list(grid)
+    cfg["vit.norm_eps"] = st.get("vit.norm_eps", 1e-6)
+    cfg["vit.act"] = st.get("vit.act", "gelu")
+    cfg["vit.norm_first"] = st.get("vit.norm_first", 1)
+    cfg["vit.class_token"] = int(cls is not None)
+    cfg["vit.class_last"] = st.get("vit.class_last", 0) if cls is not None else 0
+    cfg["vit.dist_token"] = int(dist is not None)
+    cfg["vit.reg_tokens"] = R
+    cfg["vit.no_embed_class"] = no_embed_class
+    cfg["vit.pool"] = pool
+    cfg["vit.qkv_bias"] = int(qkv_bias)
+    cfg["vit.layer_scale"] = int(layer_scale)
+    cfg["vit.patch_norm"] = int(patch_norm)
+    cfg["vit.norm_pre"] = int(norm_pre)
+    cfg["vit.final_norm"] = int(final_norm)
+    cfg["vit.fc_norm"] = int(fc_norm)
+    cfg["vit.pre_logits"] = pre_logits
+    cfg["vit.attn_scale"] = st.get("vit.attn_scale", 0.0)
+    cfg["vit.pos_interp"] = st.get("vit.pos_interp", "bicubic")
+    cfg["vit.block"] = st.get("vit.block", "pre")
+    if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
+        raise ConvertError("vit.block=res_post (timm ResPostBlock) has no layer scale and no separate "
+                           "vit.norm_first=0 form; this checkpoint has %s"
+                           % ("layer scale tensors" if layer_scale else "vit.norm_first=0"))
+    if cfg["vit.class_last"] and (dist is not None or R or no_embed_class):
+        raise ConvertError("vit.class_last=1 is only supported with a single class token covered by pos_embed")
+    if cfg["vit.norm_first"] == 0 and (norm_pre or layer_scale):
+        raise ConvertError("post-norm blocks (vit.norm_first=0) with norm_pre / layer scale are not supported")
+    # structural settings stated by a mapping file / --set must agree with the tensors
+    for k in sorted(VIT_STRUCTURAL):
+        if st.explicit(k) and k in cfg and k not in ("num_classes",):
+            v = st.get(k)
+            if v != cfg[k]:
+                raise ConvertError("%s is %r according to the tensors, but %r was given" % (k, cfg[k], v))
+    for k in cfg:
+        cfg[k] = coerce(k, cfg[k])
+    return Model("vit", source, cfg, T, used, name=name_hint or vit_name(cfg, source))
+
+
+def vit_name(cfg, source):
+    D, depth, p = cfg["vit.embed_dim"], cfg["vit.depth"], cfg["vit.patch_size"][0]
+    img = cfg["img_size"][0]
+    if source == "torchvision":
+        size = {(768, 12): "b", (1024, 24): "l", (1280, 32): "h"}.get((D, depth))
+        if size:
+            return "vit_%s_%d" % (size, p)
+    size = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large",
+            (1280, 32): "huge", (512, 12): "medium"}.get((D, depth), "d%d_l%d" % (D, depth))
+    if source == "deit":
+        return "deit%s_%s%s_patch%d_%d" % ("3" if cfg["vit.layer_scale"] else "", size,
+                                           "_distilled" if cfg["vit.dist_token"] else "", p, img)
+    return "vit_%s_patch%d_%d" % (size, p, img)
+
+
+# ---------------------------------------------------------------------------------- timm / DeiT
+
+# timm ViT model names: the width each size word stands for (a name whose size does not match the
+# tensors describes another model and is not used) and the names whose registered options differ
+# from timm's defaults (LayerNorm eps 1e-6, GELU, pre-norm blocks, head_dim 64), as registered in
+# timm's vision_transformer.py
+TIMM_VIT_NAME = re.compile(r"^(vit|deit|deit3)_([a-z0-9]+)_[a-z0-9_]+$")
+TIMM_SIZE_WIDTH = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408,
+                   "gigantic": 1664, "medium": 512, "mediumd": 512, "betwixt": 640, "so400m": 1152,
+                   "giantopt": 1536}
+TIMM_NAME_RULES = [
+    (r"_rpn_", {"vit.block": "res_post"}),                       # ResPostBlock: x + norm1(attn(x))
+    (r"quickgelu", {"vit.act": "quickgelu"}),                   # act_layer='quick_gelu'
+    (r"^vit_(base_patch32_siglip|large_patch16_siglip(_gap)?_512|so400m_patch16_siglip|giantopt_patch16_siglip)",
+     {"vit.act": "gelu_tanh"}),                                  # SigLIP towers with act_layer='gelu_tanh'
+    (r"^vit_[a-z0-9]+_patch\d+(_plus)?_clip_", {"vit.norm_eps": 1e-5}),   # CLIP towers: LayerNorm eps 1e-5
+    (r"^vit_base_patch16_gap_224$", {"vit.num_heads": 16}),
+    (r"^vit_(so400m|giantopt)_", {"vit.num_heads": 16}),
+]
+TIMM_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quickgelu", "quickgelu": "quickgelu",
+            "relu": "relu"}
+
+
+def vit_metadata_settings(sd, ctx):
+    """Graph options stated by the checkpoint's metadata (metadata.Hints): the timm model name
+    and its keyword arguments.  Returns settings for the 'sidecar' layer; a kwarg this library
+    cannot run is refused unless the command line or a mapping file sets that option."""
+    h, st = ctx.hints, ctx.settings
+    s = {}
+    if h is None:
+        return s
+    name = (h.name or "").split(".")[0]
+    m = TIMM_VIT_NAME.match(name)
+    D = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else None
+    if m and TIMM_SIZE_WIDTH.get(m.group(2)) not in (None, D):
+        ctx.warn("the model name %s (%s) is %d wide but the tensors are %s wide: the name is not used"
+                 % (name, h.name_src, TIMM_SIZE_WIDTH[m.group(2)], D))
+    elif m:
+        s.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.block": "pre"})
+        if D in VIT_HEADS_BY_DIM:
+            s["vit.num_heads"] = VIT_HEADS_BY_DIM[D]
+        if "cls_token" in sd and "fc_norm.weight" not in sd:
+            s["vit.pool"] = "token"
+        for rx, vals in TIMM_NAME_RULES:
+            if re.search(rx, name):
+                s.update(vals)
+        ctx.notes.append("graph options from the model name %s (%s)" % (name, h.name_src))
+    kw, src = h.kwargs or {}, h.kwargs_src
+
+    def refuse(key, field, value, what):
+        if st.rank(key) >= 2:   # the mapping file or the command line decides
+            return
+        raise ConvertError("%s: %s=%s is %s; if the model is one this library runs, say which with %s"
+                           % (src, field, _short(value), what, FAMILIES["vit"].assumable[key]))
+    if "act_layer" in kw:
+        a = kw["act_layer"]
+        if isinstance(a, str) and a.lower() in TIMM_ACT:
+            s["vit.act"] = TIMM_ACT[a.lower()]
+        else:
+            refuse("vit.act", "act_layer", a, "not an activation lemevit.h runs (gelu, gelu_tanh, quick_gelu, relu)")
+    if "global_pool" in kw:
+        g = kw["global_pool"]
+        if g in ("avg", "token"):
+            s["vit.pool"] = g
+        else:
+            refuse("vit.pool", "global_pool", g, "not a pooling lemevit.h runs (token, avg)")
+    if "block_fn" in kw:
+        b = kw["block_fn"]
+        bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
+        if bname in ("Block", "ResPostBlock"):
+            s["vit.block"] = "pre" if bname == "Block" else "res_post"
+        else:
+            refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock)")
+    if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
+        s["vit.num_heads"] = kw["num_heads"]
+    return s
+
+
+@detector("vit", "timm/DeiT ViT")
+def detect_timm_vit(sd, ctx):
+    has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
+    if "patch_embed.proj.weight" not in sd or not has_blocks or "pos_embed" not in sd:
+        return None
+    deit3 = any(re.match(r"^blocks\.\d+\.gamma_[12]$", k) for k in sd)
+    # DeiT-III stores layer scale as gamma_1/gamma_2 (timm's checkpoint filter renames them too)
+    sd, back = _rename(sd, [(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma")])
+    args = ctx.info.get("args") or {}
+    arch_name = args.get("model") if isinstance(args.get("model"), str) else None
+    wrapper = ctx.info.get("path") or []
+    official_deit = wrapper[:1] == ["model"] or wrapper[:1] == ["model_ema"]
+    is_deit = "dist_token" in sd or deit3 or (arch_name or "").startswith("deit") or \
+        (official_deit and not (arch_name or "").startswith("vit"))
+    source = "deit" if is_deit else "timm"
+    defaults = dict(PRE_DEIT if is_deit else PRE_TIMM)
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_aa"})
+    # timm training arguments may carry the data config used
+    side = {}
+    if isinstance(args.get("mean"), (list, tuple)) and args.get("mean"):
+        side["pre.mean"] = _side_value("the checkpoint's training args", "mean", "pre.mean", list(args["mean"]))
+    if isinstance(args.get("std"), (list, tuple)) and args.get("std"):
+        side["pre.std"] = _side_value("the checkpoint's training args", "std", "pre.std", list(args["std"]))
+    if isinstance(args.get("crop_pct"), float):
+        side["pre.crop_pct"] = args["crop_pct"]
+    if args.get("interpolation") in ("bilinear", "bicubic", "nearest"):
+        side["pre.interp"] = args["interpolation"]
+    side.update(vit_metadata_settings(sd, ctx))
+    ctx.settings.update("sidecar", side)
+    fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    if source == "timm" and "blocks.7.norm1.weight" in sd and "blocks.8.norm1.weight" not in sd and \
+            fc1 is not None and tuple(fc1.shape) == (2304, 768) and "blocks.0.attn.qkv.bias" not in sd:
+        # timm's first vit_small_patch16_224 (2020): 768 wide, 8 deep, 8 heads, mlp ratio 3, no qkv
+        # bias, qk_scale 768**-0.5 for its weights, torch's default LayerNorm eps 1e-5
+        defaults.update({"vit.num_heads": 8, "vit.attn_scale": 768 ** -0.5, "vit.norm_eps": 1e-5})
+        ctx.notes.append("looks like timm's original vit_small_patch16_224: 8 heads, attn scale 768^-0.5, eps 1e-5")
+    m = build_vit(sd, ctx, source, defaults, name_hint=arch_name)
+    m.used = set(back[k] for k in m.used)
+    if deit3:
+        m.notes.append("DeiT-III gamma_1/gamma_2 renamed to ls1.gamma/ls2.gamma")
+    return m
+
+
+# ---------------------------------------------------------------------------------- torchvision
+
+TORCHVISION_RULES = [
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+    (r"^(blocks\.\d+)\.ln_1\.", r"\1.norm1."),
+    (r"^(blocks\.\d+)\.ln_2\.", r"\1.norm2."),
+    (r"^(blocks\.\d+)\.self_attention\.in_proj_weight$", r"\1.attn.qkv.weight"),
+    (r"^(blocks\.\d+)\.self_attention\.in_proj_bias$", r"\1.attn.qkv.bias"),
+    (r"^(blocks\.\d+)\.self_attention\.out_proj\.", r"\1.attn.proj."),
+    (r"^(blocks\.\d+)\.mlp\.(0|linear_1)\.", r"\1.mlp.fc1."),
+    (r"^(blocks\.\d+)\.mlp\.(3|linear_2)\.", r"\1.mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.head\.", "head."),
+    (r"^heads\.pre_logits\.", "pre_logits.fc."),
+]
+
+
+@detector("vit", "torchvision ViT")
+def detect_torchvision_vit(sd, ctx):
+    if "conv_proj.weight" not in sd or \
+            "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" not in sd:
+        return None
+    renamed, back = _rename(sd, TORCHVISION_RULES)
+    defaults = dict(PRE_TORCHVISION)
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_ac"})
+    # torchvision's VisionTransformer has one block form, GELU and class-token pooling, no options
+    ctx.determined.update(("vit.block", "vit.act", "vit.pool"))
+    m = build_vit(renamed, ctx, "torchvision", defaults)
+    m.used = set(back[k] for k in m.used)
+    return m
+
+
+# ---------------------------------------------------------------------------------- Hugging Face
+
+HF_RULES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),
+    (r"^(blocks\.\d+)\.layernorm_before\.", r"\1.norm1."),
+    (r"^(blocks\.\d+)\.layernorm_after\.", r"\1.norm2."),
+    (r"^(blocks\.\d+)\.attention\.output\.dense\.", r"\1.attn.proj."),
+    (r"^(blocks\.\d+)\.intermediate\.dense\.", r"\1.mlp.fc1."),
+    (r"^(blocks\.\d+)\.output\.dense\.", r"\1.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+    (r"^cls_classifier\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
+]
+HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+          "relu": "relu"}
+HF_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+@detector("vit", "Hugging Face ViT/DeiT")
+def detect_hf_vit(sd, ctx):
+    model_prefix = None
+    for p in ("vit.", "deit.", ""):
+        if p + "embeddings.patch_embeddings.projection.weight" in sd:
+            model_prefix = p
+            break
+    if model_prefix is None or model_prefix + "encoder.layer.0.attention.attention.query.weight" not in sd:
+        return None
+    used_extra = set()
+    body = OrderedDict()
+    for k, v in sd.items():
+        if model_prefix and k.startswith(model_prefix):
+            body[k[len(model_prefix):]] = (k, v)
+        else:
+            body[k] = (k, v)
+    # q, k, v -> qkv (rows q, k, v as timm and nn.MultiheadAttention)
+    merged = OrderedDict()
+    origin = {}
+    for k, (orig, v) in body.items():
+        m = re.match(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$", k)
+        if m:
+            if m.group(2) != "query":
+                continue
+            parts, origs = [], []
+            for which in ("query", "key", "value"):
+                kk = "encoder.layer.%s.attention.attention.%s.%s" % (m.group(1), which, m.group(3))
+                if kk not in body:
+                    raise ConvertError("Hugging Face ViT: %s is missing" % (model_prefix + kk))
+                parts.append(body[kk][1])
+                origs.append(body[kk][0])
+            nk = "blocks.%s.attn.qkv.%s" % (m.group(1), m.group(3))
+            merged[nk] = concat0(parts, nk)
+            origin[nk] = origs
+            continue
+        if k.startswith("pooler.dense.") or k == "embeddings.mask_token":
+            used_extra.add(orig)   # ViTModel pooler / masked-image-modeling token: not used for classification
+            ctx.notes.append("ignored %s (not used by image classification)" % orig)
+            continue
+        nk = k
+        for pat, rep in HF_RULES:
+            nk = re.sub(pat, rep, nk)
+        if nk in merged:
+            raise ConvertError("two tensors map to %s" % nk)
+        merged[nk] = v
+        origin[nk] = [orig]
+
+    is_deit = "dist_token" in merged or model_prefix == "deit."
+    cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
+    pre, pre_path = _read_json_beside(ctx.path, "preprocessor_config.json")
+    defaults = dict(PRE_HF_DEIT if is_deit else PRE_HF_VIT)
+    defaults.update({"vit.norm_eps": 1e-12, "vit.act": "gelu", "vit.pos_interp": "bicubic"})
+    side = {}
+    labels = None
+    # the Hugging Face ViT/DeiT modules have one block form and classify from the class token
+    ctx.determined.update(("vit.block", "vit.pool"))
+    if isinstance(cfg, dict):
+        ctx.notes.append("read %s" % cfg_path)
+        if "layer_norm_eps" in cfg:
+            side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
+        if "num_attention_heads" in cfg:
+            side["vit.num_heads"] = _side_value(cfg_path, "num_attention_heads", "vit.num_heads",
+                                                cfg["num_attention_heads"])
+        act = cfg.get("hidden_act")
+        if act is not None:
+            if not isinstance(act, str) or act not in HF_ACT:
+                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
+                                   % (cfg_path, _short(act), ", ".join(sorted(HF_ACT))))
+            side["vit.act"] = HF_ACT[act]
+        if cfg.get("image_size") is not None:
+            side["img_size"] = _side_value(cfg_path, "image_size", "img_size", cfg["image_size"])
+        id2label = cfg.get("id2label")
+        if isinstance(id2label, dict) and id2label:
+            try:
+                items = sorted((int(k), str(v)) for k, v in id2label.items())
+                names = [v for _, v in items]
+                if [k for k, _ in items] == list(range(len(items))) and \
+                        not all(re.match(r"^LABEL_\d+$", n) for n in names):
+                    labels = names
+            except ValueError:
+                pass
+    if isinstance(pre, dict):
+        ctx.notes.append("read %s" % pre_path)
+        if isinstance(pre.get("image_mean"), list):
+            side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
+        if isinstance(pre.get("image_std"), list):
+            side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+        if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
+            side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
+        size = pre.get("size")
+        crop = pre.get("crop_size")
+        if pre.get("do_center_crop") and isinstance(crop, dict) and "height" in crop:
+            side["img_size"] = _side_value(pre_path, "crop_size", "img_size", [crop.get("height"), crop.get("width")])
+            if isinstance(size, dict) and "shortest_edge" in size:
+                side["pre.resize"] = _side_value(pre_path, "size.shortest_edge", "pre.resize", size["shortest_edge"])
+            elif isinstance(size, dict) and "height" in size:
+                hw = _side_value(pre_path, "size", "pre.crop", [size.get("height"), size.get("width")])
+                side["pre.resize"] = min(hw)
+        elif isinstance(size, dict) and "height" in size and pre.get("do_resize", True):
+            side["pre.resize"] = 0
+            side["pre.crop_pct"] = 1.0
+    ctx.settings.update("sidecar", side)
+    m = build_vit(merged, ctx, "hf", defaults)
+    used = set(used_extra)
+    for k in m.used:
+        used.update(origin.get(k, [k]))
+    m.used = used
+    m.labels = labels
+    return m
+
+

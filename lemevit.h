@@ -513,7 +513,7 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_imag
    RGBA), Adam7 interlace, all five filters, any split of the data into IDAT chunks, with its own
    inflate (stored, fixed and dynamic Huffman blocks); every chunk CRC and the zlib Adler-32 are
    checked. The pixels equal Pillow's Image.open(p).convert('RGB') (gray and gray+alpha files give
-   1 channel, its convert('L')): alpha and tRNS dropped, 16-bit RGB/alpha samples cut to their high
+   1 channel, which that repeats): alpha and tRNS dropped, 16-bit RGB/alpha samples cut to their high
    byte and 16-bit gray clipped to 255 (Pillow's "I" mode), a palette index past the PLTE entries
    gray (index, index, index), gAMA/iCCP/sBIT and other ancillary chunks ignored. A missing IEND
    is accepted (as Pillow); a bad signature, CRC or zlib stream, a cut-off chunk, too little or

@@ -22,6 +22,7 @@ SUITES = [
     ("convert mapping transforms", [PY, os.path.join(HERE, "test_mapping.py")]),
     ("convert (hostile inputs)", [PY, os.path.join(HERE, "test_convert_hostile.py")]),
     ("image", [PY, os.path.join(HERE, "test_image.py")]),
+    ("png", [PY, os.path.join(HERE, "test_png.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),

@@ -6342,6 +6342,7 @@ LEMEVIT_API lmv_result lmv_image_load_png_memory(const void *data, size_t size, 
     lmv_result r;
     if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_png_memory: NULL output");
     memset(out, 0, sizeof *out);
+    memset(&info, 0, sizeof info);
     if ((r = lmv__pprepare(&g, data, size, &o, "lmv_image_load_png_memory", &info, err)) != LMV_OK) return r;
     g.lit = (lmv__phuff *)lmv__alloc(&o.allocator, 2 * sizeof(lmv__phuff));
     g.out = (unsigned char *)lmv__alloc(&o.allocator, g.raw_size);

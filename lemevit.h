@@ -151,7 +151,7 @@
        public API ........ results and errors, memory, models, sessions, images, helpers
        implementation .... errors and memory -> weight file -> tensor kernels -> attention ->
                            sessions -> model graphs (ViT, Swin, LeMeViT) -> opening models and
-                           running -> images (JPEG, resize, preprocess) -> high-level helpers
+                           running -> images (JPEG, PNG, resize, preprocess) -> high-level helpers
 
    LIMITS
 
@@ -159,8 +159,9 @@
        tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16; JPEG images up to
        lmv_image_options.max_pixels (default 2 * 89,478,485, Pillow's decompression-bomb bound),
        max_scans scans (default 100) and, when set, max_memory bytes of decode memory; 8-bit
-       Huffman-coded only. Anything beyond these is refused with LMV_ERR_LIMIT, never truncated,
-       and before anything of that size is allocated.
+       Huffman-coded only; PNG images up to the same max_pixels and max_memory, their inflate
+       bounded by the size IHDR declares. Anything beyond these is refused with LMV_ERR_LIMIT,
+       never truncated, and before anything of that size is allocated.
        A weight file's preprocessing must be usable: pre.crop an input the model can run (else
        LMV_ERR_LIMIT or LMV_ERR_INPUT_SIZE when it opens), pre.interp one of the three filters,
        pre.std in [1e-6, 1e6] and pre.mean in [-1e6, 1e6] (else LMV_ERR_CORRUPT).
@@ -437,9 +438,9 @@ LEMEVIT_API void lmv_session_trace_attention(lmv_session *sess, const char *bloc
 LEMEVIT_API double lmv_session_macs(const lmv_session *sess);
 
 /* --------------------------------------------------------------------------------------------
-   Image: JPEG decode, resize, crop, normalise
+   Image: JPEG and PNG decode, resize, crop, normalise
 
-   The eval transform as torchvision + Pillow do it, in C: decode a JPEG the way Pillow 9.4 with
+   The eval transform as torchvision + Pillow do it, in C: decode a JPEG (or a PNG, below) the way Pillow 9.4 with
    libjpeg-turbo decodes it (integer IDCT, fancy upsampling, libjpeg's YCbCr->RGB), resize with
    Pillow's resampling filters, centre-crop, scale to [0,1] and normalise. The pixels and the
    final floats are meant to be identical to what the Python pipeline gives.

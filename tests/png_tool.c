@@ -4,7 +4,8 @@
 
    Each FILE is decoded with lmv_image_load_file (the decoder picked by the first bytes, not the
    name) and, when that works, written to OUTDIR/<index>.pnm (P5 gray, P6 RGB). For a PNG the
-   tool also checks the exact memory query: lmv_image_png_info must agree with the decode, a
+   tool also checks the exact memory query: lmv_image_png_info (and lmv_image_probe) must agree
+   with the decode, a
    decode in an lmv_arena of exactly decode_memory bytes must give the same pixels, and one of
    16 bytes less must fail with LMV_ERR_OUT_OF_MEMORY. One line per file:
    "OK w h channels", "ERROR CODE message", or "BAD what" when the decoder broke its contract.
@@ -69,7 +70,10 @@ static const char *check_arena(const unsigned char *data, size_t n, const lmv_im
     lmv_arena arena;
     unsigned char *buf;
     const char *bad = NULL;
+    lmv_image_info probed;
     if (lmv_image_png_info(data, n, opt, &info, &err) != LMV_OK) return "lmv_image_png_info failed on a file that decodes";
+    if (lmv_image_probe(data, n, opt, &probed, &err) != LMV_OK || memcmp(&probed, &info, sizeof info) != 0)
+        return "lmv_image_probe disagrees with lmv_image_png_info";
     if (info.width != img->width || info.height != img->height || info.channels != img->channels)
         return "lmv_image_png_info disagrees with the decode";
     buf = (unsigned char *)malloc(info.decode_memory);

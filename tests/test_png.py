@@ -292,6 +292,21 @@ def main():
               same(pillow(disguised), got[0][1]) and same(np.asarray(Image.open(jpg_named_png).convert("RGB")), got[1][1]),
               f"{got[0][0]}; {got[1][0]}")
 
+    # LEMEVIT_NO_PNG leaves the decoder out: the by-signature loader then says so
+    src = os.path.join(tmp, "no_png.c")
+    open(src, "w").write('#define LEMEVIT_IMPLEMENTATION\n#define LEMEVIT_NO_PNG\n#include "%s"\n#include <stdio.h>\n'
+                         'int main(void) {\n    static const unsigned char png[8] = {0x89, 0x50, 0x4E, 0x47, 13, 10, 26, 10};\n'
+                         '    lmv_image img;\n    lmv_error err;\n    lmv_result r = lmv_image_load_memory(png, 8, NULL, &img, &err);\n'
+                         '    printf("%%s %%s\\n", r == LMV_ERR_UNSUPPORTED ? "UNSUPPORTED" : "OTHER", err.message);\n'
+                         '    return 0;\n}\n'
+                         % os.path.join(ROOT, "lemevit.h").replace("\\", "/"))
+    exe = os.path.join(tmp, "no_png")
+    p = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", src, "-o", exe, "-lm"],
+                       capture_output=True, text=True)
+    out = subprocess.run([exe], capture_output=True, text=True).stdout if p.returncode == 0 else p.stderr[-300:]
+    res.check("built with LEMEVIT_NO_PNG: a PNG gives LMV_ERR_UNSUPPORTED naming the macro",
+              out.startswith("UNSUPPORTED ") and "LEMEVIT_NO_PNG" in out, out.strip())
+
     # (d) corrupt files: each refused with its own code and sentence, also under ASan+UBSan
     good = made["c2_d8_plain"]
     bad = {}

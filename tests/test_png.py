@@ -292,6 +292,13 @@ def main():
               same(pillow(disguised), got[0][1]) and same(np.asarray(Image.open(jpg_named_png).convert("RGB")), got[1][1]),
               f"{got[0][0]}; {got[1][0]}")
 
+    # max_pixels at the boundary, from IHDR alone
+    f32 = os.path.join(SUITE, "basn2c08.png")
+    over = decode(fast, [f32], tmp, "--max-pixels", "1023")[0][0]
+    at = decode(fast, [f32], tmp, "--max-pixels", "1024")[0][0]
+    res.check("a 32x32 PNG: refused at max_pixels 1023 (LMV_ERR_LIMIT, naming max_pixels), decoded at 1024",
+              over.startswith("ERROR LMV_ERR_LIMIT") and "max_pixels" in over and at.startswith("OK"), f"{over}; {at}")
+
     # LEMEVIT_NO_PNG leaves the decoder out: the by-signature loader then says so
     src = os.path.join(tmp, "no_png.c")
     open(src, "w").write('#define LEMEVIT_IMPLEMENTATION\n#define LEMEVIT_NO_PNG\n#include "%s"\n#include <stdio.h>\n'

@@ -516,7 +516,8 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_imag
    checked. The pixels equal Pillow's Image.open(p).convert('RGB') (gray and gray+alpha files give
    1 channel, which that repeats): alpha and tRNS dropped, 16-bit RGB/alpha samples cut to their high
    byte and 16-bit gray clipped to 255 (Pillow's "I" mode), a palette index past the PLTE entries
-   gray (index, index, index), gAMA/iCCP/sBIT and other ancillary chunks ignored. A missing IEND
+   gray (index, index, index), gAMA/iCCP/sBIT and other ancillary chunks ignored; the orientation
+   of an eXIf chunk is applied as for a JPEG (unless ignore_orientation). A missing IEND
    is accepted (as Pillow); a bad signature, CRC or zlib stream, a cut-off chunk, too little or
    too much image data, give LMV_ERR_IMAGE; max_pixels and max_memory are checked against the
    IHDR size before anything is allocated (LMV_ERR_LIMIT), and the inflate never writes past the
@@ -4788,6 +4789,41 @@ static lmv_result lmv__image_alloc(lmv_image *img, int w, int h, int ch, const l
     return LMV_OK;
 }
 
+#if !defined(LEMEVIT_NO_JPEG) || !defined(LEMEVIT_NO_PNG)
+/* The EXIF orientation (1..8; 1 when absent or unreadable) from TIFF data ("II" or "MM", then the
+   first IFD), as Pillow's getexif reads it for ImageOps.exif_transpose. */
+static int lmv__tiff_orientation(const unsigned char *t, size_t tl) {
+    size_t ifd, i, count;
+    int le;
+    if (tl < 8) return 1;
+    if (t[0] == 'I' && t[1] == 'I') le = 1;
+    else if (t[0] == 'M' && t[1] == 'M') le = 0;
+    else return 1;
+#define LMV__T16(o) (le ? (unsigned)(t[o] | (t[(o) + 1] << 8)) : (unsigned)((t[o] << 8) | t[(o) + 1]))
+#define LMV__T32(o) (le ? ((size_t)LMV__T16(o) | ((size_t)LMV__T16((o) + 2) << 16)) : (((size_t)LMV__T16(o) << 16) | (size_t)LMV__T16((o) + 2)))
+    ifd = LMV__T32(4);
+    if (ifd > tl || tl - ifd < 2) return 1;
+    count = LMV__T16(ifd);
+    for (i = 0; i < count; i++) {
+        size_t e = ifd + 2 + 12 * i;
+        unsigned tag, type, v;
+        if (e > tl || tl - e < 12) return 1;
+        tag = LMV__T16(e);
+        type = LMV__T16(e + 2);
+        if (tag != 0x0112) continue;
+        if (LMV__T32(e + 4) != 1) return 1;
+        if (type == 3) v = LMV__T16(e + 8);
+        else if (type == 4) v = (unsigned)LMV__T32(e + 8);
+        else if (type == 1) v = t[e + 8];
+        else return 1;
+        return (v >= 1 && v <= 8) ? (int)v : 1;
+    }
+#undef LMV__T16
+#undef LMV__T32
+    return 1;
+}
+#endif
+
 #ifndef LEMEVIT_NO_JPEG
 
 /* Floor division by 2^n that does not depend on how the compiler shifts negative numbers. */
@@ -5100,39 +5136,9 @@ static lmv_result lmv__jdht(lmv__jpeg *j, const unsigned char *s, size_t len, lm
 
 /* EXIF: the orientation tag (0x0112) of IFD0, read as Pillow's getexif() does. */
 static void lmv__jexif(lmv__jpeg *j, const unsigned char *s, size_t len) {
-    const unsigned char *t;
-    size_t tl, ifd, i, count;
-    int le;
     if (j->exif_seen || len < 6 || memcmp(s, "Exif\0", 5) != 0) return;
     j->exif_seen = 1; /* Pillow reads the first Exif segment only */
-    t = s + 6;
-    tl = len - 6;
-    if (tl < 8) return;
-    if (t[0] == 'I' && t[1] == 'I') le = 1;
-    else if (t[0] == 'M' && t[1] == 'M') le = 0;
-    else return;
-#define LMV__T16(o) (le ? (unsigned)(t[o] | (t[(o) + 1] << 8)) : (unsigned)((t[o] << 8) | t[(o) + 1]))
-#define LMV__T32(o) (le ? ((size_t)LMV__T16(o) | ((size_t)LMV__T16((o) + 2) << 16)) : (((size_t)LMV__T16(o) << 16) | (size_t)LMV__T16((o) + 2)))
-    ifd = LMV__T32(4);
-    if (ifd > tl || tl - ifd < 2) return;
-    count = LMV__T16(ifd);
-    for (i = 0; i < count; i++) {
-        size_t e = ifd + 2 + 12 * i;
-        unsigned tag, type, v;
-        if (e > tl || tl - e < 12) return;
-        tag = LMV__T16(e);
-        type = LMV__T16(e + 2);
-        if (tag != 0x0112) continue;
-        if (LMV__T32(e + 4) != 1) return;
-        if (type == 3) v = LMV__T16(e + 8);
-        else if (type == 4) v = (unsigned)LMV__T32(e + 8);
-        else if (type == 1) v = t[e + 8];
-        else return;
-        j->orientation = (v >= 1 && v <= 8) ? (int)v : 1;
-        return;
-    }
-#undef LMV__T16
-#undef LMV__T32
+    j->orientation = lmv__tiff_orientation(s + 6, len - 6);
 }
 
 static lmv_result lmv__jsof(lmv__jpeg *j, int marker, const unsigned char *s, size_t len, lmv_error *err) {
@@ -5848,6 +5854,7 @@ typedef struct lmv__png {
     int width, height, depth, ctype, interlace;
     int samples;               /* samples a pixel: 1 gray, 3 RGB, 1 palette, 2 gray+alpha, 4 RGBA */
     int npal;
+    int orientation;           /* from the last eXIf chunk: 1..8 */
     unsigned char pal[256 * 3];
     size_t idat;               /* offset of the first IDAT chunk */
     size_t raw_size;           /* bytes of filtered data: every pass's rows with their filter bytes */
@@ -5897,6 +5904,7 @@ static lmv_result lmv__popen(lmv__png *g, const void *data, size_t size, size_t 
     memset(g, 0, sizeof *g);
     g->p = (const unsigned char *)data;
     g->n = size;
+    g->orientation = 1;
     if (size < 8 || memcmp(g->p, sig, 4) != 0)
         return lmv__fail(err, LMV_ERR_IMAGE, "not a PNG file (no PNG signature)");
     if (memcmp(g->p, sig, 8) != 0)
@@ -5964,6 +5972,8 @@ static lmv_result lmv__popen(lmv__png *g, const void *data, size_t size, size_t 
             if (after_idat) return lmv__pcorrupt(err, "the IDAT chunks are not consecutive");
             if (!seen_idat) g->idat = pos;
             seen_idat = 1;
+        } else if (!memcmp(c + 4, "eXIf", 4)) {
+            g->orientation = lmv__tiff_orientation(c + 8, len); /* as Pillow, the last one counts */
         } else if (!memcmp(c + 4, "IEND", 4)) {
             if (!seen_idat) return lmv__pcorrupt(err, "the file has no image data (no IDAT chunk before IEND)");
             break;
@@ -6227,8 +6237,8 @@ static lmv_result lmv__pinflate(lmv__png *g, lmv_error *err) {
 
 /* Undo the row filters of every pass in place, then convert each pixel as Pillow's unpacker and
    convert('RGB') (or convert('L') for gray) do, and place it. */
-static lmv_result lmv__pemit(lmv__png *g, lmv_image *img, lmv_error *err) {
-    int pass, ch = img->channels;
+static lmv_result lmv__pemit(lmv__png *g, int orient, lmv_image *img, lmv_error *err) {
+    int pass, ch = img->channels, W = g->width, H = g->height;
     size_t bpp = (size_t)((g->samples * g->depth + 7) / 8); /* the filters' byte distance */
     unsigned char *row = g->out;
     for (pass = 0; pass < (g->interlace ? 7 : 1); pass++) {
@@ -6266,7 +6276,19 @@ static lmv_result lmv__pemit(lmv__png *g, lmv_image *img, lmv_error *err) {
                 return lmv__fail(err, LMV_ERR_IMAGE, "corrupt PNG: row %d has filter type %d (only 0 to 4 exist)", y, row[0]);
             }
             for (x = 0; x < pw; x++) {
-                unsigned char *o = img->pixels + ((size_t)(y0 + y * dy) * (size_t)g->width + (size_t)(x0 + x * dx)) * (size_t)ch;
+                int X = x0 + x * dx, Y = y0 + y * dy, ox, oy; /* placed as ImageOps.exif_transpose places it */
+                unsigned char *o;
+                switch (orient) {
+                case 2: ox = W - 1 - X; oy = Y; break;
+                case 3: ox = W - 1 - X; oy = H - 1 - Y; break;
+                case 4: ox = X; oy = H - 1 - Y; break;
+                case 5: ox = Y; oy = X; break;
+                case 6: ox = H - 1 - Y; oy = X; break;
+                case 7: ox = H - 1 - Y; oy = W - 1 - X; break;
+                case 8: ox = Y; oy = W - 1 - X; break;
+                default: ox = X; oy = Y; break;
+                }
+                o = img->pixels + ((size_t)oy * (size_t)img->width + (size_t)ox) * (size_t)ch;
                 if (g->depth < 8) {
                     size_t bit = (size_t)x * (size_t)g->depth;
                     int v = (r[bit >> 3] >> (8 - g->depth - (int)(bit & 7))) & ((1 << g->depth) - 1);
@@ -6308,8 +6330,9 @@ static lmv_result lmv__pprepare(lmv__png *g, const void *data, size_t size, lmv_
     if (o->max_pixels == 0) o->max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
     if ((r = lmv__popen(g, data, size, o->max_pixels, err)) != LMV_OK) return r;
     memset(info, 0, sizeof *info);
-    info->width = g->width;
-    info->height = g->height;
+    if (o->ignore_orientation) g->orientation = 1;
+    info->width = g->orientation >= 5 ? g->height : g->width;
+    info->height = g->orientation >= 5 ? g->width : g->height;
     info->channels = (g->ctype == 0 || g->ctype == 4) ? 1 : 3;
     info->progressive = g->interlace;
     /* the three blocks lmv_image_load_png_memory asks for; the pixels fit size_t since the raw
@@ -6356,8 +6379,8 @@ LEMEVIT_API lmv_result lmv_image_load_png_memory(const void *data, size_t size, 
     g.dist = g.lit + 1;
     r = lmv__pinflate(&g, err);
     lmv__free(&o.allocator, g.lit);
-    if (r == LMV_OK) r = lmv__image_alloc(out, g.width, g.height, info.channels, &o.allocator, err);
-    if (r == LMV_OK && (r = lmv__pemit(&g, out, err)) != LMV_OK) lmv_image_free(out);
+    if (r == LMV_OK) r = lmv__image_alloc(out, info.width, info.height, info.channels, &o.allocator, err);
+    if (r == LMV_OK && (r = lmv__pemit(&g, g.orientation, out, err)) != LMV_OK) lmv_image_free(out);
     lmv__free(&o.allocator, g.out);
     if (r == LMV_OK) lmv__ok(err);
     return r;

@@ -1,6 +1,6 @@
 /* png_tool - drives the PNG decoder of lemevit.h for tests/test_png.py.
 
-   png_tool [--max-pixels N] [--max-memory BYTES] OUTDIR FILE...
+   png_tool [--max-pixels N] [--max-memory BYTES] [--ignore-orientation] OUTDIR FILE...
 
    Each FILE is decoded with lmv_image_load_file (the decoder picked by the first bytes, not the
    name) and, when that works, written to OUTDIR/<index>.pnm (P5 gray, P6 RGB). For a PNG the
@@ -98,11 +98,15 @@ int main(int argc, char **argv) {
     while (i + 1 < argc && !strncmp(argv[i], "--", 2)) {
         if (!strcmp(argv[i], "--max-pixels")) opt.max_pixels = (size_t)strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--max-memory")) opt.max_memory = (size_t)strtoull(argv[i + 1], NULL, 10);
-        else break;
+        else if (!strcmp(argv[i], "--ignore-orientation")) {
+            opt.ignore_orientation = 1;
+            i += 1;
+            continue;
+        } else break;
         i += 2;
     }
     if (i >= argc) {
-        fprintf(stderr, "usage: png_tool [--max-pixels N] [--max-memory BYTES] OUTDIR FILE...\n");
+        fprintf(stderr, "usage: png_tool [--max-pixels N] [--max-memory BYTES] [--ignore-orientation] OUTDIR FILE...\n");
         return 1;
     }
     for (k = i + 1; k < argc; k++) {

@@ -2,7 +2,7 @@
 Pillow writes (every mode it saves, palettes of 1-8 bits, compress_level 0/1/9, several IDAT
 chunks) and files made here (16-bit RGB/RGBA/gray+alpha, Adam7 for every colour type and depth,
 each filter type, stored/fixed/dynamic deflate blocks, one-byte IDAT chunks, palette indices past
-PLTE, no IEND) must give Pillow's Image.open(p).convert('RGB') exactly (gray files come back with
+PLTE, no IEND, eXIf orientations) must give Pillow's Image.open(p).convert('RGB') exactly (gray files come back with
 one channel, which convert('RGB') repeats). Corrupt files (PngSuite's x*.png, bad CRCs, truncations, bad zlib data,
 bad Adler-32, huge sizes, decompression bombs) must be refused with their own error code and
 sentence, also under AddressSanitizer + UBSan. tests/png_tool.c checks the exact memory query on
@@ -291,6 +291,27 @@ def main():
     res.check("a PNG named .jpg and a JPEG named .png decode by their signatures",
               same(pillow(disguised), got[0][1]) and same(np.asarray(Image.open(jpg_named_png).convert("RGB")), got[1][1]),
               f"{got[0][0]}; {got[1][0]}")
+
+    # an eXIf chunk's orientation is applied as ImageOps.exif_transpose applies it (as for a JPEG),
+    # in both byte orders, and not with ignore_orientation
+    from PIL import ImageOps
+    rot, plain_refs = [], []
+    base = picture(9, 14, 3, 255, 11)
+    for v in range(1, 9):
+        le = v % 2 == 0
+        e = "<" if le else ">"
+        tiff = (b"II" if le else b"MM") + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1) + \
+            struct.pack(e + "HHI", 0x0112, 3, 1) + struct.pack(e + "HH", v, 0) + struct.pack(e + "I", 0)
+        p = os.path.join(tmp, f"exif_{v}.png")
+        open(p, "wb").write(make_png(base, 8, 2, extra=chunk(b"eXIf", tiff)))
+        rot.append(p)
+    got = decode(fast, rot, tmp)
+    wrong = [f"{os.path.basename(p)}: {ln}" for p, (ln, pix) in zip(rot, got)
+             if not same(np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB")), pix)]
+    got = decode(fast, rot, tmp, "--ignore-orientation")
+    wrong += [f"{os.path.basename(p)} ignored: {ln}" for p, (ln, pix) in zip(rot, got) if not same(pillow(p), pix)]
+    res.check("eXIf orientations 1-8 applied as ImageOps.exif_transpose, none with ignore_orientation", not wrong,
+              "; ".join(wrong[:4]))
 
     # max_pixels at the boundary, from IHDR alone
     f32 = os.path.join(SUITE, "basn2c08.png")

@@ -120,6 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     lmv_result r;
     void *buf;
     opt.max_pixels = (size_t)1 << 20;
+    opt.ignore_orientation = size > 0 && (in[size - 1] & 2);
     if (size >= 8 && in[0] == 0x89) {
         data = (unsigned char *)malloc(size);
         if (!data) return 0;

@@ -5886,8 +5886,8 @@ static void lmv__ppass(const lmv__png *g, int pass, int *x0, int *y0, int *dx, i
         *dx = lmv__adam7[pass][2];
         *dy = lmv__adam7[pass][3];
     }
-    *pw = g->width > *x0 ? (g->width - *x0 + *dx - 1) / *dx : 0;
-    *ph = g->height > *y0 ? (g->height - *y0 + *dy - 1) / *dy : 0;
+    *pw = g->width > *x0 ? (g->width - *x0 - 1) / *dx + 1 : 0; /* no overflow at 2^31 - 1 */
+    *ph = g->height > *y0 ? (g->height - *y0 - 1) / *dy + 1 : 0;
 }
 
 /* Bytes of one filtered row of `pw` pixels, without its filter byte. */
@@ -5986,6 +5986,10 @@ static lmv_result lmv__popen(lmv__png *g, const void *data, size_t size, size_t 
         pos += 12 + (size_t)len;
     }
     if (g->ctype == 3 && !seen_plte) return lmv__pcorrupt(err, "a palette image without a PLTE chunk");
+    /* a row's bits, and the pixels, must fit size_t (a 32-bit size_t is the concern) */
+    if ((size_t)g->width > (SIZE_MAX - 7) / (size_t)(g->samples * g->depth) ||
+        (size_t)g->width * (size_t)g->height > SIZE_MAX / 4)
+        return lmv__fail(err, LMV_ERR_LIMIT, "PNG of %d x %d pixels is too large for this machine", g->width, g->height);
     /* the filtered size: at most 7 passes of ph rows of 1 + row bytes, each below 2^31 * 8 bytes;
        the pixel count is bounded by max_pixels, so add with overflow checks */
     g->raw_size = 0;
@@ -6335,10 +6339,17 @@ static lmv_result lmv__pprepare(lmv__png *g, const void *data, size_t size, lmv_
     info->height = g->orientation >= 5 ? g->width : g->height;
     info->channels = (g->ctype == 0 || g->ctype == 4) ? 1 : 3;
     info->progressive = g->interlace;
-    /* the three blocks lmv_image_load_png_memory asks for; the pixels fit size_t since the raw
-       data, at least as large, did */
-    info->decode_memory = lmv__alloc_cost(2 * sizeof(lmv__phuff)) + lmv__alloc_cost(g->raw_size) +
-                          lmv__alloc_cost((size_t)g->width * (size_t)g->height * (size_t)info->channels);
+    /* the three blocks lmv_image_load_png_memory asks for (the pixels fit size_t: checked in
+       lmv__popen) */
+    {
+        size_t pixels = (size_t)g->width * (size_t)g->height * (size_t)info->channels;
+        size_t fixed = lmv__alloc_cost(2 * sizeof(lmv__phuff)) + lmv__alloc_cost(0);
+        if (g->raw_size > SIZE_MAX / 2 - fixed || pixels > SIZE_MAX / 2 - fixed)
+            return lmv__fail(err, LMV_ERR_LIMIT, "PNG of %d x %d pixels is too large for this machine", g->width,
+                             g->height);
+        info->decode_memory = lmv__alloc_cost(2 * sizeof(lmv__phuff)) + lmv__alloc_cost(g->raw_size) +
+                              lmv__alloc_cost(pixels);
+    }
     if (o->max_memory && info->decode_memory > o->max_memory)
         return lmv__fail(err, LMV_ERR_LIMIT, "decoding this %d x %d PNG needs %zu bytes, more than max_memory (%zu bytes)",
                          g->width, g->height, info->decode_memory, o->max_memory);

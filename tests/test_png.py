@@ -383,6 +383,14 @@ def main():
         res.check(f"{len(bad)} corrupt files (bad CRC, zlib, Adler-32, filter; truncated; too little or too much "
                   f"data; huge sizes; decompression bombs) refused with their code and sentence{what}",
                   not wrong, "; ".join(wrong[:4]))
+    # with no pixel limit at all, sizes whose bytes do not fit size_t are still refused, not wrapped
+    huge = os.path.join(tmp, "huge_rgba16.png")
+    open(huge, "wb").write(with_idat(z, struct.pack(">IIBBBBB", 2**31 - 1, 2**31 - 1, 16, 6, 0, 0, 0)))
+    for tool, what in ((fast, ""), (san, " (ASan+UBSan)")):
+        ln = decode(tool, [huge], tmp, "--max-pixels", str(2**64 - 1))[0][0]
+        res.check(f"max_pixels = SIZE_MAX: a (2^31-1)^2 16-bit RGBA PNG is LMV_ERR_LIMIT, too large for this machine{what}",
+                  ln.startswith("ERROR LMV_ERR_LIMIT") and "too large for this machine" in ln, ln)
+
     suite_x = [os.path.join(SUITE, n) for n in names if n.startswith("x")]
     got = decode(san, suite_x + files[:20], tmp)
     res.check("PngSuite's x*.png files and 20 valid ones run clean under ASan+UBSan",

@@ -121,6 +121,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
     void *buf;
     opt.max_pixels = (size_t)1 << 20;
     opt.ignore_orientation = size > 0 && (in[size - 1] & 2);
+    if (size > 0 && (in[size - 1] & 4)) { /* no pixel limit: the size arithmetic meets any IHDR */
+        opt.max_pixels = SIZE_MAX;
+        opt.max_memory = (size_t)64 << 20;
+    }
     if (size >= 8 && in[0] == 0x89) {
         data = (unsigned char *)malloc(size);
         if (!data) return 0;
@@ -138,6 +142,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t size) {
         r = lmv_image_load_memory(data, size, &opt, &img, &err);
         if (r == LMV_OK && size >= 4 && data[0] == 0x89) __builtin_trap();
         if (r == LMV_OK) lmv_image_free(&img);
+        free(data);
+        return 0;
+    }
+    if (info.decode_memory > ((size_t)64 << 20)) { /* the decode must refuse it before allocating */
+        if (lmv_image_load_memory(data, size, &opt, &img, &err) != LMV_ERR_LIMIT) __builtin_trap();
         free(data);
         return 0;
     }

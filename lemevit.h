@@ -124,7 +124,7 @@
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
 
        LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
-       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg_file() are compiled out
+       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_*file() are compiled out
        LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
        LEMEVIT_NO_PNG      no PNG decoder
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
@@ -517,13 +517,14 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_imag
    1 channel, which that repeats): alpha and tRNS dropped, 16-bit RGB/alpha samples cut to their high
    byte and 16-bit gray clipped to 255 (Pillow's "I" mode), a palette index past the PLTE entries
    gray (index, index, index), gAMA/iCCP/sBIT and other ancillary chunks ignored; the orientation
-   of an eXIf chunk is applied as for a JPEG (unless ignore_orientation). A missing IEND
-   is accepted (as Pillow); a bad signature, CRC or zlib stream, a cut-off chunk, too little or
-   too much image data, give LMV_ERR_IMAGE; max_pixels and max_memory are checked against the
-   IHDR size before anything is allocated (LMV_ERR_LIMIT), and the inflate never writes past the
-   size the header declares, so a decompression bomb costs no more than its declared image.
+   of an eXIf chunk is applied as for a JPEG (unless ignore_orientation). A missing IEND is
+   accepted (as Pillow); a bad signature, CRC or zlib stream, a cut-off chunk, too little or too
+   much image data give LMV_ERR_IMAGE, an unknown critical chunk LMV_ERR_UNSUPPORTED; max_pixels
+   and max_memory are checked against the IHDR size before anything is allocated (LMV_ERR_LIMIT),
+   and the inflate never writes past the size the header declares, so a decompression bomb costs
+   no more than its declared image.
    Memory: the filtered data (height * (1 + row bytes), about 1-8 bytes a pixel) plus the pixels
-   plus 4 KiB of Huffman tables; lmv_image_png_info gives the exact figure. */
+   plus about 3 KiB of Huffman tables; lmv_image_png_info gives the exact figure. */
 LEMEVIT_API lmv_result lmv_image_png_info(const void *data, size_t size, const lmv_image_options *opt,
                                           lmv_image_info *info, lmv_error *err);
 LEMEVIT_API lmv_result lmv_image_load_png_memory(const void *data, size_t size, const lmv_image_options *opt,

@@ -94,6 +94,12 @@
        lmv_image_load_jpeg_memory()   decode JPEG bytes (as Pillow does)
        lmv_image_load_jpeg_prealloc() the same, in memory you give (decode_memory bytes)
        lmv_image_load_jpeg_file()     decode a JPEG file
+       lmv_image_png_info()           a PNG's size, channels and decode memory, from its headers
+       lmv_image_load_png_memory()    decode PNG bytes (as Pillow's convert('RGB'))
+       lmv_image_load_png_file()      decode a PNG file
+       lmv_image_probe()              lmv_image_*_info() of JPEG or PNG bytes, by their signature
+       lmv_image_load_memory()        decode JPEG or PNG bytes, by their signature
+       lmv_image_load_file()          decode a JPEG or PNG file, by its signature (not its name)
        lmv_image_free()               free an image's pixels
        lmv_image_resize()             resize as Pillow's Image.resize
        lmv_preprocess_image()         the eval transform (resize, crop, normalise) into floats
@@ -104,8 +110,8 @@
    From an image to an answer
        lmv_run_image()                logits or features of one image, through the model's eval transform
        lmv_classify_image()           the top k classes of an image, with labels and the count
-       lmv_classify_jpeg()            the same from JPEG bytes
-       lmv_classify_file()            the same from a JPEG file
+       lmv_classify_jpeg()            the same from JPEG or PNG bytes
+       lmv_classify_file()            the same from a JPEG or PNG file
    Helpers
        lmv_softmax()                  softmax in place
        lmv_topk()                     the k largest logits, with softmax probabilities
@@ -127,8 +133,9 @@
    CONFIGURATION MACROS (define before the #include that has LEMEVIT_IMPLEMENTATION)
 
        LEMEVIT_API         storage class of the public functions (default: extern; `static` works)
-       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_jpeg_file() are compiled out
+       LEMEVIT_NO_STDIO    no <stdio.h>: lmv_model_open_file() and lmv_image_load_*file() are compiled out
        LEMEVIT_NO_JPEG     no JPEG decoder (resize and preprocessing stay)
+       LEMEVIT_NO_PNG      no PNG decoder
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
                            or memory of its own (the _prealloc calls)
        LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
@@ -154,8 +161,8 @@
        public API ........ results and errors, memory, models, sessions, images, helpers
        implementation .... errors and memory -> weight file -> tensor kernels -> attention ->
                            sessions -> model graphs (ViT, Swin, LeMeViT) -> opening models and
-                           running -> images (JPEG, resize, preprocess,
-                           heat-map overlay, PNG) -> high-level helpers
+                           running -> images (JPEG, PNG, resize, preprocess,
+                           heat-map overlay, PNG writing) -> high-level helpers
 
    LIMITS
 
@@ -163,8 +170,9 @@
        tokens per attention 1<<20, input side 1<<15 pixels, batch 1<<16; JPEG images up to
        lmv_image_options.max_pixels (default 2 * 89,478,485, Pillow's decompression-bomb bound),
        max_scans scans (default 100) and, when set, max_memory bytes of decode memory; 8-bit
-       Huffman-coded only. Anything beyond these is refused with LMV_ERR_LIMIT, never truncated,
-       and before anything of that size is allocated.
+       Huffman-coded only; PNG images up to the same max_pixels and max_memory, their inflate
+       bounded by the size IHDR declares. Anything beyond these is refused with LMV_ERR_LIMIT,
+       never truncated, and before anything of that size is allocated.
        A weight file's preprocessing must be usable: pre.crop an input the model can run (else
        LMV_ERR_LIMIT or LMV_ERR_INPUT_SIZE when it opens), pre.interp one of the three filters,
        pre.std in [1e-6, 1e6] and pre.mean in [-1e6, 1e6] (else LMV_ERR_CORRUPT).
@@ -447,9 +455,9 @@ LEMEVIT_API void lmv_session_trace_attention(lmv_session *sess, const char *bloc
 LEMEVIT_API double lmv_session_macs(const lmv_session *sess);
 
 /* --------------------------------------------------------------------------------------------
-   Image: JPEG decode, resize, crop, normalise
+   Image: JPEG and PNG decode, resize, crop, normalise
 
-   The eval transform as torchvision + Pillow do it, in C: decode a JPEG the way Pillow 9.4 with
+   The eval transform as torchvision + Pillow do it, in C: decode a JPEG (or a PNG, below) the way Pillow 9.4 with
    libjpeg-turbo decodes it (integer IDCT, fancy upsampling, libjpeg's YCbCr->RGB), resize with
    Pillow's resampling filters, centre-crop, scale to [0,1] and normalise. The pixels and the
    final floats are meant to be identical to what the Python pipeline gives.
@@ -485,15 +493,16 @@ typedef struct lmv_image_options {
 
 LEMEVIT_API lmv_image_options lmv_image_options_default(void);
 
-#ifndef LEMEVIT_NO_JPEG
-/* What a JPEG holds, from its headers alone (nothing is decoded and nothing is allocated). */
+/* What a JPEG or PNG holds, from its headers alone (nothing is decoded and nothing is allocated). */
 typedef struct lmv_image_info {
-    int width, height;         /* as lmv_image_load_jpeg_memory will give them: after the EXIF orientation */
+    int width, height;         /* as lmv_image_load_*_memory will give them: after the EXIF orientation */
     int channels;              /* 1 or 3 */
-    int progressive;
-    size_t decode_memory;      /* the most lmv_image_load_jpeg_memory asks the allocator for, the pixels
+    int progressive;           /* JPEG: progressive; PNG: Adam7-interlaced */
+    size_t decode_memory;      /* the most lmv_image_load_*_memory asks the allocator for, the pixels
                                   included: an lmv_arena of this size is enough for the decode */
 } lmv_image_info;
+
+#ifndef LEMEVIT_NO_JPEG
 LEMEVIT_API lmv_result lmv_image_jpeg_info(const void *data, size_t size, const lmv_image_options *opt,
                                            lmv_image_info *info, lmv_error *err);
 
@@ -523,6 +532,44 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_prealloc(const void *data, size_t siz
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                                 lmv_error *err);
 #endif
+#endif
+
+#ifndef LEMEVIT_NO_PNG
+/* PNG: every colour type and bit depth (1/2/4/8/16-bit gray, RGB, palette with tRNS, gray+alpha,
+   RGBA), Adam7 interlace, all five filters, any split of the data into IDAT chunks, with its own
+   inflate (stored, fixed and dynamic Huffman blocks); every chunk CRC and the zlib Adler-32 are
+   checked. The pixels equal Pillow's Image.open(p).convert('RGB') (gray and gray+alpha files give
+   1 channel, which that repeats): alpha and tRNS dropped, 16-bit RGB/alpha samples cut to their high
+   byte and 16-bit gray clipped to 255 (Pillow's "I" mode), a palette index past the PLTE entries
+   gray (index, index, index), gAMA/iCCP/sBIT and other ancillary chunks ignored; the orientation
+   of an eXIf chunk is applied as for a JPEG (unless ignore_orientation). A missing IEND is
+   accepted (as Pillow); a bad signature, CRC or zlib stream, a cut-off chunk, too little or too
+   much image data give LMV_ERR_IMAGE, an unknown critical chunk LMV_ERR_UNSUPPORTED; max_pixels
+   and max_memory are checked against the IHDR size before anything is allocated (LMV_ERR_LIMIT),
+   and the inflate never writes past the size the header declares, so a decompression bomb costs
+   no more than its declared image.
+   Memory: the filtered data (height * (1 + row bytes), about 1-8 bytes a pixel) plus the pixels
+   plus about 3 KiB of Huffman tables; lmv_image_png_info gives the exact figure. */
+LEMEVIT_API lmv_result lmv_image_png_info(const void *data, size_t size, const lmv_image_options *opt,
+                                          lmv_image_info *info, lmv_error *err);
+LEMEVIT_API lmv_result lmv_image_load_png_memory(const void *data, size_t size, const lmv_image_options *opt,
+                                                 lmv_image *out, lmv_error *err);
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_load_png_file(const char *path, const lmv_image_options *opt, lmv_image *out,
+                                               lmv_error *err);
+#endif
+#endif
+
+/* Any image the build can decode, chosen by its first bytes (FF D8 FF: JPEG; 89 'PNG': PNG), never
+   by a file name. Bytes of neither kind give LMV_ERR_IMAGE; a kind left out of the build
+   (LEMEVIT_NO_JPEG, LEMEVIT_NO_PNG) gives LMV_ERR_UNSUPPORTED. */
+LEMEVIT_API lmv_result lmv_image_probe(const void *data, size_t size, const lmv_image_options *opt,
+                                       lmv_image_info *info, lmv_error *err);
+LEMEVIT_API lmv_result lmv_image_load_memory(const void *data, size_t size, const lmv_image_options *opt,
+                                             lmv_image *out, lmv_error *err);
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_load_file(const char *path, const lmv_image_options *opt, lmv_image *out,
+                                           lmv_error *err);
 #endif
 LEMEVIT_API void lmv_image_free(lmv_image *img);
 
@@ -592,15 +639,14 @@ LEMEVIT_API lmv_result lmv_run_image(lmv_session *sess, const lmv_image *img, lm
    indices and probabilities are sorted in memory from the session's allocator. */
 LEMEVIT_API lmv_result lmv_classify_image(lmv_session *sess, const lmv_image *img, int k, lmv_prediction *top,
                                           int *count, lmv_error *err);
-#ifndef LEMEVIT_NO_JPEG
-/* The same from JPEG bytes or a JPEG file; `opt` may be NULL (EXIF orientation applied). */
+/* The same from image bytes or an image file, JPEG or PNG, picked by the first bytes as
+   lmv_image_load_memory does; `opt` may be NULL (EXIF orientation applied). */
 LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *sess, const void *data, size_t size,
                                          const lmv_image_options *opt, int k, lmv_prediction *top, int *count,
                                          lmv_error *err);
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_classify_file(lmv_session *sess, const char *path, const lmv_image_options *opt, int k,
                                          lmv_prediction *top, int *count, lmv_error *err);
-#endif
 #endif
 
 /* Helpers. */
@@ -4958,6 +5004,41 @@ static lmv_result lmv__image_alloc(lmv_image *img, int w, int h, int ch, const l
     return LMV_OK;
 }
 
+#if !defined(LEMEVIT_NO_JPEG) || !defined(LEMEVIT_NO_PNG)
+/* The EXIF orientation (1..8; 1 when absent or unreadable) from TIFF data ("II" or "MM", then the
+   first IFD), as Pillow's getexif reads it for ImageOps.exif_transpose. */
+static int lmv__tiff_orientation(const unsigned char *t, size_t tl) {
+    size_t ifd, i, count;
+    int le;
+    if (tl < 8) return 1;
+    if (t[0] == 'I' && t[1] == 'I') le = 1;
+    else if (t[0] == 'M' && t[1] == 'M') le = 0;
+    else return 1;
+#define LMV__T16(o) (le ? (unsigned)(t[o] | (t[(o) + 1] << 8)) : (unsigned)((t[o] << 8) | t[(o) + 1]))
+#define LMV__T32(o) (le ? ((size_t)LMV__T16(o) | ((size_t)LMV__T16((o) + 2) << 16)) : (((size_t)LMV__T16(o) << 16) | (size_t)LMV__T16((o) + 2)))
+    ifd = LMV__T32(4);
+    if (ifd > tl || tl - ifd < 2) return 1;
+    count = LMV__T16(ifd);
+    for (i = 0; i < count; i++) {
+        size_t e = ifd + 2 + 12 * i;
+        unsigned tag, type, v;
+        if (e > tl || tl - e < 12) return 1;
+        tag = LMV__T16(e);
+        type = LMV__T16(e + 2);
+        if (tag != 0x0112) continue;
+        if (LMV__T32(e + 4) != 1) return 1;
+        if (type == 3) v = LMV__T16(e + 8);
+        else if (type == 4) v = (unsigned)LMV__T32(e + 8);
+        else if (type == 1) v = t[e + 8];
+        else return 1;
+        return (v >= 1 && v <= 8) ? (int)v : 1;
+    }
+#undef LMV__T16
+#undef LMV__T32
+    return 1;
+}
+#endif
+
 #ifndef LEMEVIT_NO_JPEG
 
 /* Floor division by 2^n that does not depend on how the compiler shifts negative numbers. */
@@ -5321,39 +5402,9 @@ static lmv_result lmv__jdht(lmv__jpeg *j, const unsigned char *s, size_t len, lm
 
 /* EXIF: the orientation tag (0x0112) of IFD0, read as Pillow's getexif() does. */
 static void lmv__jexif(lmv__jpeg *j, const unsigned char *s, size_t len) {
-    const unsigned char *t;
-    size_t tl, ifd, i, count;
-    int le;
     if (j->exif_seen || len < 6 || memcmp(s, "Exif\0", 5) != 0) return;
     j->exif_seen = 1; /* Pillow reads the first Exif segment only */
-    t = s + 6;
-    tl = len - 6;
-    if (tl < 8) return;
-    if (t[0] == 'I' && t[1] == 'I') le = 1;
-    else if (t[0] == 'M' && t[1] == 'M') le = 0;
-    else return;
-#define LMV__T16(o) (le ? (unsigned)(t[o] | (t[(o) + 1] << 8)) : (unsigned)((t[o] << 8) | t[(o) + 1]))
-#define LMV__T32(o) (le ? ((size_t)LMV__T16(o) | ((size_t)LMV__T16((o) + 2) << 16)) : (((size_t)LMV__T16(o) << 16) | (size_t)LMV__T16((o) + 2)))
-    ifd = LMV__T32(4);
-    if (ifd > tl || tl - ifd < 2) return;
-    count = LMV__T16(ifd);
-    for (i = 0; i < count; i++) {
-        size_t e = ifd + 2 + 12 * i;
-        unsigned tag, type, v;
-        if (e > tl || tl - e < 12) return;
-        tag = LMV__T16(e);
-        type = LMV__T16(e + 2);
-        if (tag != 0x0112) continue;
-        if (LMV__T32(e + 4) != 1) return;
-        if (type == 3) v = LMV__T16(e + 8);
-        else if (type == 4) v = (unsigned)LMV__T32(e + 8);
-        else if (type == 1) v = t[e + 8];
-        else return;
-        j->orientation = (v >= 1 && v <= 8) ? (int)v : 1;
-        return;
-    }
-#undef LMV__T16
-#undef LMV__T32
+    j->orientation = lmv__tiff_orientation(s + 6, len - 6);
 }
 
 static lmv_result lmv__jsof(lmv__jpeg *j, int marker, const unsigned char *s, size_t len, lmv_error *err) {
@@ -6054,6 +6105,677 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_imag
 #endif
 #endif /* LEMEVIT_NO_JPEG */
 
+/* CRC-32 (ISO 3309: the one PNG chunks and gzip carry) of n bytes, continuing from `crc` (0 to
+   start), four bits at a step from a 16-entry table; the PNG reader and writer share it. */
+static const uint32_t lmv__crc_nibble[16] = {
+    0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u, 0x4DB26158u, 0x5005713Cu,
+    0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu, 0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu};
+
+static uint32_t lmv__crc32(uint32_t crc, const unsigned char *p, size_t n) {
+    uint32_t c = crc ^ 0xFFFFFFFFu;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        c ^= p[i];
+        c = (c >> 4) ^ lmv__crc_nibble[c & 15];
+        c = (c >> 4) ^ lmv__crc_nibble[c & 15];
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+#ifndef LEMEVIT_NO_PNG
+/* ---- PNG (ISO/IEC 15948, RFC 1950/1951), with Pillow 9.4's conversion to RGB ----
+   The chunks are walked and every CRC checked before anything is allocated; the zlib stream is
+   then inflated straight from the IDAT chunks into one buffer of exactly the filtered size the
+   header declares (the buffer is the inflate window too), unfiltered in place pass by pass, and
+   each pixel converted and placed. */
+
+static uint32_t lmv__be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+#define LMV__PNG_FAST 9
+
+/* A canonical Huffman code: a table for codes of up to LMV__PNG_FAST bits (symbol << 4 | length,
+   0 where no such code starts), and counts and symbols sorted by length for the longer ones. */
+typedef struct lmv__phuff {
+    uint16_t fast[1 << LMV__PNG_FAST];
+    uint16_t count[16];
+    uint16_t sym[288];
+} lmv__phuff;
+
+typedef struct lmv__png {
+    const unsigned char *p;
+    size_t n;
+    int width, height, depth, ctype, interlace;
+    int samples;               /* samples a pixel: 1 gray, 3 RGB, 1 palette, 2 gray+alpha, 4 RGBA */
+    int npal;
+    int orientation;           /* from the last eXIf chunk: 1..8 */
+    unsigned char pal[256 * 3];
+    size_t idat;               /* offset of the first IDAT chunk */
+    size_t raw_size;           /* bytes of filtered data: every pass's rows with their filter bytes */
+    /* inflate */
+    size_t pos, end;           /* next byte of the current IDAT chunk's data, and its end */
+    uint32_t bits;
+    int nbits;
+    int fake;                  /* zero bytes fed past the end of the data (a peek may need two) */
+    unsigned char *out;
+    size_t produced;
+    lmv__phuff *lit, *dist;
+} lmv__png;
+
+static lmv_result lmv__pcorrupt(lmv_error *err, const char *what) {
+    return lmv__fail(err, LMV_ERR_IMAGE, "corrupt PNG: %s", what);
+}
+
+/* Adam7: first column, first row, column step, row step of each pass. */
+static const unsigned char lmv__adam7[7][4] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 4},
+                                                {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
+
+static void lmv__ppass(const lmv__png *g, int pass, int *x0, int *y0, int *dx, int *dy, int *pw, int *ph) {
+    if (!g->interlace) {
+        *x0 = *y0 = 0;
+        *dx = *dy = 1;
+    } else {
+        *x0 = lmv__adam7[pass][0];
+        *y0 = lmv__adam7[pass][1];
+        *dx = lmv__adam7[pass][2];
+        *dy = lmv__adam7[pass][3];
+    }
+    *pw = g->width > *x0 ? (g->width - *x0 - 1) / *dx + 1 : 0; /* no overflow at 2^31 - 1 */
+    *ph = g->height > *y0 ? (g->height - *y0 - 1) / *dy + 1 : 0;
+}
+
+/* Bytes of one filtered row of `pw` pixels, without its filter byte. */
+static size_t lmv__prow_bytes(const lmv__png *g, int pw) {
+    return ((size_t)pw * (size_t)(g->samples * g->depth) + 7) / 8;
+}
+
+/* Walk the chunks from the signature to IEND (or the end of the data), checking each CRC and the
+   order of the critical chunks, and read IHDR and PLTE. */
+static lmv_result lmv__popen(lmv__png *g, const void *data, size_t size, size_t max_pixels, lmv_error *err) {
+    static const unsigned char sig[8] = {0x89, 'P', 'N', 'G', 0x0D, 0x0A, 0x1A, 0x0A};
+    size_t pos = 8, after_idat = 0;
+    int seen_ihdr = 0, seen_idat = 0, seen_plte = 0, pass;
+    memset(g, 0, sizeof *g);
+    g->p = (const unsigned char *)data;
+    g->n = size;
+    g->orientation = 1;
+    if (size < 8 || memcmp(g->p, sig, 4) != 0)
+        return lmv__fail(err, LMV_ERR_IMAGE, "not a PNG file (no PNG signature)");
+    if (memcmp(g->p, sig, 8) != 0)
+        return lmv__pcorrupt(err, "the 8-byte signature is damaged (as when a file is copied in text mode)");
+    for (;;) {
+        const unsigned char *c;
+        uint32_t len;
+        if (pos == size) {
+            if (seen_idat) break; /* no IEND: Pillow accepts that, and so do we */
+            return lmv__fail(err, LMV_ERR_IMAGE, "truncated PNG: the file ends before the image data");
+        }
+        if (size - pos < 12) return lmv__fail(err, LMV_ERR_IMAGE, "truncated PNG: a chunk is cut off");
+        c = g->p + pos;
+        len = lmv__be32(c);
+        if (len > 0x7FFFFFFFu) return lmv__pcorrupt(err, "a chunk length is above 2^31 - 1");
+        if ((size_t)len > size - pos - 12) return lmv__fail(err, LMV_ERR_IMAGE, "truncated PNG: a chunk is cut off");
+        if (lmv__crc32(0, c + 4, (size_t)len + 4) != lmv__be32(c + 8 + len))
+            return lmv__fail(err, LMV_ERR_IMAGE, "corrupt PNG: the CRC of chunk %c%c%c%c does not match its data",
+                             (c[4] >= 32 && c[4] < 127) ? c[4] : '?', (c[5] >= 32 && c[5] < 127) ? c[5] : '?',
+                             (c[6] >= 32 && c[6] < 127) ? c[6] : '?', (c[7] >= 32 && c[7] < 127) ? c[7] : '?');
+        if (!seen_ihdr && memcmp(c + 4, "IHDR", 4) != 0) return lmv__pcorrupt(err, "the first chunk is not IHDR");
+        if (!memcmp(c + 4, "IHDR", 4)) {
+            const unsigned char *h = c + 8;
+            uint32_t w, hh;
+            int d, t, ok;
+            if (seen_ihdr) return lmv__pcorrupt(err, "a second IHDR chunk");
+            if (len != 13) return lmv__pcorrupt(err, "the IHDR chunk is not 13 bytes long");
+            seen_ihdr = 1;
+            w = lmv__be32(h);
+            hh = lmv__be32(h + 4);
+            d = h[8];
+            t = h[9];
+            if (w == 0 || hh == 0) return lmv__pcorrupt(err, "the image width or height is zero");
+            if (w > 0x7FFFFFFFu || hh > 0x7FFFFFFFu) return lmv__pcorrupt(err, "the image width or height is above 2^31 - 1");
+            if ((size_t)w > max_pixels / (size_t)hh)
+                return lmv__fail(err, LMV_ERR_LIMIT, "PNG of %u x %u pixels is above the limit of %zu pixels (max_pixels)",
+                                 (unsigned)w, (unsigned)hh, max_pixels);
+            switch (t) {
+            case 0: ok = d == 1 || d == 2 || d == 4 || d == 8 || d == 16; g->samples = 1; break;
+            case 3: ok = d == 1 || d == 2 || d == 4 || d == 8; g->samples = 1; break;
+            case 2: ok = d == 8 || d == 16; g->samples = 3; break;
+            case 4: ok = d == 8 || d == 16; g->samples = 2; break;
+            case 6: ok = d == 8 || d == 16; g->samples = 4; break;
+            default:
+                return lmv__fail(err, LMV_ERR_IMAGE, "corrupt PNG: colour type %d does not exist (0, 2, 3, 4 and 6 do)", t);
+            }
+            if (!ok)
+                return lmv__fail(err, LMV_ERR_IMAGE, "corrupt PNG: bit depth %d is not allowed for colour type %d", d, t);
+            if (h[10] != 0) return lmv__pcorrupt(err, "unknown compression method (only 0, deflate, exists)");
+            if (h[11] != 0) return lmv__pcorrupt(err, "unknown filter method (only 0 exists)");
+            if (h[12] > 1) return lmv__pcorrupt(err, "unknown interlace method (only 0 and 1, Adam7, exist)");
+            g->width = (int)w;
+            g->height = (int)hh;
+            g->depth = d;
+            g->ctype = t;
+            g->interlace = h[12];
+        } else if (!memcmp(c + 4, "PLTE", 4)) {
+            if (seen_idat) return lmv__pcorrupt(err, "a PLTE chunk after the image data");
+            if (seen_plte) return lmv__pcorrupt(err, "a second PLTE chunk");
+            if (len == 0 || len % 3 || len > 768) return lmv__pcorrupt(err, "the PLTE chunk is not 1 to 256 RGB entries");
+            seen_plte = 1;
+            g->npal = (int)(len / 3);
+            memcpy(g->pal, c + 8, len);
+        } else if (!memcmp(c + 4, "IDAT", 4)) {
+            if (after_idat) return lmv__pcorrupt(err, "the IDAT chunks are not consecutive");
+            if (!seen_idat) g->idat = pos;
+            seen_idat = 1;
+        } else if (!memcmp(c + 4, "eXIf", 4)) {
+            g->orientation = lmv__tiff_orientation(c + 8, len); /* as Pillow, the last one counts */
+        } else if (!memcmp(c + 4, "IEND", 4)) {
+            if (!seen_idat) return lmv__pcorrupt(err, "the file has no image data (no IDAT chunk before IEND)");
+            break;
+        } else if (!(c[4] & 0x20)) {
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: PNG with an unknown critical chunk '%c%c%c%c'",
+                             (c[4] >= 32 && c[4] < 127) ? c[4] : '?', (c[5] >= 32 && c[5] < 127) ? c[5] : '?',
+                             (c[6] >= 32 && c[6] < 127) ? c[6] : '?', (c[7] >= 32 && c[7] < 127) ? c[7] : '?');
+        }
+        if (seen_idat && memcmp(c + 4, "IDAT", 4) != 0) after_idat = 1;
+        pos += 12 + (size_t)len;
+    }
+    if (g->ctype == 3 && !seen_plte) return lmv__pcorrupt(err, "a palette image without a PLTE chunk");
+    /* a row's bits, and the pixels, must fit size_t (a 32-bit size_t is the concern) */
+    if ((size_t)g->width > (SIZE_MAX - 7) / (size_t)(g->samples * g->depth) ||
+        (size_t)g->width * (size_t)g->height > SIZE_MAX / 4)
+        return lmv__fail(err, LMV_ERR_LIMIT, "PNG of %d x %d pixels is too large for this machine", g->width, g->height);
+    /* the filtered size: at most 7 passes of ph rows of 1 + row bytes, each below 2^31 * 8 bytes;
+       the pixel count is bounded by max_pixels, so add with overflow checks */
+    g->raw_size = 0;
+    for (pass = 0; pass < (g->interlace ? 7 : 1); pass++) {
+        int x0, y0, dx, dy, pw, ph;
+        size_t rows;
+        lmv__ppass(g, pass, &x0, &y0, &dx, &dy, &pw, &ph);
+        if (pw == 0 || ph == 0) continue;
+        if (!lmv__mul_ok((size_t)ph, 1 + lmv__prow_bytes(g, pw), &rows) || rows > SIZE_MAX - g->raw_size)
+            return lmv__fail(err, LMV_ERR_LIMIT, "PNG of %d x %d pixels is too large for this machine", g->width, g->height);
+        g->raw_size += rows;
+    }
+    return LMV_OK;
+}
+
+/* ---- inflate ---- */
+
+static int lmv__pnext_byte(lmv__png *g) {
+    while (g->pos == g->end) {
+        /* the next chunk, whole and checked by lmv__popen, continues the data if it is an IDAT */
+        size_t q = g->end + 4;
+        if (g->n - q < 12 || memcmp(g->p + q + 4, "IDAT", 4) != 0) {
+            g->fake++;
+            return 0;
+        }
+        g->pos = q + 8;
+        g->end = g->pos + lmv__be32(g->p + q);
+    }
+    return g->p[g->pos++];
+}
+
+static void lmv__pfill(lmv__png *g, int n) { /* n <= 24 */
+    while (g->nbits < n) {
+        g->bits |= (uint32_t)lmv__pnext_byte(g) << g->nbits;
+        g->nbits += 8;
+    }
+}
+
+static unsigned lmv__pbits(lmv__png *g, int n) { /* 0 <= n <= 16 */
+    unsigned v;
+    if (n == 0) return 0;
+    lmv__pfill(g, n);
+    v = g->bits & ((1u << n) - 1);
+    g->bits >>= n;
+    g->nbits -= n;
+    return v;
+}
+
+/* Build a code from n code lengths; 0 when the lengths over-subscribe the code space. An
+   incomplete code is allowed (a missing code is an error when it is met). */
+static int lmv__phuff_build(lmv__phuff *h, const unsigned char *len, int n) {
+    int offs[16], next[16], i, l, left = 1;
+    memset(h, 0, sizeof *h);
+    for (i = 0; i < n; i++) h->count[len[i]]++;
+    h->count[0] = 0;
+    for (l = 1; l < 16; l++) {
+        left <<= 1;
+        left -= h->count[l];
+        if (left < 0) return 0;
+    }
+    offs[1] = 0;
+    for (l = 1; l < 15; l++) offs[l + 1] = offs[l] + h->count[l];
+    for (i = 0; i < n; i++)
+        if (len[i]) h->sym[offs[len[i]]++] = (uint16_t)i;
+    /* canonical codes, first code of each length */
+    next[1] = 0;
+    for (l = 1; l < 15; l++) next[l + 1] = (next[l] + h->count[l]) << 1;
+    for (i = 0; i < n; i++) {
+        int L = len[i], code, rev = 0, b;
+        if (!L) continue;
+        code = next[L]++;
+        if (L > LMV__PNG_FAST) continue;
+        for (b = 0; b < L; b++) rev |= ((code >> b) & 1) << (L - 1 - b);
+        for (; rev < (1 << LMV__PNG_FAST); rev += 1 << L) h->fast[rev] = (uint16_t)((i << 4) | L);
+    }
+    return 1;
+}
+
+/* The next symbol, or -1 for a code the table does not have. */
+static int lmv__pdecode(lmv__png *g, const lmv__phuff *h) {
+    int code = 0, first = 0, index = 0, l;
+    unsigned e;
+    lmv__pfill(g, LMV__PNG_FAST);
+    e = h->fast[g->bits & ((1u << LMV__PNG_FAST) - 1)];
+    if (e) {
+        g->bits >>= e & 15;
+        g->nbits -= (int)(e & 15);
+        return (int)(e >> 4);
+    }
+    for (l = 1; l < 16; l++) {
+        int count = h->count[l];
+        code |= (int)lmv__pbits(g, 1);
+        if (code - count < first) return h->sym[index + (code - first)];
+        index += count;
+        first += count;
+        first <<= 1;
+        code <<= 1;
+    }
+    return -1;
+}
+
+static const uint16_t lmv__plen_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
+                                            31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+static const unsigned char lmv__plen_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
+                                                  2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+static const uint16_t lmv__pdist_base[30] = {1,   2,   3,   4,   5,   7,    9,    13,   17,   25,
+                                             33,  49,  65,  97,  129, 193,  257,  385,  513,  769,
+                                             1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+static const unsigned char lmv__pdist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
+                                                   6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+
+static lmv_result lmv__ptoo_much(lmv_error *err) {
+    return lmv__pcorrupt(err, "the compressed data holds more bytes than the image size in IHDR");
+}
+
+static lmv_result lmv__ptruncated(lmv_error *err) {
+    return lmv__fail(err, LMV_ERR_IMAGE, "truncated PNG: the compressed image data ends early");
+}
+
+/* The symbols of one Huffman-coded block, until its end code. */
+static lmv_result lmv__pblock(lmv__png *g, lmv_error *err) {
+    for (;;) {
+        int s = lmv__pdecode(g, g->lit);
+        if (g->fake > 2) return lmv__ptruncated(err);
+        if (s < 0) return lmv__pcorrupt(err, "bad zlib data (a Huffman code that does not exist)");
+        if (s < 256) {
+            if (g->produced == g->raw_size) return lmv__ptoo_much(err);
+            g->out[g->produced++] = (unsigned char)s;
+        } else if (s == 256) {
+            return LMV_OK;
+        } else {
+            size_t len, dist, i;
+            int d;
+            s -= 257;
+            if (s >= 29) return lmv__pcorrupt(err, "bad zlib data (a length code above 285)");
+            len = lmv__plen_base[s] + lmv__pbits(g, lmv__plen_extra[s]);
+            d = lmv__pdecode(g, g->dist);
+            if (d < 0 || d >= 30) return lmv__pcorrupt(err, "bad zlib data (a distance code that does not exist)");
+            dist = lmv__pdist_base[d] + lmv__pbits(g, lmv__pdist_extra[d]);
+            if (g->fake > 2) return lmv__ptruncated(err);
+            if (dist > g->produced) return lmv__pcorrupt(err, "bad zlib data (a distance reaches before the start)");
+            if (len > g->raw_size - g->produced) return lmv__ptoo_much(err);
+            for (i = 0; i < len; i++, g->produced++) g->out[g->produced] = g->out[g->produced - dist];
+        }
+    }
+}
+
+static lmv_result lmv__pdynamic(lmv__png *g, lmv_error *err) {
+    static const unsigned char order[19] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+    unsigned char lens[288 + 32];
+    int nlen, ndist, ncode, i, n;
+    nlen = (int)lmv__pbits(g, 5) + 257;
+    ndist = (int)lmv__pbits(g, 5) + 1;
+    ncode = (int)lmv__pbits(g, 4) + 4;
+    if (nlen > 286 || ndist > 30) return lmv__pcorrupt(err, "bad zlib data (too many length or distance codes)");
+    memset(lens, 0, sizeof lens);
+    for (i = 0; i < ncode; i++) lens[order[i]] = (unsigned char)lmv__pbits(g, 3);
+    if (!lmv__phuff_build(g->lit, lens, 19)) return lmv__pcorrupt(err, "bad zlib data (an over-subscribed code length code)");
+    memset(lens, 0, sizeof lens);
+    for (n = 0; n < nlen + ndist;) {
+        int s = lmv__pdecode(g, g->lit), rep, v = 0;
+        if (g->fake > 2) return lmv__ptruncated(err);
+        if (s < 0) return lmv__pcorrupt(err, "bad zlib data (a code length code that does not exist)");
+        if (s < 16) {
+            lens[n++] = (unsigned char)s;
+            continue;
+        }
+        if (s == 16) {
+            if (n == 0) return lmv__pcorrupt(err, "bad zlib data (a repeat with no code length before it)");
+            v = lens[n - 1];
+            rep = 3 + (int)lmv__pbits(g, 2);
+        } else if (s == 17) {
+            rep = 3 + (int)lmv__pbits(g, 3);
+        } else {
+            rep = 11 + (int)lmv__pbits(g, 7);
+        }
+        if (n + rep > nlen + ndist) return lmv__pcorrupt(err, "bad zlib data (code lengths repeat past their count)");
+        while (rep--) lens[n++] = (unsigned char)v;
+    }
+    if (lens[256] == 0) return lmv__pcorrupt(err, "bad zlib data (no end-of-block code)");
+    if (!lmv__phuff_build(g->lit, lens, nlen) || !lmv__phuff_build(g->dist, lens + nlen, ndist))
+        return lmv__pcorrupt(err, "bad zlib data (an over-subscribed Huffman code)");
+    return lmv__pblock(g, err);
+}
+
+static lmv_result lmv__pinflate(lmv__png *g, lmv_error *err) {
+    unsigned cmf, flg, last;
+    uint32_t a = 1, b = 0, want;
+    size_t i;
+    lmv_result r;
+    g->pos = g->idat + 8;
+    g->end = g->pos + lmv__be32(g->p + g->idat);
+    cmf = lmv__pbits(g, 8);
+    flg = lmv__pbits(g, 8);
+    if (g->fake) return lmv__ptruncated(err);
+    if ((cmf & 15) != 8 || (cmf >> 4) > 7 || ((cmf << 8) | flg) % 31 != 0)
+        return lmv__pcorrupt(err, "bad zlib header (not a deflate stream)");
+    if (flg & 0x20) return lmv__pcorrupt(err, "bad zlib header (a preset dictionary, which PNG does not allow)");
+    do {
+        unsigned type;
+        last = lmv__pbits(g, 1);
+        type = lmv__pbits(g, 2);
+        if (type == 0) {
+            unsigned len, nlen;
+            g->bits >>= g->nbits & 7; /* to the byte boundary */
+            g->nbits -= g->nbits & 7;
+            len = lmv__pbits(g, 16);
+            nlen = lmv__pbits(g, 16);
+            if (g->fake > 2) return lmv__ptruncated(err);
+            if ((len ^ 0xFFFFu) != nlen) return lmv__pcorrupt(err, "bad zlib data (a stored block's length check fails)");
+            if (len > g->raw_size - g->produced) return lmv__ptoo_much(err);
+            while (len--) g->out[g->produced++] = (unsigned char)lmv__pbits(g, 8);
+            if (g->fake > 2) return lmv__ptruncated(err);
+            r = LMV_OK;
+        } else if (type == 1) {
+            unsigned char lens[288];
+            for (i = 0; i < 288; i++) lens[i] = (unsigned char)(i < 144 ? 8 : i < 256 ? 9 : i < 280 ? 7 : 8);
+            lmv__phuff_build(g->lit, lens, 288);
+            for (i = 0; i < 30; i++) lens[i] = 5;
+            lmv__phuff_build(g->dist, lens, 30);
+            r = lmv__pblock(g, err);
+        } else if (type == 2) {
+            r = lmv__pdynamic(g, err);
+        } else {
+            r = lmv__pcorrupt(err, "bad zlib data (block type 3 does not exist)");
+        }
+        if (r != LMV_OK) return r;
+        if (g->fake > 2) return lmv__ptruncated(err);
+    } while (!last);
+    g->bits >>= g->nbits & 7;
+    g->nbits -= g->nbits & 7;
+    for (i = 0, want = 0; i < 4; i++) want = (want << 8) | lmv__pbits(g, 8); /* big-endian, unlike the rest */
+    if (g->fake * 8 > g->nbits) return lmv__ptruncated(err);
+    if (g->produced != g->raw_size)
+        return lmv__fail(err, LMV_ERR_IMAGE, "truncated PNG: the compressed data holds %zu of the %zu bytes of the image",
+                         g->produced, g->raw_size);
+    for (i = 0; i < g->produced;) { /* Adler-32, in runs short enough for 32-bit sums */
+        size_t stop = g->produced - i < 5552 ? g->produced : i + 5552;
+        for (; i < stop; i++) {
+            a += g->out[i];
+            b += a;
+        }
+        a %= 65521u;
+        b %= 65521u;
+    }
+    if (((b << 16) | a) != want) return lmv__pcorrupt(err, "the Adler-32 checksum of the image data does not match");
+    return LMV_OK;
+}
+
+/* Undo the row filters of every pass in place, then convert each pixel as Pillow's unpacker and
+   convert('RGB') (or convert('L') for gray) do, and place it. */
+static lmv_result lmv__pemit(lmv__png *g, int orient, lmv_image *img, lmv_error *err) {
+    int pass, ch = img->channels, W = g->width, H = g->height;
+    size_t bpp = (size_t)((g->samples * g->depth + 7) / 8); /* the filters' byte distance */
+    unsigned char *row = g->out;
+    for (pass = 0; pass < (g->interlace ? 7 : 1); pass++) {
+        int x0, y0, dx, dy, pw, ph, y;
+        size_t rb;
+        const unsigned char *prev = NULL;
+        lmv__ppass(g, pass, &x0, &y0, &dx, &dy, &pw, &ph);
+        if (pw == 0 || ph == 0) continue;
+        rb = lmv__prow_bytes(g, pw);
+        for (y = 0; y < ph; y++, prev = row + 1, row += rb + 1) {
+            unsigned char *r = row + 1;
+            size_t i;
+            int x;
+            switch (row[0]) {
+            case 0: break;
+            case 1:
+                for (i = bpp; i < rb; i++) r[i] = (unsigned char)(r[i] + r[i - bpp]);
+                break;
+            case 2:
+                if (prev)
+                    for (i = 0; i < rb; i++) r[i] = (unsigned char)(r[i] + prev[i]);
+                break;
+            case 3:
+                for (i = 0; i < rb; i++)
+                    r[i] = (unsigned char)(r[i] + (((i >= bpp ? r[i - bpp] : 0) + (prev ? prev[i] : 0)) >> 1));
+                break;
+            case 4:
+                for (i = 0; i < rb; i++) {
+                    int a = i >= bpp ? r[i - bpp] : 0, b = prev ? prev[i] : 0, c = (i >= bpp && prev) ? prev[i - bpp] : 0;
+                    int p = a + b - c, pa = p > a ? p - a : a - p, pb = p > b ? p - b : b - p, pc = p > c ? p - c : c - p;
+                    r[i] = (unsigned char)(r[i] + ((pa <= pb && pa <= pc) ? a : pb <= pc ? b : c));
+                }
+                break;
+            default:
+                return lmv__fail(err, LMV_ERR_IMAGE, "corrupt PNG: row %d has filter type %d (only 0 to 4 exist)", y, row[0]);
+            }
+            for (x = 0; x < pw; x++) {
+                int X = x0 + x * dx, Y = y0 + y * dy, ox, oy; /* placed as ImageOps.exif_transpose places it */
+                unsigned char *o;
+                switch (orient) {
+                case 2: ox = W - 1 - X; oy = Y; break;
+                case 3: ox = W - 1 - X; oy = H - 1 - Y; break;
+                case 4: ox = X; oy = H - 1 - Y; break;
+                case 5: ox = Y; oy = X; break;
+                case 6: ox = H - 1 - Y; oy = X; break;
+                case 7: ox = H - 1 - Y; oy = W - 1 - X; break;
+                case 8: ox = Y; oy = W - 1 - X; break;
+                default: ox = X; oy = Y; break;
+                }
+                o = img->pixels + ((size_t)oy * (size_t)img->width + (size_t)ox) * (size_t)ch;
+                if (g->depth < 8) {
+                    size_t bit = (size_t)x * (size_t)g->depth;
+                    int v = (r[bit >> 3] >> (8 - g->depth - (int)(bit & 7))) & ((1 << g->depth) - 1);
+                    if (g->ctype == 0) {
+                        o[0] = (unsigned char)(v * (255 / ((1 << g->depth) - 1)));
+                    } else if (v < g->npal) {
+                        memcpy(o, g->pal + 3 * v, 3);
+                    } else {
+                        o[0] = o[1] = o[2] = (unsigned char)v; /* Pillow's palette is a gray ramp past PLTE */
+                    }
+                } else {
+                    size_t s = (size_t)x * (size_t)g->samples * (size_t)(g->depth / 8);
+                    if (g->ctype == 3) {
+                        int v = r[x];
+                        if (v < g->npal) memcpy(o, g->pal + 3 * v, 3);
+                        else o[0] = o[1] = o[2] = (unsigned char)v;
+                    } else if (g->depth == 8) {
+                        memcpy(o, r + s, (size_t)ch);
+                    } else if (g->ctype == 0) {
+                        int v = (r[s] << 8) | r[s + 1];
+                        o[0] = (unsigned char)(v > 255 ? 255 : v); /* mode "I", clipped by convert */
+                    } else {
+                        int c;
+                        for (c = 0; c < ch; c++) o[c] = r[s + 2 * (size_t)c]; /* "RGB;16B" etc.: the high byte */
+                    }
+                }
+            }
+        }
+    }
+    return LMV_OK;
+}
+
+static lmv_result lmv__pprepare(lmv__png *g, const void *data, size_t size, lmv_image_options *o, const char *fn,
+                                lmv_image_info *info, lmv_error *err) {
+    lmv_result r;
+    if (!data && size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "%s: NULL data", fn);
+    if (!lmv__allocator_resolve(&o->allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if (o->max_pixels == 0) o->max_pixels = LMV_IMAGE_MAX_PIXELS_DEFAULT;
+    if ((r = lmv__popen(g, data, size, o->max_pixels, err)) != LMV_OK) return r;
+    memset(info, 0, sizeof *info);
+    if (o->ignore_orientation) g->orientation = 1;
+    info->width = g->orientation >= 5 ? g->height : g->width;
+    info->height = g->orientation >= 5 ? g->width : g->height;
+    info->channels = (g->ctype == 0 || g->ctype == 4) ? 1 : 3;
+    info->progressive = g->interlace;
+    /* the three blocks lmv_image_load_png_memory asks for (the pixels fit size_t: checked in
+       lmv__popen) */
+    {
+        size_t pixels = (size_t)g->width * (size_t)g->height * (size_t)info->channels;
+        size_t fixed = lmv__alloc_cost(2 * sizeof(lmv__phuff)) + lmv__alloc_cost(0);
+        if (g->raw_size > SIZE_MAX / 2 - fixed || pixels > SIZE_MAX / 2 - fixed)
+            return lmv__fail(err, LMV_ERR_LIMIT, "PNG of %d x %d pixels is too large for this machine", g->width,
+                             g->height);
+        info->decode_memory = lmv__alloc_cost(2 * sizeof(lmv__phuff)) + lmv__alloc_cost(g->raw_size) +
+                              lmv__alloc_cost(pixels);
+    }
+    if (o->max_memory && info->decode_memory > o->max_memory)
+        return lmv__fail(err, LMV_ERR_LIMIT, "decoding this %d x %d PNG needs %zu bytes, more than max_memory (%zu bytes)",
+                         g->width, g->height, info->decode_memory, o->max_memory);
+    return LMV_OK;
+}
+
+LEMEVIT_API lmv_result lmv_image_png_info(const void *data, size_t size, const lmv_image_options *opt,
+                                          lmv_image_info *info, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv__png g;
+    lmv_result r;
+    if (!info) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_png_info: NULL output");
+    o.max_memory = 0; /* the query reports the size; the decode refuses it */
+    r = lmv__pprepare(&g, data, size, &o, "lmv_image_png_info", info, err);
+    if (r != LMV_OK) memset(info, 0, sizeof *info);
+    else lmv__ok(err);
+    return r;
+}
+
+LEMEVIT_API lmv_result lmv_image_load_png_memory(const void *data, size_t size, const lmv_image_options *opt,
+                                                 lmv_image *out, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    lmv_image_info info;
+    lmv__png g;
+    lmv_result r;
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_png_memory: NULL output");
+    memset(out, 0, sizeof *out);
+    memset(&info, 0, sizeof info);
+    if ((r = lmv__pprepare(&g, data, size, &o, "lmv_image_load_png_memory", &info, err)) != LMV_OK) return r;
+    g.lit = (lmv__phuff *)lmv__alloc(&o.allocator, 2 * sizeof(lmv__phuff));
+    g.out = (unsigned char *)lmv__alloc(&o.allocator, g.raw_size);
+    if (!g.lit || !g.out) {
+        lmv__free(&o.allocator, g.out);
+        lmv__free(&o.allocator, g.lit);
+        return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the PNG decoder (%zu bytes for a %d x %d image)",
+                         info.decode_memory, g.width, g.height);
+    }
+    g.dist = g.lit + 1;
+    r = lmv__pinflate(&g, err);
+    lmv__free(&o.allocator, g.lit);
+    if (r == LMV_OK) r = lmv__image_alloc(out, info.width, info.height, info.channels, &o.allocator, err);
+    if (r == LMV_OK && (r = lmv__pemit(&g, g.orientation, out, err)) != LMV_OK) lmv_image_free(out);
+    lmv__free(&o.allocator, g.out);
+    if (r == LMV_OK) lmv__ok(err);
+    return r;
+}
+
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_load_png_file(const char *path, const lmv_image_options *opt, lmv_image *out,
+                                               lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    size_t len;
+    void *buf;
+    lmv_result r;
+    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_png_file: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if ((r = lmv__read_file(path, "a PNG file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    r = lmv_image_load_png_memory(buf, len, &o, out, err);
+    lmv__free(&o.allocator, buf);
+    return r;
+}
+#endif
+#endif /* LEMEVIT_NO_PNG */
+
+/* ---- any image, by its first bytes ---- */
+
+static int lmv__image_kind(const void *data, size_t size) {
+    const unsigned char *p = (const unsigned char *)data;
+    if (!p) return 0;
+    if (size >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF) return 'J';
+    if (size >= 4 && p[0] == 0x89 && p[1] == 'P' && p[2] == 'N' && p[3] == 'G') return 'P';
+    return 0;
+}
+
+static lmv_result lmv__image_unknown(const void *data, size_t size, lmv_error *err) {
+    int k = lmv__image_kind(data, size);
+    if (k == 'J') return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: a JPEG, and this build has no JPEG decoder (LEMEVIT_NO_JPEG)");
+    if (k == 'P') return lmv__fail(err, LMV_ERR_UNSUPPORTED, "unsupported: a PNG, and this build has no PNG decoder (LEMEVIT_NO_PNG)");
+    return lmv__fail(err, LMV_ERR_IMAGE, "not a JPEG or PNG file (its first bytes are neither signature)");
+}
+
+LEMEVIT_API lmv_result lmv_image_probe(const void *data, size_t size, const lmv_image_options *opt,
+                                       lmv_image_info *info, lmv_error *err) {
+    if (!info) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_probe: NULL output");
+    memset(info, 0, sizeof *info);
+    if (!data && size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_probe: NULL data");
+#ifndef LEMEVIT_NO_JPEG
+    if (lmv__image_kind(data, size) == 'J') return lmv_image_jpeg_info(data, size, opt, info, err);
+#endif
+#ifndef LEMEVIT_NO_PNG
+    if (lmv__image_kind(data, size) == 'P') return lmv_image_png_info(data, size, opt, info, err);
+#endif
+    (void)opt;
+    return lmv__image_unknown(data, size, err);
+}
+
+LEMEVIT_API lmv_result lmv_image_load_memory(const void *data, size_t size, const lmv_image_options *opt,
+                                             lmv_image *out, lmv_error *err) {
+    if (!out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_memory: NULL output");
+    memset(out, 0, sizeof *out);
+    if (!data && size) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_memory: NULL data");
+#ifndef LEMEVIT_NO_JPEG
+    if (lmv__image_kind(data, size) == 'J') return lmv_image_load_jpeg_memory(data, size, opt, out, err);
+#endif
+#ifndef LEMEVIT_NO_PNG
+    if (lmv__image_kind(data, size) == 'P') return lmv_image_load_png_memory(data, size, opt, out, err);
+#endif
+    (void)opt;
+    return lmv__image_unknown(data, size, err);
+}
+
+#ifndef LEMEVIT_NO_STDIO
+LEMEVIT_API lmv_result lmv_image_load_file(const char *path, const lmv_image_options *opt, lmv_image *out,
+                                           lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    size_t len;
+    void *buf;
+    lmv_result r;
+    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_file: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if ((r = lmv__read_file(path, "an image file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    r = lmv_image_load_memory(buf, len, &o, out, err);
+    lmv__free(&o.allocator, buf);
+    return r;
+}
+#endif
+
 /* ---- resampling, as Pillow 9.4 (libImaging/Resample.c, Geometry.c) ----
    A separable convolution: for each output column a window of input columns with weights from
    the filter stretched by the downscale factor, normalised to sum 1, then rounded to 22-bit
@@ -6463,19 +7185,9 @@ typedef struct lmv__png_sink {
     size_t pos;
     void *file;      /* a FILE *, when writing to a file */
     int failed;
-    unsigned long crc, s1, s2;
+    uint32_t crc;
+    unsigned long s1, s2;
 } lmv__png_sink;
-
-static unsigned long lmv__png_crc32(unsigned long crc, const unsigned char *p, size_t n) {
-    size_t i;
-    int k;
-    crc ^= 0xFFFFFFFFul;
-    for (i = 0; i < n; i++) {
-        crc ^= p[i];
-        for (k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320ul & (0ul - (crc & 1ul)));
-    }
-    return crc ^ 0xFFFFFFFFul;
-}
 
 static void lmv__png_adler32(lmv__png_sink *s, const unsigned char *p, size_t n) {
     size_t i;
@@ -6488,7 +7200,7 @@ static void lmv__png_adler32(lmv__png_sink *s, const unsigned char *p, size_t n)
 /* bytes inside a chunk: counted into its CRC */
 static void lmv__png_write_bytes(lmv__png_sink *s, const void *data, size_t n) {
     const unsigned char *p = (const unsigned char *)data;
-    s->crc = lmv__png_crc32(s->crc, p, n);
+    s->crc = lmv__crc32(s->crc, p, n);
     if (s->buf) memcpy(s->buf + s->pos, p, n);
 #ifndef LEMEVIT_NO_STDIO
     else if (fwrite(p, 1, n, (FILE *)s->file) != n) s->failed = 1;
@@ -6691,7 +7403,6 @@ LEMEVIT_API lmv_result lmv_classify_image(lmv_session *s, const lmv_image *img, 
     return r;
 }
 
-#ifndef LEMEVIT_NO_JPEG
 LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_t size, const lmv_image_options *opt,
                                          int k, lmv_prediction *top, int *count, lmv_error *err) {
     lmv_image_options o = opt ? *opt : lmv_image_options_default();
@@ -6701,7 +7412,7 @@ LEMEVIT_API lmv_result lmv_classify_jpeg(lmv_session *s, const void *data, size_
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_jpeg: NULL session");
     if ((r = lmv__session_fits_crop(s, err)) != LMV_OK) return r;
     if (!o.allocator.alloc) o.allocator = s->allocator;
-    if ((r = lmv_image_load_jpeg_memory(data, size, &o, &img, err)) != LMV_OK) return r;
+    if ((r = lmv_image_load_memory(data, size, &o, &img, err)) != LMV_OK) return r;
     r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
@@ -6717,12 +7428,11 @@ LEMEVIT_API lmv_result lmv_classify_file(lmv_session *s, const char *path, const
     if (!s) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_classify_file: NULL session");
     if ((r = lmv__session_fits_crop(s, err)) != LMV_OK) return r;
     if (!o.allocator.alloc) o.allocator = s->allocator;
-    if ((r = lmv_image_load_jpeg_file(path, &o, &img, err)) != LMV_OK) return r;
+    if ((r = lmv_image_load_file(path, &o, &img, err)) != LMV_OK) return r;
     r = lmv_classify_image(s, &img, k, top, count, err);
     lmv_image_free(&img);
     return r;
 }
-#endif
 #endif
 
 LEMEVIT_API void lmv_softmax(float *x, int n) {

@@ -1,8 +1,8 @@
-/* classify - the top classes of JPEG photos, with any converted model.
+/* classify - the top classes of JPEG and PNG photos, with any converted model.
 
      build/classify MODEL.lmv PATH... [--top K] [--threads N] [--ignore-exif] [--json]
 
-   A PATH is a JPEG file or a folder (every JPEG under it, recursively, in sorted order; folders
+   A PATH is a JPEG or PNG file or a folder (every JPEG and PNG under it, recursively, in sorted order; folders
    need a POSIX system). Each image goes through the model's own eval transform (the resize, crop
    and normalisation its training used, stored in the .lmv file), so the answer is the one PyTorch
    gives for the same file through Pillow and timm/torchvision. Exit status: 0 when every image was
@@ -30,8 +30,9 @@
 static const char usage[] =
     "usage: classify MODEL.lmv PATH... [--top K] [--threads N] [--ignore-exif] [--json]\n"
     "                [--max-pixels N]\n"
-    "  PATH            a JPEG file, or a folder: every JPEG under it (by .jpg/.jpeg name or JPEG\n"
-    "                  signature), recursively, in sorted order; other files are counted as skipped\n"
+    "  PATH            a JPEG or PNG file, or a folder: every JPEG and PNG under it (by .jpg/.jpeg/\n"
+    "                  .png name or JPEG/PNG signature), recursively, in sorted order; other files\n"
+    "                  are counted as skipped\n"
     "  --top K         how many classes to print per image (1..64, default 5)\n"
     "  --threads N     threads to use (default 0: all)\n"
     "  --ignore-exif   do not rotate images by their EXIF orientation (PIL's Image.open\n"
@@ -82,22 +83,24 @@ static int compare_paths(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* A JPEG by its name (.jpg, .jpeg in any case) or, failing that, by its first bytes (FF D8 FF). */
-static int looks_like_jpeg(const char *path, const char *name) {
+/* A JPEG or PNG by its name (.jpg, .jpeg, .png in any case) or, failing that, by its first bytes
+   (FF D8 FF, or 89 'PNG'); which decoder reads it is decided by the bytes alone. */
+static int looks_like_image(const char *path, const char *name) {
     const char *dot = strrchr(name, '.');
-    unsigned char sig[3] = {0, 0, 0};
+    unsigned char sig[4] = {0, 0, 0, 0};
     char ext[6] = "";
     FILE *f;
     int i;
     for (i = 0; dot && dot[i] && i < 5; i++) ext[i] = (char)(dot[i] >= 'A' && dot[i] <= 'Z' ? dot[i] + 32 : dot[i]);
-    if (dot && !dot[i] && (!strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg"))) return 1;
+    if (dot && !dot[i] && (!strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg") || !strcmp(ext, ".png"))) return 1;
     if (!(f = fopen(path, "rb"))) return 0;
-    i = fread(sig, 1, 3, f) == 3 && sig[0] == 0xFF && sig[1] == 0xD8 && sig[2] == 0xFF;
+    i = fread(sig, 1, 4, f) == 4 && ((sig[0] == 0xFF && sig[1] == 0xD8 && sig[2] == 0xFF) ||
+                                     (sig[0] == 0x89 && sig[1] == 'P' && sig[2] == 'N' && sig[3] == 'G'));
     fclose(f);
     return i;
 }
 
-/* Adds every JPEG under `dir` to `images`, recursively (unsorted), counting the other entries in
+/* Adds every JPEG and PNG under `dir` to `images`, recursively (unsorted), counting the other entries in
    *skipped. Symbolic links to folders are not followed (so a link loop cannot recurse forever).
    Returns 0 when a folder could not be read (after saying so on stderr). */
 static int walk_folder(const char *dir, path_list *images, int *skipped) {
@@ -121,7 +124,7 @@ static int walk_folder(const char *dir, path_list *images, int *skipped) {
             (*skipped)++; /* gone, a broken link or a link to a folder */
         else if (S_ISDIR(st.st_mode))
             ok &= walk_folder(path, images, skipped);
-        else if (S_ISREG(st.st_mode) && looks_like_jpeg(path, names.paths[i]))
+        else if (S_ISREG(st.st_mode) && looks_like_image(path, names.paths[i]))
             list_add(images, path);
         else
             (*skipped)++;
@@ -132,8 +135,8 @@ static int walk_folder(const char *dir, path_list *images, int *skipped) {
 }
 #endif
 
-/* Adds one command-line PATH: a file as it is, a folder as the sorted JPEGs under it.
-   Returns 0 when a folder could not be read or held no JPEG (said on stderr). */
+/* Adds one command-line PATH: a file as it is, a folder as the sorted JPEGs and PNGs under it.
+   Returns 0 when a folder could not be read or held no image (said on stderr). */
 static int add_path(const char *path, path_list *images) {
 #ifdef HAVE_FOLDERS
     struct stat st;
@@ -146,10 +149,10 @@ static int add_path(const char *path, path_list *images) {
     if (images->count > first)
         qsort(images->paths + first, (size_t)(images->count - first), sizeof(char *), compare_paths);
     if (skipped)
-        fprintf(stderr, "classify: %s: skipped %d %s not JPEG images\n", path, skipped,
+        fprintf(stderr, "classify: %s: skipped %d %s not JPEG or PNG images\n", path, skipped,
                 skipped == 1 ? "entry that is" : "entries that are");
     if (images->count == first) {
-        fprintf(stderr, "classify: %s: no JPEG images in this folder\n", path);
+        fprintf(stderr, "classify: %s: no JPEG or PNG images in this folder\n", path);
         ok = 0;
     }
     return ok;
@@ -284,7 +287,7 @@ int main(int argc, char **argv) {
     if (nargs < 2) {
         if (argc == 1) fputs(usage, stderr);
         else if (nargs == 0) usage_error("no model given; the first argument is the .lmv file");
-        else usage_error("no images given; pass JPEG files or folders after the model");
+        else usage_error("no images given; pass JPEG or PNG files or folders after the model");
         goto done;
     }
     for (i = 1; i < nargs; i++)

@@ -23,6 +23,7 @@ SUITES = [
     ("convert (hostile inputs)", [PY, os.path.join(HERE, "test_convert_hostile.py")]),
     ("convert (tensor accounting, assumed options)", [PY, os.path.join(HERE, "test_convert_assumed.py")]),
     ("image", [PY, os.path.join(HERE, "test_image.py")]),
+    ("png", [PY, os.path.join(HERE, "test_png.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),

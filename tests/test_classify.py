@@ -18,6 +18,7 @@ ASAN_CLASSIFY = os.path.join(BUILD, "asan", "classify")
 MODEL = os.path.join(ROOT, "examples", "lemevit_cifar10.lmv")
 IMAGES = os.path.join(ROOT, "examples", "images")
 PHOTOS = sorted(os.path.join(IMAGES, f) for f in os.listdir(IMAGES) if f.endswith(".jpg"))
+PNG_PHOTO = os.path.join(ROOT, "tests", "data", "images", "photos", "chelsea.png")  # CC0, as tests/data/README.md says
 LABELS = open(os.path.join(ROOT, "examples", "cifar10_labels.txt")).read().split()
 SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
 
@@ -153,6 +154,8 @@ def make_folder():
         os.fsdecode(b"latin1-\xe9t\xe9.jpg"): cat,  # not UTF-8: one U+FFFD a byte
         os.fsdecode(b"cut-\xe2\x82.jpg"): small,   # a UTF-8 sequence that breaks off: one U+FFFD
         "a/b-side.jpg": small,                    # sorts between a/b/... and a/cat.jpg
+        "a/b/kitten.png": PNG_PHOTO,              # a PNG by its name
+        "png_no_extension": PNG_PHOTO,            # a PNG by its signature
     }
     for rel, src in files.items():
         os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
@@ -173,14 +176,14 @@ def check_folder(root, want):
         return
     objs = json_lines(out_d, "the folder")
     got = [o["path"] for o in objs]
-    res.check("the folder gives every JPEG under it, recursively, in sorted order (bytes that are not UTF-8 "
+    res.check("the folder gives every JPEG and PNG under it, recursively, in sorted order (bytes that are not UTF-8 "
               "as Python's decode(errors='replace') shows them)",
               got == shown(want), "" if got == shown(want) else f"got {got}, want {shown(want)}")
     same = without_times(out_d) == without_times(out_f)
     res.check("the folder gives the same results as listing the files", same,
               "" if same else f"folder {out_d[:300]!r}, files {out_f[:300]!r}")
     res.check("the non-image entries are counted on stderr, one line",
-              "skipped 2 entries that are not JPEG images" in err_d and err_d.count("skipped") == 1, repr(err_d))
+              "skipped 2 entries that are not JPEG or PNG images" in err_d and err_d.count("skipped") == 1, repr(err_d))
     text_d = classify(MODEL, root, "--top", "3")[1]
     text_f = classify(MODEL, *want, "--top", "3")[1]
     res.check("plain text: the folder prints what the files print", without_times(text_d) == without_times(text_f)
@@ -190,7 +193,7 @@ def check_folder(root, want):
     res.check("a folder given with a trailing slash prints dir/name paths",
               [o["path"] for o in objs_slash] == shown(want), repr([o["path"] for o in objs_slash][:2]))
     code, out, err = classify(MODEL, os.path.join(root, "empty"), "--json")
-    res.check("a folder without JPEGs: says so, exit 1", code == 1 and "no JPEG images" in err and not out,
+    res.check("a folder without JPEGs: says so, exit 1", code == 1 and "no JPEG or PNG images" in err and not out,
               f"exit {code}, {err!r}")
 
     if not os.path.exists(ASAN_CLASSIFY):

@@ -59,8 +59,8 @@ def not_files(d):
     out = os.path.join(d, "out")
     cases = [
         ("lmv info DIR", [LMV, "info", folder], "a .lmv file"),
-        ("lmv decode DIR", [LMV, "decode", folder, out + ".ppm"], "a JPEG file"),
-        ("lmv preprocess MODEL DIR", [LMV, "preprocess", MODEL, folder, out + ".npy"], "a JPEG file"),
+        ("lmv decode DIR", [LMV, "decode", folder, out + ".ppm"], "an image file"),
+        ("lmv preprocess MODEL DIR", [LMV, "preprocess", MODEL, folder, out + ".npy"], "an image file"),
         ("lmv run MODEL DIR", [LMV, "run", MODEL, folder, out + ".npy"], "a .npy file"),
         ("lmv run DIR", [LMV, "run", folder, folder, out + ".npy"], "a .lmv file"),
         ("lmv eval DIR DIR", [LMV, "eval", folder, folder], "a .lmv file"),
@@ -219,7 +219,7 @@ def evaluate(d):
     root = os.path.join(d, "subset")
     chosen = {"cat": pics[0:5], "Dog": pics[5:9], "airplane": pics[9:14]}
     placed = layout(root, chosen)
-    for junk in ("notes.txt", "pic.png", ".hidden.jpg"):
+    for junk in ("notes.txt", "pic.bmp", ".hidden.jpg"):
         open(os.path.join(root, "Dog", junk), "wb").write(b"not a jpeg")
     open(os.path.join(root, "README"), "w").write("x")
     pred = {q: pred_of[p] for n in chosen for p, q in zip(chosen[n], placed[n])}
@@ -240,9 +240,9 @@ def evaluate(d):
                   j.get("outside") == outside and [c.get("outside") for c in j["classes"]] == out_of,
                   f"got {j.get('outside')} {[c.get('outside') for c in j['classes']]}, want {outside} {out_of}")
         res.check("eval subset: confusion matrix", j["confusion"] == conf, f"got {j['confusion']}, want {conf}")
-        want_skip = sorted([os.path.join(root, "Dog", x) for x in ("notes.txt", "pic.png", ".hidden.jpg")] +
+        want_skip = sorted([os.path.join(root, "Dog", x) for x in ("notes.txt", "pic.bmp", ".hidden.jpg")] +
                            [os.path.join(root, "README")])
-        res.check("eval subset: non-JPEG entries listed as skipped",
+        res.check("eval subset: entries that are not JPEG or PNG listed as skipped",
                   j.get("skipped") == 4 and sorted(j.get("skipped_files", [])) == want_skip and "skipped 4 entries" in err,
                   f"{j.get('skipped')} {j.get('skipped_files')}; stderr {err.strip()[:300]}")
         rows = [ln.split("\t") for ln in open(tsv).read().splitlines()]
@@ -286,9 +286,10 @@ def evaluate(d):
     # nothing to evaluate
     root4 = os.path.join(d, "empty")
     os.makedirs(os.path.join(root4, "cat"))
-    open(os.path.join(root4, "cat", "x.png"), "wb").write(b"png")
+    open(os.path.join(root4, "cat", "x.bmp"), "wb").write(b"bmp")
     code, out, err = runb([LMV, "eval", MODEL, root4])
-    res.check("eval: no JPEGs at all is an error, the skipped file named", code == 1 and "no JPEG files" in err and "x.png" in err,
+    res.check("eval: no JPEGs or PNGs at all is an error, the skipped file named",
+              code == 1 and "no JPEG or PNG files" in err and "x.bmp" in err,
               f"exit {code}: {err.strip()}")
 
 

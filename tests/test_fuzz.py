@@ -16,7 +16,8 @@ FUZZ = os.path.join(ROOT, "tests", "fuzz")
 OUT = os.path.join(BUILD, "fuzz")
 SECONDS = int(os.environ.get("LMV_FUZZ_SECONDS", "20"))
 # harness, seed corpus, seconds of fuzzing in `make test`
-HARNESSES = [("lmv", "corpus_lmv", SECONDS), ("npy", "corpus_npy", SECONDS), ("jpeg", "corpus_jpeg", SECONDS // 2)]
+HARNESSES = [("lmv", "corpus_lmv", SECONDS), ("npy", "corpus_npy", SECONDS), ("jpeg", "corpus_jpeg", SECONDS // 2),
+             ("png", "corpus_png", SECONDS // 2)]
 
 
 def build(name):

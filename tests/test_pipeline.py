@@ -22,7 +22,8 @@ work = tmpdir()
 
 
 def photos():
-    """The test photos (tests/data/images) as JPEGs: the JPEG originals, the PNGs saved as JPEG, one EXIF-rotated file."""
+    """The test photos (tests/data/images) as JPEGs: the JPEG originals, the PNGs saved as JPEG, one EXIF-rotated
+    file; and one PNG as it is (classify picks the decoder by the signature)."""
     out = []
     for name in ("rocket.jpg", "hubble_deep_field.jpg"):
         out.append(os.path.join(PHOTOS, name))
@@ -32,6 +33,7 @@ def photos():
         Image.open(os.path.join(PHOTOS, name)).convert("RGB").save(dst, quality=90)
         out.append(dst)
     out.append(os.path.join(IMAGES, "exif", "Landscape_6.jpg"))
+    out.append(os.path.join(PHOTOS, "chelsea.png"))
     return out
 
 
@@ -103,7 +105,7 @@ def preprocess_matches():
     """lmv preprocess = the torchvision transform, to the float, for one model's stored config."""
     lmv = os.path.join(work, "lemevit.lmv")
     t = torch_transform(256, 224, "bicubic", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    for path in photos()[:3]:
+    for path in photos()[:3] + [os.path.join(PHOTOS, "chelsea.png")]:
         out = os.path.join(work, "pre.npy")
         code, _, err = run([LMV, "preprocess", lmv, path, out])
         ok = code == 0

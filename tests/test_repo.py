@@ -40,7 +40,8 @@ res.check("nothing reads a folder beside the checkout", not hits_sib, "; ".join(
 # the test data is tracked (a clone has it) and each folder of it carries its licence
 want = ["images/photos/rocket.jpg", "images/photos/chelsea.png", "images/photos/truncated.jpg",
         "images/libjpeg-turbo/testorig.jpg", "images/libjpeg-turbo/testorig.ppm", "images/libjpeg-turbo/LICENSE.txt",
-        "images/exif/Landscape_6.jpg", "images/exif/LICENSE", "cifar10/test_1000.tar", "README.md"]
+        "images/exif/Landscape_6.jpg", "images/exif/LICENSE", "pngsuite/basn0g01.png", "pngsuite/LICENSE",
+        "cifar10/test_1000.tar", "README.md"]
 rel = os.path.relpath(DATA, ROOT).replace(os.sep, "/")
 missing = [w for w in want if f"{rel}/{w}" not in tracked]
 res.check("tests/data holds the pictures, the CIFAR-10 subset and their licences, tracked", not missing,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BUILD, PHOTOS, ROOT, Results, run  # noqa: E402
+from common import BUILD, PHOTOS, ROOT, Results, run, tmpdir  # noqa: E402
 
 res = Results()
 VG = ["valgrind", "--error-exitcode=251", "--leak-check=full", "--errors-for-leak-kinds=all", "--show-leak-kinds=all"]
@@ -39,12 +39,15 @@ def main():
     if res.check("classify builds without OpenMP", code == 0, err.strip()[-300:]):
         # the model `make firmware` embedded: the CIFAR-10 LeMeViT, or its random stand-in
         model = open(os.path.join(BUILD, "fw", "inputs")).read().split()[0]
-        photos = [os.path.join(PHOTOS, f) for f in ("rocket.jpg", "hubble_deep_field.jpg")]
+        photos = [os.path.join(PHOTOS, f) for f in ("rocket.jpg", "hubble_deep_field.jpg", "chelsea.png")]
         for photo in photos:
             memcheck(f"classify {os.path.basename(photo)}", [exe, model, photo, "--top", "3"])
         # a failing path frees everything too
         memcheck("classify on a truncated JPEG (error path)",
                  [exe, model, os.path.join(PHOTOS, "truncated.jpg")], want_exit=1)
+        cut_png = os.path.join(tmpdir(), "truncated.png")
+        open(cut_png, "wb").write(open(os.path.join(PHOTOS, "chelsea.png"), "rb").read()[:50000])
+        memcheck("classify on a truncated PNG (error path)", [exe, model, cut_png], want_exit=1)
     fw = os.path.join(BUILD, "fw", "firmware")
     if res.check("build/fw/firmware exists (make firmware)", os.path.exists(fw), ""):
         want = open(os.path.join(BUILD, "fw", "firmware_arena.h")).read()

@@ -71,7 +71,8 @@ static const char *usage_gemm =
     "  --json                one JSON object instead of text\n";
 static const char *usage_decode =
     "usage: lmv decode IMAGE.jpg OUT.ppm [options]\n"
-    "  decode a JPEG (EXIF orientation applied) to PPM (or PGM for gray)\n"
+    "  decode a JPEG or PNG, told apart by their first bytes (JPEG EXIF orientation applied), to PPM\n"
+    "  (or PGM for gray)\n"
     "options:\n"
     "  --ignore-exif         keep the stored orientation\n"
     "  --max-pixels N        refuse larger images (default 178956970, Pillow's bound)\n"
@@ -84,11 +85,11 @@ static const char *usage_preprocess =
     "  --ignore-exif         keep the stored orientation\n";
 static const char *usage_eval =
     "usage: lmv eval MODEL.lmv DIR [options]\n"
-    "  classify every JPEG under DIR/<class>/ and print the accuracy, per-class precision/recall/F1\n"
-    "  and the confusion matrix. When every folder is named after one of the model's labels (case\n"
+    "  classify every JPEG and PNG under DIR/<class>/ and print the accuracy, per-class\n"
+    "  precision/recall/F1 and the confusion matrix. When every folder is named after one of the model's labels (case\n"
     "  ignored), a folder's images belong to that label's class, so a subset of the classes works;\n"
     "  otherwise there must be one folder per class, taken in sorted order (torchvision's\n"
-    "  ImageFolder). Files that are not JPEGs are skipped and listed.\n"
+    "  ImageFolder). Other files (not .jpg/.jpeg/.png) are skipped and listed.\n"
     "options:\n"
     "  --json                machine-readable result on stdout\n"
     "  --predictions FILE    also write one line per image: path, true class, predicted class\n"
@@ -131,7 +132,7 @@ static const char *usage =
     "  run MODEL.lmv IN.npy OUT.npy        the logits (or features) for a float32 NCHW .npy input\n"
     "  bench MODEL.lmv                     load time, latency, GFLOP/s, memory on random input\n"
     "  gemm M N K                          time the matrix multiply alone at one Linear's shape\n"
-    "  decode IMAGE.jpg OUT.ppm            the decoded pixels of a JPEG as PPM/PGM\n"
+    "  decode IMAGE.jpg OUT.ppm            the decoded pixels of a JPEG or PNG as PPM/PGM\n"
     "  preprocess MODEL.lmv IMAGE.jpg OUT.npy   the model's input tensor for an image\n"
     "  eval MODEL.lmv DIR                  accuracy on a labelled folder (one sub-folder per class)\n"
     "  embed FILE OUT.c                    a C source with the file as an aligned const array\n"
@@ -776,7 +777,7 @@ static int cmd_decode(int argc, char **argv) {
         else paths[n++] = argv[i];
     }
     if (n != 2) return usage_error("decode", "give IMAGE.jpg OUT.ppm");
-    if (!check_file(paths[0], "a JPEG file", &err) || lmv_image_load_jpeg_file(paths[0], &io, &img, &err) != LMV_OK)
+    if (!check_file(paths[0], "an image file", &err) || lmv_image_load_file(paths[0], &io, &img, &err) != LMV_OK)
         return fail(paths[0], &err);
     bytes = (size_t)img.width * img.height * img.channels;
     f = fopen(paths[1], "wb");
@@ -811,7 +812,7 @@ static int cmd_preprocess(int argc, char **argv) {
     if (n != 3) return usage_error("preprocess", "give MODEL.lmv IMAGE.jpg OUT.npy");
     if (open_model(paths[0], 0, &m, &map, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info_get(m);
-    if (!check_file(paths[1], "a JPEG file", &err) || lmv_image_load_jpeg_file(paths[1], &io, &img, &err) != LMV_OK) {
+    if (!check_file(paths[1], "an image file", &err) || lmv_image_load_file(paths[1], &io, &img, &err) != LMV_OK) {
         fail(paths[1], &err);
         goto done;
     }
@@ -852,7 +853,8 @@ static int is_jpeg_name(const char *name) {
     if (!dot || strlen(dot) > 5) return 0;
     for (i = 0; dot[i]; i++) ext[i] = (char)(dot[i] >= 'A' && dot[i] <= 'Z' ? dot[i] + 32 : dot[i]);
     ext[i] = 0;
-    return !strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg") || !strcmp(ext, ".jpe") || !strcmp(ext, ".jfif");
+    return !strcmp(ext, ".jpg") || !strcmp(ext, ".jpeg") || !strcmp(ext, ".jpe") || !strcmp(ext, ".jfif") ||
+           !strcmp(ext, ".png");
 }
 
 /* Whether two names are equal, ASCII case ignored. */
@@ -900,7 +902,7 @@ static void strlist_free(strlist *l) {
     l->n = l->cap = 0;
 }
 
-/* The entries of `dir`: sub-folders (want_dirs) or JPEG files go to `keep` by name, sorted; every
+/* The entries of `dir`: sub-folders (want_dirs) or JPEG and PNG files go to `keep` by name, sorted; every
    other entry (hidden ones, other files, links to nothing, FIFOs) to `skipped` as dir/name.
    1 when done, 0 when dir cannot be listed (errno says why), -1 when out of memory. */
 static int list_dir(const char *dir, int want_dirs, strlist *keep, strlist *skipped) {
@@ -1061,12 +1063,12 @@ static int cmd_eval(int argc, char **argv) {
     if (skipped.n) {
         qsort(skipped.v, (size_t)skipped.n, sizeof(char *), cmp_str);
         fprintf(stderr, "lmv eval: skipped %d %s: ", skipped.n,
-                skipped.n == 1 ? "entry that is not a JPEG file" : "entries that are not JPEG files");
+                skipped.n == 1 ? "entry that is not a JPEG or PNG file" : "entries that are not JPEG or PNG files");
         print_names(stderr, skipped.v, skipped.n, SKIPPED_SHOWN);
         fprintf(stderr, "\n");
     }
     if (total == 0) {
-        fprintf(stderr, "lmv eval: no JPEG files in the class folders of '%s' (expected DIR/<class>/<image>.jpg)\n", paths[1]);
+        fprintf(stderr, "lmv eval: no JPEG or PNG files in the class folders of '%s' (expected DIR/<class>/<image>.jpg)\n", paths[1]);
         goto done;
     }
     so.threads = threads;
@@ -1122,7 +1124,7 @@ static int cmd_eval(int argc, char **argv) {
                    failed ? " -- some images failed to decode" : "");
             if (outside) printf("%d predictions fell outside the folders' classes (counted as wrong)\n", outside);
             if (skipped.n) printf("%d %s skipped: not %s\n", skipped.n, skipped.n == 1 ? "entry" : "entries",
-                                  skipped.n == 1 ? "a JPEG file" : "JPEG files");
+                                  skipped.n == 1 ? "a JPEG or PNG file" : "JPEG or PNG files");
             printf("\n%-16s %9s %9s %9s %7s\n", "class", "precision", "recall", "f1", "images");
         }
         for (c = 0; c < nclass; c++) {

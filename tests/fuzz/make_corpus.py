@@ -41,8 +41,34 @@ def main():
     np.save(os.path.join(npy, "empty.npy"), np.zeros((0, 3), dtype="<f4"))
     np.save(os.path.join(npy, "float64.npy"), np.ones((2, 2), dtype="<f8"))
     np.lib.format.write_array(open(os.path.join(npy, "v2.npy"), "wb"), np.ones((1, 2), dtype="<f4"), version=(2, 0))
+    make_png_corpus()
     for f in sorted(os.listdir(out)):
         print(f, os.path.getsize(os.path.join(out, f)))
+
+
+def make_png_corpus():
+    """corpus_png/: small PNGs of every colour type and depth, interlaced or not, with stored, fixed
+    and dynamic deflate blocks and the data split over several IDAT chunks."""
+    from test_png import make_png, picture  # noqa: E402
+    import zlib
+    out = os.path.join(HERE, "corpus_png")
+    os.makedirs(out, exist_ok=True)
+    cases = [(0, 1, False, 6), (0, 2, True, 9), (0, 4, False, 1), (0, 16, True, 6), (2, 8, False, 0), (2, 16, True, 6),
+             (3, 1, True, 6), (3, 4, False, 9), (3, 8, True, 0), (4, 8, False, 6), (4, 16, True, 9), (6, 8, True, 6),
+             (6, 16, False, 1)]
+    for i, (ctype, depth, inter, level) in enumerate(cases):
+        s = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+        kw = {}
+        if ctype == 3:
+            n = 1 << depth
+            kw["plte"] = list(range(3 * n)) if n < 86 else [(7 * k) % 256 for k in range(3 * n)]
+            kw["trns"] = b"\x00\x80"
+        data = make_png(picture(7 + i % 5, 9 + i % 3, s, (1 << depth) - 1, i), depth, ctype, inter, level=level,
+                        strategy=zlib.Z_FIXED if i % 4 == 1 else zlib.Z_DEFAULT_STRATEGY, split=40 if i % 3 == 0 else None,
+                        **kw)
+        name = f"c{ctype}_d{depth}{'_adam7' if inter else ''}_z{level}.png"
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,11 @@ def options():
     got, _ = lmv_run(lmv, x.numpy())
     ok, desc = logits_close(got, want)
     res.check("a post-norm model converted without lemevit.post_norm differs from PyTorch", not ok, desc)
+    # the same option found by the converter, no flag given: a training checkpoint whose args say pre_norm=False
+    m = L.randomize_(L.build(depth=[1, 1, 1, 2, 1], embed_dim=[32, 32, 64, 96, 128], attn_type=list("CDDSS"),
+                             num_classes=10, pre_norm=False, layer_scale_init_value=0.5), seed=49)
+    parity("post-norm + layer scale read from the training args (no flag)", m, [(64, 64)],
+           wrap=lambda s: {"epoch": 1, "args": {"model": "lemevit_custom", "pre_norm": False}, "state_dict": s})
 
 
 def layouts():

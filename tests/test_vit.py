@@ -144,6 +144,22 @@ def timm_variants():
               conv_opts=("--pool", "avg", "--set", "vit.act=gelu_tanh"))
 
 
+def options_from_metadata():
+    """The same options found by the converter in what the checkpoint says of itself, no flag given:
+    a timm training checkpoint's args (the model name; model_kwargs)."""
+    def train_ckpt(model, **kwargs):
+        return lambda sd: {"epoch": 2, "state_dict": sd, "args": {"model": model, "model_kwargs": kwargs}}
+    # the names' size word must match the tensors' width (768 for base), so these are one-block base models
+    base = dict(embed_dim=768, num_heads=12, depth=1, patch_size=16, num_classes=7)
+    timm_case("ResPostBlock from the model name vit_base_patch16_rpn_224", 80, block_fn="res_post", qkv_bias=False,
+              class_token=False, global_pool="avg", wrap=train_ckpt("vit_base_patch16_rpn_224"), **base)
+    timm_case("QuickGELU and eps 1e-5 from the model name vit_base_patch16_clip_quickgelu_224", 81,
+              act_layer="quick_gelu", pre_norm=True, eps=1e-5, wrap=train_ckpt("vit_base_patch16_clip_quickgelu_224"),
+              **base)
+    timm_case("QuickGELU and ResPostBlock from model_kwargs", 82, act_layer="quick_gelu", block_fn="res_post",
+              wrap=train_ckpt("my_vit", act_layer="quick_gelu", block_fn="ResPostBlock"))
+
+
 def options_need_their_setting():
     """The options above are invisible in the tensors: converted without their setting, the same
     checkpoints run as a pre-norm GELU ViT and differ from PyTorch (so the parity cases can fail)."""
@@ -251,7 +267,7 @@ def seed_models():
 if __name__ == "__main__":
     only = sys.argv[1:]
     quick = "--quick" in sys.argv
-    for fn in (attention_map, options_need_their_setting, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
+    for fn in (attention_map, options_need_their_setting, options_from_metadata, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
                torchvision_vit_b16):
         if quick and fn is torchvision_vit_b16:
             continue

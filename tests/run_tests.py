@@ -31,6 +31,7 @@ SUITES = [
     ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
+    ("simd (every kernel path this CPU runs; a plain -O2 build)", [PY, os.path.join(HERE, "test_simd.py")]),
     # firmware builds and hardening
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
     ("cross (aarch64, s390x)", [PY, os.path.join(HERE, "test_cross.py")]),

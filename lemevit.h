@@ -1540,6 +1540,7 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__tile_c LMV__KN(lmv__tile_c)
 #define lmv__tile_q8 LMV__KN(lmv__tile_q8)
 #define lmv__tile_rows LMV__KN(lmv__tile_rows)
+#define lmv__tile_z LMV__KN(lmv__tile_z)
 #define lmv__transpose8 LMV__KN(lmv__transpose8)
 #define lmv__weight4 LMV__KN(lmv__weight4)
 #define lmv__weight8 LMV__KN(lmv__weight8)
@@ -1628,6 +1629,73 @@ static void lmv__tile_c(int mr, int kc, const float *a, size_t lda, const float 
 static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
     lmv__tile_c(mr, kc, a, lda, p, acc[0], LMV__NR, NULL, 0, 0);
 }
+#if defined(LMV__AVX512)
+/* lmv__tile_c on 512-bit registers, for 1 to LMV__MR_Z rows of a whole panel: one zmm of 16
+   columns per row, each A value broadcast from memory into its FMA, the panel row loaded once per
+   k for all rows. Each output is the same chain of FMAs in k order as on AVX2 (same start, same
+   GELU), so the two paths give the same bits. */
+#define LMV__MR_Z 8 /* 8 chains of FMAs keep two FMA pipes of latency 4 busy */
+static void lmv__tile_z(int mr, int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc,
+                        const float *bias, int first, int gelu) {
+#define LMV__ZA(r) const float *a##r = a + (mr > (r) ? (r) * lda : 0);
+    LMV__ZA(0) LMV__ZA(1) LMV__ZA(2) LMV__ZA(3) LMV__ZA(4) LMV__ZA(5) LMV__ZA(6) LMV__ZA(7)
+#undef LMV__ZA
+    __m512 z0, z1, z2, z3, z4, z5, z6, z7, b;
+    int k;
+    b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+#define LMV__ZLOAD(r) z##r = (r) < mr && !first ? _mm512_loadu_ps(c + (r) * ldc) : b;
+    LMV__ZLOAD(0) LMV__ZLOAD(1) LMV__ZLOAD(2) LMV__ZLOAD(3) LMV__ZLOAD(4) LMV__ZLOAD(5) LMV__ZLOAD(6) LMV__ZLOAD(7)
+#undef LMV__ZLOAD
+#define LMV__ZR(r) z##r = _mm512_fmadd_ps(_mm512_set1_ps(a##r[k]), b, z##r);
+#define LMV__ZR1 LMV__ZR(0)
+#define LMV__ZR2 LMV__ZR1 LMV__ZR(1)
+#define LMV__ZR3 LMV__ZR2 LMV__ZR(2)
+#define LMV__ZR4 LMV__ZR3 LMV__ZR(3)
+#define LMV__ZR5 LMV__ZR4 LMV__ZR(4)
+#define LMV__ZR6 LMV__ZR5 LMV__ZR(5)
+#define LMV__ZR7 LMV__ZR6 LMV__ZR(6)
+#define LMV__ZR8 LMV__ZR7 LMV__ZR(7)
+#define LMV__ZLOOP(rows)                                                                                     \
+    for (k = 0; k < kc; k++) {                                                                               \
+        b = _mm512_loadu_ps(p + (size_t)k * LMV__NR);                                                        \
+        rows                                                                                                 \
+    }                                                                                                        \
+    break;
+    switch (mr) { /* one loop per row count: no work for the rows a tile does not have */
+    case 8: LMV__ZLOOP(LMV__ZR8)
+    case 7: LMV__ZLOOP(LMV__ZR7)
+    case 6: LMV__ZLOOP(LMV__ZR6)
+    case 5: LMV__ZLOOP(LMV__ZR5)
+    case 4: LMV__ZLOOP(LMV__ZR4)
+    case 3: LMV__ZLOOP(LMV__ZR3)
+    case 2: LMV__ZLOOP(LMV__ZR2)
+    default: LMV__ZLOOP(LMV__ZR1)
+    }
+#undef LMV__ZLOOP
+#undef LMV__ZR
+#undef LMV__ZR1
+#undef LMV__ZR2
+#undef LMV__ZR3
+#undef LMV__ZR4
+#undef LMV__ZR5
+#undef LMV__ZR6
+#undef LMV__ZR7
+#undef LMV__ZR8
+    /* (GELU: the last K block of a Linear + GELU, activated in registers on the way out, in the
+       AVX2 tile's two halves so that it rounds the same) */
+#define LMV__ZSTORE(r)                                                                                       \
+    if ((r) < mr) {                                                                                          \
+        _mm512_storeu_ps(c + (r) * ldc, z##r);                                                               \
+        if (gelu) {                                                                                          \
+            _mm256_storeu_ps(c + (r) * ldc, lmv__gelu8(_mm256_loadu_ps(c + (r) * ldc)));                     \
+            _mm256_storeu_ps(c + (r) * ldc + 8, lmv__gelu8(_mm256_loadu_ps(c + (r) * ldc + 8)));             \
+        }                                                                                                    \
+    }
+    LMV__ZSTORE(0) LMV__ZSTORE(1) LMV__ZSTORE(2) LMV__ZSTORE(3) LMV__ZSTORE(4) LMV__ZSTORE(5) LMV__ZSTORE(6)
+    LMV__ZSTORE(7)
+#undef LMV__ZSTORE
+}
+#endif
 #elif defined(LMV__NEON)
 /* The AArch64 tile: 24 accumulator registers (6 rows x 4 quads), the panel row in 4 more, each A
    value multiplied in by lane (vfmaq_n_f32), so every output is still summed in k order. */
@@ -1921,10 +1989,15 @@ static void lmv__add_bias(float *C, size_t ldc, const float *bias, int m0, int m
             for (j = 0; j < n; j++) C[(size_t)i * ldc + (size_t)(j0 + j)] += bias[j0 + j];
 }
 
-/* Rows of the next register tile when `left` rows remain. The AVX2 tile runs 5 rows as fast per
-   row as 6, so it takes 5 while that leaves a multiple of 6 (49 = 5+5+5+5+5+6+6+6+6) and no tile
-   computes rows that do not exist; the other tiles always take 6. */
-static int lmv__tile_rows(int left) {
+/* Rows of the next register tile when `left` rows remain of a panel `nr` columns wide. The AVX2 tile
+   runs 5 rows as fast per row as 6, so it takes 5 while that leaves a multiple of 6
+   (49 = 5+5+5+5+5+6+6+6+6) and no tile computes rows that do not exist; the other tiles always
+   take 6; the AVX-512 tile of whole panels up to LMV__MR_Z. */
+static int lmv__tile_rows(int left, int nr) {
+#if defined(LMV__AVX512)
+    if (nr == LMV__NR) return left < LMV__MR_Z ? left : LMV__MR_Z;
+#endif
+    (void)nr;
     if (left <= LMV__MR) return left;
 #if defined(LMV__AVX2)
     if (left % LMV__MR) return LMV__MR - 1;
@@ -1970,7 +2043,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         lmv__gemm_narrow(m0, m1, j0, nr, K, A, lda, B, ldb, bias, C, ldc, act, keep);
         return;
     }
-    for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0)) tiles++;
+    for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0, nr)) tiles++;
     for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
         int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC, tile = 0, mr;
         /* the next pack: this panel's next K block, or the next panel this thread will likely take */
@@ -1980,7 +2053,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         if (panels) p = panels + ((size_t)jp * ldb + (size_t)k0) * LMV__NR;
         else lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc), p = panel;
         for (i0 = m0; i0 < m1; i0 += mr, tile++) {
-            mr = lmv__tile_rows(m1 - i0);
+            mr = lmv__tile_rows(m1 - i0, nr);
             if (panels) { /* this tile's share of the next block's nkc lines of 64 bytes */
                 int l = nkc * tile / tiles, end = nkc * (tile + 1) / tiles;
                 if (to_l2)
@@ -1991,8 +2064,13 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
 #if defined(LMV__AVX2)
             if (nr == LMV__NR) {
                 int gelu = act == LMV__ACT_GELU && k0 + kc == K;
+#if defined(LMV__AVX512)
+                lmv__tile_z(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, C + (size_t)i0 * ldc + (size_t)j0, ldc,
+                            bias ? bias + j0 : NULL, k0 == 0 && !keep, gelu);
+#else
                 lmv__tile_c(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, C + (size_t)i0 * ldc + (size_t)j0, ldc,
                             bias ? bias + j0 : NULL, k0 == 0 && !keep, gelu);
+#endif
                 if (act != LMV__ACT_NONE && !gelu && k0 + kc == K)
                     for (r = 0; r < mr; r++) lmv__activate(C + (size_t)(i0 + r) * ldc + (size_t)j0, LMV__NR, act);
                 continue;
@@ -2483,7 +2561,7 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
     case LMV__ACT_GELU:
         i = 0;
 #if defined(LMV__AVX2)
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
+        for (; i < (n & ~(size_t)7); i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
 #elif defined(LMV__NEON)
         for (; i + 4 <= n; i += 4) vst1q_f32(x + i, lmv__gelu4(vld1q_f32(x + i)));
 #endif
@@ -3043,6 +3121,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__tile_c
 #undef lmv__tile_q8
 #undef lmv__tile_rows
+#undef lmv__tile_z
 #undef lmv__transpose8
 #undef lmv__weight4
 #undef lmv__weight8

@@ -398,7 +398,9 @@ typedef struct lmv_session_options {
     lmv_allocator allocator;   /* alloc == NULL: malloc/free */
     int max_batch;             /* default 1; lmv_run() may still be given larger batches */
     int max_h, max_w;          /* default: the model's native size */
-    int threads;               /* 0 (default): OpenMP's default; 1: the calling thread only */
+    int threads;               /* 0 (default): OpenMP's default, run on one thread while that
+                                  is faster (timed now and then: a machine busy with other work);
+                                  N > 0: N threads always; 1: the calling thread only */
     int int8_compute;          /* int8 weight files only. 0 (default): the weights are widened to
                                   float32, giving exactly the logits of the float32 twin file.
                                   1: activations are quantised to int8 too (per row and K block
@@ -3276,6 +3278,9 @@ struct lmv_session {
     float *attn_buf;           /* their storage, from the allocator, grown on demand */
     size_t attn_cap;
     lmv_arena own;             /* lmv_session_create_prealloc(): the arena over the caller's memory */
+    int guard;                 /* default thread count: runs on one thread while that is faster */
+    int guard_count, guard_every, guard_last; /* runs since the last probe, probe interval, last pick */
+    double guard_est[2];       /* ms per GMAC on one thread [0] and on all [1]; 0: not yet timed */
 };
 
 /* Storage for the attention maps of block `name` when the caller asked for them (NULL
@@ -5014,6 +5019,8 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     s->model = model;
     s->allocator = o.allocator;
     s->ctx.threads = s->max_threads = o.threads;
+    s->guard = !(opt && opt->threads > 0);
+    s->guard_every = 4;
     s->lanes = lmv__lanes(o.threads, o.max_batch);
     s->ctx.int8_compute = o.int8_compute != 0;
     s->ctx.simd = (int)o.simd;
@@ -5065,6 +5072,7 @@ LEMEVIT_API void lmv_session_destroy(lmv_session *s) {
 
 LEMEVIT_API void lmv_session_set_threads(lmv_session *s, int threads) {
     if (!s) return;
+    s->guard = threads <= 0;
     threads = lmv__default_threads(threads);
     s->ctx.threads = threads < s->max_threads ? threads : s->max_threads;
 }
@@ -5122,6 +5130,38 @@ static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const f
     return res;
 }
 
+#ifdef _OPENMP
+/* Threads that never hurt. With the default thread count a session times its runs (per
+   multiply-add) on all threads and, now and then, on one, and runs on one while all threads are
+   slower by a quarter or more: on a machine whose other cores are busy, every barrier of a
+   parallel region waits for a thread the OS has descheduled, and all threads can be many times
+   slower than one. The probes of the other setting come every 4 runs, then every 8, 16 up to 64
+   while the pick holds. The results never depend on the thread count. Returns 0 or 1: which
+   setting (one thread, all) this run uses. */
+static int lmv__guard_pick(lmv_session *s) {
+    int best;
+    if (s->guard_est[1] <= 0.0) return 1;
+    if (s->guard_est[0] <= 0.0) return 0;
+    best = s->guard_est[1] <= 1.25 * s->guard_est[0];
+    if (++s->guard_count >= s->guard_every) {
+        s->guard_count = 0;
+        if (best == s->guard_last) s->guard_every = s->guard_every < 64 ? 2 * s->guard_every : 64;
+        else s->guard_every = 4;
+        s->guard_last = best;
+        return !best;
+    }
+    s->guard_last = best;
+    return best;
+}
+
+static void lmv__guard_note(lmv_session *s, int all, double ms) {
+    double gmac = s->macs / 1e9, rate;
+    if (gmac <= 0.0 || ms < 0.0) return;
+    rate = ms / gmac;
+    s->guard_est[all] = s->guard_est[all] > 0.0 ? 0.5 * (s->guard_est[all] + rate) : rate;
+}
+#endif
+
 static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
                            lmv_error *err) {
     const lmv_model *m;
@@ -5149,6 +5189,20 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     full = lanes > 1 ? batch / lanes * lanes : 0;
     img = (size_t)m->info.in_chans * h * w;
     odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
+#ifdef _OPENMP
+    if (s->guard && s->ctx.threads > 1) {
+        int all = lmv__guard_pick(s), threads = s->ctx.threads;
+        double t0 = omp_get_wtime();
+        if (!all) s->ctx.threads = 1, lanes = 1, full = 0;
+        r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
+        if (r == LMV_OK && full < batch)
+            r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w,
+                                out + (size_t)full * odim, features, err);
+        s->ctx.threads = threads;
+        if (r == LMV_OK) lmv__guard_note(s, all, 1e3 * (omp_get_wtime() - t0)), lmv__ok(err);
+        return r;
+    }
+#endif
     r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
     if (r == LMV_OK && full < batch)
         r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w, out + (size_t)full * odim,

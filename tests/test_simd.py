@@ -12,7 +12,9 @@ logits within float rounding.
     (int8-compute: activations a rounding apart may quantise a step apart, so there each path is
     held to the int8 error bound of test_quant against PyTorch and the portable path's top-1);
   * LEMEVIT_SIMD / --simd: a name that is not a path, or a path this CPU lacks, is refused with a
-    message; classify honours the variable too."""
+    message; classify honours the variable too;
+  * the default thread count, which drops to one thread while that is faster (timed per run),
+    gives the same bits on every run of a session."""
 import json
 import os
 import sys
@@ -162,6 +164,12 @@ def main():
         tops[p] = [[t["index"] for t in json.loads(ln)["top"]] for ln in out.splitlines()] if code == 0 else err
     res.check("classify: LEMEVIT_SIMD on every path gives the same top-5", all(tops[p] == tops["portable"] for p in paths)
               and len(tops["portable"]) == len(pics), str(tops))
+    # the default thread count: the session switches between one thread and all as it times its
+    # runs (a busy machine), and every run still gives the same bits
+    code, out, err = run([exes["classify"], model, *([pics[0]] * 24), "--json"])
+    probs = [json.dumps(json.loads(ln)["top"]) for ln in out.splitlines()] if code == 0 else [err]
+    res.check("default threads: 24 runs of one session (one thread and all, as timed) give the same "
+              "top-5 and probabilities", len(probs) == 24 and len(set(probs)) == 1, f"{len(set(probs))} distinct")
     code, out, err = run([exes["classify"], model, *pics], env=dict(os.environ, LEMEVIT_SIMD="fast"))
     res.check("classify: LEMEVIT_SIMD=fast is refused", code == 2 and "LEMEVIT_SIMD" in err, err.strip())
     # every family and weight type on every path, in both builds

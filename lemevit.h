@@ -135,7 +135,13 @@
                            4 KB for small stacks, at some speed.
 
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
-   threads is set per session. Without OpenMP everything runs on the calling thread.
+   threads is set per session. The default (0) runs on one thread instead while the session finds
+   that faster (it times its runs: a machine busy with other work). Without OpenMP everything
+   runs on the calling thread.
+
+   Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
+   each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces
+   a lower one).
    A loaded model is never written to, so any number of sessions may run one model at once.
 
    Inspecting a run: lmv_session_set_trace() hands every block's output to a callback (LeMeViT:
@@ -430,6 +436,8 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
 LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
                                                    size_t mem_size, lmv_session **out, lmv_error *err);
 LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
+/* Threads for the next runs, at most the planned number; 0: the default (all, or one while that
+   is faster). */
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
 /* Run the model on `input` (batch x in_chans x h x w). lmv_run() writes batch x num_classes

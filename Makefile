@@ -11,7 +11,9 @@
 CC      ?= cc
 OPENMP  ?= 1
 PYTHON  ?= $(shell for p in /usr/bin/python3 python3; do $$p -c 'import torch' 2>/dev/null && echo $$p && break; done)
-CFLAGS  ?= -O3 -march=native
+# (no -march: the header picks its AVX2 / AVX-512 kernels at run time, so the binaries run on any
+#  x86-64 and are as fast as a -march=native build; add -march=native for the rest of the code)
+CFLAGS  ?= -O3
 WARN    := -std=c99 -Wall -Wextra -pedantic -D_POSIX_C_SOURCE=200809L
 ifeq ($(OPENMP),1)
 OMPFLAG := -fopenmp

@@ -88,6 +88,7 @@
        lmv_session_set_trace()        every block's output to a callback
        lmv_session_trace_attention()  one block's attention maps to the callback too
        lmv_session_macs()             multiply-adds of the last run
+       lmv_session_simd()             the kernel path it runs (lmv_simd_name(), lmv_simd_best())
    Images
        lmv_image_options_default()    the defaults (all zeros mean the same)
        lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
@@ -138,7 +139,9 @@
        LEMEVIT_NO_PNG      no PNG decoder
        LEMEVIT_NO_MALLOC   no malloc/free: every create/open call needs an allocator (see lmv_arena)
                            or memory of its own (the _prealloc calls)
-       LEMEVIT_NO_SIMD     the portable C kernels only, even when the compiler offers AVX2/NEON
+       LEMEVIT_NO_SIMD     the portable C kernels only: no AVX2/AVX-512/NEON copies are compiled
+       LEMEVIT_SELF        how this header includes itself to compile its kernels once per x86
+                           instruction set (default "lemevit.h"; set it if the file has another name)
        LEMEVIT_ASSERT(x)   checks of the library's own invariants (block alignment, an arena never
                            past its end, a planned size holding what is placed in it...), never of
                            your input, which gets an error code instead. Default: nothing; define it
@@ -148,7 +151,13 @@
                            4 KB for small stacks, at some speed.
 
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
-   threads is set per session. Without OpenMP everything runs on the calling thread.
+   threads is set per session. The default (0) runs on one thread instead while the session finds
+   that faster (it times its runs: a machine busy with other work). Without OpenMP everything
+   runs on the calling thread.
+
+   Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
+   each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces
+   a lower one).
    A loaded model is never written to, so any number of sessions may run one model at once.
 
    Inspecting a run: lmv_session_set_trace() hands every block's output to a callback (LeMeViT:
@@ -397,11 +406,32 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
    (the trace sees image 0 as it is made). */
 typedef struct lmv_session lmv_session;
 
+/* Kernel paths. One build carries the portable C kernels (NEON on AArch64) and, on x86-64 with
+   GCC, Clang or MSVC, AVX2+FMA+F16C and AVX-512 (F, BW, DQ, VL, VNNI) kernels beside them, whatever
+   the compiler flags; a session takes the best the CPU has when it is created. Every path gives
+   the portable path's results within float rounding. */
+typedef enum lmv_simd {
+    LMV_SIMD_AUTO = 0,         /* the best available (lmv_simd_best()) */
+    LMV_SIMD_PORTABLE,         /* plain C99 */
+    LMV_SIMD_AVX2,             /* x86-64 AVX2 + FMA + F16C, 256-bit */
+    LMV_SIMD_AVX512,           /* x86-64 AVX-512 F/BW/DQ/VL + VNNI, 512-bit */
+    LMV_SIMD_NEON              /* AArch64 NEON (compiled in when the compiler targets AArch64) */
+} lmv_simd;
+
+/* "auto", "portable", "avx2", "avx512" or "neon" ("?" for other values). */
+LEMEVIT_API const char *lmv_simd_name(lmv_simd simd);
+/* The best path this build can run on this CPU: what LMV_SIMD_AUTO picks. */
+LEMEVIT_API lmv_simd lmv_simd_best(void);
+/* Whether this build can run `simd` on this CPU (LMV_SIMD_AUTO: always). */
+LEMEVIT_API int lmv_simd_available(lmv_simd simd);
+
 typedef struct lmv_session_options {
     lmv_allocator allocator;   /* alloc == NULL: malloc/free */
     int max_batch;             /* default 1; lmv_run() may still be given larger batches */
     int max_h, max_w;          /* default: the model's native size */
-    int threads;               /* 0 (default): OpenMP's default; 1: the calling thread only */
+    int threads;               /* 0 (default): OpenMP's default, run on one thread while that
+                                  is faster (timed now and then: a machine busy with other work);
+                                  N > 0: N threads always; 1: the calling thread only */
     int int8_compute;          /* int8 weight files only. 0 (default): the weights are widened to
                                   float32, giving exactly the logits of the float32 twin file.
                                   1: activations are quantised to int8 too (per row and K block
@@ -409,6 +439,10 @@ typedef struct lmv_session_options {
                                   faster where the CPU has int8 dot products (AVX512-VNNI, Arm
                                   sdot), the same arithmetic in plain C elsewhere (slower), a
                                   small accuracy cost. Needs about 56 KB of stack per thread. */
+    lmv_simd simd;             /* the kernels: LMV_SIMD_AUTO (0, default) the best this CPU and
+                                  build run (lmv_simd_best()); a lower one forces it, for tests
+                                  and bug reports; one the CPU or build lacks is refused
+                                  (LMV_ERR_UNSUPPORTED) */
 } lmv_session_options;
 
 LEMEVIT_API lmv_session_options lmv_session_options_default(void);
@@ -427,6 +461,8 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
 LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
                                                    size_t mem_size, lmv_session **out, lmv_error *err);
 LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
+/* Threads for the next runs, at most the planned number; 0: the default (all, or one while that
+   is faster). */
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
 /* Run the model on `input` (batch x in_chans x h x w). lmv_run() writes batch x num_classes
@@ -453,6 +489,9 @@ LEMEVIT_API void lmv_session_trace_attention(lmv_session *sess, const char *bloc
 /* Multiply-adds done by the last lmv_run() (matrix products, convolutions and attention), for
    reporting GFLOP/s (= 2 * macs / seconds / 1e9). */
 LEMEVIT_API double lmv_session_macs(const lmv_session *sess);
+
+/* The kernel path the session runs (never LMV_SIMD_AUTO); lmv_simd_name() names it. */
+LEMEVIT_API lmv_simd lmv_session_simd(const lmv_session *sess);
 
 /* --------------------------------------------------------------------------------------------
    Image: JPEG and PNG decode, resize, crop, normalise
@@ -682,7 +721,8 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
    Implementation
    ============================================================================================ */
 #ifdef LEMEVIT_IMPLEMENTATION
-#ifndef LEMEVIT_IMPLEMENTED
+#if !defined(LEMEVIT_IMPLEMENTED) || defined(LMV__KPASS)
+#ifndef LMV__KPASS /* (LMV__KPASS: this file included by itself for one more copy of the kernels) */
 #define LEMEVIT_IMPLEMENTED
 
 #include <string.h>
@@ -705,20 +745,28 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 #define LEMEVIT_ASSERT(x) ((void)0)
 #endif
 
-/* SIMD kernels, chosen at compile time: AVX2+FMA on x86-64 (-mavx2 -mfma or -march=native).
-   Every kernel has a portable C99 twin that gives the same results within float rounding. */
-#if !defined(LEMEVIT_NO_SIMD) && defined(__AVX2__) && defined(__FMA__)
-#define LMV__AVX2 1
+/* SIMD kernels. The kernel section ("Tensor kernels" to "Attention") is compiled once as it stands
+   (plain C99, or NEON on AArch64) and, on x86-64 with GCC >= 8, Clang >= 8 or MSVC 2019, twice more:
+   for AVX2+FMA+F16C and for AVX-512 (F, BW, DQ, VL, VNNI), through target pragmas, whatever the
+   compiler flags. The copies' functions carry the suffixes _portable, _avx2 and _avx512; the
+   session's lmv__ctx.simd picks one at each kernel call (lmv__simd_of). Every kernel has a
+   portable C99 twin that gives the same results within float rounding. */
+#if !defined(LEMEVIT_NO_SIMD) && (defined(__x86_64__) || defined(_M_X64)) &&                               \
+    ((defined(__clang__) && __clang_major__ >= 8) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 8) || \
+     (!defined(__clang__) && defined(_MSC_VER) && _MSC_VER >= 1920))
+#define LMV__X86 1
 #include <immintrin.h>
-#if defined(__F16C__)
-#define LMV__F16C 1 /* half -> float in hardware (-mf16c or -march=native) */
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#else
+#include <cpuid.h>
 #endif
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-#define LMV__VNNI 1 /* int8 dot products (vpdpbusd) on 256-bit registers */
 #endif
+#ifndef LEMEVIT_SELF
+#define LEMEVIT_SELF "lemevit.h"
 #endif
 /* NEON on AArch64 (always there): the same kernels four lanes wide, next to the AVX2 ones. */
-#if !defined(LEMEVIT_NO_SIMD) && !defined(LMV__AVX2) && defined(__ARM_NEON) && defined(__aarch64__)
+#if !defined(LEMEVIT_NO_SIMD) && !defined(LMV__X86) && defined(__ARM_NEON) && defined(__aarch64__)
 #define LMV__NEON 1
 #include <arm_neon.h>
 #if defined(__ARM_FEATURE_DOTPROD)
@@ -1531,12 +1579,12 @@ static lmv_result lmv__parse_table(lmv_model *m, const unsigned char *p, uint64_
 
 /* Elementwise activations, applied by lmv__activate() or fused into a GEMM's output. */
 typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH } lmv__act;
-static void lmv__activate(float *x, size_t n, lmv__act act);
 
 /* How many threads a kernel may use; 1 when compiled without OpenMP. */
 typedef struct lmv__ctx {
     int threads;
     int int8_compute; /* int8 weights: multiply in int8 (lmv__gemm_q8) instead of widening */
+    int simd;         /* the kernel copy (lmv_simd); 0: the best available */
     double *macs; /* optional counter of multiply-adds, for lmv_session_macs() */
 } lmv__ctx;
 
@@ -1561,6 +1609,86 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
    threads from this many elements on: they are memory-bound, so the bar is lower. */
 #define LMV__PARALLEL_ELEMS 32768.0
 #define LMV__SPLIT_ROWS(ctx, rows, width) ((ctx)->threads > 1 && (rows) > 1 && (double)(rows) * (width) >= LMV__PARALLEL_ELEMS)
+
+/* The kernel copies' names: lmv__gemm is lmv__gemm_portable, _avx2 or _avx512 in its copy. */
+#define LMV__KN(n) LMV__KN2(n, LMV__KSUF)
+#define LMV__KN2(n, s) LMV__KN3(n, s)
+#define LMV__KN3(n, s) n##_##s
+#define LMV__KSUF portable
+#define lmv__activate LMV__KN(lmv__activate)
+#define lmv__activate_all LMV__KN(lmv__activate_all)
+#define lmv__add_bias LMV__KN(lmv__add_bias)
+#define lmv__add_scaled LMV__KN(lmv__add_scaled)
+#define lmv__attention LMV__KN(lmv__attention)
+#define lmv__batchnorm LMV__KN(lmv__batchnorm)
+#define lmv__bias_or_zero LMV__KN(lmv__bias_or_zero)
+#define lmv__conv2d LMV__KN(lmv__conv2d)
+#define lmv__dot LMV__KN(lmv__dot)
+#define lmv__dwconv3x3 LMV__KN(lmv__dwconv3x3)
+#define lmv__dwconv_pixel LMV__KN(lmv__dwconv_pixel)
+#define lmv__exp4 LMV__KN(lmv__exp4)
+#define lmv__exp8 LMV__KN(lmv__exp8)
+#define lmv__gelu4 LMV__KN(lmv__gelu4)
+#define lmv__gelu8 LMV__KN(lmv__gelu8)
+#define lmv__gemm LMV__KN(lmv__gemm)
+#define lmv__gemm_act LMV__KN(lmv__gemm_act)
+#define lmv__gemm_narrow LMV__KN(lmv__gemm_narrow)
+#define lmv__gemm_own_rows LMV__KN(lmv__gemm_own_rows)
+#define lmv__gemm_q8 LMV__KN(lmv__gemm_q8)
+#define lmv__gemm_task LMV__KN(lmv__gemm_task)
+#define lmv__hmax8 LMV__KN(lmv__hmax8)
+#define lmv__hsum8 LMV__KN(lmv__hsum8)
+#define lmv__im2col LMV__KN(lmv__im2col)
+#define lmv__im2col_rows LMV__KN(lmv__im2col_rows)
+#define lmv__layernorm LMV__KN(lmv__layernorm)
+#define lmv__layernorm_row LMV__KN(lmv__layernorm_row)
+#define lmv__linear LMV__KN(lmv__linear)
+#define lmv__linear_act LMV__KN(lmv__linear_act)
+#define lmv__linear_residual LMV__KN(lmv__linear_residual)
+#define lmv__pack LMV__KN(lmv__pack)
+#define lmv__pack_q8 LMV__KN(lmv__pack_q8)
+#define lmv__pack_rows LMV__KN(lmv__pack_rows)
+#define lmv__quantize_rows LMV__KN(lmv__quantize_rows)
+#define lmv__residual LMV__KN(lmv__residual)
+#define lmv__softmax_rows LMV__KN(lmv__softmax_rows)
+#define lmv__tile LMV__KN(lmv__tile)
+#define lmv__tile_c LMV__KN(lmv__tile_c)
+#define lmv__tile_q8 LMV__KN(lmv__tile_q8)
+#define lmv__tile_rows LMV__KN(lmv__tile_rows)
+#define lmv__tile_z LMV__KN(lmv__tile_z)
+#define lmv__transpose8 LMV__KN(lmv__transpose8)
+#define lmv__weight4 LMV__KN(lmv__weight4)
+#define lmv__weight8 LMV__KN(lmv__weight8)
+#endif /* !LMV__KPASS */
+
+/* The instruction set of this copy of the kernels. */
+#undef LMV__AVX2
+#undef LMV__F16C
+#undef LMV__VNNI
+#undef LMV__AVX512
+#if defined(LMV__KPASS)
+#define LMV__AVX2 1   /* AVX2 + FMA, 256-bit */
+#define LMV__F16C 1   /* half -> float in hardware */
+#if LMV__KPASS == 3
+#define LMV__VNNI 1   /* int8 dot products (vpdpbusd) */
+#define LMV__AVX512 1 /* 512-bit registers, 32 of them */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), \
+                             apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
+#endif
+#else
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#endif
+#endif
+static void lmv__activate(float *x, size_t n, lmv__act act);
 
 /* acc[MR][NR] += A[MR][kc] * P[kc][NR], the register tile every GEMM reduces to: P is a packed
    panel of 16 columns of op(B) (on the stack, or an f32p weight in place: 4-byte alignment only),
@@ -1616,6 +1744,73 @@ static void lmv__tile_c(int mr, int kc, const float *a, size_t lda, const float 
 static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p, float acc[LMV__MR][LMV__NR]) {
     lmv__tile_c(mr, kc, a, lda, p, acc[0], LMV__NR, NULL, 0, 0);
 }
+#if defined(LMV__AVX512)
+/* lmv__tile_c on 512-bit registers, for 1 to LMV__MR_Z rows of a whole panel: one zmm of 16
+   columns per row, each A value broadcast from memory into its FMA, the panel row loaded once per
+   k for all rows. Each output is the same chain of FMAs in k order as on AVX2 (same start, same
+   GELU), so the two paths give the same bits. */
+#define LMV__MR_Z 8 /* 8 chains of FMAs keep two FMA pipes of latency 4 busy */
+static void lmv__tile_z(int mr, int kc, const float *a, size_t lda, const float *p, float *c, size_t ldc,
+                        const float *bias, int first, int gelu) {
+#define LMV__ZA(r) const float *a##r = a + (mr > (r) ? (r) * lda : 0);
+    LMV__ZA(0) LMV__ZA(1) LMV__ZA(2) LMV__ZA(3) LMV__ZA(4) LMV__ZA(5) LMV__ZA(6) LMV__ZA(7)
+#undef LMV__ZA
+    __m512 z0, z1, z2, z3, z4, z5, z6, z7, b;
+    int k;
+    b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+#define LMV__ZLOAD(r) z##r = (r) < mr && !first ? _mm512_loadu_ps(c + (r) * ldc) : b;
+    LMV__ZLOAD(0) LMV__ZLOAD(1) LMV__ZLOAD(2) LMV__ZLOAD(3) LMV__ZLOAD(4) LMV__ZLOAD(5) LMV__ZLOAD(6) LMV__ZLOAD(7)
+#undef LMV__ZLOAD
+#define LMV__ZR(r) z##r = _mm512_fmadd_ps(_mm512_set1_ps(a##r[k]), b, z##r);
+#define LMV__ZR1 LMV__ZR(0)
+#define LMV__ZR2 LMV__ZR1 LMV__ZR(1)
+#define LMV__ZR3 LMV__ZR2 LMV__ZR(2)
+#define LMV__ZR4 LMV__ZR3 LMV__ZR(3)
+#define LMV__ZR5 LMV__ZR4 LMV__ZR(4)
+#define LMV__ZR6 LMV__ZR5 LMV__ZR(5)
+#define LMV__ZR7 LMV__ZR6 LMV__ZR(6)
+#define LMV__ZR8 LMV__ZR7 LMV__ZR(7)
+#define LMV__ZLOOP(rows)                                                                                     \
+    for (k = 0; k < kc; k++) {                                                                               \
+        b = _mm512_loadu_ps(p + (size_t)k * LMV__NR);                                                        \
+        rows                                                                                                 \
+    }                                                                                                        \
+    break;
+    switch (mr) { /* one loop per row count: no work for the rows a tile does not have */
+    case 8: LMV__ZLOOP(LMV__ZR8)
+    case 7: LMV__ZLOOP(LMV__ZR7)
+    case 6: LMV__ZLOOP(LMV__ZR6)
+    case 5: LMV__ZLOOP(LMV__ZR5)
+    case 4: LMV__ZLOOP(LMV__ZR4)
+    case 3: LMV__ZLOOP(LMV__ZR3)
+    case 2: LMV__ZLOOP(LMV__ZR2)
+    default: LMV__ZLOOP(LMV__ZR1)
+    }
+#undef LMV__ZLOOP
+#undef LMV__ZR
+#undef LMV__ZR1
+#undef LMV__ZR2
+#undef LMV__ZR3
+#undef LMV__ZR4
+#undef LMV__ZR5
+#undef LMV__ZR6
+#undef LMV__ZR7
+#undef LMV__ZR8
+    /* (GELU: the last K block of a Linear + GELU, activated in registers on the way out, in the
+       AVX2 tile's two halves so that it rounds the same) */
+#define LMV__ZSTORE(r)                                                                                       \
+    if ((r) < mr) {                                                                                          \
+        _mm512_storeu_ps(c + (r) * ldc, z##r);                                                               \
+        if (gelu) {                                                                                          \
+            _mm256_storeu_ps(c + (r) * ldc, lmv__gelu8(_mm256_loadu_ps(c + (r) * ldc)));                     \
+            _mm256_storeu_ps(c + (r) * ldc + 8, lmv__gelu8(_mm256_loadu_ps(c + (r) * ldc + 8)));             \
+        }                                                                                                    \
+    }
+    LMV__ZSTORE(0) LMV__ZSTORE(1) LMV__ZSTORE(2) LMV__ZSTORE(3) LMV__ZSTORE(4) LMV__ZSTORE(5) LMV__ZSTORE(6)
+    LMV__ZSTORE(7)
+#undef LMV__ZSTORE
+}
+#endif
 #elif defined(LMV__NEON)
 /* The AArch64 tile: 24 accumulator registers (6 rows x 4 quads), the panel row in 4 more, each A
    value multiplied in by lane (vfmaq_n_f32), so every output is still summed in k order. */
@@ -1657,6 +1852,7 @@ static void lmv__tile(int mr, int kc, const float *a, size_t lda, const float *p
 }
 #endif
 
+#ifndef LMV__KPASS
 /* IEEE half -> float, exactly (every half is a float). */
 static float lmv__half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
@@ -1678,6 +1874,8 @@ static float lmv__weight_at(const lmv__mat *B, size_t row, size_t at) {
     if (B->dtype == LMV_DTYPE_INT8) return (float)((const signed char *)B->data)[at] * B->scale[row];
     return ((const float *)B->data)[at];
 }
+#endif
+
 
 #if defined(LMV__AVX2)
 /* Eight consecutive weights of one row, widened. */
@@ -1795,6 +1993,7 @@ static void lmv__pack(float *panel, const lmv__mat *B, size_t ldb, int trans_b, 
     }
 }
 
+#ifndef LMV__KPASS
 static lmv__mat lmv__f32(const float *p) {
     lmv__mat m;
     m.data = p;
@@ -1802,6 +2001,8 @@ static lmv__mat lmv__f32(const float *p) {
     m.dtype = LMV_DTYPE_F32;
     return m;
 }
+#endif
+
 
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
                          size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate);
@@ -1903,10 +2104,15 @@ static void lmv__add_bias(float *C, size_t ldc, const float *bias, int m0, int m
             for (j = 0; j < n; j++) C[(size_t)i * ldc + (size_t)(j0 + j)] += bias[j0 + j];
 }
 
-/* Rows of the next register tile when `left` rows remain. The AVX2 tile runs 5 rows as fast per
-   row as 6, so it takes 5 while that leaves a multiple of 6 (49 = 5+5+5+5+5+6+6+6+6) and no tile
-   computes rows that do not exist; the other tiles always take 6. */
-static int lmv__tile_rows(int left) {
+/* Rows of the next register tile when `left` rows remain of a panel `nr` columns wide. The AVX2 tile
+   runs 5 rows as fast per row as 6, so it takes 5 while that leaves a multiple of 6
+   (49 = 5+5+5+5+5+6+6+6+6) and no tile computes rows that do not exist; the other tiles always
+   take 6; the AVX-512 tile of whole panels up to LMV__MR_Z. */
+static int lmv__tile_rows(int left, int nr) {
+#if defined(LMV__AVX512)
+    if (nr == LMV__NR) return left < LMV__MR_Z ? left : LMV__MR_Z;
+#endif
+    (void)nr;
     if (left <= LMV__MR) return left;
 #if defined(LMV__AVX2)
     if (left % LMV__MR) return LMV__MR - 1;
@@ -1914,6 +2120,7 @@ static int lmv__tile_rows(int left) {
     return LMV__MR;
 }
 
+#ifndef LMV__KPASS
 /* One GEMM's operands and its split into tasks (column panel x row chunk). */
 typedef struct lmv__gemm_job {
     int M, N, K, trans_b, npanels, mchunk;
@@ -1924,6 +2131,8 @@ typedef struct lmv__gemm_job {
     lmv__act act;
     int accumulate;            /* C += A op(B) + bias: the sums start from C + bias, not the bias */
 } lmv__gemm_job;
+#endif
+
 
 /* Task t: column panel t % npanels over row chunk t / npanels, packed K block by K block. `step`
    threads take tasks in turn, which tells the prefetch which panel this thread packs next. */
@@ -1949,7 +2158,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         lmv__gemm_narrow(m0, m1, j0, nr, K, A, lda, B, ldb, bias, C, ldc, act, keep);
         return;
     }
-    for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0)) tiles++;
+    for (i0 = m0; i0 < m1; i0 += lmv__tile_rows(m1 - i0, nr)) tiles++;
     for (k0 = 0; k0 < K; k0 += LEMEVIT_GEMM_KC) {
         int kc = K - k0 < LEMEVIT_GEMM_KC ? K - k0 : LEMEVIT_GEMM_KC, tile = 0, mr;
         /* the next pack: this panel's next K block, or the next panel this thread will likely take */
@@ -1959,7 +2168,7 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
         if (panels) p = panels + ((size_t)jp * ldb + (size_t)k0) * LMV__NR;
         else lmv__pack(panel, B, ldb, trans_b, j0, nr, k0, kc), p = panel;
         for (i0 = m0; i0 < m1; i0 += mr, tile++) {
-            mr = lmv__tile_rows(m1 - i0);
+            mr = lmv__tile_rows(m1 - i0, nr);
             if (panels) { /* this tile's share of the next block's nkc lines of 64 bytes */
                 int l = nkc * tile / tiles, end = nkc * (tile + 1) / tiles;
                 if (to_l2)
@@ -1970,8 +2179,13 @@ static void lmv__gemm_task(const lmv__gemm_job *g, int t, int step) {
 #if defined(LMV__AVX2)
             if (nr == LMV__NR) {
                 int gelu = act == LMV__ACT_GELU && k0 + kc == K;
+#if defined(LMV__AVX512)
+                lmv__tile_z(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, C + (size_t)i0 * ldc + (size_t)j0, ldc,
+                            bias ? bias + j0 : NULL, k0 == 0 && !keep, gelu);
+#else
                 lmv__tile_c(mr, kc, A + (size_t)i0 * lda + (size_t)k0, lda, p, C + (size_t)i0 * ldc + (size_t)j0, ldc,
                             bias ? bias + j0 : NULL, k0 == 0 && !keep, gelu);
+#endif
                 if (act != LMV__ACT_NONE && !gelu && k0 + kc == K)
                     for (r = 0; r < mr; r++) lmv__activate(C + (size_t)(i0 + r) * ldc + (size_t)j0, LMV__NR, act);
                 continue;
@@ -2462,7 +2676,7 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
     case LMV__ACT_GELU:
         i = 0;
 #if defined(LMV__AVX2)
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
+        for (; i < (n & ~(size_t)7); i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
 #elif defined(LMV__NEON)
         for (; i + 4 <= n; i += 4) vst1q_f32(x + i, lmv__gelu4(vld1q_f32(x + i)));
 #endif
@@ -2672,6 +2886,7 @@ static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H
 }
 
 /* Output side of a convolution, as PyTorch computes it. */
+#ifndef LMV__KPASS
 static int lmv__conv_out(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
 
 /* A large convolution's im2col rows are made and multiplied a block at a time, each block small
@@ -2697,6 +2912,8 @@ static int lmv__conv_blocked(int threads, size_t P, int K, int Cout) {
 static size_t lmv__conv_scratch(int threads, size_t P, int K, int Cout) {
     return lmv__conv_blocked(threads, P, K, Cout) ? (size_t)threads * lmv__conv_rows(K) * K : P * K;
 }
+#endif
+
 
 /* Conv2d (groups = 1) on a token-major map: out[OH*OW][Cout] from in (see lmv__im2col for the
    strides; out must not overlap in), through lmv__conv_scratch() floats of `cols`. */
@@ -2730,6 +2947,24 @@ static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H,
 /* Depthwise 3x3 convolution, padding 1, on a token-major [H*W][C] map: y = conv(x) (+ bias).
    w is PyTorch's [C][1][3][3]; it is first laid out tap-major in `wt` (9*C floats of scratch) so
    the inner loop runs over contiguous channels. y must not alias x. */
+/* One output pixel of lmv__dwconv3x3: d[C] = b + sum over the n taps of wk[t] * s[t]. (A function
+   of its own: Clang compiles an OpenMP loop's body without its function's target attribute.) */
+static void lmv__dwconv_pixel(float *d, const float *const *s, const float *const *wk, int n, int C, const float *b) {
+    int c = 0, t;
+    lmv__bias_or_zero(d, b, C);
+#if defined(LMV__AVX2)
+    for (; c + 8 <= C; c += 8) { /* 8 channels summed over the taps in a register */
+        __m256 acc = _mm256_loadu_ps(d + c);
+        for (t = 0; t < n; t++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(wk[t] + c), _mm256_loadu_ps(s[t] + c), acc);
+        _mm256_storeu_ps(d + c, acc);
+    }
+#endif
+    for (t = 0; t < n; t++) {
+        int j;
+        for (j = c; j < C; j++) d[j] += wk[t][j] * s[t][j];
+    }
+}
+
 static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H, int W, int C, const float *w, const float *b,
                            float *wt) {
     int oy, ox, c, ky, kx, t;
@@ -2750,19 +2985,7 @@ static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H,
                     s[n] = x + ((size_t)iy * W + ix) * C;
                     wk[n++] = wt + (ky * 3 + kx) * C;
                 }
-            lmv__bias_or_zero(d, b, C);
-            c = 0;
-#if defined(LMV__AVX2)
-            for (; c + 8 <= C; c += 8) { /* 8 channels summed over the taps in a register */
-                __m256 acc = _mm256_loadu_ps(d + c);
-                for (t = 0; t < n; t++) acc = _mm256_fmadd_ps(_mm256_loadu_ps(wk[t] + c), _mm256_loadu_ps(s[t] + c), acc);
-                _mm256_storeu_ps(d + c, acc);
-            }
-#endif
-            for (t = 0; t < n; t++) {
-                int j;
-                for (j = c; j < C; j++) d[j] += wk[t][j] * s[t][j];
-            }
+            lmv__dwconv_pixel(d, s, wk, n, C, b);
         }
     (void)ctx;
 }
@@ -2790,6 +3013,7 @@ static void lmv__batchnorm(const lmv__ctx *ctx, float *y, const float *x, int ro
     (void)ctx;
 }
 
+#ifndef LMV__KPASS
 /* mean over rows: out[C] = mean_r x[r][C] */
 static void lmv__mean_rows(float *out, const float *x, int rows, int C) {
     int r, c;
@@ -2890,12 +3114,14 @@ static void lmv__resample_grid(lmv__resample mode, float *out, const float *in, 
         }
     }
 }
+#endif
 
 /* --------------------------------------------------------------------------------------------
    Attention. One kernel serves ViT self-attention, Swin window attention (bias + shift mask) and
    LeMeViT's cross and dual-cross attention (queries and keys from different token sets, any scale).
    -------------------------------------------------------------------------------------------- */
 
+#ifndef LMV__KPASS
 typedef struct lmv__attn_args {
     int groups;                /* independent problems (e.g. windows), laid out at the strides below */
     int heads, head_dim;
@@ -2911,6 +3137,8 @@ typedef struct lmv__attn_args {
     float *scores;             /* scratch: threads * nq * nk floats */
     float *probs;              /* optional: the softmax probabilities, [groups][heads][nq][nk] */
 } lmv__attn_args;
+#endif
+
 
 /* out = softmax(q k^T * scale + bias + mask) v, per group and head; one score block per thread. */
 static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
@@ -2942,6 +3170,207 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
     (void)ctx;
 }
 
+#if defined(LMV__KPASS)
+#if defined(__clang__)
+#pragma clang attribute pop
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
+#endif
+
+#ifndef LMV__KPASS
+#if defined(LMV__X86) /* the AVX2 and AVX-512 copies of the kernel section above */
+#undef LMV__KSUF
+#define LMV__KSUF avx2
+#define LMV__KPASS 2
+#include LEMEVIT_SELF
+#undef LMV__KPASS
+#undef LMV__KSUF
+#define LMV__KSUF avx512
+#define LMV__KPASS 3
+#include LEMEVIT_SELF
+#undef LMV__KPASS
+#undef LMV__AVX2
+#undef LMV__F16C
+#undef LMV__VNNI
+#undef LMV__AVX512
+#endif
+#undef LMV__KSUF
+#undef lmv__activate
+#undef lmv__activate_all
+#undef lmv__add_bias
+#undef lmv__add_scaled
+#undef lmv__attention
+#undef lmv__batchnorm
+#undef lmv__bias_or_zero
+#undef lmv__conv2d
+#undef lmv__dot
+#undef lmv__dwconv3x3
+#undef lmv__dwconv_pixel
+#undef lmv__exp4
+#undef lmv__exp8
+#undef lmv__gelu4
+#undef lmv__gelu8
+#undef lmv__gemm
+#undef lmv__gemm_act
+#undef lmv__gemm_narrow
+#undef lmv__gemm_own_rows
+#undef lmv__gemm_q8
+#undef lmv__gemm_task
+#undef lmv__hmax8
+#undef lmv__hsum8
+#undef lmv__im2col
+#undef lmv__im2col_rows
+#undef lmv__layernorm
+#undef lmv__layernorm_row
+#undef lmv__linear
+#undef lmv__linear_act
+#undef lmv__linear_residual
+#undef lmv__pack
+#undef lmv__pack_q8
+#undef lmv__pack_rows
+#undef lmv__quantize_rows
+#undef lmv__residual
+#undef lmv__softmax_rows
+#undef lmv__tile
+#undef lmv__tile_c
+#undef lmv__tile_q8
+#undef lmv__tile_rows
+#undef lmv__tile_z
+#undef lmv__transpose8
+#undef lmv__weight4
+#undef lmv__weight8
+
+/* Kernel paths: what the CPU has, and each kernel's entry point calling the session's copy. */
+static lmv_simd lmv__simd_detect(void) {
+#if defined(LMV__X86)
+    /* CPUID leaves 1 and 7 and XCR0 (what the OS saves on a thread switch), read directly: no
+       runtime library's CPU model, so firmware-style builds link nothing more */
+    unsigned r1[4] = {0, 0, 0, 0}, r7[4] = {0, 0, 0, 0}, max = 0;
+    unsigned long long xcr0 = 0;
+#if defined(_MSC_VER) && !defined(__clang__)
+    int r[4];
+    __cpuid(r, 0);
+    max = (unsigned)r[0];
+    if (max >= 7) {
+        int k;
+        __cpuid(r, 1);
+        for (k = 0; k < 4; k++) r1[k] = (unsigned)r[k];
+        __cpuidex(r, 7, 0);
+        for (k = 0; k < 4; k++) r7[k] = (unsigned)r[k];
+        if (r1[2] & (1u << 27)) xcr0 = _xgetbv(0);
+    }
+#else
+    unsigned a, b, c, d, lo, hi;
+    __cpuid(0, a, b, c, d);
+    max = a;
+    if (max >= 7) {
+        __cpuid(1, r1[0], r1[1], r1[2], r1[3]);
+        __cpuid_count(7, 0, r7[0], r7[1], r7[2], r7[3]);
+        if (r1[2] & (1u << 27)) { /* OSXSAVE: xgetbv is there */
+            __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            xcr0 = ((unsigned long long)hi << 32) | lo;
+        }
+    }
+    (void)b, (void)c, (void)d;
+#endif
+    /* leaf 1 ecx: FMA 12, AVX 28, F16C 29; leaf 7 ebx: AVX2 5, AVX512F 16, DQ 17, BW 30, VL 31;
+       ecx: VNNI 11. XCR0: xmm+ymm state 0x6; opmask+zmm state 0xe0. */
+    if (max < 7 || (xcr0 & 0x6) != 0x6 || !(r1[2] & (1u << 12)) || !(r1[2] & (1u << 28)) || !(r1[2] & (1u << 29)) ||
+        !(r7[1] & (1u << 5)))
+        return LMV_SIMD_PORTABLE;
+    if ((xcr0 & 0xe6) == 0xe6 && (r7[1] & (1u << 16)) && (r7[1] & (1u << 17)) && (r7[1] & (1u << 30)) &&
+        (r7[1] & (1u << 31)) && (r7[2] & (1u << 11)))
+        return LMV_SIMD_AVX512;
+    return LMV_SIMD_AVX2;
+#elif defined(LMV__NEON)
+    return LMV_SIMD_NEON;
+#else
+    return LMV_SIMD_PORTABLE;
+#endif
+}
+
+/* The copy a context runs: its own, or (zero-filled contexts) the best. */
+static int lmv__simd_of(const lmv__ctx *ctx) { return ctx && ctx->simd ? ctx->simd : (int)lmv__simd_detect(); }
+
+#if defined(LMV__X86)
+#define LMV__DISPATCH(simd, f, args)                                                                         \
+    do {                                                                                                     \
+        int s_ = (simd);                                                                                     \
+        if (s_ == LMV_SIMD_AVX512) f##_avx512 args;                                                          \
+        else if (s_ == LMV_SIMD_AVX2) f##_avx2 args;                                                         \
+        else f##_portable args;                                                                              \
+    } while (0)
+#else
+#define LMV__DISPATCH(simd, f, args)                                                                         \
+    do {                                                                                                     \
+        (void)(simd);                                                                                        \
+        f##_portable args;                                                                                   \
+    } while (0)
+#endif
+
+/* The kernels' entry points (the graphs call these; each runs the context's copy). */
+static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act act) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__activate_all, (ctx, x, n, act));
+}
+static void lmv__add_scaled(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *g) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__add_scaled, (ctx, y, x, rows, dim, g));
+}
+static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__attention, (ctx, a));
+}
+static void lmv__batchnorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int C, const float *w,
+                           const float *b, const float *mean, const float *var, float eps, float *ab) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__batchnorm, (ctx, y, x, rows, C, w, b, mean, var, eps, ab));
+}
+static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H, int W, int Cin, size_t sy, size_t sx,
+                        size_t sc, lmv__mat weight, const float *bias, int Cout, int k, int stride, int pad,
+                        float *cols) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__conv2d, (ctx, out, in, H, W, Cin, sy, sx, sc, weight, bias, Cout, k, stride, pad, cols));
+}
+static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H, int W, int C, const float *w,
+                           const float *b, float *wt) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__dwconv3x3, (ctx, y, x, H, W, C, w, b, wt));
+}
+static void lmv__gemm_act(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
+                          int trans_b, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__gemm_act, (ctx, M, N, K, A, lda, B, ldb, trans_b, bias, C, ldc, act, accumulate));
+}
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((unused)) /* (the graphs call lmv__gemm_act; the tools and tests this) */
+#endif
+static void lmv__gemm(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, lmv__mat B, size_t ldb,
+                      int trans_b, const float *bias, float *C, size_t ldc) {
+    lmv__gemm_act(ctx, M, N, K, A, lda, B, ldb, trans_b, bias, C, ldc, LMV__ACT_NONE, 0);
+}
+static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H, int W, int C, size_t sy, size_t sx,
+                        size_t sc, int kh, int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__im2col, (ctx, rows, in, H, W, C, sy, sx, sc, kh, kw, stride_h, stride_w, pad, OH, OW));
+}
+static void lmv__layernorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w,
+                           const float *b, float eps) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__layernorm, (ctx, y, x, rows, dim, w, b, eps));
+}
+static void lmv__linear(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, lmv__mat W,
+                        const float *b) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__linear, (ctx, y, x, rows, in, out, W, b));
+}
+static void lmv__linear_act(const lmv__ctx *ctx, float *y, const float *x, int rows, int in, int out, lmv__mat W,
+                            const float *b, lmv__act act) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__linear_act, (ctx, y, x, rows, in, out, W, b, act));
+}
+static void lmv__linear_residual(const lmv__ctx *ctx, float *x, const float *h, int rows, int in, int out, lmv__mat W,
+                                 const float *b, const float *g, float *tmp) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__linear_residual, (ctx, x, h, rows, in, out, W, b, g, tmp));
+}
+static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim,
+                          const float *g) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__residual, (ctx, y, a, x, rows, dim, g));
+}
+static void lmv__softmax_rows(float *x, int rows, int n, float scale, const float *b1, const float *b2) {
+    LMV__DISPATCH(lmv__simd_of(NULL), lmv__softmax_rows, (x, rows, n, scale, b1, b2));
+}
+
 /* --------------------------------------------------------------------------------------------
    Sessions: the run state every graph shares
    -------------------------------------------------------------------------------------------- */
@@ -2962,6 +3391,9 @@ struct lmv_session {
     float *attn_buf;           /* their storage, from the allocator, grown on demand */
     size_t attn_cap;
     lmv_arena own;             /* lmv_session_create_prealloc(): the arena over the caller's memory */
+    int guard;                 /* default thread count: runs on one thread while that is faster */
+    int guard_count, guard_every, guard_last; /* runs since the last probe, probe interval, last pick */
+    double guard_est[2];       /* ms per GMAC on one thread [0] and on all [1]; 0: not yet timed */
 };
 
 /* Storage for the attention maps of block `name` when the caller asked for them (NULL
@@ -3364,7 +3796,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         if (v->fc_norm_w) lmv__layernorm(ctx, feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
         if (v->pre_logits) {
             lmv__linear(ctx, pre, feat, 1, D, F, v->pre_logits_w, v->pre_logits_b);
-            lmv__activate(pre, (size_t)F, LMV__ACT_TANH);
+            lmv__activate_all(ctx, pre, (size_t)F, LMV__ACT_TANH);
             memcpy(feat, pre, sizeof(float) * F);
         }
         if (features) {
@@ -4708,6 +5140,41 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
     return 1;
 }
 
+/* Whether this build has the kernels of `simd` (the CPU may still lack them). */
+static int lmv__simd_compiled(lmv_simd simd) {
+#if defined(LMV__X86)
+    if (simd == LMV_SIMD_AVX2 || simd == LMV_SIMD_AVX512) return 1;
+#endif
+#if defined(LMV__NEON)
+    return simd == LMV_SIMD_NEON;
+#else
+    return simd == LMV_SIMD_PORTABLE;
+#endif
+}
+
+LEMEVIT_API const char *lmv_simd_name(lmv_simd simd) {
+    switch (simd) {
+    case LMV_SIMD_AUTO: return "auto";
+    case LMV_SIMD_PORTABLE: return "portable";
+    case LMV_SIMD_AVX2: return "avx2";
+    case LMV_SIMD_AVX512: return "avx512";
+    case LMV_SIMD_NEON: return "neon";
+    }
+    return "?";
+}
+
+LEMEVIT_API lmv_simd lmv_simd_best(void) { return lmv__simd_detect(); }
+
+LEMEVIT_API int lmv_simd_available(lmv_simd simd) {
+    if (simd == LMV_SIMD_AUTO) return 1;
+    if (!lmv__simd_compiled(simd)) return 0;
+    if (simd == LMV_SIMD_AVX2) return lmv__simd_detect() >= LMV_SIMD_AVX2;
+    if (simd == LMV_SIMD_AVX512) return lmv__simd_detect() == LMV_SIMD_AVX512;
+    return 1;
+}
+
+LEMEVIT_API lmv_simd lmv_session_simd(const lmv_session *s) { return s ? (lmv_simd)s->ctx.simd : LMV_SIMD_AUTO; }
+
 LEMEVIT_API lmv_session_options lmv_session_options_default(void) {
     lmv_session_options o;
     memset(&o, 0, sizeof o);
@@ -4775,6 +5242,14 @@ static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_o
         return lmv__fail(err, LMV_ERR_LIMIT, "session size %dx%d batch %d exceeds the limits", o->max_h, o->max_w,
                          o->max_batch);
     o->threads = lmv__default_threads(o->threads);
+    if ((unsigned)o->simd > (unsigned)LMV_SIMD_NEON)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "options.simd is %d, not one of the lmv_simd values (0 to %d)",
+                         (int)o->simd, (int)LMV_SIMD_NEON);
+    if (!lmv_simd_available(o->simd))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "options.simd asks for the %s kernels, which %s; use %s or LMV_SIMD_AUTO",
+                         lmv_simd_name(o->simd), lmv__simd_compiled(o->simd) ? "this CPU cannot run" : "this build does not have",
+                         lmv_simd_name(lmv_simd_best()));
+    if (o->simd == LMV_SIMD_AUTO) o->simd = lmv_simd_best();
     if ((r = lmv__check_tokens(model, o->max_h, o->max_w, err)) != LMV_OK) return r;
     r = lmv__arena_floats(model, o->threads, lmv__lanes(o->threads, o->max_batch), o->max_h, o->max_w, arena_floats, NULL,
                           err);
@@ -4812,8 +5287,11 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     s->model = model;
     s->allocator = o.allocator;
     s->ctx.threads = s->max_threads = o.threads;
+    s->guard = !(opt && opt->threads > 0);
+    s->guard_every = 4;
     s->lanes = lmv__lanes(o.threads, o.max_batch);
     s->ctx.int8_compute = o.int8_compute != 0;
+    s->ctx.simd = (int)o.simd;
     s->ctx.macs = &s->macs;
     s->max_h = o.max_h;
     s->max_w = o.max_w;
@@ -4862,6 +5340,7 @@ LEMEVIT_API void lmv_session_destroy(lmv_session *s) {
 
 LEMEVIT_API void lmv_session_set_threads(lmv_session *s, int threads) {
     if (!s) return;
+    s->guard = threads <= 0;
     threads = lmv__default_threads(threads);
     s->ctx.threads = threads < s->max_threads ? threads : s->max_threads;
 }
@@ -4919,6 +5398,38 @@ static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const f
     return res;
 }
 
+#ifdef _OPENMP
+/* Threads that never hurt. With the default thread count a session times its runs (per
+   multiply-add) on all threads and, now and then, on one, and runs on one while all threads are
+   slower by a quarter or more: on a machine whose other cores are busy, every barrier of a
+   parallel region waits for a thread the OS has descheduled, and all threads can be many times
+   slower than one. The probes of the other setting come every 4 runs, then every 8, 16 up to 64
+   while the pick holds. The results never depend on the thread count. Returns 0 or 1: which
+   setting (one thread, all) this run uses. */
+static int lmv__guard_pick(lmv_session *s) {
+    int best;
+    if (s->guard_est[1] <= 0.0) return 1;
+    if (s->guard_est[0] <= 0.0) return 0;
+    best = s->guard_est[1] <= 1.25 * s->guard_est[0];
+    if (++s->guard_count >= s->guard_every) {
+        s->guard_count = 0;
+        if (best == s->guard_last) s->guard_every = s->guard_every < 64 ? 2 * s->guard_every : 64;
+        else s->guard_every = 4;
+        s->guard_last = best;
+        return !best;
+    }
+    s->guard_last = best;
+    return best;
+}
+
+static void lmv__guard_note(lmv_session *s, int all, double ms) {
+    double gmac = s->macs / 1e9, rate;
+    if (gmac <= 0.0 || ms < 0.0) return;
+    rate = ms / gmac;
+    s->guard_est[all] = s->guard_est[all] > 0.0 ? 0.5 * (s->guard_est[all] + rate) : rate;
+}
+#endif
+
 static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
                            lmv_error *err) {
     const lmv_model *m;
@@ -4946,6 +5457,20 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     full = lanes > 1 ? batch / lanes * lanes : 0;
     img = (size_t)m->info.in_chans * h * w;
     odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
+#ifdef _OPENMP
+    if (s->guard && s->ctx.threads > 1) {
+        int all = lmv__guard_pick(s), threads = s->ctx.threads;
+        double t0 = omp_get_wtime();
+        if (!all) s->ctx.threads = 1, lanes = 1, full = 0;
+        r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
+        if (r == LMV_OK && full < batch)
+            r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w,
+                                out + (size_t)full * odim, features, err);
+        s->ctx.threads = threads;
+        if (r == LMV_OK) lmv__guard_note(s, all, 1e3 * (omp_get_wtime() - t0)), lmv__ok(err);
+        return r;
+    }
+#endif
     r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
     if (r == LMV_OK && full < batch)
         r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w, out + (size_t)full * odim,
@@ -7566,5 +8091,6 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape) {
 #ifdef __cplusplus
 }
 #endif
+#endif /* !LMV__KPASS */
 #endif /* LEMEVIT_IMPLEMENTED */
 #endif /* LEMEVIT_IMPLEMENTATION */

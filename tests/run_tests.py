@@ -34,6 +34,7 @@ SUITES = [
     ("explain (attention pictures, heat-map overlay, PNG encoder)", [PY, os.path.join(HERE, "test_explain.py")]),
     ("cifar10", [PY, os.path.join(HERE, "test_cifar10.py")]),
     ("quantized weights (f16, int8)", [PY, os.path.join(HERE, "test_quant.py")]),
+    ("simd (every kernel path this CPU runs; a plain -O2 build)", [PY, os.path.join(HERE, "test_simd.py")]),
     # firmware builds and hardening
     ("firmware", [PY, os.path.join(HERE, "test_firmware.py")]),
     ("firmware on qemu (Cortex-M7, mps2-an500)", [PY, os.path.join(HERE, "test_firmware_qemu.py")]),

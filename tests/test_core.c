@@ -273,6 +273,77 @@ static void test_gemm_accumulate(void) {
     check("accumulating gemm gives the same bits on 1 and 2 threads", same, "");
 }
 
+/* Every kernel path this CPU runs (lmv_simd_available) on the same GEMMs: float32 rows, f32p
+   panels, f16 and int8 weights widened, each within float rounding of the sums in double, with
+   GELU fused; and int8 x int8 products, the same bits on every path (given the same A, every path
+   makes the same integer sums and adds them in the same order). */
+static void test_gemm_paths(void) {
+    static const int shapes[][3] = {{1, 7, 5}, {5, 33, 257}, {49, 64, 96}, {197, 100, 70}, {13, 48, 600}};
+    unsigned seed = 17;
+    int s, p, kind, ok = 1, same = 1, paths = 0;
+    double worst = 0;
+    char msg[160];
+    for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_NEON; p++) paths += lmv_simd_available((lmv_simd)p);
+    for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], NP = (N + 15) / 16 * 16, i, j, k;
+        size_t mn = (size_t)M * N;
+        float *A = (float *)malloc(sizeof(float) * (size_t)M * K), *W = (float *)malloc(sizeof(float) * (size_t)N * K);
+        float *P = (float *)malloc(sizeof(float) * (size_t)NP * K), *bias = (float *)malloc(sizeof(float) * (size_t)N);
+        float *scale = (float *)malloc(sizeof(float) * (size_t)N), *C = (float *)malloc(sizeof(float) * mn);
+        float *Q0 = (float *)malloc(sizeof(float) * mn);
+        uint16_t *h = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)N * K);
+        signed char *q = (signed char *)malloc((size_t)N * K);
+        for (i = 0; i < M * K; i++) A[i] = frand(&seed);
+        for (j = 0; j < N; j++) bias[j] = frand(&seed), scale[j] = 0.01f * (1 + j % 5);
+        for (i = 0; i < N * K; i++) {
+            q[i] = (signed char)((int)((unsigned)(frand(&seed) * 1e4f + 1e5f) % 255u) - 127);
+            h[i] = (uint16_t)(0x3000u | ((unsigned)(frand(&seed) * 1e4f + 1e5f) & 0x83ffu)); /* halves near 0.1 */
+        }
+        for (kind = 0; kind < 5; kind++) { /* f32, f32p, f16, int8 widened, int8 x int8 */
+            lmv__mat m;
+            int have_q0 = 0;
+            for (i = 0; i < N * K; i++)
+                W[i] = kind == 2 ? lmv__half_to_float(h[i]) : kind >= 3 ? (float)q[i] * scale[i / K] : W[i];
+            if (kind == 0)
+                for (i = 0; i < N * K; i++) W[i] = frand(&seed);
+            for (j = 0; j < NP; j++)
+                for (k = 0; k < K; k++) P[((size_t)(j / 16) * K + k) * 16 + j % 16] = j < N ? W[j * K + k] : 0.0f;
+            m.scale = kind >= 3 ? scale : NULL;
+            m.dtype = kind == 0 ? LMV_DTYPE_F32 : kind == 1 ? LMV_DTYPE_F32P : kind == 2 ? LMV_DTYPE_F16 : LMV_DTYPE_INT8;
+            m.data = kind == 0 ? (const void *)W : kind == 1 ? (const void *)P : kind == 2 ? (const void *)h : (const void *)q;
+            for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_NEON; p++) {
+                lmv__ctx ctx;
+                if (!lmv_simd_available((lmv_simd)p)) continue;
+                memset(&ctx, 0, sizeof ctx);
+                ctx.threads = 2;
+                ctx.simd = p;
+                ctx.int8_compute = kind == 4;
+                lmv__gemm_act(&ctx, M, N, K, A, (size_t)K, m, (size_t)K, 1, bias, C, (size_t)N,
+                              kind == 4 ? LMV__ACT_NONE : LMV__ACT_GELU, 0);
+                if (kind == 4) {
+                    if (!have_q0) memcpy(Q0, C, sizeof(float) * mn), have_q0 = 1; /* the first path here */
+                    else same &= memcmp(Q0, C, sizeof(float) * mn) == 0;
+                    continue;
+                }
+                for (i = 0; i < M; i++)
+                    for (j = 0; j < N; j++) {
+                        double ref = bias[j], e;
+                        for (k = 0; k < K; k++) ref += (double)A[i * K + k] * W[j * K + k];
+                        ref = 0.5 * ref * (1.0 + erf(ref / sqrt(2.0)));
+                        e = fabs(ref - C[i * N + j]) / (1e-4 * (1 + K) + 1e-5 * fabs(ref));
+                        if (e > worst) worst = e;
+                        if (e > 1.0) ok = 0;
+                    }
+            }
+        }
+        free(A); free(W); free(P); free(bias); free(scale); free(C); free(Q0); free(h); free(q);
+    }
+    snprintf(msg, sizeof msg, "%d paths here, %d shapes x f32, f32p, f16, int8 + GELU; worst error %.1e of its bound", paths,
+             (int)(sizeof shapes / sizeof shapes[0]), worst);
+    check("gemm on every kernel path matches the sums in double", ok && paths >= 1, msg);
+    check("int8 x int8 gemm gives the same bits on every kernel path", same, "");
+}
+
 /* The int8 x int8 GEMM against its definition, computed here independently: per row and K block
    of LEMEVIT_GEMM_KC, q = round-half-even(a * 127 / max|a|) clamped to +-127, integer sums, the blocks
    added as scale_a * scale_w * sum. And against the float GEMM with the same weights, within the
@@ -510,14 +581,21 @@ static void test_activations(void) {
     enum { N = 4099 };
     static float x[N], y[N];
     double worst = 0, wsoft = 0, sum = 0, mx = -1e30;
-    int i;
+    int i, s;
     char msg[96];
     for (i = 0; i < N; i++) x[i] = -12.0f + 24.0f * (float)i / (N - 1);
-    memcpy(y, x, sizeof x);
-    lmv__activate(y, N, LMV__ACT_GELU);
-    for (i = 0; i < N; i++) {
-        double ref = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
-        if (fabs(ref - y[i]) > worst) worst = fabs(ref - y[i]);
+    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) { /* every kernel path this CPU runs */
+        lmv__ctx ctx;
+        if (!lmv_simd_available((lmv_simd)s)) continue;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 1;
+        ctx.simd = s;
+        memcpy(y, x, sizeof x);
+        lmv__activate_all(&ctx, y, N, LMV__ACT_GELU);
+        for (i = 0; i < N; i++) {
+            double ref = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
+            if (fabs(ref - y[i]) > worst) worst = fabs(ref - y[i]);
+        }
     }
     snprintf(msg, sizeof msg, "max abs error %.1e on [-12, 12]", worst);
     check("gelu matches erf in double", worst < 2e-6, msg);
@@ -745,6 +823,7 @@ int main(int argc, char **argv) {
     test_gemm_reduced();
     test_gemm_panels();
     test_gemm_int8_compute();
+    test_gemm_paths();
     test_gemm_accumulate();
     test_attention();
     test_conv();

@@ -947,8 +947,15 @@ def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32"):
     res.update(median_ms=j["median_ms"], best_ms=j["best_ms"], gmac=j.get("gmac"),
                open_mapped_ms=j.get("open_mapped_ms"), open_verified_ms=j.get("open_verified_ms"),
                session_bytes=j.get("session_bytes"), self_peak_rss_kb=j.get("peak_rss_kb"), params=j.get("params"),
-               weight_bytes=j.get("weight_bytes"), runs=j.get("runs"), warmup=1, times_ms=j.get("times_ms"))
+               weight_bytes=j.get("weight_bytes"), runs=j.get("runs"), warmup=1, times_ms=j.get("times_ms"),
+               simd=j.get("simd"))
     return res
+
+
+def simd_note(results):
+    """Which kernel path (lmv bench's "simd": chosen at run time) lemevit.h ran, over all rows."""
+    paths = sorted({r.get("simd") for r in results if r.get("engine") == "lemevit" and r.get("simd")})
+    return ("lemevit.h kernel path (chosen at run time): %s" % " / ".join(paths)) if paths else ""
 
 
 def bench_torch(py, name, info, threads, batch, runs, warmup, variant, blas_dir, timeout):
@@ -1495,6 +1502,8 @@ def make_report(state):
         mi.get("loadavg_at_start", -1),
         "  **(the machine was busy: timings are unreliable)**" if mi.get("loadavg_at_start", 0) > 0.5 else ""))
     L.append("- lemevit.h: git %s, build/lmv from `make` (%s)" % (mi.get("git"), mi.get("cc")))
+    if simd_note(results):
+        L.append("- " + simd_note(results))
     L.append("- PyTorch: %s" % meta.get("torch_note", "-"))
     L.append("- ONNX Runtime: %s" % meta.get("ort_note", "-"))
     p1 = peak.get("gflops", {}).get(1) or peak.get("gflops", {}).get("1")
@@ -1504,7 +1513,7 @@ def make_report(state):
                                                                    "; " + extra if extra else ""))
         a1 = peak.get("avx512_gflops", {}).get(1) or peak.get("avx512_gflops", {}).get("1")
         if a1:
-            L.append("  (AVX-512 FMA: %.1f GFLOP/s/core; lemevit.h uses AVX2+FMA)" % a1)
+            L.append("  (AVX-512 FMA: %.1f GFLOP/s/core; %s)" % (a1, simd_note(results) or "lemevit.h kernel path unknown"))
     else:
         L.append("- measured FMA peak: not available (%s)" % peak.get("note", "?"))
     if models:

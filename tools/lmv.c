@@ -57,7 +57,9 @@ static const char *usage_bench =
     "  --threads N           threads (default 0: all)\n"
     "  --runs N              timed runs after one warm-up (default 10)\n"
     "  --json                one JSON object instead of text\n"
-    "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n";
+    "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n"
+    "  --simd PATH           kernels: auto (default), portable, avx2, avx512 or neon; the\n"
+    "                        environment variable LEMEVIT_SIMD sets the same for every command\n";
 static const char *usage_gemm =
     "usage: lmv gemm M N K [options]\n"
     "  time the library's matrix multiply on a Linear's shape: C[M][N] = A[M][K] W[N][K]^T + b,\n"
@@ -68,6 +70,7 @@ static const char *usage_gemm =
     "  --dtype f32|f32p|f16|int8   how W is stored (default f32; f32p: in the GEMM's panels, as\n"
     "                        the converter writes matrix weights)\n"
     "  --int8-compute        with int8 W: quantise A and multiply in int8\n"
+    "  --simd PATH           kernels: auto (default), portable, avx2, avx512 or neon\n"
     "  --json                one JSON object instead of text\n";
 static const char *usage_decode =
     "usage: lmv decode IMAGE.jpg OUT.ppm [options]\n"
@@ -194,6 +197,37 @@ static int parse_size(const char *cmd, const char *flag, const char *s, size_t *
 }
 
 /* An option value that must be a whole number in range: the flag, its value, then the checks. */
+/* A kernel path by name ("auto", "portable", "avx2", "avx512", "neon") that this CPU runs; 0
+   after saying what is wrong. `what` names where the name came from (an option, LEMEVIT_SIMD). */
+static int parse_simd(const char *cmd, const char *what, const char *s, lmv_simd *out) {
+    int k;
+    for (k = LMV_SIMD_AUTO; k <= LMV_SIMD_NEON; k++)
+        if (!strcmp(s, lmv_simd_name((lmv_simd)k))) {
+            if (!lmv_simd_available((lmv_simd)k)) {
+                fprintf(stderr, "lmv %s: %s asks for the %s kernels, which this CPU or build does not have; the best here is %s\n",
+                        cmd, what, s, lmv_simd_name(lmv_simd_best()));
+                return 0;
+            }
+            *out = (lmv_simd)k;
+            return 1;
+        }
+    usage_error(cmd, "%s takes auto, portable, avx2, avx512 or neon, not '%s'", what, s);
+    return 0;
+}
+
+/* The kernel path from the environment: LEMEVIT_SIMD, or auto when it is unset or empty. */
+static int env_simd(const char *cmd, lmv_simd *out) {
+    const char *s = getenv("LEMEVIT_SIMD");
+    *out = LMV_SIMD_AUTO;
+    return !s || !*s || parse_simd(cmd, "LEMEVIT_SIMD", s, out);
+}
+
+#define SIMD_FLAG(cmd, dst)                                                   \
+    do {                                                                      \
+        const char *v_ = flag_value(cmd, argc, argv, &i);                     \
+        if (!v_ || !parse_simd(cmd, "--simd", v_, dst)) goto usage_fail;      \
+    } while (0)
+
 #define INT_FLAG(cmd, flag, lo, hi, dst)                                      \
     do {                                                                      \
         const char *v_ = flag_value(cmd, argc, argv, &i);                     \
@@ -384,6 +418,8 @@ static int cmd_bench(int argc, char **argv) {
     const lmv_model_info *in;
     float *x = NULL, *y = NULL;
     unsigned seed = 12345;
+    lmv_simd simd;
+    if (!env_simd("bench", &simd)) return 2;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--size")) {
             if (i + 2 >= argc) return usage_error("bench", "--size needs two values, H and W");
@@ -392,6 +428,7 @@ static int cmd_bench(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--batch")) INT_FLAG("bench", "--batch", 1, 1 << 16, &batch);
         else if (!strcmp(argv[i], "--threads")) INT_FLAG("bench", "--threads", 0, 256, &threads);
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
+        else if (!strcmp(argv[i], "--simd")) SIMD_FLAG("bench", &simd);
         else if (!strcmp(argv[i], "--runs")) INT_FLAG("bench", "--runs", 1, 100000, &runs);
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (argv[i][0] == '-') return usage_error("bench", "unknown option '%s'", argv[i]);
@@ -414,6 +451,7 @@ static int cmd_bench(int argc, char **argv) {
     so.max_batch = batch;
     so.threads = threads;
     so.int8_compute = int8_compute;
+    so.simd = simd;
     if (lmv_session_memory(m, &so, &mem, &err) != LMV_OK || lmv_session_create(m, &so, &s, &err) != LMV_OK) {
         fail("session", &err);
         goto done;
@@ -451,14 +489,16 @@ static int cmd_bench(int argc, char **argv) {
             json_string(stdout, in->arch);
             printf(", \"params\": %zu, \"weight_bytes\": %zu, \"h\": %d, \"w\": %d, "
                    "\"batch\": %d, \"threads\": %d, \"runs\": %d, \"open_mapped_ms\": %.3f, \"open_verified_ms\": %.3f, "
-                   "\"session_bytes\": %zu, \"median_ms\": %.3f, \"best_ms\": %.3f, \"gmac\": %.4f, \"peak_rss_kb\": %ld}\n",
+                   "\"session_bytes\": %zu, \"median_ms\": %.3f, \"best_ms\": %.3f, \"gmac\": %.4f, \"peak_rss_kb\": %ld, "
+                   "\"simd\": \"%s\"}\n",
                    in->num_params, in->weight_bytes, h, w, batch, threads, runs, open_mapped, open_verified,
-                   mem, med, times[0], gmac, peak_rss_kb());
+                   mem, med, times[0], gmac, peak_rss_kb(), lmv_simd_name(lmv_session_simd(s)));
         } else {
             printf("model     %s (%s), %.1f M parameters, %.1f MB of weights\n", in->name, in->arch, in->num_params / 1e6,
                    in->weight_bytes / 1e6);
             printf("open      %.1f ms (header checked), %.1f ms (weights checksummed too)\n", open_mapped, open_verified);
             printf("session   %.1f MB of activations for %dx%d, batch %d\n", mem / 1e6, h, w, batch);
+            printf("kernels   %s\n", lmv_simd_name(lmv_session_simd(s)));
             printf("latency   median %.2f ms, best %.2f ms over %d runs\n", med, times[0], runs);
             printf("work      %.3f GMAC per run, %.1f GFLOP/s at the median\n", gmac, 2.0 * gmac / (med / 1e3));
             if (peak_rss_kb() >= 0) printf("peak RSS  %.1f MB\n", peak_rss_kb() / 1e3);
@@ -486,8 +526,11 @@ static int cmd_gemm(int argc, char **argv) {
     unsigned seed = 99;
     lmv__ctx ctx;
     lmv__mat mat;
+    lmv_simd simd;
+    if (!env_simd("gemm", &simd)) return 2;
     for (i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--threads")) INT_FLAG("gemm", "--threads", 0, 256, &threads);
+        else if (!strcmp(argv[i], "--simd")) SIMD_FLAG("gemm", &simd);
         else if (!strcmp(argv[i], "--runs")) INT_FLAG("gemm", "--runs", 1, 100000, &runs);
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
@@ -536,6 +579,7 @@ static int cmd_gemm(int argc, char **argv) {
     memset(&ctx, 0, sizeof ctx);
     ctx.threads = lmv__default_threads(threads);
     ctx.int8_compute = int8_compute;
+    ctx.simd = simd ? (int)simd : (int)lmv_simd_best();
     flops = 2.0 * dims[0] * dims[1] * dims[2];
     t0 = now_ms();
     lmv__gemm(&ctx, dims[0], dims[1], dims[2], A, (size_t)dims[2], mat, (size_t)dims[2], 1, bias, C, (size_t)dims[1]);
@@ -619,6 +663,8 @@ static int cmd_info(int argc, char **argv) {
     printf("classes      %d%s\n", in->num_classes, in->has_labels ? " (labelled)" : "");
     printf("features     %d\n", in->num_features);
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
+    printf("kernels      %s (the best this CPU runs with this build; LEMEVIT_SIMD or --simd choose another)\n",
+           lmv_simd_name(lmv_simd_best()));
     {
         size_t count[4] = {0, 0, 0, 0}, bytes[4] = {0, 0, 0, 0};
         lmv_tensor_info t;
@@ -712,6 +758,7 @@ static int cmd_run(int argc, char **argv) {
     so.max_batch = n;
     so.threads = threads;
     so.int8_compute = int8_compute;
+    if (!env_simd("run", &so.simd)) goto done;
     if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
         fail("session", &err);
         goto done;
@@ -1073,6 +1120,7 @@ static int cmd_eval(int argc, char **argv) {
     }
     so.threads = threads;
     so.int8_compute = int8_compute;
+    if (!env_simd("eval", &so.simd)) goto done;
     if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
         fail("session", &err);
         goto done;

@@ -1,0 +1,185 @@
+"""Kernel paths chosen at run time (lmv_simd): every path this CPU runs gives the portable path's
+logits within float rounding.
+
+  * build/lmv and build/classify once more with plain `-O2` (no -march: the compiler targets no
+    AVX2), as a distribution or a language binding would build the header; that build must still
+    pick the best path this CPU has (/proc/cpuinfo: avx2+fma, avx512f/bw/dq/vl+vnni) and say so
+    in `lmv info` and `lmv bench`;
+  * ViT, Swin and LeMeViT (seeded random weights, the reference modules of tests/models) as f32
+    (panels), f32 unpacked, f16 and int8 files, and int8 with --int8-compute: the portable path
+    matches PyTorch (the f32 file), and each other path the portable path (parity rule: 1e-4 or
+    1e-5 of the logit scale, the same top-1), in the -O2 build and in the Makefile's build
+    (int8-compute: activations a rounding apart may quantise a step apart, so there each path is
+    held to the int8 error bound of test_quant against PyTorch and the portable path's top-1);
+  * LEMEVIT_SIMD / --simd: a name that is not a path, or a path this CPU lacks, is refused with a
+    message; classify honours the variable too;
+  * the default thread count, which drops to one thread while that is faster (timed per run),
+    gives the same bits on every run of a session."""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import BUILD, LMV, ROOT, Results, convert, logits_close, max_abs, run, save_npy, tmpdir  # noqa: E402
+from models import lemevit_ref as L  # noqa: E402
+from models import swin_ref as S  # noqa: E402
+from models import timm_vit  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import lmvfile  # noqa: E402
+
+torch.set_num_threads(2)
+res = Results()
+OUT = os.path.join(BUILD, "simd_o2")
+
+
+def cpu_paths():
+    """The kernel paths this CPU runs, from the kernel's view of its flags."""
+    flags = set()
+    try:
+        for ln in open("/proc/cpuinfo"):
+            if ln.startswith("flags"):
+                flags = set(ln.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    paths = ["portable"]
+    if {"avx2", "fma", "f16c"} <= flags:
+        paths.append("avx2")
+        if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= flags:
+            paths.append("avx512")
+    return paths
+
+
+def build_o2():
+    os.makedirs(OUT, exist_ok=True)
+    exes = {}
+    for name, src in (("lmv", "tools/lmv.c"), ("classify", "examples/classify.c")):
+        exe = os.path.join(OUT, name)
+        code, out, err = run(["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-D_POSIX_C_SOURCE=200809L",
+                              "-O2", "-fopenmp", "-o", exe, os.path.join(ROOT, src), "-lm"])
+        if not res.check(f"{name} builds with plain -O2 (no -march)", code == 0, err.strip()[-400:]):
+            return None
+        exes[name] = exe
+    return exes
+
+
+def families():
+    torch.manual_seed(0)
+    vit = timm_vit.randomize_(timm_vit.VisionTransformer(img_size=64, patch_size=8, embed_dim=128, depth=3, num_heads=4,
+                                                         num_classes=100), seed=21).eval()
+    swin = S.randomize_(S.build("ms", img_size=112, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=7,
+                                num_classes=100), seed=22).eval()
+    lem = L.randomize_(L.build(depth=[1, 1, 1, 2, 1], embed_dim=[32, 32, 64, 96, 128], mlp_ratios=4,
+                               attn_type=list("CDDSS"), num_classes=100), seed=23).eval()
+    return [("ViT", vit, 64, ("--num-heads", "4")), ("Swin", swin, 112, ()), ("LeMeViT", lem, 64, ())]
+
+
+def lmv_out(exe, model, inp, simd, *opts):
+    d = tmpdir()
+    outp = os.path.join(d, "out.npy")
+    env = dict(os.environ, LEMEVIT_SIMD=simd)
+    code, out, err = run([exe, "run", model, inp, outp, "--threads", "2", *opts], env=env)
+    if code != 0:
+        raise RuntimeError(f"lmv run ({simd}) failed: {err.strip()}")
+    return np.load(outp)
+
+
+def family_case(name, model, img, opts, builds, paths):
+    d = tmpdir()
+    ckpt = os.path.join(d, "model.pth")
+    torch.save(model.state_dict(), ckpt)
+    files = {}
+    for dt in ("f32", "f16", "int8"):
+        files[dt] = os.path.join(d, f"model_{dt}.lmv")
+        convert(ckpt, files[dt], "--labels", "none", "--dtype", dt, *opts)
+    files["f32 unpacked"] = os.path.join(d, "model_f32u.lmv")
+    lmvfile.requantize(files["f32"], files["f32 unpacked"], "f32", pack=False)
+    x = torch.randn(2, 3, img, img, generator=torch.Generator().manual_seed(5))
+    inp = os.path.join(d, "in.npy")
+    save_npy(inp, x.numpy())
+    with torch.no_grad():
+        want = model(x).numpy()
+    cases = [(k, files[k], ()) for k in ("f32", "f32 unpacked", "f16", "int8")]
+    cases.append(("int8-compute", files["int8"], ("--int8-compute",)))
+    for label, path, extra in cases:
+        base = lmv_out(builds[0][1], path, inp, "portable", *extra)
+        if label == "f32":
+            ok, desc = logits_close(base, want)
+            res.check(f"{name} f32, portable path: matches PyTorch", ok, desc)
+        for bname, exe in builds:
+            for p in paths:
+                if bname == builds[0][0] and p == "portable":
+                    continue
+                got = lmv_out(exe, path, inp, p, *extra)
+                if label != "int8-compute":
+                    ok, desc = logits_close(got, base)
+                    res.check(f"{name} {label}, {bname} build, {p}: the portable path's logits", ok, desc)
+                    continue
+                # int8 x int8: the integer sums are the same on every path given the same activations
+                # (test_core), but activations a rounding apart can quantise one step apart, so whole
+                # models differ by the int8 noise: held to test_quant's bound against float32 PyTorch
+                rel = max_abs(got, want) / float(np.max(np.abs(want)))
+                top = bool(np.all(np.argmax(got, 1) == np.argmax(base, 1)))
+                res.check(f"{name} int8-compute, {bname} build, {p}: within 0.1 of the logit scale of float32 "
+                          "PyTorch, the portable path's top-1", rel <= 0.1 and top,
+                          f"{rel:.1e}, vs portable {max_abs(got, base):.1e}")
+
+
+def main():
+    paths = cpu_paths()
+    print(f"   kernel paths this CPU runs: {', '.join(paths)}")
+    exes = build_o2()
+    if not exes:
+        return res.finish()
+    best = paths[-1]
+    model = os.path.join(ROOT, "examples", "lemevit_cifar10.lmv")
+    code, out, err = run([exes["lmv"], "info", model])
+    line = next((ln for ln in out.splitlines() if ln.startswith("kernels")), "")
+    res.check(f"-O2 build: lmv info names the best path here ({best})", code == 0 and line.split()[1:2] == [best],
+              line or err.strip())
+    for p in paths:
+        code, out, err = run([exes["lmv"], "bench", model, "--runs", "1", "--threads", "1", "--json", "--simd", p])
+        got = json.loads(out).get("simd") if code == 0 else err.strip()
+        res.check(f"-O2 build: lmv bench --simd {p} runs and reports {p}", got == p, str(got))
+    code, out, err = run([exes["lmv"], "bench", model, "--runs", "1", "--threads", "1"])
+    res.check(f"-O2 build: lmv bench picks {best} by itself", code == 0 and f"kernels   {best}" in out,
+              err.strip() or [ln for ln in out.splitlines() if "kernels" in ln])
+    # names that are not paths, and a path this CPU or build lacks
+    code, out, err = run([exes["lmv"], "bench", model, "--runs", "1"], env=dict(os.environ, LEMEVIT_SIMD="sse9"))
+    res.check("LEMEVIT_SIMD=sse9 is refused, naming the choices", code == 2 and "portable, avx2, avx512" in err, err.strip())
+    lacking = "neon" if "avx2" in paths else "avx2"
+    code, out, err = run([exes["lmv"], "bench", model, "--runs", "1", "--simd", lacking])
+    res.check(f"--simd {lacking} is refused here with the best path named", code != 0 and "does not have" in err
+              and best in err, err.strip())
+    # classify honours LEMEVIT_SIMD: the same top-5 on every path
+    jpg = os.path.join(ROOT, "examples", "images")
+    pics = sorted(os.path.join(jpg, f) for f in os.listdir(jpg) if f.endswith(".jpg"))[:2]
+    tops = {}
+    for p in paths:
+        code, out, err = run([exes["classify"], model, *pics, "--json"], env=dict(os.environ, LEMEVIT_SIMD=p))
+        tops[p] = [[t["index"] for t in json.loads(ln)["top"]] for ln in out.splitlines()] if code == 0 else err
+    res.check("classify: LEMEVIT_SIMD on every path gives the same top-5", all(tops[p] == tops["portable"] for p in paths)
+              and len(tops["portable"]) == len(pics), str(tops))
+    # the default thread count: the session switches between one thread and all as it times its
+    # runs (a busy machine), and every run still gives the same bits
+    code, out, err = run([exes["classify"], model, *([pics[0]] * 24), "--json"])
+    probs = [json.dumps(json.loads(ln)["top"]) for ln in out.splitlines()] if code == 0 else [err]
+    res.check("default threads: 24 runs of one session (one thread and all, as timed) give the same "
+              "top-5 and probabilities", len(probs) == 24 and len(set(probs)) == 1, f"{len(set(probs))} distinct")
+    code, out, err = run([exes["classify"], model, *pics], env=dict(os.environ, LEMEVIT_SIMD="fast"))
+    res.check("classify: LEMEVIT_SIMD=fast is refused", code == 2 and "LEMEVIT_SIMD" in err, err.strip())
+    # every family and weight type on every path, in both builds
+    builds = [("-O2", exes["lmv"])]
+    if os.path.exists(LMV):
+        builds.append(("Makefile", LMV))
+    for name, m, img, opts in families():
+        family_case(name, m, img, opts, builds, paths)
+    res.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -88,7 +88,10 @@
        lmv_session_set_trace()        every block's output to a callback
        lmv_session_trace_attention()  one block's attention maps to the callback too
        lmv_session_macs()             multiply-adds of the last run
-       lmv_session_simd()             the kernel path it runs (lmv_simd_name(), lmv_simd_best())
+       lmv_session_simd()             the kernel path it runs
+       lmv_simd_best()                the best kernel path this CPU and build offer
+       lmv_simd_available()           whether a kernel path can run here (to force it)
+       lmv_simd_name()                "portable", "avx2", "avx512" or "neon"
    Images
        lmv_image_options_default()    the defaults (all zeros mean the same)
        lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers

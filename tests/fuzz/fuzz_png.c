@@ -29,7 +29,7 @@ static void fix_crcs(unsigned char *d, size_t n) {
     while (n - pos >= 12) {
         uint32_t len = lmv__be32(d + pos);
         if (len > n - pos - 12) break;
-        put32(d + pos + 8 + len, lmv__crc32(d + pos + 4, (size_t)len + 4));
+        put32(d + pos + 8 + len, lmv__crc32(0, d + pos + 4, (size_t)len + 4));
         pos += 12 + (size_t)len;
     }
 }

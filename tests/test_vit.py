@@ -220,6 +220,9 @@ def options_from_metadata():
     timm_case("QuickGELU and eps 1e-5 from the model name vit_base_patch16_clip_quickgelu_224", 81,
               act_layer="quick_gelu", pre_norm=True, eps=1e-5, wrap=train_ckpt("vit_base_patch16_clip_quickgelu_224"),
               **base)
+    timm_case("SwiGLUPacked under a timm model name: SiLU, as timm registers its SwiGLU ViTs", 83,
+              mlp_layer="swiglu_packed", act_layer="silu", mlp_ratio=2.66667 * 2,
+              wrap=train_ckpt("vit_base_patch16_swiglu_224"), **base)
     timm_case("QuickGELU and ResPostBlock from model_kwargs", 82, act_layer="quick_gelu", block_fn="res_post",
               wrap=train_ckpt("my_vit", act_layer="quick_gelu", block_fn="ResPostBlock"))
 

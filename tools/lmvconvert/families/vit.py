@@ -467,7 +467,12 @@ def vit_metadata_settings(sd, ctx):
         ctx.warn("the model name %s (%s) is %d wide but the tensors are %s wide: the name is not used"
                  % (name, h.name_src, TIMM_SIZE_WIDTH[m.group(2)], D))
     elif m:
-        s.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.block": "pre"})
+        try:
+            gated = vit_mlp_kind(sd) is not None
+        except ConvertError:
+            gated = False
+        # timm registers its SwiGLU / SwiGLUPacked ViTs with act_layer=nn.SiLU
+        s.update({"vit.norm_eps": 1e-6, "vit.act": "silu" if gated else "gelu", "vit.block": "pre"})
         if D in VIT_HEADS_BY_DIM:
             s["vit.num_heads"] = VIT_HEADS_BY_DIM[D]
         if "cls_token" in sd and "fc_norm.weight" not in sd:

@@ -165,6 +165,10 @@ def timm_graph_features():
     timm_case("map head after class + register tokens, batch 3", 98, global_pool="map", reg_tokens=2, batch=3)
     timm_case("map head, non-square input, resampled pos_embed", 99, class_token=False, global_pool="map", img=32,
               run_size=(48, 32), dynamic_img_size=True)
+    timm_case("map head over the prefix too, from model_kwargs pool_include_prefix (test_vit3 config)", 101,
+              class_token=False, reg_tokens=1, global_pool="map", pool_include_prefix=True, init_values=1e-5,
+              wrap=lambda sd: {"state_dict": sd, "args": {"model": "my_vit", "model_kwargs": {
+                  "global_pool": "map", "pool_include_prefix": True}}})
     timm_case("map head from model_kwargs global_pool='map' + qk_norm", 100, class_token=False, global_pool="map",
               qk_norm=True, wrap=lambda sd: {"state_dict": sd, "args": {"model": "my_vit",
                                                                          "model_kwargs": {"global_pool": "map"}}})

@@ -187,8 +187,9 @@ class VisionTransformer(nn.Module):
                  class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, fc_norm=None,
                  final_norm=True, distilled=False, representation_size=None, dynamic_img_size=False, eps=1e-6,
                  act_layer="gelu", block_fn="pre", qk_norm=False, scale_attn_norm=False, scale_mlp_norm=False,
-                 mlp_layer="mlp"):
+                 mlp_layer="mlp", pool_include_prefix=False):
         super().__init__()
+        self.pool_include_prefix = pool_include_prefix
         norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.global_pool = global_pool
@@ -262,7 +263,7 @@ class VisionTransformer(nn.Module):
                 return (x + x_dist) / 2
             return (self.head(x) + self.head_dist(x_dist)) / 2
         if self.attn_pool is not None:
-            x = self.attn_pool(x[:, self.num_prefix_tokens:])
+            x = self.attn_pool(x if self.pool_include_prefix else x[:, self.num_prefix_tokens:])
         elif self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         else:

@@ -34,6 +34,7 @@ register_family("vit", VIT_KEYS, choices={
     ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu|silu"),
     ("vit.block", "--set vit.block=pre|res_post"),
     ("vit.pool", "--pool token|avg"),
+    ("vit.pool_prefix", "--set vit.pool_prefix=0|1"),
 ])
 # ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
@@ -382,6 +383,11 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.no_embed_class"] = no_embed_class
     cfg["vit.pool"] = pool
     cfg["vit.pool_prefix"] = int(st.get("vit.pool_prefix", 0))   # the map head also attends to the prefix tokens
+    if pool != "map" or not prefix:
+        ctx.determined.add("vit.pool_prefix")   # an option only of a map head over a model with prefix tokens
+    if cfg["vit.pool_prefix"] and pool != "map":
+        raise ConvertError("vit.pool_prefix=1 (timm pool_include_prefix) is only supported with the attention-pool "
+                           "('map') head; this checkpoint pools by %s" % pool)
     if pool == "map":
         if dist is not None or pre_logits:
             raise ConvertError("an attention-pool head with a distillation token or pre_logits is not a timm layout")
@@ -507,6 +513,8 @@ def vit_metadata_settings(sd, ctx):
             s["vit.block"] = "pre" if bname == "Block" else "res_post"
         else:
             refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock)")
+    if isinstance(kw.get("pool_include_prefix"), bool):
+        s["vit.pool_prefix"] = int(kw["pool_include_prefix"])
     if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
         s["vit.num_heads"] = kw["num_heads"]
     return s

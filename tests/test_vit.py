@@ -90,7 +90,7 @@ def torchvision_small_variants():
            conv_opts=("--num-heads", "2"))
 
 
-def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(), rename=None, **kw):
+def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(), rename=None, heads_flag=True, **kw):
     cfg = dict(img_size=img, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=11)
     cfg.update(kw)
     torch.manual_seed(seed)
@@ -104,7 +104,8 @@ def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(
         sd = {rename(k): v for k, v in sd.items()}
     obj = wrap(sd) if wrap else sd
     norm = m.norm if not isinstance(m.norm, torch.nn.Identity) else None
-    parity(f"timm {name}", m, list(m.blocks), norm, x, obj, conv_opts=("--num-heads", str(cfg["num_heads"])) + tuple(conv_opts),
+    heads = ("--num-heads", str(cfg["num_heads"])) if heads_flag else ()
+    parity(f"timm {name}", m, list(m.blocks), norm, x, obj, conv_opts=heads + tuple(conv_opts),
            features_fn=lambda inp: m.forward_head(m.forward_features(inp), pre_logits=True))
 
 
@@ -149,6 +150,8 @@ def timm_graph_features():
     found by the converter in the tensors, no flag needed (SiLU is assumed for the gated MLPs, as
     timm builds them)."""
     timm_case("qk_norm", 90, qk_norm=True)
+    timm_case("qk_norm: 6 heads found from q_norm's width, no --num-heads", 102, qk_norm=True, num_heads=6,
+              heads_flag=False)
     timm_case("qk_norm + layer scale + register tokens, 4 heads", 91, qk_norm=True, init_values=0.3, reg_tokens=2,
               no_embed_class=True, num_heads=4)
     timm_case("scale_attn_norm + scale_mlp_norm, avg pool (BEiT3 config)", 92, scale_attn_norm=True,

@@ -338,6 +338,11 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
 
     # ---- heads count, eps, activation, ...
     heads = st.get("vit.num_heads")
+    if "qk_norm" in opt_norms and st.rank("vit.num_heads") <= 0:
+        hd = T["blocks.0.attn.q_norm.weight"].shape[0]
+        if hd and D % hd == 0:
+            heads = D // hd   # qk-norm's LayerNorm(head_dim) shows the head width
+            ctx.determined.add("vit.num_heads")
     if heads is None:
         heads = VIT_HEADS_BY_DIM.get(D) or (D // 64 if D % 64 == 0 else None)
         if heads is None:

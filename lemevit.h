@@ -3441,6 +3441,9 @@ static float *lmv__carve(lmv__carver *c, size_t floats) {
 typedef struct lmv__vit_block {
     const float *norm1_w, *norm1_b, *qkv_b, *proj_b, *ls1;
     const float *norm2_w, *norm2_b, *fc1_b, *fc2_b, *ls2;
+    const float *q_norm_w, *q_norm_b, *k_norm_w, *k_norm_b; /* qk-norm: LayerNorm(head_dim) on q and k per head */
+    const float *attn_norm_w, *attn_norm_b;                  /* LayerNorm(D) on the attention output, before proj */
+    const float *mlp_norm_w, *mlp_norm_b;                    /* LayerNorm(hidden) before fc2 */
     lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__vit_block;
 
@@ -3456,6 +3459,10 @@ typedef struct lmv__vit {
     int class_token, class_last, dist_token, reg_tokens, prefix, no_embed_class, norm_first;
     lmv__norm_at norm_at;
     int quick_gelu; /* the MLP's activation is QuickGELU x * sigmoid(1.702 x) (CLIP) */
+    int silu;       /* the MLP's activation is SiLU x * sigmoid(x) */
+    int glu;        /* vit.mlp "glu": fc1 gives 2*hidden, act(first half) * second half (timm SwiGLUPacked) */
+    int pool_map;   /* vit.pool "map": timm's AttentionPoolLatent over the patch tokens (SigLIP) */
+    int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
     int pool_avg, pre_logits, num_classes, pos_rows;
     float eps, scale;
     lmv__act act;
@@ -3465,8 +3472,53 @@ typedef struct lmv__vit {
     const float *norm_pre_w, *norm_pre_b, *norm_w, *norm_b, *fc_norm_w, *fc_norm_b;
     const float *pre_logits_b, *head_b, *head_dist_b;
     lmv__mat patch_w, pre_logits_w, head_w, head_dist_w;
+    /* the attention-pool head: latent query [D], q, kv, proj, norm and its MLP */
+    const float *map_latent, *map_q_b, *map_kv_b, *map_proj_b, *map_norm_w, *map_norm_b, *map_fc1_b, *map_fc2_b;
+    lmv__mat map_q_w, map_kv_w, map_proj_w, map_fc1_w, map_fc2_w;
     lmv__vit_block *blocks;
 } lmv__vit;
+
+/* A block's optional norms, present when the file has their tensors: qk-norm (q_norm and k_norm,
+   LayerNorm over head_dim; one without the other is refused), attn.norm and mlp.norm. */
+static lmv_result lmv__vit_bind_block_norms(lmv_model *m, const lmv__vit *v, int i, lmv__vit_block *b, lmv_error *err) {
+    lmv_result r;
+    int hd = v->dim / v->heads;
+    if ((r = lmv__bind_norm(m, 1, hd, &b->q_norm_w, &b->q_norm_b, err, "blocks.%d.attn.q_norm", i)) != LMV_OK ||
+        (r = lmv__bind_norm(m, 1, hd, &b->k_norm_w, &b->k_norm_b, err, "blocks.%d.attn.k_norm", i)) != LMV_OK ||
+        (r = lmv__bind_norm(m, 1, v->dim, &b->attn_norm_w, &b->attn_norm_b, err, "blocks.%d.attn.norm", i)) != LMV_OK ||
+        (r = lmv__bind_norm(m, 1, v->hidden, &b->mlp_norm_w, &b->mlp_norm_b, err, "blocks.%d.mlp.norm", i)) != LMV_OK)
+        return r;
+    if (!b->q_norm_w != !b->k_norm_w || !b->q_norm_w != !b->q_norm_b || !b->k_norm_w != !b->k_norm_b ||
+        !b->attn_norm_w != !b->attn_norm_b || !b->mlp_norm_w != !b->mlp_norm_b)
+        return lmv__fail(err, LMV_ERR_MISSING_TENSOR,
+                         "block %d has only part of a norm (q_norm and k_norm come together, each with weight and "
+                         "bias): convert the checkpoint again", i);
+    return LMV_OK;
+}
+
+/* The attention-pool head (vit.pool "map"): one latent query; its MLP's width comes from the file. */
+static lmv_result lmv__vit_bind_map(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int D = v->dim, shape3[3];
+    const lmv__tensor *t = lmv__find_tensor(m, "attn_pool.mlp.fc1.weight");
+    if (!t) return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "tensor 'attn_pool.mlp.fc1.weight' is missing from the weight file");
+    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[0] > (1 << 18))
+        return lmv__fail(err, LMV_ERR_SHAPE, "tensor 'attn_pool.mlp.fc1.weight' must be 2-D [hidden][%d]", D);
+    v->map_hidden = t->shape[0];
+    if (v->dist_token || v->pre_logits || v->class_last)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.pool 'map' cannot be combined with a distillation token, pre_logits or vit.class_last");
+    shape3[0] = 1; shape3[1] = 1; shape3[2] = D;
+    if ((r = lmv__weight(m, "attn_pool.latent", 0, 3, shape3, &v->map_latent, err)) != LMV_OK ||
+        (r = lmv__bind_linear(m, 0, D, D, &v->map_q_w, &v->map_q_b, err, "attn_pool.q")) != LMV_OK ||
+        (r = lmv__bind_linear(m, 0, 2 * D, D, &v->map_kv_w, &v->map_kv_b, err, "attn_pool.kv")) != LMV_OK ||
+        (r = lmv__bind_linear(m, 0, D, D, &v->map_proj_w, &v->map_proj_b, err, "attn_pool.proj")) != LMV_OK ||
+        (r = lmv__bind_norm(m, 0, D, &v->map_norm_w, &v->map_norm_b, err, "attn_pool.norm")) != LMV_OK ||
+        (r = lmv__bind_linear(m, 0, v->map_hidden, D, &v->map_fc1_w, &v->map_fc1_b, err, "attn_pool.mlp.fc1")) != LMV_OK ||
+        (r = lmv__bind_linear(m, 0, D, v->map_hidden, &v->map_fc2_w, &v->map_fc2_b, err, "attn_pool.mlp.fc2")) != LMV_OK)
+        return r;
+    return LMV_OK;
+}
 
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     lmv__vit *v;
@@ -3515,7 +3567,11 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "gelu_tanh")) v->act = LMV__ACT_GELU_TANH;
     else if (!strcmp(s, "relu")) v->act = LMV__ACT_RELU;
     else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
-    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu", s);
+    else if (!strcmp(s, "silu")) v->silu = 1;             /* likewise */
+    else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu, silu", s);
+    s = lmv__meta_string(m, "vit.mlp", "mlp");
+    if (!strcmp(s, "glu")) v->glu = 1;
+    else if (strcmp(s, "mlp")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.mlp '%s' is not one of mlp, glu", s);
     s = lmv__meta_string(m, "vit.block", "pre");
     v->norm_at = v->norm_first ? LMV__NORM_PRE : LMV__NORM_POST;
     if (!strcmp(s, "res_post")) {
@@ -3527,8 +3583,11 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     }
     s = lmv__meta_string(m, "vit.pool", "token");
     if (!strcmp(s, "avg")) v->pool_avg = 1;
-    else if (strcmp(s, "token")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg", s);
-    if (!v->pool_avg && !v->class_token) return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool 'token' needs a class token");
+    else if (!strcmp(s, "map")) v->pool_map = 1;
+    else if (strcmp(s, "token")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg, map", s);
+    if (!v->pool_avg && !v->pool_map && !v->class_token)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool 'token' needs a class token");
+    if ((r = lmv__meta_int_range(m, "vit.pool_prefix", 0, 0, 1, 0, &v->pool_prefix, err)) != LMV_OK) return r;
     s = lmv__meta_string(m, "vit.pos_interp", "bicubic");
     if (!strcmp(s, "bicubic")) v->pos_interp = LMV__RS_BICUBIC;
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
@@ -3563,6 +3622,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (v->pre_logits &&
         (r = lmv__bind_linear(m, 0, v->pre_logits, D, &v->pre_logits_w, &v->pre_logits_b, err, "pre_logits.fc")) != LMV_OK)
         return r;
+    if (v->pool_map && (r = lmv__vit_bind_map(m, v, err)) != LMV_OK) return r;
     m->info.num_features = v->pre_logits ? v->pre_logits : D;
     if (v->num_classes) {
         int F = m->info.num_features;
@@ -3579,8 +3639,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
             (r = lmv__bind_linear(m, 0, 3 * D, D, &b->qkv_w, &b->qkv_b, err, "blocks.%d.attn.qkv", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, D, &b->proj_w, &b->proj_b, err, "blocks.%d.attn.proj", i)) != LMV_OK ||
             (r = lmv__bind_norm(m, 0, D, &b->norm2_w, &b->norm2_b, err, "blocks.%d.norm2", i)) != LMV_OK ||
-            (r = lmv__bind_linear(m, 0, Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
-            (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK)
+            (r = lmv__bind_linear(m, 0, v->glu ? 2 * Hd : Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK ||
+            (r = lmv__vit_bind_block_norms(m, v, i, b, err)) != LMV_OK)
             return r;
         if (v->norm_at == LMV__NORM_RES_POST) continue; /* ResPostBlock has no layer scale */
         lmv__name(name, sizeof name, "blocks.%d.ls1.gamma", i);
@@ -3605,7 +3666,9 @@ typedef struct lmv__vit_bufs {
     float *xn;      /* [T][D]  a branch's input norm(x), or its output before the residual add */
     float *qkv;     /* [T][3D] q, k, v per token (heads contiguous in each) */
     float *attn;    /* [T][D]  attention output, before proj */
-    float *hidden;  /* [T][max(hidden, D)] the MLP's hidden activations */
+    float *hidden;  /* [T][max(fc1 width, D)] the MLP's hidden activations (fc1 width: 2 * hidden for glu) */
+    float *gate;    /* [T][hidden] the glu MLP's gated activations (glu only) */
+    float *map;     /* [4D + map hidden] the attention-pool head's query, output, norm and MLP rows (map only) */
     float *scores;  /* [threads][T][T] one head's scores per thread */
     float *patches; /* [gh*gw][C*ph*pw] patch rows for the embedding GEMM */
     float *pos;     /* [max(P, T)][D] the position embedding for this grid */
@@ -3618,13 +3681,16 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     size_t T = (size_t)gh * gw + v->prefix, D = (size_t)v->dim, patches = (size_t)gh * gw * v->in_chans * v->ph * v->pw;
     size_t gmax = (size_t)(gh > gw ? gh : gw), pmax = (size_t)(v->pos_gh > v->pos_gw ? v->pos_gh : v->pos_gw);
     size_t tmp = (size_t)v->pos_gh * gw * D + (gmax > pmax ? gmax : pmax);
+    int fc1 = v->glu ? 2 * v->hidden : v->hidden;
     c.base = base;
     c.used = 0;
     b->x = lmv__carve(&c, T * D);
     b->xn = lmv__carve(&c, T * D);
     b->qkv = lmv__carve(&c, T * 3 * D);
     b->attn = lmv__carve(&c, T * D);
-    b->hidden = lmv__carve(&c, T * (size_t)(v->hidden > v->dim ? v->hidden : v->dim));
+    b->hidden = lmv__carve(&c, T * (size_t)(fc1 > v->dim ? fc1 : v->dim));
+    b->gate = v->glu ? lmv__carve(&c, T * (size_t)v->hidden) : NULL;
+    b->map = v->pool_map ? lmv__carve(&c, 4 * D + (size_t)v->map_hidden) : NULL;
     b->scores = lmv__carve(&c, (size_t)threads * T * T);
     b->patches = lmv__carve(&c, patches > tmp ? patches : tmp);
     b->tmp = b->patches; /* the pos-embed resampling scratch is used before patchify */
@@ -3674,6 +3740,70 @@ static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim
     (void)ctx;
 }
 
+/* SiLU in place: x * sigmoid(x). */
+static void lmv__vit_silu(const lmv__ctx *ctx, float *x, int rows, int dim) {
+    int r, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) {
+        float *xr = x + (size_t)r * dim;
+        for (i = 0; i < dim; i++) xr[i] = xr[i] / (1.0f + expf(-xr[i]));
+    }
+    (void)ctx;
+}
+
+/* The gate of a glu MLP (timm GluMlp with gate_last=False, i.e. SwiGLUPacked): each row of h is
+   [a | c], hidden wide each; out = act(a) * c. The activation is applied to a in place first. */
+static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, float *h, int rows) {
+    int r, i, H = v->hidden;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, 2 * H))
+#endif
+    for (r = 0; r < rows; r++) {
+        float *ar = h + (size_t)r * 2 * H, *o = out + (size_t)r * H;
+        const float *cr = ar + H;
+        if (v->silu)
+            for (i = 0; i < H; i++) ar[i] = ar[i] / (1.0f + expf(-ar[i]));
+        else if (v->quick_gelu)
+            for (i = 0; i < H; i++) ar[i] = ar[i] / (1.0f + expf(-1.702f * ar[i]));
+        else
+            lmv__activate(ar, (size_t)H, v->act);
+        for (i = 0; i < H; i++) o[i] = ar[i] * cr[i];
+    }
+    (void)ctx;
+}
+
+/* An MLP's first half over in [T][D]: fc1 and the activation (or the glu gate), then its optional
+   norm; the result is in b->hidden, or in b->gate for glu, [T][v->hidden]. */
+static void lmv__vit_mlp(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *in, lmv__mat fc1_w, const float *fc1_b,
+                         const float *nw, const float *nb, lmv__vit_bufs *b) {
+    float *h = b->hidden;
+    if (v->glu) {
+        lmv__linear(ctx, b->hidden, in, T, v->dim, 2 * v->hidden, fc1_w, fc1_b);
+        lmv__vit_glu(ctx, v, b->gate, b->hidden, T);
+        h = b->gate;
+    } else {
+        lmv__linear_act(ctx, b->hidden, in, T, v->dim, v->hidden, fc1_w, fc1_b, v->act);
+        if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
+        if (v->silu) lmv__vit_silu(ctx, b->hidden, T, v->hidden);
+    }
+    if (nw) lmv__layernorm(ctx, h, h, T, v->hidden, nw, nb, v->eps);
+}
+
+/* qk-norm: q and k of every token and head through their LayerNorm(head_dim), into xn (q) and
+   hidden (k), [T][D] each; both are free while attention runs. */
+static void lmv__vit_qk_norm(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T, lmv__vit_bufs *b) {
+    size_t D = (size_t)v->dim;
+    int t, hd = v->dim / v->heads;
+    for (t = 0; t < T; t++) {
+        memcpy(b->xn + t * D, b->qkv + t * 3 * D, sizeof(float) * D);
+        memcpy(b->hidden + t * D, b->qkv + t * 3 * D + D, sizeof(float) * D);
+    }
+    lmv__layernorm(ctx, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
+    lmv__layernorm(ctx, b->hidden, b->hidden, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
+}
+
 /* The input of a residual branch: norm(x) into xn for pre-norm blocks, x itself otherwise. */
 static const float *lmv__vit_branch_in(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *nw, const float *nb,
                                        lmv__vit_bufs *b) {
@@ -3707,6 +3837,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     lmv__attn_args a;
     const float *in = lmv__vit_branch_in(ctx, v, T, blk->norm1_w, blk->norm1_b, b);
     lmv__linear(ctx, b->qkv, in, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
+    if (blk->q_norm_w) lmv__vit_qk_norm(ctx, v, blk, T, b);
     memset(&a, 0, sizeof a);
     a.groups = 1;
     a.heads = v->heads;
@@ -3716,18 +3847,24 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.k = b->qkv + D;
     a.v = b->qkv + 2 * D;
     a.ldq = a.ldk = a.ldv = (size_t)3 * D;
+    if (blk->q_norm_w) { /* the normed q and k rows, [T][D] each */
+        a.q = b->xn;
+        a.k = b->hidden;
+        a.ldq = a.ldk = (size_t)D;
+    }
     a.out = b->attn;
     a.ldo = (size_t)D;
     a.scale = v->scale;
     a.scores = b->scores;
     a.probs = probs;
     lmv__attention(ctx, &a);
+    if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
     lmv__vit_branch_out(ctx, v, T, b->attn, D, blk->proj_w, blk->proj_b, blk->ls1, blk->norm1_w, blk->norm1_b, b);
 
     in = lmv__vit_branch_in(ctx, v, T, blk->norm2_w, blk->norm2_b, b);
-    lmv__linear_act(ctx, b->hidden, in, T, D, v->hidden, blk->fc1_w, blk->fc1_b, v->act);
-    if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
-    lmv__vit_branch_out(ctx, v, T, b->hidden, v->hidden, blk->fc2_w, blk->fc2_b, blk->ls2, blk->norm2_w, blk->norm2_b, b);
+    lmv__vit_mlp(ctx, v, T, in, blk->fc1_w, blk->fc1_b, blk->mlp_norm_w, blk->mlp_norm_b, b);
+    lmv__vit_branch_out(ctx, v, T, v->glu ? b->gate : b->hidden, v->hidden, blk->fc2_w, blk->fc2_b, blk->ls2, blk->norm2_w,
+                        blk->norm2_b, b);
 }
 
 /* Block i with its trace hook: its attention maps go to the session's capture buffer when they
@@ -3749,6 +3886,38 @@ static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv
     }
     lmv__name(name, sizeof name, "blocks.%d", i);
     lmv__trace(s, name, b->x, 2, T, v->dim, 0);
+}
+
+/* timm's AttentionPoolLatent with one latent query over x [n][D] (the normed tokens):
+   y = proj(attention(q(latent), kv(x))); feat = y + mlp(norm(y)). kv goes to b->qkv. */
+static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const float *x, int n, float *feat, lmv__vit_bufs *b) {
+    int D = v->dim, Hp = v->map_hidden;
+    float *q = b->map, *o = b->map + D, *y = b->map + 2 * D, *z = b->map + 3 * D, *h = b->map + 4 * D;
+    lmv__attn_args a;
+    lmv__linear(ctx, b->qkv, x, n, D, 2 * D, v->map_kv_w, v->map_kv_b);
+    lmv__linear(ctx, q, v->map_latent, 1, D, D, v->map_q_w, v->map_q_b);
+    memset(&a, 0, sizeof a);
+    a.groups = 1;
+    a.heads = v->heads;
+    a.head_dim = D / v->heads;
+    a.nq = 1;
+    a.nk = n;
+    a.q = q;
+    a.k = b->qkv;
+    a.v = b->qkv + D;
+    a.ldq = a.ldo = (size_t)D;
+    a.ldk = a.ldv = (size_t)2 * D;
+    a.out = o;
+    a.scale = (float)(1.0 / sqrt((double)a.head_dim));
+    a.scores = b->scores;
+    lmv__attention(ctx, &a);
+    lmv__linear(ctx, y, o, 1, D, D, v->map_proj_w, v->map_proj_b);
+    lmv__layernorm(ctx, z, y, 1, D, v->map_norm_w, v->map_norm_b, v->eps);
+    lmv__linear_act(ctx, h, z, 1, D, Hp, v->map_fc1_w, v->map_fc1_b, v->act);
+    if (v->quick_gelu) lmv__vit_quick_gelu(ctx, h, 1, Hp);
+    if (v->silu) lmv__vit_silu(ctx, h, 1, Hp);
+    lmv__linear_residual(ctx, y, h, 1, Hp, D, v->map_fc2_w, v->map_fc2_b, NULL, NULL);
+    memcpy(feat, y, sizeof(float) * D);
 }
 
 static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
@@ -3790,7 +3959,9 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
 
         /* pool: the class token (DeiT distilled: mean of class and distillation tokens), or the
            mean of the patch tokens */
-        if (v->pool_avg) {
+        if (v->pool_map) {
+            lmv__vit_attn_pool(ctx, v, v->pool_prefix ? b.x : b.x + (size_t)v->prefix * D, v->pool_prefix ? T : np, feat, &b);
+        } else if (v->pool_avg) {
             lmv__mean_rows(feat, b.x + (v->class_last ? 0 : (size_t)v->prefix * D), np, D);
         } else {
             memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);

@@ -64,11 +64,11 @@ def check_reference_table():
 
 
 def stray_model(path):
-    """vit_tiny.lmv plus one tensor the ViT graph does not read (a timm qk-norm weight)."""
+    """vit_tiny.lmv plus one tensor the ViT graph does not read (a BEiT-style separate q bias)."""
     f = lmvfile.read(MODEL)
     meta = [(k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
     tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
-    tensors.append(("blocks.0.attn.q_norm.weight", (8,), np.ones(8, dtype="<f4")))
+    tensors.append(("blocks.0.attn.q_bias", (8,), np.ones(8, dtype="<f4")))
     lmvfile.write(path, meta, tensors)
 
 

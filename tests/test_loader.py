@@ -219,7 +219,7 @@ def stray_case(family, sd, stray, *conv_opts):
 
 
 from models import lemevit_ref, swin_ref  # noqa: E402
-stray_case("vit", m.state_dict(), ("blocks.0.attn.q_norm.weight", (8,)), "--num-heads", "2")
+stray_case("vit", m.state_dict(), ("blocks.0.attn.q_bias", (8,)), "--num-heads", "2")
 sw = swin_ref.build(img_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4,
                     num_classes=3)
 stray_case("swin", swin_ref.randomize_(sw, seed=2).state_dict(), ("layers.0.blocks.0.attn.logit_scale", (1, 1, 1)))

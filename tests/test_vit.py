@@ -90,7 +90,7 @@ def torchvision_small_variants():
            conv_opts=("--num-heads", "2"))
 
 
-def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(), rename=None, **kw):
+def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(), rename=None, heads_flag=True, **kw):
     cfg = dict(img_size=img, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=11)
     cfg.update(kw)
     torch.manual_seed(seed)
@@ -104,7 +104,8 @@ def timm_case(name, seed, img=32, batch=2, run_size=None, wrap=None, conv_opts=(
         sd = {rename(k): v for k, v in sd.items()}
     obj = wrap(sd) if wrap else sd
     norm = m.norm if not isinstance(m.norm, torch.nn.Identity) else None
-    parity(f"timm {name}", m, list(m.blocks), norm, x, obj, conv_opts=("--num-heads", str(cfg["num_heads"])) + tuple(conv_opts),
+    heads = ("--num-heads", str(cfg["num_heads"])) if heads_flag else ()
+    parity(f"timm {name}", m, list(m.blocks), norm, x, obj, conv_opts=heads + tuple(conv_opts),
            features_fn=lambda inp: m.forward_head(m.forward_features(inp), pre_logits=True))
 
 
@@ -144,6 +145,76 @@ def timm_variants():
               conv_opts=("--pool", "avg", "--set", "vit.act=gelu_tanh"))
 
 
+def timm_graph_features():
+    """qk-norm, the norms inside attention and MLP, SwiGLU MLPs and the attention-pool ('map') head:
+    found by the converter in the tensors, no flag needed (SiLU is assumed for the gated MLPs, as
+    timm builds them)."""
+    timm_case("qk_norm", 90, qk_norm=True)
+    timm_case("qk_norm: 6 heads found from q_norm's width, no --num-heads", 102, qk_norm=True, num_heads=6,
+              heads_flag=False)
+    timm_case("qk_norm + layer scale + register tokens, 4 heads", 91, qk_norm=True, init_values=0.3, reg_tokens=2,
+              no_embed_class=True, num_heads=4)
+    timm_case("scale_attn_norm + scale_mlp_norm, avg pool (BEiT3 config)", 92, scale_attn_norm=True,
+              scale_mlp_norm=True, global_pool="avg")
+    timm_case("SwiGLUPacked, SiLU (vit_*_swiglu config)", 93, mlp_layer="swiglu_packed", act_layer="silu",
+              mlp_ratio=2.66667 * 2, reg_tokens=4, no_embed_class=True)
+    timm_case("SwiGLU fc1_g/fc1_x + mlp norm + qk_norm", 94, mlp_layer="swiglu", act_layer="silu", scale_mlp_norm=True,
+              qk_norm=True)
+    timm_case("SwiGLUPacked with GELU gate (act given)", 95, mlp_layer="swiglu_packed", act_layer="gelu",
+              conv_opts=("--set", "vit.act=gelu"))
+    timm_case("plain MLP with SiLU", 96, act_layer="silu", conv_opts=("--set", "vit.act=silu"))
+    timm_case("map head (SigLIP: no class token, gelu_tanh)", 97, img=64, patch_size=16, class_token=False,
+              global_pool="map", act_layer="gelu_tanh", conv_opts=("--set", "vit.act=gelu_tanh"))
+    timm_case("map head after class + register tokens, batch 3", 98, global_pool="map", reg_tokens=2, batch=3)
+    timm_case("map head, non-square input, resampled pos_embed", 99, class_token=False, global_pool="map", img=32,
+              run_size=(48, 32), dynamic_img_size=True)
+    timm_case("map head over the prefix too, from model_kwargs pool_include_prefix (test_vit3 config)", 101,
+              class_token=False, reg_tokens=1, global_pool="map", pool_include_prefix=True, init_values=1e-5,
+              wrap=lambda sd: {"state_dict": sd, "args": {"model": "my_vit", "model_kwargs": {
+                  "global_pool": "map", "pool_include_prefix": True}}})
+    timm_case("map head from model_kwargs global_pool='map' + qk_norm", 100, class_token=False, global_pool="map",
+              qk_norm=True, wrap=lambda sd: {"state_dict": sd, "args": {"model": "my_vit",
+                                                                         "model_kwargs": {"global_pool": "map"}}})
+
+
+def graph_features_refused():
+    """What stays out of reach is refused with a message naming it: by the converter (a map head
+    with two latent queries), and by the loader (tensors its graph would not read: a map head in a
+    file that says vit.pool=avg; q_norm without k_norm)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import lmvfile
+    torch.manual_seed(110)
+    m = timm_vit.randomize_(timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=1, num_heads=3,
+                                                       num_classes=5, class_token=False, global_pool="map",
+                                                       qk_norm=True), seed=110).eval()
+    d = tmpdir()
+    sd = dict(m.state_dict())
+    sd["attn_pool.latent"] = torch.randn(1, 2, 48)
+    torch.save(sd, os.path.join(d, "two.pth"))
+    try:
+        convert(os.path.join(d, "two.pth"), os.path.join(d, "two.lmv"), "--num-heads", "3")
+        res.check("map head with 2 latent queries refused by the converter", False, "converted")
+    except RuntimeError as e:
+        res.check("map head with 2 latent queries refused by the converter", "latent" in str(e), str(e))
+    torch.save(m.state_dict(), os.path.join(d, "m.pth"))
+    good = os.path.join(d, "m.lmv")
+    convert(os.path.join(d, "m.pth"), good, "--num-heads", "3")
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(111)).numpy()
+    f = lmvfile.read(good)
+    for what, edit_meta, drop, want in (
+            ("attn_pool tensors in a vit.pool=avg file", {"vit.pool": "avg"}, (), "attn_pool."),
+            ("q_norm without k_norm", {}, ("blocks.0.attn.k_norm.weight", "blocks.0.attn.k_norm.bias"), "k_norm")):
+        meta = [(k, lmvfile.Typed(f.meta_types[k], edit_meta.get(k, v))) for k, v in f.meta.items()]
+        tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items() if n not in drop]
+        bad = os.path.join(d, "bad.lmv")
+        lmvfile.write(bad, meta, tensors)
+        try:
+            lmv_run(bad, x)
+            res.check(f"loader refuses {what}", False, "ran")
+        except RuntimeError as e:
+            res.check(f"loader refuses {what}", want in str(e) and ("not read by" in str(e) or "norm" in str(e)), str(e))
+
+
 def options_from_metadata():
     """The same options found by the converter in what the checkpoint says of itself, no flag given:
     a timm training checkpoint's args (the model name; model_kwargs)."""
@@ -156,6 +227,9 @@ def options_from_metadata():
     timm_case("QuickGELU and eps 1e-5 from the model name vit_base_patch16_clip_quickgelu_224", 81,
               act_layer="quick_gelu", pre_norm=True, eps=1e-5, wrap=train_ckpt("vit_base_patch16_clip_quickgelu_224"),
               **base)
+    timm_case("SwiGLUPacked under a timm model name: SiLU, as timm registers its SwiGLU ViTs", 83,
+              mlp_layer="swiglu_packed", act_layer="silu", mlp_ratio=2.66667 * 2,
+              wrap=train_ckpt("vit_base_patch16_swiglu_224"), **base)
     timm_case("QuickGELU and ResPostBlock from model_kwargs", 82, act_layer="quick_gelu", block_fn="res_post",
               wrap=train_ckpt("my_vit", act_layer="quick_gelu", block_fn="ResPostBlock"))
 
@@ -267,7 +341,7 @@ def seed_models():
 if __name__ == "__main__":
     only = sys.argv[1:]
     quick = "--quick" in sys.argv
-    for fn in (attention_map, options_need_their_setting, options_from_metadata, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
+    for fn in (timm_graph_features, graph_features_refused, attention_map, options_need_their_setting, options_from_metadata, torchvision_small_variants, timm_variants, lambda: hf_case(False), lambda: hf_case(True), seed_models,
                torchvision_vit_b16):
         if quick and fn is torchvision_vit_b16:
             continue

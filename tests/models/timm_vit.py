@@ -6,7 +6,10 @@ follow the pool), reg_tokens, no_embed_class, init_values (layer scale), qkv_bia
 final_norm, distilled, representation_size (the old Linear+Tanh pre_logits), dynamic_img_size
 (pos_embed resampled per forward with bicubic antialias=True, as timm does), act_layer ('gelu',
 'gelu_tanh', 'quick_gelu', 'relu') and block_fn ('pre': Block, 'res_post': ResPostBlock, whose
-init_values set the norms' weights instead of a layer scale)."""
+init_values set the norms' weights instead of a layer scale), qk_norm (LayerNorm(head_dim) on q and k),
+scale_attn_norm / scale_mlp_norm (attn.norm before proj, mlp.norm before fc2), mlp_layer ('mlp',
+'swiglu_packed': timm's GluMlp with gate_last=False, 'swiglu': fc1_g / fc1_x) and global_pool='map'
+(timm's AttentionPoolLatent over the patch tokens, pool_include_prefix as timm)."""
 import math
 
 import torch
@@ -28,21 +31,26 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, num_heads, qkv_bias):
+    def __init__(self, dim, num_heads, qkv_bias, qk_norm=False, scale_norm=False, norm_layer=nn.LayerNorm):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.norm = norm_layer(dim) if scale_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
         q = q * self.scale
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x = self.norm(x)
         return self.proj(x)
 
 
@@ -62,28 +70,92 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-ACTS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU, "relu": nn.ReLU}
+ACTS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU, "relu": nn.ReLU,
+        "silu": nn.SiLU}
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden, act="gelu"):
+    def __init__(self, dim, hidden, act="gelu", norm_layer=None):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = ACTS[act]()
+        self.norm = norm_layer(hidden) if norm_layer is not None else nn.Identity()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class GluMlp(nn.Module):
+    """timm's GluMlp as SwiGLUPacked builds it (gate_last=False): fc1 gives `hidden` features, split
+    in halves a, c; act(a) * c, then the optional norm over hidden // 2 and fc2."""
+
+    def __init__(self, dim, hidden, act="silu", norm_layer=None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = ACTS[act]()
+        self.norm = norm_layer(hidden // 2) if norm_layer is not None else nn.Identity()
+        self.fc2 = nn.Linear(hidden // 2, dim)
+
+    def forward(self, x):
+        a, c = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(self.norm(self.act(a) * c))
+
+
+class SwiGLU(nn.Module):
+    """timm's SwiGLU: separate fc1_g (gate) and fc1_x; act(fc1_g(x)) * fc1_x(x), norm, fc2."""
+
+    def __init__(self, dim, hidden, act="silu", norm_layer=None):
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden)
+        self.fc1_x = nn.Linear(dim, hidden)
+        self.act = ACTS[act]()
+        self.norm = norm_layer(hidden) if norm_layer is not None else nn.Identity()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)))
+
+
+MLPS = {"mlp": Mlp, "swiglu_packed": GluMlp, "swiglu": SwiGLU}
+
+
+class AttentionPoolLatent(nn.Module):
+    """timm's AttentionPoolLatent as VisionTransformer builds it for global_pool='map': one latent
+    query, q and kv Linears, proj, then x + mlp(norm(x)); the model's heads, mlp_ratio, norm and act."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, norm_layer, act):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        x = self.proj((attn @ v).transpose(1, 2).reshape(B, 1, C))
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu"):
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu", qk_norm=False,
+                 scale_attn_norm=False, scale_mlp_norm=False, mlp_layer="mlp"):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, scale_attn_norm, norm_layer)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
+        self.mlp = MLPS[mlp_layer](dim, int(dim * mlp_ratio), act, norm_layer if scale_mlp_norm else None)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x):
@@ -94,7 +166,7 @@ class Block(nn.Module):
 class ResPostBlock(nn.Module):
     """timm's ResPostBlock: the norm on each branch's output, before the residual add."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu"):
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu", **unused):
         super().__init__()
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm1 = norm_layer(dim)
@@ -114,8 +186,10 @@ class VisionTransformer(nn.Module):
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None,
                  class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, fc_norm=None,
                  final_norm=True, distilled=False, representation_size=None, dynamic_img_size=False, eps=1e-6,
-                 act_layer="gelu", block_fn="pre"):
+                 act_layer="gelu", block_fn="pre", qk_norm=False, scale_attn_norm=False, scale_mlp_norm=False,
+                 mlp_layer="mlp", pool_include_prefix=False):
         super().__init__()
+        self.pool_include_prefix = pool_include_prefix
         norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.global_pool = global_pool
@@ -132,9 +206,13 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
         block = {"pre": Block, "res_post": ResPostBlock}[block_fn]
-        self.blocks = nn.Sequential(*[block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act_layer)
+        self.blocks = nn.Sequential(*[block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act_layer,
+                                            qk_norm=qk_norm, scale_attn_norm=scale_attn_norm,
+                                            scale_mlp_norm=scale_mlp_norm, mlp_layer=mlp_layer)
                                       for _ in range(depth)])
         self.norm = norm_layer(embed_dim) if final_norm and not use_fc_norm else nn.Identity()
+        self.attn_pool = AttentionPoolLatent(embed_dim, num_heads, mlp_ratio, norm_layer, act_layer) \
+            if global_pool == "map" else None
         self.fc_norm = norm_layer(embed_dim) if final_norm and use_fc_norm else nn.Identity()
         if representation_size:
             self.pre_logits = nn.Sequential()
@@ -184,7 +262,9 @@ class VisionTransformer(nn.Module):
             if pre_logits:
                 return (x + x_dist) / 2
             return (self.head(x) + self.head_dist(x_dist)) / 2
-        if self.global_pool == "avg":
+        if self.attn_pool is not None:
+            x = self.attn_pool(x if self.pool_include_prefix else x[:, self.num_prefix_tokens:])
+        elif self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         else:
             x = x[:, 0]

@@ -20,28 +20,95 @@ VIT_KEYS = OrderedDict([
     ("vit.reg_tokens", "i"), ("vit.no_embed_class", "i"), ("vit.pool", "s"), ("vit.qkv_bias", "i"),
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
-    ("vit.block", "s"),
+    ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"),
 ])
 register_family("vit", VIT_KEYS, choices={
-    "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu"),
-    "vit.pool": ("token", "avg"),
+    "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
+    "vit.pool": ("token", "avg", "map"),
+    "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"),
     "vit.block": ("pre", "res_post"),
 }, assumable=[
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
-    ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu"),
+    ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu|silu"),
     ("vit.block", "--set vit.block=pre|res_post"),
     ("vit.pool", "--pool token|avg"),
+    ("vit.pool_prefix", "--set vit.pool_prefix=0|1"),
 ])
 # ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
-                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "in_chans",
+                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
 VIT_HEADS_BY_DIM = {192: 3, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+
+
+def vit_mlp_kind(sd):
+    """The blocks' MLP as the tensors show it: None (timm Mlp: fc1 [H, D], fc2 [D, H]), "packed"
+    (SwiGLUPacked / GluMlp: fc1 [2H, D], fc2 [D, 2H / 2]) or "unpacked" (SwiGLU: fc1_g, fc1_x)."""
+    if "blocks.0.mlp.fc1_g.weight" in sd or "blocks.0.mlp.fc1_x.weight" in sd:
+        return "unpacked"
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    if fc1 is None:
+        raise ConvertError("ViT layout: blocks.0.mlp.fc1.weight is missing")
+    if fc2 is not None and fc1.ndim == 2 and fc2.ndim == 2 and fc1.shape[0] == 2 * fc2.shape[1]:
+        return "packed"
+    return None
+
+
+def vit_mlp_hidden(sd, D, glu, take):
+    """The MLP's hidden width H (fc2's input), checked first as the rest is checked against it."""
+    if glu == "unpacked":
+        return take("blocks.0.mlp.fc1_g.weight", (None, D)).shape[0]
+    W1 = take("blocks.0.mlp.fc1.weight", (None, D)).shape[0]
+    return W1 // 2 if glu else W1
+
+
+def vit_block_norms(sd, idx):
+    """The optional norms inside the blocks (timm qk_norm, scale_attn_norm, scale_mlp_norm), which
+    every block must have alike: a set of "qk_norm", "attn_norm", "mlp_norm"."""
+    keys = {"qk_norm": ("attn.q_norm.weight", "attn.k_norm.weight"), "attn_norm": ("attn.norm.weight",),
+            "mlp_norm": ("mlp.norm.weight",)}
+    found = set()
+    for what, names in keys.items():
+        have = [all("blocks.%d.%s" % (i, n) in sd for n in names) for i in idx]
+        some = [any("blocks.%d.%s" % (i, n) in sd for n in names) for i in idx]
+        if any(some) and not all(have):
+            raise ConvertError("blocks differ in %s: %s is present in only some blocks%s"
+                               % (what.replace("_", "-"), " and ".join(names),
+                                  " (q_norm and k_norm come together)" if what == "qk_norm" else ""))
+        if all(have):
+            found.add(what)
+    return found
+
+
+def vit_take_attn_pool(sd, D, take, bias, norm, T):
+    """timm's AttentionPoolLatent (global_pool='map', SigLIP): one latent query, q and kv Linears,
+    proj, norm and an MLP. Returns the MLP's hidden width."""
+    lat = sd.get("attn_pool.latent")
+    if lat is None:
+        raise ConvertError("ViT layout: attn_pool.latent is missing")
+    if lat.ndim == 3 and lat.shape[1] != 1:
+        raise ConvertError("attention-pool heads with %d latent queries (latent_len > 1) are not supported by "
+                           "lemevit.h; only one" % lat.shape[1])
+    if "attn_pool.pos_embed" in sd:
+        raise ConvertError("attention-pool heads with their own pos_embed (pos_embed='abs') are not supported by lemevit.h")
+    if "attn_pool.q_norm.weight" in sd or "attn_pool.k_norm.weight" in sd:
+        raise ConvertError("attention-pool heads with qk-norm are not supported by lemevit.h")
+    T["attn_pool.latent"] = take("attn_pool.latent", (1, 1, D))
+    for name, rows in (("q", D), ("kv", 2 * D), ("proj", D)):
+        T["attn_pool.%s.weight" % name] = take("attn_pool.%s.weight" % name, (rows, D))
+        T["attn_pool.%s.bias" % name] = bias("attn_pool.%s.bias" % name, rows)
+    norm("attn_pool.norm", "attn_pool.norm")
+    Hp = take("attn_pool.mlp.fc1.weight", (None, D)).shape[0]
+    T["attn_pool.mlp.fc1.weight"] = take("attn_pool.mlp.fc1.weight", (Hp, D))
+    T["attn_pool.mlp.fc1.bias"] = bias("attn_pool.mlp.fc1.bias", Hp)
+    T["attn_pool.mlp.fc2.weight"] = take("attn_pool.mlp.fc2.weight", (D, Hp))
+    T["attn_pool.mlp.fc2.bias"] = bias("attn_pool.mlp.fc2.bias", D)
+    return Hp
 
 
 @builder("vit")
@@ -162,38 +229,53 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if idx != list(range(len(idx))):
         raise ConvertError("ViT blocks are not numbered 0..N-1: %s" % idx)
     depth = len(idx)
-    if "blocks.0.mlp.fc1.weight" not in sd:
-        raise ConvertError("ViT layout: blocks.0.mlp.fc1.weight is missing")
-    H = take("blocks.0.mlp.fc1.weight", (None, D)).shape[0]   # checked first: its rows give the width
+    glu = vit_mlp_kind(sd)
+    H = vit_mlp_hidden(sd, D, glu, take)
     qkv_bias = "blocks.0.attn.qkv.bias" in sd
     layer_scale = "blocks.0.ls1.gamma" in sd
+    opt_norms = vit_block_norms(sd, idx)
     for i in idx:
         b = "blocks.%d." % i
-        for k in (b + "attn.q_norm.weight", b + "attn.k_norm.weight"):
-            if k in sd:
-                raise ConvertError("qk-norm ViTs (%s) are not supported by lemevit.h" % k)
         if (b + "attn.qkv.bias" in sd) != qkv_bias or (b + "ls1.gamma" in sd) != layer_scale:
             raise ConvertError("blocks differ in qkv bias / layer scale (block %d)" % i)
         norm(b + "norm1", b + "norm1")
         T[b + "attn.qkv.weight"] = take(b + "attn.qkv.weight", (3 * D, D))
         if qkv_bias:
             T[b + "attn.qkv.bias"] = take(b + "attn.qkv.bias", (3 * D,))
+        if "qk_norm" in opt_norms:
+            for q in ("q_norm", "k_norm"):
+                w = take(b + "attn.%s.weight" % q, (None,))
+                T[b + "attn.%s.weight" % q] = w
+                T[b + "attn.%s.bias" % q] = bias(b + "attn.%s.bias" % q, w.shape[0])
+        if "attn_norm" in opt_norms:
+            norm(b + "attn.norm", b + "attn.norm")
         T[b + "attn.proj.weight"] = take(b + "attn.proj.weight", (D, D))
         T[b + "attn.proj.bias"] = bias(b + "attn.proj.bias", D)
         if layer_scale:
             T[b + "ls1.gamma"] = take(b + "ls1.gamma", (D,))
         norm(b + "norm2", b + "norm2")
-        T[b + "mlp.fc1.weight"] = take(b + "mlp.fc1.weight", (H, D))
-        T[b + "mlp.fc1.bias"] = bias(b + "mlp.fc1.bias", H)
+        if glu == "unpacked":
+            # timm SwiGLU: act(fc1_g(x)) * fc1_x(x), stored packed as SwiGLUPacked's fc1 = [gate rows; value rows]
+            parts = [take(b + "mlp.fc1_g.weight", (H, D)), take(b + "mlp.fc1_x.weight", (H, D))]
+            T[b + "mlp.fc1.weight"] = concat0(parts, b + "mlp.fc1.weight")
+            T[b + "mlp.fc1.bias"] = concat0([bias(b + "mlp.fc1_g.bias", H), bias(b + "mlp.fc1_x.bias", H)],
+                                            b + "mlp.fc1.bias")
+        else:
+            W1 = 2 * H if glu else H
+            T[b + "mlp.fc1.weight"] = take(b + "mlp.fc1.weight", (W1, D))
+            T[b + "mlp.fc1.bias"] = bias(b + "mlp.fc1.bias", W1)
+        if "mlp_norm" in opt_norms:
+            T[b + "mlp.norm.weight"] = take(b + "mlp.norm.weight", (H,))
+            T[b + "mlp.norm.bias"] = bias(b + "mlp.norm.bias", H)
         T[b + "mlp.fc2.weight"] = take(b + "mlp.fc2.weight", (D, H))
         T[b + "mlp.fc2.bias"] = bias(b + "mlp.fc2.bias", D)
         if layer_scale:
             T[b + "ls2.gamma"] = take(b + "ls2.gamma", (D,))
 
     # ---- final norm, pooling, pre-logits, heads
-    for k in ("attn_pool.latent", "attn_pool.q.weight"):
-        if k in sd:
-            raise ConvertError("attention-pool ('map') ViTs are not supported by lemevit.h")
+    pool_map = "attn_pool.latent" in sd or "attn_pool.q.weight" in sd
+    if pool_map:
+        map_hidden = vit_take_attn_pool(sd, D, take, bias, norm, T)
     final_norm = "norm.weight" in sd
     fc_norm = "fc_norm.weight" in sd
     if final_norm:
@@ -201,8 +283,14 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if fc_norm:
         norm("fc_norm", "fc_norm")
     pool = st.get("vit.pool")
-    if fc_norm or cls is None:
+    if fc_norm or cls is None or pool_map:
         ctx.determined.add("vit.pool")   # no class token to pool, or timm's fc_norm that comes with avg
+    if pool_map:
+        if st.rank("vit.pool") >= 2 and pool != "map":
+            raise ConvertError("vit.pool=%s was given but the checkpoint has an attention-pool head (attn_pool.*)" % pool)
+        pool = "map"
+    elif pool == "map":
+        raise ConvertError("vit.pool=map but the checkpoint has no attention-pool head (attn_pool.*)")
     if pool is None:
         pool = "avg" if (fc_norm or cls is None) else "token"
     if pool == "token" and cls is None:
@@ -250,6 +338,11 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
 
     # ---- heads count, eps, activation, ...
     heads = st.get("vit.num_heads")
+    if "qk_norm" in opt_norms and st.rank("vit.num_heads") <= 0:
+        hd = T["blocks.0.attn.q_norm.weight"].shape[0]
+        if hd and D % hd == 0:
+            heads = D // hd   # qk-norm's LayerNorm(head_dim) shows the head width
+            ctx.determined.add("vit.num_heads")
     if heads is None:
         heads = VIT_HEADS_BY_DIM.get(D) or (D // 64 if D % 64 == 0 else None)
         if heads is None:
@@ -259,6 +352,16 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
                      "--num-heads if wrong" % heads)
     if heads <= 0 or D % heads:
         raise ConvertError("embed dim %d is not divisible by %d heads" % (D, heads))
+    if "qk_norm" in opt_norms and T["blocks.0.attn.q_norm.weight"].shape[0] != D // heads:
+        raise ConvertError("blocks.0.attn.q_norm.weight has %d values but the head width is %d (%d heads); "
+                           "pass --num-heads N" % (T["blocks.0.attn.q_norm.weight"].shape[0], D // heads, heads))
+    if "qk_norm" in opt_norms:
+        for i in idx:
+            for q in ("q_norm", "k_norm"):
+                for part in ("weight", "bias"):
+                    k = "blocks.%d.attn.%s.%s" % (i, q, part)
+                    if tuple(T[k].shape) != (D // heads,):
+                        raise ConvertError("%s has shape %s, expected [%d]" % (k, list(T[k].shape), D // heads))
 
     img = tuple(img_set) if img_set else (grid[0] * ph, grid[1] * pwid)
     cfg = OrderedDict()
@@ -274,6 +377,9 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.pos_grid"] = list(grid)
     cfg["vit.norm_eps"] = st.get("vit.norm_eps", 1e-6)
     cfg["vit.act"] = st.get("vit.act", "gelu")
+    if glu and st.rank("vit.act") <= 0:
+        cfg["vit.act"] = "silu"   # timm's SwiGLU / SwiGLUPacked models are built with act_layer=nn.SiLU
+    cfg["vit.mlp"] = "glu" if glu else "mlp"
     cfg["vit.norm_first"] = st.get("vit.norm_first", 1)
     cfg["vit.class_token"] = int(cls is not None)
     cfg["vit.class_last"] = st.get("vit.class_last", 0) if cls is not None else 0
@@ -281,6 +387,15 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.reg_tokens"] = R
     cfg["vit.no_embed_class"] = no_embed_class
     cfg["vit.pool"] = pool
+    cfg["vit.pool_prefix"] = int(st.get("vit.pool_prefix", 0))   # the map head also attends to the prefix tokens
+    if pool != "map" or not prefix:
+        ctx.determined.add("vit.pool_prefix")   # an option only of a map head over a model with prefix tokens
+    if cfg["vit.pool_prefix"] and pool != "map":
+        raise ConvertError("vit.pool_prefix=1 (timm pool_include_prefix) is only supported with the attention-pool "
+                           "('map') head; this checkpoint pools by %s" % pool)
+    if pool == "map":
+        if dist is not None or pre_logits:
+            raise ConvertError("an attention-pool head with a distillation token or pre_logits is not a timm layout")
     cfg["vit.qkv_bias"] = int(qkv_bias)
     cfg["vit.layer_scale"] = int(layer_scale)
     cfg["vit.patch_norm"] = int(patch_norm)
@@ -345,7 +460,7 @@ TIMM_NAME_RULES = [
     (r"^vit_(so400m|giantopt)_", {"vit.num_heads": 16}),
 ]
 TIMM_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quickgelu", "quickgelu": "quickgelu",
-            "relu": "relu"}
+            "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
 def vit_metadata_settings(sd, ctx):
@@ -363,7 +478,12 @@ def vit_metadata_settings(sd, ctx):
         ctx.warn("the model name %s (%s) is %d wide but the tensors are %s wide: the name is not used"
                  % (name, h.name_src, TIMM_SIZE_WIDTH[m.group(2)], D))
     elif m:
-        s.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.block": "pre"})
+        try:
+            gated = vit_mlp_kind(sd) is not None
+        except ConvertError:
+            gated = False
+        # timm registers its SwiGLU / SwiGLUPacked ViTs with act_layer=nn.SiLU
+        s.update({"vit.norm_eps": 1e-6, "vit.act": "silu" if gated else "gelu", "vit.block": "pre"})
         if D in VIT_HEADS_BY_DIM:
             s["vit.num_heads"] = VIT_HEADS_BY_DIM[D]
         if "cls_token" in sd and "fc_norm.weight" not in sd:
@@ -384,13 +504,13 @@ def vit_metadata_settings(sd, ctx):
         if isinstance(a, str) and a.lower() in TIMM_ACT:
             s["vit.act"] = TIMM_ACT[a.lower()]
         else:
-            refuse("vit.act", "act_layer", a, "not an activation lemevit.h runs (gelu, gelu_tanh, quick_gelu, relu)")
+            refuse("vit.act", "act_layer", a, "not an activation lemevit.h runs (gelu, gelu_tanh, quick_gelu, relu, silu)")
     if "global_pool" in kw:
         g = kw["global_pool"]
-        if g in ("avg", "token"):
+        if g in ("avg", "token", "map"):
             s["vit.pool"] = g
         else:
-            refuse("vit.pool", "global_pool", g, "not a pooling lemevit.h runs (token, avg)")
+            refuse("vit.pool", "global_pool", g, "not a pooling lemevit.h runs (token, avg, map)")
     if "block_fn" in kw:
         b = kw["block_fn"]
         bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
@@ -398,6 +518,8 @@ def vit_metadata_settings(sd, ctx):
             s["vit.block"] = "pre" if bname == "Block" else "res_post"
         else:
             refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock)")
+    if isinstance(kw.get("pool_include_prefix"), bool):
+        s["vit.pool_prefix"] = int(kw["pool_include_prefix"])
     if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
         s["vit.num_heads"] = kw["num_heads"]
     return s

@@ -283,11 +283,13 @@ typedef struct lmv_model_info {
     int in_chans;
     int img_h, img_w;         /* native input size */
     int num_classes;          /* 0: the model has no head; use lmv_run_features() */
-    int num_features;         /* width of the pooled feature vector */
+    int num_features;         /* width of what lmv_run_features() writes */
     int has_labels;
     size_t num_params;        /* sum of all tensor elements in the file */
     size_t weight_bytes;
     lmv_preprocess preprocess;
+    int projected;            /* 1: lmv_run_features() writes the projected embedding (CLIP's ln_post + proj,
+                                 num_features = the embedding width); 0: the pooled features, the head's input */
 } lmv_model_info;
 
 typedef struct lmv_model lmv_model;
@@ -430,7 +432,9 @@ LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
 /* Run the model on `input` (batch x in_chans x h x w). lmv_run() writes batch x num_classes
-   logits; lmv_run_features() writes batch x num_features pooled features (the head's input). */
+   logits; lmv_run_features() writes batch x num_features pooled features (the head's input), or,
+   for a model with an embedding projection (lmv_model_info.projected, CLIP's `proj`), the
+   projected embeddings: pooled features times the projection, which then feeds the head. */
 LEMEVIT_API lmv_result lmv_run(lmv_session *sess, const float *input, int batch, int h, int w, float *logits,
                                lmv_error *err);
 LEMEVIT_API lmv_result lmv_run_features(lmv_session *sess, const float *input, int batch, int h, int w,
@@ -628,7 +632,7 @@ typedef struct lmv_prediction {
 /* What lmv_run_image() writes. */
 typedef enum lmv_output {
     LMV_OUTPUT_LOGITS = 0,     /* num_classes floats */
-    LMV_OUTPUT_FEATURES = 1    /* num_features floats: the pooled features, the head's input */
+    LMV_OUTPUT_FEATURES = 1    /* num_features floats: what lmv_run_features() writes */
 } lmv_output;
 
 /* The logits or the pooled features of one image. */
@@ -3022,6 +3026,7 @@ typedef struct lmv__vit {
     lmv__norm_at norm_at;
     int quick_gelu; /* the MLP's activation is QuickGELU x * sigmoid(1.702 x) (CLIP) */
     int pool_avg, pre_logits, num_classes, pos_rows;
+    int proj; /* width of the embedding projection (CLIP's `proj`, bias-free), 0: none */
     float eps, scale;
     lmv__act act;
     lmv__resample pos_interp;
@@ -3030,8 +3035,23 @@ typedef struct lmv__vit {
     const float *norm_pre_w, *norm_pre_b, *norm_w, *norm_b, *fc_norm_w, *fc_norm_b;
     const float *pre_logits_b, *head_b, *head_dist_b;
     lmv__mat patch_w, pre_logits_w, head_w, head_dist_w;
+    lmv__mat proj_w;
     lmv__vit_block *blocks;
 } lmv__vit;
+
+/* The embedding projection: "proj.weight" [vit.proj][features], no bias; what it writes becomes the
+   features (lmv_model_info.projected). */
+static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    const float *bias = NULL;
+    if (v->dist_token || v->pre_logits)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.proj cannot be combined with a distillation token or vit.pre_logits");
+    if ((r = lmv__bind_linear(m, 0, v->proj, m->info.num_features, &v->proj_w, &bias, err, "proj")) != LMV_OK) return r;
+    if (bias) return lmv__fail(err, LMV_ERR_CORRUPT, "proj.bias: the embedding projection has no bias; remove it");
+    m->info.num_features = v->proj;
+    m->info.projected = 1;
+    return LMV_OK;
+}
 
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     lmv__vit *v;
@@ -3061,6 +3081,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     LMV__INT("vit.no_embed_class", 0, 0, 1, 0, v->no_embed_class);
     LMV__INT("vit.norm_first", 0, 0, 1, 1, v->norm_first);
     LMV__INT("vit.pre_logits", 0, 0, 1 << 18, 0, v->pre_logits);
+    LMV__INT("vit.proj", 0, 0, 1 << 18, 0, v->proj);
     LMV__INT("num_classes", 0, 0, 1 << 20, 0, v->num_classes);
 #undef LMV__INT
     if (v->dim % v->heads)
@@ -3129,6 +3150,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         (r = lmv__bind_linear(m, 0, v->pre_logits, D, &v->pre_logits_w, &v->pre_logits_b, err, "pre_logits.fc")) != LMV_OK)
         return r;
     m->info.num_features = v->pre_logits ? v->pre_logits : D;
+    if (v->proj && (r = lmv__vit_bind_proj(m, v, err)) != LMV_OK) return r;
     if (v->num_classes) {
         int F = m->info.num_features;
         if ((r = lmv__bind_linear(m, 0, v->num_classes, F, &v->head_w, &v->head_b, err, "head")) != LMV_OK ||
@@ -3194,7 +3216,8 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->patches = lmv__carve(&c, patches > tmp ? patches : tmp);
     b->tmp = b->patches; /* the pos-embed resampling scratch is used before patchify */
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
-    b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes);
+    b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
+                                   3 * (size_t)v->proj);
     return c.used;
 }
 
@@ -3316,6 +3339,14 @@ static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv
     lmv__trace(s, name, b->x, 2, T, v->dim, 0);
 }
 
+/* feat (the pooled features, vit.embed_dim wide) times the embedding projection, back into feat;
+   `tmp` has room for vit.proj floats. */
+static void lmv__vit_project(const lmv__ctx *ctx, const lmv__vit *v, float *feat, float *tmp, const lmv_session *trace) {
+    lmv__linear(ctx, tmp, feat, 1, v->dim, v->proj, v->proj_w, NULL);
+    memcpy(feat, tmp, sizeof(float) * (size_t)v->proj);
+    if (trace) lmv__trace(trace, "proj", feat, 1, v->proj, 0, 0);
+}
+
 static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
                                    int h, int w, float *out, int features, lmv_error *err) {
     const lmv__vit *v = (const lmv__vit *)s->model->graph;
@@ -3367,6 +3398,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
             lmv__activate(pre, (size_t)F, LMV__ACT_TANH);
             memcpy(feat, pre, sizeof(float) * F);
         }
+        if (v->proj) lmv__vit_project(ctx, v, feat, pre, trace ? s : NULL);
         if (features) {
             float *o = out + (size_t)n * F;
             int d;

@@ -617,7 +617,8 @@ static int cmd_info(int argc, char **argv) {
     printf("family       %s (from %s)\n", in->arch, in->source);
     printf("input        %d x %d x %d\n", in->in_chans, in->img_h, in->img_w);
     printf("classes      %d%s\n", in->num_classes, in->has_labels ? " (labelled)" : "");
-    printf("features     %d\n", in->num_features);
+    printf("features     %d (%s)\n", in->num_features,
+           in->projected ? "projected embedding: pooled features times proj" : "pooled features");
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
     {
         size_t count[4] = {0, 0, 0, 0}, bytes[4] = {0, 0, 0, 0};

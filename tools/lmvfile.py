@@ -259,6 +259,7 @@ META_RULES = OrderedDict([
     ("vit.no_embed_class", _rule("int", 0, 1, arch="vit")),
     ("vit.norm_first", _rule("int", 0, 1, arch="vit")),
     ("vit.pre_logits", _rule("int", 0, 1 << 18, arch="vit")),
+    ("vit.proj", _rule("int", 0, 1 << 18, arch="vit")),
     ("vit.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="vit")),
     ("vit.attn_scale", _rule("float", 0.0, 1e6, hi_open=True, arch="vit")),
     ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu", "quickgelu"), arch="vit")),

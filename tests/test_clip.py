@@ -106,6 +106,15 @@ def whole_clip():
     _, out = parity("whole CLIP checkpoint", m.visual, list(v.transformer.resblocks), x, sd, lnd=True,
                     expect=("dropped     %d tensor(s), the text tower" % len(text), "token_embedding.weight",
                             "transformer.* (12)", "ln_final.* (2)", "text_projection", "logit_scale"))
+    # the same checkpoint under a prefix every key shares: still converted, the text tower named in full
+    d = tmpdir()
+    torch.save({"clip." + k: t for k, t in sd.items()}, os.path.join(d, "p.pth"))
+    try:
+        out = convert(os.path.join(d, "p.pth"), os.path.join(d, "p.lmv"))
+        ok = "dropped     %d tensor(s)" % len(text) in out and "clip.transformer.* (12)" in out
+        res.check("whole CLIP under a shared prefix: text tower dropped by its full names", ok, "" if ok else out)
+    except RuntimeError as e:
+        res.check("whole CLIP under a shared prefix: text tower dropped by its full names", False, str(e))
     # a tensor that is neither the image tower nor a CLIP text-tower name is refused, by name
     sd2 = dict(sd)
     sd2["extra_head.weight"] = torch.zeros(3, 3)

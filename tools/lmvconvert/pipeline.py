@@ -56,6 +56,7 @@ def detect(sd, ctx):
                     break
             if model is not None:
                 model.used = set(back[k] for k in model.used)
+                model.dropped = [(why, [back[k] for k in keys]) for why, keys in model.dropped]
                 if stripped:
                     model.notes.append("removed the prefix %r shared by every key" % stripped)
                 break
@@ -280,9 +281,12 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
                  % (resize, c["pre.crop_pct"], c["pre.interp"], _fmt2(c["pre.crop"]),
                     [round(x, 4) for x in c["pre.mean"]], [round(x, 4) for x in c["pre.std"]]))
     for why, keys in model.dropped:
-        groups = OrderedDict()   # by the first name component: "transformer.* (12)"
+        # grouped by the first name component after any prefix they all share: "transformer.* (12)"
+        common = os.path.commonprefix(keys) if len(keys) > 1 else ""
+        common = common[:common.rfind(".") + 1]
+        groups = OrderedDict()
         for k in keys:
-            groups.setdefault(k.split(".", 1)[0], []).append(k)
+            groups.setdefault(common + k[len(common):].split(".", 1)[0], []).append(k)
         lines.append("dropped     %d tensor(s), %s: %s" % (len(keys), why, ", ".join(
             g[0] if len(g) == 1 else "%s.* (%d)" % (h, len(g)) for h, g in groups.items())))
     if info.get("ignored"):

@@ -140,6 +140,42 @@ def open_clip_gelu_layerscale():
            conv_opts=("--set", "vit.act=gelu", "--num-heads", "2"), expect=("layer_scale", "act gelu"))
 
 
+def open_clip_hub_dir():
+    """An OpenCLIP hub directory: open_clip_config.json states GELU (no quick_gelu), the head width,
+    mean pooling with ln_post after the pool, and squash resizing; nothing is assumed for the graph."""
+    torch.manual_seed(0)
+    v = clip_ref.VisionTransformer(input_resolution=32, patch_size=8, width=64, layers=2, heads=2, output_dim=24,
+                                   act="gelu", pool_type="avg", final_ln_after_pool=True)
+    m = clip_ref.CLIP(v, embed_dim=24)
+    randomize_(m, seed=13).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(14))
+    cfg = {"model_cfg": {"embed_dim": 24, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32,
+                                                         "patch_size": 8, "pool_type": "avg",
+                                                         "final_ln_after_pool": True},
+                         "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers": 1}},
+           "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear",
+                              "resize_mode": "squash"}}
+    _, out = parity("OpenCLIP hub directory (open_clip_config.json)", m.visual, list(v.transformer.resblocks), x,
+                    m.state_dict(), fname="open_clip_pytorch_model.bin", side={"open_clip_config.json": cfg},
+                    lnd=True, expect=("act gelu", "heads 2", "fc_norm", "pool avg", "resize to crop size",
+                                      "bilinear", "mean [0.5, 0.5, 0.5]"))
+    if out is not None:
+        res.check("open_clip_config.json: activation and heads not assumed",
+                  "assumed       vit.act" not in out and "assumed       vit.num_heads" not in out, out)
+    # a pooling the graph does not run is refused, naming the file's field
+    d = tmpdir()
+    torch.save(m.state_dict(), os.path.join(d, "open_clip_pytorch_model.bin"))
+    cfg["model_cfg"]["vision_cfg"]["pool_type"] = "none"
+    with open(os.path.join(d, "open_clip_config.json"), "w") as f:
+        json.dump(cfg, f)
+    try:
+        convert(os.path.join(d, "open_clip_pytorch_model.bin"), os.path.join(d, "m.lmv"))
+        res.check("open_clip_config.json pool_type none refused", False, "converted")
+    except RuntimeError as e:
+        res.check("open_clip_config.json pool_type none refused", "pool_type 'none'" in str(e) or
+                  "pool_type none" in str(e), str(e))
+
+
 def hf_clip():
     torch.manual_seed(0)
     # CLIPVisionModel (.bin), config.json at top level: GELU, eps 1e-6 and 2 heads from it
@@ -176,7 +212,7 @@ def dinov2(regs):
 
 
 if __name__ == "__main__":
-    for fn in (openai_clip_tower, whole_clip, open_clip_gelu_layerscale, hf_clip, lambda: dinov2(0),
+    for fn in (openai_clip_tower, whole_clip, open_clip_gelu_layerscale, open_clip_hub_dir, hf_clip, lambda: dinov2(0),
                lambda: dinov2(4)):
         fn()
     res.finish()

@@ -4,8 +4,9 @@ their projects so their state dicts have the real keys:
 - OpenAI CLIP's VisionTransformer (clip/model.py): conv1 without bias, class_embedding,
   positional_embedding, ln_pre, transformer.resblocks (nn.MultiheadAttention on L x N x D, QuickGELU
   MLP c_fc/c_proj), ln_post on the class token, x @ proj; LayerNorm computed in float32.
-  OpenCLIP's VisionTransformer has the same names; act='gelu' and ls_init (ls_1/ls_2 LayerScale)
-  give its nn.GELU and layer-scale variants.
+  OpenCLIP's VisionTransformer has the same names; act='gelu', ls_init (ls_1/ls_2 LayerScale),
+  pool_type ('tok' | 'avg': mean of the patch tokens) and final_ln_after_pool (ln_post on the
+  pooled vector instead of every token) give its variants.
 - a whole CLIP model: that tower as `visual` plus a text tower with OpenAI's names.
 - Hugging Face CLIPVisionModel / CLIPVisionModelWithProjection / CLIPModel (vision_model.*,
   visual_projection, text_model.*)."""
@@ -74,8 +75,9 @@ class Transformer(nn.Module):
 
 class VisionTransformer(nn.Module):
     def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim, act="quickgelu",
-                 ls_init=None):
+                 ls_init=None, pool_type="tok", final_ln_after_pool=False):
         super().__init__()
+        self.pool_type, self.final_ln_after_pool = pool_type, final_ln_after_pool
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         scale = width ** -0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
@@ -95,7 +97,8 @@ class VisionTransformer(nn.Module):
         x = x.permute(1, 0, 2)  # NLD -> LND
         x = self.transformer(x)
         x = x.permute(1, 0, 2)
-        x = self.ln_post(x[:, 0, :])
+        pool = (lambda t: t[:, 1:].mean(dim=1)) if self.pool_type == "avg" else (lambda t: t[:, 0])
+        x = self.ln_post(pool(x)) if self.final_ln_after_pool else pool(self.ln_post(x))
         if self.proj is not None:
             x = x @ self.proj
         return x

@@ -26,8 +26,9 @@ PRE_DINOV2 = {"pre.mean": IMAGENET_MEAN, "pre.std": IMAGENET_STD, "pre.crop_pct"
               "pre.interp": "bicubic"}
 
 # the parts of a whole CLIP checkpoint that are not the image encoder (OpenAI CLIP, OpenCLIP)
-CLIP_TEXT = re.compile(r"^(token_embedding\.|positional_embedding$|transformer\.|ln_final\.|text_projection$|"
-                       r"logit_scale$|logit_bias$|attn_mask$|input_resolution$|context_length$|vocab_size$)")
+# (OpenCLIP: text_projection may be a Linear, a Hugging Face text tower lives under text.)
+CLIP_TEXT = re.compile(r"^(token_embedding\.|positional_embedding$|transformer\.|ln_final\.|text_projection(\.|$)|"
+                       r"text\.|logit_scale$|logit_bias$|attn_mask$|input_resolution$|context_length$|vocab_size$)")
 # ... and of a Hugging Face CLIPModel
 HF_CLIP_TEXT = re.compile(r"^(text_model\.|text_projection\.|logit_scale$|logit_bias$)")
 
@@ -114,7 +115,9 @@ def detect_clip_visual(sd, ctx):
     # default, which both OpenAI CLIP and OpenCLIP use
     ctx.determined.update(("vit.block", "vit.pool", "vit.norm_eps"))
     name = (ctx.hints.name or "") if ctx.hints is not None else ""
-    if "quickgelu" in name.lower() or "openai" in name.lower():
+    if open_clip_settings(ctx, renamed, back):
+        pass
+    elif "quickgelu" in name.lower() or "openai" in name.lower():
         ctx.determined.add("vit.act")
     else:
         ctx.notes.append("activation: OpenAI CLIP and OpenCLIP's *-quickgelu models use QuickGELU (assumed); "
@@ -126,6 +129,57 @@ def detect_clip_visual(sd, ctx):
         m.dropped.append(("the text tower and logit scale of the CLIP checkpoint (only the image "
                           "encoder is converted)", left))
     return m
+
+
+def open_clip_settings(ctx, renamed, back):
+    """The graph options and preprocessing an OpenCLIP hub directory states in the
+    open_clip_config.json beside the weights ({"model_cfg": {..., "quick_gelu", "vision_cfg"},
+    "preprocess_cfg"}).  Returns True when it was read; refuses the options the graph cannot run."""
+    oc, oc_path = _read_json_beside(ctx.path, "open_clip_config.json")
+    if not isinstance(oc, dict) or not isinstance(oc.get("model_cfg"), dict):
+        return False
+    mc = oc["model_cfg"]
+    vc = mc.get("vision_cfg") if isinstance(mc.get("vision_cfg"), dict) else {}
+    side = {}
+    ctx.notes.append("read %s" % oc_path)
+    # OpenCLIP builds nn.GELU unless quick_gelu is set (OpenAI's weights and the *-quickgelu models)
+    side["vit.act"] = "quickgelu" if mc.get("quick_gelu") else "gelu"
+    ctx.determined.add("vit.act")
+    width, head_width = vc.get("width"), vc.get("head_width", 64)
+    if isinstance(width, int) and isinstance(head_width, int) and head_width > 0 and width % head_width == 0:
+        side["vit.num_heads"] = _side_value(oc_path, "vision_cfg.width / head_width", "vit.num_heads",
+                                            width // head_width)
+    eps = (vc.get("norm_kwargs") or {}).get("eps") if isinstance(vc.get("norm_kwargs"), dict) else None
+    if eps is not None:
+        side["vit.norm_eps"] = _side_value(oc_path, "vision_cfg.norm_kwargs.eps", "vit.norm_eps", eps)
+    if vc.get("global_average_pool"):
+        raise ConvertError("%s: vision_cfg.global_average_pool (the mean over every token, class token "
+                           "included) is not a pooling lemevit.h runs" % oc_path)
+    pool = vc.get("pool_type", "tok")
+    if pool == "avg":
+        side["vit.pool"] = "avg"
+        if vc.get("final_ln_after_pool") and "norm.weight" in renamed:
+            # ln_post on the mean of the patch tokens: the graph's fc_norm
+            for s in ("weight", "bias"):
+                if "norm." + s in renamed:
+                    renamed["fc_norm." + s] = renamed.pop("norm." + s)
+                    back["fc_norm." + s] = back.pop("norm." + s)
+    elif pool != "tok":
+        raise ConvertError("%s: vision_cfg.pool_type %s is not one lemevit.h runs (tok, avg)" % (oc_path, _short(pool)))
+    pc = oc.get("preprocess_cfg") if isinstance(oc.get("preprocess_cfg"), dict) else {}
+    if isinstance(pc.get("mean"), list):
+        side["pre.mean"] = _side_value(oc_path, "preprocess_cfg.mean", "pre.mean", pc["mean"])
+    if isinstance(pc.get("std"), list):
+        side["pre.std"] = _side_value(oc_path, "preprocess_cfg.std", "pre.std", pc["std"])
+    if pc.get("interpolation") in ("bicubic", "bilinear"):
+        side["pre.interp"] = pc["interpolation"]
+    if pc.get("resize_mode") == "squash":
+        side["pre.resize"] = 0
+    elif pc.get("resize_mode") not in (None, "shortest"):
+        raise ConvertError("%s: preprocess_cfg.resize_mode %s is not a resize lemevit.h does (shortest, squash); "
+                           "pass --resize N / --crop-pct F" % (oc_path, _short(pc.get("resize_mode"))))
+    ctx.settings.update("sidecar", side)
+    return True
 
 
 # ---------------------------------------------------------------------------------- Hugging Face CLIP

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, Results, convert, lmv_run, compare_traces, run, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, convert, lmv_run, compare_traces, run, tmpdir  # noqa: E402
 from models import clip_ref, dinov2_ref  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
 
@@ -93,6 +93,31 @@ def openai_clip_tower():
         code, info, err = run([LMV, "info", lmv])
         res.check("lmv info names the projected embedding",
                   code == 0 and "features     48 (projected embedding" in info, "" if code == 0 else err)
+        loader_refusals(lmv)
+
+
+def loader_refusals(lmv):
+    """The loader refuses a projection that does not fit the graph, with a sentence naming it."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import lmvfile
+    f = lmvfile.read(lmv)
+    d = tmpdir()
+
+    def rewrite(name, meta_change=None, extra=None):
+        meta = [(k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
+        if meta_change:
+            meta = [(k, meta_change[k] if k in meta_change else v) for k, v in meta]
+        tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+        tensors += extra or []
+        path = os.path.join(d, name)
+        lmvfile.write(path, meta, tensors)
+        code, out, err = run([LMV, "info", path])
+        return code, err
+
+    code, err = rewrite("bias.lmv", extra=[("proj.bias", (48,), np.zeros(48, dtype="<f4"))])
+    res.check("loader refuses a bias on the embedding projection", code != 0 and "proj.bias" in err, err)
+    code, err = rewrite("width.lmv", meta_change={"vit.proj": 47, "num_features": 47})
+    res.check("loader refuses vit.proj that does not match proj.weight", code != 0 and "proj.weight" in err, err)
 
 
 def whole_clip():

@@ -121,3 +121,82 @@ class DinoVisionTransformer(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.norm(x)[:, 0])
+
+
+# ------------------------------------------------------------------------------ Hugging Face Dinov2Model
+
+class HFDinov2Embeddings(nn.Module):
+    def __init__(self, hidden, image_size, patch_size):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, hidden))
+        self.mask_token = nn.Parameter(torch.zeros(1, hidden))
+        self.patch_embeddings = nn.Module()
+        self.patch_embeddings.projection = nn.Conv2d(3, hidden, kernel_size=patch_size, stride=patch_size)
+        self.position_embeddings = nn.Parameter(torch.randn(1, (image_size // patch_size) ** 2 + 1, hidden))
+
+    def forward(self, x):
+        # at the native size HF's interpolate_pos_encoding returns position_embeddings unchanged
+        p = self.patch_embeddings.projection(x).flatten(2).transpose(1, 2)
+        e = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), p), dim=1)
+        return e + self.position_embeddings
+
+
+class HFSelfAttention(nn.Module):
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        sh = lambda t: t.view(b, n, self.heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        q, k, v = sh(self.query(x)), sh(self.key(x)), sh(self.value(x))
+        w = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim), dim=-1)
+        return torch.matmul(w, v).permute(0, 2, 1, 3).reshape(b, n, d)
+
+
+class HFLayerScale(nn.Module):
+    def __init__(self, hidden, init):
+        super().__init__()
+        self.lambda1 = nn.Parameter(init * torch.ones(hidden))
+
+    def forward(self, x):
+        return x * self.lambda1
+
+
+class HFLayer(nn.Module):
+    def __init__(self, hidden, heads, eps, init):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, eps=eps)
+        self.attention = nn.Module()
+        self.attention.attention = HFSelfAttention(hidden, heads)
+        self.attention.output = nn.Module()
+        self.attention.output.dense = nn.Linear(hidden, hidden)
+        self.layer_scale1 = HFLayerScale(hidden, init)
+        self.norm2 = nn.LayerNorm(hidden, eps=eps)
+        self.mlp = Mlp(hidden, hidden * 4)
+        self.layer_scale2 = HFLayerScale(hidden, init)
+
+    def forward(self, x):
+        a = self.attention.output.dense(self.attention.attention(self.norm1(x)))
+        x = x + self.layer_scale1(a)
+        return x + self.layer_scale2(self.mlp(self.norm2(x)))
+
+
+class HFDinov2Model(nn.Module):
+    """Dinov2Model: forward returns pooler_output, layernorm(sequence)[:, 0]."""
+
+    def __init__(self, hidden=64, heads=4, layers=2, image_size=56, patch_size=14, eps=1e-6, init=1.0):
+        super().__init__()
+        self.embeddings = HFDinov2Embeddings(hidden, image_size, patch_size)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList([HFLayer(hidden, heads, eps, init) for _ in range(layers)])
+        self.layernorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x):
+        h = self.embeddings(x)
+        for layer in self.encoder.layer:
+            h = layer(h)
+        return self.layernorm(h)[:, 0]

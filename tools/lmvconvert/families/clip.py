@@ -310,3 +310,80 @@ def detect_dinov2(sd, ctx):
     m.used = set(back[k] for k in m.used)
     m.dropped.append(("DINOv2's mask token (used only in masked-image training)", ["mask_token"]))
     return m
+
+
+# ---------------------------------------------------------------------------------- Hugging Face Dinov2Model
+
+HF_DINOV2_RULES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),
+    (r"^(blocks\.\d+)\.attention\.output\.dense\.", r"\1.attn.proj."),
+    (r"^(blocks\.\d+)\.layer_scale([12])\.lambda1$", r"\1.ls\2.gamma"),
+    (r"^layernorm\.", "norm."),
+]
+
+
+@detector("vit", "Hugging Face Dinov2Model")
+def detect_hf_dinov2(sd, ctx):
+    """Dinov2Model (dinov2.* or bare keys): features are pooler_output, the class token after the
+    final layernorm.  config.json beside the weights gives eps, heads, activation and image size."""
+    p = "dinov2." if "dinov2.embeddings.mask_token" in sd else ""
+    if p + "embeddings.mask_token" not in sd or p + "encoder.layer.0.layer_scale1.lambda1" not in sd:
+        return None
+    if any(re.match(r"^%sencoder\.layer\.\d+\.mlp\.weights_in\." % re.escape(p), k) for k in sd):
+        raise ConvertError("Dinov2Model with a SwiGLU MLP (use_swiglu_ffn, giant) is not supported by lemevit.h")
+    if p + "embeddings.register_tokens" in sd:
+        raise ConvertError("Dinov2WithRegistersModel is not recognised yet; convert the facebookresearch/dinov2 hub "
+                           "file of the same model instead")
+    body = OrderedDict((k[len(p):], v) for k, v in sd.items() if k.startswith(p) and k != p + "embeddings.mask_token")
+    merged, origin = OrderedDict(), {}
+    for k, v in body.items():
+        m = re.match(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$", k)
+        if not m:
+            merged[k] = v
+            continue
+        if m.group(2) != "query":
+            continue
+        keys = ["encoder.layer.%s.attention.attention.%s.%s" % (m.group(1), w, m.group(3))
+                for w in ("query", "key", "value")]
+        for kk in keys:
+            if kk not in body:
+                raise ConvertError("Hugging Face Dinov2Model: %s%s is missing" % (p, kk))
+        nk = "encoder.layer.%s.attn.qkv.%s" % (m.group(1), m.group(3))
+        merged[nk] = concat0([body[kk] for kk in keys], nk)
+        origin[nk] = [p + kk for kk in keys]
+    renamed, back = _rename(merged, HF_DINOV2_RULES)
+    cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
+    defaults = dict(PRE_DINOV2)
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic", "vit.pool": "token"})
+    ctx.determined.update(("vit.block", "vit.pool"))
+    side = {}
+    if isinstance(cfg, dict):
+        ctx.notes.append("read %s" % cfg_path)
+        if "layer_norm_eps" in cfg:
+            side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
+        if "num_attention_heads" in cfg:
+            side["vit.num_heads"] = _side_value(cfg_path, "num_attention_heads", "vit.num_heads",
+                                                cfg["num_attention_heads"])
+        act = cfg.get("hidden_act")
+        if act is not None:
+            if not isinstance(act, str) or act not in HF_CLIP_ACT:
+                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
+                                   % (cfg_path, _short(act), ", ".join(sorted(HF_CLIP_ACT))))
+            side["vit.act"] = HF_CLIP_ACT[act]
+    ctx.settings.update("sidecar", side)
+    ctx.notes.append("exact at the native input size (the pos_embed grid); at other sizes the position "
+                     "embedding is resampled bicubic by size, while DINOv2 resamples by a scale factor "
+                     "with a 0.1 offset")
+    m = build_vit(renamed, ctx, "hf_dinov2", defaults)
+    used = set()
+    for k in m.used:
+        used.update(origin.get(back[k], [p + back[k]]))
+    m.used = used
+    m.dropped.append(("Dinov2Model's mask token (used only in masked-image training)", [p + "embeddings.mask_token"]))
+    left = [k for k in sd if not k.startswith(p)]
+    if left:
+        raise ConvertError("Hugging Face Dinov2Model: %d tensor(s) outside %s*: %s" % (len(left), p, ", ".join(left[:5])))
+    return m

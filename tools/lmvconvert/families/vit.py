@@ -534,6 +534,8 @@ def detect_hf_vit(sd, ctx):
             break
     if model_prefix is None or model_prefix + "encoder.layer.0.attention.attention.query.weight" not in sd:
         return None
+    if model_prefix + "encoder.layer.0.layer_scale1.lambda1" in sd:
+        return None   # Hugging Face Dinov2Model (families/clip.py)
     used_extra = set()
     body = OrderedDict()
     for k, v in sd.items():

@@ -112,7 +112,7 @@ def loader_refusals(lmv):
         path = os.path.join(d, name)
         lmvfile.write(path, meta, tensors)
         code, out, err = run([LMV, "info", path])
-        return code, err
+        return code, err.strip()
 
     code, err = rewrite("bias.lmv", extra=[("proj.bias", (48,), np.zeros(48, dtype="<f4"))])
     res.check("loader refuses a bias on the embedding projection", code != 0 and "proj.bias" in err, err)
@@ -210,8 +210,12 @@ def hf_clip():
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
     cfg = m.config("gelu", 1e-6, 2, 32, 8, None, nested=False)
     parity("HF CLIPVisionModel .bin", m, list(m.vision_model.encoder.layers), x, m.state_dict(),
-           fname="pytorch_model.bin", side={"config.json": cfg}, proj=False,
-           expect=("source      hf_clip", "heads 2", "eps 1e-06", "act gelu"))
+           fname="pytorch_model.bin", proj=False,
+           side={"config.json": cfg, "preprocessor_config.json": {
+               "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 2,
+               "size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "do_center_crop": True}},
+           expect=("source      hf_clip", "heads 2", "eps 1e-06", "act gelu",
+                   "resize 40 (crop_pct 0.8) bilinear, crop 32x32, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]"))
     # CLIPModel (.safetensors) with its text model, nested vision_config: quick_gelu, projection
     m = clip_ref.HFCLIPVision(hidden=64, heads=4, inter=128, layers=2, image_size=32, patch_size=8,
                               act="quick_gelu", eps=1e-5, projection_dim=40, with_text=True)
@@ -248,6 +252,17 @@ def hf_dinov2():
         parity("HF Dinov2Model %s" % fname, m, list(m.encoder.layer), x, sd, fname=fname, side={"config.json": cfg},
                proj=False, expect=("source      hf_dinov2", "heads 2", "layer_scale",
                                    "dropped     1 tensor(s), Dinov2Model's mask token"))
+    # Dinov2ForImageClassification: its classifier reads cls and mean patch tokens; refused by name
+    d = tmpdir()
+    sd = {"dinov2." + k: t for k, t in m.state_dict().items()}
+    sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(5, 128), torch.zeros(5)
+    torch.save(sd, os.path.join(d, "pytorch_model.bin"))
+    try:
+        convert(os.path.join(d, "pytorch_model.bin"), os.path.join(d, "m.lmv"))
+        res.check("Dinov2ForImageClassification refused", False, "converted")
+    except RuntimeError as e:
+        res.check("Dinov2ForImageClassification refused", "Dinov2ForImageClassification" in str(e) and
+                  "classifier.weight" in str(e), str(e))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, _read_json_beside, _rename, side_value as _side_value
 from ..registry import detector
 from ..tensors import Tensor, concat0, f32_tensor
-from .vit import build_vit
+from ..tensors import _is_int
+from .vit import HF_RESAMPLE, build_vit
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -200,6 +201,27 @@ HF_CLIP_ACT = {"quick_gelu": "quickgelu", "gelu": "gelu", "gelu_new": "gelu_tanh
                "relu": "relu"}
 
 
+def hf_clip_preprocessing(ctx):
+    """pre.* from a CLIPImageProcessor's preprocessor_config.json beside the weights: mean, std,
+    resample and the shorter-side resize (size.shortest_edge, or an old plain int)."""
+    pre, pre_path = _read_json_beside(ctx.path, "preprocessor_config.json")
+    side = {}
+    if not isinstance(pre, dict):
+        return side
+    ctx.notes.append("read %s" % pre_path)
+    if isinstance(pre.get("image_mean"), list):
+        side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
+    if isinstance(pre.get("image_std"), list):
+        side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+    if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
+        side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
+    size = pre.get("size")
+    edge = size.get("shortest_edge") if isinstance(size, dict) else size
+    if pre.get("do_resize", True) and edge is not None:
+        side["pre.resize"] = _side_value(pre_path, "size.shortest_edge", "pre.resize", edge)
+    return side
+
+
 @detector("vit", "Hugging Face CLIP vision model")
 def detect_hf_clip(sd, ctx):
     """CLIPVisionModel, CLIPVisionModelWithProjection and CLIPModel (vision_model.*; the image
@@ -253,6 +275,7 @@ def detect_hf_clip(sd, ctx):
     else:
         ctx.notes.append("no config.json beside the weights: CLIPVisionConfig's defaults assumed "
                          "(quick_gelu, layer_norm_eps 1e-5)")
+    side.update(hf_clip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_clip", defaults)
     used = set()
@@ -385,5 +408,7 @@ def detect_hf_dinov2(sd, ctx):
     m.dropped.append(("Dinov2Model's mask token (used only in masked-image training)", [p + "embeddings.mask_token"]))
     left = [k for k in sd if not k.startswith(p)]
     if left:
-        raise ConvertError("Hugging Face Dinov2Model: %d tensor(s) outside %s*: %s" % (len(left), p, ", ".join(left[:5])))
+        raise ConvertError("Hugging Face Dinov2: %d tensor(s) outside %s* (%s), e.g. Dinov2ForImageClassification's "
+                           "classifier on the class and mean patch tokens, which lemevit.h does not run; pass "
+                           "--ignore REGEX to convert the backbone alone" % (len(left), p, ", ".join(left[:5])))
     return m

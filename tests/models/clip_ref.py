@@ -14,7 +14,6 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class LayerNorm(nn.LayerNorm):

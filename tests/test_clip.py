@@ -152,6 +152,30 @@ def whole_clip():
         res.check("whole CLIP with a stray tensor refused", "could not be placed: extra_head.weight" in str(e), str(e))
 
 
+def openai_torchscript():
+    """OpenAI's released files are TorchScript archives of the whole model: converted from the
+    archive's attributes, QuickGELU taken from the format rather than assumed."""
+    torch.manual_seed(0)
+    v = clip_ref.VisionTransformer(input_resolution=32, patch_size=8, width=128, layers=2, heads=2, output_dim=16)
+    m = clip_ref.CLIP(v, embed_dim=16)
+    randomize_(m, seed=17).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(18))
+    d = tmpdir()
+    with torch.no_grad():
+        torch.jit.trace_module(m, {"encode_image": x}).save(os.path.join(d, "ViT-B-32.pt"))
+        want = m.encode_image(x).numpy()
+    try:
+        out = convert(os.path.join(d, "ViT-B-32.pt"), os.path.join(d, "m.lmv"))
+        got, _ = lmv_run(os.path.join(d, "m.lmv"), x.numpy(), "--features")
+    except RuntimeError as e:
+        return res.check("OpenAI CLIP TorchScript archive", False, str(e))
+    dmax = float(np.max(np.abs(got - want)))
+    res.check("OpenAI CLIP TorchScript archive embedding", dmax <= 1e-4 * max(1.0, float(np.max(np.abs(want)))),
+              f"max abs diff {dmax:.2e}")
+    ok = "act quickgelu" in out and "assumed       vit.act" not in out and "dropped     " in out
+    res.check("OpenAI CLIP TorchScript archive: QuickGELU from the format, text tower dropped", ok, "" if ok else out)
+
+
 def open_clip_gelu_layerscale():
     torch.manual_seed(0)
     v = clip_ref.VisionTransformer(input_resolution=48, patch_size=16, width=64, layers=3, heads=2, output_dim=32,
@@ -266,7 +290,7 @@ def hf_dinov2():
 
 
 if __name__ == "__main__":
-    for fn in (openai_clip_tower, whole_clip, open_clip_gelu_layerscale, open_clip_hub_dir, hf_clip, lambda: dinov2(0),
+    for fn in (openai_clip_tower, whole_clip, openai_torchscript, open_clip_gelu_layerscale, open_clip_hub_dir, hf_clip, lambda: dinov2(0),
                lambda: dinov2(4), hf_dinov2):
         fn()
     res.finish()

@@ -120,6 +120,10 @@ def detect_clip_visual(sd, ctx):
         pass
     elif "quickgelu" in name.lower() or "openai" in name.lower():
         ctx.determined.add("vit.act")
+    elif "<torchscript>" in (ctx.info.get("path") or []):
+        # OpenAI released CLIP as TorchScript archives (clip.load(jit=True)); their towers use QuickGELU
+        ctx.determined.add("vit.act")
+        ctx.notes.append("a TorchScript CLIP archive, OpenAI's released format: QuickGELU")
     else:
         ctx.notes.append("activation: OpenAI CLIP and OpenCLIP's *-quickgelu models use QuickGELU (assumed); "
                          "OpenCLIP models trained with nn.GELU need --set vit.act=gelu")

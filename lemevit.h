@@ -2809,7 +2809,9 @@ typedef enum lmv__resample {
     LMV__RS_BICUBIC = 0, /* bicubic, a = -0.75, align_corners = False, border replicate */
     LMV__RS_BICUBIC_AA,  /* bicubic antialias=True: PIL-style a = -0.5, support scaled, renormalised */
     LMV__RS_BICUBIC_AC,  /* bicubic, align_corners = True */
-    LMV__RS_BILINEAR     /* bilinear, align_corners = False */
+    LMV__RS_BILINEAR,    /* bilinear, align_corners = False */
+    LMV__RS_BICUBIC_DINOV2 /* bicubic as LMV__RS_BICUBIC, but by the scale factor (out + 0.1) / in that
+                              DINOv2's interpolate_pos_encoding passes (interpolate_offset 0.1) */
 } lmv__resample;
 
 static double lmv__cubic(double x, double a) {
@@ -2846,6 +2848,9 @@ static void lmv__resample_weights(lmv__resample mode, int in, int out, int i, fl
         if (mode == LMV__RS_BICUBIC_AC) {
             scale = out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
             real = scale * (float)i;
+        } else if (mode == LMV__RS_BICUBIC_DINOV2) {
+            scale = (float)(1.0 / (((double)out + 0.1) / (double)in)); /* PyTorch: 1 / the given scale factor */
+            real = scale * (i + 0.5f) - 0.5f;
         } else {
             scale = (float)in / (float)out;
             real = scale * (i + 0.5f) - 0.5f;
@@ -3120,6 +3125,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
     else if (!strcmp(s, "bicubic_ac")) v->pos_interp = LMV__RS_BICUBIC_AC;
     else if (!strcmp(s, "bilinear")) v->pos_interp = LMV__RS_BILINEAR;
+    else if (!strcmp(s, "bicubic_dinov2")) v->pos_interp = LMV__RS_BICUBIC_DINOV2;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pos_interp '%s' is unknown", s);
 
     D = v->dim;

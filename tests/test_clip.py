@@ -262,6 +262,10 @@ def dinov2(regs):
            conv_opts=("--num-heads", "4"), proj=False,
            expect=("source      dinov2", "dropped     1 tensor(s), DINOv2's mask token", "mean [0.485, 0.456, 0.406]")
            + (("%d reg" % regs,) if regs else ()))
+    # another, non-square input size: pos_embed resampled as DINOv2 does (scale factor with the 0.1 offset)
+    x2 = torch.randn(2, 3, 84, 70, generator=torch.Generator().manual_seed(19))
+    parity("DINOv2 hub%s at 84x70" % (" with %d registers" % regs if regs else ""), m, list(m.blocks), x2,
+           m.state_dict(), conv_opts=("--num-heads", "4"), proj=False, expect=("pos_interp bicubic_dinov2",))
 
 
 def hf_dinov2():

@@ -327,12 +327,10 @@ def detect_dinov2(sd, ctx):
         ctx.notes.append("register tokens: the class token's position embedding added to cls_token, pos_embed "
                          "keeps the patch rows (no_embed_class)")
     defaults = dict(PRE_DINOV2)
-    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic", "vit.pool": "token"})
-    # DinoVisionTransformer: LayerNorm eps 1e-6, nn.GELU, pre-norm blocks, class-token features
+    # DinoVisionTransformer: LayerNorm eps 1e-6, nn.GELU, pre-norm blocks, class-token features; its
+    # position embedding is resampled bicubic by the scale factor (grid + 0.1) / stored grid
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_dinov2", "vit.pool": "token"})
     ctx.determined.update(("vit.block", "vit.pool", "vit.norm_eps", "vit.act"))
-    ctx.notes.append("exact at the native input size (the pos_embed grid); at other sizes the position "
-                     "embedding is resampled bicubic by size, while DINOv2 resamples by a scale factor "
-                     "with a 0.1 offset")
     m = build_vit(renamed, ctx, "dinov2", defaults)
     m.used = set(back[k] for k in m.used)
     m.dropped.append(("DINOv2's mask token (used only in masked-image training)", ["mask_token"]))
@@ -401,9 +399,9 @@ def detect_hf_dinov2(sd, ctx):
                                    % (cfg_path, _short(act), ", ".join(sorted(HF_CLIP_ACT))))
             side["vit.act"] = HF_CLIP_ACT[act]
     ctx.settings.update("sidecar", side)
-    ctx.notes.append("exact at the native input size (the pos_embed grid); at other sizes the position "
-                     "embedding is resampled bicubic by size, while DINOv2 resamples by a scale factor "
-                     "with a 0.1 offset")
+    ctx.notes.append("checked at the native input size (the pos_embed grid); at other sizes pos_embed is "
+                     "resampled bicubic by size (--set vit.pos_interp=bicubic_dinov2 for DINOv2's 0.1-offset "
+                     "scale factor)")
     m = build_vit(renamed, ctx, "hf_dinov2", defaults)
     used = set()
     for k in m.used:

@@ -26,7 +26,7 @@ VIT_KEYS = OrderedDict([
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu"),
     "vit.pool": ("token", "avg"),
-    "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"),
+    "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post"),
 }, assumable=[
     ("vit.num_heads", "--num-heads N"),

@@ -295,11 +295,13 @@ typedef struct lmv_model_info {
     int in_chans;
     int img_h, img_w;         /* native input size */
     int num_classes;          /* 0: the model has no head; use lmv_run_features() */
-    int num_features;         /* width of the pooled feature vector */
+    int num_features;         /* width of what lmv_run_features() writes */
     int has_labels;
     size_t num_params;        /* sum of all tensor elements in the file */
     size_t weight_bytes;
     lmv_preprocess preprocess;
+    int projected;            /* 1: lmv_run_features() writes the projected embedding (CLIP's ln_post + proj,
+                                 num_features = the embedding width); 0: the pooled features, the head's input */
 } lmv_model_info;
 
 typedef struct lmv_model lmv_model;
@@ -469,7 +471,9 @@ LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
 /* Run the model on `input` (batch x in_chans x h x w). lmv_run() writes batch x num_classes
-   logits; lmv_run_features() writes batch x num_features pooled features (the head's input). */
+   logits; lmv_run_features() writes batch x num_features pooled features (the head's input), or,
+   for a model with an embedding projection (lmv_model_info.projected, CLIP's `proj`), the
+   projected embeddings: pooled features times the projection, which then feeds the head. */
 LEMEVIT_API lmv_result lmv_run(lmv_session *sess, const float *input, int batch, int h, int w, float *logits,
                                lmv_error *err);
 LEMEVIT_API lmv_result lmv_run_features(lmv_session *sess, const float *input, int batch, int h, int w,
@@ -670,7 +674,7 @@ typedef struct lmv_prediction {
 /* What lmv_run_image() writes. */
 typedef enum lmv_output {
     LMV_OUTPUT_LOGITS = 0,     /* num_classes floats */
-    LMV_OUTPUT_FEATURES = 1    /* num_features floats: the pooled features, the head's input */
+    LMV_OUTPUT_FEATURES = 1    /* num_features floats: what lmv_run_features() writes */
 } lmv_output;
 
 /* The logits or the pooled features of one image. */
@@ -3032,7 +3036,9 @@ typedef enum lmv__resample {
     LMV__RS_BICUBIC = 0, /* bicubic, a = -0.75, align_corners = False, border replicate */
     LMV__RS_BICUBIC_AA,  /* bicubic antialias=True: PIL-style a = -0.5, support scaled, renormalised */
     LMV__RS_BICUBIC_AC,  /* bicubic, align_corners = True */
-    LMV__RS_BILINEAR     /* bilinear, align_corners = False */
+    LMV__RS_BILINEAR,    /* bilinear, align_corners = False */
+    LMV__RS_BICUBIC_DINOV2 /* bicubic as LMV__RS_BICUBIC, but by the scale factor (out + 0.1) / in that
+                              DINOv2's interpolate_pos_encoding passes (interpolate_offset 0.1) */
 } lmv__resample;
 
 static double lmv__cubic(double x, double a) {
@@ -3069,6 +3075,9 @@ static void lmv__resample_weights(lmv__resample mode, int in, int out, int i, fl
         if (mode == LMV__RS_BICUBIC_AC) {
             scale = out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f;
             real = scale * (float)i;
+        } else if (mode == LMV__RS_BICUBIC_DINOV2) {
+            scale = (float)(1.0 / (((double)out + 0.1) / (double)in)); /* PyTorch: 1 / the given scale factor */
+            real = scale * (i + 0.5f) - 0.5f;
         } else {
             scale = (float)in / (float)out;
             real = scale * (i + 0.5f) - 0.5f;
@@ -3464,6 +3473,7 @@ typedef struct lmv__vit {
     int pool_map;   /* vit.pool "map": timm's AttentionPoolLatent over the patch tokens (SigLIP) */
     int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
     int pool_avg, pre_logits, num_classes, pos_rows;
+    int proj; /* width of the embedding projection (CLIP's `proj`, bias-free), 0: none */
     float eps, scale;
     lmv__act act;
     lmv__resample pos_interp;
@@ -3475,6 +3485,7 @@ typedef struct lmv__vit {
     /* the attention-pool head: latent query [D], q, kv, proj, norm and its MLP */
     const float *map_latent, *map_q_b, *map_kv_b, *map_proj_b, *map_norm_w, *map_norm_b, *map_fc1_b, *map_fc2_b;
     lmv__mat map_q_w, map_kv_w, map_proj_w, map_fc1_w, map_fc2_w;
+    lmv__mat proj_w;
     lmv__vit_block *blocks;
 } lmv__vit;
 
@@ -3520,6 +3531,20 @@ static lmv_result lmv__vit_bind_map(lmv_model *m, lmv__vit *v, lmv_error *err) {
     return LMV_OK;
 }
 
+/* The embedding projection: "proj.weight" [vit.proj][features], no bias; what it writes becomes the
+   features (lmv_model_info.projected). */
+static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    const float *bias = NULL;
+    if (v->dist_token || v->pre_logits)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.proj cannot be combined with a distillation token or vit.pre_logits");
+    if ((r = lmv__bind_linear(m, 0, v->proj, m->info.num_features, &v->proj_w, &bias, err, "proj")) != LMV_OK) return r;
+    if (bias) return lmv__fail(err, LMV_ERR_CORRUPT, "proj.bias: the embedding projection has no bias; remove it");
+    m->info.num_features = v->proj;
+    m->info.projected = 1;
+    return LMV_OK;
+}
+
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     lmv__vit *v;
     lmv_result r;
@@ -3548,6 +3573,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     LMV__INT("vit.no_embed_class", 0, 0, 1, 0, v->no_embed_class);
     LMV__INT("vit.norm_first", 0, 0, 1, 1, v->norm_first);
     LMV__INT("vit.pre_logits", 0, 0, 1 << 18, 0, v->pre_logits);
+    LMV__INT("vit.proj", 0, 0, 1 << 18, 0, v->proj);
     LMV__INT("num_classes", 0, 0, 1 << 20, 0, v->num_classes);
 #undef LMV__INT
     if (v->dim % v->heads)
@@ -3593,6 +3619,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
     else if (!strcmp(s, "bicubic_ac")) v->pos_interp = LMV__RS_BICUBIC_AC;
     else if (!strcmp(s, "bilinear")) v->pos_interp = LMV__RS_BILINEAR;
+    else if (!strcmp(s, "bicubic_dinov2")) v->pos_interp = LMV__RS_BICUBIC_DINOV2;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pos_interp '%s' is unknown", s);
 
     D = v->dim;
@@ -3624,6 +3651,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         return r;
     if (v->pool_map && (r = lmv__vit_bind_map(m, v, err)) != LMV_OK) return r;
     m->info.num_features = v->pre_logits ? v->pre_logits : D;
+    if (v->proj && (r = lmv__vit_bind_proj(m, v, err)) != LMV_OK) return r;
     if (v->num_classes) {
         int F = m->info.num_features;
         if ((r = lmv__bind_linear(m, 0, v->num_classes, F, &v->head_w, &v->head_b, err, "head")) != LMV_OK ||
@@ -3695,7 +3723,8 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->patches = lmv__carve(&c, patches > tmp ? patches : tmp);
     b->tmp = b->patches; /* the pos-embed resampling scratch is used before patchify */
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
-    b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes);
+    b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
+                                   3 * (size_t)v->proj);
     return c.used;
 }
 
@@ -3757,6 +3786,8 @@ static void lmv__vit_silu(const lmv__ctx *ctx, float *x, int rows, int dim) {
    [a | c], hidden wide each; out = act(a) * c. The activation is applied to a in place first. */
 static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, float *h, int rows) {
     int r, i, H = v->hidden;
+    lmv__ctx one = *ctx; /* the activation runs inside this loop's threads: one thread each */
+    one.threads = 1;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, 2 * H))
 #endif
@@ -3768,7 +3799,7 @@ static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, flo
         else if (v->quick_gelu)
             for (i = 0; i < H; i++) ar[i] = ar[i] / (1.0f + expf(-1.702f * ar[i]));
         else
-            lmv__activate(ar, (size_t)H, v->act);
+            lmv__activate_all(&one, ar, (size_t)H, v->act);
         for (i = 0; i < H; i++) o[i] = ar[i] * cr[i];
     }
     (void)ctx;
@@ -3920,6 +3951,14 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
     memcpy(feat, y, sizeof(float) * D);
 }
 
+/* feat (the pooled features, vit.embed_dim wide) times the embedding projection, back into feat;
+   `tmp` has room for vit.proj floats. */
+static void lmv__vit_project(const lmv__ctx *ctx, const lmv__vit *v, float *feat, float *tmp, const lmv_session *trace) {
+    lmv__linear(ctx, tmp, feat, 1, v->dim, v->proj, v->proj_w, NULL);
+    memcpy(feat, tmp, sizeof(float) * (size_t)v->proj);
+    if (trace) lmv__trace(trace, "proj", feat, 1, v->proj, 0, 0);
+}
+
 static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *arena, const float *input, int batch,
                                    int h, int w, float *out, int features, lmv_error *err) {
     const lmv__vit *v = (const lmv__vit *)s->model->graph;
@@ -3973,6 +4012,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
             lmv__activate_all(ctx, pre, (size_t)F, LMV__ACT_TANH);
             memcpy(feat, pre, sizeof(float) * F);
         }
+        if (v->proj) lmv__vit_project(ctx, v, feat, pre, trace ? s : NULL);
         if (features) {
             float *o = out + (size_t)n * F;
             int d;

@@ -25,6 +25,7 @@ SUITES = [
     ("image", [PY, os.path.join(HERE, "test_image.py")]),
     ("png", [PY, os.path.join(HERE, "test_png.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
+    ("clip, dinov2 (image encoders on the ViT graph)", [PY, os.path.join(HERE, "test_clip.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
@@ -50,6 +51,7 @@ SUITES = [
 # the parity suites once more on the AddressSanitizer + UBSan builds (small models only)
 SANITIZED = [
     ("vit (asan+ubsan)", [PY, os.path.join(HERE, "test_vit.py"), "--quick"]),
+    ("clip, dinov2 (asan+ubsan)", [PY, os.path.join(HERE, "test_clip.py")]),
     ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
     ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
     ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),

@@ -40,7 +40,8 @@ static const char *usage_run =
     "usage: lmv run MODEL.lmv IN.npy OUT.npy [options]\n"
     "  run the model on a float32 NCHW .npy input and write the logits (batch x classes) as .npy\n"
     "options:\n"
-    "  --features            write the pooled features (the head's input) instead\n"
+    "  --features            write the features instead: the pooled features (the head's input), or the\n"
+    "                        projected embedding for a model with one (CLIP; see lmv info)\n"
     "  --threads N           threads to use (default 0: all)\n"
     "  --trace DIR           also write every block's output of image 0 as DIR/NAME.npy\n"
     "  --attention BLOCK     with --trace: also the attention maps of BLOCK (e.g. blocks.3,\n"
@@ -661,7 +662,8 @@ static int cmd_info(int argc, char **argv) {
     printf("family       %s (from %s)\n", in->arch, in->source);
     printf("input        %d x %d x %d\n", in->in_chans, in->img_h, in->img_w);
     printf("classes      %d%s\n", in->num_classes, in->has_labels ? " (labelled)" : "");
-    printf("features     %d\n", in->num_features);
+    printf("features     %d (%s)\n", in->num_features,
+           in->projected ? "projected embedding: pooled features times proj" : "pooled features");
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
     printf("kernels      %s (the best this CPU runs with this build; LEMEVIT_SIMD or --simd choose another)\n",
            lmv_simd_name(lmv_simd_best()));

@@ -30,7 +30,7 @@ from .settings import coerce
 
 class Model(object):
     def __init__(self, arch, source, config, tensors, used, notes=None, pre_defaults=None, name=None,
-                 labels=None):
+                 labels=None, dropped=None):
         self.arch = arch              # 'vit' / 'swin' / 'lemevit'
         self.source = source          # 'timm', 'deit', 'torchvision', 'hf', 'mapping', ...
         self.config = config          # OrderedDict of meta keys (common model keys + family keys)
@@ -40,6 +40,9 @@ class Model(object):
         self.pre_defaults = pre_defaults or {}
         self.name = name              # suggested model name
         self.labels = labels          # class names found in the checkpoint's side files, if any
+        # (why, [input keys]): tensors the layout deliberately leaves out (a CLIP text tower, DINOv2's
+        # mask token), each group named in the summary; pipeline.detect counts them as accounted for
+        self.dropped = dropped or []
 
 
 class Context(object):

@@ -30,7 +30,10 @@ def _describe_keys(sd, keys, limit=25):
 # (--ignore, a mapping file's "ignore"), only these buffers may be left out of the graph: BatchNorm
 # step counters and the index tables / masks that the graph recomputes from the meta keys.  Any
 # other tensor the family's builder did not place fails the conversion, by name.
-ALWAYS_DROPPED = re.compile(r"(^|\.)(num_batches_tracked|relative_position_index|attn_mask|relative_coords_table)$")
+# Besides these, a family's detector may drop whole groups it names (Model.dropped: the text tower
+# of a CLIP checkpoint, DINOv2's training-only mask token); they are listed in the summary.
+ALWAYS_DROPPED = re.compile(r"(^|\.)(num_batches_tracked|relative_position_index|attn_mask|relative_coords_table|"
+                            r"position_ids)$")
 
 
 def detect(sd, ctx):
@@ -53,6 +56,7 @@ def detect(sd, ctx):
                     break
             if model is not None:
                 model.used = set(back[k] for k in model.used)
+                model.dropped = [(why, [back[k] for k in keys]) for why, keys in model.dropped]
                 if stripped:
                     model.notes.append("removed the prefix %r shared by every key" % stripped)
                 break
@@ -69,6 +73,8 @@ def detect(sd, ctx):
             raise ConvertError("unknown checkpoint layout: no detector (%s) recognised these %d tensors: %s; "
                                "write a mapping file and pass --mapping FILE (see --help)"
                                % (", ".join(d[1] for d in DETECTORS), len(sd), _describe_keys(sd, list(sd))))
+    for why, keys in model.dropped:
+        model.used.update(keys)
     dropped = [k for k in sd if k not in model.used and ALWAYS_DROPPED.search(k)]
     if dropped:
         model.used.update(dropped)
@@ -262,6 +268,8 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
                 opts.append(k)
         if c["vit.pre_logits"]:
             opts.append("pre_logits %d" % c["vit.pre_logits"])
+        if c.get("vit.proj"):
+            opts.append("proj %d (features = the projected embedding)" % c["vit.proj"])
         if c["vit.attn_scale"]:
             opts.append("attn_scale %g" % c["vit.attn_scale"])
         opts.append("pos_interp %s" % c["vit.pos_interp"])
@@ -272,6 +280,15 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
     lines.append("preprocess  %s (crop_pct %.4g) %s, crop %s, mean %s, std %s"
                  % (resize, c["pre.crop_pct"], c["pre.interp"], _fmt2(c["pre.crop"]),
                     [round(x, 4) for x in c["pre.mean"]], [round(x, 4) for x in c["pre.std"]]))
+    for why, keys in model.dropped:
+        # grouped by the first name component after any prefix they all share: "transformer.* (12)"
+        common = os.path.commonprefix(keys) if len(keys) > 1 else ""
+        common = common[:common.rfind(".") + 1]
+        groups = OrderedDict()
+        for k in keys:
+            groups.setdefault(common + k[len(common):].split(".", 1)[0], []).append(k)
+        lines.append("dropped     %d tensor(s), %s: %s" % (len(keys), why, ", ".join(
+            g[0] if len(g) == 1 else "%s.* (%d)" % (h, len(g)) for h, g in groups.items())))
     if info.get("ignored"):
         lines.append("ignored     %d tensor(s): %s" % (len(info["ignored"]), ", ".join(info["ignored"][:10])))
     assumed = meta.get("convert.assumed") or []

@@ -20,13 +20,13 @@ VIT_KEYS = OrderedDict([
     ("vit.reg_tokens", "i"), ("vit.no_embed_class", "i"), ("vit.pool", "s"), ("vit.qkv_bias", "i"),
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
-    ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"),
+    ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
     "vit.pool": ("token", "avg", "map"),
     "vit.mlp": ("mlp", "glu"),
-    "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear"),
+    "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post"),
 }, assumable=[
     ("vit.num_heads", "--num-heads N"),
@@ -39,7 +39,7 @@ register_family("vit", VIT_KEYS, choices={
 # ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
-                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "in_chans",
+                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
@@ -303,6 +303,8 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         T["pre_logits.fc.weight"] = wpl
         T["pre_logits.fc.bias"] = bias("pre_logits.fc.bias", F)
 
+    E = vit_embedding_proj(sd, take, T, D, pre_logits, dist)
+    F = E or F
     want = getattr(ctx.opts, "num_classes", None)
     head_w = sd.get("head.weight")
     if head_w is not None and want != 0:
@@ -406,6 +408,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.attn_scale"] = st.get("vit.attn_scale", 0.0)
     cfg["vit.pos_interp"] = st.get("vit.pos_interp", "bicubic")
     cfg["vit.block"] = st.get("vit.block", "pre")
+    cfg["vit.proj"] = E
     if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
         raise ConvertError("vit.block=res_post (timm ResPostBlock) has no layer scale and no separate "
                            "vit.norm_first=0 form; this checkpoint has %s"
@@ -423,6 +426,21 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     for k in cfg:
         cfg[k] = coerce(k, cfg[k])
     return Model("vit", source, cfg, T, used, name=name_hint or vit_name(cfg, source))
+
+
+def vit_embedding_proj(sd, take, T, D, pre_logits, dist):
+    """CLIP's embedding projection, in canonical names proj.weight [E, D] (a bias-free Linear after
+    the pooled features): placed in T; returns E, or 0 when the model has none."""
+    if "proj.weight" not in sd:
+        return 0
+    if pre_logits or dist is not None:
+        raise ConvertError("an embedding projection (proj.weight) together with pre_logits or a distillation "
+                           "token is not a layout lemevit.h runs")
+    if "proj.bias" in sd:
+        raise ConvertError("proj.bias: the embedding projection has no bias in the graph lemevit.h runs")
+    w = take("proj.weight", (None, D))
+    T["proj.weight"] = w
+    return w.shape[0]
 
 
 def vit_name(cfg, source):
@@ -530,6 +548,8 @@ def detect_timm_vit(sd, ctx):
     has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
     if "patch_embed.proj.weight" not in sd or not has_blocks or "pos_embed" not in sd:
         return None
+    if "mask_token" in sd or "register_tokens" in sd:
+        return None   # facebookresearch/dinov2 hub files (families/clip.py)
     deit3 = any(re.match(r"^blocks\.\d+\.gamma_[12]$", k) for k in sd)
     # DeiT-III stores layer scale as gamma_1/gamma_2 (timm's checkpoint filter renames them too)
     sd, back = _rename(sd, [(r"^(blocks\.\d+)\.gamma_([12])$", r"\1.ls\2.gamma")])
@@ -635,6 +655,8 @@ def detect_hf_vit(sd, ctx):
             break
     if model_prefix is None or model_prefix + "encoder.layer.0.attention.attention.query.weight" not in sd:
         return None
+    if model_prefix + "encoder.layer.0.layer_scale1.lambda1" in sd:
+        return None   # Hugging Face Dinov2Model (families/clip.py)
     used_extra = set()
     body = OrderedDict()
     for k, v in sd.items():

@@ -5778,6 +5778,29 @@ static int lmv__tiff_orientation(const unsigned char *t, size_t tl) {
 }
 #endif
 
+#ifndef LEMEVIT_NO_STDIO
+typedef lmv_result (*lmv__image_decoder)(const void *data, size_t size, const lmv_image_options *opt, lmv_image *out,
+                                         lmv_error *err);
+
+/* The lmv_image_load_*_file() calls: the whole file at `path` read through the options' allocator
+   (`kind` names it in messages), then decoded by `decode`. */
+static lmv_result lmv__image_load_path(const char *fn, const char *kind, lmv__image_decoder decode, const char *path,
+                                       const lmv_image_options *opt, lmv_image *out, lmv_error *err) {
+    lmv_image_options o = opt ? *opt : lmv_image_options_default();
+    size_t len;
+    void *buf;
+    lmv_result r;
+    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "%s: NULL argument", fn);
+    memset(out, 0, sizeof *out);
+    if (!lmv__allocator_resolve(&o.allocator))
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
+    if ((r = lmv__read_file(path, kind, &o.allocator, &buf, &len, err)) != LMV_OK) return r;
+    r = decode(buf, len, &o, out, err);
+    lmv__free(&o.allocator, buf);
+    return r;
+}
+#endif
+
 #ifndef LEMEVIT_NO_JPEG
 
 /* Floor division by 2^n that does not depend on how the compiler shifts negative numbers. */
@@ -6828,18 +6851,7 @@ LEMEVIT_API lmv_result lmv_image_load_jpeg_prealloc(const void *data, size_t siz
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_jpeg_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                                 lmv_error *err) {
-    lmv_image_options o = opt ? *opt : lmv_image_options_default();
-    size_t len;
-    void *buf;
-    lmv_result r;
-    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_jpeg_file: NULL argument");
-    memset(out, 0, sizeof *out);
-    if (!lmv__allocator_resolve(&o.allocator))
-        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    if ((r = lmv__read_file(path, "a JPEG file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
-    r = lmv_image_load_jpeg_memory(buf, len, &o, out, err);
-    lmv__free(&o.allocator, buf);
-    return r;
+    return lmv__image_load_path("lmv_image_load_jpeg_file", "a JPEG file", lmv_image_load_jpeg_memory, path, opt, out, err);
 }
 #endif
 #endif /* LEMEVIT_NO_JPEG */
@@ -7434,18 +7446,7 @@ LEMEVIT_API lmv_result lmv_image_load_png_memory(const void *data, size_t size, 
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_png_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                                lmv_error *err) {
-    lmv_image_options o = opt ? *opt : lmv_image_options_default();
-    size_t len;
-    void *buf;
-    lmv_result r;
-    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_png_file: NULL argument");
-    memset(out, 0, sizeof *out);
-    if (!lmv__allocator_resolve(&o.allocator))
-        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    if ((r = lmv__read_file(path, "a PNG file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
-    r = lmv_image_load_png_memory(buf, len, &o, out, err);
-    lmv__free(&o.allocator, buf);
-    return r;
+    return lmv__image_load_path("lmv_image_load_png_file", "a PNG file", lmv_image_load_png_memory, path, opt, out, err);
 }
 #endif
 #endif /* LEMEVIT_NO_PNG */
@@ -7500,18 +7501,7 @@ LEMEVIT_API lmv_result lmv_image_load_memory(const void *data, size_t size, cons
 #ifndef LEMEVIT_NO_STDIO
 LEMEVIT_API lmv_result lmv_image_load_file(const char *path, const lmv_image_options *opt, lmv_image *out,
                                            lmv_error *err) {
-    lmv_image_options o = opt ? *opt : lmv_image_options_default();
-    size_t len;
-    void *buf;
-    lmv_result r;
-    if (!out || !path) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_image_load_file: NULL argument");
-    memset(out, 0, sizeof *out);
-    if (!lmv__allocator_resolve(&o.allocator))
-        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "no allocator given and the library was built with LEMEVIT_NO_MALLOC");
-    if ((r = lmv__read_file(path, "an image file", &o.allocator, &buf, &len, err)) != LMV_OK) return r;
-    r = lmv_image_load_memory(buf, len, &o, out, err);
-    lmv__free(&o.allocator, buf);
-    return r;
+    return lmv__image_load_path("lmv_image_load_file", "an image file", lmv_image_load_memory, path, opt, out, err);
 }
 #endif
 

@@ -11,25 +11,11 @@
        one line per refused call: "NAME CODE" */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static unsigned char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf;
-    long len;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return NULL;
-    }
-    buf = (unsigned char *)malloc((size_t)len + 1);
-    *n = fread(buf, 1, (size_t)len, f);
-    fclose(f);
-    return buf;
-}
 
 /* a binary PPM/PGM as written by Pillow (no comments) */
 static int read_pnm(const char *path, lmv_image *img) {
@@ -69,7 +55,7 @@ static int cmd_png(const char *in, const char *out) {
     if (!f || fwrite(buf, 1, got, f) != got || fclose(f) != 0) return printf("ERROR cannot write %s\n", out), 1;
     snprintf(path, sizeof path, "%s.file", out);
     if (lmv_image_write_png(&img, path, &e) != LMV_OK) return printf("ERROR %s %s\n", lmv_result_name(e.code), e.message), 1;
-    file = read_all(path, &n2);
+    file = tu_read_file(path, &n2);
     guard = (unsigned char *)malloc(need + 16);
     memset(guard, 0xA5, need + 16);
     small = lmv_image_encode_png(&img, guard, need - 1, NULL, &e);
@@ -87,7 +73,7 @@ static int cmd_overlay(const char *in, const char *map_path, const char *alpha, 
     lmv_error e;
     lmv_npy npy;
     size_t n = 0;
-    unsigned char *raw = read_all(map_path, &n), *copy;
+    unsigned char *raw = tu_read_file(map_path, &n), *copy;
     FILE *f;
     if (!raw || !read_pnm(in, &img)) return printf("ERROR cannot read the inputs\n"), 1;
     copy = (unsigned char *)malloc(n + 64); /* the floats 4-byte aligned, as lmv_npy_parse wants */

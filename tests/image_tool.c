@@ -12,42 +12,11 @@
    2 for a decoder error and 1 for a usage or I/O problem. */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *code_name(lmv_result r) {
-    switch (r) {
-    case LMV_OK: return "LMV_OK";
-    case LMV_ERR_INVALID_ARGUMENT: return "LMV_ERR_INVALID_ARGUMENT";
-    case LMV_ERR_OUT_OF_MEMORY: return "LMV_ERR_OUT_OF_MEMORY";
-    case LMV_ERR_IO: return "LMV_ERR_IO";
-    case LMV_ERR_UNSUPPORTED: return "LMV_ERR_UNSUPPORTED";
-    case LMV_ERR_LIMIT: return "LMV_ERR_LIMIT";
-    case LMV_ERR_IMAGE: return "LMV_ERR_IMAGE";
-    default: return "LMV_ERR_OTHER";
-    }
-}
-
-static unsigned char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf;
-    long len;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return NULL;
-    }
-    buf = (unsigned char *)malloc((size_t)len + 1);
-    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
 
 static int ends_with(const char *s, const char *suffix) {
     size_t a = strlen(s), b = strlen(suffix);
@@ -57,7 +26,7 @@ static int ends_with(const char *s, const char *suffix) {
 /* Binary PGM (P5) or PPM (P6) with maxval 255; the image owns malloc'd pixels. */
 static int read_pnm(const char *path, lmv_image *img) {
     size_t n, pos = 2;
-    unsigned char *d = read_file(path, &n);
+    unsigned char *d = tu_read_file(path, &n);
     int v[3], i;
     if (!d || n < 2 || d[0] != 'P' || (d[1] != '5' && d[1] != '6')) {
         free(d);
@@ -117,7 +86,7 @@ static unsigned long crc32_of(const unsigned char *p, size_t n) {
 
 static int report(lmv_result r, const lmv_error *err, const lmv_image *img) {
     if (r != LMV_OK) {
-        printf("ERROR %s %s\n", code_name(r), err->message);
+        printf("ERROR %s %s\n", lmv_result_name(r), err->message);
         return 2;
     }
     printf("OK %d %d %d\n", img->width, img->height, img->channels);
@@ -220,7 +189,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[1], "info") == 0) {
         /* the header info, then decodes inside arenas of exactly decode_memory and 16 bytes less */
         size_t n;
-        unsigned char *d = read_file(argv[2], &n), *buf;
+        unsigned char *d = tu_read_file(argv[2], &n), *buf;
         lmv_image_info info;
         lmv_arena arena;
         lmv_result r2;
@@ -237,21 +206,21 @@ int main(int argc, char **argv) {
         lmv_arena_init(&arena, buf, info.decode_memory - 16);
         r2 = lmv_image_load_jpeg_memory(d, n, &o, &out, &err);
         printf("INFO %d %d %d %d %zu exact:%s %d %d smaller:%s\n", info.width, info.height, info.channels,
-               info.progressive, info.decode_memory, code_name(r), img.width, img.height, code_name(r2));
+               info.progressive, info.decode_memory, lmv_result_name(r), img.width, img.height, lmv_result_name(r2));
         free(buf);
         free(d);
         return 0;
     }
     if (strcmp(argv[1], "truncations") == 0) {
         size_t n, len;
-        unsigned char *d = read_file(argv[2], &n);
+        unsigned char *d = tu_read_file(argv[2], &n);
         if (!d) return 1;
         for (len = 0; len <= n; len++) {
             /* a fresh copy of exactly len bytes, so a read past the end is caught by ASan */
             unsigned char *cut = (unsigned char *)malloc(len ? len : 1);
             memcpy(cut, d, len);
             r = lmv_image_load_jpeg_memory(cut, len, NULL, &img, &err);
-            printf("%zu %s %lu\n", len, code_name(r),
+            printf("%zu %s %lu\n", len, lmv_result_name(r),
                    r == LMV_OK ? crc32_of(img.pixels, (size_t)img.width * img.height * img.channels) : 0ul);
             if (r == LMV_OK) lmv_image_free(&img);
             free(cut);
@@ -261,7 +230,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "flips") == 0 && argc == 5) {
         size_t n;
-        unsigned char *d = read_file(argv[2], &n), *m;
+        unsigned char *d = tu_read_file(argv[2], &n), *m;
         long trials = atol(argv[3]), t, counts[32];
         unsigned long long s = strtoull(argv[4], NULL, 10) * 2862933555777941757ull + 3037000493ull;
         if (!d || n == 0) return 1;
@@ -284,7 +253,7 @@ int main(int argc, char **argv) {
             if (r == LMV_OK) lmv_image_free(&img);
         }
         for (i = 0; i < 32; i++)
-            if (counts[i]) printf("%s %ld\n", code_name((lmv_result)i), counts[i]);
+            if (counts[i]) printf("%s %ld\n", lmv_result_name((lmv_result)i), counts[i]);
         free(m);
         free(d);
         return 0;

@@ -12,42 +12,11 @@
    The exit status is 0 unless a usage or I/O problem stopped the tool. */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *code_name(lmv_result r) {
-    switch (r) {
-    case LMV_OK: return "LMV_OK";
-    case LMV_ERR_INVALID_ARGUMENT: return "LMV_ERR_INVALID_ARGUMENT";
-    case LMV_ERR_OUT_OF_MEMORY: return "LMV_ERR_OUT_OF_MEMORY";
-    case LMV_ERR_IO: return "LMV_ERR_IO";
-    case LMV_ERR_UNSUPPORTED: return "LMV_ERR_UNSUPPORTED";
-    case LMV_ERR_LIMIT: return "LMV_ERR_LIMIT";
-    case LMV_ERR_IMAGE: return "LMV_ERR_IMAGE";
-    default: return "LMV_ERR_OTHER";
-    }
-}
-
-static unsigned char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf;
-    long len;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) != 0 || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return NULL;
-    }
-    buf = (unsigned char *)malloc((size_t)len + 1);
-    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
 
 static int write_pnm(const char *path, const lmv_image *img) {
     FILE *f = fopen(path, "wb");
@@ -115,10 +84,10 @@ int main(int argc, char **argv) {
         lmv_result r = lmv_image_load_file(argv[k], &opt, &img, &err);
         if (r != LMV_OK) {
             if (img.pixels) printf("BAD a failed decode left pixels behind\n");
-            else printf("ERROR %s %s\n", code_name(r), err.message);
+            else printf("ERROR %s %s\n", lmv_result_name(r), err.message);
         } else {
             size_t n;
-            unsigned char *data = read_file(argv[k], &n);
+            unsigned char *data = tu_read_file(argv[k], &n);
             const char *bad = NULL;
             if (!data) return 1;
             if (n >= 4 && data[0] == 0x89 && data[1] == 'P') bad = check_arena(data, n, &opt, &img);

@@ -20,6 +20,7 @@ static unsigned long api_asserts, api_assert_failures;
 #define LEMEVIT_ASSERT(x) ((x) ? (void)api_asserts++ : (void)(api_asserts++, api_assert_failures++))
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
+#include "test_util.h"
 
 #ifdef __cplusplus
 #define ZERO {} /* C++: value-initialised, every field zero */
@@ -35,20 +36,6 @@ static int check(const char *name, int ok, const char *detail) {
     if (ok) printf("PASS %s\n", name);
     else printf("FAIL %s: %s\n", name, detail && *detail ? detail : "no");
     return ok;
-}
-
-static unsigned char *load(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    long len;
-    unsigned char *buf = NULL;
-    *n = 0;
-    if (!f) return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0) {
-        buf = (unsigned char *)malloc((size_t)len + 64);
-        if (buf && fread(buf, 1, (size_t)len, f) == (size_t)len) *n = (size_t)len;
-    }
-    fclose(f);
-    return buf;
 }
 
 /* a buffer at an address that is 64-byte aligned plus `off` */
@@ -391,7 +378,7 @@ static void test_classify(const lmv_model *m, const unsigned char *jpeg, size_t 
    lmv_npy_header writes is read back by numpy (in the script). */
 static void test_npy(const char *in_path, const char *out_path) {
     size_t n, i, hl;
-    unsigned char *buf = load(in_path, &n), *raw, *copy;
+    unsigned char *buf = tu_read_file(in_path, &n), *raw, *copy;
     lmv_npy npy;
     lmv_error e;
     char hdr[256];
@@ -434,7 +421,7 @@ static void test_npy(const char *in_path, const char *out_path) {
    no model is returned. */
 static void test_stray(const char *path) {
     size_t n;
-    unsigned char *data = load(path, &n);
+    unsigned char *data = tu_read_file(path, &n);
     lmv_model *m = NULL;
     lmv_error e;
     lmv_result r = data ? lmv_model_open_memory(data, n, NULL, &m, &e) : LMV_ERR_IO;
@@ -456,9 +443,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_api MODEL.lmv MODEL100.lmv PICTURE.jpg FORMAT_VERSION IN.npy OUT.npy STRAY.lmv\n");
         return 2;
     }
-    m1 = load(argv[1], &n1);
-    m100 = load(argv[2], &n100);
-    jpeg = load(argv[3], &nj);
+    m1 = tu_read_file(argv[1], &n1);
+    m100 = tu_read_file(argv[2], &n100);
+    jpeg = tu_read_file(argv[3], &nj);
     if (!m1 || !m100 || !jpeg) {
         fprintf(stderr, "test_api: cannot read the inputs\n");
         return 2;

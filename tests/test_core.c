@@ -10,6 +10,7 @@
 #define LEMEVIT_ASSERT(x) assert(x) /* the library's own invariants, checked in every test here */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -705,21 +706,6 @@ static void test_arena(void) {
 
 /* ---- loader mutations ---- */
 
-static unsigned char *load(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long len;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = (unsigned char *)malloc((size_t)len);
-    if (fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
-    fclose(f);
-    *n = (size_t)len;
-    return b;
-}
-
 static void put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24); }
 
 /* Recompute the header CRC after a mutation, when the (possibly mutated) section fields still
@@ -763,7 +749,7 @@ static lmv_result try_open(const unsigned char *src, size_t n, lmv_error *err) {
 
 static void test_mutations(const char *path) {
     size_t n, i, data_off, meta_end;
-    unsigned char *f = load(path, &n), *g;
+    unsigned char *f = tu_read_file(path, &n), *g;
     lmv_error err;
     lmv_result r;
     int ok, opened = 0, counts[32] = {0};

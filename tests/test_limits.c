@@ -5,6 +5,7 @@
      test_limits VIT.lmv LEMEVIT.lmv PICTURE.jpg       (tests/test_limits.py passes the corpus files) */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,21 +18,6 @@ static void check(const char *name, lmv_result got, int want_limit, const lmv_er
     else failed++;
     if (ok) printf("PASS %s (%s%s%s)\n", name, lmv_result_string(got), e && got ? ": " : "", e && got ? e->message : "");
     else printf("FAIL %s: got %s%s%s\n", name, lmv_result_string(got), e && got ? ": " : "", e && got ? e->message : "");
-}
-
-static unsigned char *load(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    unsigned char *b;
-    long len;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    b = (unsigned char *)malloc((size_t)len + 64);
-    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
-    fclose(f);
-    *n = (size_t)len;
-    return b;
 }
 
 static void put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24); }
@@ -80,7 +66,7 @@ int main(int argc, char **argv) {
     lmv_image img;
     float x[3 * 16 * 16], y[16];
     uint64_t table_off;
-    if (argc != 4 || !(vit = load(argv[1], &nv)) || !(lm = load(argv[2], &nl)) || !(jpeg = load(argv[3], &nj))) {
+    if (argc != 4 || !(vit = tu_read_file(argv[1], &nv)) || !(lm = tu_read_file(argv[2], &nl)) || !(jpeg = tu_read_file(argv[3], &nj))) {
         printf("FAIL usage: test_limits VIT.lmv LEMEVIT.lmv PICTURE.jpg\n0 passed, 1 failed\n");
         return 1;
     }

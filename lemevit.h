@@ -485,12 +485,19 @@ LEMEVIT_API lmv_result lmv_run_features(lmv_session *sess, const float *input, i
 typedef void (*lmv_trace_fn)(void *user, const char *name, const float *data, int ndim, const int *shape);
 LEMEVIT_API void lmv_session_set_trace(lmv_session *sess, lmv_trace_fn fn, void *user);
 
-/* Attention maps of one block, by its trace name ("blocks.3" for ViT, "stages.1.0" for LeMeViT;
-   NULL or "" for none): the trace callback then also receives the softmax probabilities as
-   "<block>.attn" [heads][queries][keys]; LeMeViT's cross blocks give "<block>.attn_x" (image
-   queries over meta tokens) and "<block>.attn_c" (meta queries over image tokens), S blocks
-   "<block>.attn_x" and "<block>.attn_c" for the two self-attentions. Memory for the maps comes
-   from the session's allocator when first needed. */
+/* Attention maps of one block, by its trace name ("blocks.3" for ViT, "stages.1.0" for LeMeViT,
+   "layers.2.blocks.1" for Swin; NULL or "" for none): the trace callback then also receives the
+   softmax probabilities as "<block>.attn" [heads][queries][keys]; LeMeViT's cross blocks give
+   "<block>.attn_x" (image queries over meta tokens) and "<block>.attn_c" (meta queries over image
+   tokens), S blocks "<block>.attn_x" and "<block>.attn_c" for the two self-attentions.
+   Swin gives one map per window, "<block>.attn" [windows][heads][N][N] (N = window_size^2, 4
+   dimensions), over the windows of the partition the block attends in: the stage's H x W map
+   cyclically shifted (odd blocks) and zero-padded to window multiples, windows row-major over that
+   grid, tokens row-major in a window; then "<block>.attn_tokens" [windows][N] says which token
+   each slot holds: y * W + x in the stage's H x W map (the unshifted map the block's output
+   "<block>" [H][W][C] shows), or -1 for padding. That is how the shift and the padding are
+   represented: each image token appears in exactly one slot. Memory for the maps comes from the
+   session's allocator when first needed. */
 LEMEVIT_API void lmv_session_trace_attention(lmv_session *sess, const char *block);
 
 /* Multiply-adds done by the last lmv_run() (matrix products, convolutions and attention), for
@@ -4285,10 +4292,23 @@ static void lmv__swin_mask(float *mask, int Hp, int Wp, int ws, int shift_h, int
     }
 }
 
+/* The source in the H x W map of position (y, xx) on the rolled, padded Hp x Wp grid, by the
+   checkpoint's convention: torchvision/HF pad and then roll the padded grid, timm >= 0.9.6 rolls
+   the H x W map and then pads. *sy >= H or *sx >= W: a padding position. */
+static void lmv__swin_source(int y, int xx, int H, int W, int Hp, int Wp, int sh, int swd, int pad_then_roll, int *sy,
+                             int *sx) {
+    if (pad_then_roll) {
+        *sy = (y + sh) % Hp;
+        *sx = (xx + swd) % Wp;
+    } else {
+        *sy = y < H ? (y + sh) % H : H;
+        *sx = xx < W ? (xx + swd) % W : W;
+    }
+}
+
 /* Move a normalised H x W map into window order on the padded Hp x Wp grid (zeros in the
-   padding), applying the cyclic shift the way the checkpoint's code does: torchvision/HF pad and
-   then roll the padded grid, timm >= 0.9.6 rolls the H x W map and then pads. `back` runs the
-   same mapping in reverse, adding the window outputs onto x (the residual). */
+   padding), applying the cyclic shift (lmv__swin_source). `back` runs the same mapping in
+   reverse, adding the window outputs onto x (the residual). */
 static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int W, int C, int ws, int sh, int swd,
                               int pad_then_roll, int back) {
     int Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws), nwx = Wp / ws, y, xx, c;
@@ -4297,13 +4317,7 @@ static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int 
             /* (y, xx) is a position on the rolled, padded grid; find its source in the map */
             int sy, sx;
             float *dst;
-            if (pad_then_roll) {
-                sy = (y + sh) % Hp;
-                sx = (xx + swd) % Wp;
-            } else {
-                sy = y < H ? (y + sh) % H : H;
-                sx = xx < W ? (xx + swd) % W : W;
-            }
+            lmv__swin_source(y, xx, H, W, Hp, Wp, sh, swd, pad_then_roll, &sy, &sx);
             dst = win + ((size_t)((y / ws) * nwx + xx / ws) * ws * ws + (size_t)(y % ws) * ws + (xx % ws)) * C;
             if (sy >= H || sx >= W) {
                 if (!back)
@@ -4319,8 +4333,22 @@ static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int 
         }
 }
 
+/* The window slots of one block: tokens[w][p] = sy * W + sx, the index in the H x W map of the
+   token that slot p (row-major in the window) of window w (row-major over the rolled, padded
+   grid) holds, or -1 for padding. */
+static void lmv__swin_slots(float *tokens, int H, int W, int ws, int sh, int swd, int pad_then_roll) {
+    int Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws), nwx = Wp / ws, y, xx, sy, sx;
+    for (y = 0; y < Hp; y++)
+        for (xx = 0; xx < Wp; xx++) {
+            size_t at = (size_t)((y / ws) * nwx + xx / ws) * ws * ws + (size_t)(y % ws) * ws + (xx % ws);
+            lmv__swin_source(y, xx, H, W, Hp, Wp, sh, swd, pad_then_roll, &sy, &sx);
+            tokens[at] = sy < H && sx < W ? (float)((size_t)sy * W + sx) : -1.0f;
+        }
+}
+
+/* probs: NULL, or [windows][heads][N][N] for the softmax probabilities */
 static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, const lmv__swin_stage *st,
-                                    const lmv__swin_block *blk, int odd, int H, int W, lmv__swin_bufs *b) {
+                                    const lmv__swin_block *blk, int odd, int H, int W, lmv__swin_bufs *b, float *probs) {
     int C = st->dim, ws = v->window, N = ws * ws, Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws);
     int nwin = (Hp / ws) * (Wp / ws), rows = nwin * N, sh, swd;
     lmv__attn_args a;
@@ -4349,6 +4377,7 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     a.mask = (sh || swd) ? b->mask : NULL;
     a.n_masks = nwin;
     a.scores = b->scores;
+    a.probs = probs;
     lmv__attention(ctx, &a);
     lmv__linear(ctx, b->win, b->att, rows, C, C, blk->proj_w, blk->proj_b);
     lmv__swin_windows(b->win, b->x, NULL, H, W, C, ws, sh, swd, v->pad_then_roll, 1);
@@ -4356,6 +4385,38 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
     lmv__linear_act(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
     lmv__linear_residual(ctx, b->x, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b, NULL, b->xn);
+}
+
+/* Block j of stage i with its trace hook: its attention maps [windows][heads][N][N] and window
+   slots [windows][N] (lmv__swin_slots) go to the session's capture buffer when they were asked
+   for, then the maps, the slots and the block's output to the trace callback (`trace`: this image
+   is the traced one). */
+static void lmv__swin_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv__swin *v, int i, int j, int H, int W,
+                                   lmv__swin_bufs *b, int trace) {
+    const lmv__swin_stage *st = &v->stages[i];
+    int ws = v->window, N = ws * ws, nwin = (lmv__ceil_to(H, ws) / ws) * (lmv__ceil_to(W, ws) / ws), sh, swd, shape[4];
+    size_t np = (size_t)nwin * st->heads * N * N;
+    float *probs = NULL;
+    char name[48];
+    if (trace) {
+        lmv__name(name, sizeof name, "layers.%d.blocks.%d", i, j);
+        probs = lmv__attn_capture(s, name, np + (size_t)nwin * N);
+    }
+    lmv__swin_block_forward(ctx, v, st, &st->blocks[j], j & 1, H, W, b, probs);
+    if (!trace) return;
+    if (probs) {
+        lmv__swin_shifts(v, H, W, j & 1, &sh, &swd);
+        lmv__swin_slots(probs + np, H, W, ws, sh, swd, v->pad_then_roll);
+        shape[0] = nwin;
+        shape[1] = st->heads;
+        shape[2] = shape[3] = N;
+        lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn", i, j);
+        s->trace(s->trace_user, name, probs, 4, shape);
+        lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn_tokens", i, j);
+        lmv__trace(s, name, probs + np, 2, nwin, N, 0);
+    }
+    lmv__name(name, sizeof name, "layers.%d.blocks.%d", i, j);
+    lmv__trace(s, name, b->x, 3, H, W, st->dim);
 }
 
 /* PatchMerging: zero-pad to even sides, concatenate the 2x2 neighbours as x0 (0,0), x1 (1,0),
@@ -4399,13 +4460,7 @@ static lmv_result lmv__swin_forward(lmv_session *s, const lmv__ctx *ctx, float *
         if (trace) lmv__trace(s, "patch_embed", b.x, 3, H, W, C);
         for (i = 0; i < v->n_stages; i++) {
             const lmv__swin_stage *st = &v->stages[i];
-            for (j = 0; j < st->depth; j++) {
-                lmv__swin_block_forward(ctx, v, st, &st->blocks[j], j & 1, H, W, &b);
-                if (trace) {
-                    lmv__name(name, sizeof name, "layers.%d.blocks.%d", i, j);
-                    lmv__trace(s, name, b.x, 3, H, W, C);
-                }
-            }
+            for (j = 0; j < st->depth; j++) lmv__swin_block_hooked(s, ctx, v, i, j, H, W, &b, trace);
             if (st->merge_w.data) {
                 lmv__swin_merge(ctx, v, st, H, W, &b);
                 H = sh[i + 1];

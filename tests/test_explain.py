@@ -9,10 +9,14 @@
 - The maps `lmv explain --map` writes equal the PyTorch references' attention: a timm-style ViT
   (class-token row, the mean over patch queries, one head, rollout) and a LeMeViT (meta tokens over
   image tokens in cross and dual-cross blocks, one meta token, a standard block's image queries).
+- Swin: the raw window maps and window slots of the trace API (`lmv run --attention`) equal the
+  reference's softmax outputs and its roll + pad + partition, and the `lmv explain` maps equal the
+  reference's per-window attention laid back on the image, in shifted and unshifted blocks, with
+  and without padding (timm >= 0.9.6 and Microsoft-era models), the default block included.
 - The picture of the bundled CIFAR-10 model on a real photo: its size, Pillow reads it, its pixels
   equal the overlay numpy computes from the map over the crop torchvision makes, and the hottest
   cell of the picture is the map's maximum.
-- Usage errors and unsupported models say what to do."""
+- Usage errors say what to do."""
 import os
 import shutil
 import struct
@@ -26,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import LMV, ROOT, Results, convert, run, tmpdir  # noqa: E402
 from models import lemevit_ref as L  # noqa: E402
+from models import swin_ref  # noqa: E402
 from models import timm_vit  # noqa: E402
 
 torch.set_num_threads(2)
@@ -323,23 +328,118 @@ def check_errors(d):
     res.check("lmv explain without OUT.png: exit 2, usage", code == 2 and "OUT.png" in err, err.strip())
 
 
-def check_swin(d):
-    from models import swin_ref
-    m = swin_ref.SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
-                                 num_classes=3).eval() if hasattr(swin_ref, "SwinTransformer") else None
-    if m is None:
-        res.skip("Swin refusal", "tests/models/swin_ref.py has no SwinTransformer")
-        return
-    torch.save(m.state_dict(), os.path.join(d, "swin.pth"))
-    model = os.path.join(d, "swin.lmv")
+def swin_block_attention(m, i, j, x):
+    """Block layers.i.j of the reference: its softmax probabilities [windows][heads][N][N] (image 0)
+    and which token of the stage's H x W map each window slot holds (-1: padding), found by running
+    the token indices through the block's own roll, pad and window partition."""
+    blk = m.layers[i].blocks[j]
+    seen = []
+    hook = blk.attn.softmax.register_forward_hook(lambda mod, inp, out: seen.append(out.double().numpy()))
     try:
-        convert(os.path.join(d, "swin.pth"), model, "--labels", "none")
-    except RuntimeError as e:
-        res.skip("Swin refusal", str(e)[:200])
-        return
-    code, out, err = explain(model, CAT, os.path.join(d, "s.png"))
-    res.check("lmv explain on a Swin model: exit 1, says attention maps are captured for ViT and LeMeViT",
-              code == 1 and "ViT and LeMeViT" in err, f"exit {code}, {err.strip()!r}")
+        with torch.no_grad():
+            m(x)
+    finally:
+        hook.remove()
+    H, W = blk.input_resolution
+    idx = torch.arange(1, H * W + 1, dtype=torch.float64).view(1, H, W, 1)
+    if any(blk.shift_size):
+        idx = torch.roll(idx, shifts=(-blk.shift_size[0], -blk.shift_size[1]), dims=(1, 2))
+    wh, ww = blk.window_size
+    idx = torch.nn.functional.pad(idx, (0, 0, 0, (ww - W % ww) % ww, 0, (wh - H % wh) % wh))
+    slots = swin_ref.window_partition(idx, blk.window_size).reshape(-1, wh * ww).numpy() - 1
+    return seen[0], slots, (H, W)
+
+
+def swin_map(p, slots, hw, head=None):
+    """The documented Swin map: each token's received attention averaged over its window's image
+    queries (and over the heads, or one head), laid back on the H x W map."""
+    out = np.full(hw[0] * hw[1], np.nan)
+    a = p[:, head:head + 1] if head is not None else p
+    for w in range(p.shape[0]):
+        real = slots[w] >= 0
+        recv = a[w][:, real, :].mean(1).mean(0)   # [N]: mean over image queries, then heads
+        out[slots[w][real].astype(int)] = recv[real]
+    return out.reshape(hw)
+
+
+def check_swin(d):
+    """Swin: the raw window maps (`lmv run --trace --attention`) and the `lmv explain` maps against
+    the reference, in a timm >= 0.9.6 model whose stages are padded (18x18 and 9x9 in 4-windows,
+    shifted by 2) and a Microsoft-era model whose last stage is one window (the default block is
+    then the stage before it)."""
+    cases = {"timm096": dict(img_size=36, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
+                             num_classes=3),
+             "ms": dict(img_size=40, patch_size=2, window_size=5, embed_dim=16, depths=(2, 2, 1), num_heads=(2, 2, 4),
+                        num_classes=3)}
+    for era, kw in cases.items():
+        m = swin_ref.randomize_(swin_ref.build(era, **kw), seed=62).eval()
+        pth, model = os.path.join(d, f"swin_{era}.pth"), os.path.join(d, f"swin_{era}.lmv")
+        torch.save(m.state_dict(), pth)
+        convert(pth, model, "--labels", "none", "--img-size", str(kw["img_size"]), "--resize", str(kw["img_size"] + 4),
+                "--interpolation", "bicubic")
+        x = preprocessed(model, CAT, d)
+        blocks = [(i, j) for i, n in enumerate(kw["depths"]) for j in range(n)]
+        if era == "timm096":
+            trace = os.path.join(d, "swin_trace")
+            np.save(os.path.join(d, "swin_x.npy"), x.numpy())
+            for i, j in [(0, 0), (0, 1), (1, 1)]:
+                name = f"layers.{i}.blocks.{j}"
+                p, slots, hw = swin_block_attention(m, i, j, x)
+                code, out, err = run([LMV, "run", model, os.path.join(d, "swin_x.npy"), os.path.join(d, "swin_y.npy"),
+                                      "--trace", trace, "--attention", name])
+                if not res.check(f"Swin {era} {name}: lmv run --attention exits 0", code == 0, err.strip()[-300:]):
+                    continue
+                files = [os.path.join(trace, name + e) for e in (".attn.npy", ".attn_tokens.npy")]
+                if not res.check(f"Swin {era} {name}: the trace has {name}.attn and {name}.attn_tokens",
+                                 all(os.path.exists(f) for f in files), str(sorted(os.listdir(trace)))[:300]):
+                    continue
+                got, tok = np.load(files[0]), np.load(files[1])
+                ok = got.shape == p.shape
+                diff = float(np.abs(got - p).max()) if ok else float("inf")
+                res.check(f"Swin {era} {name} ({hw[0]}x{hw[1]} in {p.shape[0]} windows, shift "
+                          f"{m.layers[i].blocks[j].shift_size}): .attn [windows][heads][N][N] equals the reference's "
+                          "softmax", ok and diff < 1e-5, f"shape {got.shape} vs {p.shape}, max abs diff {diff:.1e}")
+                res.check(f"Swin {era} {name}: .attn_tokens equals the tokens the reference's roll + pad + partition put "
+                          "in each slot (-1 padding)", tok.shape == slots.shape and np.array_equal(tok, slots),
+                          f"shape {tok.shape} vs {slots.shape}")
+        last = [b for b in blocks if b[0] == len(kw["depths"]) - 1][-1]
+        default = last if era == "timm096" else (1, 1)   # ms: the last stage (5x5) is one window
+        opts = [("default block", [], default, None),
+                ("--block layers.0.blocks.1 --head 1 (shifted)", ["--block", "layers.0.blocks.1", "--head", "1"], (0, 1), 1),
+                ("--block layers.0.blocks.0 (not shifted)", ["--block", "layers.0.blocks.0"], (0, 0), None)]
+        for name, o, (i, j), head in opts:
+            p, slots, hw = swin_block_attention(m, i, j, x)
+            want = swin_map(p, slots, hw, head)
+            png, mp = os.path.join(d, "swin.png"), os.path.join(d, "swin_map.npy")
+            code, out, err = explain(model, CAT, png, "--map", mp, *o)
+            if not res.check(f"Swin {era} {name}: lmv explain exits 0", code == 0, err.strip()[-300:]):
+                continue
+            got = np.load(mp)
+            ok = got.shape == want.shape
+            diff = float(np.abs(got - want).max()) if ok else float("inf")
+            res.check(f"Swin {era} {name} = layers.{i}.blocks.{j}: the {hw[0]}x{hw[1]} map equals the reference's "
+                      "attention, window partition and shift undone", ok and diff < 1e-5 and f"layers.{i}.blocks.{j}" in out,
+                      f"shape {got.shape} vs {want.shape}, max abs diff {diff:.1e}; {out.strip()[:200]}")
+        if era == "timm096" and code == 0:   # the picture of the last case: the map over torchvision's crop, x7
+            from torchvision import transforms
+            crop = np.asarray(transforms.CenterCrop(36)(transforms.Resize(40, transforms.InterpolationMode.BICUBIC)(
+                Image.open(CAT).convert("RGB"))))
+            base = crop.repeat(7, 0).repeat(7, 1)
+            im = Image.open(png)
+            im.load()
+            pic = np.asarray(im.convert("RGB"))
+            want = overlay_ref(base, np.load(mp), 0.5)
+            res.check("Swin picture: a 252x252 RGB PNG (the 36-pixel crop x7) that Pillow reads, its pixels the overlay "
+                      "of the map on torchvision's crop", im.size == (252, 252) and im.mode == "RGB" and
+                      pic.shape == want.shape and np.array_equal(pic, want), f"{im.size} {im.mode}")
+    model = os.path.join(d, "swin_ms.lmv")
+    for o, code_want, words, what in [(["--token", "cls"], 2, "--token", "--token"),
+                                      (["--rollout"], 2, "--rollout", "--rollout"),
+                                      (["--head", "4"], 2, "heads", "a head past the last"),
+                                      (["--block", "layers.5.blocks.0"], 1, "layers.S.blocks.J", "a block it lacks")]:
+        code, out, err = explain(model, CAT, os.path.join(d, "e.png"), *o)
+        res.check(f"lmv explain on a Swin with {what}: exit {code_want}, says so", code == code_want and words in err,
+                  f"exit {code}, {err.strip()!r}")
 
 
 def main():

@@ -45,7 +45,7 @@ static const char *usage_run =
     "  --threads N           threads to use (default 0: all)\n"
     "  --trace DIR           also write every block's output of image 0 as DIR/NAME.npy\n"
     "  --attention BLOCK     with --trace: also the attention maps of BLOCK (e.g. blocks.3,\n"
-    "                        stages.1.0) as BLOCK.attn*.npy\n"
+    "                        stages.1.0, layers.2.blocks.1) as BLOCK.attn*.npy\n"
     "  --no-verify           skip the weight checksum (the header is always checked)\n"
     "  --int8-compute        int8 files: multiply in int8 (activations quantised per row),\n"
     "                        faster with AVX512-VNNI; default: widen to float32\n";
@@ -111,10 +111,12 @@ static const char *usage_explain =
     "usage: lmv explain MODEL.lmv IMAGE.jpg OUT.png [options]\n"
     "  where the model looks: a block's attention map, upsampled to the picture the model sees (its\n"
     "  eval crop, scaled up) and blended over it as a heat map (PNG); the top 5 classes as text.\n"
-    "  ViT and LeMeViT models (Swin's window attention is not captured by the trace API)\n"
     "options:\n"
     "  --block NAME          ViT: blocks.N (default: the last); LeMeViT: stages.I.J (default: the last\n"
-    "                        block of the last cross or dual-cross stage)\n"
+    "                        block of the last cross or dual-cross stage); Swin: layers.S.blocks.J\n"
+    "                        (default: the last block of the last stage with more than one window)\n"
+    "                        where the map is the attention each token receives, averaged over the\n"
+    "                        image queries of its window, assembled over the image\n"
     "  --head N|mean         one head, or the mean over heads (default)\n"
     "  --token WHO           whose attention: ViT cls (the class token; the default when there is\n"
     "                        one) or patches (the mean over patch queries); LeMeViT meta:K (meta\n"
@@ -1329,11 +1331,15 @@ static int cmd_embed(int argc, char **argv) {
    say how tokens lie on the image. */
 typedef struct explain_trace {
     char block[80];
-    float *attn[2];        /* ViT: [0] = "<block>.attn"; LeMeViT: [0] = attn_c, [1] = attn_x */
-    int shape[2][3];
+    float *attn[2];        /* ViT: [0] = "<block>.attn"; LeMeViT: [0] = attn_c, [1] = attn_x;
+                              Swin: [0] = attn [windows][heads][N][N], [1] = attn_tokens [windows][N] */
+    int shape[2][4];
     int patches;           /* ViT: rows of "patch_embed" */
-    int grid_h, grid_w;    /* LeMeViT: the block's map, from "<block>.x" */
+    int grid_h, grid_w;    /* LeMeViT: the block's map, from "<block>.x"; Swin: from "<block>" */
     int blocks;            /* ViT: how many "blocks.N" */
+    int window;            /* Swin: the window size (set before the run) */
+    char swin_last[32];    /* Swin: the last block, and the last of a stage with more than one window */
+    char swin_multi[32];
     int failed;
 } explain_trace;
 
@@ -1343,26 +1349,64 @@ static void explain_keep(void *user, const char *name, const float *data, int nd
     int k, end = 0, which = -1;
     if (!strcmp(name, "patch_embed") && ndim == 2) t->patches = shape[0];
     if (sscanf(name, "blocks.%d%n", &k, &end) == 1 && !name[end] && k + 1 > t->blocks) t->blocks = k + 1;
-    if (!len || strncmp(name, t->block, len) || name[len] != '.') return;
+    if (sscanf(name, "layers.%d.blocks.%d%n", &k, &k, &end) == 2 && !name[end] && ndim == 3 && strlen(name) < 32) {
+        strcpy(t->swin_last, name);
+        if (t->window > 0 && (shape[0] + t->window - 1) / t->window * ((shape[1] + t->window - 1) / t->window) > 1)
+            strcpy(t->swin_multi, name);
+    }
+    if (!len || strncmp(name, t->block, len)) return;
+    if (!name[len] && ndim == 3) t->grid_h = shape[0], t->grid_w = shape[1]; /* Swin: the block's output */
+    if (name[len] != '.') return;
     if (!strcmp(name + len, ".x") && ndim == 3) t->grid_h = shape[0], t->grid_w = shape[1];
     if (!strcmp(name + len, ".attn") || !strcmp(name + len, ".attn_c")) which = 0;
-    if (!strcmp(name + len, ".attn_x")) which = 1;
-    if (which < 0 || ndim != 3) return;
-    n = (size_t)shape[0] * shape[1] * shape[2];
+    if (!strcmp(name + len, ".attn_x") || !strcmp(name + len, ".attn_tokens")) which = 1;
+    if (which < 0 || ndim < 2 || ndim > 4) return;
+    for (n = 1, k = 0; k < ndim; k++) n *= (size_t)shape[k];
     free(t->attn[which]);
     if (!(t->attn[which] = (float *)malloc(sizeof(float) * n))) {
         t->failed = 1;
         return;
     }
     memcpy(t->attn[which], data, sizeof(float) * n);
-    memcpy(t->shape[which], shape, sizeof(int) * 3);
+    memset(t->shape[which], 0, sizeof t->shape[which]);
+    memcpy(t->shape[which], shape, sizeof(int) * (size_t)ndim);
 }
 
 static void explain_reset(explain_trace *t, const char *block) {
+    int window = t->window;
     free(t->attn[0]);
     free(t->attn[1]);
     memset(t, 0, sizeof *t);
+    t->window = window;
     snprintf(t->block, sizeof t->block, "%s", block);
+}
+
+/* Swin: the map over the stage's gh x gw tokens from one block's window maps a [windows][heads]
+   [N][N] and slots tok [windows][N] (the token index of each slot, -1 for padding): each token
+   gets the attention it receives (head `head`, -1: the mean over heads) averaged over its
+   window's image queries (padding queries are dropped, as the model drops their outputs). 0 when
+   the slots do not cover every token once. */
+static int explain_swin(const float *a, const int *shape, const float *tok, int head, int gh, int gw, float *map) {
+    int nwin = shape[0], heads = shape[1], N = shape[2], w, h, q, p, real, seen = 0;
+    for (p = 0; p < gh * gw; p++) map[p] = -1.0f;
+    for (w = 0; w < nwin; w++) {
+        const float *slot = tok + (size_t)w * N;
+        for (real = 0, q = 0; q < N; q++) real += slot[q] >= 0.0f;
+        for (p = 0; p < N; p++) {
+            double acc = 0.0;
+            int k = (int)slot[p];
+            if (slot[p] < 0.0f) continue;
+            if (k >= gh * gw || map[k] >= 0.0f) return 0;
+            for (h = 0; h < heads; h++) {
+                if (head >= 0 && h != head) continue;
+                for (q = 0; q < N; q++)
+                    if (slot[q] >= 0.0f) acc += a[(((size_t)w * heads + h) * N + q) * N + p];
+            }
+            map[k] = (float)(acc / real / (head >= 0 ? 1 : heads));
+            seen++;
+        }
+    }
+    return seen == gh * gw;
 }
 
 /* The map over keys [k0, k0 + nk) of a [heads][queries][keys] block: head `head` (-1: the mean
@@ -1462,10 +1506,21 @@ static int cmd_explain(int argc, char **argv) {
     if (open_model(paths[0], 1, &m, &mp, &err) != LMV_OK) return fail(paths[0], &err);
     in = lmv_model_info_get(m);
     pp = &in->preprocess;
-    if (in->family != LMV_FAMILY_VIT && in->family != LMV_FAMILY_LEMEVIT) {
-        fprintf(stderr, "lmv explain: %s is a %s model; attention maps are captured for ViT and LeMeViT models only\n",
+    if (in->family != LMV_FAMILY_VIT && in->family != LMV_FAMILY_LEMEVIT && in->family != LMV_FAMILY_SWIN) {
+        fprintf(stderr, "lmv explain: %s is a %s model; attention maps are captured for ViT, Swin and LeMeViT models only\n",
                 paths[0], in->arch);
         goto done;
+    }
+    if (in->family == LMV_FAMILY_SWIN && (token || rollout)) {
+        usage_error("explain", "%s is not for Swin models: a Swin map is each token's attention averaged over its window",
+                    rollout ? "--rollout" : "--token");
+        rc = 2;
+        goto done;
+    }
+    if (in->family == LMV_FAMILY_SWIN) {
+        lmv_config_entry e;
+        for (i = 0; lmv_model_config(m, i, &e); i++)
+            if (!strcmp(e.key, "swin.window_size") && e.type == LMV_CONFIG_INTS && e.count == 1) t.window = e.ints[0];
     }
     if (in->family == LMV_FAMILY_VIT && meta != -2) {
         usage_error("explain", "--token meta is for LeMeViT models; a ViT takes --token cls or patches");
@@ -1500,7 +1555,8 @@ static int cmd_explain(int argc, char **argv) {
         fail("session", &err);
         goto done;
     }
-    /* which block: the one asked for, or the last ViT block / last LeMeViT cross block */
+    /* which block: the one asked for, or the last ViT block / last LeMeViT cross block / last Swin
+       block of a stage with more than one window */
     lmv_session_set_trace(s, explain_keep, &t);
     if (block) snprintf(name, sizeof name, "%s", block);
     else if (in->family == LMV_FAMILY_LEMEVIT) {
@@ -1515,7 +1571,10 @@ static int cmd_explain(int argc, char **argv) {
             fail("run", &err);
             goto done;
         }
-        snprintf(name, sizeof name, "blocks.%d", t.blocks - 1);
+        if (in->family == LMV_FAMILY_SWIN)
+            snprintf(name, sizeof name, "%s", t.swin_multi[0] ? t.swin_multi : t.swin_last);
+        else
+            snprintf(name, sizeof name, "blocks.%d", t.blocks - 1);
     }
     explain_reset(&t, name);
     lmv_session_trace_attention(s, name);
@@ -1530,10 +1589,24 @@ static int cmd_explain(int argc, char **argv) {
     }
     if (!t.attn[0] && !t.attn[1]) {
         fprintf(stderr, "lmv explain: no attention maps from block '%s'; give a block of this model (%s)\n", name,
-                in->family == LMV_FAMILY_VIT ? "blocks.0, blocks.1, ..." : "stages.I.J, e.g. stages.0.0");
+                in->family == LMV_FAMILY_VIT    ? "blocks.0, blocks.1, ..."
+                : in->family == LMV_FAMILY_SWIN ? "layers.S.blocks.J, e.g. layers.0.blocks.0"
+                                                : "stages.I.J, e.g. stages.0.0");
         goto done;
     }
-    if (in->family == LMV_FAMILY_VIT) {
+    if (in->family == LMV_FAMILY_SWIN) {
+        gh = t.grid_h;
+        gw = t.grid_w;
+        if (!t.attn[0] || !t.attn[1] || !gh || !gw || t.shape[1][0] != t.shape[0][0] || t.shape[1][1] != t.shape[0][2]) {
+            fprintf(stderr, "lmv explain: block '%s' gave no window maps with their token slots\n", name);
+            goto done;
+        }
+        if (head >= t.shape[0][1]) {
+            usage_error("explain", "--head %d: block '%s' has %d heads (0 to %d)", head, name, t.shape[0][1], t.shape[0][1] - 1);
+            rc = 2;
+            goto done;
+        }
+    } else if (in->family == LMV_FAMILY_VIT) {
         int T = t.shape[0][1];
         for (gh = 1; gh <= t.patches; gh++) /* the grid with the crop's aspect: gh / gw = crop_h / crop_w */
             if (t.patches % gh == 0 && (long)gh * pp->crop_w == (long)(t.patches / gh) * pp->crop_h) break;
@@ -1639,6 +1712,12 @@ static int cmd_explain(int argc, char **argv) {
             map[k] = (float)(v / (q1 - q0));
         }
         lmv_run(s, x, 1, pp->crop_h, pp->crop_w, logits, &err); /* the logits again, for the top 5 */
+    } else if (in->family == LMV_FAMILY_SWIN) {
+        if (!explain_swin(t.attn[0], t.shape[0], t.attn[1], head, gh, gw, map)) {
+            fprintf(stderr, "lmv explain: block '%s': the window slots do not cover its %dx%d tokens once each\n", name, gh,
+                    gw);
+            goto done;
+        }
     } else if (in->family == LMV_FAMILY_VIT)
         explain_rows(t.attn[0], t.shape[0], head, cls ? 0 : -1, prefix, prefix, gh * gw, map);
     else
@@ -1682,7 +1761,8 @@ static int cmd_explain(int argc, char **argv) {
             if (map[i] > map[best]) best = i;
         printf("%s: attention of %s%s, %s, head %s; hottest patch row %d col %d of %dx%d\n", paths[1],
                rollout ? "blocks.0 to " : "", name,
-               in->family == LMV_FAMILY_VIT ? (cls ? "from the class token" : "averaged over patch queries")
+               in->family == LMV_FAMILY_SWIN  ? "received by each token, averaged over its window's image queries"
+               : in->family == LMV_FAMILY_VIT ? (cls ? "from the class token" : "averaged over patch queries")
                : image_queries ? "averaged over image queries"
                : meta < 0 ? "averaged over meta tokens" : "from one meta token",
                hname, best / gw, best % gw, gh, gw);

@@ -6,6 +6,7 @@
    main() returns the class index, or 200 + the lmv_result of the step that failed. */
 #define LEMEVIT_NO_STDIO   /* no files, no printf */
 #define LEMEVIT_NO_MALLOC  /* every byte comes from the arena */
+#define LEMEVIT_NO_PNG     /* the pictures are JPEG or raw pixels: no PNG decoder (nor its inflate) linked */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
 

@@ -4,8 +4,8 @@ Motion-JPEG frame (a ship, no DHT) from the int8 model in flash, and their top 3
 (`lmv preprocess` + `lmv run` on the same file, softmax in numpy) within the six decimals printed;
 the top 3 of the float32 model agree too; a fourth build runs the float32 model itself from
 the board's 16 MB PSRAM standing in for memory-mapped external flash. Also: nothing from malloc or stdio is linked, the model
-sits 64-byte aligned in the flash region and the arena in RAM, the hang guard stops a run, and the
-library builds for the M7 with LEMEVIT_NO_JPEG. Skipped, by name, without arm-none-eabi-gcc or
+sits 64-byte aligned in the flash region and the arena in RAM, no PNG decoder (nor its inflate) is
+linked, the hang guard stops a run, and the library builds for the M7 with LEMEVIT_NO_JPEG. Skipped, by name, without arm-none-eabi-gcc or
 qemu-system-arm (tools/install_deps.sh installs both)."""
 import os
 import re
@@ -37,6 +37,8 @@ QEMU = ["qemu-system-arm", "-M", "mps2-an500", "-display", "none", "-serial", "n
 TIMEOUT = 300
 FORBIDDEN = ["malloc", "free", "calloc", "realloc", "_malloc_r", "_sbrk", "printf", "_printf_r", "puts", "fopen",
              "_write", "exit", "abort"]
+# the PNG decoder and its inflate, which no firmware build needs (examples/firmware.c: LEMEVIT_NO_PNG)
+PNG_PARTS = ("png", "inflate", "adler", "zlib")
 
 
 def boot(elf):
@@ -133,6 +135,8 @@ def main():
         sym = symbols(elf)
         hits = sorted(s for s in sym if s in FORBIDDEN)
         res.check(f"{name}: nothing from malloc or stdio is linked", not hits, ", ".join(hits))
+        png = sorted(s for s in sym if any(w in s.lower() for w in PNG_PARTS))
+        res.check(f"{name}: no PNG decoder or inflate linked", not png, ", ".join(png))
         addr, arena_at = sym.get("fw_model"), sym.get("arena_memory")
         res.check(f"{name}: the model is in {where} 64-byte aligned, the arena in RAM (0x20000000-)",
                   addr is not None and addr % 64 == 0 and lo <= addr < hi and arena_at is not None and

@@ -127,7 +127,7 @@ ARM_CC     ?= arm-none-eabi-gcc
 QEMU_ARM   ?= qemu-system-arm
 FWQ_FRAME  ?= examples/images/ship_32x32_mjpeg.jpg
 FWQ_CFLAGS ?= -O2
-FWQ_ABIS   := hard softfp hard-int8c hard-f32
+FWQ_ABIS   := hard softfp hard-int8c hard-f32 hard-raw
 FWQ_FLAGS_hard       := -mfloat-abi=hard
 FWQ_FLAGS_softfp     := -mfloat-abi=softfp
 FWQ_FLAGS_hard-int8c := -mfloat-abi=hard -DFW_INT8_COMPUTE
@@ -182,6 +182,25 @@ $(FWQ)/firmware-hard-f32.elf: $(FWQ_SRC) $(FWQ)/extflash_model.o $(FWQ)/image_da
 	  -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld -Wl,--gc-sections \
 	  -I$(FWQ)/f32 -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/extflash_model.o \
 	  $(FWQ)/image_data.c $(FWQ)/frame_data.c -lm
+	arm-none-eabi-size $@
+
+# a raw frame: the picture's pixels as `lmv decode` gives them (a binary PPM), its header cut off
+define FWQ_RGB
+$(FWQ)/$(1)_rgb_data.c: $(2) build/lmv
+	@mkdir -p $(FWQ)
+	build/lmv decode $(2) $(FWQ)/$(1)_32x32.ppm >/dev/null
+	tail -c 3072 $(FWQ)/$(1)_32x32.ppm > $(FWQ)/$(1)_32x32.rgb
+	build/lmv embed $(FWQ)/$(1)_32x32.rgb $$@ --name fw_$(1)_rgb
+endef
+$(eval $(call FWQ_RGB,cat,examples/images/cat_32x32.jpg))
+$(eval $(call FWQ_RGB,ship,$(FWQ_FRAME)))
+
+$(FWQ)/firmware-hard-raw.elf: $(FWQ_SRC) $(FWQ)/model_data.c $(FWQ)/cat_rgb_data.c $(FWQ)/ship_rgb_data.c \
+                              $(FWQ)/firmware_arena.h
+	$(ARM_CC) -std=c99 -Wall -Wextra -pedantic -Werror $(FWQ_CFLAGS) $(FWQ_CPU) -mfloat-abi=hard -DLEMEVIT_NO_JPEG $(FWQ_EXTRA) \
+	  -ffunction-sections -fdata-sections -nostartfiles --specs=nano.specs -T examples/cortex-m/mps2_an500.ld \
+	  -Wl,--gc-sections -I$(FWQ) -o $@ examples/cortex-m/main.c examples/cortex-m/startup.c $(FWQ)/model_data.c \
+	  $(FWQ)/cat_rgb_data.c $(FWQ)/ship_rgb_data.c -lm
 	arm-none-eabi-size $@
 
 firmware-qemu-build: $(foreach a,$(FWQ_ABIS),$(FWQ)/firmware-$(a).elf)

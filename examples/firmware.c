@@ -3,9 +3,12 @@
    image_data.c (`lmv embed`) and build/fw/firmware_arena.h (FW_ARENA_BYTES, the arena this task
    needs, measured on the host by examples/firmware_plan.c). examples/cortex-m/ boots the same code
    on a Cortex-M7. On a device the picture comes from a camera into RAM; the code is the same.
-   main() returns the class index, or 200 + the lmv_result of the step that failed. */
+   main() returns the class index, or 200 + the lmv_result of the step that failed.
+   Built with -DLEMEVIT_NO_JPEG it has no decoder at all and classifies raw RGB pixels
+   (fw_classify_rgb), as from a camera with an RGB output. */
 #define LEMEVIT_NO_STDIO   /* no files, no printf */
 #define LEMEVIT_NO_MALLOC  /* every byte comes from the arena */
+#define LEMEVIT_NO_PNG     /* the pictures are JPEG or raw pixels: no PNG decoder (nor its inflate) linked */
 #define LEMEVIT_IMPLEMENTATION
 #include "../lemevit.h"
 
@@ -29,11 +32,34 @@ lmv_session *fw_start(lmv_arena *arena, const void *model, size_t size, lmv_resu
 /* Classify one picture, JPEG bytes in memory (a file or a camera frame), into top[0..k-1]: decode,
    the model's eval transform, run. Its memory sits above a mark and is dropped afterwards, so a
    loop over frames keeps the arena at one peak. Returns the rows written, or -(lmv_result). */
+#ifndef LEMEVIT_NO_JPEG
 int fw_classify(lmv_session *s, lmv_arena *arena, const void *jpeg, size_t size, int k, lmv_prediction *top);
 int fw_classify(lmv_session *s, lmv_arena *arena, const void *jpeg, size_t size, int k, lmv_prediction *top) {
     size_t mark = lmv_arena_mark(arena);
     int n = 0;
     lmv_result r = lmv_classify_jpeg(s, jpeg, size, NULL, k, top, &n, NULL);
+    lmv_arena_release(arena, mark);
+    return r == LMV_OK ? n : -(int)r;
+}
+#endif
+
+/* The same from raw pixels: `rgb` is h rows of w * 3 bytes (R, G, B), no padding, as a camera with
+   an RGB output fills a frame buffer. No decoder: an lmv_image over the bytes, the model's eval
+   transform (lmv_preprocess_image, inside lmv_classify_image), run. */
+int fw_classify_rgb(lmv_session *s, lmv_arena *arena, const unsigned char *rgb, int w, int h, int k,
+                    lmv_prediction *top);
+int fw_classify_rgb(lmv_session *s, lmv_arena *arena, const unsigned char *rgb, int w, int h, int k,
+                    lmv_prediction *top) {
+    size_t mark = lmv_arena_mark(arena);
+    lmv_image img;
+    int n = 0;
+    lmv_result r;
+    memset(&img, 0, sizeof img); /* no allocator: the pixels are not the library's to free */
+    img.width = w;
+    img.height = h;
+    img.channels = 3;
+    img.pixels = (unsigned char *)rgb; /* only read: the frame may sit in flash */
+    r = lmv_classify_image(s, &img, k, top, &n, NULL);
     lmv_arena_release(arena, mark);
     return r == LMV_OK ? n : -(int)r;
 }

@@ -170,6 +170,9 @@ def cross(name, flags, arena, d, fw=FW):
     # exit is newlib's start-up code returning from main, not the library
     hits = sorted(s for s in linked if (s in FORBIDDEN and s != "exit") or s in ("_malloc_r", "_sbrk", "_printf_r", "_write"))
     res.check(f"{name}: nothing from malloc or stdio is linked", not hits, ", ".join(hits))
+    # examples/firmware.c decodes JPEG only (LEMEVIT_NO_PNG): no PNG decoder, inflate or PNG writer
+    png = sorted(s for s in linked if any(w in s.lower() for w in ("png", "inflate", "adler", "zlib")))
+    res.check(f"{name}: no PNG decoder, inflate or PNG writer is linked", not png, ", ".join(png))
     code, out, err = run(["arm-none-eabi-size", "-A", elf])
     sec = {}
     for ln in out.splitlines():

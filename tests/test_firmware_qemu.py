@@ -4,8 +4,11 @@ Motion-JPEG frame (a ship, no DHT) from the int8 model in flash, and their top 3
 (`lmv preprocess` + `lmv run` on the same file, softmax in numpy) within the six decimals printed;
 the top 3 of the float32 model agree too; a fourth build runs the float32 model itself from
 the board's 16 MB PSRAM standing in for memory-mapped external flash. Also: nothing from malloc or stdio is linked, the model
-sits 64-byte aligned in the flash region and the arena in RAM, the hang guard stops a run, and the
-library builds for the M7 with LEMEVIT_NO_JPEG. Skipped, by name, without arm-none-eabi-gcc or
+sits 64-byte aligned in the flash region and the arena in RAM, no PNG decoder (nor its inflate) is
+linked, the hang guard stops a run, and the library builds for the M7 with LEMEVIT_NO_JPEG. A fifth
+build, hard-raw (LEMEVIT_NO_JPEG: no decoder linked at all), classifies the same two pictures as raw
+32x32 RGB frames in flash, and its top 3 equal the host's on a tensor torchvision makes from the
+same bytes. Skipped, by name, without arm-none-eabi-gcc or
 qemu-system-arm (tools/install_deps.sh installs both)."""
 import os
 import re
@@ -37,6 +40,9 @@ QEMU = ["qemu-system-arm", "-M", "mps2-an500", "-display", "none", "-serial", "n
 TIMEOUT = 300
 FORBIDDEN = ["malloc", "free", "calloc", "realloc", "_malloc_r", "_sbrk", "printf", "_printf_r", "puts", "fopen",
              "_write", "exit", "abort"]
+# the PNG decoder and its inflate, which no firmware build needs (examples/firmware.c: LEMEVIT_NO_PNG)
+PNG_PARTS = ("png", "inflate", "adler", "zlib")
+RAW = [os.path.join(FWQ, "cat_32x32.rgb"), os.path.join(FWQ, "ship_32x32.rgb")]
 
 
 def boot(elf):
@@ -91,6 +97,89 @@ def symbols(elf):
     return {f[-1]: (int(f[0], 16) if len(f) == 3 else None) for f in (ln.split() for ln in out.splitlines()) if f}
 
 
+def host_top3_rgb(model, rgb, d):
+    """The host's top 3 for raw pixels: torchvision builds the input tensor from the bytes with the
+    model's own eval transform (as `lmv info` states it), build/lmv runs it, softmax in numpy."""
+    import torch
+    from torchvision import transforms
+    code, info, err = run([LMV_HOST, "info", model])
+    m = re.search(r"preprocess\s+resize (\d+) (\w+), crop (\d+)x(\d+).*mean ([\d. ]+), std ([\d. ]+)", info)
+    if code != 0 or not m:
+        raise RuntimeError(f"lmv info: {err.strip() or info[-300:]}")
+    interp = getattr(transforms.InterpolationMode, m[2].upper())
+    t = transforms.Compose([transforms.Resize(int(m[1]), interp), transforms.CenterCrop((int(m[3]), int(m[4]))),
+                            transforms.ToTensor(),
+                            transforms.Normalize([float(v) for v in m[5].split()], [float(v) for v in m[6].split()])])
+    img = Image.frombytes("RGB", (32, 32), rgb)
+    x, y = os.path.join(d, "xr.npy"), os.path.join(d, "yr.npy")
+    with torch.no_grad():
+        np.save(x, t(img).unsqueeze(0).numpy().astype(np.float32))
+    code, _, err = run([LMV_HOST, "run", model, x, y])
+    if code != 0:
+        raise RuntimeError(err.strip())
+    z = np.load(y)[0].astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    idx = np.argsort(-p, kind="stable")[:3]
+    return [(int(i), float(p[i])) for i in idx]
+
+
+def raw_build(d, model, jpeg_printed):
+    """hard-raw: LEMEVIT_NO_JPEG, two raw RGB frames in flash through lmv_image + lmv_classify_image."""
+    name = "hard-raw"
+    elf = os.path.join(FWQ, f"firmware-{name}.elf")
+    if not res.check(f"{name}: make firmware-qemu-build built it", os.path.exists(elf), "" if os.path.exists(elf) else f"no {elf}"):
+        return
+    for jpg, raw in zip(IMAGES, RAW):
+        want = Image.open(jpg).convert("RGB").tobytes()
+        got = open(raw, "rb").read() if os.path.exists(raw) else b""
+        res.check(f"{name}: {os.path.basename(raw)} holds the pixels Pillow decodes from {os.path.basename(jpg)}",
+                  got == want, f"{len(got)} bytes, Pillow's {len(want)}")
+    sym = symbols(elf)
+    dec = sorted(s for s in sym if any(w in s.lower() for w in ("jpeg", "jpg", "huff", "idct") + PNG_PARTS))
+    res.check(f"{name}: no image decoder linked (no JPEG, PNG or inflate symbol)", not dec and "fw_classify_rgb" in sym,
+              ", ".join(dec) if dec else "fw_classify_rgb linked, no decoder" if "fw_classify_rgb" in sym else
+              "fw_classify_rgb not linked")
+    hits = sorted(s for s in sym if s in FORBIDDEN)
+    res.check(f"{name}: nothing from malloc or stdio is linked", not hits, ", ".join(hits))
+    addr = sym.get("fw_model")
+    res.check(f"{name}: the model is in flash 64-byte aligned", addr is not None and addr % 64 == 0 and addr < 0x400000,
+              f"fw_model at {addr:#x}" if addr is not None else "fw_model not found")
+    sizes = {}
+    for e in (name, "hard"):
+        code, out, _ = run(["arm-none-eabi-size", os.path.join(FWQ, f"firmware-{e}.elf")])
+        text, dat, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+        sizes[e] = (text + dat, dat + bss)
+    fl, ram = sizes[name]
+    res.check(f"{name}: size", fl <= 4 << 20 and ram <= 4 << 20,
+              f"flash {fl} B ({sizes['hard'][0] - fl} B less than the hard build with the JPEG decoder, "
+              f"though its two frames take 6,144 B against the JPEGs' {sum(os.path.getsize(i) for i in IMAGES)} B), "
+              f"RAM {ram} B")
+    code, out, err = boot(elf)
+    ok = code == 0 and out.rstrip().endswith("done")
+    if not res.check(f"{name}: boots on qemu mps2-an500 and exits cleanly", ok,
+                     "" if ok else f"exit {code}: {(out + err)[-600:]}"):
+        return
+    pics = parse(out)
+    ok = len(pics) == 2 and all(len(t) == 3 for t, _ in pics)
+    if not res.check(f"{name}: two raw frames with a top 3 each", ok, "" if ok else out[-400:]):
+        return
+    peak = re.search(r"arena peak (\d+)", out)
+    for i, (raw, (got, instr)) in enumerate(zip(RAW, pics)):
+        pic = os.path.basename(raw)
+        want = host_top3_rgb(model, open(raw, "rb").read(), d)
+        dp = max(abs(a[1] - b[1]) for a, b in zip(got, want))
+        res.check(f"{name} {pic}: top 3 equals the host's on torchvision's tensor of the same bytes",
+                  [c for c, _ in got] == [c for c, _ in want] and dp <= 1e-6 + 5e-7,
+                  f"{got} vs host {[(c, round(q, 6)) for c, q in want]}, max prob difference {dp:.1e}")
+        if jpeg_printed:
+            res.check(f"{name} {pic}: the same top 3 as the hard build's JPEG of it (same pixels, decoder or not)",
+                      got == jpeg_printed[i][0], f"{got} vs {jpeg_printed[i][0]}")
+        res.check(f"{name} {pic}: instructions for one inference counted", instr and instr > 10 ** 6,
+                  f"{instr:,} instructions (qemu -icount; not cycles)"
+                  f"{', arena peak ' + peak[1] + ' B' if peak else ''}" if instr else "no count printed")
+
+
 def main():
     missing = [t for t in ("arm-none-eabi-gcc", "qemu-system-arm") if not shutil.which(t)]
     if missing:
@@ -123,6 +212,7 @@ def main():
         res.finish()
     model_q = os.path.join(FWQ, "model_int8.lmv")
     model_f = open(os.path.join(BUILD, "fw", "inputs")).read().split()[0]
+    printed = {}
 
     for name, opts, kind in BUILDS:
         elf = os.path.join(FWQ, f"firmware-{name}.elf")
@@ -133,6 +223,8 @@ def main():
         sym = symbols(elf)
         hits = sorted(s for s in sym if s in FORBIDDEN)
         res.check(f"{name}: nothing from malloc or stdio is linked", not hits, ", ".join(hits))
+        png = sorted(s for s in sym if any(w in s.lower() for w in PNG_PARTS))
+        res.check(f"{name}: no PNG decoder or inflate linked", not png, ", ".join(png))
         addr, arena_at = sym.get("fw_model"), sym.get("arena_memory")
         res.check(f"{name}: the model is in {where} 64-byte aligned, the arena in RAM (0x20000000-)",
                   addr is not None and addr % 64 == 0 and lo <= addr < hi and arena_at is not None and
@@ -152,6 +244,7 @@ def main():
                          "" if ok else f"exit {code}: {(out + err)[-600:]}"):
             continue
         pics = parse(out)
+        printed[name] = pics
         if not res.check(f"{name}: two pictures with a top 3 each", len(pics) == 2 and all(len(t) == 3 for t, _ in pics),
                          "" if len(pics) == 2 else out[-400:]):
             continue
@@ -179,6 +272,8 @@ def main():
             res.check(f"{name} {pic}: top 3 classes equal the float32 model's on the host",
                       [c for c, _ in got] == [c for c, _ in want_f] and df <= dq + 1e-6,
                       f"max prob difference {df:.4f}; the host's int8 vs float32 difference is {dq:.4f}")
+
+    raw_build(d, model_q, printed.get("hard"))
 
     # the guard: a SysTick period of 2^16 ticks and no periods allowed stops the run in its first inference
     elf = os.path.join(d, "guard.elf")

@@ -2,14 +2,23 @@
    firmware-qemu`): the model in flash, the arena in RAM, two pictures classified with the top 3
    printed through semihosting - a JPEG file's bytes, and a Motion-JPEG camera frame (no Huffman
    tables of its own) as it would sit in a frame buffer. Also prints the instructions each took,
-   estimated from SysTick against a loop of known length (exact under qemu -icount; not cycles). */
+   estimated from SysTick against a loop of known length (exact under qemu -icount; not cycles).
+   Built with -DLEMEVIT_NO_JPEG (no decoder linked) it classifies two raw 32x32 RGB frames in flash
+   instead, as a camera with an RGB output gives them: the same cat and ship, decoded on the host. */
 #define FIRMWARE_NO_MAIN
 #include "../firmware.c"
 #include "firmware_arena.h" /* FW_ARENA_BYTES, measured on the host by examples/firmware_plan.c */
 #include "startup.h"
 
+#ifdef LEMEVIT_NO_JPEG
+#define FW_RGB_W 32
+#define FW_RGB_H 32
+extern const unsigned char fw_model[], fw_cat_rgb[], fw_ship_rgb[];
+extern const size_t fw_model_size, fw_cat_rgb_size, fw_ship_rgb_size;
+#else
 extern const unsigned char fw_model[], fw_image[], fw_frame[];
 extern const size_t fw_model_size, fw_image_size, fw_frame_size;
+#endif
 
 __attribute__((aligned(64))) static unsigned char arena_memory[FW_ARENA_BYTES];
 
@@ -34,8 +43,13 @@ static void spin(uint32_t n) { __asm__ volatile("1: subs %0, %0, #1\n\tbne 1b" :
 
 int main(void) {
     static const struct { const char *name; const unsigned char *data; const size_t *size; } pics[2] = {
+#ifdef LEMEVIT_NO_JPEG
+        {"cat_32x32.rgb (raw RGB frame, 32x32)", fw_cat_rgb, &fw_cat_rgb_size},
+        {"ship_32x32.rgb (raw RGB frame, 32x32)", fw_ship_rgb, &fw_ship_rgb_size}};
+#else
         {"cat_32x32.jpg (JPEG file bytes)", fw_image, &fw_image_size},
         {"ship_32x32_mjpeg.jpg (Motion-JPEG frame, no DHT)", fw_frame, &fw_frame_size}};
+#endif
     const uint32_t spins = 1u << 23;
     lmv_arena arena;
     lmv_prediction top[3];
@@ -57,6 +71,9 @@ int main(void) {
 #ifdef FW_INT8_COMPUTE
     fw_write("int8 weights multiplied in int8 (int8_compute)\n");
 #endif
+#ifdef LEMEVIT_NO_JPEG
+    fw_write("no JPEG decoder (LEMEVIT_NO_JPEG): raw RGB frames\n");
+#endif
     say("model ", fw_model_size, " bytes in flash at 0x");
     for (i = 28; i >= 0; i -= 4) {
         char hex[2] = {0, 0};
@@ -72,7 +89,14 @@ int main(void) {
     }
     for (i = 0; i < 2; i++) {
         t0 = fw_ticks();
+#ifdef LEMEVIT_NO_JPEG
+        /* a frame of another size than the buffer holds is refused, not read past its end */
+        n = *pics[i].size == (size_t)FW_RGB_W * FW_RGB_H * 3
+                ? fw_classify_rgb(s, &arena, pics[i].data, FW_RGB_W, FW_RGB_H, 3, top)
+                : -(int)LMV_ERR_INVALID_ARGUMENT;
+#else
         n = fw_classify(s, &arena, pics[i].data, *pics[i].size, 3, top);
+#endif
         t0 = fw_ticks() - t0;
         fw_write("picture ");
         fw_write(pics[i].name);

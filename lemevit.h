@@ -3664,9 +3664,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if ((r = lmv__meta_int_range(m, "vit.pool_prefix", 0, 0, 1, 0, &v->pool_prefix, err)) != LMV_OK) return r;
     s = lmv__meta_string(m, "vit.rel_pos", "none");
     if (!strcmp(s, "block")) v->rel_pos = 1;
-    else if (!strcmp(s, "shared")) v->rel_pos = 2;
+    else if (!strcmp(s, "shared_table")) v->rel_pos = 2;
     else if (!strcmp(s, "both")) v->rel_pos = 3;
-    else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_pos '%s' is not one of none, block, shared, both", s);
+    else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_pos '%s' is not one of none, block, shared_table, both", s);
     if (v->rel_pos && (!v->class_token || v->dist_token || v->reg_tokens || v->class_last))
         return lmv__fail(err, LMV_ERR_UNSUPPORTED,
                          "vit.rel_pos (BEiT relative position bias) needs exactly one class token, first, and no "

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Results, compare_traces, convert, lmv_run, logits_close, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir  # noqa: E402
 from models import beit_ref  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
 
@@ -84,6 +84,32 @@ def refused(name, sd, words, conv_opts=()):
     res.check(name, False, "converted")
 
 
+def loader_refusals(lmv):
+    """The loader refuses a file whose rel-pos / abs-pos settings disagree with its tensors, naming them."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import lmvfile
+    f = lmvfile.read(lmv)
+    d = tmpdir()
+
+    def rewrite(name, meta_change):
+        meta = [(k, meta_change.get(k, v)) for k, v in ((k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items())]
+        tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+        path = os.path.join(d, name)
+        lmvfile.write(path, meta, tensors)
+        code, out, err = run([LMV, "info", path])
+        return code, err.strip()
+
+    code, err = rewrite("none.lmv", {"vit.rel_pos": "none"})
+    res.check("loader refuses tables the settings do not use", code != 0 and "relative_position_bias_table" in err, err)
+    code, err = rewrite("shared.lmv", {"vit.rel_pos": "shared_table"})
+    res.check("loader refuses vit.rel_pos=shared_table without its table",
+              code != 0 and "rel_pos_bias.relative_position_bias_table" in err, err)
+    code, err = rewrite("abs.lmv", {"vit.abs_pos": lmvfile.Typed(lmvfile.T_INT32, [1])})
+    res.check("loader refuses vit.abs_pos=1 without pos_embed", code != 0 and "pos_embed" in err, err)
+    code, err = rewrite("grid.lmv", {"vit.pos_grid": lmvfile.Typed(lmvfile.T_INT32, [4, 5])})
+    res.check("loader refuses a table of another grid", code != 0 and "relative_position_bias_table" in err, err)
+
+
 def main():
     # timm's BEiT fine-tuned default: no abs pos, a table per block, layer scale, mean pooling + fc_norm;
     # a non-square input (its grid is given, as the table of a 4x6 grid is not square)
@@ -95,6 +121,7 @@ def main():
     refused("without --img-size a non-square grid's table is refused", m.state_dict(),
             ["relative_position_bias_table", "80 rows", "--img-size"])
     if lmv:
+        loader_refusals(lmv)
         try:
             lmv_run(lmv, image(48, 32).numpy())
             res.check("another input size is refused", False, "ran")
@@ -103,7 +130,7 @@ def main():
 
     # shared table, abs pos on, class token pooling, no layer scale
     parity("BEiT shared rel-pos, abs pos, class token", beit(2, use_shared_rel_pos_bias=True, global_pool="token"),
-           image(32, 32), expect=("vit.rel_pos=shared", "pos_embed covers prefix"))
+           image(32, 32), expect=("vit.rel_pos=shared_table", "pos_embed covers prefix"))
     # both tables, no qkv bias
     parity("BEiT per-block + shared rel-pos, no qkv bias, layer scale",
            beit(3, use_rel_pos_bias=True, use_shared_rel_pos_bias=True, use_abs_pos_emb=False, qkv_bias=False,

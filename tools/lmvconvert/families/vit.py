@@ -29,7 +29,7 @@ register_family("vit", VIT_KEYS, choices={
     "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post"),
-    "vit.rel_pos": ("none", "block", "shared", "both"),
+    "vit.rel_pos": ("none", "block", "shared_table", "both"),
 }, assumable=[
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
@@ -120,13 +120,13 @@ SHARED_REL_TABLE = "rel_pos_bias." + REL_TABLE
 
 def vit_rel_pos_kind(sd, idx):
     """BEiT's relative position bias as the tensors show it: "none", "block" (a table in every block),
-    "shared" (one rel_pos_bias table) or "both"."""
+    "shared_table" (one rel_pos_bias table) or "both"."""
     have = ["blocks.%d.attn.%s" % (i, REL_TABLE) in sd for i in idx]
     if any(have) and not all(have):
         raise ConvertError("blocks differ in relative position bias: blocks.N.attn.%s is present in only some "
                            "blocks (%s)" % (REL_TABLE, [i for i, h in zip(idx, have) if not h][:8]))
     shared = SHARED_REL_TABLE in sd
-    return {(False, False): "none", (True, False): "block", (False, True): "shared", (True, True): "both"}[
+    return {(False, False): "none", (True, False): "block", (False, True): "shared_table", (True, True): "both"}[
         (bool(have) and all(have), shared)]
 
 
@@ -287,7 +287,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
                                "distillation or register tokens")
         rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
         want_index = None
-        for key in ([SHARED_REL_TABLE] if rel_pos in ("shared", "both") else []) + \
+        for key in ([SHARED_REL_TABLE] if rel_pos in ("shared_table", "both") else []) + \
                 (["blocks.%d.attn.%s" % (i, REL_TABLE) for i in idx] if rel_pos in ("block", "both") else []):
             t = sd[key]
             if t.ndim == 2 and t.shape[0] != rows:

@@ -150,6 +150,19 @@ def main():
     parity("BEiT per-block rel-pos with abs pos, class token",
            beit(5, use_rel_pos_bias=True, global_pool="token", init_values=0.1), image(32, 32))
 
+    # a BEiT v2 checkpoint named by its training args: ImageNet mean/std (BEiT v1 keeps 0.5/0.5)
+    m = beit(7, use_rel_pos_bias=True, use_abs_pos_emb=False, init_values=1e-5)
+    for arch, mean in (("beitv2_large_patch16_224", "mean [0.485, 0.456, 0.406]"), ("beit_base_patch16_224",
+                                                                                       "mean [0.5, 0.5, 0.5]")):
+        ckpt, lmv = save({"model": m.state_dict(), "args": {"model": arch}})
+        try:
+            out = convert(ckpt, lmv)
+        except RuntimeError as e:
+            out = str(e)
+        res.check(f"{arch} preprocessing: {mean}", mean in out, out)
+        if arch.startswith("beitv2"):
+            res.check(f"{arch} crop_pct 0.95", "crop_pct 0.95" in out, out)
+
     # refusals
     m = beit(6, use_rel_pos_bias=True, use_abs_pos_emb=False, init_values=0.1)
     sd = m.state_dict()

@@ -671,6 +671,13 @@ def detect_timm_vit(sd, ctx):
     source = "beit" if beit else "deit" if is_deit else "timm"
     defaults = dict(PRE_DEIT if is_deit else PRE_TIMM)
     defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_aa"})
+    hint_name = ((ctx.hints.name if ctx.hints is not None else None) or arch_name or "").split(".")[0]
+    if beit and hint_name.startswith("beitv2"):
+        # timm's BEiT v2 weights were fine-tuned with ImageNet mean/std (BEiT v1: 0.5/0.5)
+        defaults.update({"pre.mean": PRE_DEIT["pre.mean"], "pre.std": PRE_DEIT["pre.std"]})
+        if hint_name.startswith("beitv2_large"):
+            defaults["pre.crop_pct"] = 0.95
+        ctx.notes.append("BEiT v2 (model name %s): ImageNet mean/std" % hint_name)
     # timm training arguments may carry the data config used
     side = {}
     if isinstance(args.get("mean"), (list, tuple)) and args.get("mean"):

@@ -3460,6 +3460,7 @@ typedef struct lmv__vit_block {
     const float *q_norm_w, *q_norm_b, *k_norm_w, *k_norm_b; /* qk-norm: LayerNorm(head_dim) on q and k per head */
     const float *attn_norm_w, *attn_norm_b;                  /* LayerNorm(D) on the attention output, before proj */
     const float *mlp_norm_w, *mlp_norm_b;                    /* LayerNorm(hidden) before fc2 */
+    const float *rel_table; /* BEiT relative position bias table [(2gh-1)(2gw-1)+3][heads] (vit.rel_pos block) */
     lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__vit_block;
 
@@ -3481,6 +3482,10 @@ typedef struct lmv__vit {
     int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
     int pool_avg, pre_logits, num_classes, pos_rows;
     int proj; /* width of the embedding projection (CLIP's `proj`, bias-free), 0: none */
+    int abs_pos; /* vit.abs_pos: the tokens get the absolute pos_embed (BEiT may have none) */
+    int rel_pos; /* vit.rel_pos: 1 per-block tables, 2 one shared table, 3 both (BEiT); 0 none */
+    int *rel_index; /* [(G+1)^2] table row of each (query, key) token pair, G = pos_gh * pos_gw */
+    const float *rel_shared; /* rel_pos_bias.relative_position_bias_table [(2gh-1)(2gw-1)+3][heads] */
     float eps, scale;
     lmv__act act;
     lmv__resample pos_interp;
@@ -3552,6 +3557,48 @@ static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) 
     return LMV_OK;
 }
 
+/* Rows of a BEiT relative position bias table: every (dy, dx) offset of the trained grid plus
+   three for the class token (class to patch, patch to class, class to class). */
+static int lmv__vit_rel_rows(const lmv__vit *v) { return (2 * v->pos_gh - 1) * (2 * v->pos_gw - 1) + 3; }
+
+/* vit.rel_pos: the shared table when there is one, and the table row of every (query, key) pair of
+   the trained grid with its class token first, as timm's beit.py gen_relative_position_index:
+   patch (y1, x1) to patch (y2, x2) reads row (y1 - y2 + gh - 1) * (2gw - 1) + (x1 - x2 + gw - 1). */
+static lmv_result lmv__vit_bind_rel_pos(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int G = v->pos_gh * v->pos_gw, T = G + 1, rows = lmv__vit_rel_rows(v), i, j;
+    if ((size_t)v->pos_gh * v->pos_gw > 4096)
+        return lmv__fail(err, LMV_ERR_LIMIT, "vit.rel_pos over a %dx%d grid: at most 4096 patches are supported",
+                         v->pos_gh, v->pos_gw);
+    if ((v->rel_pos & 2) &&
+        (r = lmv__w2(m, 0, rows, v->heads, &v->rel_shared, err, "rel_pos_bias.relative_position_bias_table")) != LMV_OK)
+        return r;
+    v->rel_index = (int *)lmv__alloc(&m->allocator, sizeof(int) * (size_t)T * T);
+    if (!v->rel_index) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the relative position index");
+    for (i = 0; i < G; i++)
+        for (j = 0; j < G; j++) {
+            int dy = i / v->pos_gw - j / v->pos_gw + v->pos_gh - 1, dx = i % v->pos_gw - j % v->pos_gw + v->pos_gw - 1;
+            v->rel_index[(size_t)(i + 1) * T + j + 1] = dy * (2 * v->pos_gw - 1) + dx;
+        }
+    for (j = 1; j < T; j++) v->rel_index[j] = rows - 3;             /* class token to patch */
+    for (i = 1; i < T; i++) v->rel_index[(size_t)i * T] = rows - 2; /* patch to class token */
+    v->rel_index[0] = rows - 1;
+    return LMV_OK;
+}
+
+/* The relative position bias of one block, [heads][T][T]: its own table's entries plus the shared one's. */
+static void lmv__vit_rel_bias(const lmv__vit *v, const lmv__vit_block *blk, int T, float *bias) {
+    size_t n = (size_t)T * T, p;
+    int h, H = v->heads;
+    for (h = 0; h < H; h++) {
+        float *o = bias + (size_t)h * n;
+        if (blk->rel_table && v->rel_shared)
+            for (p = 0; p < n; p++) o[p] = blk->rel_table[(size_t)v->rel_index[p] * H + h] + v->rel_shared[(size_t)v->rel_index[p] * H + h];
+        else
+            for (p = 0; p < n; p++) o[p] = (blk->rel_table ? blk->rel_table : v->rel_shared)[(size_t)v->rel_index[p] * H + h];
+    }
+}
+
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     lmv__vit *v;
     lmv_result r;
@@ -3582,6 +3629,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     LMV__INT("vit.pre_logits", 0, 0, 1 << 18, 0, v->pre_logits);
     LMV__INT("vit.proj", 0, 0, 1 << 18, 0, v->proj);
     LMV__INT("num_classes", 0, 0, 1 << 20, 0, v->num_classes);
+    LMV__INT("vit.abs_pos", 0, 0, 1, 1, v->abs_pos);
 #undef LMV__INT
     if (v->dim % v->heads)
         return lmv__fail(err, LMV_ERR_CORRUPT, "vit.embed_dim %d is not divisible by vit.num_heads %d", v->dim, v->heads);
@@ -3621,6 +3669,15 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!v->pool_avg && !v->pool_map && !v->class_token)
         return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool 'token' needs a class token");
     if ((r = lmv__meta_int_range(m, "vit.pool_prefix", 0, 0, 1, 0, &v->pool_prefix, err)) != LMV_OK) return r;
+    s = lmv__meta_string(m, "vit.rel_pos", "none");
+    if (!strcmp(s, "block")) v->rel_pos = 1;
+    else if (!strcmp(s, "shared_table")) v->rel_pos = 2;
+    else if (!strcmp(s, "both")) v->rel_pos = 3;
+    else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_pos '%s' is not one of none, block, shared_table, both", s);
+    if (v->rel_pos && (!v->class_token || v->dist_token || v->reg_tokens || v->class_last))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.rel_pos (BEiT relative position bias) needs exactly one class token, first, and no "
+                         "distillation or register tokens");
     s = lmv__meta_string(m, "vit.pos_interp", "bicubic");
     if (!strcmp(s, "bicubic")) v->pos_interp = LMV__RS_BICUBIC;
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
@@ -3645,8 +3702,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         shape3[1] = v->reg_tokens;
         if (v->reg_tokens && (r = lmv__weight(m, "reg_token", 0, 3, shape3, &v->reg_token, err)) != LMV_OK) return r;
         shape3[1] = P;
-        if ((r = lmv__weight(m, "pos_embed", 0, 3, shape3, &v->pos_embed, err)) != LMV_OK) return r;
+        if (v->abs_pos && (r = lmv__weight(m, "pos_embed", 0, 3, shape3, &v->pos_embed, err)) != LMV_OK) return r;
     }
+    if (v->rel_pos && (r = lmv__vit_bind_rel_pos(m, v, err)) != LMV_OK) return r;
     (void)patch_k;
     if ((r = lmv__bind_norm(m, 1, D, &v->patch_norm_w, &v->patch_norm_b, err, "patch_embed.norm")) != LMV_OK ||
         (r = lmv__bind_norm(m, 1, D, &v->norm_pre_w, &v->norm_pre_b, err, "norm_pre")) != LMV_OK ||
@@ -3668,6 +3726,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     }
     v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
     if (!v->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT blocks");
+    memset(v->blocks, 0, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
     for (i = 0; i < v->depth; i++) {
         lmv__vit_block *b = &v->blocks[i];
         if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "blocks.%d.norm1", i)) != LMV_OK ||
@@ -3678,6 +3737,10 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
             (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK ||
             (r = lmv__vit_bind_block_norms(m, v, i, b, err)) != LMV_OK)
             return r;
+        if (v->rel_pos & 1) {
+            lmv__name(name, sizeof name, "blocks.%d.attn.relative_position_bias_table", i);
+            if ((r = lmv__w2(m, 0, lmv__vit_rel_rows(v), v->heads, &b->rel_table, err, name)) != LMV_OK) return r;
+        }
         if (v->norm_at == LMV__NORM_RES_POST) continue; /* ResPostBlock has no layer scale */
         lmv__name(name, sizeof name, "blocks.%d.ls1.gamma", i);
         if ((r = lmv__w1(m, 1, D, &b->ls1, err, name)) != LMV_OK) return r;
@@ -3691,6 +3754,7 @@ static void lmv__vit_unbind(lmv_model *m) {
     lmv__vit *v = (lmv__vit *)m->graph;
     if (!v) return;
     lmv__free(&m->allocator, v->blocks);
+    lmv__free(&m->allocator, v->rel_index);
     lmv__free(&m->allocator, v);
     m->graph = NULL;
 }
@@ -3709,6 +3773,7 @@ typedef struct lmv__vit_bufs {
     float *pos;     /* [max(P, T)][D] the position embedding for this grid */
     float *tmp;     /* = patches: the pos-embed resampling scratch, used before patchify */
     float *pooled;  /* [3 * max(D, F) + 2 * classes] features (2 rows if distilled), pre-logits, logits */
+    float *relb;    /* [heads][T][T] the block's relative position bias (vit.rel_pos only) */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3732,6 +3797,7 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
     b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
                                    3 * (size_t)v->proj);
+    b->relb = v->rel_pos ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
     return c.used;
 }
 
@@ -3742,6 +3808,11 @@ static lmv_result lmv__vit_plan(const lmv_model *m, int threads, int h, int w, s
     if (gh < 1 || gw < 1)
         return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d is smaller than one %dx%d patch", h, w, v->ph, v->pw);
     if ((size_t)gh * gw + v->prefix > (1u << 20)) return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d gives too many tokens", h, w);
+    if (v->rel_pos && (gh != v->pos_gh || gw != v->pos_gw))
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                         "input %dx%d: this model's relative position bias tables are for its trained %dx%d input "
+                         "only; resize the image to %dx%d", h, w, v->pos_gh * v->ph, v->pos_gw * v->pw,
+                         v->pos_gh * v->ph, v->pos_gw * v->pw);
     *floats = lmv__vit_layout(v, gh, gw, threads, NULL, &b);
     return LMV_OK;
 }
@@ -3895,6 +3966,10 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.scale = v->scale;
     a.scores = b->scores;
     a.probs = probs;
+    if (v->rel_pos) {
+        lmv__vit_rel_bias(v, blk, T, b->relb);
+        a.bias = b->relb;
+    }
     lmv__attention(ctx, &a);
     if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
     lmv__vit_branch_out(ctx, v, T, b->attn, D, blk->proj_w, blk->proj_b, blk->ls1, blk->norm1_w, blk->norm1_b, b);
@@ -3977,7 +4052,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     (void)err;
     /* the position embedding for this grid, once for the whole batch (its resampling scratch
        shares memory with the patch rows, which are only filled later) */
-    lmv__vit_pos_embed(v, gh, gw, &b);
+    if (v->abs_pos) lmv__vit_pos_embed(v, gh, gw, &b);
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;
@@ -3990,12 +4065,12 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         if (v->patch_norm_w) lmv__layernorm(ctx, tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
         if (trace) lmv__trace(s, "patch_embed", tokens, 2, np, D, 0);
         /* prefix tokens and position embedding */
-        if (v->no_embed_class) lmv__add_scaled(ctx, tokens, b.pos, np, D, NULL);
+        if (v->abs_pos && v->no_embed_class) lmv__add_scaled(ctx, tokens, b.pos, np, D, NULL);
         if (v->class_token) memcpy(v->class_last ? b.x + (size_t)np * D : b.x, v->cls_token, sizeof(float) * D);
         if (v->dist_token) memcpy(b.x + D, v->dist_token_w, sizeof(float) * D);
         if (v->reg_tokens)
             memcpy(b.x + (size_t)(v->class_token + v->dist_token) * D, v->reg_token, sizeof(float) * D * v->reg_tokens);
-        if (!v->no_embed_class) lmv__add_scaled(ctx, b.x, b.pos, T, D, NULL);
+        if (v->abs_pos && !v->no_embed_class) lmv__add_scaled(ctx, b.x, b.pos, T, D, NULL);
         if (v->norm_pre_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
         if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
 

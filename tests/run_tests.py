@@ -26,6 +26,7 @@ SUITES = [
     ("png", [PY, os.path.join(HERE, "test_png.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("clip, dinov2 (image encoders on the ViT graph)", [PY, os.path.join(HERE, "test_clip.py")]),
+    ("beit (relative position bias, q/v bias, layer scale on the ViT graph)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
@@ -52,6 +53,7 @@ SUITES = [
 SANITIZED = [
     ("vit (asan+ubsan)", [PY, os.path.join(HERE, "test_vit.py"), "--quick"]),
     ("clip, dinov2 (asan+ubsan)", [PY, os.path.join(HERE, "test_clip.py")]),
+    ("beit (asan+ubsan)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
     ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
     ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),

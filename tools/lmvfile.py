@@ -267,6 +267,8 @@ META_RULES = OrderedDict([
     ("vit.mlp", _rule("str", choices=("mlp", "glu"), arch="vit")),
     ("vit.pool", _rule("str", choices=("token", "avg", "map"), arch="vit")),
     ("vit.pool_prefix", _rule("int", 0, 1, arch="vit")),
+    ("vit.abs_pos", _rule("int", 0, 1, arch="vit")),
+    ("vit.rel_pos", _rule("str", choices=("none", "block", "shared_table", "both"), arch="vit")),
     ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
                              arch="vit")),
     ("vit.qkv_bias", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),

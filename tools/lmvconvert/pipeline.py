@@ -257,8 +257,11 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
         if c["vit.reg_tokens"]:
             tokens.append("%d reg" % c["vit.reg_tokens"])
         parts = [", ".join(tokens) or "no prefix tokens",
-                 "pos_embed %s prefix" % ("excludes" if c["vit.no_embed_class"] else "covers"),
+                 "pos_embed %s prefix" % ("excludes" if c["vit.no_embed_class"] else "covers")
+                 if c.get("vit.abs_pos", 1) else "no pos_embed (vit.abs_pos=0)",
                  "pool %s" % c["vit.pool"]]
+        if c.get("vit.rel_pos", "none") != "none":
+            parts.insert(2, "relative position bias vit.rel_pos=%s (input fixed at img_size)" % c["vit.rel_pos"])
         lines.append("tokens      " + "; ".join(parts))
         opts = ["%s-norm" % ("res-post" if c["vit.block"] == "res_post" else "pre" if c["vit.norm_first"] else "post"),
                 "eps %g" % c["vit.norm_eps"],

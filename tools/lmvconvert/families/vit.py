@@ -20,7 +20,8 @@ VIT_KEYS = OrderedDict([
     ("vit.reg_tokens", "i"), ("vit.no_embed_class", "i"), ("vit.pool", "s"), ("vit.qkv_bias", "i"),
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
-    ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"),
+    ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"), ("vit.abs_pos", "i"),
+    ("vit.rel_pos", "s"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
@@ -28,6 +29,7 @@ register_family("vit", VIT_KEYS, choices={
     "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post"),
+    "vit.rel_pos": ("none", "block", "shared_table", "both"),
 }, assumable=[
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
@@ -39,7 +41,8 @@ register_family("vit", VIT_KEYS, choices={
 # ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
-                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "in_chans",
+                  "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "vit.abs_pos",
+                  "vit.rel_pos", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
@@ -109,6 +112,45 @@ def vit_take_attn_pool(sd, D, take, bias, norm, T):
     T["attn_pool.mlp.fc2.weight"] = take("attn_pool.mlp.fc2.weight", (D, Hp))
     T["attn_pool.mlp.fc2.bias"] = bias("attn_pool.mlp.fc2.bias", D)
     return Hp
+
+
+REL_TABLE = "relative_position_bias_table"
+SHARED_REL_TABLE = "rel_pos_bias." + REL_TABLE
+
+
+def vit_rel_pos_kind(sd, idx):
+    """BEiT's relative position bias as the tensors show it: "none", "block" (a table in every block),
+    "shared_table" (one rel_pos_bias table) or "both"."""
+    have = ["blocks.%d.attn.%s" % (i, REL_TABLE) in sd for i in idx]
+    if any(have) and not all(have):
+        raise ConvertError("blocks differ in relative position bias: blocks.N.attn.%s is present in only some "
+                           "blocks (%s)" % (REL_TABLE, [i for i, h in zip(idx, have) if not h][:8]))
+    shared = SHARED_REL_TABLE in sd
+    return {(False, False): "none", (True, False): "block", (False, True): "shared_table", (True, True): "both"}[
+        (bool(have) and all(have), shared)]
+
+
+def vit_rel_grid_of_rows(rows):
+    """The square patch grid whose BEiT table has `rows` rows ((2g-1)^2 + 3), or None."""
+    r = _isqrt_exact(rows - 3) if rows > 3 else None
+    return (r + 1) // 2 if r and r % 2 else None
+
+
+def vit_rel_index(gh, gw):
+    """timm beit.py gen_relative_position_index: the table row of each (query, key) token pair of a
+    gh x gw grid with the class token first, flat row-major over ((gh*gw+1), (gh*gw+1))."""
+    G, T = gh * gw, gh * gw + 1
+    rows = (2 * gh - 1) * (2 * gw - 1) + 3
+    out = [0] * (T * T)
+    for i in range(G):
+        for j in range(G):
+            out[(i + 1) * T + j + 1] = (i // gw - j // gw + gh - 1) * (2 * gw - 1) + (i % gw - j % gw + gw - 1)
+    for j in range(1, T):
+        out[j] = rows - 3
+    for i in range(1, T):
+        out[i * T] = rows - 2
+    out[0] = rows - 1
+    return out
 
 
 @builder("vit")
@@ -185,13 +227,34 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         raise ConvertError("dist_token without cls_token is not a DeiT layout")
     prefix = (cls is not None) + (dist is not None) + R
     pos = take("pos_embed", (1, None, D), required=False)
-    if pos is None:
+    idx = _block_indices(sd)
+    rel_pos = vit_rel_pos_kind(sd, idx)
+    rel_key = "blocks.0.attn." + REL_TABLE if rel_pos in ("block", "both") else SHARED_REL_TABLE
+    if pos is None and rel_pos == "none":
         raise ConvertError("ViT without an absolute pos_embed (e.g. RoPE models) is not supported")
-    P = pos.shape[1]
     img_set = st.get("img_size")
     grid = None
     no_embed_class = st.get("vit.no_embed_class")
-    if st.get("vit.pos_grid"):
+    if pos is None:
+        # BEiT without pos_embed (use_abs_pos_emb=False): the grid from the settings or the table's rows
+        rows = sd[rel_key].shape[0] if sd[rel_key].ndim == 2 else 0
+        if st.get("vit.pos_grid"):
+            grid = tuple(st.get("vit.pos_grid"))
+        elif img_set and st.rank("img_size") > 0 and img_set[0] % ph == 0 and img_set[1] % pwid == 0:
+            grid = (img_set[0] // ph, img_set[1] // pwid)
+        else:
+            g = vit_rel_grid_of_rows(rows)
+            if g is None:
+                raise ConvertError("%s has %d rows: not the table of a square patch grid ((2g-1)^2 + 3); give "
+                                   "--img-size H W (or --set vit.pos_grid=GH,GW)" % (rel_key, rows))
+            grid = (g, g)
+        no_embed_class = 0
+        P = grid[0] * grid[1] + prefix
+    else:
+        P = pos.shape[1]
+    if pos is None:
+        pass
+    elif st.get("vit.pos_grid"):
         grid = tuple(st.get("vit.pos_grid"))
     elif img_set and st.rank("img_size") > 0 and img_set[0] % ph == 0 and img_set[1] % pwid == 0 \
             and (img_set[0] // ph) * (img_set[1] // pwid) in (P, P - prefix):
@@ -216,14 +279,40 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         no_embed_class, g = cands[0]
         grid = (g, g)
     no_embed_class = int(bool(no_embed_class)) if prefix else 0
-    T["pos_embed"] = pos
+    if pos is not None:
+        T["pos_embed"] = pos
+    if rel_pos != "none":
+        if cls is None or dist is not None or R:
+            raise ConvertError("a relative position bias table (BEiT) needs exactly one class token and no "
+                               "distillation or register tokens")
+        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+        want_index = None
+        for key in ([SHARED_REL_TABLE] if rel_pos in ("shared_table", "both") else []) + \
+                (["blocks.%d.attn.%s" % (i, REL_TABLE) for i in idx] if rel_pos in ("block", "both") else []):
+            t = sd[key]
+            if t.ndim == 2 and t.shape[0] != rows:
+                raise ConvertError("%s has %d rows; the %dx%d patch grid needs (2*%d-1)*(2*%d-1)+3 = %d (timm's "
+                                   "resize of the table to another size is not supported)"
+                                   % (key, t.shape[0], grid[0], grid[1], grid[0], grid[1], rows))
+            T[key] = take(key, (rows, None))
+            ikey = key[:-len(REL_TABLE)] + "relative_position_index"
+            if ikey in sd:   # official BEiT files store the index buffer; it is recomputed, so only checked
+                if want_index is None:
+                    want_index = vit_rel_index(grid[0], grid[1])
+                it = take(ikey, (grid[0] * grid[1] + 1,) * 2)
+                if [int(x) for x in it.tolist(ikey)] != want_index:
+                    raise ConvertError("%s is not the relative position index of a %dx%d grid with a class token "
+                                       "(timm beit.py gen_relative_position_index)" % (ikey, grid[0], grid[1]))
+        for i in idx:   # an index buffer without its table has nothing to index
+            k = "blocks.%d.attn.relative_position_index" % i
+            if k in sd and k not in used:
+                raise ConvertError("%s without blocks.%d.attn.%s" % (k, i, REL_TABLE))
 
     norm_pre = "norm_pre.weight" in sd
     if norm_pre:
         norm("norm_pre", "norm_pre")
 
     # ---- blocks
-    idx = _block_indices(sd)
     if not idx:
         raise ConvertError("ViT layout: no blocks.N.* tensors")
     if idx != list(range(len(idx))):
@@ -231,16 +320,22 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     depth = len(idx)
     glu = vit_mlp_kind(sd)
     H = vit_mlp_hidden(sd, D, glu, take)
-    qkv_bias = "blocks.0.attn.qkv.bias" in sd
+    qkv_bias = "blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd
     layer_scale = "blocks.0.ls1.gamma" in sd
     opt_norms = vit_block_norms(sd, idx)
     for i in idx:
         b = "blocks.%d." % i
-        if (b + "attn.qkv.bias" in sd) != qkv_bias or (b + "ls1.gamma" in sd) != layer_scale:
+        if (b + "attn.qkv.bias" in sd or b + "attn.q_bias" in sd) != qkv_bias or (b + "ls1.gamma" in sd) != layer_scale:
             raise ConvertError("blocks differ in qkv bias / layer scale (block %d)" % i)
         norm(b + "norm1", b + "norm1")
         T[b + "attn.qkv.weight"] = take(b + "attn.qkv.weight", (3 * D, D))
-        if qkv_bias:
+        if qkv_bias and b + "attn.q_bias" in sd:
+            # BEiT: q_bias and v_bias, no k bias (timm beit.py: cat(q_bias, zeros, v_bias))
+            if b + "attn.qkv.bias" in sd:
+                raise ConvertError("%sattn has both qkv.bias and q_bias" % b)
+            T[b + "attn.qkv.bias"] = concat0([take(b + "attn.q_bias", (D,)), zeros_f32((D,)),
+                                              take(b + "attn.v_bias", (D,))], b + "attn.qkv.bias")
+        elif qkv_bias:
             T[b + "attn.qkv.bias"] = take(b + "attn.qkv.bias", (3 * D,))
         if "qk_norm" in opt_norms:
             for q in ("q_norm", "k_norm"):
@@ -345,6 +440,9 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         if hd and D % hd == 0:
             heads = D // hd   # qk-norm's LayerNorm(head_dim) shows the head width
             ctx.determined.add("vit.num_heads")
+    if rel_pos != "none" and st.rank("vit.num_heads") <= 0:
+        heads = T[rel_key].shape[1]   # the bias tables have one column per head
+        ctx.determined.add("vit.num_heads")
     if heads is None:
         heads = VIT_HEADS_BY_DIM.get(D) or (D // 64 if D % 64 == 0 else None)
         if heads is None:
@@ -357,6 +455,10 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if "qk_norm" in opt_norms and T["blocks.0.attn.q_norm.weight"].shape[0] != D // heads:
         raise ConvertError("blocks.0.attn.q_norm.weight has %d values but the head width is %d (%d heads); "
                            "pass --num-heads N" % (T["blocks.0.attn.q_norm.weight"].shape[0], D // heads, heads))
+    for k in T:
+        if k.endswith(REL_TABLE) and T[k].shape[1] != heads:
+            raise ConvertError("%s has %d columns but the model has %d heads (one column per head)"
+                               % (k, T[k].shape[1], heads))
     if "qk_norm" in opt_norms:
         for i in idx:
             for q in ("q_norm", "k_norm"):
@@ -409,6 +511,8 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.pos_interp"] = st.get("vit.pos_interp", "bicubic")
     cfg["vit.block"] = st.get("vit.block", "pre")
     cfg["vit.proj"] = E
+    cfg["vit.abs_pos"] = int(pos is not None)
+    cfg["vit.rel_pos"] = rel_pos
     if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
         raise ConvertError("vit.block=res_post (timm ResPostBlock) has no layer scale and no separate "
                            "vit.norm_first=0 form; this checkpoint has %s"
@@ -452,6 +556,8 @@ def vit_name(cfg, source):
             return "vit_%s_%d" % (size, p)
     size = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large",
             (1280, 32): "huge", (512, 12): "medium"}.get((D, depth), "d%d_l%d" % (D, depth))
+    if source == "beit":
+        return "beit_%s_patch%d_%d" % (size, p, img)
     if source == "deit":
         return "deit%s_%s%s_patch%d_%d" % ("3" if cfg["vit.layer_scale"] else "", size,
                                            "_distilled" if cfg["vit.dist_token"] else "", p, img)
@@ -546,7 +652,10 @@ def vit_metadata_settings(sd, ctx):
 @detector("vit", "timm/DeiT ViT")
 def detect_timm_vit(sd, ctx):
     has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
-    if "patch_embed.proj.weight" not in sd or not has_blocks or "pos_embed" not in sd:
+    # BEiT (timm beit.py, microsoft/unilm beit): q_bias/v_bias, relative position bias tables, and
+    # often no absolute pos_embed
+    beit = SHARED_REL_TABLE in sd or any(re.match(r"^blocks\.\d+\.attn\.(q_bias|%s)$" % REL_TABLE, k) for k in sd)
+    if "patch_embed.proj.weight" not in sd or not has_blocks or ("pos_embed" not in sd and not beit):
         return None
     if "mask_token" in sd or "register_tokens" in sd:
         return None   # facebookresearch/dinov2 hub files (families/clip.py)
@@ -557,11 +666,18 @@ def detect_timm_vit(sd, ctx):
     arch_name = args.get("model") if isinstance(args.get("model"), str) else None
     wrapper = ctx.info.get("path") or []
     official_deit = wrapper[:1] == ["model"] or wrapper[:1] == ["model_ema"]
-    is_deit = "dist_token" in sd or deit3 or (arch_name or "").startswith("deit") or \
-        (official_deit and not (arch_name or "").startswith("vit"))
-    source = "deit" if is_deit else "timm"
+    is_deit = not beit and ("dist_token" in sd or deit3 or (arch_name or "").startswith("deit") or
+                            (official_deit and not (arch_name or "").startswith("vit")))
+    source = "beit" if beit else "deit" if is_deit else "timm"
     defaults = dict(PRE_DEIT if is_deit else PRE_TIMM)
     defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_aa"})
+    hint_name = ((ctx.hints.name if ctx.hints is not None else None) or arch_name or "").split(".")[0]
+    if beit and hint_name.startswith("beitv2"):
+        # timm's BEiT v2 weights were fine-tuned with ImageNet mean/std (BEiT v1: 0.5/0.5)
+        defaults.update({"pre.mean": PRE_DEIT["pre.mean"], "pre.std": PRE_DEIT["pre.std"]})
+        if hint_name.startswith("beitv2_large"):
+            defaults["pre.crop_pct"] = 0.95
+        ctx.notes.append("BEiT v2 (model name %s): ImageNet mean/std" % hint_name)
     # timm training arguments may carry the data config used
     side = {}
     if isinstance(args.get("mean"), (list, tuple)) and args.get("mean"):
@@ -584,7 +700,7 @@ def detect_timm_vit(sd, ctx):
     m = build_vit(sd, ctx, source, defaults, name_hint=arch_name)
     m.used = set(back[k] for k in m.used)
     if deit3:
-        m.notes.append("DeiT-III gamma_1/gamma_2 renamed to ls1.gamma/ls2.gamma")
+        m.notes.append("%s gamma_1/gamma_2 renamed to ls1.gamma/ls2.gamma" % ("BEiT" if beit else "DeiT-III"))
     return m
 
 

@@ -14,7 +14,6 @@
 
 /* Open the model in place (the weights stay in flash) and make a one-thread session, both from
    the arena. NULL when that fails, with the reason in *r. */
-lmv_session *fw_start(lmv_arena *arena, const void *model, size_t size, lmv_result *r);
 lmv_session *fw_start(lmv_arena *arena, const void *model, size_t size, lmv_result *r) {
     lmv_open_options oo = {0};
     lmv_session_options so = {0};
@@ -33,7 +32,6 @@ lmv_session *fw_start(lmv_arena *arena, const void *model, size_t size, lmv_resu
    the model's eval transform, run. Its memory sits above a mark and is dropped afterwards, so a
    loop over frames keeps the arena at one peak. Returns the rows written, or -(lmv_result). */
 #ifndef LEMEVIT_NO_JPEG
-int fw_classify(lmv_session *s, lmv_arena *arena, const void *jpeg, size_t size, int k, lmv_prediction *top);
 int fw_classify(lmv_session *s, lmv_arena *arena, const void *jpeg, size_t size, int k, lmv_prediction *top) {
     size_t mark = lmv_arena_mark(arena);
     int n = 0;
@@ -47,17 +45,12 @@ int fw_classify(lmv_session *s, lmv_arena *arena, const void *jpeg, size_t size,
    an RGB output fills a frame buffer. No decoder: an lmv_image over the bytes, the model's eval
    transform (lmv_preprocess_image, inside lmv_classify_image), run. */
 int fw_classify_rgb(lmv_session *s, lmv_arena *arena, const unsigned char *rgb, int w, int h, int k,
-                    lmv_prediction *top);
-int fw_classify_rgb(lmv_session *s, lmv_arena *arena, const unsigned char *rgb, int w, int h, int k,
                     lmv_prediction *top) {
     size_t mark = lmv_arena_mark(arena);
-    lmv_image img;
+    lmv_image img = {0}; /* no allocator: the pixels are not the library's to free */
     int n = 0;
     lmv_result r;
-    memset(&img, 0, sizeof img); /* no allocator: the pixels are not the library's to free */
-    img.width = w;
-    img.height = h;
-    img.channels = 3;
+    img.width = w, img.height = h, img.channels = 3;
     img.pixels = (unsigned char *)rgb; /* only read: the frame may sit in flash */
     r = lmv_classify_image(s, &img, k, top, &n, NULL);
     lmv_arena_release(arena, mark);

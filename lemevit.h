@@ -4116,7 +4116,7 @@ static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bin
                                              lmv__vit_unbind};
 
 /* --------------------------------------------------------------------------------------------
-   Model graphs: Swin Transformer (V1)
+   Model graphs: Swin Transformer (V1 and V2)
    -------------------------------------------------------------------------------------------- */
 
 #define LMV__SWIN_MAX_STAGES 8
@@ -4124,18 +4124,20 @@ static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bin
 typedef struct lmv__swin_block {
     const float *norm1_w, *norm1_b, *table, *qkv_b, *proj_b;
     const float *norm2_w, *norm2_b, *fc1_b, *fc2_b;
+    const float *logit_scale, *cpb_w1, *cpb_b1, *cpb_w2; /* V2: cosine attention, continuous position bias */
+    float *cpb_table; /* V2: 16 * sigmoid(cpb_mlp) over the stage's own window, made once at bind */
     lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
 } lmv__swin_block;
 
 typedef struct lmv__swin_stage {
-    int dim, depth, heads, hidden;
+    int dim, depth, heads, hidden, window, pretrained_window;
     lmv__swin_block *blocks;
     const float *merge_norm_w, *merge_norm_b;
     lmv__mat merge_w; /* PatchMerging at the end, or absent */
 } lmv__swin_stage;
 
 typedef struct lmv__swin {
-    int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w;
+    int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w, v2, cpb_hidden;
     float eps;
     const float *patch_b, *patch_norm_w, *patch_norm_b, *ape;
     const float *norm_w, *norm_b, *head_b;
@@ -4143,12 +4145,43 @@ typedef struct lmv__swin {
     lmv__swin_stage stages[LMV__SWIN_MAX_STAGES];
 } lmv__swin;
 
+/* Swin V2's continuous position bias for a wh x ww window: the log-spaced relative coordinates
+   (dy, dx) / (pretrained window - 1, or window - 1 without one) * 8 -> sign * log2(|c| + 1) / 3,
+   through Linear(2, hid) + ReLU + Linear(hid, heads), then 16 * sigmoid.  table[(2wh-1)(2ww-1)][heads]
+   in the V1 table's order; hbuf holds hid floats. */
+static void lmv__swin_cpb(float *table, const lmv__swin_block *blk, int hid, int heads, int wh, int ww, int pwh, int pww,
+                          float *hbuf) {
+    int dy, dx, k, h;
+    float nh = (float)(pwh > 0 ? pwh - 1 : wh - 1), nw = (float)(pww > 0 ? pww - 1 : ww - 1);
+    for (dy = -(wh - 1); dy < wh; dy++)
+        for (dx = -(ww - 1); dx < ww; dx++) {
+            float c[2], *o = table + ((size_t)(dy + wh - 1) * (2 * ww - 1) + (size_t)(dx + ww - 1)) * heads;
+            c[0] = (float)dy / nh * 8.0f;
+            c[1] = (float)dx / nw * 8.0f;
+            for (k = 0; k < 2; k++) {
+                float a = (float)log2((double)fabsf(c[k]) + 1.0) / (float)log2(8.0);
+                c[k] = c[k] > 0.0f ? a : c[k] < 0.0f ? -a : 0.0f;
+            }
+            for (k = 0; k < hid; k++) {
+                float s = blk->cpb_b1[k] + blk->cpb_w1[2 * k] * c[0] + blk->cpb_w1[2 * k + 1] * c[1];
+                hbuf[k] = s > 0.0f ? s : 0.0f;
+            }
+            for (h = 0; h < heads; h++) {
+                const float *wr = blk->cpb_w2 + (size_t)h * hid;
+                float s = 0.0f;
+                for (k = 0; k < hid; k++) s += wr[k] * hbuf[k];
+                o[h] = 16.0f / (1.0f + expf(-s));
+            }
+        }
+}
+
 static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
     lmv__swin *v;
     lmv_result r;
     const char *s;
     char name[96];
-    int i, j, n, ws, C;
+    int i, j, n, C;
+    const lmv__meta *wmeta;
     v = (lmv__swin *)lmv__alloc(&m->allocator, sizeof(lmv__swin));
     if (!v) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the Swin graph");
     memset(v, 0, sizeof *v);
@@ -4159,12 +4192,14 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
             return lmv__fail(err, LMV_ERR_CORRUPT, "swin.depths must list 1 to 8 stage depths");
         v->n_stages = d->count;
     }
+    wmeta = lmv__find_meta(m, "swin.window_size"); /* one window for every stage, or one per stage */
     if ((r = lmv__meta_int_range(m, "swin.patch_size", 0, 1, 1024, -1, &v->patch, err)) != LMV_OK ||
-        (r = lmv__meta_int_range(m, "swin.window_size", 0, 1, 256, -1, &v->window, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "swin.embed_dim", 0, 1, 1 << 15, -1, &C, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "swin.version", 0, 1, 2, 1, &v->v2, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "in_chans", 0, 1, 64, 3, &v->in_chans, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "num_classes", 0, 0, 1 << 20, 0, &v->num_classes, err)) != LMV_OK)
         return r;
+    v->v2 = v->v2 == 2;
     v->eps = lmv__meta_float(m, "swin.norm_eps", 0, 1e-5f);
     if (!(v->eps > 0.0f && v->eps < 1.0f)) return lmv__fail(err, LMV_ERR_CORRUPT, "swin.norm_eps is not in (0, 1)");
     s = lmv__meta_string(m, "swin.pad_mode", "pad_then_roll");
@@ -4176,7 +4211,9 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "min")) v->shift_rule = 1;
     else if (!strcmp(s, "always")) v->shift_rule = 2;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule '%s' is not per_axis, min or always", s);
-    ws = v->window;
+    if (v->v2 && v->shift_rule == 2)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule 'always' is a Swin V1 convention; V2 files use "
+                                                   "per_axis or min");
     {
         int shape4[4];
         shape4[0] = C; shape4[1] = v->in_chans; shape4[2] = v->patch; shape4[3] = v->patch;
@@ -4197,17 +4234,40 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
             v->grid_w = gw;
         }
     }
+    if (v->v2) { /* the cpb MLP's hidden width, from the first block's first layer */
+        const lmv__tensor *t = NULL;
+        for (i = 0; i < v->n_stages && !t; i++) {
+            lmv__name(name, sizeof name, "layers.%d.blocks.0.attn.cpb_mlp.0.weight", i);
+            t = lmv__find_tensor(m, name);
+        }
+        if (!t || t->ndim != 2 || t->shape[0] < 1 || t->shape[0] > 1 << 14)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "Swin V2 file without a usable attn.cpb_mlp.0.weight [hidden, 2]; "
+                                                   "convert the checkpoint again");
+        v->cpb_hidden = t->shape[0];
+    }
     for (i = 0; i < v->n_stages; i++) {
         lmv__swin_stage *st = &v->stages[i];
+        int ws;
         if ((r = lmv__meta_int_range(m, "swin.depths", i, 0, 1024, -1, &st->depth, err)) != LMV_OK ||
             (r = lmv__meta_int_range(m, "swin.num_heads", i, 1, 4096, -1, &st->heads, err)) != LMV_OK ||
-            (r = lmv__meta_int_range(m, "swin.mlp_hidden", i, 1, 1 << 18, -1, &st->hidden, err)) != LMV_OK)
+            (r = lmv__meta_int_range(m, "swin.mlp_hidden", i, 1, 1 << 18, -1, &st->hidden, err)) != LMV_OK ||
+            (r = lmv__meta_int_range(m, "swin.window_size", wmeta && wmeta->count > 1 ? i : 0, 1, 256, -1, &st->window,
+                                     err)) != LMV_OK)
             return r;
+        if (v->v2) {
+            const lmv__meta *p = lmv__find_meta(m, "swin.pretrained_window");
+            if ((r = lmv__meta_int_range(m, "swin.pretrained_window", p && p->count > 1 ? i : 0, 0, 256, 0,
+                                         &st->pretrained_window, err)) != LMV_OK)
+                return r;
+        }
+        if (st->window > v->window) v->window = st->window;
+        ws = st->window;
         st->dim = C;
         if (C % st->heads)
             return lmv__fail(err, LMV_ERR_CORRUPT, "Swin stage %d width %d is not divisible by %d heads", i, C, st->heads);
         st->blocks = (lmv__swin_block *)lmv__alloc(&m->allocator, sizeof(lmv__swin_block) * (size_t)(st->depth + 1));
         if (!st->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding Swin blocks");
+        memset(st->blocks, 0, sizeof(lmv__swin_block) * (size_t)(st->depth + 1));
         for (j = 0; j < st->depth; j++) {
             lmv__swin_block *b = &st->blocks[j];
             n = (2 * ws - 1) * (2 * ws - 1);
@@ -4218,13 +4278,33 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
                 (r = lmv__bind_linear(m, 0, st->hidden, C, &b->fc1_w, &b->fc1_b, err, "layers.%d.blocks.%d.mlp.fc1", i, j)) != LMV_OK ||
                 (r = lmv__bind_linear(m, 0, C, st->hidden, &b->fc2_w, &b->fc2_b, err, "layers.%d.blocks.%d.mlp.fc2", i, j)) != LMV_OK)
                 return r;
-            lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.relative_position_bias_table", i, j);
-            if ((r = lmv__w2(m, 0, n, st->heads, &b->table, err, name)) != LMV_OK) return r;
+            if (!v->v2) {
+                lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.relative_position_bias_table", i, j);
+                if ((r = lmv__w2(m, 0, n, st->heads, &b->table, err, name)) != LMV_OK) return r;
+            } else {
+                int shape3[3];
+                float *hbuf;
+                shape3[0] = st->heads; shape3[1] = shape3[2] = 1;
+                lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.logit_scale", i, j);
+                if ((r = lmv__weight(m, name, 0, 3, shape3, &b->logit_scale, err)) != LMV_OK) return r;
+                lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.cpb_mlp.0.weight", i, j);
+                if ((r = lmv__w2(m, 0, v->cpb_hidden, 2, &b->cpb_w1, err, name)) != LMV_OK) return r;
+                lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.cpb_mlp.0.bias", i, j);
+                if ((r = lmv__w1(m, 0, v->cpb_hidden, &b->cpb_b1, err, name)) != LMV_OK) return r;
+                lmv__name(name, sizeof name, "layers.%d.blocks.%d.attn.cpb_mlp.2.weight", i, j);
+                if ((r = lmv__w2(m, 0, st->heads, v->cpb_hidden, &b->cpb_w2, err, name)) != LMV_OK) return r;
+                b->cpb_table = (float *)lmv__alloc(&m->allocator, sizeof(float) * ((size_t)n * st->heads + v->cpb_hidden));
+                if (!b->cpb_table) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding Swin V2 biases");
+                hbuf = b->cpb_table + (size_t)n * st->heads;
+                lmv__swin_cpb(b->cpb_table, b, v->cpb_hidden, st->heads, ws, ws, st->pretrained_window,
+                              st->pretrained_window, hbuf);
+                b->table = b->cpb_table;
+            }
         }
-        if (i + 1 < v->n_stages) { /* PatchMerging: LN(4C), Linear(4C -> 2C) without bias */
+        if (i + 1 < v->n_stages) { /* PatchMerging: V1 LN(4C) then Linear(4C -> 2C); V2 the Linear then LN(2C) */
             int shape2[2];
-            if ((r = lmv__bind_norm(m, 0, 4 * C, &st->merge_norm_w, &st->merge_norm_b, err, "layers.%d.downsample.norm", i)) !=
-                LMV_OK)
+            if ((r = lmv__bind_norm(m, 0, v->v2 ? 2 * C : 4 * C, &st->merge_norm_w, &st->merge_norm_b, err,
+                                    "layers.%d.downsample.norm", i)) != LMV_OK)
                 return r;
             lmv__name(name, sizeof name, "layers.%d.downsample.reduction.weight", i);
             shape2[0] = 2 * C;
@@ -4242,9 +4322,13 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
 
 static void lmv__swin_unbind(lmv_model *m) {
     lmv__swin *v = (lmv__swin *)m->graph;
-    int i;
+    int i, j;
     if (!v) return;
-    for (i = 0; i < v->n_stages; i++) lmv__free(&m->allocator, v->stages[i].blocks);
+    for (i = 0; i < v->n_stages; i++) {
+        if (v->stages[i].blocks)
+            for (j = 0; j < v->stages[i].depth; j++) lmv__free(&m->allocator, v->stages[i].blocks[j].cpb_table);
+        lmv__free(&m->allocator, v->stages[i].blocks);
+    }
     lmv__free(&m->allocator, v);
     m->graph = NULL;
 }
@@ -4262,25 +4346,44 @@ static void lmv__swin_sizes(const lmv__swin *v, int h, int w, int *sh, int *sw) 
     }
 }
 
+/* The window of stage i on an H x W map.  V1 keeps the stage's window (padding the map).  V2
+   shrinks it to the map: per axis (timm, shift_rule per_axis), or to a min(H, W) square when
+   either side is not larger than the window (Microsoft's code, Hugging Face: shift_rule min). */
+static void lmv__swin_window(const lmv__swin *v, int i, int H, int W, int *wh, int *ww) {
+    int ws = v->stages[i].window;
+    *wh = *ww = ws;
+    if (!v->v2) return;
+    if (v->shift_rule == 1) {
+        int mn = H < W ? H : W;
+        if (mn <= ws) *wh = *ww = mn;
+    } else {
+        if (H < ws) *wh = H;
+        if (W < ws) *ww = W;
+    }
+}
+
 typedef struct lmv__swin_bufs {
-    float *x, *xn, *win, *qkv, *att, *hid, *bias, *mask, *scores, *cols, *pooled;
+    float *x, *xn, *win, *qkv, *att, *hid, *bias, *mask, *scores, *cols, *pooled, *table, *cpb_hid;
 } lmv__swin_bufs;
 
 static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, float *base, lmv__swin_bufs *b) {
     int sh[LMV__SWIN_MAX_STAGES], sw[LMV__SWIN_MAX_STAGES], i;
-    size_t N = (size_t)v->window * v->window, tok = 0, ptok = 0, hid = 0, heads = 0, nwin = 0, cmax = 0, cols;
+    size_t N = (size_t)v->window * v->window, tok = 0, ptok = 0, hid = 0, heads = 0, nwin = 0, cmax = 0, cols, tab = 0;
     lmv__carver c;
     lmv__swin_sizes(v, h, w, sh, sw);
     for (i = 0; i < v->n_stages; i++) {
         const lmv__swin_stage *st = &v->stages[i];
-        size_t t = (size_t)sh[i] * sw[i], C = (size_t)st->dim;
-        size_t pt = (size_t)lmv__ceil_to(sh[i], v->window) * lmv__ceil_to(sw[i], v->window);
+        int wh, ww;
+        size_t t = (size_t)sh[i] * sw[i], C = (size_t)st->dim, pt;
+        lmv__swin_window(v, i, sh[i], sw[i], &wh, &ww);
+        pt = (size_t)lmv__ceil_to(sh[i], wh) * lmv__ceil_to(sw[i], ww);
         if (t * C > tok) tok = t * C;
         if (pt * C > ptok) ptok = pt * C;
         if (pt * st->hidden > hid) hid = pt * st->hidden;
         if ((size_t)st->heads > heads) heads = (size_t)st->heads;
-        if (pt / N > nwin) nwin = pt / N;
+        if (pt / ((size_t)wh * ww) > nwin) nwin = pt / ((size_t)wh * ww);
         if (4 * C > cmax) cmax = 4 * C;
+        if (v->v2 && (size_t)(2 * wh - 1) * (2 * ww - 1) * st->heads > tab) tab = (size_t)(2 * wh - 1) * (2 * ww - 1) * st->heads;
     }
     cols = (size_t)(h / v->patch) * (w / v->patch) * v->in_chans * v->patch * v->patch;
     if (tok * 4 > cols) cols = tok * 4; /* merging builds [ceil(H/2)*ceil(W/2)][4C] here */
@@ -4297,12 +4400,14 @@ static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, fl
     b->scores = lmv__carve(&c, (size_t)threads * N * N);
     b->cols = lmv__carve(&c, cols);
     b->pooled = lmv__carve(&c, cmax + (size_t)v->num_classes);
+    b->table = lmv__carve(&c, tab);
+    b->cpb_hid = lmv__carve(&c, v->v2 ? (size_t)v->cpb_hidden : 0);
     return c.used;
 }
 
-/* Window geometry of one stage at run time, by the convention the checkpoint came from. */
-static void lmv__swin_shifts(const lmv__swin *v, int H, int W, int odd_block, int *shift_h, int *shift_w) {
-    int ws = v->window, s = odd_block ? ws / 2 : 0;
+/* Shifts of one block of stage i at run time, by the convention the checkpoint came from. */
+static void lmv__swin_shifts(const lmv__swin *v, int i, int H, int W, int odd_block, int *shift_h, int *shift_w) {
+    int ws = v->stages[i].window, s = odd_block ? ws / 2 : 0;
     /* no shift on an axis that one window already covers (per_axis: timm, torchvision), on both
        when either axis is covered (min: Microsoft's code, Hugging Face), or never dropped (always) */
     if (v->shift_rule == 2) *shift_h = *shift_w = s;
@@ -4323,24 +4428,35 @@ static lmv_result lmv__swin_plan(const lmv_model *m, int threads, int h, int w, 
         return lmv__fail(err, LMV_ERR_INPUT_SIZE, "this Swin has an absolute position embedding for %dx%d inputs only",
                          v->grid_h * v->patch, v->grid_w * v->patch);
     lmv__swin_sizes(v, h, w, sh, sw);
-    for (i = 0; i < v->n_stages; i++)
-        if (!v->pad_then_roll && (sh[i] < v->window || sw[i] < v->window))
+    for (i = 0; i < v->n_stages; i++) {
+        int wh, ww, ws = v->stages[i].window;
+        if (!v->v2 && !v->pad_then_roll && (sh[i] < ws || sw[i] < ws))
             return lmv__fail(err, LMV_ERR_UNSUPPORTED,
                              "input %dx%d makes stage %d (%dx%d) smaller than the %d-window; timm-convention checkpoints "
                              "shrink the window and resample the bias table there, which is not supported: use an input of "
                              "at least %d pixels, or convert with --set swin.pad_mode=pad_then_roll",
-                             h, w, i, sh[i], sw[i], v->window, v->window * v->patch << (v->n_stages - 1));
+                             h, w, i, sh[i], sw[i], ws, v->window * v->patch << (v->n_stages - 1));
+        if (v->v2 && v->stages[i].depth && v->stages[i].pretrained_window == 1)
+            return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.pretrained_window of stage %d is 1, which leaves the "
+                                                       "position bias undefined; convert with 0 (none) or the real size", i);
+        lmv__swin_window(v, i, sh[i], sw[i], &wh, &ww);
+        if (v->v2 && v->stages[i].depth && !v->stages[i].pretrained_window && (wh < 2 || ww < 2))
+            return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                             "input %dx%d makes stage %d's window %dx%d, and a 1-wide window without a pretrained window "
+                             "size has no defined position bias (PyTorch gives NaN): use an input of at least %d pixels "
+                             "per side", h, w, i, wh, ww, 2 * v->patch << i);
+    }
     *floats = lmv__swin_layout(v, h, w, threads, NULL, &b);
     return LMV_OK;
 }
 
-/* Relative position bias of one block for a ws x ws window: bias[h][i][j] = table[idx(i, j)][h],
-   idx = (dy + ws - 1) * (2ws - 1) + (dx + ws - 1) with (dy, dx) = pos(i) - pos(j). */
-static void lmv__swin_bias(float *bias, const float *table, int ws, int heads) {
-    int N = ws * ws, i, j, h;
+/* Relative position bias of one block for a wh x ww window: bias[h][i][j] = table[idx(i, j)][h],
+   idx = (dy + wh - 1) * (2ww - 1) + (dx + ww - 1) with (dy, dx) = pos(i) - pos(j). */
+static void lmv__swin_bias(float *bias, const float *table, int wh, int ww, int heads) {
+    int N = wh * ww, i, j, h;
     for (i = 0; i < N; i++)
         for (j = 0; j < N; j++) {
-            int dy = i / ws - j / ws, dx = i % ws - j % ws, idx = (dy + ws - 1) * (2 * ws - 1) + (dx + ws - 1);
+            int dy = i / ww - j / ww, dx = i % ww - j % ww, idx = (dy + wh - 1) * (2 * ww - 1) + (dx + ww - 1);
             for (h = 0; h < heads; h++) bias[((size_t)h * N + i) * N + j] = table[(size_t)idx * heads + h];
         }
 }
@@ -4352,15 +4468,15 @@ static int lmv__swin_region(int y, int size, int ws, int shift) {
     return y < size - ws ? 0 : y < size - shift ? 1 : 2;
 }
 
-static void lmv__swin_mask(float *mask, int Hp, int Wp, int ws, int shift_h, int shift_w) {
-    int nwx = Wp / ws, nwin = (Hp / ws) * nwx, N = ws * ws, wdx, i, j;
+static void lmv__swin_mask(float *mask, int Hp, int Wp, int wh, int ww, int shift_h, int shift_w) {
+    int nwx = Wp / ww, nwin = (Hp / wh) * nwx, N = wh * ww, wdx, i, j;
     for (wdx = 0; wdx < nwin; wdx++) {
-        int y0 = (wdx / nwx) * ws, x0 = (wdx % nwx) * ws;
+        int y0 = (wdx / nwx) * wh, x0 = (wdx % nwx) * ww;
         float *m = mask + (size_t)wdx * N * N;
         for (i = 0; i < N; i++) {
-            int ri = lmv__swin_region(y0 + i / ws, Hp, ws, shift_h) * 3 + lmv__swin_region(x0 + i % ws, Wp, ws, shift_w);
+            int ri = lmv__swin_region(y0 + i / ww, Hp, wh, shift_h) * 3 + lmv__swin_region(x0 + i % ww, Wp, ww, shift_w);
             for (j = 0; j < N; j++) {
-                int rj = lmv__swin_region(y0 + j / ws, Hp, ws, shift_h) * 3 + lmv__swin_region(x0 + j % ws, Wp, ws, shift_w);
+                int rj = lmv__swin_region(y0 + j / ww, Hp, wh, shift_h) * 3 + lmv__swin_region(x0 + j % ww, Wp, ww, shift_w);
                 m[(size_t)i * N + j] = ri == rj ? 0.0f : -100.0f;
             }
         }
@@ -4381,19 +4497,19 @@ static void lmv__swin_source(int y, int xx, int H, int W, int Hp, int Wp, int sh
     }
 }
 
-/* Move a normalised H x W map into window order on the padded Hp x Wp grid (zeros in the
+/* Move an H x W map into window order (wh x ww windows) on the padded Hp x Wp grid (zeros in the
    padding), applying the cyclic shift (lmv__swin_source). `back` runs the same mapping in
    reverse, adding the window outputs onto x (the residual). */
-static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int W, int C, int ws, int sh, int swd,
-                              int pad_then_roll, int back) {
-    int Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws), nwx = Wp / ws, y, xx, c;
+static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int W, int C, int wh, int ww, int sh,
+                              int swd, int pad_then_roll, int back) {
+    int Hp = lmv__ceil_to(H, wh), Wp = lmv__ceil_to(W, ww), nwx = Wp / ww, y, xx, c;
     for (y = 0; y < Hp; y++)
         for (xx = 0; xx < Wp; xx++) {
             /* (y, xx) is a position on the rolled, padded grid; find its source in the map */
             int sy, sx;
             float *dst;
             lmv__swin_source(y, xx, H, W, Hp, Wp, sh, swd, pad_then_roll, &sy, &sx);
-            dst = win + ((size_t)((y / ws) * nwx + xx / ws) * ws * ws + (size_t)(y % ws) * ws + (xx % ws)) * C;
+            dst = win + ((size_t)((y / wh) * nwx + xx / ww) * wh * ww + (size_t)(y % wh) * ww + (xx % ww)) * C;
             if (sy >= H || sx >= W) {
                 if (!back)
                     for (c = 0; c < C; c++) dst[c] = 0.0f;
@@ -4411,29 +4527,60 @@ static void lmv__swin_windows(float *win, float *x, const float *xn, int H, int 
 /* The window slots of one block: tokens[w][p] = sy * W + sx, the index in the H x W map of the
    token that slot p (row-major in the window) of window w (row-major over the rolled, padded
    grid) holds, or -1 for padding. */
-static void lmv__swin_slots(float *tokens, int H, int W, int ws, int sh, int swd, int pad_then_roll) {
-    int Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws), nwx = Wp / ws, y, xx, sy, sx;
+static void lmv__swin_slots(float *tokens, int H, int W, int wh, int ww, int sh, int swd, int pad_then_roll) {
+    int Hp = lmv__ceil_to(H, wh), Wp = lmv__ceil_to(W, ww), nwx = Wp / ww, y, xx, sy, sx;
     for (y = 0; y < Hp; y++)
         for (xx = 0; xx < Wp; xx++) {
-            size_t at = (size_t)((y / ws) * nwx + xx / ws) * ws * ws + (size_t)(y % ws) * ws + (xx % ws);
+            size_t at = (size_t)((y / wh) * nwx + xx / ww) * wh * ww + (size_t)(y % wh) * ww + (xx % ww);
             lmv__swin_source(y, xx, H, W, Hp, Wp, sh, swd, pad_then_roll, &sy, &sx);
             tokens[at] = sy < H && sx < W ? (float)((size_t)sy * W + sx) : -1.0f;
         }
 }
 
+/* Swin V2's cosine attention as a pass before the shared kernel (run at scale 1): every head's
+   q and k rows L2-normalised (F.normalize, eps 1e-12), q times exp(min(logit_scale, log 100)). */
+static void lmv__swin_cosine(float *qkv, int rows, int C, int heads, const float *logit_scale) {
+    int r, h, d, hd = C / heads, k;
+    for (r = 0; r < rows; r++)
+        for (h = 0; h < heads; h++) {
+            float cap = (float)log(100.0), scale = expf(logit_scale[h] < cap ? logit_scale[h] : cap);
+            for (k = 0; k < 2; k++) {
+                float *p = qkv + (size_t)r * 3 * C + (size_t)k * C + (size_t)h * hd, ss = 0.0f, nrm;
+                for (d = 0; d < hd; d++) ss += p[d] * p[d];
+                nrm = sqrtf(ss);
+                if (nrm < 1e-12f) nrm = 1e-12f;
+                if (k) for (d = 0; d < hd; d++) p[d] = p[d] / nrm;
+                else for (d = 0; d < hd; d++) p[d] = p[d] / nrm * scale;
+            }
+        }
+}
+
 /* probs: NULL, or [windows][heads][N][N] for the softmax probabilities */
-static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, const lmv__swin_stage *st,
-                                    const lmv__swin_block *blk, int odd, int H, int W, lmv__swin_bufs *b, float *probs) {
-    int C = st->dim, ws = v->window, N = ws * ws, Hp = lmv__ceil_to(H, ws), Wp = lmv__ceil_to(W, ws);
-    int nwin = (Hp / ws) * (Wp / ws), rows = nwin * N, sh, swd;
+static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, int si, const lmv__swin_block *blk, int odd,
+                                    int H, int W, lmv__swin_bufs *b, float *probs) {
+    const lmv__swin_stage *st = &v->stages[si];
+    int C = st->dim, wh, ww, N, Hp, Wp, nwin, rows, sh, swd;
+    const float *table = blk->table;
     lmv__attn_args a;
-    lmv__swin_shifts(v, H, W, odd, &sh, &swd);
-    /* x = x + window_attention(norm1(x)) */
-    lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm1_w, blk->norm1_b, v->eps);
-    lmv__swin_windows(b->win, NULL, b->xn, H, W, C, ws, sh, swd, v->pad_then_roll, 0);
+    lmv__swin_window(v, si, H, W, &wh, &ww);
+    N = wh * ww;
+    Hp = lmv__ceil_to(H, wh);
+    Wp = lmv__ceil_to(W, ww);
+    nwin = (Hp / wh) * (Wp / ww);
+    rows = nwin * N;
+    lmv__swin_shifts(v, si, H, W, odd, &sh, &swd);
+    if (v->v2 && (wh != st->window || ww != st->window)) { /* a window shrunk to the map: its own bias */
+        lmv__swin_cpb(b->table, blk, v->cpb_hidden, st->heads, wh, ww, st->pretrained_window, st->pretrained_window,
+                      b->cpb_hid);
+        table = b->table;
+    }
+    /* V1: x = x + window_attention(norm1(x)); V2 (res-post-norm): x = x + norm1(window_attention(x)) */
+    if (!v->v2) lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__swin_windows(b->win, NULL, v->v2 ? b->x : b->xn, H, W, C, wh, ww, sh, swd, v->pad_then_roll, 0);
     lmv__linear(ctx, b->qkv, b->win, rows, C, 3 * C, blk->qkv_w, blk->qkv_b);
-    lmv__swin_bias(b->bias, blk->table, ws, st->heads);
-    if (sh || swd) lmv__swin_mask(b->mask, Hp, Wp, ws, sh, swd);
+    if (v->v2) lmv__swin_cosine(b->qkv, rows, C, st->heads, blk->logit_scale);
+    lmv__swin_bias(b->bias, table, wh, ww, st->heads);
+    if (sh || swd) lmv__swin_mask(b->mask, Hp, Wp, wh, ww, sh, swd);
     memset(&a, 0, sizeof a);
     a.groups = nwin;
     a.heads = st->heads;
@@ -4447,7 +4594,7 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     a.out = b->att;
     a.ldo = (size_t)C;
     a.gstride_o = (size_t)N * C;
-    a.scale = (float)(1.0 / sqrt((double)(C / st->heads)));
+    a.scale = v->v2 ? 1.0f : (float)(1.0 / sqrt((double)(C / st->heads)));
     a.bias = b->bias;
     a.mask = (sh || swd) ? b->mask : NULL;
     a.n_masks = nwin;
@@ -4455,7 +4602,15 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
     a.probs = probs;
     lmv__attention(ctx, &a);
     lmv__linear(ctx, b->win, b->att, rows, C, C, blk->proj_w, blk->proj_b);
-    lmv__swin_windows(b->win, b->x, NULL, H, W, C, ws, sh, swd, v->pad_then_roll, 1);
+    if (v->v2) lmv__layernorm(ctx, b->win, b->win, rows, C, blk->norm1_w, blk->norm1_b, v->eps); /* per token */
+    lmv__swin_windows(b->win, b->x, NULL, H, W, C, wh, ww, sh, swd, v->pad_then_roll, 1);
+    if (v->v2) { /* x = x + norm2(mlp(x)) */
+        lmv__linear_act(ctx, b->hid, b->x, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
+        lmv__linear(ctx, b->xn, b->hid, H * W, st->hidden, C, blk->fc2_w, blk->fc2_b);
+        lmv__layernorm(ctx, b->xn, b->xn, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
+        lmv__add_scaled(ctx, b->x, b->xn, H * W, C, NULL);
+        return;
+    }
     /* x = x + mlp(norm2(x)) */
     lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm2_w, blk->norm2_b, v->eps);
     lmv__linear_act(ctx, b->hid, b->xn, H * W, C, st->hidden, blk->fc1_w, blk->fc1_b, LMV__ACT_GELU);
@@ -4469,19 +4624,23 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, con
 static void lmv__swin_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv__swin *v, int i, int j, int H, int W,
                                    lmv__swin_bufs *b, int trace) {
     const lmv__swin_stage *st = &v->stages[i];
-    int ws = v->window, N = ws * ws, nwin = (lmv__ceil_to(H, ws) / ws) * (lmv__ceil_to(W, ws) / ws), sh, swd, shape[4];
-    size_t np = (size_t)nwin * st->heads * N * N;
+    int wh, ww, N, nwin, sh, swd, shape[4];
+    size_t np;
     float *probs = NULL;
     char name[48];
+    lmv__swin_window(v, i, H, W, &wh, &ww);
+    N = wh * ww;
+    nwin = (lmv__ceil_to(H, wh) / wh) * (lmv__ceil_to(W, ww) / ww);
+    np = (size_t)nwin * st->heads * N * N;
     if (trace) {
         lmv__name(name, sizeof name, "layers.%d.blocks.%d", i, j);
         probs = lmv__attn_capture(s, name, np + (size_t)nwin * N);
     }
-    lmv__swin_block_forward(ctx, v, st, &st->blocks[j], j & 1, H, W, b, probs);
+    lmv__swin_block_forward(ctx, v, i, &st->blocks[j], j & 1, H, W, b, probs);
     if (!trace) return;
     if (probs) {
-        lmv__swin_shifts(v, H, W, j & 1, &sh, &swd);
-        lmv__swin_slots(probs + np, H, W, ws, sh, swd, v->pad_then_roll);
+        lmv__swin_shifts(v, i, H, W, j & 1, &sh, &swd);
+        lmv__swin_slots(probs + np, H, W, wh, ww, sh, swd, v->pad_then_roll);
         shape[0] = nwin;
         shape[1] = st->heads;
         shape[2] = shape[3] = N;
@@ -4495,7 +4654,8 @@ static void lmv__swin_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lm
 }
 
 /* PatchMerging: zero-pad to even sides, concatenate the 2x2 neighbours as x0 (0,0), x1 (1,0),
-   x2 (0,1), x3 (1,1) in (row, col) offsets, LayerNorm(4C), Linear(4C -> 2C). */
+   x2 (0,1), x3 (1,1) in (row, col) offsets; V1 LayerNorm(4C) then Linear(4C -> 2C), V2 the
+   Linear then LayerNorm(2C). */
 static void lmv__swin_merge(const lmv__ctx *ctx, const lmv__swin *v, const lmv__swin_stage *st, int H, int W,
                             lmv__swin_bufs *b) {
     int C = st->dim, H2 = (H + 1) / 2, W2 = (W + 1) / 2, y, x, k;
@@ -4508,6 +4668,11 @@ static void lmv__swin_merge(const lmv__ctx *ctx, const lmv__swin *v, const lmv__
                 else memset(dst + (size_t)k * C, 0, sizeof(float) * C);
             }
         }
+    if (v->v2) {
+        lmv__linear(ctx, b->x, b->cols, H2 * W2, 4 * C, 2 * C, st->merge_w, NULL);
+        lmv__layernorm(ctx, b->x, b->x, H2 * W2, 2 * C, st->merge_norm_w, st->merge_norm_b, v->eps);
+        return;
+    }
     lmv__layernorm(ctx, b->cols, b->cols, H2 * W2, 4 * C, st->merge_norm_w, st->merge_norm_b, v->eps);
     lmv__linear(ctx, b->x, b->cols, H2 * W2, 4 * C, 2 * C, st->merge_w, NULL);
 }

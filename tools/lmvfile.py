@@ -281,11 +281,13 @@ META_RULES = OrderedDict([
     ("swin.depths", _rule("int", 0, 1024, count=(1, 8), arch="swin", loader_count=True)),
     ("swin.num_heads", _rule("int", 1, 4096, count=(1, 8), arch="swin")),
     ("swin.mlp_hidden", _rule("int", 1, 1 << 18, count=(1, 8), arch="swin")),
-    ("swin.window_size", _rule("int", 1, 256, arch="swin")),
+    ("swin.window_size", _rule("int", 1, 256, count=(1, 8), arch="swin")),
     ("swin.patch_size", _rule("int", 1, 1024, arch="swin")),
     ("swin.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="swin")),
     ("swin.pad_mode", _rule("str", choices=("pad_then_roll", "roll_then_pad"), arch="swin")),
     ("swin.shift_rule", _rule("str", choices=("per_axis", "min", "always"), arch="swin")),
+    ("swin.version", _rule("int", 1, 2, arch="swin")),
+    ("swin.pretrained_window", _rule("int", 0, 256, count=(1, 8), arch="swin")),
     ("lemevit.attn_types", _rule("str", count=(1, 8), letters="CDES", arch="lemevit", loader_count=True)),
     ("lemevit.depths", _rule("int", 0, 1024, count=(1, 8), arch="lemevit")),
     ("lemevit.embed_dims", _rule("int", 1, 1 << 15, count=(1, 8), arch="lemevit")),
@@ -439,9 +441,10 @@ def quantizable(name, shape):
     runs through its matrix multiply: the name ends in '.weight', 2 or 4 dimensions, not a
     depthwise convolution (a 4-D weight with shape[1] == 1) and at least QUANT_MIN_NUMEL elements.
     So norms, biases, BN statistics (1-D), class/meta/register tokens, position embeddings and
-    relative position bias tables (not '.weight'), depthwise convs and small tensors stay float32."""
+    relative position bias tables (not '.weight'), Swin V2's position-bias MLP (read once, by plain
+    loops), depthwise convs and small tensors stay float32."""
     shape = tuple(int(d) for d in shape)
-    if not name.endswith(".weight") or len(shape) not in (2, 4):
+    if not name.endswith(".weight") or len(shape) not in (2, 4) or ".cpb_mlp." in name:
         return False
     if len(shape) == 4 and shape[1] == 1:
         return False
@@ -452,7 +455,8 @@ def packable(name, shape):
     """May float32 tensor `name` of `shape` be stored as f32p?  The weights quantizable() picks,
     whatever their size: they are read only by the library's matrix multiply."""
     shape = tuple(int(d) for d in shape)
-    return name.endswith(".weight") and len(shape) in (2, 4) and not (len(shape) == 4 and shape[1] == 1)
+    return name.endswith(".weight") and len(shape) in (2, 4) and not (len(shape) == 4 and shape[1] == 1) and \
+        ".cpb_mlp." not in name
 
 
 _CHUNK = 1 << 16   # elements per step of the pure-Python loops (bounds temporary lists)

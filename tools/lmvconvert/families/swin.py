@@ -1,4 +1,4 @@
-"""Swin: Microsoft / timm in every era / torchvision / Hugging Face."""
+"""Swin V1: Microsoft / timm in every era / torchvision / Hugging Face; Swin V2: timm, Microsoft, Hugging Face."""
 
 import re
 from collections import OrderedDict
@@ -6,17 +6,21 @@ from ..base import ConvertError
 from ..family import IMAGENET_MEAN, IMAGENET_STD, Model, _block_indices, _isqrt_exact, _rename
 from ..registry import builder, detector, register_family
 from ..settings import coerce
-from ..tensors import concat0
+from ..tensors import concat0, zeros_f32
 
 SWIN_KEYS = OrderedDict([
     ("swin.embed_dim", "i"), ("swin.depths", "in"), ("swin.num_heads", "in"), ("swin.mlp_hidden", "in"),
     ("swin.window_size", "i"), ("swin.patch_size", "i"), ("swin.norm_eps", "f"), ("swin.pad_mode", "s"),
-    ("swin.shift_rule", "s"),
+    ("swin.shift_rule", "s"), ("swin.version", "i"), ("swin.pretrained_window", "in"),
 ])
+SWIN_KEYS["swin.window_size"] = "in"   # one window for every stage, or one per stage
 register_family("swin", SWIN_KEYS, choices={
     "swin.pad_mode": ("pad_then_roll", "roll_then_pad"),
     "swin.shift_rule": ("per_axis", "min", "always"),
-})
+}, assumable=[
+    ("swin.window_size", "--set swin.window_size=N[,N...]"),
+    ("swin.pretrained_window", "--set swin.pretrained_window=N[,N...]"),
+])
 # ---------------------------------------------------------------------------------- Swin
 
 # timm swin_* cfg: ImageNet mean/std, crop 0.9, bicubic; Microsoft's repo: resize 256 / crop 224
@@ -38,9 +42,7 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
     convention from the source (overridable with --set)."""
     st = ctx.settings
     st.update("default", defaults)
-    if any(k.endswith("attn.cpb_mlp.0.weight") or k.endswith("attn.logit_scale") for k in sd):
-        raise ConvertError("this is a Swin V2 checkpoint (cosine attention, continuous position bias); "
-                           "only Swin V1 is supported")
+    v2 = any(k.endswith("attn.cpb_mlp.0.weight") or k.endswith("attn.logit_scale") for k in sd)
     used, T = set(), OrderedDict()
     for k in sd:
         if SWIN_BUFFERS.search(k):  # buffers the graph recomputes
@@ -53,11 +55,20 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
     depths, heads, hidden = [], [], []
     window = None
     width = D
+    if v2 and "absolute_pos_embed" in sd:
+        raise ConvertError("Swin V2 with an absolute position embedding (ape=True) is not supported")
     for s in range(n_stages):
         blocks = _block_indices(sd, "layers.%d.blocks." % s)
         if not blocks or blocks != list(range(len(blocks))):
             raise ConvertError("Swin stage %d has no blocks or a gap in its block numbers" % s)
         depths.append(len(blocks))
+        hidden.append(sd["layers.%d.blocks.0.mlp.fc1.weight" % s].shape[0])
+        if v2:
+            heads.append(_swinv2_blocks(sd, s, blocks, width, T, used))
+            if s + 1 < n_stages:
+                _swin_merge(sd, s, T, used)
+                width *= 2
+            continue
         table = sd.get("layers.%d.blocks.0.attn.relative_position_bias_table" % s)
         if table is None or table.ndim != 2:
             raise ConvertError("Swin stage %d: relative_position_bias_table is missing" % s)
@@ -65,11 +76,9 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
         if not side or side % 2 == 0:
             raise ConvertError("relative_position_bias_table has %d rows, not (2w-1)^2" % table.shape[0])
         w = (side + 1) // 2
-        if window not in (None, w):
-            raise ConvertError("Swin stages with different window sizes (%d, %d) are not supported" % (window, w))
-        window = w
+        window = window or []
+        window.append(w)
         heads.append(table.shape[1])
-        hidden.append(sd["layers.%d.blocks.0.mlp.fc1.weight" % s].shape[0])
         for b in blocks:
             for part in ("norm1.weight", "norm1.bias", "attn.relative_position_bias_table", "attn.qkv.weight",
                          "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
@@ -80,12 +89,7 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
                     T[k] = sd[k]
                     used.add(k)
         if s + 1 < n_stages:
-            for part in ("norm.weight", "norm.bias", "reduction.weight"):
-                k = "layers.%d.downsample.%s" % (s, part)
-                if k not in sd:
-                    raise ConvertError("Swin layout: %s is missing" % k)
-                T[k] = sd[k]
-                used.add(k)
+            _swin_merge(sd, s, T, used)
             width *= 2
     for k in ("patch_embed.proj.weight", "patch_embed.proj.bias", "patch_embed.norm.weight", "patch_embed.norm.bias",
               "absolute_pos_embed", "norm.weight", "norm.bias", "head.weight", "head.bias"):
@@ -95,13 +99,22 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
             used.add(k)
     head = sd.get("head.weight")
     K = head.shape[0] if head is not None else 0
+    if v2:
+        window = _per_stage(st.get("swin.window_size"), n_stages, "swin.window_size")
+        pretrained = _per_stage(st.get("swin.pretrained_window") or [0], n_stages, "swin.pretrained_window")
+    else:
+        ctx.determined.update(("swin.window_size", "swin.pretrained_window"))   # the bias tables fix the window
+        pretrained = [0]
+        window = window if window and len(set(window)) > 1 else [window[0] if window else 7]
     img = st.get("img_size")
     if not img:
         ape = sd.get("absolute_pos_embed")
         if ape is not None and _isqrt_exact(ape.shape[1]):
             img = [_isqrt_exact(ape.shape[1]) * p] * 2
+        elif v2:
+            img = [256, 256]   # every timm / Microsoft Swin V2 classifier but the 192 and 384 ones
         else:
-            img = [384, 384] if window == 12 else [224, 224]
+            img = [384, 384] if window[0] == 12 else [224, 224]
     cfg = OrderedDict()
     cfg["in_chans"] = C
     cfg["img_size"] = list(img)
@@ -116,17 +129,147 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
     cfg["swin.norm_eps"] = st.get("swin.norm_eps", 1e-5)
     cfg["swin.pad_mode"] = st.get("swin.pad_mode")
     cfg["swin.shift_rule"] = st.get("swin.shift_rule")
+    cfg["swin.version"] = 2 if v2 else 1
+    cfg["swin.pretrained_window"] = pretrained
     for k in cfg:
         cfg[k] = coerce(k, cfg[k])
     known = {(96, (2, 2, 6, 2)): "tiny", (96, (2, 2, 18, 2)): "small", (128, (2, 2, 18, 2)): "base",
              (192, (2, 2, 18, 2)): "large"}
     size = known.get((D, tuple(depths)))
-    name = name_hint or ("swin_%s_patch%d_window%d_%d" % (size, p, window, img[0]) if size else
-                         "swin_d%d_%s_patch%d_window%d" % (D, "-".join(map(str, depths)), p, window))
+    ver = "v2" if v2 else ""
+    name = name_hint or ("swin%s_%s_patch%d_window%d_%d" % (ver, size, p, window[0], img[0]) if size else
+                         "swin%s_d%d_%s_patch%d_window%d" % (ver, D, "-".join(map(str, depths)), p, window[0]))
     pre = dict(defaults)
     if img[0] >= 384 and "pre.resize" not in pre:
         pre["pre.crop_pct"] = 1.0
     return Model("swin", source, cfg, T, used, pre_defaults=pre, name=name)
+
+
+def _swin_merge(sd, s, T, used):
+    for part in ("norm.weight", "norm.bias", "reduction.weight"):
+        k = "layers.%d.downsample.%s" % (s, part)
+        if k not in sd:
+            raise ConvertError("Swin layout: %s is missing" % k)
+        T[k] = sd[k]
+        used.add(k)
+
+
+def _per_stage(value, n, key):
+    v = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(v) not in (1, n) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise ConvertError("%s must be one value or one per stage (%d), not %s" % (key, n, value))
+    return v
+
+
+def _swinv2_blocks(sd, s, blocks, C, T, used):
+    """Stage s of a Swin V2 (canonical timm names): cosine attention with logit_scale, the cpb MLP
+    (Linear(2, hid) + ReLU + Linear(hid, heads)), q_bias / v_bias and no k bias (the file gets one
+    qkv bias with zeros for k).  Returns the stage's heads."""
+    ls = sd.get("layers.%d.blocks.0.attn.logit_scale" % s)
+    if ls is None or ls.ndim != 3:
+        raise ConvertError("Swin V2 stage %d: attn.logit_scale [heads, 1, 1] is missing" % s)
+    heads = ls.shape[0]
+    for b in blocks:
+        pre = "layers.%d.blocks.%d." % (s, b)
+        c0 = sd.get(pre + "attn.cpb_mlp.0.weight")
+        if c0 is None or c0.ndim != 2 or c0.shape[1] != 2 or (pre + "attn.cpb_mlp.2.weight") not in sd:
+            raise ConvertError("Swin V2 %sattn.cpb_mlp is missing or not Linear(2, hidden) + ReLU + Linear(hidden, "
+                               "heads)" % pre)
+        if (pre + "attn.cpb_mlp.2.bias") in sd:
+            raise ConvertError("Swin V2 %sattn.cpb_mlp.2.bias: a biased last cpb layer is not supported" % pre)
+        for part in ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                     "attn.proj.bias", "attn.logit_scale", "attn.cpb_mlp.0.weight", "attn.cpb_mlp.0.bias",
+                     "attn.cpb_mlp.2.weight", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                     "mlp.fc2.weight", "mlp.fc2.bias"):
+            k = pre + part
+            if k in sd:
+                sd[k].check(k)
+                T[k] = sd[k]
+                used.add(k)
+        q, v = sd.get(pre + "attn.q_bias"), sd.get(pre + "attn.v_bias")
+        if (q is None) != (v is None):
+            raise ConvertError("Swin V2 %sattn: q_bias and v_bias come together" % pre)
+        if q is not None:
+            if pre + "attn.qkv.bias" in sd:
+                raise ConvertError("Swin V2 %sattn has both qkv.bias and q_bias/v_bias" % pre)
+            k = pre + "attn.qkv.bias"
+            T[k] = concat0([q, zeros_f32((C,)), v], k)
+            used.update((pre + "attn.q_bias", pre + "attn.v_bias"))
+            kb = pre + "attn.k_bias"   # a zero buffer some versions save
+            if kb in sd:
+                used.add(kb)
+    return heads
+
+
+SWINV2_NAME = re.compile(r"window(\d+)(?:to(\d+))?_(\d+)(?:to(\d+))?")
+
+
+def swinv2_metadata(sd, ctx, n_stages):
+    """Window sizes and input size stated by the checkpoint's metadata (timm model name or
+    model_args, Microsoft's file names): settings for the 'sidecar' layer."""
+    h = ctx.hints
+    s = {}
+    if h is None:
+        return s
+    name = (h.name or "").split(".")[0]
+    m = SWINV2_NAME.search(name)
+    if m and name.startswith("swinv2"):
+        if m.group(2):
+            p = int(m.group(1))
+            s["swin.window_size"] = [int(m.group(2))]
+            s["swin.pretrained_window"] = [p] * (n_stages - 1) + [p // 2]   # timm/Microsoft's 12to16 models
+        else:
+            s["swin.window_size"] = [int(m.group(1))]
+            s["swin.pretrained_window"] = [0]
+        img = int(m.group(4) or m.group(3))
+        s["img_size"] = [img, img]
+        ctx.notes.append("window sizes from the model name %s (%s)" % (name, h.name_src))
+    kw = h.kwargs or {}
+    if kw.get("always_partition"):
+        raise ConvertError("%s: always_partition=True (windows and shifts kept on maps smaller than the window) is "
+                           "not supported for Swin V2" % h.kwargs_src)
+    if kw.get("act_layer", "gelu") not in ("gelu", None):
+        raise ConvertError("%s: act_layer=%s is not supported for Swin V2 (GELU only)" % (h.kwargs_src,
+                                                                                         kw.get("act_layer")))
+    if "window_size" in kw:
+        w = kw["window_size"]
+        w = list(w) if isinstance(w, (list, tuple)) else [w]
+        if len(w) == 2 and w[0] != w[1]:
+            raise ConvertError("%s: window_size=%s: non-square windows are not supported" % (h.kwargs_src, w))
+        s["swin.window_size"] = [int(w[0])]
+    if "pretrained_window_sizes" in kw:
+        s["swin.pretrained_window"] = [int(x) for x in kw["pretrained_window_sizes"]]
+    if isinstance(kw.get("img_size"), int):
+        s["img_size"] = [kw["img_size"]] * 2
+    return s
+
+
+@detector("swin", "timm/Microsoft Swin V2")
+def detect_swinv2(sd, ctx):
+    """Swin V2 in timm's layout (downsample at the start of stages 1.., head.fc.*) or Microsoft's
+    (downsample at the end of each stage, head.*, buffers stored; also timm before 0.9)."""
+    if "patch_embed.proj.weight" not in sd or \
+            not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.cpb_mlp\.0\.weight$", k) for k in sd):
+        return None
+    new_timm = "head.fc.weight" in sd or ("layers.0.downsample.reduction.weight" not in sd and
+                                          "layers.1.downsample.reduction.weight" in sd)
+    rules = []
+    if new_timm:
+        rules = [(r"^layers\.(\d+)\.downsample\.", lambda m: "layers.%d.downsample." % (int(m.group(1)) - 1)),
+                 (r"^head\.fc\.", "head.")]
+    renamed, back = _rename(sd, rules)
+    n_stages = len(_block_indices(renamed, "layers."))
+    ctx.settings.update("sidecar", swinv2_metadata(renamed, ctx, n_stages))
+    # timm decides the window and the shift per axis (roll, then pad); Microsoft's code (and timm
+    # before 0.9) shrink both to min(H, W) when either side is not larger than the window
+    ms = (ctx.info.get("path") or [])[:1] == ["model"]
+    conv = {"swin.pad_mode": "roll_then_pad", "swin.shift_rule": "per_axis" if new_timm else "min",
+            "swin.window_size": [8], "swin.pretrained_window": [0]}
+    m = build_swin(renamed, ctx, "timm" if new_timm or not ms else "ms",
+                   dict(PRE_SWIN_MS if ms else PRE_SWIN_TIMM, **conv))
+    m.used = set(back[k] for k in m.used)
+    m.notes.append("Swin V2 layout: %s" % ("timm" if new_timm else "Microsoft official"))
+    return m
 
 
 @detector("swin", "timm/Microsoft Swin")
@@ -193,6 +336,9 @@ SWIN_TORCHVISION_RULES = [
 def detect_swin_torchvision(sd, ctx):
     if "features.0.0.weight" not in sd or not any(k.startswith("features.1.0.attn.") for k in sd):
         return None
+    if any(k.endswith("attn.cpb_mlp.0.weight") for k in sd):
+        raise ConvertError("torchvision Swin V2 (swin_v2_t/s/b: fixed window, k bias zeroed at run time) is not "
+                           "supported; timm, Microsoft and Hugging Face Swin V2 files are")
     renamed, back = _rename(sd, SWIN_TORCHVISION_RULES)
     m = build_swin(renamed, ctx, "torchvision", dict(PRE_SWIN_TORCHVISION,
                                                     **{"swin.pad_mode": "pad_then_roll", "swin.shift_rule": "per_axis"}))

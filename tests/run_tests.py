@@ -30,6 +30,7 @@ SUITES = [
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
+    ("swinv2 (cosine attention, continuous position bias, res-post-norm)", [PY, os.path.join(HERE, "test_swinv2.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("messages (long paths, keys and values)", [PY, os.path.join(HERE, "test_messages.py")]),
     ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),
@@ -56,6 +57,7 @@ SANITIZED = [
     ("beit (asan+ubsan)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
     ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
+    ("swinv2 (asan+ubsan)", [PY, os.path.join(HERE, "test_swinv2.py")]),
     ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),
     ("explain (asan+ubsan)", [PY, os.path.join(HERE, "test_explain.py")]),
 ]

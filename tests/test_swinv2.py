@@ -1,0 +1,144 @@
+"""Swin Transformer V2 parity: tests/models/swinv2_ref.py (written from timm's and Microsoft's
+swin_transformer_v2.py) with seeded random weights -- logit scales on both sides of the clamp, a
+position-bias MLP far from its init -- saved in timm's and Microsoft's layouts, converted by
+tools/convert.py and run by build/lmv (batch 2, non-square inputs); logits and every block's
+output compared.  Cases: one window everywhere; a window per stage; a pretrained window size other
+than the run's; a late stage not larger than the window (shrunk window, no shift); Microsoft's
+official file; refusals (a stray tensor, options this library does not run, torchvision's V2)."""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (LMV, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir)  # noqa: E402
+from models import swinv2_ref as R  # noqa: E402
+
+torch.set_num_threads(2)
+res = Results()
+
+
+def images(batch, h, w, seed):
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def model(seed, **kw):
+    args = dict(embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=4, num_classes=7)
+    args.update(kw)
+    torch.manual_seed(seed)
+    return R.randomize_(R.SwinTransformerV2(**args).eval(), seed=seed)
+
+
+def save_convert(sd, fname, *opts, side=None):
+    d = tmpdir()
+    path, lmv = os.path.join(d, fname), os.path.join(d, "model.lmv")
+    torch.save(sd, path)
+    for name, obj in (side or {}).items():
+        with open(os.path.join(d, name), "w") as f:
+            json.dump(obj, f)
+    return lmv, convert(path, lmv, "--labels", "none", *opts)
+
+
+def info(lmv):
+    code, out, err = run([LMV, "info", lmv])
+    cfg = {}
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if line.startswith("  ") and len(parts) == 2:
+            cfg[parts[0]] = parts[1].strip()
+    return cfg
+
+
+def check_run(name, lmv, m, h, w, seed=0):
+    x = images(2, h, w, seed + 7 * h + w)
+    with torch.no_grad():
+        want, ref = m.forward_trace(x)
+    try:
+        got, traces = lmv_run(lmv, x.numpy(), trace=True)
+    except RuntimeError as e:
+        return res.check(f"{name} {h}x{w}", False, str(e))
+    ok, desc = logits_close(got, want.numpy())
+    res.check(f"{name} {h}x{w} logits", ok, desc)
+    compare_traces(res, f"{name} {h}x{w}", traces, ref)
+
+
+def check_info(name, lmv, expect):
+    got = {k: info(lmv).get(k) for k in expect}
+    res.check(f"{name}: file records {expect}", got == expect, f"file has {got}")
+
+
+def case(name, m, fname, sizes, expect, *opts, side=None, sd=None):
+    try:
+        lmv, _ = save_convert(sd if sd is not None else R.timm_state_dict(m), fname, *opts, side=side)
+    except RuntimeError as e:
+        return res.check(name, False, str(e))
+    check_info(name, lmv, expect)
+    for h, w in sizes:
+        check_run(name, lmv, m, h, w)
+
+
+def refused(name, sd, fname, words, *opts, side=None):
+    try:
+        save_convert(sd, fname, *opts, side=side)
+    except RuntimeError as e:
+        msg = str(e)
+        return res.check(name, all(wd in msg for wd in words), msg[-300:])
+    return res.check(name, False, "converted")
+
+
+# timm layout, one window: the name gives window 4; 64x96: stage 2 is 4x6 (window 4x4, no shift on
+# the height, the width padded after the roll); 64x64: the last map equals the window (no shift)
+m = model(1)
+case("timm Swin V2", m, "swinv2_tiny_window4_64.pth", [(64, 96), (64, 64)],
+     {"source": "timm", "swin.version": "2", "swin.window_size": "4", "swin.pretrained_window": "0",
+      "swin.pad_mode": "roll_then_pad", "swin.shift_rule": "per_axis"})
+
+# a window per stage (set on the command line: timm builds them with set_input_size per stage)
+m = model(2, window_size=[4, 2, 3])
+case("timm Swin V2, window per stage", m, "model.pth", [(64, 80)], {"swin.window_size": "4 2 3"},
+     "--set", "swin.window_size=4,2,3")
+
+# fine-tuned at a larger window than pre-trained (timm's 12to16 naming: the last stage's
+# pretrained window is half); 96x80: stage 2 is 6x5, its window shrinks to 6x5 (per axis) with
+# no shift, so the position bias there is made at run time for that window
+m = model(3, window_size=6, pretrained_window_sizes=[4, 4, 2])
+case("timm Swin V2, pretrained window 4 -> 6", m, "swinv2_tiny_window4to6_64to96.pth", [(96, 80), (96, 96)],
+     {"swin.window_size": "6", "swin.pretrained_window": "4 4 2", "img_size": "96 96"})
+
+# a late stage smaller than the window without a pretrained size: its bias is normalised by the
+# shrunk window (8 -> 3x5 at 48x80)
+m = model(4, window_size=8)
+case("timm Swin V2, late stage smaller than the window", m, "swinv2_tiny_window8_64.pth", [(48, 80)],
+     {"swin.window_size": "8"})
+
+# Microsoft's official file: {'model': sd}, downsample at the end of a stage, head.*, saved
+# buffers; one square window of min(H, W) when either side is not larger than the window
+m = model(5, era="ms")
+sd = R.ms_state_dict(m, [4, 4, 4], 16, 32)
+case("official Swin V2", m, "swinv2_tiny_patch4_window4_64.pth", [(64, 128)],
+     {"source": "ms", "swin.shift_rule": "min", "swin.window_size": "4"}, sd={"model": sd})
+
+# refusals, each naming what is wrong
+m = model(6)
+sd = R.timm_state_dict(m)
+sd["layers.0.blocks.0.attn.gamma"] = torch.ones(32)
+refused("stray tensor in a Swin V2 file refused by name", sd, "swinv2_tiny_window4_64.pth",
+        ["could not be placed", "layers.0.blocks.0.attn.gamma"])
+refused("always_partition=True refused by name", R.timm_state_dict(m), "model.pth", ["always_partition"],
+        side={"config.json": {"architecture": "swinv2_tiny_window4_64",
+                              "model_args": {"always_partition": True}}})
+sd = R.timm_state_dict(m)
+sd["layers.0.blocks.0.attn.cpb_mlp.2.bias"] = torch.zeros(2)
+refused("a biased last cpb layer refused by name", sd, "swinv2_tiny_window4_64.pth", ["cpb_mlp.2.bias"])
+try:
+    from torchvision.models.swin_transformer import swin_v2_t
+    tv = swin_v2_t()
+    refused("torchvision Swin V2 refused by name", tv.state_dict(), "model.pth", ["torchvision Swin V2"])
+except ImportError as e:
+    res.skip("torchvision Swin V2 refused by name", str(e))
+
+# a file without a window in its name or metadata: the window is assumed and said to be
+lmv, out = save_convert(R.timm_state_dict(model(1)), "model.pth")
+res.check("an unstated Swin V2 window is printed as assumed", "assumed       swin.window_size=8" in out, out[-400:])
+res.finish()

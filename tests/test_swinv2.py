@@ -4,7 +4,8 @@ position-bias MLP far from its init -- saved in timm's and Microsoft's layouts, 
 tools/convert.py and run by build/lmv (batch 2, non-square inputs); logits and every block's
 output compared.  Cases: one window everywhere; a window per stage; a pretrained window size other
 than the run's; a late stage not larger than the window (shrunk window, no shift); Microsoft's
-official file; refusals (a stray tensor, options this library does not run, torchvision's V2)."""
+official file; Hugging Face's Swinv2ForImageClassification with its config.json; refusals (a stray
+tensor, options this library does not run, torchvision's V2); an unstated window said to be assumed."""
 import json
 import os
 import sys
@@ -119,6 +120,17 @@ sd = R.ms_state_dict(m, [4, 4, 4], 16, 32)
 case("official Swin V2", m, "swinv2_tiny_patch4_window4_64.pth", [(64, 128)],
      {"source": "ms", "swin.shift_rule": "min", "swin.window_size": "4"}, sd={"model": sd})
 
+# Hugging Face Swinv2ForImageClassification with config.json beside it: window 3 fixed from the
+# config's 64-pixel maps (16, 8, 4: all larger, so shifted); pad, then roll (16 -> 18 with the shift)
+m = model(7, window_size=3, pretrained_window_sizes=[0, 0, 0], era="hf", img_size=64)
+hf_cfg = {"model_type": "swinv2", "architectures": ["Swinv2ForImageClassification"], "image_size": 64,
+          "patch_size": 4, "embed_dim": 32, "depths": [2, 2, 2], "num_heads": [2, 4, 8], "window_size": 3,
+          "pretrained_window_sizes": [0, 0, 0], "layer_norm_eps": 1e-5, "hidden_act": "gelu", "qkv_bias": True,
+          "id2label": {str(i): "class%d" % i for i in range(7)}}
+case("Hugging Face Swin V2", m, "pytorch_model.bin", [(64, 64), (64, 80)],
+     {"source": "hf", "swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min", "swin.window_size": "3"},
+     side={"config.json": hf_cfg}, sd=R.hf_state_dict(m))
+
 # refusals, each naming what is wrong
 m = model(6)
 sd = R.timm_state_dict(m)
@@ -140,5 +152,7 @@ except ImportError as e:
 
 # a file without a window in its name or metadata: the window is assumed and said to be
 lmv, out = save_convert(R.timm_state_dict(model(1)), "model.pth")
-res.check("an unstated Swin V2 window is printed as assumed", "assumed       swin.window_size=8" in out, out[-400:])
+line = [x for x in out.splitlines() if "swin.window_size" in x]
+res.check("an unstated Swin V2 window is printed as assumed", any(x.startswith("assumed") and "=8" in x for x in line),
+          "; ".join(line) or "no line names swin.window_size")
 res.finish()

@@ -1,8 +1,11 @@
 """A Swin Transformer V2 reference in PyTorch, written from timm's swin_transformer_v2.py (module
 names give timm's state-dict keys) and, with era="ms", Microsoft's official
 models/swin_transformer_v2.py (window and shift decided by min(H, W), downsample at the end of a
-stage, buffers saved).  Window, shift and the continuous position bias are worked out from the
-map each block actually sees (what timm does after set_input_size / with a dynamic mask).
+stage, buffers saved), or with era="hf" Hugging Face's modeling_swinv2.py (window and shift fixed
+at construction from config.image_size: min(config-map height, window), no shift when that height
+is not larger; pad, then roll).  Otherwise window, shift and the continuous position bias are
+worked out from the map each block actually sees (what timm does after set_input_size / with a
+dynamic mask).
 
 Block (res-post-norm): x = x + norm1(attn(x)); x = x + norm2(mlp(x)).
 Attention: cosine similarity of L2-normalised q and k times exp(clamp(logit_scale, max=log 100)),
@@ -111,9 +114,10 @@ class Mlp(nn.Module):
 
 
 class SwinV2Block(nn.Module):
-    def __init__(self, dim, num_heads, window_size, shifted, pretrained_window=0, mlp_ratio=4.0, era="timm"):
+    def __init__(self, dim, num_heads, window_size, shifted, pretrained_window=0, mlp_ratio=4.0, era="timm",
+                 cfg_res=None):
         super().__init__()
-        self.window_size, self.shifted, self.era = window_size, shifted, era
+        self.window_size, self.shifted, self.era, self.cfg_res = window_size, shifted, era, cfg_res
         self.attn = WindowAttention(dim, num_heads, pretrained_window)
         self.norm1 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -122,6 +126,10 @@ class SwinV2Block(nn.Module):
     def geometry(self, H, W):
         w = self.window_size
         s = w // 2 if self.shifted else 0
+        if self.era == "hf":     # Swinv2Layer._compute_window_shift on the config's map, height only
+            r = self.cfg_res[0]
+            wh = min(r, w)
+            return wh, wh, (0 if r <= wh else s), (0 if r <= wh else s)
         if self.era == "timm":   # per axis (timm _calc_window_shift)
             wh, ww = min(H, w), min(W, w)
             return wh, ww, (0 if H <= wh else s), (0 if W <= ww else s)
@@ -132,6 +140,17 @@ class SwinV2Block(nn.Module):
     def _attn(self, x):
         B, H, W, C = x.shape
         wh, ww, sh, sw = self.geometry(H, W)
+        if self.era == "hf":     # pad, then roll the padded map
+            ph, pw = (wh - H % wh) % wh, (ww - W % ww) % ww
+            x = F.pad(x, (0, 0, 0, pw, 0, ph))
+            Hp, Wp = H + ph, W + pw
+            if sh or sw:
+                x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+            mask = shift_mask(Hp, Wp, wh, ww, sh, sw) if (sh or sw) else None
+            y = unpartition(self.attn(partition(x, wh, ww), wh, ww, mask), wh, ww, Hp, Wp)
+            if sh or sw:
+                y = torch.roll(y, shifts=(sh, sw), dims=(1, 2))
+            return y[:, :H, :W, :]
         if sh or sw:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         ph, pw = (wh - H % wh) % wh, (ww - W % ww) % ww     # timm: roll, then pad
@@ -164,11 +183,11 @@ class PatchMerging(nn.Module):
 
 
 class SwinV2Stage(nn.Module):
-    def __init__(self, dim, depth, num_heads, window_size, downsample, pretrained_window=0, era="timm"):
+    def __init__(self, dim, depth, num_heads, window_size, downsample, pretrained_window=0, era="timm", cfg_res=None):
         super().__init__()
         self.downsample = PatchMerging(dim // 2) if downsample else nn.Identity()
-        self.blocks = nn.ModuleList([SwinV2Block(dim, num_heads, window_size, j % 2 == 1, pretrained_window, era=era)
-                                     for j in range(depth)])
+        self.blocks = nn.ModuleList([SwinV2Block(dim, num_heads, window_size, j % 2 == 1, pretrained_window, era=era,
+                                                 cfg_res=cfg_res) for j in range(depth)])
 
 
 class PatchEmbed(nn.Module):
@@ -191,7 +210,7 @@ class SwinTransformerV2(nn.Module):
     """timm's module tree; window_size and pretrained_window_sizes may differ per stage."""
 
     def __init__(self, patch_size=4, in_chans=3, num_classes=10, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
-                 window_size=4, pretrained_window_sizes=0, era="timm"):
+                 window_size=4, pretrained_window_sizes=0, era="timm", img_size=None):
         super().__init__()
         n = len(depths)
         ws = list(window_size) if isinstance(window_size, (list, tuple)) else [window_size] * n
@@ -199,8 +218,9 @@ class SwinTransformerV2(nn.Module):
             else [pretrained_window_sizes] * n
         self.era = era
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
-        self.layers = nn.Sequential(*[SwinV2Stage(embed_dim * 2 ** i, depths[i], num_heads[i], ws[i], i > 0, pws[i], era)
-                                      for i in range(n)])
+        g = (img_size or 0) // patch_size   # Hugging Face: the config's patch grid, floor-halved per stage
+        self.layers = nn.Sequential(*[SwinV2Stage(embed_dim * 2 ** i, depths[i], num_heads[i], ws[i], i > 0, pws[i], era,
+                                                  (g >> i, g >> i)) for i in range(n)])
         self.norm = nn.LayerNorm(embed_dim * 2 ** (n - 1))
         self.head = Head(embed_dim * 2 ** (n - 1), num_classes)
 
@@ -273,4 +293,44 @@ def ms_state_dict(model, window_sizes, H, W):
             if sh or sw:
                 out[pre + "attn_mask"] = shift_mask(H, W, wh, ww, sh, sw)
         H, W = (H + 1) // 2, (W + 1) // 2
+    return out
+
+
+def hf_state_dict(model):
+    """Hugging Face Swinv2ForImageClassification keys: swinv2.embeddings.*, swinv2.encoder.layers.s.
+    blocks.m.{layernorm_before, attention.self.{query, key (no bias), value, logit_scale,
+    continuous_position_bias_mlp}, attention.output.dense, layernorm_after, intermediate.dense,
+    output.dense}, downsample at the end of a stage, swinv2.layernorm, classifier."""
+    out = OrderedDict()
+    for k, v in timm_state_dict(model).items():
+        parts = k.split(".")
+        if k.startswith("patch_embed.proj."):
+            k = "swinv2.embeddings.patch_embeddings.projection." + parts[-1]
+        elif k.startswith("patch_embed.norm."):
+            k = "swinv2.embeddings.norm." + parts[-1]
+        elif k.startswith("layers.") and parts[2] == "downsample":
+            k = "swinv2.encoder.layers.%d.downsample.%s" % (int(parts[1]) - 1, ".".join(parts[3:]))
+        elif k.startswith("layers."):
+            pre = "swinv2.encoder.layers.%s.blocks.%s." % (parts[1], parts[3])
+            rest = ".".join(parts[4:])
+            if rest == "attn.qkv.weight":
+                for name, w in zip(("query", "key", "value"), v.chunk(3, 0)):
+                    out[pre + "attention.self.%s.weight" % name] = w.clone()
+                continue
+            if rest in ("attn.q_bias", "attn.v_bias"):
+                out[pre + "attention.self.%s.bias" % ("query" if rest == "attn.q_bias" else "value")] = v
+                continue
+            for a, b in (("norm1.", "layernorm_before."), ("norm2.", "layernorm_after."),
+                         ("attn.logit_scale", "attention.self.logit_scale"),
+                         ("attn.cpb_mlp.", "attention.self.continuous_position_bias_mlp."),
+                         ("attn.proj.", "attention.output.dense."), ("mlp.fc1.", "intermediate.dense."),
+                         ("mlp.fc2.", "output.dense.")):
+                if rest.startswith(a):
+                    rest = b + rest[len(a):]
+            k = pre + rest
+        elif k.startswith("norm."):
+            k = "swinv2.layernorm." + parts[-1]
+        elif k.startswith("head.fc."):
+            k = "classifier." + parts[-1]
+        out[k] = v
     return out

@@ -3,7 +3,7 @@
 import re
 from collections import OrderedDict
 from ..base import ConvertError
-from ..family import IMAGENET_MEAN, IMAGENET_STD, Model, _block_indices, _isqrt_exact, _rename
+from ..family import IMAGENET_MEAN, IMAGENET_STD, Model, _block_indices, _isqrt_exact, _read_json_beside, _rename
 from ..registry import builder, detector, register_family
 from ..settings import coerce
 from ..tensors import concat0, zeros_f32
@@ -360,6 +360,78 @@ SWIN_HF_RULES = [
     (r"^layernorm\.", "norm."),
     (r"^classifier\.", "head."),
 ]
+
+
+SWINV2_HF_RULES = [(r"^swinv2\.", "")] + SWIN_HF_RULES[1:] + [
+    (r"\.attn\.continuous_position_bias_mlp\.", ".attn.cpb_mlp."),
+]
+
+
+@detector("swin", "Hugging Face Swin V2")
+def detect_swinv2_hf(sd, ctx):
+    """Hugging Face Swinv2ForImageClassification / Swinv2Model: separate query/key/value (no key
+    bias), logit_scale and continuous_position_bias_mlp; window sizes from config.json."""
+    key = "embeddings.patch_embeddings.projection.weight"
+    if (key not in sd and "swinv2." + key not in sd) or \
+            not any(".attention.self.continuous_position_bias_mlp." in k for k in sd):
+        return None
+    renamed, back = _rename(sd, SWINV2_HF_RULES)
+    if "embeddings.position_embeddings" in renamed:
+        raise ConvertError("Hugging Face Swin V2 with use_absolute_embeddings is not supported")
+    merged, origin = OrderedDict(), {}
+    for k, v in renamed.items():
+        mm = re.match(r"^(layers\.\d+\.blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$", k)
+        if not mm:
+            merged[k], origin[k] = v, [back[k]]
+            continue
+        if mm.group(2) != "query":
+            continue
+        if mm.group(3) == "bias":
+            parts = ["%s.%s.bias" % (mm.group(1), n) for n in ("query", "value")]
+            if "%s.key.bias" % mm.group(1) in renamed or parts[1] not in renamed:
+                raise ConvertError("Hugging Face Swin V2: %s: expected query and value biases and no key bias" % back[k])
+            merged["%s.q_bias" % mm.group(1)], origin["%s.q_bias" % mm.group(1)] = v, [back[k]]
+            merged["%s.v_bias" % mm.group(1)] = renamed[parts[1]]
+            origin["%s.v_bias" % mm.group(1)] = [back[parts[1]]]
+            continue
+        parts = ["%s.%s.weight" % (mm.group(1), n) for n in ("query", "key", "value")]
+        if not all(p in renamed for p in parts):
+            raise ConvertError("Hugging Face Swin V2: %s query/key/value are incomplete" % back[k])
+        nk = "%s.qkv.weight" % mm.group(1)
+        merged[nk] = concat0([renamed[p] for p in parts], nk)
+        origin[nk] = [back[p] for p in parts]
+    cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    if cfg:
+        ctx.notes.append("window sizes, image size and labels from %s" % cfg_path)
+    side = {}
+    if isinstance(cfg.get("window_size"), int):
+        side["swin.window_size"] = [cfg["window_size"]]
+    pws = cfg.get("pretrained_window_sizes")
+    if isinstance(pws, list) and all(isinstance(x, int) for x in pws):
+        side["swin.pretrained_window"] = pws
+    if isinstance(cfg.get("image_size"), int):
+        side["img_size"] = [cfg["image_size"]] * 2
+    eps = cfg.get("layer_norm_eps", 1e-5)
+    if eps != 1e-5:
+        raise ConvertError("Hugging Face Swin V2 with layer_norm_eps=%s is not supported (its patch and merging "
+                           "norms keep 1e-5; one eps runs the whole model here)" % eps)
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise ConvertError("Hugging Face Swin V2 with hidden_act=%s is not supported (GELU only)" % cfg.get("hidden_act"))
+    ctx.settings.update("sidecar", side)
+    # HF fixes window and shift from config.image_size (min(height, window), no shift when the
+    # height is not larger): at that size and any input whose maps compare with the window the same
+    # way this is the min rule; it pads, then rolls
+    m = build_swin(merged, ctx, "hf", dict(PRE_SWIN_HF, **{"swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min",
+                                                         "swin.window_size": [8], "swin.pretrained_window": [0]}))
+    m.used = set(o for k in m.used for o in origin.get(k, [k]))
+    labels = cfg.get("id2label")
+    if isinstance(labels, dict):
+        names = [labels.get(str(i)) for i in range(m.config["num_classes"])]
+        if all(isinstance(x, str) for x in names):
+            m.labels = names
+    m.notes.append("Swin V2 layout: Hugging Face")
+    return m
 
 
 @detector("swin", "Hugging Face Swin")

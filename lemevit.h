@@ -4254,7 +4254,7 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
             (r = lmv__meta_int_range(m, "swin.window_size", wmeta && wmeta->count > 1 ? i : 0, 1, 256, -1, &st->window,
                                      err)) != LMV_OK)
             return r;
-        if (v->v2) {
+        { /* V2 only; range-checked for every file */
             const lmv__meta *p = lmv__find_meta(m, "swin.pretrained_window");
             if ((r = lmv__meta_int_range(m, "swin.pretrained_window", p && p->count > 1 ? i : 0, 0, 256, 0,
                                          &st->pretrained_window, err)) != LMV_OK)

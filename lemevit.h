@@ -1,4 +1,4 @@
-/* lemevit.h - vision transformers (LeMeViT, ViT/DeiT, Swin) in one C99 header.   MIT licence.
+/* lemevit.h - vision transformers (LeMeViT, ViT/DeiT, Swin V1/V2) in one C99 header.   MIT licence.
 
    Do this:
        #define LEMEVIT_IMPLEMENTATION
@@ -490,8 +490,8 @@ LEMEVIT_API void lmv_session_set_trace(lmv_session *sess, lmv_trace_fn fn, void 
    softmax probabilities as "<block>.attn" [heads][queries][keys]; LeMeViT's cross blocks give
    "<block>.attn_x" (image queries over meta tokens) and "<block>.attn_c" (meta queries over image
    tokens), S blocks "<block>.attn_x" and "<block>.attn_c" for the two self-attentions.
-   Swin gives one map per window, "<block>.attn" [windows][heads][N][N] (N = window_size^2, 4
-   dimensions), over the windows of the partition the block attends in: the stage's H x W map
+   Swin gives one map per window, "<block>.attn" [windows][heads][N][N] (N = the window's area; a
+   Swin V2 window shrinks to a stage map smaller than it, per axis for timm files), over the windows of the partition the block attends in: the stage's H x W map
    cyclically shifted (odd blocks) and zero-padded to window multiples, windows row-major over that
    grid, tokens row-major in a window; then "<block>.attn_tokens" [windows][N] says which token
    each slot holds: y * W + x in the stage's H x W map (the unshifted map the block's output

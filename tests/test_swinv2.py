@@ -131,6 +131,24 @@ case("Hugging Face Swin V2", m, "pytorch_model.bin", [(64, 64), (64, 80)],
      {"source": "hf", "swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min", "swin.window_size": "3"},
      side={"config.json": hf_cfg}, sd=R.hf_state_dict(m))
 
+# the checks tell the conventions apart: the official file run with timm's per-axis rule, and the
+# fine-tuned model run without its pretrained window, both give other logits
+def differs(name, sd, fname, m, h, w, *opts):
+    lmv, _ = save_convert(sd, fname, *opts)
+    x = images(2, h, w, 11)
+    with torch.no_grad():
+        want = m(x).numpy()
+    ok, desc = logits_close(lmv_run(lmv, x.numpy())[0], want)
+    res.check(name, not ok, desc)
+
+
+m = model(5, era="ms")
+differs("official Swin V2 at 64x128 with --set swin.shift_rule=per_axis does not match", {"model": R.ms_state_dict(
+    m, [4, 4, 4], 16, 32)}, "swinv2_tiny_patch4_window4_64.pth", m, 64, 128, "--set", "swin.shift_rule=per_axis")
+m = model(3, window_size=6, pretrained_window_sizes=[4, 4, 2])
+differs("Swin V2 4 -> 6 run with --set swin.pretrained_window=0 does not match", R.timm_state_dict(m),
+        "swinv2_tiny_window4to6_64to96.pth", m, 96, 96, "--set", "swin.pretrained_window=0")
+
 # refusals, each naming what is wrong
 m = model(6)
 sd = R.timm_state_dict(m)

@@ -113,6 +113,19 @@ m = model(4, window_size=8)
 case("timm Swin V2, late stage smaller than the window", m, "swinv2_tiny_window8_64.pth", [(48, 80)],
      {"swin.window_size": "8"})
 
+# the attention maps of a block on a shrunk window (stage 1 at 48x80: 6x10 map, window 6x8, the
+# width shifted by 4 and padded to 16): [windows][heads][N][N] rows summing to 1, every token in one slot
+lmv, _ = save_convert(R.timm_state_dict(m), "swinv2_tiny_window8_64.pth")
+try:
+    _, tr = lmv_run(lmv, images(1, 48, 80, 3).numpy(), attention="layers.1.blocks.1")
+    a, tok = tr.get("layers.1.blocks.1.attn"), tr.get("layers.1.blocks.1.attn_tokens")
+    ok = a is not None and tok is not None and a.shape == (2, 4, 48, 48) and tok.shape == (2, 48)
+    ok = ok and abs(float(a.sum(-1).mean()) - 1.0) < 1e-5 and sorted(t for t in tok.flatten() if t >= 0) == list(range(60))
+    res.check("attention maps on a shrunk Swin V2 window", ok,
+              "shapes %s %s" % (None if a is None else a.shape, None if tok is None else tok.shape))
+except RuntimeError as e:
+    res.check("attention maps on a shrunk Swin V2 window", False, str(e))
+
 # Microsoft's official file: {'model': sd}, downsample at the end of a stage, head.*, saved
 # buffers; one square window of min(H, W) when either side is not larger than the window
 m = model(5, era="ms")

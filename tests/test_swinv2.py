@@ -9,6 +9,7 @@ tensor, options this library does not run, torchvision's V2); an unstated window
 import json
 import os
 import sys
+from collections import OrderedDict
 
 import torch
 
@@ -143,6 +144,19 @@ hf_cfg = {"model_type": "swinv2", "architectures": ["Swinv2ForImageClassificatio
 case("Hugging Face Swin V2", m, "pytorch_model.bin", [(64, 64), (64, 80)],
      {"source": "hf", "swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min", "swin.window_size": "3"},
      side={"config.json": hf_cfg}, sd=R.hf_state_dict(m))
+
+# Hugging Face Swinv2Model (no classifier, no swinv2. prefix): the pooled features
+sd = OrderedDict((k[len("swinv2."):], v) for k, v in R.hf_state_dict(m).items() if k.startswith("swinv2."))
+try:
+    lmv, _ = save_convert(sd, "pytorch_model.bin", side={"config.json": hf_cfg})
+    x = images(2, 64, 64, 5)
+    with torch.no_grad():
+        m(x)
+    got = lmv_run(lmv, x.numpy(), "--features")[0]
+    ok, desc = logits_close(got, m.pooled.numpy())
+    res.check("Hugging Face Swinv2Model features", ok, desc)
+except RuntimeError as e:
+    res.check("Hugging Face Swinv2Model features", False, str(e))
 
 # the checks tell the conventions apart: the official file run with timm's per-axis rule, and the
 # fine-tuned model run without its pretrained window, both give other logits

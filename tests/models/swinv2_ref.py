@@ -239,7 +239,8 @@ class SwinTransformerV2(nn.Module):
                 tr["layers.%d.blocks.%d" % (i, j)] = x[0].numpy().copy()
         x = self.norm(x)
         tr["norm"] = x[0].numpy().copy()
-        return self.head.fc(x.mean(dim=(1, 2))), tr
+        self.pooled = x.mean(dim=(1, 2))
+        return self.head.fc(self.pooled), tr
 
     def forward(self, x):
         return self.forward_trace(x)[0]

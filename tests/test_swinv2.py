@@ -11,7 +11,9 @@ import os
 import sys
 from collections import OrderedDict
 
+import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (LMV, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir)  # noqa: E402
@@ -100,6 +102,19 @@ case("timm Swin V2", m, "swinv2_tiny_window4_64.pth", [(64, 96), (64, 64)],
 m = model(2, window_size=[4, 2, 3])
 case("timm Swin V2, window per stage", m, "model.pth", [(64, 80)], {"swin.window_size": "4 2 3"},
      "--set", "swin.window_size=4,2,3")
+
+# lmv explain's default block with a window per stage: the last block of a stage with more than
+# one window (at 64x80 the last stage, 4x5, is one 8-window; the stage before it, 8x10, has 2-windows)
+m = model(2, window_size=[4, 2, 8])
+d = tmpdir()
+try:
+    lmv, _ = save_convert(R.timm_state_dict(m), "model.pth", "--set", "swin.window_size=4,2,8", "--img-size", "64", "80")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(os.path.join(d, "a.jpg"))
+    code, out, err = run([LMV, "explain", lmv, os.path.join(d, "a.jpg"), os.path.join(d, "a.png")])
+    res.check("lmv explain picks the last multi-window stage with a window per stage",
+              code == 0 and "attention of layers.1.blocks.1," in out, (out + err).strip().splitlines()[0][:200])
+except RuntimeError as e:
+    res.check("lmv explain picks the last multi-window stage with a window per stage", False, str(e))
 
 # fine-tuned at a larger window than pre-trained (timm's 12to16 naming: the last stage's
 # pretrained window is half); 96x80: stage 2 is 6x5, its window shrinks to 6x5 (per axis) with

@@ -1337,7 +1337,8 @@ typedef struct explain_trace {
     int patches;           /* ViT: rows of "patch_embed" */
     int grid_h, grid_w;    /* LeMeViT: the block's map, from "<block>.x"; Swin: from "<block>" */
     int blocks;            /* ViT: how many "blocks.N" */
-    int window;            /* Swin: the window size (set before the run) */
+    int window[8];         /* Swin: the window size of each stage (set before the run) */
+    int n_windows;         /* how many: 1 (every stage) or one per stage */
     char swin_last[32];    /* Swin: the last block, and the last of a stage with more than one window */
     char swin_multi[32];
     int failed;
@@ -1346,13 +1347,13 @@ typedef struct explain_trace {
 static void explain_keep(void *user, const char *name, const float *data, int ndim, const int *shape) {
     explain_trace *t = (explain_trace *)user;
     size_t len = strlen(t->block), n;
-    int k, end = 0, which = -1;
+    int k, end = 0, which = -1, stage = -1;
     if (!strcmp(name, "patch_embed") && ndim == 2) t->patches = shape[0];
     if (sscanf(name, "blocks.%d%n", &k, &end) == 1 && !name[end] && k + 1 > t->blocks) t->blocks = k + 1;
-    if (sscanf(name, "layers.%d.blocks.%d%n", &k, &k, &end) == 2 && !name[end] && ndim == 3 && strlen(name) < 32) {
+    if (sscanf(name, "layers.%d.blocks.%d%n", &stage, &k, &end) == 2 && !name[end] && ndim == 3 && strlen(name) < 32) {
+        int ws = t->n_windows > 0 && stage >= 0 ? t->window[stage < t->n_windows ? stage : t->n_windows - 1] : 0;
         strcpy(t->swin_last, name);
-        if (t->window > 0 && (shape[0] + t->window - 1) / t->window * ((shape[1] + t->window - 1) / t->window) > 1)
-            strcpy(t->swin_multi, name);
+        if (ws > 0 && (shape[0] + ws - 1) / ws * ((shape[1] + ws - 1) / ws) > 1) strcpy(t->swin_multi, name);
     }
     if (!len || strncmp(name, t->block, len)) return;
     if (!name[len] && ndim == 3) t->grid_h = shape[0], t->grid_w = shape[1]; /* Swin: the block's output */
@@ -1373,11 +1374,13 @@ static void explain_keep(void *user, const char *name, const float *data, int nd
 }
 
 static void explain_reset(explain_trace *t, const char *block) {
-    int window = t->window;
+    int window[8], n = t->n_windows;
+    memcpy(window, t->window, sizeof window);
     free(t->attn[0]);
     free(t->attn[1]);
     memset(t, 0, sizeof *t);
-    t->window = window;
+    memcpy(t->window, window, sizeof window);
+    t->n_windows = n;
     snprintf(t->block, sizeof t->block, "%s", block);
 }
 
@@ -1520,7 +1523,10 @@ static int cmd_explain(int argc, char **argv) {
     if (in->family == LMV_FAMILY_SWIN) {
         lmv_config_entry e;
         for (i = 0; lmv_model_config(m, i, &e); i++)
-            if (!strcmp(e.key, "swin.window_size") && e.type == LMV_CONFIG_INTS && e.count == 1) t.window = e.ints[0];
+            if (!strcmp(e.key, "swin.window_size") && e.type == LMV_CONFIG_INTS && e.count >= 1) {
+                for (t.n_windows = 0; t.n_windows < e.count && t.n_windows < 8; t.n_windows++)
+                    t.window[t.n_windows] = e.ints[t.n_windows];
+            }
     }
     if (in->family == LMV_FAMILY_VIT && meta != -2) {
         usage_error("explain", "--token meta is for LeMeViT models; a ViT takes --token cls or patches");

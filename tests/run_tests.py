@@ -57,7 +57,7 @@ SANITIZED = [
     ("beit (asan+ubsan)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
     ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
-    ("swinv2 (asan+ubsan)", [PY, os.path.join(HERE, "test_swinv2.py")]),
+    ("swinv2 (asan+ubsan)", [PY, os.path.join(HERE, "test_swinv2.py"), "--quick"]),
     ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),
     ("explain (asan+ubsan)", [PY, os.path.join(HERE, "test_explain.py")]),
 ]

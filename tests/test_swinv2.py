@@ -191,6 +191,17 @@ m = model(3, window_size=6, pretrained_window_sizes=[4, 4, 2])
 differs("Swin V2 4 -> 6 run with --set swin.pretrained_window=0 does not match", R.timm_state_dict(m),
         "swinv2_tiny_window4to6_64to96.pth", m, 96, 96, "--set", "swin.pretrained_window=0")
 
+# full size (unless --quick): swinv2_tiny_window8_256's shape at 256 (last stage 8x8: one window, no
+# shift) and, as swinv2_base_window12to24_192to384 does, window 24 from pretrained 12 (12, 12, 12, 6)
+# at 384x320, where the last stage (12x10) shrinks the window per axis
+if "--quick" not in sys.argv:
+    m = model(8, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=8, num_classes=1000)
+    case("swinv2_tiny_window8_256 shape", m, "swinv2_tiny_window8_256.pth", [(256, 256)], {"swin.window_size": "8"})
+    m = model(9, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=24,
+              pretrained_window_sizes=[12, 12, 12, 6])
+    case("window 12 -> 24 at 384x320", m, "swinv2_tiny_window12to24_192to384.pth", [(384, 320)],
+         {"swin.window_size": "24", "swin.pretrained_window": "12 12 12 6"})
+
 # refusals, each naming what is wrong
 m = model(6)
 sd = R.timm_state_dict(m)

@@ -4346,11 +4346,21 @@ static void lmv__swin_sizes(const lmv__swin *v, int h, int w, int *sh, int *sw) 
     }
 }
 
+/* The map size stage i's window and shift are decided by: V1 the map itself; V2 the patch grid
+   floor-halved per stage (gh >> i: timm, Microsoft and Hugging Face build their blocks for that
+   resolution, while PatchMerging pads an odd map, so the real map may be one larger). */
+static void lmv__swin_decide(const lmv__swin *v, int i, int gh, int gw, int *H, int *W) {
+    if (!v->v2) return;
+    *H = gh >> i;
+    *W = gw >> i;
+}
+
 /* The window of stage i on an H x W map.  V1 keeps the stage's window (padding the map).  V2
    shrinks it to the map: per axis (timm, shift_rule per_axis), or to a min(H, W) square when
    either side is not larger than the window (Microsoft's code, Hugging Face: shift_rule min). */
-static void lmv__swin_window(const lmv__swin *v, int i, int H, int W, int *wh, int *ww) {
+static void lmv__swin_window(const lmv__swin *v, int i, int gh, int gw, int H, int W, int *wh, int *ww) {
     int ws = v->stages[i].window;
+    lmv__swin_decide(v, i, gh, gw, &H, &W);
     *wh = *ww = ws;
     if (!v->v2) return;
     if (v->shift_rule == 1) {
@@ -4364,6 +4374,7 @@ static void lmv__swin_window(const lmv__swin *v, int i, int H, int W, int *wh, i
 
 typedef struct lmv__swin_bufs {
     float *x, *xn, *win, *qkv, *att, *hid, *bias, *mask, *scores, *cols, *pooled, *table, *cpb_hid;
+    int gh, gw; /* the patch grid */
 } lmv__swin_bufs;
 
 static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, float *base, lmv__swin_bufs *b) {
@@ -4375,7 +4386,7 @@ static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, fl
         const lmv__swin_stage *st = &v->stages[i];
         int wh, ww;
         size_t t = (size_t)sh[i] * sw[i], C = (size_t)st->dim, pt;
-        lmv__swin_window(v, i, sh[i], sw[i], &wh, &ww);
+        lmv__swin_window(v, i, h / v->patch, w / v->patch, sh[i], sw[i], &wh, &ww);
         pt = (size_t)lmv__ceil_to(sh[i], wh) * lmv__ceil_to(sw[i], ww);
         if (t * C > tok) tok = t * C;
         if (pt * C > ptok) ptok = pt * C;
@@ -4402,12 +4413,16 @@ static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, fl
     b->pooled = lmv__carve(&c, cmax + (size_t)v->num_classes);
     b->table = lmv__carve(&c, tab);
     b->cpb_hid = lmv__carve(&c, v->v2 ? (size_t)v->cpb_hidden : 0);
+    b->gh = h / v->patch;
+    b->gw = w / v->patch;
     return c.used;
 }
 
 /* Shifts of one block of stage i at run time, by the convention the checkpoint came from. */
-static void lmv__swin_shifts(const lmv__swin *v, int i, int H, int W, int odd_block, int *shift_h, int *shift_w) {
+static void lmv__swin_shifts(const lmv__swin *v, int i, int gh, int gw, int H, int W, int odd_block, int *shift_h,
+                             int *shift_w) {
     int ws = v->stages[i].window, s = odd_block ? ws / 2 : 0;
+    lmv__swin_decide(v, i, gh, gw, &H, &W);
     /* no shift on an axis that one window already covers (per_axis: timm, torchvision), on both
        when either axis is covered (min: Microsoft's code, Hugging Face), or never dropped (always) */
     if (v->shift_rule == 2) *shift_h = *shift_w = s;
@@ -4439,12 +4454,16 @@ static lmv_result lmv__swin_plan(const lmv_model *m, int threads, int h, int w, 
         if (v->v2 && v->stages[i].depth && v->stages[i].pretrained_window == 1)
             return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.pretrained_window of stage %d is 1, which leaves the "
                                                        "position bias undefined; convert with 0 (none) or the real size", i);
-        lmv__swin_window(v, i, sh[i], sw[i], &wh, &ww);
+        lmv__swin_window(v, i, h / v->patch, w / v->patch, sh[i], sw[i], &wh, &ww);
+        if (v->v2 && v->stages[i].depth && (wh < 1 || ww < 1))
+            return lmv__fail(err, LMV_ERR_INPUT_SIZE, "input %dx%d leaves stage %d no map to put a window on (the patch "
+                                                      "grid halved %d times is empty): use an input of at least %d "
+                                                      "pixels per side", h, w, i, i, v->patch << (v->n_stages - 1));
         if (v->v2 && v->stages[i].depth && !v->stages[i].pretrained_window && (wh < 2 || ww < 2))
             return lmv__fail(err, LMV_ERR_INPUT_SIZE,
                              "input %dx%d makes stage %d's window %dx%d, and a 1-wide window without a pretrained window "
                              "size has no defined position bias (PyTorch gives NaN): use an input of at least %d pixels "
-                             "per side", h, w, i, wh, ww, 2 * v->patch << i);
+                             "per side", h, w, i, wh, ww, 2 * v->patch << (v->n_stages - 1));
     }
     *floats = lmv__swin_layout(v, h, w, threads, NULL, &b);
     return LMV_OK;
@@ -4562,13 +4581,13 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, int
     int C = st->dim, wh, ww, N, Hp, Wp, nwin, rows, sh, swd;
     const float *table = blk->table;
     lmv__attn_args a;
-    lmv__swin_window(v, si, H, W, &wh, &ww);
+    lmv__swin_window(v, si, b->gh, b->gw, H, W, &wh, &ww);
     N = wh * ww;
     Hp = lmv__ceil_to(H, wh);
     Wp = lmv__ceil_to(W, ww);
     nwin = (Hp / wh) * (Wp / ww);
     rows = nwin * N;
-    lmv__swin_shifts(v, si, H, W, odd, &sh, &swd);
+    lmv__swin_shifts(v, si, b->gh, b->gw, H, W, odd, &sh, &swd);
     if (v->v2 && (wh != st->window || ww != st->window)) { /* a window shrunk to the map: its own bias */
         lmv__swin_cpb(b->table, blk, v->cpb_hidden, st->heads, wh, ww, st->pretrained_window, st->pretrained_window,
                       b->cpb_hid);
@@ -4628,7 +4647,7 @@ static void lmv__swin_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lm
     size_t np;
     float *probs = NULL;
     char name[48];
-    lmv__swin_window(v, i, H, W, &wh, &ww);
+    lmv__swin_window(v, i, b->gh, b->gw, H, W, &wh, &ww);
     N = wh * ww;
     nwin = (lmv__ceil_to(H, wh) / wh) * (lmv__ceil_to(W, ww) / ww);
     np = (size_t)nwin * st->heads * N * N;
@@ -4639,7 +4658,7 @@ static void lmv__swin_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lm
     lmv__swin_block_forward(ctx, v, i, &st->blocks[j], j & 1, H, W, b, probs);
     if (!trace) return;
     if (probs) {
-        lmv__swin_shifts(v, i, H, W, j & 1, &sh, &swd);
+        lmv__swin_shifts(v, i, b->gh, b->gw, H, W, j & 1, &sh, &swd);
         lmv__swin_slots(probs + np, H, W, wh, ww, sh, swd, v->pad_then_roll);
         shape[0] = nwin;
         shape[1] = st->heads;

@@ -80,6 +80,7 @@ def case(name, m, fname, sizes, expect, *opts, side=None, sd=None):
     check_info(name, lmv, expect)
     for h, w in sizes:
         check_run(name, lmv, m, h, w)
+    return lmv
 
 
 def refused(name, sd, fname, words, *opts, side=None):
@@ -120,7 +121,7 @@ except RuntimeError as e:
 # pretrained window is half); 96x80: stage 2 is 6x5, its window shrinks to 6x5 (per axis) with
 # no shift, so the position bias there is made at run time for that window
 m = model(3, window_size=6, pretrained_window_sizes=[4, 4, 2])
-case("timm Swin V2, pretrained window 4 -> 6", m, "swinv2_tiny_window4to6_64to96.pth", [(96, 80), (96, 96)],
+lmv_pretrained = case("timm Swin V2, pretrained window 4 -> 6", m, "swinv2_tiny_window4to6_64to96.pth", [(96, 80), (96, 96)],
      {"swin.window_size": "6", "swin.pretrained_window": "4 4 2", "img_size": "96 96"})
 
 # a late stage smaller than the window without a pretrained size: its bias is normalised by the
@@ -141,6 +142,21 @@ try:
               "shapes %s %s" % (None if a is None else a.shape, None if tok is None else tok.shape))
 except RuntimeError as e:
     res.check("attention maps on a shrunk Swin V2 window", False, str(e))
+
+# odd maps: at 72x88 stage 1 is 9x11 and PatchMerging pads it to a 5x6 stage 2, but timm decides
+# window and shift on the floor-halved grid (4x5): window 4x4, no shift on the height, 2 on the width
+m = model(10)
+lmv = case("timm Swin V2, odd maps", m, "swinv2_tiny_window4_64.pth", [(72, 88)], {"swin.window_size": "4"})
+
+# inputs too small for a late stage are refused with the stage named, not run into a 0- or
+# 1-wide window (PyTorch divides by zero there)
+for f, (h, w), words in ((lmv, (8, 8), ["1-wide window", "stage 1"]), (lmv, (16, 16), ["1-wide window", "stage 2"]),
+                         (lmv_pretrained, (8, 8), ["no map", "stage 2"])):
+    try:
+        lmv_run(f, images(1, h, w, 0).numpy())
+        res.check(f"{h}x{w} input refused", False, "it ran")
+    except RuntimeError as e:
+        res.check(f"{h}x{w} input refused ({', '.join(words)})", all(x in str(e) for x in words), str(e)[-200:])
 
 # Microsoft's official file: {'model': sd}, downsample at the end of a stage, head.*, saved
 # buffers; one square window of min(H, W) when either side is not larger than the window

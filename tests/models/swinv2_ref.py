@@ -118,6 +118,7 @@ class SwinV2Block(nn.Module):
                  cfg_res=None):
         super().__init__()
         self.window_size, self.shifted, self.era, self.cfg_res = window_size, shifted, era, cfg_res
+        self.res = None
         self.attn = WindowAttention(dim, num_heads, pretrained_window)
         self.norm1 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -139,7 +140,9 @@ class SwinV2Block(nn.Module):
 
     def _attn(self, x):
         B, H, W, C = x.shape
-        wh, ww, sh, sw = self.geometry(H, W)
+        # timm / Microsoft build the block for the patch grid floor-halved per stage (self.res);
+        # PatchMerging pads an odd map, so the map itself may be one larger
+        wh, ww, sh, sw = self.geometry(*(self.res or (H, W)))
         if self.era == "hf":     # pad, then roll the padded map
             ph, pw = (wh - H % wh) % wh, (ww - W % ww) % ww
             x = F.pad(x, (0, 0, 0, pw, 0, ph))
@@ -230,11 +233,13 @@ class SwinTransformerV2(nn.Module):
         tr = OrderedDict()
         x = self.patch_embed(x)
         tr["patch_embed"] = x[0].numpy().copy()
+        gh, gw = x.shape[1], x.shape[2]
         for i, stage in enumerate(self.layers):
             if i > 0:
                 x = stage.downsample(x)
                 tr["layers.%d.downsample" % (i - 1)] = x[0].numpy().copy()
             for j, blk in enumerate(stage.blocks):
+                blk.res = (gh >> i, gw >> i)
                 x = blk(x)
                 tr["layers.%d.blocks.%d" % (i, j)] = x[0].numpy().copy()
         x = self.norm(x)
@@ -293,7 +298,7 @@ def ms_state_dict(model, window_sizes, H, W):
             out[pre + "attn.relative_position_index"] = position_index(wh, ww)
             if sh or sw:
                 out[pre + "attn_mask"] = shift_mask(H, W, wh, ww, sh, sw)
-        H, W = (H + 1) // 2, (W + 1) // 2
+        H, W = H // 2, W // 2
     return out
 
 

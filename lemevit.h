@@ -4138,6 +4138,7 @@ typedef struct lmv__swin_stage {
 
 typedef struct lmv__swin {
     int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w, v2, cpb_hidden;
+    int fixed_gh, fixed_gw; /* V2: windows and shifts decided on this grid (img_size's), not the input's; 0: the input's */
     float eps;
     const float *patch_b, *patch_norm_w, *patch_norm_b, *ape;
     const float *norm_w, *norm_b, *head_b;
@@ -4211,6 +4212,14 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "min")) v->shift_rule = 1;
     else if (!strcmp(s, "always")) v->shift_rule = 2;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule '%s' is not per_axis, min or always", s);
+    s = lmv__meta_string(m, "swin.window_from", "input");
+    if (!strcmp(s, "img_size")) {
+        v->fixed_gh = m->info.img_h / v->patch;
+        v->fixed_gw = m->info.img_w / v->patch;
+        if (v->fixed_gh < 1 || v->fixed_gw < 1)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "img_size is smaller than one patch");
+    } else if (strcmp(s, "input"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.window_from '%s' is not input or img_size", s);
     if (v->v2 && v->shift_rule == 2)
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule 'always' is a Swin V1 convention; V2 files use "
                                                    "per_axis or min");
@@ -4351,6 +4360,10 @@ static void lmv__swin_sizes(const lmv__swin *v, int h, int w, int *sh, int *sw) 
    resolution, while PatchMerging pads an odd map, so the real map may be one larger). */
 static void lmv__swin_decide(const lmv__swin *v, int i, int gh, int gw, int *H, int *W) {
     if (!v->v2) return;
+    if (v->fixed_gh) { /* Hugging Face: fixed when the model was built, from config.image_size */
+        gh = v->fixed_gh;
+        gw = v->fixed_gw;
+    }
     *H = gh >> i;
     *W = gw >> i;
 }

@@ -583,7 +583,7 @@ BASE = {
     "swin": ([("swin.embed_dim", 8), ("swin.depths", [0]), ("swin.num_heads", [1]), ("swin.mlp_hidden", [1]),
               ("swin.window_size", 4), ("swin.patch_size", 4), ("swin.norm_eps", 1e-5),
               ("swin.pad_mode", "pad_then_roll"), ("swin.shift_rule", "per_axis"), ("swin.version", 1),
-              ("swin.pretrained_window", [0])],
+              ("swin.pretrained_window", [0]), ("swin.window_from", "input")],
              [("patch_embed.proj.weight", (8, 3, 4, 4), bytes(4 * 384)), ("patch_embed.proj.bias", (8,), bytes(32)),
               ("patch_embed.norm.weight", (8,), bytes(32)), ("patch_embed.norm.bias", (8,), bytes(32))]),
     "lemevit": ([("lemevit.attn_types", "C"), ("lemevit.depths", [0]), ("lemevit.embed_dims", [32]),

@@ -166,14 +166,17 @@ case("official Swin V2", m, "swinv2_tiny_patch4_window4_64.pth", [(64, 128)],
      {"source": "ms", "swin.shift_rule": "min", "swin.window_size": "4"}, sd={"model": sd})
 
 # Hugging Face Swinv2ForImageClassification with config.json beside it: window 3 fixed from the
-# config's 64-pixel maps (16, 8, 4: all larger, so shifted); pad, then roll (16 -> 18 with the shift)
+# config's 64-pixel maps (16, 8, 4: all larger, so shifted) whatever the input; pad, then roll
+# (16 -> 18 with the shift)
 m = model(7, window_size=3, pretrained_window_sizes=[0, 0, 0], era="hf", img_size=64)
 hf_cfg = {"model_type": "swinv2", "architectures": ["Swinv2ForImageClassification"], "image_size": 64,
           "patch_size": 4, "embed_dim": 32, "depths": [2, 2, 2], "num_heads": [2, 4, 8], "window_size": 3,
           "pretrained_window_sizes": [0, 0, 0], "layer_norm_eps": 1e-5, "hidden_act": "gelu", "qkv_bias": True,
           "id2label": {str(i): "class%d" % i for i in range(7)}}
-case("Hugging Face Swin V2", m, "pytorch_model.bin", [(64, 64), (64, 80)],
-     {"source": "hf", "swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min", "swin.window_size": "3"},
+# at 40x40 (maps 10, 5, 3) HF keeps the config's windows and shifts: 3, shifted, on the 3x3 last map
+case("Hugging Face Swin V2", m, "pytorch_model.bin", [(64, 64), (64, 80), (40, 40)],
+     {"source": "hf", "swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min", "swin.window_size": "3",
+      "swin.window_from": "img_size"},
      side={"config.json": hf_cfg}, sd=R.hf_state_dict(m))
 
 # Hugging Face Swinv2Model (no classifier, no swinv2. prefix): the pooled features
@@ -191,8 +194,8 @@ except RuntimeError as e:
 
 # the checks tell the conventions apart: the official file run with timm's per-axis rule, and the
 # fine-tuned model run without its pretrained window, both give other logits
-def differs(name, sd, fname, m, h, w, *opts):
-    lmv, _ = save_convert(sd, fname, *opts)
+def differs(name, sd, fname, m, h, w, *opts, side=None):
+    lmv, _ = save_convert(sd, fname, *opts, side=side)
     x = images(2, h, w, 11)
     with torch.no_grad():
         want = m(x).numpy()
@@ -200,6 +203,8 @@ def differs(name, sd, fname, m, h, w, *opts):
     res.check(name, not ok, desc)
 
 
+differs("Hugging Face Swin V2 at 40x40 with --set swin.window_from=input does not match", R.hf_state_dict(m),
+        "pytorch_model.bin", m, 40, 40, "--set", "swin.window_from=input", side={"config.json": hf_cfg})
 m = model(5, era="ms")
 differs("official Swin V2 at 64x128 with --set swin.shift_rule=per_axis does not match", {"model": R.ms_state_dict(
     m, [4, 4, 4], 16, 32)}, "swinv2_tiny_patch4_window4_64.pth", m, 64, 128, "--set", "swin.shift_rule=per_axis")

@@ -11,12 +11,13 @@ from ..tensors import concat0, zeros_f32
 SWIN_KEYS = OrderedDict([
     ("swin.embed_dim", "i"), ("swin.depths", "in"), ("swin.num_heads", "in"), ("swin.mlp_hidden", "in"),
     ("swin.window_size", "i"), ("swin.patch_size", "i"), ("swin.norm_eps", "f"), ("swin.pad_mode", "s"),
-    ("swin.shift_rule", "s"), ("swin.version", "i"), ("swin.pretrained_window", "in"),
+    ("swin.shift_rule", "s"), ("swin.version", "i"), ("swin.pretrained_window", "in"), ("swin.window_from", "s"),
 ])
 SWIN_KEYS["swin.window_size"] = "in"   # one window for every stage, or one per stage
 register_family("swin", SWIN_KEYS, choices={
     "swin.pad_mode": ("pad_then_roll", "roll_then_pad"),
     "swin.shift_rule": ("per_axis", "min", "always"),
+    "swin.window_from": ("input", "img_size"),
 }, assumable=[
     ("swin.window_size", "--set swin.window_size=N[,N...]"),
     ("swin.pretrained_window", "--set swin.pretrained_window=N[,N...]"),
@@ -131,6 +132,7 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
     cfg["swin.shift_rule"] = st.get("swin.shift_rule")
     cfg["swin.version"] = 2 if v2 else 1
     cfg["swin.pretrained_window"] = pretrained
+    cfg["swin.window_from"] = st.get("swin.window_from") or "input"
     for k in cfg:
         cfg[k] = coerce(k, cfg[k])
     known = {(96, (2, 2, 6, 2)): "tiny", (96, (2, 2, 18, 2)): "small", (128, (2, 2, 18, 2)): "base",
@@ -419,11 +421,11 @@ def detect_swinv2_hf(sd, ctx):
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise ConvertError("Hugging Face Swin V2 with hidden_act=%s is not supported (GELU only)" % cfg.get("hidden_act"))
     ctx.settings.update("sidecar", side)
-    # HF fixes window and shift from config.image_size (min(height, window), no shift when the
-    # height is not larger): at that size and any input whose maps compare with the window the same
-    # way this is the min rule; it pads, then rolls
+    # HF fixes window and shift when it builds the model, from config.image_size (min(height,
+    # window), no shift when the height is not larger), whatever the input; it pads, then rolls
     m = build_swin(merged, ctx, "hf", dict(PRE_SWIN_HF, **{"swin.pad_mode": "pad_then_roll", "swin.shift_rule": "min",
-                                                         "swin.window_size": [8], "swin.pretrained_window": [0]}))
+                                                         "swin.window_size": [8], "swin.pretrained_window": [0],
+                                                         "swin.window_from": "img_size"}))
     m.used = set(o for k in m.used for o in origin.get(k, [k]))
     labels = cfg.get("id2label")
     if isinstance(labels, dict):

@@ -491,9 +491,10 @@ LEMEVIT_API void lmv_session_set_trace(lmv_session *sess, lmv_trace_fn fn, void 
    "<block>.attn_x" (image queries over meta tokens) and "<block>.attn_c" (meta queries over image
    tokens), S blocks "<block>.attn_x" and "<block>.attn_c" for the two self-attentions.
    Swin gives one map per window, "<block>.attn" [windows][heads][N][N] (N = the window's area; a
-   Swin V2 window shrinks to a stage map smaller than it, per axis for timm files), over the windows of the partition the block attends in: the stage's H x W map
-   cyclically shifted (odd blocks) and zero-padded to window multiples, windows row-major over that
-   grid, tokens row-major in a window; then "<block>.attn_tokens" [windows][N] says which token
+   Swin V2 window shrinks to a stage map smaller than it, per axis for timm files), over the
+   windows of the partition the block attends in: the stage's H x W map cyclically shifted (odd
+   blocks) and zero-padded to window multiples, windows row-major over that grid, tokens
+   row-major in a window; then "<block>.attn_tokens" [windows][N] says which token
    each slot holds: y * W + x in the stage's H x W map (the unshifted map the block's output
    "<block>" [H][W][C] shows), or -1 for padding. That is how the shift and the padding are
    represented: each image token appears in exactly one slot. Memory for the maps comes from the
@@ -4217,7 +4218,8 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
         v->fixed_gh = m->info.img_h / v->patch;
         v->fixed_gw = m->info.img_w / v->patch;
         if (v->fixed_gh < 1 || v->fixed_gw < 1)
-            return lmv__fail(err, LMV_ERR_CORRUPT, "img_size is smaller than one patch");
+            return lmv__fail(err, LMV_ERR_CORRUPT, "img_size is smaller than one %d-pixel patch; convert again with "
+                                                   "--img-size at least that", v->patch);
     } else if (strcmp(s, "input"))
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.window_from '%s' is not input or img_size", s);
     if (v->v2 && v->shift_rule == 2)

@@ -124,6 +124,13 @@ m = model(3, window_size=6, pretrained_window_sizes=[4, 4, 2])
 lmv_pretrained = case("timm Swin V2, pretrained window 4 -> 6", m, "swinv2_tiny_window4to6_64to96.pth", [(96, 80), (96, 96)],
      {"swin.window_size": "6", "swin.pretrained_window": "4 4 2", "img_size": "96 96"})
 
+# the same from a timm hub directory: a generic file name and timm's config.json (architecture,
+# model_args with the windows)
+case("timm hub Swin V2 (config.json)", m, "pytorch_model.bin", [(96, 96)],
+     {"swin.window_size": "6", "swin.pretrained_window": "4 4 2"},
+     side={"config.json": {"architecture": "swinv2_tiny_window6_96", "num_classes": 7,
+                           "model_args": {"pretrained_window_sizes": [4, 4, 2]}}})
+
 # a late stage smaller than the window without a pretrained size: its bias is normalised by the
 # shrunk window (8 -> 3x5 at 48x80)
 m = model(4, window_size=8)

@@ -17,6 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (LMV, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir)  # noqa: E402
+from models import swin_ref  # noqa: E402
 from models import swinv2_ref as R  # noqa: E402
 
 torch.set_num_threads(2)
@@ -239,9 +240,25 @@ refused("stray tensor in a Swin V2 file refused by name", sd, "swinv2_tiny_windo
 refused("always_partition=True refused by name", R.timm_state_dict(m), "model.pth", ["always_partition"],
         side={"config.json": {"architecture": "swinv2_tiny_window4_64",
                               "model_args": {"always_partition": True}}})
+refused("a window_size kwarg that is not a size refused by name", R.timm_state_dict(m), "model.pth",
+        ["window_size=", "not a size"],
+        side={"config.json": {"architecture": "swinv2_tiny_window4_64", "model_args": {"window_size": "big"}}})
+sd = R.timm_state_dict(m)
+sd["layers.0.blocks.0.attn.q_bias"] = torch.zeros(5)
+refused("a q_bias of the wrong size refused by name", sd, "swinv2_tiny_window4_64.pth", ["layers.0.blocks.0.attn", "q_bias"])
 sd = R.timm_state_dict(m)
 sd["layers.0.blocks.0.attn.cpb_mlp.2.bias"] = torch.zeros(2)
 refused("a biased last cpb layer refused by name", sd, "swinv2_tiny_window4_64.pth", ["cpb_mlp.2.bias"])
+# Swin V1's windows come from its bias tables: a --set that disagrees is refused, one that agrees is fine
+v1 = swin_ref.randomize_(swin_ref.build("timm096", img_size=64, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
+                                        window_size=4, num_classes=3), seed=3)
+refused("Swin V1 with --set swin.window_size against its tables refused", v1.state_dict(), "model.pth",
+        ["swin.window_size=5", "disagrees"], "--set", "swin.window_size=5")
+try:
+    save_convert(v1.state_dict(), "model.pth", "--set", "swin.window_size=4")
+    res.check("Swin V1 with --set swin.window_size matching its tables converts", True)
+except RuntimeError as e:
+    res.check("Swin V1 with --set swin.window_size matching its tables converts", False, str(e))
 try:
     from torchvision.models.swin_transformer import swin_v2_t
     tv = swin_v2_t()

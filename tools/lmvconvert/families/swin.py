@@ -2,7 +2,7 @@
 
 import re
 from collections import OrderedDict
-from ..base import ConvertError
+from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, Model, _block_indices, _isqrt_exact, _read_json_beside, _rename
 from ..registry import builder, detector, register_family
 from ..settings import coerce
@@ -106,6 +106,12 @@ def build_swin(sd, ctx, source, defaults, name_hint=None):
     else:
         ctx.determined.update(("swin.window_size", "swin.pretrained_window"))   # the bias tables fix the window
         pretrained = [0]
+        if window and st.rank("swin.window_size") >= 1:
+            said = _per_stage(st.get("swin.window_size"), n_stages, "swin.window_size")
+            if said * (n_stages if len(said) == 1 else 1) != window:
+                raise ConvertError("swin.window_size=%s disagrees with the relative position bias tables, which "
+                                   "give %s; leave it unset for Swin V1" % (",".join(map(str, said)),
+                                                                          ",".join(map(str, window))))
         window = window if window and len(set(window)) > 1 else [window[0] if window else 7]
     img = st.get("img_size")
     if not img:
@@ -192,6 +198,11 @@ def _swinv2_blocks(sd, s, blocks, C, T, used):
         if (q is None) != (v is None):
             raise ConvertError("Swin V2 %sattn: q_bias and v_bias come together" % pre)
         if q is not None:
+            if tuple(q.shape) != (C,) or tuple(v.shape) != (C,):
+                raise ConvertError("Swin V2 %sattn: q_bias %s and v_bias %s are not [%d]" % (pre, list(q.shape),
+                                                                                      list(v.shape), C))
+            q.check(pre + "attn.q_bias")
+            v.check(pre + "attn.v_bias")
             if pre + "attn.qkv.bias" in sd:
                 raise ConvertError("Swin V2 %sattn has both qkv.bias and q_bias/v_bias" % pre)
             k = pre + "attn.qkv.bias"
@@ -233,15 +244,20 @@ def swinv2_metadata(sd, ctx, n_stages):
     if kw.get("act_layer", "gelu") not in ("gelu", None):
         raise ConvertError("%s: act_layer=%s is not supported for Swin V2 (GELU only)" % (h.kwargs_src,
                                                                                          kw.get("act_layer")))
+    def ints(field):
+        v = kw[field]
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not v or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 256 for x in v):
+            raise ConvertError("%s: %s=%s is not a size or a list of sizes in 0..256" % (h.kwargs_src, field, _short(v)))
+        return v
     if "window_size" in kw:
-        w = kw["window_size"]
-        w = list(w) if isinstance(w, (list, tuple)) else [w]
+        w = ints("window_size")
         if len(w) == 2 and w[0] != w[1]:
             raise ConvertError("%s: window_size=%s: non-square windows are not supported" % (h.kwargs_src, w))
-        s["swin.window_size"] = [int(w[0])]
+        s["swin.window_size"] = [w[0]]
     if "pretrained_window_sizes" in kw:
-        s["swin.pretrained_window"] = [int(x) for x in kw["pretrained_window_sizes"]]
-    if isinstance(kw.get("img_size"), int):
+        s["swin.pretrained_window"] = ints("pretrained_window_sizes")
+    if isinstance(kw.get("img_size"), int) and not isinstance(kw.get("img_size"), bool):
         s["img_size"] = [kw["img_size"]] * 2
     return s
 

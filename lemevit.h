@@ -4389,6 +4389,8 @@ static void lmv__swin_window(const lmv__swin *v, int i, int gh, int gw, int H, i
 
 typedef struct lmv__swin_bufs {
     float *x, *xn, *win, *qkv, *att, *hid, *bias, *mask, *scores, *cols, *pooled, *table, *cpb_hid;
+    float *tables[LMV__SWIN_MAX_STAGES]; /* V2: the position bias of each block of a stage whose window
+                                            shrank, [depth][(2wh-1)(2ww-1)][heads]; NULL: the bound one */
     int gh, gw; /* the patch grid */
 } lmv__swin_bufs;
 
@@ -4409,7 +4411,8 @@ static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, fl
         if ((size_t)st->heads > heads) heads = (size_t)st->heads;
         if (pt / ((size_t)wh * ww) > nwin) nwin = pt / ((size_t)wh * ww);
         if (4 * C > cmax) cmax = 4 * C;
-        if (v->v2 && (size_t)(2 * wh - 1) * (2 * ww - 1) * st->heads > tab) tab = (size_t)(2 * wh - 1) * (2 * ww - 1) * st->heads;
+        if (v->v2 && (wh != st->window || ww != st->window))
+            tab += (size_t)st->depth * (2 * wh - 1) * (2 * ww - 1) * st->heads;
     }
     cols = (size_t)(h / v->patch) * (w / v->patch) * v->in_chans * v->patch * v->patch;
     if (tok * 4 > cols) cols = tok * 4; /* merging builds [ceil(H/2)*ceil(W/2)][4C] here */
@@ -4430,6 +4433,16 @@ static size_t lmv__swin_layout(const lmv__swin *v, int h, int w, int threads, fl
     b->cpb_hid = lmv__carve(&c, v->v2 ? (size_t)v->cpb_hidden : 0);
     b->gh = h / v->patch;
     b->gw = w / v->patch;
+    for (i = 0, tab = 0; i < v->n_stages; i++) {
+        const lmv__swin_stage *st = &v->stages[i];
+        int wh, ww;
+        lmv__swin_window(v, i, b->gh, b->gw, sh[i], sw[i], &wh, &ww);
+        b->tables[i] = NULL;
+        if (v->v2 && (wh != st->window || ww != st->window)) {
+            b->tables[i] = b->table ? b->table + tab : NULL;
+            tab += (size_t)st->depth * (2 * wh - 1) * (2 * ww - 1) * st->heads;
+        }
+    }
     return c.used;
 }
 
@@ -4603,11 +4616,8 @@ static void lmv__swin_block_forward(const lmv__ctx *ctx, const lmv__swin *v, int
     nwin = (Hp / wh) * (Wp / ww);
     rows = nwin * N;
     lmv__swin_shifts(v, si, b->gh, b->gw, H, W, odd, &sh, &swd);
-    if (v->v2 && (wh != st->window || ww != st->window)) { /* a window shrunk to the map: its own bias */
-        lmv__swin_cpb(b->table, blk, v->cpb_hidden, st->heads, wh, ww, st->pretrained_window, st->pretrained_window,
-                      b->cpb_hid);
-        table = b->table;
-    }
+    if (b->tables[si]) /* a window shrunk to the map: its own bias, made once per run (lmv__swin_forward) */
+        table = b->tables[si] + (size_t)(blk - st->blocks) * (2 * wh - 1) * (2 * ww - 1) * st->heads;
     /* V1: x = x + window_attention(norm1(x)); V2 (res-post-norm): x = x + norm1(window_attention(x)) */
     if (!v->v2) lmv__layernorm(ctx, b->xn, b->x, H * W, C, blk->norm1_w, blk->norm1_b, v->eps);
     lmv__swin_windows(b->win, NULL, v->v2 ? b->x : b->xn, H, W, C, wh, ww, sh, swd, v->pad_then_roll, 0);
@@ -4721,6 +4731,17 @@ static lmv_result lmv__swin_forward(lmv_session *s, const lmv__ctx *ctx, float *
     (void)err;
     lmv__swin_sizes(v, h, w, sh, sw);
     lmv__swin_layout(v, h, w, ctx->threads, arena, &b);
+    for (i = 0; i < v->n_stages; i++) /* Swin V2 windows shrunk to this input's maps: their biases, once */
+        if (b.tables[i]) {
+            const lmv__swin_stage *st = &v->stages[i];
+            int wh, ww;
+            size_t per;
+            lmv__swin_window(v, i, b.gh, b.gw, sh[i], sw[i], &wh, &ww);
+            per = (size_t)(2 * wh - 1) * (2 * ww - 1) * st->heads;
+            for (j = 0; j < st->depth; j++)
+                lmv__swin_cpb(b.tables[i] + (size_t)j * per, &st->blocks[j], v->cpb_hidden, st->heads, wh, ww,
+                              st->pretrained_window, st->pretrained_window, b.cpb_hid);
+        }
     for (n = 0; n < batch; n++) {
         int trace = n == 0 && s->trace != NULL, H = sh[0], W = sw[0];
         float *feat = b.pooled;

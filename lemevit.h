@@ -3502,7 +3502,7 @@ typedef struct lmv__vit {
     lmv__vit_block *blocks;
     /* vit.rope: rotary position embedding on q and k of the patch tokens (timm eva.py) */
     int rope;                 /* 0 none, LMV__ROPE_AXIAL (RotaryEmbeddingCat), LMV__ROPE_MIXED (RotaryEmbeddingMixed) */
-    int rope_ref_h, rope_ref_w; /* vit.rope_ref_grid: positions scaled to this grid (EVA-02 ref_feat_shape); 0: none */
+    int rope_ref_h, rope_ref_w; /* vit.rope_ref_grid: positions scaled to this grid (EVA-02 ref_feat_shape); 0,0: none */
     int rope_xy, rope_half;   /* vit.rope_indexing "xy"; vit.rope_half: rotate halves instead of pairs */
     float rope_temp, rope_offset;
     const float *rope_freqs;  /* mixed: rope.freqs [2][depth][heads][head_dim/2] */
@@ -3608,26 +3608,18 @@ static void lmv__vit_rel_bias(const lmv__vit *v, const lmv__vit_block *blk, int 
     }
 }
 
-/* vit.rope and its options; for mixed RoPE the learned frequencies rope.freqs, each block's slice
-   of them (x then y, [heads][head_dim/2] each). */
-static lmv_result lmv__vit_bind_rope(lmv_model *m, lmv__vit *v, lmv_error *err) {
+/* vit.rope and its options, read with the other options before any tensor. */
+static lmv_result lmv__vit_rope_options(lmv_model *m, lmv__vit *v, lmv_error *err) {
     lmv_result r;
     const char *s = lmv__meta_string(m, "vit.rope", "none");
-    int hd = v->dim / v->heads, i, shape4[4];
     if (!strcmp(s, "axial")) v->rope = LMV__ROPE_AXIAL;
     else if (!strcmp(s, "mixed")) v->rope = LMV__ROPE_MIXED;
     else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope '%s' is not one of none, axial, mixed", s);
     if (!v->rope) return LMV_OK;
-    if (hd % 4)
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope needs a head width divisible by 4; this model's is %d", hd);
-    if (v->rel_pos || v->class_last)
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope cannot be combined with vit.rel_pos or vit.class_last");
     if ((r = lmv__meta_int_range(m, "vit.rope_ref_grid", 0, 0, 4096, 0, &v->rope_ref_h, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "vit.rope_ref_grid", 1, 0, 4096, v->rope_ref_h, &v->rope_ref_w, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "vit.rope_half", 0, 0, 1, 0, &v->rope_half, err)) != LMV_OK)
         return r;
-    if (!v->rope_ref_h != !v->rope_ref_w)
-        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.rope_ref_grid has one zero side: give both sides, or 0,0 for none");
     s = lmv__meta_string(m, "vit.rope_indexing", "ij");
     if (!strcmp(s, "xy")) v->rope_xy = 1;
     else if (strcmp(s, "ij")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope_indexing '%s' is not one of ij, xy", s);
@@ -3637,6 +3629,19 @@ static lmv_result lmv__vit_bind_rope(lmv_model *m, lmv__vit *v, lmv_error *err) 
     v->rope_offset = lmv__meta_float(m, "vit.rope_offset", 0, 0.0f);
     if (!(v->rope_offset > -1e6f && v->rope_offset < 1e6f))
         return lmv__fail(err, LMV_ERR_CORRUPT, "vit.rope_offset must be a number in (-1e6, 1e6)");
+    return LMV_OK;
+}
+
+/* What vit.rope needs of the rest of the model, and mixed RoPE's learned frequencies rope.freqs with
+   each block's slice of them (x then y, [heads][head_dim/2] each). */
+static lmv_result lmv__vit_bind_rope(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int hd = v->dim / v->heads, i, shape4[4];
+    if (!v->rope) return LMV_OK;
+    if (hd % 4)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope needs a head width divisible by 4; this model's is %d", hd);
+    if (v->rel_pos || v->class_last)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope cannot be combined with vit.rel_pos or vit.class_last");
     if (v->rope != LMV__ROPE_MIXED) return LMV_OK;
     shape4[0] = 2; shape4[1] = v->depth; shape4[2] = v->heads; shape4[3] = hd / 2;
     if ((r = lmv__weight(m, "rope.freqs", 0, 4, shape4, &v->rope_freqs, err)) != LMV_OK) return r;
@@ -3733,6 +3738,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "bilinear")) v->pos_interp = LMV__RS_BILINEAR;
     else if (!strcmp(s, "bicubic_dinov2")) v->pos_interp = LMV__RS_BICUBIC_DINOV2;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pos_interp '%s' is unknown", s);
+    if ((r = lmv__vit_rope_options(m, v, err)) != LMV_OK) return r;
 
     D = v->dim;
     Hd = v->hidden;
@@ -3822,8 +3828,8 @@ typedef struct lmv__vit_bufs {
     float *tmp;     /* = patches: the pos-embed resampling scratch, used before patchify */
     float *pooled;  /* [3 * max(D, F) + 2 * classes] features (2 rows if distilled), pre-logits, logits */
     float *relb;    /* [heads][T][T] the block's relative position bias (vit.rel_pos only) */
-    float *rope;    /* vit.rope: cos then sin per patch and q/k channel, [2][gh*gw][head_dim] (axial, for the
-                       whole run) or [2][heads][gh*gw][head_dim] (mixed, per block) */
+    float *rope;    /* vit.rope: cos then sin per patch and q/k channel for the whole run, [2][gh*gw][head_dim]
+                       (axial) or per block [depth][2][heads][gh*gw][head_dim] (mixed) */
     int gh, gw;     /* the run's patch grid */
 } lmv__vit_bufs;
 
@@ -3849,7 +3855,8 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
                                    3 * (size_t)v->proj);
     b->relb = v->rel_pos ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
-    b->rope = v->rope ? lmv__carve(&c, 2 * (size_t)gh * gw * (v->rope == LMV__ROPE_MIXED ? D : D / v->heads)) : NULL;
+    b->rope = v->rope ? lmv__carve(&c, 2 * (size_t)gh * gw * (v->rope == LMV__ROPE_MIXED ? (size_t)v->depth * D : D / v->heads))
+                      : NULL;
     b->gh = gh;
     b->gw = gw;
     return c.used;
@@ -3975,7 +3982,7 @@ static void lmv__vit_rope_coords(const lmv__vit *v, int n, int gh, int gw, float
     if (v->rope == LMV__ROPE_AXIAL) {
         ty = ty + v->rope_offset;
         tx = tx + v->rope_offset;
-        if (v->rope_ref_h) {
+        if (v->rope_ref_h || v->rope_ref_w) { /* a reference grid: as timm, 0 on a side zeroes that axis */
             ty = ty / (float)gh * (float)v->rope_ref_h;
             tx = tx / (float)gw * (float)v->rope_ref_w;
         }
@@ -4003,7 +4010,8 @@ static void lmv__vit_rope_axial(const lmv__vit *v, int gh, int gw, float *tab) {
 }
 
 /* The mixed table of one block (timm get_mixed_freqs): pair j of head h turns by
-   c0 * fx[h][j] + c1 * fy[h][j], the block's learned frequencies. [heads][np][hd] cos, then sin. */
+   c0 * fx[h][j] + c1 * fy[h][j], the block's learned frequencies. [heads][np][hd] cos, then sin;
+   the forward pass fills every block's before the batch. */
 static void lmv__vit_rope_mixed(const lmv__vit *v, const lmv__vit_block *blk, int gh, int gw, float *tab) {
     int hd = v->dim / v->heads, np = gh * gw, n, j, h;
     size_t half = (size_t)v->heads * np * hd;
@@ -4028,7 +4036,7 @@ static void lmv__vit_rope(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit
     int hd = v->dim / v->heads, H = v->heads, np = b->gh * b->gw, n, h, i, hh = hd / 2;
     int mixed = v->rope == LMV__ROPE_MIXED;
     size_t half = (size_t)np * hd * (mixed ? H : 1);
-    if (mixed) lmv__vit_rope_mixed(v, blk, b->gh, b->gw, b->rope);
+    const float *tab = b->rope + (mixed ? (size_t)(blk - v->blocks) * 2 * half : 0);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) private(h, i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, np, 2 * v->dim))
 #endif
@@ -4036,7 +4044,7 @@ static void lmv__vit_rope(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit
         for (h = 0; h < 2 * H; h++) { /* q's heads, then k's */
             float *x = h < H ? q + (size_t)(n + v->prefix) * ldq + (size_t)h * hd
                              : k + (size_t)(n + v->prefix) * ldk + (size_t)(h - H) * hd;
-            const float *co = b->rope + ((mixed ? (size_t)(h % H) * np : 0) + n) * hd, *si = co + half;
+            const float *co = tab + ((mixed ? (size_t)(h % H) * np : 0) + n) * hd, *si = co + half;
             for (i = 0; i < hh; i++) {
                 int a0 = v->rope_half ? i : 2 * i, a1 = v->rope_half ? i + hh : 2 * i + 1;
                 float x0 = x[a0], x1 = x[a1];
@@ -4191,6 +4199,8 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
        shares memory with the patch rows, which are only filled later) */
     if (v->abs_pos) lmv__vit_pos_embed(v, gh, gw, &b);
     if (v->rope == LMV__ROPE_AXIAL) lmv__vit_rope_axial(v, gh, gw, b.rope);
+    for (i = 0; v->rope == LMV__ROPE_MIXED && i < v->depth; i++) /* every block's table, once for the batch */
+        lmv__vit_rope_mixed(v, &v->blocks[i], gh, gw, b.rope + (size_t)i * 2 * np * D);
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;

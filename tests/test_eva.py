@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Results, compare_traces, convert, lmv_run, logits_close, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir  # noqa: E402
 from models import eva_ref  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
 
@@ -72,7 +72,7 @@ def parity(name, model, x, file_name="model.pth", wrap=None, conv_opts=(), expec
         return None
     for text in expect:
         res.check(f"{name} summary says {text!r}", text in out, "" if text in out else out)
-    return out
+    return lmv
 
 
 def eva(seed, img=(32, 48), **kw):
@@ -84,6 +84,36 @@ def eva(seed, img=(32, 48), **kw):
 
 def image(h, w, seed=7):
     return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def loader_refusals(axial, mixed):
+    """The loader refuses files whose RoPE settings disagree with their tensors or are out of range, naming
+    the tensor or the key."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import lmvfile
+    d = tmpdir()
+
+    def rewrite(src, name, meta_change):
+        f = lmvfile.read(src)
+        meta = [(k, meta_change.get(k, v)) for k, v in ((k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items())]
+        meta += [(k, v) for k, v in meta_change.items() if k not in f.meta]
+        tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+        path = os.path.join(d, name)
+        lmvfile.write(path, meta, tensors)
+        code, out, err = run([LMV, "info", path])
+        return code, err.strip()
+
+    code, err = rewrite(mixed, "none.lmv", {"vit.rope": "none"})
+    res.check("loader refuses rope.freqs the settings do not use", code != 0 and "rope.freqs" in err, err)
+    code, err = rewrite(axial, "mixed.lmv", {"vit.rope": "mixed"})
+    res.check("loader refuses vit.rope=mixed without rope.freqs", code != 0 and "rope.freqs" in err, err)
+    code, err = rewrite(axial, "grid.lmv", {"vit.rope_ref_grid": lmvfile.Typed(lmvfile.T_INT32, [16, 4097])})
+    res.check("loader refuses a reference grid past 4096", code != 0 and "vit.rope_ref_grid" in err, err)
+    code, err = rewrite(axial, "idx.lmv", {"vit.rope_indexing": "yx"})
+    res.check("loader refuses an unknown vit.rope_indexing", code != 0 and "vit.rope_indexing" in err, err)
+    code, err = rewrite(axial, "heads.lmv", {"vit.num_heads": lmvfile.Typed(lmvfile.T_INT32, [32])})
+    res.check("loader refuses RoPE over a head width not divisible by 4",
+              code != 0 and "vit.rope" in err and "divisible by 4" in err, err)
 
 
 def refused(name, obj, words, file_name="model.pth", conv_opts=()):
@@ -104,7 +134,7 @@ def main():
     # EVA-02-S as timm registers it (packed SwiGLU, RoPE scaled to a 16x16 reference grid, class token,
     # avg pooling + fc_norm, q_bias / v_bias), named by its file; trained 32x48, run also at 40x24
     m = eva(1, **EVA02)
-    parity("EVA-02-S style (axial RoPE, packed SwiGLU, cls token, avg pool)", m, image(32, 48),
+    axial = parity("EVA-02-S style (axial RoPE, packed SwiGLU, cls token, avg pool)", m, image(32, 48),
            file_name="eva02_small_patch14_224.pth", conv_opts=("--img-size", "32", "48"),
            expect=("source      eva", "vit.rope=axial", "mean [0.4815, 0.4578, 0.4082]"),
            more=(image(40, 24, seed=8),))
@@ -147,7 +177,7 @@ def main():
     # RoPE-Mixed: learned per-block, per-head frequencies (rope.freqs)
     m = eva(7, attn_type="rope", init_values=0.1, global_pool="token", use_abs_pos_emb=False, use_rot_pos_emb=True,
             rope_type="mixed", rope_grid_indexing="xy", rope_temperature=10.0)
-    parity("RoPE-Mixed (rope.freqs)", m, image(32, 48), file_name="vit_small_patch16_rope_mixed_224.pth",
+    mixed = parity("RoPE-Mixed (rope.freqs)", m, image(32, 48), file_name="vit_small_patch16_rope_mixed_224.pth",
            expect=("vit.rope=mixed",), more=(image(48, 24),))
 
     # without a name the RoPE options are assumed as EVA-02 registers them, and said so
@@ -156,6 +186,8 @@ def main():
            expect=("assumed", "vit.rope=axial", "vit.rope_ref_grid=16,16"))
 
     # refusals
+    if axial and mixed:
+        loader_refusals(axial, mixed)
     sd = eva(9, **EVA02).state_dict()
     stray = dict(sd)
     stray["blocks.0.attn.k_bias"] = torch.zeros(64)

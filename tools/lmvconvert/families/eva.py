@@ -44,7 +44,7 @@ EVA_NAME_RULES = [
     (r"^eva_giant_", {"vit.rope": "none", "pre.mean": IMAGENET_MEAN, "pre.std": IMAGENET_STD}),
     (r"^eva02_", dict(EVA02_ROPE)),
     (r"^eva02_[a-z]+_patch14_(336|448)", {"pre.crop_pct": 1.0}),
-    (r"^eva02_enormous_", {"vit.block": "res_post"}),                 # use_post_norm=True
+    (r"^eva02_enormous_", {"vit.block": "res_post", "vit.num_heads": 16}),   # use_post_norm=True, 1792 wide
     (r"^vit_[a-z0-9]+_patch16_rope_reg\d+_gap_256", dict(EVA02_ROPE, **{"pre.mean": HALF, "pre.std": HALF,
                                                                         "pre.crop_pct": 0.95})),
     (r"^vit_[a-z]+_patch16_rope(_ape)?_224", dict(NAVER_PRE, **{

@@ -4012,20 +4012,25 @@ static void lmv__vit_rope_axial(const lmv__vit *v, int gh, int gw, float *tab) {
 /* The mixed table of one block (timm get_mixed_freqs): pair j of head h turns by
    c0 * fx[h][j] + c1 * fy[h][j], the block's learned frequencies. [heads][np][hd] cos, then sin;
    the forward pass fills every block's before the batch. */
-static void lmv__vit_rope_mixed(const lmv__vit *v, const lmv__vit_block *blk, int gh, int gw, float *tab) {
-    int hd = v->dim / v->heads, np = gh * gw, n, j, h;
+static void lmv__vit_rope_mixed(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int gh, int gw,
+                                float *tab) {
+    int hd = v->dim / v->heads, np = gh * gw, hn, j;
     size_t half = (size_t)v->heads * np * hd;
-    for (h = 0; h < v->heads; h++)
-        for (n = 0; n < np; n++) {
-            float c0, c1;
-            float *co = tab + ((size_t)h * np + n) * hd;
-            lmv__vit_rope_coords(v, n, gh, gw, &c0, &c1);
-            for (j = 0; j < hd / 2; j++) {
-                float a = c0 * blk->rope_fx[(size_t)h * (hd / 2) + j] + c1 * blk->rope_fy[(size_t)h * (hd / 2) + j];
-                co[2 * j] = co[2 * j + 1] = (float)cos((double)a);
-                co[half + 2 * j] = co[half + 2 * j + 1] = (float)sin((double)a);
-            }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(j) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, v->heads * np, 8 * hd))
+#endif
+    for (hn = 0; hn < v->heads * np; hn++) { /* head hn / np, patch hn % np */
+        int h = hn / np, n = hn % np;
+        float c0, c1;
+        float *co = tab + (size_t)hn * hd;
+        lmv__vit_rope_coords(v, n, gh, gw, &c0, &c1);
+        for (j = 0; j < hd / 2; j++) {
+            float a = c0 * blk->rope_fx[(size_t)h * (hd / 2) + j] + c1 * blk->rope_fy[(size_t)h * (hd / 2) + j];
+            co[2 * j] = co[2 * j + 1] = cosf(a);
+            co[half + 2 * j] = co[half + 2 * j + 1] = sinf(a);
         }
+    }
+    (void)ctx;
 }
 
 /* Rotary position embedding in place on the patch rows of q [T][ldq] and k (timm
@@ -4200,7 +4205,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     if (v->abs_pos) lmv__vit_pos_embed(v, gh, gw, &b);
     if (v->rope == LMV__ROPE_AXIAL) lmv__vit_rope_axial(v, gh, gw, b.rope);
     for (i = 0; v->rope == LMV__ROPE_MIXED && i < v->depth; i++) /* every block's table, once for the batch */
-        lmv__vit_rope_mixed(v, &v->blocks[i], gh, gw, b.rope + (size_t)i * 2 * np * D);
+        lmv__vit_rope_mixed(ctx, v, &v->blocks[i], gh, gw, b.rope + (size_t)i * 2 * np * D);
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;

@@ -9,6 +9,7 @@ widths, batch 2, non-square inputs, every block compared. Refusals: a stray tens
 library does not run (named), gated attention."""
 import os
 import sys
+from functools import partial
 
 import numpy as np
 import torch
@@ -46,6 +47,12 @@ def save(obj, name):
 def check_run(name, model, lmv, x):
     """Logits, every block and the pooled features of `lmv` against the reference on x."""
     want, acts = outputs(model, x)
+    if isinstance(model.head, torch.nn.Identity):   # no classifier (Perception Encoder towers): the features
+        got, traces = lmv_run(lmv, x.numpy(), "--features", trace=True)
+        d = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+        res.check(f"{name} features", d <= 1e-4 * max(1.0, float(np.max(np.abs(want)))), f"max abs diff {d:.2e}")
+        compare_traces(res, name, traces, acts)
+        return
     got, traces = lmv_run(lmv, x.numpy(), trace=True)
     ok, desc = logits_close(got, want)
     res.check(f"{name} logits", ok, desc)
@@ -180,6 +187,17 @@ def main():
     mixed = parity("RoPE-Mixed (rope.freqs)", m, image(32, 48), file_name="vit_small_patch16_rope_mixed_224.pth",
            expect=("vit.rope=mixed",), more=(image(48, 24),))
 
+    # Perception Encoder spatial / language towers: norm_pre and no patch bias, RoPE with grid offset 1 on an
+    # 'xy' 32x32 reference grid, eps 1e-5, mean of the patch tokens without fc_norm or final norm
+    for seed, name, extra in ((10, "vit_pe_spatial_tiny_patch16_512", {}),
+                              (11, "vit_pe_lang_large_patch14_448", {"init_values": 0.1})):
+        m = eva(seed, attn_type="rope", use_rot_pos_emb=True, ref_feat_shape=(32, 32), rope_grid_offset=1.0,
+                rope_grid_indexing="xy", use_pre_transformer_norm=True, use_post_transformer_norm=False,
+                use_fc_norm=False, num_classes=0, norm_layer=partial(eva_ref.LayerNorm, eps=1e-5), **extra)
+        parity(f"Perception Encoder {name.split('_')[2]} style", m, image(32, 48), file_name=name + ".pth",
+               conv_opts=("--img-size", "32", "48"), expect=("vit.rope_offset=1", "eps 1e-05", "pool avg"),
+               more=(image(24, 40),))
+
     # without a name the RoPE options are assumed as EVA-02 registers them, and said so
     m = eva(8, **EVA02)
     parity("EVA-02 layout without metadata: RoPE assumed", m, image(32, 48), conv_opts=("--img-size", "32", "48"),
@@ -202,6 +220,8 @@ def main():
     refused("gated attention is refused by name", gated, ["blocks.0.attn.gate", "gated"],
             file_name="eva02_small_patch14_224.pth")
     refused("a DINOv3 RoPE model is refused by name", sd, ["DINOv3"], file_name="vit_small_patch16_dinov3.pth")
+    refused("a Perception Encoder core model is refused by name", sd, ["vit_pe_core_", "attention-pool"],
+            file_name="vit_pe_core_tiny_patch16_384.pth")
     res.finish()
 
 

@@ -242,10 +242,10 @@ class EvaBlockPostNorm(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, img_size, patch_size, in_chans, embed_dim):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, bias=True):
         super().__init__()
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=bias)
 
     def forward(self, x):
         return self.proj(x).permute(0, 2, 3, 1)   # NHWC (dynamic_img_size)
@@ -257,15 +257,16 @@ class Eva(nn.Module):
                  scale_mlp=False, scale_attn_inner=False, attn_type="eva", norm_layer=LayerNorm, init_values=None,
                  class_token=True, num_reg_tokens=0, no_embed_class=False, use_abs_pos_emb=True,
                  use_rot_pos_emb=False, rope_type="cat", rope_grid_offset=0.0, rope_grid_indexing="ij",
-                 rope_temperature=10000.0, rope_rotate_half=False, use_post_norm=False, use_fc_norm=None,
-                 ref_feat_shape=None):
+                 rope_temperature=10000.0, rope_rotate_half=False, use_post_norm=False, use_pre_transformer_norm=False,
+                 use_post_transformer_norm=None, use_fc_norm=None, ref_feat_shape=None):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.global_pool = global_pool
         self.num_prefix_tokens = (1 if class_token else 0) + num_reg_tokens
         self.no_embed_class = no_embed_class
         fc_norm = use_fc_norm if use_fc_norm is not None else global_pool == "avg"
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        post_norm = use_post_transformer_norm if use_post_transformer_norm is not None else not fc_norm
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not use_pre_transformer_norm)
         num_patches = self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, num_reg_tokens, embed_dim)) if num_reg_tokens else None
@@ -282,12 +283,13 @@ class Eva(nn.Module):
                                                rope_grid_indexing)
         else:
             self.rope = None
+        self.norm_pre = norm_layer(embed_dim) if use_pre_transformer_norm else nn.Identity()
         block_fn = EvaBlockPostNorm if use_post_norm else EvaBlock
         self.blocks = nn.ModuleList([
             block_fn(embed_dim, num_heads, qkv_bias, qkv_fused, mlp_ratio, swiglu_mlp, scale_mlp, scale_attn_inner,
                      self.num_prefix_tokens, attn_type, rope_rotate_half, init_values, norm_layer)
             for _ in range(depth)])
-        self.norm = norm_layer(embed_dim) if not fc_norm else nn.Identity()
+        self.norm = norm_layer(embed_dim) if post_norm else nn.Identity()
         self.fc_norm = norm_layer(embed_dim) if fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -322,6 +324,7 @@ class Eva(nn.Module):
 
     def forward_features(self, x):
         x, rope = self._pos_embed(self.patch_embed(x))
+        x = self.norm_pre(x)
         for i, blk in enumerate(self.blocks):
             x = blk(x, rope=rope[i] if self.rope_mixed else rope)
         return self.norm(x)

@@ -52,11 +52,17 @@ EVA_NAME_RULES = [
         "vit.rope_indexing": "xy", "vit.rope_half": 0})),
     (r"^vit_[a-z]+_patch16_rope_mixed(_ape)?_224", dict(NAVER_PRE, **{
         "vit.rope": "mixed", "vit.rope_indexing": "xy", "vit.rope_half": 0})),
+    # Perception Encoder language / spatial towers: pre-norm, no patch bias, avg pool without fc_norm
+    (r"^vit_pe_(lang|spatial)_", {
+        "vit.rope": "axial", "vit.rope_temperature": 10000.0, "vit.rope_ref_grid": [32, 32], "vit.rope_offset": 1.0,
+        "vit.rope_indexing": "xy", "vit.rope_half": 0, "vit.norm_eps": 1e-5, "vit.pool": "avg",
+        "pre.mean": HALF, "pre.std": HALF, "pre.crop_pct": 1.0}),
+    (r"^vit_pe_(lang|spatial)_gigantic_", {"vit.rope_offset": 0.0, "vit.num_heads": 16}),
 ]
 # registered eva.py models this library does not run, each with what it lacks
 EVA_REFUSED_NAMES = [
-    (r"^vit_pe_", "Perception Encoder models (vit_pe_*) are not supported yet: their attention-pool head "
-                  "has its own head count"),
+    (r"^vit_pe_core_", "Perception Encoder core models (vit_pe_core_*) are not supported yet: their "
+                       "attention-pool head has its own head count (8)"),
     (r"dinov3", "DINOv3 RoPE (rope_type='dinov3') is not supported"),
     (r"^vit_[a-z0-9_]+eupe", "EUPE models are not supported"),
 ]

@@ -3501,14 +3501,15 @@ typedef struct lmv__vit {
     lmv__mat proj_w;
     lmv__vit_block *blocks;
     /* vit.rope: rotary position embedding on q and k of the patch tokens (timm eva.py) */
-    int rope;                 /* 0 none, LMV__ROPE_AXIAL (RotaryEmbeddingCat), LMV__ROPE_MIXED (RotaryEmbeddingMixed) */
+    int rope;                 /* 0 none, LMV__ROPE_AXIAL (RotaryEmbeddingCat), LMV__ROPE_MIXED (RotaryEmbeddingMixed),
+                                 LMV__ROPE_DINOV3 (RotaryEmbeddingDinoV3) */
     int rope_ref_h, rope_ref_w; /* vit.rope_ref_grid: positions scaled to this grid (EVA-02 ref_feat_shape); 0,0: none */
     int rope_xy, rope_half;   /* vit.rope_indexing "xy"; vit.rope_half: rotate halves instead of pairs */
     float rope_temp, rope_offset;
     const float *rope_freqs;  /* mixed: rope.freqs [2][depth][heads][head_dim/2] */
 } lmv__vit;
 
-enum { LMV__ROPE_AXIAL = 1, LMV__ROPE_MIXED = 2 };
+enum { LMV__ROPE_AXIAL = 1, LMV__ROPE_MIXED = 2, LMV__ROPE_DINOV3 = 3 };
 
 /* A block's optional norms, present when the file has their tensors: qk-norm (q_norm and k_norm,
    LayerNorm over head_dim; one without the other is refused), attn.norm and mlp.norm. */
@@ -3614,7 +3615,9 @@ static lmv_result lmv__vit_rope_options(lmv_model *m, lmv__vit *v, lmv_error *er
     const char *s = lmv__meta_string(m, "vit.rope", "none");
     if (!strcmp(s, "axial")) v->rope = LMV__ROPE_AXIAL;
     else if (!strcmp(s, "mixed")) v->rope = LMV__ROPE_MIXED;
-    else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope '%s' is not one of none, axial, mixed", s);
+    else if (!strcmp(s, "dinov3")) v->rope = LMV__ROPE_DINOV3;
+    else if (strcmp(s, "none"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope '%s' is not one of none, axial, mixed, dinov3", s);
     if (!v->rope) return LMV_OK;
     if ((r = lmv__meta_int_range(m, "vit.rope_ref_grid", 0, 0, 4096, 0, &v->rope_ref_h, err)) != LMV_OK ||
         (r = lmv__meta_int_range(m, "vit.rope_ref_grid", 1, 0, 4096, v->rope_ref_h, &v->rope_ref_w, err)) != LMV_OK ||
@@ -4009,6 +4012,29 @@ static void lmv__vit_rope_axial(const lmv__vit *v, int gh, int gw, float *tab) {
     }
 }
 
+/* The DINOv3 table for a gh x gw grid (timm RotaryEmbeddingDinoV3, coordinates normalised per side):
+   coordinate c = 2 (i + 0.5 + offset) / side - 1, row then column; head_dim/4 periods
+   T^(2k / (head_dim/2)); angle 2 pi c / period; with vit.rope_half the head_dim/2 angles are tiled
+   twice over the channels, else each is repeated for its channel pair. cos rows, then sin rows. */
+static void lmv__vit_rope_dinov3(const lmv__vit *v, int gh, int gw, float *tab) {
+    int hd = v->dim / v->heads, nb = hd / 4, np = gh * gw, n, i;
+    float *sn = tab + (size_t)np * hd;
+    for (n = 0; n < np; n++) {
+        float c[2];
+        c[0] = ((float)(n / gw) + 0.5f + v->rope_offset) / (float)gh;
+        c[1] = ((float)(n % gw) + 0.5f + v->rope_offset) / (float)gw;
+        c[0] = 2.0f * c[0] - 1.0f;
+        c[1] = 2.0f * c[1] - 1.0f;
+        for (i = 0; i < hd; i++) {
+            int j = v->rope_half ? i % (hd / 2) : i / 2; /* the angle this channel turns by */
+            float period = powf(v->rope_temp, 2.0f * (float)(j % nb) / (float)(hd / 2));
+            float a = (float)(2.0 * 3.14159265358979323846) * c[j / nb] / period;
+            tab[(size_t)n * hd + i] = cosf(a);
+            sn[(size_t)n * hd + i] = sinf(a);
+        }
+    }
+}
+
 /* The mixed table of one block (timm get_mixed_freqs): pair j of head h turns by
    c0 * fx[h][j] + c1 * fy[h][j], the block's learned frequencies. [heads][np][hd] cos, then sin;
    the forward pass fills every block's before the batch. */
@@ -4204,6 +4230,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
        shares memory with the patch rows, which are only filled later) */
     if (v->abs_pos) lmv__vit_pos_embed(v, gh, gw, &b);
     if (v->rope == LMV__ROPE_AXIAL) lmv__vit_rope_axial(v, gh, gw, b.rope);
+    if (v->rope == LMV__ROPE_DINOV3) lmv__vit_rope_dinov3(v, gh, gw, b.rope);
     for (i = 0; v->rope == LMV__ROPE_MIXED && i < v->depth; i++) /* every block's table, once for the batch */
         lmv__vit_rope_mixed(ctx, v, &v->blocks[i], gh, gw, b.rope + (size_t)i * 2 * np * D);
     for (n = 0; n < batch; n++) {

@@ -1,12 +1,12 @@
 """EVA / EVA-02 and timm's RoPE ViTs on the ViT graph, against a faithful reference written from timm's
 eva.py and pos_embed_sincos.py (tests/models/eva_ref.py): axial RoPE on q and k of the patch tokens
 (EVA-02's reference-grid scaling, the RoPE-ViT temperature and 'xy' grid, a grid offset, half
-rotation), mixed RoPE with its learned frequencies, SwiGLU packed and unfused with its sub-LN,
+rotation), mixed RoPE with its learned frequencies, DINOv3's RoPE, Perception Encoder towers, SwiGLU packed and unfused with its sub-LN,
 attn.norm, unfused q/k/v projections, q_bias / v_bias, layer scale gamma_1 / gamma_2, the post-norm
 block, register tokens without a class token, avg pooling + fc_norm and class-token pooling, input
 sizes other than the trained one (RoPE recomputed, pos_embed resampled). Random weights, small
 widths, batch 2, non-square inputs, every block compared. Refusals: a stray tensor, an option this
-library does not run (named), gated attention."""
+library does not run (named), gated attention, Perception Encoder core."""
 import os
 import sys
 from functools import partial
@@ -198,6 +198,16 @@ def main():
                conv_opts=("--img-size", "32", "48"), expect=("vit.rope_offset=1", "eps 1e-05", "pool avg"),
                more=(image(24, 40),))
 
+    # DINOv3 (timm's port): its RoPE with half rotation, 4 register tokens and a class token, no pos_embed,
+    # layer scale, eps 1e-5, avg pooling after the final norm; SwiGLU in the larger ones
+    for seed, name, extra in ((12, "vit_small_patch16_dinov3_qkvb", {}),
+                              (13, "vit_huge_plus_patch16_dinov3", {"swiglu_mlp": True, "qkv_bias": False})):
+        m = eva(seed, use_rot_pos_emb=True, rope_type="dinov3", rope_temperature=100, rope_rotate_half=True,
+                use_abs_pos_emb=False, num_reg_tokens=4, init_values=0.1, use_fc_norm=False,
+                norm_layer=partial(eva_ref.LayerNorm, eps=1e-5), **extra)
+        parity(f"DINOv3 RoPE ({name})", m, image(32, 48), file_name=name + ".pth",
+               expect=("vit.rope=dinov3", "vit.rope_half=1", "pool avg", "4 reg"), more=(image(48, 16),))
+
     # without a name the RoPE options are assumed as EVA-02 registers them, and said so
     m = eva(8, **EVA02)
     parity("EVA-02 layout without metadata: RoPE assumed", m, image(32, 48), conv_opts=("--img-size", "32", "48"),
@@ -213,13 +223,12 @@ def main():
             file_name="eva02_small_patch14_224.pth", conv_opts=("--img-size", "32", "48"))
     refused("an unsupported rope_type is refused by name",
             {"model": sd, "args": {"model": "eva02_small_patch14_224",
-                                   "model_kwargs": {"use_rot_pos_emb": True, "rope_type": "dinov3"}}},
-            ["rope_type", "dinov3"], conv_opts=("--img-size", "32", "48"))
+                                   "model_kwargs": {"use_rot_pos_emb": True, "rope_type": "mrope"}}},
+            ["rope_type", "mrope"], conv_opts=("--img-size", "32", "48"))
     gated = dict(sd)
     gated["blocks.0.attn.gate.weight"] = torch.zeros(64, 64)
     refused("gated attention is refused by name", gated, ["blocks.0.attn.gate", "gated"],
             file_name="eva02_small_patch14_224.pth")
-    refused("a DINOv3 RoPE model is refused by name", sd, ["DINOv3"], file_name="vit_small_patch16_dinov3.pth")
     refused("a Perception Encoder core model is refused by name", sd, ["vit_pe_core_", "attention-pool"],
             file_name="vit_pe_core_tiny_patch16_384.pth")
     res.finish()

@@ -269,7 +269,7 @@ META_RULES = OrderedDict([
     ("vit.pool_prefix", _rule("int", 0, 1, arch="vit")),
     ("vit.abs_pos", _rule("int", 0, 1, arch="vit")),
     ("vit.rel_pos", _rule("str", choices=("none", "block", "shared_table", "both"), arch="vit")),
-    ("vit.rope", _rule("str", choices=("none", "axial", "mixed"), arch="vit")),
+    ("vit.rope", _rule("str", choices=("none", "axial", "mixed", "dinov3"), arch="vit")),
     ("vit.rope_temperature", _rule("float", 0.0, 1e30, lo_open=True, hi_open=True, arch="vit")),
     ("vit.rope_ref_grid", _rule("int", 0, 4096, count=(2, 2), arch="vit")),
     ("vit.rope_offset", _rule("float", -1e6, 1e6, lo_open=True, hi_open=True, arch="vit")),

@@ -6,10 +6,13 @@ zero k bias, or unfused q_proj / k_proj / v_proj; attn.norm when scale_attn_inne
 (attn_type='rope': qkv with a full bias), EvaBlock (layer scale gamma_1 / gamma_2) and
 EvaBlockPostNorm, SwiGLU (fc1_g, fc1_x, sub-LN norm) / GluMlp (packed fc1) / Mlp, the rotary
 embeddings RotaryEmbeddingCat (axial: temperature, ref_feat_shape, grid offset, 'ij' / 'xy') and
-RotaryEmbeddingMixed (learned per-block, per-head frequencies rope.freqs), applied to q and k of the
+RotaryEmbeddingMixed (learned per-block, per-head frequencies rope.freqs) and RotaryEmbeddingDinoV3
+(coordinates normalised per side, periods from the temperature, tiled for half rotation), applied to q and k of the
 patch tokens only with apply_rot_embed_cat (interleaved pairs, or rotate_half). Pooling: 'avg' with
 fc_norm, 'token' with the final norm; class token and register tokens; dynamic image size with the
 rope recomputed for the run grid and pos_embed resampled (bicubic, antialias) as timm does."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,6 +85,30 @@ class RotaryEmbeddingMixed(nn.Module):
         sin_emb = torch.sin(combined).repeat_interleave(2, -1)
         cos_emb = torch.cos(combined).repeat_interleave(2, -1)
         return torch.cat([sin_emb, cos_emb], dim=-1)   # (depth, heads, N, 2 * head_dim)
+
+
+class RotaryEmbeddingDinoV3(nn.Module):
+    """Eval mode, normalize_coords='separate', periods from the temperature."""
+    def __init__(self, dim, temperature=100.0, grid_offset=0.0, grid_indexing="ij", rotate_half=True):
+        super().__init__()
+        self.dim, self.grid_offset, self.grid_indexing, self.rotate_half = dim, grid_offset, grid_indexing, rotate_half
+        n = dim // 4
+        exponents = 2.0 * torch.arange(n, dtype=torch.float32) / (dim // 2)
+        self.register_buffer("periods", float(temperature) ** exponents, persistent=False)
+
+    def get_embed(self, shape):
+        H, W = shape
+        coords_h = (torch.arange(0.5, H, dtype=torch.float32) + self.grid_offset) / float(H)
+        coords_w = (torch.arange(0.5, W, dtype=torch.float32) + self.grid_offset) / float(W)
+        if self.grid_indexing == "xy":
+            grid_w, grid_h = torch.meshgrid(coords_w, coords_h, indexing="xy")
+            coords = torch.stack([grid_h, grid_w], dim=-1)
+        else:
+            coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing="ij"), dim=-1)
+        coords = 2.0 * coords.flatten(0, 1) - 1.0
+        angles = (2 * math.pi * coords[:, :, None] / self.periods[None, None, :]).flatten(1)
+        angles = angles.tile(2) if self.rotate_half else angles.repeat_interleave(2, dim=-1)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 def rot(x):
@@ -278,6 +305,9 @@ class Eva(nn.Module):
             if rope_type == "mixed":
                 self.rope = RotaryEmbeddingMixed(embed_dim, depth, num_heads, rope_temperature, rope_grid_indexing)
                 self.rope_mixed = True
+            elif rope_type == "dinov3":
+                self.rope = RotaryEmbeddingDinoV3(embed_dim // num_heads, rope_temperature, rope_grid_offset,
+                                                  rope_grid_indexing, rope_rotate_half)
             else:
                 self.rope = RotaryEmbeddingCat(embed_dim // num_heads, rope_temperature, ref, rope_grid_offset,
                                                rope_grid_indexing)

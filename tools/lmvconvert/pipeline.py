@@ -279,8 +279,9 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
         opts.append("pos_interp %s" % c["vit.pos_interp"])
         lines.append("graph       " + ", ".join(opts))
         if c.get("vit.rope", "none") != "none":   # rotary position embedding (families/eva.py)
-            keys = ("rope", "rope_indexing", "rope_half") if c["vit.rope"] == "mixed" else \
-                ("rope", "rope_temperature", "rope_ref_grid", "rope_offset", "rope_indexing", "rope_half")
+            keys = {"mixed": ("rope", "rope_indexing", "rope_half"),
+                    "dinov3": ("rope", "rope_temperature", "rope_offset", "rope_half")}.get(
+                c["vit.rope"], ("rope", "rope_temperature", "rope_ref_grid", "rope_offset", "rope_indexing", "rope_half"))
             lines.append("rope        on q and k of the patch tokens: " +
                          " ".join("vit.%s=%s" % (k, _value_text(c["vit." + k])) for k in keys))
     lines.append("head        %d classes, %d features; labels: %s" % (c["num_classes"], c["num_features"], labels_src))

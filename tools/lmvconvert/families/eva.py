@@ -25,10 +25,10 @@ ROPE_KEYS = OrderedDict([
     ("vit.rope_indexing", "s"), ("vit.rope_half", "i"),
 ])
 VIT_KEYS.update(ROPE_KEYS)
-CHOICES["vit.rope"] = ("none", "axial", "mixed")
+CHOICES["vit.rope"] = ("none", "axial", "mixed", "dinov3")
 CHOICES["vit.rope_indexing"] = ("ij", "xy")
 FAMILIES["vit"].assumable.update([
-    ("vit.rope", "--set vit.rope=none|axial|mixed"),
+    ("vit.rope", "--set vit.rope=none|axial|mixed|dinov3"),
     ("vit.rope_temperature", "--set vit.rope_temperature=T"),
     ("vit.rope_ref_grid", "--set vit.rope_ref_grid=GH,GW (0,0: none)"),
     ("vit.rope_offset", "--set vit.rope_offset=F"),
@@ -58,12 +58,18 @@ EVA_NAME_RULES = [
         "vit.rope_indexing": "xy", "vit.rope_half": 0, "vit.norm_eps": 1e-5, "vit.pool": "avg",
         "pre.mean": HALF, "pre.std": HALF, "pre.crop_pct": 1.0}),
     (r"^vit_pe_(lang|spatial)_gigantic_", {"vit.rope_offset": 0.0, "vit.num_heads": 16}),
+    # DINOv3 (timm's port): its own RoPE, half rotation, eps 1e-5, timm's default avg pooling after the norm
+    (r"^vit_[a-z0-9_]+_patch16_dinov3", {
+        "vit.rope": "dinov3", "vit.rope_temperature": 100.0, "vit.rope_offset": 0.0, "vit.rope_half": 1,
+        "vit.norm_eps": 1e-5, "vit.pool": "avg", "pre.mean": IMAGENET_MEAN, "pre.std": IMAGENET_STD,
+        "pre.crop_pct": 1.0}),
+    (r"^vit_huge_plus_patch16_dinov3", {"vit.num_heads": 20}),
+    (r"^vit_7b_patch16_dinov3", {"vit.num_heads": 32}),
 ]
 # registered eva.py models this library does not run, each with what it lacks
 EVA_REFUSED_NAMES = [
     (r"^vit_pe_core_", "Perception Encoder core models (vit_pe_core_*) are not supported yet: their "
                        "attention-pool head has its own head count (8)"),
-    (r"dinov3", "DINOv3 RoPE (rope_type='dinov3') is not supported"),
     (r"^vit_[a-z0-9_]+eupe", "EUPE models are not supported"),
 ]
 
@@ -109,6 +115,8 @@ def rope_config(ctx, sd, take, T, D, heads, depth, rel_pos):
         ctx.determined.update(("vit.rope", "vit.rope_temperature", "vit.rope_ref_grid", "vit.rope_offset"))
     elif "rope.freqs" in sd:
         raise ConvertError("rope.freqs (mixed RoPE's learned frequencies) is in the checkpoint but vit.rope=%s" % kind)
+    if kind == "dinov3":   # DINOv3 normalises the coordinates per side: no reference grid, no grid order
+        ctx.determined.update(("vit.rope_ref_grid", "vit.rope_indexing"))
     return cfg
 
 
@@ -163,10 +171,10 @@ def _eva_kwargs(kw, src, st):
             s["vit.rope"] = "none"
         elif kw.get("rope_type", "cat") in ("cat", None):
             s["vit.rope"] = "axial"
-        elif kw.get("rope_type") == "mixed":
-            s["vit.rope"] = "mixed"
+        elif kw.get("rope_type") in ("mixed", "dinov3"):
+            s["vit.rope"] = kw["rope_type"]
         else:
-            refuse("rope_type", kw.get("rope_type"), "not a RoPE lemevit.h runs (cat, mixed)")
+            refuse("rope_type", kw.get("rope_type"), "not a RoPE lemevit.h runs (cat, mixed, dinov3)")
     for field, key, conv in (("rope_temperature", "vit.rope_temperature", float),
                              ("rope_grid_offset", "vit.rope_offset", float),
                              ("rope_rotate_half", "vit.rope_half", int)):
@@ -206,7 +214,8 @@ def _is_eva(sd, name, kw):
     """Is this timm eva.py's layout?  Its name or kwargs say so, or tensors no other ViT layout has:
     rope.freqs, unfused q_proj, a ViT without any position embedding tensor, or EVA-02's SwiGLU /
     sub-LN with q_bias or gamma_1 (timm vision_transformer.py names those qkv.bias and ls1.gamma)."""
-    if re.match(r"^(eva02?_|eva_|vit_[a-z0-9]+_patch\d+_rope_|vit_pe_)", name) or "use_rot_pos_emb" in kw:
+    if re.match(r"^(eva02?_|eva_|vit_[a-z0-9]+_patch\d+_rope_|vit_pe_|vit_[a-z0-9_]+_patch16_dinov3)", name) or \
+            "use_rot_pos_emb" in kw:
         return True
     if "rope.freqs" in sd or "blocks.0.attn.q_proj.weight" in sd:
         return True

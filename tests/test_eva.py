@@ -181,6 +181,15 @@ def main():
            wrap={"args": {"model": "eva02_tiny_patch14_224", "model_kwargs": kw}},
            conv_opts=("--img-size", "32", "48"), expect=("vit.rope_half=1",), more=(image(40, 16),))
 
+    # RoPE-ViT with an absolute pos_embed as well (_ape): its tensors are a DeiT-III's, so without its name the
+    # RoPE options are given on the command line
+    m = eva(14, attn_type="rope", init_values=0.1, global_pool="token", use_rot_pos_emb=True, rope_grid_indexing="xy",
+            rope_temperature=100.0)
+    parity("RoPE-ViT _ape without a name, RoPE given with --set", m, image(32, 48),
+           conv_opts=("--img-size", "32", "48", "--set", "vit.rope=axial", "--set", "vit.rope_temperature=100",
+                      "--set", "vit.rope_indexing=xy", "--set", "vit.rope_ref_grid=0,0"),
+           expect=("vit.rope=axial vit.rope_temperature=100 vit.rope_ref_grid=0,0",), more=(image(24, 40),))
+
     # RoPE-Mixed: learned per-block, per-head frequencies (rope.freqs)
     m = eva(7, attn_type="rope", init_values=0.1, global_pool="token", use_abs_pos_emb=False, use_rot_pos_emb=True,
             rope_type="mixed", rope_grid_indexing="xy", rope_temperature=10.0)

@@ -3463,6 +3463,7 @@ typedef struct lmv__vit_block {
     const float *mlp_norm_w, *mlp_norm_b;                    /* LayerNorm(hidden) before fc2 */
     const float *rel_table; /* BEiT relative position bias table [(2gh-1)(2gw-1)+3][heads] (vit.rel_pos block) */
     lmv__mat qkv_w, proj_w, fc1_w, fc2_w;
+    const float *rope_fx, *rope_fy; /* vit.rope mixed: this block's learned frequencies [heads][head_dim/2] each */
 } lmv__vit_block;
 
 /* Where a block's LayerNorms sit around each residual branch f (attention, then MLP). */
@@ -3500,7 +3501,16 @@ typedef struct lmv__vit {
     lmv__mat map_q_w, map_kv_w, map_proj_w, map_fc1_w, map_fc2_w;
     lmv__mat proj_w;
     lmv__vit_block *blocks;
+    /* vit.rope: rotary position embedding on q and k of the patch tokens (timm eva.py) */
+    int rope;                 /* 0 none, LMV__ROPE_AXIAL (RotaryEmbeddingCat), LMV__ROPE_MIXED (RotaryEmbeddingMixed),
+                                 LMV__ROPE_DINOV3 (RotaryEmbeddingDinoV3) */
+    int rope_ref_h, rope_ref_w; /* vit.rope_ref_grid: positions scaled to this grid (EVA-02 ref_feat_shape); 0,0: none */
+    int rope_xy, rope_half;   /* vit.rope_indexing "xy"; vit.rope_half: rotate halves instead of pairs */
+    float rope_temp, rope_offset;
+    const float *rope_freqs;  /* mixed: rope.freqs [2][depth][heads][head_dim/2] */
 } lmv__vit;
+
+enum { LMV__ROPE_AXIAL = 1, LMV__ROPE_MIXED = 2, LMV__ROPE_DINOV3 = 3 };
 
 /* A block's optional norms, present when the file has their tensors: qk-norm (q_norm and k_norm,
    LayerNorm over head_dim; one without the other is refused), attn.norm and mlp.norm. */
@@ -3600,6 +3610,52 @@ static void lmv__vit_rel_bias(const lmv__vit *v, const lmv__vit_block *blk, int 
     }
 }
 
+/* vit.rope and its options, read with the other options before any tensor. */
+static lmv_result lmv__vit_rope_options(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    const char *s = lmv__meta_string(m, "vit.rope", "none");
+    if (!strcmp(s, "axial")) v->rope = LMV__ROPE_AXIAL;
+    else if (!strcmp(s, "mixed")) v->rope = LMV__ROPE_MIXED;
+    else if (!strcmp(s, "dinov3")) v->rope = LMV__ROPE_DINOV3;
+    else if (strcmp(s, "none"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope '%s' is not one of none, axial, mixed, dinov3", s);
+    if (!v->rope) return LMV_OK;
+    if ((r = lmv__meta_int_range(m, "vit.rope_ref_grid", 0, 0, 4096, 0, &v->rope_ref_h, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "vit.rope_ref_grid", 1, 0, 4096, v->rope_ref_h, &v->rope_ref_w, err)) != LMV_OK ||
+        (r = lmv__meta_int_range(m, "vit.rope_half", 0, 0, 1, 0, &v->rope_half, err)) != LMV_OK)
+        return r;
+    s = lmv__meta_string(m, "vit.rope_indexing", "ij");
+    if (!strcmp(s, "xy")) v->rope_xy = 1;
+    else if (strcmp(s, "ij")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope_indexing '%s' is not one of ij, xy", s);
+    v->rope_temp = lmv__meta_float(m, "vit.rope_temperature", 0, 10000.0f);
+    if (!(v->rope_temp > 0.0f && v->rope_temp < 1e30f))
+        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.rope_temperature must be a positive number");
+    v->rope_offset = lmv__meta_float(m, "vit.rope_offset", 0, 0.0f);
+    if (!(v->rope_offset > -1e6f && v->rope_offset < 1e6f))
+        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.rope_offset must be a number in (-1e6, 1e6)");
+    return LMV_OK;
+}
+
+/* What vit.rope needs of the rest of the model, and mixed RoPE's learned frequencies rope.freqs with
+   each block's slice of them (x then y, [heads][head_dim/2] each). */
+static lmv_result lmv__vit_bind_rope(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int hd = v->dim / v->heads, i, shape4[4];
+    if (!v->rope) return LMV_OK;
+    if (hd % 4)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope needs a head width divisible by 4; this model's is %d", hd);
+    if (v->rel_pos || v->class_last)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope cannot be combined with vit.rel_pos or vit.class_last");
+    if (v->rope != LMV__ROPE_MIXED) return LMV_OK;
+    shape4[0] = 2; shape4[1] = v->depth; shape4[2] = v->heads; shape4[3] = hd / 2;
+    if ((r = lmv__weight(m, "rope.freqs", 0, 4, shape4, &v->rope_freqs, err)) != LMV_OK) return r;
+    for (i = 0; i < v->depth; i++) {
+        v->blocks[i].rope_fx = v->rope_freqs + (size_t)i * v->heads * (hd / 2);
+        v->blocks[i].rope_fy = v->rope_freqs + ((size_t)v->depth + i) * v->heads * (hd / 2);
+    }
+    return LMV_OK;
+}
+
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     lmv__vit *v;
     lmv_result r;
@@ -3686,6 +3742,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "bilinear")) v->pos_interp = LMV__RS_BILINEAR;
     else if (!strcmp(s, "bicubic_dinov2")) v->pos_interp = LMV__RS_BICUBIC_DINOV2;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pos_interp '%s' is unknown", s);
+    if ((r = lmv__vit_rope_options(m, v, err)) != LMV_OK) return r;
 
     D = v->dim;
     Hd = v->hidden;
@@ -3748,7 +3805,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         lmv__name(name, sizeof name, "blocks.%d.ls2.gamma", i);
         if ((r = lmv__w1(m, 1, D, &b->ls2, err, name)) != LMV_OK) return r;
     }
-    return LMV_OK;
+    return lmv__vit_bind_rope(m, v, err);
 }
 
 static void lmv__vit_unbind(lmv_model *m) {
@@ -3775,6 +3832,9 @@ typedef struct lmv__vit_bufs {
     float *tmp;     /* = patches: the pos-embed resampling scratch, used before patchify */
     float *pooled;  /* [3 * max(D, F) + 2 * classes] features (2 rows if distilled), pre-logits, logits */
     float *relb;    /* [heads][T][T] the block's relative position bias (vit.rel_pos only) */
+    float *rope;    /* vit.rope: cos then sin per patch and q/k channel for the whole run, [2][gh*gw][head_dim]
+                       (axial) or per block [depth][2][heads][gh*gw][head_dim] (mixed) */
+    int gh, gw;     /* the run's patch grid */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3799,6 +3859,10 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
                                    3 * (size_t)v->proj);
     b->relb = v->rel_pos ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
+    b->rope = v->rope ? lmv__carve(&c, 2 * (size_t)gh * gw * (v->rope == LMV__ROPE_MIXED ? (size_t)v->depth * D : D / v->heads))
+                      : NULL;
+    b->gh = gh;
+    b->gw = gw;
     return c.used;
 }
 
@@ -3914,6 +3978,116 @@ static void lmv__vit_qk_norm(const lmv__ctx *ctx, const lmv__vit *v, const lmv__
     lmv__layernorm(ctx, b->hidden, b->hidden, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
 }
 
+/* The two grid coordinates a patch's rotary angles use, as timm's RotaryEmbeddingCat (axial) and
+   get_mixed_grid (mixed) build them in float32: row y and column x, plus vit.rope_offset and scaled
+   to vit.rope_ref_grid (axial only); "ij" gives (row, column), "xy" (column, row). */
+static void lmv__vit_rope_coords(const lmv__vit *v, int n, int gh, int gw, float *c0, float *c1) {
+    float ty = (float)(n / gw), tx = (float)(n % gw);
+    if (v->rope == LMV__ROPE_AXIAL) {
+        ty = ty + v->rope_offset;
+        tx = tx + v->rope_offset;
+        if (v->rope_ref_h || v->rope_ref_w) { /* a reference grid: as timm, 0 on a side zeroes that axis */
+            ty = ty / (float)gh * (float)v->rope_ref_h;
+            tx = tx / (float)gw * (float)v->rope_ref_w;
+        }
+    }
+    *c0 = v->rope_xy ? tx : ty;
+    *c1 = v->rope_xy ? ty : tx;
+}
+
+/* The axial table for a gh x gw grid (timm build_rotary_pos_embed, in_pixels=False): head_dim/4
+   bands 1 / temperature^(i / (head_dim/4)); channel pair j turns by coordinate j / (head_dim/4)
+   times band j % (head_dim/4); both channels of a pair share the angle. cos rows, then sin rows. */
+static void lmv__vit_rope_axial(const lmv__vit *v, int gh, int gw, float *tab) {
+    int hd = v->dim / v->heads, nb = hd / 4, np = gh * gw, n, j;
+    float *sn = tab + (size_t)np * hd;
+    for (n = 0; n < np; n++) {
+        float c[2];
+        lmv__vit_rope_coords(v, n, gh, gw, &c[0], &c[1]);
+        for (j = 0; j < hd / 2; j++) {
+            float band = 1.0f / powf(v->rope_temp, (float)(j % nb) / (float)nb);
+            float a = c[j / nb] * band;
+            tab[(size_t)n * hd + 2 * j] = tab[(size_t)n * hd + 2 * j + 1] = (float)cos((double)a);
+            sn[(size_t)n * hd + 2 * j] = sn[(size_t)n * hd + 2 * j + 1] = (float)sin((double)a);
+        }
+    }
+}
+
+/* The DINOv3 table for a gh x gw grid (timm RotaryEmbeddingDinoV3, coordinates normalised per side):
+   coordinate c = 2 (i + 0.5 + offset) / side - 1, row then column; head_dim/4 periods
+   T^(2k / (head_dim/2)); angle 2 pi c / period; with vit.rope_half the head_dim/2 angles are tiled
+   twice over the channels, else each is repeated for its channel pair. cos rows, then sin rows. */
+static void lmv__vit_rope_dinov3(const lmv__vit *v, int gh, int gw, float *tab) {
+    int hd = v->dim / v->heads, nb = hd / 4, np = gh * gw, n, i;
+    float *sn = tab + (size_t)np * hd;
+    for (n = 0; n < np; n++) {
+        float c[2];
+        c[0] = ((float)(n / gw) + 0.5f + v->rope_offset) / (float)gh;
+        c[1] = ((float)(n % gw) + 0.5f + v->rope_offset) / (float)gw;
+        c[0] = 2.0f * c[0] - 1.0f;
+        c[1] = 2.0f * c[1] - 1.0f;
+        for (i = 0; i < hd; i++) {
+            int j = v->rope_half ? i % (hd / 2) : i / 2; /* the angle this channel turns by */
+            float period = powf(v->rope_temp, 2.0f * (float)(j % nb) / (float)(hd / 2));
+            float a = (float)(2.0 * 3.14159265358979323846) * c[j / nb] / period;
+            tab[(size_t)n * hd + i] = cosf(a);
+            sn[(size_t)n * hd + i] = sinf(a);
+        }
+    }
+}
+
+/* The mixed table of one block (timm get_mixed_freqs): pair j of head h turns by
+   c0 * fx[h][j] + c1 * fy[h][j], the block's learned frequencies. [heads][np][hd] cos, then sin;
+   the forward pass fills every block's before the batch. */
+static void lmv__vit_rope_mixed(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int gh, int gw,
+                                float *tab) {
+    int hd = v->dim / v->heads, np = gh * gw, hn, j;
+    size_t half = (size_t)v->heads * np * hd;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(j) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, v->heads * np, 8 * hd))
+#endif
+    for (hn = 0; hn < v->heads * np; hn++) { /* head hn / np, patch hn % np */
+        int h = hn / np, n = hn % np;
+        float c0, c1;
+        float *co = tab + (size_t)hn * hd;
+        lmv__vit_rope_coords(v, n, gh, gw, &c0, &c1);
+        for (j = 0; j < hd / 2; j++) {
+            float a = c0 * blk->rope_fx[(size_t)h * (hd / 2) + j] + c1 * blk->rope_fy[(size_t)h * (hd / 2) + j];
+            co[2 * j] = co[2 * j + 1] = cosf(a);
+            co[half + 2 * j] = co[half + 2 * j + 1] = sinf(a);
+        }
+    }
+    (void)ctx;
+}
+
+/* Rotary position embedding in place on the patch rows of q [T][ldq] and k (timm
+   apply_rot_embed_cat): x cos + rot(x) sin, rot turning channel pairs (x0, x1) -> (-x1, x0), or with
+   vit.rope_half the halves (a, b) -> (-b, a). Prefix tokens (class, register) are left as they are. */
+static void lmv__vit_rope(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, float *q, size_t ldq,
+                          float *k, size_t ldk, lmv__vit_bufs *b) {
+    int hd = v->dim / v->heads, H = v->heads, np = b->gh * b->gw, n, h, i, hh = hd / 2;
+    int mixed = v->rope == LMV__ROPE_MIXED;
+    size_t half = (size_t)np * hd * (mixed ? H : 1);
+    const float *tab = b->rope + (mixed ? (size_t)(blk - v->blocks) * 2 * half : 0);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(h, i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, np, 2 * v->dim))
+#endif
+    for (n = 0; n < np; n++) {
+        for (h = 0; h < 2 * H; h++) { /* q's heads, then k's */
+            float *x = h < H ? q + (size_t)(n + v->prefix) * ldq + (size_t)h * hd
+                             : k + (size_t)(n + v->prefix) * ldk + (size_t)(h - H) * hd;
+            const float *co = tab + ((mixed ? (size_t)(h % H) * np : 0) + n) * hd, *si = co + half;
+            for (i = 0; i < hh; i++) {
+                int a0 = v->rope_half ? i : 2 * i, a1 = v->rope_half ? i + hh : 2 * i + 1;
+                float x0 = x[a0], x1 = x[a1];
+                x[a0] = x0 * co[a0] + -x1 * si[a0];
+                x[a1] = x1 * co[a1] + x0 * si[a1];
+            }
+        }
+    }
+    (void)ctx;
+}
+
 /* The input of a residual branch: norm(x) into xn for pre-norm blocks, x itself otherwise. */
 static const float *lmv__vit_branch_in(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *nw, const float *nb,
                                        lmv__vit_bufs *b) {
@@ -3962,6 +4136,8 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
         a.k = b->hidden;
         a.ldq = a.ldk = (size_t)D;
     }
+    if (v->rope) /* on q and k after any qk-norm, as timm's EvaAttention */
+        lmv__vit_rope(ctx, v, blk, blk->q_norm_w ? b->xn : b->qkv, a.ldq, blk->q_norm_w ? b->hidden : b->qkv + D, a.ldk, b);
     a.out = b->attn;
     a.ldo = (size_t)D;
     a.scale = v->scale;
@@ -4054,6 +4230,10 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     /* the position embedding for this grid, once for the whole batch (its resampling scratch
        shares memory with the patch rows, which are only filled later) */
     if (v->abs_pos) lmv__vit_pos_embed(v, gh, gw, &b);
+    if (v->rope == LMV__ROPE_AXIAL) lmv__vit_rope_axial(v, gh, gw, b.rope);
+    if (v->rope == LMV__ROPE_DINOV3) lmv__vit_rope_dinov3(v, gh, gw, b.rope);
+    for (i = 0; v->rope == LMV__ROPE_MIXED && i < v->depth; i++) /* every block's table, once for the batch */
+        lmv__vit_rope_mixed(ctx, v, &v->blocks[i], gh, gw, b.rope + (size_t)i * 2 * np * D);
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;

@@ -223,7 +223,8 @@ def finalize(model, ctx):
         meta[k] = cfg[k]
     meta.update(pre)
     for k in FAMILY_KEYS[model.arch]:
-        meta[k] = cfg[k]
+        if k in cfg:   # a family's optional keys (vit.rope*) are written only by the models that use them
+            meta[k] = cfg[k]
     assumed = assumed_keys(model, meta, ctx)
     if assumed:
         meta["convert.assumed"] = list(assumed)
@@ -277,6 +278,12 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
             opts.append("attn_scale %g" % c["vit.attn_scale"])
         opts.append("pos_interp %s" % c["vit.pos_interp"])
         lines.append("graph       " + ", ".join(opts))
+        if c.get("vit.rope", "none") != "none":   # rotary position embedding (families/eva.py)
+            keys = {"mixed": ("rope", "rope_indexing", "rope_half"),
+                    "dinov3": ("rope", "rope_temperature", "rope_offset", "rope_half")}.get(
+                c["vit.rope"], ("rope", "rope_temperature", "rope_ref_grid", "rope_offset", "rope_indexing", "rope_half"))
+            lines.append("rope        on q and k of the patch tokens: " +
+                         " ".join("vit.%s=%s" % (k, _value_text(c["vit." + k])) for k in keys))
     lines.append("head        %d classes, %d features; labels: %s" % (c["num_classes"], c["num_features"], labels_src))
     lines.append("params      {:,} in {} tensors".format(n_params, len(model.tensors)))
     resize = "resize %d" % c["pre.resize"] if c["pre.resize"] else "resize to crop size"

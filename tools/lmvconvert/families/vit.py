@@ -230,12 +230,17 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     idx = _block_indices(sd)
     rel_pos = vit_rel_pos_kind(sd, idx)
     rel_key = "blocks.0.attn." + REL_TABLE if rel_pos in ("block", "both") else SHARED_REL_TABLE
-    if pos is None and rel_pos == "none":
-        raise ConvertError("ViT without an absolute pos_embed (e.g. RoPE models) is not supported")
+    rope = st.get("vit.rope", "none")
+    if pos is None and rel_pos == "none" and rope == "none":
+        raise ConvertError("ViT without an absolute pos_embed or relative position bias: if it is a RoPE model, "
+                           "say so with --set vit.rope=axial|mixed")
     img_set = st.get("img_size")
     grid = None
     no_embed_class = st.get("vit.no_embed_class")
-    if pos is None:
+    if pos is None and rel_pos == "none":
+        from .eva import rope_grid   # a RoPE ViT without pos_embed: its grid is only the default input size
+        grid, no_embed_class, P = rope_grid(st, ph, pwid, prefix)
+    elif pos is None:
         # BEiT without pos_embed (use_abs_pos_emb=False): the grid from the settings or the table's rows
         rows = sd[rel_key].shape[0] if sd[rel_key].ndim == 2 else 0
         if st.get("vit.pos_grid"):
@@ -521,6 +526,11 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         raise ConvertError("vit.class_last=1 is only supported with a single class token covered by pos_embed")
     if cfg["vit.norm_first"] == 0 and (norm_pre or layer_scale):
         raise ConvertError("post-norm blocks (vit.norm_first=0) with norm_pre / layer scale are not supported")
+    if rope != "none":
+        from .eva import rope_config
+        cfg.update(rope_config(ctx, sd, take, T, D, heads, depth, rel_pos))
+    elif "rope.freqs" in sd:
+        raise ConvertError("rope.freqs (mixed RoPE's learned frequencies) is in the checkpoint but vit.rope=none")
     # structural settings stated by a mapping file / --set must agree with the tensors
     for k in sorted(VIT_STRUCTURAL):
         if st.explicit(k) and k in cfg and k not in ("num_classes",):
@@ -651,6 +661,9 @@ def vit_metadata_settings(sd, ctx):
 
 @detector("vit", "timm/DeiT ViT")
 def detect_timm_vit(sd, ctx):
+    from .eva import eva_layout
+    if eva_layout(sd, ctx) is not None:
+        return None   # timm eva.py layouts: families/eva.py
     has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
     # BEiT (timm beit.py, microsoft/unilm beit): q_bias/v_bias, relative position bias tables, and
     # often no absolute pos_embed

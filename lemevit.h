@@ -3499,7 +3499,15 @@ typedef struct lmv__vit {
     lmv__mat map_q_w, map_kv_w, map_proj_w, map_fc1_w, map_fc2_w;
     lmv__mat proj_w;
     lmv__vit_block *blocks;
+    struct lmv__vit_relmlp *rel_mlps; /* vit.rel_pos mlp_block: [depth], mlp_shared: [1]; else NULL */
+    int rel_mlp, rel_mlp_swin, rel_mlp_hidden; /* 1 per block, 2 shared; timm's 'swin' mode; fc1's width */
 } lmv__vit;
+
+/* timm's RelPosMlp: fc1 [hidden][2] (+bias), ReLU, fc2 [heads][hidden] (+bias) over log-spaced (dy, dx). */
+typedef struct lmv__vit_relmlp {
+    const float *fc1_b, *fc2_b;
+    lmv__mat fc1_w, fc2_w;
+} lmv__vit_relmlp;
 
 /* A block's optional norms, present when the file has their tensors: qk-norm (q_norm and k_norm,
    LayerNorm over head_dim; one without the other is refused), attn.norm and mlp.norm. */
@@ -3558,15 +3566,16 @@ static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) 
 }
 
 /* Rows of a BEiT relative position bias table: every (dy, dx) offset of the trained grid plus
-   three for the class token (class to patch, patch to class, class to class). */
-static int lmv__vit_rel_rows(const lmv__vit *v) { return (2 * v->pos_gh - 1) * (2 * v->pos_gw - 1) + 3; }
+   three for the class token (class to patch, patch to class, class to class) when there is one
+   (timm's RelPosBias without a class token has none). */
+static int lmv__vit_rel_rows(const lmv__vit *v) { return (2 * v->pos_gh - 1) * (2 * v->pos_gw - 1) + 3 * v->class_token; }
 
 /* vit.rel_pos: the shared table when there is one, and the table row of every (query, key) pair of
    the trained grid with its class token first, as timm's beit.py gen_relative_position_index:
    patch (y1, x1) to patch (y2, x2) reads row (y1 - y2 + gh - 1) * (2gw - 1) + (x1 - x2 + gw - 1). */
 static lmv_result lmv__vit_bind_rel_pos(lmv_model *m, lmv__vit *v, lmv_error *err) {
     lmv_result r;
-    int G = v->pos_gh * v->pos_gw, T = G + 1, rows = lmv__vit_rel_rows(v), i, j;
+    int G = v->pos_gh * v->pos_gw, c = v->class_token, T = G + c, rows = lmv__vit_rel_rows(v), i, j;
     if ((size_t)v->pos_gh * v->pos_gw > 4096)
         return lmv__fail(err, LMV_ERR_LIMIT, "vit.rel_pos over a %dx%d grid: at most 4096 patches are supported",
                          v->pos_gh, v->pos_gw);
@@ -3578,8 +3587,9 @@ static lmv_result lmv__vit_bind_rel_pos(lmv_model *m, lmv__vit *v, lmv_error *er
     for (i = 0; i < G; i++)
         for (j = 0; j < G; j++) {
             int dy = i / v->pos_gw - j / v->pos_gw + v->pos_gh - 1, dx = i % v->pos_gw - j % v->pos_gw + v->pos_gw - 1;
-            v->rel_index[(size_t)(i + 1) * T + j + 1] = dy * (2 * v->pos_gw - 1) + dx;
+            v->rel_index[(size_t)(i + c) * T + j + c] = dy * (2 * v->pos_gw - 1) + dx;
         }
+    if (!c) return LMV_OK;
     for (j = 1; j < T; j++) v->rel_index[j] = rows - 3;             /* class token to patch */
     for (i = 1; i < T; i++) v->rel_index[(size_t)i * T] = rows - 2; /* patch to class token */
     v->rel_index[0] = rows - 1;
@@ -3597,6 +3607,34 @@ static void lmv__vit_rel_bias(const lmv__vit *v, const lmv__vit_block *blk, int 
         else
             for (p = 0; p < n; p++) o[p] = (blk->rel_table ? blk->rel_table : v->rel_shared)[(size_t)v->rel_index[p] * H + h];
     }
+}
+
+/* vit.rel_pos mlp_block / mlp_shared: timm's RelPosMlp, one per block
+   ("blocks.N.attn.rel_pos.mlp.fc1/fc2") or one for all ("shared_rel_pos.mlp.fc1/fc2"); its hidden
+   width comes from the first fc1. */
+static lmv_result lmv__vit_bind_rel_mlp(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int n = v->rel_mlp == 1 ? v->depth : 1, i;
+    const char *first = v->rel_mlp == 1 ? "blocks.0.attn.rel_pos.mlp.fc1.weight" : "shared_rel_pos.mlp.fc1.weight";
+    const lmv__tensor *t = lmv__find_tensor(m, first);
+    if (!t) return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "tensor '%s' is missing from the weight file", first);
+    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[0] > (1 << 16) || t->shape[1] != 2)
+        return lmv__fail(err, LMV_ERR_SHAPE, "tensor '%s' must be 2-D [hidden][2]", first);
+    v->rel_mlp_hidden = t->shape[0];
+    if (n < 1) return LMV_OK;
+    v->rel_mlps = (lmv__vit_relmlp *)lmv__alloc(&m->allocator, sizeof(lmv__vit_relmlp) * (size_t)n);
+    if (!v->rel_mlps) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the relative position MLPs");
+    memset(v->rel_mlps, 0, sizeof(lmv__vit_relmlp) * (size_t)n);
+    for (i = 0; i < n; i++) {
+        lmv__vit_relmlp *q = &v->rel_mlps[i];
+        char base[64];
+        if (v->rel_mlp == 1) lmv__name(base, sizeof base, "blocks.%d.attn.rel_pos.mlp", i);
+        else lmv__name(base, sizeof base, "shared_rel_pos.mlp");
+        if ((r = lmv__bind_linear(m, 0, v->rel_mlp_hidden, 2, &q->fc1_w, &q->fc1_b, err, "%s.fc1", base)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, v->heads, v->rel_mlp_hidden, &q->fc2_w, &q->fc2_b, err, "%s.fc2", base)) != LMV_OK)
+            return r;
+    }
+    return LMV_OK;
 }
 
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
@@ -3673,11 +3711,18 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!strcmp(s, "block")) v->rel_pos = 1;
     else if (!strcmp(s, "shared_table")) v->rel_pos = 2;
     else if (!strcmp(s, "both")) v->rel_pos = 3;
-    else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_pos '%s' is not one of none, block, shared_table, both", s);
-    if (v->rel_pos && (!v->class_token || v->dist_token || v->reg_tokens || v->class_last))
+    else if (strcmp(s, "none") && strcmp(s, "mlp_block") && strcmp(s, "mlp_shared"))
         return lmv__fail(err, LMV_ERR_UNSUPPORTED,
-                         "vit.rel_pos (BEiT relative position bias) needs exactly one class token, first, and no "
+                         "vit.rel_pos '%s' is not one of none, block, shared_table, both, mlp_block, mlp_shared", s);
+    else if (!strcmp(s, "mlp_block")) v->rel_mlp = 1;
+    else if (!strcmp(s, "mlp_shared")) v->rel_mlp = 2;
+    if ((v->rel_pos || v->rel_mlp) && (v->dist_token || v->reg_tokens || v->class_last))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.rel_pos (relative position bias) allows at most one class token, first, and no "
                          "distillation or register tokens");
+    s = lmv__meta_string(m, "vit.rel_mlp", "cr");
+    if (!strcmp(s, "swin")) v->rel_mlp_swin = 1;
+    else if (strcmp(s, "cr")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_mlp '%s' is not one of cr, swin", s);
     s = lmv__meta_string(m, "vit.pos_interp", "bicubic");
     if (!strcmp(s, "bicubic")) v->pos_interp = LMV__RS_BICUBIC;
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
@@ -3705,6 +3750,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         if (v->abs_pos && (r = lmv__weight(m, "pos_embed", 0, 3, shape3, &v->pos_embed, err)) != LMV_OK) return r;
     }
     if (v->rel_pos && (r = lmv__vit_bind_rel_pos(m, v, err)) != LMV_OK) return r;
+    if (v->rel_mlp && (r = lmv__vit_bind_rel_mlp(m, v, err)) != LMV_OK) return r;
     (void)patch_k;
     if ((r = lmv__bind_norm(m, 1, D, &v->patch_norm_w, &v->patch_norm_b, err, "patch_embed.norm")) != LMV_OK ||
         (r = lmv__bind_norm(m, 1, D, &v->norm_pre_w, &v->norm_pre_b, err, "norm_pre")) != LMV_OK ||
@@ -3755,6 +3801,7 @@ static void lmv__vit_unbind(lmv_model *m) {
     if (!v) return;
     lmv__free(&m->allocator, v->blocks);
     lmv__free(&m->allocator, v->rel_index);
+    lmv__free(&m->allocator, v->rel_mlps);
     lmv__free(&m->allocator, v);
     m->graph = NULL;
 }
@@ -3774,6 +3821,9 @@ typedef struct lmv__vit_bufs {
     float *tmp;     /* = patches: the pos-embed resampling scratch, used before patchify */
     float *pooled;  /* [3 * max(D, F) + 2 * classes] features (2 rows if distilled), pre-logits, logits */
     float *relb;    /* [heads][T][T] the block's relative position bias (vit.rel_pos only) */
+    float *rtab;    /* [MLPs][R][heads] each RelPosMlp's output for this grid's R = (2gh-1)(2gw-1) offsets */
+    float *rcoord;  /* [R][2] its log-spaced (dy, dx) inputs, then [R][hidden] its hidden rows */
+    int gh, gw;     /* the patch grid these buffers are laid out for */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3784,6 +3834,8 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     int fc1 = v->glu ? 2 * v->hidden : v->hidden;
     c.base = base;
     c.used = 0;
+    b->gh = gh;
+    b->gw = gw;
     b->x = lmv__carve(&c, T * D);
     b->xn = lmv__carve(&c, T * D);
     b->qkv = lmv__carve(&c, T * 3 * D);
@@ -3797,7 +3849,12 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
     b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
                                    3 * (size_t)v->proj);
-    b->relb = v->rel_pos ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
+    b->relb = v->rel_pos || v->rel_mlp ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
+    if (v->rel_mlp) {
+        size_t R = (size_t)(2 * gh - 1) * (2 * gw - 1);
+        b->rtab = lmv__carve(&c, (size_t)(v->rel_mlp == 1 ? v->depth : 1) * R * v->heads);
+        b->rcoord = lmv__carve(&c, R * (size_t)(2 + v->rel_mlp_hidden));
+    }
     return c.used;
 }
 
@@ -3813,6 +3870,12 @@ static lmv_result lmv__vit_plan(const lmv_model *m, int threads, int h, int w, s
                          "input %dx%d: this model's relative position bias tables are for its trained %dx%d input "
                          "only; resize the image to %dx%d", h, w, v->pos_gh * v->ph, v->pos_gw * v->pw,
                          v->pos_gh * v->ph, v->pos_gw * v->pw);
+    if (v->rel_mlp && (size_t)gh * gw > 4096)
+        return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d: the relative position bias allows at most 4096 patches", h, w);
+    if (v->rel_mlp && v->rel_mlp_swin && (gh < 2 || gw < 2))
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                         "input %dx%d: this model's relative position MLP ('swin' coordinates) needs at least 2x2 "
+                         "patches of %dx%d; give a larger image", h, w, v->ph, v->pw);
     *floats = lmv__vit_layout(v, gh, gw, threads, NULL, &b);
     return LMV_OK;
 }
@@ -3937,6 +4000,59 @@ static void lmv__vit_branch_out(const lmv__ctx *ctx, const lmv__vit *v, int T, c
     if (v->norm_at == LMV__NORM_POST) lmv__layernorm(ctx, b->x, b->x, T, D, nw, nb, v->eps);
 }
 
+/* A RelPosMlp's bias [heads][T][T] for the gh x gw grid from its outputs tab [R][heads]: patch
+   (yi, xi) to patch (yj, xj) reads row (yi - yj + gh - 1) * (2gw - 1) + xi - xj + gw - 1; the class
+   token's row and column are zero (timm pads the bias for prefix tokens). */
+static void lmv__vit_rel_mlp_bias(const lmv__vit *v, const float *tab, int gh, int gw, float *bias) {
+    int c = v->class_token, G = gh * gw, T = G + c, H = v->heads, h, i, j;
+    size_t n = (size_t)T * T;
+    for (h = 0; h < H; h++) {
+        float *o = bias + (size_t)h * n;
+        if (c) {
+            for (j = 0; j < T; j++) o[j] = 0.0f;
+            for (i = 1; i < T; i++) o[(size_t)i * T] = 0.0f;
+        }
+        for (i = 0; i < G; i++) {
+            int yi = i / gw, xi = i % gw;
+            float *row = o + (size_t)(i + c) * T + c;
+            for (j = 0; j < G; j++)
+                row[j] = tab[(size_t)((yi - j / gw + gh - 1) * (2 * gw - 1) + xi - j % gw + gw - 1) * H + h];
+        }
+    }
+}
+
+/* The RelPosMlp outputs for the buffers' grid into b->rtab [MLPs][R][heads], as timm's
+   gen_relative_log_coords and RelPosMlp.get_bias: row (dy + gh - 1) * (2gw - 1) + dx + gw - 1 is
+   the offset (dy, dx), each coordinate d mapped by mode 'cr' to sign(d) ln(1 + |d|), by 'swin' to
+   e = 8 d / (g - 1), sign(e) log2(1 + |e|) / 3; then fc1, ReLU, fc2 and for 'swin' 16 sigmoid.
+   A shared MLP's bias is the same for every block: expanded once here into b->relb. */
+static void lmv__vit_rel_mlp_tables(const lmv__ctx *ctx, const lmv__vit *v, lmv__vit_bufs *b) {
+    int gh = b->gh, gw = b->gw, R = (2 * gh - 1) * (2 * gw - 1), n = v->rel_mlp == 1 ? v->depth : 1, H = v->heads, r, i, k;
+    float *hid = b->rcoord + (size_t)2 * R;
+    size_t p;
+    for (r = 0; r < R; r++)
+        for (k = 0; k < 2; k++) {
+            float d = (float)(k ? r % (2 * gw - 1) - (gw - 1) : r / (2 * gw - 1) - (gh - 1)), a;
+            if (v->rel_mlp_swin) {
+                d = d / (float)((k ? gw : gh) - 1);
+                d *= 8.0f;
+                a = log2f(1.0f + fabsf(d)) / 3.0f;
+            } else {
+                a = logf(1.0f + fabsf(d));
+            }
+            b->rcoord[2 * r + k] = d > 0.0f ? a : d < 0.0f ? -a : 0.0f;
+        }
+    for (i = 0; i < n; i++) {
+        const lmv__vit_relmlp *q = &v->rel_mlps[i];
+        float *t = b->rtab + (size_t)i * R * H;
+        lmv__linear_act(ctx, hid, b->rcoord, R, 2, v->rel_mlp_hidden, q->fc1_w, q->fc1_b, LMV__ACT_RELU);
+        lmv__linear(ctx, t, hid, R, v->rel_mlp_hidden, H, q->fc2_w, q->fc2_b);
+        if (v->rel_mlp_swin)
+            for (p = 0; p < (size_t)R * H; p++) t[p] = 16.0f / (1.0f + expf(-t[p]));
+    }
+    if (v->rel_mlp == 2) lmv__vit_rel_mlp_bias(v, b->rtab, gh, gw, b->relb);
+}
+
 /* One encoder block, the norms placed by v->norm_at (see lmv__norm_at):
      attention: qkv = Linear(in); softmax(q k^T * scale) v; proj, residual
      MLP:       fc1, act, fc2, residual */
@@ -3968,6 +4084,12 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     a.probs = probs;
     if (v->rel_pos) {
         lmv__vit_rel_bias(v, blk, T, b->relb);
+        a.bias = b->relb;
+    }
+    if (v->rel_mlp) { /* mlp_shared: b->relb was filled for the whole run */
+        if (v->rel_mlp == 1)
+            lmv__vit_rel_mlp_bias(v, b->rtab + (size_t)(blk - v->blocks) * (2 * b->gh - 1) * (2 * b->gw - 1) * v->heads,
+                                  b->gh, b->gw, b->relb);
         a.bias = b->relb;
     }
     lmv__attention(ctx, &a);
@@ -4053,6 +4175,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     /* the position embedding for this grid, once for the whole batch (its resampling scratch
        shares memory with the patch rows, which are only filled later) */
     if (v->abs_pos) lmv__vit_pos_embed(v, gh, gw, &b);
+    if (v->rel_mlp) lmv__vit_rel_mlp_tables(ctx, v, &b); /* the relative position MLPs for this grid, once */
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;

@@ -21,7 +21,7 @@ VIT_KEYS = OrderedDict([
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
     ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"), ("vit.abs_pos", "i"),
-    ("vit.rel_pos", "s"),
+    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
@@ -29,8 +29,10 @@ register_family("vit", VIT_KEYS, choices={
     "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post"),
-    "vit.rel_pos": ("none", "block", "shared_table", "both"),
+    "vit.rel_pos": ("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
+    "vit.rel_mlp": ("cr", "swin"),
 }, assumable=[
+    ("img_size", "--img-size H W"),
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
     ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu|silu"),
@@ -42,7 +44,7 @@ register_family("vit", VIT_KEYS, choices={
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
                   "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "vit.abs_pos",
-                  "vit.rel_pos", "in_chans",
+                  "vit.rel_pos", "vit.rel_mlp", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
@@ -130,21 +132,45 @@ def vit_rel_pos_kind(sd, idx):
         (bool(have) and all(have), shared)]
 
 
+REL_MLP = "rel_pos.mlp."
+SHARED_REL_MLP = "shared_rel_pos.mlp."
+
+
+def vit_rel_mlp_kind(sd, idx):
+    """timm vision_transformer_relpos's RelPosMlp as the tensors show it: "none", "mlp_block"
+    (blocks.N.attn.rel_pos.mlp.*) or "mlp_shared" (shared_rel_pos.mlp.*), and its mode: "cr"
+    (fc2 has a bias) or "swin" (fc2 without bias, 16 * sigmoid)."""
+    have = ["blocks.%d.attn.%sfc1.weight" % (i, REL_MLP) in sd for i in idx]
+    if any(have) and not all(have):
+        raise ConvertError("blocks differ in relative position MLP: blocks.N.attn.%sfc1.weight is present in only "
+                           "some blocks (missing in %s)" % (REL_MLP, [i for i, h in zip(idx, have) if not h][:8]))
+    shared = SHARED_REL_MLP + "fc1.weight" in sd
+    if shared and any(have):
+        raise ConvertError("both a shared relative position MLP (shared_rel_pos.mlp) and per-block ones: timm "
+                           "builds one or the other")
+    if not shared and not any(have):
+        return "none", None
+    pre = SHARED_REL_MLP if shared else "blocks.%d.attn.%s" % (idx[0], REL_MLP)
+    return ("mlp_shared" if shared else "mlp_block"), ("cr" if pre + "fc2.bias" in sd else "swin")
+
+
 def vit_rel_grid_of_rows(rows):
     """The square patch grid whose BEiT table has `rows` rows ((2g-1)^2 + 3), or None."""
     r = _isqrt_exact(rows - 3) if rows > 3 else None
     return (r + 1) // 2 if r and r % 2 else None
 
 
-def vit_rel_index(gh, gw):
+def vit_rel_index(gh, gw, cls=1):
     """timm beit.py gen_relative_position_index: the table row of each (query, key) token pair of a
-    gh x gw grid with the class token first, flat row-major over ((gh*gw+1), (gh*gw+1))."""
-    G, T = gh * gw, gh * gw + 1
-    rows = (2 * gh - 1) * (2 * gw - 1) + 3
+    gh x gw grid with the class token first (if cls), flat row-major over ((gh*gw+cls), (gh*gw+cls))."""
+    G, T = gh * gw, gh * gw + cls
+    rows = (2 * gh - 1) * (2 * gw - 1) + 3 * cls
     out = [0] * (T * T)
     for i in range(G):
         for j in range(G):
-            out[(i + 1) * T + j + 1] = (i // gw - j // gw + gh - 1) * (2 * gw - 1) + (i % gw - j % gw + gw - 1)
+            out[(i + cls) * T + j + cls] = (i // gw - j // gw + gh - 1) * (2 * gw - 1) + (i % gw - j % gw + gw - 1)
+    if not cls:
+        return out
     for j in range(1, T):
         out[j] = rows - 3
     for i in range(1, T):
@@ -230,12 +256,30 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     idx = _block_indices(sd)
     rel_pos = vit_rel_pos_kind(sd, idx)
     rel_key = "blocks.0.attn." + REL_TABLE if rel_pos in ("block", "both") else SHARED_REL_TABLE
-    if pos is None and rel_pos == "none":
+    rel_mlp, rel_mlp_mode = vit_rel_mlp_kind(sd, idx) if idx else ("none", None)
+    if rel_mlp != "none" and rel_pos != "none":
+        raise ConvertError("both relative position bias tables and a relative position MLP: timm builds one or the other")
+    if rel_mlp != "none":
+        ctx.notes.append("relative position MLP (timm RelPosMlp, %s, mode '%s')"
+                         % ("one per block" if rel_mlp == "mlp_block" else "shared", rel_mlp_mode))
+    if pos is None and rel_pos == "none" and rel_mlp == "none":
         raise ConvertError("ViT without an absolute pos_embed (e.g. RoPE models) is not supported")
     img_set = st.get("img_size")
     grid = None
     no_embed_class = st.get("vit.no_embed_class")
-    if pos is None:
+    if pos is None and rel_mlp != "none":
+        # the MLP has no size: the grid from the settings, else timm's default 224x224 input (assumed)
+        img_set = img_set or (224, 224)
+        if st.get("vit.pos_grid"):
+            grid = tuple(st.get("vit.pos_grid"))
+        elif img_set[0] % ph == 0 and img_set[1] % pwid == 0:
+            grid = (img_set[0] // ph, img_set[1] // pwid)
+        else:
+            raise ConvertError("img_size %s is not a whole number of %dx%d patches; give --img-size H W"
+                               % (list(img_set or []), ph, pwid))
+        no_embed_class = 0
+        P = grid[0] * grid[1] + prefix
+    elif pos is None:
         # BEiT without pos_embed (use_abs_pos_emb=False): the grid from the settings or the table's rows
         rows = sd[rel_key].shape[0] if sd[rel_key].ndim == 2 else 0
         if st.get("vit.pos_grid"):
@@ -281,28 +325,53 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     no_embed_class = int(bool(no_embed_class)) if prefix else 0
     if pos is not None:
         T["pos_embed"] = pos
+    if rel_mlp != "none" or (rel_pos != "none" and source == "relpos"):
+        if dist is not None or R:
+            raise ConvertError("a relative position bias (timm vision_transformer_relpos) allows one class token "
+                               "at most, and no distillation or register tokens")
+    if rel_mlp != "none":
+        pre = [SHARED_REL_MLP] if rel_mlp == "mlp_shared" else ["blocks.%d.attn.%s" % (i, REL_MLP) for i in idx]
+        hid = take(pre[0] + "fc1.weight", (None, 2)).shape[0]
+        heads_mlp = take(pre[0] + "fc2.weight", (None, hid)).shape[0]
+        for p in pre:
+            T[p + "fc1.weight"] = take(p + "fc1.weight", (hid, 2))
+            T[p + "fc1.bias"] = bias(p + "fc1.bias", hid)
+            T[p + "fc2.weight"] = take(p + "fc2.weight", (heads_mlp, hid))
+            if (p + "fc2.bias" in sd) != (rel_mlp_mode == "cr"):
+                raise ConvertError("%sfc2.bias: the relative position MLPs differ in mode (timm's 'cr' has an fc2 "
+                                   "bias, 'swin' none)" % p)
+            if rel_mlp_mode == "cr":
+                T[p + "fc2.bias"] = take(p + "fc2.bias", (heads_mlp,))
+            for buf in ("relative_position_index", "rel_coords_log"):   # recomputed for the run grid
+                k = p[:-len("mlp.")] + buf
+                if k in sd:
+                    used.add(k)
+                    ctx.notes.append("%s: a buffer recomputed for the input size, not written" % k)
     if rel_pos != "none":
-        if cls is None or dist is not None or R:
+        if source != "relpos" and (cls is None or dist is not None or R):
             raise ConvertError("a relative position bias table (BEiT) needs exactly one class token and no "
                                "distillation or register tokens")
-        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+        ncls = 1 if cls is not None else 0
+        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3 * ncls
         want_index = None
         for key in ([SHARED_REL_TABLE] if rel_pos in ("shared_table", "both") else []) + \
                 (["blocks.%d.attn.%s" % (i, REL_TABLE) for i in idx] if rel_pos in ("block", "both") else []):
             t = sd[key]
             if t.ndim == 2 and t.shape[0] != rows:
-                raise ConvertError("%s has %d rows; the %dx%d patch grid needs (2*%d-1)*(2*%d-1)+3 = %d (timm's "
+                raise ConvertError("%s has %d rows; the %dx%d patch grid needs (2*%d-1)*(2*%d-1)%s = %d (timm's "
                                    "resize of the table to another size is not supported)"
-                                   % (key, t.shape[0], grid[0], grid[1], grid[0], grid[1], rows))
+                                   % (key, t.shape[0], grid[0], grid[1], grid[0], grid[1], "+3" if ncls else "", rows))
             T[key] = take(key, (rows, None))
             ikey = key[:-len(REL_TABLE)] + "relative_position_index"
             if ikey in sd:   # official BEiT files store the index buffer; it is recomputed, so only checked
                 if want_index is None:
-                    want_index = vit_rel_index(grid[0], grid[1])
-                it = take(ikey, (grid[0] * grid[1] + 1,) * 2)
+                    want_index = vit_rel_index(grid[0], grid[1], ncls)
+                n_idx = grid[0] * grid[1] + ncls
+                it = take(ikey, (n_idx * n_idx,) if sd[ikey].ndim == 1 else (n_idx, n_idx))
                 if [int(x) for x in it.tolist(ikey)] != want_index:
-                    raise ConvertError("%s is not the relative position index of a %dx%d grid with a class token "
-                                       "(timm beit.py gen_relative_position_index)" % (ikey, grid[0], grid[1]))
+                    raise ConvertError("%s is not the relative position index of a %dx%d grid %s a class token "
+                                       "(timm gen_relative_position_index)"
+                                       % (ikey, grid[0], grid[1], "with" if ncls else "without"))
         for i in idx:   # an index buffer without its table has nothing to index
             k = "blocks.%d.attn.relative_position_index" % i
             if k in sd and k not in used:
@@ -443,6 +512,9 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if rel_pos != "none" and st.rank("vit.num_heads") <= 0:
         heads = T[rel_key].shape[1]   # the bias tables have one column per head
         ctx.determined.add("vit.num_heads")
+    if rel_mlp != "none" and st.rank("vit.num_heads") <= 0:
+        heads = heads_mlp   # the MLP gives one output per head
+        ctx.determined.add("vit.num_heads")
     if heads is None:
         heads = VIT_HEADS_BY_DIM.get(D) or (D // 64 if D % 64 == 0 else None)
         if heads is None:
@@ -455,6 +527,9 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if "qk_norm" in opt_norms and T["blocks.0.attn.q_norm.weight"].shape[0] != D // heads:
         raise ConvertError("blocks.0.attn.q_norm.weight has %d values but the head width is %d (%d heads); "
                            "pass --num-heads N" % (T["blocks.0.attn.q_norm.weight"].shape[0], D // heads, heads))
+    if rel_mlp != "none" and heads_mlp != heads:
+        raise ConvertError("%sfc2.weight has %d rows but the model has %d heads (one output per head)"
+                           % (pre[0], heads_mlp, heads))
     for k in T:
         if k.endswith(REL_TABLE) and T[k].shape[1] != heads:
             raise ConvertError("%s has %d columns but the model has %d heads (one column per head)"
@@ -512,7 +587,10 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.block"] = st.get("vit.block", "pre")
     cfg["vit.proj"] = E
     cfg["vit.abs_pos"] = int(pos is not None)
-    cfg["vit.rel_pos"] = rel_pos
+    cfg["vit.rel_pos"] = rel_mlp if rel_mlp != "none" else rel_pos
+    cfg["vit.rel_mlp"] = rel_mlp_mode or "cr"
+    if rel_mlp == "none" or pos is not None or st.rank("img_size") > 0:
+        ctx.determined.add("img_size")   # shown by pos_embed / the tables, or stated
     if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
         raise ConvertError("vit.block=res_post (timm ResPostBlock) has no layer scale and no separate "
                            "vit.norm_first=0 form; this checkpoint has %s"
@@ -558,6 +636,8 @@ def vit_name(cfg, source):
             (1280, 32): "huge", (512, 12): "medium"}.get((D, depth), "d%d_l%d" % (D, depth))
     if source == "beit":
         return "beit_%s_patch%d_%d" % (size, p, img)
+    if source == "relpos":
+        return "vit_relpos_%s_patch%d_%d" % (size, p, img)
     if source == "deit":
         return "deit%s_%s%s_patch%d_%d" % ("3" if cfg["vit.layer_scale"] else "", size,
                                            "_distilled" if cfg["vit.dist_token"] else "", p, img)
@@ -638,10 +718,11 @@ def vit_metadata_settings(sd, ctx):
     if "block_fn" in kw:
         b = kw["block_fn"]
         bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
-        if bname in ("Block", "ResPostBlock"):
-            s["vit.block"] = "pre" if bname == "Block" else "res_post"
+        if bname in ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock"):
+            s["vit.block"] = "pre" if bname in ("Block", "RelPosBlock") else "res_post"
         else:
-            refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock)")
+            refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock, RelPosBlock, "
+                   "ResPostRelPosBlock)")
     if isinstance(kw.get("pool_include_prefix"), bool):
         s["vit.pool_prefix"] = int(kw["pool_include_prefix"])
     if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
@@ -655,8 +736,13 @@ def detect_timm_vit(sd, ctx):
     # BEiT (timm beit.py, microsoft/unilm beit): q_bias/v_bias, relative position bias tables, and
     # often no absolute pos_embed
     beit = SHARED_REL_TABLE in sd or any(re.match(r"^blocks\.\d+\.attn\.(q_bias|%s)$" % REL_TABLE, k) for k in sd)
-    if "patch_embed.proj.weight" not in sd or not has_blocks or ("pos_embed" not in sd and not beit):
+    # timm vision_transformer_relpos: a RelPosBias table or RelPosMlp per block (attn.rel_pos.*) or
+    # shared (shared_rel_pos.*), no pos_embed
+    relpos = any(re.match(r"^(blocks\.\d+\.attn\.rel_pos|shared_rel_pos)\.", k) for k in sd)
+    if "patch_embed.proj.weight" not in sd or not has_blocks or ("pos_embed" not in sd and not beit and not relpos):
         return None
+    if relpos and not beit:
+        return detect_timm_relpos(sd, ctx)
     if "mask_token" in sd or "register_tokens" in sd:
         return None   # facebookresearch/dinov2 hub files (families/clip.py)
     deit3 = any(re.match(r"^blocks\.\d+\.gamma_[12]$", k) for k in sd)
@@ -701,6 +787,21 @@ def detect_timm_vit(sd, ctx):
     m.used = set(back[k] for k in m.used)
     if deit3:
         m.notes.append("%s gamma_1/gamma_2 renamed to ls1.gamma/ls2.gamma" % ("BEiT" if beit else "DeiT-III"))
+    return m
+
+
+def detect_timm_relpos(sd, ctx):
+    """timm's VisionTransformerRelPos (vit_relpos_* / vit_srelpos_*): its RelPosBias tables take
+    BEiT's names (blocks.N.attn.relative_position_bias_table, rel_pos_bias.* when shared), its
+    RelPosMlp keeps its own; inception mean/std 0.5, crop 0.9, bicubic as timm's configs."""
+    sd, back = _rename(sd, [
+        (r"^(blocks\.\d+\.attn)\.rel_pos\.(relative_position_bias_table|relative_position_index)$", r"\1.\2"),
+        (r"^shared_rel_pos\.(relative_position_bias_table|relative_position_index)$", r"rel_pos_bias.\1")])
+    ctx.settings.update("sidecar", vit_metadata_settings(sd, ctx))
+    defaults = dict(PRE_TIMM)
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_aa"})
+    m = build_vit(sd, ctx, "relpos", defaults)
+    m.used = set(back[k] for k in m.used)
     return m
 
 

@@ -3501,6 +3501,7 @@ typedef struct lmv__vit {
     lmv__vit_block *blocks;
     struct lmv__vit_relmlp *rel_mlps; /* vit.rel_pos mlp_block: [depth], mlp_shared: [1]; else NULL */
     int rel_mlp, rel_mlp_swin, rel_mlp_hidden; /* 1 per block, 2 shared; timm's 'swin' mode; fc1's width */
+    int parallel; /* vit.parallel: branches per block (timm ParallelThingsBlock), block i's in blocks[i * K + k] */
 } lmv__vit;
 
 /* timm's RelPosMlp: fc1 [hidden][2] (+bias), ReLU, fc2 [heads][hidden] (+bias) over log-spaced (dy, dx). */
@@ -3637,6 +3638,46 @@ static lmv_result lmv__vit_bind_rel_mlp(lmv_model *m, lmv__vit *v, lmv_error *er
     return LMV_OK;
 }
 
+/* vit.parallel K > 1: timm's ParallelThingsBlock. Block i has K attention branches
+   "blocks.i.attns.k.{norm, attn.qkv, attn.proj, ls.gamma}" (qk-norm and attn.norm optional) and K
+   MLP branches "blocks.i.ffns.k.{norm, mlp.fc1, mlp.fc2, ls.gamma}" (mlp.norm optional), bound into
+   v->blocks[i * K + k] as norm1 / attention / ls1 and norm2 / MLP / ls2. */
+static lmv_result lmv__vit_bind_parallel(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int i, k, K = v->parallel, D = v->dim, Hd = v->hidden, hd = v->dim / v->heads;
+    char a[48], f[48], name[96];
+    if (v->norm_at != LMV__NORM_PRE || v->rel_pos || v->rel_mlp)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.parallel (parallel branches per block) needs pre-norm blocks and no relative position bias");
+    for (i = 0; i < v->depth; i++)
+        for (k = 0; k < K; k++) {
+            lmv__vit_block *b = &v->blocks[i * K + k];
+            lmv__name(a, sizeof a, "blocks.%d.attns.%d", i, k);
+            lmv__name(f, sizeof f, "blocks.%d.ffns.%d", i, k);
+            if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "%s.norm", a)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, 3 * D, D, &b->qkv_w, &b->qkv_b, err, "%s.attn.qkv", a)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, D, D, &b->proj_w, &b->proj_b, err, "%s.attn.proj", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, hd, &b->q_norm_w, &b->q_norm_b, err, "%s.attn.q_norm", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, hd, &b->k_norm_w, &b->k_norm_b, err, "%s.attn.k_norm", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, D, &b->attn_norm_w, &b->attn_norm_b, err, "%s.attn.norm", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 0, D, &b->norm2_w, &b->norm2_b, err, "%s.norm", f)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, v->glu ? 2 * Hd : Hd, D, &b->fc1_w, &b->fc1_b, err, "%s.mlp.fc1", f)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "%s.mlp.fc2", f)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, Hd, &b->mlp_norm_w, &b->mlp_norm_b, err, "%s.mlp.norm", f)) != LMV_OK)
+                return r;
+            if (!b->q_norm_w != !b->k_norm_w || !b->q_norm_w != !b->q_norm_b || !b->k_norm_w != !b->k_norm_b ||
+                !b->attn_norm_w != !b->attn_norm_b || !b->mlp_norm_w != !b->mlp_norm_b)
+                return lmv__fail(err, LMV_ERR_MISSING_TENSOR,
+                                 "block %d branch %d has only part of a norm (q_norm and k_norm come together, each "
+                                 "with weight and bias): convert the checkpoint again", i, k);
+            lmv__name(name, sizeof name, "%s.ls.gamma", a);
+            if ((r = lmv__w1(m, 1, D, &b->ls1, err, name)) != LMV_OK) return r;
+            lmv__name(name, sizeof name, "%s.ls.gamma", f);
+            if ((r = lmv__w1(m, 1, D, &b->ls2, err, name)) != LMV_OK) return r;
+        }
+    return LMV_OK;
+}
+
 static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     lmv__vit *v;
     lmv_result r;
@@ -3668,6 +3709,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     LMV__INT("vit.proj", 0, 0, 1 << 18, 0, v->proj);
     LMV__INT("num_classes", 0, 0, 1 << 20, 0, v->num_classes);
     LMV__INT("vit.abs_pos", 0, 0, 1, 1, v->abs_pos);
+    LMV__INT("vit.parallel", 0, 1, 16, 1, v->parallel);
 #undef LMV__INT
     if (v->dim % v->heads)
         return lmv__fail(err, LMV_ERR_CORRUPT, "vit.embed_dim %d is not divisible by vit.num_heads %d", v->dim, v->heads);
@@ -3770,9 +3812,10 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
              (r = lmv__bind_linear(m, 0, v->num_classes, F, &v->head_dist_w, &v->head_dist_b, err, "head_dist")) != LMV_OK))
             return r;
     }
-    v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
+    v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth * v->parallel + 1));
     if (!v->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT blocks");
-    memset(v->blocks, 0, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
+    memset(v->blocks, 0, sizeof(lmv__vit_block) * (size_t)(v->depth * v->parallel + 1));
+    if (v->parallel > 1) return lmv__vit_bind_parallel(m, v, err);
     for (i = 0; i < v->depth; i++) {
         lmv__vit_block *b = &v->blocks[i];
         if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "blocks.%d.norm1", i)) != LMV_OK ||
@@ -3824,6 +3867,7 @@ typedef struct lmv__vit_bufs {
     float *rtab;    /* [MLPs][R][heads] each RelPosMlp's output for this grid's R = (2gh-1)(2gw-1) offsets */
     float *rcoord;  /* [R][2] its log-spaced (dy, dx) inputs, then [R][hidden] its hidden rows */
     int gh, gw;     /* the patch grid these buffers are laid out for */
+    float *x0;      /* [T][D] a parallel block's input, which every branch reads (vit.parallel only) */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3855,6 +3899,7 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
         b->rtab = lmv__carve(&c, (size_t)(v->rel_mlp == 1 ? v->depth : 1) * R * v->heads);
         b->rcoord = lmv__carve(&c, R * (size_t)(2 + v->rel_mlp_hidden));
     }
+    b->x0 = v->parallel > 1 ? lmv__carve(&c, T * D) : NULL;
     return c.used;
 }
 
@@ -4102,6 +4147,48 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
                         blk->norm2_b, b);
 }
 
+/* A parallel block (vit.parallel K, timm ParallelThingsBlock) from b->x:
+     x = x + sum_k ls1_k proj_k(attention_k(norm1_k(x)));  x = x + sum_k ls2_k mlp_k(norm2_k(x))
+   every branch reading the half-block's input x0. probs, when asked for, get the first branch's maps. */
+static void lmv__vit_parallel_forward(const lmv__ctx *ctx, const lmv__vit *v, int i, int T, lmv__vit_bufs *b,
+                                      float *probs) {
+    int D = v->dim, K = v->parallel, k;
+    lmv__attn_args a;
+    memcpy(b->x0, b->x, sizeof(float) * (size_t)T * D);
+    for (k = 0; k < K; k++) {
+        const lmv__vit_block *blk = &v->blocks[i * K + k];
+        lmv__layernorm(ctx, b->xn, b->x0, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+        lmv__linear(ctx, b->qkv, b->xn, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
+        if (blk->q_norm_w) lmv__vit_qk_norm(ctx, v, blk, T, b);
+        memset(&a, 0, sizeof a);
+        a.groups = 1;
+        a.heads = v->heads;
+        a.head_dim = D / v->heads;
+        a.nq = a.nk = T;
+        a.q = blk->q_norm_w ? b->xn : b->qkv;
+        a.k = blk->q_norm_w ? b->hidden : b->qkv + D;
+        a.v = b->qkv + 2 * D;
+        a.ldq = a.ldk = blk->q_norm_w ? (size_t)D : (size_t)3 * D;
+        a.ldv = (size_t)3 * D;
+        a.out = b->attn;
+        a.ldo = (size_t)D;
+        a.scale = v->scale;
+        a.scores = b->scores;
+        a.probs = k ? NULL : probs;
+        lmv__attention(ctx, &a);
+        if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
+        lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
+    }
+    memcpy(b->x0, b->x, sizeof(float) * (size_t)T * D);
+    for (k = 0; k < K; k++) {
+        const lmv__vit_block *blk = &v->blocks[i * K + k];
+        lmv__layernorm(ctx, b->xn, b->x0, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+        lmv__vit_mlp(ctx, v, T, b->xn, blk->fc1_w, blk->fc1_b, blk->mlp_norm_w, blk->mlp_norm_b, b);
+        lmv__linear_residual(ctx, b->x, v->glu ? b->gate : b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls2,
+                             b->xn);
+    }
+}
+
 /* Block i with its trace hook: its attention maps go to the session's capture buffer when they
    were asked for, then the maps and the block's output to the trace callback (`trace`: this image
    is the traced one). */
@@ -4113,7 +4200,8 @@ static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv
         lmv__name(name, sizeof name, "blocks.%d", i);
         probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
     }
-    lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
+    if (v->parallel > 1) lmv__vit_parallel_forward(ctx, v, i, T, b, probs);
+    else lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
     if (!trace) return;
     if (probs) {
         lmv__name(name, sizeof name, "blocks.%d.attn", i);

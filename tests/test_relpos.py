@@ -2,7 +2,8 @@
 reference written from timm (tests/models/relpos_ref.py): RelPosMlp per block and shared, modes
 'cr' and 'swin', with and without a class token (its bias row and column zero), RelPosBias tables
 per block and shared (with and without a class token), RelPosBlock and ResPostRelPosBlock, qk_norm,
-fc_norm + mean pooling and final norm + class token pooling. The MLP bias follows the input size
+fc_norm + mean pooling and final norm + class token pooling; timm's ParallelThingsBlock (vit_*_18x2_*,
+two and three branches). The MLP bias follows the input size
 (the reference is rebuilt at that size with the same weights); the table variant refuses another
 size. Random weights, small widths, batch 2, every block compared. Refusals: an MLP in only some
 blocks, tables and MLPs together, a 'swin' MLP on a one-patch-wide input."""
@@ -159,6 +160,23 @@ def main():
     parity("RelPosBias shared, class token", relpos(8, rel_pos_type="bias", shared_rel_pos=True, class_token=True,
                                                     global_pool="token"), image(32, 32), conv_opts=("--img-size", "32", "32"),
            expect=("vit.rel_pos=shared_table",))
+
+    # timm ParallelThingsBlock (vit_*_18x2_*): two branches per block with layer scale, class token
+    torch.manual_seed(10)
+    m = randomize_(relpos_ref.parallel_vit(2, 2, 64, 4, img_size=32, patch_size=8, num_classes=10), seed=10).eval()
+    parity("parallel blocks, 2 branches, layer scale, class token", m, image(32, 32), conv_opts=("--num-heads", "4"),
+           expect=("parallel blocks: 2 branches", "depth 2"))
+    # three branches, qk_norm, no layer scale, mean pooling with fc_norm
+    torch.manual_seed(11)
+    m = randomize_(relpos_ref.parallel_vit(2, 3, 64, 4, init_values=None, qk_norm=True, img_size=32, patch_size=8,
+                                           num_classes=10, global_pool="avg"), seed=11).eval()
+    psd = m.state_dict()
+    parity("parallel blocks, 3 branches, qk_norm, avg", m, image(32, 32))
+    part = {k: v for k, v in psd.items() if not k.startswith("blocks.1.ffns.2.")}
+    refused("parallel blocks with a missing branch are refused", part, ["parallel blocks", "same branches"])
+    stray = dict(psd)
+    stray["blocks.0.attns.1.extra.weight"] = torch.zeros(4)
+    refused("a stray parallel-branch tensor is refused by name", stray, ["blocks.0.attns.1.extra.weight"])
 
     # refusals
     sd = relpos(9).state_dict()

@@ -271,6 +271,7 @@ META_RULES = OrderedDict([
     ("vit.rel_pos", _rule("str", choices=("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
                           arch="vit")),
     ("vit.rel_mlp", _rule("str", choices=("cr", "swin"), arch="vit")),
+    ("vit.parallel", _rule("int", 1, 16, arch="vit")),
     ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
                              arch="vit")),
     ("vit.qkv_bias", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),

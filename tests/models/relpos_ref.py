@@ -224,3 +224,42 @@ class VisionTransformerRelPos(nn.Module):
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+class ParallelThingsBlock(nn.Module):
+    """timm vision_transformer.py ParallelThingsBlock (eval): `num_parallel` attention branches
+    attns.K = Sequential(norm, attn, ls) summed onto x, then as many MLP branches ffns.K =
+    Sequential(norm, mlp, ls), every branch reading the same input."""
+
+    def __init__(self, dim, num_heads, num_parallel=2, mlp_ratio=4.0, qkv_bias=False, init_values=None, qk_norm=False,
+                 eps=1e-6):
+        super().__init__()
+        from collections import OrderedDict
+
+        from .timm_vit import Attention, Mlp as TimmMlp
+        norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
+        self.attns, self.ffns = nn.ModuleList(), nn.ModuleList()
+        for _ in range(num_parallel):
+            self.attns.append(nn.Sequential(OrderedDict([
+                ("norm", norm_layer(dim)),
+                ("attn", Attention(dim, num_heads, qkv_bias, qk_norm, False, norm_layer)),
+                ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
+            self.ffns.append(nn.Sequential(OrderedDict([
+                ("norm", norm_layer(dim)),
+                ("mlp", TimmMlp(dim, int(dim * mlp_ratio))),
+                ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
+
+    def forward(self, x):
+        x = x + torch.stack([attn(x) for attn in self.attns]).sum(dim=0)
+        return x + torch.stack([ffn(x) for ffn in self.ffns]).sum(dim=0)
+
+
+def parallel_vit(depth, num_parallel, embed_dim, num_heads, init_values=1e-5, qkv_bias=True, qk_norm=False, **kw):
+    """timm's VisionTransformer with block_fn=ParallelThingsBlock (vit_*_18x2_*): the timm ViT
+    reference with its blocks replaced."""
+    from .timm_vit import VisionTransformer
+    m = VisionTransformer(embed_dim=embed_dim, depth=depth, num_heads=num_heads, init_values=init_values,
+                          qkv_bias=qkv_bias, **kw)
+    m.blocks = nn.Sequential(*[ParallelThingsBlock(embed_dim, num_heads, num_parallel, qkv_bias=qkv_bias,
+                                                   init_values=init_values, qk_norm=qk_norm) for _ in range(depth)])
+    return m

@@ -21,7 +21,7 @@ VIT_KEYS = OrderedDict([
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
     ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"), ("vit.abs_pos", "i"),
-    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"),
+    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"), ("vit.parallel", "i"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
@@ -44,7 +44,7 @@ register_family("vit", VIT_KEYS, choices={
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
                   "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "vit.abs_pos",
-                  "vit.rel_pos", "vit.rel_mlp", "in_chans",
+                  "vit.rel_pos", "vit.rel_mlp", "vit.parallel", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
@@ -589,6 +589,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.abs_pos"] = int(pos is not None)
     cfg["vit.rel_pos"] = rel_mlp if rel_mlp != "none" else rel_pos
     cfg["vit.rel_mlp"] = rel_mlp_mode or "cr"
+    cfg["vit.parallel"] = 1
     if rel_mlp == "none" or pos is not None or st.rank("img_size") > 0:
         ctx.determined.add("img_size")   # shown by pos_embed / the tables, or stated
     if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
@@ -718,8 +719,8 @@ def vit_metadata_settings(sd, ctx):
     if "block_fn" in kw:
         b = kw["block_fn"]
         bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
-        if bname in ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock"):
-            s["vit.block"] = "pre" if bname in ("Block", "RelPosBlock") else "res_post"
+        if bname in ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock", "ParallelThingsBlock"):
+            s["vit.block"] = "res_post" if bname in ("ResPostBlock", "ResPostRelPosBlock") else "pre"
         else:
             refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock, RelPosBlock, "
                    "ResPostRelPosBlock)")
@@ -732,7 +733,7 @@ def vit_metadata_settings(sd, ctx):
 
 @detector("vit", "timm/DeiT ViT")
 def detect_timm_vit(sd, ctx):
-    has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
+    has_blocks = any(re.match(r"^blocks\.\d+\.(attns\.\d+\.)?attn\.qkv\.weight$", k) for k in sd)
     # BEiT (timm beit.py, microsoft/unilm beit): q_bias/v_bias, relative position bias tables, and
     # often no absolute pos_embed
     beit = SHARED_REL_TABLE in sd or any(re.match(r"^blocks\.\d+\.attn\.(q_bias|%s)$" % REL_TABLE, k) for k in sd)
@@ -783,11 +784,85 @@ def detect_timm_vit(sd, ctx):
         # bias, qk_scale 768**-0.5 for its weights, torch's default LayerNorm eps 1e-5
         defaults.update({"vit.num_heads": 8, "vit.attn_scale": 768 ** -0.5, "vit.norm_eps": 1e-5})
         ctx.notes.append("looks like timm's original vit_small_patch16_224: 8 heads, attn scale 768^-0.5, eps 1e-5")
+    par = vit_parallel_branches(sd)
+    if par:
+        sd, back = vit_parallel_unfold(sd, back, par)
     m = build_vit(sd, ctx, source, defaults, name_hint=arch_name)
     m.used = set(back[k] for k in m.used)
+    if par:
+        vit_parallel_fold(m, par, source, arch_name)
     if deit3:
         m.notes.append("%s gamma_1/gamma_2 renamed to ls1.gamma/ls2.gamma" % ("BEiT" if beit else "DeiT-III"))
     return m
+
+
+PARALLEL_KEY = re.compile(r"^blocks\.(\d+)\.(attns|ffns)\.(\d+)\.(.*)$")
+PARALLEL_PARTS = [("attns", "norm.", "norm1."), ("attns", "attn.", "attn."), ("attns", "ls.gamma", "ls1.gamma"),
+                  ("ffns", "norm.", "norm2."), ("ffns", "mlp.", "mlp."), ("ffns", "ls.gamma", "ls2.gamma")]
+
+
+def vit_parallel_branches(sd):
+    """timm's ParallelThingsBlock (vit_*_18x2_*): blocks.N.attns.K.* / blocks.N.ffns.K.*. Returns the
+    number of branches K (every block alike, attention and MLP branches alike), or 0."""
+    branches = {}
+    for k in sd:
+        m = PARALLEL_KEY.match(k)
+        if m:
+            branches.setdefault((int(m.group(1)), m.group(2)), set()).add(int(m.group(3)))
+    if not branches:
+        return 0
+    counts = set(len(v) for v in branches.values())
+    blocks = set(i for i, _ in branches)
+    if len(counts) != 1 or any(v != set(range(len(v))) for v in branches.values()) or \
+            len(branches) != 2 * len(blocks) or any(k.startswith("blocks.") and not PARALLEL_KEY.match(k) for k in sd):
+        raise ConvertError("parallel blocks (blocks.N.attns.K / blocks.N.ffns.K) must all have the same branches "
+                           "0..K-1, attention and MLP alike, and no other block tensors")
+    K = counts.pop()
+    if K > 16:
+        raise ConvertError("parallel blocks with %d branches: at most 16 are supported" % K)
+    return K
+
+
+def vit_parallel_unfold(sd, back, K):
+    """Branch k of parallel block i as the plain block i*K+k (its attention branch as norm1 / attn /
+    ls1, its MLP branch as norm2 / mlp / ls2), so the ViT builder checks every tensor."""
+    out, nback = OrderedDict(), {}
+    for k, v in sd.items():
+        m = PARALLEL_KEY.match(k)
+        nk = k
+        if m:
+            for kind, src, dst in PARALLEL_PARTS:
+                if m.group(2) == kind and m.group(4).startswith(src):
+                    nk = "blocks.%d.%s%s" % (int(m.group(1)) * K + int(m.group(3)), dst, m.group(4)[len(src):])
+                    break
+            else:
+                nk = "blocks.%d.%s_unplaced.%s" % (int(m.group(1)) * K + int(m.group(3)), m.group(2), m.group(4))
+        out[nk] = v
+        nback[nk] = back.get(k, k)
+    return out, nback
+
+
+def vit_parallel_fold(m, K, source, name_hint):
+    """The built model's tensors back under timm's parallel names; vit.depth counts real blocks."""
+    rx = re.compile(r"^blocks\.(\d+)\.(norm1\.|attn\.|ls1\.gamma|norm2\.|mlp\.|ls2\.gamma)(.*)$")
+    to = {"norm1.": ("attns", "norm."), "attn.": ("attns", "attn."), "ls1.gamma": ("attns", "ls.gamma"),
+          "norm2.": ("ffns", "norm."), "mlp.": ("ffns", "mlp."), "ls2.gamma": ("ffns", "ls.gamma")}
+    tensors = OrderedDict()
+    for k, v in m.tensors.items():
+        r = rx.match(k)
+        if r:
+            kind, part = to[r.group(2)]
+            k = "blocks.%d.%s.%d.%s%s" % (int(r.group(1)) // K, kind, int(r.group(1)) % K, part, r.group(3))
+        tensors[k] = v
+    m.tensors = tensors
+    if m.config["vit.block"] != "pre" or m.config["vit.norm_first"] != 1 or m.config["vit.rel_pos"] != "none":
+        raise ConvertError("parallel blocks are pre-norm blocks without relative position bias in timm; this "
+                           "checkpoint's settings say otherwise")
+    m.config["vit.depth"] //= K
+    m.config["vit.parallel"] = K
+    if not name_hint:
+        m.name = vit_name(m.config, source)
+    m.notes.append("parallel blocks: %d branches each (timm ParallelThingsBlock)" % K)
 
 
 def detect_timm_relpos(sd, ctx):

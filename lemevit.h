@@ -3502,6 +3502,7 @@ typedef struct lmv__vit {
     struct lmv__vit_relmlp *rel_mlps; /* vit.rel_pos mlp_block: [depth], mlp_shared: [1]; else NULL */
     int rel_mlp, rel_mlp_swin, rel_mlp_hidden; /* 1 per block, 2 shared; timm's 'swin' mode; fc1's width */
     int parallel; /* vit.parallel: branches per block (timm ParallelThingsBlock), block i's in blocks[i * K + k] */
+    int par_scaling; /* vit.block "parallel_scaling": timm ParallelScalingBlock, attention and MLP on one norm */
 } lmv__vit;
 
 /* timm's RelPosMlp: fc1 [hidden][2] (+bias), ReLU, fc2 [heads][hidden] (+bias) over log-spaced (dy, dx). */
@@ -3739,8 +3740,12 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         if (!v->norm_first)
             return lmv__fail(err, LMV_ERR_CORRUPT, "vit.block 'res_post' contradicts vit.norm_first 0: set only one of them");
         v->norm_at = LMV__NORM_RES_POST;
+    } else if (!strcmp(s, "parallel_scaling")) {
+        if (!v->norm_first)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "vit.block 'parallel_scaling' contradicts vit.norm_first 0: set only one of them");
+        v->par_scaling = 1;
     } else if (strcmp(s, "pre")) {
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.block '%s' is not one of pre, res_post", s);
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.block '%s' is not one of pre, res_post, parallel_scaling", s);
     }
     s = lmv__meta_string(m, "vit.pool", "token");
     if (!strcmp(s, "avg")) v->pool_avg = 1;
@@ -3816,12 +3821,15 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!v->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT blocks");
     memset(v->blocks, 0, sizeof(lmv__vit_block) * (size_t)(v->depth * v->parallel + 1));
     if (v->parallel > 1) return lmv__vit_bind_parallel(m, v, err);
+    if (v->par_scaling && (v->glu || v->rel_pos || v->rel_mlp))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.block 'parallel_scaling' cannot be combined with a glu MLP or a relative position bias");
     for (i = 0; i < v->depth; i++) {
         lmv__vit_block *b = &v->blocks[i];
         if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "blocks.%d.norm1", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, 3 * D, D, &b->qkv_w, &b->qkv_b, err, "blocks.%d.attn.qkv", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, D, &b->proj_w, &b->proj_b, err, "blocks.%d.attn.proj", i)) != LMV_OK ||
-            (r = lmv__bind_norm(m, 0, D, &b->norm2_w, &b->norm2_b, err, "blocks.%d.norm2", i)) != LMV_OK ||
+            (r = lmv__bind_norm(m, v->par_scaling, D, &b->norm2_w, &b->norm2_b, err, "blocks.%d.norm2", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, v->glu ? 2 * Hd : Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK ||
             (r = lmv__vit_bind_block_norms(m, v, i, b, err)) != LMV_OK)
@@ -3899,7 +3907,7 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
         b->rtab = lmv__carve(&c, (size_t)(v->rel_mlp == 1 ? v->depth : 1) * R * v->heads);
         b->rcoord = lmv__carve(&c, R * (size_t)(2 + v->rel_mlp_hidden));
     }
-    b->x0 = v->parallel > 1 ? lmv__carve(&c, T * D) : NULL;
+    b->x0 = v->parallel > 1 || v->par_scaling ? lmv__carve(&c, T * D) : NULL;
     return c.used;
 }
 
@@ -4189,6 +4197,48 @@ static void lmv__vit_parallel_forward(const lmv__ctx *ctx, const lmv__vit *v, in
     }
 }
 
+/* timm's ParallelScalingBlock (vit.block "parallel_scaling"), its fused in_proj stored as mlp.fc1
+   and attn.qkv, its out projections as attn.proj and mlp.fc2, its one layer scale as ls1:
+     y = norm1(x);  x = x + ls1 * (proj(attention(qkv(y))) + fc2(act(fc1(y))))
+   the MLP's activations are made first (in b->hidden), qk-norm's k goes to b->x0. */
+static void lmv__vit_scaling_forward(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T,
+                                     lmv__vit_bufs *b, float *probs) {
+    int D = v->dim, hd = v->dim / v->heads, t;
+    lmv__attn_args a;
+    lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__vit_mlp(ctx, v, T, b->xn, blk->fc1_w, blk->fc1_b, NULL, NULL, b);
+    lmv__linear(ctx, b->qkv, b->xn, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
+    memset(&a, 0, sizeof a);
+    a.q = b->qkv;
+    a.k = b->qkv + D;
+    a.ldq = a.ldk = (size_t)3 * D;
+    if (blk->q_norm_w) {
+        for (t = 0; t < T; t++) {
+            memcpy(b->xn + (size_t)t * D, b->qkv + (size_t)t * 3 * D, sizeof(float) * D);
+            memcpy(b->x0 + (size_t)t * D, b->qkv + (size_t)t * 3 * D + D, sizeof(float) * D);
+        }
+        lmv__layernorm(ctx, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
+        lmv__layernorm(ctx, b->x0, b->x0, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
+        a.q = b->xn;
+        a.k = b->x0;
+        a.ldq = a.ldk = (size_t)D;
+    }
+    a.groups = 1;
+    a.heads = v->heads;
+    a.head_dim = hd;
+    a.nq = a.nk = T;
+    a.v = b->qkv + 2 * D;
+    a.ldv = (size_t)3 * D;
+    a.out = b->attn;
+    a.ldo = (size_t)D;
+    a.scale = v->scale;
+    a.scores = b->scores;
+    a.probs = probs;
+    lmv__attention(ctx, &a);
+    lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
+    lmv__linear_residual(ctx, b->x, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls1, b->xn);
+}
+
 /* Block i with its trace hook: its attention maps go to the session's capture buffer when they
    were asked for, then the maps and the block's output to the trace callback (`trace`: this image
    is the traced one). */
@@ -4201,6 +4251,7 @@ static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv
         probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
     }
     if (v->parallel > 1) lmv__vit_parallel_forward(ctx, v, i, T, b, probs);
+    else if (v->par_scaling) lmv__vit_scaling_forward(ctx, v, &v->blocks[i], T, b, probs);
     else lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
     if (!trace) return;
     if (probs) {

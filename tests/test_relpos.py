@@ -3,7 +3,7 @@ reference written from timm (tests/models/relpos_ref.py): RelPosMlp per block an
 'cr' and 'swin', with and without a class token (its bias row and column zero), RelPosBias tables
 per block and shared (with and without a class token), RelPosBlock and ResPostRelPosBlock, qk_norm,
 fc_norm + mean pooling and final norm + class token pooling; timm's ParallelThingsBlock (vit_*_18x2_*,
-two and three branches). The MLP bias follows the input size
+two and three branches) and ParallelScalingBlock (fused in_proj, separate or fused out_proj). The MLP bias follows the input size
 (the reference is rebuilt at that size with the same weights); the table variant refuses another
 size. Random weights, small widths, batch 2, every block compared. Refusals: an MLP in only some
 blocks, tables and MLPs together, a 'swin' MLP on a one-patch-wide input."""
@@ -177,6 +177,23 @@ def main():
     stray = dict(psd)
     stray["blocks.0.attns.1.extra.weight"] = torch.zeros(4)
     refused("a stray parallel-branch tensor is refused by name", stray, ["blocks.0.attns.1.extra.weight"])
+
+    # timm ParallelScalingBlock (vit_pwee_patch16_reg1_gap_256 style): fused in_proj with its bias, a
+    # register token, no class token, mean pooling, layer scale, mlp ratio 5
+    torch.manual_seed(12)
+    m = randomize_(relpos_ref.scaling_vit(2, 64, 4, mlp_ratio=5, init_values=1e-5, class_token=False, no_embed_class=True,
+                                          reg_tokens=1, global_pool="avg", img_size=32, patch_size=8, num_classes=10),
+                   seed=12).eval()
+    parity("parallel-scaling blocks, in_proj bias, register token, avg", m, image(32, 32), conv_opts=("--num-heads", "4"),
+           expect=("parallel-scaling blocks", "parallel-scaling pre-norm"))
+    # no qkv bias (a separate mlp_bias), qk_norm, the fused out_proj, class token
+    torch.manual_seed(13)
+    m = randomize_(relpos_ref.scaling_vit(2, 64, 4, qkv_bias=False, qk_norm=True, fuse_out_proj=True, img_size=32,
+                                          patch_size=8, num_classes=10), seed=13).eval()
+    ssd = m.state_dict()
+    parity("parallel-scaling blocks, mlp_bias, qk_norm, fused out_proj", m, image(32, 32))
+    rms = {k: v for k, v in ssd.items() if not k.endswith("in_norm.bias")}
+    refused("a parallel-scaling block with RmsNorm (no norm bias) is refused", rms, ["RmsNorm", "not supported"])
 
     # refusals
     sd = relpos(9).state_dict()

@@ -263,7 +263,7 @@ META_RULES = OrderedDict([
     ("vit.norm_eps", _rule("float", 0.0, 1.0, lo_open=True, hi_open=True, arch="vit")),
     ("vit.attn_scale", _rule("float", 0.0, 1e6, hi_open=True, arch="vit")),
     ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu", "quickgelu", "silu"), arch="vit")),
-    ("vit.block", _rule("str", choices=("pre", "res_post"), arch="vit")),
+    ("vit.block", _rule("str", choices=("pre", "res_post", "parallel_scaling"), arch="vit")),
     ("vit.mlp", _rule("str", choices=("mlp", "glu"), arch="vit")),
     ("vit.pool", _rule("str", choices=("token", "avg", "map"), arch="vit")),
     ("vit.pool_prefix", _rule("int", 0, 1, arch="vit")),

@@ -263,3 +263,60 @@ def parallel_vit(depth, num_parallel, embed_dim, num_heads, init_values=1e-5, qk
     m.blocks = nn.Sequential(*[ParallelThingsBlock(embed_dim, num_heads, num_parallel, qkv_bias=qkv_bias,
                                                    init_values=init_values, qk_norm=qk_norm) for _ in range(depth)])
     return m
+
+
+class ParallelScalingBlock(nn.Module):
+    """timm vision_transformer.py ParallelScalingBlock (eval), LayerNorm variant: one in_norm, a fused
+    in_proj giving [mlp hidden | q | k | v] (its bias, or a separate mlp_bias without qkv_bias),
+    optional q_norm / k_norm, attn_out_proj + mlp_out_proj or one fused out_proj over
+    [attention | mlp], one layer scale on their sum."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_norm=False, init_values=None,
+                 fuse_out_proj=False, eps=1e-6):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        hidden = int(mlp_ratio * dim)
+        self.in_split = [hidden] + [dim] * 3
+        self.in_norm = nn.LayerNorm(dim, eps=eps)
+        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
+        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.mlp_act = nn.GELU()
+        if fuse_out_proj:
+            self.out_proj = nn.Linear(dim + hidden, dim)
+            self.attn_out_proj = self.mlp_out_proj = None
+        else:
+            self.out_proj = None
+            self.attn_out_proj = nn.Linear(dim, dim)
+            self.mlp_out_proj = nn.Linear(hidden, dim)
+        self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+
+    def forward(self, x):
+        B, N, C = x.shape
+        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
+        if self.mlp_bias is not None:
+            x_mlp = x_mlp + self.mlp_bias
+        q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        x_attn = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x_mlp = self.mlp_act(x_mlp)
+        if self.out_proj is not None:
+            y = self.out_proj(torch.cat((x_attn, x_mlp), dim=-1))
+        else:
+            y = self.attn_out_proj(x_attn) + self.mlp_out_proj(x_mlp)
+        return x + self.ls(y)
+
+
+def scaling_vit(depth, embed_dim, num_heads, mlp_ratio=4.0, qkv_bias=True, qk_norm=False, init_values=None,
+                fuse_out_proj=False, **kw):
+    """timm's VisionTransformer with block_fn=ParallelScalingBlock (vit_pwee_*, LayerNorm)."""
+    from .timm_vit import VisionTransformer
+    m = VisionTransformer(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                          init_values=init_values, qkv_bias=qkv_bias, **kw)
+    m.blocks = nn.Sequential(*[ParallelScalingBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values,
+                                                    fuse_out_proj) for _ in range(depth)])
+    return m

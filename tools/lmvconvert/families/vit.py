@@ -11,7 +11,7 @@ from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TO
 from ..mapping import _shape_str, mapping_shape_hint
 from ..registry import FAMILIES, builder, detector, register_family
 from ..settings import coerce
-from ..tensors import _is_int, concat0, scale_f32, zeros_f32
+from ..tensors import Tensor, _is_int, concat0, scale_f32, zeros_f32
 
 VIT_KEYS = OrderedDict([
     ("vit.embed_dim", "i"), ("vit.depth", "i"), ("vit.num_heads", "i"), ("vit.mlp_hidden", "i"),
@@ -28,7 +28,7 @@ register_family("vit", VIT_KEYS, choices={
     "vit.pool": ("token", "avg", "map"),
     "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
-    "vit.block": ("pre", "res_post"),
+    "vit.block": ("pre", "res_post", "parallel_scaling"),
     "vit.rel_pos": ("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
     "vit.rel_mlp": ("cr", "swin"),
 }, assumable=[
@@ -261,7 +261,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         raise ConvertError("both relative position bias tables and a relative position MLP: timm builds one or the other")
     if rel_mlp != "none":
         ctx.notes.append("relative position MLP (timm RelPosMlp, %s, mode '%s')"
-                         % ("one per block" if rel_mlp == "mlp_block" else "shared", rel_mlp_mode))
+                         % ("one per block" if rel_mlp == "mlp_block" else "one for all blocks", rel_mlp_mode))
     if pos is None and rel_pos == "none" and rel_mlp == "none":
         raise ConvertError("ViT without an absolute pos_embed (e.g. RoPE models) is not supported")
     img_set = st.get("img_size")
@@ -387,6 +387,14 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if idx != list(range(len(idx))):
         raise ConvertError("ViT blocks are not numbered 0..N-1: %s" % idx)
     depth = len(idx)
+    scaling = getattr(ctx, "vit_scaling", False)   # the tensors were a ParallelScalingBlock's (vit_scaling_unfuse)
+    if scaling:
+        ctx.determined.add("vit.block")
+        if st.rank("vit.block") >= 2 and st.get("vit.block") != "parallel_scaling":
+            raise ConvertError("vit.block=%s was given but the checkpoint has ParallelScalingBlock tensors (in_proj)"
+                               % st.get("vit.block"))
+    elif st.get("vit.block") == "parallel_scaling":
+        raise ConvertError("vit.block=parallel_scaling but the checkpoint has no ParallelScalingBlock tensors (in_proj)")
     glu = vit_mlp_kind(sd)
     H = vit_mlp_hidden(sd, D, glu, take)
     qkv_bias = "blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd
@@ -417,7 +425,8 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         T[b + "attn.proj.bias"] = bias(b + "attn.proj.bias", D)
         if layer_scale:
             T[b + "ls1.gamma"] = take(b + "ls1.gamma", (D,))
-        norm(b + "norm2", b + "norm2")
+        if not scaling:   # ParallelScalingBlock: one norm for attention and MLP
+            norm(b + "norm2", b + "norm2")
         if glu == "unpacked":
             # timm SwiGLU: act(fc1_g(x)) * fc1_x(x), stored packed as SwiGLUPacked's fc1 = [gate rows; value rows]
             parts = [take(b + "mlp.fc1_g.weight", (H, D)), take(b + "mlp.fc1_x.weight", (H, D))]
@@ -433,7 +442,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
             T[b + "mlp.norm.bias"] = bias(b + "mlp.norm.bias", H)
         T[b + "mlp.fc2.weight"] = take(b + "mlp.fc2.weight", (D, H))
         T[b + "mlp.fc2.bias"] = bias(b + "mlp.fc2.bias", D)
-        if layer_scale:
+        if layer_scale and not scaling:
             T[b + "ls2.gamma"] = take(b + "ls2.gamma", (D,))
 
     # ---- final norm, pooling, pre-logits, heads
@@ -584,7 +593,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.pre_logits"] = pre_logits
     cfg["vit.attn_scale"] = st.get("vit.attn_scale", 0.0)
     cfg["vit.pos_interp"] = st.get("vit.pos_interp", "bicubic")
-    cfg["vit.block"] = st.get("vit.block", "pre")
+    cfg["vit.block"] = "parallel_scaling" if scaling else st.get("vit.block", "pre")
     cfg["vit.proj"] = E
     cfg["vit.abs_pos"] = int(pos is not None)
     cfg["vit.rel_pos"] = rel_mlp if rel_mlp != "none" else rel_pos
@@ -719,7 +728,8 @@ def vit_metadata_settings(sd, ctx):
     if "block_fn" in kw:
         b = kw["block_fn"]
         bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
-        if bname in ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock", "ParallelThingsBlock"):
+        if bname in ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock", "ParallelThingsBlock",
+                     "ParallelScalingBlock"):
             s["vit.block"] = "res_post" if bname in ("ResPostBlock", "ResPostRelPosBlock") else "pre"
         else:
             refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock, RelPosBlock, "
@@ -733,7 +743,7 @@ def vit_metadata_settings(sd, ctx):
 
 @detector("vit", "timm/DeiT ViT")
 def detect_timm_vit(sd, ctx):
-    has_blocks = any(re.match(r"^blocks\.\d+\.(attns\.\d+\.)?attn\.qkv\.weight$", k) for k in sd)
+    has_blocks = any(re.match(r"^blocks\.\d+\.((attns\.\d+\.)?attn\.qkv|in_proj)\.weight$", k) for k in sd)
     # BEiT (timm beit.py, microsoft/unilm beit): q_bias/v_bias, relative position bias tables, and
     # often no absolute pos_embed
     beit = SHARED_REL_TABLE in sd or any(re.match(r"^blocks\.\d+\.attn\.(q_bias|%s)$" % REL_TABLE, k) for k in sd)
@@ -784,6 +794,9 @@ def detect_timm_vit(sd, ctx):
         # bias, qk_scale 768**-0.5 for its weights, torch's default LayerNorm eps 1e-5
         defaults.update({"vit.num_heads": 8, "vit.attn_scale": 768 ** -0.5, "vit.norm_eps": 1e-5})
         ctx.notes.append("looks like timm's original vit_small_patch16_224: 8 heads, attn scale 768^-0.5, eps 1e-5")
+    if any(re.match(r"^blocks\.\d+\.in_proj\.weight$", k) for k in sd):
+        sd, back = vit_scaling_unfuse(sd, back, ctx)
+        ctx.vit_scaling = True
     par = vit_parallel_branches(sd)
     if par:
         sd, back = vit_parallel_unfold(sd, back, par)
@@ -863,6 +876,71 @@ def vit_parallel_fold(m, K, source, name_hint):
     if not name_hint:
         m.name = vit_name(m.config, source)
     m.notes.append("parallel blocks: %d branches each (timm ParallelThingsBlock)" % K)
+
+
+def _slice(t, dim, a, b):
+    """Rows (dim 0) or columns (dim 1) a..b of a tensor, as a strided view (nothing copied)."""
+    shape = list(t.shape)
+    shape[dim] = b - a
+    return Tensor(t.storage, t.offset + a * t.stride[dim], shape, t.stride, t.dtype, t.error)
+
+
+def vit_scaling_unfuse(sd, back, ctx):
+    """timm's ParallelScalingBlock (vit_*_xp_*, vit_pwee_*): blocks.N.{in_norm, in_proj, mlp_bias,
+    q_norm, k_norm, attn_out_proj, mlp_out_proj or the fused out_proj, ls} as the plain block's
+    norm1, mlp.fc1 + attn.qkv (in_proj's rows [mlp | q k v]), attn.q_norm / k_norm, attn.proj,
+    mlp.fc2 (out_proj's columns [attention | mlp]) and ls1; vit.block parallel_scaling runs them."""
+    out, nback = OrderedDict(), {}
+    D = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else None
+
+    def put(nk, t, src):
+        out[nk] = t
+        nback[nk] = back.get(src, src)
+
+    for k, v in sd.items():
+        m = re.match(r"^(blocks\.\d+)\.(.*)$", k)
+        if not m:
+            put(k, v, k)
+            continue
+        b, rest = m.group(1) + ".", m.group(2)
+        if rest.startswith("in_norm."):
+            if b + "in_norm.bias" not in sd:
+                raise ConvertError("%sin_norm has no bias: timm's RmsNorm (vit_*_xp_* models) is not supported; "
+                                   "only LayerNorm parallel-scaling blocks are" % b)
+            put(b + "norm1." + rest[len("in_norm."):], v, k)
+        elif rest in ("in_proj.weight", "in_proj.bias"):
+            n = v.shape[0]
+            if D is None or v.ndim not in (1, 2) or n <= 3 * D or (v.ndim == 2 and v.shape[1] != D):
+                raise ConvertError("%s has shape %s, expected [hidden + 3*%s%s]"
+                                   % (k, list(v.shape), D, ", %s" % D if v.ndim == 2 else ""))
+            v.check(k)
+            part = rest.split(".")[1]
+            put(b + "mlp.fc1." + part, _slice(v, 0, 0, n - 3 * D), k)
+            put(b + "attn.qkv." + part, _slice(v, 0, n - 3 * D, n), k)
+        elif rest == "mlp_bias":
+            put(b + "mlp.fc1.bias", v, k)
+        elif rest.startswith("q_norm.") or rest.startswith("k_norm."):
+            put(b + "attn." + rest, v, k)
+        elif rest.startswith("attn_out_proj."):
+            put(b + "attn.proj." + rest[len("attn_out_proj."):], v, k)
+        elif rest.startswith("mlp_out_proj."):
+            put(b + "mlp.fc2." + rest[len("mlp_out_proj."):], v, k)
+        elif rest == "out_proj.weight":
+            if D is None or v.ndim != 2 or v.shape[0] != D or v.shape[1] <= D:
+                raise ConvertError("%s has shape %s, expected [%s, %s + hidden]" % (k, list(v.shape), D, D))
+            v.check(k)
+            put(b + "attn.proj.weight", _slice(v, 1, 0, D), k)
+            put(b + "mlp.fc2.weight", _slice(v, 1, D, v.shape[1]), k)
+        elif rest == "out_proj.bias":
+            put(b + "attn.proj.bias", v, k)   # the fused projection's one bias; fc2 gets none
+        elif rest == "ls.gamma":
+            put(b + "ls1.gamma", v, k)
+        else:
+            put(k, v, k)
+    if any(nk.endswith(".attn.q_norm.weight") for nk in out) and not any(nk.endswith(".attn.q_norm.bias") for nk in out):
+        raise ConvertError("q_norm has no bias: timm's RmsNorm (vit_*_xp_* models) is not supported")
+    ctx.notes.append("parallel-scaling blocks (timm ParallelScalingBlock): in_proj split into mlp.fc1 and attn.qkv")
+    return out, nback
 
 
 def detect_timm_relpos(sd, ctx):

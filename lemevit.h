@@ -3503,6 +3503,7 @@ typedef struct lmv__vit {
     int rel_mlp, rel_mlp_swin, rel_mlp_hidden; /* 1 per block, 2 shared; timm's 'swin' mode; fc1's width */
     int parallel; /* vit.parallel: branches per block (timm ParallelThingsBlock), block i's in blocks[i * K + k] */
     int par_scaling; /* vit.block "parallel_scaling": timm ParallelScalingBlock, attention and MLP on one norm */
+    int rms;         /* vit.norm "rms": every norm of the model is timm's RmsNorm (no mean subtracted) */
 } lmv__vit;
 
 /* timm's RelPosMlp: fc1 [hidden][2] (+bias), ReLU, fc2 [heads][hidden] (+bias) over log-spaced (dy, dx). */
@@ -3731,6 +3732,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
     else if (!strcmp(s, "silu")) v->silu = 1;             /* likewise */
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu, silu", s);
+    s = lmv__meta_string(m, "vit.norm", "layer");
+    if (!strcmp(s, "rms")) v->rms = 1;
+    else if (strcmp(s, "layer")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.norm '%s' is not one of layer, rms", s);
     s = lmv__meta_string(m, "vit.mlp", "mlp");
     if (!strcmp(s, "glu")) v->glu = 1;
     else if (strcmp(s, "mlp")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.mlp '%s' is not one of mlp, glu", s);
@@ -3949,6 +3953,33 @@ static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs 
         lmv__resample_grid(v->pos_interp, dst, grid, v->pos_gh, v->pos_gw, gh, gw, v->dim, b->tmp,
                            b->tmp + (size_t)v->pos_gh * gw * D);
 }
+
+/* timm's RmsNorm over the last dimension, y may alias x: y = x / sqrt(mean(x^2) + eps) * w (+ b, the
+   zeros the converter writes). */
+static void lmv__vit_rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w,
+                             const float *b, float eps) {
+    int r, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = y + (size_t)r * dim, ss = 0.0f, inv;
+        for (i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (i = 0; i < dim; i++) yr[i] = xr[i] * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+    }
+    (void)ctx;
+}
+
+/* Every norm of the ViT graph from here to lmv__vit_ops goes through lmv__vit_norm (the macro below
+   needs the graph `v` in scope): LayerNorm, or RmsNorm for vit.norm "rms". */
+static void lmv__vit_norm(const lmv__ctx *ctx, const lmv__vit *v, float *y, const float *x, int rows, int dim,
+                          const float *w, const float *b, float eps) {
+    if (v->rms) lmv__vit_rmsnorm(ctx, y, x, rows, dim, w, b, eps);
+    else lmv__layernorm(ctx, y, x, rows, dim, w, b, eps);
+}
+#define lmv__layernorm(ctx, y, x, rows, dim, w, b, eps) lmv__vit_norm(ctx, v, y, x, rows, dim, w, b, eps)
 
 /* QuickGELU in place: x * sigmoid(1.702 x), as CLIP's and timm's QuickGELU. */
 static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
@@ -4376,6 +4407,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
 
 static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bind, lmv__vit_plan, lmv__vit_forward,
                                              lmv__vit_unbind};
+#undef lmv__layernorm
 
 /* --------------------------------------------------------------------------------------------
    Model graphs: Swin Transformer (V1)

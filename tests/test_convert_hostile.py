@@ -579,7 +579,7 @@ BASE = {
              ("vit.pre_logits", 0), ("vit.norm_eps", 1e-6), ("vit.attn_scale", 0.0), ("vit.act", "gelu"),
              ("vit.pool", "token"), ("vit.pos_interp", "bicubic"), ("vit.block", "pre"), ("vit.mlp", "mlp"),
              ("vit.pool_prefix", 0), ("vit.proj", 0), ("vit.abs_pos", 1), ("vit.rel_pos", "none"),
-             ("vit.rel_mlp", "cr"), ("vit.parallel", 1)], []),
+             ("vit.rel_mlp", "cr"), ("vit.parallel", 1), ("vit.norm", "layer")], []),
     # Swin reads the per-stage values after the patch embedding: give it that
     "swin": ([("swin.embed_dim", 8), ("swin.depths", [0]), ("swin.num_heads", [1]), ("swin.mlp_hidden", [1]),
               ("swin.window_size", 4), ("swin.patch_size", 4), ("swin.norm_eps", 1e-5),

@@ -3,7 +3,8 @@ reference written from timm (tests/models/relpos_ref.py): RelPosMlp per block an
 'cr' and 'swin', with and without a class token (its bias row and column zero), RelPosBias tables
 per block and shared (with and without a class token), RelPosBlock and ResPostRelPosBlock, qk_norm,
 fc_norm + mean pooling and final norm + class token pooling; timm's ParallelThingsBlock (vit_*_18x2_*,
-two and three branches) and ParallelScalingBlock (fused in_proj, separate or fused out_proj). The MLP bias follows the input size
+two and three branches) and ParallelScalingBlock (fused in_proj, separate or fused out_proj); timm's RmsNorm (AIMv2, vit_*_xp_*).
+The MLP bias follows the input size
 (the reference is rebuilt at that size with the same weights); the table variant refuses another
 size. Random weights, small widths, batch 2, every block compared. Refusals: an MLP in only some
 blocks, tables and MLPs together, a 'swin' MLP on a one-patch-wide input."""
@@ -193,7 +194,27 @@ def main():
     ssd = m.state_dict()
     parity("parallel-scaling blocks, mlp_bias, qk_norm, fused out_proj", m, image(32, 32))
     rms = {k: v for k, v in ssd.items() if not k.endswith("in_norm.bias")}
-    refused("a parallel-scaling block with RmsNorm (no norm bias) is refused", rms, ["RmsNorm", "not supported"])
+    refused("a parallel-scaling in_norm without bias beside LayerNorm qk-norms is refused", rms,
+            ["vit.norm=rms", "blocks.0.attn.q_norm.bias"])
+
+    # timm's RmsNorm: AIMv2 (every norm RMS, the patch embedding's too, SwiGLU + SiLU, no biases, mean
+    # pooling after the final norm) and vit_*_xp_* (ParallelScalingBlock, RMS qk-norm, norm_pre)
+    torch.manual_seed(14)
+    m = randomize_(relpos_ref.aimv2_vit(2, 64, 4, img_size=32, patch_size=8, num_classes=10), seed=14).eval()
+    parity("AIMv2-style RmsNorm, SwiGLU, no biases", m, image(32, 32), conv_opts=("--num-heads", "4", "--eps", "1e-5"),
+           expect=("RmsNorm", "vit.norm=rms", "act silu"))
+    rsd = m.state_dict()
+    torch.manual_seed(15)
+    m = randomize_(relpos_ref.to_rms(relpos_ref.scaling_vit(2, 64, 4, qkv_bias=False, qk_norm=True, pre_norm=True,
+                                                            no_embed_class=True, img_size=32, patch_size=8,
+                                                            num_classes=10)), seed=15).eval()
+    parity("xp-style RmsNorm parallel-scaling blocks, RMS qk-norm, norm_pre", m, image(32, 32), expect=("RmsNorm",))
+    mixed = dict(rsd)
+    mixed["blocks.1.norm2.bias"] = torch.zeros(64)
+    refused("RMS norms with one LayerNorm bias are refused", mixed, ["vit.norm=rms", "blocks.1.norm2.bias"],
+            conv_opts=("--num-heads", "4"))
+    refused("vit.norm=rms over LayerNorm tensors is refused", relpos(16).state_dict(), ["vit.norm=rms", "bias"],
+            conv_opts=("--set", "vit.norm=rms"))
 
     # refusals
     sd = relpos(9).state_dict()

@@ -272,6 +272,7 @@ META_RULES = OrderedDict([
                           arch="vit")),
     ("vit.rel_mlp", _rule("str", choices=("cr", "swin"), arch="vit")),
     ("vit.parallel", _rule("int", 1, 16, arch="vit")),
+    ("vit.norm", _rule("str", choices=("layer", "rms"), arch="vit")),
     ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
                              arch="vit")),
     ("vit.qkv_bias", _rule("int", 0, 1, arch="vit", loader=False, note="the loader finds the tensors instead")),

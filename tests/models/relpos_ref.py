@@ -320,3 +320,42 @@ def scaling_vit(depth, embed_dim, num_heads, mlp_ratio=4.0, qkv_bias=True, qk_no
     m.blocks = nn.Sequential(*[ParallelScalingBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_norm, init_values,
                                                     fuse_out_proj) for _ in range(depth)])
     return m
+
+
+class RmsNorm(nn.Module):
+    """timm layers/norm.py RmsNorm (its rms_norm fallback): x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, channels, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x * self.weight
+
+
+def to_rms(model, eps=1e-6):
+    """Every nn.LayerNorm of a model replaced by an RmsNorm of its width (timm norm_layer=RmsNorm)."""
+    for name, mod in list(model.named_modules()):
+        for cname, child in list(mod.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(mod, cname, RmsNorm(child.normalized_shape[0], eps))
+    return model
+
+
+def aimv2_vit(depth, embed_dim, num_heads, mlp_ratio=2.75, eps=1e-5, **kw):
+    """timm's aimv2_* ViTs: RmsNorm everywhere (also on the patch embedding), SwiGLU MLP with SiLU, no
+    qkv / projection biases, no class token, final norm then mean pooling."""
+    from .timm_vit import VisionTransformer
+    m = VisionTransformer(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=False,
+                          class_token=False, global_pool="avg", fc_norm=False, act_layer="silu", mlp_layer="swiglu",
+                          eps=eps, **kw)
+    to_rms(m, eps)
+    m.patch_embed.norm = RmsNorm(embed_dim, eps)
+    for mod in m.modules():
+        for lname in ("proj", "fc1_g", "fc1_x", "fc2"):
+            lin = getattr(mod, lname, None)
+            if isinstance(lin, nn.Linear) and mod is not m.patch_embed:
+                lin.bias = None
+    return m

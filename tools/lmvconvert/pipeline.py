@@ -270,6 +270,8 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
                              "parallel_scaling" else "pre" if c["vit.norm_first"] else "post"),
                 "eps %g" % c["vit.norm_eps"],
                 "act %s" % c["vit.act"], "qkv_bias %d" % c["vit.qkv_bias"]]
+        if c.get("vit.norm") == "rms":
+            opts.insert(1, "RmsNorm")
         for k in ("layer_scale", "patch_norm", "norm_pre", "final_norm", "fc_norm"):
             if c["vit." + k]:
                 opts.append(k)

@@ -21,7 +21,7 @@ VIT_KEYS = OrderedDict([
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
     ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"), ("vit.abs_pos", "i"),
-    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"), ("vit.parallel", "i"),
+    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"), ("vit.parallel", "i"), ("vit.norm", "s"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
@@ -31,7 +31,9 @@ register_family("vit", VIT_KEYS, choices={
     "vit.block": ("pre", "res_post", "parallel_scaling"),
     "vit.rel_pos": ("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
     "vit.rel_mlp": ("cr", "swin"),
+    "vit.norm": ("layer", "rms"),
 }, assumable=[
+    ("vit.norm", "--set vit.norm=layer|rms"),
     ("img_size", "--img-size H W"),
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
@@ -397,6 +399,17 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         raise ConvertError("vit.block=parallel_scaling but the checkpoint has no ParallelScalingBlock tensors (in_proj)")
     glu = vit_mlp_kind(sd)
     H = vit_mlp_hidden(sd, D, glu, take)
+    # timm's RmsNorm (AIMv2, vit_*_xp_*) has a weight and no bias; LayerNorm has both
+    norm_kind = "rms" if "blocks.0.norm1.weight" in sd and "blocks.0.norm1.bias" not in sd else "layer"
+    if "blocks.0.norm1.bias" in sd:
+        ctx.determined.add("vit.norm")
+    if st.rank("vit.norm") >= 2:
+        norm_kind = st.get("vit.norm")
+    if norm_kind == "rms":
+        with_bias = [k for k in sd if re.search(r"(^|\.)(norm\d?|norm_pre|fc_norm|q_norm|k_norm)\.bias$", k)]
+        if with_bias:
+            raise ConvertError("vit.norm=rms (norms without bias, timm's RmsNorm) but some norms have a bias: %s"
+                               % ", ".join(with_bias[:4]))
     qkv_bias = "blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd
     layer_scale = "blocks.0.ls1.gamma" in sd
     opt_norms = vit_block_norms(sd, idx)
@@ -599,6 +612,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.rel_pos"] = rel_mlp if rel_mlp != "none" else rel_pos
     cfg["vit.rel_mlp"] = rel_mlp_mode or "cr"
     cfg["vit.parallel"] = 1
+    cfg["vit.norm"] = norm_kind
     if rel_mlp == "none" or pos is not None or st.rank("img_size") > 0:
         ctx.determined.add("img_size")   # shown by pos_embed / the tables, or stated
     if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
@@ -904,10 +918,7 @@ def vit_scaling_unfuse(sd, back, ctx):
             continue
         b, rest = m.group(1) + ".", m.group(2)
         if rest.startswith("in_norm."):
-            if b + "in_norm.bias" not in sd:
-                raise ConvertError("%sin_norm has no bias: timm's RmsNorm (vit_*_xp_* models) is not supported; "
-                                   "only LayerNorm parallel-scaling blocks are" % b)
-            put(b + "norm1." + rest[len("in_norm."):], v, k)
+                put(b + "norm1." + rest[len("in_norm."):], v, k)
         elif rest in ("in_proj.weight", "in_proj.bias"):
             n = v.shape[0]
             if D is None or v.ndim not in (1, 2) or n <= 3 * D or (v.ndim == 2 and v.shape[1] != D):
@@ -937,8 +948,6 @@ def vit_scaling_unfuse(sd, back, ctx):
             put(b + "ls1.gamma", v, k)
         else:
             put(k, v, k)
-    if any(nk.endswith(".attn.q_norm.weight") for nk in out) and not any(nk.endswith(".attn.q_norm.bias") for nk in out):
-        raise ConvertError("q_norm has no bias: timm's RmsNorm (vit_*_xp_* models) is not supported")
     ctx.notes.append("parallel-scaling blocks (timm ParallelScalingBlock): in_proj split into mlp.fc1 and attn.qkv")
     return out, nback
 

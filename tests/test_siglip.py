@@ -1,7 +1,7 @@
 """Hugging Face SigLIP image encoders on the ViT graph (attention-pool "map" head), against a faithful
 reference written from transformers' modeling_siglip.py (tests/models/hf_siglip.py) with the real key
-names: SiglipVisionModel as .bin and a whole SiglipModel as .safetensors (its text tower and logit
-scale/bias dropped by name), config.json and preprocessor_config.json read from beside the weights,
+names: SiglipVisionModel as .bin, a whole SiglipModel as .safetensors (its text tower and logit
+scale/bias dropped by name) and SiglipForImageClassification (classifier on the mean of the tokens), config.json and preprocessor_config.json read from beside the weights,
 a non-square input (the position embedding resized as HF's interpolate_pos_encoding). Random
 weights, small widths, batch 2; the pooled output (lmv_run_features) and every block compared.
 Refusals: a tower without its pooling head, a stray tensor."""
@@ -126,6 +126,21 @@ def main():
                   expect=("text model and logit scale/bias of the SiglipModel", "text_model.* (22)",
                           "preprocessor_config.json")):
         check("SiglipModel .safetensors", m, lmv, image(32, 32, seed=4))
+
+    # SiglipForImageClassification: logits of the classifier on the mean of the normed tokens
+    torch.manual_seed(3)
+    m = randomize_(hf_siglip.SiglipForImageClassification(num_labels=7, **CFG), seed=4).eval()
+    config = dict(model_type="siglip", vision_config=dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, **CFG))
+    ckpt, lmv = save(m.state_dict(), "model.safetensors", config)
+    if convert_ok("SiglipForImageClassification", ckpt, lmv,
+                  expect=("7 classes", "pool avg", "attention-pooling head, which SiglipForImageClassification")):
+        x = image(32, 32, seed=6)
+        want, acts = reference(m, x)
+        got, traces = lmv_run(lmv, x.numpy(), trace=True)
+        d = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
+        res.check("SiglipForImageClassification logits", d <= 1e-4 * max(1.0, float(np.max(np.abs(want)))),
+                  f"max abs diff {d:.2e}")
+        compare_traces(res, "SiglipForImageClassification", traces, acts)
 
     # refusals
     torch.manual_seed(2)

@@ -172,3 +172,17 @@ class SiglipModel(nn.Module):
 
     def forward(self, x, interpolate_pos_encoding=False):
         return self.vision_model(x, interpolate_pos_encoding)
+
+
+class SiglipForImageClassification(nn.Module):
+    """vision_model (its pooling head built but unused) and classifier on the mean of last_hidden_state."""
+
+    def __init__(self, num_labels=10, **vision_config):
+        super().__init__()
+        self.config = dict(VISION_DEFAULTS, **vision_config)
+        self.vision_model = SiglipVisionTransformer(self.config)
+        self.classifier = nn.Linear(self.config["hidden_size"], num_labels)
+
+    def forward(self, x, interpolate_pos_encoding=False):
+        h, _ = self.vision_model(x, interpolate_pos_encoding)
+        return h, self.classifier(h.mean(dim=1))

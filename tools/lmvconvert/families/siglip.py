@@ -29,6 +29,7 @@ HF_SIGLIP_RULES = [
     (r"^vision_model\.head\.attention\.out_proj\.", "attn_pool.proj."),
     (r"^vision_model\.head\.layernorm\.", "attn_pool.norm."),
     (r"^vision_model\.head\.mlp\.", "attn_pool.mlp."),
+    (r"^classifier\.", "head."),
 ]
 
 
@@ -63,14 +64,21 @@ def siglip_preprocessing(ctx):
 @detector("vit", "Hugging Face SigLIP vision model")
 def detect_hf_siglip(sd, ctx):
     """SiglipVisionModel and SiglipModel (vision_model.*, no class token; the pooled output is the
-    attention-pooling head's, after post_layernorm)."""
+    attention-pooling head's, after post_layernorm) and SiglipForImageClassification (classifier.*
+    on the mean of the tokens after post_layernorm)."""
     if "vision_model.embeddings.patch_embedding.weight" not in sd or \
             "vision_model.embeddings.class_embedding" in sd or \
             "vision_model.encoder.layers.0.self_attn.q_proj.weight" not in sd:
         return None
     text = [k for k in sd if HF_CLIP_TEXT.match(k)]
     body = OrderedDict((k, v) for k, v in sd.items() if not HF_CLIP_TEXT.match(k))
-    if "vision_model.head.probe" not in body:
+    # SiglipForImageClassification: the classifier on the mean of post_layernorm's tokens; the
+    # tower's own pooling head, if it kept one, is not used
+    classifier = "classifier.weight" in body
+    unused_head = [k for k in body if k.startswith("vision_model.head.")] if classifier else []
+    for k in unused_head:
+        del body[k]
+    if not classifier and "vision_model.head.probe" not in body:
         raise ConvertError("Hugging Face SigLIP without its pooling head (vision_use_head=False): the model has no "
                            "pooled output; lemevit.h runs SigLIP towers with vision_model.head.*")
     merged, origin = OrderedDict(), {}
@@ -112,6 +120,8 @@ def detect_hf_siglip(sd, ctx):
     # position embedding bicubic without antialias
     defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu_tanh", "vit.pos_interp": "bicubic"})
     ctx.determined.update(("vit.block", "vit.pool", "vit.pool_prefix"))
+    if classifier:
+        ctx.notes.append("SiglipForImageClassification: the classifier on the mean of the normed tokens")
     side = {}
     if isinstance(cfg, dict):
         vc = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else cfg
@@ -130,7 +140,7 @@ def detect_hf_siglip(sd, ctx):
             side["vit.act"] = HF_CLIP_ACT[act]
         if vc.get("image_size") is not None:
             side["img_size"] = _side_value(where, "image_size", "img_size", vc["image_size"])
-        if vc.get("vision_use_head") is False:
+        if vc.get("vision_use_head") is False and not classifier:
             raise ConvertError("%s: vision_use_head is false but the weights have a pooling head" % where)
     else:
         ctx.notes.append("no config.json beside the weights: SiglipVisionConfig's defaults assumed "
@@ -142,6 +152,9 @@ def detect_hf_siglip(sd, ctx):
     for k in m.used:
         used.update(origin.get(back[k], [back[k]]))
     m.used = used
+    if unused_head:
+        m.dropped.append(("the vision tower's attention-pooling head, which SiglipForImageClassification does not "
+                          "use", unused_head))
     if text:
         m.dropped.append(("the text model and logit scale/bias of the SiglipModel (only the image encoder is "
                           "converted)", text))

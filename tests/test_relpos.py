@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Results, compare_traces, convert, lmv_run, logits_close, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir  # noqa: E402
 from models import relpos_ref  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import lmvfile  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
 
 torch.set_num_threads(2)
@@ -103,6 +105,17 @@ def refused(name, sd, words, conv_opts=()):
     res.check(name, False, "converted")
 
 
+def loader_refuses(name, lmv, change, words):
+    """The loader refuses a copy of the file whose settings (`change`) disagree with its tensors, naming them."""
+    f = lmvfile.read(lmv)
+    meta = [(k, change.get(k, lmvfile.Typed(f.meta_types[k], v))) for k, v in f.meta.items()]
+    tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+    path = os.path.join(tmpdir(), "changed.lmv")
+    lmvfile.write(path, meta, tensors)
+    code, out, err = run([LMV, "info", path])
+    res.check(name, code != 0 and all(w in err for w in words), err.strip())
+
+
 def main():
     # vit_relpos_small/medium/base_patch16_224 style: an MLP per block ('cr'), no class token,
     # fc_norm + mean pooling; the file's input size is assumed (the MLP has none), the run follows
@@ -113,6 +126,8 @@ def main():
                  expect=("source      relpos", "vit.rel_pos=mlp_block vit.rel_mlp=cr", "no pos_embed", "heads 4",
                          "img_size=224,224"))
     if lmv:
+        loader_refuses("the loader refuses MLP tensors that vit.rel_pos=none does not use", lmv, {"vit.rel_pos": "none"},
+                       ["rel_pos.mlp"])
         check_run("same file at 48x40", rebuilt(m, 1, (48, 40), **kw), lmv, image(48, 40, seed=8))
         check_run("same file at 16x8", rebuilt(m, 1, (16, 8), **kw), lmv, image(16, 8, seed=9))
 
@@ -165,8 +180,11 @@ def main():
     # timm ParallelThingsBlock (vit_*_18x2_*): two branches per block with layer scale, class token
     torch.manual_seed(10)
     m = randomize_(relpos_ref.parallel_vit(2, 2, 64, 4, img_size=32, patch_size=8, num_classes=10), seed=10).eval()
-    parity("parallel blocks, 2 branches, layer scale, class token", m, image(32, 32), conv_opts=("--num-heads", "4"),
-           expect=("parallel blocks: 2 branches", "depth 2"))
+    lmv = parity("parallel blocks, 2 branches, layer scale, class token", m, image(32, 32),
+                 conv_opts=("--num-heads", "4"), expect=("parallel blocks: 2 branches", "depth 2"))
+    if lmv:
+        loader_refuses("the loader refuses parallel tensors with vit.parallel=1", lmv,
+                       {"vit.parallel": lmvfile.Typed(lmvfile.T_INT32, [1])}, ["blocks.0"])
     # three branches, qk_norm, no layer scale, mean pooling with fc_norm
     torch.manual_seed(11)
     m = randomize_(relpos_ref.parallel_vit(2, 3, 64, 4, init_values=None, qk_norm=True, img_size=32, patch_size=8,

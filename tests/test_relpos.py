@@ -2,12 +2,13 @@
 reference written from timm (tests/models/relpos_ref.py): RelPosMlp per block and shared, modes
 'cr' and 'swin', with and without a class token (its bias row and column zero), RelPosBias tables
 per block and shared (with and without a class token), RelPosBlock and ResPostRelPosBlock, qk_norm,
-fc_norm + mean pooling and final norm + class token pooling; timm's ParallelThingsBlock (vit_*_18x2_*,
-two and three branches) and ParallelScalingBlock (fused in_proj, separate or fused out_proj); timm's RmsNorm (AIMv2, vit_*_xp_*).
-The MLP bias follows the input size
-(the reference is rebuilt at that size with the same weights); the table variant refuses another
-size. Random weights, small widths, batch 2, every block compared. Refusals: an MLP in only some
-blocks, tables and MLPs together, a 'swin' MLP on a one-patch-wide input."""
+fc_norm + mean pooling and final norm + class token pooling. Also timm's ParallelThingsBlock
+(vit_*_18x2_*, two and three branches), ParallelScalingBlock (fused in_proj, separate or fused
+out_proj) and RmsNorm (AIMv2, vit_*_xp_*). The MLP bias follows the input size (the reference is
+rebuilt at that size with the same weights); the table variant refuses another size. Random
+weights, small widths, batch 2, every block compared. Refusals: an MLP in only some blocks, tables
+and MLPs together, MLPs of mixed modes, a 'swin' MLP on a one-patch-wide input, a missing parallel
+branch, mixed RMS / LayerNorm norms, stray tensors, settings a file's tensors contradict."""
 import os
 import sys
 

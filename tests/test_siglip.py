@@ -1,10 +1,11 @@
 """Hugging Face SigLIP image encoders on the ViT graph (attention-pool "map" head), against a faithful
 reference written from transformers' modeling_siglip.py (tests/models/hf_siglip.py) with the real key
 names: SiglipVisionModel as .bin, a whole SiglipModel as .safetensors (its text tower and logit
-scale/bias dropped by name) and SiglipForImageClassification (classifier on the mean of the tokens), config.json and preprocessor_config.json read from beside the weights,
-a non-square input (the position embedding resized as HF's interpolate_pos_encoding). Random
-weights, small widths, batch 2; the pooled output (lmv_run_features) and every block compared.
-Refusals: a tower without its pooling head, a stray tensor."""
+scale/bias dropped by name) and SiglipForImageClassification (classifier on the mean of the tokens),
+config.json and preprocessor_config.json read from beside the weights, a non-square input (the
+position embedding resized as HF's interpolate_pos_encoding). Random weights, small widths, batch 2;
+the pooled output (lmv_run_features) or the logits and every block compared. Refusals: a tower
+without its pooling head, a stray tensor, a pooling head of the wrong shape."""
 import json
 import os
 import struct

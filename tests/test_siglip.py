@@ -143,6 +143,16 @@ def main():
                   f"max abs diff {d:.2e}")
         compare_traces(res, "SiglipForImageClassification", traces, acts)
 
+    # no config.json: SiglipVisionConfig's defaults, the heads of the released tower of that width
+    # (So400m: 1152 wide, 16 heads), each listed as assumed
+    torch.manual_seed(4)
+    m = randomize_(hf_siglip.SiglipVisionModel(hidden_size=1152, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=16, image_size=32, patch_size=16), seed=5).eval()
+    ckpt, lmv = save(m.state_dict(), "pytorch_model.bin")
+    if convert_ok("So400m-wide tower without config.json", ckpt, lmv,
+                  expect=("heads 16", "assumed       vit.num_heads=16", "no config.json")):
+        check("So400m-wide tower without config.json", m, lmv, image(32, 32, seed=8))
+
     # refusals
     torch.manual_seed(2)
     sd = randomize_(hf_siglip.SiglipVisionModel(**CFG), seed=3).state_dict()

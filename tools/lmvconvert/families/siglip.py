@@ -16,6 +16,8 @@ from .vit import HF_RESAMPLE, build_vit
 HALF = [0.5, 0.5, 0.5]
 # SiglipImageProcessor: resize straight to the input size (no crop), bicubic, mean/std 0.5
 PRE_SIGLIP = {"pre.mean": HALF, "pre.std": HALF, "pre.resize": 0, "pre.crop_pct": 1.0, "pre.interp": "bicubic"}
+# the heads of the released SigLIP towers by width (B, L, So400m, g-opt), when no config.json says
+SIGLIP_HEADS_BY_DIM = {768: 12, 1024: 16, 1152: 16, 1536: 16}
 
 HF_SIGLIP_RULES = [
     (r"^vision_model\.embeddings\.patch_embedding\.", "patch_embed.proj."),
@@ -119,6 +121,9 @@ def detect_hf_siglip(sd, ctx):
     # SiglipVisionConfig's defaults: gelu_pytorch_tanh, layer_norm_eps 1e-6; HF interpolates the
     # position embedding bicubic without antialias
     defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu_tanh", "vit.pos_interp": "bicubic"})
+    D = body["vision_model.embeddings.patch_embedding.weight"].shape[0]
+    if D in SIGLIP_HEADS_BY_DIM:
+        defaults["vit.num_heads"] = SIGLIP_HEADS_BY_DIM[D]
     ctx.determined.update(("vit.block", "vit.pool", "vit.pool_prefix"))
     if classifier:
         ctx.notes.append("SiglipForImageClassification: the classifier on the mean of the normed tokens")

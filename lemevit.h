@@ -3500,7 +3500,7 @@ typedef struct lmv__vit {
     lmv__mat proj_w;
     lmv__vit_block *blocks;
     struct lmv__vit_relmlp *rel_mlps; /* vit.rel_pos mlp_block: [depth], mlp_shared: [1]; else NULL */
-    int rel_mlp, rel_mlp_swin, rel_mlp_hidden; /* 1 per block, 2 shared; timm's 'swin' mode; fc1's width */
+    int rel_mlp, rel_mlp_mode, rel_mlp_hidden; /* 1 per block, 2 shared; vit.rel_mlp 0 cr, 1 swin, 2 rw; fc1's width */
     int parallel; /* vit.parallel: branches per block (timm ParallelThingsBlock), block i's in blocks[i * K + k] */
     int par_scaling; /* vit.block "parallel_scaling": timm ParallelScalingBlock, attention and MLP on one norm */
     int rms;         /* vit.norm "rms": every norm of the model is timm's RmsNorm (no mean subtracted) */
@@ -3772,8 +3772,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
                          "vit.rel_pos (relative position bias) allows at most one class token, first, and no "
                          "distillation or register tokens");
     s = lmv__meta_string(m, "vit.rel_mlp", "cr");
-    if (!strcmp(s, "swin")) v->rel_mlp_swin = 1;
-    else if (strcmp(s, "cr")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_mlp '%s' is not one of cr, swin", s);
+    if (!strcmp(s, "swin")) v->rel_mlp_mode = 1;
+    else if (!strcmp(s, "rw")) v->rel_mlp_mode = 2;
+    else if (strcmp(s, "cr")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_mlp '%s' is not one of cr, swin, rw", s);
     s = lmv__meta_string(m, "vit.pos_interp", "bicubic");
     if (!strcmp(s, "bicubic")) v->pos_interp = LMV__RS_BICUBIC;
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
@@ -3929,10 +3930,10 @@ static lmv_result lmv__vit_plan(const lmv_model *m, int threads, int h, int w, s
                          v->pos_gh * v->ph, v->pos_gw * v->pw);
     if (v->rel_mlp && (size_t)gh * gw > 4096)
         return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d: the relative position bias allows at most 4096 patches", h, w);
-    if (v->rel_mlp && v->rel_mlp_swin && (gh < 2 || gw < 2))
+    if (v->rel_mlp && v->rel_mlp_mode && (gh < 2 || gw < 2))
         return lmv__fail(err, LMV_ERR_INPUT_SIZE,
-                         "input %dx%d: this model's relative position MLP ('swin' coordinates) needs at least 2x2 "
-                         "patches of %dx%d; give a larger image", h, w, v->ph, v->pw);
+                         "input %dx%d: this model's relative position MLP ('%s' coordinates) needs at least 2x2 "
+                         "patches of %dx%d; give a larger image", h, w, v->rel_mlp_mode == 1 ? "swin" : "rw", v->ph, v->pw);
     *floats = lmv__vit_layout(v, gh, gw, threads, NULL, &b);
     return LMV_OK;
 }
@@ -4108,7 +4109,8 @@ static void lmv__vit_rel_mlp_bias(const lmv__vit *v, const float *tab, int gh, i
 /* The RelPosMlp outputs for the buffers' grid into b->rtab [MLPs][R][heads], as timm's
    gen_relative_log_coords and RelPosMlp.get_bias: row (dy + gh - 1) * (2gw - 1) + dx + gw - 1 is
    the offset (dy, dx), each coordinate d mapped by mode 'cr' to sign(d) ln(1 + |d|), by 'swin' to
-   e = 8 d / (g - 1), sign(e) log2(1 + |e|) / 3; then fc1, ReLU, fc2 and for 'swin' 16 sigmoid.
+   e = 8 d / (g - 1), sign(e) log2(1 + |e|) / 3, by 'rw' (older timm) to the same over log2(9)
+   instead of 3; then fc1, ReLU, fc2 and for 'swin' 16 sigmoid, for 'rw' 4 tanh.
    A shared MLP's bias is the same for every block: expanded once here into b->relb. */
 static void lmv__vit_rel_mlp_tables(const lmv__ctx *ctx, const lmv__vit *v, lmv__vit_bufs *b) {
     int gh = b->gh, gw = b->gw, R = (2 * gh - 1) * (2 * gw - 1), n = v->rel_mlp == 1 ? v->depth : 1, H = v->heads, r, i, k;
@@ -4117,10 +4119,10 @@ static void lmv__vit_rel_mlp_tables(const lmv__ctx *ctx, const lmv__vit *v, lmv_
     for (r = 0; r < R; r++)
         for (k = 0; k < 2; k++) {
             float d = (float)(k ? r % (2 * gw - 1) - (gw - 1) : r / (2 * gw - 1) - (gh - 1)), a;
-            if (v->rel_mlp_swin) {
+            if (v->rel_mlp_mode) {
                 d = d / (float)((k ? gw : gh) - 1);
                 d *= 8.0f;
-                a = log2f(1.0f + fabsf(d)) / 3.0f;
+                a = log2f(1.0f + fabsf(d)) / (v->rel_mlp_mode == 1 ? 3.0f : (float)(log(9.0) / log(2.0)));
             } else {
                 a = logf(1.0f + fabsf(d));
             }
@@ -4131,8 +4133,10 @@ static void lmv__vit_rel_mlp_tables(const lmv__ctx *ctx, const lmv__vit *v, lmv_
         float *t = b->rtab + (size_t)i * R * H;
         lmv__linear_act(ctx, hid, b->rcoord, R, 2, v->rel_mlp_hidden, q->fc1_w, q->fc1_b, LMV__ACT_RELU);
         lmv__linear(ctx, t, hid, R, v->rel_mlp_hidden, H, q->fc2_w, q->fc2_b);
-        if (v->rel_mlp_swin)
+        if (v->rel_mlp_mode == 1)
             for (p = 0; p < (size_t)R * H; p++) t[p] = 16.0f / (1.0f + expf(-t[p]));
+        else if (v->rel_mlp_mode == 2)
+            for (p = 0; p < (size_t)R * H; p++) t[p] = 4.0f * tanhf(t[p]);
     }
     if (v->rel_mlp == 2) lmv__vit_rel_mlp_bias(v, b->rtab, gh, gw, b->relb);
 }

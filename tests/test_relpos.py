@@ -159,6 +159,22 @@ def main():
             res.check("a swin MLP refuses a one-patch-high input", False, "ran")
         except RuntimeError as e:
             res.check("a swin MLP refuses a one-patch-high input", "2x2" in str(e) and "swin" in str(e), str(e))
+    # older timm's 'rw' mode (4 tanh over window-normalised log2 coordinates): its fc2 has a bias like
+    # 'cr', so only metadata or the flag tells; without them 'cr' is listed as assumed
+    kw = dict(rel_pos_type="mlp_rw", class_token=True, global_pool="token")
+    m = relpos(17, **kw)
+    out = parity("rw MLP (--set vit.rel_mlp=rw)", m, image(32, 32), conv_opts=("--img-size", "32", "32", "--set",
+                                                                           "vit.rel_mlp=rw"), expect=("vit.rel_mlp=rw",))
+    if out:
+        check_run("rw MLP at 40x24", rebuilt(m, 17, (40, 24), **kw), out, image(40, 24, seed=17))
+    ckpt, lmv = save(m.state_dict())
+    try:
+        text = convert(ckpt, lmv, "--img-size", "32", "32")
+    except RuntimeError as e:
+        text = str(e)
+    res.check("an fc2 with bias is 'cr', listed as assumed", "assumed       vit.rel_mlp=cr" in text, text)
+    refused("vit.rel_mlp=swin over an fc2 with bias is refused", m.state_dict(), ["vit.rel_mlp=swin", "has a bias"],
+            conv_opts=("--img-size", "32", "32", "--set", "vit.rel_mlp=swin"))
     # qk_norm with a shared swin MLP
     parity("qk_norm, shared swin MLP", relpos(6, qk_norm=True, shared_rel_pos=True, rel_pos_type="mlp_swin"),
            image(32, 32), conv_opts=("--img-size", "32", "32"))

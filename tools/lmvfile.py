@@ -270,7 +270,7 @@ META_RULES = OrderedDict([
     ("vit.abs_pos", _rule("int", 0, 1, arch="vit")),
     ("vit.rel_pos", _rule("str", choices=("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
                           arch="vit")),
-    ("vit.rel_mlp", _rule("str", choices=("cr", "swin"), arch="vit")),
+    ("vit.rel_mlp", _rule("str", choices=("cr", "swin", "rw"), arch="vit")),
     ("vit.parallel", _rule("int", 1, 16, arch="vit")),
     ("vit.norm", _rule("str", choices=("layer", "rms"), arch="vit")),
     ("vit.pos_interp", _rule("str", choices=("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),

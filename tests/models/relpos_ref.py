@@ -40,7 +40,8 @@ def rel_index(gh, gw, class_token=False):
 
 
 def log_coords(gh, gw, mode):
-    """gen_relative_log_coords with pretrained_win_size (0, 0): [2gh-1, 2gw-1, 2]."""
+    """gen_relative_log_coords with pretrained_win_size (0, 0): [2gh-1, 2gw-1, 2]; 'rw' as older
+    timm had it (window-normalised, log2, over log2(9))."""
     ch = torch.arange(-(gh - 1), gh).to(torch.float32)
     cw = torch.arange(-(gw - 1), gw).to(torch.float32)
     t = torch.stack(torch.meshgrid(ch, cw, indexing="ij")).permute(1, 2, 0).contiguous()
@@ -49,6 +50,12 @@ def log_coords(gh, gw, mode):
         t[:, :, 1] /= (gw - 1)
         t *= 8
         return torch.sign(t) * torch.log2(1.0 + t.abs()) / math.log2(8)
+    if mode == "rw":
+        t[:, :, 0] /= (gh - 1)
+        t[:, :, 1] /= (gw - 1)
+        t *= 8
+        t = torch.sign(t) * torch.log2(1.0 + t.abs())
+        return t / math.log2(9)
     return torch.sign(t) * torch.log(1.0 + t.abs())
 
 
@@ -96,6 +103,8 @@ class RelPosMlp(nn.Module):
         b = b.view(-1, self.num_heads)[self.relative_position_index].view(self.bias_shape).permute(2, 0, 1)
         if self.mode == "swin":
             b = 16 * torch.sigmoid(b)
+        elif self.mode == "rw":
+            b = 4 * torch.tanh(b)
         if self.prefix_tokens:
             b = F.pad(b, [self.prefix_tokens, 0, self.prefix_tokens, 0])
         return b.unsqueeze(0).contiguous()
@@ -192,6 +201,8 @@ class VisionTransformerRelPos(nn.Module):
                 args["hidden_dim"] = rel_pos_dim
             if "swin" in rel_pos_type:
                 args["mode"] = "swin"
+            elif "rw" in rel_pos_type:
+                args["mode"] = "rw"
             rel_pos_cls = lambda num_heads: RelPosMlp(grid, num_heads, **args)  # noqa: E731
         else:
             rel_pos_cls = lambda num_heads: RelPosBias(grid, num_heads, **args)  # noqa: E731

@@ -30,10 +30,11 @@ register_family("vit", VIT_KEYS, choices={
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post", "parallel_scaling"),
     "vit.rel_pos": ("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
-    "vit.rel_mlp": ("cr", "swin"),
+    "vit.rel_mlp": ("cr", "swin", "rw"),
     "vit.norm": ("layer", "rms"),
 }, assumable=[
     ("vit.norm", "--set vit.norm=layer|rms"),
+    ("vit.rel_mlp", "--set vit.rel_mlp=cr|rw"),
     ("img_size", "--img-size H W"),
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
@@ -46,7 +47,7 @@ register_family("vit", VIT_KEYS, choices={
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
                   "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "vit.abs_pos",
-                  "vit.rel_pos", "vit.rel_mlp", "vit.parallel", "in_chans",
+                  "vit.rel_pos", "vit.parallel", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
@@ -141,7 +142,8 @@ SHARED_REL_MLP = "shared_rel_pos.mlp."
 def vit_rel_mlp_kind(sd, idx):
     """timm vision_transformer_relpos's RelPosMlp as the tensors show it: "none", "mlp_block"
     (blocks.N.attn.rel_pos.mlp.*) or "mlp_shared" (shared_rel_pos.mlp.*), and its mode: "cr"
-    (fc2 has a bias) or "swin" (fc2 without bias, 16 * sigmoid)."""
+    (fc2 has a bias; older timm's "rw" has one too, which only metadata or a flag tells apart) or
+    "swin" (fc2 without bias, 16 * sigmoid)."""
     have = ["blocks.%d.attn.%sfc1.weight" % (i, REL_MLP) in sd for i in idx]
     if any(have) and not all(have):
         raise ConvertError("blocks differ in relative position MLP: blocks.N.attn.%sfc1.weight is present in only "
@@ -611,6 +613,13 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.abs_pos"] = int(pos is not None)
     cfg["vit.rel_pos"] = rel_mlp if rel_mlp != "none" else rel_pos
     cfg["vit.rel_mlp"] = rel_mlp_mode or "cr"
+    if rel_mlp_mode == "cr" and st.get("vit.rel_mlp") in ("cr", "rw"):
+        cfg["vit.rel_mlp"] = st.get("vit.rel_mlp")   # fc2 with a bias: 'cr' (timm today) or older timm's 'rw'
+    elif st.rank("vit.rel_mlp") >= 2 and st.get("vit.rel_mlp") != cfg["vit.rel_mlp"]:
+        raise ConvertError("vit.rel_mlp=%s was given but the relative position MLP's fc2 %s a bias, so it is '%s'"
+                           % (st.get("vit.rel_mlp"), "has" if rel_mlp_mode == "cr" else "has no", cfg["vit.rel_mlp"]))
+    if rel_mlp_mode != "cr":
+        ctx.determined.add("vit.rel_mlp")   # 'swin' shows in the tensors; without an MLP the key is unused
     cfg["vit.parallel"] = 1
     cfg["vit.norm"] = norm_kind
     if rel_mlp == "none" or pos is not None or st.rank("img_size") > 0:
@@ -748,6 +757,9 @@ def vit_metadata_settings(sd, ctx):
         else:
             refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock, RelPosBlock, "
                    "ResPostRelPosBlock)")
+    rpt = kw.get("rel_pos_type")
+    if isinstance(rpt, str) and rpt.startswith("mlp"):
+        s["vit.rel_mlp"] = "swin" if "swin" in rpt else "rw" if "rw" in rpt else "cr"
     if isinstance(kw.get("pool_include_prefix"), bool):
         s["vit.pool_prefix"] = int(kw["pool_include_prefix"])
     if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):

@@ -57,6 +57,7 @@ SANITIZED = [
     ("clip, dinov2 (asan+ubsan)", [PY, os.path.join(HERE, "test_clip.py")]),
     ("beit (asan+ubsan)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("relpos (asan+ubsan)", [PY, os.path.join(HERE, "test_relpos.py")]),
+    ("siglip (asan+ubsan)", [PY, os.path.join(HERE, "test_siglip.py")]),
     ("lemevit (asan+ubsan)", [PY, os.path.join(HERE, "test_lemevit.py"), "--quick"]),
     ("swin (asan+ubsan)", [PY, os.path.join(HERE, "test_swin.py"), "--quick"]),
     ("pipeline (asan+ubsan)", [PY, os.path.join(HERE, "test_pipeline.py"), "--quick"]),

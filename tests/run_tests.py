@@ -27,7 +27,7 @@ SUITES = [
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("clip, dinov2 (image encoders on the ViT graph)", [PY, os.path.join(HERE, "test_clip.py")]),
     ("beit (relative position bias, q/v bias, layer scale on the ViT graph)", [PY, os.path.join(HERE, "test_beit.py")]),
-    ("relpos (timm relative-position ViTs: RelPosMlp, RelPosBias on the ViT graph)", [PY, os.path.join(HERE, "test_relpos.py")]),
+    ("relpos (timm relative-position ViTs, parallel blocks, RmsNorm on the ViT graph)", [PY, os.path.join(HERE, "test_relpos.py")]),
     ("siglip (Hugging Face SigLIP image encoders on the ViT graph)", [PY, os.path.join(HERE, "test_siglip.py")]),
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),

@@ -3508,7 +3508,18 @@ typedef struct lmv__vit {
     int rope_xy, rope_half;   /* vit.rope_indexing "xy"; vit.rope_half: rotate halves instead of pairs */
     float rope_temp, rope_offset;
     const float *rope_freqs;  /* mixed: rope.freqs [2][depth][heads][head_dim/2] */
+    struct lmv__vit_relmlp *rel_mlps; /* vit.rel_pos mlp_block: [depth], mlp_shared: [1]; else NULL */
+    int rel_mlp, rel_mlp_mode, rel_mlp_hidden; /* 1 per block, 2 shared; vit.rel_mlp 0 cr, 1 swin, 2 rw; fc1's width */
+    int parallel; /* vit.parallel: branches per block (timm ParallelThingsBlock), block i's in blocks[i * K + k] */
+    int par_scaling; /* vit.block "parallel_scaling": timm ParallelScalingBlock, attention and MLP on one norm */
+    int rms;         /* vit.norm "rms": every norm of the model is timm's RmsNorm (no mean subtracted) */
 } lmv__vit;
+
+/* timm's RelPosMlp: fc1 [hidden][2] (+bias), ReLU, fc2 [heads][hidden] (+bias) over log-spaced (dy, dx). */
+typedef struct lmv__vit_relmlp {
+    const float *fc1_b, *fc2_b;
+    lmv__mat fc1_w, fc2_w;
+} lmv__vit_relmlp;
 
 enum { LMV__ROPE_AXIAL = 1, LMV__ROPE_MIXED = 2, LMV__ROPE_DINOV3 = 3 };
 
@@ -3569,15 +3580,16 @@ static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) 
 }
 
 /* Rows of a BEiT relative position bias table: every (dy, dx) offset of the trained grid plus
-   three for the class token (class to patch, patch to class, class to class). */
-static int lmv__vit_rel_rows(const lmv__vit *v) { return (2 * v->pos_gh - 1) * (2 * v->pos_gw - 1) + 3; }
+   three for the class token (class to patch, patch to class, class to class) when there is one
+   (timm's RelPosBias without a class token has none). */
+static int lmv__vit_rel_rows(const lmv__vit *v) { return (2 * v->pos_gh - 1) * (2 * v->pos_gw - 1) + 3 * v->class_token; }
 
 /* vit.rel_pos: the shared table when there is one, and the table row of every (query, key) pair of
    the trained grid with its class token first, as timm's beit.py gen_relative_position_index:
    patch (y1, x1) to patch (y2, x2) reads row (y1 - y2 + gh - 1) * (2gw - 1) + (x1 - x2 + gw - 1). */
 static lmv_result lmv__vit_bind_rel_pos(lmv_model *m, lmv__vit *v, lmv_error *err) {
     lmv_result r;
-    int G = v->pos_gh * v->pos_gw, T = G + 1, rows = lmv__vit_rel_rows(v), i, j;
+    int G = v->pos_gh * v->pos_gw, c = v->class_token, T = G + c, rows = lmv__vit_rel_rows(v), i, j;
     if ((size_t)v->pos_gh * v->pos_gw > 4096)
         return lmv__fail(err, LMV_ERR_LIMIT, "vit.rel_pos over a %dx%d grid: at most 4096 patches are supported",
                          v->pos_gh, v->pos_gw);
@@ -3589,8 +3601,9 @@ static lmv_result lmv__vit_bind_rel_pos(lmv_model *m, lmv__vit *v, lmv_error *er
     for (i = 0; i < G; i++)
         for (j = 0; j < G; j++) {
             int dy = i / v->pos_gw - j / v->pos_gw + v->pos_gh - 1, dx = i % v->pos_gw - j % v->pos_gw + v->pos_gw - 1;
-            v->rel_index[(size_t)(i + 1) * T + j + 1] = dy * (2 * v->pos_gw - 1) + dx;
+            v->rel_index[(size_t)(i + c) * T + j + c] = dy * (2 * v->pos_gw - 1) + dx;
         }
+    if (!c) return LMV_OK;
     for (j = 1; j < T; j++) v->rel_index[j] = rows - 3;             /* class token to patch */
     for (i = 1; i < T; i++) v->rel_index[(size_t)i * T] = rows - 2; /* patch to class token */
     v->rel_index[0] = rows - 1;
@@ -3644,8 +3657,9 @@ static lmv_result lmv__vit_bind_rope(lmv_model *m, lmv__vit *v, lmv_error *err) 
     if (!v->rope) return LMV_OK;
     if (hd % 4)
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope needs a head width divisible by 4; this model's is %d", hd);
-    if (v->rel_pos || v->class_last)
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rope cannot be combined with vit.rel_pos or vit.class_last");
+    if (v->rel_pos || v->rel_mlp || v->class_last || v->parallel > 1 || v->par_scaling)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.rope cannot be combined with vit.rel_pos, vit.class_last, vit.parallel or parallel_scaling blocks");
     if (v->rope != LMV__ROPE_MIXED) return LMV_OK;
     shape4[0] = 2; shape4[1] = v->depth; shape4[2] = v->heads; shape4[3] = hd / 2;
     if ((r = lmv__weight(m, "rope.freqs", 0, 4, shape4, &v->rope_freqs, err)) != LMV_OK) return r;
@@ -3653,6 +3667,74 @@ static lmv_result lmv__vit_bind_rope(lmv_model *m, lmv__vit *v, lmv_error *err) 
         v->blocks[i].rope_fx = v->rope_freqs + (size_t)i * v->heads * (hd / 2);
         v->blocks[i].rope_fy = v->rope_freqs + ((size_t)v->depth + i) * v->heads * (hd / 2);
     }
+    return LMV_OK;
+}
+
+/* vit.rel_pos mlp_block / mlp_shared: timm's RelPosMlp, one per block
+   ("blocks.N.attn.rel_pos.mlp.fc1/fc2") or one for all ("shared_rel_pos.mlp.fc1/fc2"); its hidden
+   width comes from the first fc1. */
+static lmv_result lmv__vit_bind_rel_mlp(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int n = v->rel_mlp == 1 ? v->depth : 1, i;
+    const char *first = v->rel_mlp == 1 ? "blocks.0.attn.rel_pos.mlp.fc1.weight" : "shared_rel_pos.mlp.fc1.weight";
+    const lmv__tensor *t = lmv__find_tensor(m, first);
+    if (!t) return lmv__fail(err, LMV_ERR_MISSING_TENSOR, "tensor '%s' is missing from the weight file", first);
+    if (t->ndim != 2 || t->shape[0] < 1 || t->shape[0] > (1 << 16) || t->shape[1] != 2)
+        return lmv__fail(err, LMV_ERR_SHAPE, "tensor '%s' must be 2-D [hidden][2]", first);
+    v->rel_mlp_hidden = t->shape[0];
+    if (n < 1) return LMV_OK;
+    v->rel_mlps = (lmv__vit_relmlp *)lmv__alloc(&m->allocator, sizeof(lmv__vit_relmlp) * (size_t)n);
+    if (!v->rel_mlps) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory for the relative position MLPs");
+    memset(v->rel_mlps, 0, sizeof(lmv__vit_relmlp) * (size_t)n);
+    for (i = 0; i < n; i++) {
+        lmv__vit_relmlp *q = &v->rel_mlps[i];
+        char base[64];
+        if (v->rel_mlp == 1) lmv__name(base, sizeof base, "blocks.%d.attn.rel_pos.mlp", i);
+        else lmv__name(base, sizeof base, "shared_rel_pos.mlp");
+        if ((r = lmv__bind_linear(m, 0, v->rel_mlp_hidden, 2, &q->fc1_w, &q->fc1_b, err, "%s.fc1", base)) != LMV_OK ||
+            (r = lmv__bind_linear(m, 0, v->heads, v->rel_mlp_hidden, &q->fc2_w, &q->fc2_b, err, "%s.fc2", base)) != LMV_OK)
+            return r;
+    }
+    return LMV_OK;
+}
+
+/* vit.parallel K > 1: timm's ParallelThingsBlock. Block i has K attention branches
+   "blocks.i.attns.k.{norm, attn.qkv, attn.proj, ls.gamma}" (qk-norm and attn.norm optional) and K
+   MLP branches "blocks.i.ffns.k.{norm, mlp.fc1, mlp.fc2, ls.gamma}" (mlp.norm optional), bound into
+   v->blocks[i * K + k] as norm1 / attention / ls1 and norm2 / MLP / ls2. */
+static lmv_result lmv__vit_bind_parallel(lmv_model *m, lmv__vit *v, lmv_error *err) {
+    lmv_result r;
+    int i, k, K = v->parallel, D = v->dim, Hd = v->hidden, hd = v->dim / v->heads;
+    char a[48], f[48], name[96];
+    if (v->norm_at != LMV__NORM_PRE || v->rel_pos || v->rel_mlp)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.parallel (parallel branches per block) needs pre-norm blocks and no relative position bias");
+    for (i = 0; i < v->depth; i++)
+        for (k = 0; k < K; k++) {
+            lmv__vit_block *b = &v->blocks[i * K + k];
+            lmv__name(a, sizeof a, "blocks.%d.attns.%d", i, k);
+            lmv__name(f, sizeof f, "blocks.%d.ffns.%d", i, k);
+            if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "%s.norm", a)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, 3 * D, D, &b->qkv_w, &b->qkv_b, err, "%s.attn.qkv", a)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, D, D, &b->proj_w, &b->proj_b, err, "%s.attn.proj", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, hd, &b->q_norm_w, &b->q_norm_b, err, "%s.attn.q_norm", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, hd, &b->k_norm_w, &b->k_norm_b, err, "%s.attn.k_norm", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, D, &b->attn_norm_w, &b->attn_norm_b, err, "%s.attn.norm", a)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 0, D, &b->norm2_w, &b->norm2_b, err, "%s.norm", f)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, v->glu ? 2 * Hd : Hd, D, &b->fc1_w, &b->fc1_b, err, "%s.mlp.fc1", f)) != LMV_OK ||
+                (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "%s.mlp.fc2", f)) != LMV_OK ||
+                (r = lmv__bind_norm(m, 1, Hd, &b->mlp_norm_w, &b->mlp_norm_b, err, "%s.mlp.norm", f)) != LMV_OK)
+                return r;
+            if (!b->q_norm_w != !b->k_norm_w || !b->q_norm_w != !b->q_norm_b || !b->k_norm_w != !b->k_norm_b ||
+                !b->attn_norm_w != !b->attn_norm_b || !b->mlp_norm_w != !b->mlp_norm_b)
+                return lmv__fail(err, LMV_ERR_MISSING_TENSOR,
+                                 "block %d branch %d has only part of a norm (q_norm and k_norm come together, each "
+                                 "with weight and bias): convert the checkpoint again", i, k);
+            lmv__name(name, sizeof name, "%s.ls.gamma", a);
+            if ((r = lmv__w1(m, 1, D, &b->ls1, err, name)) != LMV_OK) return r;
+            lmv__name(name, sizeof name, "%s.ls.gamma", f);
+            if ((r = lmv__w1(m, 1, D, &b->ls2, err, name)) != LMV_OK) return r;
+        }
     return LMV_OK;
 }
 
@@ -3687,6 +3769,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     LMV__INT("vit.proj", 0, 0, 1 << 18, 0, v->proj);
     LMV__INT("num_classes", 0, 0, 1 << 20, 0, v->num_classes);
     LMV__INT("vit.abs_pos", 0, 0, 1, 1, v->abs_pos);
+    LMV__INT("vit.parallel", 0, 1, 16, 1, v->parallel);
 #undef LMV__INT
     if (v->dim % v->heads)
         return lmv__fail(err, LMV_ERR_CORRUPT, "vit.embed_dim %d is not divisible by vit.num_heads %d", v->dim, v->heads);
@@ -3707,6 +3790,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
     else if (!strcmp(s, "silu")) v->silu = 1;             /* likewise */
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu, silu", s);
+    s = lmv__meta_string(m, "vit.norm", "layer");
+    if (!strcmp(s, "rms")) v->rms = 1;
+    else if (strcmp(s, "layer")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.norm '%s' is not one of layer, rms", s);
     s = lmv__meta_string(m, "vit.mlp", "mlp");
     if (!strcmp(s, "glu")) v->glu = 1;
     else if (strcmp(s, "mlp")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.mlp '%s' is not one of mlp, glu", s);
@@ -3716,8 +3802,12 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         if (!v->norm_first)
             return lmv__fail(err, LMV_ERR_CORRUPT, "vit.block 'res_post' contradicts vit.norm_first 0: set only one of them");
         v->norm_at = LMV__NORM_RES_POST;
+    } else if (!strcmp(s, "parallel_scaling")) {
+        if (!v->norm_first)
+            return lmv__fail(err, LMV_ERR_CORRUPT, "vit.block 'parallel_scaling' contradicts vit.norm_first 0: set only one of them");
+        v->par_scaling = 1;
     } else if (strcmp(s, "pre")) {
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.block '%s' is not one of pre, res_post", s);
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.block '%s' is not one of pre, res_post, parallel_scaling", s);
     }
     s = lmv__meta_string(m, "vit.pool", "token");
     if (!strcmp(s, "avg")) v->pool_avg = 1;
@@ -3730,11 +3820,19 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!strcmp(s, "block")) v->rel_pos = 1;
     else if (!strcmp(s, "shared_table")) v->rel_pos = 2;
     else if (!strcmp(s, "both")) v->rel_pos = 3;
-    else if (strcmp(s, "none")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_pos '%s' is not one of none, block, shared_table, both", s);
-    if (v->rel_pos && (!v->class_token || v->dist_token || v->reg_tokens || v->class_last))
+    else if (strcmp(s, "none") && strcmp(s, "mlp_block") && strcmp(s, "mlp_shared"))
         return lmv__fail(err, LMV_ERR_UNSUPPORTED,
-                         "vit.rel_pos (BEiT relative position bias) needs exactly one class token, first, and no "
+                         "vit.rel_pos '%s' is not one of none, block, shared_table, both, mlp_block, mlp_shared", s);
+    else if (!strcmp(s, "mlp_block")) v->rel_mlp = 1;
+    else if (!strcmp(s, "mlp_shared")) v->rel_mlp = 2;
+    if ((v->rel_pos || v->rel_mlp) && (v->dist_token || v->reg_tokens || v->class_last))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.rel_pos (relative position bias) allows at most one class token, first, and no "
                          "distillation or register tokens");
+    s = lmv__meta_string(m, "vit.rel_mlp", "cr");
+    if (!strcmp(s, "swin")) v->rel_mlp_mode = 1;
+    else if (!strcmp(s, "rw")) v->rel_mlp_mode = 2;
+    else if (strcmp(s, "cr")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.rel_mlp '%s' is not one of cr, swin, rw", s);
     s = lmv__meta_string(m, "vit.pos_interp", "bicubic");
     if (!strcmp(s, "bicubic")) v->pos_interp = LMV__RS_BICUBIC;
     else if (!strcmp(s, "bicubic_aa")) v->pos_interp = LMV__RS_BICUBIC_AA;
@@ -3763,6 +3861,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         if (v->abs_pos && (r = lmv__weight(m, "pos_embed", 0, 3, shape3, &v->pos_embed, err)) != LMV_OK) return r;
     }
     if (v->rel_pos && (r = lmv__vit_bind_rel_pos(m, v, err)) != LMV_OK) return r;
+    if (v->rel_mlp && (r = lmv__vit_bind_rel_mlp(m, v, err)) != LMV_OK) return r;
     (void)patch_k;
     if ((r = lmv__bind_norm(m, 1, D, &v->patch_norm_w, &v->patch_norm_b, err, "patch_embed.norm")) != LMV_OK ||
         (r = lmv__bind_norm(m, 1, D, &v->norm_pre_w, &v->norm_pre_b, err, "norm_pre")) != LMV_OK ||
@@ -3782,15 +3881,19 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
              (r = lmv__bind_linear(m, 0, v->num_classes, F, &v->head_dist_w, &v->head_dist_b, err, "head_dist")) != LMV_OK))
             return r;
     }
-    v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
+    v->blocks = (lmv__vit_block *)lmv__alloc(&m->allocator, sizeof(lmv__vit_block) * (size_t)(v->depth * v->parallel + 1));
     if (!v->blocks) return lmv__fail(err, LMV_ERR_OUT_OF_MEMORY, "out of memory binding the ViT blocks");
-    memset(v->blocks, 0, sizeof(lmv__vit_block) * (size_t)(v->depth + 1));
+    memset(v->blocks, 0, sizeof(lmv__vit_block) * (size_t)(v->depth * v->parallel + 1));
+    if (v->parallel > 1) return (r = lmv__vit_bind_parallel(m, v, err)) != LMV_OK ? r : lmv__vit_bind_rope(m, v, err);
+    if (v->par_scaling && (v->glu || v->rel_pos || v->rel_mlp))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.block 'parallel_scaling' cannot be combined with a glu MLP or a relative position bias");
     for (i = 0; i < v->depth; i++) {
         lmv__vit_block *b = &v->blocks[i];
         if ((r = lmv__bind_norm(m, 0, D, &b->norm1_w, &b->norm1_b, err, "blocks.%d.norm1", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, 3 * D, D, &b->qkv_w, &b->qkv_b, err, "blocks.%d.attn.qkv", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, D, &b->proj_w, &b->proj_b, err, "blocks.%d.attn.proj", i)) != LMV_OK ||
-            (r = lmv__bind_norm(m, 0, D, &b->norm2_w, &b->norm2_b, err, "blocks.%d.norm2", i)) != LMV_OK ||
+            (r = lmv__bind_norm(m, v->par_scaling, D, &b->norm2_w, &b->norm2_b, err, "blocks.%d.norm2", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, v->glu ? 2 * Hd : Hd, D, &b->fc1_w, &b->fc1_b, err, "blocks.%d.mlp.fc1", i)) != LMV_OK ||
             (r = lmv__bind_linear(m, 0, D, Hd, &b->fc2_w, &b->fc2_b, err, "blocks.%d.mlp.fc2", i)) != LMV_OK ||
             (r = lmv__vit_bind_block_norms(m, v, i, b, err)) != LMV_OK)
@@ -3813,6 +3916,7 @@ static void lmv__vit_unbind(lmv_model *m) {
     if (!v) return;
     lmv__free(&m->allocator, v->blocks);
     lmv__free(&m->allocator, v->rel_index);
+    lmv__free(&m->allocator, v->rel_mlps);
     lmv__free(&m->allocator, v);
     m->graph = NULL;
 }
@@ -3835,6 +3939,9 @@ typedef struct lmv__vit_bufs {
     float *rope;    /* vit.rope: cos then sin per patch and q/k channel for the whole run, [2][gh*gw][head_dim]
                        (axial) or per block [depth][2][heads][gh*gw][head_dim] (mixed) */
     int gh, gw;     /* the run's patch grid */
+    float *rtab;    /* [MLPs][R][heads] each RelPosMlp's output for this grid's R = (2gh-1)(2gw-1) offsets */
+    float *rcoord;  /* [R][2] its log-spaced (dy, dx) inputs, then [R][hidden] its hidden rows */
+    float *x0;      /* [T][D] a parallel block's input, which every branch reads (vit.parallel only) */
 } lmv__vit_bufs;
 
 static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, float *base, lmv__vit_bufs *b) {
@@ -3845,6 +3952,8 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     int fc1 = v->glu ? 2 * v->hidden : v->hidden;
     c.base = base;
     c.used = 0;
+    b->gh = gh;
+    b->gw = gw;
     b->x = lmv__carve(&c, T * D);
     b->xn = lmv__carve(&c, T * D);
     b->qkv = lmv__carve(&c, T * 3 * D);
@@ -3858,11 +3967,15 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
     b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
                                    3 * (size_t)v->proj);
-    b->relb = v->rel_pos ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
+    b->relb = v->rel_pos || v->rel_mlp ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
     b->rope = v->rope ? lmv__carve(&c, 2 * (size_t)gh * gw * (v->rope == LMV__ROPE_MIXED ? (size_t)v->depth * D : D / v->heads))
                       : NULL;
-    b->gh = gh;
-    b->gw = gw;
+    if (v->rel_mlp) {
+        size_t R = (size_t)(2 * gh - 1) * (2 * gw - 1);
+        b->rtab = lmv__carve(&c, (size_t)(v->rel_mlp == 1 ? v->depth : 1) * R * v->heads);
+        b->rcoord = lmv__carve(&c, R * (size_t)(2 + v->rel_mlp_hidden));
+    }
+    b->x0 = v->parallel > 1 || v->par_scaling ? lmv__carve(&c, T * D) : NULL;
     return c.used;
 }
 
@@ -3878,6 +3991,12 @@ static lmv_result lmv__vit_plan(const lmv_model *m, int threads, int h, int w, s
                          "input %dx%d: this model's relative position bias tables are for its trained %dx%d input "
                          "only; resize the image to %dx%d", h, w, v->pos_gh * v->ph, v->pos_gw * v->pw,
                          v->pos_gh * v->ph, v->pos_gw * v->pw);
+    if (v->rel_mlp && (size_t)gh * gw > 4096)
+        return lmv__fail(err, LMV_ERR_LIMIT, "input %dx%d: the relative position bias allows at most 4096 patches", h, w);
+    if (v->rel_mlp && v->rel_mlp_mode && (gh < 2 || gw < 2))
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                         "input %dx%d: this model's relative position MLP ('%s' coordinates) needs at least 2x2 "
+                         "patches of %dx%d; give a larger image", h, w, v->rel_mlp_mode == 1 ? "swin" : "rw", v->ph, v->pw);
     *floats = lmv__vit_layout(v, gh, gw, threads, NULL, &b);
     return LMV_OK;
 }
@@ -3898,6 +4017,33 @@ static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs 
         lmv__resample_grid(v->pos_interp, dst, grid, v->pos_gh, v->pos_gw, gh, gw, v->dim, b->tmp,
                            b->tmp + (size_t)v->pos_gh * gw * D);
 }
+
+/* timm's RmsNorm over the last dimension, y may alias x: y = x / sqrt(mean(x^2) + eps) * w (+ b, the
+   zeros the converter writes). */
+static void lmv__vit_rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w,
+                             const float *b, float eps) {
+    int r, i;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = y + (size_t)r * dim, ss = 0.0f, inv;
+        for (i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (i = 0; i < dim; i++) yr[i] = xr[i] * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+    }
+    (void)ctx;
+}
+
+/* Every norm of the ViT graph from here to lmv__vit_ops goes through lmv__vit_norm (the macro below
+   needs the graph `v` in scope): LayerNorm, or RmsNorm for vit.norm "rms". */
+static void lmv__vit_norm(const lmv__ctx *ctx, const lmv__vit *v, float *y, const float *x, int rows, int dim,
+                          const float *w, const float *b, float eps) {
+    if (v->rms) lmv__vit_rmsnorm(ctx, y, x, rows, dim, w, b, eps);
+    else lmv__layernorm(ctx, y, x, rows, dim, w, b, eps);
+}
+#define lmv__layernorm(ctx, y, x, rows, dim, w, b, eps) lmv__vit_norm(ctx, v, y, x, rows, dim, w, b, eps)
 
 /* QuickGELU in place: x * sigmoid(1.702 x), as CLIP's and timm's QuickGELU. */
 static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
@@ -4112,6 +4258,62 @@ static void lmv__vit_branch_out(const lmv__ctx *ctx, const lmv__vit *v, int T, c
     if (v->norm_at == LMV__NORM_POST) lmv__layernorm(ctx, b->x, b->x, T, D, nw, nb, v->eps);
 }
 
+/* A RelPosMlp's bias [heads][T][T] for the gh x gw grid from its outputs tab [R][heads]: patch
+   (yi, xi) to patch (yj, xj) reads row (yi - yj + gh - 1) * (2gw - 1) + xi - xj + gw - 1; the class
+   token's row and column are zero (timm pads the bias for prefix tokens). */
+static void lmv__vit_rel_mlp_bias(const lmv__vit *v, const float *tab, int gh, int gw, float *bias) {
+    int c = v->class_token, G = gh * gw, T = G + c, H = v->heads, h, i, j;
+    size_t n = (size_t)T * T;
+    for (h = 0; h < H; h++) {
+        float *o = bias + (size_t)h * n;
+        if (c) {
+            for (j = 0; j < T; j++) o[j] = 0.0f;
+            for (i = 1; i < T; i++) o[(size_t)i * T] = 0.0f;
+        }
+        for (i = 0; i < G; i++) {
+            int yi = i / gw, xi = i % gw;
+            float *row = o + (size_t)(i + c) * T + c;
+            for (j = 0; j < G; j++)
+                row[j] = tab[(size_t)((yi - j / gw + gh - 1) * (2 * gw - 1) + xi - j % gw + gw - 1) * H + h];
+        }
+    }
+}
+
+/* The RelPosMlp outputs for the buffers' grid into b->rtab [MLPs][R][heads], as timm's
+   gen_relative_log_coords and RelPosMlp.get_bias: row (dy + gh - 1) * (2gw - 1) + dx + gw - 1 is
+   the offset (dy, dx), each coordinate d mapped by mode 'cr' to sign(d) ln(1 + |d|), by 'swin' to
+   e = 8 d / (g - 1), sign(e) log2(1 + |e|) / 3, by 'rw' (older timm) to the same over log2(9)
+   instead of 3; then fc1, ReLU, fc2 and for 'swin' 16 sigmoid, for 'rw' 4 tanh.
+   A shared MLP's bias is the same for every block: expanded once here into b->relb. */
+static void lmv__vit_rel_mlp_tables(const lmv__ctx *ctx, const lmv__vit *v, lmv__vit_bufs *b) {
+    int gh = b->gh, gw = b->gw, R = (2 * gh - 1) * (2 * gw - 1), n = v->rel_mlp == 1 ? v->depth : 1, H = v->heads, r, i, k;
+    float *hid = b->rcoord + (size_t)2 * R;
+    size_t p;
+    for (r = 0; r < R; r++)
+        for (k = 0; k < 2; k++) {
+            float d = (float)(k ? r % (2 * gw - 1) - (gw - 1) : r / (2 * gw - 1) - (gh - 1)), a;
+            if (v->rel_mlp_mode) {
+                d = d / (float)((k ? gw : gh) - 1);
+                d *= 8.0f;
+                a = log2f(1.0f + fabsf(d)) / (v->rel_mlp_mode == 1 ? 3.0f : (float)(log(9.0) / log(2.0)));
+            } else {
+                a = logf(1.0f + fabsf(d));
+            }
+            b->rcoord[2 * r + k] = d > 0.0f ? a : d < 0.0f ? -a : 0.0f;
+        }
+    for (i = 0; i < n; i++) {
+        const lmv__vit_relmlp *q = &v->rel_mlps[i];
+        float *t = b->rtab + (size_t)i * R * H;
+        lmv__linear_act(ctx, hid, b->rcoord, R, 2, v->rel_mlp_hidden, q->fc1_w, q->fc1_b, LMV__ACT_RELU);
+        lmv__linear(ctx, t, hid, R, v->rel_mlp_hidden, H, q->fc2_w, q->fc2_b);
+        if (v->rel_mlp_mode == 1)
+            for (p = 0; p < (size_t)R * H; p++) t[p] = 16.0f / (1.0f + expf(-t[p]));
+        else if (v->rel_mlp_mode == 2)
+            for (p = 0; p < (size_t)R * H; p++) t[p] = 4.0f * tanhf(t[p]);
+    }
+    if (v->rel_mlp == 2) lmv__vit_rel_mlp_bias(v, b->rtab, gh, gw, b->relb);
+}
+
 /* One encoder block, the norms placed by v->norm_at (see lmv__norm_at):
      attention: qkv = Linear(in); softmax(q k^T * scale) v; proj, residual
      MLP:       fc1, act, fc2, residual */
@@ -4147,6 +4349,12 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
         lmv__vit_rel_bias(v, blk, T, b->relb);
         a.bias = b->relb;
     }
+    if (v->rel_mlp) { /* mlp_shared: b->relb was filled for the whole run */
+        if (v->rel_mlp == 1)
+            lmv__vit_rel_mlp_bias(v, b->rtab + (size_t)(blk - v->blocks) * (2 * b->gh - 1) * (2 * b->gw - 1) * v->heads,
+                                  b->gh, b->gw, b->relb);
+        a.bias = b->relb;
+    }
     lmv__attention(ctx, &a);
     if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
     lmv__vit_branch_out(ctx, v, T, b->attn, D, blk->proj_w, blk->proj_b, blk->ls1, blk->norm1_w, blk->norm1_b, b);
@@ -4155,6 +4363,90 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
     lmv__vit_mlp(ctx, v, T, in, blk->fc1_w, blk->fc1_b, blk->mlp_norm_w, blk->mlp_norm_b, b);
     lmv__vit_branch_out(ctx, v, T, v->glu ? b->gate : b->hidden, v->hidden, blk->fc2_w, blk->fc2_b, blk->ls2, blk->norm2_w,
                         blk->norm2_b, b);
+}
+
+/* A parallel block (vit.parallel K, timm ParallelThingsBlock) from b->x:
+     x = x + sum_k ls1_k proj_k(attention_k(norm1_k(x)));  x = x + sum_k ls2_k mlp_k(norm2_k(x))
+   every branch reading the half-block's input x0. probs, when asked for, get the first branch's maps. */
+static void lmv__vit_parallel_forward(const lmv__ctx *ctx, const lmv__vit *v, int i, int T, lmv__vit_bufs *b,
+                                      float *probs) {
+    int D = v->dim, K = v->parallel, k;
+    lmv__attn_args a;
+    memcpy(b->x0, b->x, sizeof(float) * (size_t)T * D);
+    for (k = 0; k < K; k++) {
+        const lmv__vit_block *blk = &v->blocks[i * K + k];
+        lmv__layernorm(ctx, b->xn, b->x0, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+        lmv__linear(ctx, b->qkv, b->xn, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
+        if (blk->q_norm_w) lmv__vit_qk_norm(ctx, v, blk, T, b);
+        memset(&a, 0, sizeof a);
+        a.groups = 1;
+        a.heads = v->heads;
+        a.head_dim = D / v->heads;
+        a.nq = a.nk = T;
+        a.q = blk->q_norm_w ? b->xn : b->qkv;
+        a.k = blk->q_norm_w ? b->hidden : b->qkv + D;
+        a.v = b->qkv + 2 * D;
+        a.ldq = a.ldk = blk->q_norm_w ? (size_t)D : (size_t)3 * D;
+        a.ldv = (size_t)3 * D;
+        a.out = b->attn;
+        a.ldo = (size_t)D;
+        a.scale = v->scale;
+        a.scores = b->scores;
+        a.probs = k ? NULL : probs;
+        lmv__attention(ctx, &a);
+        if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
+        lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
+    }
+    memcpy(b->x0, b->x, sizeof(float) * (size_t)T * D);
+    for (k = 0; k < K; k++) {
+        const lmv__vit_block *blk = &v->blocks[i * K + k];
+        lmv__layernorm(ctx, b->xn, b->x0, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+        lmv__vit_mlp(ctx, v, T, b->xn, blk->fc1_w, blk->fc1_b, blk->mlp_norm_w, blk->mlp_norm_b, b);
+        lmv__linear_residual(ctx, b->x, v->glu ? b->gate : b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls2,
+                             b->xn);
+    }
+}
+
+/* timm's ParallelScalingBlock (vit.block "parallel_scaling"), its fused in_proj stored as mlp.fc1
+   and attn.qkv, its out projections as attn.proj and mlp.fc2, its one layer scale as ls1:
+     y = norm1(x);  x = x + ls1 * (proj(attention(qkv(y))) + fc2(act(fc1(y))))
+   the MLP's activations are made first (in b->hidden), qk-norm's k goes to b->x0. */
+static void lmv__vit_scaling_forward(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit_block *blk, int T,
+                                     lmv__vit_bufs *b, float *probs) {
+    int D = v->dim, hd = v->dim / v->heads, t;
+    lmv__attn_args a;
+    lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__vit_mlp(ctx, v, T, b->xn, blk->fc1_w, blk->fc1_b, NULL, NULL, b);
+    lmv__linear(ctx, b->qkv, b->xn, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
+    memset(&a, 0, sizeof a);
+    a.q = b->qkv;
+    a.k = b->qkv + D;
+    a.ldq = a.ldk = (size_t)3 * D;
+    if (blk->q_norm_w) {
+        for (t = 0; t < T; t++) {
+            memcpy(b->xn + (size_t)t * D, b->qkv + (size_t)t * 3 * D, sizeof(float) * D);
+            memcpy(b->x0 + (size_t)t * D, b->qkv + (size_t)t * 3 * D + D, sizeof(float) * D);
+        }
+        lmv__layernorm(ctx, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
+        lmv__layernorm(ctx, b->x0, b->x0, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
+        a.q = b->xn;
+        a.k = b->x0;
+        a.ldq = a.ldk = (size_t)D;
+    }
+    a.groups = 1;
+    a.heads = v->heads;
+    a.head_dim = hd;
+    a.nq = a.nk = T;
+    a.v = b->qkv + 2 * D;
+    a.ldv = (size_t)3 * D;
+    a.out = b->attn;
+    a.ldo = (size_t)D;
+    a.scale = v->scale;
+    a.scores = b->scores;
+    a.probs = probs;
+    lmv__attention(ctx, &a);
+    lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
+    lmv__linear_residual(ctx, b->x, b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls1, b->xn);
 }
 
 /* Block i with its trace hook: its attention maps go to the session's capture buffer when they
@@ -4168,7 +4460,9 @@ static void lmv__vit_block_hooked(lmv_session *s, const lmv__ctx *ctx, const lmv
         lmv__name(name, sizeof name, "blocks.%d", i);
         probs = lmv__attn_capture(s, name, (size_t)v->heads * T * T);
     }
-    lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
+    if (v->parallel > 1) lmv__vit_parallel_forward(ctx, v, i, T, b, probs);
+    else if (v->par_scaling) lmv__vit_scaling_forward(ctx, v, &v->blocks[i], T, b, probs);
+    else lmv__vit_block_forward(ctx, v, &v->blocks[i], T, b, probs);
     if (!trace) return;
     if (probs) {
         lmv__name(name, sizeof name, "blocks.%d.attn", i);
@@ -4234,6 +4528,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
     if (v->rope == LMV__ROPE_DINOV3) lmv__vit_rope_dinov3(v, gh, gw, b.rope);
     for (i = 0; v->rope == LMV__ROPE_MIXED && i < v->depth; i++) /* every block's table, once for the batch */
         lmv__vit_rope_mixed(ctx, v, &v->blocks[i], gh, gw, b.rope + (size_t)i * 2 * np * D);
+    if (v->rel_mlp) lmv__vit_rel_mlp_tables(ctx, v, &b); /* the relative position MLPs for this grid, once */
     for (n = 0; n < batch; n++) {
         /* pooled: features (two rows when distilled), the pre-logits output, the logits */
         float *tokens, *feat = b.pooled, *pre = b.pooled + 2 * P, *logits = b.pooled + 3 * P;
@@ -4295,6 +4590,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
 
 static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bind, lmv__vit_plan, lmv__vit_forward,
                                              lmv__vit_unbind};
+#undef lmv__layernorm
 
 /* --------------------------------------------------------------------------------------------
    Model graphs: Swin Transformer (V1 and V2)

@@ -262,11 +262,17 @@ def summary_lines(model, meta, labels_src, ckpt, info, out_path, nbytes, dtypes=
                  if c.get("vit.abs_pos", 1) else "no pos_embed (vit.abs_pos=0)",
                  "pool %s" % c["vit.pool"]]
         if c.get("vit.rel_pos", "none") != "none":
-            parts.insert(2, "relative position bias vit.rel_pos=%s (input fixed at img_size)" % c["vit.rel_pos"])
+            mlp = c["vit.rel_pos"].startswith("mlp")
+            parts.insert(2, "relative position bias vit.rel_pos=%s%s" % (
+                c["vit.rel_pos"], " vit.rel_mlp=%s (any input size)" % c.get("vit.rel_mlp", "cr") if mlp
+                else " (input fixed at img_size)"))
         lines.append("tokens      " + "; ".join(parts))
-        opts = ["%s-norm" % ("res-post" if c["vit.block"] == "res_post" else "pre" if c["vit.norm_first"] else "post"),
+        opts = ["%s-norm" % ("res-post" if c["vit.block"] == "res_post" else "parallel-scaling pre" if c["vit.block"] ==
+                             "parallel_scaling" else "pre" if c["vit.norm_first"] else "post"),
                 "eps %g" % c["vit.norm_eps"],
                 "act %s" % c["vit.act"], "qkv_bias %d" % c["vit.qkv_bias"]]
+        if c.get("vit.norm") == "rms":
+            opts.insert(1, "RmsNorm")
         for k in ("layer_scale", "patch_norm", "norm_pre", "final_norm", "fc_norm"):
             if c["vit." + k]:
                 opts.append(k)

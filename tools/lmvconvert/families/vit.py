@@ -11,7 +11,7 @@ from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TO
 from ..mapping import _shape_str, mapping_shape_hint
 from ..registry import FAMILIES, builder, detector, register_family
 from ..settings import coerce
-from ..tensors import _is_int, concat0, scale_f32, zeros_f32
+from ..tensors import Tensor, _is_int, concat0, scale_f32, zeros_f32
 
 VIT_KEYS = OrderedDict([
     ("vit.embed_dim", "i"), ("vit.depth", "i"), ("vit.num_heads", "i"), ("vit.mlp_hidden", "i"),
@@ -21,16 +21,21 @@ VIT_KEYS = OrderedDict([
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
     ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"), ("vit.abs_pos", "i"),
-    ("vit.rel_pos", "s"),
+    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"), ("vit.parallel", "i"), ("vit.norm", "s"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
     "vit.pool": ("token", "avg", "map"),
     "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
-    "vit.block": ("pre", "res_post"),
-    "vit.rel_pos": ("none", "block", "shared_table", "both"),
+    "vit.block": ("pre", "res_post", "parallel_scaling"),
+    "vit.rel_pos": ("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
+    "vit.rel_mlp": ("cr", "swin", "rw"),
+    "vit.norm": ("layer", "rms"),
 }, assumable=[
+    ("vit.norm", "--set vit.norm=layer|rms"),
+    ("vit.rel_mlp", "--set vit.rel_mlp=cr|rw"),
+    ("img_size", "--img-size H W"),
     ("vit.num_heads", "--num-heads N"),
     ("vit.norm_eps", "--eps E"),
     ("vit.act", "--set vit.act=gelu|gelu_tanh|quickgelu|relu|silu"),
@@ -42,7 +47,7 @@ register_family("vit", VIT_KEYS, choices={
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
                   "vit.dist_token", "vit.reg_tokens", "vit.qkv_bias", "vit.layer_scale", "vit.patch_norm",
                   "vit.norm_pre", "vit.final_norm", "vit.fc_norm", "vit.pre_logits", "vit.mlp", "vit.proj", "vit.abs_pos",
-                  "vit.rel_pos", "in_chans",
+                  "vit.rel_pos", "vit.parallel", "in_chans",
                   "num_features", "num_classes"}
 
 # known ViT widths -> heads (head_dim 64 except the huge/giant widths with 16 heads)
@@ -130,21 +135,46 @@ def vit_rel_pos_kind(sd, idx):
         (bool(have) and all(have), shared)]
 
 
+REL_MLP = "rel_pos.mlp."
+SHARED_REL_MLP = "shared_rel_pos.mlp."
+
+
+def vit_rel_mlp_kind(sd, idx):
+    """timm vision_transformer_relpos's RelPosMlp as the tensors show it: "none", "mlp_block"
+    (blocks.N.attn.rel_pos.mlp.*) or "mlp_shared" (shared_rel_pos.mlp.*), and its mode: "cr"
+    (fc2 has a bias; older timm's "rw" has one too, which only metadata or a flag tells apart) or
+    "swin" (fc2 without bias, 16 * sigmoid)."""
+    have = ["blocks.%d.attn.%sfc1.weight" % (i, REL_MLP) in sd for i in idx]
+    if any(have) and not all(have):
+        raise ConvertError("blocks differ in relative position MLP: blocks.N.attn.%sfc1.weight is present in only "
+                           "some blocks (missing in %s)" % (REL_MLP, [i for i, h in zip(idx, have) if not h][:8]))
+    shared = SHARED_REL_MLP + "fc1.weight" in sd
+    if shared and any(have):
+        raise ConvertError("both a shared relative position MLP (shared_rel_pos.mlp) and per-block ones: timm "
+                           "builds one or the other")
+    if not shared and not any(have):
+        return "none", None
+    pre = SHARED_REL_MLP if shared else "blocks.%d.attn.%s" % (idx[0], REL_MLP)
+    return ("mlp_shared" if shared else "mlp_block"), ("cr" if pre + "fc2.bias" in sd else "swin")
+
+
 def vit_rel_grid_of_rows(rows):
     """The square patch grid whose BEiT table has `rows` rows ((2g-1)^2 + 3), or None."""
     r = _isqrt_exact(rows - 3) if rows > 3 else None
     return (r + 1) // 2 if r and r % 2 else None
 
 
-def vit_rel_index(gh, gw):
+def vit_rel_index(gh, gw, cls=1):
     """timm beit.py gen_relative_position_index: the table row of each (query, key) token pair of a
-    gh x gw grid with the class token first, flat row-major over ((gh*gw+1), (gh*gw+1))."""
-    G, T = gh * gw, gh * gw + 1
-    rows = (2 * gh - 1) * (2 * gw - 1) + 3
+    gh x gw grid with the class token first (if cls), flat row-major over ((gh*gw+cls), (gh*gw+cls))."""
+    G, T = gh * gw, gh * gw + cls
+    rows = (2 * gh - 1) * (2 * gw - 1) + 3 * cls
     out = [0] * (T * T)
     for i in range(G):
         for j in range(G):
-            out[(i + 1) * T + j + 1] = (i // gw - j // gw + gh - 1) * (2 * gw - 1) + (i % gw - j % gw + gw - 1)
+            out[(i + cls) * T + j + cls] = (i // gw - j // gw + gh - 1) * (2 * gw - 1) + (i % gw - j % gw + gw - 1)
+    if not cls:
+        return out
     for j in range(1, T):
         out[j] = rows - 3
     for i in range(1, T):
@@ -230,14 +260,32 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     idx = _block_indices(sd)
     rel_pos = vit_rel_pos_kind(sd, idx)
     rel_key = "blocks.0.attn." + REL_TABLE if rel_pos in ("block", "both") else SHARED_REL_TABLE
+    rel_mlp, rel_mlp_mode = vit_rel_mlp_kind(sd, idx) if idx else ("none", None)
+    if rel_mlp != "none" and rel_pos != "none":
+        raise ConvertError("both relative position bias tables and a relative position MLP: timm builds one or the other")
+    if rel_mlp != "none":
+        ctx.notes.append("relative position MLP (timm RelPosMlp, %s, mode '%s')"
+                         % ("one per block" if rel_mlp == "mlp_block" else "one for all blocks", rel_mlp_mode))
     rope = st.get("vit.rope", "none")
-    if pos is None and rel_pos == "none" and rope == "none":
+    if pos is None and rel_pos == "none" and rel_mlp == "none" and rope == "none":
         raise ConvertError("ViT without an absolute pos_embed or relative position bias: if it is a RoPE model, "
                            "say so with --set vit.rope=axial|mixed")
     img_set = st.get("img_size")
     grid = None
     no_embed_class = st.get("vit.no_embed_class")
-    if pos is None and rel_pos == "none":
+    if pos is None and rel_mlp != "none":
+        # the MLP has no size: the grid from the settings, else timm's default 224x224 input (assumed)
+        img_set = img_set or (224, 224)
+        if st.get("vit.pos_grid"):
+            grid = tuple(st.get("vit.pos_grid"))
+        elif img_set[0] % ph == 0 and img_set[1] % pwid == 0:
+            grid = (img_set[0] // ph, img_set[1] // pwid)
+        else:
+            raise ConvertError("img_size %s is not a whole number of %dx%d patches; give --img-size H W"
+                               % (list(img_set or []), ph, pwid))
+        no_embed_class = 0
+        P = grid[0] * grid[1] + prefix
+    elif pos is None and rel_pos == "none":
         from .eva import rope_grid   # a RoPE ViT without pos_embed: its grid is only the default input size
         grid, no_embed_class, P = rope_grid(st, ph, pwid, prefix)
     elif pos is None:
@@ -286,28 +334,53 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     no_embed_class = int(bool(no_embed_class)) if prefix else 0
     if pos is not None:
         T["pos_embed"] = pos
+    if rel_mlp != "none" or (rel_pos != "none" and source == "relpos"):
+        if dist is not None or R:
+            raise ConvertError("a relative position bias (timm vision_transformer_relpos) allows one class token "
+                               "at most, and no distillation or register tokens")
+    if rel_mlp != "none":
+        pre = [SHARED_REL_MLP] if rel_mlp == "mlp_shared" else ["blocks.%d.attn.%s" % (i, REL_MLP) for i in idx]
+        hid = take(pre[0] + "fc1.weight", (None, 2)).shape[0]
+        heads_mlp = take(pre[0] + "fc2.weight", (None, hid)).shape[0]
+        for p in pre:
+            T[p + "fc1.weight"] = take(p + "fc1.weight", (hid, 2))
+            T[p + "fc1.bias"] = bias(p + "fc1.bias", hid)
+            T[p + "fc2.weight"] = take(p + "fc2.weight", (heads_mlp, hid))
+            if (p + "fc2.bias" in sd) != (rel_mlp_mode == "cr"):
+                raise ConvertError("%sfc2.bias: the relative position MLPs differ in mode (timm's 'cr' has an fc2 "
+                                   "bias, 'swin' none)" % p)
+            if rel_mlp_mode == "cr":
+                T[p + "fc2.bias"] = take(p + "fc2.bias", (heads_mlp,))
+            for buf in ("relative_position_index", "rel_coords_log"):   # recomputed for the run grid
+                k = p[:-len("mlp.")] + buf
+                if k in sd:
+                    used.add(k)
+                    ctx.notes.append("%s: a buffer recomputed for the input size, not written" % k)
     if rel_pos != "none":
-        if cls is None or dist is not None or R:
+        if source != "relpos" and (cls is None or dist is not None or R):
             raise ConvertError("a relative position bias table (BEiT) needs exactly one class token and no "
                                "distillation or register tokens")
-        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+        ncls = 1 if cls is not None else 0
+        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3 * ncls
         want_index = None
         for key in ([SHARED_REL_TABLE] if rel_pos in ("shared_table", "both") else []) + \
                 (["blocks.%d.attn.%s" % (i, REL_TABLE) for i in idx] if rel_pos in ("block", "both") else []):
             t = sd[key]
             if t.ndim == 2 and t.shape[0] != rows:
-                raise ConvertError("%s has %d rows; the %dx%d patch grid needs (2*%d-1)*(2*%d-1)+3 = %d (timm's "
+                raise ConvertError("%s has %d rows; the %dx%d patch grid needs (2*%d-1)*(2*%d-1)%s = %d (timm's "
                                    "resize of the table to another size is not supported)"
-                                   % (key, t.shape[0], grid[0], grid[1], grid[0], grid[1], rows))
+                                   % (key, t.shape[0], grid[0], grid[1], grid[0], grid[1], "+3" if ncls else "", rows))
             T[key] = take(key, (rows, None))
             ikey = key[:-len(REL_TABLE)] + "relative_position_index"
             if ikey in sd:   # official BEiT files store the index buffer; it is recomputed, so only checked
                 if want_index is None:
-                    want_index = vit_rel_index(grid[0], grid[1])
-                it = take(ikey, (grid[0] * grid[1] + 1,) * 2)
+                    want_index = vit_rel_index(grid[0], grid[1], ncls)
+                n_idx = grid[0] * grid[1] + ncls
+                it = take(ikey, (n_idx * n_idx,) if sd[ikey].ndim == 1 else (n_idx, n_idx))
                 if [int(x) for x in it.tolist(ikey)] != want_index:
-                    raise ConvertError("%s is not the relative position index of a %dx%d grid with a class token "
-                                       "(timm beit.py gen_relative_position_index)" % (ikey, grid[0], grid[1]))
+                    raise ConvertError("%s is not the relative position index of a %dx%d grid %s a class token "
+                                       "(timm gen_relative_position_index)"
+                                       % (ikey, grid[0], grid[1], "with" if ncls else "without"))
         for i in idx:   # an index buffer without its table has nothing to index
             k = "blocks.%d.attn.relative_position_index" % i
             if k in sd and k not in used:
@@ -323,8 +396,27 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if idx != list(range(len(idx))):
         raise ConvertError("ViT blocks are not numbered 0..N-1: %s" % idx)
     depth = len(idx)
+    scaling = getattr(ctx, "vit_scaling", False)   # the tensors were a ParallelScalingBlock's (vit_scaling_unfuse)
+    if scaling:
+        ctx.determined.add("vit.block")
+        if st.rank("vit.block") >= 2 and st.get("vit.block") != "parallel_scaling":
+            raise ConvertError("vit.block=%s was given but the checkpoint has ParallelScalingBlock tensors (in_proj)"
+                               % st.get("vit.block"))
+    elif st.get("vit.block") == "parallel_scaling":
+        raise ConvertError("vit.block=parallel_scaling but the checkpoint has no ParallelScalingBlock tensors (in_proj)")
     glu = vit_mlp_kind(sd)
     H = vit_mlp_hidden(sd, D, glu, take)
+    # timm's RmsNorm (AIMv2, vit_*_xp_*) has a weight and no bias; LayerNorm has both
+    norm_kind = "rms" if "blocks.0.norm1.weight" in sd and "blocks.0.norm1.bias" not in sd else "layer"
+    if "blocks.0.norm1.bias" in sd:
+        ctx.determined.add("vit.norm")
+    if st.rank("vit.norm") >= 2:
+        norm_kind = st.get("vit.norm")
+    if norm_kind == "rms":
+        with_bias = [k for k in sd if re.search(r"(^|\.)(norm\d?|norm_pre|fc_norm|q_norm|k_norm)\.bias$", k)]
+        if with_bias:
+            raise ConvertError("vit.norm=rms (norms without bias, timm's RmsNorm) but some norms have a bias: %s"
+                               % ", ".join(with_bias[:4]))
     qkv_bias = "blocks.0.attn.qkv.bias" in sd or "blocks.0.attn.q_bias" in sd
     layer_scale = "blocks.0.ls1.gamma" in sd
     opt_norms = vit_block_norms(sd, idx)
@@ -353,7 +445,8 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         T[b + "attn.proj.bias"] = bias(b + "attn.proj.bias", D)
         if layer_scale:
             T[b + "ls1.gamma"] = take(b + "ls1.gamma", (D,))
-        norm(b + "norm2", b + "norm2")
+        if not scaling:   # ParallelScalingBlock: one norm for attention and MLP
+            norm(b + "norm2", b + "norm2")
         if glu == "unpacked":
             # timm SwiGLU: act(fc1_g(x)) * fc1_x(x), stored packed as SwiGLUPacked's fc1 = [gate rows; value rows]
             parts = [take(b + "mlp.fc1_g.weight", (H, D)), take(b + "mlp.fc1_x.weight", (H, D))]
@@ -369,7 +462,7 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
             T[b + "mlp.norm.bias"] = bias(b + "mlp.norm.bias", H)
         T[b + "mlp.fc2.weight"] = take(b + "mlp.fc2.weight", (D, H))
         T[b + "mlp.fc2.bias"] = bias(b + "mlp.fc2.bias", D)
-        if layer_scale:
+        if layer_scale and not scaling:
             T[b + "ls2.gamma"] = take(b + "ls2.gamma", (D,))
 
     # ---- final norm, pooling, pre-logits, heads
@@ -448,6 +541,9 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if rel_pos != "none" and st.rank("vit.num_heads") <= 0:
         heads = T[rel_key].shape[1]   # the bias tables have one column per head
         ctx.determined.add("vit.num_heads")
+    if rel_mlp != "none" and st.rank("vit.num_heads") <= 0:
+        heads = heads_mlp   # the MLP gives one output per head
+        ctx.determined.add("vit.num_heads")
     if heads is None:
         heads = VIT_HEADS_BY_DIM.get(D) or (D // 64 if D % 64 == 0 else None)
         if heads is None:
@@ -460,6 +556,9 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if "qk_norm" in opt_norms and T["blocks.0.attn.q_norm.weight"].shape[0] != D // heads:
         raise ConvertError("blocks.0.attn.q_norm.weight has %d values but the head width is %d (%d heads); "
                            "pass --num-heads N" % (T["blocks.0.attn.q_norm.weight"].shape[0], D // heads, heads))
+    if rel_mlp != "none" and heads_mlp != heads:
+        raise ConvertError("%sfc2.weight has %d rows but the model has %d heads (one output per head)"
+                           % (pre[0], heads_mlp, heads))
     for k in T:
         if k.endswith(REL_TABLE) and T[k].shape[1] != heads:
             raise ConvertError("%s has %d columns but the model has %d heads (one column per head)"
@@ -514,10 +613,22 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     cfg["vit.pre_logits"] = pre_logits
     cfg["vit.attn_scale"] = st.get("vit.attn_scale", 0.0)
     cfg["vit.pos_interp"] = st.get("vit.pos_interp", "bicubic")
-    cfg["vit.block"] = st.get("vit.block", "pre")
+    cfg["vit.block"] = "parallel_scaling" if scaling else st.get("vit.block", "pre")
     cfg["vit.proj"] = E
     cfg["vit.abs_pos"] = int(pos is not None)
-    cfg["vit.rel_pos"] = rel_pos
+    cfg["vit.rel_pos"] = rel_mlp if rel_mlp != "none" else rel_pos
+    cfg["vit.rel_mlp"] = rel_mlp_mode or "cr"
+    if rel_mlp_mode == "cr" and st.get("vit.rel_mlp") in ("cr", "rw"):
+        cfg["vit.rel_mlp"] = st.get("vit.rel_mlp")   # fc2 with a bias: 'cr' (timm today) or older timm's 'rw'
+    elif st.rank("vit.rel_mlp") >= 2 and st.get("vit.rel_mlp") != cfg["vit.rel_mlp"]:
+        raise ConvertError("vit.rel_mlp=%s was given but the relative position MLP's fc2 %s a bias, so it is '%s'"
+                           % (st.get("vit.rel_mlp"), "has" if rel_mlp_mode == "cr" else "has no", cfg["vit.rel_mlp"]))
+    if rel_mlp_mode != "cr":
+        ctx.determined.add("vit.rel_mlp")   # 'swin' shows in the tensors; without an MLP the key is unused
+    cfg["vit.parallel"] = 1
+    cfg["vit.norm"] = norm_kind
+    if rel_mlp == "none" or pos is not None or st.rank("img_size") > 0:
+        ctx.determined.add("img_size")   # shown by pos_embed / the tables, or stated
     if cfg["vit.block"] == "res_post" and (cfg["vit.norm_first"] == 0 or layer_scale):
         raise ConvertError("vit.block=res_post (timm ResPostBlock) has no layer scale and no separate "
                            "vit.norm_first=0 form; this checkpoint has %s"
@@ -568,6 +679,8 @@ def vit_name(cfg, source):
             (1280, 32): "huge", (512, 12): "medium"}.get((D, depth), "d%d_l%d" % (D, depth))
     if source == "beit":
         return "beit_%s_patch%d_%d" % (size, p, img)
+    if source == "relpos":
+        return "vit_relpos_%s_patch%d_%d" % (size, p, img)
     if source == "deit":
         return "deit%s_%s%s_patch%d_%d" % ("3" if cfg["vit.layer_scale"] else "", size,
                                            "_distilled" if cfg["vit.dist_token"] else "", p, img)
@@ -648,10 +761,15 @@ def vit_metadata_settings(sd, ctx):
     if "block_fn" in kw:
         b = kw["block_fn"]
         bname = b.rsplit(".", 1)[-1] if isinstance(b, str) else getattr(b, "_lmv_qualname", "").rsplit(".", 1)[-1]
-        if bname in ("Block", "ResPostBlock"):
-            s["vit.block"] = "pre" if bname == "Block" else "res_post"
+        if bname in ("Block", "ResPostBlock", "RelPosBlock", "ResPostRelPosBlock", "ParallelThingsBlock",
+                     "ParallelScalingBlock"):
+            s["vit.block"] = "res_post" if bname in ("ResPostBlock", "ResPostRelPosBlock") else "pre"
         else:
-            refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock)")
+            refuse("vit.block", "block_fn", b, "not a block lemevit.h runs (Block, ResPostBlock, RelPosBlock, "
+                   "ResPostRelPosBlock)")
+    rpt = kw.get("rel_pos_type")
+    if isinstance(rpt, str) and rpt.startswith("mlp"):
+        s["vit.rel_mlp"] = "swin" if "swin" in rpt else "rw" if "rw" in rpt else "cr"
     if isinstance(kw.get("pool_include_prefix"), bool):
         s["vit.pool_prefix"] = int(kw["pool_include_prefix"])
     if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
@@ -664,12 +782,17 @@ def detect_timm_vit(sd, ctx):
     from .eva import eva_layout
     if eva_layout(sd, ctx) is not None:
         return None   # timm eva.py layouts: families/eva.py
-    has_blocks = any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in sd)
+    has_blocks = any(re.match(r"^blocks\.\d+\.((attns\.\d+\.)?attn\.qkv|in_proj)\.weight$", k) for k in sd)
     # BEiT (timm beit.py, microsoft/unilm beit): q_bias/v_bias, relative position bias tables, and
     # often no absolute pos_embed
     beit = SHARED_REL_TABLE in sd or any(re.match(r"^blocks\.\d+\.attn\.(q_bias|%s)$" % REL_TABLE, k) for k in sd)
-    if "patch_embed.proj.weight" not in sd or not has_blocks or ("pos_embed" not in sd and not beit):
+    # timm vision_transformer_relpos: a RelPosBias table or RelPosMlp per block (attn.rel_pos.*) or
+    # shared (shared_rel_pos.*), no pos_embed
+    relpos = any(re.match(r"^(blocks\.\d+\.attn\.rel_pos|shared_rel_pos)\.", k) for k in sd)
+    if "patch_embed.proj.weight" not in sd or not has_blocks or ("pos_embed" not in sd and not beit and not relpos):
         return None
+    if relpos and not beit:
+        return detect_timm_relpos(sd, ctx)
     if "mask_token" in sd or "register_tokens" in sd:
         return None   # facebookresearch/dinov2 hub files (families/clip.py)
     deit3 = any(re.match(r"^blocks\.\d+\.gamma_[12]$", k) for k in sd)
@@ -710,10 +833,162 @@ def detect_timm_vit(sd, ctx):
         # bias, qk_scale 768**-0.5 for its weights, torch's default LayerNorm eps 1e-5
         defaults.update({"vit.num_heads": 8, "vit.attn_scale": 768 ** -0.5, "vit.norm_eps": 1e-5})
         ctx.notes.append("looks like timm's original vit_small_patch16_224: 8 heads, attn scale 768^-0.5, eps 1e-5")
+    if any(re.match(r"^blocks\.\d+\.in_proj\.weight$", k) for k in sd):
+        sd, back = vit_scaling_unfuse(sd, back, ctx)
+        ctx.vit_scaling = True
+    par = vit_parallel_branches(sd)
+    if par:
+        sd, back = vit_parallel_unfold(sd, back, par)
     m = build_vit(sd, ctx, source, defaults, name_hint=arch_name)
     m.used = set(back[k] for k in m.used)
+    if par:
+        vit_parallel_fold(m, par, source, arch_name)
     if deit3:
         m.notes.append("%s gamma_1/gamma_2 renamed to ls1.gamma/ls2.gamma" % ("BEiT" if beit else "DeiT-III"))
+    return m
+
+
+PARALLEL_KEY = re.compile(r"^blocks\.(\d+)\.(attns|ffns)\.(\d+)\.(.*)$")
+PARALLEL_PARTS = [("attns", "norm.", "norm1."), ("attns", "attn.", "attn."), ("attns", "ls.gamma", "ls1.gamma"),
+                  ("ffns", "norm.", "norm2."), ("ffns", "mlp.", "mlp."), ("ffns", "ls.gamma", "ls2.gamma")]
+
+
+def vit_parallel_branches(sd):
+    """timm's ParallelThingsBlock (vit_*_18x2_*): blocks.N.attns.K.* / blocks.N.ffns.K.*. Returns the
+    number of branches K (every block alike, attention and MLP branches alike), or 0."""
+    branches = {}
+    for k in sd:
+        m = PARALLEL_KEY.match(k)
+        if m:
+            branches.setdefault((int(m.group(1)), m.group(2)), set()).add(int(m.group(3)))
+    if not branches:
+        return 0
+    counts = set(len(v) for v in branches.values())
+    blocks = set(i for i, _ in branches)
+    if len(counts) != 1 or any(v != set(range(len(v))) for v in branches.values()) or \
+            len(branches) != 2 * len(blocks) or any(k.startswith("blocks.") and not PARALLEL_KEY.match(k) for k in sd):
+        raise ConvertError("parallel blocks (blocks.N.attns.K / blocks.N.ffns.K) must all have the same branches "
+                           "0..K-1, attention and MLP alike, and no other block tensors")
+    K = counts.pop()
+    if K > 16:
+        raise ConvertError("parallel blocks with %d branches: at most 16 are supported" % K)
+    return K
+
+
+def vit_parallel_unfold(sd, back, K):
+    """Branch k of parallel block i as the plain block i*K+k (its attention branch as norm1 / attn /
+    ls1, its MLP branch as norm2 / mlp / ls2), so the ViT builder checks every tensor."""
+    out, nback = OrderedDict(), {}
+    for k, v in sd.items():
+        m = PARALLEL_KEY.match(k)
+        nk = k
+        if m:
+            for kind, src, dst in PARALLEL_PARTS:
+                if m.group(2) == kind and m.group(4).startswith(src):
+                    nk = "blocks.%d.%s%s" % (int(m.group(1)) * K + int(m.group(3)), dst, m.group(4)[len(src):])
+                    break
+            else:
+                nk = "blocks.%d.%s_unplaced.%s" % (int(m.group(1)) * K + int(m.group(3)), m.group(2), m.group(4))
+        out[nk] = v
+        nback[nk] = back.get(k, k)
+    return out, nback
+
+
+def vit_parallel_fold(m, K, source, name_hint):
+    """The built model's tensors back under timm's parallel names; vit.depth counts real blocks."""
+    rx = re.compile(r"^blocks\.(\d+)\.(norm1\.|attn\.|ls1\.gamma|norm2\.|mlp\.|ls2\.gamma)(.*)$")
+    to = {"norm1.": ("attns", "norm."), "attn.": ("attns", "attn."), "ls1.gamma": ("attns", "ls.gamma"),
+          "norm2.": ("ffns", "norm."), "mlp.": ("ffns", "mlp."), "ls2.gamma": ("ffns", "ls.gamma")}
+    tensors = OrderedDict()
+    for k, v in m.tensors.items():
+        r = rx.match(k)
+        if r:
+            kind, part = to[r.group(2)]
+            k = "blocks.%d.%s.%d.%s%s" % (int(r.group(1)) // K, kind, int(r.group(1)) % K, part, r.group(3))
+        tensors[k] = v
+    m.tensors = tensors
+    if m.config["vit.block"] != "pre" or m.config["vit.norm_first"] != 1 or m.config["vit.rel_pos"] != "none":
+        raise ConvertError("parallel blocks are pre-norm blocks without relative position bias in timm; this "
+                           "checkpoint's settings say otherwise")
+    m.config["vit.depth"] //= K
+    m.config["vit.parallel"] = K
+    if not name_hint:
+        m.name = vit_name(m.config, source)
+    m.notes.append("parallel blocks: %d branches each (timm ParallelThingsBlock)" % K)
+
+
+def _slice(t, dim, a, b):
+    """Rows (dim 0) or columns (dim 1) a..b of a tensor, as a strided view (nothing copied)."""
+    shape = list(t.shape)
+    shape[dim] = b - a
+    return Tensor(t.storage, t.offset + a * t.stride[dim], shape, t.stride, t.dtype, t.error)
+
+
+def vit_scaling_unfuse(sd, back, ctx):
+    """timm's ParallelScalingBlock (vit_*_xp_*, vit_pwee_*): blocks.N.{in_norm, in_proj, mlp_bias,
+    q_norm, k_norm, attn_out_proj, mlp_out_proj or the fused out_proj, ls} as the plain block's
+    norm1, mlp.fc1 + attn.qkv (in_proj's rows [mlp | q k v]), attn.q_norm / k_norm, attn.proj,
+    mlp.fc2 (out_proj's columns [attention | mlp]) and ls1; vit.block parallel_scaling runs them."""
+    out, nback = OrderedDict(), {}
+    D = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else None
+
+    def put(nk, t, src):
+        out[nk] = t
+        nback[nk] = back.get(src, src)
+
+    for k, v in sd.items():
+        m = re.match(r"^(blocks\.\d+)\.(.*)$", k)
+        if not m:
+            put(k, v, k)
+            continue
+        b, rest = m.group(1) + ".", m.group(2)
+        if rest.startswith("in_norm."):
+                put(b + "norm1." + rest[len("in_norm."):], v, k)
+        elif rest in ("in_proj.weight", "in_proj.bias"):
+            n = v.shape[0]
+            if D is None or v.ndim not in (1, 2) or n <= 3 * D or (v.ndim == 2 and v.shape[1] != D):
+                raise ConvertError("%s has shape %s, expected [hidden + 3*%s%s]"
+                                   % (k, list(v.shape), D, ", %s" % D if v.ndim == 2 else ""))
+            v.check(k)
+            part = rest.split(".")[1]
+            put(b + "mlp.fc1." + part, _slice(v, 0, 0, n - 3 * D), k)
+            put(b + "attn.qkv." + part, _slice(v, 0, n - 3 * D, n), k)
+        elif rest == "mlp_bias":
+            put(b + "mlp.fc1.bias", v, k)
+        elif rest.startswith("q_norm.") or rest.startswith("k_norm."):
+            put(b + "attn." + rest, v, k)
+        elif rest.startswith("attn_out_proj."):
+            put(b + "attn.proj." + rest[len("attn_out_proj."):], v, k)
+        elif rest.startswith("mlp_out_proj."):
+            put(b + "mlp.fc2." + rest[len("mlp_out_proj."):], v, k)
+        elif rest == "out_proj.weight":
+            if D is None or v.ndim != 2 or v.shape[0] != D or v.shape[1] <= D:
+                raise ConvertError("%s has shape %s, expected [%s, %s + hidden]" % (k, list(v.shape), D, D))
+            v.check(k)
+            put(b + "attn.proj.weight", _slice(v, 1, 0, D), k)
+            put(b + "mlp.fc2.weight", _slice(v, 1, D, v.shape[1]), k)
+        elif rest == "out_proj.bias":
+            put(b + "attn.proj.bias", v, k)   # the fused projection's one bias; fc2 gets none
+        elif rest == "ls.gamma":
+            put(b + "ls1.gamma", v, k)
+        else:
+            put(k, v, k)
+    ctx.notes.append("parallel-scaling blocks (timm ParallelScalingBlock): in_proj split into mlp.fc1 and attn.qkv")
+    return out, nback
+
+
+def detect_timm_relpos(sd, ctx):
+    """timm's VisionTransformerRelPos (vit_relpos_* / vit_srelpos_*): its RelPosBias tables take
+    BEiT's names (blocks.N.attn.relative_position_bias_table, rel_pos_bias.* when shared), its
+    RelPosMlp keeps its own; inception mean/std 0.5, crop 0.9, bicubic as timm's configs."""
+    sd, back = _rename(sd, [
+        (r"^(blocks\.\d+\.attn)\.rel_pos\.(relative_position_bias_table|relative_position_index)$", r"\1.\2"),
+        (r"^shared_rel_pos\.(relative_position_bias_table|relative_position_index)$", r"rel_pos_bias.\1")])
+    ctx.settings.update("sidecar", vit_metadata_settings(sd, ctx))
+    defaults = dict(PRE_TIMM)
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_aa"})
+    m = build_vit(sd, ctx, "relpos", defaults)
+    m.used = set(back[k] for k in m.used)
     return m
 
 

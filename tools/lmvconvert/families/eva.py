@@ -237,6 +237,8 @@ def eva_layout(sd, ctx):
         return None
     if SHARED_REL_TABLE in sd or any(k.endswith("attn." + REL_TABLE) for k in sd):
         return None   # BEiT (families/vit.py)
+    if any(k.startswith("shared_rel_pos.") or re.match(r"^blocks\.\d+\.attn\.rel_pos\.", k) for k in sd):
+        return None   # timm vision_transformer_relpos.py (families/vit.py)
     if "mask_token" in sd or "register_tokens" in sd:
         return None   # facebookresearch/dinov2 hub files (families/clip.py)
     h = ctx.hints

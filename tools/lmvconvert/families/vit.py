@@ -602,6 +602,10 @@ TIMM_NAME_WIDTH = [(r"^vit_base_patch16_plus_clip_", 896), (r"^vit_giant_patch14
 # attention pool reads the register token too)
 TIMM_TEST_VITS = {"test_vit": (64, {"vit.num_heads": 2}), "test_vit2": (64, {"vit.num_heads": 2}),
                   "test_vit3": (96, {"vit.num_heads": 3, "vit.pool_prefix": 1}), "test_vit4": (96, {"vit.num_heads": 3})}
+# timm models whose tensors look like a plain ViT's (or BEiT's) but whose graph has something lemevit.h
+# does not run and no tensor shows (timm keeps the rotary tables as non-persistent buffers): refused by
+# their name (eva.py's eva02_* and vit_*_rope_*)
+TIMM_NAME_REFUSED = [(r"^eva02_|_rope_", "rotary position embeddings (RoPE)")]
 TIMM_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quickgelu", "quickgelu": "quickgelu",
             "relu": "relu", "silu": "silu", "swish": "silu"}
 
@@ -615,6 +619,11 @@ def vit_metadata_settings(sd, ctx):
     if h is None:
         return s
     name = (h.name or "").split(".")[0]
+    for rx, what in TIMM_NAME_REFUSED:
+        if re.search(rx, name):
+            raise ConvertError("the model name %s (%s) is a timm model with %s, which lemevit.h does not run yet "
+                               "(its tensors do not show them; converted, it would give wrong answers)"
+                               % (name, h.name_src, what))
     m = TIMM_VIT_NAME.match(name)
     D = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else None
     width = TIMM_SIZE_WIDTH.get(m.group(2)) if m else None

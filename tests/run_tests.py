@@ -30,6 +30,8 @@ SUITES = [
     ("lemevit reference", [PY, os.path.join(HERE, "test_lemevit_ref.py")]),
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
+    ("timm family (every architecture timm registers in its ViT, EVA, BEiT and Swin modules: exact or refused)",
+     [PY, os.path.join(HERE, "test_timm_family.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("messages (long paths, keys and values)", [PY, os.path.join(HERE, "test_messages.py")]),
     ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),

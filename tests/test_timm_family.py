@@ -23,7 +23,6 @@ import contextlib
 import inspect
 import io
 import json
-import math
 import os
 import re
 import sys

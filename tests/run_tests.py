@@ -35,6 +35,8 @@ SUITES = [
     ("lemevit", [PY, os.path.join(HERE, "test_lemevit.py")]),
     ("swin", [PY, os.path.join(HERE, "test_swin.py")]),
     ("swinv2 (cosine attention, continuous position bias, res-post-norm)", [PY, os.path.join(HERE, "test_swinv2.py")]),
+    ("timm family (every architecture timm registers in its ViT, EVA, BEiT and Swin modules: exact or refused)",
+     [PY, os.path.join(HERE, "test_timm_family.py")]),
     ("pipeline", [PY, os.path.join(HERE, "test_pipeline.py")]),
     ("messages (long paths, keys and values)", [PY, os.path.join(HERE, "test_messages.py")]),
     ("classify (command line: --json, folders, exit status)", [PY, os.path.join(HERE, "test_classify.py")]),

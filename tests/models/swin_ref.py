@@ -336,8 +336,12 @@ class SwinTransformer(nn.Module):
         self.resolutions = []
         res = grid
         layers = []
+        # one window for every stage, or one per stage (timm's swin_s3_*: window_size=(7, 7, 14, 7))
+        windows = list(window_size) if isinstance(window_size, (list, tuple)) else [window_size] * self.num_layers
+        assert len(windows) == self.num_layers
         for i in range(self.num_layers):
             dim = int(embed_dim * 2 ** i)
+            window_size = windows[i]
             if era == "ms":
                 self.resolutions.append(res)
                 layers.append(BasicLayer(dim, res, depths[i], num_heads[i], window_size, mlp_ratio, qkv_bias,

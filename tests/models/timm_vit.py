@@ -9,8 +9,14 @@ final_norm, distilled, representation_size (the old Linear+Tanh pre_logits), dyn
 init_values set the norms' weights instead of a layer scale), qk_norm (LayerNorm(head_dim) on q and k),
 scale_attn_norm / scale_mlp_norm (attn.norm before proj, mlp.norm before fc2), mlp_layer ('mlp',
 'swiglu_packed': timm's GluMlp with gate_last=False, 'swiglu': fc1_g / fc1_x) and global_pool='map'
-(timm's AttentionPoolLatent over the patch tokens, pool_include_prefix as timm)."""
+(timm's AttentionPoolLatent over the patch tokens, pool_include_prefix as timm), norm ('layernorm' |
+'rmsnorm': timm's RmsNorm, x * rsqrt(mean(x^2) + eps) * weight, for every norm of the model), proj_bias
+(the bias of attn.proj and of every MLP Linear, as timm's Block passes bias=proj_bias) , embed_norm
+(patch_embed.norm, of the model's norm kind, as timm's embed_norm_layer) and the parallel blocks
+(block_fn 'parallel': ParallelThingsBlock, 'parallel_scaling': ParallelScalingBlock) and attn_layer='diff'
+(timm's DiffAttention, differential attention, lambda_init from the block's index)."""
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -18,12 +24,12 @@ import torch.nn.functional as F
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, img_size, patch_size, in_chans, embed_dim, bias=True):
+    def __init__(self, img_size, patch_size, in_chans, embed_dim, bias=True, norm_layer=None):
         super().__init__()
         self.patch_size = (patch_size, patch_size)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size, bias=bias)
-        self.norm = nn.Identity()
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, x):
         x = self.proj(x)
@@ -31,7 +37,8 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, num_heads, qkv_bias, qk_norm=False, scale_norm=False, norm_layer=nn.LayerNorm):
+    def __init__(self, dim, num_heads, qkv_bias, qk_norm=False, scale_norm=False, norm_layer=nn.LayerNorm,
+                 proj_bias=True):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -40,7 +47,7 @@ class Attention(nn.Module):
         self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
         self.norm = norm_layer(dim) if scale_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
 
     def forward(self, x):
         B, N, C = x.shape
@@ -52,6 +59,58 @@ class Attention(nn.Module):
         x = (attn @ v).transpose(1, 2).reshape(B, N, C)
         x = self.norm(x)
         return self.proj(x)
+
+
+class DiffAttention(nn.Module):
+    """timm's DiffAttention (attn_layer='diff'): q and k in 2 x num_heads heads of dim // num_heads // 2,
+    v in num_heads heads of twice that; softmax(q1 k1) - lambda softmax(q2 k2) with lambda =
+    exp(sum(lambda_q1 * lambda_k1)) - exp(sum(lambda_q2 * lambda_k2)) + lambda_init(depth), then
+    sub_norm (RmsNorm, eps 1e-5) times (1 - lambda_init), the optional norm and proj."""
+
+    def __init__(self, dim, num_heads, qkv_bias, qk_norm=False, scale_norm=False, norm_layer=None,
+                 proj_bias=True, depth=0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads // 2
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.norm = norm_layer(dim) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.lambda_q1 = nn.Parameter(torch.zeros(self.head_dim))
+        self.lambda_k1 = nn.Parameter(torch.zeros(self.head_dim))
+        self.lambda_q2 = nn.Parameter(torch.zeros(self.head_dim))
+        self.lambda_k2 = nn.Parameter(torch.zeros(self.head_dim))
+        self.sub_norm = RmsNorm(2 * self.head_dim, eps=1e-5)
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=2)
+        q = q.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(B, N, self.num_heads, 2 * self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        lam = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dim=-1)) - \
+            torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dim=-1)) + self.lambda_init
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).view(B, self.num_heads, 2, N, N)
+        x = (attn[:, :, 0] - lam * attn[:, :, 1]) @ v
+        x = self.sub_norm(x) * (1 - self.lambda_init)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj(self.norm(x))
+
+
+class RmsNorm(nn.Module):
+    """timm's RmsNorm (affine): x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
 class LayerScale(nn.Module):
@@ -75,12 +134,12 @@ ACTS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quic
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim, hidden, act="gelu", norm_layer=None):
+    def __init__(self, dim, hidden, act="gelu", norm_layer=None, bias=True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.act = ACTS[act]()
         self.norm = norm_layer(hidden) if norm_layer is not None else nn.Identity()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x):
         return self.fc2(self.norm(self.act(self.fc1(x))))
@@ -90,12 +149,12 @@ class GluMlp(nn.Module):
     """timm's GluMlp as SwiGLUPacked builds it (gate_last=False): fc1 gives `hidden` features, split
     in halves a, c; act(a) * c, then the optional norm over hidden // 2 and fc2."""
 
-    def __init__(self, dim, hidden, act="silu", norm_layer=None):
+    def __init__(self, dim, hidden, act="silu", norm_layer=None, bias=True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.act = ACTS[act]()
         self.norm = norm_layer(hidden // 2) if norm_layer is not None else nn.Identity()
-        self.fc2 = nn.Linear(hidden // 2, dim)
+        self.fc2 = nn.Linear(hidden // 2, dim, bias=bias)
 
     def forward(self, x):
         a, c = self.fc1(x).chunk(2, dim=-1)
@@ -105,13 +164,13 @@ class GluMlp(nn.Module):
 class SwiGLU(nn.Module):
     """timm's SwiGLU: separate fc1_g (gate) and fc1_x; act(fc1_g(x)) * fc1_x(x), norm, fc2."""
 
-    def __init__(self, dim, hidden, act="silu", norm_layer=None):
+    def __init__(self, dim, hidden, act="silu", norm_layer=None, bias=True):
         super().__init__()
-        self.fc1_g = nn.Linear(dim, hidden)
-        self.fc1_x = nn.Linear(dim, hidden)
+        self.fc1_g = nn.Linear(dim, hidden, bias=bias)
+        self.fc1_x = nn.Linear(dim, hidden, bias=bias)
         self.act = ACTS[act]()
         self.norm = norm_layer(hidden) if norm_layer is not None else nn.Identity()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x):
         return self.fc2(self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)))
@@ -149,13 +208,17 @@ class AttentionPoolLatent(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu", qk_norm=False,
-                 scale_attn_norm=False, scale_mlp_norm=False, mlp_layer="mlp"):
+                 scale_attn_norm=False, scale_mlp_norm=False, mlp_layer="mlp", proj_bias=True, attn_layer="attn",
+                 depth=0):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, scale_attn_norm, norm_layer)
+        if attn_layer == "diff":
+            self.attn = DiffAttention(dim, num_heads, qkv_bias, qk_norm, scale_attn_norm, norm_layer, proj_bias, depth)
+        else:
+            self.attn = Attention(dim, num_heads, qkv_bias, qk_norm, scale_attn_norm, norm_layer, proj_bias)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = MLPS[mlp_layer](dim, int(dim * mlp_ratio), act, norm_layer if scale_mlp_norm else None)
+        self.mlp = MLPS[mlp_layer](dim, int(dim * mlp_ratio), act, norm_layer if scale_mlp_norm else None, proj_bias)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x):
@@ -181,23 +244,91 @@ class ResPostBlock(nn.Module):
         return x + self.norm2(self.mlp(x))
 
 
+class ParallelThingsBlock(nn.Module):
+    """timm's ParallelThingsBlock (the *_18x2 models): two attention branches summed into the residual,
+    then two MLP branches; each branch is a Sequential of norm, attn / mlp and ls."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu", qk_norm=False,
+                 scale_attn_norm=False, scale_mlp_norm=False, mlp_layer="mlp", proj_bias=True, num_parallel=2,
+                 **unused):
+        super().__init__()
+        self.attns, self.ffns = nn.ModuleList(), nn.ModuleList()
+        for _ in range(num_parallel):
+            self.attns.append(nn.Sequential(OrderedDict([
+                ("norm", norm_layer(dim)),
+                ("attn", Attention(dim, num_heads, qkv_bias, qk_norm, scale_attn_norm, norm_layer, proj_bias)),
+                ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
+            self.ffns.append(nn.Sequential(OrderedDict([
+                ("norm", norm_layer(dim)),
+                ("mlp", MLPS[mlp_layer](dim, int(dim * mlp_ratio), act, norm_layer if scale_mlp_norm else None,
+                                        proj_bias)),
+                ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
+
+    def forward(self, x):
+        x = x + torch.stack([attn(x) for attn in self.attns]).sum(dim=0)
+        return x + torch.stack([ffn(x) for ffn in self.ffns]).sum(dim=0)
+
+
+class ParallelScalingBlock(nn.Module):
+    """timm's ParallelScalingBlock (ViT-22B style, the *_xp_* models): one in_norm, one in_proj giving
+    the MLP hidden and q, k, v (mlp_bias when qkv_bias is off), attention and act(MLP) side by side,
+    attn_out_proj + mlp_out_proj, one layer scale."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu", qk_norm=False,
+                 scale_attn_norm=False, scale_mlp_norm=False, mlp_layer="mlp", proj_bias=True, **unused):
+        super().__init__()
+        assert not scale_attn_norm and not scale_mlp_norm
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        hidden = int(mlp_ratio * dim)
+        self.in_norm = norm_layer(dim)
+        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
+        self.in_split = [hidden] + [dim] * 3
+        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.mlp_act = ACTS[act]()
+        self.attn_out_proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.mlp_out_proj = nn.Linear(hidden, dim, bias=proj_bias)
+        self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+
+    def forward(self, x):
+        B, N, C = x.shape
+        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
+        if self.mlp_bias is not None:
+            x_mlp = x_mlp + self.mlp_bias
+        q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        x_attn = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        y = self.attn_out_proj(x_attn) + self.mlp_out_proj(self.mlp_act(x_mlp))
+        return x + self.ls(y)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool="token",
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None,
                  class_token=True, no_embed_class=False, reg_tokens=0, pre_norm=False, fc_norm=None,
                  final_norm=True, distilled=False, representation_size=None, dynamic_img_size=False, eps=1e-6,
                  act_layer="gelu", block_fn="pre", qk_norm=False, scale_attn_norm=False, scale_mlp_norm=False,
-                 mlp_layer="mlp", pool_include_prefix=False):
+                 mlp_layer="mlp", pool_include_prefix=False, norm="layernorm", proj_bias=True, embed_norm=False,
+                 attn_layer="attn"):
         super().__init__()
         self.pool_include_prefix = pool_include_prefix
-        norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
+        if norm == "rmsnorm":
+            norm_layer = lambda d: RmsNorm(d, eps=eps)  # noqa: E731
+        else:
+            norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.global_pool = global_pool
         self.num_prefix_tokens = (1 if class_token else 0) + reg_tokens + (1 if distilled else 0)
         self.no_embed_class = no_embed_class
         self.dynamic_img_size = dynamic_img_size
         self.distilled = distilled
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, bias=not pre_norm,
+                                      norm_layer=norm_layer if embed_norm else None)
         num_patches = self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
@@ -205,11 +336,13 @@ class VisionTransformer(nn.Module):
         embed_len = num_patches if no_embed_class else num_patches + self.num_prefix_tokens
         self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
-        block = {"pre": Block, "res_post": ResPostBlock}[block_fn]
+        block = {"pre": Block, "res_post": ResPostBlock, "parallel": ParallelThingsBlock,
+                 "parallel_scaling": ParallelScalingBlock}[block_fn]
         self.blocks = nn.Sequential(*[block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act_layer,
                                             qk_norm=qk_norm, scale_attn_norm=scale_attn_norm,
-                                            scale_mlp_norm=scale_mlp_norm, mlp_layer=mlp_layer)
-                                      for _ in range(depth)])
+                                            scale_mlp_norm=scale_mlp_norm, mlp_layer=mlp_layer, proj_bias=proj_bias,
+                                            attn_layer=attn_layer, depth=i)
+                                      for i in range(depth)])
         self.norm = norm_layer(embed_dim) if final_norm and not use_fc_norm else nn.Identity()
         self.attn_pool = AttentionPoolLatent(embed_dim, num_heads, mlp_ratio, norm_layer, act_layer) \
             if global_pool == "map" else None

@@ -238,7 +238,15 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         t = take(key, (n,), required=False)
         return t if t is not None else zeros_f32((n,))
 
+    # timm's LayerNorm always has a bias; a weight alone is an RmsNorm (AIMv2, vit_*_xp_*): the model runs
+    # with vit.norm=rms (below) when its blocks' norms have no bias; a LayerNorm model with one bias-free
+    # norm would be silently wrong with a zero bias, so it is refused
+    rms_norms = st.get("vit.norm") == "rms" or ("blocks.0.norm1.weight" in sd and "blocks.0.norm1.bias" not in sd)
+
     def norm(src, dst):
+        if src + ".weight" in sd and src + ".bias" not in sd and not rms_norms:
+            raise ConvertError("%s.weight has no %s.bias but the blocks' norms have one: a mix of RmsNorm and "
+                               "LayerNorm, which lemevit.h does not run" % (src, src))
         T[dst + ".weight"] = take(src + ".weight", (D,))
         T[dst + ".bias"] = bias(src + ".bias", D)
 
@@ -329,6 +337,11 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
         if not cands:
             raise ConvertError("pos_embed has %d rows and %d prefix token(s): not a square grid; give "
                                "--img-size H W (or --set vit.pos_grid=GH,GW)" % (P, prefix))
+        if len(cands) > 1:
+            raise ConvertError("pos_embed has %d rows and %d prefix tokens: a %dx%d grid with rows for the prefix "
+                               "tokens or a %dx%d grid without them (timm no_embed_class); say which with --set "
+                               "vit.no_embed_class=0 or 1, or give --img-size H W"
+                               % (P, prefix, cands[0][1], cands[0][1], cands[1][1], cands[1][1]))
         no_embed_class, g = cands[0]
         grid = (g, g)
     no_embed_class = int(bool(no_embed_class)) if prefix else 0
@@ -693,7 +706,7 @@ def vit_name(cfg, source):
 # tensors describes another model and is not used) and the names whose registered options differ
 # from timm's defaults (LayerNorm eps 1e-6, GELU, pre-norm blocks, head_dim 64), as registered in
 # timm's vision_transformer.py
-TIMM_VIT_NAME = re.compile(r"^(vit|deit|deit3)_([a-z0-9]+)_[a-z0-9_]+$")
+TIMM_VIT_NAME = re.compile(r"^(vit|deit|deit3|beit3)_([a-z0-9]+)_[a-z0-9_]+$")
 TIMM_SIZE_WIDTH = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408,
                    "gigantic": 1664, "medium": 512, "mediumd": 512, "betwixt": 640, "so400m": 1152,
                    "giantopt": 1536}
@@ -705,7 +718,16 @@ TIMM_NAME_RULES = [
     (r"^vit_[a-z0-9]+_patch\d+(_plus)?_clip_", {"vit.norm_eps": 1e-5}),   # CLIP towers: LayerNorm eps 1e-5
     (r"^vit_base_patch16_gap_224$", {"vit.num_heads": 16}),
     (r"^vit_(so400m|giantopt)_", {"vit.num_heads": 16}),
+    (r"^vit_base_patch16_plus_clip_", {"vit.num_heads": 14}),         # 896 wide (TIMM_NAME_WIDTH)
+    (r"^beit3_", {"vit.norm_eps": 1e-5}),                             # BEiT-3: LayerNorm eps 1e-5
+    (r"_reg\d+_dinov2$", {"vit.no_embed_class": 1}),                  # DINOv2 with registers
 ]
+# names whose size word stands for another width than TIMM_SIZE_WIDTH says
+TIMM_NAME_WIDTH = [(r"^vit_base_patch16_plus_clip_", 896), (r"^vit_giant_patch14_(reg\d+_)?dinov2$", 1536)]
+# timm's small test models: name -> (width, their settings) (head_dim 32, not the usual 64; test_vit3's
+# attention pool reads the register token too)
+TIMM_TEST_VITS = {"test_vit": (64, {"vit.num_heads": 2}), "test_vit2": (64, {"vit.num_heads": 2}),
+                  "test_vit3": (96, {"vit.num_heads": 3, "vit.pool_prefix": 1}), "test_vit4": (96, {"vit.num_heads": 3})}
 TIMM_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_tanh", "quick_gelu": "quickgelu", "quickgelu": "quickgelu",
             "relu": "relu", "silu": "silu", "swish": "silu"}
 
@@ -721,9 +743,17 @@ def vit_metadata_settings(sd, ctx):
     name = (h.name or "").split(".")[0]
     m = TIMM_VIT_NAME.match(name)
     D = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else None
-    if m and TIMM_SIZE_WIDTH.get(m.group(2)) not in (None, D):
+    width = TIMM_SIZE_WIDTH.get(m.group(2)) if m else None
+    for rx, w in TIMM_NAME_WIDTH:
+        if m and re.search(rx, name):
+            width = w
+    if name in TIMM_TEST_VITS and TIMM_TEST_VITS[name][0] == D:
+        s.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.block": "pre"})
+        s.update(TIMM_TEST_VITS[name][1])
+        ctx.notes.append("graph options from the model name %s (%s)" % (name, h.name_src))
+    elif m and width not in (None, D):
         ctx.warn("the model name %s (%s) is %d wide but the tensors are %s wide: the name is not used"
-                 % (name, h.name_src, TIMM_SIZE_WIDTH[m.group(2)], D))
+                 % (name, h.name_src, width, D))
     elif m:
         try:
             gated = vit_mlp_kind(sd) is not None
@@ -777,8 +807,20 @@ def vit_metadata_settings(sd, ctx):
     return s
 
 
+# timm ViT blocks lemevit.h does not run, known by their tensors: refused by name rather than as an
+# unknown layout or a tensor that could not be placed
+TIMM_UNSUPPORTED_BLOCKS = [
+    (r"^blocks\.\d+\.attn\.(lambda_q1|lambda_a|sub_norm\.weight)$", "differential attention (timm DiffAttention)"),
+]
+
+
 @detector("vit", "timm/DeiT ViT")
 def detect_timm_vit(sd, ctx):
+    if "patch_embed.proj.weight" in sd:
+        for rx, what in TIMM_UNSUPPORTED_BLOCKS:
+            key = next((k for k in sd if re.match(rx, k)), None)
+            if key is not None:
+                raise ConvertError("%s: %s, which lemevit.h does not run" % (key, what))
     from .eva import eva_layout
     if eva_layout(sd, ctx) is not None:
         return None   # timm eva.py layouts: families/eva.py

@@ -200,7 +200,9 @@ def by_signature(cls, args, skip=()):
 
 def plan_eva(args, cfg):
     from models import eva_ref
-    kw = by_signature(eva_ref.Eva, args, skip=("depth", "img_size"))
+    # dynamic_img_size only changes how timm resamples pos_embed / RoPE for an input of another size
+    # than the model was built for; the suite runs every model at its built size, where it is a no-op
+    kw = by_signature(eva_ref.Eva, args, skip=("depth", "img_size", "dynamic_img_size"))
     p = args.get("patch_size", 16)
     kw.update(depth=vit_depth(kw["embed_dim"]), img_size=3 * p,
               mlp_ratio=vit_mlp_ratio(kw["embed_dim"], kw.get("mlp_ratio", 4.0)))

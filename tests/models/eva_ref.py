@@ -225,24 +225,26 @@ class EvaAttention(nn.Module):
         return self.proj(self.norm(x))
 
 
-def make_mlp(dim, hidden, swiglu_mlp, scale_mlp, norm_layer):
+def make_mlp(dim, hidden, swiglu_mlp, scale_mlp, norm_layer, align_to=0):
     if swiglu_mlp:
-        if scale_mlp:
-            return SwiGLU(dim, hidden, norm_layer=norm_layer)
+        if scale_mlp or align_to:   # timm: separate gate and x linears, the width rounded up to align_to
+            if align_to:
+                hidden += -hidden % align_to
+            return SwiGLU(dim, hidden, norm_layer=norm_layer if scale_mlp else None)
         return GluMlp(dim, hidden * 2)
     return Mlp(dim, hidden, norm_layer=norm_layer if scale_mlp else None)
 
 
 class EvaBlock(nn.Module):
     def __init__(self, dim, num_heads, qkv_bias, qkv_fused, mlp_ratio, swiglu_mlp, scale_mlp, scale_attn_inner,
-                 num_prefix_tokens, attn_type, rotate_half, init_values, norm_layer):
+                 num_prefix_tokens, attn_type, rotate_half, init_values, norm_layer, swiglu_align_to=0):
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = EvaAttention(dim, num_heads, qkv_bias, qkv_fused, num_prefix_tokens, norm_layer, scale_attn_inner,
                                  rotate_half, rope_attn=attn_type == "rope")
         self.gamma_1 = nn.Parameter(init_values * torch.ones(dim)) if init_values is not None else None
         self.norm2 = norm_layer(dim)
-        self.mlp = make_mlp(dim, int(dim * mlp_ratio), swiglu_mlp, scale_mlp, norm_layer)
+        self.mlp = make_mlp(dim, int(dim * mlp_ratio), swiglu_mlp, scale_mlp, norm_layer, swiglu_align_to)
         self.gamma_2 = nn.Parameter(init_values * torch.ones(dim)) if init_values is not None else None
 
     def forward(self, x, rope=None):
@@ -255,12 +257,12 @@ class EvaBlock(nn.Module):
 
 class EvaBlockPostNorm(nn.Module):
     def __init__(self, dim, num_heads, qkv_bias, qkv_fused, mlp_ratio, swiglu_mlp, scale_mlp, scale_attn_inner,
-                 num_prefix_tokens, attn_type, rotate_half, init_values, norm_layer):
+                 num_prefix_tokens, attn_type, rotate_half, init_values, norm_layer, swiglu_align_to=0):
         super().__init__()
         self.attn = EvaAttention(dim, num_heads, qkv_bias, qkv_fused, num_prefix_tokens, norm_layer, scale_attn_inner,
                                  rotate_half, rope_attn=attn_type == "rope")
         self.norm1 = norm_layer(dim)
-        self.mlp = make_mlp(dim, int(dim * mlp_ratio), swiglu_mlp, scale_mlp, norm_layer)
+        self.mlp = make_mlp(dim, int(dim * mlp_ratio), swiglu_mlp, scale_mlp, norm_layer, swiglu_align_to)
         self.norm2 = norm_layer(dim)
 
     def forward(self, x, rope=None):
@@ -285,7 +287,7 @@ class Eva(nn.Module):
                  class_token=True, num_reg_tokens=0, no_embed_class=False, use_abs_pos_emb=True,
                  use_rot_pos_emb=False, rope_type="cat", rope_grid_offset=0.0, rope_grid_indexing="ij",
                  rope_temperature=10000.0, rope_rotate_half=False, use_post_norm=False, use_pre_transformer_norm=False,
-                 use_post_transformer_norm=None, use_fc_norm=None, ref_feat_shape=None):
+                 use_post_transformer_norm=None, use_fc_norm=None, ref_feat_shape=None, swiglu_align_to=0):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.global_pool = global_pool
@@ -317,7 +319,7 @@ class Eva(nn.Module):
         block_fn = EvaBlockPostNorm if use_post_norm else EvaBlock
         self.blocks = nn.ModuleList([
             block_fn(embed_dim, num_heads, qkv_bias, qkv_fused, mlp_ratio, swiglu_mlp, scale_mlp, scale_attn_inner,
-                     self.num_prefix_tokens, attn_type, rope_rotate_half, init_values, norm_layer)
+                     self.num_prefix_tokens, attn_type, rope_rotate_half, init_values, norm_layer, swiglu_align_to)
             for _ in range(depth)])
         self.norm = norm_layer(embed_dim) if post_norm else nn.Identity()
         self.fc_norm = norm_layer(embed_dim) if fc_norm else nn.Identity()

@@ -44,7 +44,8 @@ EVA_NAME_RULES = [
     (r"^eva_giant_", {"vit.rope": "none", "pre.mean": IMAGENET_MEAN, "pre.std": IMAGENET_STD}),
     (r"^eva02_", dict(EVA02_ROPE)),
     (r"^eva02_[a-z]+_patch14_(336|448)", {"pre.crop_pct": 1.0}),
-    (r"^eva02_enormous_", {"vit.block": "res_post", "vit.num_heads": 16}),   # use_post_norm=True, 1792 wide
+    # use_post_norm=True, 1792 wide, and no RoPE (timm registers it without use_rot_pos_emb)
+    (r"^eva02_enormous_", {"vit.block": "res_post", "vit.num_heads": 16, "vit.rope": "none"}),
     (r"^vit_[a-z0-9]+_patch16_rope_reg\d+_gap_256", dict(EVA02_ROPE, **{"pre.mean": HALF, "pre.std": HALF,
                                                                         "pre.crop_pct": 0.95})),
     (r"^vit_[a-z]+_patch16_rope(_ape)?_224", dict(NAVER_PRE, **{
@@ -214,7 +215,7 @@ def _is_eva(sd, name, kw):
     """Is this timm eva.py's layout?  Its name or kwargs say so, or tensors no other ViT layout has:
     rope.freqs, unfused q_proj, a ViT without any position embedding tensor, or EVA-02's SwiGLU /
     sub-LN with q_bias or gamma_1 (timm vision_transformer.py names those qkv.bias and ls1.gamma)."""
-    if re.match(r"^(eva02?_|eva_|vit_[a-z0-9]+_patch\d+_rope_|vit_pe_|vit_[a-z0-9_]+_patch16_dinov3)", name) or \
+    if re.match(r"^(eva02_|eva_giant_|vit_[a-z0-9]+_patch\d+_rope_|vit_pe_|vit_[a-z0-9_]+_patch16_dinov3)", name) or \
             "use_rot_pos_emb" in kw:
         return True
     if "rope.freqs" in sd or "blocks.0.attn.q_proj.weight" in sd:

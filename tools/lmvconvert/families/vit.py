@@ -706,10 +706,10 @@ def vit_name(cfg, source):
 # tensors describes another model and is not used) and the names whose registered options differ
 # from timm's defaults (LayerNorm eps 1e-6, GELU, pre-norm blocks, head_dim 64), as registered in
 # timm's vision_transformer.py
-TIMM_VIT_NAME = re.compile(r"^(vit|deit|deit3|beit3)_([a-z0-9]+)_[a-z0-9_]+$")
+TIMM_VIT_NAME = re.compile(r"^(vit|deit|deit3|beit3|aimv2)_([a-z0-9]+)_[a-z0-9_]+$")
 TIMM_SIZE_WIDTH = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408,
                    "gigantic": 1664, "medium": 512, "mediumd": 512, "betwixt": 640, "so400m": 1152,
-                   "giantopt": 1536}
+                   "giantopt": 1536, "1b": 2048, "3b": 3072}
 TIMM_NAME_RULES = [
     (r"_rpn_", {"vit.block": "res_post"}),                       # ResPostBlock: x + norm1(attn(x))
     (r"quickgelu", {"vit.act": "quickgelu"}),                   # act_layer='quick_gelu'
@@ -721,9 +721,14 @@ TIMM_NAME_RULES = [
     (r"^vit_base_patch16_plus_clip_", {"vit.num_heads": 14}),         # 896 wide (TIMM_NAME_WIDTH)
     (r"^beit3_", {"vit.norm_eps": 1e-5}),                             # BEiT-3: LayerNorm eps 1e-5
     (r"_reg\d+_dinov2$", {"vit.no_embed_class": 1}),                  # DINOv2 with registers
+    # AIMv2: RmsNorm eps 1e-5, head_dim 128
+    (r"^aimv2_", {"vit.norm_eps": 1e-5}),
+    (r"^aimv2_large_", {"vit.num_heads": 8}), (r"^aimv2_huge_", {"vit.num_heads": 12}),
+    (r"^aimv2_1b_", {"vit.num_heads": 16}), (r"^aimv2_3b_", {"vit.num_heads": 24}),
 ]
 # names whose size word stands for another width than TIMM_SIZE_WIDTH says
-TIMM_NAME_WIDTH = [(r"^vit_base_patch16_plus_clip_", 896), (r"^vit_giant_patch14_(reg\d+_)?dinov2$", 1536)]
+TIMM_NAME_WIDTH = [(r"^vit_base_patch16_plus_clip_", 896), (r"^vit_giant_patch14_(reg\d+_)?dinov2$", 1536),
+                   (r"^aimv2_huge_", 1536)]
 # timm's small test models: name -> (width, their settings) (head_dim 32, not the usual 64; test_vit3's
 # attention pool reads the register token too)
 TIMM_TEST_VITS = {"test_vit": (64, {"vit.num_heads": 2}), "test_vit2": (64, {"vit.num_heads": 2}),

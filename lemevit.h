@@ -1623,6 +1623,10 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
    threads from this many elements on: they are memory-bound, so the bar is lower. */
 #define LMV__PARALLEL_ELEMS 32768.0
 #define LMV__SPLIT_ROWS(ctx, rows, width) ((ctx)->threads > 1 && (rows) > 1 && (double)(rows) * (width) >= LMV__PARALLEL_ELEMS)
+/* Their rows go out in chunks of about a quarter of a thread's share, taken as threads come free
+   (schedule(dynamic)): a thread the OS has descheduled (another process busy on its core) leaves
+   its chunks to the others instead of holding the whole region up. */
+#define LMV__ROW_CHUNK(ctx, rows) ((ctx)->threads > 1 && (rows) / (4 * (ctx)->threads) > 1 ? (rows) / (4 * (ctx)->threads) : 1)
 
 /* The kernel copies' names: lmv__gemm is lmv__gemm_portable, _avx2 or _avx512 in its copy. */
 #define LMV__KN(n) LMV__KN2(n, LMV__KSUF)
@@ -2676,7 +2680,7 @@ static void lmv__layernorm(const lmv__ctx *ctx, float *y, const float *x, int ro
                            float eps) {
     int r;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) lmv__layernorm_row(y + (size_t)r * dim, x + (size_t)r * dim, dim, w, b, eps);
     (void)ctx;
@@ -2848,9 +2852,9 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
 
 /* act() over n values outside a GEMM (LeMeViT's stem and meta-token MLP), in slices per thread. */
 static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act act) {
-    int t, slices = ctx->threads > 1 && (double)n >= LMV__PARALLEL_ELEMS ? ctx->threads : 1;
+    int t, slices = ctx->threads > 1 && (double)n >= LMV__PARALLEL_ELEMS ? 4 * ctx->threads : 1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (slices > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (slices > 1)
 #endif
     for (t = 0; t < slices; t++) {
         size_t a = n / (size_t)slices * (size_t)t, e = t == slices - 1 ? n : n / (size_t)slices * (size_t)(t + 1);
@@ -2862,7 +2866,7 @@ static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act 
 static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim, const float *g) {
     int r, i;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * dim;
@@ -3081,7 +3085,7 @@ static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H
                         size_t sc, int kh, int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
     int oy;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, OH, (double)OW * C * kh * kw))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, OH)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, OH, (double)OW * C * kh * kw))
 #endif
     for (oy = 0; oy < OH; oy++)
         lmv__im2col_rows(rows + (size_t)oy * OW * C * kh * kw, in, H, W, C, sy, sx, sc, kh, kw, stride_h, stride_w, pad, OW,
@@ -3175,7 +3179,7 @@ static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H,
     for (t = 0; t < 9; t++)
         for (c = 0; c < C; c++) wt[t * C + c] = w[c * 9 + t];
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(ox, c, ky, kx, t) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, H)) private(ox, c, ky, kx, t) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
 #endif
     for (oy = 0; oy < H; oy++)
         for (ox = 0; ox < W; ox++) {
@@ -3207,7 +3211,7 @@ static void lmv__batchnorm(const lmv__ctx *ctx, float *y, const float *x, int ro
         beta[c] = (b ? b[c] : 0.0f) - mean[c] * alpha[c];
     }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(c) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, C))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(c) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, C))
 #endif
     for (r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * C;

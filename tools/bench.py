@@ -65,7 +65,7 @@ Two comparisons of their own (either or both; they replace steps 3-6, so nothing
   --builds ["FLAGS;FLAGS;..."]  tools/lmv.c (with lemevit.h) compiled once per flag set (default
        "-O2;-O3 -march=native") as `cc -std=c99 -D_POSIX_C_SOURCE=200809L FLAGS -fopenmp tools/lmv.c -lm`
        into build/bench/lmv_<flags> (rebuilt when the sources change), every build timed on every
-       --models x --threads at batch 1, in the same rounds; table "Build flags" gives each build's
+       --models x --threads (x --lmv-variants above 1 thread) at batch 1, in the same rounds; table "Build flags" gives each build's
        median / best and the first build's median over each other's (1.05 = the first is 5 %
        slower): the "-O2 within 5 % of -march=native" target;
   --busy   the run the issue calls a busy machine: one `yes > /dev/null` process runs during every
@@ -1696,14 +1696,15 @@ def run_builds(state, a):
         if "error" in info:
             continue
         for t in a.threads:
-            for f, exe in exes.items():
-                configs.append(((m, t, f), (lambda info=info, t=t, exe=exe: bench_lmv(info, t, 1, per_proc, "default",
-                                                                                      a.timeout, "f32", exe))))
+            for v in (a.lmv_variants if t > 1 else ["default"]):
+                for f, exe in exes.items():
+                    configs.append(((m, t, v, f), (lambda info=info, t=t, v=v, exe=exe: bench_lmv(
+                        info, t, 1, per_proc, v, a.timeout, "f32", exe))))
     log("")
     log("timing %d builds x %d models x %d thread counts, %d round(s) of %d runs ..." % (
         len(exes), len(a.models), len(a.threads), a.rounds, per_proc))
     res = run_rounds(configs, a.rounds, False, "build")
-    state["builds"] = OrderedDict(flags=list(exes), results=[dict(r, model=k[0], threads=k[1], build=k[2])
+    state["builds"] = OrderedDict(flags=list(exes), results=[dict(r, model=k[0], threads=k[1], build=k[3])
                                                              for k, r in res.items()])
 
 
@@ -1736,7 +1737,7 @@ def builds_table(state, L):
     if not b or not b["results"]:
         return
     flags = b["flags"]
-    by = {(r["model"], r["threads"], r["build"]): r for r in b["results"]}
+    by = {(r["model"], r["threads"], r["variant"], r["build"]): r for r in b["results"]}
     L.append("")
     L.append("## Build flags")
     L.append("")
@@ -1749,15 +1750,15 @@ def builds_table(state, L):
     L.append("|" + "---|" * len(head))
     seen = []
     for r in b["results"]:
-        if (r["model"], r["threads"]) not in seen:
-            seen.append((r["model"], r["threads"]))
-    for m, t in seen:
-        row = [MODELS[m]["label"], str(t)]
+        if (r["model"], r["threads"], r["variant"]) not in seen:
+            seen.append((r["model"], r["threads"], r["variant"]))
+    for m, t, v in seen:
+        row = [MODELS[m]["label"], str(t) + ("" if v == "default" else " (OMP_WAIT_POLICY=PASSIVE)")]
         for f in flags:
-            row.append(fmt_ms(by.get((m, t, f), {})))
-        first = by.get((m, t, flags[0]), {})
+            row.append(fmt_ms(by.get((m, t, v, f), {})))
+        first = by.get((m, t, v, flags[0]), {})
         for f in flags[1:]:
-            o = by.get((m, t, f), {})
+            o = by.get((m, t, v, f), {})
             row.append("%.3f" % (first["median_ms"] / o["median_ms"]) if "median_ms" in first and "median_ms" in o
                        else "-")
         L.append("| " + " | ".join(row) + " |")

@@ -156,7 +156,10 @@
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
    threads is set per session. The default (0) runs on one thread instead while the session finds
    that faster (it times its runs: a machine busy with other work). Without OpenMP everything
-   runs on the calling thread.
+   runs on the calling thread. With GCC's OpenMP (libgomp), waiting threads spin before they
+   sleep; on a machine whose cores are busy with other processes an explicit count above one
+   can then be many times slower than one thread: OMP_WAIT_POLICY=passive in the process's
+   environment (read when it starts) avoids that.
 
    Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
    each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces
@@ -2871,10 +2874,21 @@ static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const f
     for (r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * dim;
         const float *ar = a + (size_t)r * dim, *xr = x + (size_t)r * dim;
+#if defined(LMV__AVX512)
+        /* (16 lanes with a masked tail: a plain -O2 build does not vectorise these loops itself;
+           a multiply then an add, as below, not a fused multiply-add) */
+        for (i = 0; i < dim; i += 16) {
+            __mmask16 k = dim - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - i)) - 1u);
+            __m512 v = _mm512_maskz_loadu_ps(k, xr + i);
+            if (g) v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), v);
+            _mm512_mask_storeu_ps(yr + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, ar + i), v));
+        }
+#else
         if (!g)
             for (i = 0; i < dim; i++) yr[i] = ar[i] + xr[i];
         else
             for (i = 0; i < dim; i++) yr[i] = ar[i] + g[i] * xr[i];
+#endif
     }
     (void)ctx;
 }
@@ -3216,7 +3230,15 @@ static void lmv__batchnorm(const lmv__ctx *ctx, float *y, const float *x, int ro
     for (r = 0; r < rows; r++) {
         float *yr = y + (size_t)r * C;
         const float *xr = x + (size_t)r * C;
+#if defined(LMV__AVX512)
+        for (c = 0; c < C; c += 16) { /* (as in lmv__residual) */
+            __mmask16 k = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + c), _mm512_maskz_loadu_ps(k, alpha + c));
+            _mm512_mask_storeu_ps(yr + c, k, _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, beta + c)));
+        }
+#else
         for (c = 0; c < C; c++) yr[c] = xr[c] * alpha[c] + beta[c];
+#endif
     }
     (void)ctx;
 }

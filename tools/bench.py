@@ -1959,7 +1959,7 @@ def main(argv):
         if t != 1:
             log("                   %.1f GFLOP/s with %d threads (%.1f per thread)" % (g, t, g / t))
     if peak["avx512_gflops"].get(1):
-        log("                   AVX-512 FMA: %.1f GFLOP/s/core (lemevit.h uses AVX2+FMA; %% of peak uses AVX2)"
+        log("                   AVX-512 FMA: %.1f GFLOP/s/core (%% of peak uses the AVX2 figure)"
             % peak["avx512_gflops"][1])
     if peak["note"]:
         log("                   note: " + peak["note"])

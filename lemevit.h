@@ -1642,6 +1642,7 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__add_scaled LMV__KN(lmv__add_scaled)
 #define lmv__attention LMV__KN(lmv__attention)
 #define lmv__batchnorm LMV__KN(lmv__batchnorm)
+#define lmv__batchnorm_row LMV__KN(lmv__batchnorm_row)
 #define lmv__bias_or_zero LMV__KN(lmv__bias_or_zero)
 #define lmv__conv2d LMV__KN(lmv__conv2d)
 #define lmv__dot LMV__KN(lmv__dot)
@@ -1675,6 +1676,7 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__pack_rows LMV__KN(lmv__pack_rows)
 #define lmv__quantize_rows LMV__KN(lmv__quantize_rows)
 #define lmv__residual LMV__KN(lmv__residual)
+#define lmv__residual_row LMV__KN(lmv__residual_row)
 #define lmv__softmax_rows LMV__KN(lmv__softmax_rows)
 #define lmv__tile LMV__KN(lmv__tile)
 #define lmv__tile_c LMV__KN(lmv__tile_c)
@@ -2866,30 +2868,34 @@ static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act 
 }
 
 /* y = a + x, or y = a + g * x per channel when g (layer scale) is given; y may be a. */
-static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim, const float *g) {
-    int r, i;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
-#endif
-    for (r = 0; r < rows; r++) {
-        float *yr = y + (size_t)r * dim;
-        const float *ar = a + (size_t)r * dim, *xr = x + (size_t)r * dim;
+/* One row of lmv__residual. (Its own function: Clang does not give the outlined body of an
+   OpenMP loop the kernel copy's target, so intrinsics live outside parallel loops.) */
+static void lmv__residual_row(float *yr, const float *ar, const float *xr, int dim, const float *g) {
+    int i;
 #if defined(LMV__AVX512)
-        /* (16 lanes with a masked tail: a plain -O2 build does not vectorise these loops itself;
-           a multiply then an add, as below, not a fused multiply-add) */
-        for (i = 0; i < dim; i += 16) {
-            __mmask16 k = dim - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - i)) - 1u);
-            __m512 v = _mm512_maskz_loadu_ps(k, xr + i);
-            if (g) v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), v);
-            _mm512_mask_storeu_ps(yr + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, ar + i), v));
-        }
-#else
-        if (!g)
-            for (i = 0; i < dim; i++) yr[i] = ar[i] + xr[i];
-        else
-            for (i = 0; i < dim; i++) yr[i] = ar[i] + g[i] * xr[i];
-#endif
+    /* (16 lanes with a masked tail: a plain -O2 build does not vectorise these loops itself;
+       a multiply then an add, as below, not a fused multiply-add) */
+    for (i = 0; i < dim; i += 16) {
+        __mmask16 k = dim - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - i)) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(k, xr + i);
+        if (g) v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), v);
+        _mm512_mask_storeu_ps(yr + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, ar + i), v));
     }
+#else
+    if (!g)
+        for (i = 0; i < dim; i++) yr[i] = ar[i] + xr[i];
+    else
+        for (i = 0; i < dim; i++) yr[i] = ar[i] + g[i] * xr[i];
+#endif
+}
+
+static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim, const float *g) {
+    int r;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++)
+        lmv__residual_row(y + (size_t)r * dim, a + (size_t)r * dim, x + (size_t)r * dim, dim, g);
     (void)ctx;
 }
 
@@ -3212,6 +3218,20 @@ static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H,
     (void)ctx;
 }
 
+/* One row of lmv__batchnorm: y = x * alpha + beta (own function: see lmv__residual_row). */
+static void lmv__batchnorm_row(float *yr, const float *xr, const float *alpha, const float *beta, int C) {
+    int c;
+#if defined(LMV__AVX512)
+    for (c = 0; c < C; c += 16) { /* (as in lmv__residual_row) */
+        __mmask16 k = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + c), _mm512_maskz_loadu_ps(k, alpha + c));
+        _mm512_mask_storeu_ps(yr + c, k, _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, beta + c)));
+    }
+#else
+    for (c = 0; c < C; c++) yr[c] = xr[c] * alpha[c] + beta[c];
+#endif
+}
+
 /* Eval-mode BatchNorm over the channel (last) dimension of a token-major map (y may be x), the
    way PyTorch's CPU kernel does it: y = x * (w / sqrt(var + eps)) + (b - mean * w / sqrt(var + eps)).
    `ab` is 2*C floats of scratch for the per-channel factors. */
@@ -3227,19 +3247,7 @@ static void lmv__batchnorm(const lmv__ctx *ctx, float *y, const float *x, int ro
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(c) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, C))
 #endif
-    for (r = 0; r < rows; r++) {
-        float *yr = y + (size_t)r * C;
-        const float *xr = x + (size_t)r * C;
-#if defined(LMV__AVX512)
-        for (c = 0; c < C; c += 16) { /* (as in lmv__residual) */
-            __mmask16 k = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
-            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + c), _mm512_maskz_loadu_ps(k, alpha + c));
-            _mm512_mask_storeu_ps(yr + c, k, _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, beta + c)));
-        }
-#else
-        for (c = 0; c < C; c++) yr[c] = xr[c] * alpha[c] + beta[c];
-#endif
-    }
+    for (r = 0; r < rows; r++) lmv__batchnorm_row(y + (size_t)r * C, x + (size_t)r * C, alpha, beta, C);
     (void)ctx;
 }
 
@@ -3437,6 +3445,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__add_scaled
 #undef lmv__attention
 #undef lmv__batchnorm
+#undef lmv__batchnorm_row
 #undef lmv__bias_or_zero
 #undef lmv__conv2d
 #undef lmv__dot
@@ -3470,6 +3479,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__pack_rows
 #undef lmv__quantize_rows
 #undef lmv__residual
+#undef lmv__residual_row
 #undef lmv__softmax_rows
 #undef lmv__tile
 #undef lmv__tile_c

@@ -2457,13 +2457,14 @@ static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t
 #undef LMV__DPZ
         }
         /* the +128 of the unsigned operand, then the two scales, then into C: the operations and
-           order of the AVX2 tile and of the scalar loop below */
+           order of the AVX2 tile and of the scalar loop below (the last product through the masked
+           form, which a compiler fusing a * b + c (C++) cannot fuse with the add) */
         off = _mm512_maskz_slli_epi32((__mmask16)0xffff, _mm512_loadu_si512((const void *)colsum), 7);
         w = _mm512_maskz_loadu_ps(cols, sw);
 #define LMV__OUTZ(r, x)                                                                                              \
     if ((r) < mr) {                                                                                                  \
         float *c_ = C + (size_t)(r) * ldc;                                                                           \
-        __m512 v_ = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sa[r]), w), _mm512_maskz_cvtepi32_ps((__mmask16)0xffff, _mm512_sub_epi32(x, off))); \
+        __m512 v_ = _mm512_maskz_mul_ps(cols, _mm512_mul_ps(_mm512_set1_ps(sa[r]), w), _mm512_maskz_cvtepi32_ps(cols, _mm512_sub_epi32(x, off))); \
         __m512 p_ = first ? (bias ? _mm512_maskz_loadu_ps(cols, bias) : _mm512_setzero_ps()) : _mm512_maskz_loadu_ps(cols, c_); \
         _mm512_mask_storeu_ps(c_, cols, _mm512_add_ps(p_, v_));                                                      \
     }
@@ -2558,7 +2559,11 @@ scalar_out:
     for (r = 0; r < mr; r++) {
         float *c = C + (size_t)r * ldc;
         if (first) lmv__bias_or_zero(c, bias, nr);
-        for (j = 0; j < nr; j++) c[j] += sa[r] * sw[j] * (float)acc[r][j];
+        for (j = 0; j < nr; j++) { /* the product rounded before the add, as the vector tiles do: a
+                                      compiler that fuses a * b + c (Clang, C++) must not fuse this */
+            volatile float t = sa[r] * sw[j] * (float)acc[r][j];
+            c[j] += t;
+        }
     }
 }
 
@@ -2878,7 +2883,7 @@ static void lmv__residual_row(float *yr, const float *ar, const float *xr, int d
     for (i = 0; i < dim; i += 16) {
         __mmask16 k = dim - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - i)) - 1u);
         __m512 v = _mm512_maskz_loadu_ps(k, xr + i);
-        if (g) v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, g + i), v);
+        if (g) v = _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, g + i), v); /* (masked: never fused with the add) */
         _mm512_mask_storeu_ps(yr + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, ar + i), v));
     }
 #else
@@ -3224,7 +3229,7 @@ static void lmv__batchnorm_row(float *yr, const float *xr, const float *alpha, c
 #if defined(LMV__AVX512)
     for (c = 0; c < C; c += 16) { /* (as in lmv__residual_row) */
         __mmask16 k = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + c), _mm512_maskz_loadu_ps(k, alpha + c));
+        __m512 v = _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, xr + c), _mm512_maskz_loadu_ps(k, alpha + c));
         _mm512_mask_storeu_ps(yr + c, k, _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, beta + c)));
     }
 #else

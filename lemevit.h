@@ -156,7 +156,10 @@
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
    threads is set per session. The default (0) runs on one thread instead while the session finds
    that faster (it times its runs: a machine busy with other work). Without OpenMP everything
-   runs on the calling thread.
+   runs on the calling thread. With GCC's OpenMP (libgomp), waiting threads spin before they
+   sleep; on a machine whose cores are busy with other processes an explicit count above one
+   can then be many times slower than one thread: OMP_WAIT_POLICY=passive in the process's
+   environment (read when it starts) avoids that.
 
    Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
    each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces
@@ -1624,6 +1627,10 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
    threads from this many elements on: they are memory-bound, so the bar is lower. */
 #define LMV__PARALLEL_ELEMS 32768.0
 #define LMV__SPLIT_ROWS(ctx, rows, width) ((ctx)->threads > 1 && (rows) > 1 && (double)(rows) * (width) >= LMV__PARALLEL_ELEMS)
+/* Their rows go out in chunks of about a quarter of a thread's share, taken as threads come free
+   (schedule(dynamic)): a thread the OS has descheduled (another process busy on its core) leaves
+   its chunks to the others instead of holding the whole region up. */
+#define LMV__ROW_CHUNK(ctx, rows) ((ctx)->threads > 1 && (rows) / (4 * (ctx)->threads) > 1 ? (rows) / (4 * (ctx)->threads) : 1)
 
 /* The kernel copies' names: lmv__gemm is lmv__gemm_portable, _avx2 or _avx512 in its copy. */
 #define LMV__KN(n) LMV__KN2(n, LMV__KSUF)
@@ -1636,13 +1643,16 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__add_scaled LMV__KN(lmv__add_scaled)
 #define lmv__attention LMV__KN(lmv__attention)
 #define lmv__batchnorm LMV__KN(lmv__batchnorm)
+#define lmv__batchnorm_row LMV__KN(lmv__batchnorm_row)
 #define lmv__bias_or_zero LMV__KN(lmv__bias_or_zero)
 #define lmv__conv2d LMV__KN(lmv__conv2d)
 #define lmv__dot LMV__KN(lmv__dot)
 #define lmv__dwconv3x3 LMV__KN(lmv__dwconv3x3)
 #define lmv__dwconv_pixel LMV__KN(lmv__dwconv_pixel)
+#define lmv__exp16 LMV__KN(lmv__exp16)
 #define lmv__exp4 LMV__KN(lmv__exp4)
 #define lmv__exp8 LMV__KN(lmv__exp8)
+#define lmv__gelu16 LMV__KN(lmv__gelu16)
 #define lmv__gelu4 LMV__KN(lmv__gelu4)
 #define lmv__gelu8 LMV__KN(lmv__gelu8)
 #define lmv__gemm LMV__KN(lmv__gemm)
@@ -1651,7 +1661,9 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__gemm_own_rows LMV__KN(lmv__gemm_own_rows)
 #define lmv__gemm_q8 LMV__KN(lmv__gemm_q8)
 #define lmv__gemm_task LMV__KN(lmv__gemm_task)
+#define lmv__hmax16 LMV__KN(lmv__hmax16)
 #define lmv__hmax8 LMV__KN(lmv__hmax8)
+#define lmv__hsum16 LMV__KN(lmv__hsum16)
 #define lmv__hsum8 LMV__KN(lmv__hsum8)
 #define lmv__im2col LMV__KN(lmv__im2col)
 #define lmv__im2col_rows LMV__KN(lmv__im2col_rows)
@@ -1665,6 +1677,7 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__pack_rows LMV__KN(lmv__pack_rows)
 #define lmv__quantize_rows LMV__KN(lmv__quantize_rows)
 #define lmv__residual LMV__KN(lmv__residual)
+#define lmv__residual_row LMV__KN(lmv__residual_row)
 #define lmv__softmax_rows LMV__KN(lmv__softmax_rows)
 #define lmv__tile LMV__KN(lmv__tile)
 #define lmv__tile_c LMV__KN(lmv__tile_c)
@@ -1710,6 +1723,9 @@ static void lmv__activate(float *x, size_t n, lmv__act act);
    A is read in place. Rows of A past `mr` are never read. */
 #if defined(LMV__AVX2)
 static __m256 lmv__gelu8(__m256 x);
+#if defined(LMV__AVX512)
+static __m512 lmv__gelu16(__m512 x);
+#endif
 
 /* The tile on C itself, for 1 to 6 rows (only `mr` rows of A and C are touched): the
    accumulators start from C (k blocks after the first), from the bias, or from zero, and go back
@@ -1811,16 +1827,10 @@ static void lmv__tile_z(int mr, int kc, const float *a, size_t lda, const float 
 #undef LMV__ZR6
 #undef LMV__ZR7
 #undef LMV__ZR8
-    /* (GELU: the last K block of a Linear + GELU, activated in registers on the way out, in the
-       AVX2 tile's two halves so that it rounds the same) */
+    /* (GELU: the last K block of a Linear + GELU, activated in registers on the way out by
+       lmv__gelu16, lane for lane the AVX2 tile's operations, so that it rounds the same) */
 #define LMV__ZSTORE(r)                                                                                       \
-    if ((r) < mr) {                                                                                          \
-        _mm512_storeu_ps(c + (r) * ldc, z##r);                                                               \
-        if (gelu) {                                                                                          \
-            _mm256_storeu_ps(c + (r) * ldc, lmv__gelu8(_mm256_loadu_ps(c + (r) * ldc)));                     \
-            _mm256_storeu_ps(c + (r) * ldc + 8, lmv__gelu8(_mm256_loadu_ps(c + (r) * ldc + 8)));             \
-        }                                                                                                    \
-    }
+    if ((r) < mr) _mm512_storeu_ps(c + (r) * ldc, gelu ? lmv__gelu16(z##r) : z##r);
     LMV__ZSTORE(0) LMV__ZSTORE(1) LMV__ZSTORE(2) LMV__ZSTORE(3) LMV__ZSTORE(4) LMV__ZSTORE(5) LMV__ZSTORE(6)
     LMV__ZSTORE(7)
 #undef LMV__ZSTORE
@@ -2068,6 +2078,19 @@ static float lmv__hmax8(__m256 v) {
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
+
+#if defined(LMV__AVX512)
+/* The same for 16 lanes, through the 8-lane trees. (The AVX-512 code here uses the zero-masked
+   forms of intrinsics whose plain forms g++ 12 warns about, -Wuninitialized on their undefined
+   operand.) */
+static float lmv__hsum16(__m512 v) {
+    return lmv__hsum8(_mm256_add_ps(_mm512_maskz_extractf32x8_ps((__mmask8)0xff, v, 0), _mm512_maskz_extractf32x8_ps((__mmask8)0xff, v, 1)));
+}
+
+static float lmv__hmax16(__m512 v) {
+    return lmv__hmax8(_mm256_max_ps(_mm512_maskz_extractf32x8_ps((__mmask8)0xff, v, 0), _mm512_maskz_extractf32x8_ps((__mmask8)0xff, v, 1)));
+}
+#endif
 #endif
 
 /* A few columns left over past the last full panel (attention over 49 or 197 keys leaves 1 or 5)
@@ -2315,7 +2338,16 @@ static void lmv__quantize_rows(unsigned char *q, float *scale, const float *A, s
         unsigned char *d = q + (size_t)r * kc4;
         float mx = 0.0f, inv;
         k = 0;
-#if defined(LMV__AVX2)
+#if defined(LMV__AVX512)
+        { /* 16 lanes, the tail masked */
+            __m512 m16 = _mm512_setzero_ps(), abs = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+            for (; k + 16 <= kc; k += 16) m16 = _mm512_maskz_max_ps((__mmask16)0xffff, m16, _mm512_and_ps(_mm512_loadu_ps(a + k), abs));
+            if (k < kc)
+                m16 = _mm512_maskz_max_ps((__mmask16)0xffff, m16, _mm512_and_ps(_mm512_maskz_loadu_ps((__mmask16)((1u << (kc - k)) - 1u), a + k), abs));
+            mx = lmv__hmax16(m16);
+            k = kc;
+        }
+#elif defined(LMV__AVX2)
         {
             __m256 m8 = _mm256_setzero_ps(), abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
             float part[8];
@@ -2329,7 +2361,19 @@ static void lmv__quantize_rows(unsigned char *q, float *scale, const float *A, s
         scale[r] = mx / 127.0f;
         inv = mx > 0.0f ? 127.0f / mx : 0.0f;
         k = 0;
-#if defined(LMV__AVX2)
+#if defined(LMV__AVX512)
+        { /* round to nearest even like lrintf, clamp, narrow; the tail masked */
+            __m512 vi = _mm512_set1_ps(inv);
+            __m512i off = _mm512_set1_epi32(128), lo = _mm512_set1_epi32(1), hi = _mm512_set1_epi32(255), v;
+            for (; k < kc; k += 16) {
+                __mmask16 m = kc - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (kc - k)) - 1u);
+                v = _mm512_add_epi32(_mm512_maskz_cvtps_epi32((__mmask16)0xffff, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + k), vi)), off);
+                v = _mm512_maskz_min_epi32((__mmask16)0xffff, _mm512_maskz_max_epi32((__mmask16)0xffff, v, lo), hi);
+                _mm512_mask_cvtepi32_storeu_epi8(d + k, m, v);
+            }
+            k = kc;
+        }
+#elif defined(LMV__AVX2)
         {
             __m256 vi = _mm256_set1_ps(inv);
             __m256i off = _mm256_set1_epi32(128), lo = _mm256_set1_epi32(1), hi = _mm256_set1_epi32(255);
@@ -2399,7 +2443,37 @@ static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t
                          int first) {
     int32_t acc[LMV__MR][LMV__NR];
     int r, j, k;
-#if defined(LMV__VNNI)
+#if defined(LMV__AVX512)
+    { /* one zmm of 16 sums per row: 4 bytes of k for all 16 columns in one vpdpbusd. Rows past mr
+         are padding rows of A (zeros, as 128): computed, never stored; columns past nr masked. */
+        const unsigned char *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
+        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, off;
+        __m512 w;
+        __mmask16 cols = (__mmask16)((1u << nr) - 1u);
+        for (k = 0; k < kc4; k += 4) {
+            __m512i b = _mm512_loadu_si512((const void *)(p + (size_t)k * LMV__NR));
+            int32_t v;
+#define LMV__DPZ(row, x) memcpy(&v, row + k, 4); x = _mm512_dpbusd_epi32(x, _mm512_set1_epi32(v), b)
+            LMV__DPZ(a0, c0); LMV__DPZ(a1, c1); LMV__DPZ(a2, c2); LMV__DPZ(a3, c3); LMV__DPZ(a4, c4); LMV__DPZ(a5, c5);
+#undef LMV__DPZ
+        }
+        /* the +128 of the unsigned operand, then the two scales, then into C: the operations and
+           order of the AVX2 tile and of the scalar loop below (the last product through the masked
+           form, which a compiler fusing a * b + c (C++) cannot fuse with the add) */
+        off = _mm512_maskz_slli_epi32((__mmask16)0xffff, _mm512_loadu_si512((const void *)colsum), 7);
+        w = _mm512_maskz_loadu_ps(cols, sw);
+#define LMV__OUTZ(r, x)                                                                                              \
+    if ((r) < mr) {                                                                                                  \
+        float *c_ = C + (size_t)(r) * ldc;                                                                           \
+        __m512 v_ = _mm512_maskz_mul_ps(cols, _mm512_mul_ps(_mm512_set1_ps(sa[r]), w), _mm512_maskz_cvtepi32_ps(cols, _mm512_sub_epi32(x, off))); \
+        __m512 p_ = first ? (bias ? _mm512_maskz_loadu_ps(cols, bias) : _mm512_setzero_ps()) : _mm512_maskz_loadu_ps(cols, c_); \
+        _mm512_mask_storeu_ps(c_, cols, _mm512_add_ps(p_, v_));                                                      \
+    }
+        LMV__OUTZ(0, c0) LMV__OUTZ(1, c1) LMV__OUTZ(2, c2) LMV__OUTZ(3, c3) LMV__OUTZ(4, c4) LMV__OUTZ(5, c5)
+#undef LMV__OUTZ
+        return;
+    }
+#elif defined(LMV__VNNI)
     { /* rows past mr are padding rows of A (zeros, as 128): computed, never stored */
         const unsigned char *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
         __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
@@ -2480,13 +2554,17 @@ static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t
             acc[r][j] = sum;
         }
 #endif
-#if defined(LMV__VNNI)
+#if defined(LMV__VNNI) && !defined(LMV__AVX512)
 scalar_out:
 #endif
     for (r = 0; r < mr; r++) {
         float *c = C + (size_t)r * ldc;
         if (first) lmv__bias_or_zero(c, bias, nr);
-        for (j = 0; j < nr; j++) c[j] += sa[r] * sw[j] * (float)acc[r][j];
+        for (j = 0; j < nr; j++) { /* the product rounded before the add, as the vector tiles do: a
+                                      compiler that fuses a * b + c (Clang, C++) must not fuse this */
+            volatile float t = sa[r] * sw[j] * (float)acc[r][j];
+            c[j] += t;
+        }
     }
 }
 
@@ -2558,7 +2636,31 @@ static void lmv__linear_act(const lmv__ctx *ctx, float *y, const float *x, int r
 static void lmv__layernorm_row(float *yr, const float *xr, int dim, const float *w, const float *b, float eps) {
     float m, inv, sum = 0.0f, var = 0.0f;
     int i = 0;
-#if defined(LMV__AVX2)
+#if defined(LMV__AVX512)
+    { /* 16 lanes, the last dim % 16 through masked loads and stores */
+        int nv = dim & ~15;
+        __mmask16 tail = (__mmask16)((1u << (dim & 15)) - 1u);
+        __m512 s16 = _mm512_setzero_ps(), v16 = _mm512_setzero_ps(), m16, i16, d;
+        for (; i < nv; i += 16) s16 = _mm512_add_ps(s16, _mm512_loadu_ps(xr + i));
+        if (tail) s16 = _mm512_add_ps(s16, _mm512_maskz_loadu_ps(tail, xr + i));
+        sum = lmv__hsum16(s16);
+        m = sum / (float)dim;
+        m16 = _mm512_set1_ps(m);
+        for (i = 0; i < nv; i += 16) d = _mm512_sub_ps(_mm512_loadu_ps(xr + i), m16), v16 = _mm512_fmadd_ps(d, d, v16);
+        if (tail) d = _mm512_maskz_sub_ps(tail, _mm512_maskz_loadu_ps(tail, xr + i), m16), v16 = _mm512_fmadd_ps(d, d, v16);
+        var = lmv__hsum16(v16);
+        inv = 1.0f / sqrtf(var / (float)dim + eps);
+        i16 = _mm512_set1_ps(inv);
+        for (i = 0; i < dim; i += 16) { /* (x - m) * inv * w + b, in that order, as below */
+            __mmask16 k = i < nv ? (__mmask16)0xffff : tail;
+            d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, xr + i), m16), i16);
+            if (w) d = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(k, w + i));
+            if (b) d = _mm512_add_ps(d, _mm512_maskz_loadu_ps(k, b + i));
+            _mm512_mask_storeu_ps(yr + i, k, d);
+        }
+        return;
+    }
+#elif defined(LMV__AVX2)
     {
         __m256 s8 = _mm256_setzero_ps(), v8 = _mm256_setzero_ps(), m8;
         for (; i + 8 <= dim; i += 8) s8 = _mm256_add_ps(s8, _mm256_loadu_ps(xr + i));
@@ -2589,7 +2691,7 @@ static void lmv__layernorm(const lmv__ctx *ctx, float *y, const float *x, int ro
                            float eps) {
     int r;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) lmv__layernorm_row(y + (size_t)r * dim, x + (size_t)r * dim, dim, w, b, eps);
     (void)ctx;
@@ -2641,6 +2743,49 @@ static __m256 lmv__gelu8(__m256 x) {
     e = _mm256_min_ps(_mm256_max_ps(e, _mm256_set1_ps(-1.0f)), one);
     return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, e));
 }
+
+#if defined(LMV__AVX512)
+/* lmv__exp8 and lmv__gelu8 for 16 floats: the same operations, polynomials and clamps, lane for
+   lane, so both give the same bits. */
+static __m512 lmv__exp16(__m512 x) {
+    __m512 fx, r, z, y;
+    __m512i n;
+    x = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.37626f));
+    fx = _mm512_maskz_roundscale_ps((__mmask16)0xffff, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    z = _mm512_mul_ps(r, r);
+    y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    n = _mm512_maskz_slli_epi32((__mmask16)0xffff, _mm512_add_epi32(_mm512_maskz_cvtps_epi32((__mmask16)0xffff, fx), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(n));
+}
+
+static __m512 lmv__gelu16(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 u = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)), t, p, q, e;
+    u = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, u, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+    t = _mm512_mul_ps(u, u);
+    p = _mm512_fmadd_ps(_mm512_set1_ps(-1.1517424381e-08f), t, _mm512_set1_ps(4.3808189686e-06f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(3.6734944842e-04f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(3.7684751512e-03f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(5.3903589159e-02f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.8403293873e-01f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.1283791765e+00f));
+    q = _mm512_fmadd_ps(_mm512_set1_ps(6.0244371508e-05f), t, _mm512_set1_ps(1.2746443727e-03f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.5256797945e-02f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.1324616091e-01f));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(4.9642844710e-01f));
+    q = _mm512_fmadd_ps(q, t, one);
+    e = _mm512_div_ps(_mm512_mul_ps(u, p), q);
+    e = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, e, _mm512_set1_ps(-1.0f)), one);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(one, e));
+}
+#endif
 #endif
 
 #if defined(LMV__NEON)
@@ -2690,6 +2835,9 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
     switch (act) {
     case LMV__ACT_GELU:
         i = 0;
+#if defined(LMV__AVX512)
+        for (; i < (n & ~(size_t)15); i += 16) _mm512_storeu_ps(x + i, lmv__gelu16(_mm512_loadu_ps(x + i)));
+#endif
 #if defined(LMV__AVX2)
         for (; i < (n & ~(size_t)7); i += 8) _mm256_storeu_ps(x + i, lmv__gelu8(_mm256_loadu_ps(x + i)));
 #elif defined(LMV__NEON)
@@ -2715,9 +2863,9 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
 
 /* act() over n values outside a GEMM (LeMeViT's stem and meta-token MLP), in slices per thread. */
 static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act act) {
-    int t, slices = ctx->threads > 1 && (double)n >= LMV__PARALLEL_ELEMS ? ctx->threads : 1;
+    int t, slices = ctx->threads > 1 && (double)n >= LMV__PARALLEL_ELEMS ? 4 * ctx->threads : 1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (slices > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ctx->threads) if (slices > 1)
 #endif
     for (t = 0; t < slices; t++) {
         size_t a = n / (size_t)slices * (size_t)t, e = t == slices - 1 ? n : n / (size_t)slices * (size_t)(t + 1);
@@ -2726,19 +2874,34 @@ static void lmv__activate_all(const lmv__ctx *ctx, float *x, size_t n, lmv__act 
 }
 
 /* y = a + x, or y = a + g * x per channel when g (layer scale) is given; y may be a. */
-static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim, const float *g) {
-    int r, i;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
-#endif
-    for (r = 0; r < rows; r++) {
-        float *yr = y + (size_t)r * dim;
-        const float *ar = a + (size_t)r * dim, *xr = x + (size_t)r * dim;
-        if (!g)
-            for (i = 0; i < dim; i++) yr[i] = ar[i] + xr[i];
-        else
-            for (i = 0; i < dim; i++) yr[i] = ar[i] + g[i] * xr[i];
+/* One row of lmv__residual. (Its own function: Clang does not give the outlined body of an
+   OpenMP loop the kernel copy's target, so intrinsics live outside parallel loops.) */
+static void lmv__residual_row(float *yr, const float *ar, const float *xr, int dim, const float *g) {
+    int i;
+#if defined(LMV__AVX512)
+    /* (16 lanes with a masked tail: a plain -O2 build does not vectorise these loops itself;
+       a multiply then an add, as below, not a fused multiply-add) */
+    for (i = 0; i < dim; i += 16) {
+        __mmask16 k = dim - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (dim - i)) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(k, xr + i);
+        if (g) v = _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, g + i), v); /* (masked: never fused with the add) */
+        _mm512_mask_storeu_ps(yr + i, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, ar + i), v));
     }
+#else
+    if (!g)
+        for (i = 0; i < dim; i++) yr[i] = ar[i] + xr[i];
+    else
+        for (i = 0; i < dim; i++) yr[i] = ar[i] + g[i] * xr[i];
+#endif
+}
+
+static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim, const float *g) {
+    int r;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++)
+        lmv__residual_row(y + (size_t)r * dim, a + (size_t)r * dim, x + (size_t)r * dim, dim, g);
     (void)ctx;
 }
 
@@ -2767,6 +2930,62 @@ static void lmv__linear_residual(const lmv__ctx *ctx, float *x, const float *h, 
 #define LMV__SOFTMAX_BLOCK 64
 static void lmv__softmax_rows(float *x, int rows, int n, float scale, const float *b1, const float *b2) {
     int i, r;
+#if defined(LMV__AVX512)
+    {
+        /* 16 lanes; the last n % 16 elements of a row through masked loads and stores, which
+           AVX-512 runs at full speed (any n, the rows of 1 to 15 included). */
+        int nv = n & ~15, r0, r1;
+        __mmask16 tail = (__mmask16)((1u << (n & 15)) - 1u);
+        __m512 vs = _mm512_set1_ps(scale), v, m16, s16;
+        float f[LMV__SOFTMAX_BLOCK];
+        for (r0 = 0; r0 < rows; r0 = r1) {
+            r1 = rows - r0 < LMV__SOFTMAX_BLOCK ? rows : r0 + LMV__SOFTMAX_BLOCK;
+            for (r = r0; r < r1; r++) { /* x = x * scale + b1 + b2, and its max */
+                float *xr = x + (size_t)r * n;
+                const float *c1 = b1 ? b1 + (size_t)r * n : NULL, *c2 = b2 ? b2 + (size_t)r * n : NULL;
+                m16 = _mm512_set1_ps(-FLT_MAX);
+                for (i = 0; i < nv; i += 16) {
+                    v = _mm512_mul_ps(_mm512_loadu_ps(xr + i), vs);
+                    if (c1) v = _mm512_add_ps(v, _mm512_loadu_ps(c1 + i));
+                    if (c2) v = _mm512_add_ps(v, _mm512_loadu_ps(c2 + i));
+                    _mm512_storeu_ps(xr + i, v);
+                    m16 = _mm512_maskz_max_ps((__mmask16)0xffff, m16, v);
+                }
+                if (tail) {
+                    v = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, xr + i), vs);
+                    if (c1) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail, c1 + i));
+                    if (c2) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail, c2 + i));
+                    _mm512_mask_storeu_ps(xr + i, tail, v);
+                    m16 = _mm512_mask_max_ps(m16, tail, m16, v);
+                }
+                f[r - r0] = lmv__hmax16(m16);
+            }
+            for (r = r0; r < r1; r++) { /* x = exp(x - max), and 1 / its sum */
+                float *xr = x + (size_t)r * n;
+                m16 = _mm512_set1_ps(f[r - r0]);
+                s16 = _mm512_setzero_ps();
+                for (i = 0; i < nv; i += 16) {
+                    v = lmv__exp16(_mm512_sub_ps(_mm512_loadu_ps(xr + i), m16));
+                    _mm512_storeu_ps(xr + i, v);
+                    s16 = _mm512_add_ps(s16, v);
+                }
+                if (tail) {
+                    v = lmv__exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, xr + i), m16));
+                    _mm512_mask_storeu_ps(xr + i, tail, v);
+                    s16 = _mm512_mask_add_ps(s16, tail, s16, v);
+                }
+                f[r - r0] = 1.0f / lmv__hsum16(s16);
+            }
+            for (r = r0; r < r1; r++) {
+                float *xr = x + (size_t)r * n;
+                v = _mm512_set1_ps(f[r - r0]);
+                for (i = 0; i < nv; i += 16) _mm512_storeu_ps(xr + i, _mm512_mul_ps(_mm512_loadu_ps(xr + i), v));
+                if (tail) _mm512_mask_storeu_ps(xr + i, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, xr + i), v));
+            }
+        }
+        return;
+    }
+#endif
 #if defined(LMV__AVX2)
     if (n >= 8) {
         /* The last n % 8 elements of a row are the top lanes (mask `hi`) of `w`, the 8 that end
@@ -2892,7 +3111,7 @@ static void lmv__im2col(const lmv__ctx *ctx, float *rows, const float *in, int H
                         size_t sc, int kh, int kw, int stride_h, int stride_w, int pad, int OH, int OW) {
     int oy;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, OH, (double)OW * C * kh * kw))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, OH)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, OH, (double)OW * C * kh * kw))
 #endif
     for (oy = 0; oy < OH; oy++)
         lmv__im2col_rows(rows + (size_t)oy * OW * C * kh * kw, in, H, W, C, sy, sx, sc, kh, kw, stride_h, stride_w, pad, OW,
@@ -2986,7 +3205,7 @@ static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H,
     for (t = 0; t < 9; t++)
         for (c = 0; c < C; c++) wt[t * C + c] = w[c * 9 + t];
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(ox, c, ky, kx, t) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, H)) private(ox, c, ky, kx, t) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, H, W * C))
 #endif
     for (oy = 0; oy < H; oy++)
         for (ox = 0; ox < W; ox++) {
@@ -3005,6 +3224,20 @@ static void lmv__dwconv3x3(const lmv__ctx *ctx, float *y, const float *x, int H,
     (void)ctx;
 }
 
+/* One row of lmv__batchnorm: y = x * alpha + beta (own function: see lmv__residual_row). */
+static void lmv__batchnorm_row(float *yr, const float *xr, const float *alpha, const float *beta, int C) {
+    int c;
+#if defined(LMV__AVX512)
+    for (c = 0; c < C; c += 16) { /* (as in lmv__residual_row) */
+        __mmask16 k = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
+        __m512 v = _mm512_maskz_mul_ps(k, _mm512_maskz_loadu_ps(k, xr + c), _mm512_maskz_loadu_ps(k, alpha + c));
+        _mm512_mask_storeu_ps(yr + c, k, _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, beta + c)));
+    }
+#else
+    for (c = 0; c < C; c++) yr[c] = xr[c] * alpha[c] + beta[c];
+#endif
+}
+
 /* Eval-mode BatchNorm over the channel (last) dimension of a token-major map (y may be x), the
    way PyTorch's CPU kernel does it: y = x * (w / sqrt(var + eps)) + (b - mean * w / sqrt(var + eps)).
    `ab` is 2*C floats of scratch for the per-channel factors. */
@@ -3018,13 +3251,9 @@ static void lmv__batchnorm(const lmv__ctx *ctx, float *y, const float *x, int ro
         beta[c] = (b ? b[c] : 0.0f) - mean[c] * alpha[c];
     }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(c) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, C))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(c) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, C))
 #endif
-    for (r = 0; r < rows; r++) {
-        float *yr = y + (size_t)r * C;
-        const float *xr = x + (size_t)r * C;
-        for (c = 0; c < C; c++) yr[c] = xr[c] * alpha[c] + beta[c];
-    }
+    for (r = 0; r < rows; r++) lmv__batchnorm_row(y + (size_t)r * C, x + (size_t)r * C, alpha, beta, C);
     (void)ctx;
 }
 
@@ -3222,13 +3451,16 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__add_scaled
 #undef lmv__attention
 #undef lmv__batchnorm
+#undef lmv__batchnorm_row
 #undef lmv__bias_or_zero
 #undef lmv__conv2d
 #undef lmv__dot
 #undef lmv__dwconv3x3
 #undef lmv__dwconv_pixel
+#undef lmv__exp16
 #undef lmv__exp4
 #undef lmv__exp8
+#undef lmv__gelu16
 #undef lmv__gelu4
 #undef lmv__gelu8
 #undef lmv__gemm
@@ -3237,7 +3469,9 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__gemm_own_rows
 #undef lmv__gemm_q8
 #undef lmv__gemm_task
+#undef lmv__hmax16
 #undef lmv__hmax8
+#undef lmv__hsum16
 #undef lmv__hsum8
 #undef lmv__im2col
 #undef lmv__im2col_rows
@@ -3251,6 +3485,7 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__pack_rows
 #undef lmv__quantize_rows
 #undef lmv__residual
+#undef lmv__residual_row
 #undef lmv__softmax_rows
 #undef lmv__tile
 #undef lmv__tile_c

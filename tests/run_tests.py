@@ -53,6 +53,7 @@ SUITES = [
     ("valgrind", [PY, os.path.join(HERE, "test_valgrind.py")]),
     ("fuzz (libFuzzer, asan+ubsan)", [PY, os.path.join(HERE, "test_fuzz.py")]),
     ("readme (speed tables from the kept bench report)", [PY, os.path.join(HERE, "test_readme.py")]),
+    ("bench tool (--builds, --busy; nothing timed)", [PY, os.path.join(HERE, "test_bench_tool.py")]),
 ]
 
 

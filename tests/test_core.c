@@ -651,6 +651,86 @@ static void test_softmax_rows(void) {
     check("softmax over rows with scale, bias and mask matches double", ok, msg);
 }
 
+/* The row kernels on every kernel path this CPU runs against the portable path, at widths that
+   leave every tail of the 8- and 16-lane loops (1..17, 31, 33, 49, 96, 100, 197): attention's
+   softmax (scale, bias, mask), LayerNorm (weight and bias, either, neither), GELU, the residual
+   add (with and without a layer scale) and BatchNorm. */
+static void softmax_on(int simd, float *x, int rows, int n, float scale, const float *b1, const float *b2) {
+    LMV__DISPATCH(simd, lmv__softmax_rows, (x, rows, n, scale, b1, b2));
+}
+
+static void test_row_kernel_paths(void) {
+    enum { R = 5, MAXN = 197 };
+    static float x[R * MAXN], y0[R * MAXN], y[R * MAXN], b1[R * MAXN], b2[R * MAXN], w[MAXN], b[MAXN];
+    static const int widths[] = {1, 2, 3, 5, 7, 8, 9, 13, 15, 16, 17, 31, 33, 49, 96, 100, 197};
+    static float ab[2 * MAXN], var[MAXN];
+    double wsoft = 0, wln = 0, wgelu = 0, wadd = 0;
+    int p, s, use, i, paths = 0, ok = 1;
+    unsigned seed = 29;
+    char msg[200];
+    for (i = 0; i < R * MAXN; i++) {
+        x[i] = 3.0f * frand(&seed) + 0.5f;
+        b1[i] = frand(&seed);
+        b2[i] = i % 7 == 0 ? -100.0f : 0.0f;
+    }
+    for (i = 0; i < MAXN; i++) w[i] = 1.0f + frand(&seed), b[i] = frand(&seed), var[i] = 1.5f + frand(&seed);
+    for (p = LMV_SIMD_PORTABLE + 1; p <= LMV_SIMD_NEON; p++) {
+        lmv__ctx ctx, port;
+        if (!lmv_simd_available((lmv_simd)p)) continue;
+        paths++;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 1;
+        ctx.simd = p;
+        port = ctx;
+        port.simd = LMV_SIMD_PORTABLE;
+        for (s = 0; s < (int)(sizeof widths / sizeof widths[0]); s++) {
+            int n = widths[s];
+            size_t bytes = sizeof(float) * (size_t)(R * n);
+            for (use = 0; use < 4; use++) {
+                const float *p1 = use & 1 ? b1 : NULL, *p2 = use & 2 ? b2 : NULL;
+                const float *lw = use & 1 ? w : NULL, *lb = use & 2 ? b : NULL;
+                memcpy(y0, x, bytes), memcpy(y, x, bytes);
+                softmax_on(LMV_SIMD_PORTABLE, y0, R, n, 0.7f, p1, p2);
+                softmax_on(p, y, R, n, 0.7f, p1, p2);
+                for (i = 0; i < R * n; i++) {
+                    double e = fabs((double)y[i] - y0[i]) / (1e-7 + fabs(y0[i]));
+                    if (e > wsoft) wsoft = e;
+                }
+                lmv__layernorm(&port, y0, x, R, n, lw, lb, 1e-5f);
+                lmv__layernorm(&ctx, y, x, R, n, lw, lb, 1e-5f);
+                for (i = 0; i < R * n; i++) {
+                    double e = fabs((double)y[i] - y0[i]);
+                    if (e > wln) wln = e;
+                }
+                if (use < 2) { /* y = y0 + x (+ layer scale w), from the same y0 */
+                    memcpy(y, y0, bytes);
+                    lmv__residual(&port, y0, y0, x, R, n, use ? w : NULL);
+                    lmv__residual(&ctx, y, y, x, R, n, use ? w : NULL);
+                } else {
+                    lmv__batchnorm(&port, y0, x, R, n, use & 1 ? w : NULL, b, b1, var, 1e-5f, ab);
+                    lmv__batchnorm(&ctx, y, x, R, n, use & 1 ? w : NULL, b, b1, var, 1e-5f, ab);
+                }
+                for (i = 0; i < R * n; i++) {
+                    double e = fabs((double)y[i] - y0[i]);
+                    if (e > wadd) wadd = e;
+                }
+            }
+            memcpy(y0, x, bytes), memcpy(y, x, bytes);
+            lmv__activate_all(&port, y0, (size_t)(R * n), LMV__ACT_GELU);
+            lmv__activate_all(&ctx, y, (size_t)(R * n), LMV__ACT_GELU);
+            for (i = 0; i < R * n; i++) {
+                double e = fabs((double)y[i] - y0[i]);
+                if (e > wgelu) wgelu = e;
+            }
+        }
+    }
+    ok = wsoft < 2e-6 && wln < 2e-5 && wgelu < 2e-6 && wadd < 1e-5;
+    snprintf(msg, sizeof msg, "%d paths besides portable; worst: softmax %.1e relative, layernorm %.1e, gelu %.1e, "
+             "residual/batchnorm %.1e", paths, wsoft, wln, wgelu, wadd);
+    check("softmax, layernorm, gelu, residual and batchnorm on every kernel path match the portable path at every tail",
+          ok, msg);
+}
+
 static void test_topk(void) {
     float logits[6] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f, 0.0f}, prob[3];
     int idx[3], n = lmv_topk(logits, 6, 3, idx, prob);
@@ -817,6 +897,7 @@ int main(int argc, char **argv) {
     test_resample_weights();
     test_activations();
     test_softmax_rows();
+    test_row_kernel_paths();
     test_topk();
     test_npy();
     test_arena();

@@ -14,9 +14,11 @@ logits within float rounding.
   * LEMEVIT_SIMD / --simd: a name that is not a path, or a path this CPU lacks, is refused with a
     message; classify honours the variable too;
   * the default thread count, which drops to one thread while that is faster (timed per run),
-    gives the same bits on every run of a session."""
+    gives the same bits on every run of a session;
+  * tests/test_core.c built by Clang and as C++ (compilers that fuse multiply-adds) passes too."""
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -116,10 +118,31 @@ def family_case(name, model, img, opts, builds, paths):
                           f"{rel:.1e}, vs portable {max_abs(got, base):.1e}")
 
 
+def other_compilers():
+    """tests/test_core.c (every kernel path against the portable one) built by Clang and as C++: both
+    fuse a * b + c into one rounding where the target has FMA (Clang in C, GCC in C++), which the
+    kernel copies must not let change their results (the int8 x int8 GEMM's same bits on every path)."""
+    src = os.path.join(ROOT, "tests", "test_core.c")
+    for label, cc in (("clang C99", ["clang", "-std=c99", "-D_POSIX_C_SOURCE=200809L"]),
+                      ("g++ C++11", ["g++", "-std=c++11", "-x", "c++", "-D_POSIX_C_SOURCE=200809L"])):
+        if not shutil.which(cc[0]):
+            res.skip(f"test_core built by {label}", f"{cc[0]} not found")
+            continue
+        exe = os.path.join(OUT, "test_core_" + cc[0].replace("+", "x"))
+        code, out, err = run([*cc, "-O2", "-fopenmp", "-o", exe, src, "-lm"])
+        if not res.check(f"test_core builds with {label}", code == 0, err.strip()[-400:]):
+            continue
+        code, out, err = run([exe])
+        fails = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
+        res.check(f"test_core built by {label}: every kernel check passes (same int8 bits on every path)",
+                  code == 0 and not fails and out.rstrip().endswith(" 0 failed"), "; ".join(fails)[:400] or err.strip())
+
+
 def main():
     paths = cpu_paths()
     print(f"   kernel paths this CPU runs: {', '.join(paths)}")
     exes = build_o2()
+    other_compilers()
     if not exes:
         return res.finish()
     best = paths[-1]

@@ -1610,6 +1610,7 @@ def build_exe(flags, timeout):
     stamp = exe + ".flags"
     if newer(exe, srcs) and os.path.exists(stamp) and open(stamp).read() == flags:
         return exe, None
+    os.makedirs(OUT, exist_ok=True)
     cmd = [os.environ.get("CC", "cc"), "-std=c99", "-D_POSIX_C_SOURCE=200809L"] + shlex.split(flags) + \
         ["-fopenmp", "-o", exe + ".tmp", srcs[0], "-lm"]
     r = run_proc(cmd, timeout=timeout)

@@ -155,8 +155,9 @@ def main():
     parity("EVA-02-B style (unfused qkv, SwiGLU + sub-LN, attn.norm, layer scale, token pool)", m, image(48, 32),
            file_name="eva02_base_patch14_224.pth", conv_opts=("--img-size", "48", "32"), more=(image(32, 32),))
 
-    # EVA-02-E style post-norm block: x + norm1(attn(x)), plain GELU MLP, named by the training args
-    m = eva(3, img=(32, 32), use_post_norm=True, global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(16, 16))
+    # EVA-02-E style post-norm block: x + norm1(attn(x)), plain GELU MLP, named by the training args; timm
+    # registers eva02_enormous without RoPE
+    m = eva(3, img=(32, 32), use_post_norm=True, global_pool="token")
     parity("EVA post-norm block (EvaBlockPostNorm)", m, image(32, 32), wrap={"args": {"model": "eva02_enormous_patch14_clip_224"}},
            expect=("res-post-norm",), more=(image(24, 40),))
 

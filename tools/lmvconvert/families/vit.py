@@ -828,6 +828,8 @@ def vit_metadata_settings(sd, ctx):
 # unknown layout or a tensor that could not be placed
 TIMM_UNSUPPORTED_BLOCKS = [
     (r"^blocks\.\d+\.attn\.(lambda_q1|lambda_a|sub_norm\.weight)$", "differential attention (timm DiffAttention)"),
+    (r"^blocks\.\d+\.(lambda_q1|lambda_a|sub_norm\.weight)$",
+     "a parallel block with differential attention (timm DiffParallelScalingBlock, vit_dpwee_*)"),
 ]
 
 

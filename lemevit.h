@@ -3717,6 +3717,7 @@ typedef struct lmv__vit {
     int glu;        /* vit.mlp "glu": fc1 gives 2*hidden, act(first half) * second half (timm SwiGLUPacked) */
     int pool_map;   /* vit.pool "map": timm's AttentionPoolLatent over the patch tokens (SigLIP) */
     int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
+    int map_heads;  /* the map head's attention heads (vit.map_heads; default the blocks' vit.num_heads) */
     int pool_avg, pre_logits, num_classes, pos_rows;
     int proj; /* width of the embedding projection (CLIP's `proj`, bias-free), 0: none */
     int abs_pos; /* vit.abs_pos: the tokens get the absolute pos_embed (BEiT may have none) */
@@ -4051,6 +4052,9 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!v->pool_avg && !v->pool_map && !v->class_token)
         return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool 'token' needs a class token");
     if ((r = lmv__meta_int_range(m, "vit.pool_prefix", 0, 0, 1, 0, &v->pool_prefix, err)) != LMV_OK) return r;
+    if ((r = lmv__meta_int_range(m, "vit.map_heads", 0, 1, 4096, v->heads, &v->map_heads, err)) != LMV_OK) return r;
+    if (v->dim % v->map_heads)
+        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.embed_dim %d is not divisible by vit.map_heads %d", v->dim, v->map_heads);
     s = lmv__meta_string(m, "vit.rel_pos", "none");
     if (!strcmp(s, "block")) v->rel_pos = 1;
     else if (!strcmp(s, "shared_table")) v->rel_pos = 2;
@@ -4717,8 +4721,8 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
     lmv__linear(ctx, q, v->map_latent, 1, D, D, v->map_q_w, v->map_q_b);
     memset(&a, 0, sizeof a);
     a.groups = 1;
-    a.heads = v->heads;
-    a.head_dim = D / v->heads;
+    a.heads = v->map_heads;
+    a.head_dim = D / v->map_heads;
     a.nq = 1;
     a.nk = n;
     a.q = q;

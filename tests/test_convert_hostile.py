@@ -581,7 +581,7 @@ BASE = {
              ("vit.pool_prefix", 0), ("vit.proj", 0), ("vit.abs_pos", 1), ("vit.rel_pos", "none"),
              ("vit.rope", "axial"), ("vit.rope_temperature", 10000.0), ("vit.rope_ref_grid", [16, 16]),
              ("vit.rope_offset", 0.0), ("vit.rope_indexing", "ij"), ("vit.rope_half", 0),
-             ("vit.rel_mlp", "cr"), ("vit.parallel", 1), ("vit.norm", "layer")], []),
+             ("vit.rel_mlp", "cr"), ("vit.parallel", 1), ("vit.norm", "layer"), ("vit.map_heads", 1)], []),
     # Swin reads the per-stage values after the patch embedding: give it that
     "swin": ([("swin.embed_dim", 8), ("swin.depths", [0]), ("swin.num_heads", [1]), ("swin.mlp_hidden", [1]),
               ("swin.window_size", 4), ("swin.patch_size", 4), ("swin.norm_eps", 1e-5),

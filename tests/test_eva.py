@@ -6,7 +6,9 @@ attn.norm, unfused q/k/v projections, q_bias / v_bias, layer scale gamma_1 / gam
 block, register tokens without a class token, avg pooling + fc_norm and class-token pooling, input
 sizes other than the trained one (RoPE recomputed, pos_embed resampled). Random weights, small
 widths, batch 2, non-square inputs, every block compared. Refusals: a stray tensor, an option this
-library does not run (named), gated attention, Perception Encoder core."""
+library does not run (named), gated attention, an attention-pool head over SwiGLU blocks, a pool head
+count that does not divide the width. Perception Encoder core: the attention-pool ('map') head with its
+own head count and MLP ratio, over the class token too."""
 import os
 import sys
 from functools import partial
@@ -155,8 +157,9 @@ def main():
     parity("EVA-02-B style (unfused qkv, SwiGLU + sub-LN, attn.norm, layer scale, token pool)", m, image(48, 32),
            file_name="eva02_base_patch14_224.pth", conv_opts=("--img-size", "48", "32"), more=(image(32, 32),))
 
-    # EVA-02-E style post-norm block: x + norm1(attn(x)), plain GELU MLP, named by the training args
-    m = eva(3, img=(32, 32), use_post_norm=True, global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(16, 16))
+    # EVA-02-E style post-norm block: x + norm1(attn(x)), plain GELU MLP, named by the training args; timm
+    # registers eva02_enormous without RoPE
+    m = eva(3, img=(32, 32), use_post_norm=True, global_pool="token")
     parity("EVA post-norm block (EvaBlockPostNorm)", m, image(32, 32), wrap={"args": {"model": "eva02_enormous_patch14_clip_224"}},
            expect=("res-post-norm",), more=(image(24, 40),))
 
@@ -217,6 +220,28 @@ def main():
         parity(f"DINOv3 RoPE ({name})", m, image(32, 48), file_name=name + ".pth",
                expect=("vit.rope=dinov3", "vit.rope_half=1", "pool avg", "4 reg"), more=(image(48, 16),))
 
+    # Perception Encoder core (CLIP image tower): the blocks of the PE towers with a class token, then timm's
+    # AttentionPoolLatent over every token (class token included) with 8 heads of its own (the blocks have 4) and
+    # its own MLP ratio, then the head; named by its file, so the pool's heads come from the name
+    pe_core = dict(attn_type="rope", use_rot_pos_emb=True, ref_feat_shape=(24, 24), rope_grid_offset=1.0,
+                   rope_grid_indexing="xy", use_pre_transformer_norm=True, global_pool="map",
+                   norm_layer=partial(eva_ref.LayerNorm, eps=1e-5))
+    m = eva(15, attn_pool_num_heads=8, attn_pool_mlp_ratio=2.0, **pe_core)
+    res.check("PE core reference: the attention pool has 8 heads, the blocks 4",
+              m.attn_pool.num_heads == 8 and m.blocks[0].attn.num_heads == 4)
+    core = parity("Perception Encoder core (map head with 8 heads of its own, over the class token too)", m,
+                  image(32, 48), file_name="vit_pe_core_tiny_patch16_384.pth", conv_opts=("--img-size", "32", "48"),
+                  expect=("vit.rope_offset=1", "eps 1e-05"), more=(image(48, 16),))
+    # the pool's heads from the checkpoint's model_kwargs (attn_pool_num_heads) over the name's
+    m = eva(16, attn_pool_num_heads=2, attn_pool_mlp_ratio=4.0, **pe_core)
+    parity("Perception Encoder core, attn_pool_num_heads=2 from model_kwargs", m, image(32, 48),
+           wrap={"args": {"model": "vit_pe_core_tiny_patch16_384", "model_kwargs": {"attn_pool_num_heads": 2}}},
+           conv_opts=("--img-size", "32", "48"))
+    # without metadata an EVA map head is assumed to have the blocks' heads (timm's default), and said so
+    m = eva(17, use_abs_pos_emb=False, use_rot_pos_emb=True, ref_feat_shape=(16, 16), global_pool="map")
+    parity("EVA map head without metadata: its heads assumed", m, image(32, 48), conv_opts=("--img-size", "32", "48"),
+           expect=("assumed", "vit.map_heads"))
+
     # without a name the RoPE options are assumed as EVA-02 registers them, and said so
     m = eva(8, **EVA02)
     parity("EVA-02 layout without metadata: RoPE assumed", m, image(32, 48), conv_opts=("--img-size", "32", "48"),
@@ -238,8 +263,21 @@ def main():
     gated["blocks.0.attn.gate.weight"] = torch.zeros(64, 64)
     refused("gated attention is refused by name", gated, ["blocks.0.attn.gate", "gated"],
             file_name="eva02_small_patch14_224.pth")
-    refused("a Perception Encoder core model is refused by name", sd, ["vit_pe_core_", "attention-pool"],
-            file_name="vit_pe_core_tiny_patch16_384.pth")
+    # timm runs Eva's attention-pool MLP with GELU whatever the blocks use; with SwiGLU blocks that is refused
+    glu_map = eva(18, global_pool="map", **EVA02).state_dict()
+    refused("an EVA attention-pool head over SwiGLU blocks is refused", glu_map, ["attention-pool", "GELU", "silu"],
+            file_name="eva02_small_patch14_224.pth", conv_opts=("--img-size", "32", "48"))
+    if core:
+        sys.path.insert(0, os.path.join(ROOT, "tools"))
+        import lmvfile
+        f = lmvfile.read(core)
+        meta = [(k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
+        meta = [(k, lmvfile.Typed(lmvfile.T_INT32, [3]) if k == "vit.map_heads" else v) for k, v in meta]
+        bad = os.path.join(tmpdir(), "map_heads3.lmv")
+        lmvfile.write(bad, meta, [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()])
+        code, out, err = run([LMV, "info", bad])
+        res.check("loader refuses vit.map_heads that does not divide the width",
+                  code != 0 and "vit.map_heads" in err and "divisible" in err, err.strip())
     res.finish()
 
 

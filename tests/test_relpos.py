@@ -8,7 +8,8 @@ out_proj) and RmsNorm (AIMv2, vit_*_xp_*). The MLP bias follows the input size (
 rebuilt at that size with the same weights); the table variant refuses another size. Random
 weights, small widths, batch 2, every block compared. Refusals: an MLP in only some blocks, tables
 and MLPs together, MLPs of mixed modes, a 'swin' MLP on a one-patch-wide input, a missing parallel
-branch, mixed RMS / LayerNorm norms, stray tensors, settings a file's tensors contradict."""
+branch, mixed RMS / LayerNorm norms, stray tensors, settings a file's tensors contradict, differential attention in
+timm's DiffParallelScalingBlock (out of scope: named)."""
 import os
 import sys
 
@@ -231,6 +232,23 @@ def main():
     rms = {k: v for k, v in ssd.items() if not k.endswith("in_norm.bias")}
     refused("a parallel-scaling in_norm without bias beside LayerNorm qk-norms is refused", rms,
             ["vit.norm=rms", "blocks.0.attn.q_norm.bias"])
+    # timm DiffParallelScalingBlock (vit_dpwee_*): differential attention is out of scope, refused by its
+    # tensors (lambda_q1 / lambda_k1 ... or dual_lambda's lambda_a / lambda_b, sub_norm) with the block named
+    from models import timm_vit
+    for seed, dual in ((14, False), (15, True)):
+        torch.manual_seed(seed)
+        m = timm_vit.VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, mlp_ratio=5,
+                                       init_values=1e-5, class_token=False, no_embed_class=True, reg_tokens=1,
+                                       global_pool="avg", num_classes=10, block_fn="diff_parallel_scaling")
+        if dual:
+            for i in range(len(m.blocks)):   # timm's block option dual_lambda (VisionTransformer does not pass it)
+                m.blocks[i] = timm_vit.DiffParallelScalingBlock(64, 4, 5, True, 1e-5,
+                                                                lambda d: torch.nn.LayerNorm(d, eps=1e-6),
+                                                                depth=i, dual_lambda=True)
+        key = "blocks.0.lambda_a" if dual else "blocks.0.lambda_q1"
+        res.check("DiffParallelScalingBlock reference has %s" % key, key in m.state_dict())
+        refused("a parallel block with differential attention is refused by name (%s)" % key.split(".")[-1],
+                m.state_dict(), [key, "differential attention", "DiffParallelScalingBlock"])
 
     # timm's RmsNorm: AIMv2 (every norm RMS, the patch embedding's too, SwiGLU + SiLU, no biases, mean
     # pooling after the final norm) and vit_*_xp_* (ParallelScalingBlock, RMS qk-norm, norm_pre)

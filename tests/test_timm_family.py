@@ -61,7 +61,7 @@ VIT_ACTS = {None: "gelu", "gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh
             "nn.SiLU": "silu", "relu": "relu"}
 VIT_MLPS = {None: "mlp", "Mlp": "mlp", "SwiGLUPacked": "swiglu_packed", "SwiGLU": "swiglu"}
 VIT_BLOCKS = {None: "pre", "Block": "pre", "ResPostBlock": "res_post", "ParallelThingsBlock": "parallel",
-              "ParallelScalingBlock": "parallel_scaling"}
+              "ParallelScalingBlock": "parallel_scaling", "DiffParallelScalingBlock": "diff_parallel_scaling"}
 # model_args the reference takes as they are
 VIT_PLAIN = ("embed_dim", "num_heads", "mlp_ratio", "qkv_bias", "qk_norm", "scale_attn_norm", "scale_mlp_norm",
              "proj_bias", "init_values", "class_token", "no_embed_class", "reg_tokens", "pre_norm", "final_norm",

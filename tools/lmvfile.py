@@ -267,6 +267,7 @@ META_RULES = OrderedDict([
     ("vit.mlp", _rule("str", choices=("mlp", "glu"), arch="vit")),
     ("vit.pool", _rule("str", choices=("token", "avg", "map"), arch="vit")),
     ("vit.pool_prefix", _rule("int", 0, 1, arch="vit")),
+    ("vit.map_heads", _rule("int", 1, 4096, arch="vit")),
     ("vit.abs_pos", _rule("int", 0, 1, arch="vit")),
     ("vit.rel_pos", _rule("str", choices=("none", "block", "shared_table", "both", "mlp_block", "mlp_shared"),
                           arch="vit")),

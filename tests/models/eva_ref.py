@@ -10,7 +10,9 @@ RotaryEmbeddingMixed (learned per-block, per-head frequencies rope.freqs) and Ro
 (coordinates normalised per side, periods from the temperature, tiled for half rotation), applied to q and k of the
 patch tokens only with apply_rot_embed_cat (interleaved pairs, or rotate_half). Pooling: 'avg' with
 fc_norm, 'token' with the final norm; class token and register tokens; dynamic image size with the
-rope recomputed for the run grid and pos_embed resampled (bicubic, antialias) as timm does."""
+rope recomputed for the run grid and pos_embed resampled (bicubic, antialias) as timm does; 'map' with
+AttentionPoolLatent (layers/attention_pool.py) over every token, with its own attn_pool_num_heads and
+attn_pool_mlp_ratio (Perception Encoder core)."""
 import math
 
 import torch
@@ -270,6 +272,39 @@ class EvaBlockPostNorm(nn.Module):
         return x + self.norm2(self.mlp(x))
 
 
+# ---------------------------------------------------------------- attention pool (layers/attention_pool.py)
+
+class AttentionPoolLatent(nn.Module):
+    """timm's AttentionPoolLatent as Eva builds it for global_pool='map': one latent query (latent_len 1),
+    q and kv Linears with bias, no qk_norm, no pos_embed, proj, then x + mlp(norm(x)) with the model's
+    norm_layer and nn.GELU; its own num_heads and mlp_ratio; pool_type 'token' (the one query)."""
+
+    def __init__(self, in_features, num_heads=8, mlp_ratio=4.0, norm_layer=None, act_layer=nn.GELU):
+        super().__init__()
+        embed_dim = in_features
+        assert embed_dim % num_heads == 0
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.latent = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.q = nn.Linear(embed_dim, embed_dim)
+        self.kv = nn.Linear(embed_dim, embed_dim * 2)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+        self.mlp = Mlp(embed_dim, int(embed_dim * mlp_ratio), act_layer)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B, 1, C)
+        x = self.proj(x)
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, img_size, patch_size, in_chans, embed_dim, bias=True):
         super().__init__()
@@ -287,7 +322,8 @@ class Eva(nn.Module):
                  class_token=True, num_reg_tokens=0, no_embed_class=False, use_abs_pos_emb=True,
                  use_rot_pos_emb=False, rope_type="cat", rope_grid_offset=0.0, rope_grid_indexing="ij",
                  rope_temperature=10000.0, rope_rotate_half=False, use_post_norm=False, use_pre_transformer_norm=False,
-                 use_post_transformer_norm=None, use_fc_norm=None, ref_feat_shape=None, swiglu_align_to=0):
+                 use_post_transformer_norm=None, use_fc_norm=None, ref_feat_shape=None, swiglu_align_to=0,
+                 attn_pool_num_heads=None, attn_pool_mlp_ratio=None):
         super().__init__()
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.global_pool = global_pool
@@ -322,6 +358,12 @@ class Eva(nn.Module):
                      self.num_prefix_tokens, attn_type, rope_rotate_half, init_values, norm_layer, swiglu_align_to)
             for _ in range(depth)])
         self.norm = norm_layer(embed_dim) if post_norm else nn.Identity()
+        if global_pool == "map":
+            self.attn_pool = AttentionPoolLatent(embed_dim, num_heads=attn_pool_num_heads or num_heads,
+                                                 mlp_ratio=attn_pool_mlp_ratio or mlp_ratio, norm_layer=norm_layer,
+                                                 act_layer=nn.GELU)
+        else:
+            self.attn_pool = None
         self.fc_norm = norm_layer(embed_dim) if fc_norm else nn.Identity()
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -362,7 +404,9 @@ class Eva(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x, pre_logits=False):
-        if self.global_pool == "avg":
+        if self.attn_pool is not None:   # over every token, the prefix tokens included
+            x = self.attn_pool(x)
+        elif self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         else:
             x = x[:, 0]

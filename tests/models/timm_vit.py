@@ -13,8 +13,9 @@ scale_attn_norm / scale_mlp_norm (attn.norm before proj, mlp.norm before fc2), m
 'rmsnorm': timm's RmsNorm, x * rsqrt(mean(x^2) + eps) * weight, for every norm of the model), proj_bias
 (the bias of attn.proj and of every MLP Linear, as timm's Block passes bias=proj_bias) , embed_norm
 (patch_embed.norm, of the model's norm kind, as timm's embed_norm_layer) and the parallel blocks
-(block_fn 'parallel': ParallelThingsBlock, 'parallel_scaling': ParallelScalingBlock) and attn_layer='diff'
-(timm's DiffAttention, differential attention, lambda_init from the block's index)."""
+(block_fn 'parallel': ParallelThingsBlock, 'parallel_scaling': ParallelScalingBlock,
+'diff_parallel_scaling': DiffParallelScalingBlock) and attn_layer='diff' (timm's DiffAttention, differential
+attention, lambda_init from the block's index)."""
 import math
 from collections import OrderedDict
 
@@ -307,6 +308,73 @@ class ParallelScalingBlock(nn.Module):
         return x + self.ls(y)
 
 
+class DiffParallelScalingBlock(nn.Module):
+    """timm's DiffParallelScalingBlock (the vit_dpwee_* models): ParallelScalingBlock's one in_norm and one
+    in_proj (MLP hidden, q, k, v; mlp_bias when qkv_bias is off) with differential attention as DiffAttention
+    computes it (2 x num_heads q / k heads of dim // num_heads // 2, v in num_heads heads of twice that,
+    lambda from lambda_q1/k1/q2/k2 or, with dual_lambda, exp(lambda_a) - exp(lambda_b), plus lambda_init of
+    the block's index; sub_norm RmsNorm eps 1e-5 times (1 - lambda_init)), act(MLP) beside it, one fused
+    out_proj over [attention, MLP] and one layer scale."""
+
+    def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act="gelu", qk_norm=False,
+                 scale_attn_norm=False, scale_mlp_norm=False, mlp_layer="mlp", proj_bias=True, depth=0,
+                 dual_lambda=False, **unused):
+        super().__init__()
+        assert dim % num_heads == 0
+        assert not scale_attn_norm and not scale_mlp_norm
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads // 2
+        self.scale = self.head_dim ** -0.5
+        hidden = int(mlp_ratio * dim)
+        self.in_norm = norm_layer(dim)
+        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
+        self.in_split = [hidden] + [dim] * 3
+        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.sub_norm = RmsNorm(2 * self.head_dim, eps=1e-5)
+        self.dual_lambda = dual_lambda
+        if dual_lambda:
+            self.lambda_a = nn.Parameter(torch.zeros(()))
+            self.lambda_b = nn.Parameter(torch.zeros(()))
+            self.lambda_q1 = self.lambda_k1 = self.lambda_q2 = self.lambda_k2 = None
+        else:
+            self.lambda_a = self.lambda_b = None
+            self.lambda_q1 = nn.Parameter(torch.zeros(self.head_dim))
+            self.lambda_k1 = nn.Parameter(torch.zeros(self.head_dim))
+            self.lambda_q2 = nn.Parameter(torch.zeros(self.head_dim))
+            self.lambda_k2 = nn.Parameter(torch.zeros(self.head_dim))
+        self.mlp_act = ACTS[act]()
+        self.out_proj = nn.Linear(dim + hidden, dim, bias=proj_bias)
+        self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+    def _compute_lambda(self):
+        if self.lambda_a is not None:
+            lambda_1, lambda_2 = torch.exp(self.lambda_a), torch.exp(self.lambda_b)
+        else:
+            lambda_1 = torch.exp(torch.sum(self.lambda_q1 * self.lambda_k1, dim=-1).float())
+            lambda_2 = torch.exp(torch.sum(self.lambda_q2 * self.lambda_k2, dim=-1).float())
+        return lambda_1 - lambda_2 + self.lambda_init
+
+    def forward(self, x):
+        B, N, C = x.shape
+        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
+        if self.mlp_bias is not None:
+            x_mlp = x_mlp + self.mlp_bias
+        q = q.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(B, N, self.num_heads, 2 * self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        lam = self._compute_lambda().type_as(q)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).view(B, self.num_heads, 2, N, N)
+        x_attn = (attn[:, :, 0] - lam * attn[:, :, 1]) @ v
+        x_attn = self.sub_norm(x_attn) * (1 - self.lambda_init)
+        x_attn = x_attn.transpose(1, 2).reshape(B, N, C)
+        y = self.out_proj(torch.cat((x_attn, self.mlp_act(x_mlp)), dim=-1))
+        return x + self.ls(y)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool="token",
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None,
@@ -337,7 +405,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, embed_len, embed_dim) * 0.02)
         self.norm_pre = norm_layer(embed_dim) if pre_norm else nn.Identity()
         block = {"pre": Block, "res_post": ResPostBlock, "parallel": ParallelThingsBlock,
-                 "parallel_scaling": ParallelScalingBlock}[block_fn]
+                 "parallel_scaling": ParallelScalingBlock, "diff_parallel_scaling": DiffParallelScalingBlock}[block_fn]
         self.blocks = nn.Sequential(*[block(embed_dim, num_heads, mlp_ratio, qkv_bias, init_values, norm_layer, act_layer,
                                             qk_norm=qk_norm, scale_attn_norm=scale_attn_norm,
                                             scale_mlp_norm=scale_mlp_norm, mlp_layer=mlp_layer, proj_bias=proj_bias,

@@ -59,6 +59,17 @@ EVA_NAME_RULES = [
         "vit.rope_indexing": "xy", "vit.rope_half": 0, "vit.norm_eps": 1e-5, "vit.pool": "avg",
         "pre.mean": HALF, "pre.std": HALF, "pre.crop_pct": 1.0}),
     (r"^vit_pe_(lang|spatial)_gigantic_", {"vit.rope_offset": 0.0, "vit.num_heads": 16}),
+    # Perception Encoder core (CLIP image towers): the same blocks, an attention-pool head with 8 heads of its own
+    # over every token (class token included), then the projection as the classifier head
+    (r"^vit_pe_core_", {
+        "vit.rope": "axial", "vit.rope_temperature": 10000.0, "vit.rope_offset": 1.0, "vit.rope_indexing": "xy",
+        "vit.rope_half": 0, "vit.norm_eps": 1e-5, "vit.pool": "map", "vit.map_heads": 8,
+        "pre.mean": OPENAI_CLIP_MEAN, "pre.std": OPENAI_CLIP_STD, "pre.crop_pct": 0.9}),
+    (r"^vit_pe_core_[a-z]+_patch16_384", {"vit.rope_ref_grid": [24, 24]}),
+    (r"^vit_pe_core_[a-z]+_patch16_224", {"vit.rope_ref_grid": [14, 14]}),
+    (r"^vit_pe_core_[a-z]+_patch14_336", {"vit.rope_ref_grid": [24, 24]}),
+    (r"^vit_pe_core_[a-z]+_patch14_448", {"vit.rope_ref_grid": [32, 32]}),
+    (r"^vit_pe_core_gigantic_", {"vit.rope_offset": 0.0, "vit.num_heads": 16}),
     # DINOv3 (timm's port): its own RoPE, half rotation, eps 1e-5, timm's default avg pooling after the norm
     (r"^vit_[a-z0-9_]+_patch16_dinov3", {
         "vit.rope": "dinov3", "vit.rope_temperature": 100.0, "vit.rope_offset": 0.0, "vit.rope_half": 1,
@@ -69,8 +80,6 @@ EVA_NAME_RULES = [
 ]
 # registered eva.py models this library does not run, each with what it lacks
 EVA_REFUSED_NAMES = [
-    (r"^vit_pe_core_", "Perception Encoder core models (vit_pe_core_*) are not supported yet: their "
-                       "attention-pool head has its own head count (8)"),
     (r"^vit_[a-z0-9_]+eupe", "EUPE models are not supported"),
 ]
 
@@ -203,6 +212,14 @@ def _eva_kwargs(kw, src, st):
         refuse("global_pool", kw["global_pool"], "not a pooling lemevit.h runs (token, avg, map)")
     if isinstance(kw.get("num_heads"), int) and not isinstance(kw.get("num_heads"), bool):
         s["vit.num_heads"] = kw["num_heads"]
+    ap = kw.get("attn_pool_num_heads")
+    if isinstance(ap, int) and not isinstance(ap, bool) and ap > 0:
+        s["vit.map_heads"] = ap
+    elif ap is None and isinstance(s.get("vit.num_heads"), int):
+        if "attn_pool_num_heads" in kw:
+            s["vit.map_heads"] = s["vit.num_heads"]   # timm: attn_pool_num_heads or num_heads
+    elif ap is not None:
+        refuse("attn_pool_num_heads", ap, "not a head count")
     img = kw.get("img_size")
     if isinstance(img, int) and not isinstance(img, bool):
         s["img_size"] = [img, img]
@@ -294,8 +311,22 @@ def detect_timm_eva(sd, ctx):
         side.update(h.pre)
     if side.get("vit.rope") == "mixed" and f is None:
         raise ConvertError("mixed RoPE needs its learned frequencies rope.freqs, which the checkpoint lacks")
+    pool_map = "attn_pool.latent" in body or "attn_pool.q.weight" in body
+    if pool_map:
+        # Eva pools every token, prefix tokens included (timm AttentionPoolLatent over the whole sequence)
+        side.setdefault("vit.pool_prefix", 1)
     ctx.settings.update("sidecar", side)
     m = build_vit(body, ctx, "eva", defaults, name_hint=name or None)
+    if pool_map:
+        if m.config.get("vit.act") != "gelu" or m.config.get("vit.mlp") != "mlp":
+            raise ConvertError("this EVA model has an attention-pool head (attn_pool.*), whose MLP timm runs with "
+                               "GELU, but its blocks use %s%s; lemevit.h runs the head with the blocks' activation, "
+                               "so this combination is not supported"
+                               % (m.config.get("vit.act"), " (SwiGLU)" if m.config.get("vit.mlp") == "glu" else ""))
+        if ctx.settings.rank("vit.pool_prefix") <= 1:
+            ctx.determined.add("vit.pool_prefix")
+        if ctx.settings.rank("vit.map_heads") <= 0:
+            ctx.determined.discard("vit.map_heads")   # Eva's pool may have heads of its own: say it was assumed
     used = set()
     for k in m.used:
         used.update(origin.get(back.get(k, k), [back.get(k, k)]))

@@ -21,7 +21,7 @@ VIT_KEYS = OrderedDict([
     ("vit.layer_scale", "i"), ("vit.patch_norm", "i"), ("vit.norm_pre", "i"), ("vit.final_norm", "i"),
     ("vit.fc_norm", "i"), ("vit.pre_logits", "i"), ("vit.attn_scale", "f"), ("vit.pos_interp", "s"),
     ("vit.block", "s"), ("vit.mlp", "s"), ("vit.pool_prefix", "i"), ("vit.proj", "i"), ("vit.abs_pos", "i"),
-    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"), ("vit.parallel", "i"), ("vit.norm", "s"),
+    ("vit.rel_pos", "s"), ("vit.rel_mlp", "s"), ("vit.parallel", "i"), ("vit.norm", "s"), ("vit.map_heads", "i"),
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
@@ -42,6 +42,7 @@ register_family("vit", VIT_KEYS, choices={
     ("vit.block", "--set vit.block=pre|res_post"),
     ("vit.pool", "--pool token|avg"),
     ("vit.pool_prefix", "--set vit.pool_prefix=0|1"),
+    ("vit.map_heads", "--set vit.map_heads=N"),
 ])
 # ViT keys fixed by the tensors: a mapping file or --set may state them (they are then checked)
 VIT_STRUCTURAL = {"vit.embed_dim", "vit.depth", "vit.mlp_hidden", "vit.patch_size", "vit.class_token",
@@ -617,6 +618,17 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
     if pool == "map":
         if dist is not None or pre_logits:
             raise ConvertError("an attention-pool head with a distillation token or pre_logits is not a timm layout")
+        # the map head's own head count: timm's VisionTransformer gives it the blocks' (the default); Eva may
+        # give it others (attn_pool_num_heads), which its converter states
+        map_heads = st.get("vit.map_heads") if st.rank("vit.map_heads") > 0 else heads
+        if st.rank("vit.map_heads") <= 0:
+            ctx.determined.add("vit.map_heads")
+        if not _is_int(map_heads) or map_heads <= 0 or D % map_heads:
+            raise ConvertError("embed dim %d is not divisible by the attention-pool head's %s heads (vit.map_heads)"
+                               % (D, _short(map_heads)))
+        cfg["vit.map_heads"] = map_heads
+    elif st.rank("vit.map_heads") >= 2:
+        raise ConvertError("vit.map_heads was given but the checkpoint has no attention-pool head (attn_pool.*)")
     cfg["vit.qkv_bias"] = int(qkv_bias)
     cfg["vit.layer_scale"] = int(layer_scale)
     cfg["vit.patch_norm"] = int(patch_norm)
@@ -816,6 +828,8 @@ def vit_metadata_settings(sd, ctx):
 # unknown layout or a tensor that could not be placed
 TIMM_UNSUPPORTED_BLOCKS = [
     (r"^blocks\.\d+\.attn\.(lambda_q1|lambda_a|sub_norm\.weight)$", "differential attention (timm DiffAttention)"),
+    (r"^blocks\.\d+\.(lambda_q1|lambda_a|sub_norm\.weight)$",
+     "a parallel block with differential attention (timm DiffParallelScalingBlock, vit_dpwee_*)"),
 ]
 
 

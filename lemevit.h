@@ -4263,7 +4263,7 @@ static void lmv__vit_rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int 
                              const float *b, float eps) {
     int r, i;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) {
         const float *xr = x + (size_t)r * dim;
@@ -4288,7 +4288,7 @@ static void lmv__vit_norm(const lmv__ctx *ctx, const lmv__vit *v, float *y, cons
 static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
     int r, i;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) {
         float *xr = x + (size_t)r * dim;
@@ -4301,7 +4301,7 @@ static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim
 static void lmv__vit_silu(const lmv__ctx *ctx, float *x, int rows, int dim) {
     int r, i;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
 #endif
     for (r = 0; r < rows; r++) {
         float *xr = x + (size_t)r * dim;
@@ -4317,7 +4317,7 @@ static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, flo
     lmv__ctx one = *ctx; /* the activation runs inside this loop's threads: one thread each */
     one.threads = 1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, 2 * H))
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, 2 * H))
 #endif
     for (r = 0; r < rows; r++) {
         float *ar = h + (size_t)r * 2 * H, *o = out + (size_t)r * H;

@@ -4275,14 +4275,12 @@ static void lmv__vit_rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int 
     (void)ctx;
 }
 
-/* Every norm of the ViT graph from here to lmv__vit_ops goes through lmv__vit_norm (the macro below
-   needs the graph `v` in scope): LayerNorm, or RmsNorm for vit.norm "rms". */
+/* Every norm of the ViT graph: LayerNorm, or RmsNorm for vit.norm "rms". */
 static void lmv__vit_norm(const lmv__ctx *ctx, const lmv__vit *v, float *y, const float *x, int rows, int dim,
                           const float *w, const float *b, float eps) {
     if (v->rms) lmv__vit_rmsnorm(ctx, y, x, rows, dim, w, b, eps);
     else lmv__layernorm(ctx, y, x, rows, dim, w, b, eps);
 }
-#define lmv__layernorm(ctx, y, x, rows, dim, w, b, eps) lmv__vit_norm(ctx, v, y, x, rows, dim, w, b, eps)
 
 /* QuickGELU in place: x * sigmoid(1.702 x), as CLIP's and timm's QuickGELU. */
 static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
@@ -4347,7 +4345,7 @@ static void lmv__vit_mlp(const lmv__ctx *ctx, const lmv__vit *v, int T, const fl
         if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
         if (v->silu) lmv__vit_silu(ctx, b->hidden, T, v->hidden);
     }
-    if (nw) lmv__layernorm(ctx, h, h, T, v->hidden, nw, nb, v->eps);
+    if (nw) lmv__vit_norm(ctx, v, h, h, T, v->hidden, nw, nb, v->eps);
 }
 
 /* qk-norm: q and k of every token and head through their LayerNorm(head_dim), into xn (q) and
@@ -4359,8 +4357,8 @@ static void lmv__vit_qk_norm(const lmv__ctx *ctx, const lmv__vit *v, const lmv__
         memcpy(b->xn + t * D, b->qkv + t * 3 * D, sizeof(float) * D);
         memcpy(b->hidden + t * D, b->qkv + t * 3 * D + D, sizeof(float) * D);
     }
-    lmv__layernorm(ctx, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
-    lmv__layernorm(ctx, b->hidden, b->hidden, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
+    lmv__vit_norm(ctx, v, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
+    lmv__vit_norm(ctx, v, b->hidden, b->hidden, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
 }
 
 /* The two grid coordinates a patch's rotary angles use, as timm's RotaryEmbeddingCat (axial) and
@@ -4477,7 +4475,7 @@ static void lmv__vit_rope(const lmv__ctx *ctx, const lmv__vit *v, const lmv__vit
 static const float *lmv__vit_branch_in(const lmv__ctx *ctx, const lmv__vit *v, int T, const float *nw, const float *nb,
                                        lmv__vit_bufs *b) {
     if (v->norm_at != LMV__NORM_PRE) return b->x;
-    lmv__layernorm(ctx, b->xn, b->x, T, v->dim, nw, nb, v->eps);
+    lmv__vit_norm(ctx, v, b->xn, b->x, T, v->dim, nw, nb, v->eps);
     return b->xn;
 }
 
@@ -4489,12 +4487,12 @@ static void lmv__vit_branch_out(const lmv__ctx *ctx, const lmv__vit *v, int T, c
     int D = v->dim;
     if (v->norm_at == LMV__NORM_RES_POST) {
         lmv__linear(ctx, b->xn, h, T, in, D, W, bias);
-        lmv__layernorm(ctx, b->xn, b->xn, T, D, nw, nb, v->eps);
+        lmv__vit_norm(ctx, v, b->xn, b->xn, T, D, nw, nb, v->eps);
         lmv__add_scaled(ctx, b->x, b->xn, T, D, NULL);
         return;
     }
     lmv__linear_residual(ctx, b->x, h, T, in, D, W, bias, ls, b->xn);
-    if (v->norm_at == LMV__NORM_POST) lmv__layernorm(ctx, b->x, b->x, T, D, nw, nb, v->eps);
+    if (v->norm_at == LMV__NORM_POST) lmv__vit_norm(ctx, v, b->x, b->x, T, D, nw, nb, v->eps);
 }
 
 /* A RelPosMlp's bias [heads][T][T] for the gh x gw grid from its outputs tab [R][heads]: patch
@@ -4595,7 +4593,7 @@ static void lmv__vit_block_forward(const lmv__ctx *ctx, const lmv__vit *v, const
         a.bias = b->relb;
     }
     lmv__attention(ctx, &a);
-    if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
+    if (blk->attn_norm_w) lmv__vit_norm(ctx, v, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
     lmv__vit_branch_out(ctx, v, T, b->attn, D, blk->proj_w, blk->proj_b, blk->ls1, blk->norm1_w, blk->norm1_b, b);
 
     in = lmv__vit_branch_in(ctx, v, T, blk->norm2_w, blk->norm2_b, b);
@@ -4614,7 +4612,7 @@ static void lmv__vit_parallel_forward(const lmv__ctx *ctx, const lmv__vit *v, in
     memcpy(b->x0, b->x, sizeof(float) * (size_t)T * D);
     for (k = 0; k < K; k++) {
         const lmv__vit_block *blk = &v->blocks[i * K + k];
-        lmv__layernorm(ctx, b->xn, b->x0, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+        lmv__vit_norm(ctx, v, b->xn, b->x0, T, D, blk->norm1_w, blk->norm1_b, v->eps);
         lmv__linear(ctx, b->qkv, b->xn, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
         if (blk->q_norm_w) lmv__vit_qk_norm(ctx, v, blk, T, b);
         memset(&a, 0, sizeof a);
@@ -4633,13 +4631,13 @@ static void lmv__vit_parallel_forward(const lmv__ctx *ctx, const lmv__vit *v, in
         a.scores = b->scores;
         a.probs = k ? NULL : probs;
         lmv__attention(ctx, &a);
-        if (blk->attn_norm_w) lmv__layernorm(ctx, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
+        if (blk->attn_norm_w) lmv__vit_norm(ctx, v, b->attn, b->attn, T, D, blk->attn_norm_w, blk->attn_norm_b, v->eps);
         lmv__linear_residual(ctx, b->x, b->attn, T, D, D, blk->proj_w, blk->proj_b, blk->ls1, b->xn);
     }
     memcpy(b->x0, b->x, sizeof(float) * (size_t)T * D);
     for (k = 0; k < K; k++) {
         const lmv__vit_block *blk = &v->blocks[i * K + k];
-        lmv__layernorm(ctx, b->xn, b->x0, T, D, blk->norm2_w, blk->norm2_b, v->eps);
+        lmv__vit_norm(ctx, v, b->xn, b->x0, T, D, blk->norm2_w, blk->norm2_b, v->eps);
         lmv__vit_mlp(ctx, v, T, b->xn, blk->fc1_w, blk->fc1_b, blk->mlp_norm_w, blk->mlp_norm_b, b);
         lmv__linear_residual(ctx, b->x, v->glu ? b->gate : b->hidden, T, v->hidden, D, blk->fc2_w, blk->fc2_b, blk->ls2,
                              b->xn);
@@ -4654,7 +4652,7 @@ static void lmv__vit_scaling_forward(const lmv__ctx *ctx, const lmv__vit *v, con
                                      lmv__vit_bufs *b, float *probs) {
     int D = v->dim, hd = v->dim / v->heads, t;
     lmv__attn_args a;
-    lmv__layernorm(ctx, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
+    lmv__vit_norm(ctx, v, b->xn, b->x, T, D, blk->norm1_w, blk->norm1_b, v->eps);
     lmv__vit_mlp(ctx, v, T, b->xn, blk->fc1_w, blk->fc1_b, NULL, NULL, b);
     lmv__linear(ctx, b->qkv, b->xn, T, D, 3 * D, blk->qkv_w, blk->qkv_b);
     memset(&a, 0, sizeof a);
@@ -4666,8 +4664,8 @@ static void lmv__vit_scaling_forward(const lmv__ctx *ctx, const lmv__vit *v, con
             memcpy(b->xn + (size_t)t * D, b->qkv + (size_t)t * 3 * D, sizeof(float) * D);
             memcpy(b->x0 + (size_t)t * D, b->qkv + (size_t)t * 3 * D + D, sizeof(float) * D);
         }
-        lmv__layernorm(ctx, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
-        lmv__layernorm(ctx, b->x0, b->x0, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
+        lmv__vit_norm(ctx, v, b->xn, b->xn, T * v->heads, hd, blk->q_norm_w, blk->q_norm_b, v->eps);
+        lmv__vit_norm(ctx, v, b->x0, b->x0, T * v->heads, hd, blk->k_norm_w, blk->k_norm_b, v->eps);
         a.q = b->xn;
         a.k = b->x0;
         a.ldq = a.ldk = (size_t)D;
@@ -4735,7 +4733,7 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
     a.scores = b->scores;
     lmv__attention(ctx, &a);
     lmv__linear(ctx, y, o, 1, D, D, v->map_proj_w, v->map_proj_b);
-    lmv__layernorm(ctx, z, y, 1, D, v->map_norm_w, v->map_norm_b, v->eps);
+    lmv__vit_norm(ctx, v, z, y, 1, D, v->map_norm_w, v->map_norm_b, v->eps);
     lmv__linear_act(ctx, h, z, 1, D, Hp, v->map_fc1_w, v->map_fc1_b, v->act);
     if (v->quick_gelu) lmv__vit_quick_gelu(ctx, h, 1, Hp);
     if (v->silu) lmv__vit_silu(ctx, h, 1, Hp);
@@ -4777,7 +4775,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         lmv__im2col(ctx, b.patches, input + n * img, h, w, v->in_chans, (size_t)w, 1, (size_t)h * w, v->ph, v->pw, v->ph, v->pw, 0,
                     gh, gw);
         lmv__linear(ctx, tokens, b.patches, np, v->in_chans * v->ph * v->pw, D, v->patch_w, v->patch_b);
-        if (v->patch_norm_w) lmv__layernorm(ctx, tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
+        if (v->patch_norm_w) lmv__vit_norm(ctx, v, tokens, tokens, np, D, v->patch_norm_w, v->patch_norm_b, v->eps);
         if (trace) lmv__trace(s, "patch_embed", tokens, 2, np, D, 0);
         /* prefix tokens and position embedding */
         if (v->abs_pos && v->no_embed_class) lmv__add_scaled(ctx, tokens, b.pos, np, D, NULL);
@@ -4786,11 +4784,11 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         if (v->reg_tokens)
             memcpy(b.x + (size_t)(v->class_token + v->dist_token) * D, v->reg_token, sizeof(float) * D * v->reg_tokens);
         if (v->abs_pos && !v->no_embed_class) lmv__add_scaled(ctx, b.x, b.pos, T, D, NULL);
-        if (v->norm_pre_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
+        if (v->norm_pre_w) lmv__vit_norm(ctx, v, b.x, b.x, T, D, v->norm_pre_w, v->norm_pre_b, v->eps);
         if (trace) lmv__trace(s, "embed", b.x, 2, T, D, 0);
 
         for (i = 0; i < v->depth; i++) lmv__vit_block_hooked(s, ctx, v, i, T, &b, trace);
-        if (v->norm_w) lmv__layernorm(ctx, b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
+        if (v->norm_w) lmv__vit_norm(ctx, v, b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
         if (trace) lmv__trace(s, "norm", b.x, 2, T, D, 0);
 
         /* pool: the class token (DeiT distilled: mean of class and distillation tokens), or the
@@ -4803,7 +4801,7 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
             memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);
             if (v->dist_token) memcpy(feat + D, b.x + D, sizeof(float) * D);
         }
-        if (v->fc_norm_w) lmv__layernorm(ctx, feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
+        if (v->fc_norm_w) lmv__vit_norm(ctx, v, feat, feat, 1 + v->dist_token, D, v->fc_norm_w, v->fc_norm_b, v->eps);
         if (v->pre_logits) {
             lmv__linear(ctx, pre, feat, 1, D, F, v->pre_logits_w, v->pre_logits_b);
             lmv__activate_all(ctx, pre, (size_t)F, LMV__ACT_TANH);
@@ -4829,7 +4827,6 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
 
 static const lmv__family_ops lmv__vit_ops = {"vit", LMV_FAMILY_VIT, lmv__vit_bind, lmv__vit_plan, lmv__vit_forward,
                                              lmv__vit_unbind};
-#undef lmv__layernorm
 
 /* --------------------------------------------------------------------------------------------
    Model graphs: Swin Transformer (V1 and V2)

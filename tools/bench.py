@@ -18,7 +18,11 @@ What it does, in one run:
      LeMeViT), saves the state dict and converts it once with tools/convert.py; with ONNX Runtime
      also exports it with torch.onnx.export (opset 14), one file per batch size.  Everything is
      cached under build/bench/ and rebuilt only when the converter (or this file's model
-     recipe) changes;
+     recipe) changes.  Not in the default list, named with --models: eva02_s (EVA-02-S/14,
+     tests/models/eva_ref.py), siglip_b16 (SigLIP B/16, map head, tests/models/timm_vit.py) and
+     swinv2_t (Swin V2-T at 256x256, tests/models/swinv2_ref.py); before they are timed, lemevit.h's
+     logits on the benchmark input are checked against PyTorch's (1e-4 absolute or 1e-5 relative,
+     same argmax; the model is skipped otherwise);
   3. for every model x thread count x batch size, times each engine in its own process:
        lemevit.h     build/lmv bench --json (--threads N, OMP_NUM_THREADS=N); 1 warm-up run
        PyTorch       a worker process (this file, `_torch`), inference_mode, with
@@ -1639,7 +1643,9 @@ def make_report(state):
                      "count and variant of a model and batch size before the next starts)" % (
                          rounds, meta["runs"] // rounds) if rounds > 1 else "", meta["warmup"], IMG, IMG,
                                              " (lemevit.h also with %s weights: own table)" % " and ".join(red)
-                                             if red else ""))
+                                             if red else "") +
+                 "".join("; %s at %dx%d" % (MODELS[m]["label"], img_of(m), img_of(m)) for m in models
+                         if m in MODELS and img_of(m) != IMG))
     if results or not (state.get("builds") or state.get("busy")):
         model_tables(state, L)
     builds_table(state, L)

@@ -1,7 +1,8 @@
 """tools/bench.py's own comparisons, without timing anything: --builds compiles tools/lmv.c with a
 flag set into build/bench/lmv_<flags> and that build runs; its table divides the first build's
 median by each other's; --busy's busy process is running inside its block and gone after it, and
-its table gives each median over the one-thread median; the options are checked. (The timings
+its table gives each median over the one-thread median; the EVA-02-S recipe converts and its parity
+check tells an exact file from a wrong one; the options are checked. (The timings
 themselves are a report, never a test.)"""
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, Results  # noqa: E402
+from common import ROOT, Results, tmpdir  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import bench  # noqa: E402
@@ -59,6 +60,26 @@ with bench.BusyCPU() as b:
 time.sleep(0.1)
 res.check("--busy: one busy process runs inside the block and is gone after it", running and b.p.poll() is not None,
           "pid %d" % pid)
+
+# a recipe of the newer family: built, converted as prepare_model converts it (the timm file name, the
+# recipe's options), and the parity check finds lemevit.h exact on the bench input -- and not exact for
+# a file converted with the wrong head count (each head's RoPE and attention differ)
+d = tmpdir()
+spec = bench.MODELS["eva02_s"]
+pth = os.path.join(d, spec["file"])
+p = subprocess.run([sys.executable, bench.THIS, "_build", "--model", "eva02_s", "--pth", pth], capture_output=True, text=True)
+res.check("eva02_s recipe builds", p.returncode == 0 and os.path.exists(pth), p.stderr.strip()[-300:])
+for heads, want in (("6", True), ("12", False)):
+    lmv = os.path.join(d, "eva02_s_%s.lmv" % heads)
+    conv = [a if a != "6" else heads for a in spec["conv"]]
+    q = subprocess.run([sys.executable, bench.CONVERT, pth, "-o", lmv, "--labels", "none", "-q"] + conv,
+                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, bench.THIS, "_parity", "--model", "eva02_s", "--pth", pth, "--lmv", lmv],
+                       capture_output=True, text=True)
+    j = bench.last_json(r.stdout) or {}
+    exact = bool(j.get("argmax_same")) and j.get("max_abs_diff", 1e9) <= max(1e-4, 1e-5 * j.get("max_abs_logit", 0))
+    res.check("parity check on the bench input: %s heads %s" % (heads, "exact" if want else "caught"),
+              q.returncode == 0 and "max_abs_diff" in j and exact == want, (q.stderr + r.stderr).strip()[-300:] + str(j))
 
 # the options
 a = bench.parse_args(["--builds", "--models", "lemevit_tiny"])

@@ -600,6 +600,38 @@ static void test_activations(void) {
     }
     snprintf(msg, sizeof msg, "max abs error %.1e on [-12, 12]", worst);
     check("gelu matches erf in double", worst < 2e-6, msg);
+    worst = 0; /* the tanh form (SigLIP), on every path, out to where its exp clamps: [-24, 24] */
+    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) {
+        lmv__ctx ctx;
+        if (!lmv_simd_available((lmv_simd)s)) continue;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 1;
+        ctx.simd = s;
+        for (i = 0; i < N; i++) y[i] = 2.0f * x[i];
+        lmv__activate_all(&ctx, y, N, LMV__ACT_GELU_TANH);
+        for (i = 0; i < N; i++) {
+            double v = 2.0 * x[i], ref = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+            if (fabs(ref - y[i]) > worst) worst = fabs(ref - y[i]);
+        }
+    }
+    snprintf(msg, sizeof msg, "max abs error %.1e on [-24, 24]", worst);
+    check("gelu (tanh form) matches tanh in double on every kernel path", worst < 4e-6, msg);
+    worst = 0; /* SiLU (SwiGLU's gate), on every path, out to where its exp clamps: [-120, 120] */
+    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) {
+        lmv__ctx ctx;
+        if (!lmv_simd_available((lmv_simd)s)) continue;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 1;
+        ctx.simd = s;
+        for (i = 0; i < N; i++) y[i] = 10.0f * x[i];
+        lmv__activate_all(&ctx, y, N, LMV__ACT_SILU);
+        for (i = 0; i < N; i++) {
+            double v = 10.0 * x[i], e = fabs(v / (1.0 + exp(-v)) - y[i]) / (1e-6 + fabs(v / (1.0 + exp(-v))));
+            if (e > worst) worst = e;
+        }
+    }
+    snprintf(msg, sizeof msg, "max error %.1e relative (to 1e-6 + the value) on [-120, 120]", worst);
+    check("silu matches exp in double on every kernel path", worst < 1e-6, msg);
     memcpy(y, x, sizeof x);
     lmv__softmax_rows(y, 1, N, 7.0f, NULL, NULL);
     for (i = 0; i < N; i++) mx = x[i] * 7.0 > mx ? x[i] * 7.0 : mx;

@@ -18,7 +18,11 @@ What it does, in one run:
      LeMeViT), saves the state dict and converts it once with tools/convert.py; with ONNX Runtime
      also exports it with torch.onnx.export (opset 14), one file per batch size.  Everything is
      cached under build/bench/ and rebuilt only when the converter (or this file's model
-     recipe) changes;
+     recipe) changes.  Not in the default list, named with --models: eva02_s (EVA-02-S/14,
+     tests/models/eva_ref.py), siglip_b16 (SigLIP B/16, map head, tests/models/timm_vit.py) and
+     swinv2_t (Swin V2-T at 256x256, tests/models/swinv2_ref.py); before they are timed, lemevit.h's
+     logits on the benchmark input are checked against PyTorch's (1e-4 absolute or 1e-5 relative,
+     same argmax; the model is skipped otherwise);
   3. for every model x thread count x batch size, times each engine in its own process:
        lemevit.h     build/lmv bench --json (--threads N, OMP_NUM_THREADS=N); 1 warm-up run
        PyTorch       a worker process (this file, `_torch`), inference_mode, with
@@ -133,6 +137,15 @@ MODELS = OrderedDict([
     ("lemevit_tiny", dict(label="LeMeViT-tiny", source="tests/models/lemevit_ref.py lemevit_tiny()", conv=[])),
     ("lemevit_small", dict(label="LeMeViT-small", source="tests/models/lemevit_ref.py lemevit_small()", conv=[])),
     ("lemevit_base", dict(label="LeMeViT-base", source="tests/models/lemevit_ref.py lemevit_base()", conv=[])),
+    # the newer ViT family (issue "The whole ViT family"): not in the default list (`--models` names them)
+    ("eva02_s", dict(label="EVA-02-S/14", source="tests/models/eva_ref.py Eva(eva02_small_patch14_224 options: "
+                     "RoPE, packed SwiGLU, 384 wide, 6 heads, depth 12)", conv=["--num-heads", "6"],
+                     file="eva02_small_patch14_224.pth", default=False)),
+    ("siglip_b16", dict(label="SigLIP B/16", source="tests/models/timm_vit.py VisionTransformer(vit_base_patch16_siglip_224"
+                        " layout: map head, no class token; gelu_tanh as SigLIP trains it)",
+                        conv=["--num-heads", "12", "--set", "vit.act=gelu_tanh"], default=False)),
+    ("swinv2_t", dict(label="Swin V2-T", source="tests/models/swinv2_ref.py SwinTransformerV2(swinv2_tiny_window8_256)",
+                      conv=[], file="swinv2_tiny_window8_256.pth", img=256, default=False)),
     # not in the default list: a small ViT for quick checks
     ("deit_ti", dict(label="DeiT-Ti", source="timm-style VisionTransformer(embed 192, depth 12, heads 3)",
                      conv=["--num-heads", "3"], default=False)),
@@ -170,9 +183,26 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OM
 # worker side: runs inside a python3 with torch (never imported by the driver)
 # =============================================================================================
 
+def img_of(name):
+    """Input side of a model's benchmark runs (224 unless its recipe says otherwise)."""
+    return MODELS.get(name, {}).get("img", IMG)
+
+
 def build_model(name):
     if TEST_MODELS not in sys.path:
         sys.path.insert(0, TEST_MODELS)
+    if name == "eva02_s":
+        import eva_ref
+        return eva_ref.Eva(img_size=224, patch_size=14, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4 * 2 / 3,
+                           swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(16, 16))
+    if name == "siglip_b16":
+        import timm_vit
+        return timm_vit.VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                                          class_token=False, global_pool="map", act_layer="gelu_tanh")
+    if name == "swinv2_t":
+        import swinv2_ref
+        return swinv2_ref.SwinTransformerV2(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                                            window_size=8, num_classes=1000)
     if name == "vit_b16":
         import torchvision
         return torchvision.models.vit_b_16()
@@ -191,9 +221,12 @@ def build_model(name):
 
 def randomize(name, m):
     """Seeded non-trivial weights (the timm / LeMeViT constructors zero some tensors)."""
-    if name in ("deit_s", "deit_ti"):
+    if name in ("deit_s", "deit_ti", "siglip_b16", "eva02_s"):
         import timm_vit
         timm_vit.randomize_(m, seed=0)
+    elif name == "swinv2_t":
+        import swinv2_ref
+        swinv2_ref.randomize_(m, seed=0)
     elif name.startswith("lemevit_"):
         import lemevit_ref
         lemevit_ref.randomize_(m, seed=0)
@@ -254,12 +287,26 @@ def worker_export(argv):
     import torch
     warnings.filterwarnings("ignore")
     m, _, _ = _load(a.model, a.pth)
-    x = torch.rand(a.batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    if a.model == "eva02_s":
+        # the same rotation (pairs (a, b) -> (-b, a), bit for bit) as a gather and a sign instead of strided
+        # slices stacked: traced, their Concat carries a dimension ONNX Runtime's shape inference refuses
+        # ("Can't merge shape info")
+        import eva_ref
+        d = m.blocks[0].attn.head_dim
+        perm, sign = torch.arange(d) ^ 1, torch.tensor([-1.0, 1.0]).repeat(d // 2)
+        eva_ref.rot = lambda t: t[..., perm] * sign
+        # and the RoPE table (a function of the grid alone) computed here, once, so the export holds it as a
+        # constant: traced, its repeat_interleave becomes a Split the shape inference refuses too
+        g = img_of(a.model) // 14
+        table = m.rope.get_embed((g, g))
+        m.rope.get_embed = lambda shape: table
+    x = torch.rand(a.batch, 3, img_of(a.model), img_of(a.model), generator=torch.Generator().manual_seed(0)) * 2 - 1
     tmp = a.onnx + ".tmp"
     t0 = time.perf_counter()
     # with gradients on: under no_grad torchvision's nn.MultiheadAttention takes its fused fast
-    # path (aten::_native_multi_head_attention), which has no ONNX export
-    with torch.enable_grad():
+    # path (aten::_native_multi_head_attention), which has no ONNX export; the Swin V2 reference keeps
+    # numpy copies of its blocks' outputs, which need gradients off
+    with (torch.no_grad() if a.model == "swinv2_t" else torch.enable_grad()):
         torch.onnx.export(m, x, tmp, opset_version=14, input_names=["input"], output_names=["output"],
                           do_constant_folding=True)
     os.replace(tmp, a.onnx)
@@ -279,7 +326,7 @@ def worker_torch(argv):
     import torch
     torch.set_num_threads(a.threads)
     m, build_ms, load_ms = _load(a.model, a.pth)
-    x = torch.rand(a.batch, 3, IMG, IMG, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = torch.rand(a.batch, 3, img_of(a.model), img_of(a.model), generator=torch.Generator().manual_seed(0)) * 2 - 1
     times = []
     with torch.inference_mode():
         for i in range(-a.warmup, a.runs):
@@ -442,7 +489,35 @@ def worker_classify(argv):
         print("%8.2f%%  %s" % (100 * float(v), labels[int(i)]))
 
 
-WORKERS = {"_build": worker_build, "_export": worker_export, "_torch": worker_torch, "_probe": worker_probe,
+def worker_parity(argv):
+    """The model's logits on the benchmark input (batch 1, seed 0) in PyTorch and through `lmv run` on the
+    converted file: max |difference|, the largest |logit| and whether the argmax agrees."""
+    ap = argparse.ArgumentParser(prog="bench.py _parity")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--pth", required=True)
+    ap.add_argument("--lmv", required=True)
+    a = ap.parse_args(argv)
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+    m, _, _ = _load(a.model, a.pth)
+    s = img_of(a.model)
+    x = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        want = m(x).numpy().astype(np.float64)
+    with tempfile.TemporaryDirectory() as d:
+        np.save(os.path.join(d, "x.npy"), x.numpy())
+        r = subprocess.run([LMV, "run", a.lmv, os.path.join(d, "x.npy"), os.path.join(d, "y.npy"), "--threads", "1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        if r.returncode != 0:
+            print(json.dumps({"error": "lmv run failed: " + (r.stderr.strip() or r.stdout.strip())[-300:]}))
+            return
+        got = np.load(os.path.join(d, "y.npy")).astype(np.float64).reshape(want.shape)
+    print(json.dumps({"max_abs_diff": float(np.max(np.abs(got - want))), "max_abs_logit": float(np.max(np.abs(want))),
+                      "argmax_same": bool((got.argmax(-1) == want.argmax(-1)).all())}))
+
+
+WORKERS = {"_parity": worker_parity, "_build": worker_build, "_export": worker_export, "_torch": worker_torch, "_probe": worker_probe,
            "_gemm": worker_gemm, "_shapes": worker_shapes, "_requant": worker_requant, "_classify": worker_classify}
 
 
@@ -833,8 +908,11 @@ def prepare_model(name, py, batches, want_onnx, timeout):
     """Checkpoint, .lmv and ONNX files of one model (cached); returns an info dict."""
     spec = MODELS[name]
     info = OrderedDict(label=spec["label"], source=spec["source"])
-    pth = os.path.join(OUT, name + ".pth")
+    # the checkpoint keeps the model's registered name where the recipe gives one: the converter reads the
+    # options the tensors cannot show (RoPE grid, window size) from it, as it would from a real timm file
+    pth = os.path.join(OUT, spec.get("file", name + ".pth"))
     lmv = os.path.join(OUT, name + ".lmv")
+    info["img"] = img_of(name)
     stamp = os.path.join(OUT, name + ".json")
     recipe = {"recipe": RECIPE_VERSION, "model": name, "source": spec["source"]}
     old = None
@@ -875,6 +953,23 @@ def prepare_model(name, py, batches, want_onnx, timeout):
         log("  %-14s converted to %s in %.1f s" % (name, os.path.relpath(lmv, ROOT), time.monotonic() - t0))
     info["lmv"] = lmv
     info["lmv_mb"] = round(os.path.getsize(lmv) / 1e6, 1)
+    if py and spec.get("parity", not spec.get("default", True)):
+        # the newer graphs are checked against PyTorch on the benchmark input before anything is timed:
+        # exact as the tests require (1e-4 absolute or 1e-5 relative to the largest logit), same argmax
+        r = run_proc([py, THIS, "_parity", "--model", name, "--pth", pth, "--lmv", lmv],
+                     env=clean_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1), timeout=timeout)
+        j = last_json(r["out"]) if r["rc"] == 0 else None
+        if not j or "error" in j:
+            info["error"] = "parity check failed: " + ((j or {}).get("error") or short_err(r))
+            return info
+        info["parity"] = j
+        ok = j["argmax_same"] and j["max_abs_diff"] <= max(1e-4, 1e-5 * j["max_abs_logit"])
+        log("  %-14s lemevit.h against PyTorch on the bench input: max |diff| %.2e (largest |logit| %.3g), "
+            "argmax %s -> %s" % (name, j["max_abs_diff"], j["max_abs_logit"],
+                                 "same" if j["argmax_same"] else "DIFFERS", "exact" if ok else "NOT EXACT"))
+        if not ok:
+            info["error"] = "lemevit.h differs from PyTorch on the bench input (max |diff| %.2e)" % j["max_abs_diff"]
+            return info
     info["onnx"] = {}
     if want_onnx:
         for b in batches:
@@ -955,7 +1050,8 @@ def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32", exe=Non
     if not path:
         res["error"] = info["dtypes"].get(dtype, {}).get("error", "no %s file" % dtype)
         return res
-    cmd = [exe or LMV, "bench", path, "--size", str(IMG), str(IMG), "--batch", str(batch), "--threads", str(threads),
+    size = info.get("img", IMG)
+    cmd = [exe or LMV, "bench", path, "--size", str(size), str(size), "--batch", str(batch), "--threads", str(threads),
            "--runs", str(runs), "--json"] + (["--int8-compute"] if dtype == "int8c" else [])
     env = clean_env(OMP_NUM_THREADS=threads or None, OMP_WAIT_POLICY="PASSIVE" if variant == "passive" else None)
     r = run_proc(cmd, env=env, timeout=timeout)
@@ -1001,7 +1097,8 @@ def bench_ort(node, info, threads, batch, runs, warmup, variant, timeout):
     if not onnx:
         res["error"] = "no ONNX file (export failed)"
         return res
-    cmd = [node, BENCH_ORT, onnx, "--batch", str(batch), "--size", str(IMG), str(IMG), "--threads", str(threads),
+    size = info.get("img", IMG)
+    cmd = [node, BENCH_ORT, onnx, "--batch", str(batch), "--size", str(size), str(size), "--threads", str(threads),
            "--runs", str(runs), "--warmup", str(warmup), "--module", NODE_DIR, "--json"]
     if variant == "nospin":
         cmd.append("--no-spin")
@@ -1413,7 +1510,7 @@ def memory_table(state, L):
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         w, a, rss = r["weight_bytes"] / 1e6, r["session_bytes"] / 1e6, r["peak_rss_kb"] / 1e3
-        x = r["batch"] * 3 * IMG * IMG * 4 / 1e6
+        x = r["batch"] * 3 * img_of(r["model"]) ** 2 * 4 / 1e6
         bound = w + 1.5 * (a + x)
         L.append("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %s |" % (
             MODELS[r["model"]]["label"], r["threads"], r["batch"], w, a, x, bound, rss,
@@ -1546,7 +1643,9 @@ def make_report(state):
                      "count and variant of a model and batch size before the next starts)" % (
                          rounds, meta["runs"] // rounds) if rounds > 1 else "", meta["warmup"], IMG, IMG,
                                              " (lemevit.h also with %s weights: own table)" % " and ".join(red)
-                                             if red else ""))
+                                             if red else "") +
+                 "".join("; %s at %dx%d" % (MODELS[m]["label"], img_of(m), img_of(m)) for m in models
+                         if m in MODELS and img_of(m) != IMG))
     if results or not (state.get("builds") or state.get("busy")):
         model_tables(state, L)
     builds_table(state, L)

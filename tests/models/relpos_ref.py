@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .timm_vit import LayerScale
+from .timm_vit import LayerScale, Mlp
 
 
 def rel_index(gh, gw, class_token=False):
@@ -134,17 +134,6 @@ class RelPosAttention(nn.Module):
         return self.proj(x)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class RelPosBlock(nn.Module):
     def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, qk_norm, rel_pos_cls, init_values, norm_layer):
         super().__init__()
@@ -247,7 +236,7 @@ class ParallelThingsBlock(nn.Module):
         super().__init__()
         from collections import OrderedDict
 
-        from .timm_vit import Attention, Mlp as TimmMlp
+        from .timm_vit import Attention
         norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
         self.attns, self.ffns = nn.ModuleList(), nn.ModuleList()
         for _ in range(num_parallel):
@@ -257,7 +246,7 @@ class ParallelThingsBlock(nn.Module):
                 ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
             self.ffns.append(nn.Sequential(OrderedDict([
                 ("norm", norm_layer(dim)),
-                ("mlp", TimmMlp(dim, int(dim * mlp_ratio))),
+                ("mlp", Mlp(dim, int(dim * mlp_ratio))),
                 ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
 
     def forward(self, x):

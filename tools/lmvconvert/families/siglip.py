@@ -6,10 +6,11 @@ the pooled image embedding.  A SiglipModel's text tower and logit scale/bias are
 import re
 from collections import OrderedDict
 
-from ..base import ConvertError, _short
+from ..base import ConvertError
 from ..family import _read_json_beside, _rename, side_value as _side_value
+from ..hf import encoder_settings, merge_qkv, vision_config
 from ..registry import detector
-from ..tensors import Tensor, concat0
+from ..tensors import Tensor
 from .clip import HF_CLIP_ACT, HF_CLIP_TEXT, _as3
 from .vit import HF_RESAMPLE, build_vit
 
@@ -87,15 +88,9 @@ def detect_hf_siglip(sd, ctx):
     for k, v in body.items():
         m = re.match(r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)$", k)
         if m:
-            if m.group(2) != "q":
-                continue
-            keys = ["vision_model.encoder.layers.%s.self_attn.%s_proj.%s" % (m.group(1), w, m.group(3)) for w in "qkv"]
-            for kk in keys:
-                if kk not in body:
-                    raise ConvertError("Hugging Face SigLIP: %s is missing" % kk)
-            nk = "vision_model.encoder.layers.%s.attn.qkv.%s" % (m.group(1), m.group(3))
-            merged[nk] = concat0([body[kk] for kk in keys], nk)
-            origin[nk] = keys
+            if m.group(2) == "q":
+                merge_qkv(body, merged, origin, "vision_model.encoder.layers.%s.self_attn.%%s_proj.%s" % m.group(1, 3),
+                          "qkv", "vision_model.encoder.layers.%s.attn.qkv.%s" % m.group(1, 3), "Hugging Face SigLIP")
             continue
         m = re.match(r"^vision_model\.head\.attention\.in_proj_(weight|bias)$", k)
         if m:
@@ -129,22 +124,9 @@ def detect_hf_siglip(sd, ctx):
         ctx.notes.append("SiglipForImageClassification: the classifier on the mean of the normed tokens")
     side = {}
     if isinstance(cfg, dict):
-        vc = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else cfg
-        where = cfg_path + (" vision_config" if vc is not cfg else "")
+        vc, where = vision_config(cfg, cfg_path)
         ctx.notes.append("read %s" % cfg_path)
-        if "layer_norm_eps" in vc:
-            side["vit.norm_eps"] = _side_value(where, "layer_norm_eps", "vit.norm_eps", vc["layer_norm_eps"])
-        if "num_attention_heads" in vc:
-            side["vit.num_heads"] = _side_value(where, "num_attention_heads", "vit.num_heads",
-                                                vc["num_attention_heads"])
-        act = vc.get("hidden_act")
-        if act is not None:
-            if not isinstance(act, str) or act not in HF_CLIP_ACT:
-                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
-                                   % (where, _short(act), ", ".join(sorted(HF_CLIP_ACT))))
-            side["vit.act"] = HF_CLIP_ACT[act]
-        if vc.get("image_size") is not None:
-            side["img_size"] = _side_value(where, "image_size", "img_size", vc["image_size"])
+        side.update(encoder_settings(vc, where, HF_CLIP_ACT))
         if vc.get("vision_use_head") is False and not classifier:
             raise ConvertError("%s: vision_use_head is false but the weights have a pooling head" % where)
     else:

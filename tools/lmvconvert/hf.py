@@ -1,0 +1,44 @@
+"""What the Hugging Face families share: reading a model's config.json into settings, and joining
+separate q / k / v projections into one qkv tensor."""
+
+from .base import ConvertError, _short
+from .family import side_value
+from .tensors import concat0
+
+
+def vision_config(cfg, cfg_path):
+    """(the vision part of a config.json, how to name it in messages): a CLIP / SigLIP model's
+    vision_config, or the whole file for a vision-only model."""
+    vc = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else cfg
+    return vc, cfg_path + (" vision_config" if vc is not cfg else "")
+
+
+def encoder_settings(vc, where, acts, image_size=True):
+    """Settings from a Hugging Face vision config: layer_norm_eps, num_attention_heads, hidden_act (one of
+    `acts`, mapped to vit.act) and, with image_size, image_size."""
+    side = {}
+    if "layer_norm_eps" in vc:
+        side["vit.norm_eps"] = side_value(where, "layer_norm_eps", "vit.norm_eps", vc["layer_norm_eps"])
+    if "num_attention_heads" in vc:
+        side["vit.num_heads"] = side_value(where, "num_attention_heads", "vit.num_heads", vc["num_attention_heads"])
+    act = vc.get("hidden_act")
+    if act is not None:
+        if not isinstance(act, str) or act not in acts:
+            raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
+                               % (where, _short(act), ", ".join(sorted(acts))))
+        side["vit.act"] = acts[act]
+    if image_size and vc.get("image_size") is not None:
+        side["img_size"] = side_value(where, "image_size", "img_size", vc["image_size"])
+    return side
+
+
+def merge_qkv(body, merged, origin, src, parts, dst, model, prefix=""):
+    """merged[dst] = the rows of body[src % part] for each of parts (q, k, v), in that order; origin[dst]
+    names them (with prefix, the part of the original keys body lacks). A missing part is an error
+    naming the model."""
+    keys = [src % w for w in parts]
+    for kk in keys:
+        if kk not in body:
+            raise ConvertError("%s: %s%s is missing" % (model, prefix, kk))
+    merged[dst] = concat0([body[kk] for kk in keys], dst)
+    origin[dst] = [prefix + kk for kk in keys]

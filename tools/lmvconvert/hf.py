@@ -42,3 +42,12 @@ def merge_qkv(body, merged, origin, src, parts, dst, model, prefix=""):
             raise ConvertError("%s: %s%s is missing" % (model, prefix, kk))
     merged[dst] = concat0([body[kk] for kk in keys], dst)
     origin[dst] = [prefix + kk for kk in keys]
+
+
+def original_keys(used, origin, back, prefix=""):
+    """The checkpoint's own keys behind the renamed keys `used`: the q / k / v parts of a joined qkv
+    (origin, by the key before renaming, back), else the key before renaming with prefix."""
+    keys = set()
+    for k in used:
+        keys.update(origin.get(back[k], [prefix + back[k]]))
+    return keys

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, _read_json_beside, _rename, side_value as _side_value
-from ..hf import encoder_settings, merge_qkv, vision_config
+from ..hf import encoder_settings, merge_qkv, original_keys, vision_config
 from ..registry import detector
 from ..tensors import Tensor, f32_tensor
 from ..tensors import _is_int
@@ -264,10 +264,7 @@ def detect_hf_clip(sd, ctx):
     side.update(hf_clip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_clip", defaults)
-    used = set()
-    for k in m.used:
-        used.update(origin.get(back[k], [back[k]]))
-    m.used = used
+    m.used = original_keys(m.used, origin, back)
     if text:
         m.dropped.append(("the text model and logit scale of the CLIPModel (only the image encoder is "
                           "converted)", text))
@@ -369,10 +366,7 @@ def detect_hf_dinov2(sd, ctx):
                      "resampled bicubic by size (--set vit.pos_interp=bicubic_dinov2 for DINOv2's 0.1-offset "
                      "scale factor)")
     m = build_vit(renamed, ctx, "hf_dinov2", defaults)
-    used = set()
-    for k in m.used:
-        used.update(origin.get(back[k], [p + back[k]]))
-    m.used = used
+    m.used = original_keys(m.used, origin, back, p)
     m.dropped.append(("Dinov2Model's mask token (used only in masked-image training)", [p + "embeddings.mask_token"]))
     left = [k for k in sd if not k.startswith(p)]
     if left:

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from ..base import ConvertError
 from ..family import _read_json_beside, _rename, side_value as _side_value
-from ..hf import encoder_settings, merge_qkv, vision_config
+from ..hf import encoder_settings, merge_qkv, original_keys, vision_config
 from ..registry import detector
 from ..tensors import Tensor
 from .clip import HF_CLIP_ACT, HF_CLIP_TEXT, _as3
@@ -135,10 +135,7 @@ def detect_hf_siglip(sd, ctx):
     side.update(siglip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_siglip", defaults)
-    used = set()
-    for k in m.used:
-        used.update(origin.get(back[k], [back[k]]))
-    m.used = used
+    m.used = original_keys(m.used, origin, back)
     if unused_head:
         m.dropped.append(("the vision tower's attention-pooling head, which SiglipForImageClassification does not "
                           "use", unused_head))

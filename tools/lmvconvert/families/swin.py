@@ -262,13 +262,9 @@ def swinv2_metadata(sd, ctx, n_stages):
     return s
 
 
-@detector("swin", "timm/Microsoft Swin V2")
-def detect_swinv2(sd, ctx):
-    """Swin V2 in timm's layout (downsample at the start of stages 1.., head.fc.*) or Microsoft's
-    (downsample at the end of each stage, head.*, buffers stored; also timm before 0.9)."""
-    if "patch_embed.proj.weight" not in sd or \
-            not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.cpb_mlp\.0\.weight$", k) for k in sd):
-        return None
+def _timm_layout(sd):
+    """(whether sd is in timm's >= 0.9 layout -- downsample at the start of stages 1.., head.fc.* --,
+    sd renamed to the older layout, {renamed key: original key})."""
     new_timm = "head.fc.weight" in sd or ("layers.0.downsample.reduction.weight" not in sd and
                                           "layers.1.downsample.reduction.weight" in sd)
     rules = []
@@ -276,6 +272,17 @@ def detect_swinv2(sd, ctx):
         rules = [(r"^layers\.(\d+)\.downsample\.", lambda m: "layers.%d.downsample." % (int(m.group(1)) - 1)),
                  (r"^head\.fc\.", "head.")]
     renamed, back = _rename(sd, rules)
+    return new_timm, renamed, back
+
+
+@detector("swin", "timm/Microsoft Swin V2")
+def detect_swinv2(sd, ctx):
+    """Swin V2 in timm's layout (downsample at the start of stages 1.., head.fc.*) or Microsoft's
+    (downsample at the end of each stage, head.*, buffers stored; also timm before 0.9)."""
+    if "patch_embed.proj.weight" not in sd or \
+            not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.cpb_mlp\.0\.weight$", k) for k in sd):
+        return None
+    new_timm, renamed, back = _timm_layout(sd)
     n_stages = len(_block_indices(renamed, "layers."))
     ctx.settings.update("sidecar", swinv2_metadata(renamed, ctx, n_stages))
     # timm decides the window and the shift per axis (roll, then pad); Microsoft's code (and timm
@@ -300,13 +307,7 @@ def detect_swin_timm(sd, ctx):
     if "patch_embed.proj.weight" not in sd or \
             not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$", k) for k in sd):
         return None
-    new_timm = "head.fc.weight" in sd or ("layers.0.downsample.reduction.weight" not in sd and
-                                          "layers.1.downsample.reduction.weight" in sd)
-    rules = []
-    if new_timm:
-        rules = [(r"^layers\.(\d+)\.downsample\.", lambda m: "layers.%d.downsample." % (int(m.group(1)) - 1)),
-                 (r"^head\.fc\.", "head.")]
-    renamed, back = _rename(sd, rules)
+    new_timm, renamed, back = _timm_layout(sd)
     wrapper = ctx.info.get("path") or []
     ms = not new_timm and wrapper[:1] == ["model"]
     has_buffers = any(SWIN_BUFFERS.search(k) for k in sd)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .timm_vit import LayerScale, Mlp
+from .timm_vit import LayerScale, Mlp, parallel_attention, parallel_in_proj
 
 
 def rel_index(gh, gw, class_token=False):
@@ -294,15 +294,8 @@ class ParallelScalingBlock(nn.Module):
         self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
     def forward(self, x):
-        B, N, C = x.shape
-        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            x_mlp = x_mlp + self.mlp_bias
-        q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x_attn = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x_mlp, q, k, v = parallel_in_proj(self, x)
+        x_attn = parallel_attention(self, q, k, v)
         x_mlp = self.mlp_act(x_mlp)
         if self.out_proj is not None:
             y = self.out_proj(torch.cat((x_attn, x_mlp), dim=-1))

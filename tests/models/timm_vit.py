@@ -270,6 +270,26 @@ class ParallelThingsBlock(nn.Module):
         return x + torch.stack([ffn(x) for ffn in self.ffns]).sum(dim=0)
 
 
+def parallel_in_proj(block, x):
+    """The first step of timm's ParallelScalingBlock and its variants: in_norm, then in_proj split into
+    the MLP hidden (plus mlp_bias when there is one) and q, k, v."""
+    x_mlp, q, k, v = torch.split(block.in_proj(block.in_norm(x)), block.in_split, dim=-1)
+    if block.mlp_bias is not None:
+        x_mlp = x_mlp + block.mlp_bias
+    return x_mlp, q, k, v
+
+
+def parallel_attention(block, q, k, v):
+    """ParallelScalingBlock's attention over q, k, v as in_proj gives them ([B, N, C]): per-head q_norm /
+    k_norm, softmax(q k^T * scale) v, the heads joined again."""
+    B, N, C = q.shape
+    q = block.q_norm(q.view(B, N, block.num_heads, block.head_dim)).transpose(1, 2)
+    k = block.k_norm(k.view(B, N, block.num_heads, block.head_dim)).transpose(1, 2)
+    v = v.view(B, N, block.num_heads, block.head_dim).transpose(1, 2)
+    attn = ((q * block.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return (attn @ v).transpose(1, 2).reshape(B, N, C)
+
+
 class ParallelScalingBlock(nn.Module):
     """timm's ParallelScalingBlock (ViT-22B style, the *_xp_* models): one in_norm, one in_proj giving
     the MLP hidden and q, k, v (mlp_bias when qkv_bias is off), attention and act(MLP) side by side,
@@ -295,15 +315,8 @@ class ParallelScalingBlock(nn.Module):
         self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
     def forward(self, x):
-        B, N, C = x.shape
-        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            x_mlp = x_mlp + self.mlp_bias
-        q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x_attn = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x_mlp, q, k, v = parallel_in_proj(self, x)
+        x_attn = parallel_attention(self, q, k, v)
         y = self.attn_out_proj(x_attn) + self.mlp_out_proj(self.mlp_act(x_mlp))
         return x + self.ls(y)
 
@@ -359,9 +372,7 @@ class DiffParallelScalingBlock(nn.Module):
 
     def forward(self, x):
         B, N, C = x.shape
-        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            x_mlp = x_mlp + self.mlp_bias
+        x_mlp, q, k, v = parallel_in_proj(self, x)
         q = q.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(B, N, self.num_heads, 2 * self.head_dim).transpose(1, 2)

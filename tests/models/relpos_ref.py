@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .timm_vit import LayerScale, Mlp, parallel_attention, parallel_in_proj
+from .timm_vit import LayerScale, Mlp, parallel_attention, parallel_in_layers, parallel_in_proj
 
 
 def rel_index(gh, gw, class_token=False):
@@ -277,12 +277,7 @@ class ParallelScalingBlock(nn.Module):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = self.head_dim ** -0.5
         hidden = int(mlp_ratio * dim)
-        self.in_split = [hidden] + [dim] * 3
-        self.in_norm = nn.LayerNorm(dim, eps=eps)
-        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
-        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        parallel_in_layers(self, dim, hidden, qkv_bias, lambda d: nn.LayerNorm(d, eps=eps), qk_norm)
         self.mlp_act = nn.GELU()
         if fuse_out_proj:
             self.out_proj = nn.Linear(dim + hidden, dim)

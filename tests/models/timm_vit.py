@@ -270,6 +270,17 @@ class ParallelThingsBlock(nn.Module):
         return x + torch.stack([ffn(x) for ffn in self.ffns]).sum(dim=0)
 
 
+def parallel_in_layers(block, dim, hidden, qkv_bias, norm_layer, qk_norm):
+    """ParallelScalingBlock's input layers, in timm's order: in_norm, in_proj to [MLP hidden | q | k | v]
+    (mlp_bias when qkv_bias is off), q_norm / k_norm over block.head_dim when qk_norm."""
+    block.in_norm = norm_layer(dim)
+    block.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
+    block.in_split = [hidden] + [dim] * 3
+    block.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
+    block.q_norm = norm_layer(block.head_dim) if qk_norm else nn.Identity()
+    block.k_norm = norm_layer(block.head_dim) if qk_norm else nn.Identity()
+
+
 def parallel_in_proj(block, x):
     """The first step of timm's ParallelScalingBlock and its variants: in_norm, then in_proj split into
     the MLP hidden (plus mlp_bias when there is one) and q, k, v."""
@@ -303,12 +314,7 @@ class ParallelScalingBlock(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         hidden = int(mlp_ratio * dim)
-        self.in_norm = norm_layer(dim)
-        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
-        self.in_split = [hidden] + [dim] * 3
-        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
-        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        parallel_in_layers(self, dim, hidden, qkv_bias, norm_layer, qk_norm)
         self.mlp_act = ACTS[act]()
         self.attn_out_proj = nn.Linear(dim, dim, bias=proj_bias)
         self.mlp_out_proj = nn.Linear(hidden, dim, bias=proj_bias)
@@ -339,12 +345,7 @@ class DiffParallelScalingBlock(nn.Module):
         self.head_dim = dim // num_heads // 2
         self.scale = self.head_dim ** -0.5
         hidden = int(mlp_ratio * dim)
-        self.in_norm = norm_layer(dim)
-        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
-        self.in_split = [hidden] + [dim] * 3
-        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
-        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        parallel_in_layers(self, dim, hidden, qkv_bias, norm_layer, qk_norm)
         self.sub_norm = RmsNorm(2 * self.head_dim, eps=1e-5)
         self.dual_lambda = dual_lambda
         if dual_lambda:

@@ -180,6 +180,19 @@ class SwiGLU(nn.Module):
 MLPS = {"mlp": Mlp, "swiglu_packed": GluMlp, "swiglu": SwiGLU}
 
 
+def latent_pool(pool, x):
+    """AttentionPoolLatent's forward (one latent query, no qk_norm, no pos_embed, pool_type 'token'):
+    attention of the latent's q over x's k / v, proj, then x + mlp(norm(x)); the one query's output."""
+    B, N, C = x.shape
+    q = pool.q(pool.latent.expand(B, -1, -1)).reshape(B, 1, pool.num_heads, pool.head_dim).transpose(1, 2)
+    kv = pool.kv(x).reshape(B, N, 2, pool.num_heads, pool.head_dim).permute(2, 0, 3, 1, 4)
+    k, v = kv.unbind(0)
+    attn = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    x = pool.proj((attn @ v).transpose(1, 2).reshape(B, 1, C))
+    x = x + pool.mlp(pool.norm(x))
+    return x[:, 0]
+
+
 class AttentionPoolLatent(nn.Module):
     """timm's AttentionPoolLatent as VisionTransformer builds it for global_pool='map': one latent
     query, q and kv Linears, proj, then x + mlp(norm(x)); the model's heads, mlp_ratio, norm and act."""
@@ -197,14 +210,7 @@ class AttentionPoolLatent(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x):
-        B, N, C = x.shape
-        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = self.proj((attn @ v).transpose(1, 2).reshape(B, 1, C))
-        x = x + self.mlp(self.norm(x))
-        return x[:, 0]
+        return latent_pool(self, x)
 
 
 class Block(nn.Module):

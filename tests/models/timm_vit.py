@@ -393,6 +393,15 @@ class DiffParallelScalingBlock(nn.Module):
         return x + self.ls(y)
 
 
+def resample_pos_embed(pos, old_grid, new_grid, num_prefix):
+    """timm's resample_abs_pos_embed: the grid part of pos ([1, prefix + gh * gw, C], after num_prefix
+    tokens left as they are) resized bicubic with antialias from old_grid to new_grid."""
+    prefix, g = pos[:, :num_prefix], pos[:, num_prefix:]
+    g = g.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    g = F.interpolate(g, size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    return torch.cat([prefix, g.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+
+
 class VisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, global_pool="token",
                  embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, qkv_bias=True, init_values=None,
@@ -449,12 +458,7 @@ class VisionTransformer(nn.Module):
         pos = self.pos_embed
         if self.dynamic_img_size and tuple(grid) != tuple(self.patch_embed.grid_size):
             pre = 0 if self.no_embed_class else self.num_prefix_tokens
-            prefix, g = pos[:, :pre], pos[:, pre:]
-            gh0, gw0 = self.patch_embed.grid_size
-            g = g.reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
-            g = F.interpolate(g, size=tuple(grid), mode="bicubic", antialias=True, align_corners=False)
-            g = g.permute(0, 2, 3, 1).flatten(1, 2)
-            pos = torch.cat([prefix, g], dim=1)
+            pos = resample_pos_embed(pos, self.patch_embed.grid_size, grid, pre)
         toks = []
         if self.cls_token is not None:
             toks.append(self.cls_token.expand(x.shape[0], -1, -1))

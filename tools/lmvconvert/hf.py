@@ -51,3 +51,15 @@ def original_keys(used, origin, back, prefix=""):
     for k in used:
         keys.update(origin.get(back[k], [prefix + back[k]]))
     return keys
+
+
+def vision_settings(ctx, cfg, cfg_path, acts, assumed):
+    """(vision config, its name in messages, settings) from a CLIP-like model's config.json, noting that
+    it was read; without one, (None, None, {}) and a note that `assumed` (the config class's defaults)
+    holds."""
+    if not isinstance(cfg, dict):
+        ctx.notes.append("no config.json beside the weights: " + assumed)
+        return None, None, {}
+    vc, where = vision_config(cfg, cfg_path)
+    ctx.notes.append("read %s" % cfg_path)
+    return vc, where, encoder_settings(vc, where, acts)

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, _read_json_beside, _rename, side_value as _side_value
-from ..hf import encoder_settings, merge_qkv, original_keys, vision_config
+from ..hf import encoder_settings, merge_qkv, original_keys, vision_settings
 from ..registry import detector
 from ..tensors import Tensor, f32_tensor
 from ..tensors import _is_int
@@ -253,14 +253,8 @@ def detect_hf_clip(sd, ctx):
     defaults = dict(PRE_CLIP)
     defaults.update({"vit.norm_eps": 1e-5, "vit.act": "quickgelu", "vit.pos_interp": "bicubic", "vit.pool": "token"})
     ctx.determined.update(("vit.block", "vit.pool"))
-    side = {}
-    if isinstance(cfg, dict):
-        vc, where = vision_config(cfg, cfg_path)
-        ctx.notes.append("read %s" % cfg_path)
-        side.update(encoder_settings(vc, where, HF_CLIP_ACT))
-    else:
-        ctx.notes.append("no config.json beside the weights: CLIPVisionConfig's defaults assumed "
-                         "(quick_gelu, layer_norm_eps 1e-5)")
+    _, _, side = vision_settings(ctx, cfg, cfg_path, HF_CLIP_ACT,
+                                 "CLIPVisionConfig's defaults assumed (quick_gelu, layer_norm_eps 1e-5)")
     side.update(hf_clip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_clip", defaults)

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 from ..base import ConvertError
 from ..family import _read_json_beside, _rename, side_value as _side_value
-from ..hf import encoder_settings, merge_qkv, original_keys, vision_config
+from ..hf import merge_qkv, original_keys, vision_settings
 from ..registry import detector
 from ..tensors import Tensor
 from .clip import HF_CLIP_ACT, HF_CLIP_TEXT, _as3
@@ -122,16 +122,10 @@ def detect_hf_siglip(sd, ctx):
     ctx.determined.update(("vit.block", "vit.pool", "vit.pool_prefix"))
     if classifier:
         ctx.notes.append("SiglipForImageClassification: the classifier on the mean of the normed tokens")
-    side = {}
-    if isinstance(cfg, dict):
-        vc, where = vision_config(cfg, cfg_path)
-        ctx.notes.append("read %s" % cfg_path)
-        side.update(encoder_settings(vc, where, HF_CLIP_ACT))
-        if vc.get("vision_use_head") is False and not classifier:
-            raise ConvertError("%s: vision_use_head is false but the weights have a pooling head" % where)
-    else:
-        ctx.notes.append("no config.json beside the weights: SiglipVisionConfig's defaults assumed "
-                         "(gelu_pytorch_tanh, layer_norm_eps 1e-6)")
+    vc, where, side = vision_settings(ctx, cfg, cfg_path, HF_CLIP_ACT, "SiglipVisionConfig's defaults assumed "
+                                      "(gelu_pytorch_tanh, layer_norm_eps 1e-6)")
+    if vc is not None and vc.get("vision_use_head") is False and not classifier:
+        raise ConvertError("%s: vision_use_head is false but the weights have a pooling head" % where)
     side.update(siglip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_siglip", defaults)

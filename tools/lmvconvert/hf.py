@@ -63,3 +63,13 @@ def vision_settings(ctx, cfg, cfg_path, acts, assumed):
     vc, where = vision_config(cfg, cfg_path)
     ctx.notes.append("read %s" % cfg_path)
     return vc, where, encoder_settings(vc, where, acts)
+
+
+def processor_mean_std(pre, pre_path):
+    """pre.mean / pre.std from an image processor's preprocessor_config.json (image_mean, image_std)."""
+    side = {}
+    if isinstance(pre.get("image_mean"), list):
+        side["pre.mean"] = side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
+    if isinstance(pre.get("image_std"), list):
+        side["pre.std"] = side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+    return side

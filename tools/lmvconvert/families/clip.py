@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, _read_json_beside, _rename, side_value as _side_value
-from ..hf import encoder_settings, merge_qkv, original_keys, vision_settings
+from ..hf import encoder_settings, merge_qkv, original_keys, processor_mean_std, vision_settings
 from ..registry import detector
 from ..tensors import Tensor, f32_tensor
 from ..tensors import _is_int
@@ -214,10 +214,7 @@ def hf_clip_preprocessing(ctx):
     if not isinstance(pre, dict):
         return side
     ctx.notes.append("read %s" % pre_path)
-    if isinstance(pre.get("image_mean"), list):
-        side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
-    if isinstance(pre.get("image_std"), list):
-        side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+    side.update(processor_mean_std(pre, pre_path))
     if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
         side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
     size = pre.get("size")

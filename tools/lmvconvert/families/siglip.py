@@ -7,8 +7,8 @@ import re
 from collections import OrderedDict
 
 from ..base import ConvertError
-from ..family import _read_json_beside, _rename, side_value as _side_value
-from ..hf import merge_qkv, original_keys, vision_settings
+from ..family import _read_json_beside, _rename
+from ..hf import merge_qkv, original_keys, processor_mean_std, vision_settings
 from ..registry import detector
 from ..tensors import Tensor
 from .clip import HF_CLIP_ACT, HF_CLIP_TEXT, _as3
@@ -48,10 +48,7 @@ def siglip_preprocessing(ctx):
     if not isinstance(pre, dict):
         return side
     ctx.notes.append("read %s" % pre_path)
-    if isinstance(pre.get("image_mean"), list):
-        side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
-    if isinstance(pre.get("image_std"), list):
-        side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+    side.update(processor_mean_std(pre, pre_path))
     if pre.get("resample") in HF_RESAMPLE:
         side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
     size = pre.get("size")

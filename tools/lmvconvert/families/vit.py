@@ -8,7 +8,7 @@ from collections import OrderedDict
 from ..base import ConvertError, _short, lmvfile
 from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TORCHVISION, _block_indices, _isqrt_exact,
                       _read_json_beside, _rename, side_value as _side_value)
-from ..hf import encoder_settings
+from ..hf import encoder_settings, processor_mean_std
 from ..mapping import _shape_str, mapping_shape_hint
 from ..registry import FAMILIES, builder, detector, register_family
 from ..settings import coerce
@@ -1185,10 +1185,7 @@ def detect_hf_vit(sd, ctx):
                 pass
     if isinstance(pre, dict):
         ctx.notes.append("read %s" % pre_path)
-        if isinstance(pre.get("image_mean"), list):
-            side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
-        if isinstance(pre.get("image_std"), list):
-            side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+        side.update(processor_mean_std(pre, pre_path))
         if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
             side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
         size = pre.get("size")

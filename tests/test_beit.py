@@ -7,58 +7,27 @@ compared. Refusals: a stray tensor, a wrong index buffer, a table of another siz
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, convert, lmv_run, run, tmpdir  # noqa: E402
 from models import beit_ref  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
+from parity import check_refused, check_summary, check_vit_run, image, save_torch  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
 
 
-def outputs(model, x):
-    """model(x) and {"blocks.i": image 0's output of block i, "norm": the final norm's}."""
-    acts, hooks = {}, []
-    for i, b in enumerate(model.blocks):
-        hooks.append(b.register_forward_hook(lambda m, a, o, i=i: acts.__setitem__(f"blocks.{i}", o[0].detach().numpy())))
-    if not isinstance(model.norm, torch.nn.Identity):
-        hooks.append(model.norm.register_forward_hook(lambda m, a, o: acts.__setitem__("norm", o[0].detach().numpy())))
-    with torch.no_grad():
-        y = model(x)
-    for h in hooks:
-        h.remove()
-    return y.numpy(), acts
-
-
-def save(sd, name="model.pth"):
-    d = tmpdir()
-    path = os.path.join(d, name)
-    torch.save(sd, path)
-    return path, os.path.join(d, "model.lmv")
-
-
 def parity(name, model, x, conv_opts=(), expect=()):
-    ckpt, lmv = save(model.state_dict())
+    ckpt, lmv = save_torch(model.state_dict())
     try:
         out = convert(ckpt, lmv, *conv_opts)
-        want, acts = outputs(model, x)
-        got, traces = lmv_run(lmv, x.numpy(), trace=True)
+        check_vit_run(res, name, model, lmv, x)
     except RuntimeError as e:
         res.check(name, False, str(e))
         return None
-    ok, desc = logits_close(got, want)
-    res.check(f"{name} logits", ok, desc)
-    compare_traces(res, name, traces, acts)
-    with torch.no_grad():
-        fwant = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
-    fgot, _ = lmv_run(lmv, x.numpy(), "--features")
-    d = float(np.max(np.abs(fgot - fwant))) if fgot.shape == fwant.shape else float("inf")
-    res.check(f"{name} features", d <= 1e-4 * max(1.0, float(np.max(np.abs(fwant)))), f"max abs diff {d:.2e}")
-    for text in expect:
-        res.check(f"{name} summary says {text!r}", text in out, "" if text in out else out)
+    check_summary(res, name, out, expect)
     return lmv
 
 
@@ -69,19 +38,8 @@ def beit(seed, img=32, **kw):
     return randomize_(beit_ref.Beit(**args), seed=seed).eval()
 
 
-def image(h, w, seed=7):
-    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
 def refused(name, sd, words, conv_opts=()):
-    ckpt, lmv = save(sd)
-    try:
-        convert(ckpt, lmv, *conv_opts)
-    except RuntimeError as e:
-        msg = str(e)
-        res.check(name, all(w in msg for w in words), msg)
-        return
-    res.check(name, False, "converted")
+    check_refused(res, name, *save_torch(sd), words, conv_opts)
 
 
 def loader_refusals(lmv):
@@ -154,7 +112,7 @@ def main():
     m = beit(7, use_rel_pos_bias=True, use_abs_pos_emb=False, init_values=1e-5)
     for arch, mean in (("beitv2_large_patch16_224", "mean [0.485, 0.456, 0.406]"), ("beit_base_patch16_224",
                                                                                        "mean [0.5, 0.5, 0.5]")):
-        ckpt, lmv = save({"model": m.state_dict(), "args": {"model": arch}})
+        ckpt, lmv = save_torch({"model": m.state_dict(), "args": {"model": arch}})
         try:
             out = convert(ckpt, lmv)
         except RuntimeError as e:

@@ -13,64 +13,34 @@ import os
 import sys
 from functools import partial
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, run, tmpdir  # noqa: E402
 from models import eva_ref  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
+from parity import block_outputs, check_refused, check_summary, check_vit_run, features_close, image, save_torch  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
 
 
-def outputs(model, x):
-    """model(x) and {"blocks.i": image 0's output of block i, "norm": the final norm's}."""
-    acts, hooks = {}, []
-    for i, b in enumerate(model.blocks):
-        hooks.append(b.register_forward_hook(lambda m, a, o, i=i: acts.__setitem__(f"blocks.{i}", o[0].detach().numpy())))
-    if not isinstance(model.norm, torch.nn.Identity):
-        hooks.append(model.norm.register_forward_hook(lambda m, a, o: acts.__setitem__("norm", o[0].detach().numpy())))
-    with torch.no_grad():
-        y = model(x)
-    for h in hooks:
-        h.remove()
-    return y.numpy(), acts
-
-
-def save(obj, name):
-    d = tmpdir()
-    path = os.path.join(d, name)
-    torch.save(obj, path)
-    return path, os.path.join(d, "model.lmv")
-
-
 def check_run(name, model, lmv, x):
     """Logits, every block and the pooled features of `lmv` against the reference on x."""
-    want, acts = outputs(model, x)
     if isinstance(model.head, torch.nn.Identity):   # no classifier (Perception Encoder towers): the features
+        want, acts = block_outputs(model, x)
         got, traces = lmv_run(lmv, x.numpy(), "--features", trace=True)
-        d = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-        res.check(f"{name} features", d <= 1e-4 * max(1.0, float(np.max(np.abs(want)))), f"max abs diff {d:.2e}")
+        res.check(f"{name} features", *features_close(got, want))
         compare_traces(res, name, traces, acts)
         return
-    got, traces = lmv_run(lmv, x.numpy(), trace=True)
-    ok, desc = logits_close(got, want)
-    res.check(f"{name} logits", ok, desc)
-    compare_traces(res, name, traces, acts)
-    with torch.no_grad():
-        fwant = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
-    fgot, _ = lmv_run(lmv, x.numpy(), "--features")
-    d = float(np.max(np.abs(fgot - fwant))) if fgot.shape == fwant.shape else float("inf")
-    res.check(f"{name} features", d <= 1e-4 * max(1.0, float(np.max(np.abs(fwant)))), f"max abs diff {d:.2e}")
+    check_vit_run(res, name, model, lmv, x)
 
 
 def parity(name, model, x, file_name="model.pth", wrap=None, conv_opts=(), expect=(), more=()):
     """Convert the model's state dict (saved as file_name, inside `wrap` if given), compare on x and on
     each input of `more`; the converter's summary must contain every text of `expect`."""
     sd = model.state_dict()
-    ckpt, lmv = save(dict(wrap, model=sd) if wrap else sd, file_name)
+    ckpt, lmv = save_torch(dict(wrap, model=sd) if wrap else sd, file_name)
     try:
         out = convert(ckpt, lmv, "--num-heads", "4", *conv_opts)   # 64 wide: not a width with a known head count
         check_run(name, model, lmv, x)
@@ -79,8 +49,7 @@ def parity(name, model, x, file_name="model.pth", wrap=None, conv_opts=(), expec
     except RuntimeError as e:
         res.check(name, False, str(e))
         return None
-    for text in expect:
-        res.check(f"{name} summary says {text!r}", text in out, "" if text in out else out)
+    check_summary(res, name, out, expect)
     return lmv
 
 
@@ -89,10 +58,6 @@ def eva(seed, img=(32, 48), **kw):
     args = dict(img_size=img, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
     args.update(kw)
     return randomize_(eva_ref.Eva(**args), seed=seed).eval()
-
-
-def image(h, w, seed=7):
-    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def loader_refusals(axial, mixed):
@@ -126,14 +91,7 @@ def loader_refusals(axial, mixed):
 
 
 def refused(name, obj, words, file_name="model.pth", conv_opts=()):
-    ckpt, lmv = save(obj, file_name)
-    try:
-        convert(ckpt, lmv, *conv_opts)
-    except RuntimeError as e:
-        msg = str(e)
-        res.check(name, all(w in msg for w in words), msg)
-        return
-    res.check(name, False, "converted")
+    check_refused(res, name, *save_torch(obj, file_name), words, conv_opts)
 
 
 EVA02 = dict(mlp_ratio=4 * 2 / 3, swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(16, 16))

@@ -13,66 +13,31 @@ timm's DiffParallelScalingBlock (out of scope: named)."""
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, ROOT, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, convert, lmv_run, run, tmpdir  # noqa: E402
 from models import relpos_ref  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import lmvfile  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
+from parity import check_refused, check_vit_run, convert_checked, image, save_torch  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
 
 
-def outputs(model, x):
-    """model(x) and {"blocks.i": image 0's output of block i, "norm": the final norm's}."""
-    acts, hooks = {}, []
-    for i, b in enumerate(model.blocks):
-        hooks.append(b.register_forward_hook(lambda m, a, o, i=i: acts.__setitem__(f"blocks.{i}", o[0].detach().numpy())))
-    if not isinstance(model.norm, torch.nn.Identity):
-        hooks.append(model.norm.register_forward_hook(lambda m, a, o: acts.__setitem__("norm", o[0].detach().numpy())))
-    with torch.no_grad():
-        y = model(x)
-    for h in hooks:
-        h.remove()
-    return y.numpy(), acts
-
-
-def save(sd):
-    d = tmpdir()
-    path = os.path.join(d, "model.pth")
-    torch.save(sd, path)
-    return path, os.path.join(d, "model.lmv")
-
-
 def check_run(name, model, lmv, x):
-    want, acts = outputs(model, x)
     try:
-        got, traces = lmv_run(lmv, x.numpy(), trace=True)
-        fgot, _ = lmv_run(lmv, x.numpy(), "--features")
+        check_vit_run(res, name, model, lmv, x)
     except RuntimeError as e:
         return res.check(name, False, str(e))
-    ok, desc = logits_close(got, want)
-    res.check(f"{name} logits", ok, desc)
-    compare_traces(res, name, traces, acts)
-    with torch.no_grad():
-        fwant = model.forward_head(model.forward_features(x), pre_logits=True).numpy()
-    d = float(np.max(np.abs(fgot - fwant))) if fgot.shape == fwant.shape else float("inf")
-    res.check(f"{name} features", d <= 1e-4 * max(1.0, float(np.max(np.abs(fwant)))), f"max abs diff {d:.2e}")
 
 
 def parity(name, model, x, conv_opts=(), expect=()):
-    ckpt, lmv = save(model.state_dict())
-    try:
-        out = convert(ckpt, lmv, *conv_opts)
-    except RuntimeError as e:
-        res.check(name, False, str(e))
+    ckpt, lmv = save_torch(model.state_dict())
+    if convert_checked(res, name, ckpt, lmv, conv_opts, expect) is None:
         return None
-    for text in expect:
-        res.check(f"{name} summary says {text!r}", text in out, "" if text in out else out)
     check_run(name, model, lmv, x)
     return lmv
 
@@ -92,19 +57,8 @@ def rebuilt(model, seed, img, **kw):
     return m
 
 
-def image(h, w, seed=7):
-    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
 def refused(name, sd, words, conv_opts=()):
-    ckpt, lmv = save(sd)
-    try:
-        convert(ckpt, lmv, *conv_opts)
-    except RuntimeError as e:
-        msg = str(e)
-        res.check(name, all(w in msg for w in words), msg)
-        return
-    res.check(name, False, "converted")
+    check_refused(res, name, *save_torch(sd), words, conv_opts)
 
 
 def loader_refuses(name, lmv, change, words):
@@ -168,7 +122,7 @@ def main():
                                                                            "vit.rel_mlp=rw"), expect=("vit.rel_mlp=rw",))
     if out:
         check_run("rw MLP at 40x24", rebuilt(m, 17, (40, 24), **kw), out, image(40, 24, seed=17))
-    ckpt, lmv = save(m.state_dict())
+    ckpt, lmv = save_torch(m.state_dict())
     try:
         text = convert(ckpt, lmv, "--img-size", "32", "32")
     except RuntimeError as e:

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Results, compare_traces, convert, lmv_run, tmpdir  # noqa: E402
+from common import Results, compare_traces, lmv_run, tmpdir  # noqa: E402
 from models import hf_siglip  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
+from parity import check_refused, convert_checked, features_close, image  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
@@ -73,35 +74,16 @@ def check(name, model, lmv, x, interpolate=False):
         got, traces = lmv_run(lmv, x.numpy(), "--features", trace=True)
     except RuntimeError as e:
         return res.check(name, False, str(e))
-    d = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-    res.check(f"{name} pooled output", d <= 1e-4 * max(1.0, float(np.max(np.abs(want)))),
-              f"max abs diff {d:.2e}, shape {got.shape} vs {want.shape}")
+    res.check(f"{name} pooled output", *features_close(got, want, shapes=True))
     compare_traces(res, name, traces, acts)
 
 
 def convert_ok(name, ckpt, lmv, expect=(), opts=()):
-    try:
-        out = convert(ckpt, lmv, *opts)
-    except RuntimeError as e:
-        res.check(name, False, str(e))
-        return None
-    for text in expect:
-        res.check(f"{name} summary says {text!r}", text in out, "" if text in out else out)
-    return out
+    return convert_checked(res, name, ckpt, lmv, opts, expect)
 
 
 def refused(name, sd, words, config=None):
-    ckpt, lmv = save(sd, "model.bin", config)
-    try:
-        convert(ckpt, lmv)
-    except RuntimeError as e:
-        res.check(name, all(w in str(e) for w in words), str(e))
-        return
-    res.check(name, False, "converted")
-
-
-def image(h, w, seed=7):
-    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    check_refused(res, name, *save(sd, "model.bin", config), words)
 
 
 def main():

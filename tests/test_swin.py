@@ -24,6 +24,7 @@ from common import (LMV, Results, compare_traces, convert, lmv_run, logits_close
                     tmpdir)
 from models import hf_swin, seed004_swin  # noqa: E402
 from models import swin_ref as S  # noqa: E402
+from parity import info_config  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
@@ -70,20 +71,9 @@ def check_run(name, lmv, x, want, reference):
     return ok
 
 
-def lmv_info(lmv):
-    """The config keys `lmv info` prints (key value lines)."""
-    code, out, err = run([LMV, "info", lmv])
-    cfg = {}
-    for line in out.splitlines():
-        parts = line.split(None, 1)
-        if line.startswith("  ") and len(parts) == 2:
-            cfg[parts[0]] = parts[1].strip()
-    return cfg
-
-
 def check_recorded(name, lmv, expect):
     """The converter recognised the layout: source and the window conventions stored in the file."""
-    info = lmv_info(lmv)
+    info = info_config(lmv)
     got = {k: info.get(k) for k in expect}
     res.check(f"{name} recorded as {', '.join(f'{k}={v}' for k, v in expect.items())}", got == expect,
               f"file has {got}")
@@ -295,7 +285,7 @@ def pad_modes(m, lmv):
     ok_ptr, d_ptr = logits_close(got_ptr, want)
     res.check("timm >= 0.9.6 at 128: default (roll_then_pad) matches, pad_then_roll does not",
               ok_default and not ok_ptr, f"default: {d_default}; pad_then_roll: {d_ptr}")
-    a, b = lmv_info(lmv).get("swin.pad_mode"), lmv_info(lmv_ptr).get("swin.pad_mode")
+    a, b = info_config(lmv).get("swin.pad_mode"), info_config(lmv_ptr).get("swin.pad_mode")
     res.check("the padding convention is recorded in the file", a == "roll_then_pad" and b == "pad_then_roll",
               f"default file: {a}, --set file: {b}")
 

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (LMV, Results, compare_traces, convert, lmv_run, logits_close, run, tmpdir)  # noqa: E402
 from models import swin_ref  # noqa: E402
 from models import swinv2_ref as R  # noqa: E402
+from parity import info_config  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
@@ -45,16 +46,6 @@ def save_convert(sd, fname, *opts, side=None):
     return lmv, convert(path, lmv, "--labels", "none", *opts)
 
 
-def info(lmv):
-    code, out, err = run([LMV, "info", lmv])
-    cfg = {}
-    for line in out.splitlines():
-        parts = line.split(None, 1)
-        if line.startswith("  ") and len(parts) == 2:
-            cfg[parts[0]] = parts[1].strip()
-    return cfg
-
-
 def check_run(name, lmv, m, h, w, seed=0):
     x = images(2, h, w, seed + 7 * h + w)
     with torch.no_grad():
@@ -69,7 +60,7 @@ def check_run(name, lmv, m, h, w, seed=0):
 
 
 def check_info(name, lmv, expect):
-    got = {k: info(lmv).get(k) for k in expect}
+    got = {k: info_config(lmv).get(k) for k in expect}
     res.check(f"{name}: file records {expect}", got == expect, f"file has {got}")
 
 

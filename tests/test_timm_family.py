@@ -78,6 +78,15 @@ def vit_mlp_ratio(width, ratio):
     return ratio if width <= 768 else 0.5
 
 
+def small_vit_plan(kw, p, cfg):
+    """A plan's small stand-in for a registered ViT-like model: patch size p, a 3 x 3 patch input, the
+    depth and MLP ratio scaled down for its width, 10 classes when it has a head."""
+    kw.update(patch_size=p, depth=vit_depth(kw["embed_dim"]), img_size=3 * p,
+              mlp_ratio=vit_mlp_ratio(kw["embed_dim"], kw.get("mlp_ratio", 4.0)))
+    kw["num_classes"] = 10 if cfg.get("num_classes", 1000) else 0
+    return kw, (3 * p, 3 * p)
+
+
 def plan_vit(args, cfg):
     """(reference kwargs, input size) for a timm VisionTransformer's model_args, shrunk: its depth to
     1-2 blocks and its image to a 3 x 2 patch grid (height x width), width and options as registered."""
@@ -120,10 +129,7 @@ def plan_vit(args, cfg):
     p = args.get("patch_size", 16)
     if not _int(p):
         raise NoReference("patch_size=%s" % p)
-    kw.update(patch_size=p, depth=vit_depth(kw["embed_dim"]), img_size=3 * p,
-              mlp_ratio=vit_mlp_ratio(kw["embed_dim"], kw.get("mlp_ratio", 4.0)))
-    kw["num_classes"] = 10 if cfg.get("num_classes", 1000) else 0
-    return kw, (3 * p, 3 * p)
+    return small_vit_plan(kw, p, cfg)
 
 
 def build_vit(kw):
@@ -144,10 +150,7 @@ def plan_beit(args, cfg):
         elif k not in ("patch_size", "depth", "img_size"):
             raise NoReference("%s=%s" % (k, v))
     p = args.get("patch_size", 16)
-    kw.update(patch_size=p, depth=vit_depth(kw["embed_dim"]), img_size=3 * p,
-              mlp_ratio=vit_mlp_ratio(kw["embed_dim"], kw.get("mlp_ratio", 4.0)))
-    kw["num_classes"] = 10 if cfg.get("num_classes", 1000) else 0
-    return kw, (3 * p, 3 * p)
+    return small_vit_plan(kw, p, cfg)
 
 
 def build_beit(kw):

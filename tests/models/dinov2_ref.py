@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .timm_vit import LayerScale, Mlp
+
 
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size, in_chans, embed_dim):
@@ -34,26 +36,6 @@ class Attention(nn.Module):
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
         x = (attn @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim, init_values):
-        super().__init__()
-        self.gamma = nn.Parameter(init_values * torch.ones(dim))
-
-    def forward(self, x):
-        return x * self.gamma
 
 
 class Block(nn.Module):

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .timm_vit import latent_pool, resample_pos_embed
+
 
 def LayerNorm(dim, eps=1e-6):
     return nn.LayerNorm(dim, eps=eps)
@@ -294,15 +296,7 @@ class AttentionPoolLatent(nn.Module):
         self.mlp = Mlp(embed_dim, int(embed_dim * mlp_ratio), act_layer)
 
     def forward(self, x):
-        B, N, C = x.shape
-        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(B, 1, C)
-        x = self.proj(x)
-        x = x + self.mlp(self.norm(x))
-        return x[:, 0]
+        return latent_pool(self, x)
 
 
 class PatchEmbed(nn.Module):
@@ -375,10 +369,7 @@ class Eva(nn.Module):
             npt = 0 if self.no_embed_class else self.num_prefix_tokens
             old = self.patch_embed.grid_size
             if H * W + npt != pos_embed.shape[1] or H != W:
-                prefix, grid = pos_embed[:, :npt], pos_embed[:, npt:]
-                grid = grid.reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2)
-                grid = F.interpolate(grid, size=(H, W), mode="bicubic", antialias=True)
-                pos_embed = torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, H * W, -1)], 1)
+                pos_embed = resample_pos_embed(pos_embed, old, (H, W), npt)
         x = x.reshape(B, H * W, C)
         rope = self.rope.get_embed((H, W)) if self.rope is not None else None
         to_cat = []

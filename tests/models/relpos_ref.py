@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .timm_vit import LayerScale
+from .timm_vit import LayerScale, Mlp, parallel_attention, parallel_in_layers, parallel_in_proj
 
 
 def rel_index(gh, gw, class_token=False):
@@ -134,17 +134,6 @@ class RelPosAttention(nn.Module):
         return self.proj(x)
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class RelPosBlock(nn.Module):
     def __init__(self, dim, num_heads, mlp_ratio, qkv_bias, qk_norm, rel_pos_cls, init_values, norm_layer):
         super().__init__()
@@ -247,7 +236,7 @@ class ParallelThingsBlock(nn.Module):
         super().__init__()
         from collections import OrderedDict
 
-        from .timm_vit import Attention, Mlp as TimmMlp
+        from .timm_vit import Attention
         norm_layer = lambda d: nn.LayerNorm(d, eps=eps)  # noqa: E731
         self.attns, self.ffns = nn.ModuleList(), nn.ModuleList()
         for _ in range(num_parallel):
@@ -257,7 +246,7 @@ class ParallelThingsBlock(nn.Module):
                 ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
             self.ffns.append(nn.Sequential(OrderedDict([
                 ("norm", norm_layer(dim)),
-                ("mlp", TimmMlp(dim, int(dim * mlp_ratio))),
+                ("mlp", Mlp(dim, int(dim * mlp_ratio))),
                 ("ls", LayerScale(dim, init_values) if init_values else nn.Identity())])))
 
     def forward(self, x):
@@ -288,12 +277,7 @@ class ParallelScalingBlock(nn.Module):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = self.head_dim ** -0.5
         hidden = int(mlp_ratio * dim)
-        self.in_split = [hidden] + [dim] * 3
-        self.in_norm = nn.LayerNorm(dim, eps=eps)
-        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
-        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        parallel_in_layers(self, dim, hidden, qkv_bias, lambda d: nn.LayerNorm(d, eps=eps), qk_norm)
         self.mlp_act = nn.GELU()
         if fuse_out_proj:
             self.out_proj = nn.Linear(dim + hidden, dim)
@@ -305,15 +289,8 @@ class ParallelScalingBlock(nn.Module):
         self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
     def forward(self, x):
-        B, N, C = x.shape
-        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            x_mlp = x_mlp + self.mlp_bias
-        q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x_attn = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x_mlp, q, k, v = parallel_in_proj(self, x)
+        x_attn = parallel_attention(self, q, k, v)
         x_mlp = self.mlp_act(x_mlp)
         if self.out_proj is not None:
             y = self.out_proj(torch.cat((x_attn, x_mlp), dim=-1))

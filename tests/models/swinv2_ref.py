@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .timm_vit import Mlp
+
 
 def coords_table(wh, ww, pwh, pww):
     """The (2wh-1, 2ww-1, 2) log-spaced relative coordinates."""
@@ -100,17 +102,6 @@ class WindowAttention(nn.Module):
             attn = attn.view(-1, self.num_heads, N, N)
         attn = attn.softmax(-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(B_, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class SwinV2Block(nn.Module):

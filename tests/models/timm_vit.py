@@ -180,6 +180,19 @@ class SwiGLU(nn.Module):
 MLPS = {"mlp": Mlp, "swiglu_packed": GluMlp, "swiglu": SwiGLU}
 
 
+def latent_pool(pool, x):
+    """AttentionPoolLatent's forward (one latent query, no qk_norm, no pos_embed, pool_type 'token'):
+    attention of the latent's q over x's k / v, proj, then x + mlp(norm(x)); the one query's output."""
+    B, N, C = x.shape
+    q = pool.q(pool.latent.expand(B, -1, -1)).reshape(B, 1, pool.num_heads, pool.head_dim).transpose(1, 2)
+    kv = pool.kv(x).reshape(B, N, 2, pool.num_heads, pool.head_dim).permute(2, 0, 3, 1, 4)
+    k, v = kv.unbind(0)
+    attn = ((q * pool.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    x = pool.proj((attn @ v).transpose(1, 2).reshape(B, 1, C))
+    x = x + pool.mlp(pool.norm(x))
+    return x[:, 0]
+
+
 class AttentionPoolLatent(nn.Module):
     """timm's AttentionPoolLatent as VisionTransformer builds it for global_pool='map': one latent
     query, q and kv Linears, proj, then x + mlp(norm(x)); the model's heads, mlp_ratio, norm and act."""
@@ -197,14 +210,7 @@ class AttentionPoolLatent(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act)
 
     def forward(self, x):
-        B, N, C = x.shape
-        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, self.num_heads, self.head_dim).transpose(1, 2)
-        kv = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        k, v = kv.unbind(0)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = self.proj((attn @ v).transpose(1, 2).reshape(B, 1, C))
-        x = x + self.mlp(self.norm(x))
-        return x[:, 0]
+        return latent_pool(self, x)
 
 
 class Block(nn.Module):
@@ -270,6 +276,37 @@ class ParallelThingsBlock(nn.Module):
         return x + torch.stack([ffn(x) for ffn in self.ffns]).sum(dim=0)
 
 
+def parallel_in_layers(block, dim, hidden, qkv_bias, norm_layer, qk_norm):
+    """ParallelScalingBlock's input layers, in timm's order: in_norm, in_proj to [MLP hidden | q | k | v]
+    (mlp_bias when qkv_bias is off), q_norm / k_norm over block.head_dim when qk_norm."""
+    block.in_norm = norm_layer(dim)
+    block.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
+    block.in_split = [hidden] + [dim] * 3
+    block.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
+    block.q_norm = norm_layer(block.head_dim) if qk_norm else nn.Identity()
+    block.k_norm = norm_layer(block.head_dim) if qk_norm else nn.Identity()
+
+
+def parallel_in_proj(block, x):
+    """The first step of timm's ParallelScalingBlock and its variants: in_norm, then in_proj split into
+    the MLP hidden (plus mlp_bias when there is one) and q, k, v."""
+    x_mlp, q, k, v = torch.split(block.in_proj(block.in_norm(x)), block.in_split, dim=-1)
+    if block.mlp_bias is not None:
+        x_mlp = x_mlp + block.mlp_bias
+    return x_mlp, q, k, v
+
+
+def parallel_attention(block, q, k, v):
+    """ParallelScalingBlock's attention over q, k, v as in_proj gives them ([B, N, C]): per-head q_norm /
+    k_norm, softmax(q k^T * scale) v, the heads joined again."""
+    B, N, C = q.shape
+    q = block.q_norm(q.view(B, N, block.num_heads, block.head_dim)).transpose(1, 2)
+    k = block.k_norm(k.view(B, N, block.num_heads, block.head_dim)).transpose(1, 2)
+    v = v.view(B, N, block.num_heads, block.head_dim).transpose(1, 2)
+    attn = ((q * block.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return (attn @ v).transpose(1, 2).reshape(B, N, C)
+
+
 class ParallelScalingBlock(nn.Module):
     """timm's ParallelScalingBlock (ViT-22B style, the *_xp_* models): one in_norm, one in_proj giving
     the MLP hidden and q, k, v (mlp_bias when qkv_bias is off), attention and act(MLP) side by side,
@@ -283,27 +320,15 @@ class ParallelScalingBlock(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         hidden = int(mlp_ratio * dim)
-        self.in_norm = norm_layer(dim)
-        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
-        self.in_split = [hidden] + [dim] * 3
-        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
-        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        parallel_in_layers(self, dim, hidden, qkv_bias, norm_layer, qk_norm)
         self.mlp_act = ACTS[act]()
         self.attn_out_proj = nn.Linear(dim, dim, bias=proj_bias)
         self.mlp_out_proj = nn.Linear(hidden, dim, bias=proj_bias)
         self.ls = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
 
     def forward(self, x):
-        B, N, C = x.shape
-        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            x_mlp = x_mlp + self.mlp_bias
-        q = self.q_norm(q.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(B, N, self.num_heads, self.head_dim)).transpose(1, 2)
-        v = v.view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x_attn = (attn @ v).transpose(1, 2).reshape(B, N, C)
+        x_mlp, q, k, v = parallel_in_proj(self, x)
+        x_attn = parallel_attention(self, q, k, v)
         y = self.attn_out_proj(x_attn) + self.mlp_out_proj(self.mlp_act(x_mlp))
         return x + self.ls(y)
 
@@ -326,12 +351,7 @@ class DiffParallelScalingBlock(nn.Module):
         self.head_dim = dim // num_heads // 2
         self.scale = self.head_dim ** -0.5
         hidden = int(mlp_ratio * dim)
-        self.in_norm = norm_layer(dim)
-        self.in_proj = nn.Linear(dim, hidden + 3 * dim, bias=qkv_bias)
-        self.in_split = [hidden] + [dim] * 3
-        self.mlp_bias = None if qkv_bias else nn.Parameter(torch.zeros(hidden))
-        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        parallel_in_layers(self, dim, hidden, qkv_bias, norm_layer, qk_norm)
         self.sub_norm = RmsNorm(2 * self.head_dim, eps=1e-5)
         self.dual_lambda = dual_lambda
         if dual_lambda:
@@ -359,9 +379,7 @@ class DiffParallelScalingBlock(nn.Module):
 
     def forward(self, x):
         B, N, C = x.shape
-        x_mlp, q, k, v = torch.split(self.in_proj(self.in_norm(x)), self.in_split, dim=-1)
-        if self.mlp_bias is not None:
-            x_mlp = x_mlp + self.mlp_bias
+        x_mlp, q, k, v = parallel_in_proj(self, x)
         q = q.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(B, N, 2 * self.num_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(B, N, self.num_heads, 2 * self.head_dim).transpose(1, 2)
@@ -373,6 +391,15 @@ class DiffParallelScalingBlock(nn.Module):
         x_attn = x_attn.transpose(1, 2).reshape(B, N, C)
         y = self.out_proj(torch.cat((x_attn, self.mlp_act(x_mlp)), dim=-1))
         return x + self.ls(y)
+
+
+def resample_pos_embed(pos, old_grid, new_grid, num_prefix):
+    """timm's resample_abs_pos_embed: the grid part of pos ([1, prefix + gh * gw, C], after num_prefix
+    tokens left as they are) resized bicubic with antialias from old_grid to new_grid."""
+    prefix, g = pos[:, :num_prefix], pos[:, num_prefix:]
+    g = g.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    g = F.interpolate(g, size=tuple(new_grid), mode="bicubic", antialias=True, align_corners=False)
+    return torch.cat([prefix, g.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
 
 class VisionTransformer(nn.Module):
@@ -431,12 +458,7 @@ class VisionTransformer(nn.Module):
         pos = self.pos_embed
         if self.dynamic_img_size and tuple(grid) != tuple(self.patch_embed.grid_size):
             pre = 0 if self.no_embed_class else self.num_prefix_tokens
-            prefix, g = pos[:, :pre], pos[:, pre:]
-            gh0, gw0 = self.patch_embed.grid_size
-            g = g.reshape(1, gh0, gw0, -1).permute(0, 3, 1, 2)
-            g = F.interpolate(g, size=tuple(grid), mode="bicubic", antialias=True, align_corners=False)
-            g = g.permute(0, 2, 3, 1).flatten(1, 2)
-            pos = torch.cat([prefix, g], dim=1)
+            pos = resample_pos_embed(pos, self.patch_embed.grid_size, grid, pre)
         toks = []
         if self.cls_token is not None:
             toks.append(self.cls_token.expand(x.shape[0], -1, -1))

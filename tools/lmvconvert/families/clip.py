@@ -13,8 +13,9 @@ from collections import OrderedDict
 
 from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, _read_json_beside, _rename, side_value as _side_value
+from ..hf import encoder_settings, merge_qkv, original_keys, processor_mean_std, vision_settings
 from ..registry import detector
-from ..tensors import Tensor, concat0, f32_tensor
+from ..tensors import Tensor, f32_tensor
 from ..tensors import _is_int
 from .vit import HF_RESAMPLE, build_vit
 
@@ -213,10 +214,7 @@ def hf_clip_preprocessing(ctx):
     if not isinstance(pre, dict):
         return side
     ctx.notes.append("read %s" % pre_path)
-    if isinstance(pre.get("image_mean"), list):
-        side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
-    if isinstance(pre.get("image_std"), list):
-        side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+    side.update(processor_mean_std(pre, pre_path))
     if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
         side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
     size = pre.get("size")
@@ -241,15 +239,9 @@ def detect_hf_clip(sd, ctx):
         if not m:
             merged[k] = v
             continue
-        if m.group(2) != "q":
-            continue
-        keys = ["vision_model.encoder.layers.%s.self_attn.%s_proj.%s" % (m.group(1), w, m.group(3)) for w in "qkv"]
-        for kk in keys:
-            if kk not in body:
-                raise ConvertError("Hugging Face CLIP: %s is missing" % kk)
-        nk = "vision_model.encoder.layers.%s.attn.qkv.%s" % (m.group(1), m.group(3))
-        merged[nk] = concat0([body[kk] for kk in keys], nk)
-        origin[nk] = keys
+        if m.group(2) == "q":
+            merge_qkv(body, merged, origin, "vision_model.encoder.layers.%s.self_attn.%%s_proj.%s" % m.group(1, 3), "qkv",
+                      "vision_model.encoder.layers.%s.attn.qkv.%s" % m.group(1, 3), "Hugging Face CLIP")
     renamed, back = _rename(merged, HF_CLIP_RULES)
     for key in ("cls_token", "pos_embed"):
         if key in renamed:
@@ -258,34 +250,12 @@ def detect_hf_clip(sd, ctx):
     defaults = dict(PRE_CLIP)
     defaults.update({"vit.norm_eps": 1e-5, "vit.act": "quickgelu", "vit.pos_interp": "bicubic", "vit.pool": "token"})
     ctx.determined.update(("vit.block", "vit.pool"))
-    side = {}
-    if isinstance(cfg, dict):
-        vc = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else cfg
-        where = cfg_path + (" vision_config" if vc is not cfg else "")
-        ctx.notes.append("read %s" % cfg_path)
-        if "layer_norm_eps" in vc:
-            side["vit.norm_eps"] = _side_value(where, "layer_norm_eps", "vit.norm_eps", vc["layer_norm_eps"])
-        if "num_attention_heads" in vc:
-            side["vit.num_heads"] = _side_value(where, "num_attention_heads", "vit.num_heads",
-                                                vc["num_attention_heads"])
-        act = vc.get("hidden_act")
-        if act is not None:
-            if not isinstance(act, str) or act not in HF_CLIP_ACT:
-                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
-                                   % (where, _short(act), ", ".join(sorted(HF_CLIP_ACT))))
-            side["vit.act"] = HF_CLIP_ACT[act]
-        if vc.get("image_size") is not None:
-            side["img_size"] = _side_value(where, "image_size", "img_size", vc["image_size"])
-    else:
-        ctx.notes.append("no config.json beside the weights: CLIPVisionConfig's defaults assumed "
-                         "(quick_gelu, layer_norm_eps 1e-5)")
+    _, _, side = vision_settings(ctx, cfg, cfg_path, HF_CLIP_ACT,
+                                 "CLIPVisionConfig's defaults assumed (quick_gelu, layer_norm_eps 1e-5)")
     side.update(hf_clip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_clip", defaults)
-    used = set()
-    for k in m.used:
-        used.update(origin.get(back[k], [back[k]]))
-    m.used = used
+    m.used = original_keys(m.used, origin, back)
     if text:
         m.dropped.append(("the text model and logit scale of the CLIPModel (only the image encoder is "
                           "converted)", text))
@@ -369,16 +339,10 @@ def detect_hf_dinov2(sd, ctx):
         if not m:
             merged[k] = v
             continue
-        if m.group(2) != "query":
-            continue
-        keys = ["encoder.layer.%s.attention.attention.%s.%s" % (m.group(1), w, m.group(3))
-                for w in ("query", "key", "value")]
-        for kk in keys:
-            if kk not in body:
-                raise ConvertError("Hugging Face Dinov2Model: %s%s is missing" % (p, kk))
-        nk = "encoder.layer.%s.attn.qkv.%s" % (m.group(1), m.group(3))
-        merged[nk] = concat0([body[kk] for kk in keys], nk)
-        origin[nk] = [p + kk for kk in keys]
+        if m.group(2) == "query":
+            merge_qkv(body, merged, origin, "encoder.layer.%s.attention.attention.%%s.%s" % m.group(1, 3),
+                      ("query", "key", "value"), "encoder.layer.%s.attn.qkv.%s" % m.group(1, 3),
+                      "Hugging Face Dinov2Model", prefix=p)
     renamed, back = _rename(merged, HF_DINOV2_RULES)
     cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
     defaults = dict(PRE_DINOV2)
@@ -387,26 +351,13 @@ def detect_hf_dinov2(sd, ctx):
     side = {}
     if isinstance(cfg, dict):
         ctx.notes.append("read %s" % cfg_path)
-        if "layer_norm_eps" in cfg:
-            side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
-        if "num_attention_heads" in cfg:
-            side["vit.num_heads"] = _side_value(cfg_path, "num_attention_heads", "vit.num_heads",
-                                                cfg["num_attention_heads"])
-        act = cfg.get("hidden_act")
-        if act is not None:
-            if not isinstance(act, str) or act not in HF_CLIP_ACT:
-                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
-                                   % (cfg_path, _short(act), ", ".join(sorted(HF_CLIP_ACT))))
-            side["vit.act"] = HF_CLIP_ACT[act]
+        side.update(encoder_settings(cfg, cfg_path, HF_CLIP_ACT, image_size=False))
     ctx.settings.update("sidecar", side)
     ctx.notes.append("checked at the native input size (the pos_embed grid); at other sizes pos_embed is "
                      "resampled bicubic by size (--set vit.pos_interp=bicubic_dinov2 for DINOv2's 0.1-offset "
                      "scale factor)")
     m = build_vit(renamed, ctx, "hf_dinov2", defaults)
-    used = set()
-    for k in m.used:
-        used.update(origin.get(back[k], [p + back[k]]))
-    m.used = used
+    m.used = original_keys(m.used, origin, back, p)
     m.dropped.append(("Dinov2Model's mask token (used only in masked-image training)", [p + "embeddings.mask_token"]))
     left = [k for k in sd if not k.startswith(p)]
     if left:

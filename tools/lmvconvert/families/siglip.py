@@ -6,10 +6,11 @@ the pooled image embedding.  A SiglipModel's text tower and logit scale/bias are
 import re
 from collections import OrderedDict
 
-from ..base import ConvertError, _short
-from ..family import _read_json_beside, _rename, side_value as _side_value
+from ..base import ConvertError
+from ..family import _read_json_beside, _rename
+from ..hf import merge_qkv, original_keys, processor_mean_std, vision_settings
 from ..registry import detector
-from ..tensors import Tensor, concat0
+from ..tensors import Tensor
 from .clip import HF_CLIP_ACT, HF_CLIP_TEXT, _as3
 from .vit import HF_RESAMPLE, build_vit
 
@@ -47,10 +48,7 @@ def siglip_preprocessing(ctx):
     if not isinstance(pre, dict):
         return side
     ctx.notes.append("read %s" % pre_path)
-    if isinstance(pre.get("image_mean"), list):
-        side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
-    if isinstance(pre.get("image_std"), list):
-        side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+    side.update(processor_mean_std(pre, pre_path))
     if pre.get("resample") in HF_RESAMPLE:
         side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
     size = pre.get("size")
@@ -87,15 +85,9 @@ def detect_hf_siglip(sd, ctx):
     for k, v in body.items():
         m = re.match(r"^vision_model\.encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)$", k)
         if m:
-            if m.group(2) != "q":
-                continue
-            keys = ["vision_model.encoder.layers.%s.self_attn.%s_proj.%s" % (m.group(1), w, m.group(3)) for w in "qkv"]
-            for kk in keys:
-                if kk not in body:
-                    raise ConvertError("Hugging Face SigLIP: %s is missing" % kk)
-            nk = "vision_model.encoder.layers.%s.attn.qkv.%s" % (m.group(1), m.group(3))
-            merged[nk] = concat0([body[kk] for kk in keys], nk)
-            origin[nk] = keys
+            if m.group(2) == "q":
+                merge_qkv(body, merged, origin, "vision_model.encoder.layers.%s.self_attn.%%s_proj.%s" % m.group(1, 3),
+                          "qkv", "vision_model.encoder.layers.%s.attn.qkv.%s" % m.group(1, 3), "Hugging Face SigLIP")
             continue
         m = re.match(r"^vision_model\.head\.attention\.in_proj_(weight|bias)$", k)
         if m:
@@ -127,36 +119,14 @@ def detect_hf_siglip(sd, ctx):
     ctx.determined.update(("vit.block", "vit.pool", "vit.pool_prefix"))
     if classifier:
         ctx.notes.append("SiglipForImageClassification: the classifier on the mean of the normed tokens")
-    side = {}
-    if isinstance(cfg, dict):
-        vc = cfg.get("vision_config") if isinstance(cfg.get("vision_config"), dict) else cfg
-        where = cfg_path + (" vision_config" if vc is not cfg else "")
-        ctx.notes.append("read %s" % cfg_path)
-        if "layer_norm_eps" in vc:
-            side["vit.norm_eps"] = _side_value(where, "layer_norm_eps", "vit.norm_eps", vc["layer_norm_eps"])
-        if "num_attention_heads" in vc:
-            side["vit.num_heads"] = _side_value(where, "num_attention_heads", "vit.num_heads",
-                                                vc["num_attention_heads"])
-        act = vc.get("hidden_act")
-        if act is not None:
-            if not isinstance(act, str) or act not in HF_CLIP_ACT:
-                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
-                                   % (where, _short(act), ", ".join(sorted(HF_CLIP_ACT))))
-            side["vit.act"] = HF_CLIP_ACT[act]
-        if vc.get("image_size") is not None:
-            side["img_size"] = _side_value(where, "image_size", "img_size", vc["image_size"])
-        if vc.get("vision_use_head") is False and not classifier:
-            raise ConvertError("%s: vision_use_head is false but the weights have a pooling head" % where)
-    else:
-        ctx.notes.append("no config.json beside the weights: SiglipVisionConfig's defaults assumed "
-                         "(gelu_pytorch_tanh, layer_norm_eps 1e-6)")
+    vc, where, side = vision_settings(ctx, cfg, cfg_path, HF_CLIP_ACT, "SiglipVisionConfig's defaults assumed "
+                                      "(gelu_pytorch_tanh, layer_norm_eps 1e-6)")
+    if vc is not None and vc.get("vision_use_head") is False and not classifier:
+        raise ConvertError("%s: vision_use_head is false but the weights have a pooling head" % where)
     side.update(siglip_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
     m = build_vit(renamed, ctx, "hf_siglip", defaults)
-    used = set()
-    for k in m.used:
-        used.update(origin.get(back[k], [back[k]]))
-    m.used = used
+    m.used = original_keys(m.used, origin, back)
     if unused_head:
         m.dropped.append(("the vision tower's attention-pooling head, which SiglipForImageClassification does not "
                           "use", unused_head))

@@ -262,13 +262,9 @@ def swinv2_metadata(sd, ctx, n_stages):
     return s
 
 
-@detector("swin", "timm/Microsoft Swin V2")
-def detect_swinv2(sd, ctx):
-    """Swin V2 in timm's layout (downsample at the start of stages 1.., head.fc.*) or Microsoft's
-    (downsample at the end of each stage, head.*, buffers stored; also timm before 0.9)."""
-    if "patch_embed.proj.weight" not in sd or \
-            not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.cpb_mlp\.0\.weight$", k) for k in sd):
-        return None
+def _timm_layout(sd):
+    """(whether sd is in timm's >= 0.9 layout -- downsample at the start of stages 1.., head.fc.* --,
+    sd renamed to the older layout, {renamed key: original key})."""
     new_timm = "head.fc.weight" in sd or ("layers.0.downsample.reduction.weight" not in sd and
                                           "layers.1.downsample.reduction.weight" in sd)
     rules = []
@@ -276,6 +272,17 @@ def detect_swinv2(sd, ctx):
         rules = [(r"^layers\.(\d+)\.downsample\.", lambda m: "layers.%d.downsample." % (int(m.group(1)) - 1)),
                  (r"^head\.fc\.", "head.")]
     renamed, back = _rename(sd, rules)
+    return new_timm, renamed, back
+
+
+@detector("swin", "timm/Microsoft Swin V2")
+def detect_swinv2(sd, ctx):
+    """Swin V2 in timm's layout (downsample at the start of stages 1.., head.fc.*) or Microsoft's
+    (downsample at the end of each stage, head.*, buffers stored; also timm before 0.9)."""
+    if "patch_embed.proj.weight" not in sd or \
+            not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.cpb_mlp\.0\.weight$", k) for k in sd):
+        return None
+    new_timm, renamed, back = _timm_layout(sd)
     n_stages = len(_block_indices(renamed, "layers."))
     ctx.settings.update("sidecar", swinv2_metadata(renamed, ctx, n_stages))
     # timm decides the window and the shift per axis (roll, then pad); Microsoft's code (and timm
@@ -300,13 +307,7 @@ def detect_swin_timm(sd, ctx):
     if "patch_embed.proj.weight" not in sd or \
             not any(re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$", k) for k in sd):
         return None
-    new_timm = "head.fc.weight" in sd or ("layers.0.downsample.reduction.weight" not in sd and
-                                          "layers.1.downsample.reduction.weight" in sd)
-    rules = []
-    if new_timm:
-        rules = [(r"^layers\.(\d+)\.downsample\.", lambda m: "layers.%d.downsample." % (int(m.group(1)) - 1)),
-                 (r"^head\.fc\.", "head.")]
-    renamed, back = _rename(sd, rules)
+    new_timm, renamed, back = _timm_layout(sd)
     wrapper = ctx.info.get("path") or []
     ms = not new_timm and wrapper[:1] == ["model"]
     has_buffers = any(SWIN_BUFFERS.search(k) for k in sd)
@@ -380,6 +381,44 @@ SWIN_HF_RULES = [
 ]
 
 
+def _hf_join_qkv(renamed, back, model, v2=False):
+    """Hugging Face Swin's separate query/key/value projections -> one qkv, rows [q; k; v]; V2's
+    query and value biases (it has no key bias) -> q_bias and v_bias. Returns (tensors, {name: the
+    original keys})."""
+    merged, origin = OrderedDict(), {}
+    for k, v in renamed.items():
+        mm = re.match(r"^(layers\.\d+\.blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$", k)
+        if not mm:
+            merged[k], origin[k] = v, [back[k]]
+            continue
+        if mm.group(2) != "query":
+            continue
+        if v2 and mm.group(3) == "bias":
+            parts = ["%s.%s.bias" % (mm.group(1), n) for n in ("query", "value")]
+            if "%s.key.bias" % mm.group(1) in renamed or parts[1] not in renamed:
+                raise ConvertError("%s: %s: expected query and value biases and no key bias" % (model, back[k]))
+            merged["%s.q_bias" % mm.group(1)], origin["%s.q_bias" % mm.group(1)] = v, [back[k]]
+            merged["%s.v_bias" % mm.group(1)] = renamed[parts[1]]
+            origin["%s.v_bias" % mm.group(1)] = [back[parts[1]]]
+            continue
+        parts = ["%s.%s.%s" % (mm.group(1), n, mm.group(3)) for n in ("query", "key", "value")]
+        if not all(p in renamed for p in parts):
+            raise ConvertError("%s: %s query/key/value are incomplete" % (model, back[k]))
+        nk = "%s.qkv.%s" % (mm.group(1), mm.group(3))
+        merged[nk] = concat0([renamed[p] for p in parts], nk)
+        origin[nk] = [back[p] for p in parts]
+    return merged, origin
+
+
+def _hf_labels(m, cfg):
+    """Class names from config.json's id2label when it names every class."""
+    labels = cfg.get("id2label")
+    if isinstance(labels, dict):
+        names = [labels.get(str(i)) for i in range(m.config["num_classes"])]
+        if all(isinstance(x, str) for x in names):
+            m.labels = names
+
+
 SWINV2_HF_RULES = [(r"^swinv2\.", "")] + SWIN_HF_RULES[1:] + [
     (r"\.attn\.continuous_position_bias_mlp\.", ".attn.cpb_mlp."),
 ]
@@ -396,28 +435,7 @@ def detect_swinv2_hf(sd, ctx):
     renamed, back = _rename(sd, SWINV2_HF_RULES)
     if "embeddings.position_embeddings" in renamed:
         raise ConvertError("Hugging Face Swin V2 with use_absolute_embeddings is not supported")
-    merged, origin = OrderedDict(), {}
-    for k, v in renamed.items():
-        mm = re.match(r"^(layers\.\d+\.blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$", k)
-        if not mm:
-            merged[k], origin[k] = v, [back[k]]
-            continue
-        if mm.group(2) != "query":
-            continue
-        if mm.group(3) == "bias":
-            parts = ["%s.%s.bias" % (mm.group(1), n) for n in ("query", "value")]
-            if "%s.key.bias" % mm.group(1) in renamed or parts[1] not in renamed:
-                raise ConvertError("Hugging Face Swin V2: %s: expected query and value biases and no key bias" % back[k])
-            merged["%s.q_bias" % mm.group(1)], origin["%s.q_bias" % mm.group(1)] = v, [back[k]]
-            merged["%s.v_bias" % mm.group(1)] = renamed[parts[1]]
-            origin["%s.v_bias" % mm.group(1)] = [back[parts[1]]]
-            continue
-        parts = ["%s.%s.weight" % (mm.group(1), n) for n in ("query", "key", "value")]
-        if not all(p in renamed for p in parts):
-            raise ConvertError("Hugging Face Swin V2: %s query/key/value are incomplete" % back[k])
-        nk = "%s.qkv.weight" % mm.group(1)
-        merged[nk] = concat0([renamed[p] for p in parts], nk)
-        origin[nk] = [back[p] for p in parts]
+    merged, origin = _hf_join_qkv(renamed, back, "Hugging Face Swin V2", v2=True)
     cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
     cfg = cfg if isinstance(cfg, dict) else {}
     if cfg:
@@ -443,11 +461,7 @@ def detect_swinv2_hf(sd, ctx):
                                                          "swin.window_size": [8], "swin.pretrained_window": [0],
                                                          "swin.window_from": "img_size"}))
     m.used = set(o for k in m.used for o in origin.get(k, [k]))
-    labels = cfg.get("id2label")
-    if isinstance(labels, dict):
-        names = [labels.get(str(i)) for i in range(m.config["num_classes"])]
-        if all(isinstance(x, str) for x in names):
-            m.labels = names
+    _hf_labels(m, cfg)
     m.notes.append("Swin V2 layout: Hugging Face")
     return m
 
@@ -460,31 +474,13 @@ def detect_swin_hf(sd, ctx):
     renamed, back = _rename(sd, SWIN_HF_RULES)
     if "embeddings.position_embeddings" in renamed:
         raise ConvertError("Hugging Face Swin with use_absolute_embeddings is not supported")
-    # separate query/key/value projections -> one qkv, rows [q; k; v]
-    merged, origin = OrderedDict(), {}
-    for k, v in renamed.items():
-        mm = re.match(r"^(layers\.\d+\.blocks\.\d+\.attn)\.(query|key|value)\.(weight|bias)$", k)
-        if not mm:
-            merged[k], origin[k] = v, [back[k]]
-            continue
-        if mm.group(2) != "query":
-            continue
-        parts = ["%s.%s.%s" % (mm.group(1), n, mm.group(3)) for n in ("query", "key", "value")]
-        if not all(p in renamed for p in parts):
-            raise ConvertError("Hugging Face Swin: %s query/key/value are incomplete" % back[k])
-        nk = "%s.qkv.%s" % (mm.group(1), mm.group(3))
-        merged[nk] = concat0([renamed[p] for p in parts], nk)
-        origin[nk] = [back[p] for p in parts]
+    merged, origin = _hf_join_qkv(renamed, back, "Hugging Face Swin")
     cfg = ctx.hf_config or {}
     eps = cfg.get("layer_norm_eps") if isinstance(cfg.get("layer_norm_eps"), (int, float)) else 1e-5
     m = build_swin(merged, ctx, "hf", dict(PRE_SWIN_HF, **{"swin.norm_eps": eps, "swin.pad_mode": "pad_then_roll",
                                                          "swin.shift_rule": "min"}))
     m.used = set(o for k in m.used for o in origin.get(k, [k]))
-    labels = cfg.get("id2label")
-    if isinstance(labels, dict):
-        names = [labels.get(str(i)) for i in range(m.config["num_classes"])]
-        if all(isinstance(x, str) for x in names):
-            m.labels = names
+    _hf_labels(m, cfg)
     return m
 
 

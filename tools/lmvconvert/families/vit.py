@@ -8,6 +8,7 @@ from collections import OrderedDict
 from ..base import ConvertError, _short, lmvfile
 from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TORCHVISION, _block_indices, _isqrt_exact,
                       _read_json_beside, _rename, side_value as _side_value)
+from ..hf import encoder_settings, processor_mean_std
 from ..mapping import _shape_str, mapping_shape_hint
 from ..registry import FAMILIES, builder, detector, register_family
 from ..settings import coerce
@@ -1171,19 +1172,7 @@ def detect_hf_vit(sd, ctx):
     ctx.determined.update(("vit.block", "vit.pool"))
     if isinstance(cfg, dict):
         ctx.notes.append("read %s" % cfg_path)
-        if "layer_norm_eps" in cfg:
-            side["vit.norm_eps"] = _side_value(cfg_path, "layer_norm_eps", "vit.norm_eps", cfg["layer_norm_eps"])
-        if "num_attention_heads" in cfg:
-            side["vit.num_heads"] = _side_value(cfg_path, "num_attention_heads", "vit.num_heads",
-                                                cfg["num_attention_heads"])
-        act = cfg.get("hidden_act")
-        if act is not None:
-            if not isinstance(act, str) or act not in HF_ACT:
-                raise ConvertError("%s: hidden_act %s is not supported (known: %s)"
-                                   % (cfg_path, _short(act), ", ".join(sorted(HF_ACT))))
-            side["vit.act"] = HF_ACT[act]
-        if cfg.get("image_size") is not None:
-            side["img_size"] = _side_value(cfg_path, "image_size", "img_size", cfg["image_size"])
+        side.update(encoder_settings(cfg, cfg_path, HF_ACT))
         id2label = cfg.get("id2label")
         if isinstance(id2label, dict) and id2label:
             try:
@@ -1196,10 +1185,7 @@ def detect_hf_vit(sd, ctx):
                 pass
     if isinstance(pre, dict):
         ctx.notes.append("read %s" % pre_path)
-        if isinstance(pre.get("image_mean"), list):
-            side["pre.mean"] = _side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
-        if isinstance(pre.get("image_std"), list):
-            side["pre.std"] = _side_value(pre_path, "image_std", "pre.std", pre["image_std"])
+        side.update(processor_mean_std(pre, pre_path))
         if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
             side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
         size = pre.get("size")

@@ -189,18 +189,19 @@ def img_of(name):
 
 
 def build_model(name):
-    if TEST_MODELS not in sys.path:
-        sys.path.insert(0, TEST_MODELS)
+    tests = os.path.dirname(TEST_MODELS)   # the reference modules are imported as the package `models`
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
     if name == "eva02_s":
-        import eva_ref
+        from models import eva_ref
         return eva_ref.Eva(img_size=224, patch_size=14, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4 * 2 / 3,
                            swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(16, 16))
     if name == "siglip_b16":
-        import timm_vit
+        from models import timm_vit
         return timm_vit.VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
                                           class_token=False, global_pool="map", act_layer="gelu_tanh")
     if name == "swinv2_t":
-        import swinv2_ref
+        from models import swinv2_ref
         return swinv2_ref.SwinTransformerV2(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                                             window_size=8, num_classes=1000)
     if name == "vit_b16":
@@ -210,11 +211,11 @@ def build_model(name):
         import torchvision
         return torchvision.models.swin_t()
     if name in ("deit_s", "deit_ti"):
-        import timm_vit
+        from models import timm_vit
         dim, heads = (384, 6) if name == "deit_s" else (192, 3)
         return timm_vit.VisionTransformer(img_size=IMG, patch_size=16, embed_dim=dim, depth=12, num_heads=heads)
     if name.startswith("lemevit_"):
-        import lemevit_ref
+        from models import lemevit_ref
         return getattr(lemevit_ref, name)()
     raise SystemExit("unknown model " + name)
 
@@ -222,13 +223,13 @@ def build_model(name):
 def randomize(name, m):
     """Seeded non-trivial weights (the timm / LeMeViT constructors zero some tensors)."""
     if name in ("deit_s", "deit_ti", "siglip_b16", "eva02_s"):
-        import timm_vit
+        from models import timm_vit
         timm_vit.randomize_(m, seed=0)
     elif name == "swinv2_t":
-        import swinv2_ref
+        from models import swinv2_ref
         swinv2_ref.randomize_(m, seed=0)
     elif name.startswith("lemevit_"):
-        import lemevit_ref
+        from models import lemevit_ref
         lemevit_ref.randomize_(m, seed=0)
 
 
@@ -291,7 +292,7 @@ def worker_export(argv):
         # the same rotation (pairs (a, b) -> (-b, a), bit for bit) as a gather and a sign instead of strided
         # slices stacked: traced, their Concat carries a dimension ONNX Runtime's shape inference refuses
         # ("Can't merge shape info")
-        import eva_ref
+        from models import eva_ref
         d = m.blocks[0].attn.head_dim
         perm, sign = torch.arange(d) ^ 1, torch.tensor([-1.0, 1.0]).repeat(d // 2)
         eva_ref.rot = lambda t: t[..., perm] * sign

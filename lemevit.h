@@ -1632,6 +1632,32 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
    its chunks to the others instead of holding the whole region up. */
 #define LMV__ROW_CHUNK(ctx, rows) ((ctx)->threads > 1 && (rows) / (4 * (ctx)->threads) > 1 ? (rows) / (4 * (ctx)->threads) : 1)
 
+/* The vector exp and GELU's constants, shared by their AVX2, AVX-512 and NEON twins (same bits on every
+   path): exp's clamps, ln 2 split in two, and the Cephes degree-7 polynomial; erf(u) = u P(u^2) / Q(u^2). */
+#define LMV__EXP_LO -87.33654f
+#define LMV__EXP_HI 88.37626f
+#define LMV__LOG2E 1.44269504088896341f
+#define LMV__LN2_HI 0.693359375f
+#define LMV__LN2_LO -2.12194440e-4f
+#define LMV__EXP_C0 1.9875691500e-4f
+#define LMV__EXP_C1 1.3981999507e-3f
+#define LMV__EXP_C2 8.3334519073e-3f
+#define LMV__EXP_C3 4.1665795894e-2f
+#define LMV__EXP_C4 1.6666665459e-1f
+#define LMV__EXP_C5 5.0000001201e-1f
+#define LMV__ERF_P0 -1.1517424381e-08f
+#define LMV__ERF_P1 4.3808189686e-06f
+#define LMV__ERF_P2 3.6734944842e-04f
+#define LMV__ERF_P3 3.7684751512e-03f
+#define LMV__ERF_P4 5.3903589159e-02f
+#define LMV__ERF_P5 1.8403293873e-01f
+#define LMV__ERF_P6 1.1283791765e+00f
+#define LMV__ERF_Q0 6.0244371508e-05f
+#define LMV__ERF_Q1 1.2746443727e-03f
+#define LMV__ERF_Q2 1.5256797945e-02f
+#define LMV__ERF_Q3 1.1324616091e-01f
+#define LMV__ERF_Q4 4.9642844710e-01f
+
 /* The kernel copies' names: lmv__gemm is lmv__gemm_portable, _avx2 or _avx512 in its copy. */
 #define LMV__KN(n) LMV__KN2(n, LMV__KSUF)
 #define LMV__KN2(n, s) LMV__KN3(n, s)
@@ -2705,16 +2731,16 @@ static void lmv__layernorm(const lmv__ctx *ctx, float *y, const float *x, int ro
 static __m256 lmv__exp8(__m256 x) {
     __m256 fx, r, z, y;
     __m256i n;
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.37626f));
-    fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(LMV__EXP_LO)), _mm256_set1_ps(LMV__EXP_HI));
+    fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LMV__LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LMV__LN2_HI), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LMV__LN2_LO), r);
     z = _mm256_mul_ps(r, r);
-    y = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(_mm256_set1_ps(LMV__EXP_C0), r, _mm256_set1_ps(LMV__EXP_C1));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(LMV__EXP_C2));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(LMV__EXP_C3));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(LMV__EXP_C4));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(LMV__EXP_C5));
     y = _mm256_fmadd_ps(y, z, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
@@ -2728,16 +2754,16 @@ static __m256 lmv__gelu8(__m256 x) {
     __m256 u = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f)), t, p, q, e;
     u = _mm256_min_ps(_mm256_max_ps(u, _mm256_set1_ps(-4.0f)), _mm256_set1_ps(4.0f));
     t = _mm256_mul_ps(u, u);
-    p = _mm256_fmadd_ps(_mm256_set1_ps(-1.1517424381e-08f), t, _mm256_set1_ps(4.3808189686e-06f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(3.6734944842e-04f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(3.7684751512e-03f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(5.3903589159e-02f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.8403293873e-01f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.1283791765e+00f));
-    q = _mm256_fmadd_ps(_mm256_set1_ps(6.0244371508e-05f), t, _mm256_set1_ps(1.2746443727e-03f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.5256797945e-02f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.1324616091e-01f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(4.9642844710e-01f));
+    p = _mm256_fmadd_ps(_mm256_set1_ps(LMV__ERF_P0), t, _mm256_set1_ps(LMV__ERF_P1));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(LMV__ERF_P2));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(LMV__ERF_P3));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(LMV__ERF_P4));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(LMV__ERF_P5));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(LMV__ERF_P6));
+    q = _mm256_fmadd_ps(_mm256_set1_ps(LMV__ERF_Q0), t, _mm256_set1_ps(LMV__ERF_Q1));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(LMV__ERF_Q2));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(LMV__ERF_Q3));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(LMV__ERF_Q4));
     q = _mm256_fmadd_ps(q, t, one);
     e = _mm256_div_ps(_mm256_mul_ps(u, p), q);
     e = _mm256_min_ps(_mm256_max_ps(e, _mm256_set1_ps(-1.0f)), one);
@@ -2750,16 +2776,16 @@ static __m256 lmv__gelu8(__m256 x) {
 static __m512 lmv__exp16(__m512 x) {
     __m512 fx, r, z, y;
     __m512i n;
-    x = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.37626f));
-    fx = _mm512_maskz_roundscale_ps((__mmask16)0xffff, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    x = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, x, _mm512_set1_ps(LMV__EXP_LO)), _mm512_set1_ps(LMV__EXP_HI));
+    fx = _mm512_maskz_roundscale_ps((__mmask16)0xffff, _mm512_mul_ps(x, _mm512_set1_ps(LMV__LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LMV__LN2_HI), x);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LMV__LN2_LO), r);
     z = _mm512_mul_ps(r, r);
-    y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(_mm512_set1_ps(LMV__EXP_C0), r, _mm512_set1_ps(LMV__EXP_C1));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(LMV__EXP_C2));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(LMV__EXP_C3));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(LMV__EXP_C4));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(LMV__EXP_C5));
     y = _mm512_fmadd_ps(y, z, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     n = _mm512_maskz_slli_epi32((__mmask16)0xffff, _mm512_add_epi32(_mm512_maskz_cvtps_epi32((__mmask16)0xffff, fx), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(y, _mm512_castsi512_ps(n));
@@ -2770,16 +2796,16 @@ static __m512 lmv__gelu16(__m512 x) {
     __m512 u = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)), t, p, q, e;
     u = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, u, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
     t = _mm512_mul_ps(u, u);
-    p = _mm512_fmadd_ps(_mm512_set1_ps(-1.1517424381e-08f), t, _mm512_set1_ps(4.3808189686e-06f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(3.6734944842e-04f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(3.7684751512e-03f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(5.3903589159e-02f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.8403293873e-01f));
-    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.1283791765e+00f));
-    q = _mm512_fmadd_ps(_mm512_set1_ps(6.0244371508e-05f), t, _mm512_set1_ps(1.2746443727e-03f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.5256797945e-02f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.1324616091e-01f));
-    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(4.9642844710e-01f));
+    p = _mm512_fmadd_ps(_mm512_set1_ps(LMV__ERF_P0), t, _mm512_set1_ps(LMV__ERF_P1));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(LMV__ERF_P2));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(LMV__ERF_P3));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(LMV__ERF_P4));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(LMV__ERF_P5));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(LMV__ERF_P6));
+    q = _mm512_fmadd_ps(_mm512_set1_ps(LMV__ERF_Q0), t, _mm512_set1_ps(LMV__ERF_Q1));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(LMV__ERF_Q2));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(LMV__ERF_Q3));
+    q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(LMV__ERF_Q4));
     q = _mm512_fmadd_ps(q, t, one);
     e = _mm512_div_ps(_mm512_mul_ps(u, p), q);
     e = _mm512_maskz_min_ps((__mmask16)0xffff, _mm512_maskz_max_ps((__mmask16)0xffff, e, _mm512_set1_ps(-1.0f)), one);
@@ -2793,16 +2819,16 @@ static __m512 lmv__gelu16(__m512 x) {
 static float32x4_t lmv__exp4(float32x4_t x) {
     float32x4_t fx, r, z, y;
     int32x4_t n;
-    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.33654f)), vdupq_n_f32(88.37626f));
-    fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
-    r = vfmsq_f32(x, fx, vdupq_n_f32(0.693359375f));
-    r = vfmsq_f32(r, fx, vdupq_n_f32(-2.12194440e-4f));
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(LMV__EXP_LO)), vdupq_n_f32(LMV__EXP_HI));
+    fx = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LMV__LOG2E)));
+    r = vfmsq_f32(x, fx, vdupq_n_f32(LMV__LN2_HI));
+    r = vfmsq_f32(r, fx, vdupq_n_f32(LMV__LN2_LO));
     z = vmulq_f32(r, r);
-    y = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), vdupq_n_f32(1.9875691500e-4f), r);
-    y = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), y, r);
-    y = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), y, r);
-    y = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), y, r);
-    y = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), y, r);
+    y = vfmaq_f32(vdupq_n_f32(LMV__EXP_C1), vdupq_n_f32(LMV__EXP_C0), r);
+    y = vfmaq_f32(vdupq_n_f32(LMV__EXP_C2), y, r);
+    y = vfmaq_f32(vdupq_n_f32(LMV__EXP_C3), y, r);
+    y = vfmaq_f32(vdupq_n_f32(LMV__EXP_C4), y, r);
+    y = vfmaq_f32(vdupq_n_f32(LMV__EXP_C5), y, r);
     y = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), y, z);
     n = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(fx), vdupq_n_s32(127)), 23);
     return vmulq_f32(y, vreinterpretq_f32_s32(n));
@@ -2813,16 +2839,16 @@ static float32x4_t lmv__gelu4(float32x4_t x) {
     float32x4_t u = vmulq_f32(x, vdupq_n_f32(0.70710678118654752f)), t, p, q, e;
     u = vminq_f32(vmaxq_f32(u, vdupq_n_f32(-4.0f)), vdupq_n_f32(4.0f));
     t = vmulq_f32(u, u);
-    p = vfmaq_f32(vdupq_n_f32(4.3808189686e-06f), vdupq_n_f32(-1.1517424381e-08f), t);
-    p = vfmaq_f32(vdupq_n_f32(3.6734944842e-04f), p, t);
-    p = vfmaq_f32(vdupq_n_f32(3.7684751512e-03f), p, t);
-    p = vfmaq_f32(vdupq_n_f32(5.3903589159e-02f), p, t);
-    p = vfmaq_f32(vdupq_n_f32(1.8403293873e-01f), p, t);
-    p = vfmaq_f32(vdupq_n_f32(1.1283791765e+00f), p, t);
-    q = vfmaq_f32(vdupq_n_f32(1.2746443727e-03f), vdupq_n_f32(6.0244371508e-05f), t);
-    q = vfmaq_f32(vdupq_n_f32(1.5256797945e-02f), q, t);
-    q = vfmaq_f32(vdupq_n_f32(1.1324616091e-01f), q, t);
-    q = vfmaq_f32(vdupq_n_f32(4.9642844710e-01f), q, t);
+    p = vfmaq_f32(vdupq_n_f32(LMV__ERF_P1), vdupq_n_f32(LMV__ERF_P0), t);
+    p = vfmaq_f32(vdupq_n_f32(LMV__ERF_P2), p, t);
+    p = vfmaq_f32(vdupq_n_f32(LMV__ERF_P3), p, t);
+    p = vfmaq_f32(vdupq_n_f32(LMV__ERF_P4), p, t);
+    p = vfmaq_f32(vdupq_n_f32(LMV__ERF_P5), p, t);
+    p = vfmaq_f32(vdupq_n_f32(LMV__ERF_P6), p, t);
+    q = vfmaq_f32(vdupq_n_f32(LMV__ERF_Q1), vdupq_n_f32(LMV__ERF_Q0), t);
+    q = vfmaq_f32(vdupq_n_f32(LMV__ERF_Q2), q, t);
+    q = vfmaq_f32(vdupq_n_f32(LMV__ERF_Q3), q, t);
+    q = vfmaq_f32(vdupq_n_f32(LMV__ERF_Q4), q, t);
     q = vfmaq_f32(one, q, t);
     e = vdivq_f32(vmulq_f32(u, p), q);
     e = vminq_f32(vmaxq_f32(e, vdupq_n_f32(-1.0f)), one);

@@ -577,59 +577,50 @@ static void test_resample_weights(void) {
     check("resampling weights sum to one in every mode", ok, "");
 }
 
+/* What an activation should give, in double. */
+static double ref_gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
+static double ref_gelu_tanh(double v) { return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+static double ref_silu(double v) { return v / (1.0 + exp(-v)); }
+
+/* The worst error of activation `act` on every kernel path this CPU runs, over x scaled by `scale`,
+   against `ref` in double: absolute, or relative to 1e-6 + |ref| when `relative`. */
+static double act_worst(const float *x, float *y, int n, float scale, lmv__act act, double (*ref)(double), int relative) {
+    double worst = 0;
+    int i, s;
+    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) {
+        lmv__ctx ctx;
+        if (!lmv_simd_available((lmv_simd)s)) continue;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.threads = 1;
+        ctx.simd = s;
+        for (i = 0; i < n; i++) y[i] = scale * x[i];
+        lmv__activate_all(&ctx, y, n, act);
+        for (i = 0; i < n; i++) {
+            double r = ref((double)scale * x[i]), e = fabs(r - y[i]);
+            if (relative) e /= 1e-6 + fabs(r);
+            if (e > worst) worst = e;
+        }
+    }
+    return worst;
+}
+
 /* The activation and softmax kernels (vectorised where the build allows) against libm in double. */
 static void test_activations(void) {
     enum { N = 4099 };
     static float x[N], y[N];
-    double worst = 0, wsoft = 0, sum = 0, mx = -1e30;
-    int i, s;
+    double worst, wsoft = 0, sum = 0, mx = -1e30;
+    int i;
     char msg[96];
     for (i = 0; i < N; i++) x[i] = -12.0f + 24.0f * (float)i / (N - 1);
-    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) { /* every kernel path this CPU runs */
-        lmv__ctx ctx;
-        if (!lmv_simd_available((lmv_simd)s)) continue;
-        memset(&ctx, 0, sizeof ctx);
-        ctx.threads = 1;
-        ctx.simd = s;
-        memcpy(y, x, sizeof x);
-        lmv__activate_all(&ctx, y, N, LMV__ACT_GELU);
-        for (i = 0; i < N; i++) {
-            double ref = 0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0)));
-            if (fabs(ref - y[i]) > worst) worst = fabs(ref - y[i]);
-        }
-    }
+    worst = act_worst(x, y, N, 1.0f, LMV__ACT_GELU, ref_gelu, 0);
     snprintf(msg, sizeof msg, "max abs error %.1e on [-12, 12]", worst);
     check("gelu matches erf in double", worst < 2e-6, msg);
-    worst = 0; /* the tanh form (SigLIP), on every path, out to where its exp clamps: [-24, 24] */
-    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) {
-        lmv__ctx ctx;
-        if (!lmv_simd_available((lmv_simd)s)) continue;
-        memset(&ctx, 0, sizeof ctx);
-        ctx.threads = 1;
-        ctx.simd = s;
-        for (i = 0; i < N; i++) y[i] = 2.0f * x[i];
-        lmv__activate_all(&ctx, y, N, LMV__ACT_GELU_TANH);
-        for (i = 0; i < N; i++) {
-            double v = 2.0 * x[i], ref = 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
-            if (fabs(ref - y[i]) > worst) worst = fabs(ref - y[i]);
-        }
-    }
+    /* the tanh form (SigLIP), out to where its exp clamps: [-24, 24] */
+    worst = act_worst(x, y, N, 2.0f, LMV__ACT_GELU_TANH, ref_gelu_tanh, 0);
     snprintf(msg, sizeof msg, "max abs error %.1e on [-24, 24]", worst);
     check("gelu (tanh form) matches tanh in double on every kernel path", worst < 4e-6, msg);
-    worst = 0; /* SiLU (SwiGLU's gate), on every path, out to where its exp clamps: [-120, 120] */
-    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) {
-        lmv__ctx ctx;
-        if (!lmv_simd_available((lmv_simd)s)) continue;
-        memset(&ctx, 0, sizeof ctx);
-        ctx.threads = 1;
-        ctx.simd = s;
-        for (i = 0; i < N; i++) y[i] = 10.0f * x[i];
-        lmv__activate_all(&ctx, y, N, LMV__ACT_SILU);
-        for (i = 0; i < N; i++) {
-            double v = 10.0 * x[i], e = fabs(v / (1.0 + exp(-v)) - y[i]) / (1e-6 + fabs(v / (1.0 + exp(-v))));
-            if (e > worst) worst = e;
-        }
-    }
+    /* SiLU (SwiGLU's gate), out to where its exp clamps: [-120, 120] */
+    worst = act_worst(x, y, N, 10.0f, LMV__ACT_SILU, ref_silu, 1);
     snprintf(msg, sizeof msg, "max error %.1e relative (to 1e-6 + the value) on [-120, 120]", worst);
     check("silu matches exp in double on every kernel path", worst < 1e-6, msg);
     memcpy(y, x, sizeof x);

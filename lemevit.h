@@ -3788,7 +3788,6 @@ typedef struct lmv__vit {
     int class_token, class_last, dist_token, reg_tokens, prefix, no_embed_class, norm_first;
     lmv__norm_at norm_at;
     int quick_gelu; /* the MLP's activation is QuickGELU x * sigmoid(1.702 x) (CLIP) */
-    int silu;       /* the MLP's activation is SiLU x * sigmoid(x) */
     int glu;        /* vit.mlp "glu": fc1 gives 2*hidden, act(first half) * second half (timm SwiGLUPacked) */
     int pool_map;   /* vit.pool "map": timm's AttentionPoolLatent over the patch tokens (SigLIP) */
     int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
@@ -4099,7 +4098,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     else if (!strcmp(s, "gelu_tanh")) v->act = LMV__ACT_GELU_TANH;
     else if (!strcmp(s, "relu")) v->act = LMV__ACT_RELU;
     else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
-    else if (!strcmp(s, "silu")) v->silu = 1;             /* likewise */
+    else if (!strcmp(s, "silu")) v->act = LMV__ACT_SILU;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu, silu", s);
     s = lmv__meta_string(m, "vit.norm", "layer");
     if (!strcmp(s, "rms")) v->rms = 1;
@@ -4370,19 +4369,6 @@ static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim
     (void)ctx;
 }
 
-/* SiLU in place: x * sigmoid(x). */
-static void lmv__vit_silu(const lmv__ctx *ctx, float *x, int rows, int dim) {
-    int r, i;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
-#endif
-    for (r = 0; r < rows; r++) {
-        float *xr = x + (size_t)r * dim;
-        for (i = 0; i < dim; i++) xr[i] = xr[i] / (1.0f + expf(-xr[i]));
-    }
-    (void)ctx;
-}
-
 /* The gate of a glu MLP (timm GluMlp with gate_last=False, i.e. SwiGLUPacked): each row of h is
    [a | c], hidden wide each; out = act(a) * c. The activation is applied to a in place first. */
 static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, float *h, int rows) {
@@ -4395,9 +4381,7 @@ static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, flo
     for (r = 0; r < rows; r++) {
         float *ar = h + (size_t)r * 2 * H, *o = out + (size_t)r * H;
         const float *cr = ar + H;
-        if (v->silu)
-            lmv__activate_all(&one, ar, (size_t)H, LMV__ACT_SILU);
-        else if (v->quick_gelu)
+        if (v->quick_gelu)
             for (i = 0; i < H; i++) ar[i] = ar[i] / (1.0f + expf(-1.702f * ar[i]));
         else
             lmv__activate_all(&one, ar, (size_t)H, v->act);
@@ -4418,7 +4402,6 @@ static void lmv__vit_mlp(const lmv__ctx *ctx, const lmv__vit *v, int T, const fl
     } else {
         lmv__linear_act(ctx, b->hidden, in, T, v->dim, v->hidden, fc1_w, fc1_b, v->act);
         if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
-        if (v->silu) lmv__vit_silu(ctx, b->hidden, T, v->hidden);
     }
     if (nw) lmv__vit_norm(ctx, v, h, h, T, v->hidden, nw, nb, v->eps);
 }
@@ -4811,7 +4794,6 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
     lmv__vit_norm(ctx, v, z, y, 1, D, v->map_norm_w, v->map_norm_b, v->eps);
     lmv__linear_act(ctx, h, z, 1, D, Hp, v->map_fc1_w, v->map_fc1_b, v->act);
     if (v->quick_gelu) lmv__vit_quick_gelu(ctx, h, 1, Hp);
-    if (v->silu) lmv__vit_silu(ctx, h, 1, Hp);
     lmv__linear_residual(ctx, y, h, 1, Hp, D, v->map_fc2_w, v->map_fc2_b, NULL, NULL);
     memcpy(feat, y, sizeof(float) * D);
 }

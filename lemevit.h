@@ -1596,7 +1596,8 @@ static lmv_result lmv__parse_table(lmv_model *m, const unsigned char *p, uint64_
    -------------------------------------------------------------------------------------------- */
 
 /* Elementwise activations, applied by lmv__activate() or fused into a GEMM's output. */
-typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH, LMV__ACT_SILU } lmv__act;
+typedef enum lmv__act { LMV__ACT_NONE = 0, LMV__ACT_GELU, LMV__ACT_GELU_TANH, LMV__ACT_RELU, LMV__ACT_TANH, LMV__ACT_SILU,
+                       LMV__ACT_QUICK_GELU } lmv__act;
 
 /* How many threads a kernel may use; 1 when compiled without OpenMP. */
 typedef struct lmv__ctx {
@@ -2932,6 +2933,30 @@ static void lmv__activate(float *x, size_t n, lmv__act act) {
 #endif
         for (; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
         break;
+    case LMV__ACT_QUICK_GELU: /* v / (1 + e^(-1.702 v)) (CLIP's QuickGELU), as SiLU with the scaled exponent */
+        i = 0;
+#if defined(LMV__AVX512)
+        for (; i < (n & ~(size_t)15); i += 16) {
+            __m512 v = _mm512_loadu_ps(x + i);
+            __m512 e = lmv__exp16(_mm512_mul_ps(_mm512_set1_ps(-1.702f), v));
+            _mm512_storeu_ps(x + i, _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+        }
+#endif
+#if defined(LMV__AVX2)
+        for (; i < (n & ~(size_t)7); i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            __m256 e = lmv__exp8(_mm256_mul_ps(_mm256_set1_ps(-1.702f), v));
+            _mm256_storeu_ps(x + i, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+        }
+#elif defined(LMV__NEON)
+        for (; i + 4 <= n; i += 4) {
+            float32x4_t v = vld1q_f32(x + i);
+            float32x4_t e = lmv__exp4(vmulq_f32(vdupq_n_f32(-1.702f), v));
+            vst1q_f32(x + i, vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), e)));
+        }
+#endif
+        for (; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+        break;
     case LMV__ACT_NONE: break;
     }
 }
@@ -3787,7 +3812,6 @@ typedef struct lmv__vit {
     int dim, depth, heads, hidden, in_chans, ph, pw, pos_gh, pos_gw;
     int class_token, class_last, dist_token, reg_tokens, prefix, no_embed_class, norm_first;
     lmv__norm_at norm_at;
-    int quick_gelu; /* the MLP's activation is QuickGELU x * sigmoid(1.702 x) (CLIP) */
     int glu;        /* vit.mlp "glu": fc1 gives 2*hidden, act(first half) * second half (timm SwiGLUPacked) */
     int pool_map;   /* vit.pool "map": timm's AttentionPoolLatent over the patch tokens (SigLIP) */
     int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
@@ -4097,7 +4121,7 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     if (!strcmp(s, "gelu")) v->act = LMV__ACT_GELU;
     else if (!strcmp(s, "gelu_tanh")) v->act = LMV__ACT_GELU_TANH;
     else if (!strcmp(s, "relu")) v->act = LMV__ACT_RELU;
-    else if (!strcmp(s, "quickgelu")) v->quick_gelu = 1; /* applied after fc1 by the graph (v->act stays NONE) */
+    else if (!strcmp(s, "quickgelu")) v->act = LMV__ACT_QUICK_GELU;
     else if (!strcmp(s, "silu")) v->act = LMV__ACT_SILU;
     else return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.act '%s' is not one of gelu, gelu_tanh, relu, quickgelu, silu", s);
     s = lmv__meta_string(m, "vit.norm", "layer");
@@ -4356,19 +4380,6 @@ static void lmv__vit_norm(const lmv__ctx *ctx, const lmv__vit *v, float *y, cons
     else lmv__layernorm(ctx, y, x, rows, dim, w, b, eps);
 }
 
-/* QuickGELU in place: x * sigmoid(1.702 x), as CLIP's and timm's QuickGELU. */
-static void lmv__vit_quick_gelu(const lmv__ctx *ctx, float *x, int rows, int dim) {
-    int r, i;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
-#endif
-    for (r = 0; r < rows; r++) {
-        float *xr = x + (size_t)r * dim;
-        for (i = 0; i < dim; i++) xr[i] = xr[i] / (1.0f + expf(-1.702f * xr[i]));
-    }
-    (void)ctx;
-}
-
 /* The gate of a glu MLP (timm GluMlp with gate_last=False, i.e. SwiGLUPacked): each row of h is
    [a | c], hidden wide each; out = act(a) * c. The activation is applied to a in place first. */
 static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, float *h, int rows) {
@@ -4381,10 +4392,7 @@ static void lmv__vit_glu(const lmv__ctx *ctx, const lmv__vit *v, float *out, flo
     for (r = 0; r < rows; r++) {
         float *ar = h + (size_t)r * 2 * H, *o = out + (size_t)r * H;
         const float *cr = ar + H;
-        if (v->quick_gelu)
-            for (i = 0; i < H; i++) ar[i] = ar[i] / (1.0f + expf(-1.702f * ar[i]));
-        else
-            lmv__activate_all(&one, ar, (size_t)H, v->act);
+        lmv__activate_all(&one, ar, (size_t)H, v->act);
         for (i = 0; i < H; i++) o[i] = ar[i] * cr[i];
     }
     (void)ctx;
@@ -4401,7 +4409,6 @@ static void lmv__vit_mlp(const lmv__ctx *ctx, const lmv__vit *v, int T, const fl
         h = b->gate;
     } else {
         lmv__linear_act(ctx, b->hidden, in, T, v->dim, v->hidden, fc1_w, fc1_b, v->act);
-        if (v->quick_gelu) lmv__vit_quick_gelu(ctx, b->hidden, T, v->hidden);
     }
     if (nw) lmv__vit_norm(ctx, v, h, h, T, v->hidden, nw, nb, v->eps);
 }
@@ -4793,7 +4800,6 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
     lmv__linear(ctx, y, o, 1, D, D, v->map_proj_w, v->map_proj_b);
     lmv__vit_norm(ctx, v, z, y, 1, D, v->map_norm_w, v->map_norm_b, v->eps);
     lmv__linear_act(ctx, h, z, 1, D, Hp, v->map_fc1_w, v->map_fc1_b, v->act);
-    if (v->quick_gelu) lmv__vit_quick_gelu(ctx, h, 1, Hp);
     lmv__linear_residual(ctx, y, h, 1, Hp, D, v->map_fc2_w, v->map_fc2_b, NULL, NULL);
     memcpy(feat, y, sizeof(float) * D);
 }

@@ -581,6 +581,8 @@ static void test_resample_weights(void) {
 static double ref_gelu(double v) { return 0.5 * v * (1.0 + erf(v / sqrt(2.0))); }
 static double ref_gelu_tanh(double v) { return 0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
 static double ref_silu(double v) { return v / (1.0 + exp(-v)); }
+/* QuickGELU as PyTorch computes it: the 1.702 is a float32 scalar times a float32 tensor */
+static double ref_quick_gelu(double v) { return v / (1.0 + exp(-(double)1.702f * v)); }
 
 /* The worst error of activation `act` on every kernel path this CPU runs, over x scaled by `scale`,
    against `ref` in double: absolute, or relative to 1e-6 + |ref| when `relative`. */
@@ -623,6 +625,10 @@ static void test_activations(void) {
     worst = act_worst(x, y, N, 10.0f, LMV__ACT_SILU, ref_silu, 1);
     snprintf(msg, sizeof msg, "max error %.1e relative (to 1e-6 + the value) on [-120, 120]", worst);
     check("silu matches exp in double on every kernel path", worst < 1e-6, msg);
+    /* QuickGELU (CLIP), out past where its exp clamps: [-120, 120] */
+    worst = act_worst(x, y, N, 10.0f, LMV__ACT_QUICK_GELU, ref_quick_gelu, 1);
+    snprintf(msg, sizeof msg, "max error %.1e relative (to 1e-6 + the value) on [-120, 120]", worst);
+    check("quick gelu matches exp in double on every kernel path", worst < 1e-6, msg);
     memcpy(y, x, sizeof x);
     lmv__softmax_rows(y, 1, N, 7.0f, NULL, NULL);
     for (i = 0; i < N; i++) mx = x[i] * 7.0 > mx ? x[i] * 7.0 : mx;

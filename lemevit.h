@@ -1705,6 +1705,8 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__quantize_rows LMV__KN(lmv__quantize_rows)
 #define lmv__residual LMV__KN(lmv__residual)
 #define lmv__residual_row LMV__KN(lmv__residual_row)
+#define lmv__rmsnorm LMV__KN(lmv__rmsnorm)
+#define lmv__rmsnorm_row LMV__KN(lmv__rmsnorm_row)
 #define lmv__softmax_rows LMV__KN(lmv__softmax_rows)
 #define lmv__tile LMV__KN(lmv__tile)
 #define lmv__tile_c LMV__KN(lmv__tile_c)
@@ -2724,6 +2726,78 @@ static void lmv__layernorm(const lmv__ctx *ctx, float *y, const float *x, int ro
     (void)ctx;
 }
 
+/* timm's RmsNorm over the last dimension: y = x / sqrt(mean(x^2) + eps) * w (+ b, the zeros the
+   converter writes); y may alias x. The sum of squares in lanes, then x * inv * w + b in that order. */
+static void lmv__rmsnorm_row(float *yr, const float *xr, int dim, const float *w, const float *b, float eps) {
+    float inv, ss = 0.0f;
+    int i = 0;
+#if defined(LMV__AVX512)
+    { /* 16 lanes, the last dim % 16 through masked loads and stores */
+        int nv = dim & ~15;
+        __mmask16 tail = (__mmask16)((1u << (dim & 15)) - 1u);
+        __m512 s16 = _mm512_setzero_ps(), d, i16;
+        for (; i < nv; i += 16) d = _mm512_loadu_ps(xr + i), s16 = _mm512_fmadd_ps(d, d, s16);
+        if (tail) d = _mm512_maskz_loadu_ps(tail, xr + i), s16 = _mm512_fmadd_ps(d, d, s16);
+        ss = lmv__hsum16(s16);
+        inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        i16 = _mm512_set1_ps(inv);
+        for (i = 0; i < dim; i += 16) {
+            __mmask16 k = i < nv ? (__mmask16)0xffff : tail;
+            d = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, xr + i), i16);
+            if (w) d = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(k, w + i));
+            if (b) d = _mm512_add_ps(d, _mm512_maskz_loadu_ps(k, b + i));
+            _mm512_mask_storeu_ps(yr + i, k, d);
+        }
+        return;
+    }
+#elif defined(LMV__AVX2)
+    {
+        __m256 s8 = _mm256_setzero_ps(), d, i8;
+        for (; i + 8 <= dim; i += 8) d = _mm256_loadu_ps(xr + i), s8 = _mm256_fmadd_ps(d, d, s8);
+        ss = lmv__hsum8(s8);
+        for (; i < dim; i++) ss += xr[i] * xr[i];
+        inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        i8 = _mm256_set1_ps(inv);
+        for (i = 0; i + 8 <= dim; i += 8) {
+            d = _mm256_mul_ps(_mm256_loadu_ps(xr + i), i8);
+            if (w) d = _mm256_mul_ps(d, _mm256_loadu_ps(w + i));
+            if (b) d = _mm256_add_ps(d, _mm256_loadu_ps(b + i));
+            _mm256_storeu_ps(yr + i, d);
+        }
+    }
+#elif defined(LMV__NEON)
+    {
+        float32x4_t s4 = vdupq_n_f32(0.0f), d, i4;
+        for (; i + 4 <= dim; i += 4) d = vld1q_f32(xr + i), s4 = vfmaq_f32(s4, d, d);
+        ss = vaddvq_f32(s4);
+        for (; i < dim; i++) ss += xr[i] * xr[i];
+        inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        i4 = vdupq_n_f32(inv);
+        for (i = 0; i + 4 <= dim; i += 4) {
+            d = vmulq_f32(vld1q_f32(xr + i), i4);
+            if (w) d = vmulq_f32(d, vld1q_f32(w + i));
+            if (b) d = vaddq_f32(d, vld1q_f32(b + i));
+            vst1q_f32(yr + i, d);
+        }
+    }
+#else
+    for (; i < dim; i++) ss += xr[i] * xr[i];
+    inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    i = 0;
+#endif
+    for (; i < dim; i++) yr[i] = xr[i] * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+}
+
+static void lmv__rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w, const float *b,
+                         float eps) {
+    int r;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
+#endif
+    for (r = 0; r < rows; r++) lmv__rmsnorm_row(y + (size_t)r * dim, x + (size_t)r * dim, dim, w, b, eps);
+    (void)ctx;
+}
+
 
 #if defined(LMV__AVX2)
 /* e^x for 8 floats: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (the Cephes
@@ -3586,6 +3660,8 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__quantize_rows
 #undef lmv__residual
 #undef lmv__residual_row
+#undef lmv__rmsnorm
+#undef lmv__rmsnorm_row
 #undef lmv__softmax_rows
 #undef lmv__tile
 #undef lmv__tile_c
@@ -3721,6 +3797,10 @@ static void lmv__linear_residual(const lmv__ctx *ctx, float *x, const float *h, 
 static void lmv__residual(const lmv__ctx *ctx, float *y, const float *a, const float *x, int rows, int dim,
                           const float *g) {
     LMV__DISPATCH(lmv__simd_of(ctx), lmv__residual, (ctx, y, a, x, rows, dim, g));
+}
+static void lmv__rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w,
+                         const float *b, float eps) {
+    LMV__DISPATCH(lmv__simd_of(ctx), lmv__rmsnorm, (ctx, y, x, rows, dim, w, b, eps));
 }
 static void lmv__softmax_rows(float *x, int rows, int n, float scale, const float *b1, const float *b2) {
     LMV__DISPATCH(lmv__simd_of(NULL), lmv__softmax_rows, (x, rows, n, scale, b1, b2));
@@ -4355,28 +4435,10 @@ static void lmv__vit_pos_embed(const lmv__vit *v, int gh, int gw, lmv__vit_bufs 
                            b->tmp + (size_t)v->pos_gh * gw * D);
 }
 
-/* timm's RmsNorm over the last dimension, y may alias x: y = x / sqrt(mean(x^2) + eps) * w (+ b, the
-   zeros the converter writes). */
-static void lmv__vit_rmsnorm(const lmv__ctx *ctx, float *y, const float *x, int rows, int dim, const float *w,
-                             const float *b, float eps) {
-    int r, i;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, LMV__ROW_CHUNK(ctx, rows)) private(i) num_threads(ctx->threads) if (LMV__SPLIT_ROWS(ctx, rows, dim))
-#endif
-    for (r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * dim;
-        float *yr = y + (size_t)r * dim, ss = 0.0f, inv;
-        for (i = 0; i < dim; i++) ss += xr[i] * xr[i];
-        inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (i = 0; i < dim; i++) yr[i] = xr[i] * inv * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
-    }
-    (void)ctx;
-}
-
 /* Every norm of the ViT graph: LayerNorm, or RmsNorm for vit.norm "rms". */
 static void lmv__vit_norm(const lmv__ctx *ctx, const lmv__vit *v, float *y, const float *x, int rows, int dim,
                           const float *w, const float *b, float eps) {
-    if (v->rms) lmv__vit_rmsnorm(ctx, y, x, rows, dim, w, b, eps);
+    if (v->rms) lmv__rmsnorm(ctx, y, x, rows, dim, w, b, eps);
     else lmv__layernorm(ctx, y, x, rows, dim, w, b, eps);
 }
 

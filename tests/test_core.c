@@ -562,6 +562,52 @@ static void test_layernorm(void) {
     check("layernorm with a large mean", ok, "");
 }
 
+/* RmsNorm (timm's: x / sqrt(mean(x^2) + eps) * w + b) on every kernel path this CPU runs against
+   double: widths that leave every tail of the 4-, 8- and 16-lane loops; weight and bias, either,
+   neither; out of place on one thread, and in place over enough rows on two threads to split them. */
+static void test_rmsnorm(void) {
+    enum { R = 200, MAXN = 197 };
+    static float x[R * MAXN], y[R * MAXN], w[MAXN], b[MAXN];
+    static double ref[R * MAXN];
+    static const int widths[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 33, 49, 96, 100, 197};
+    double worst = 0;
+    int p, s, use, r, i, paths = 0;
+    unsigned seed = 41;
+    char msg[160];
+    for (i = 0; i < MAXN; i++) w[i] = 1.0f + frand(&seed), b[i] = frand(&seed);
+    for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_NEON; p++) {
+        lmv__ctx ctx;
+        if (!lmv_simd_available((lmv_simd)p)) continue;
+        paths++;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.simd = p;
+        for (s = 0; s < (int)(sizeof widths / sizeof widths[0]); s++) {
+            int n = widths[s];
+            for (use = 0; use < 8; use++) { /* bit 0: weight, bit 1: bias, bit 2: in place on two threads */
+                const float *lw = use & 1 ? w : NULL, *lb = use & 2 ? b : NULL;
+                float *out = use & 4 ? x : y;
+                int rows = use & 4 ? R : 5;
+                ctx.threads = use & 4 ? 2 : 1;
+                for (i = 0; i < rows * n; i++) x[i] = 4.0f * frand(&seed) + (i % 3 ? 0.5f : -2.0f);
+                for (r = 0; r < rows; r++) {
+                    double ss = 0, inv;
+                    for (i = 0; i < n; i++) ss += (double)x[r * n + i] * x[r * n + i];
+                    inv = 1.0 / sqrt(ss / n + 1e-6);
+                    for (i = 0; i < n; i++)
+                        ref[r * n + i] = x[r * n + i] * inv * (lw ? lw[i] : 1.0) + (lb ? lb[i] : 0.0);
+                }
+                lmv__rmsnorm(&ctx, out, x, rows, n, lw, lb, 1e-6f);
+                for (i = 0; i < rows * n; i++) {
+                    double e = fabs(ref[i] - out[i]) / (1.0 + fabs(ref[i]));
+                    if (!(e <= worst)) worst = e;
+                }
+            }
+        }
+    }
+    snprintf(msg, sizeof msg, "%d path(s); widths 1..197; max error %.1e relative (to 1 + the value)", paths, worst);
+    check("rmsnorm matches double on every kernel path", worst < 1e-6, msg);
+}
+
 static void test_resample_weights(void) {
     int mode, in, out, i, j, ok = 1;
     float w[64];
@@ -923,6 +969,7 @@ int main(int argc, char **argv) {
     test_attention();
     test_conv();
     test_layernorm();
+    test_rmsnorm();
     test_resample_weights();
     test_activations();
     test_softmax_rows();

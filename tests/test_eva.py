@@ -7,8 +7,9 @@ block, register tokens without a class token, avg pooling + fc_norm and class-to
 sizes other than the trained one (RoPE recomputed, pos_embed resampled). Random weights, small
 widths, batch 2, non-square inputs, every block compared. Refusals: a stray tensor, an option this
 library does not run (named), gated attention, an attention-pool head over SwiGLU blocks, a pool head
-count that does not divide the width. Perception Encoder core: the attention-pool ('map') head with its
-own head count and MLP ratio, over the class token too."""
+count that does not divide the width. Perception
+Encoder core: the attention-pool ('map') head with its own head count and MLP ratio, over the class
+token too; lmv info names the pool's heads and MLP width."""
 import os
 import sys
 from functools import partial
@@ -184,7 +185,7 @@ def main():
     pe_core = dict(attn_type="rope", use_rot_pos_emb=True, ref_feat_shape=(24, 24), rope_grid_offset=1.0,
                    rope_grid_indexing="xy", use_pre_transformer_norm=True, global_pool="map",
                    norm_layer=partial(eva_ref.LayerNorm, eps=1e-5))
-    m = eva(15, attn_pool_num_heads=8, attn_pool_mlp_ratio=2.0, **pe_core)
+    m = core_ref = eva(15, attn_pool_num_heads=8, attn_pool_mlp_ratio=2.0, **pe_core)
     res.check("PE core reference: the attention pool has 8 heads, the blocks 4",
               m.attn_pool.num_heads == 8 and m.blocks[0].attn.num_heads == 4)
     core = parity("Perception Encoder core (map head with 8 heads of its own, over the class token too)", m,
@@ -236,6 +237,22 @@ def main():
         code, out, err = run([LMV, "info", bad])
         res.check("loader refuses vit.map_heads that does not divide the width",
                   code != 0 and "vit.map_heads" in err and "divisible" in err, err.strip())
+        # lmv info names the pool's heads and MLP width: the file's vit.map_heads, else the blocks' heads
+        pool = core_ref.attn_pool
+
+        def pooling(out, err):
+            return next((ln for ln in out.splitlines() if ln.startswith("pooling")), "no pooling line " + err.strip())
+        code, out, err = run([LMV, "info", core])
+        want = "heads %d (vit.map_heads), MLP width %d" % (pool.num_heads, pool.mlp.fc1.out_features)
+        res.check("lmv info prints the attention pool's heads and MLP width", code == 0 and want in out,
+                  pooling(out, err))
+        meta = [(k, v) for k, v in meta if k != "vit.map_heads"]
+        old = os.path.join(tmpdir(), "no_map_heads.lmv")
+        lmvfile.write(old, meta, [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()])
+        code, out, err = run([LMV, "info", old])
+        want = "heads %d (vit.map_heads not in the file" % core_ref.blocks[0].attn.num_heads
+        res.check("lmv info of a file without vit.map_heads prints the blocks' heads it runs with",
+                  code == 0 and want in out, pooling(out, err))
     res.finish()
 
 

@@ -7,7 +7,7 @@ block, register tokens without a class token, avg pooling + fc_norm and class-to
 sizes other than the trained one (RoPE recomputed, pos_embed resampled). Random weights, small
 widths, batch 2, non-square inputs, every block compared. Refusals: a stray tensor, an option this
 library does not run (named), gated attention, an attention-pool head over SwiGLU blocks, a pool head
-count that does not divide the width. Perception
+count that does not divide the width, an attn_pool_mlp_ratio the pool's MLP does not have. Perception
 Encoder core: the attention-pool ('map') head with its own head count and MLP ratio, over the class
 token too; lmv info names the pool's heads and MLP width."""
 import os
@@ -191,11 +191,22 @@ def main():
     core = parity("Perception Encoder core (map head with 8 heads of its own, over the class token too)", m,
                   image(32, 48), file_name="vit_pe_core_tiny_patch16_384.pth", conv_opts=("--img-size", "32", "48"),
                   expect=("vit.rope_offset=1", "eps 1e-05"), more=(image(48, 16),))
-    # the pool's heads from the checkpoint's model_kwargs (attn_pool_num_heads) over the name's
+    # the pool's heads from the checkpoint's model_kwargs (attn_pool_num_heads) over the name's; its MLP ratio
+    # stated there agrees with the tensors
     m = eva(16, attn_pool_num_heads=2, attn_pool_mlp_ratio=4.0, **pe_core)
     parity("Perception Encoder core, attn_pool_num_heads=2 from model_kwargs", m, image(32, 48),
-           wrap={"args": {"model": "vit_pe_core_tiny_patch16_384", "model_kwargs": {"attn_pool_num_heads": 2}}},
+           wrap={"args": {"model": "vit_pe_core_tiny_patch16_384",
+                          "model_kwargs": {"attn_pool_num_heads": 2, "attn_pool_mlp_ratio": 4.0}}},
            conv_opts=("--img-size", "32", "48"))
+    # ... and one that does not (the pool's MLP is 4 x 64 = 256 wide, the kwargs say 2 x 64) is refused by tensor
+    wrong = {"args": {"model": "vit_pe_core_tiny_patch16_384",
+                      "model_kwargs": {"attn_pool_num_heads": 2, "attn_pool_mlp_ratio": 2.0}}, "model": m.state_dict()}
+    refused("an attn_pool_mlp_ratio the pool's MLP does not have is refused", wrong,
+            ["attn_pool_mlp_ratio=2", "= %d wide" % int(64 * 2.0), "attn_pool.mlp.fc1.weight",
+             "%d rows" % m.attn_pool.mlp.fc1.out_features], conv_opts=("--num-heads", "4", "--img-size", "32", "48"))
+    wrong["args"]["model_kwargs"]["attn_pool_mlp_ratio"] = "wide"
+    refused("an attn_pool_mlp_ratio that is not a number is refused", wrong, ["attn_pool_mlp_ratio='wide'", "not an MLP"],
+            conv_opts=("--num-heads", "4", "--img-size", "32", "48"))
     # without metadata an EVA map head is assumed to have the blocks' heads (timm's default), and said so
     m = eva(17, use_abs_pos_emb=False, use_rot_pos_emb=True, ref_feat_shape=(16, 16), global_pool="map")
     parity("EVA map head without metadata: its heads assumed", m, image(32, 48), conv_opts=("--img-size", "32", "48"),

@@ -308,8 +308,9 @@ static int utf8_length(const unsigned char *s) {
 }
 
 /* `s` as a JSON string: quotes, backslashes and control characters escaped, each ill-formed piece
-   of UTF-8 replaced by one U+FFFD (as classify does), so any folder or model name gives valid
-   JSON for every parser. */
+   of UTF-8 replaced by one U+FFFD, so any folder or model name gives valid JSON for every parser.
+   examples/classify.c keeps a copy of its own (an example stands alone with lemevit.h); the tests
+   hold both to Python's decoder on the same kinds of bad bytes. */
 static void json_string(FILE *f, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     fputc('"', f);

@@ -188,7 +188,9 @@ static int utf8_length(const unsigned char *s) {
 
 /* A JSON string. Well-formed UTF-8 is copied as it is; each ill-formed piece (a file name in
    another encoding) becomes one U+FFFD, which every JSON parser accepts. Quotes, backslashes and
-   control characters are escaped. */
+   control characters are escaped. tools/lmv.c has its own copy of this and of utf8_length(): this
+   example is one file plus lemevit.h for a user to copy, and JSON output is not the inference
+   library's business, so neither belongs in lemevit.h. */
 static void json_string(const char *str) {
     const unsigned char *s = (const unsigned char *)str;
     putchar('"');

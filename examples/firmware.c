@@ -15,8 +15,8 @@
 /* Open the model in place (the weights stay in flash) and make a one-thread session, both from
    the arena. NULL when that fails, with the reason in *r. */
 lmv_session *fw_start(lmv_arena *arena, const void *model, size_t size, lmv_result *r) {
-    lmv_open_options oo = {0};
-    lmv_session_options so = {0};
+    lmv_open_options oo = lmv_open_options_default();
+    lmv_session_options so = lmv_session_options_default();
     lmv_model *m;
     lmv_session *s = NULL;
     oo.allocator = so.allocator = lmv_arena_allocator(arena);
@@ -47,9 +47,10 @@ int fw_classify(lmv_session *s, lmv_arena *arena, const void *jpeg, size_t size,
 int fw_classify_rgb(lmv_session *s, lmv_arena *arena, const unsigned char *rgb, int w, int h, int k,
                     lmv_prediction *top) {
     size_t mark = lmv_arena_mark(arena);
-    lmv_image img = {0}; /* no allocator: the pixels are not the library's to free */
+    lmv_image img;
     int n = 0;
     lmv_result r;
+    memset(&img, 0, sizeof img); /* no allocator: the pixels are not the library's to free */
     img.width = w, img.height = h, img.channels = 3;
     img.pixels = (unsigned char *)rgb; /* only read: the frame may sit in flash */
     r = lmv_classify_image(s, &img, k, top, &n, NULL);
@@ -61,8 +62,15 @@ int fw_classify_rgb(lmv_session *s, lmv_arena *arena, const unsigned char *rgb, 
 #ifndef FW_ARENA_BYTES
 #include "firmware_arena.h" /* FW_ARENA_BYTES */
 #endif
+/* `lmv embed`'s arrays are C: from C++ they are named with C linkage */
+#ifdef __cplusplus
+extern "C" {
+#endif
 extern const unsigned char fw_model[], fw_image[];
 extern const size_t fw_model_size, fw_image_size;
+#ifdef __cplusplus
+}
+#endif
 
 /* The only RAM the library uses, 64-byte aligned for the kernels' aligned loads. */
 #if defined(__GNUC__) || defined(__clang__)

@@ -40,8 +40,8 @@ int main(int argc, char **argv) {
     lmv_session *sess;
     lmv_prediction top;
     lmv_result r = LMV_OK;
-    lmv_session_options so = {0};
-    lmv_open_options oo = {0};
+    lmv_session_options so = lmv_session_options_default();
+    lmv_open_options oo = lmv_open_options_default();
     int c = 0;
     FILE *f;
     if (argc != 4) {

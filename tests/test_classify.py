@@ -153,6 +153,9 @@ def make_folder():
         "tab\tand\nnewline.jpg": small,           # control characters
         os.fsdecode(b"latin1-\xe9t\xe9.jpg"): cat,  # not UTF-8: one U+FFFD a byte
         os.fsdecode(b"cut-\xe2\x82.jpg"): small,   # a UTF-8 sequence that breaks off: one U+FFFD
+        os.fsdecode(b"over-\xc0\xaf.jpg"): small,  # an overlong form, a surrogate, past U+10FFFF: one U+FFFD
+        os.fsdecode(b"surr-\xed\xa0\x80.jpg"): small,  # a byte, as tools/lmv.c's escaper (test_cli) too
+        os.fsdecode(b"big-\xf4\x90\x80\x80.jpg"): small,
         "a/b-side.jpg": small,                    # sorts between a/b/... and a/cat.jpg
         "a/b/kitten.png": PNG_PHOTO,              # a PNG by its name
         "png_no_extension": PNG_PHOTO,            # a PNG by its signature

@@ -262,8 +262,9 @@ def evaluate(d):
 
     # names that are not labels, one folder per class: sorted order, said so; odd names give valid JSON
     # b"cut\xe2\x82x": a UTF-8 sequence that breaks off, one U+FFFD as Python's decoder gives it
+    # b"over\xc0\xaf", b"surr\xed\xa0\x80": an overlong form and a surrogate, one U+FFFD a byte (as classify's)
     odd = ['a"quote', "back\\slash", "tab\there", "ctl\x01x", "new\nline", "unicode\u00e9", b"bad\xffbyte",
-           b"cut\xe2\x82x", "h8", "i9"]
+           b"cut\xe2\x82x", b"over\xc0\xafx", b"surr\xed\xa0\x80x"]
     root3 = os.path.join(d, "sorted")
     folders = {n: [pics[(i * 3 + k) % len(pics)] for k in range(2)] for i, n in enumerate(odd)}
     placed3 = layout(root3, folders)

@@ -7,8 +7,9 @@ block, register tokens without a class token, avg pooling + fc_norm and class-to
 sizes other than the trained one (RoPE recomputed, pos_embed resampled). Random weights, small
 widths, batch 2, non-square inputs, every block compared. Refusals: a stray tensor, an option this
 library does not run (named), gated attention, an attention-pool head over SwiGLU blocks, a pool head
-count that does not divide the width. Perception Encoder core: the attention-pool ('map') head with its
-own head count and MLP ratio, over the class token too."""
+count that does not divide the width, an attn_pool_mlp_ratio the pool's MLP does not have. Perception
+Encoder core: the attention-pool ('map') head with its own head count and MLP ratio, over the class
+token too; lmv info names the pool's heads and MLP width."""
 import os
 import sys
 from functools import partial
@@ -184,17 +185,28 @@ def main():
     pe_core = dict(attn_type="rope", use_rot_pos_emb=True, ref_feat_shape=(24, 24), rope_grid_offset=1.0,
                    rope_grid_indexing="xy", use_pre_transformer_norm=True, global_pool="map",
                    norm_layer=partial(eva_ref.LayerNorm, eps=1e-5))
-    m = eva(15, attn_pool_num_heads=8, attn_pool_mlp_ratio=2.0, **pe_core)
+    m = core_ref = eva(15, attn_pool_num_heads=8, attn_pool_mlp_ratio=2.0, **pe_core)
     res.check("PE core reference: the attention pool has 8 heads, the blocks 4",
               m.attn_pool.num_heads == 8 and m.blocks[0].attn.num_heads == 4)
     core = parity("Perception Encoder core (map head with 8 heads of its own, over the class token too)", m,
                   image(32, 48), file_name="vit_pe_core_tiny_patch16_384.pth", conv_opts=("--img-size", "32", "48"),
                   expect=("vit.rope_offset=1", "eps 1e-05"), more=(image(48, 16),))
-    # the pool's heads from the checkpoint's model_kwargs (attn_pool_num_heads) over the name's
+    # the pool's heads from the checkpoint's model_kwargs (attn_pool_num_heads) over the name's; its MLP ratio
+    # stated there agrees with the tensors
     m = eva(16, attn_pool_num_heads=2, attn_pool_mlp_ratio=4.0, **pe_core)
     parity("Perception Encoder core, attn_pool_num_heads=2 from model_kwargs", m, image(32, 48),
-           wrap={"args": {"model": "vit_pe_core_tiny_patch16_384", "model_kwargs": {"attn_pool_num_heads": 2}}},
+           wrap={"args": {"model": "vit_pe_core_tiny_patch16_384",
+                          "model_kwargs": {"attn_pool_num_heads": 2, "attn_pool_mlp_ratio": 4.0}}},
            conv_opts=("--img-size", "32", "48"))
+    # ... and one that does not (the pool's MLP is 4 x 64 = 256 wide, the kwargs say 2 x 64) is refused by tensor
+    wrong = {"args": {"model": "vit_pe_core_tiny_patch16_384",
+                      "model_kwargs": {"attn_pool_num_heads": 2, "attn_pool_mlp_ratio": 2.0}}, "model": m.state_dict()}
+    refused("an attn_pool_mlp_ratio the pool's MLP does not have is refused", wrong,
+            ["attn_pool_mlp_ratio=2", "= %d wide" % int(64 * 2.0), "attn_pool.mlp.fc1.weight",
+             "%d rows" % m.attn_pool.mlp.fc1.out_features], conv_opts=("--num-heads", "4", "--img-size", "32", "48"))
+    wrong["args"]["model_kwargs"]["attn_pool_mlp_ratio"] = "wide"
+    refused("an attn_pool_mlp_ratio that is not a number is refused", wrong, ["attn_pool_mlp_ratio='wide'", "not an MLP"],
+            conv_opts=("--num-heads", "4", "--img-size", "32", "48"))
     # without metadata an EVA map head is assumed to have the blocks' heads (timm's default), and said so
     m = eva(17, use_abs_pos_emb=False, use_rot_pos_emb=True, ref_feat_shape=(16, 16), global_pool="map")
     parity("EVA map head without metadata: its heads assumed", m, image(32, 48), conv_opts=("--img-size", "32", "48"),
@@ -236,6 +248,22 @@ def main():
         code, out, err = run([LMV, "info", bad])
         res.check("loader refuses vit.map_heads that does not divide the width",
                   code != 0 and "vit.map_heads" in err and "divisible" in err, err.strip())
+        # lmv info names the pool's heads and MLP width: the file's vit.map_heads, else the blocks' heads
+        pool = core_ref.attn_pool
+
+        def pooling(out, err):
+            return next((ln for ln in out.splitlines() if ln.startswith("pooling")), "no pooling line " + err.strip())
+        code, out, err = run([LMV, "info", core])
+        want = "heads %d (vit.map_heads), MLP width %d" % (pool.num_heads, pool.mlp.fc1.out_features)
+        res.check("lmv info prints the attention pool's heads and MLP width", code == 0 and want in out,
+                  pooling(out, err))
+        meta = [(k, v) for k, v in meta if k != "vit.map_heads"]
+        old = os.path.join(tmpdir(), "no_map_heads.lmv")
+        lmvfile.write(old, meta, [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()])
+        code, out, err = run([LMV, "info", old])
+        want = "heads %d (vit.map_heads not in the file" % core_ref.blocks[0].attn.num_heads
+        res.check("lmv info of a file without vit.map_heads prints the blocks' heads it runs with",
+                  code == 0 and want in out, pooling(out, err))
     res.finish()
 
 

@@ -20,6 +20,7 @@ res = Results()
 FW = os.path.join(BUILD, "fw")
 HEADER = os.path.join(ROOT, "lemevit.h")
 WARN = ["-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+WARN_CXX = ["-std=c++11", "-Wall", "-Wextra", "-Werror"]
 
 # Anything outside libm and these is an OS or allocation dependency.
 STRING_FNS = {"memcmp", "memcpy", "memmove", "memset", "strchr", "strcmp", "strlen", "strncmp", "strstr"}
@@ -93,6 +94,7 @@ def host_firmware(libm, d):
     want = int(np.argmax(np.load(y)[0]))
     res.check("firmware's class index equals lmv run's argmax", p.returncode == want,
               f"firmware returned {p.returncode}, lmv run's argmax is {want} ({os.path.relpath(model, ROOT)})")
+    cxx_firmware(d, p.returncode)
     hdr = open(os.path.join(FW, "firmware_arena.h")).read()
     arena = int(re.search(r"#define FW_ARENA_BYTES (\d+)", hdr).group(1))
     # the measured arena is exact: 64 bytes fewer and the firmware reports out of memory (202)
@@ -105,6 +107,30 @@ def host_firmware(libm, d):
         res.check("an arena 64 bytes short gives LMV_ERR_OUT_OF_MEMORY, not a crash", p2.returncode == 202,
                   f"exit {p2.returncode} (200 + {2} expected); the measured {arena} bytes are the least that works")
     return arena
+
+
+def cxx_firmware(d, want):
+    """The firmware example and its build step compile as C++ as cleanly as the header (g++ -std=c++11
+    -Wall -Wextra -Werror); the C++ firmware, linked with `lmv embed`'s C arrays, gives the C one's answer."""
+    objs = []
+    for name in ("model_data", "image_data"):
+        objs.append(os.path.join(d, name + ".o"))
+        run(["cc", "-c", os.path.join(FW, name + ".c"), "-o", objs[-1]])
+    exe = os.path.join(d, "firmware_cxx")
+    code, _, err = run(["g++", *WARN_CXX, "-O1", "-I" + FW, "-o", exe, "-x", "c++",
+                        os.path.join(ROOT, "examples", "firmware.c"), "-x", "none", *objs, "-lm"])
+    if res.check("examples/firmware.c builds as C++ without warnings", code == 0, err.strip()[:300]):
+        p = subprocess.run([exe], capture_output=True)
+        res.check("the C++ firmware gives the C firmware's answer", p.returncode == want,
+                  f"C++ build returned {p.returncode}, the C build {want}")
+    for extra in ([], ["-DLEMEVIT_NO_JPEG", "-DFIRMWARE_NO_MAIN"]):
+        code, _, err = run(["g++", *WARN_CXX, "-O1", *extra, "-I" + FW, "-c", "-o", os.path.join(d, "fw_cxx.o"),
+                            "-x", "c++", os.path.join(ROOT, "examples", "firmware.c")])
+        res.check("examples/firmware.c %scompiles as C++ without warnings" % (" ".join(extra) + " " if extra else ""),
+                  code == 0, err.strip()[:300])
+    code, _, err = run(["g++", *WARN_CXX, "-O1", "-c", "-o", os.path.join(d, "plan_cxx.o"), "-x", "c++",
+                        os.path.join(ROOT, "examples", "firmware_plan.c")])
+    res.check("examples/firmware_plan.c compiles as C++ without warnings", code == 0, err.strip()[:300])
 
 
 EMBED_CHECK = r"""

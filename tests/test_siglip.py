@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Results, compare_traces, lmv_run, tmpdir  # noqa: E402
 from models import hf_siglip  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
-from parity import check_refused, convert_checked, features_close, image  # noqa: E402
+from parity import check_refused, convert_checked, features_close, image, info_config  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
@@ -146,6 +146,16 @@ def main():
     bad = dict(sd)
     bad["vision_model.head.attention.in_proj_weight"] = torch.zeros(3 * 64, 32)
     refused("a head in_proj of the wrong shape is refused", bad, ["in_proj_weight", "[192, 64]"])
+
+    # a processor's resample that is no PIL number (a list, a bool) leaves SigLIP's bicubic, as for CLIP
+    config = dict(model_type="siglip_vision_model", hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, **CFG)
+    for resample in ([3], False):
+        pre = dict(image_processor_type="SiglipImageProcessor", size=dict(height=32, width=32), resample=resample)
+        ckpt, lmv = save(sd, "model.bin", config, pre)
+        name = "processor resample=%s is not a PIL filter number" % json.dumps(resample)
+        if convert_ok(name, ckpt, lmv, expect=("preprocessor_config.json",)):
+            interp = info_config(lmv).get("pre.interp")
+            res.check(name + ": pre.interp stays bicubic", interp == "bicubic", interp)
     res.finish()
 
 

@@ -308,8 +308,9 @@ static int utf8_length(const unsigned char *s) {
 }
 
 /* `s` as a JSON string: quotes, backslashes and control characters escaped, each ill-formed piece
-   of UTF-8 replaced by one U+FFFD (as classify does), so any folder or model name gives valid
-   JSON for every parser. */
+   of UTF-8 replaced by one U+FFFD, so any folder or model name gives valid JSON for every parser.
+   examples/classify.c keeps a copy of its own (an example stands alone with lemevit.h); the tests
+   hold both to Python's decoder on the same kinds of bad bytes. */
 static void json_string(FILE *f, const char *s) {
     const unsigned char *p = (const unsigned char *)(s ? s : "");
     fputc('"', f);
@@ -643,6 +644,34 @@ static void print_assumed(const lmv_model *m) {
     printf("\n             (not stated by the checkpoint: convert.py assumed them; its summary names the flag for each)\n");
 }
 
+/* Config entry `key` of the model, or NULL when the file has none (then out is not set). */
+static const lmv_config_entry *find_config(const lmv_model *m, const char *key, lmv_config_entry *out) {
+    int i;
+    for (i = 0; lmv_model_config(m, i, out); i++)
+        if (!strcmp(out->key, key)) return out;
+    return NULL;
+}
+
+/* A ViT's pooling for `info`; for the attention-pool (map) head also its heads, as the library runs
+   it (vit.map_heads, else the blocks' vit.num_heads), and its MLP's width (attn_pool.mlp.fc1's rows). */
+static void print_vit_pooling(const lmv_model *m) {
+    lmv_config_entry e;
+    lmv_tensor_info t;
+    const char *fc1 = "attn_pool.mlp.fc1.weight";
+    int i, heads = 0, hidden = 0, stated = 0;
+    if (!find_config(m, "vit.pool", &e) || e.type != LMV_CONFIG_STRING) return;
+    if (strcmp(e.string, "map")) {
+        printf("pooling      %s\n", e.string);
+        return;
+    }
+    if (find_config(m, "vit.map_heads", &e) && e.type == LMV_CONFIG_INTS && e.count >= 1) heads = e.ints[0], stated = 1;
+    else if (find_config(m, "vit.num_heads", &e) && e.type == LMV_CONFIG_INTS && e.count >= 1) heads = e.ints[0];
+    for (i = 0; lmv_model_tensor(m, i, &t); i++)
+        if ((size_t)t.name_len == strlen(fc1) && !memcmp(t.name, fc1, strlen(fc1)) && t.ndim >= 1) hidden = t.shape[0];
+    printf("pooling      map (attention-pool head): heads %d (vit.map_heads%s), MLP width %d\n", heads,
+           stated ? "" : " not in the file: the blocks' vit.num_heads", hidden);
+}
+
 static int cmd_info(int argc, char **argv) {
     lmv_model *m;
     mapping map;
@@ -666,6 +695,7 @@ static int cmd_info(int argc, char **argv) {
     printf("classes      %d%s\n", in->num_classes, in->has_labels ? " (labelled)" : "");
     printf("features     %d (%s)\n", in->num_features,
            in->projected ? "projected embedding: pooled features times proj" : "pooled features");
+    if (in->family == LMV_FAMILY_VIT) print_vit_pooling(m);
     printf("parameters   %zu (%.1f MB of weights)\n", in->num_params, in->weight_bytes / 1e6);
     printf("kernels      %s (the best this CPU runs with this build; LEMEVIT_SIMD or --simd choose another)\n",
            lmv_simd_name(lmv_simd_best()));

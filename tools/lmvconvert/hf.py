@@ -2,8 +2,11 @@
 separate q / k / v projections into one qkv tensor."""
 
 from .base import ConvertError, _short
-from .family import side_value
-from .tensors import concat0
+from .family import _read_json_beside, side_value
+from .tensors import _is_int, concat0
+
+# an image processor's `resample` (PIL's numbering) -> pre.interp
+HF_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def vision_config(cfg, cfg_path):
@@ -65,11 +68,21 @@ def vision_settings(ctx, cfg, cfg_path, acts, assumed):
     return vc, where, encoder_settings(vc, where, acts)
 
 
-def processor_mean_std(pre, pre_path):
-    """pre.mean / pre.std from an image processor's preprocessor_config.json (image_mean, image_std)."""
+def processor_settings(ctx):
+    """(preprocessor_config.json beside the weights, its path, settings): pre.mean / pre.std from
+    image_mean / image_std and pre.interp from resample (an int PIL names; anything else is left to the
+    family's default), noting that it was read; without one, (None, its path, {}).  The size fields
+    differ by processor and are the caller's."""
+    pre, pre_path = _read_json_beside(ctx.path, "preprocessor_config.json")
+    if not isinstance(pre, dict):
+        return None, pre_path, {}
+    ctx.notes.append("read %s" % pre_path)
     side = {}
     if isinstance(pre.get("image_mean"), list):
         side["pre.mean"] = side_value(pre_path, "image_mean", "pre.mean", pre["image_mean"])
     if isinstance(pre.get("image_std"), list):
         side["pre.std"] = side_value(pre_path, "image_std", "pre.std", pre["image_std"])
-    return side
+    resample = pre.get("resample")
+    if _is_int(resample) and resample in HF_RESAMPLE:
+        side["pre.interp"] = HF_RESAMPLE[resample]
+    return pre, pre_path, side

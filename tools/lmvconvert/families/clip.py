@@ -13,11 +13,10 @@ from collections import OrderedDict
 
 from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, _read_json_beside, _rename, side_value as _side_value
-from ..hf import encoder_settings, merge_qkv, original_keys, processor_mean_std, vision_settings
+from ..hf import encoder_settings, merge_qkv, original_keys, processor_settings, vision_settings
 from ..registry import detector
 from ..tensors import Tensor, f32_tensor
-from ..tensors import _is_int
-from .vit import HF_RESAMPLE, build_vit
+from .vit import build_vit
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -209,14 +208,9 @@ HF_CLIP_ACT = {"quick_gelu": "quickgelu", "gelu": "gelu", "gelu_new": "gelu_tanh
 def hf_clip_preprocessing(ctx):
     """pre.* from a CLIPImageProcessor's preprocessor_config.json beside the weights: mean, std,
     resample and the shorter-side resize (size.shortest_edge, or an old plain int)."""
-    pre, pre_path = _read_json_beside(ctx.path, "preprocessor_config.json")
-    side = {}
-    if not isinstance(pre, dict):
+    pre, pre_path, side = processor_settings(ctx)
+    if pre is None:
         return side
-    ctx.notes.append("read %s" % pre_path)
-    side.update(processor_mean_std(pre, pre_path))
-    if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
-        side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
     size = pre.get("size")
     edge = size.get("shortest_edge") if isinstance(size, dict) else size
     if pre.get("do_resize", True) and edge is not None:

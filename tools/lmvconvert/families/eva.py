@@ -228,6 +228,23 @@ def _eva_kwargs(kw, src, st):
     return s
 
 
+def _check_pool_mlp_ratio(kw, src, m):
+    """timm builds the attention-pool head's MLP int(embed_dim * attn_pool_mlp_ratio) wide; the width
+    lemevit.h runs is attn_pool.mlp.fc1's rows, so a stated ratio that disagrees is refused."""
+    if "attn_pool_mlp_ratio" not in kw or kw["attn_pool_mlp_ratio"] is None:
+        return   # timm: the blocks' mlp_ratio; the tensors give the width
+    ratio = kw["attn_pool_mlp_ratio"]
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio > 0:
+        raise ConvertError("%s: attn_pool_mlp_ratio=%s is not an MLP ratio; correct or drop it"
+                           % (src, _short(ratio)))
+    D, rows = m.config["vit.embed_dim"], m.tensors["attn_pool.mlp.fc1.weight"].shape[0]
+    if int(D * ratio) != rows:
+        raise ConvertError("%s: attn_pool_mlp_ratio=%s makes the attention-pool MLP int(%d x %s) = %d wide, but "
+                           "attn_pool.mlp.fc1.weight has %d rows; the kwargs do not describe these weights "
+                           "(correct or drop attn_pool_mlp_ratio)" % (src, _short(ratio), D, _short(ratio),
+                                                                      int(D * ratio), rows))
+
+
 def _is_eva(sd, name, kw):
     """Is this timm eva.py's layout?  Its name or kwargs say so, or tensors no other ViT layout has:
     rope.freqs, unfused q_proj, a ViT without any position embedding tensor, or EVA-02's SwiGLU /
@@ -323,6 +340,7 @@ def detect_timm_eva(sd, ctx):
                                "GELU, but its blocks use %s%s; lemevit.h runs the head with the blocks' activation, "
                                "so this combination is not supported"
                                % (m.config.get("vit.act"), " (SwiGLU)" if m.config.get("vit.mlp") == "glu" else ""))
+        _check_pool_mlp_ratio(kw, h.kwargs_src if h is not None else None, m)
         if ctx.settings.rank("vit.pool_prefix") <= 1:
             ctx.determined.add("vit.pool_prefix")
         if ctx.settings.rank("vit.map_heads") <= 0:

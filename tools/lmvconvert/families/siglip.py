@@ -8,11 +8,11 @@ from collections import OrderedDict
 
 from ..base import ConvertError
 from ..family import _read_json_beside, _rename
-from ..hf import merge_qkv, original_keys, processor_mean_std, vision_settings
+from ..hf import merge_qkv, original_keys, processor_settings, vision_settings
 from ..registry import detector
 from ..tensors import Tensor
 from .clip import HF_CLIP_ACT, HF_CLIP_TEXT, _as3
-from .vit import HF_RESAMPLE, build_vit
+from .vit import build_vit
 
 HALF = [0.5, 0.5, 0.5]
 # SiglipImageProcessor: resize straight to the input size (no crop), bicubic, mean/std 0.5
@@ -43,14 +43,9 @@ def _rows(t, a, b):
 
 def siglip_preprocessing(ctx):
     """pre.* from a SiglipImageProcessor's preprocessor_config.json beside the weights."""
-    pre, pre_path = _read_json_beside(ctx.path, "preprocessor_config.json")
-    side = {}
-    if not isinstance(pre, dict):
+    pre, pre_path, side = processor_settings(ctx)
+    if pre is None:
         return side
-    ctx.notes.append("read %s" % pre_path)
-    side.update(processor_mean_std(pre, pre_path))
-    if pre.get("resample") in HF_RESAMPLE:
-        side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
     size = pre.get("size")
     if pre.get("do_resize", True) and isinstance(size, dict) and "height" in size and "width" in size:
         side["pre.resize"] = 0      # straight to the input size, no crop

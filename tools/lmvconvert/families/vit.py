@@ -8,7 +8,7 @@ from collections import OrderedDict
 from ..base import ConvertError, _short, lmvfile
 from ..family import (Model, PRE_DEIT, PRE_HF_DEIT, PRE_HF_VIT, PRE_TIMM, PRE_TORCHVISION, _block_indices, _isqrt_exact,
                       _read_json_beside, _rename, side_value as _side_value)
-from ..hf import encoder_settings, processor_mean_std
+from ..hf import encoder_settings, processor_settings
 from ..mapping import _shape_str, mapping_shape_hint
 from ..registry import FAMILIES, builder, detector, register_family
 from ..settings import coerce
@@ -1109,7 +1109,6 @@ HF_RULES = [
 ]
 HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
           "relu": "relu"}
-HF_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 @detector("vit", "Hugging Face ViT/DeiT")
@@ -1163,7 +1162,6 @@ def detect_hf_vit(sd, ctx):
 
     is_deit = "dist_token" in merged or model_prefix == "deit."
     cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
-    pre, pre_path = _read_json_beside(ctx.path, "preprocessor_config.json")
     defaults = dict(PRE_HF_DEIT if is_deit else PRE_HF_VIT)
     defaults.update({"vit.norm_eps": 1e-12, "vit.act": "gelu", "vit.pos_interp": "bicubic"})
     side = {}
@@ -1183,11 +1181,9 @@ def detect_hf_vit(sd, ctx):
                     labels = names
             except ValueError:
                 pass
-    if isinstance(pre, dict):
-        ctx.notes.append("read %s" % pre_path)
-        side.update(processor_mean_std(pre, pre_path))
-        if _is_int(pre.get("resample")) and pre.get("resample") in HF_RESAMPLE:
-            side["pre.interp"] = HF_RESAMPLE[pre["resample"]]
+    pre, pre_path, pre_side = processor_settings(ctx)
+    if pre is not None:
+        side.update(pre_side)
         size = pre.get("size")
         crop = pre.get("crop_size")
         if pre.get("do_center_crop") and isinstance(crop, dict) and "height" in crop:

@@ -82,7 +82,7 @@
        lmv_session_create()           a session: activations planned for max_batch x max_h x max_w
        lmv_session_create_prealloc()  the same, in memory you give
        lmv_session_destroy()          destroy a session
-       lmv_session_set_threads()      threads for the next runs (at most the planned number)
+       lmv_session_set_threads()      the most threads for the next runs (at most the planned number)
        lmv_run()                      logits of a batch of normalised NCHW floats
        lmv_run_features()             the pooled features (the head's input) of a batch
        lmv_session_set_trace()        every block's output to a callback
@@ -154,12 +154,14 @@
                            4 KB for small stacks, at some speed.
 
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
-   threads is set per session. The default (0) runs on one thread instead while the session finds
-   that faster (it times its runs: a machine busy with other work). Without OpenMP everything
-   runs on the calling thread. With GCC's OpenMP (libgomp), waiting threads spin before they
-   sleep; on a machine whose cores are busy with other processes an explicit count above one
-   can then be many times slower than one thread: OMP_WAIT_POLICY=passive in the process's
-   environment (read when it starts) avoids that.
+   threads is set per session, and it is a most: the default (0: all) or N threads, the session
+   times its runs and runs on fewer (all but one, half, or one) while that is measurably faster,
+   trying the next count up or down now and then (a machine busy with other work, where every
+   barrier waits for a thread the OS has descheduled and GCC's libgomp spins while it waits, can
+   make all threads many times slower than one). lmv_session_options.exact_threads runs exactly
+   N on every run, for measuring scaling; there, on a busy machine, OMP_WAIT_POLICY=passive in
+   the process's environment (read when it starts) stops libgomp's spinning. The results never
+   depend on the thread count. Without OpenMP everything runs on the calling thread.
 
    Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
    each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces

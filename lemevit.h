@@ -6543,8 +6543,11 @@ static int lmv__lanes(int threads, int max_batch) { return threads < max_batch ?
    times slower than fewer; with one core busy, all but one can still beat one. The first run
    uses N, the next times N-1 (or 1); then every 4 runs, backing off to every 64 while the pick
    holds (4 again when it moves), one run times a neighbour of the pick (the next count down or
-   up, in turn), and the pick moves to a neighbour that was faster. Probing only neighbours keeps
-   a probe cheap: an idle 16-core machine never runs a model on one thread to check. One thread
+   up, in turn), and the pick moves to a neighbour that was faster. A neighbour last timed r
+   times slower than the pick is probed r times less often (r up to 16): on a busy 2-core
+   machine two threads can take 20-40 times as long as one, and probes as often as runs of the
+   pick would cost more than they find. Probing only neighbours keeps a probe cheap too: an idle
+   16-core machine never runs a model on one thread to check. One thread
    must be faster than the counts above it by a quarter to be picked (their timings wander most).
    The pick depends only on the timings it is fed (tests/test_core.c feeds it made-up ones), and
    the results never depend on the thread count. */
@@ -6565,7 +6568,8 @@ static double lmv__guard_score(const lmv__guard *g, int k) { return g->count[k] 
 /* The candidate the next run uses (an index into g->count); *probe: whether that run is a probe
    (its timing replaces the candidate's estimate instead of being averaged in). */
 static int lmv__guard_pick(lmv__guard *g, int *probe) {
-    int lo = g->cur - 1, hi = g->cur + 1 < g->n ? g->cur + 1 : -1, k;
+    int lo = g->cur - 1, hi = g->cur + 1 < g->n ? g->cur + 1 : -1, k, side, t;
+    double stretch;
     *probe = 0;
     if (g->n < 2 || g->est[g->cur] <= 0.0) return g->cur;
     *probe = 1;
@@ -6578,13 +6582,18 @@ static int lmv__guard_pick(lmv__guard *g, int *probe) {
     g->cur = k;
     lo = k - 1;
     hi = k + 1 < g->n ? k + 1 : -1;
-    if (++g->runs < g->every) return k;
+    side = lo < 0 ? 1 : hi < 0 ? 0 : !g->side;
+    t = side ? hi : lo;
+    /* a probe that took r times as long as a run of the pick waits r times as long (r up to
+       16): probes cost at most about 1/every of the time, however slow the other count is */
+    stretch = g->est[t] > g->est[k] ? g->est[t] / g->est[k] : 1.0;
+    if (++g->runs < g->every * (stretch < 16.0 ? stretch : 16.0)) return k;
     g->runs = 0;
     g->every = k == g->last ? (g->every < 64 ? 2 * g->every : 64) : 4;
     g->last = k;
-    g->side = lo < 0 ? 1 : hi < 0 ? 0 : !g->side;
+    g->side = side;
     *probe = 1;
-    return g->side ? hi : lo;
+    return t;
 }
 
 /* A run on candidate k took `ms_per_gmac`. */

@@ -82,7 +82,7 @@
        lmv_session_create()           a session: activations planned for max_batch x max_h x max_w
        lmv_session_create_prealloc()  the same, in memory you give
        lmv_session_destroy()          destroy a session
-       lmv_session_set_threads()      threads for the next runs (at most the planned number)
+       lmv_session_set_threads()      the most threads for the next runs (at most the planned number)
        lmv_run()                      logits of a batch of normalised NCHW floats
        lmv_run_features()             the pooled features (the head's input) of a batch
        lmv_session_set_trace()        every block's output to a callback
@@ -154,12 +154,14 @@
                            4 KB for small stacks, at some speed.
 
    Threads: when compiled with OpenMP (-fopenmp) the heavy kernels run in parallel; the number of
-   threads is set per session. The default (0) runs on one thread instead while the session finds
-   that faster (it times its runs: a machine busy with other work). Without OpenMP everything
-   runs on the calling thread. With GCC's OpenMP (libgomp), waiting threads spin before they
-   sleep; on a machine whose cores are busy with other processes an explicit count above one
-   can then be many times slower than one thread: OMP_WAIT_POLICY=passive in the process's
-   environment (read when it starts) avoids that.
+   threads is set per session, and it is a most: the default (0: all) or N threads, the session
+   times its runs and runs on fewer (all but one, half, or one) while that is measurably faster,
+   trying the next count up or down now and then (a machine busy with other work, where every
+   barrier waits for a thread the OS has descheduled and GCC's libgomp spins while it waits, can
+   make all threads many times slower than one). lmv_session_options.exact_threads runs exactly
+   N on every run, for measuring scaling; there, on a busy machine, OMP_WAIT_POLICY=passive in
+   the process's environment (read when it starts) stops libgomp's spinning. The results never
+   depend on the thread count. Without OpenMP everything runs on the calling thread.
 
    Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
    each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces
@@ -437,9 +439,11 @@ typedef struct lmv_session_options {
     lmv_allocator allocator;   /* alloc == NULL: malloc/free */
     int max_batch;             /* default 1; lmv_run() may still be given larger batches */
     int max_h, max_w;          /* default: the model's native size */
-    int threads;               /* 0 (default): OpenMP's default, run on one thread while that
-                                  is faster (timed now and then: a machine busy with other work);
-                                  N > 0: N threads always; 1: the calling thread only */
+    int threads;               /* the most threads a run uses. 0 (default): OpenMP's default
+                                  (all); N > 1: at most N. The session times its runs and runs on
+                                  fewer (all but one, half, one) while that is measurably faster:
+                                  a machine busy with other work (see exact_threads). 1: the
+                                  calling thread only */
     int int8_compute;          /* int8 weight files only. 0 (default): the weights are widened to
                                   float32, giving exactly the logits of the float32 twin file.
                                   1: activations are quantised to int8 too (per row and K block
@@ -451,6 +455,9 @@ typedef struct lmv_session_options {
                                   build run (lmv_simd_best()); a lower one forces it, for tests
                                   and bug reports; one the CPU or build lacks is refused
                                   (LMV_ERR_UNSUPPORTED) */
+    int exact_threads;         /* 0 (default): `threads` is a most, as above. 1: every run uses
+                                  exactly `threads` threads (lmv_session_set_threads() too), fast
+                                  or not: for measuring how a model scales */
 } lmv_session_options;
 
 LEMEVIT_API lmv_session_options lmv_session_options_default(void);
@@ -469,8 +476,9 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
 LEMEVIT_API lmv_result lmv_session_create_prealloc(const lmv_model *model, const lmv_session_options *opt, void *mem,
                                                    size_t mem_size, lmv_session **out, lmv_error *err);
 LEMEVIT_API void lmv_session_destroy(lmv_session *sess);
-/* Threads for the next runs, at most the planned number; 0: the default (all, or one while that
-   is faster). */
+/* Threads for the next runs, at most the planned number; 0: the default (all). Like
+   lmv_session_options.threads a most (fewer while that is faster) unless the session was created
+   with exact_threads. */
 LEMEVIT_API void lmv_session_set_threads(lmv_session *sess, int threads);
 
 /* Run the model on `input` (batch x in_chans x h x w). lmv_run() writes batch x num_classes
@@ -3810,6 +3818,17 @@ static void lmv__softmax_rows(float *x, int rows, int n, float scale, const floa
    Sessions: the run state every graph shares
    -------------------------------------------------------------------------------------------- */
 
+/* Threads that never hurt: which of a few thread counts a session runs (lmv__guard_pick). */
+typedef struct lmv__guard {
+    int n;                     /* candidates: 1 when there is nothing to choose */
+    int count[4];              /* their thread counts, ascending: 1, [half], [all but one], all */
+    double est[4];             /* ms per GMAC measured at each; 0: not yet timed */
+    int cur;                   /* the current pick */
+    int runs, every;           /* runs since the last probe, the probe interval */
+    int last;                  /* the pick at the last probe */
+    int side;                  /* the neighbour the last probe timed: 0 the lower, 1 the upper */
+} lmv__guard;
+
 struct lmv_session {
     const lmv_model *model;
     lmv_allocator allocator;
@@ -3826,9 +3845,8 @@ struct lmv_session {
     float *attn_buf;           /* their storage, from the allocator, grown on demand */
     size_t attn_cap;
     lmv_arena own;             /* lmv_session_create_prealloc(): the arena over the caller's memory */
-    int guard;                 /* default thread count: runs on one thread while that is faster */
-    int guard_count, guard_every, guard_last; /* runs since the last probe, probe interval, last pick */
-    double guard_est[2];       /* ms per GMAC on one thread [0] and on all [1]; 0: not yet timed */
+    int exact;                 /* exact_threads: no guard, ctx.threads on every run */
+    lmv__guard guard;          /* otherwise: how many of ctx.threads the runs use */
 };
 
 /* Storage for the attention maps of block `name` when the caller asked for them (NULL
@@ -6586,6 +6604,72 @@ LEMEVIT_API lmv_session_options lmv_session_options_default(void) {
 /* Images a session runs side by side: one per thread, as many as a batch may hold. */
 static int lmv__lanes(int threads, int max_batch) { return threads < max_batch ? threads : max_batch; }
 
+/* Threads that never hurt. Unless created with exact_threads, a session whose thread count N is
+   above one times its runs (ms per multiply-add) and chooses among up to four counts: 1, N/2,
+   N-1 and N (those that differ). On a machine whose cores are busy with other work every barrier
+   of a parallel region waits for a thread the OS has descheduled, and all threads can be many
+   times slower than fewer; with one core busy, all but one can still beat one. The first run
+   uses N, the next times N-1 (or 1); then every 4 runs, backing off to every 64 while the pick
+   holds (4 again when it moves), one run times a neighbour of the pick (the next count down or
+   up, in turn), and the pick moves to a neighbour that was faster. A neighbour last timed r
+   times slower than the pick is probed r times less often (r up to 16): on a busy 2-core
+   machine two threads can take 20-40 times as long as one, and probes as often as runs of the
+   pick would cost more than they find. Probing only neighbours keeps a probe cheap too: an idle
+   16-core machine never runs a model on one thread to check. One thread
+   must be faster than the counts above it by a quarter to be picked (their timings wander most).
+   The pick depends only on the timings it is fed (tests/test_core.c feeds it made-up ones), and
+   the results never depend on the thread count. */
+static void lmv__guard_reset(lmv__guard *g, int threads) {
+    int half = threads / 2;
+    memset(g, 0, sizeof *g);
+    g->count[g->n++] = 1;
+    if (half > 1 && half < threads - 1) g->count[g->n++] = half;
+    if (threads > 2) g->count[g->n++] = threads - 1;
+    if (threads > 1) g->count[g->n++] = threads;
+    g->cur = g->last = g->n - 1;
+    g->every = 4;
+}
+
+/* The comparison the pick makes: one thread is handicapped by a quarter. */
+static double lmv__guard_score(const lmv__guard *g, int k) { return g->count[k] == 1 ? 1.25 * g->est[k] : g->est[k]; }
+
+/* The candidate the next run uses (an index into g->count); *probe: whether that run is a probe
+   (its timing replaces the candidate's estimate instead of being averaged in). */
+static int lmv__guard_pick(lmv__guard *g, int *probe) {
+    int lo = g->cur - 1, hi = g->cur + 1 < g->n ? g->cur + 1 : -1, k, side, t;
+    double stretch;
+    *probe = 0;
+    if (g->n < 2 || g->est[g->cur] <= 0.0) return g->cur;
+    *probe = 1;
+    if (lo >= 0 && g->est[lo] <= 0.0) return lo;
+    if (hi >= 0 && g->est[hi] <= 0.0) return hi;
+    *probe = 0;
+    k = g->cur; /* one step to the faster neighbour, ties to more threads */
+    if (hi >= 0 && lmv__guard_score(g, hi) <= lmv__guard_score(g, k)) k = hi;
+    if (lo >= 0 && lmv__guard_score(g, lo) < lmv__guard_score(g, k)) k = lo;
+    g->cur = k;
+    lo = k - 1;
+    hi = k + 1 < g->n ? k + 1 : -1;
+    side = lo < 0 ? 1 : hi < 0 ? 0 : !g->side;
+    t = side ? hi : lo;
+    /* a probe that took r times as long as a run of the pick waits r times as long (r up to
+       16): probes cost at most about 1/every of the time, however slow the other count is */
+    stretch = g->est[t] > g->est[k] ? g->est[t] / g->est[k] : 1.0;
+    if (++g->runs < g->every * (stretch < 16.0 ? stretch : 16.0)) return k;
+    g->runs = 0;
+    g->every = k == g->last ? (g->every < 64 ? 2 * g->every : 64) : 4;
+    g->last = k;
+    g->side = side;
+    *probe = 1;
+    return t;
+}
+
+/* A run on candidate k took `ms_per_gmac`. */
+static void lmv__guard_note(lmv__guard *g, int k, int probe, double ms_per_gmac) {
+    if (k < 0 || k >= g->n || !(ms_per_gmac > 0.0)) return;
+    g->est[k] = probe || g->est[k] <= 0.0 ? ms_per_gmac : 0.5 * (g->est[k] + ms_per_gmac);
+}
+
 static int lmv__default_threads(int requested) {
 #ifdef _OPENMP
     if (requested <= 0) requested = omp_get_max_threads();
@@ -6688,8 +6772,8 @@ LEMEVIT_API lmv_result lmv_session_create(const lmv_model *model, const lmv_sess
     s->model = model;
     s->allocator = o.allocator;
     s->ctx.threads = s->max_threads = o.threads;
-    s->guard = !(opt && opt->threads > 0);
-    s->guard_every = 4;
+    s->exact = o.exact_threads != 0;
+    lmv__guard_reset(&s->guard, o.threads);
     s->lanes = lmv__lanes(o.threads, o.max_batch);
     s->ctx.int8_compute = o.int8_compute != 0;
     s->ctx.simd = (int)o.simd;
@@ -6741,9 +6825,10 @@ LEMEVIT_API void lmv_session_destroy(lmv_session *s) {
 
 LEMEVIT_API void lmv_session_set_threads(lmv_session *s, int threads) {
     if (!s) return;
-    s->guard = threads <= 0;
     threads = lmv__default_threads(threads);
-    s->ctx.threads = threads < s->max_threads ? threads : s->max_threads;
+    threads = threads < s->max_threads ? threads : s->max_threads;
+    if (threads != s->ctx.threads) lmv__guard_reset(&s->guard, threads);
+    s->ctx.threads = threads;
 }
 
 LEMEVIT_API double lmv_session_macs(const lmv_session *s) { return s ? s->macs : 0.0; }
@@ -6799,54 +6884,13 @@ static lmv_result lmv__run_lanes(lmv_session *s, int lanes, size_t lane, const f
     return res;
 }
 
-#ifdef _OPENMP
-/* Threads that never hurt. With the default thread count a session times its runs (per
-   multiply-add) on all threads and, now and then, on one, and runs on one while all threads are
-   slower by a quarter or more: on a machine whose other cores are busy, every barrier of a
-   parallel region waits for a thread the OS has descheduled, and all threads can be many times
-   slower than one. The probes of the other setting come every 4 runs, then every 8, 16 up to 64
-   while the pick holds. The results never depend on the thread count. Returns 0 or 1: which
-   setting (one thread, all) this run uses. */
-static int lmv__guard_pick(lmv_session *s) {
-    int best;
-    if (s->guard_est[1] <= 0.0) return 1;
-    if (s->guard_est[0] <= 0.0) return 0;
-    best = s->guard_est[1] <= 1.25 * s->guard_est[0];
-    if (++s->guard_count >= s->guard_every) {
-        s->guard_count = 0;
-        if (best == s->guard_last) s->guard_every = s->guard_every < 64 ? 2 * s->guard_every : 64;
-        else s->guard_every = 4;
-        s->guard_last = best;
-        return !best;
-    }
-    s->guard_last = best;
-    return best;
-}
-
-static void lmv__guard_note(lmv_session *s, int all, double ms) {
-    double gmac = s->macs / 1e9, rate;
-    if (gmac <= 0.0 || ms < 0.0) return;
-    rate = ms / gmac;
-    s->guard_est[all] = s->guard_est[all] > 0.0 ? 0.5 * (s->guard_est[all] + rate) : rate;
-}
-#endif
-
-static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
-                           lmv_error *err) {
-    const lmv_model *m;
-    size_t need, lane, img, odim;
+/* lmv__run on ctx.threads threads, its arguments checked. */
+static lmv_result lmv__run_checked(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                                   lmv_error *err) {
+    const lmv_model *m = s->model;
+    size_t need, lane = 0, img, odim;
     int lanes, full;
     lmv_result r;
-    if (!s || !input || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run: NULL argument");
-    m = s->model;
-    if (batch < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
-    if (batch > (1 << 16)) return lmv__fail(err, LMV_ERR_LIMIT, "batch %d is above the limit of 65536", batch);
-    if (!features && m->info.num_classes == 0)
-        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "the model has no classifier head; use lmv_run_features()");
-    if (h < 1 || w < 1 || h > s->max_h || w > s->max_w)
-        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
-                         "input %dx%d is outside this session's plan (at most %dx%d): create the session with larger max_h/max_w",
-                         h, w, s->max_h, s->max_w);
     /* whole rounds of `lanes` images side by side (not while tracing: the trace sees image 0
        as it is made), the rest one by one on all threads */
     lanes = s->lanes < s->ctx.threads ? s->lanes : s->ctx.threads;
@@ -6858,25 +6902,47 @@ static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h,
     full = lanes > 1 ? batch / lanes * lanes : 0;
     img = (size_t)m->info.in_chans * h * w;
     odim = (size_t)(features ? m->info.num_features : m->info.num_classes);
-#ifdef _OPENMP
-    if (s->guard && s->ctx.threads > 1) {
-        int all = lmv__guard_pick(s), threads = s->ctx.threads;
-        double t0 = omp_get_wtime();
-        if (!all) s->ctx.threads = 1, lanes = 1, full = 0;
-        r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
-        if (r == LMV_OK && full < batch)
-            r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w,
-                                out + (size_t)full * odim, features, err);
-        s->ctx.threads = threads;
-        if (r == LMV_OK) lmv__guard_note(s, all, 1e3 * (omp_get_wtime() - t0)), lmv__ok(err);
-        return r;
-    }
-#endif
     r = full ? lmv__run_lanes(s, lanes, lane, input, img, full, h, w, out, odim, features, err) : LMV_OK;
     if (r == LMV_OK && full < batch)
         r = m->ops->forward(s, &s->ctx, s->arena, input + (size_t)full * img, batch - full, h, w, out + (size_t)full * odim,
                             features, err);
     if (r == LMV_OK) lmv__ok(err);
+    return r;
+}
+
+/* Seconds from some fixed point, for the thread guard (never used without OpenMP: one thread). */
+static double lmv__guard_clock(void) {
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return 0.0;
+#endif
+}
+
+static lmv_result lmv__run(lmv_session *s, const float *input, int batch, int h, int w, float *out, int features,
+                           lmv_error *err) {
+    const lmv_model *m;
+    int k, probe, threads;
+    double t0;
+    lmv_result r;
+    if (!s || !input || !out) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "lmv_run: NULL argument");
+    m = s->model;
+    if (batch < 1) return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "batch %d is out of range", batch);
+    if (batch > (1 << 16)) return lmv__fail(err, LMV_ERR_LIMIT, "batch %d is above the limit of 65536", batch);
+    if (!features && m->info.num_classes == 0)
+        return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "the model has no classifier head; use lmv_run_features()");
+    if (h < 1 || w < 1 || h > s->max_h || w > s->max_w)
+        return lmv__fail(err, LMV_ERR_INPUT_SIZE,
+                         "input %dx%d is outside this session's plan (at most %dx%d): create the session with larger max_h/max_w",
+                         h, w, s->max_h, s->max_w);
+    if (s->exact || s->ctx.threads < 2 || s->guard.n < 2) return lmv__run_checked(s, input, batch, h, w, out, features, err);
+    k = lmv__guard_pick(&s->guard, &probe);
+    threads = s->ctx.threads;
+    s->ctx.threads = s->guard.count[k];
+    t0 = lmv__guard_clock();
+    r = lmv__run_checked(s, input, batch, h, w, out, features, err);
+    if (r == LMV_OK && s->macs > 0.0) lmv__guard_note(&s->guard, k, probe, 1e3 * (lmv__guard_clock() - t0) / (s->macs / 1e9));
+    s->ctx.threads = threads;
     return r;
 }
 

@@ -140,6 +140,17 @@ def help_and_options(d):
 
 # ---- 3. eval ----
 
+def bench_threads():
+    """lmv bench --threads N is a most unless --exact-threads; the JSON says which was asked."""
+    for extra, want in (([], False), (["--exact-threads"], True)):
+        code, out, err = runb([LMV, "bench", MODEL, "--threads", "2", "--runs", "2", "--json"] + extra)
+        j, err = parse_json(out, err)
+        res.check("lmv bench --threads 2 %s--json: exact_threads %s" % (" ".join(extra) + " " if extra else "",
+                                                                          str(want).lower()),
+                  code == 0 and j is not None and j.get("threads") == 2 and j.get("exact_threads") is want,
+                  f"exit {code}: {err.strip()[-300:]}")
+
+
 def make_pictures(d, n):
     """n small JPEGs with varied content, from a seeded generator (and the bundled two)."""
     rng = np.random.default_rng(7)
@@ -372,6 +383,7 @@ def main():
             res.finish()
     not_files(tmpdir())
     help_and_options(tmpdir())
+    bench_threads()
     evaluate(tmpdir())
     leaks(tmpdir())
     res.finish()

@@ -859,6 +859,118 @@ static void test_arena(void) {
     check("arena refuses what does not fit", lmv__alloc(&al, 4000) == NULL, "");
 }
 
+/* ---- the thread guard, fed made-up timings (no clock: the pick depends only on them) ---- */
+
+/* A made-up machine: `cores` cores, `busy` of them taken by another process. ms per GMAC on c
+   threads: 40 / c while every thread has a core of its own; with more threads than free cores
+   every barrier waits on a descheduled thread: 4 times slower than spread over the free cores,
+   or 4 times the one-thread time when no core would be left. `wobble` adds a deterministic
+   +-10 % noise. */
+static double guard_machine(int cores, int busy, int c, unsigned *wobble) {
+    int free_cores = cores - busy;
+    double t = c <= free_cores ? 40.0 / c : free_cores > 1 ? 4.0 * 40.0 / free_cores : 4.0 * 40.0;
+    if (wobble) t *= 0.9 + 0.2 * (double)((*wobble = *wobble * 1664525u + 1013904223u) >> 8 & 0xFFFF) / 65535.0;
+    return t;
+}
+
+/* `runs` runs on the made-up machine; returns the count of the last run's pick (not a probe) and
+   counts the runs at each thread count into ran[] (index: thread count, up to 16). */
+static int guard_runs(lmv__guard *g, int cores, int busy, int runs, int *ran, unsigned *wobble) {
+    int i, k = 0, probe = 0, picked = 0;
+    for (i = 0; i < runs; i++) {
+        k = lmv__guard_pick(g, &probe);
+        if (ran) ran[g->count[k]]++;
+        if (!probe) picked = g->count[k];
+        lmv__guard_note(g, k, probe, guard_machine(cores, busy, g->count[k], wobble));
+    }
+    return picked;
+}
+
+static void test_thread_guard(void) {
+    lmv__guard g;
+    int ran[17], pick, n16[4] = {1, 8, 15, 16}, i, same = 1;
+    unsigned wobble = 7;
+    char msg[160];
+    lmv__guard_reset(&g, 1);
+    check("thread guard: one thread has nothing to choose", g.n == 1 && g.count[0] == 1, "");
+    lmv__guard_reset(&g, 2);
+    check("thread guard: 2 threads choose between 1 and 2", g.n == 2 && g.count[0] == 1 && g.count[1] == 2, "");
+    lmv__guard_reset(&g, 3);
+    check("thread guard: 3 threads choose among 1, 2, 3", g.n == 3 && g.count[1] == 2 && g.count[2] == 3, "");
+    lmv__guard_reset(&g, 16);
+    for (i = 0; i < 4; i++) same &= g.count[i] == n16[i];
+    check("thread guard: 16 threads choose among 1, 8 (half), 15 (all but one), 16", g.n == 4 && same, "");
+
+    /* idle 16 cores: all threads, and no run ever on one thread or on half */
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 16, 0, 300, ran, NULL);
+    snprintf(msg, sizeof msg, "picked %d; runs on 1 / 8 / 15 / 16 threads: %d / %d / %d / %d", pick, ran[1], ran[8], ran[15], ran[16]);
+    check("thread guard: an idle 16-core machine runs on 16 threads, probing only 15", pick == 16 && ran[1] == 0 && ran[8] == 0 &&
+          ran[15] > 0 && ran[15] <= 10, msg);
+    /* the probes back off: at most one in 64 runs while the pick holds */
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 16, 0, 640, ran, NULL);
+    snprintf(msg, sizeof msg, "%d probes in 640 runs", ran[15]);
+    check("thread guard: probes back off to one in 64 runs (a little more: 15 is slower)", pick == 16 && ran[15] >= 8 &&
+          ran[15] <= 11, msg);
+
+    /* one core gets busy: all 16 are slower than 15 but still faster than one thread; the
+       guard moves to 15 within one probe interval and stays */
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 16, 1, 3, ran, NULL);
+    pick = guard_runs(&g, 16, 1, 200, ran, NULL);
+    snprintf(msg, sizeof msg, "picked %d; runs on 1 / 8 / 15 / 16 threads: %d / %d / %d / %d", pick, ran[1], ran[8], ran[15], ran[16]);
+    check("thread guard: one busy core of 16: the guard settles on 15 threads (the middle count)", pick == 15 &&
+          ran[16] <= 12 && ran[1] == 0, msg);
+    /* the load goes away: back to 16 within a probe interval (at most 64 x 4 runs: 16 was last
+       timed 4 times slower than 15) */
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 16, 0, 300, ran, NULL);
+    snprintf(msg, sizeof msg, "picked %d", pick);
+    check("thread guard: the load gone, the guard re-probes and returns to 16 threads", pick == 16, msg);
+
+    /* 2 cores, one busy: two threads are 4 times slower than one; one thread, probing two
+       now and then; then idle again: back to two */
+    lmv__guard_reset(&g, 2);
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 2, 1, 300, ran, NULL);
+    snprintf(msg, sizeof msg, "picked %d; runs on 1 / 2 threads: %d / %d", pick, ran[1], ran[2]);
+    check("thread guard: 2 cores, one busy: one thread, two only as probes", pick == 1 && ran[2] <= 12, msg);
+    pick = guard_runs(&g, 2, 0, 300, NULL, NULL);
+    snprintf(msg, sizeof msg, "picked %d", pick);
+    check("thread guard: 2 cores idle again: back to two threads", pick == 2, msg);
+
+    /* the busy 2-core machine as measured: two threads 30 times slower than one. Probes wait
+       that much longer, so over 1000 runs the guard costs under a fifth on one thread's time
+       (probes every 4 to 64 runs at that price would cost over half) */
+    {
+        double total = 0.0, ms;
+        int probe, k;
+        lmv__guard_reset(&g, 2);
+        for (i = 0; i < 1000; i++) {
+            k = lmv__guard_pick(&g, &probe);
+            ms = g.count[k] == 1 ? 40.0 : 1200.0;
+            total += ms;
+            lmv__guard_note(&g, k, probe, ms);
+        }
+        snprintf(msg, sizeof msg, "1000 runs took %.3f times 1000 one-thread runs", total / 40000.0);
+        check("thread guard: slow probes are rare: two threads 30x slower cost under 1.2x in all", total <= 1.2 * 40000.0, msg);
+    }
+
+    /* timings that wander by +-10 %: an idle 2-core machine never picks one thread (it must be
+       a quarter faster), and a busy one never picks two */
+    lmv__guard_reset(&g, 2);
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 2, 0, 500, ran, &wobble);
+    snprintf(msg, sizeof msg, "runs on 1 / 2 threads: %d / %d", ran[1], ran[2]);
+    check("thread guard: noisy idle 2 cores: two threads, one only as probes", pick == 2 && ran[1] <= 12, msg);
+    lmv__guard_reset(&g, 4);
+    memset(ran, 0, sizeof ran);
+    pick = guard_runs(&g, 4, 1, 500, ran, &wobble);
+    snprintf(msg, sizeof msg, "picked %d; runs on 1 / 2 / 3 / 4 threads: %d / %d / %d / %d", pick, ran[1], ran[2], ran[3], ran[4]);
+    check("thread guard: noisy 4 cores, one busy: 3 threads", pick == 3 && ran[3] > 450, msg);
+}
+
 /* ---- loader mutations ---- */
 
 static void put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24); }
@@ -977,6 +1089,7 @@ int main(int argc, char **argv) {
     test_topk();
     test_npy();
     test_arena();
+    test_thread_guard();
     if (argc > 1) test_mutations(argv[1]);
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

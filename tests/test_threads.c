@@ -144,6 +144,43 @@ int main(int argc, char **argv) {
         free(x);
         free(y);
     }
+    /* threads = 2 is a most: the session times one thread too (its second run) and may run
+       either; exact_threads runs two every time. Both give the one-thread bits on every run. */
+    {
+        int exact, same = 1, r, timed_one = 0, timed_two = 0;
+        float *y = (float *)malloc(sizeof(float) * (size_t)OUT);
+        if (!y) return 1;
+        for (exact = 0; exact < 2; exact++) {
+            lmv_session_options so = lmv_session_options_default();
+            so.threads = 2;
+            so.exact_threads = exact;
+            if (lmv_session_create(m, &so, &s, &err) != LMV_OK) {
+                failed++;
+                printf("FAIL session with threads = 2, exact_threads = %d: %s\n", exact, err.message);
+                continue;
+            }
+            for (r = 0; r < 6; r++) {
+                if (lmv_run_features(s, inputs[r % INPUTS], 1, H, W, y, &err) != LMV_OK) {
+                    same = 0;
+                    printf("   run %d: %s\n", r, err.message);
+                } else
+                    same &= memcmp(y, expected[r % INPUTS], sizeof(float) * (size_t)OUT) == 0;
+            }
+            if (!exact) timed_one = s->guard.n == 2 && s->guard.est[0] > 0.0, timed_two = s->guard.n == 2 && s->guard.est[1] > 0.0;
+            else if (s->guard.est[0] > 0.0 || s->guard.est[1] > 0.0) same = 0, printf("   exact_threads: the guard ran\n");
+            lmv_session_destroy(s);
+        }
+        free(y);
+        if (same) passed++;
+        else failed++;
+        printf("%s threads = 2 (%s) and exact_threads: every run bit-identical to the single-threaded run\n",
+               same ? "PASS" : "FAIL", timed_one && timed_two ? "ran on 1 and on 2 threads" : "built without OpenMP: one thread");
+#ifdef _OPENMP
+        if (timed_one && timed_two) passed++;
+        else failed++;
+        printf("%s threads = 2 is a most: the session timed runs on 1 and on 2 threads\n", timed_one && timed_two ? "PASS" : "FAIL");
+#endif
+    }
     for (i = 0; i < INPUTS; i++) {
         free(inputs[i]);
         free(expected[i]);

@@ -24,7 +24,7 @@ What it does, in one run:
      logits on the benchmark input are checked against PyTorch's (1e-4 absolute or 1e-5 relative,
      same argmax; the model is skipped otherwise);
   3. for every model x thread count x batch size, times each engine in its own process:
-       lemevit.h     build/lmv bench --json (--threads N, OMP_NUM_THREADS=N); 1 warm-up run
+       lemevit.h     build/lmv bench --json (--threads N --exact-threads, OMP_NUM_THREADS=N); 1 warm-up run
        PyTorch       a worker process (this file, `_torch`), inference_mode, with
                      OMP/OPENBLAS/MKL_NUM_THREADS=N and torch.set_num_threads(N) ("pinned");
                      above 1 thread also two variants that dodge the OpenMP + OpenBLAS
@@ -74,8 +74,9 @@ Two comparisons of their own (either or both; they replace steps 3-6, so nothing
        slower): the "-O2 within 5 % of -march=native" target;
   --busy   the run the issue calls a busy machine: one `yes > /dev/null` process runs during every
        timed run (started before each round, stopped after it) while lemevit.h runs with the default
-       thread count (0: all, dropping to one while that is faster), with 1 thread, with every CPU
-       given explicitly (--threads N, and the same with OMP_WAIT_POLICY=PASSIVE), and ONNX Runtime
+       thread count (0: all, running fewer while that is faster), with 1 thread, with every CPU
+       given explicitly (--threads N: at most N, the same guard), with exactly N (--exact-threads,
+       and the same with OMP_WAIT_POLICY=PASSIVE), and ONNX Runtime
        with N intra-op threads (its --ort-variants), batch 1; table "Busy machine" gives each
        median / best and its median over lemevit.h's one-thread median, with the load averages.
 
@@ -1044,16 +1045,20 @@ def merge_rounds(rs):
     return r
 
 
-def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32", exe=None):
-    """lmv bench on one file; exe: another build of lmv (--builds); threads 0: the library's default."""
-    res = OrderedDict(engine="lemevit", variant=variant, dtype=dtype, threads=threads, batch=batch)
+def bench_lmv(info, threads, batch, runs, variant, timeout, dtype="f32", exe=None, exact=None):
+    """lmv bench on one file; exe: another build of lmv (--builds); threads 0: the library's default.
+    exact: --exact-threads, every run on exactly `threads` (default: for any count above one, so the
+    tables measure N threads, not the library's choice of at most N)."""
+    exact = threads > 1 if exact is None else exact
+    res = OrderedDict(engine="lemevit", variant=variant, dtype=dtype, threads=threads, batch=batch, exact_threads=exact)
     path = info["lmv"] if dtype == "f32" else info["dtypes"].get(dtype, {}).get("lmv")
     if not path:
         res["error"] = info["dtypes"].get(dtype, {}).get("error", "no %s file" % dtype)
         return res
     size = info.get("img", IMG)
     cmd = [exe or LMV, "bench", path, "--size", str(size), str(size), "--batch", str(batch), "--threads", str(threads),
-           "--runs", str(runs), "--json"] + (["--int8-compute"] if dtype == "int8c" else [])
+           "--runs", str(runs), "--json"] + (["--int8-compute"] if dtype == "int8c" else []) + \
+        (["--exact-threads"] if exact else [])
     env = clean_env(OMP_NUM_THREADS=threads or None, OMP_WAIT_POLICY="PASSIVE" if variant == "passive" else None)
     r = run_proc(cmd, env=env, timeout=timeout)
     j = last_json(r["out"]) if r["rc"] == 0 else None
@@ -1817,10 +1822,13 @@ def run_busy(state, a, node):
         info = state["models"][m]
         if "error" in info:
             continue
-        for t, v, what in ((0, "default", "lemevit.h default threads"), (1, "default", "lemevit.h 1 thread"),
-                           (n, "default", "lemevit.h --threads %d" % n),
-                           (n, "passive", "lemevit.h --threads %d, OMP_WAIT_POLICY=PASSIVE" % n)):
-            configs.append(((m, what), (lambda info=info, t=t, v=v: bench_lmv(info, t, 1, per_proc, v, a.timeout))))
+        for t, v, x, what in ((0, "default", False, "lemevit.h default threads"),
+                              (1, "default", False, "lemevit.h 1 thread"),
+                              (n, "default", False, "lemevit.h --threads %d" % n),
+                              (n, "default", True, "lemevit.h --threads %d --exact-threads" % n),
+                              (n, "passive", True, "lemevit.h --threads %d --exact-threads, OMP_WAIT_POLICY=PASSIVE" % n)):
+            configs.append(((m, what), (lambda info=info, t=t, v=v, x=x: bench_lmv(info, t, 1, per_proc, v, a.timeout,
+                                                                                    exact=x))))
         if node:
             for v in a.ort_variants:
                 what = "ONNX Runtime %d threads%s" % (n, "" if v == "spin" else ", " + v)

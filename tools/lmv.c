@@ -55,7 +55,8 @@ static const char *usage_bench =
     "options:\n"
     "  --size H W            input size (default: the model's)\n"
     "  --batch N             images per run (default 1)\n"
-    "  --threads N           threads (default 0: all)\n"
+    "  --threads N           threads, at most (default 0: all); fewer while that is faster\n"
+    "  --exact-threads       every run on exactly --threads threads, fast or not (scaling)\n"
     "  --runs N              timed runs after one warm-up (default 10)\n"
     "  --json                one JSON object instead of text\n"
     "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n"
@@ -411,7 +412,7 @@ static float next_uniform(unsigned *seed) { return (float)((next_random(seed) >>
 
 static int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
-    int h = 0, w = 0, batch = 1, threads = 0, runs = 10, json = 0, int8_compute = 0, i, rc = 1;
+    int h = 0, w = 0, batch = 1, threads = 0, exact = 0, runs = 10, json = 0, int8_compute = 0, i, rc = 1;
     double t0, open_mapped, open_verified, *times = NULL;
     size_t px, mem;
     lmv_model *m = NULL;
@@ -431,6 +432,7 @@ static int cmd_bench(int argc, char **argv) {
                 return 2;
         } else if (!strcmp(argv[i], "--batch")) INT_FLAG("bench", "--batch", 1, 1 << 16, &batch);
         else if (!strcmp(argv[i], "--threads")) INT_FLAG("bench", "--threads", 0, 256, &threads);
+        else if (!strcmp(argv[i], "--exact-threads")) exact = 1;
         else if (!strcmp(argv[i], "--int8-compute")) int8_compute = 1;
         else if (!strcmp(argv[i], "--simd")) SIMD_FLAG("bench", &simd);
         else if (!strcmp(argv[i], "--runs")) INT_FLAG("bench", "--runs", 1, 100000, &runs);
@@ -454,6 +456,7 @@ static int cmd_bench(int argc, char **argv) {
     so.max_w = w;
     so.max_batch = batch;
     so.threads = threads;
+    so.exact_threads = exact;
     so.int8_compute = int8_compute;
     so.simd = simd;
     if (lmv_session_memory(m, &so, &mem, &err) != LMV_OK || lmv_session_create(m, &so, &s, &err) != LMV_OK) {
@@ -492,10 +495,10 @@ static int cmd_bench(int argc, char **argv) {
             printf(", \"arch\": ");
             json_string(stdout, in->arch);
             printf(", \"params\": %zu, \"weight_bytes\": %zu, \"h\": %d, \"w\": %d, "
-                   "\"batch\": %d, \"threads\": %d, \"runs\": %d, \"open_mapped_ms\": %.3f, \"open_verified_ms\": %.3f, "
+                   "\"batch\": %d, \"threads\": %d, \"exact_threads\": %s, \"runs\": %d, \"open_mapped_ms\": %.3f, \"open_verified_ms\": %.3f, "
                    "\"session_bytes\": %zu, \"median_ms\": %.3f, \"best_ms\": %.3f, \"gmac\": %.4f, \"peak_rss_kb\": %ld, "
                    "\"simd\": \"%s\"}\n",
-                   in->num_params, in->weight_bytes, h, w, batch, threads, runs, open_mapped, open_verified,
+                   in->num_params, in->weight_bytes, h, w, batch, threads, exact ? "true" : "false", runs, open_mapped, open_verified,
                    mem, med, times[0], gmac, peak_rss_kb(), lmv_simd_name(lmv_session_simd(s)));
         } else {
             printf("model     %s (%s), %.1f M parameters, %.1f MB of weights\n", in->name, in->arch, in->num_params / 1e6,

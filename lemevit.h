@@ -4909,6 +4909,8 @@ typedef struct lmv__swin_stage {
 typedef struct lmv__swin {
     int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w, v2, cpb_hidden;
     int fixed_gh, fixed_gw; /* V2: windows and shifts decided on this grid (img_size's), not the input's; 0: the input's */
+    int fixed_window;       /* V2 (torchvision): the stage's window whatever the map (padded, never shrunk), shifts
+                               dropped on the real map as V1 does */
     float eps;
     const float *patch_b, *patch_norm_w, *patch_norm_b, *ape;
     const float *norm_w, *norm_b, *head_b;
@@ -4989,8 +4991,10 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
         if (v->fixed_gh < 1 || v->fixed_gw < 1)
             return lmv__fail(err, LMV_ERR_CORRUPT, "img_size is smaller than one %d-pixel patch; convert again with "
                                                    "--img-size at least that", v->patch);
-    } else if (strcmp(s, "input"))
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.window_from '%s' is not input or img_size", s);
+    } else if (!strcmp(s, "fixed"))
+        v->fixed_window = 1;
+    else if (strcmp(s, "input"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.window_from '%s' is not input, img_size or fixed", s);
     if (v->v2 && v->shift_rule == 2)
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule 'always' is a Swin V1 convention; V2 files use "
                                                    "per_axis or min");
@@ -5126,11 +5130,12 @@ static void lmv__swin_sizes(const lmv__swin *v, int h, int w, int *sh, int *sw) 
     }
 }
 
-/* The map size stage i's window and shift are decided by: V1 the map itself; V2 the patch grid
-   floor-halved per stage (gh >> i: timm, Microsoft and Hugging Face build their blocks for that
-   resolution, while PatchMerging pads an odd map, so the real map may be one larger). */
+/* The map size stage i's window and shift are decided by: V1 and torchvision's V2 (window_from
+   fixed) the map itself; other V2 the patch grid floor-halved per stage (gh >> i: timm, Microsoft
+   and Hugging Face build their blocks for that resolution, while PatchMerging pads an odd map, so
+   the real map may be one larger). */
 static void lmv__swin_decide(const lmv__swin *v, int i, int gh, int gw, int *H, int *W) {
-    if (!v->v2) return;
+    if (!v->v2 || v->fixed_window) return;
     if (v->fixed_gh) { /* Hugging Face: fixed when the model was built, from config.image_size */
         gh = v->fixed_gh;
         gw = v->fixed_gw;
@@ -5139,14 +5144,14 @@ static void lmv__swin_decide(const lmv__swin *v, int i, int gh, int gw, int *H, 
     *W = gw >> i;
 }
 
-/* The window of stage i on an H x W map.  V1 keeps the stage's window (padding the map).  V2
-   shrinks it to the map: per axis (timm, shift_rule per_axis), or to a min(H, W) square when
-   either side is not larger than the window (Microsoft's code, Hugging Face: shift_rule min). */
+/* The window of stage i on an H x W map.  V1 and torchvision's V2 keep the stage's window (padding
+   the map).  Other V2 shrink it to the map: per axis (timm, shift_rule per_axis), or to a min(H, W)
+   square when either side is not larger than the window (Microsoft's code, Hugging Face: shift_rule min). */
 static void lmv__swin_window(const lmv__swin *v, int i, int gh, int gw, int H, int W, int *wh, int *ww) {
     int ws = v->stages[i].window;
     lmv__swin_decide(v, i, gh, gw, &H, &W);
     *wh = *ww = ws;
-    if (!v->v2) return;
+    if (!v->v2 || v->fixed_window) return;
     if (v->shift_rule == 1) {
         int mn = H < W ? H : W;
         if (mn <= ws) *wh = *ww = mn;

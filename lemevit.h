@@ -3810,6 +3810,7 @@ typedef struct lmv__vit {
     const float *map_latent, *map_q_b, *map_kv_b, *map_proj_b, *map_norm_w, *map_norm_b, *map_fc1_b, *map_fc2_b;
     lmv__mat map_q_w, map_kv_w, map_proj_w, map_fc1_w, map_fc2_w;
     lmv__mat proj_w;
+    const float *proj_b;      /* the projection's bias (OpenCLIP's timm towers), or NULL */
     lmv__vit_block *blocks;
     /* vit.rope: rotary position embedding on q and k of the patch tokens (timm eva.py) */
     int rope;                 /* 0 none, LMV__ROPE_AXIAL (RotaryEmbeddingCat), LMV__ROPE_MIXED (RotaryEmbeddingMixed),
@@ -3875,15 +3876,15 @@ static lmv_result lmv__vit_bind_map(lmv_model *m, lmv__vit *v, lmv_error *err) {
     return LMV_OK;
 }
 
-/* The embedding projection: "proj.weight" [vit.proj][features], no bias; what it writes becomes the
-   features (lmv_model_info.projected). */
+/* The embedding projection: "proj.weight" [vit.proj][features] and an optional "proj.bias" (CLIP's
+   proj has none; OpenCLIP's timm towers project with the trunk's biased head); what it writes
+   becomes the features (lmv_model_info.projected). */
 static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) {
     lmv_result r;
-    const float *bias = NULL;
     if (v->dist_token || v->pre_logits)
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.proj cannot be combined with a distillation token or vit.pre_logits");
-    if ((r = lmv__bind_linear(m, 0, v->proj, m->info.num_features, &v->proj_w, &bias, err, "proj")) != LMV_OK) return r;
-    if (bias) return lmv__fail(err, LMV_ERR_CORRUPT, "proj.bias: the embedding projection has no bias; remove it");
+    if ((r = lmv__bind_linear(m, 0, v->proj, m->info.num_features, &v->proj_w, &v->proj_b, err, "proj")) != LMV_OK)
+        return r;
     m->info.num_features = v->proj;
     m->info.projected = 1;
     return LMV_OK;
@@ -4801,7 +4802,7 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
 /* feat (the pooled features, vit.embed_dim wide) times the embedding projection, back into feat;
    `tmp` has room for vit.proj floats. */
 static void lmv__vit_project(const lmv__ctx *ctx, const lmv__vit *v, float *feat, float *tmp, const lmv_session *trace) {
-    lmv__linear(ctx, tmp, feat, 1, v->dim, v->proj, v->proj_w, NULL);
+    lmv__linear(ctx, tmp, feat, 1, v->dim, v->proj, v->proj_w, v->proj_b);
     memcpy(feat, tmp, sizeof(float) * (size_t)v->proj);
     if (trace) lmv__trace(trace, "proj", feat, 1, v->proj, 0, 0);
 }

@@ -3,10 +3,11 @@ trunk's own biased head as the projection, or an adapter head.proj), against a f
 open_clip/timm_model.py over tests/models/eva_ref.py (tests/models/openclip_timm.py) with the real key
 names: a whole CustomTextCLIP checkpoint with open_clip_config.json beside it (the timm model name gives
 RoPE's options, timm_pool the pooling, preprocess_cfg the preprocessing), the same without the config
-(what the tensors cannot show printed as assumed), model.visual alone, timm_proj 'linear' with mean
-pooling.  Random weights, small widths, batch 2, a non-square input; the image embedding
-(lmv_run_features) and every block compared.  Refusals: an MLP adapter head, a pooling not run, a stray
-tensor."""
+(what the tensors cannot show printed as assumed), model.visual alone, the trunk head with mean pooling
+(fc_norm), timm_proj 'linear' with mean pooling.  Random weights, small widths, batch 2, non-square
+inputs; the image embedding (lmv_run_features) and every block compared.  Refusals: an MLP adapter
+head, a pooling not run, a config that does not fit the trunk, a stray tensor, a projection bias of
+the wrong size."""
 import json
 import os
 import sys
@@ -132,6 +133,13 @@ m2 = tower(2, pool="avg", proj="linear", proj_bias=True)
 sd2 = OC.CustomTextCLIP(m2, EMBED).state_dict()
 parity("OpenCLIP EVA-02, timm_proj linear + avg pool", m2, sd2, [(32, 32), (40, 24)],
        cfg=oc_config(pool="avg", proj="linear", timm_proj_bias=True), expect=("head.proj is the embedding projection",))
+
+# timm_pool 'avg' with the trunk's head: create_model(global_pool='avg') builds fc_norm and no final norm;
+# without the config the fc_norm shows the mean pooling
+m4 = tower(4, pool="avg")
+sd4 = OC.CustomTextCLIP(m4, EMBED).state_dict()
+parity("OpenCLIP EVA-02, trunk head + avg pool", m4, sd4, [(32, 40)], cfg=oc_config(pool="avg"))
+parity("OpenCLIP EVA-02, trunk head + avg pool, no config", m4, sd4, [(32, 32)], opts=("--num-heads", "4"))
 
 # the embedding without its projection bias differs: the bias is used
 if lmv is not None:

@@ -402,7 +402,7 @@ def detect_open_clip_timm(sd, ctx):
                                % (where, pool, "has" if "fc_norm.weight" in trunk else "has no"))
         if isinstance(vc.get("image_size"), int) and not isinstance(vc.get("image_size"), bool):
             side["img_size"] = [vc["image_size"]] * 2
-    else:
+    elif "fc_norm.weight" not in trunk:   # (fc_norm comes with avg pooling)
         ctx.settings.update("default", {"vit.pool": "token"})   # every OpenCLIP EVA-02 config's timm_pool
     head = [k for k in sd if k.startswith(p + "head.")]
     odd = [k for k in head if k not in (p + "head.proj.weight", p + "head.proj.bias")]
@@ -414,18 +414,15 @@ def detect_open_clip_timm(sd, ctx):
     if head and ("head.weight" in trunk or "head.bias" in trunk):
         raise ConvertError("%strunk.head.* and %shead.proj.* are both present, but an OpenCLIP tower projects once"
                            % (p, p))
-    for part in ("weight", "bias"):
-        src = ("head.proj." + part, p + "head.proj." + part) if head else ("head." + part, p + "trunk.head." + part)
-        if src[0] in body or (head and src[1] in sd):
-            body.pop(src[0], None)
-            body["proj." + part], back["proj." + part] = sd[src[1]], src[1]
-            back.pop(src[0], None)
+    for part in ("weight", "bias"):   # the projection: head.proj, else the trunk's classifier head
+        name, key = ("proj." + part, p + "head.proj." + part) if head else ("head." + part, p + "trunk.head." + part)
+        if key in sd:
+            body.pop(name, None)
+            back.pop(name, None)
+            body["proj." + part], back["proj." + part] = sd[key], key
     text = [k for k in sd if not k.startswith(p)] if p else []
     ctx.settings.update("sidecar", side)
     m = detect_timm_eva(body, ctx)
-    if oc_path and m.config.get("vit.pool") != side["vit.pool"]:
-        raise ConvertError("%s: timm_pool %s, but the trunk's tensors give %s pooling" % (where, side["vit.pool"],
-                                                                                        m.config.get("vit.pool")))
     m.used = set(back.get(k, k) for k in m.used)
     m.source = "open_clip"
     m.pre_defaults = dict(PRE_CLIP)   # OpenCLIP's transform: shorter side to the input size, centre crop

@@ -3932,6 +3932,7 @@ typedef struct lmv__vit {
     const float *map_latent, *map_q_b, *map_kv_b, *map_proj_b, *map_norm_w, *map_norm_b, *map_fc1_b, *map_fc2_b;
     lmv__mat map_q_w, map_kv_w, map_proj_w, map_fc1_w, map_fc2_w;
     lmv__mat proj_w;
+    const float *proj_b;      /* the projection's bias (OpenCLIP's timm towers), or NULL */
     lmv__vit_block *blocks;
     /* vit.rope: rotary position embedding on q and k of the patch tokens (timm eva.py) */
     int rope;                 /* 0 none, LMV__ROPE_AXIAL (RotaryEmbeddingCat), LMV__ROPE_MIXED (RotaryEmbeddingMixed),
@@ -3997,15 +3998,15 @@ static lmv_result lmv__vit_bind_map(lmv_model *m, lmv__vit *v, lmv_error *err) {
     return LMV_OK;
 }
 
-/* The embedding projection: "proj.weight" [vit.proj][features], no bias; what it writes becomes the
-   features (lmv_model_info.projected). */
+/* The embedding projection: "proj.weight" [vit.proj][features] and an optional "proj.bias" (CLIP's
+   proj has none; OpenCLIP's timm towers project with the trunk's biased head); what it writes
+   becomes the features (lmv_model_info.projected). */
 static lmv_result lmv__vit_bind_proj(lmv_model *m, lmv__vit *v, lmv_error *err) {
     lmv_result r;
-    const float *bias = NULL;
     if (v->dist_token || v->pre_logits)
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.proj cannot be combined with a distillation token or vit.pre_logits");
-    if ((r = lmv__bind_linear(m, 0, v->proj, m->info.num_features, &v->proj_w, &bias, err, "proj")) != LMV_OK) return r;
-    if (bias) return lmv__fail(err, LMV_ERR_CORRUPT, "proj.bias: the embedding projection has no bias; remove it");
+    if ((r = lmv__bind_linear(m, 0, v->proj, m->info.num_features, &v->proj_w, &v->proj_b, err, "proj")) != LMV_OK)
+        return r;
     m->info.num_features = v->proj;
     m->info.projected = 1;
     return LMV_OK;
@@ -4887,7 +4888,7 @@ static void lmv__vit_attn_pool(const lmv__ctx *ctx, const lmv__vit *v, const flo
 /* feat (the pooled features, vit.embed_dim wide) times the embedding projection, back into feat;
    `tmp` has room for vit.proj floats. */
 static void lmv__vit_project(const lmv__ctx *ctx, const lmv__vit *v, float *feat, float *tmp, const lmv_session *trace) {
-    lmv__linear(ctx, tmp, feat, 1, v->dim, v->proj, v->proj_w, NULL);
+    lmv__linear(ctx, tmp, feat, 1, v->dim, v->proj, v->proj_w, v->proj_b);
     memcpy(feat, tmp, sizeof(float) * (size_t)v->proj);
     if (trace) lmv__trace(trace, "proj", feat, 1, v->proj, 0, 0);
 }
@@ -4995,6 +4996,8 @@ typedef struct lmv__swin_stage {
 typedef struct lmv__swin {
     int n_stages, patch, window, in_chans, num_classes, pad_then_roll, shift_rule, grid_h, grid_w, v2, cpb_hidden;
     int fixed_gh, fixed_gw; /* V2: windows and shifts decided on this grid (img_size's), not the input's; 0: the input's */
+    int fixed_window;       /* V2 (torchvision): the stage's window whatever the map (padded, never shrunk), shifts
+                               dropped on the real map as V1 does */
     float eps;
     const float *patch_b, *patch_norm_w, *patch_norm_b, *ape;
     const float *norm_w, *norm_b, *head_b;
@@ -5075,8 +5078,10 @@ static lmv_result lmv__swin_bind(lmv_model *m, lmv_error *err) {
         if (v->fixed_gh < 1 || v->fixed_gw < 1)
             return lmv__fail(err, LMV_ERR_CORRUPT, "img_size is smaller than one %d-pixel patch; convert again with "
                                                    "--img-size at least that", v->patch);
-    } else if (strcmp(s, "input"))
-        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.window_from '%s' is not input or img_size", s);
+    } else if (!strcmp(s, "fixed"))
+        v->fixed_window = 1;
+    else if (strcmp(s, "input"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.window_from '%s' is not input, img_size or fixed", s);
     if (v->v2 && v->shift_rule == 2)
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "swin.shift_rule 'always' is a Swin V1 convention; V2 files use "
                                                    "per_axis or min");
@@ -5212,11 +5217,12 @@ static void lmv__swin_sizes(const lmv__swin *v, int h, int w, int *sh, int *sw) 
     }
 }
 
-/* The map size stage i's window and shift are decided by: V1 the map itself; V2 the patch grid
-   floor-halved per stage (gh >> i: timm, Microsoft and Hugging Face build their blocks for that
-   resolution, while PatchMerging pads an odd map, so the real map may be one larger). */
+/* The map size stage i's window and shift are decided by: V1 and torchvision's V2 (window_from
+   fixed) the map itself; other V2 the patch grid floor-halved per stage (gh >> i: timm, Microsoft
+   and Hugging Face build their blocks for that resolution, while PatchMerging pads an odd map, so
+   the real map may be one larger). */
 static void lmv__swin_decide(const lmv__swin *v, int i, int gh, int gw, int *H, int *W) {
-    if (!v->v2) return;
+    if (!v->v2 || v->fixed_window) return;
     if (v->fixed_gh) { /* Hugging Face: fixed when the model was built, from config.image_size */
         gh = v->fixed_gh;
         gw = v->fixed_gw;
@@ -5225,14 +5231,14 @@ static void lmv__swin_decide(const lmv__swin *v, int i, int gh, int gw, int *H, 
     *W = gw >> i;
 }
 
-/* The window of stage i on an H x W map.  V1 keeps the stage's window (padding the map).  V2
-   shrinks it to the map: per axis (timm, shift_rule per_axis), or to a min(H, W) square when
-   either side is not larger than the window (Microsoft's code, Hugging Face: shift_rule min). */
+/* The window of stage i on an H x W map.  V1 and torchvision's V2 keep the stage's window (padding
+   the map).  Other V2 shrink it to the map: per axis (timm, shift_rule per_axis), or to a min(H, W)
+   square when either side is not larger than the window (Microsoft's code, Hugging Face: shift_rule min). */
 static void lmv__swin_window(const lmv__swin *v, int i, int gh, int gw, int H, int W, int *wh, int *ww) {
     int ws = v->stages[i].window;
     lmv__swin_decide(v, i, gh, gw, &H, &W);
     *wh = *ww = ws;
-    if (!v->v2) return;
+    if (!v->v2 || v->fixed_window) return;
     if (v->shift_rule == 1) {
         int mn = H < W ? H : W;
         if (mn <= ws) *wh = *ww = mn;

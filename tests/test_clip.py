@@ -114,8 +114,8 @@ def loader_refusals(lmv):
         code, out, err = run([LMV, "info", path])
         return code, err.strip()
 
-    code, err = rewrite("bias.lmv", extra=[("proj.bias", (48,), np.zeros(48, dtype="<f4"))])
-    res.check("loader refuses a bias on the embedding projection", code != 0 and "proj.bias" in err, err)
+    code, err = rewrite("bias.lmv", extra=[("proj.bias", (47,), np.zeros(47, dtype="<f4"))])
+    res.check("loader refuses an embedding projection bias of the wrong size", code != 0 and "proj.bias" in err, err)
     code, err = rewrite("width.lmv", meta_change={"vit.proj": 47, "num_features": 47})
     res.check("loader refuses vit.proj that does not match proj.weight", code != 0 and "proj.weight" in err, err)
 

@@ -4,8 +4,9 @@ position-bias MLP far from its init -- saved in timm's and Microsoft's layouts, 
 tools/convert.py and run by build/lmv (batch 2, non-square inputs); logits and every block's
 output compared.  Cases: one window everywhere; a window per stage; a pretrained window size other
 than the run's; a late stage not larger than the window (shrunk window, no shift); Microsoft's
-official file; Hugging Face's Swinv2ForImageClassification with its config.json; refusals (a stray
-tensor, options this library does not run, torchvision's V2); an unstated window said to be assumed."""
+official file; Hugging Face's Swinv2ForImageClassification with its config.json; torchvision's own
+SwinTransformer V2 (a small one and swin_v2_t, run live: fixed padded window, k bias zeroed); refusals
+(a stray tensor, options this library does not run); an unstated window said to be assumed."""
 import json
 import os
 import sys
@@ -250,12 +251,110 @@ try:
     res.check("Swin V1 with --set swin.window_size matching its tables converts", True)
 except RuntimeError as e:
     res.check("Swin V1 with --set swin.window_size matching its tables converts", False, str(e))
+
+
+# torchvision's swin_v2_t/s/b, the real torchvision model run live: one window everywhere, never
+# shrunk (a smaller map is padded to it), shifts dropped on an axis the window covers, pad then roll,
+# the k third of qkv.bias zeroed at run time (randomize_ makes it non-zero in the file)
+def tv_traces(model, x):
+    """torchvision Swin: logits and image 0's block outputs via hooks on the features modules."""
+    acts, hooks = {}, []
+
+    def save(name):
+        return lambda mod, i, o: acts.__setitem__(name, o[0].detach().numpy().copy())
+    hooks.append(model.features[0].register_forward_hook(save("patch_embed")))
+    for f in range(1, len(model.features)):
+        if f % 2 == 1:
+            for j, blk in enumerate(model.features[f]):
+                hooks.append(blk.register_forward_hook(save("layers.%d.blocks.%d" % ((f - 1) // 2, j))))
+        else:
+            hooks.append(model.features[f].register_forward_hook(save("layers.%d.downsample" % (f // 2 - 1))))
+    hooks.append(model.norm.register_forward_hook(save("norm")))
+    try:
+        with torch.no_grad():
+            y = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return y, acts
+
+
+def tv_case(name, m, sizes, expect, *opts, seed=0):
+    try:
+        lmv, out = save_convert(m.state_dict(), "model.pth", *opts)
+    except RuntimeError as e:
+        return res.check(name, False, str(e)), None
+    check_info(name, lmv, expect)
+    for h, w in sizes:
+        x = images(2, h, w, seed + 7 * h + w)
+        want, ref = tv_traces(m, x)
+        try:
+            got, traces = lmv_run(lmv, x.numpy(), trace=True)
+        except RuntimeError as e:
+            res.check(f"{name} {h}x{w}", False, str(e))
+            continue
+        ok, desc = logits_close(got, want.numpy())
+        res.check(f"{name} {h}x{w} logits", ok, desc)
+        compare_traces(res, f"{name} {h}x{w}", traces, ref)
+    return lmv, out
+
+
 try:
-    from torchvision.models.swin_transformer import swin_v2_t
-    tv = swin_v2_t()
-    refused("torchvision Swin V2 refused by name", tv.state_dict(), "model.pth", ["torchvision Swin V2"])
+    from torchvision.models import swin_v2_t
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 except ImportError as e:
-    res.skip("torchvision Swin V2 refused by name", str(e))
+    swin_v2_t = None
+    res.skip("torchvision Swin V2", str(e))
+if swin_v2_t is not None:
+    torch.manual_seed(12)
+    tv = R.randomize_(SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2, 2], num_heads=[2, 4, 8],
+                                      window_size=[4, 4], num_classes=7, block=SwinTransformerBlockV2,
+                                      downsample_layer=PatchMergingV2).eval(), seed=12)
+    # 64x64: maps 16, 8, 4 (the last one window, unshifted); 64x96: the last stage 4x6, shifted on the
+    # width only, padded to 8; 72x88: odd maps padded by the merging (18x22, 9x11, 5x6); 40x40: the
+    # last map (3x3) smaller than the window, padded to 4 (timm would shrink the window to 3)
+    lmv, out = tv_case("torchvision Swin V2", tv, [(64, 64), (64, 96), (72, 88), (40, 40)],
+                       {"source": "torchvision", "swin.version": "2", "swin.window_size": "4",
+                        "swin.pretrained_window": "0", "swin.pad_mode": "pad_then_roll", "swin.shift_rule": "per_axis",
+                        "swin.window_from": "fixed"})
+    if out is not None:
+        line = [x for x in out.splitlines() if "swin.window_size" in x or "swin.pretrained_window" in x]
+        res.check("torchvision Swin V2: the window read from relative_coords_table is not called assumed",
+                  not any(x.startswith("assumed") for x in line), "; ".join(line))
+    differs("torchvision Swin V2 at 40x40 with --set swin.window_from=input does not match", tv.state_dict(),
+            "model.pth", tv, 40, 40, "--set", "swin.window_from=input")
+    # without the buffers the window is not in the tensors: torchvision's 8, said to be assumed
+    sd = OrderedDict((k, v) for k, v in tv.state_dict().items() if not k.endswith(("relative_coords_table",
+                                                                                    "relative_position_index")))
+    try:
+        lmv, out = save_convert(sd, "model.pth")
+        line = [x for x in out.splitlines() if "swin.window_size" in x]
+        res.check("torchvision Swin V2 without its buffers: window 8 printed as assumed",
+                  any(x.startswith("assumed") and "=8" in x for x in line), "; ".join(line) or "no line")
+    except RuntimeError as e:
+        res.check("torchvision Swin V2 without its buffers: window 8 printed as assumed", False, str(e))
+    refused("torchvision Swin V2 with --set swin.window_size against its buffers refused", tv.state_dict(),
+            "model.pth", ["swin.window_size=5", "relative_coords_table"], "--set", "swin.window_size=5")
+    sd = tv.state_dict()
+    sd["features.3.1.attn.relative_coords_table"] = torch.zeros(1, 9, 9, 2)
+    sd["features.3.1.attn.relative_position_index"] = torch.zeros(625, dtype=torch.long)
+    refused("torchvision Swin V2 with buffers of two windows refused", sd, "model.pth", ["different windows"])
+    sd = tv.state_dict()
+    sd["features.1.0.attn.qkv.bias"] = torch.zeros(95)
+    refused("torchvision Swin V2 qkv.bias of the wrong size refused by name", sd, "model.pth",
+            ["features.1.0.attn.qkv.bias"])
+    sd = tv.state_dict()
+    sd["features.1.0.attn.gamma"] = torch.ones(32)
+    refused("a stray tensor in a torchvision Swin V2 file refused by name", sd, "model.pth",
+            ["could not be placed", "features.1.0.attn.gamma"])
+    if "--quick" not in sys.argv:
+        # swin_v2_t itself (window 8, cpb hidden 512): 256 (maps 64, 32, 16, 8: the last unshifted), 224
+        # (56, 28, 14, 7: padded to the window from stage 1 on) and 192x288
+        torch.manual_seed(13)
+        tv = R.randomize_(swin_v2_t().eval(), seed=13)
+        tv_case("torchvision swin_v2_t", tv, [(256, 256), (224, 224), (192, 288)],
+                {"source": "torchvision", "swin.window_size": "8", "swin.window_from": "fixed",
+                 "img_size": "256 256", "pre.crop_pct": "0.984615"})
 
 # a file without a window in its name or metadata: the window is assumed and said to be
 lmv, out = save_convert(R.timm_state_dict(model(1)), "model.pth")

@@ -299,7 +299,7 @@ META_RULES = OrderedDict([
     ("swin.shift_rule", _rule("str", choices=("per_axis", "min", "always"), arch="swin")),
     ("swin.version", _rule("int", 1, 2, arch="swin")),
     ("swin.pretrained_window", _rule("int", 0, 256, count=(1, 8), arch="swin")),
-    ("swin.window_from", _rule("str", choices=("input", "img_size"), arch="swin")),
+    ("swin.window_from", _rule("str", choices=("input", "img_size", "fixed"), arch="swin")),
     ("lemevit.attn_types", _rule("str", count=(1, 8), letters="CDES", arch="lemevit", loader_count=True)),
     ("lemevit.depths", _rule("int", 0, 1024, count=(1, 8), arch="lemevit")),
     ("lemevit.embed_dims", _rule("int", 1, 1 << 15, count=(1, 8), arch="lemevit")),

@@ -171,6 +171,14 @@ def open_clip_settings(ctx, renamed, back):
                     back["fc_norm." + s] = back.pop("norm." + s)
     elif pool != "tok":
         raise ConvertError("%s: vision_cfg.pool_type %s is not one lemevit.h runs (tok, avg)" % (oc_path, _short(pool)))
+    side.update(open_clip_preprocess(oc, oc_path))
+    ctx.settings.update("sidecar", side)
+    return True
+
+
+def open_clip_preprocess(oc, oc_path):
+    """pre.* from an open_clip_config.json's preprocess_cfg (mean, std, interpolation, resize_mode)."""
+    side = {}
     pc = oc.get("preprocess_cfg") if isinstance(oc.get("preprocess_cfg"), dict) else {}
     if isinstance(pc.get("mean"), list):
         side["pre.mean"] = _side_value(oc_path, "preprocess_cfg.mean", "pre.mean", pc["mean"])
@@ -183,8 +191,7 @@ def open_clip_settings(ctx, renamed, back):
     elif pc.get("resize_mode") not in (None, "shortest"):
         raise ConvertError("%s: preprocess_cfg.resize_mode %s is not a resize lemevit.h does (shortest, squash); "
                            "pass --resize N / --crop-pct F" % (oc_path, _short(pc.get("resize_mode"))))
-    ctx.settings.update("sidecar", side)
-    return True
+    return side
 
 
 # ---------------------------------------------------------------------------------- Hugging Face CLIP

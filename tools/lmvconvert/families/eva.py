@@ -10,7 +10,7 @@ import re
 from collections import OrderedDict
 
 from ..base import ConvertError, _short
-from ..family import IMAGENET_MEAN, IMAGENET_STD, HALF, _rename
+from ..family import IMAGENET_MEAN, IMAGENET_STD, HALF, _read_json_beside, _rename
 from ..registry import FAMILIES, detector
 from ..settings import CHOICES
 from ..tensors import concat0, zeros_f32
@@ -351,4 +351,107 @@ def detect_timm_eva(sd, ctx):
     m.used = used
     if m.config.get("vit.rope", "none") != "none":
         m.notes.append("RoPE %s on q and k of the patch tokens" % m.config["vit.rope"])
+    return m
+
+
+# ---------------------------------------------------------------------------------- OpenCLIP timm towers
+
+def _open_clip_vision_cfg(ctx):
+    """(open_clip_config.json's model_cfg.vision_cfg, its preprocessing settings, its path) beside the
+    weights, or ({}, {}, None)."""
+    from .clip import open_clip_preprocess
+    oc, oc_path = _read_json_beside(ctx.path, "open_clip_config.json")
+    if not isinstance(oc, dict) or not isinstance(oc.get("model_cfg"), dict):
+        return {}, {}, None
+    vc = oc["model_cfg"].get("vision_cfg")
+    return (vc if isinstance(vc, dict) else {}), open_clip_preprocess(oc, oc_path), oc_path
+
+
+@detector("vit", "OpenCLIP timm image tower (EVA)")
+def detect_open_clip_timm(sd, ctx):
+    """OpenCLIP's TimmModel around a timm Eva trunk (EVA02-B-16, EVA02-L-14, ...): visual.trunk.* (or
+    trunk.* for model.visual alone) and the adapter head visual.head.*.  The image embedding is
+    head(trunk(x)): with timm_proj null the trunk's own biased classifier head is the projection
+    (create_model(num_classes=embed_dim, global_pool=timm_pool)); with timm_proj 'linear' the trunk has
+    no head and head.proj (a bias only with timm_proj_bias) projects.  Either becomes the graph's
+    embedding projection (proj.weight / proj.bias), so lmv_run_features() gives the embedding.  The
+    pooling, the timm model name (hence RoPE's options) and the preprocessing come from
+    open_clip_config.json beside the weights; without it they are assumed as OpenCLIP's EVA-02 configs
+    state them, and printed as assumed."""
+    from .clip import CLIP_TEXT, PRE_CLIP
+    if any(k.startswith("visual.trunk.") for k in sd):
+        p = "visual."
+    elif any(k.startswith("trunk.") for k in sd) and all(k.startswith(("trunk.", "head.")) for k in sd):
+        p = ""
+    else:
+        return None
+    trunk = OrderedDict((k[len(p) + 6:], v) for k, v in sd.items() if k.startswith(p + "trunk."))
+    vc, pre, oc_path = _open_clip_vision_cfg(ctx)
+    h = ctx.hints
+    saved = (h.name, h.name_src, h.kwargs, h.kwargs_src) if h is not None else None
+    if h is not None and isinstance(vc.get("timm_model_name"), str):
+        h.name, h.name_src = vc["timm_model_name"], oc_path + " (vision_cfg.timm_model_name)"
+        kw = vc.get("timm_model_kwargs")
+        h.kwargs, h.kwargs_src = ((dict(kw), oc_path + " (vision_cfg.timm_model_kwargs)") if isinstance(kw, dict)
+                                  else ({}, None))
+    if eva_layout(trunk, ctx) is None:
+        if h is not None:
+            h.name, h.name_src, h.kwargs, h.kwargs_src = saved
+        if not p:
+            return None   # model.visual of another timm trunk: the timm detectors see it without 'trunk.'
+        raise ConvertError("OpenCLIP timm image tower (visual.trunk.*): only EVA / EVA-02 trunks (timm eva.py) are "
+                           "recognised by lemevit.h; this trunk is another timm model")
+    where = "%s (vision_cfg)" % oc_path
+    side = {}
+    if oc_path:
+        pool, proj = vc.get("timm_pool", "avg"), vc.get("timm_proj", "linear")
+        if pool not in ("token", "avg"):
+            raise ConvertError("%s: timm_pool %s is not a pooling lemevit.h runs for an OpenCLIP timm tower (token, "
+                               "avg)" % (where, _short(pool)))
+        if proj not in ("linear", "none", "", None):
+            raise ConvertError("%s: timm_proj %s is not a projection lemevit.h runs (linear, none, null)"
+                               % (where, _short(proj)))
+        side["vit.pool"] = pool
+        kw = vc.get("timm_model_kwargs") if isinstance(vc.get("timm_model_kwargs"), dict) else {}
+        if proj not in ("linear",) and "use_fc_norm" not in kw and ("fc_norm.weight" in trunk) != (pool == "avg"):
+            # create_model(global_pool=pool): timm's Eva builds fc_norm (and no final norm) for 'avg' only
+            raise ConvertError("%s: timm_pool %s, but the trunk %s fc_norm, which timm's Eva builds for avg pooling "
+                               "only: the config does not belong to these weights"
+                               % (where, pool, "has" if "fc_norm.weight" in trunk else "has no"))
+        if isinstance(vc.get("image_size"), int) and not isinstance(vc.get("image_size"), bool):
+            side["img_size"] = [vc["image_size"]] * 2
+    elif "fc_norm.weight" not in trunk:   # (fc_norm comes with avg pooling)
+        ctx.settings.update("default", {"vit.pool": "token"})   # every OpenCLIP EVA-02 config's timm_pool
+    head = [k for k in sd if k.startswith(p + "head.")]
+    odd = [k for k in head if k not in (p + "head.proj.weight", p + "head.proj.bias")]
+    if odd:
+        raise ConvertError("%s: OpenCLIP's %s adapter head is not supported by lemevit.h (a linear projection, "
+                           "head.proj, is)" % (odd[0], "MLP" if ".mlp." in odd[0] else
+                                               "attention-pool" if ".pool." in odd[0] else "unknown"))
+    body, back = OrderedDict(trunk), dict((k, p + "trunk." + k) for k in trunk)
+    if head and ("head.weight" in trunk or "head.bias" in trunk):
+        raise ConvertError("%strunk.head.* and %shead.proj.* are both present, but an OpenCLIP tower projects once"
+                           % (p, p))
+    for part in ("weight", "bias"):   # the projection: head.proj, else the trunk's classifier head
+        name, key = ("proj." + part, p + "head.proj." + part) if head else ("head." + part, p + "trunk.head." + part)
+        if key in sd:
+            body.pop(name, None)
+            back.pop(name, None)
+            body["proj." + part], back["proj." + part] = sd[key], key
+    text = [k for k in sd if not k.startswith(p)] if p else []
+    ctx.settings.update("sidecar", side)
+    m = detect_timm_eva(body, ctx)
+    m.used = set(back.get(k, k) for k in m.used)
+    m.source = "open_clip"
+    m.pre_defaults = dict(PRE_CLIP)   # OpenCLIP's transform: shorter side to the input size, centre crop
+    if oc_path and "pre.resize" not in pre:
+        pre["pre.crop_pct"] = 1.0   # image_transform: the shorter side resized to image_size, then centre-cropped
+    ctx.settings.update("sidecar", pre)
+    if oc_path:
+        ctx.notes.append("read %s" % oc_path)
+    m.notes.append("OpenCLIP timm image tower: %s is the embedding projection"
+                   % ("head.proj" if head else "the trunk's head" if "proj.weight" in body else "nothing"))
+    if text:
+        m.dropped.append(("the text tower and logit scale of the CLIP checkpoint (only the image encoder is "
+                          "converted)", [k for k in text if CLIP_TEXT.match(k)]))
     return m

@@ -6,7 +6,7 @@ from ..base import ConvertError, _short
 from ..family import IMAGENET_MEAN, IMAGENET_STD, Model, _block_indices, _isqrt_exact, _read_json_beside, _rename
 from ..registry import builder, detector, register_family
 from ..settings import coerce
-from ..tensors import concat0, zeros_f32
+from ..tensors import concat0, f32_tensor, zeros_f32
 
 SWIN_KEYS = OrderedDict([
     ("swin.embed_dim", "i"), ("swin.depths", "in"), ("swin.num_heads", "in"), ("swin.mlp_hidden", "in"),
@@ -17,7 +17,7 @@ SWIN_KEYS["swin.window_size"] = "in"   # one window for every stage, or one per 
 register_family("swin", SWIN_KEYS, choices={
     "swin.pad_mode": ("pad_then_roll", "roll_then_pad"),
     "swin.shift_rule": ("per_axis", "min", "always"),
-    "swin.window_from": ("input", "img_size"),
+    "swin.window_from": ("input", "img_size", "fixed"),
 }, assumable=[
     ("swin.window_size", "--set swin.window_size=N[,N...]"),
     ("swin.pretrained_window", "--set swin.pretrained_window=N[,N...]"),
@@ -351,14 +351,71 @@ SWIN_TORCHVISION_RULES = [
 ]
 
 
+# torchvision Swin_V2_T/S/B_Weights.IMAGENET1K_V1: resize 260 bicubic, crop 256
+PRE_SWINV2_TORCHVISION = {"pre.mean": IMAGENET_MEAN, "pre.std": IMAGENET_STD, "pre.crop_pct": 256.0 / 260.0,
+                          "pre.interp": "bicubic"}
+
+
+def _torchvision_v2(renamed, back, ctx):
+    """torchvision's swin_v2_t/s/b (features.* renamed): one window for every stage, never shrunk
+    (maps padded to it) and shifts dropped on the real map; the k third of qkv.bias is zeroed at run
+    time, so the file gets zeros there.  The window comes from the saved relative_coords_table
+    buffers [1, 2w-1, 2w-1, 2] (8 assumed without them); torchvision has no pretrained window."""
+    st = ctx.settings
+    found = {}
+    for k, t in renamed.items():
+        if k.endswith("attn.relative_coords_table"):
+            if t.ndim != 4 or t.shape[0] != 1 or t.shape[3] != 2 or t.shape[1] % 2 == 0 or t.shape[2] % 2 == 0:
+                raise ConvertError("torchvision Swin V2 %s has shape %s, not [1, 2w-1, 2w-1, 2]" % (back[k], list(t.shape)))
+            if t.shape[1] != t.shape[2]:
+                raise ConvertError("torchvision Swin V2 %s: a non-square window %dx%d is not supported"
+                                   % (back[k], (t.shape[1] + 1) // 2, (t.shape[2] + 1) // 2))
+            found[back[k]] = (t.shape[1] + 1) // 2
+    for k, t in renamed.items():
+        m = re.match(r"^(layers\.\d+\.blocks\.\d+\.attn)\.relative_position_index$", k)
+        w = found.get(back.get(m.group(1) + ".relative_coords_table", "")) if m else None
+        if w and tuple(t.shape) != (w ** 4,):
+            raise ConvertError("torchvision Swin V2 %s has shape %s, not [%d] for its %d-window"
+                               % (back[k], list(t.shape), w ** 4, w))
+    sizes = sorted(set(found.values()))
+    if len(sizes) > 1:
+        raise ConvertError("torchvision Swin V2: the relative_coords_table buffers give different windows %s; "
+                           "torchvision builds one window for every block" % sizes)
+    defaults = {"swin.pad_mode": "pad_then_roll", "swin.shift_rule": "per_axis", "swin.window_from": "fixed",
+                "swin.window_size": [8], "swin.pretrained_window": [0]}
+    ctx.determined.add("swin.pretrained_window")   # torchvision normalises the bias by its own window
+    if sizes:
+        ctx.determined.add("swin.window_size")
+        defaults["swin.window_size"] = sizes
+        if st.rank("swin.window_size") >= 1 and st.get("swin.window_size") not in (sizes, sizes[0]):
+            said = st.get("swin.window_size")
+            raise ConvertError("swin.window_size=%s disagrees with the relative_coords_table buffers, which give "
+                               "%d; leave it unset for torchvision Swin V2"
+                               % (",".join(map(str, said if isinstance(said, list) else [said])), sizes[0]))
+    for k in list(renamed):
+        if not re.match(r"^layers\.\d+\.blocks\.\d+\.attn\.qkv\.bias$", k):
+            continue
+        b, wt = renamed[k], renamed.get(k[:-len("bias")] + "weight")
+        n = b.shape[0] if b.ndim == 1 else 0
+        if b.ndim != 1 or n % 3 or wt is None or wt.ndim != 2 or wt.shape[0] != n:
+            raise ConvertError("torchvision Swin V2 %s has shape %s, not [3 * dim] matching qkv.weight"
+                               % (back[k], list(b.shape)))
+        raw = b.f32(back[k])
+        c = n // 3
+        renamed[k] = f32_tensor((n,), raw[:4 * c] + bytes(4 * c) + raw[8 * c:])
+    m = build_swin(renamed, ctx, "torchvision", dict(PRE_SWINV2_TORCHVISION, **defaults))
+    m.used = set(back[k] for k in m.used)
+    m.notes.append("Swin V2 layout: torchvision (k bias zeroed, window fixed at %s)" % m.config["swin.window_size"])
+    return m
+
+
 @detector("swin", "torchvision Swin")
 def detect_swin_torchvision(sd, ctx):
     if "features.0.0.weight" not in sd or not any(k.startswith("features.1.0.attn.") for k in sd):
         return None
-    if any(k.endswith("attn.cpb_mlp.0.weight") for k in sd):
-        raise ConvertError("torchvision Swin V2 (swin_v2_t/s/b: fixed window, k bias zeroed at run time) is not "
-                           "supported; timm, Microsoft and Hugging Face Swin V2 files are")
     renamed, back = _rename(sd, SWIN_TORCHVISION_RULES)
+    if any(k.endswith("attn.cpb_mlp.0.weight") for k in renamed):
+        return _torchvision_v2(renamed, back, ctx)
     m = build_swin(renamed, ctx, "torchvision", dict(PRE_SWIN_TORCHVISION,
                                                     **{"swin.pad_mode": "pad_then_roll", "swin.shift_rule": "per_axis"}))
     m.used = set(back[k] for k in m.used)

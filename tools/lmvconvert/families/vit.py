@@ -680,17 +680,20 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
 
 
 def vit_embedding_proj(sd, take, T, D, pre_logits, dist):
-    """CLIP's embedding projection, in canonical names proj.weight [E, D] (a bias-free Linear after
-    the pooled features): placed in T; returns E, or 0 when the model has none."""
+    """CLIP's embedding projection, in canonical names proj.weight [E, D] and an optional proj.bias [E]
+    (a Linear after the pooled features; CLIP's has no bias, OpenCLIP's timm towers may have one):
+    placed in T; returns E, or 0 when the model has none."""
     if "proj.weight" not in sd:
+        if "proj.bias" in sd:
+            raise ConvertError("proj.bias without proj.weight")
         return 0
     if pre_logits or dist is not None:
         raise ConvertError("an embedding projection (proj.weight) together with pre_logits or a distillation "
                            "token is not a layout lemevit.h runs")
-    if "proj.bias" in sd:
-        raise ConvertError("proj.bias: the embedding projection has no bias in the graph lemevit.h runs")
     w = take("proj.weight", (None, D))
     T["proj.weight"] = w
+    if "proj.bias" in sd:
+        T["proj.bias"] = take("proj.bias", (w.shape[0],))
     return w.shape[0]
 
 

@@ -449,9 +449,10 @@ typedef struct lmv_session_options {
                                   1: activations are quantised to int8 too (per row and K block
                                   of 256, symmetric) and multiplied with int32 sums: about 2x
                                   faster where the CPU has int8 dot products (AVX512-VNNI, Arm
-                                  sdot), 16-bit products on AVX-512 without VNNI, the same
-                                  arithmetic in plain C elsewhere (much slower), a small accuracy
-                                  cost. Needs about 60 KB of stack per thread. */
+                                  sdot); on AVX2 and AVX-512 without VNNI 16-bit products
+                                  (vpmaddwd), about the float path's speed; the same arithmetic
+                                  in plain C elsewhere (much slower); a small accuracy cost.
+                                  Needs about 60 KB of stack per thread. */
     lmv_simd simd;             /* the kernels: LMV_SIMD_AUTO (0, default) the best this CPU and
                                   build run (lmv_simd_best()); a lower one forces it, for tests
                                   and bug reports; one the CPU or build lacks is refused
@@ -2571,6 +2572,43 @@ static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t
 #undef LMV__FOLD
         lmv__tile_q8_out(mr, nr, c, colsum, sa, sw, bias, C, ldc, first);
         return;
+    }
+#elif defined(LMV__AVX2)
+    { /* AVX2: 16-bit products summed in pairs by vpmaddwd, exact (|a * w| <= 255 * 128), so the
+         integer sums are the other paths'. A's rows widened to int16 first; then per half of the
+         panel (8 columns: 12 accumulators, 2 of weights, 1 of A in 16 registers) and per 4 bytes
+         of k, the columns' 4 k widened side by side and the row's 4 values broadcast. Each
+         accumulator holds 4 columns' sums per k pair, folded (vphaddd) at the end. */
+        LMV__ALIGNED(32) int16_t aw[LMV__MR][LEMEVIT_GEMM_KC + 4];
+        int h;
+        for (r = 0; r < LMV__MR; r++) {
+            const unsigned char *ar = a + (size_t)r * lda;
+            for (k = 0; k + 16 <= kc4; k += 16)
+                _mm256_storeu_si256((__m256i *)(void *)(aw[r] + k), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(ar + k))));
+            for (; k < kc4; k++) aw[r][k] = (int16_t)ar[k];
+        }
+        for (h = 0; h < LMV__NR; h += 8) {
+            __m256i x0 = _mm256_setzero_si256(), y0 = x0, x1 = x0, y1 = x0, x2 = x0, y2 = x0;
+            __m256i x3 = x0, y3 = x0, x4 = x0, y4 = x0, x5 = x0, y5 = x0, off;
+            for (k = 0; k < kc4; k += 4) {
+                const signed char *pk = p + (size_t)k * LMV__NR + (size_t)h * 4;
+                __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)pk)), av;
+                __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(pk + 16)));
+                long long v;
+#define LMV__MADD(r, x, y) memcpy(&v, aw[r] + k, 8); av = _mm256_set1_epi64x(v); \
+                x = _mm256_add_epi32(x, _mm256_madd_epi16(av, b0)); y = _mm256_add_epi32(y, _mm256_madd_epi16(av, b1))
+                LMV__MADD(0, x0, y0); LMV__MADD(1, x1, y1); LMV__MADD(2, x2, y2);
+                LMV__MADD(3, x3, y3); LMV__MADD(4, x4, y4); LMV__MADD(5, x5, y5);
+#undef LMV__MADD
+            }
+            /* lanes of hadd(x, y): columns 0 1 4 5 | 2 3 6 7, put in order; then the +128 of A off */
+            off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(colsum + h)), 7);
+#define LMV__FOLD(r, x, y) _mm256_storeu_si256((__m256i *)(void *)(acc[r] + h), \
+                _mm256_sub_epi32(_mm256_permute4x64_epi64(_mm256_hadd_epi32(x, y), 0xD8), off))
+            LMV__FOLD(0, x0, y0); LMV__FOLD(1, x1, y1); LMV__FOLD(2, x2, y2);
+            LMV__FOLD(3, x3, y3); LMV__FOLD(4, x4, y4); LMV__FOLD(5, x5, y5);
+#undef LMV__FOLD
+        }
     }
 #elif defined(LMV__SDOT)
     { /* signed x signed: A back to signed (a - 128 is a ^ 0x80), no column sums needed */

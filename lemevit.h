@@ -3329,6 +3329,13 @@ static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H,
 static void lmv__dwconv_pixel(float *d, const float *const *s, const float *const *wk, int n, int C, const float *b) {
     int c = 0, t;
     lmv__bias_or_zero(d, b, C);
+#if defined(LMV__AVX512)
+    for (; c + 16 <= C; c += 16) { /* 16 channels summed over the taps in a register */
+        __m512 acc = _mm512_loadu_ps(d + c);
+        for (t = 0; t < n; t++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(wk[t] + c), _mm512_loadu_ps(s[t] + c), acc);
+        _mm512_storeu_ps(d + c, acc);
+    }
+#endif
 #if defined(LMV__AVX2)
     for (; c + 8 <= C; c += 8) { /* 8 channels summed over the taps in a register */
         __m256 acc = _mm256_loadu_ps(d + c);

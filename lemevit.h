@@ -771,7 +771,7 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 
 /* SIMD kernels. The kernel section ("Tensor kernels" to "Attention") is compiled once as it stands
    (plain C99, or NEON on AArch64) and, on x86-64 with GCC >= 8, Clang >= 8 or MSVC 2019, twice more:
-   for AVX2+FMA+F16C and for AVX-512 (F, BW, DQ, VL, VNNI), through target pragmas, whatever the
+   for AVX2+FMA+F16C and for AVX-512 (F, BW, DQ, VL), through target pragmas, whatever the
    compiler flags. The copies' functions carry the suffixes _portable, _avx2 and _avx512; the
    session's lmv__ctx.simd picks one at each kernel call (lmv__simd_of). The AVX-512 copy is
    compiled without VNNI (CPUs before Cascade Lake lack it, and a compiler may use any instruction

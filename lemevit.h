@@ -91,7 +91,7 @@
        lmv_session_simd()             the kernel path it runs
        lmv_simd_best()                the best kernel path this CPU and build offer
        lmv_simd_available()           whether a kernel path can run here (to force it)
-       lmv_simd_name()                "portable", "avx2", "avx512" or "neon"
+       lmv_simd_name()                "portable", "avx2", "avx512", "avx512-novnni", "neon"
    Images
        lmv_image_options_default()    the defaults (all zeros mean the same)
        lmv_image_jpeg_info()          a JPEG's size, channels and decode memory, from its headers
@@ -165,7 +165,8 @@
 
    Kernels: on x86-64 one build has portable, AVX2 and AVX-512 kernels whatever its flags, and
    each session runs the best the CPU has (lmv_session_simd(); lmv_session_options.simd forces
-   a lower one).
+   a lower one). AVX-512 without VNNI (Skylake-SP/X) runs the 512-bit kernels too
+   (LMV_SIMD_AVX512_NOVNNI); the VNNI instructions are only reached where the CPU has them.
    A loaded model is never written to, so any number of sessions may run one model at once.
 
    Inspecting a run: lmv_session_set_trace() hands every block's output to a callback (LeMeViT:
@@ -417,18 +418,21 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
 typedef struct lmv_session lmv_session;
 
 /* Kernel paths. One build carries the portable C kernels (NEON on AArch64) and, on x86-64 with
-   GCC, Clang or MSVC, AVX2+FMA+F16C and AVX-512 (F, BW, DQ, VL, VNNI) kernels beside them, whatever
-   the compiler flags; a session takes the best the CPU has when it is created. Every path gives
-   the portable path's results within float rounding. */
+   GCC, Clang or MSVC, AVX2+FMA+F16C and AVX-512 (F, BW, DQ, VL; VNNI where the CPU has it) kernels
+   beside them, whatever the compiler flags; a session takes the best the CPU has when it is
+   created. Every path gives the portable path's results within float rounding. */
 typedef enum lmv_simd {
     LMV_SIMD_AUTO = 0,         /* the best available (lmv_simd_best()) */
     LMV_SIMD_PORTABLE,         /* plain C99 */
     LMV_SIMD_AVX2,             /* x86-64 AVX2 + FMA + F16C, 256-bit */
     LMV_SIMD_AVX512,           /* x86-64 AVX-512 F/BW/DQ/VL + VNNI, 512-bit */
-    LMV_SIMD_NEON              /* AArch64 NEON (compiled in when the compiler targets AArch64) */
+    LMV_SIMD_NEON,             /* AArch64 NEON (compiled in when the compiler targets AArch64) */
+    LMV_SIMD_AVX512_NOVNNI     /* x86-64 AVX-512 F/BW/DQ/VL without VNNI (Skylake-SP/X): the
+                                  512-bit kernels, int8 x int8 products through vpmaddwd; forcing
+                                  it on a VNNI CPU gives the same bits as LMV_SIMD_AVX512 */
 } lmv_simd;
 
-/* "auto", "portable", "avx2", "avx512" or "neon" ("?" for other values). */
+/* "auto", "portable", "avx2", "avx512", "neon" or "avx512-novnni" ("?" for other values). */
 LEMEVIT_API const char *lmv_simd_name(lmv_simd simd);
 /* The best path this build can run on this CPU: what LMV_SIMD_AUTO picks. */
 LEMEVIT_API lmv_simd lmv_simd_best(void);
@@ -449,8 +453,10 @@ typedef struct lmv_session_options {
                                   1: activations are quantised to int8 too (per row and K block
                                   of 256, symmetric) and multiplied with int32 sums: about 2x
                                   faster where the CPU has int8 dot products (AVX512-VNNI, Arm
-                                  sdot), the same arithmetic in plain C elsewhere (slower), a
-                                  small accuracy cost. Needs about 56 KB of stack per thread. */
+                                  sdot); on AVX2 and AVX-512 without VNNI 16-bit products
+                                  (vpmaddwd), about the float path's speed; the same arithmetic
+                                  in plain C elsewhere (much slower); a small accuracy cost.
+                                  Needs about 60 KB of stack per thread. */
     lmv_simd simd;             /* the kernels: LMV_SIMD_AUTO (0, default) the best this CPU and
                                   build run (lmv_simd_best()); a lower one forces it, for tests
                                   and bug reports; one the CPU or build lacks is refused
@@ -773,10 +779,13 @@ LEMEVIT_API size_t lmv_npy_header(char *out, int ndim, const int *shape);
 
 /* SIMD kernels. The kernel section ("Tensor kernels" to "Attention") is compiled once as it stands
    (plain C99, or NEON on AArch64) and, on x86-64 with GCC >= 8, Clang >= 8 or MSVC 2019, twice more:
-   for AVX2+FMA+F16C and for AVX-512 (F, BW, DQ, VL, VNNI), through target pragmas, whatever the
+   for AVX2+FMA+F16C and for AVX-512 (F, BW, DQ, VL), through target pragmas, whatever the
    compiler flags. The copies' functions carry the suffixes _portable, _avx2 and _avx512; the
-   session's lmv__ctx.simd picks one at each kernel call (lmv__simd_of). Every kernel has a
-   portable C99 twin that gives the same results within float rounding. */
+   session's lmv__ctx.simd picks one at each kernel call (lmv__simd_of). The AVX-512 copy is
+   compiled without VNNI (CPUs before Cascade Lake lack it, and a compiler may use any instruction
+   its target allows): only lmv__tile_q8_vnni has VNNI as its target, and lmv__gemm_q8 calls it
+   when the session's path is LMV_SIMD_AVX512. Every kernel has a portable C99 twin that gives the
+   same results within float rounding. */
 #if !defined(LEMEVIT_NO_SIMD) && (defined(__x86_64__) || defined(_M_X64)) &&                               \
     ((defined(__clang__) && __clang_major__ >= 8) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 8) || \
      (!defined(__clang__) && defined(_MSC_VER) && _MSC_VER >= 1920))
@@ -1614,6 +1623,7 @@ typedef struct lmv__ctx {
     int simd;         /* the kernel copy (lmv_simd); 0: the best available */
     double *macs; /* optional counter of multiply-adds, for lmv_session_macs() */
 } lmv__ctx;
+static int lmv__simd_of(const lmv__ctx *ctx);
 
 /* The context for work one thread does inside a parallel task: ctx's settings, one thread, and
    multiply-adds counted into `macs` (NULL: the caller counts them for the whole). */
@@ -1719,6 +1729,8 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 #define lmv__tile LMV__KN(lmv__tile)
 #define lmv__tile_c LMV__KN(lmv__tile_c)
 #define lmv__tile_q8 LMV__KN(lmv__tile_q8)
+#define lmv__tile_q8_out LMV__KN(lmv__tile_q8_out)
+#define lmv__tile_q8_vnni LMV__KN(lmv__tile_q8_vnni)
 #define lmv__tile_rows LMV__KN(lmv__tile_rows)
 #define lmv__tile_z LMV__KN(lmv__tile_z)
 #define lmv__transpose8 LMV__KN(lmv__transpose8)
@@ -1729,20 +1741,18 @@ static lmv__ctx lmv__one_thread(const lmv__ctx *ctx, double *macs) {
 /* The instruction set of this copy of the kernels. */
 #undef LMV__AVX2
 #undef LMV__F16C
-#undef LMV__VNNI
 #undef LMV__AVX512
 #if defined(LMV__KPASS)
 #define LMV__AVX2 1   /* AVX2 + FMA, 256-bit */
 #define LMV__F16C 1   /* half -> float in hardware */
 #if LMV__KPASS == 3
-#define LMV__VNNI 1   /* int8 dot products (vpdpbusd) */
-#define LMV__AVX512 1 /* 512-bit registers, 32 of them */
+#define LMV__AVX512 1 /* 512-bit registers, 32 of them; no VNNI but in lmv__tile_q8_vnni */
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), \
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"))), \
                              apply_to = function)
 #elif defined(__GNUC__)
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")
 #endif
 #else
 #if defined(__clang__)
@@ -2473,6 +2483,65 @@ static void lmv__pack_q8(signed char *panel, int32_t *colsum, const lmv__mat *B,
     for (; j < LMV__NR; j++) colsum[j] = 0;
 }
 
+#if defined(LMV__AVX512)
+/* The end of a 512-bit int8 tile: acc[r] holds row r's 16 column sums of a * w with A's unsigned
+   operand (a + 128), so 128 * colsum comes off, then the two scales, then into C. The operations
+   and order of the scalar loop in lmv__tile_q8 (the last product through the masked form, which a
+   compiler fusing a * b + c (C++) cannot fuse with the add). */
+static void lmv__tile_q8_out(int mr, int nr, const __m512i *acc, const int32_t *colsum, const float *sa,
+                             const float *sw, const float *bias, float *C, size_t ldc, int first) {
+    __mmask16 cols = (__mmask16)((1u << nr) - 1u);
+    __m512i off = _mm512_maskz_slli_epi32((__mmask16)0xffff, _mm512_loadu_si512((const void *)colsum), 7);
+    __m512 w = _mm512_maskz_loadu_ps(cols, sw);
+    int r;
+    for (r = 0; r < mr; r++) {
+        float *c = C + (size_t)r * ldc;
+        __m512 v = _mm512_maskz_mul_ps(cols, _mm512_mul_ps(_mm512_set1_ps(sa[r]), w), _mm512_maskz_cvtepi32_ps(cols, _mm512_sub_epi32(acc[r], off)));
+        __m512 p = first ? (bias ? _mm512_maskz_loadu_ps(cols, bias) : _mm512_setzero_ps()) : _mm512_maskz_loadu_ps(cols, c);
+        _mm512_mask_storeu_ps(c, cols, _mm512_add_ps(p, v));
+    }
+}
+
+/* lmv__tile_q8 with AVX512-VNNI: one zmm of 16 sums per row, 4 bytes of k for all 16 columns in
+   one vpdpbusd. The only function compiled for VNNI (its own target), called only on the
+   LMV_SIMD_AVX512 path. Rows past mr are padding rows of A (zeros, as 128): computed, never
+   stored; columns past nr masked. */
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni"))), \
+                             apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")
+#endif
+static void lmv__tile_q8_vnni(int mr, int nr, int kc4, const unsigned char *a, size_t lda, const signed char *p,
+                              const int32_t *colsum, const float *sa, const float *sw, const float *bias, float *C,
+                              size_t ldc, int first) {
+    const unsigned char *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
+    __m512i c[LMV__MR];
+    int k;
+    c[0] = c[1] = c[2] = c[3] = c[4] = c[5] = _mm512_setzero_si512();
+    for (k = 0; k < kc4; k += 4) {
+        __m512i b = _mm512_loadu_si512((const void *)(p + (size_t)k * LMV__NR));
+        int32_t v;
+#define LMV__DPZ(row, x) memcpy(&v, row + k, 4); x = _mm512_dpbusd_epi32(x, _mm512_set1_epi32(v), b)
+        LMV__DPZ(a0, c[0]); LMV__DPZ(a1, c[1]); LMV__DPZ(a2, c[2]); LMV__DPZ(a3, c[3]); LMV__DPZ(a4, c[4]); LMV__DPZ(a5, c[5]);
+#undef LMV__DPZ
+    }
+    lmv__tile_q8_out(mr, nr, c, colsum, sa, sw, bias, C, ldc, first);
+}
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"))), \
+                             apply_to = function)
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")
+#endif
+#endif
+
 /* C[mr][nr] (+)= scale_a[r] * scale_w[j] * sum_k (a - 128) * w over one K block of quantised A
    (stride lda): the first block starts from the bias (or zero), later ones add to C. */
 static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t lda, const signed char *p,
@@ -2481,79 +2550,76 @@ static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t
     int32_t acc[LMV__MR][LMV__NR];
     int r, j, k;
 #if defined(LMV__AVX512)
-    { /* one zmm of 16 sums per row: 4 bytes of k for all 16 columns in one vpdpbusd. Rows past mr
-         are padding rows of A (zeros, as 128): computed, never stored; columns past nr masked. */
-        const unsigned char *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
-        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, off;
-        __m512 w;
-        __mmask16 cols = (__mmask16)((1u << nr) - 1u);
+    { /* AVX-512 without VNNI: 16-bit products summed in pairs by vpmaddwd, exact (|a * w| <= 255 *
+         128), so the integer sums are the VNNI tile's. The tile's rows of A are first widened to
+         int16; per 4 bytes of k the panel's 16 columns are widened in two zmm (columns 0-7 and
+         8-15, each column's 4 k side by side) and the row's 4 values broadcast; each row's two
+         accumulators hold a sum per column and k pair (lane 2j: k 0-1, 2j+1: k 2-3), folded into
+         16 column sums at the end. */
+        LMV__ALIGNED(64) int16_t aw[LMV__MR][LEMEVIT_GEMM_KC + 64];
+        __m512i l0 = _mm512_setzero_si512(), l1 = l0, l2 = l0, l3 = l0, l4 = l0, l5 = l0;
+        __m512i h0 = l0, h1 = l0, h2 = l0, h3 = l0, h4 = l0, h5 = l0, c[LMV__MR], even, odd;
+        for (r = 0; r < LMV__MR; r++)
+            for (k = 0; k < kc4; k += 32) {
+                __mmask32 m = kc4 - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (kc4 - k)) - 1u);
+                _mm512_storeu_si512((void *)(aw[r] + k), _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, a + (size_t)r * lda + (size_t)k)));
+            }
         for (k = 0; k < kc4; k += 4) {
-            __m512i b = _mm512_loadu_si512((const void *)(p + (size_t)k * LMV__NR));
-            int32_t v;
-#define LMV__DPZ(row, x) memcpy(&v, row + k, 4); x = _mm512_dpbusd_epi32(x, _mm512_set1_epi32(v), b)
-            LMV__DPZ(a0, c0); LMV__DPZ(a1, c1); LMV__DPZ(a2, c2); LMV__DPZ(a3, c3); LMV__DPZ(a4, c4); LMV__DPZ(a5, c5);
-#undef LMV__DPZ
+            const signed char *pk = p + (size_t)k * LMV__NR;
+            __m512i bl = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)pk)), av;
+            __m512i bh = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(const void *)(pk + 32)));
+            long long v;
+#define LMV__MADD(r, xl, xh) memcpy(&v, aw[r] + k, 8); av = _mm512_set1_epi64(v); \
+            xl = _mm512_add_epi32(xl, _mm512_madd_epi16(av, bl)); xh = _mm512_add_epi32(xh, _mm512_madd_epi16(av, bh))
+            LMV__MADD(0, l0, h0); LMV__MADD(1, l1, h1); LMV__MADD(2, l2, h2);
+            LMV__MADD(3, l3, h3); LMV__MADD(4, l4, h4); LMV__MADD(5, l5, h5);
+#undef LMV__MADD
         }
-        /* the +128 of the unsigned operand, then the two scales, then into C: the operations and
-           order of the AVX2 tile and of the scalar loop below (the last product through the masked
-           form, which a compiler fusing a * b + c (C++) cannot fuse with the add) */
-        off = _mm512_maskz_slli_epi32((__mmask16)0xffff, _mm512_loadu_si512((const void *)colsum), 7);
-        w = _mm512_maskz_loadu_ps(cols, sw);
-#define LMV__OUTZ(r, x)                                                                                              \
-    if ((r) < mr) {                                                                                                  \
-        float *c_ = C + (size_t)(r) * ldc;                                                                           \
-        __m512 v_ = _mm512_maskz_mul_ps(cols, _mm512_mul_ps(_mm512_set1_ps(sa[r]), w), _mm512_maskz_cvtepi32_ps(cols, _mm512_sub_epi32(x, off))); \
-        __m512 p_ = first ? (bias ? _mm512_maskz_loadu_ps(cols, bias) : _mm512_setzero_ps()) : _mm512_maskz_loadu_ps(cols, c_); \
-        _mm512_mask_storeu_ps(c_, cols, _mm512_add_ps(p_, v_));                                                      \
-    }
-        LMV__OUTZ(0, c0) LMV__OUTZ(1, c1) LMV__OUTZ(2, c2) LMV__OUTZ(3, c3) LMV__OUTZ(4, c4) LMV__OUTZ(5, c5)
-#undef LMV__OUTZ
+        even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+#define LMV__FOLD(r, xl, xh) c[r] = _mm512_add_epi32(_mm512_permutex2var_epi32(xl, even, xh), _mm512_permutex2var_epi32(xl, odd, xh))
+        LMV__FOLD(0, l0, h0); LMV__FOLD(1, l1, h1); LMV__FOLD(2, l2, h2);
+        LMV__FOLD(3, l3, h3); LMV__FOLD(4, l4, h4); LMV__FOLD(5, l5, h5);
+#undef LMV__FOLD
+        lmv__tile_q8_out(mr, nr, c, colsum, sa, sw, bias, C, ldc, first);
         return;
     }
-#elif defined(LMV__VNNI)
-    { /* rows past mr are padding rows of A (zeros, as 128): computed, never stored */
-        const unsigned char *a0 = a, *a1 = a + lda, *a2 = a + 2 * lda, *a3 = a + 3 * lda, *a4 = a + 4 * lda, *a5 = a + 5 * lda;
-        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-        __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, off0, off1;
-        __m256 w0, w1;
-        for (k = 0; k < kc4; k += 4) {
-            __m256i b0 = _mm256_loadu_si256((const __m256i *)(const void *)(p + (size_t)k * LMV__NR));
-            __m256i b1 = _mm256_loadu_si256((const __m256i *)(const void *)(p + (size_t)k * LMV__NR + 32)), av;
-            int32_t v;
-#define LMV__DP(row, x0, x1) memcpy(&v, row + k, 4); av = _mm256_set1_epi32(v); \
-            x0 = _mm256_dpbusd_epi32(x0, av, b0); x1 = _mm256_dpbusd_epi32(x1, av, b1)
-            LMV__DP(a0, c00, c01); LMV__DP(a1, c10, c11); LMV__DP(a2, c20, c21);
-            LMV__DP(a3, c30, c31); LMV__DP(a4, c40, c41); LMV__DP(a5, c50, c51);
-#undef LMV__DP
+#elif defined(LMV__AVX2)
+    { /* AVX2: 16-bit products summed in pairs by vpmaddwd, exact (|a * w| <= 255 * 128), so the
+         integer sums are the other paths'. A's rows widened to int16 first; then per half of the
+         panel (8 columns: 12 accumulators, 2 of weights, 1 of A in 16 registers) and per 4 bytes
+         of k, the columns' 4 k widened side by side and the row's 4 values broadcast. Each
+         accumulator holds 4 columns' sums per k pair, folded (vphaddd) at the end. */
+        LMV__ALIGNED(32) int16_t aw[LMV__MR][LEMEVIT_GEMM_KC + 4];
+        int h;
+        for (r = 0; r < LMV__MR; r++) {
+            const unsigned char *ar = a + (size_t)r * lda;
+            for (k = 0; k + 16 <= kc4; k += 16)
+                _mm256_storeu_si256((__m256i *)(void *)(aw[r] + k), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(ar + k))));
+            for (; k < kc4; k++) aw[r][k] = (int16_t)ar[k];
         }
-        /* the +128 of the unsigned operand, then the two scales, then into C */
-        off0 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(const void *)colsum), 7);
-        off1 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(colsum + 8)), 7);
-        if (mr < LMV__MR || nr < LMV__NR) {
-#define LMV__ST(r, x0, x1) _mm256_storeu_si256((__m256i *)(void *)acc[r], _mm256_sub_epi32(x0, off0)); \
-            _mm256_storeu_si256((__m256i *)(void *)(acc[r] + 8), _mm256_sub_epi32(x1, off1))
-            LMV__ST(0, c00, c01); LMV__ST(1, c10, c11); LMV__ST(2, c20, c21);
-            LMV__ST(3, c30, c31); LMV__ST(4, c40, c41); LMV__ST(5, c50, c51);
-#undef LMV__ST
-            goto scalar_out;
+        for (h = 0; h < LMV__NR; h += 8) {
+            __m256i x0 = _mm256_setzero_si256(), y0 = x0, x1 = x0, y1 = x0, x2 = x0, y2 = x0;
+            __m256i x3 = x0, y3 = x0, x4 = x0, y4 = x0, x5 = x0, y5 = x0, off;
+            for (k = 0; k < kc4; k += 4) {
+                const signed char *pk = p + (size_t)k * LMV__NR + (size_t)h * 4;
+                __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)pk)), av;
+                __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(pk + 16)));
+                long long v;
+#define LMV__MADD(r, x, y) memcpy(&v, aw[r] + k, 8); av = _mm256_set1_epi64x(v); \
+                x = _mm256_add_epi32(x, _mm256_madd_epi16(av, b0)); y = _mm256_add_epi32(y, _mm256_madd_epi16(av, b1))
+                LMV__MADD(0, x0, y0); LMV__MADD(1, x1, y1); LMV__MADD(2, x2, y2);
+                LMV__MADD(3, x3, y3); LMV__MADD(4, x4, y4); LMV__MADD(5, x5, y5);
+#undef LMV__MADD
+            }
+            /* lanes of hadd(x, y): columns 0 1 4 5 | 2 3 6 7, put in order; then the +128 of A off */
+            off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(colsum + h)), 7);
+#define LMV__FOLD(r, x, y) _mm256_storeu_si256((__m256i *)(void *)(acc[r] + h), \
+                _mm256_sub_epi32(_mm256_permute4x64_epi64(_mm256_hadd_epi32(x, y), 0xD8), off))
+            LMV__FOLD(0, x0, y0); LMV__FOLD(1, x1, y1); LMV__FOLD(2, x2, y2);
+            LMV__FOLD(3, x3, y3); LMV__FOLD(4, x4, y4); LMV__FOLD(5, x5, y5);
+#undef LMV__FOLD
         }
-        w0 = _mm256_loadu_ps(sw);
-        w1 = _mm256_loadu_ps(sw + 8);
-#define LMV__OUT(r, x0, x1)                                                                                          \
-    do {                                                                                                             \
-        float *c_ = C + (size_t)(r) * ldc;                                                                           \
-        __m256 s_ = _mm256_set1_ps(sa[r]);                                                                           \
-        __m256 v0_ = _mm256_mul_ps(_mm256_mul_ps(s_, w0), _mm256_cvtepi32_ps(_mm256_sub_epi32(x0, off0)));           \
-        __m256 v1_ = _mm256_mul_ps(_mm256_mul_ps(s_, w1), _mm256_cvtepi32_ps(_mm256_sub_epi32(x1, off1)));           \
-        __m256 p0_ = first ? (bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps()) : _mm256_loadu_ps(c_);             \
-        __m256 p1_ = first ? (bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps()) : _mm256_loadu_ps(c_ + 8);     \
-        _mm256_storeu_ps(c_, _mm256_add_ps(p0_, v0_));                                                               \
-        _mm256_storeu_ps(c_ + 8, _mm256_add_ps(p1_, v1_));                                                           \
-    } while (0)
-        LMV__OUT(0, c00, c01); LMV__OUT(1, c10, c11); LMV__OUT(2, c20, c21);
-        LMV__OUT(3, c30, c31); LMV__OUT(4, c40, c41); LMV__OUT(5, c50, c51);
-#undef LMV__OUT
-        return;
     }
 #elif defined(LMV__SDOT)
     { /* signed x signed: A back to signed (a - 128 is a ^ 0x80), no column sums needed */
@@ -2591,9 +2657,6 @@ static void lmv__tile_q8(int mr, int nr, int kc4, const unsigned char *a, size_t
             acc[r][j] = sum;
         }
 #endif
-#if defined(LMV__VNNI) && !defined(LMV__AVX512)
-scalar_out:
-#endif
     for (r = 0; r < mr; r++) {
         float *c = C + (size_t)r * ldc;
         if (first) lmv__bias_or_zero(c, bias, nr);
@@ -2608,6 +2671,11 @@ scalar_out:
 static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *A, size_t lda, const lmv__mat *B,
                          size_t ldb, const float *bias, float *C, size_t ldc, lmv__act act, int accumulate) {
     int npanels = (N + LMV__NR - 1) / LMV__NR, nrows = (M + LMV__Q8_MC - 1) / LMV__Q8_MC, mchunk, ngroups = 1, tasks, t;
+    void (*tile)(int, int, int, const unsigned char *, size_t, const signed char *, const int32_t *, const float *,
+                 const float *, const float *, float *, size_t, int) = lmv__tile_q8;
+#if defined(LMV__AVX512)
+    if (lmv__simd_of(ctx) == LMV_SIMD_AVX512) tile = lmv__tile_q8_vnni; /* the CPU has VNNI */
+#endif
     if (ctx->macs) *ctx->macs += (double)M * N * K;
     /* Tasks are (row chunk x group of column panels); each quantises its rows once per K block and
        packs each panel once per row chunk, so row chunks are as tall as the buffer allows. With
@@ -2642,7 +2710,7 @@ static void lmv__gemm_q8(const lmv__ctx *ctx, int M, int N, int K, const float *
                 int j0 = jp * LMV__NR, nr = N - j0 < LMV__NR ? N - j0 : LMV__NR;
                 lmv__pack_q8(panel, colsum, B, ldb, j0, nr, k0, kc, kc4);
                 for (i0 = m0; i0 < m1; i0 += LMV__MR)
-                    lmv__tile_q8(m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR, nr, kc4, aq + (size_t)(i0 - m0) * kc4, (size_t)kc4,
+                    tile(m1 - i0 < LMV__MR ? m1 - i0 : LMV__MR, nr, kc4, aq + (size_t)(i0 - m0) * kc4, (size_t)kc4,
                                  panel, colsum, as + (i0 - m0), B->scale + j0, b ? b + j0 : NULL,
                                  C + (size_t)i0 * ldc + (size_t)j0, ldc, k0 == 0 && !accumulate);
             }
@@ -3368,6 +3436,13 @@ static void lmv__conv2d(const lmv__ctx *ctx, float *out, const float *in, int H,
 static void lmv__dwconv_pixel(float *d, const float *const *s, const float *const *wk, int n, int C, const float *b) {
     int c = 0, t;
     lmv__bias_or_zero(d, b, C);
+#if defined(LMV__AVX512)
+    for (; c + 16 <= C; c += 16) { /* 16 channels summed over the taps in a register */
+        __m512 acc = _mm512_loadu_ps(d + c);
+        for (t = 0; t < n; t++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(wk[t] + c), _mm512_loadu_ps(s[t] + c), acc);
+        _mm512_storeu_ps(d + c, acc);
+    }
+#endif
 #if defined(LMV__AVX2)
     for (; c + 8 <= C; c += 8) { /* 8 channels summed over the taps in a register */
         __m256 acc = _mm256_loadu_ps(d + c);
@@ -3623,7 +3698,6 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef LMV__KPASS
 #undef LMV__AVX2
 #undef LMV__F16C
-#undef LMV__VNNI
 #undef LMV__AVX512
 #endif
 #undef LMV__KSUF
@@ -3674,6 +3748,8 @@ static void lmv__attention(const lmv__ctx *ctx, const lmv__attn_args *a) {
 #undef lmv__tile
 #undef lmv__tile_c
 #undef lmv__tile_q8
+#undef lmv__tile_q8_out
+#undef lmv__tile_q8_vnni
 #undef lmv__tile_rows
 #undef lmv__tile_z
 #undef lmv__transpose8
@@ -3714,13 +3790,14 @@ static lmv_simd lmv__simd_detect(void) {
     (void)b, (void)c, (void)d;
 #endif
     /* leaf 1 ecx: FMA 12, AVX 28, F16C 29; leaf 7 ebx: AVX2 5, AVX512F 16, DQ 17, BW 30, VL 31;
-       ecx: VNNI 11. XCR0: xmm+ymm state 0x6; opmask+zmm state 0xe0. */
+       ecx: VNNI 11. XCR0: xmm+ymm state 0x6; opmask+zmm state 0xe0. AVX-512 without VNNI
+       (Skylake-SP/X) runs the 512-bit kernels with an int8 tile of its own. */
     if (max < 7 || (xcr0 & 0x6) != 0x6 || !(r1[2] & (1u << 12)) || !(r1[2] & (1u << 28)) || !(r1[2] & (1u << 29)) ||
         !(r7[1] & (1u << 5)))
         return LMV_SIMD_PORTABLE;
     if ((xcr0 & 0xe6) == 0xe6 && (r7[1] & (1u << 16)) && (r7[1] & (1u << 17)) && (r7[1] & (1u << 30)) &&
-        (r7[1] & (1u << 31)) && (r7[2] & (1u << 11)))
-        return LMV_SIMD_AVX512;
+        (r7[1] & (1u << 31)))
+        return (r7[2] & (1u << 11)) ? LMV_SIMD_AVX512 : LMV_SIMD_AVX512_NOVNNI;
     return LMV_SIMD_AVX2;
 #elif defined(LMV__NEON)
     return LMV_SIMD_NEON;
@@ -3736,7 +3813,7 @@ static int lmv__simd_of(const lmv__ctx *ctx) { return ctx && ctx->simd ? ctx->si
 #define LMV__DISPATCH(simd, f, args)                                                                         \
     do {                                                                                                     \
         int s_ = (simd);                                                                                     \
-        if (s_ == LMV_SIMD_AVX512) f##_avx512 args;                                                          \
+        if (s_ == LMV_SIMD_AVX512 || s_ == LMV_SIMD_AVX512_NOVNNI) f##_avx512 args;                          \
         else if (s_ == LMV_SIMD_AVX2) f##_avx2 args;                                                         \
         else f##_portable args;                                                                              \
     } while (0)
@@ -6568,7 +6645,7 @@ LEMEVIT_API int lmv_model_tensor(const lmv_model *model, int i, lmv_tensor_info 
 /* Whether this build has the kernels of `simd` (the CPU may still lack them). */
 static int lmv__simd_compiled(lmv_simd simd) {
 #if defined(LMV__X86)
-    if (simd == LMV_SIMD_AVX2 || simd == LMV_SIMD_AVX512) return 1;
+    if (simd == LMV_SIMD_AVX2 || simd == LMV_SIMD_AVX512 || simd == LMV_SIMD_AVX512_NOVNNI) return 1;
 #endif
 #if defined(LMV__NEON)
     return simd == LMV_SIMD_NEON;
@@ -6584,6 +6661,7 @@ LEMEVIT_API const char *lmv_simd_name(lmv_simd simd) {
     case LMV_SIMD_AVX2: return "avx2";
     case LMV_SIMD_AVX512: return "avx512";
     case LMV_SIMD_NEON: return "neon";
+    case LMV_SIMD_AVX512_NOVNNI: return "avx512-novnni";
     }
     return "?";
 }
@@ -6593,7 +6671,10 @@ LEMEVIT_API lmv_simd lmv_simd_best(void) { return lmv__simd_detect(); }
 LEMEVIT_API int lmv_simd_available(lmv_simd simd) {
     if (simd == LMV_SIMD_AUTO) return 1;
     if (!lmv__simd_compiled(simd)) return 0;
-    if (simd == LMV_SIMD_AVX2) return lmv__simd_detect() >= LMV_SIMD_AVX2;
+    if (simd == LMV_SIMD_AVX2 || simd == LMV_SIMD_AVX512_NOVNNI) { /* AVX-512 runs both */
+        lmv_simd best = lmv__simd_detect();
+        return best == LMV_SIMD_AVX512 || best == LMV_SIMD_AVX512_NOVNNI || (simd == LMV_SIMD_AVX2 && best == LMV_SIMD_AVX2);
+    }
     if (simd == LMV_SIMD_AVX512) return lmv__simd_detect() == LMV_SIMD_AVX512;
     return 1;
 }
@@ -6733,9 +6814,9 @@ static lmv_result lmv__session_sizes(const lmv_model *model, const lmv_session_o
         return lmv__fail(err, LMV_ERR_LIMIT, "session size %dx%d batch %d exceeds the limits", o->max_h, o->max_w,
                          o->max_batch);
     o->threads = lmv__default_threads(o->threads);
-    if ((unsigned)o->simd > (unsigned)LMV_SIMD_NEON)
+    if ((unsigned)o->simd > (unsigned)LMV_SIMD_AVX512_NOVNNI)
         return lmv__fail(err, LMV_ERR_INVALID_ARGUMENT, "options.simd is %d, not one of the lmv_simd values (0 to %d)",
-                         (int)o->simd, (int)LMV_SIMD_NEON);
+                         (int)o->simd, (int)LMV_SIMD_AVX512_NOVNNI);
     if (!lmv_simd_available(o->simd))
         return lmv__fail(err, LMV_ERR_UNSUPPORTED, "options.simd asks for the %s kernels, which %s; use %s or LMV_SIMD_AUTO",
                          lmv_simd_name(o->simd), lmv__simd_compiled(o->simd) ? "this CPU cannot run" : "this build does not have",

@@ -42,7 +42,7 @@ static const char usage[] =
     "                  {\"path\", \"top\": [{\"index\", \"label\", \"prob\"}...], \"ms\"} or\n"
     "                  {\"path\", \"error\", \"code\"} for an image that failed\n"
     "  -h, --help      print this help\n"
-    "environment: LEMEVIT_SIMD=portable|avx2|avx512 runs other kernels than the best this CPU has\n"
+    "environment: LEMEVIT_SIMD=portable|avx2|avx512|avx512-novnni runs other kernels than the best this CPU has\n"
     "exit status: 0 every image classified, 1 some failed (the others are still printed), 2 usage error\n";
 
 static double now_ms(void) {
@@ -301,12 +301,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "classify: %s: %s\n", args[0], err.message);
         goto done;
     }
-    {   /* LEMEVIT_SIMD=portable|avx2|avx512|neon: other kernels than the best this CPU runs */
+    {   /* LEMEVIT_SIMD=portable|avx2|avx512|avx512-novnni|neon: other kernels than the best this CPU runs */
         const char *e = getenv("LEMEVIT_SIMD");
         int s;
-        for (s = LMV_SIMD_AUTO; e && *e && s <= LMV_SIMD_NEON && strcmp(e, lmv_simd_name((lmv_simd)s)); s++) {}
-        if (s > LMV_SIMD_NEON) {
-            fprintf(stderr, "classify: LEMEVIT_SIMD is '%s'; give auto, portable, avx2, avx512 or neon\n", e);
+        for (s = LMV_SIMD_AUTO; e && *e && s <= LMV_SIMD_AVX512_NOVNNI && strcmp(e, lmv_simd_name((lmv_simd)s)); s++) {}
+        if (s > LMV_SIMD_AVX512_NOVNNI) {
+            fprintf(stderr, "classify: LEMEVIT_SIMD is '%s'; give auto, portable, avx2, avx512, avx512-novnni or neon\n", e);
             rc = 2;
             goto done;
         }

@@ -284,7 +284,7 @@ static void test_gemm_paths(void) {
     int s, p, kind, ok = 1, same = 1, paths = 0;
     double worst = 0;
     char msg[160];
-    for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_NEON; p++) paths += lmv_simd_available((lmv_simd)p);
+    for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_AVX512_NOVNNI; p++) paths += lmv_simd_available((lmv_simd)p);
     for (s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], NP = (N + 15) / 16 * 16, i, j, k;
         size_t mn = (size_t)M * N;
@@ -312,7 +312,7 @@ static void test_gemm_paths(void) {
             m.scale = kind >= 3 ? scale : NULL;
             m.dtype = kind == 0 ? LMV_DTYPE_F32 : kind == 1 ? LMV_DTYPE_F32P : kind == 2 ? LMV_DTYPE_F16 : LMV_DTYPE_INT8;
             m.data = kind == 0 ? (const void *)W : kind == 1 ? (const void *)P : kind == 2 ? (const void *)h : (const void *)q;
-            for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_NEON; p++) {
+            for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_AVX512_NOVNNI; p++) {
                 lmv__ctx ctx;
                 if (!lmv_simd_available((lmv_simd)p)) continue;
                 memset(&ctx, 0, sizeof ctx);
@@ -459,11 +459,13 @@ static void test_attention(void) {
 }
 
 /* Conv2d through im2col (CHW and HWC inputs, stride 1 and 2, padding) and the depthwise 3x3, on
-   maps small enough that every pixel touches the border, channel counts on and off multiples of 8. */
+   maps small enough that every pixel touches the border, channel counts on and off multiples of 8
+   (27: 16 + 8 + 3, every width of the vector loops). */
 static void test_conv(void) {
     /* the last two are done in blocks of rows (4 and 5 of them), the others whole */
     static const int cases[][6] = {/* H, W, Cin, Cout, stride, pad */ {5, 7, 3, 8, 2, 1}, {6, 5, 13, 19, 1, 1},
-                                   {9, 4, 16, 5, 2, 0}, {3, 3, 1, 1, 1, 1}, {40, 36, 16, 21, 1, 1}, {59, 61, 32, 17, 2, 1}};
+                                   {9, 4, 16, 5, 2, 0}, {3, 3, 1, 1, 1, 1}, {4, 5, 27, 6, 1, 1}, {40, 36, 16, 21, 1, 1},
+                                   {59, 61, 32, 17, 2, 1}};
     enum { NCASES = sizeof cases / sizeof cases[0] };
     unsigned seed = 11;
     int cs, hwc, ok = 1, same = 1;
@@ -635,7 +637,7 @@ static double ref_quick_gelu(double v) { return v / (1.0 + exp(-(double)1.702f *
 static double act_worst(const float *x, float *y, int n, float scale, lmv__act act, double (*ref)(double), int relative) {
     double worst = 0;
     int i, s;
-    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_NEON; s++) {
+    for (s = LMV_SIMD_PORTABLE; s <= LMV_SIMD_AVX512_NOVNNI; s++) {
         lmv__ctx ctx;
         if (!lmv_simd_available((lmv_simd)s)) continue;
         memset(&ctx, 0, sizeof ctx);
@@ -749,7 +751,7 @@ static void test_row_kernel_paths(void) {
         b2[i] = i % 7 == 0 ? -100.0f : 0.0f;
     }
     for (i = 0; i < MAXN; i++) w[i] = 1.0f + frand(&seed), b[i] = frand(&seed), var[i] = 1.5f + frand(&seed);
-    for (p = LMV_SIMD_PORTABLE + 1; p <= LMV_SIMD_NEON; p++) {
+    for (p = LMV_SIMD_PORTABLE + 1; p <= LMV_SIMD_AVX512_NOVNNI; p++) {
         lmv__ctx ctx, port;
         if (!lmv_simd_available((lmv_simd)p)) continue;
         paths++;

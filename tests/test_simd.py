@@ -3,8 +3,12 @@ logits within float rounding.
 
   * build/lmv and build/classify once more with plain `-O2` (no -march: the compiler targets no
     AVX2), as a distribution or a language binding would build the header; that build must still
-    pick the best path this CPU has (/proc/cpuinfo: avx2+fma, avx512f/bw/dq/vl+vnni) and say so
+    pick the best path this CPU has (/proc/cpuinfo: avx2+fma, avx512f/bw/dq/vl, +vnni) and say so
     in `lmv info` and `lmv bench`;
+  * AVX-512 without VNNI (avx512-novnni, forced on a VNNI CPU): the same bits as avx512 for every
+    family and weight type, int8-compute included, and no VNNI instruction run: in the -O2 build the
+    VNNI instructions sit only in functions named *_vnni* (objdump), and under gdb (both builds) the
+    VNNI tile is never entered on that path (and is entered on avx512, so the check sees it);
   * ViT, Swin and LeMeViT (seeded random weights, the reference modules of tests/models) as f32
     (panels), f32 unpacked, f16 and int8 files, and int8 with --int8-compute: the portable path
     matches PyTorch (the f32 file), and each other path the portable path (parity rule: 1e-4 or
@@ -49,8 +53,10 @@ def cpu_paths():
     paths = ["portable"]
     if {"avx2", "fma", "f16c"} <= flags:
         paths.append("avx2")
-        if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= flags:
-            paths.append("avx512")
+        if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+            paths.append("avx512-novnni")
+            if "avx512_vnni" in flags:
+                paths.append("avx512")
     return paths
 
 
@@ -96,6 +102,7 @@ def family_case(name, model, img, opts, builds, paths):
     cases.append(("int8-compute", files["int8"], ("--int8-compute",)))
     for label, path, extra in cases:
         base = lmv_out(builds[0][1], path, inp, "portable", *extra)
+        outs = {}
         if label == "f32":
             ok, desc = logits_close(base, want)
             res.check(f"{name} f32, portable path: matches PyTorch", ok, desc)
@@ -103,7 +110,7 @@ def family_case(name, model, img, opts, builds, paths):
             for p in paths:
                 if bname == builds[0][0] and p == "portable":
                     continue
-                got = lmv_out(exe, path, inp, p, *extra)
+                got = outs[bname, p] = lmv_out(exe, path, inp, p, *extra)
                 if label != "int8-compute":
                     ok, desc = logits_close(got, base)
                     res.check(f"{name} {label}, {bname} build, {p}: the portable path's logits", ok, desc)
@@ -116,6 +123,60 @@ def family_case(name, model, img, opts, builds, paths):
                 res.check(f"{name} int8-compute, {bname} build, {p}: within {BOUND['int8c']:g} of the logit scale of "
                           "float32 PyTorch, the portable path's top-1", rel <= BOUND["int8c"] and top,
                           f"{rel:.1e}, vs portable {max_abs(got, base):.1e}")
+        # the same float kernels and the same integer sums: AVX-512 without VNNI is avx512 to the bit
+        for bname, _ in builds:
+            if {"avx512", "avx512-novnni"} <= set(paths):
+                a, b = outs[bname, "avx512-novnni"], outs[bname, "avx512"]
+                res.check(f"{name} {label}, {bname} build: avx512-novnni gives avx512's logits bit for bit",
+                          a.shape == b.shape and a.tobytes() == b.tobytes(), f"max difference {max_abs(a, b):.1e}")
+
+
+VNNI_OPS = ("vpdpbusd", "vpdpbusds", "vpdpwssd", "vpdpwssds")
+
+
+def vnni_functions(exe):
+    """{function: number of VNNI instructions in it} over exe's code, by objdump."""
+    code, out, err = run(["objdump", "-d", "--no-show-raw-insn", exe])
+    if code != 0:
+        raise RuntimeError(f"objdump failed: {err.strip()[-300:]}")
+    found, fn = {}, "?"
+    for ln in out.splitlines():
+        if ln.endswith(">:") and "<" in ln:
+            fn = ln[ln.index("<") + 1:-2]
+        elif any(op in ln.split() for op in VNNI_OPS):
+            found[fn] = found.get(fn, 0) + 1
+    return found
+
+
+def vnni_checks(builds, paths):
+    """The VNNI instructions are reachable only where the CPU has them: compiled only into the
+    functions named *_vnni* (the AVX-512 copy itself targets no VNNI), and on the avx512-novnni path
+    the VNNI tile is never entered (a gdb breakpoint on it, which the avx512 path does hit)."""
+    if not shutil.which("objdump"):
+        res.skip("VNNI instructions only in the *_vnni functions", "objdump not found")
+    else:  # the -O2 build only: a build with -march for a VNNI CPU may use VNNI anywhere, rightly
+        bname, exe = builds[0]
+        found = vnni_functions(exe)
+        res.check(f"{bname} build: VNNI instructions only in the *_vnni functions (and there)",
+                  found and all("_vnni" in f for f in found), str(found))
+    if "avx512-novnni" not in paths or "avx512" not in paths:
+        return res.skip("avx512-novnni runs no VNNI tile (gdb)", "this CPU lacks AVX-512 or VNNI")
+    if not shutil.which("gdb"):
+        return res.skip("avx512-novnni runs no VNNI tile (gdb)", "gdb not found")
+    d = tmpdir()
+    q8 = os.path.join(d, "q8.lmv")
+    lmvfile.requantize(os.path.join(ROOT, "examples", "lemevit_cifar10.lmv"), q8, "int8")
+    for bname, exe in builds:
+        hits = {}
+        for p in ("avx512-novnni", "avx512"):
+            code, out, err = run(["gdb", "-q", "-batch", "-nx", "-iex", "set debuginfod enabled off",
+                                  "-ex", "break lmv__tile_q8_vnni_avx512", "-ex", "run", "-ex", "info breakpoints",
+                                  "--args", exe, "bench", q8, "--int8-compute", "--runs", "1", "--threads", "1"],
+                                 env=dict(os.environ, LEMEVIT_SIMD=p), timeout=300)
+            hits[p] = ("already hit" in out, f"kernels   {p}" in out, "Breakpoint 1 at" in out)
+        res.check(f"{bname} build, gdb: int8-compute on avx512-novnni runs to the end without entering the VNNI "
+                  "tile, which avx512 enters", hits["avx512-novnni"] == (False, True, True) and
+                  hits["avx512"][0] and hits["avx512"][2], str(hits))
 
 
 def other_compilers():
@@ -186,6 +247,7 @@ def main():
     builds = [("-O2", exes["lmv"])]
     if os.path.exists(LMV):
         builds.append(("Makefile", LMV))
+    vnni_checks(builds, paths)
     for name, m, img, opts in families():
         family_case(name, m, img, opts, builds, paths)
     res.finish()

@@ -60,7 +60,8 @@ static const char *usage_bench =
     "  --runs N              timed runs after one warm-up (default 10)\n"
     "  --json                one JSON object instead of text\n"
     "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n"
-    "  --simd PATH           kernels: auto (default), portable, avx2, avx512 or neon; the\n"
+    "  --simd PATH           kernels: auto (default), portable, avx2, avx512, avx512-novnni\n"
+    "                        (AVX-512 without its int8 VNNI instructions) or neon; the\n"
     "                        environment variable LEMEVIT_SIMD sets the same for every command\n";
 static const char *usage_gemm =
     "usage: lmv gemm M N K [options]\n"
@@ -72,7 +73,7 @@ static const char *usage_gemm =
     "  --dtype f32|f32p|f16|int8   how W is stored (default f32; f32p: in the GEMM's panels, as\n"
     "                        the converter writes matrix weights)\n"
     "  --int8-compute        with int8 W: quantise A and multiply in int8\n"
-    "  --simd PATH           kernels: auto (default), portable, avx2, avx512 or neon\n"
+    "  --simd PATH           kernels: auto (default), portable, avx2, avx512, avx512-novnni or neon\n"
     "  --json                one JSON object instead of text\n";
 static const char *usage_decode =
     "usage: lmv decode IMAGE.jpg OUT.ppm [options]\n"
@@ -201,11 +202,11 @@ static int parse_size(const char *cmd, const char *flag, const char *s, size_t *
 }
 
 /* An option value that must be a whole number in range: the flag, its value, then the checks. */
-/* A kernel path by name ("auto", "portable", "avx2", "avx512", "neon") that this CPU runs; 0
+/* A kernel path by name ("auto", "portable", "avx2", "avx512", "avx512-novnni", "neon") that this CPU runs; 0
    after saying what is wrong. `what` names where the name came from (an option, LEMEVIT_SIMD). */
 static int parse_simd(const char *cmd, const char *what, const char *s, lmv_simd *out) {
     int k;
-    for (k = LMV_SIMD_AUTO; k <= LMV_SIMD_NEON; k++)
+    for (k = LMV_SIMD_AUTO; k <= LMV_SIMD_AVX512_NOVNNI; k++)
         if (!strcmp(s, lmv_simd_name((lmv_simd)k))) {
             if (!lmv_simd_available((lmv_simd)k)) {
                 fprintf(stderr, "lmv %s: %s asks for the %s kernels, which this CPU or build does not have; the best here is %s\n",
@@ -215,7 +216,7 @@ static int parse_simd(const char *cmd, const char *what, const char *s, lmv_simd
             *out = (lmv_simd)k;
             return 1;
         }
-    usage_error(cmd, "%s takes auto, portable, avx2, avx512 or neon, not '%s'", what, s);
+    usage_error(cmd, "%s takes auto, portable, avx2, avx512, avx512-novnni or neon, not '%s'", what, s);
     return 0;
 }
 

@@ -199,13 +199,13 @@
 #ifndef LEMEVIT_H
 #define LEMEVIT_H
 
-/* This is version 1.0.0 of lemevit.h; it reads .lmv files of format version 1. Within 1.x, minor
+/* This is version 1.1.0 of lemevit.h; it reads .lmv files of format version 1. Within 1.x, minor
    versions only add (functions, enum values, option fields whose zero keeps the old behaviour) and
    patch versions change no declaration; anything else waits for 2.0. See README's CHANGELOG. */
 #define LEMEVIT_VERSION_MAJOR 1
-#define LEMEVIT_VERSION_MINOR 0
+#define LEMEVIT_VERSION_MINOR 1
 #define LEMEVIT_VERSION_PATCH 0
-#define LEMEVIT_VERSION_STRING "1.0.0"
+#define LEMEVIT_VERSION_STRING "1.1.0"
 #define LEMEVIT_FORMAT_VERSION 1 /* the .lmv format version this header reads and tools/lmvfile.py writes */
 
 #include <stddef.h>

@@ -577,7 +577,7 @@ static void test_rmsnorm(void) {
     unsigned seed = 41;
     char msg[160];
     for (i = 0; i < MAXN; i++) w[i] = 1.0f + frand(&seed), b[i] = frand(&seed);
-    for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_NEON; p++) {
+    for (p = LMV_SIMD_PORTABLE; p <= LMV_SIMD_AVX512_NOVNNI; p++) {
         lmv__ctx ctx;
         if (!lmv_simd_available((lmv_simd)p)) continue;
         paths++;

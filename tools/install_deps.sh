@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(build-essential clang libomp-dev libclang-rt-14-dev libopenblas0-pthread python3 python3-numpy python3-pil python3-torch
       python3-torchvision libjpeg-turbo-progs
       gcc-arm-none-eabi libnewlib-arm-none-eabi gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user qemu-system-arm valgrind)
+      gcc-s390x-linux-gnu libc6-dev-s390x-cross qemu-user qemu-system-arm valgrind gdb)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -768,6 +768,9 @@ def vit_metadata_settings(sd, ctx):
     for rx, w in TIMM_NAME_WIDTH:
         if m and re.search(rx, name):
             width = w
+    ed = (h.kwargs or {}).get("embed_dim")
+    if m and isinstance(ed, int) and not isinstance(ed, bool):
+        width = ed   # create_model(name, embed_dim=E): the registered model at another width
     if name in TIMM_TEST_VITS and TIMM_TEST_VITS[name][0] == D:
         s.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.block": "pre"})
         s.update(TIMM_TEST_VITS[name][1])

@@ -26,7 +26,7 @@ SUITES = [
     ("png", [PY, os.path.join(HERE, "test_png.py")]),
     ("vit", [PY, os.path.join(HERE, "test_vit.py")]),
     ("clip, dinov2 (image encoders on the ViT graph)", [PY, os.path.join(HERE, "test_clip.py")]),
-    ("openclip eva clip (OpenCLIP EVA-02 image towers: timm trunk, projection head)",
+    ("openclip eva siglip clip (OpenCLIP timm image towers: EVA-02, SigLIP, other timm ViT trunks)",
      [PY, os.path.join(HERE, "test_openclip_timm.py")]),
     ("beit (relative position bias, q/v bias, layer scale on the ViT graph)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("eva (EVA-02 and RoPE ViTs: rotary embedding, SwiGLU + sub-LN, post-norm on the ViT graph)",
@@ -63,7 +63,7 @@ SUITES = [
 SANITIZED = [
     ("vit (asan+ubsan)", [PY, os.path.join(HERE, "test_vit.py"), "--quick"]),
     ("clip, dinov2 (asan+ubsan)", [PY, os.path.join(HERE, "test_clip.py")]),
-    ("openclip eva clip (asan+ubsan)", [PY, os.path.join(HERE, "test_openclip_timm.py")]),
+    ("openclip eva siglip clip (asan+ubsan)", [PY, os.path.join(HERE, "test_openclip_timm.py")]),
     ("beit (asan+ubsan)", [PY, os.path.join(HERE, "test_beit.py")]),
     ("eva (asan+ubsan)", [PY, os.path.join(HERE, "test_eva.py")]),
     ("relpos (asan+ubsan)", [PY, os.path.join(HERE, "test_relpos.py")]),

@@ -7,7 +7,15 @@ RoPE's options, timm_pool the pooling, preprocess_cfg the preprocessing), the sa
 (fc_norm), timm_proj 'linear' with mean pooling.  Random weights, small widths, batch 2, non-square
 inputs; the image embedding (lmv_run_features) and every block compared.  Refusals: an MLP adapter
 head, a pooling not run, a config that does not fit the trunk, a stray tensor, a projection bias of
-the wrong size."""
+the wrong size.
+
+OpenCLIP SigLIP towers (TimmModel around tests/models/timm_vit.py's VisionTransformer: vit_*_siglip_*,
+timm_pool 'map', timm_proj 'none'): a whole checkpoint with its config (nothing assumed), without it
+(SigLIP's preprocessing and timm's defaults printed as assumed), model.visual alone, dynamic_img_size
+at another non-square size, gelu_tanh from the model name, SO400M's 16 heads; the other
+VisionTransformer trunks open_clip ships (vit_medium_patch16_gap_256, MobileCLIP2-L-14's
+vit_large_patch14_clip_224, vit_relpos_medium_patch16_cls_224); refusals of configs that do not fit
+the trunk, a stray tensor and another timm model."""
 import json
 import os
 import sys
@@ -167,4 +175,141 @@ refused("a stray tensor in an OpenCLIP EVA-02 checkpoint refused by name", bad,
 bad = dict(sd)
 bad["visual.trunk.head.bias"] = torch.zeros(7)
 refused("a projection bias of the wrong size refused by name", bad, ["proj.bias"], cfg=oc_config())
+# ---- OpenCLIP SigLIP towers: TimmModel around a timm VisionTransformer (vit_*_siglip_*) with timm_pool
+# 'map' (the trunk's AttentionPoolLatent, attn_pool.*) and timm_proj 'none': the pooled output is the
+# embedding.  Small widths: timm_model_kwargs state embed_dim and num_heads, the name the rest.
+VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, class_token=False, global_pool="map")
+
+
+def vit_tower(seed, trunk_kw, embed_dim=64, **kw):
+    torch.manual_seed(seed)
+    args = dict(pool="map", proj="none", trunk="vit")
+    args.update(kw)
+    return randomize_(OC.TimmModel(trunk_kw, embed_dim, **args), seed=seed).eval()
+
+
+def siglip_config(name, pool="map", proj="none", kwargs=None, pre=True, embed=64):
+    vision = {"image_size": 32, "timm_model_name": name, "timm_model_pretrained": False, "timm_pool": pool,
+              "timm_proj": proj, "timm_model_kwargs": dict({"embed_dim": 64, "num_heads": 4}, **(kwargs or {}))}
+    cfg = {"model_cfg": {"embed_dim": embed, "init_logit_bias": -10, "custom_text": True, "vision_cfg": vision,
+                         "text_cfg": {"context_length": 8, "vocab_size": 50, "width": 32, "heads": 2, "layers": 1,
+                                      "proj_bias": True}}}
+    if pre:   # what open_clip writes for its SigLIP models (pretrained.py _slpcfg)
+        cfg["preprocess_cfg"] = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic",
+                                 "resize_mode": "squash"}
+    return cfg
+
+
+def assumed_lines(out):
+    return [x for x in out.splitlines() if x.startswith("assumed ")]
+
+
+# ViT-B-16-SigLIP: vit_base_patch16_siglip_224 (GELU); the trunk runs only at its trained size
+mb = vit_tower(11, VIT)
+sdb = OC.CustomTextCLIP(mb, 64, siglip=True).state_dict()
+textb = [k for k in sdb if not k.startswith("visual.")]
+lmv, out = parity("OpenCLIP SigLIP (open_clip_config.json)", mb, sdb, [(32, 32)],
+                  cfg=siglip_config("vit_base_patch16_siglip_224"),
+                  expect=("source      open_clip", "pool map", "act gelu,",
+                          "dropped     %d tensor(s), the text tower" % len(textb), "logit_bias",
+                          "the pooled output is the image embedding", "open_clip_config.json"))
+if out is not None:
+    res.check("OpenCLIP SigLIP with open_clip_config.json: nothing assumed", not assumed_lines(out),
+              "; ".join(assumed_lines(out)))
+    cfg = info_config(lmv)
+    want = {"vit.pool": "map", "vit.proj": "0", "vit.map_heads": "4", "pre.resize": "0", "pre.crop_pct": "1",
+            "pre.interp": "bicubic", "pre.mean": "0.5 0.5 0.5"}
+    got = {k: cfg.get(k) for k in want}
+    res.check("OpenCLIP SigLIP: the file records the map pool, no projection and SigLIP's squash resize",
+              got == want, f"file has {got}")
+
+# the same without the config: what only the config states is printed as assumed (SigLIP's preprocessing)
+lmv, out = parity("OpenCLIP SigLIP without its config", mb, sdb, [(32, 32)], opts=("--num-heads", "4"))
+if out is not None:
+    for key in ("vit.act=gelu", "vit.norm_eps=1e-06", "pre.mean=0.5,0.5,0.5", "pre.std=0.5,0.5,0.5",
+                "pre.crop_pct=1 (resize 0)", "pre.interp=bicubic"):
+        res.check(f"OpenCLIP SigLIP without open_clip_config.json: {key} printed as assumed",
+                  any(key in x for x in assumed_lines(out)), "; ".join(assumed_lines(out)))
+    cfg = info_config(lmv)
+    res.check("OpenCLIP SigLIP without its config: squashed to the input size (pre.resize 0)",
+              cfg.get("pre.resize") == "0", f"pre.resize {cfg.get('pre.resize')}")
+
+# model.visual alone (trunk.* only: timm_proj none leaves no head) with its config beside it
+parity("OpenCLIP SigLIP tower alone (model.visual)", mb, mb.state_dict(), [(32, 32)],
+       cfg=siglip_config("vit_base_patch16_siglip_224"), expect=("source      open_clip", "open_clip_config.json"))
+
+# the same weights with timm_model_kwargs dynamic_img_size: timm resamples pos_embed for other sizes
+md = vit_tower(11, dict(VIT, dynamic_img_size=True))
+md.load_state_dict(mb.state_dict())
+parity("OpenCLIP SigLIP, dynamic_img_size", md, sdb, [(32, 32), (48, 40)],
+       cfg=siglip_config("vit_base_patch16_siglip_224", kwargs={"dynamic_img_size": True}))
+
+# ViT-SO400M-16-SigLIP2-256: vit_so400m_patch16_siglip_256 registers act_layer gelu_tanh, which only the
+# model name says (its embed_dim given in timm_model_kwargs: the registered model at another width)
+ms = vit_tower(12, dict(VIT, act_layer="gelu_tanh"))
+sds = OC.CustomTextCLIP(ms, 64, siglip=True).state_dict()
+lmv, out = parity("OpenCLIP SigLIP2 SO400M/16 (gelu_tanh from the name)", ms, sds, [(32, 32)],
+                  cfg=siglip_config("vit_so400m_patch16_siglip_256"), expect=("act gelu_tanh",))
+
+# SO400M's width without a config: 16 heads (head width 72) assumed, not width / 64
+ml = vit_tower(13, dict(img_size=28, patch_size=14, embed_dim=1152, depth=1, num_heads=16, mlp_ratio=1 / 16,
+                        class_token=False, global_pool="map"), embed_dim=1152)
+lmv, out = parity("OpenCLIP SigLIP SO400M width without its config", ml, ml.state_dict(), [(28, 28)])
+if out is not None:
+    res.check("OpenCLIP SigLIP SO400M without its config: vit.num_heads=16 printed as assumed",
+              any("vit.num_heads=16" in x for x in assumed_lines(out)), "; ".join(assumed_lines(out)))
+
+# other VisionTransformer trunks open_clip ships: vit_medium_patch16_gap_256 (timm_pool '', timm_proj linear:
+# the registered mean pooling without fc_norm, then head.proj) and MobileCLIP2-L-14's vit_large_patch14_clip_224
+# (timm_pool token, timm_proj null: the trunk's biased head; pre-norm, LayerNorm eps 1e-5 from the name)
+mg = vit_tower(14, dict(VIT, global_pool="avg", fc_norm=False), embed_dim=24, pool="", proj="linear")
+parity("OpenCLIP vit_medium_patch16_gap_256-style tower (timm_proj linear)", mg,
+       OC.CustomTextCLIP(mg, 24).state_dict(), [(32, 32)],
+       cfg=siglip_config("vit_medium_patch16_gap_256", pool="", proj="linear", embed=24, pre=False),
+       expect=("head.proj is the embedding projection", "pool avg"))
+mc = vit_tower(15, dict(VIT, class_token=True, global_pool="token", pre_norm=True, eps=1e-5), embed_dim=24,
+               pool="token", proj=None)
+lmv, out = parity("OpenCLIP MobileCLIP2-L-14-style tower (trunk head)", mc, OC.CustomTextCLIP(mc, 24).state_dict(),
+                  [(32, 32)], cfg=siglip_config("vit_large_patch14_clip_224", pool="token", proj=None, embed=24,
+                                                pre=False),
+                  expect=("the trunk's head is the embedding projection", "eps 1e-05", "pool token"))
+
+# vit_relpos_medium_patch16_cls_224 (timm vision_transformer_relpos.py): no pos_embed, a relative position MLP
+# per block, no qkv bias; timm_pool '' keeps its registered class-token pooling, head.proj projects
+mr = vit_tower(16, dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, qkv_bias=False, fc_norm=False,
+                        rel_pos_dim=32, class_token=True, global_pool="token"), embed_dim=24, pool="", proj="linear",
+               trunk="relpos")
+parity("OpenCLIP vit_relpos_medium_patch16_cls_224-style tower", mr, OC.CustomTextCLIP(mr, 24).state_dict(),
+       [(32, 32)], cfg=siglip_config("vit_relpos_medium_patch16_cls_224", pool="", proj="linear", embed=24, pre=False),
+       expect=("head.proj is the embedding projection", "pool token"))
+
+# a SigLIP config without preprocess_cfg: SigLIP's preprocessing is assumed (and printed), not OpenCLIP's
+# shortest-side resize
+lmv, out = parity("OpenCLIP SigLIP, config without preprocess_cfg", mb, sdb, [(32, 32)],
+                  cfg=siglip_config("vit_base_patch16_siglip_224", pre=False))
+if out is not None:
+    res.check("OpenCLIP SigLIP config without preprocess_cfg: squash resize and mean 0.5 printed as assumed",
+              all(any(k in x for x in assumed_lines(out)) for k in ("pre.crop_pct=1 (resize 0)", "pre.mean=0.5")),
+              "; ".join(assumed_lines(out)))
+    res.check("OpenCLIP SigLIP config without preprocess_cfg: pre.resize 0 in the file",
+              info_config(lmv).get("pre.resize") == "0", str(info_config(lmv).get("pre.resize")))
+
+# refusals, each naming what is wrong
+refused("OpenCLIP SigLIP: timm_pool token against a trunk with attn_pool refused", sdb,
+        ["timm_pool token", "attn_pool"], cfg=siglip_config("vit_base_patch16_siglip_224", pool="token"))
+refused("OpenCLIP ViT: timm_pool map against a trunk without attn_pool refused", OC.CustomTextCLIP(mc, 24).state_dict(),
+        ["timm_pool map", "no attention-pool head"], cfg=siglip_config("vit_large_patch14_clip_224", proj=None))
+refused("OpenCLIP ViT: timm_proj none against a trunk with a classifier head refused",
+        OC.CustomTextCLIP(mc, 24).state_dict(), ["timm_proj none", "head.weight"],
+        cfg=siglip_config("vit_large_patch14_clip_224", pool="token"))
+refused("OpenCLIP SigLIP: timm_pool avgmax refused by name", sdb, ["timm_pool 'avgmax'"],
+        cfg=siglip_config("vit_base_patch16_siglip_224", pool="avgmax"))
+bad = dict(sdb)
+bad["visual.trunk.attn_pool.gamma"] = torch.ones(64)
+refused("a stray tensor in an OpenCLIP SigLIP checkpoint refused by name", bad,
+        ["could not be placed", "visual.trunk.attn_pool.gamma"], cfg=siglip_config("vit_base_patch16_siglip_224"))
+other = {"visual.trunk.stem.0.weight": torch.zeros(8, 3, 4, 4), "visual.trunk.stages.0.blocks.0.conv_dw.weight":
+         torch.zeros(8, 1, 7, 7), "visual.head.proj.weight": torch.zeros(24, 8), "logit_scale": torch.ones([])}
+refused("an OpenCLIP tower of another timm model refused by name", other, ["another timm model", "convnext_tiny"],
+        cfg=siglip_config("convnext_tiny", pool="", proj="linear", embed=24))
 res.finish()

@@ -357,27 +357,65 @@ def detect_timm_eva(sd, ctx):
 # ---------------------------------------------------------------------------------- OpenCLIP timm towers
 
 def _open_clip_vision_cfg(ctx):
-    """(open_clip_config.json's model_cfg.vision_cfg, its preprocessing settings, its path) beside the
-    weights, or ({}, {}, None)."""
+    """(open_clip_config.json's model_cfg.vision_cfg, its preprocessing settings, whether its
+    preprocess_cfg states a resize_mode, its path) beside the weights, or ({}, {}, False, None)."""
     from .clip import open_clip_preprocess
     oc, oc_path = _read_json_beside(ctx.path, "open_clip_config.json")
     if not isinstance(oc, dict) or not isinstance(oc.get("model_cfg"), dict):
-        return {}, {}, None
+        return {}, {}, False, None
     vc = oc["model_cfg"].get("vision_cfg")
-    return (vc if isinstance(vc, dict) else {}), open_clip_preprocess(oc, oc_path), oc_path
+    pc = oc.get("preprocess_cfg")
+    mode = isinstance(pc, dict) and pc.get("resize_mode") is not None
+    return (vc if isinstance(vc, dict) else {}), open_clip_preprocess(oc, oc_path), mode, oc_path
 
 
-@detector("vit", "OpenCLIP timm image tower (EVA)")
+# OpenCLIP's SigLIP preprocessing (open_clip pretrained.py _slpcfg): mean / std 0.5, bicubic, resize_mode
+# 'squash' (straight to the input size, no crop)
+PRE_OPEN_CLIP_SIGLIP = {"pre.mean": HALF, "pre.std": HALF, "pre.resize": 0, "pre.crop_pct": 1.0, "pre.interp": "bicubic"}
+# trunk widths whose heads are not the width / 64 of VIT_HEADS_BY_DIM: OpenCLIP's SigLIP SO400M (16 heads)
+OPEN_CLIP_VIT_HEADS = {1152: 16}
+
+
+def _is_timm_vit_trunk(trunk):
+    """timm vision_transformer.py's VisionTransformer (or its relpos variant) as a TimmModel trunk."""
+    return "patch_embed.proj.weight" in trunk and \
+        any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in trunk) and \
+        ("pos_embed" in trunk or any(re.match(r"^(blocks\.\d+\.attn\.rel_pos|shared_rel_pos)\.", k) for k in trunk))
+
+
+def _open_clip_vit_pool(trunk, pool, proj, where):
+    """The timm_pool of an OpenCLIP VisionTransformer trunk, checked against its tensors: timm builds
+    the attention pool (attn_pool.*) for 'map' only, and reset_classifier removes it for any other pool."""
+    attn = any(k.startswith("attn_pool.") for k in trunk)
+    if pool in ("", None) and proj in ("linear", "mlp"):
+        return None   # reset_classifier(0): the trunk keeps its registered pooling (the tensors show it)
+    if pool not in ("token", "avg", "map"):
+        raise ConvertError("%s: timm_pool %s is not a pooling lemevit.h runs for an OpenCLIP VisionTransformer tower "
+                           "(token, avg, map)" % (where, _short(pool)))
+    if pool == "map" and not attn:
+        raise ConvertError("%s: timm_pool map, but the trunk has no attention-pool head (attn_pool.*): the config "
+                           "does not belong to these weights" % where)
+    if pool != "map" and attn:
+        raise ConvertError("%s: timm_pool %s, but the trunk has an attention-pool head (attn_pool.*), which timm "
+                           "keeps for map pooling only: the config does not belong to these weights" % (where, pool))
+    return pool
+
+
+@detector("vit", "OpenCLIP timm image tower (EVA, SigLIP / VisionTransformer)")
 def detect_open_clip_timm(sd, ctx):
-    """OpenCLIP's TimmModel around a timm Eva trunk (EVA02-B-16, EVA02-L-14, ...): visual.trunk.* (or
-    trunk.* for model.visual alone) and the adapter head visual.head.*.  The image embedding is
+    """OpenCLIP's TimmModel around a timm Eva trunk (EVA02-B-16, EVA02-L-14, ...) or a timm
+    VisionTransformer trunk (the SigLIP models ViT-B-16-SigLIP, ViT-SO400M-14-SigLIP, ...: timm_pool 'map',
+    the trunk's own attention pool, and timm_proj 'none', so the pooled output is the embedding; also
+    MobileCLIP2-L-14, vit_medium_patch16_gap_256): visual.trunk.* (or trunk.* for model.visual alone)
+    and the adapter head visual.head.*.  The image embedding is
     head(trunk(x)): with timm_proj null the trunk's own biased classifier head is the projection
     (create_model(num_classes=embed_dim, global_pool=timm_pool)); with timm_proj 'linear' the trunk has
     no head and head.proj (a bias only with timm_proj_bias) projects.  Either becomes the graph's
     embedding projection (proj.weight / proj.bias), so lmv_run_features() gives the embedding.  The
     pooling, the timm model name (hence RoPE's options) and the preprocessing come from
     open_clip_config.json beside the weights; without it they are assumed as OpenCLIP's EVA-02 configs
-    state them, and printed as assumed."""
+    state them (a VisionTransformer trunk: timm's defaults; with an attention pool SigLIP's
+    preprocessing), and printed as assumed."""
     from .clip import CLIP_TEXT, PRE_CLIP
     if any(k.startswith("visual.trunk.") for k in sd):
         p = "visual."
@@ -386,7 +424,7 @@ def detect_open_clip_timm(sd, ctx):
     else:
         return None
     trunk = OrderedDict((k[len(p) + 6:], v) for k, v in sd.items() if k.startswith(p + "trunk."))
-    vc, pre, oc_path = _open_clip_vision_cfg(ctx)
+    vc, pre, mode_stated, oc_path = _open_clip_vision_cfg(ctx)
     h = ctx.hints
     saved = (h.name, h.name_src, h.kwargs, h.kwargs_src) if h is not None else None
     if h is not None and isinstance(vc.get("timm_model_name"), str):
@@ -394,34 +432,52 @@ def detect_open_clip_timm(sd, ctx):
         kw = vc.get("timm_model_kwargs")
         h.kwargs, h.kwargs_src = ((dict(kw), oc_path + " (vision_cfg.timm_model_kwargs)") if isinstance(kw, dict)
                                   else ({}, None))
-    if eva_layout(trunk, ctx) is None:
+    eva = eva_layout(trunk, ctx) is not None
+    if not eva and not _is_timm_vit_trunk(trunk):
         if h is not None:
             h.name, h.name_src, h.kwargs, h.kwargs_src = saved
         if not p:
             return None   # model.visual of another timm trunk: the timm detectors see it without 'trunk.'
-        raise ConvertError("OpenCLIP timm image tower (visual.trunk.*): only EVA / EVA-02 trunks (timm eva.py) are "
-                           "recognised by lemevit.h; this trunk is another timm model")
+        raise ConvertError("OpenCLIP timm image tower (visual.trunk.*): only EVA / EVA-02 (timm eva.py) and "
+                           "VisionTransformer (timm vision_transformer.py) trunks are recognised by lemevit.h; this "
+                           "trunk is another timm model%s" % (" (%s)" % vc["timm_model_name"]
+                                                              if isinstance(vc.get("timm_model_name"), str) else ""))
     where = "%s (vision_cfg)" % oc_path
     side = {}
+    siglip = not eva and "attn_pool.latent" in trunk   # an attention-pool VisionTransformer: OpenCLIP's SigLIP
     if oc_path:
         pool, proj = vc.get("timm_pool", "avg"), vc.get("timm_proj", "linear")
-        if pool not in ("token", "avg"):
+        if eva and pool not in ("token", "avg"):
             raise ConvertError("%s: timm_pool %s is not a pooling lemevit.h runs for an OpenCLIP timm tower (token, "
                                "avg)" % (where, _short(pool)))
         if proj not in ("linear", "none", "", None):
             raise ConvertError("%s: timm_proj %s is not a projection lemevit.h runs (linear, none, null)"
                                % (where, _short(proj)))
-        side["vit.pool"] = pool
         kw = vc.get("timm_model_kwargs") if isinstance(vc.get("timm_model_kwargs"), dict) else {}
-        if proj not in ("linear",) and "use_fc_norm" not in kw and ("fc_norm.weight" in trunk) != (pool == "avg"):
-            # create_model(global_pool=pool): timm's Eva builds fc_norm (and no final norm) for 'avg' only
-            raise ConvertError("%s: timm_pool %s, but the trunk %s fc_norm, which timm's Eva builds for avg pooling "
-                               "only: the config does not belong to these weights"
-                               % (where, pool, "has" if "fc_norm.weight" in trunk else "has no"))
+        if eva:
+            side["vit.pool"] = pool
+            if proj not in ("linear",) and "use_fc_norm" not in kw and ("fc_norm.weight" in trunk) != (pool == "avg"):
+                # create_model(global_pool=pool): timm's Eva builds fc_norm (and no final norm) for 'avg' only
+                raise ConvertError("%s: timm_pool %s, but the trunk %s fc_norm, which timm's Eva builds for avg "
+                                   "pooling only: the config does not belong to these weights"
+                                   % (where, pool, "has" if "fc_norm.weight" in trunk else "has no"))
+        else:
+            vpool = _open_clip_vit_pool(trunk, pool, proj, where)
+            if proj == "none" and ("head.weight" in trunk or "head.bias" in trunk):
+                raise ConvertError("%s: timm_proj none (the trunk built without a classifier head), but the trunk "
+                                   "has head.weight / head.bias: the config does not belong to these weights" % where)
+            if vpool is not None and h is not None:
+                # TimmModel passes the pooling to timm (create_model / reset_classifier global_pool=timm_pool)
+                h.kwargs = dict(h.kwargs or {}, global_pool=vpool)
+                h.kwargs_src = h.kwargs_src or where
         if isinstance(vc.get("image_size"), int) and not isinstance(vc.get("image_size"), bool):
             side["img_size"] = [vc["image_size"]] * 2
-    elif "fc_norm.weight" not in trunk:   # (fc_norm comes with avg pooling)
+    elif eva and "fc_norm.weight" not in trunk:   # (fc_norm comes with avg pooling)
         ctx.settings.update("default", {"vit.pool": "token"})   # every OpenCLIP EVA-02 config's timm_pool
+    elif not eva:
+        D = trunk["patch_embed.proj.weight"].shape[0]
+        if D in OPEN_CLIP_VIT_HEADS:   # SigLIP SO400M's 16 heads, assumed (and printed) without a model name
+            ctx.settings.update("default", {"vit.num_heads": OPEN_CLIP_VIT_HEADS[D]})
     head = [k for k in sd if k.startswith(p + "head.")]
     odd = [k for k in head if k not in (p + "head.proj.weight", p + "head.proj.bias")]
     if odd:
@@ -440,17 +496,27 @@ def detect_open_clip_timm(sd, ctx):
             body["proj." + part], back["proj." + part] = sd[key], key
     text = [k for k in sd if not k.startswith(p)] if p else []
     ctx.settings.update("sidecar", side)
-    m = detect_timm_eva(body, ctx)
+    if eva:
+        m = detect_timm_eva(body, ctx)
+    else:
+        from .vit import detect_timm_vit
+        m = detect_timm_vit(body, ctx)
+        if m is None:
+            raise ConvertError("OpenCLIP timm image tower: the VisionTransformer trunk is not a layout lemevit.h runs")
     m.used = set(back.get(k, k) for k in m.used)
     m.source = "open_clip"
-    m.pre_defaults = dict(PRE_CLIP)   # OpenCLIP's transform: shorter side to the input size, centre crop
-    if oc_path and "pre.resize" not in pre:
+    # OpenCLIP's transform: shorter side to the input size, centre crop; SigLIP's: squashed to the input size
+    m.pre_defaults = dict(PRE_OPEN_CLIP_SIGLIP if siglip else PRE_CLIP)
+    if oc_path and "pre.resize" not in pre and (mode_stated or not siglip):
         pre["pre.crop_pct"] = 1.0   # image_transform: the shorter side resized to image_size, then centre-cropped
     ctx.settings.update("sidecar", pre)
     if oc_path:
         ctx.notes.append("read %s" % oc_path)
-    m.notes.append("OpenCLIP timm image tower: %s is the embedding projection"
-                   % ("head.proj" if head else "the trunk's head" if "proj.weight" in body else "nothing"))
+    if head or "proj.weight" in body:
+        m.notes.append("OpenCLIP timm image tower: %s is the embedding projection"
+                       % ("head.proj" if head else "the trunk's head"))
+    else:
+        m.notes.append("OpenCLIP timm image tower without a projection: the pooled output is the image embedding")
     if text:
         m.dropped.append(("the text tower and logit scale of the CLIP checkpoint (only the image encoder is "
                           "converted)", [k for k in text if CLIP_TEXT.match(k)]))

@@ -122,6 +122,10 @@ res.check("--pack: run.sh, the driver, the sources, the xz-compressed model%s" %
                                                                                   if ort_here else ""),
           p.returncode == 0 and not missing and list(man.get("models", {})) == ["lemevit_tiny"],
           "missing %s; %s" % (missing, (p.stdout + p.stderr).strip()[-400:]))
+a = bench.parse_args(["--pack", pack, "--models", "lemevit_tiny"])
+res.check("bench.py --pack DIR: the pack, with the models named (and only those)",
+          a.pack == pack and a.models_given == "lemevit_tiny" and bench.parse_args(["--pack", pack]).models_given is None,
+          str(vars(a)))
 p = subprocess.run(pack_cmd + ["--max-mib", "0.01"], capture_output=True, text=True)
 res.check("--pack: a pack over --max-mib fails with the size", p.returncode == 1 and "over the 0 MiB limit" in p.stdout,
           (p.stdout + p.stderr).strip()[-300:])

@@ -511,11 +511,14 @@ class Runner(object):
     def left(self):
         return self.a.budget - (time.monotonic() - self.t0)
 
-    def section(self, name, budget):
-        self.sec_name, self.sec_end = name, time.monotonic() + min(budget, max(0.0, self.left()))
-        self.state["sections"][name] = OrderedDict(budget_s=round(budget, 1), started_s=round(time.monotonic() -
-                                                                                               self.t0, 1))
-        self.log("== %s (budget %.0f s, %.0f s left in all)" % (name, budget, self.left()))
+    def section(self, name, budget, until):
+        """A section with its own budget, which must end by `until` seconds into the run (the budgets of every
+        section so far: time an earlier section left unused goes to this one, an overrun comes out of it)."""
+        now = time.monotonic()
+        self.sec_name, self.sec_end = name, min(self.t0 + until, self.t0 + self.a.budget)
+        self.state["sections"][name] = OrderedDict(budget_s=round(budget, 1), started_s=round(now - self.t0, 1))
+        self.log("== %s (budget %.0f s, until +%.0f s: %.0f s; %.0f s left in all)" % (
+            name, budget, until, self.sec_end - now, self.left()))
 
     def sec_left(self):
         return self.sec_end - time.monotonic()
@@ -962,11 +965,13 @@ class Runner(object):
         plan = [("setup", 100, lambda: self.setup(hdr, lmvc)), ("check", 25, self.check), ("peak", 20, self.peak),
                 ("main", 200, self.main_table), ("batch", 50, self.batch_rows), ("busy", 30, self.busy_rows),
                 ("avx2", 25, self.avx2_rows), ("O2", 20, self.o2_rows)]
+        until = 0.0
         for name, budget, fn in plan:
+            until += budget * B
             if self.left() <= 0:
                 self.note("%s: skipped, the run's %.0f s budget was spent" % (name, a.budget))
                 continue
-            self.section(name, budget * B)
+            self.section(name, budget * B, until)
             try:
                 fn()
             except Exception as e:   # one section's surprise must not cost the others their numbers

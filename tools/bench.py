@@ -9,6 +9,9 @@
                                         lemevit.h built with -O2 and with -O3 -march=native, side by side
     python3 tools/bench.py --busy --models lemevit_tiny --no-torch
                                         the same runs with one `yes` process busy on a CPU
+    python3 tools/bench.py --pack build/devpack
+                                        a pack to measure another machine in one command: see
+                                        tools/bench_pack.py (there: OUT=DIR bash build/devpack/run.sh)
 
 What it does, in one run:
   1. measures the machine's FP32 FMA peak with a small C program compiled on the fly into
@@ -1965,10 +1968,14 @@ def parse_args(argv):
     ap.add_argument("--builds", nargs="?", const=DEFAULT_BUILDS, metavar="FLAGS;FLAGS",
                     help="time lemevit.h built with each flag set (default: %r) on --models x --threads, batch 1, "
                          "instead of the usual tables" % DEFAULT_BUILDS)
+    ap.add_argument("--pack", metavar="DIR",
+                    help="write the benchmark pack for another machine into DIR instead (tools/bench_pack.py pack: "
+                         "ViT-B/16, Swin-T, LeMeViT-tiny and -base unless --models, with ONNX Runtime unless --no-ort)")
     ap.add_argument("--busy", action="store_true",
                     help="time lemevit.h (default threads, 1 thread, every CPU) and ONNX Runtime with one `yes` "
                          "process busy during the runs, batch 1, instead of the usual tables")
     a = ap.parse_args(argv)
+    a.models_given = a.models
     if a.quick:
         a.models = a.models or "lemevit_tiny"
         a.threads = a.threads or [1]
@@ -2027,6 +2034,10 @@ def parse_args(argv):
 
 def main(argv):
     a = parse_args(argv)
+    if a.pack:
+        import bench_pack
+        return bench_pack.cmd_pack(["--out", a.pack] + (["--models", a.models_given] if a.models_given else []) +
+                                   (["--no-ort"] if a.no_ort else []))
     t_start = time.monotonic()
     os.makedirs(OUT, exist_ok=True)
     cmd = " ".join(shlex.quote(x) for x in [os.path.relpath(sys.executable) if sys.executable.startswith(ROOT)

@@ -3992,6 +3992,7 @@ typedef struct lmv__vit {
     int pool_prefix, map_hidden; /* the map head also attends to the prefix tokens; its MLP's width */
     int map_heads;  /* the map head's attention heads (vit.map_heads; default the blocks' vit.num_heads) */
     int pool_avg, pre_logits, num_classes, pos_rows;
+    int pool_cat;   /* vit.pool "token_avg": [class token, mean of the patch tokens], 2D wide (HF Dinov2 classifier) */
     int proj; /* width of the embedding projection (CLIP's `proj`, bias-free), 0: none */
     int abs_pos; /* vit.abs_pos: the tokens get the absolute pos_embed (BEiT may have none) */
     int rel_pos; /* vit.rel_pos: 1 per-block tables, 2 one shared table, 3 both (BEiT); 0 none */
@@ -4322,9 +4323,14 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
     s = lmv__meta_string(m, "vit.pool", "token");
     if (!strcmp(s, "avg")) v->pool_avg = 1;
     else if (!strcmp(s, "map")) v->pool_map = 1;
-    else if (strcmp(s, "token")) return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg, map", s);
+    else if (!strcmp(s, "token_avg")) v->pool_cat = 1;
+    else if (strcmp(s, "token"))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool '%s' is not one of token, avg, map, token_avg", s);
     if (!v->pool_avg && !v->pool_map && !v->class_token)
-        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool 'token' needs a class token");
+        return lmv__fail(err, LMV_ERR_CORRUPT, "vit.pool '%s' needs a class token", s);
+    if (v->pool_cat && (v->dist_token || v->pre_logits || v->proj))
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED,
+                         "vit.pool 'token_avg' cannot be combined with a distillation token, pre_logits or vit.proj");
     if ((r = lmv__meta_int_range(m, "vit.pool_prefix", 0, 0, 1, 0, &v->pool_prefix, err)) != LMV_OK) return r;
     if ((r = lmv__meta_int_range(m, "vit.map_heads", 0, 1, 4096, v->heads, &v->map_heads, err)) != LMV_OK) return r;
     if (v->dim % v->map_heads)
@@ -4381,11 +4387,13 @@ static lmv_result lmv__vit_bind(lmv_model *m, lmv_error *err) {
         (r = lmv__bind_norm(m, 1, D, &v->norm_w, &v->norm_b, err, "norm")) != LMV_OK ||
         (r = lmv__bind_norm(m, 1, D, &v->fc_norm_w, &v->fc_norm_b, err, "fc_norm")) != LMV_OK)
         return r;
+    if (v->pool_cat && v->fc_norm_w)
+        return lmv__fail(err, LMV_ERR_UNSUPPORTED, "vit.pool 'token_avg' cannot be combined with fc_norm");
     if (v->pre_logits &&
         (r = lmv__bind_linear(m, 0, v->pre_logits, D, &v->pre_logits_w, &v->pre_logits_b, err, "pre_logits.fc")) != LMV_OK)
         return r;
     if (v->pool_map && (r = lmv__vit_bind_map(m, v, err)) != LMV_OK) return r;
-    m->info.num_features = v->pre_logits ? v->pre_logits : D;
+    m->info.num_features = v->pre_logits ? v->pre_logits : v->pool_cat ? 2 * D : D;
     if (v->proj && (r = lmv__vit_bind_proj(m, v, err)) != LMV_OK) return r;
     if (v->num_classes) {
         int F = m->info.num_features;
@@ -4478,7 +4486,8 @@ static size_t lmv__vit_layout(const lmv__vit *v, int gh, int gw, int threads, fl
     b->patches = lmv__carve(&c, patches > tmp ? patches : tmp);
     b->tmp = b->patches; /* the pos-embed resampling scratch is used before patchify */
     b->pos = lmv__carve(&c, (size_t)v->pos_rows > T ? (size_t)v->pos_rows * D : T * D);
-    b->pooled = lmv__carve(&c, 3 * (D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) + 2 * (size_t)v->num_classes +
+    b->pooled = lmv__carve(&c, 3 * (v->pool_cat ? 2 * D : D > (size_t)v->pre_logits ? D : (size_t)v->pre_logits) +
+                                   2 * (size_t)v->num_classes +
                                    3 * (size_t)v->proj);
     b->relb = v->rel_pos || v->rel_mlp ? lmv__carve(&c, (size_t)v->heads * T * T) : NULL;
     b->rope = v->rope ? lmv__carve(&c, 2 * (size_t)gh * gw * (v->rope == LMV__ROPE_MIXED ? (size_t)v->depth * D : D / v->heads))
@@ -5012,12 +5021,15 @@ static lmv_result lmv__vit_forward(lmv_session *s, const lmv__ctx *ctx, float *a
         if (v->norm_w) lmv__vit_norm(ctx, v, b.x, b.x, T, D, v->norm_w, v->norm_b, v->eps);
         if (trace) lmv__trace(s, "norm", b.x, 2, T, D, 0);
 
-        /* pool: the class token (DeiT distilled: mean of class and distillation tokens), or the
-           mean of the patch tokens */
+        /* pool: the class token (DeiT distilled: mean of class and distillation tokens), the
+           mean of the patch tokens, or both side by side (token_avg) */
         if (v->pool_map) {
             lmv__vit_attn_pool(ctx, v, v->pool_prefix ? b.x : b.x + (size_t)v->prefix * D, v->pool_prefix ? T : np, feat, &b);
         } else if (v->pool_avg) {
             lmv__mean_rows(feat, b.x + (v->class_last ? 0 : (size_t)v->prefix * D), np, D);
+        } else if (v->pool_cat) { /* the class token, then the mean of the patch tokens (registers left out) */
+            memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);
+            lmv__mean_rows(feat + D, b.x + (v->class_last ? 0 : (size_t)v->prefix * D), np, D);
         } else {
             memcpy(feat, v->class_last ? b.x + (size_t)np * D : b.x, sizeof(float) * D);
             if (v->dist_token) memcpy(feat + D, b.x + D, sizeof(float) * D);

@@ -265,7 +265,7 @@ META_RULES = OrderedDict([
     ("vit.act", _rule("str", choices=("gelu", "gelu_tanh", "relu", "quickgelu", "silu"), arch="vit")),
     ("vit.block", _rule("str", choices=("pre", "res_post", "parallel_scaling"), arch="vit")),
     ("vit.mlp", _rule("str", choices=("mlp", "glu"), arch="vit")),
-    ("vit.pool", _rule("str", choices=("token", "avg", "map"), arch="vit")),
+    ("vit.pool", _rule("str", choices=("token", "avg", "map", "token_avg"), arch="vit")),
     ("vit.pool_prefix", _rule("int", 0, 1, arch="vit")),
     ("vit.map_heads", _rule("int", 1, 4096, arch="vit")),
     ("vit.abs_pos", _rule("int", 0, 1, arch="vit")),

@@ -26,7 +26,7 @@ VIT_KEYS = OrderedDict([
 ])
 register_family("vit", VIT_KEYS, choices={
     "vit.act": ("gelu", "gelu_tanh", "relu", "quickgelu", "silu"),
-    "vit.pool": ("token", "avg", "map"),
+    "vit.pool": ("token", "avg", "map", "token_avg"),
     "vit.mlp": ("mlp", "glu"),
     "vit.pos_interp": ("bicubic", "bicubic_aa", "bicubic_ac", "bilinear", "bicubic_dinov2"),
     "vit.block": ("pre", "res_post", "parallel_scaling"),
@@ -513,6 +513,12 @@ def build_vit(sd, ctx, source, defaults, name_hint=None):
 
     E = vit_embedding_proj(sd, take, T, D, pre_logits, dist)
     F = E or F
+    if pool == "token_avg":
+        # [class token, mean of the patch tokens] (Hugging Face Dinov2ForImageClassification's classifier input)
+        if cls is None or dist is not None or pre_logits or E or fc_norm:
+            raise ConvertError("vit.pool=token_avg needs a class token and no distillation token, pre_logits, "
+                               "embedding projection or fc_norm")
+        F = 2 * D
     want = getattr(ctx.opts, "num_classes", None)
     head_w = sd.get("head.weight")
     if head_w is not None and want != 0:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import LMV, ROOT, Results, convert, lmv_run, compare_traces, run, tmpdir  # noqa: E402
+from common import LMV, ROOT, Results, convert, lmv_run, compare_traces, logits_close, max_abs, run, tmpdir  # noqa: E402
 from models import clip_ref, dinov2_ref  # noqa: E402
 from models.timm_vit import randomize_  # noqa: E402
 
@@ -118,6 +118,8 @@ def loader_refusals(lmv):
     res.check("loader refuses an embedding projection bias of the wrong size", code != 0 and "proj.bias" in err, err)
     code, err = rewrite("width.lmv", meta_change={"vit.proj": 47, "num_features": 47})
     res.check("loader refuses vit.proj that does not match proj.weight", code != 0 and "proj.weight" in err, err)
+    code, err = rewrite("cat.lmv", meta_change={"vit.pool": "token_avg"})
+    res.check("loader refuses vit.pool token_avg with an embedding projection", code != 0 and "token_avg" in err, err)
 
 
 def whole_clip():
@@ -280,21 +282,145 @@ def hf_dinov2():
         parity("HF Dinov2Model %s" % fname, m, list(m.encoder.layer), x, sd, fname=fname, side={"config.json": cfg},
                proj=False, expect=("source      hf_dinov2", "heads 2", "layer_scale",
                                    "dropped     1 tensor(s), Dinov2Model's mask token"))
-    # Dinov2ForImageClassification: its classifier reads cls and mean patch tokens; refused by name
+
+
+def hf_dinov2_registers():
+    """Dinov2WithRegistersModel (bare keys, .safetensors): registers after the class token, no
+    position embedding for them; at another input size pos_embed resampled bicubic with antialias."""
+    torch.manual_seed(0)
+    m = dinov2_ref.HFDinov2Model(hidden=64, heads=4, layers=2, image_size=56, patch_size=14, eps=1e-6, init=0.6,
+                                 registers=4)
+    randomize_(m, seed=21).eval()
+    cfg = {"model_type": "dinov2_with_registers", "hidden_act": "gelu", "layer_norm_eps": 1e-6,
+           "num_attention_heads": 4, "image_size": 56, "patch_size": 14, "num_register_tokens": 4}
+    pre = {"image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": 64},
+           "do_center_crop": True, "crop_size": {"height": 56, "width": 56}, "resample": 3,
+           "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    for size in ((56, 56), (84, 70)):
+        x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(22))
+        parity("HF Dinov2WithRegistersModel at %dx%d" % size, m, list(m.encoder.layer), x, m.state_dict(),
+               fname="model.safetensors", side={"config.json": cfg, "preprocessor_config.json": pre}, proj=False,
+               expect=("source      hf_dinov2", "4 reg", "pos_interp bicubic_aa",
+                       "dropped     1 tensor(s), Dinov2WithRegistersModel's mask token", "resize 64"))
+    # config.json that contradicts the weights is refused, not converted wrongly
+    for what, change in (("num_register_tokens", {"num_register_tokens": 2}), ("use_swiglu_ffn", {"use_swiglu_ffn": True})):
+        d = tmpdir()
+        write_safetensors(m.state_dict(), os.path.join(d, "model.safetensors"))
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(dict(cfg, **change), f)
+        try:
+            convert(os.path.join(d, "model.safetensors"), os.path.join(d, "m.lmv"))
+            res.check("HF Dinov2WithRegisters: a wrong %s refused" % what, False, "converted")
+        except RuntimeError as e:
+            res.check("HF Dinov2WithRegisters: a wrong %s refused" % what, what in str(e), str(e))
+
+
+def hf_dinov2_classifier(registers, swiglu=False):
+    """Dinov2(WithRegisters)ForImageClassification: logits = classifier(concat(class token, mean of
+    the patch tokens)), register tokens not averaged; lmv_run_features gives that 2D-wide vector."""
+    torch.manual_seed(0)
+    m = dinov2_ref.HFDinov2ForImageClassification(7, hidden=64, heads=4, layers=2, image_size=56, patch_size=14,
+                                                  eps=1e-6, init=0.6, registers=registers, swiglu=swiglu)
+    randomize_(m, seed=23 + registers).eval()
+    back = getattr(m, m.prefix)
+    cfg = {"model_type": "dinov2_with_registers" if registers else "dinov2", "hidden_act": "gelu",
+           "layer_norm_eps": 1e-6, "num_attention_heads": 4, "image_size": 56, "patch_size": 14,
+           "use_swiglu_ffn": swiglu, "id2label": {str(i): "class%d" % i for i in range(7)}}
+    if registers:
+        cfg["num_register_tokens"] = registers
+    name = "HF %s%s" % ("Dinov2WithRegistersForImageClassification" if registers else "Dinov2ForImageClassification",
+                        " SwiGLU" if swiglu else "")
+    d = tmpdir()
+    ckpt, lmv = os.path.join(d, "pytorch_model.bin"), os.path.join(d, "m.lmv")
+    torch.save(m.state_dict(), ckpt)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    x = torch.randn(2, 3, 70, 84, generator=torch.Generator().manual_seed(24))
+    try:
+        out = convert(ckpt, lmv)
+        want, acts = hooked(m, list(back.encoder.layer), x)
+        got, traces = lmv_run(lmv, x.numpy(), trace=True)
+        feats, _ = lmv_run(lmv, x.numpy(), "--features")
+    except RuntimeError as e:
+        res.check(name, False, str(e))
+        return
+    ok, how = logits_close(got, want)
+    res.check(f"{name} logits", ok, how)
+    compare_traces(res, name, traces, acts)
+    with torch.no_grad():
+        s = back.sequence(x)
+        fw = torch.cat((s[:, 0], s[:, 1 + registers:].mean(dim=1)), dim=1).numpy()
+    dmax = max_abs(feats, fw)
+    res.check(f"{name} features are [class token, mean of patch tokens]", dmax <= 1e-4 * max(1.0, np.abs(fw).max()),
+              f"shape {list(feats.shape)}, max abs diff {dmax:.2e}")
+    if not registers and not swiglu:
+        token_avg_refusals(lmv)
+    for text in ("pool token_avg", "7 classes, 128 features", "labels: checkpoint config") + (("act silu",) if swiglu else ()):
+        res.check(f"{name} summary says {text!r}", text in out, "" if text in out else out)
+
+
+def token_avg_refusals(lmv):
+    """The loader refuses vit.pool token_avg where it cannot be run as written, with a sentence."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import lmvfile
+    f = lmvfile.read(lmv)
+    d = tmpdir()
+    meta = [(k, lmvfile.Typed(f.meta_types[k], v)) for k, v in f.meta.items()]
+    tensors = [(n, t.shape, f.tensor(n), t.dtype_name) for n, t in f.tensors.items()]
+    for name, change, extra, want in (
+            ("fc_norm", {}, [("fc_norm.weight", (64,), np.ones(64, dtype="<f4")),
+                             ("fc_norm.bias", (64,), np.zeros(64, dtype="<f4"))], "fc_norm"),
+            ("the class token's head width", {"vit.pool": "token"}, [], "head.weight"),
+            ("no class token", {"vit.class_token": 0}, [], "class token")):
+        path = os.path.join(d, "x.lmv")
+        lmvfile.write(path, [(k, change[k] if k in change else v) for k, v in meta], tensors + extra)
+        code, out, err = run([LMV, "info", path])
+        res.check("loader refuses a token_avg file with %s" % name, code != 0 and want in err, err.strip())
+
+
+def hf_dinov2_swiglu():
+    """Dinov2Model with use_swiglu_ffn (the giant models): weights_in / weights_out as a packed glu
+    MLP with SiLU, whatever hidden_act says; hidden width 2/3 of int(D * mlp_ratio), rounded up to 8."""
+    torch.manual_seed(0)
+    m = dinov2_ref.HFDinov2Model(hidden=64, heads=4, layers=2, image_size=56, patch_size=14, eps=1e-6, init=0.6,
+                                 swiglu=True)
+    randomize_(m, seed=27).eval()
+    cfg = {"model_type": "dinov2", "hidden_act": "gelu", "layer_norm_eps": 1e-6, "num_attention_heads": 4,
+           "image_size": 56, "patch_size": 14, "use_swiglu_ffn": True, "mlp_ratio": 4}
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(28))
+    parity("HF Dinov2Model SwiGLU", m, list(m.encoder.layer), x, m.state_dict(), fname="model.safetensors",
+           side={"config.json": cfg}, proj=False, expect=("act silu", "glu", "176"))
+
+
+def dinov2_hub_swiglu():
+    """facebookresearch/dinov2 with ffn_layer swiglufused (ViT-g/14): w12 / w3 as a packed glu MLP."""
+    torch.manual_seed(0)
+    m = dinov2_ref.DinoVisionTransformer(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4,
+                                         init_values=0.7, num_register_tokens=4, ffn_layer="swiglufused")
+    randomize_(m, seed=29).eval()
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(30))
+    parity("DINOv2 hub SwiGLU with 4 registers", m, list(m.blocks), x, m.state_dict(),
+           conv_opts=("--num-heads", "4"), proj=False, expect=("source      dinov2", "act silu", "176"))
+
+
+def hf_dinov2_stray():
+    """A tensor outside the backbone that is not the classifier is refused by name."""
+    m = dinov2_ref.HFDinov2Model(hidden=64, heads=2, layers=1, image_size=28, patch_size=14)
     d = tmpdir()
     sd = {"dinov2." + k: t for k, t in m.state_dict().items()}
-    sd["classifier.weight"], sd["classifier.bias"] = torch.zeros(5, 128), torch.zeros(5)
+    sd["extra_head.weight"] = torch.zeros(5, 128)
     torch.save(sd, os.path.join(d, "pytorch_model.bin"))
     try:
         convert(os.path.join(d, "pytorch_model.bin"), os.path.join(d, "m.lmv"))
-        res.check("Dinov2ForImageClassification refused", False, "converted")
+        res.check("HF Dinov2: a stray tensor refused", False, "converted")
     except RuntimeError as e:
-        res.check("Dinov2ForImageClassification refused", "Dinov2ForImageClassification" in str(e) and
-                  "classifier.weight" in str(e), str(e))
+        res.check("HF Dinov2: a stray tensor refused", "extra_head.weight" in str(e), str(e))
 
 
 if __name__ == "__main__":
     for fn in (openai_clip_tower, whole_clip, openai_torchscript, open_clip_gelu_layerscale, open_clip_hub_dir, hf_clip, lambda: dinov2(0),
-               lambda: dinov2(4), hf_dinov2):
+               lambda: dinov2(4), hf_dinov2, hf_dinov2_registers, lambda: hf_dinov2_classifier(0),
+               lambda: hf_dinov2_classifier(4), lambda: hf_dinov2_classifier(4, swiglu=True), hf_dinov2_swiglu,
+               dinov2_hub_swiglu, hf_dinov2_stray):
         fn()
     res.finish()

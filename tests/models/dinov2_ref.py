@@ -38,14 +38,29 @@ class Attention(nn.Module):
         return self.proj(x)
 
 
+class SwiGLUFFNFused(nn.Module):
+    """dinov2/layers/swiglu_ffn.py: w12 gives [x1; x2], w3(silu(x1) * x2); the fused form rounds the
+    hidden width to 2/3 of it, up to a multiple of 8."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(nn.functional.silu(x1) * x2)
+
+
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, init_values):
+    def __init__(self, dim, num_heads, mlp_ratio, init_values, ffn_layer="mlp"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.ls1 = LayerScale(dim, init_values)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = (SwiGLUFFNFused if ffn_layer == "swiglufused" else Mlp)(dim, int(dim * mlp_ratio))
         self.ls2 = LayerScale(dim, init_values)
 
     def forward(self, x):
@@ -55,7 +70,7 @@ class Block(nn.Module):
 
 class DinoVisionTransformer(nn.Module):
     def __init__(self, img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.0,
-                 init_values=1.0, num_register_tokens=0, interpolate_offset=0.1):
+                 init_values=1.0, num_register_tokens=0, interpolate_offset=0.1, ffn_layer="mlp"):
         super().__init__()
         self.patch_size = patch_size
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
@@ -67,7 +82,8 @@ class DinoVisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.register_tokens = (nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim))
                                 if num_register_tokens else None)
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, init_values) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, init_values, ffn_layer)
+                                     for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
@@ -108,19 +124,40 @@ class DinoVisionTransformer(nn.Module):
 # ------------------------------------------------------------------------------ Hugging Face Dinov2Model
 
 class HFDinov2Embeddings(nn.Module):
-    def __init__(self, hidden, image_size, patch_size):
+    """Dinov2Embeddings / Dinov2WithRegistersEmbeddings: cls + patches + position embedding (resampled
+    to the input's grid unless it is the stored one on a square input), then the register tokens
+    inserted after the class token.  Dinov2 resamples bicubic, the with-registers model bicubic with
+    antialias=True."""
+
+    def __init__(self, hidden, image_size, patch_size, registers=0, antialias=False):
         super().__init__()
+        self.patch_size, self.antialias = patch_size, antialias
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden))
         self.mask_token = nn.Parameter(torch.zeros(1, hidden))
+        if registers:
+            self.register_tokens = nn.Parameter(torch.randn(1, registers, hidden))
         self.patch_embeddings = nn.Module()
         self.patch_embeddings.projection = nn.Conv2d(3, hidden, kernel_size=patch_size, stride=patch_size)
         self.position_embeddings = nn.Parameter(torch.randn(1, (image_size // patch_size) ** 2 + 1, hidden))
 
+    def pos(self, n, h, w):
+        stored = self.position_embeddings.shape[1] - 1
+        if n == stored and h == w:
+            return self.position_embeddings
+        g = int(stored ** 0.5)
+        d = self.position_embeddings.shape[-1]
+        grid = self.position_embeddings[:, 1:].reshape(1, g, g, d).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid, size=(h // self.patch_size, w // self.patch_size), mode="bicubic",
+                                         align_corners=False, antialias=self.antialias)
+        return torch.cat((self.position_embeddings[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, d)), dim=1)
+
     def forward(self, x):
-        # at the native size HF's interpolate_pos_encoding returns position_embeddings unchanged
         p = self.patch_embeddings.projection(x).flatten(2).transpose(1, 2)
         e = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), p), dim=1)
-        return e + self.position_embeddings
+        e = e + self.pos(p.shape[1], x.shape[2], x.shape[3])
+        if hasattr(self, "register_tokens"):
+            e = torch.cat((e[:, :1], self.register_tokens.expand(x.shape[0], -1, -1), e[:, 1:]), dim=1)
+        return e
 
 
 class HFSelfAttention(nn.Module):
@@ -148,8 +185,23 @@ class HFLayerScale(nn.Module):
         return x * self.lambda1
 
 
+class HFSwiGLUFFN(nn.Module):
+    """Dinov2SwiGLUFFN: weights_in gives [x1; x2], weights_out(silu(x1) * x2); hidden width
+    int(hidden * mlp_ratio) taken to 2/3, rounded up to a multiple of 8."""
+
+    def __init__(self, hidden, mlp_ratio):
+        super().__init__()
+        h = (int(int(hidden * mlp_ratio) * 2 / 3) + 7) // 8 * 8
+        self.weights_in = nn.Linear(hidden, 2 * h)
+        self.weights_out = nn.Linear(h, hidden)
+
+    def forward(self, x):
+        x1, x2 = self.weights_in(x).chunk(2, dim=-1)
+        return self.weights_out(nn.functional.silu(x1) * x2)
+
+
 class HFLayer(nn.Module):
-    def __init__(self, hidden, heads, eps, init):
+    def __init__(self, hidden, heads, eps, init, swiglu=False, mlp_ratio=4):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden, eps=eps)
         self.attention = nn.Module()
@@ -158,7 +210,7 @@ class HFLayer(nn.Module):
         self.attention.output.dense = nn.Linear(hidden, hidden)
         self.layer_scale1 = HFLayerScale(hidden, init)
         self.norm2 = nn.LayerNorm(hidden, eps=eps)
-        self.mlp = Mlp(hidden, hidden * 4)
+        self.mlp = HFSwiGLUFFN(hidden, mlp_ratio) if swiglu else Mlp(hidden, int(hidden * mlp_ratio))
         self.layer_scale2 = HFLayerScale(hidden, init)
 
     def forward(self, x):
@@ -168,17 +220,42 @@ class HFLayer(nn.Module):
 
 
 class HFDinov2Model(nn.Module):
-    """Dinov2Model: forward returns pooler_output, layernorm(sequence)[:, 0]."""
+    """Dinov2Model (registers=0) or Dinov2WithRegistersModel: forward returns pooler_output,
+    layernorm(sequence)[:, 0]; sequence() the whole normed sequence."""
 
-    def __init__(self, hidden=64, heads=4, layers=2, image_size=56, patch_size=14, eps=1e-6, init=1.0):
+    def __init__(self, hidden=64, heads=4, layers=2, image_size=56, patch_size=14, eps=1e-6, init=1.0, registers=0,
+                 swiglu=False, mlp_ratio=4):
         super().__init__()
-        self.embeddings = HFDinov2Embeddings(hidden, image_size, patch_size)
+        self.registers = registers
+        self.embeddings = HFDinov2Embeddings(hidden, image_size, patch_size, registers, antialias=registers > 0)
         self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList([HFLayer(hidden, heads, eps, init) for _ in range(layers)])
+        self.encoder.layer = nn.ModuleList([HFLayer(hidden, heads, eps, init, swiglu, mlp_ratio)
+                                            for _ in range(layers)])
         self.layernorm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, x):
+    def sequence(self, x):
         h = self.embeddings(x)
         for layer in self.encoder.layer:
             h = layer(h)
-        return self.layernorm(h)[:, 0]
+        return self.layernorm(h)
+
+    def forward(self, x):
+        return self.sequence(x)[:, 0]
+
+
+class HFDinov2ForImageClassification(nn.Module):
+    """Dinov2ForImageClassification (backbone under dinov2.) or Dinov2WithRegistersForImageClassification
+    (dinov2_with_registers.): classifier(concat(class token, mean of the patch tokens)); the
+    register tokens are not averaged."""
+
+    def __init__(self, num_labels, **kw):
+        super().__init__()
+        backbone = HFDinov2Model(**kw)
+        self.prefix = "dinov2_with_registers" if backbone.registers else "dinov2"
+        setattr(self, self.prefix, backbone)
+        self.classifier = nn.Linear(2 * kw["hidden"], num_labels)
+
+    def forward(self, x):
+        m = getattr(self, self.prefix)
+        s = m.sequence(x)
+        return self.classifier(torch.cat((s[:, 0], s[:, 1 + m.registers:].mean(dim=1)), dim=1))

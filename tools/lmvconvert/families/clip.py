@@ -274,35 +274,30 @@ def detect_dinov2(sd, ctx):
     if "mask_token" not in sd or "cls_token" not in sd or "patch_embed.proj.weight" not in sd or \
             "blocks.0.attn.qkv.weight" not in sd:
         return None
-    if any(re.match(r"^blocks\.\d+\.mlp\.w12\.", k) for k in sd):
-        raise ConvertError("DINOv2 with a SwiGLU MLP (ViT-g/14, blocks.N.mlp.w12) is not supported by lemevit.h")
     if any(re.match(r"^blocks\.\d+\.\d+\.", k) for k in sd):
         raise ConvertError("DINOv2 with chunked blocks (blocks.C.N.*, block_chunks > 0) is not supported; "
                            "save the model with block_chunks=0")
+    swiglu = any(re.match(r"^blocks\.\d+\.mlp\.w12\.", k) for k in sd)
     renamed = OrderedDict((k, v) for k, v in sd.items() if k != "mask_token")
     back = dict((k, k) for k in renamed)
+    if swiglu:
+        # SwiGLUFFN / SwiGLUFFNFused (ViT-g/14): w12 gives [x1; x2], w3(silu(x1) * x2): a packed glu MLP
+        renamed, back = _rename(renamed, [(r"^(blocks\.\d+)\.mlp\.w12\.", r"\1.mlp.fc1."),
+                                          (r"^(blocks\.\d+)\.mlp\.w3\.", r"\1.mlp.fc2.")])
+        ctx.notes.append("SwiGLU MLP (ffn_layer swiglu): w12 / w3 as a packed glu MLP, SiLU")
     if "register_tokens" in renamed:
-        cls, pos = renamed["cls_token"], renamed["pos_embed"]
-        if cls.ndim != 3 or pos.ndim != 3 or pos.shape[1] < 2 or cls.shape[2] != pos.shape[2]:
-            raise ConvertError("DINOv2: cls_token %s and pos_embed %s do not fit together"
-                               % (list(cls.shape), list(pos.shape)))
-        D, P = pos.shape[2], pos.shape[1]
-        pos_cls = Tensor(pos.storage, pos.offset, (1, 1, D), (pos.stride[0], pos.stride[1], pos.stride[2]),
-                         pos.dtype, pos.error)
-        renamed["cls_token"] = _add_f32(cls, pos_cls, (1, 1, D))
-        renamed["pos_embed"] = Tensor(pos.storage, pos.offset + pos.stride[1], (1, P - 1, D), pos.stride,
-                                      pos.dtype, pos.error)
+        _fold_class_pos(renamed, ctx, "DINOv2")
         renamed["reg_token"] = renamed.pop("register_tokens")
         back["reg_token"] = "register_tokens"
-        ctx.settings.update("sidecar", {"vit.no_embed_class": 1})
-        ctx.notes.append("register tokens: the class token's position embedding added to cls_token, pos_embed "
-                         "keeps the patch rows (no_embed_class)")
     defaults = dict(PRE_DINOV2)
     # DinoVisionTransformer: LayerNorm eps 1e-6, nn.GELU, pre-norm blocks, class-token features; its
     # position embedding is resampled bicubic by the scale factor (grid + 0.1) / stored grid
-    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_dinov2", "vit.pool": "token"})
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "silu" if swiglu else "gelu",
+                     "vit.pos_interp": "bicubic_dinov2", "vit.pool": "token"})
     ctx.determined.update(("vit.block", "vit.pool", "vit.norm_eps", "vit.act"))
     m = build_vit(renamed, ctx, "dinov2", defaults)
+    if swiglu and m.config.get("vit.mlp") != "glu":
+        raise ConvertError("DINOv2: mlp.w12 is not twice mlp.w3's input width, not a SwiGLU MLP")
     m.used = set(back[k] for k in m.used)
     m.dropped.append(("DINOv2's mask token (used only in masked-image training)", ["mask_token"]))
     return m
@@ -313,27 +308,80 @@ def detect_dinov2(sd, ctx):
 HF_DINOV2_RULES = [
     (r"^embeddings\.cls_token$", "cls_token"),
     (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.register_tokens$", "reg_token"),
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
     (r"^encoder\.layer\.(\d+)\.", r"blocks.\1."),
     (r"^(blocks\.\d+)\.attention\.output\.dense\.", r"\1.attn.proj."),
     (r"^(blocks\.\d+)\.layer_scale([12])\.lambda1$", r"\1.ls\2.gamma"),
+    (r"^(blocks\.\d+)\.mlp\.weights_in\.", r"\1.mlp.fc1."),
+    (r"^(blocks\.\d+)\.mlp\.weights_out\.", r"\1.mlp.fc2."),
     (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
 ]
+
+
+def _fold_class_pos(renamed, ctx, what):
+    """DINOv2's register tokens: inserted after the class token once the position embedding is added,
+    so they get none.  The class token's row of pos_embed is added to cls_token here and the file's
+    pos_embed keeps the patch rows (vit.no_embed_class)."""
+    cls, pos = renamed["cls_token"], renamed["pos_embed"]
+    if cls.ndim != 3 or pos.ndim != 3 or pos.shape[1] < 2 or cls.shape[2] != pos.shape[2]:
+        raise ConvertError("%s: cls_token %s and pos_embed %s do not fit together"
+                           % (what, list(cls.shape), list(pos.shape)))
+    D, P = pos.shape[2], pos.shape[1]
+    pos_cls = Tensor(pos.storage, pos.offset, (1, 1, D), (pos.stride[0], pos.stride[1], pos.stride[2]),
+                     pos.dtype, pos.error)
+    renamed["cls_token"] = _add_f32(cls, pos_cls, (1, 1, D))
+    renamed["pos_embed"] = Tensor(pos.storage, pos.offset + pos.stride[1], (1, P - 1, D), pos.stride,
+                                  pos.dtype, pos.error)
+    ctx.settings.update("sidecar", {"vit.no_embed_class": 1})
+    ctx.notes.append("register tokens: the class token's position embedding added to cls_token, pos_embed "
+                     "keeps the patch rows (no_embed_class)")
+
+
+def hf_dinov2_preprocessing(ctx):
+    """pre.* and img_size from a BitImageProcessor's preprocessor_config.json beside the weights:
+    mean, std, resample, the shorter-side resize (size.shortest_edge) and the centre crop (crop_size),
+    which is the input size the model runs at."""
+    pre, pre_path, side = processor_settings(ctx)
+    if pre is None:
+        return side
+    size, crop = pre.get("size"), pre.get("crop_size")
+    if pre.get("do_resize", True) and isinstance(size, dict) and size.get("shortest_edge") is not None:
+        side["pre.resize"] = _side_value(pre_path, "size.shortest_edge", "pre.resize", size["shortest_edge"])
+    if pre.get("do_center_crop", True) and isinstance(crop, dict) and "height" in crop:
+        side["img_size"] = _side_value(pre_path, "crop_size", "img_size", [crop.get("height"), crop.get("width")])
+    return side
 
 
 @detector("vit", "Hugging Face Dinov2Model")
 def detect_hf_dinov2(sd, ctx):
-    """Dinov2Model (dinov2.* or bare keys): features are pooler_output, the class token after the
-    final layernorm.  config.json beside the weights gives eps, heads, activation and image size."""
-    p = "dinov2." if "dinov2.embeddings.mask_token" in sd else ""
-    if p + "embeddings.mask_token" not in sd or p + "encoder.layer.0.layer_scale1.lambda1" not in sd:
+    """Dinov2Model and Dinov2WithRegistersModel (bare keys), and their ForImageClassification forms
+    (dinov2.* / dinov2_with_registers.*, plus classifier.*).  The models' features are pooler_output,
+    the class token after the final layernorm; the classifiers' logits are classifier(concat(class
+    token, mean of the patch tokens)) (vit.pool token_avg; register tokens are not averaged).
+    config.json beside the weights gives eps, heads, activation, use_swiglu_ffn and the labels."""
+    p = None
+    for cand in ("dinov2.", "dinov2_with_registers.", ""):
+        if cand + "embeddings.mask_token" in sd and cand + "encoder.layer.0.layer_scale1.lambda1" in sd:
+            p = cand
+            break
+    if p is None:
         return None
-    if any(re.match(r"^%sencoder\.layer\.\d+\.mlp\.weights_in\." % re.escape(p), k) for k in sd):
-        raise ConvertError("Dinov2Model with a SwiGLU MLP (use_swiglu_ffn, giant) is not supported by lemevit.h")
-    if p + "embeddings.register_tokens" in sd:
-        raise ConvertError("Dinov2WithRegistersModel is not recognised yet; convert the facebookresearch/dinov2 hub "
-                           "file of the same model instead")
+    regs = p + "embeddings.register_tokens" in sd
+    what = "Dinov2WithRegistersModel" if regs else "Dinov2Model"
+    swiglu = any(re.match(r"^%sencoder\.layer\.\d+\.mlp\.weights_in\." % re.escape(p), k) for k in sd)
+    classifier = [k for k in sd if k in ("classifier.weight", "classifier.bias")]
+    left = [k for k in sd if not k.startswith(p) and k not in classifier]
+    if left:
+        raise ConvertError("Hugging Face %s: %d tensor(s) outside %s* that are not its classifier (%s), which "
+                           "lemevit.h does not run; pass --ignore REGEX to convert the backbone alone"
+                           % (what, len(left), p, ", ".join(left[:5])))
+    if classifier and "classifier.weight" not in classifier:
+        raise ConvertError("Hugging Face %s: classifier.bias without classifier.weight" % what)
     body = OrderedDict((k[len(p):], v) for k, v in sd.items() if k.startswith(p) and k != p + "embeddings.mask_token")
+    for k in classifier:
+        body[k] = sd[k]
     merged, origin = OrderedDict(), {}
     for k, v in body.items():
         m = re.match(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$", k)
@@ -343,26 +391,60 @@ def detect_hf_dinov2(sd, ctx):
         if m.group(2) == "query":
             merge_qkv(body, merged, origin, "encoder.layer.%s.attention.attention.%%s.%s" % m.group(1, 3),
                       ("query", "key", "value"), "encoder.layer.%s.attn.qkv.%s" % m.group(1, 3),
-                      "Hugging Face Dinov2Model", prefix=p)
+                      "Hugging Face %s" % what, prefix=p)
     renamed, back = _rename(merged, HF_DINOV2_RULES)
+    if regs:
+        _fold_class_pos(renamed, ctx, "Hugging Face %s" % what)
     cfg, cfg_path = _read_json_beside(ctx.path, "config.json")
     defaults = dict(PRE_DINOV2)
-    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic", "vit.pool": "token"})
-    ctx.determined.update(("vit.block", "vit.pool"))
+    # Dinov2Model resamples position_embeddings bicubic to the grid's size; Dinov2WithRegistersModel
+    # the same with antialias=True (PIL's kernel, a = -0.5)
+    defaults.update({"vit.norm_eps": 1e-6, "vit.act": "gelu", "vit.pos_interp": "bicubic_aa" if regs else "bicubic",
+                     "vit.pool": "token_avg" if classifier else "token"})
+    ctx.determined.update(("vit.block", "vit.pool", "vit.pos_interp"))
     side = {}
+    labels = None
     if isinstance(cfg, dict):
         ctx.notes.append("read %s" % cfg_path)
         side.update(encoder_settings(cfg, cfg_path, HF_CLIP_ACT, image_size=False))
+        if "use_swiglu_ffn" in cfg and bool(cfg["use_swiglu_ffn"]) != swiglu:
+            raise ConvertError("%s: use_swiglu_ffn is %s but the weights %s a SwiGLU MLP (mlp.weights_in)"
+                               % (cfg_path, _short(cfg["use_swiglu_ffn"]), "have" if swiglu else "have no"))
+        if regs and isinstance(cfg.get("num_register_tokens"), int) and \
+                cfg["num_register_tokens"] != renamed["reg_token"].shape[1]:
+            raise ConvertError("%s: num_register_tokens is %d but embeddings.register_tokens has %d rows"
+                               % (cfg_path, cfg["num_register_tokens"], renamed["reg_token"].shape[1]))
+        labels = hf_id2label(cfg)
+    if swiglu:
+        # Dinov2SwiGLUFFN: weights_in gives [x1; x2], silu(x1) * x2, whatever hidden_act says
+        side["vit.act"] = "silu"
+        ctx.determined.add("vit.act")
+        ctx.notes.append("SwiGLU MLP (use_swiglu_ffn): weights_in / weights_out as a packed glu MLP, SiLU")
+    side.update(hf_dinov2_preprocessing(ctx))
     ctx.settings.update("sidecar", side)
-    ctx.notes.append("checked at the native input size (the pos_embed grid); at other sizes pos_embed is "
-                     "resampled bicubic by size (--set vit.pos_interp=bicubic_dinov2 for DINOv2's 0.1-offset "
-                     "scale factor)")
+    if not regs:
+        ctx.notes.append("pos_embed is resampled bicubic to the input's grid (--set vit.pos_interp=bicubic_dinov2 "
+                         "for the facebookresearch hub model's 0.1-offset scale factor)")
     m = build_vit(renamed, ctx, "hf_dinov2", defaults)
+    if swiglu and m.config.get("vit.mlp") != "glu":
+        raise ConvertError("Hugging Face %s: mlp.weights_in is not twice mlp.weights_out's input width" % what)
     m.used = original_keys(m.used, origin, back, p)
-    m.dropped.append(("Dinov2Model's mask token (used only in masked-image training)", [p + "embeddings.mask_token"]))
-    left = [k for k in sd if not k.startswith(p)]
-    if left:
-        raise ConvertError("Hugging Face Dinov2: %d tensor(s) outside %s* (%s), e.g. Dinov2ForImageClassification's "
-                           "classifier on the class and mean patch tokens, which lemevit.h does not run; pass "
-                           "--ignore REGEX to convert the backbone alone" % (len(left), p, ", ".join(left[:5])))
+    m.used = set(k[len(p):] if k[len(p):] in classifier else k for k in m.used)
+    m.labels = labels
+    m.dropped.append(("%s's mask token (used only in masked-image training)" % what, [p + "embeddings.mask_token"]))
     return m
+
+
+def hf_id2label(cfg):
+    """The class names of a Hugging Face config's id2label, when they are 0..K-1 and not LABEL_N."""
+    id2label = cfg.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        items = sorted((int(k), str(v)) for k, v in id2label.items())
+    except ValueError:
+        return None
+    names = [v for _, v in items]
+    if [k for k, _ in items] != list(range(len(items))) or all(re.match(r"^LABEL_\d+$", n) for n in names):
+        return None
+    return names

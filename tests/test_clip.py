@@ -403,6 +403,37 @@ def dinov2_hub_swiglu():
            conv_opts=("--num-heads", "4"), proj=False, expect=("source      dinov2", "act silu", "176"))
 
 
+def hf_dinov2_crop():
+    """The released models store a 37x37 pos_embed (image_size 518) and their processor crops 224: the
+    .lmv's input size is the crop, pos_embed resampled (down, with antialias) to its grid."""
+    torch.manual_seed(0)
+    m = dinov2_ref.HFDinov2ForImageClassification(7, hidden=64, heads=4, layers=2, image_size=70, patch_size=14,
+                                                  registers=4)
+    randomize_(m, seed=31).eval()
+    d = tmpdir()
+    ckpt, lmv = os.path.join(d, "pytorch_model.bin"), os.path.join(d, "m.lmv")
+    torch.save(m.state_dict(), ckpt)
+    for fn, obj in (("config.json", {"num_attention_heads": 4, "num_register_tokens": 4, "image_size": 70}),
+                    ("preprocessor_config.json", {"do_resize": True, "size": {"shortest_edge": 64},
+                                                  "do_center_crop": True, "crop_size": {"height": 56, "width": 56},
+                                                  "resample": 3})):
+        with open(os.path.join(d, fn), "w") as f:
+            json.dump(obj, f)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(32))
+    try:
+        out = convert(ckpt, lmv)
+        got, _ = lmv_run(lmv, x.numpy())
+    except RuntimeError as e:
+        res.check("HF Dinov2WithRegisters classifier at its crop size", False, str(e))
+        return
+    with torch.no_grad():
+        want = m(x).numpy()
+    ok, how = logits_close(got, want)
+    res.check("HF Dinov2WithRegisters classifier at its crop size logits", ok, how)
+    for text in ("pos grid 5x5, img 56x56", "resize 64"):
+        res.check(f"HF Dinov2WithRegisters crop summary says {text!r}", text in out, "" if text in out else out)
+
+
 def hf_dinov2_stray():
     """A tensor outside the backbone that is not the classifier is refused by name."""
     m = dinov2_ref.HFDinov2Model(hidden=64, heads=2, layers=1, image_size=28, patch_size=14)
@@ -421,6 +452,6 @@ if __name__ == "__main__":
     for fn in (openai_clip_tower, whole_clip, openai_torchscript, open_clip_gelu_layerscale, open_clip_hub_dir, hf_clip, lambda: dinov2(0),
                lambda: dinov2(4), hf_dinov2, hf_dinov2_registers, lambda: hf_dinov2_classifier(0),
                lambda: hf_dinov2_classifier(4), lambda: hf_dinov2_classifier(4, swiglu=True), hf_dinov2_swiglu,
-               dinov2_hub_swiglu, hf_dinov2_stray):
+               dinov2_hub_swiglu, hf_dinov2_crop, hf_dinov2_stray):
         fn()
     res.finish()

@@ -21,6 +21,7 @@ from common import (LMV, Results, compare_traces, convert, lmv_run, logits_close
 from models import swin_ref  # noqa: E402
 from models import swinv2_ref as R  # noqa: E402
 from parity import info_config  # noqa: E402
+from test_swin import torchvision_traces  # noqa: E402
 
 torch.set_num_threads(2)
 res = Results()
@@ -256,29 +257,6 @@ except RuntimeError as e:
 # torchvision's swin_v2_t/s/b, the real torchvision model run live: one window everywhere, never
 # shrunk (a smaller map is padded to it), shifts dropped on an axis the window covers, pad then roll,
 # the k third of qkv.bias zeroed at run time (randomize_ makes it non-zero in the file)
-def tv_traces(model, x):
-    """torchvision Swin: logits and image 0's block outputs via hooks on the features modules."""
-    acts, hooks = {}, []
-
-    def save(name):
-        return lambda mod, i, o: acts.__setitem__(name, o[0].detach().numpy().copy())
-    hooks.append(model.features[0].register_forward_hook(save("patch_embed")))
-    for f in range(1, len(model.features)):
-        if f % 2 == 1:
-            for j, blk in enumerate(model.features[f]):
-                hooks.append(blk.register_forward_hook(save("layers.%d.blocks.%d" % ((f - 1) // 2, j))))
-        else:
-            hooks.append(model.features[f].register_forward_hook(save("layers.%d.downsample" % (f // 2 - 1))))
-    hooks.append(model.norm.register_forward_hook(save("norm")))
-    try:
-        with torch.no_grad():
-            y = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return y, acts
-
-
 def tv_case(name, m, sizes, expect, *opts, seed=0):
     try:
         lmv, out = save_convert(m.state_dict(), "model.pth", *opts)
@@ -287,13 +265,13 @@ def tv_case(name, m, sizes, expect, *opts, seed=0):
     check_info(name, lmv, expect)
     for h, w in sizes:
         x = images(2, h, w, seed + 7 * h + w)
-        want, ref = tv_traces(m, x)
+        want, ref = torchvision_traces(m, x)
         try:
             got, traces = lmv_run(lmv, x.numpy(), trace=True)
         except RuntimeError as e:
             res.check(f"{name} {h}x{w}", False, str(e))
             continue
-        ok, desc = logits_close(got, want.numpy())
+        ok, desc = logits_close(got, want)
         res.check(f"{name} {h}x{w} logits", ok, desc)
         compare_traces(res, f"{name} {h}x{w}", traces, ref)
     return lmv, out

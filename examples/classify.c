@@ -34,7 +34,7 @@ static const char usage[] =
     "                  .png name or JPEG/PNG signature), recursively, in sorted order; other files\n"
     "                  are counted as skipped\n"
     "  --top K         how many classes to print per image (1..64, default 5)\n"
-    "  --threads N     threads to use (default 0: all)\n"
+    "  --threads N     threads, at most (default 0: all); fewer while faster\n"
     "  --ignore-exif   do not rotate images by their EXIF orientation (PIL's Image.open\n"
     "                  does not either)\n"
     "  --max-pixels N  refuse larger images (default 178956970, Pillow's bound)\n"

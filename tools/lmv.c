@@ -42,7 +42,7 @@ static const char *usage_run =
     "options:\n"
     "  --features            write the features instead: the pooled features (the head's input), or the\n"
     "                        projected embedding for a model with one (CLIP; see lmv info)\n"
-    "  --threads N           threads to use (default 0: all)\n"
+    "  --threads N           threads, at most (default 0: all); fewer while that is faster\n"
     "  --trace DIR           also write every block's output of image 0 as DIR/NAME.npy\n"
     "  --attention BLOCK     with --trace: also the attention maps of BLOCK (e.g. blocks.3,\n"
     "                        stages.1.0, layers.2.blocks.1) as BLOCK.attn*.npy\n"
@@ -100,7 +100,7 @@ static const char *usage_eval =
     "  --json                machine-readable result on stdout\n"
     "  --predictions FILE    also write one line per image: path, true class, predicted class\n"
     "  --int8-compute        int8 files: multiply in int8 (see lmv run --help)\n"
-    "  --threads N           threads (default 0: all)\n";
+    "  --threads N           threads, at most (default 0: all); fewer while that is faster\n";
 static const char *usage_embed =
     "usage: lmv embed FILE OUT.c [options]\n"
     "  write FILE as a C source to link into firmware: const unsigned char SYM[] (64-byte aligned,\n"
@@ -129,7 +129,7 @@ static const char *usage_explain =
     "  --alpha A             heat-map opacity from 0 to 1 (default 0.5)\n"
     "  --scale N             scale the crop up N times (default: to at least 224 pixels a side)\n"
     "  --map OUT.npy         also write the map itself (rows x cols, float32)\n"
-    "  --threads N           threads (default 0: all)\n"
+    "  --threads N           threads, at most (default 0: all); fewer while that is faster\n"
     "  --ignore-exif         keep the stored orientation\n";
 
 static const char *usage =
